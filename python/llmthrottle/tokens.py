@@ -1,0 +1,3 @@
+"""Token counting and request estimation."""
+
+__all__: list[str] = []

@@ -1,0 +1,132 @@
+//! Calendar periods (UTC) for quotas that reset on the day, week or month boundary.
+
+use crate::error::{CoreError, Result};
+
+const NS_PER_DAY: u64 = 86_400 * 1_000_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Period {
+    /// Resets at 00:00 UTC.
+    Day,
+    /// Resets on Monday 00:00 UTC.
+    Week,
+    /// Resets on the first of the month, 00:00 UTC.
+    Month,
+    /// Resets every `n` nanoseconds counted from the Unix epoch.
+    Fixed(u64),
+}
+
+impl Period {
+    pub fn parse(text: &str) -> Result<Period> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "day" | "daily" | "d" => Ok(Period::Day),
+            "week" | "weekly" | "w" => Ok(Period::Week),
+            "month" | "monthly" | "mo" => Ok(Period::Month),
+            other => {
+                let ns = crate::rate::parse_duration_ns(other).map_err(|_| {
+                    CoreError::Config(format!(
+                        "unknown period {text:?}: use day, week, month or a duration such as 12h"
+                    ))
+                })?;
+                Ok(Period::Fixed(ns))
+            }
+        }
+    }
+
+    /// The index of the period containing `wall_ns` (consecutive periods have consecutive indexes).
+    pub fn index(self, wall_ns: u64) -> u64 {
+        match self {
+            Period::Day => wall_ns / NS_PER_DAY,
+            // 1970-01-01 was a Thursday: shifting by three days puts week boundaries on Mondays.
+            Period::Week => (wall_ns / NS_PER_DAY + 3) / 7,
+            Period::Month => {
+                let (year, month, _) = civil_from_days((wall_ns / NS_PER_DAY) as i64);
+                (year as u64) * 12 + (month as u64 - 1)
+            }
+            Period::Fixed(ns) => wall_ns / ns,
+        }
+    }
+
+    /// Wall-clock nanoseconds at which period `index` begins.
+    pub fn start_ns(self, index: u64) -> u64 {
+        match self {
+            Period::Day => index.saturating_mul(NS_PER_DAY),
+            Period::Week => (index.saturating_mul(7)).saturating_sub(3).saturating_mul(NS_PER_DAY),
+            Period::Month => {
+                let year = (index / 12) as i64;
+                let month = (index % 12) as u32 + 1;
+                (days_from_civil(year, month, 1).max(0) as u64).saturating_mul(NS_PER_DAY)
+            }
+            Period::Fixed(ns) => index.saturating_mul(ns),
+        }
+    }
+
+    /// Nanoseconds from `wall_ns` until the current period ends.
+    pub fn remaining_ns(self, wall_ns: u64) -> u64 {
+        self.start_ns(self.index(wall_ns) + 1).saturating_sub(wall_ns)
+    }
+}
+
+// Howard Hinnant's proleptic Gregorian conversions (public domain algorithms).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let mp = (i64::from(month) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn civil_round_trip() {
+        for days in -800_000..800_000i64 {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
+
+    #[test]
+    fn month_boundaries() {
+        // 2026-01-31T23:59:59Z and 2026-02-01T00:00:00Z
+        let jan31 = 1_769_903_999 * S;
+        let feb1 = 1_769_904_000 * S;
+        assert_eq!(Period::Month.index(feb1), Period::Month.index(jan31) + 1);
+        assert_eq!(Period::Month.remaining_ns(jan31), S);
+        assert_eq!(Period::Month.start_ns(Period::Month.index(feb1)), feb1);
+    }
+
+    #[test]
+    fn week_starts_on_monday() {
+        // 2026-11-23 is a Monday.
+        let monday = 1_795_392_000 * S;
+        assert_eq!(Period::Week.index(monday), Period::Week.index(monday - 1) + 1);
+        assert_eq!(Period::Week.start_ns(Period::Week.index(monday)), monday);
+    }
+
+    #[test]
+    fn day_and_fixed() {
+        assert_eq!(Period::Day.remaining_ns(86_400 * S - 5), 5);
+        assert_eq!(Period::Fixed(10).index(25), 2);
+        assert_eq!(Period::Fixed(10).remaining_ns(25), 5);
+    }
+}

@@ -1,0 +1,407 @@
+//! Decisions over several keys and dimensions at once, all or nothing.
+//!
+//! A request is charged limit by limit, each with one compare-and-swap on its cell; when one
+//! limit denies, every charge already made is given back before the denial is returned. So a
+//! denied call charges nothing anywhere, and racing callers can never together exceed a limit
+//! (each cell's own update is atomic); the price is that a caller may briefly see capacity that
+//! a racing call is about to give back, and be denied where a serial order would have admitted.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use smallvec::SmallVec;
+
+use crate::clock::{Clock, Now};
+use crate::error::{CoreError, Result};
+use crate::gcra::{self, RateOutcome};
+use crate::limit::{LimitKind, MAX_KEY_BYTES, TOMBSTONE};
+use crate::policy::{Limit, Policy, PolicySpec};
+use crate::quota;
+use crate::reservation::{Charge, Reservation};
+use crate::store::Store;
+
+/// The limit that decided a denial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitedBy {
+    /// Index into the request's keys.
+    pub key: usize,
+    /// Index into the policy's dimensions.
+    pub dimension: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Admitted, but to be used only after this wait (non-zero only when waiting was allowed).
+    pub delay_ns: u64,
+    /// Denied: the same request would be admitted after this long, if nothing else arrived.
+    /// Zero when the denial came from a concurrency cap (it frees up on a release, not in time).
+    pub retry_after_ns: u64,
+    pub limited_by: Option<LimitedBy>,
+    /// Time until every limit the request touched is back to full.
+    pub reset_after_ns: u64,
+    /// For each dimension the request was charged in: what is left, the least over keys.
+    pub remaining: SmallVec<[(usize, u64); 4]>,
+}
+
+/// One key's state under one limit, for status and inspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitStatus {
+    pub dimension: String,
+    pub kind: LimitKind,
+    /// Amount that would be admitted right now.
+    pub remaining: u64,
+    /// Amount counted against the limit right now (in flight for concurrency).
+    pub used: u64,
+    pub reset_after_ns: u64,
+}
+
+struct Step<'k> {
+    key_index: usize,
+    key: &'k str,
+    rule: u16,
+    limit: u16,
+    amount: u64,
+}
+
+pub struct Engine<S: Store> {
+    store: Arc<S>,
+    clock: Arc<dyn Clock>,
+    policy: ArcSwap<Policy<S>>,
+}
+
+impl<S: Store> Engine<S> {
+    pub fn new(store: Arc<S>, clock: Arc<dyn Clock>, spec: &PolicySpec) -> Result<Self> {
+        let policy = Policy::compile(spec, &*store)?;
+        Ok(Self {
+            store,
+            clock,
+            policy: ArcSwap::from_pointee(policy),
+        })
+    }
+
+    /// Replaces the limits; state of limits that keep their identity (namespace, rule pattern,
+    /// dimension and kind) carries over, so a changed rate applies to the existing level.
+    pub fn set_policy(&self, spec: &PolicySpec) -> Result<()> {
+        let policy = Policy::compile(spec, &*self.store)?;
+        self.policy.store(Arc::new(policy));
+        Ok(())
+    }
+
+    pub fn policy(&self) -> Arc<Policy<S>> {
+        self.policy.load_full()
+    }
+
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    pub fn now(&self) -> Now {
+        self.clock.now()
+    }
+
+    /// Tries to charge `amounts` (indexed by the policy's dimensions) to every limit of every key.
+    /// With `max_wait_ns > 0`, a request that fits within that wait is admitted now, queued
+    /// behind what was admitted before it, with `delay_ns` telling how long to wait.
+    pub fn acquire(
+        &self,
+        keys: &[&str],
+        amounts: &[u64],
+        max_wait_ns: u64,
+    ) -> Result<(Decision, Option<Reservation<S>>)> {
+        let policy = self.policy.load_full();
+        let now = self.clock.now();
+        let steps = plan(&policy, keys, amounts)?;
+        let mut charges: SmallVec<[Charge<S>; 4]> = SmallVec::new();
+        let mut decision = Decision {
+            allowed: true,
+            ..Decision::default()
+        };
+        for step in &steps {
+            let limit = &policy.rules[step.rule as usize].limits[step.limit as usize];
+            match self.charge(limit, step, now, max_wait_ns)? {
+                Ok(charge) => {
+                    note_admitted(&mut decision, limit, &charge, now);
+                    charges.push(charge);
+                }
+                Err(()) => {
+                    for charge in charges.drain(..) {
+                        charge.give_back(&policy, now, charge.amount);
+                    }
+                    return Ok((self.explain_denial(&policy, &steps, step, now), None));
+                }
+            }
+        }
+        let reservation = Reservation::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.clock),
+            policy,
+            keys,
+            charges,
+        );
+        Ok((decision, Some(reservation)))
+    }
+
+    /// What `acquire` would decide right now, without charging anything.
+    pub fn peek(&self, keys: &[&str], amounts: &[u64]) -> Result<Decision> {
+        let policy = self.policy.load_full();
+        let now = self.clock.now();
+        let steps = plan(&policy, keys, amounts)?;
+        let mut decision = Decision::default();
+        if let Some((retry_after_ns, limited_by)) = self.worst_denial(&policy, &steps, now) {
+            decision.retry_after_ns = retry_after_ns;
+            decision.limited_by = Some(limited_by);
+        } else {
+            decision.allowed = true;
+            for step in &steps {
+                let limit = &policy.rules[step.rule as usize].limits[step.limit as usize];
+                let status = self.limit_status(&policy, limit, step.key, now);
+                let left = status.remaining.saturating_sub(step.amount);
+                note_remaining(&mut decision, limit.dimension, left);
+                let after = match limit.kind {
+                    LimitKind::Rate(p) => status.reset_after_ns + p.cost_ns(step.amount),
+                    _ => status.reset_after_ns,
+                };
+                decision.reset_after_ns = decision.reset_after_ns.max(after);
+            }
+        }
+        Ok(decision)
+    }
+
+    /// The state of `key` under each limit of the rule that applies to it.
+    pub fn status(&self, key: &str) -> Result<Vec<LimitStatus>> {
+        validate_key(key)?;
+        let policy = self.policy.load_full();
+        let now = self.clock.now();
+        let Some((_, rule)) = policy.rule_for(key) else {
+            return Ok(Vec::new());
+        };
+        Ok(rule
+            .limits
+            .iter()
+            .map(|limit| self.limit_status(&policy, limit, key, now))
+            .collect())
+    }
+
+    fn limit_status(&self, policy: &Policy<S>, limit: &Limit<S>, key: &str, now: Now) -> LimitStatus {
+        let value = self
+            .store
+            .find(&limit.scope, key)
+            .map(|cell| cell.load(Ordering::Acquire))
+            .filter(|v| *v != TOMBSTONE)
+            .unwrap_or(0);
+        let dimension = policy.dimensions[limit.dimension].clone();
+        let (remaining, used, reset_after_ns) = match limit.kind {
+            LimitKind::Rate(p) => {
+                let remaining = gcra::remaining(value, now.monotonic_ns, &p);
+                (remaining, p.burst - remaining, gcra::reset_after(value, now.monotonic_ns))
+            }
+            LimitKind::Concurrency { max } => (max.saturating_sub(value), value, 0),
+            LimitKind::Quota(q) => {
+                let used = quota::used(value, q.period.index(now.wall_ns));
+                let reset = if used > 0 { q.period.remaining_ns(now.wall_ns) } else { 0 };
+                (q.limit.saturating_sub(used), used, reset)
+            }
+        };
+        LimitStatus {
+            dimension,
+            kind: limit.kind,
+            remaining,
+            used,
+            reset_after_ns,
+        }
+    }
+
+    /// One compare-and-swap loop on one cell: `Ok(Err(()))` when the limit denies.
+    #[inline]
+    fn charge(
+        &self,
+        limit: &Limit<S>,
+        step: &Step<'_>,
+        now: Now,
+        max_wait_ns: u64,
+    ) -> Result<std::result::Result<Charge<S>, ()>> {
+        let mut cell = self.store.cell(&limit.scope, step.key, now)?;
+        loop {
+            let current = cell.load(Ordering::Acquire);
+            if current == TOMBSTONE {
+                cell = self.store.cell(&limit.scope, step.key, now)?;
+                continue;
+            }
+            let (next, mark, delay_ns) = match limit.kind {
+                LimitKind::Rate(p) => {
+                    match gcra::decide(current, now.monotonic_ns, step.amount, &p, max_wait_ns) {
+                        RateOutcome::Admit { new_tat, delay_ns } => (new_tat, new_tat, delay_ns),
+                        RateOutcome::Deny { .. } => return Ok(Err(())),
+                    }
+                }
+                LimitKind::Concurrency { max } => {
+                    if current >= max {
+                        return Ok(Err(()));
+                    }
+                    (current + 1, 0, 0)
+                }
+                LimitKind::Quota(q) => {
+                    let index = q.period.index(now.wall_ns);
+                    match quota::decide(current, index, step.amount, &q) {
+                        Some(next) => (next, index, 0),
+                        None => return Ok(Err(())),
+                    }
+                }
+            };
+            if cell
+                .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Ok(Ok(Charge {
+                    cell,
+                    rule: step.rule,
+                    limit: step.limit,
+                    dimension: limit.dimension,
+                    amount: step.amount,
+                    mark,
+                    delay_ns,
+                    state: next,
+                }));
+            }
+        }
+    }
+
+    /// The limit that would deny the request now and when it would admit it, read without
+    /// charging: the latest of every limit's own answer.
+    fn worst_denial(&self, policy: &Policy<S>, steps: &[Step<'_>], now: Now) -> Option<(u64, LimitedBy)> {
+        let mut worst: Option<(u64, LimitedBy)> = None;
+        for step in steps {
+            let limit = &policy.rules[step.rule as usize].limits[step.limit as usize];
+            let value = self
+                .store
+                .find(&limit.scope, step.key)
+                .map(|cell| cell.load(Ordering::Acquire))
+                .filter(|v| *v != TOMBSTONE)
+                .unwrap_or(0);
+            let retry = match limit.kind {
+                LimitKind::Rate(p) => match gcra::decide(value, now.monotonic_ns, step.amount, &p, 0) {
+                    RateOutcome::Admit { .. } => None,
+                    RateOutcome::Deny { retry_after_ns } => Some(retry_after_ns),
+                },
+                LimitKind::Concurrency { max } => (value >= max).then_some(0),
+                LimitKind::Quota(q) => {
+                    let index = q.period.index(now.wall_ns);
+                    quota::decide(value, index, step.amount, &q)
+                        .is_none()
+                        .then(|| q.period.remaining_ns(now.wall_ns))
+                }
+            };
+            if let Some(retry) = retry {
+                let by = LimitedBy {
+                    key: step.key_index,
+                    dimension: limit.dimension,
+                };
+                if worst.is_none_or(|(w, _)| retry > w) {
+                    worst = Some((retry, by));
+                }
+            }
+        }
+        worst
+    }
+
+    fn explain_denial(&self, policy: &Policy<S>, steps: &[Step<'_>], denied: &Step<'_>, now: Now) -> Decision {
+        let (retry_after_ns, limited_by) = self.worst_denial(policy, steps, now).unwrap_or_else(|| {
+            // Every limit has room again: the denial came from a racing call that has since
+            // given its charge back. Report the limit that denied, with nothing to wait for.
+            let dimension = policy.rules[denied.rule as usize].limits[denied.limit as usize].dimension;
+            (0, LimitedBy { key: denied.key_index, dimension })
+        });
+        Decision {
+            retry_after_ns,
+            limited_by: Some(limited_by),
+            ..Decision::default()
+        }
+    }
+}
+
+fn note_remaining(decision: &mut Decision, dimension: usize, left: u64) {
+    match decision.remaining.iter_mut().find(|(d, _)| *d == dimension) {
+        Some((_, value)) => *value = (*value).min(left),
+        None => decision.remaining.push((dimension, left)),
+    }
+}
+
+#[inline]
+fn note_admitted<S: Store>(decision: &mut Decision, limit: &Limit<S>, charge: &Charge<S>, now: Now) {
+    decision.delay_ns = decision.delay_ns.max(charge.delay_ns);
+    let (left, reset) = match limit.kind {
+        LimitKind::Rate(p) => (
+            gcra::remaining(charge.state, now.monotonic_ns, &p),
+            gcra::reset_after(charge.state, now.monotonic_ns),
+        ),
+        LimitKind::Concurrency { max } => (max.saturating_sub(charge.state), 0),
+        LimitKind::Quota(q) => (
+            q.limit.saturating_sub(quota::used(charge.state, charge.mark)),
+            q.period.remaining_ns(now.wall_ns),
+        ),
+    };
+    decision.reset_after_ns = decision.reset_after_ns.max(reset);
+    note_remaining(decision, limit.dimension, left);
+}
+
+pub fn validate_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(CoreError::InvalidInput("key must not be empty".into()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(CoreError::InvalidInput(format!(
+            "key is {} bytes long; at most {MAX_KEY_BYTES} bytes are allowed",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Every (key, limit) pair the request touches with a non-zero amount, checked for capacity
+/// before anything is charged.
+fn plan<'k, S: Store>(
+    policy: &Policy<S>,
+    keys: &[&'k str],
+    amounts: &[u64],
+) -> Result<SmallVec<[Step<'k>; 8]>> {
+    if keys.is_empty() {
+        return Err(CoreError::InvalidInput("at least one key is required".into()));
+    }
+    let mut steps = SmallVec::new();
+    for (key_index, key) in keys.iter().enumerate() {
+        validate_key(key)?;
+        if keys[..key_index].contains(key) {
+            return Err(CoreError::InvalidInput(format!("key {key:?} is given twice")));
+        }
+        let Some((rule_index, rule)) = policy.rule_for(key) else {
+            continue;
+        };
+        for (limit_index, limit) in rule.limits.iter().enumerate() {
+            let amount = match limit.kind {
+                LimitKind::Concurrency { .. } => 1,
+                _ => amounts.get(limit.dimension).copied().unwrap_or(0),
+            };
+            if amount == 0 {
+                continue;
+            }
+            if amount > limit.kind.capacity() {
+                return Err(CoreError::ExceedsCapacity {
+                    key: (*key).to_owned(),
+                    dimension: policy.dimensions[limit.dimension].clone(),
+                    requested: amount,
+                    capacity: limit.kind.capacity(),
+                });
+            }
+            steps.push(Step {
+                key_index,
+                key,
+                rule: rule_index as u16,
+                limit: limit_index as u16,
+                amount,
+            });
+        }
+    }
+    Ok(steps)
+}

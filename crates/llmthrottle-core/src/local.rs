@@ -1,0 +1,178 @@
+//! The in-process store: sharded hash maps from key to a reference-counted atomic cell.
+//!
+//! Readers take a shard's read lock only to find or insert a cell; every decision is a
+//! compare-and-swap on the cell itself. Expired cells are swept (tombstoned, then removed)
+//! whenever a scope has doubled in size since the last sweep, so memory follows the live keys.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use foldhash::fast::RandomState;
+
+use crate::clock::Now;
+use crate::error::Result;
+use crate::limit::{CellKind, TOMBSTONE};
+use crate::store::Store;
+
+const SHARDS: usize = 16;
+const FIRST_SWEEP_AT: usize = 4096;
+
+type Shard = RwLock<HashMap<Box<str>, Arc<AtomicU64>, RandomState>>;
+
+pub struct LocalScope {
+    kind: CellKind,
+    hasher: RandomState,
+    shards: Box<[Shard]>,
+    len: AtomicUsize,
+    sweep_at: AtomicUsize,
+}
+
+#[derive(Default)]
+pub struct LocalStore {
+    scopes: RwLock<HashMap<String, Arc<LocalScope>>>,
+}
+
+impl LocalStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of live cells over all scopes (for tests and status).
+    pub fn len(&self) -> usize {
+        let scopes = self.scopes.read().unwrap_or_else(|e| e.into_inner());
+        scopes.values().map(|s| s.len.load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl LocalScope {
+    fn shard(&self, key: &str) -> &Shard {
+        let mut h = self.hasher.build_hasher();
+        key.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// Removes every expired cell; a cell updated concurrently fails the tombstone swap and stays.
+    fn sweep(&self, now: Now) {
+        let mut live = 0;
+        for shard in self.shards.iter() {
+            let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
+            map.retain(|_, cell| {
+                let value = cell.load(Ordering::Acquire);
+                let reclaim = self.kind.is_expired(value, now)
+                    && cell
+                        .compare_exchange(value, TOMBSTONE, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok();
+                !reclaim
+            });
+            live += map.len();
+        }
+        self.len.store(live, Ordering::Relaxed);
+        self.sweep_at
+            .store((live * 2).max(FIRST_SWEEP_AT), Ordering::Relaxed);
+    }
+}
+
+impl Store for LocalStore {
+    type Scope = Arc<LocalScope>;
+    type Cell = Arc<AtomicU64>;
+
+    fn scope(&self, label: &str, kind: CellKind) -> Result<Arc<LocalScope>> {
+        let mut scopes = self.scopes.write().unwrap_or_else(|e| e.into_inner());
+        let scope = scopes.entry(label.to_owned()).or_insert_with(|| {
+            Arc::new(LocalScope {
+                kind,
+                hasher: RandomState::default(),
+                shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+                len: AtomicUsize::new(0),
+                sweep_at: AtomicUsize::new(FIRST_SWEEP_AT),
+            })
+        });
+        Ok(Arc::clone(scope))
+    }
+
+    #[inline]
+    fn cell(&self, scope: &Arc<LocalScope>, key: &str, now: Now) -> Result<Arc<AtomicU64>> {
+        let shard = scope.shard(key);
+        if let Some(cell) = shard.read().unwrap_or_else(|e| e.into_inner()).get(key) {
+            return Ok(Arc::clone(cell));
+        }
+        let cell = {
+            let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(cell) = map.get(key) {
+                return Ok(Arc::clone(cell));
+            }
+            let cell = Arc::new(AtomicU64::new(0));
+            map.insert(key.into(), Arc::clone(&cell));
+            cell
+        };
+        let len = scope.len.fetch_add(1, Ordering::Relaxed) + 1;
+        if len >= scope.sweep_at.load(Ordering::Relaxed) {
+            scope.sweep(now);
+        }
+        Ok(cell)
+    }
+
+    fn find(&self, scope: &Arc<LocalScope>, key: &str) -> Option<Arc<AtomicU64>> {
+        let shard = scope.shard(key);
+        let map = shard.read().unwrap_or_else(|e| e.into_inner());
+        map.get(key).cloned()
+    }
+
+    fn for_each(&self, scope: &Arc<LocalScope>, visit: &mut dyn FnMut(&str, u64)) {
+        for shard in scope.shards.iter() {
+            let map = shard.read().unwrap_or_else(|e| e.into_inner());
+            for (key, cell) in map.iter() {
+                let value = cell.load(Ordering::Acquire);
+                if value != TOMBSTONE {
+                    visit(key, value);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_reclaims_only_expired_cells() {
+        let store = LocalStore::new();
+        let scope = store.scope("r", CellKind::Rate).unwrap();
+        let now = Now {
+            monotonic_ns: 1000,
+            wall_ns: 0,
+        };
+        let held = store.cell(&scope, "busy", now).unwrap();
+        held.store(5000, Ordering::SeqCst); // TAT in the future: still live
+        let stale = store.cell(&scope, "idle", now).unwrap();
+        stale.store(10, Ordering::SeqCst); // TAT in the past: expired
+        scope.sweep(now);
+        assert_eq!(held.load(Ordering::SeqCst), 5000);
+        assert_eq!(stale.load(Ordering::SeqCst), TOMBSTONE);
+        assert!(store.find(&scope, "idle").is_none());
+        assert!(store.find(&scope, "busy").is_some());
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn growth_triggers_sweeps() {
+        let store = LocalStore::new();
+        let scope = store.scope("r", CellKind::Rate).unwrap();
+        let now = Now {
+            monotonic_ns: 1000,
+            wall_ns: 0,
+        };
+        for i in 0..100_000 {
+            store.cell(&scope, &format!("k{i}"), now).unwrap();
+        }
+        // Every cell is empty (expired), so sweeps keep the table small.
+        assert!(store.len() < 2 * FIRST_SWEEP_AT, "{}", store.len());
+    }
+}

@@ -13,7 +13,16 @@ pub struct Now {
 }
 
 pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> Now;
+    /// Monotonic nanoseconds, comparable between processes on one host.
+    fn monotonic_ns(&self) -> u64;
+    /// Nanoseconds since the Unix epoch (UTC).
+    fn wall_ns(&self) -> u64;
+    fn now(&self) -> Now {
+        Now {
+            monotonic_ns: self.monotonic_ns(),
+            wall_ns: self.wall_ns(),
+        }
+    }
 }
 
 /// The host's clocks: `CLOCK_MONOTONIC` and `CLOCK_REALTIME`.
@@ -32,11 +41,12 @@ fn read(clock_id: libc::clockid_t) -> u64 {
 
 impl Clock for SystemClock {
     #[inline]
-    fn now(&self) -> Now {
-        Now {
-            monotonic_ns: read(libc::CLOCK_MONOTONIC),
-            wall_ns: read(libc::CLOCK_REALTIME),
-        }
+    fn monotonic_ns(&self) -> u64 {
+        read(libc::CLOCK_MONOTONIC)
+    }
+    #[inline]
+    fn wall_ns(&self) -> u64 {
+        read(libc::CLOCK_REALTIME)
     }
 }
 
@@ -74,10 +84,10 @@ impl Default for FakeClock {
 }
 
 impl Clock for FakeClock {
-    fn now(&self) -> Now {
-        Now {
-            monotonic_ns: self.monotonic_ns.load(Ordering::SeqCst),
-            wall_ns: self.wall_ns.load(Ordering::SeqCst),
-        }
+    fn monotonic_ns(&self) -> u64 {
+        self.monotonic_ns.load(Ordering::SeqCst)
+    }
+    fn wall_ns(&self) -> u64 {
+        self.wall_ns.load(Ordering::SeqCst)
     }
 }

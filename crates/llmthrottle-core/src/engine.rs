@@ -18,7 +18,7 @@ use crate::gcra::{self, RateOutcome};
 use crate::limit::{LimitKind, MAX_KEY_BYTES, TOMBSTONE};
 use crate::policy::{Limit, Policy, PolicySpec};
 use crate::quota;
-use crate::reservation::{Charge, Reservation};
+use crate::reservation::{add, Charge, Reservation};
 use crate::store::Store;
 
 /// The limit that decided a denial.
@@ -69,22 +69,26 @@ pub struct Engine<S: Store> {
     store: Arc<S>,
     clock: Arc<dyn Clock>,
     policy: ArcSwap<Policy<S>>,
+    /// Serialises policy replacements, so each compiles against the dimensions of the last.
+    policy_update: std::sync::Mutex<()>,
 }
 
 impl<S: Store> Engine<S> {
     pub fn new(store: Arc<S>, clock: Arc<dyn Clock>, spec: &PolicySpec) -> Result<Self> {
-        let policy = Policy::compile(spec, &*store)?;
+        let policy = Policy::compile(spec, &*store, &[])?;
         Ok(Self {
             store,
             clock,
             policy: ArcSwap::from_pointee(policy),
+            policy_update: std::sync::Mutex::new(()),
         })
     }
 
     /// Replaces the limits; state of limits that keep their identity (namespace, rule pattern,
     /// dimension and kind) carries over, so a changed rate applies to the existing level.
     pub fn set_policy(&self, spec: &PolicySpec) -> Result<()> {
-        let policy = Policy::compile(spec, &*self.store)?;
+        let _serialised = self.policy_update.lock().unwrap_or_else(|e| e.into_inner());
+        let policy = Policy::compile(spec, &*self.store, &self.policy.load().dimensions)?;
         self.policy.store(Arc::new(policy));
         Ok(())
     }
@@ -101,6 +105,15 @@ impl<S: Store> Engine<S> {
         self.clock.now()
     }
 
+    /// The monotonic clock always; the wall clock only when a calendar quota needs it.
+    #[inline]
+    fn now_for(&self, needs_wall: bool) -> Now {
+        Now {
+            monotonic_ns: self.clock.monotonic_ns(),
+            wall_ns: if needs_wall { self.clock.wall_ns() } else { 0 },
+        }
+    }
+
     /// Tries to charge `amounts` (indexed by the policy's dimensions) to every limit of every key.
     /// With `max_wait_ns > 0`, a request that fits within that wait is admitted now, queued
     /// behind what was admitted before it, with `delay_ns` telling how long to wait.
@@ -110,8 +123,8 @@ impl<S: Store> Engine<S> {
         amounts: &[u64],
         max_wait_ns: u64,
     ) -> Result<(Decision, Option<Reservation<S>>)> {
-        let policy = self.policy.load_full();
-        let now = self.clock.now();
+        let policy = self.policy.load();
+        let now = self.now_for(policy.has_quota);
         let steps = plan(&policy, keys, amounts)?;
         let mut charges: SmallVec<[Charge<S>; 4]> = SmallVec::new();
         let mut decision = Decision {
@@ -127,25 +140,80 @@ impl<S: Store> Engine<S> {
                 }
                 Err(()) => {
                     for charge in charges.drain(..) {
-                        charge.give_back(&policy, now, charge.amount);
+                        charge.give_back(now, charge.amount);
                     }
                     return Ok((self.explain_denial(&policy, &steps, step, now), None));
                 }
             }
         }
-        let reservation = Reservation::new(
-            Arc::clone(&self.store),
-            Arc::clone(&self.clock),
-            policy,
-            keys,
-            charges,
-        );
-        Ok((decision, Some(reservation)))
+        Ok((
+            decision,
+            Some(Reservation {
+                charges,
+                settled: false,
+            }),
+        ))
+    }
+
+    /// Reconciles `reservation` with real usage: `actual[d]` (by dimension index) replaces the
+    /// reserved amount: less is refunded, more is charged even past the limit (it was used).
+    /// Dimensions given as `None` keep what was reserved; usage in a dimension the request
+    /// reserved nothing in is charged to every `keys`' limit on it. Releases concurrency slots.
+    pub fn commit(
+        &self,
+        reservation: &mut Reservation<S>,
+        keys: &[&str],
+        actual: &[Option<u64>],
+    ) -> Result<()> {
+        if reservation.settled {
+            return Err(CoreError::AlreadySettled);
+        }
+        reservation.settled = true;
+        let now = self.clock.now();
+        for charge in &reservation.charges {
+            match (charge.kind, actual.get(charge.dimension).copied().flatten()) {
+                (LimitKind::Concurrency { .. }, _) => charge.give_back(now, 1),
+                (_, None) => {}
+                (_, Some(used)) => charge.reconcile(now, used),
+            }
+        }
+        let policy = self.policy.load();
+        for (dimension, used) in actual.iter().enumerate() {
+            let Some(used) = used.filter(|u| *u > 0) else {
+                continue;
+            };
+            if reservation.charges.iter().any(|c| c.dimension == dimension) {
+                continue;
+            }
+            for key in keys {
+                let Some((_, rule)) = policy.rule_for(key) else {
+                    continue;
+                };
+                for limit in rule.limits.iter().filter(|l| l.dimension == dimension) {
+                    let cell = self.store.cell(&limit.scope, key, now)?;
+                    add(&cell, limit.kind, now, used);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The call never happened: gives every charge back and releases concurrency slots.
+    pub fn cancel(&self, reservation: &mut Reservation<S>) -> Result<()> {
+        if reservation.settled {
+            return Err(CoreError::AlreadySettled);
+        }
+        reservation.settled = true;
+        let now = self.clock.now();
+        for charge in &reservation.charges {
+            charge.give_back(now, charge.amount);
+        }
+        Ok(())
     }
 
     /// What `acquire` would decide right now, without charging anything.
     pub fn peek(&self, keys: &[&str], amounts: &[u64]) -> Result<Decision> {
-        let policy = self.policy.load_full();
+        let policy = self.policy.load();
         let now = self.clock.now();
         let steps = plan(&policy, keys, amounts)?;
         let mut decision = Decision::default();
@@ -256,8 +324,7 @@ impl<S: Store> Engine<S> {
             {
                 return Ok(Ok(Charge {
                     cell,
-                    rule: step.rule,
-                    limit: step.limit,
+                    kind: limit.kind,
                     dimension: limit.dimension,
                     amount: step.amount,
                     mark,

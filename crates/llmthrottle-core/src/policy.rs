@@ -43,17 +43,30 @@ pub struct Policy<S: Store> {
     /// Every dimension named by some limit, in first-seen order; amounts are indexed by it.
     pub dimensions: Vec<String>,
     pub rules: Vec<Rule<S>>,
+    /// Whether any limit is a calendar quota (only then does a decision read the wall clock).
+    pub has_quota: bool,
 }
 
 /// Name of the dimension that counts calls in flight.
 pub const CONCURRENCY: &str = "concurrency";
 
+/// Dimensions named `*_usd` are dollars at the API and integer micro-dollars inside.
+pub fn units_per_api_unit(dimension: &str) -> u64 {
+    if dimension.ends_with("_usd") {
+        1_000_000
+    } else {
+        1
+    }
+}
+
 impl<S: Store> Policy<S> {
-    pub fn compile(spec: &PolicySpec, store: &S) -> Result<Policy<S>> {
+    /// Compiles `spec`; dimensions listed in `known_dimensions` keep their indexes (a policy
+    /// replaced at runtime only ever appends dimensions, so cached indexes stay valid).
+    pub fn compile(spec: &PolicySpec, store: &S, known_dimensions: &[String]) -> Result<Policy<S>> {
         if spec.namespace.contains('\x1f') {
             return Err(CoreError::Config("namespace may not contain \\x1f".into()));
         }
-        let mut dimensions: Vec<String> = Vec::new();
+        let mut dimensions: Vec<String> = known_dimensions.to_vec();
         let mut rules = Vec::with_capacity(spec.rules.len());
         for rule in &spec.rules {
             if rule.pattern.is_empty() {
@@ -110,7 +123,15 @@ impl<S: Store> Policy<S> {
                 limits,
             });
         }
-        Ok(Policy { dimensions, rules })
+        let has_quota = rules
+            .iter()
+            .flat_map(|r: &Rule<S>| &r.limits)
+            .any(|l| matches!(l.kind, LimitKind::Quota(_)));
+        Ok(Policy {
+            dimensions,
+            rules,
+            has_quota,
+        })
     }
 
     /// The rule that applies to `key`, if any.

@@ -146,7 +146,7 @@ proptest! {
             if d.allowed {
                 held.push(r.unwrap());
                 if held.len() == 3 {
-                    held.remove(0).commit(&[]).unwrap();
+                    { let mut r = held.remove(0); engine.commit(&mut r, &[], &[]).unwrap(); }
                 }
             } else {
                 let after: Vec<_> = keys.iter().map(|k| engine.status(k).unwrap()).collect();
@@ -206,25 +206,35 @@ fn commit_reconciles_and_cancel_refunds() {
     let (_, r) = engine.acquire(&["k"], &[600], 0).unwrap();
     let mut r = r.unwrap();
     assert_eq!(engine.status("k").unwrap()[0].remaining, 400);
-    r.commit(&[Some(250)]).unwrap();
+    engine.commit(&mut r, &["k"], &[Some(250)]).unwrap();
     assert_eq!(engine.status("k").unwrap()[0].remaining, 750);
-    assert_eq!(r.commit(&[Some(1)]), Err(CoreError::AlreadySettled));
+    assert_eq!(engine.commit(&mut r, &["k"], &[Some(1)]), Err(CoreError::AlreadySettled));
 
     let (_, r) = engine.acquire(&["k"], &[100], 0).unwrap();
     let mut r = r.unwrap();
-    r.commit(&[Some(300)]).unwrap();
+    engine.commit(&mut r, &["k"], &[Some(300)]).unwrap();
     assert_eq!(engine.status("k").unwrap()[0].remaining, 450);
 
     let (_, r) = engine.acquire(&["k"], &[450], 0).unwrap();
-    r.unwrap().cancel().unwrap();
+    engine.cancel(&mut r.unwrap()).unwrap();
     assert_eq!(engine.status("k").unwrap()[0].remaining, 450);
 
     // Usage beyond what is left is still charged: the next call waits for it.
     let (_, r) = engine.acquire(&["k"], &[400], 0).unwrap();
-    r.unwrap().commit(&[Some(900)]).unwrap();
+    engine.commit(&mut r.unwrap(), &["k"], &[Some(900)]).unwrap();
     let (d, _) = engine.acquire(&["k"], &[1], 0).unwrap();
     assert!(!d.allowed);
     assert_eq!(d.retry_after_ns, 451 * 60_000_000); // 451 units past full, 60 ms each
+}
+
+#[test]
+fn usage_in_an_unreserved_dimension_is_charged() {
+    let (engine, _) = engine(vec![("*", vec![("requests", rate("10/s", None)), ("tokens", rate("1000/s", None))])]);
+    let (_, r) = engine.acquire(&["a", "b"], &[1, 0], 0).unwrap();
+    engine.commit(&mut r.unwrap(), &["a", "b"], &[None, Some(400)]).unwrap();
+    for key in ["a", "b"] {
+        assert_eq!(engine.status(key).unwrap()[1].used, 400);
+    }
 }
 
 #[test]
@@ -235,12 +245,12 @@ fn concurrency_is_released_by_commit_cancel_and_drop() {
     let (d, _) = engine.acquire(&["k"], &[], 0).unwrap();
     assert!(!d.allowed);
     assert_eq!(d.retry_after_ns, 0);
-    a.unwrap().commit(&[]).unwrap();
+    engine.commit(&mut a.unwrap(), &["k"], &[]).unwrap();
     let (_, c) = engine.acquire(&["k"], &[], 0).unwrap();
     assert!(c.is_some());
     drop(b);
     let (_, d) = engine.acquire(&["k"], &[], 0).unwrap();
-    c.unwrap().cancel().unwrap();
+    engine.cancel(&mut c.unwrap()).unwrap();
     drop(d);
     assert_eq!(engine.status("k").unwrap()[0].used, 0);
 }

@@ -53,3 +53,46 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // llmthrottle errors for callers that catch everything the library raises.
     Ok(())
 }
+
+/// Maps the core's error onto the exception hierarchy.
+pub fn to_py(error: llmthrottle_core::CoreError) -> PyErr {
+    use llmthrottle_core::CoreError;
+    match error {
+        CoreError::Config(message) => ConfigError::new_err(message),
+        CoreError::InvalidInput(message) => PyValueError::new_err(message),
+        CoreError::ExceedsCapacity {
+            ref key,
+            ref dimension,
+            requested,
+            capacity,
+        } => Python::attach(|py| {
+            let err = ExceedsCapacity::new_err(error.to_string());
+            let value = err.value(py);
+            let _ = value.setattr("key", key);
+            let _ = value.setattr("dimension", dimension);
+            let _ = value.setattr("requested", requested);
+            let _ = value.setattr("capacity", capacity);
+            err
+        }),
+        CoreError::State(message) => StateError::new_err(message),
+        CoreError::AlreadySettled => LlmthrottleError::new_err(error.to_string()),
+    }
+}
+
+/// Runs `f`, turning a panic into an exception so that no Rust panic ever reaches Python.
+#[inline]
+pub fn guard<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(LlmthrottleError::new_err(format!(
+                "internal error in llmthrottle (please report): {message}"
+            )))
+        }
+    }
+}

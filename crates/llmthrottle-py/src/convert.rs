@@ -1,0 +1,173 @@
+//! Python values to core types: amounts, keys, seconds and limit specs, with clear errors.
+
+use llmthrottle_core::{
+    units_per_api_unit, LimitKind, LimitSpec, Period, PolicySpec, QuotaParams, Rate,
+    RateParams, RuleSpec,
+};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PyString, PyTuple};
+
+use crate::errors::{to_py, ConfigError};
+
+/// Largest amount accepted in one call (keeps every product with an interval inside u64).
+pub const MAX_AMOUNT: u64 = 1 << 53;
+
+/// An amount in `dimension`: a non-negative int, or for `*_usd` dimensions a number of dollars
+/// (converted to micro-dollars, rounded up so that a cost is never under-counted).
+pub fn amount(value: &Bound<'_, PyAny>, dimension: &str) -> PyResult<u64> {
+    let scale = units_per_api_unit(dimension);
+    if value.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err(format!(
+            "{dimension} must be a number, not bool"
+        )));
+    }
+    if let Ok(int) = value.cast::<PyInt>() {
+        let n: i128 = int.extract().map_err(|_| {
+            PyValueError::new_err(format!("{dimension} is too large"))
+        })?;
+        if n < 0 {
+            return Err(PyValueError::new_err(format!(
+                "{dimension} must not be negative (got {n})"
+            )));
+        }
+        let scaled = (n as u128).saturating_mul(scale as u128);
+        if scaled > MAX_AMOUNT as u128 {
+            return Err(PyValueError::new_err(format!(
+                "{dimension}={n} is too large (at most {})",
+                MAX_AMOUNT / scale
+            )));
+        }
+        return Ok(scaled as u64);
+    }
+    if scale > 1 {
+        if let Ok(float) = value.cast::<PyFloat>() {
+            let x = float.value();
+            if !x.is_finite() || x < 0.0 {
+                return Err(PyValueError::new_err(format!(
+                    "{dimension} must be a finite, non-negative number of dollars (got {x})"
+                )));
+            }
+            let scaled = (x * scale as f64).ceil();
+            if scaled > MAX_AMOUNT as f64 {
+                return Err(PyValueError::new_err(format!("{dimension}={x} is too large")));
+            }
+            return Ok(scaled as u64);
+        }
+    }
+    let kind = if scale > 1 { "a number of dollars" } else { "an int" };
+    Err(PyTypeError::new_err(format!(
+        "{dimension} must be {kind}, not {}",
+        value.get_type().name()?
+    )))
+}
+
+/// Seconds as a non-negative float (or int) to nanoseconds; `inf` saturates.
+pub fn seconds_to_ns(seconds: f64, what: &str) -> PyResult<u64> {
+    if seconds.is_nan() || seconds < 0.0 {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be a non-negative number of seconds (got {seconds})"
+        )));
+    }
+    Ok((seconds * 1e9).min(u64::MAX as f64) as u64)
+}
+
+/// The request's keys: one str, or a list/tuple of str.
+pub fn keys<'py>(value: &'py Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyString>>> {
+    if let Ok(key) = value.cast::<PyString>() {
+        return Ok(vec![key.clone()]);
+    }
+    let items: Vec<Bound<'py, PyAny>> = if let Ok(list) = value.cast::<PyList>() {
+        list.iter().collect()
+    } else if let Ok(tuple) = value.cast::<PyTuple>() {
+        tuple.iter().collect()
+    } else {
+        return Err(PyTypeError::new_err(format!(
+            "key must be a str or a list/tuple of str, not {}",
+            value.get_type().name()?
+        )));
+    };
+    items
+        .into_iter()
+        .map(|item| {
+            item.cast_into::<PyString>().map_err(|e| {
+                PyTypeError::new_err(format!(
+                    "every key must be a str, not {}",
+                    e.into_inner().get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Builds the core policy from the canonical tuples made by `llmthrottle.policy`:
+/// `[(pattern, [(dimension, "rate", rate_str, burst|None) | (dimension, "concurrency", max, None)
+///   | (dimension, "quota", limit, period_str)])]`.
+pub fn policy_spec(namespace: &str, rules: &Bound<'_, PyAny>) -> PyResult<PolicySpec> {
+    let mut spec = PolicySpec {
+        namespace: namespace.to_owned(),
+        rules: Vec::new(),
+    };
+    for rule in rules.try_iter()? {
+        let (pattern, limits): (String, Vec<(String, String, Bound<'_, PyAny>, Bound<'_, PyAny>)>) =
+            rule?.extract().map_err(|_| {
+                ConfigError::new_err("each rule must be (pattern, [(dimension, kind, a, b), ...])")
+            })?;
+        let mut rule_spec = RuleSpec {
+            pattern: pattern.clone(),
+            limits: Vec::new(),
+        };
+        for (dimension, kind, a, b) in limits {
+            let context = |e: PyErr| {
+                Python::attach(|py| {
+                    ConfigError::new_err(format!("limit {dimension:?} of {pattern:?}: {}", e.value(py)))
+                })
+            };
+            let kind = limit_kind(&dimension, &kind, &a, &b).map_err(context)?;
+            rule_spec.limits.push(LimitSpec { dimension, kind });
+        }
+        spec.rules.push(rule_spec);
+    }
+    Ok(spec)
+}
+
+fn limit_kind(
+    dimension: &str,
+    kind: &str,
+    a: &Bound<'_, PyAny>,
+    b: &Bound<'_, PyAny>,
+) -> PyResult<LimitKind> {
+    let scale = units_per_api_unit(dimension) as f64;
+    match kind {
+        "rate" => {
+            let text: String = a.extract()?;
+            let mut rate = Rate::parse(&text).map_err(to_py)?;
+            rate.amount *= scale;
+            let burst = if b.is_none() {
+                None
+            } else {
+                Some(amount(b, dimension)?)
+            };
+            Ok(LimitKind::Rate(RateParams::new(rate, burst).map_err(to_py)?))
+        }
+        "concurrency" => {
+            let max = amount(a, dimension)?;
+            Ok(LimitKind::Concurrency { max })
+        }
+        "quota" => {
+            let limit = amount(a, dimension)?;
+            if limit == 0 || limit > llmthrottle_core::quota::MAX_QUOTA {
+                return Err(PyValueError::new_err(format!(
+                    "quota must be between 1 and {}",
+                    llmthrottle_core::quota::MAX_QUOTA as f64 / scale
+                )));
+            }
+            let period: String = b.extract()?;
+            let period = Period::parse(&period).map_err(to_py)?;
+            Ok(LimitKind::Quota(QuotaParams { limit, period }))
+        }
+        other => Err(PyValueError::new_err(format!(
+            "unknown limit kind {other:?} (rate, concurrency or quota)"
+        ))),
+    }
+}

@@ -1,0 +1,255 @@
+//! The native `Limiter`: `try_acquire`, `peek`, `status` and policy replacement.
+//! Blocking and async waiting are built on `try_acquire(max_wait=...)` in Python.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use llmthrottle_core::{Clock, Decision as CoreDecision, Engine, LimitKind, SystemClock};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple};
+use smallvec::SmallVec;
+
+use crate::convert;
+use crate::decision::{unknown_dimension, Decision, Dimensions, Reservation};
+use crate::errors::{guard, to_py};
+use crate::state::{dispatch, AnyEngine, AnyReservation, FakeClock, InProcessState};
+
+#[pyclass(module = "llmthrottle._native", name = "Limiter", subclass, frozen)]
+pub struct Limiter {
+    pub(crate) engine: AnyEngine,
+    pub(crate) dimensions: ArcSwap<Dimensions>,
+}
+
+type Amounts = SmallVec<[u64; 8]>;
+
+impl Limiter {
+    /// Request amounts by dimension index; `requests` defaults to 1.
+    #[inline]
+    fn amounts(
+        dimensions: &Dimensions,
+        requests: Option<&Bound<'_, PyAny>>,
+        tokens: Option<&Bound<'_, PyAny>>,
+        extra: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Amounts> {
+        let mut amounts: Amounts = SmallVec::from_elem(0, dimensions.names.len());
+        match (requests, dimensions.requests) {
+            (Some(value), Some(index)) => amounts[index] = convert::amount(value, "requests")?,
+            (Some(value), None) => {
+                convert::amount(value, "requests")?;
+            }
+            (None, Some(index)) => amounts[index] = 1,
+            (None, None) => {}
+        }
+        match (tokens, dimensions.tokens) {
+            (Some(value), Some(index)) => amounts[index] = convert::amount(value, "tokens")?,
+            (Some(value), None) => {
+                convert::amount(value, "tokens")?;
+            }
+            _ => {}
+        }
+        if let Some(extra) = extra {
+            for (name, value) in extra.iter() {
+                let name = name.cast_into::<PyString>()?;
+                let name = name.to_str()?;
+                let Some(&index) = dimensions.index.get(name) else {
+                    return Err(unknown_dimension(name, dimensions));
+                };
+                amounts[index] = convert::amount(&value, name)?;
+            }
+        }
+        Ok(amounts)
+    }
+
+    fn wrap(
+        slf: &Bound<'_, Self>,
+        decision: CoreDecision,
+        reservation: Option<AnyReservation>,
+        keys: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let base = Decision {
+            allowed: decision.allowed,
+            delay_ns: decision.delay_ns,
+            retry_after_ns: decision.retry_after_ns,
+            reset_after_ns: decision.reset_after_ns,
+            limited_by: decision.limited_by,
+            remaining: decision.remaining,
+            limiter: slf.clone().unbind(),
+            keys: keys.clone().unbind(),
+        };
+        let py = slf.py();
+        Ok(match reservation {
+            Some(reservation) => {
+                let init = PyClassInitializer::from(base).add_subclass(Reservation {
+                    inner: std::sync::Mutex::new(reservation),
+                });
+                Bound::new(py, init)?.into_any().unbind()
+            }
+            None => Bound::new(py, base)?.into_any().unbind(),
+        })
+    }
+}
+
+#[pymethods]
+impl Limiter {
+    /// Low-level constructor; use `llmthrottle.Limiter`, which accepts the documented config.
+    #[new]
+    #[pyo3(signature = (rules, *, namespace="default", state=None, clock=None))]
+    fn new(
+        rules: &Bound<'_, PyAny>,
+        namespace: &str,
+        state: Option<&Bound<'_, PyAny>>,
+        clock: Option<&Bound<'_, FakeClock>>,
+    ) -> PyResult<Self> {
+        let spec = convert::policy_spec(namespace, rules)?;
+        let clock: Arc<dyn Clock> = match clock {
+            Some(fake) => fake.get().clock.clone(),
+            None => Arc::new(SystemClock),
+        };
+        let engine = match state {
+            None => AnyEngine::Local(Arc::new(
+                Engine::new(Arc::new(Default::default()), clock, &spec).map_err(to_py)?,
+            )),
+            Some(state) => {
+                if let Ok(local) = state.cast::<InProcessState>() {
+                    AnyEngine::Local(Arc::new(
+                        Engine::new(local.get().store.clone(), clock, &spec).map_err(to_py)?,
+                    ))
+                } else {
+                    return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                        "state must be InProcessState or SharedState, not {}",
+                        state.get_type().name()?
+                    )));
+                }
+            }
+        };
+        let names = dispatch!(&engine, AnyEngine, e => e.policy().dimensions.clone());
+        Ok(Self {
+            engine,
+            dimensions: ArcSwap::from_pointee(Dimensions::new(names)),
+        })
+    }
+
+    /// Decides at once, never blocking. Returns a `Reservation` (a truthy `Decision`) when
+    /// admitted, a falsy `Decision` when not. `key` is a str or a list of str (all-or-nothing
+    /// over every key). Amounts: `requests` (default 1), `tokens`, and any other dimension by
+    /// name. With `max_wait` > 0, a request that fits within that many seconds is admitted
+    /// now, behind earlier ones, and its `delay` says how long to wait before the call.
+    #[pyo3(signature = (key, /, requests=None, tokens=None, *, max_wait=0.0, **amounts))]
+    fn try_acquire(
+        slf: &Bound<'_, Self>,
+        key: &Bound<'_, PyAny>,
+        requests: Option<&Bound<'_, PyAny>>,
+        tokens: Option<&Bound<'_, PyAny>>,
+        max_wait: f64,
+        amounts: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let this = slf.get();
+        let dimensions = this.dimensions.load();
+        let amounts = Self::amounts(&dimensions, requests, tokens, amounts)?;
+        let max_wait_ns = convert::seconds_to_ns(max_wait, "max_wait")?;
+        let (decision, reservation) = guard(|| {
+            if let Ok(single) = key.cast::<PyString>() {
+                let single = single.to_str()?;
+                this.acquire_keys(&[single], &amounts, max_wait_ns)
+            } else {
+                let owned = convert::keys(key)?;
+                let strs: SmallVec<[&str; 4]> =
+                    owned.iter().map(|k| k.to_str()).collect::<PyResult<_>>()?;
+                this.acquire_keys(&strs, &amounts, max_wait_ns)
+            }
+        })?;
+        Self::wrap(slf, decision, reservation, key)
+    }
+
+    /// What `try_acquire` would decide now, without charging anything.
+    #[pyo3(signature = (key, /, requests=None, tokens=None, **amounts))]
+    fn peek(
+        slf: &Bound<'_, Self>,
+        key: &Bound<'_, PyAny>,
+        requests: Option<&Bound<'_, PyAny>>,
+        tokens: Option<&Bound<'_, PyAny>>,
+        amounts: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let this = slf.get();
+        let dimensions = this.dimensions.load();
+        let amounts = Self::amounts(&dimensions, requests, tokens, amounts)?;
+        let owned = convert::keys(key)?;
+        let strs: SmallVec<[&str; 4]> = owned.iter().map(|k| k.to_str()).collect::<PyResult<_>>()?;
+        let decision = guard(|| {
+            dispatch!(&this.engine, AnyEngine, e => e.peek(&strs, &amounts)).map_err(to_py)
+        })?;
+        Self::wrap(slf, decision, None, key)
+    }
+
+    /// The state of `key` under each limit that applies to it: a list of
+    /// `(dimension, kind, remaining, used, reset_after_seconds, capacity)` tuples.
+    fn status<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let statuses = guard(|| dispatch!(&self.engine, AnyEngine, e => e.status(key)).map_err(to_py))?;
+        let dimensions = self.dimensions.load();
+        statuses
+            .into_iter()
+            .map(|s| {
+                let index = dimensions.index[&s.dimension];
+                let kind = match s.kind {
+                    LimitKind::Rate(_) => "rate",
+                    LimitKind::Concurrency { .. } => "concurrency",
+                    LimitKind::Quota(_) => "quota",
+                };
+                PyTuple::new(
+                    py,
+                    [
+                        s.dimension.clone().into_pyobject(py)?.into_any(),
+                        kind.into_pyobject(py)?.into_any(),
+                        dimensions.to_python(py, index, s.remaining)?.into_bound(py),
+                        dimensions.to_python(py, index, s.used)?.into_bound(py),
+                        (s.reset_after_ns as f64 / 1e9).into_pyobject(py)?.into_any(),
+                        dimensions.to_python(py, index, s.kind.capacity())?.into_bound(py),
+                    ],
+                )
+            })
+            .collect()
+    }
+
+    /// Replaces the limits (same rule tuples as the constructor); state carries over for
+    /// every limit whose rule pattern, dimension and kind are unchanged.
+    fn _set_rules(&self, rules: &Bound<'_, PyAny>, namespace: &str) -> PyResult<()> {
+        let spec = convert::policy_spec(namespace, rules)?;
+        guard(|| {
+            dispatch!(&self.engine, AnyEngine, e => {
+                e.set_policy(&spec).map_err(to_py)?;
+                self.dimensions.store(Arc::new(Dimensions::new(e.policy().dimensions.clone())));
+                Ok(())
+            })
+        })
+    }
+
+    /// Every dimension some limit constrains.
+    #[getter]
+    fn dimensions(&self) -> Vec<String> {
+        self.dimensions.load().names.clone()
+    }
+}
+
+impl Limiter {
+    #[inline]
+    fn acquire_keys(
+        &self,
+        keys: &[&str],
+        amounts: &[u64],
+        max_wait_ns: u64,
+    ) -> PyResult<(CoreDecision, Option<AnyReservation>)> {
+        match &self.engine {
+            AnyEngine::Local(e) => {
+                let (d, r) = e.acquire(keys, amounts, max_wait_ns).map_err(to_py)?;
+                Ok((d, r.map(AnyReservation::Local)))
+            }
+        }
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Limiter>()?;
+    m.add_class::<Decision>()?;
+    m.add_class::<Reservation>()?;
+    Ok(())
+}

@@ -1,0 +1,258 @@
+"""`Limiter`: the public face of the engine, with blocking and async acquisition."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Generator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
+
+from . import _native
+from ._native import Decision, FakeClock, InProcessState, RateLimited, Reservation
+from .policy import LimitsConfig, RulesConfig, normalize
+
+__all__ = ["Limiter", "LimitState", "Key", "WaitingMixin", "AsyncAcquire"]
+
+Key = Union[str, Sequence[str]]
+
+# While a concurrency cap denies (it frees up on a release, not at a known time), waiters poll
+# with a backoff between these bounds.
+_POLL_MIN_S = 0.0005
+_POLL_MAX_S = 0.05
+
+
+class LimitState(NamedTuple):
+    """One key's state under one limit."""
+
+    dimension: str
+    kind: str  # "rate" | "concurrency" | "quota"
+    remaining: Union[int, float]
+    used: Union[int, float]
+    reset_after: float
+    capacity: Union[int, float]
+
+
+def _rate_limited(decision: Decision, timeout: Optional[float]) -> RateLimited:
+    waited = "" if timeout is None else f" within {timeout:g}s"
+    error = RateLimited(
+        f"not admitted{waited}: limited by {decision.limited_by!r} for key "
+        f"{decision.limited_key!r}; retry after {decision.retry_after:.3f}s"
+    )
+    error.retry_after = decision.retry_after
+    error.limited_by = decision.limited_by
+    error.key = decision.limited_key
+    return error
+
+
+class WaitingMixin:
+    """Blocking and async acquisition on top of `try_acquire(..., max_wait=...)`.
+
+    Shared by every limiter implementation (in-process, shared memory, sidecar client): a
+    class needs `try_acquire` and a `_clock` attribute (a FakeClock or None)."""
+
+    _clock: Optional[FakeClock]
+
+    if TYPE_CHECKING:  # provided by the class this is mixed into
+
+        def try_acquire(
+            self, key: Key, /, requests: Any = None, tokens: Any = None, *, max_wait: float = 0.0, **amounts: Any
+        ) -> Decision: ...
+
+    def _sleep(self, seconds: float) -> None:
+        if self._clock is not None:
+            self._clock.advance(seconds)
+        else:
+            time.sleep(seconds)
+
+    def _now(self) -> float:
+        return self._clock.monotonic if self._clock is not None else time.monotonic()
+
+    def _attempt(
+        self, key: Key, requests: Any, tokens: Any, amounts: dict[str, Any], deadline: Optional[float]
+    ) -> tuple[Optional[Reservation], float]:
+        """One try: the reservation (maybe with a delay to honour), or None and how long to
+        wait before the next try. Raises RateLimited when the deadline cannot be met."""
+        max_wait = float("inf") if deadline is None else max(0.0, deadline - self._now())
+        decision = self.try_acquire(key, requests, tokens, max_wait=max_wait, **amounts)
+        if decision:
+            return decision, decision.delay  # type: ignore[return-value]
+        if decision.limited_by != "concurrency" and decision.retry_after > max_wait:
+            raise _rate_limited(decision, None if deadline is None else max_wait)
+        if deadline is not None and max_wait <= 0:
+            raise _rate_limited(decision, 0.0)
+        return None, min(max(decision.retry_after, _POLL_MIN_S), max_wait)
+
+    def acquire(
+        self,
+        key: Key,
+        /,
+        requests: Optional[int] = None,
+        tokens: Optional[int] = None,
+        *,
+        timeout: Optional[float] = None,
+        **amounts: Any,
+    ) -> Reservation:
+        """Waits until the call is admitted and returns its `Reservation` (also a context
+        manager: cancelled if the block raises). Rate limits queue the call in arrival order;
+        a concurrency cap is waited on until a slot frees. Raises `RateLimited` at once when
+        the call cannot be admitted within `timeout` seconds (None: wait as long as needed)."""
+        deadline = None if timeout is None else self._now() + _check_timeout(timeout)
+        poll = _POLL_MIN_S
+        while True:
+            reservation, wait = self._attempt(key, requests, tokens, amounts, deadline)
+            if reservation is not None:
+                if wait > 0:
+                    try:
+                        self._sleep(wait)
+                    except BaseException:
+                        reservation.cancel()
+                        raise
+                return reservation
+            self._sleep(min(wait, poll) if wait > _POLL_MIN_S else wait)
+            poll = min(poll * 2, _POLL_MAX_S)
+
+    def acquire_async(
+        self,
+        key: Key,
+        /,
+        requests: Optional[int] = None,
+        tokens: Optional[int] = None,
+        *,
+        timeout: Optional[float] = None,
+        **amounts: Any,
+    ) -> "AsyncAcquire":
+        """`acquire` for asyncio: `r = await lim.acquire_async(...)`, or
+        `async with lim.acquire_async(...) as r:`. Cancelling the task while it waits gives
+        the reservation back."""
+        return AsyncAcquire(self, key, requests, tokens, timeout, amounts)
+
+    async def _acquire_async(
+        self, key: Key, requests: Any, tokens: Any, timeout: Optional[float], amounts: dict[str, Any]
+    ) -> Reservation:
+        deadline = None if timeout is None else self._now() + _check_timeout(timeout)
+        poll = _POLL_MIN_S
+        while True:
+            reservation, wait = self._attempt(key, requests, tokens, amounts, deadline)
+            if reservation is not None:
+                if wait > 0:
+                    try:
+                        await self._sleep_async(wait)
+                    except BaseException:
+                        reservation.cancel()
+                        raise
+                return reservation
+            await self._sleep_async(min(wait, poll) if wait > _POLL_MIN_S else wait)
+            poll = min(poll * 2, _POLL_MAX_S)
+
+    async def _sleep_async(self, seconds: float) -> None:
+        if self._clock is not None:
+            self._clock.advance(seconds)
+            await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(seconds)
+
+
+class Limiter(WaitingMixin, _native.Limiter):
+    """Limits requests, tokens, cost and concurrency per key.
+
+    >>> lim = Limiter({"requests": "500/min", "tokens": "30k/min", "concurrency": 20})
+    >>> d = lim.try_acquire("tenant:acme", tokens=1200)      # never blocks
+    >>> with lim.acquire("tenant:acme", tokens=1200, timeout=5.0) as r:
+    ...     r.commit(tokens=913)                              # reconcile with real usage
+
+    `limits` applies to every key; `rules` maps key patterns (`"user:*"`) to limits, first
+    match wins (see `llmthrottle.policy`). `state` is where the counters live: in this process
+    (default) or `SharedState` for every process on the host. Limiters with the same
+    `namespace`, pattern and dimension on one state share their counters.
+    """
+
+    def __new__(
+        cls,
+        limits: Optional[LimitsConfig] = None,
+        *,
+        rules: Optional[RulesConfig] = None,
+        state: Optional[Any] = None,
+        namespace: str = "default",
+        clock: Optional[FakeClock] = None,
+    ) -> "Limiter":
+        make = getattr(state, "_make_limiter", None)
+        if make is not None:
+            # A state that is not in this process (the sidecar) brings its own implementation.
+            return make(limits=limits, rules=rules, namespace=namespace, clock=clock)  # type: ignore[no-any-return]
+        canonical = normalize(limits, rules)
+        return super().__new__(cls, canonical, namespace=namespace, state=state, clock=clock)
+
+    def __init__(
+        self,
+        limits: Optional[LimitsConfig] = None,
+        *,
+        rules: Optional[RulesConfig] = None,
+        state: Optional[Any] = None,
+        namespace: str = "default",
+        clock: Optional[FakeClock] = None,
+    ) -> None:
+        self._namespace = namespace
+        self._state = state if state is not None else InProcessState
+        self._clock = clock
+        self._limits = limits
+        self._rules = rules
+
+    @property
+    def namespace(self) -> str:
+        return self._namespace
+
+    @property
+    def limits(self) -> Optional[LimitsConfig]:
+        """The limits mapping given for every key (None when configured by `rules`)."""
+        return self._limits
+
+    @property
+    def rules(self) -> Optional[RulesConfig]:
+        """The per-pattern rules (None when configured by `limits`)."""
+        return self._rules
+
+    def set_limits(self, limits: Optional[LimitsConfig] = None, *, rules: Optional[RulesConfig] = None) -> None:
+        """Replaces the limits at runtime. Counters carry over for every limit whose pattern,
+        dimension and kind stay the same: a new burst applies to the current level at once,
+        and a new rate refills from the current level at the new pace."""
+        self._set_rules(normalize(limits, rules), self._namespace)
+        self._limits, self._rules = limits, rules
+
+    def status(self, key: str) -> list[LimitState]:  # type: ignore[override]
+        """The state of `key` under each limit that applies to it."""
+        return [LimitState(*entry) for entry in super().status(key)]
+
+    def __repr__(self) -> str:
+        config = f"rules={self._rules!r}" if self._rules is not None else repr(self._limits)
+        return f"Limiter({config}, namespace={self._namespace!r})"
+
+
+def _check_timeout(timeout: float) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise ValueError(f"timeout must be a non-negative number of seconds or None, not {timeout!r}")
+    return float(timeout)
+
+
+class AsyncAcquire:
+    """What `Limiter.acquire_async` returns: await it, or use it with `async with`."""
+
+    __slots__ = ("_limiter", "_args", "_reservation")
+
+    def __init__(
+        self, limiter: "WaitingMixin", key: Key, requests: Any, tokens: Any, timeout: Optional[float], amounts: dict[str, Any]
+    ) -> None:
+        self._limiter = limiter
+        self._args = (key, requests, tokens, timeout, amounts)
+        self._reservation: Optional[Reservation] = None
+
+    def __await__(self) -> Generator[Any, None, Reservation]:
+        return self._limiter._acquire_async(*self._args).__await__()
+
+    async def __aenter__(self) -> Reservation:
+        self._reservation = await self._limiter._acquire_async(*self._args)
+        return self._reservation
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        assert self._reservation is not None
+        self._reservation.__exit__(exc_type, exc, tb)
+        return False

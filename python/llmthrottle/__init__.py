@@ -16,7 +16,9 @@ from ._native import (
     Reservation,
     StateError,
 )
+from .ledger import Ledger, UsageRecord
 from .limiter import AsyncAcquire, Key, Limiter, LimitState
+from .pricing import Cost, PriceTable, TokenUsage, UsageAccumulator, cost, worst_case_cost
 from .tokens import *  # noqa: F403  (its __all__ is part of ours)
 from . import tokens as _tokens
 
@@ -24,15 +26,23 @@ __all__ = [
     "AsyncAcquire",
     "BudgetExceeded",
     "ConfigError",
+    "Cost",
     "Decision",
     "ExceedsCapacity",
     "InProcessState",
     "Key",
+    "Ledger",
     "LimitState",
     "Limiter",
     "LlmthrottleError",
+    "PriceTable",
     "RateLimited",
     "Reservation",
     "StateError",
+    "TokenUsage",
+    "UsageAccumulator",
+    "UsageRecord",
+    "cost",
+    "worst_case_cost",
     *_tokens.__all__,
 ]

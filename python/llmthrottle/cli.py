@@ -13,7 +13,9 @@ import sys
 from typing import Sequence
 
 # name -> (module, one-line help)
-_SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+_SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "report": ("llmthrottle.report", "spend by tenant/team/user/feature/model from a ledger"),
+}
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -252,11 +252,11 @@ impl Reservation {
 
 pub fn unknown_dimension(name: &str, dimensions: &Dimensions) -> PyErr {
     pyo3::exceptions::PyValueError::new_err(format!(
-        "unknown dimension {name:?}: this limiter limits {}",
+        "unknown dimension '{name}': this limiter limits {}",
         dimensions
             .names
             .iter()
-            .map(|n| format!("{n:?}"))
+            .map(|n| format!("'{n}'"))
             .collect::<Vec<_>>()
             .join(", ")
     ))

@@ -1,0 +1,333 @@
+"""Provider usage payloads turned into one billing-ready shape.
+
+Providers count the same tokens differently, and getting that wrong mis-bills every cached call:
+
+- OpenAI chat (`prompt_tokens`) and responses (`input_tokens`) *include* cached tokens in the
+  prompt count; reasoning tokens are *included* in the completion/output count.
+- Anthropic `input_tokens` *excludes* cache reads and cache writes, which are reported beside it
+  (`cache_read_input_tokens`, `cache_creation_input_tokens`, split by TTL in `cache_creation`).
+- Gemini `promptTokenCount` includes cached tokens; `thoughtsTokenCount` is *not* included in
+  `candidatesTokenCount` but is billed as output.
+
+`TokenUsage` is disjoint instead: every token sits in exactly one priced bucket.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+__all__ = ["TokenUsage", "UsageAccumulator", "normalize_usage"]
+
+# A single request above a trillion tokens is a bug upstream, not a bill to pay.
+MAX_TOKENS = 10**12
+
+_OPENAI_CHAT_KEYS = ("prompt_tokens", "completion_tokens")
+_GEMINI_KEYS = ("promptTokenCount", "prompt_token_count", "candidatesTokenCount",
+                "candidates_token_count")
+_ANTHROPIC_ONLY_KEYS = ("cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation")
+_RESPONSES_ONLY_KEYS = ("input_tokens_details", "output_tokens_details")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """Token counts of one call, each token in exactly one priced bucket.
+
+    `reasoning_tokens` is informational: those tokens are already counted in `output_tokens`.
+    """
+
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("input_tokens", "cached_input_tokens", "cache_write_5m_tokens",
+                     "cache_write_1h_tokens", "output_tokens", "reasoning_tokens"):
+            _check_count(getattr(self, name), name)
+        if self.reasoning_tokens > self.output_tokens:
+            raise ValueError(
+                f"reasoning_tokens ({self.reasoning_tokens}) exceeds output_tokens "
+                f"({self.output_tokens}); reasoning tokens are part of the output")
+
+    @property
+    def cache_write_tokens(self) -> int:
+        """Cache writes of both TTLs."""
+        return self.cache_write_5m_tokens + self.cache_write_1h_tokens
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Every input-side token, cached or not: what long-context price tiers are measured on."""
+        return self.input_tokens + self.cached_input_tokens + self.cache_write_tokens
+
+
+def _check_count(value: Any, field: str) -> int:
+    """Return `value` if it is a plausible token count; raise a ValueError naming `field`."""
+    # bool is an int subclass: True would silently count as one token.
+    if type(value) is bool or not isinstance(value, int):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"usage field {field!r} must be an integer token count, got {value!r}")
+        raise ValueError(f"usage field {field!r} must be an integer token count, "
+                         f"got {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"usage field {field!r} must not be negative, got {value}")
+    if value > MAX_TOKENS:
+        raise ValueError(f"usage field {field!r} is implausibly large ({value} > {MAX_TOKENS})")
+    return value
+
+
+def _as_mapping(obj: Any) -> Mapping[str, Any] | None:
+    """Dicts as they are, pydantic SDK objects (openai, anthropic, google-genai) via model_dump()."""
+    if obj is None or isinstance(obj, Mapping):
+        return obj
+    dump = getattr(obj, "model_dump", None)
+    if callable(dump):
+        dumped = dump()
+        if isinstance(dumped, Mapping):
+            return dumped
+    to_dict = getattr(obj, "to_dict", None)
+    if callable(to_dict):
+        dumped = to_dict()
+        if isinstance(dumped, Mapping):
+            return dumped
+    return _AttributeView(obj)
+
+
+class _AttributeView(Mapping[str, Any]):
+    """Read-only mapping over an object's attributes, for SDK objects without model_dump()."""
+
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self._obj, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def __iter__(self) -> Any:
+        return iter(k for k in dir(self._obj) if not k.startswith("_"))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def _get(usage: Mapping[str, Any], *path: str) -> Any:
+    """Value at a nested path, None where any step is missing or null."""
+    node: Any = usage
+    for key in path:
+        node = _as_mapping(node)
+        if node is None:
+            return None
+        node = node.get(key)
+    return node
+
+
+def _count(usage: Mapping[str, Any], *path: str) -> int:
+    value = _get(usage, *path)
+    return 0 if value is None else _check_count(value, ".".join(path))
+
+
+def _has(usage: Mapping[str, Any], keys: tuple[str, ...]) -> bool:
+    return any(usage.get(k) is not None for k in keys)
+
+
+def detect_shape(usage: Mapping[str, Any], provider: str | None = None) -> str:
+    """Which provider's counting rules `usage` follows: openai_chat, openai_responses,
+    anthropic or gemini."""
+    if _has(usage, _OPENAI_CHAT_KEYS):
+        return "openai_chat"
+    if _has(usage, _GEMINI_KEYS):
+        return "gemini"
+    if _has(usage, ("input_tokens", "output_tokens")) or _has(usage, _ANTHROPIC_ONLY_KEYS):
+        if _has(usage, _ANTHROPIC_ONLY_KEYS):
+            return "anthropic"
+        if _has(usage, _RESPONSES_ONLY_KEYS):
+            return "openai_responses"
+        # Without cache fields both providers count identically; the provider only names it.
+        return "anthropic" if provider == "anthropic" else "openai_responses"
+    raise ValueError(
+        "usage has no recognised token fields: expected OpenAI (prompt_tokens/completion_tokens "
+        "or input_tokens/output_tokens), Anthropic (input_tokens, cache_read_input_tokens, ...) "
+        f"or Gemini (promptTokenCount/candidatesTokenCount); got keys {sorted(usage)!r}")
+
+
+def normalize_usage(usage: Any, provider: str | None = None) -> TokenUsage:
+    """Turn a provider usage dict or SDK object into a `TokenUsage`.
+
+    `provider` only disambiguates a payload whose fields are shared by several providers.
+    A `TokenUsage` is returned unchanged.
+    """
+    if isinstance(usage, TokenUsage):
+        return usage
+    mapping = _as_mapping(usage)
+    if mapping is None:
+        raise ValueError("usage is None: the response carried no usage (for OpenAI streams, "
+                         "request it with stream_options={'include_usage': True})")
+    shape = detect_shape(mapping, provider)
+    if shape == "openai_chat":
+        return _split_openai(mapping, "prompt_tokens", "completion_tokens",
+                             "prompt_tokens_details", "completion_tokens_details")
+    if shape == "openai_responses":
+        return _split_openai(mapping, "input_tokens", "output_tokens",
+                             "input_tokens_details", "output_tokens_details")
+    if shape == "anthropic":
+        return _split_anthropic(mapping)
+    return _split_gemini(mapping)
+
+
+def _split_openai(usage: Mapping[str, Any], prompt_key: str, output_key: str,
+                  prompt_details: str, output_details: str) -> TokenUsage:
+    prompt = _count(usage, prompt_key)
+    cached = _count(usage, prompt_details, "cached_tokens")
+    if cached > prompt:
+        raise ValueError(f"usage field '{prompt_details}.cached_tokens' ({cached}) exceeds "
+                         f"{prompt_key!r} ({prompt}), which includes cached tokens")
+    output = _count(usage, output_key)
+    reasoning = _count(usage, output_details, "reasoning_tokens")
+    if reasoning > output:
+        raise ValueError(f"usage field '{output_details}.reasoning_tokens' ({reasoning}) "
+                         f"exceeds {output_key!r} ({output}), which includes reasoning tokens")
+    return TokenUsage(input_tokens=prompt - cached, cached_input_tokens=cached,
+                      output_tokens=output, reasoning_tokens=reasoning)
+
+
+def _split_anthropic(usage: Mapping[str, Any]) -> TokenUsage:
+    write_total = usage.get("cache_creation_input_tokens")
+    if write_total is not None:
+        write_total = _check_count(write_total, "cache_creation_input_tokens")
+    write_5m = _count(usage, "cache_creation", "ephemeral_5m_input_tokens")
+    write_1h = _count(usage, "cache_creation", "ephemeral_1h_input_tokens")
+    if write_total is not None:
+        split = write_5m + write_1h
+        if split > write_total:
+            raise ValueError(
+                f"usage field 'cache_creation' splits {split} tokens but "
+                f"'cache_creation_input_tokens' is {write_total}")
+        # Older API versions report only the total; the default TTL is 5 minutes.
+        write_5m += write_total - split
+    return TokenUsage(
+        input_tokens=_count(usage, "input_tokens"),
+        cached_input_tokens=_count(usage, "cache_read_input_tokens"),
+        cache_write_5m_tokens=write_5m,
+        cache_write_1h_tokens=write_1h,
+        output_tokens=_count(usage, "output_tokens"),
+    )
+
+
+def _gemini_count(usage: Mapping[str, Any], camel: str, snake: str) -> int:
+    # The REST API speaks camelCase, the google-genai SDK snake_case.
+    if usage.get(camel) is not None:
+        return _count(usage, camel)
+    return _count(usage, snake)
+
+
+def _split_gemini(usage: Mapping[str, Any]) -> TokenUsage:
+    prompt = _gemini_count(usage, "promptTokenCount", "prompt_token_count")
+    cached = _gemini_count(usage, "cachedContentTokenCount", "cached_content_token_count")
+    if cached > prompt:
+        raise ValueError(f"usage field 'cachedContentTokenCount' ({cached}) exceeds "
+                         f"'promptTokenCount' ({prompt}), which includes cached tokens")
+    tool_prompt = _gemini_count(usage, "toolUsePromptTokenCount", "tool_use_prompt_token_count")
+    candidates = _gemini_count(usage, "candidatesTokenCount", "candidates_token_count")
+    thoughts = _gemini_count(usage, "thoughtsTokenCount", "thoughts_token_count")
+    return TokenUsage(input_tokens=prompt - cached + tool_prompt, cached_input_tokens=cached,
+                      output_tokens=candidates + thoughts, reasoning_tokens=thoughts)
+
+
+class UsageAccumulator:
+    """Folds the usage carried by a stream's events into the usage of the whole call.
+
+    Feed it every event (or only the ones carrying usage) with `add()`:
+
+    - OpenAI chat streams carry usage on the final chunk (with `stream_options.include_usage`);
+      responses streams on `response.completed`;
+    - Anthropic streams carry input and cache counts on `message_start` and cumulative output
+      counts on each `message_delta`;
+    - Gemini streams carry cumulative `usageMetadata` on chunks.
+
+    Every provider reports cumulative counts, so for each field the latest reported value wins:
+    that is the only rule, and it is why feeding the same event twice cannot double-count.
+    """
+
+    __slots__ = ("_fields", "model", "provider", "events_with_usage")
+
+    def __init__(self, provider: str | None = None) -> None:
+        self._fields: dict[str, Any] = {}
+        self.model: str | None = None
+        self.provider = provider
+        self.events_with_usage = 0
+
+    def add(self, event: Any) -> None:
+        """Fold one stream event, chunk, or bare usage payload."""
+        mapping = _as_mapping(event)
+        if mapping is None:
+            return
+        usage, model = _usage_in_event(mapping)
+        if model is not None and self.model is None:
+            self.model = model
+        if usage is None:
+            return
+        self.events_with_usage += 1
+        _merge_latest(self._fields, usage)
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The merged usage payload in the provider's own field names."""
+        return _deep_copy(self._fields)
+
+    @property
+    def usage(self) -> TokenUsage:
+        """The call's usage so far; raises ValueError if no event carried any."""
+        if not self._fields:
+            raise ValueError("no stream event carried usage (for OpenAI streams request it with "
+                             "stream_options={'include_usage': True})")
+        return normalize_usage(self._fields, self.provider)
+
+
+def _usage_in_event(event: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, str | None]:
+    """(usage payload, model name) found in one stream event, either may be None."""
+    kind = event.get("type")
+    if kind == "message_start":  # Anthropic
+        message = _as_mapping(event.get("message")) or {}
+        return _as_mapping(message.get("usage")), message.get("model")
+    if kind in ("response.completed", "response.done", "response.incomplete", "response.failed"):
+        response = _as_mapping(event.get("response")) or {}
+        return _as_mapping(response.get("usage")), response.get("model")
+    model = event.get("model") or event.get("modelVersion") or event.get("model_version")
+    for key in ("usage", "usageMetadata", "usage_metadata"):
+        if key in event:
+            return _as_mapping(event.get(key)), model
+    if kind is not None or "choices" in event or "candidates" in event or "delta" in event:
+        return None, model  # a content event without usage
+    return event, model  # a bare usage payload
+
+
+def _merge_latest(into: dict[str, Any], update: Mapping[str, Any]) -> None:
+    for key, value in update.items():
+        if value is None:
+            continue  # a null field means "not reported here", not zero
+        nested = _nested_mapping(value)
+        if nested is not None:
+            target = into.get(key)
+            if not isinstance(target, dict):
+                target = into[key] = {}
+            _merge_latest(target, nested)
+        else:
+            into[key] = value
+
+
+def _nested_mapping(value: Any) -> Mapping[str, Any] | None:
+    """A nested usage object as a mapping, None for a scalar."""
+    if isinstance(value, (int, float, str, bytes, list, tuple)):
+        return None
+    return _as_mapping(value)
+
+
+def _deep_copy(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in fields.items()}

@@ -1,0 +1,285 @@
+"""The Limiter API: decisions, reservations, waiting, several keys and dimensions."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import llmthrottle as lt
+from llmthrottle.testing import FakeClock
+
+
+def limiter(limits=None, *, rules=None, **kwargs):
+    clock = FakeClock()
+    return lt.Limiter(limits, rules=rules, clock=clock, **kwargs), clock
+
+
+def test_burst_then_denial_with_exact_retry_after():
+    lim, clock = limiter({"requests": "10/s"})
+    for _ in range(10):
+        assert lim.try_acquire("k")
+    d = lim.try_acquire("k")
+    assert not d and not d.allowed
+    assert d.limited_by == "requests" and d.limited_key == "k"
+    assert d.retry_after == pytest.approx(0.1)
+    clock.advance(0.1)
+    assert lim.try_acquire("k")
+
+
+def test_decision_reports_remaining_and_reset_after():
+    lim, _ = limiter({"requests": "100/min", "tokens": "30k/min"})
+    d = lim.try_acquire("tenant:acme", tokens=1200)
+    assert d.remaining == {"requests": 99, "tokens": 28_800}
+    assert d.reset_after == pytest.approx(2.4)
+    assert d.retry_after == 0.0 and d.limited_by is None and d.delay == 0.0
+
+
+def test_keys_are_independent():
+    lim, _ = limiter({"requests": "1/min"})
+    assert lim.try_acquire("a")
+    assert not lim.try_acquire("a")
+    assert lim.try_acquire("b")
+
+
+def test_commit_reconciles_with_real_usage():
+    lim, _ = limiter({"tokens": "1000/min"})
+    r = lim.try_acquire("k", tokens=600)
+    assert r.reserved == {"tokens": 600}
+    r.commit(tokens=250)
+    assert r.settled
+    assert lim.status("k")[0].remaining == 750
+    with pytest.raises(lt.LlmthrottleError, match="already"):
+        r.commit(tokens=1)
+
+
+def test_commit_above_reservation_charges_the_difference():
+    lim, _ = limiter({"tokens": "1000/min"})
+    lim.try_acquire("k", tokens=100).commit(tokens=700)
+    assert lim.status("k")[0].used == 700
+
+
+def test_cancel_refunds_everything():
+    lim, _ = limiter({"requests": "5/min", "tokens": "1000/min", "concurrency": 2})
+    r = lim.try_acquire("k", tokens=900)
+    r.cancel()
+    states = {s.dimension: s for s in lim.status("k")}
+    assert states["requests"].used == 0
+    assert states["tokens"].used == 0
+    assert states["concurrency"].used == 0
+
+
+def test_context_manager_cancels_on_exception_and_commits_otherwise():
+    lim, _ = limiter({"tokens": "1000/min", "concurrency": 1})
+    with pytest.raises(RuntimeError):
+        with lim.acquire("k", tokens=500):
+            raise RuntimeError("the call failed")
+    assert lim.status("k")[0].used == 0
+    with lim.acquire("k", tokens=500) as r:
+        r.commit(tokens=400)
+    assert lim.status("k")[0].used == 400
+    with lim.acquire("k", tokens=100):
+        pass
+    assert lim.status("k")[0].used == 500
+    assert lim.status("k")[1].used == 0  # concurrency released every time
+
+
+def test_concurrency_cap_and_release_on_garbage_collection():
+    lim, _ = limiter({"concurrency": 2})
+    a = lim.try_acquire("k")
+    b = lim.try_acquire("k")
+    denied = lim.try_acquire("k")
+    assert a and b and not denied
+    assert denied.limited_by == "concurrency" and denied.retry_after == 0.0
+    del a  # an unsettled reservation releases its slot when dropped
+    assert lim.try_acquire("k")
+
+
+def test_several_keys_all_or_nothing():
+    lim, _ = limiter(rules={"user:*": {"tokens": "1000/min"}, "team:*": {"tokens": "1500/min"}})
+    assert lim.try_acquire(["user:1", "team:x"], tokens=1000)
+    d = lim.try_acquire(["user:2", "team:x"], tokens=600)
+    assert not d
+    assert d.limited_by == "tokens" and d.limited_key == "team:x"
+    # user:2 was not charged although its own limit had room.
+    assert lim.status("user:2")[0].used == 0
+    assert lim.try_acquire(["user:2", "team:x"], tokens=500)
+
+
+def test_rules_first_match_wins_and_unmatched_keys_are_unlimited():
+    lim, _ = limiter(rules={"user:vip": {"requests": "100/min"}, "user:*": {"requests": "1/min"}})
+    assert lim.try_acquire("user:vip") and lim.try_acquire("user:vip")
+    assert lim.try_acquire("user:1") and not lim.try_acquire("user:1")
+    for _ in range(100):
+        assert lim.try_acquire("model:gpt-4o")
+
+
+def test_acquire_waits_in_line_and_times_out_fast():
+    lim, clock = limiter({"requests": {"rate": "10/s", "burst": 1}})
+    start = clock.monotonic
+    lim.acquire("k")
+    lim.acquire("k", timeout=1.0)  # waits 0.1 s of fake time
+    assert clock.monotonic - start == pytest.approx(0.1)
+    with pytest.raises(lt.RateLimited) as info:
+        lim.acquire("k", timeout=0.05)
+    assert info.value.limited_by == "requests"
+    assert info.value.retry_after == pytest.approx(0.1)
+    assert info.value.key == "k"
+    # Failing fast: no time was spent waiting for a timeout that could not be met.
+    assert clock.monotonic - start == pytest.approx(0.1)
+
+
+def test_acquire_waits_for_a_concurrency_slot_in_real_time():
+    lim = lt.Limiter({"concurrency": 1})
+    held = lim.acquire("k")
+    threading.Timer(0.05, held.cancel).start()
+    lim.acquire("k", timeout=5.0).commit()
+    with pytest.raises(lt.RateLimited):
+        held2 = lim.acquire("k")
+        lim.acquire("k", timeout=0.01)
+    held2.cancel()
+
+
+def test_acquire_async_and_async_context_manager():
+    lim, clock = limiter({"requests": {"rate": "10/s", "burst": 1}, "concurrency": 1})
+
+    async def main():
+        async with lim.acquire_async("k", timeout=1.0) as r:
+            assert r.allowed
+        r = await lim.acquire_async("k", timeout=1.0)
+        r.commit()
+        with pytest.raises(lt.RateLimited):
+            await lim.acquire_async("k", timeout=0.0)
+
+    asyncio.run(main())
+    assert clock.monotonic == pytest.approx(1.1)
+
+
+def test_cancelled_waiter_gives_its_place_back():
+    lim = lt.Limiter({"requests": {"rate": "1/s", "burst": 1}})
+    lim.try_acquire("k")
+
+    async def wait():
+        return await lim.acquire_async("k", timeout=10.0)
+
+    async def main():
+        task = asyncio.create_task(wait())
+        await asyncio.sleep(0.05)  # the task is queued, sleeping out its delay
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    # The queued request was given back: only the first admission counts.
+    assert lim.status("k")[0].used == 1
+
+
+def test_max_wait_reserves_a_place_with_a_delay():
+    lim, _ = limiter({"requests": {"rate": "10/s", "burst": 1}})
+    assert lim.try_acquire("k")
+    d = lim.try_acquire("k", max_wait=1.0)
+    assert d and d.delay == pytest.approx(0.1)
+
+
+def test_exceeds_capacity_is_a_value_error_not_a_denial():
+    lim, _ = limiter({"tokens": "30k/min"})
+    with pytest.raises(lt.ExceedsCapacity) as info:
+        lim.try_acquire("k", tokens=50_000)
+    assert isinstance(info.value, ValueError)
+    assert (info.value.dimension, info.value.requested, info.value.capacity) == ("tokens", 50_000, 30_000)
+    with pytest.raises(lt.ExceedsCapacity):
+        lim.acquire("k", tokens=50_000, timeout=100)
+
+
+def test_cost_dimensions_take_dollars():
+    lim, _ = limiter({"cost_usd": {"quota": 10, "per": "day"}})
+    r = lim.try_acquire("team:a", cost_usd=2.5)
+    assert r.reserved == {"cost_usd": 2.5}
+    r.commit(cost_usd=1.25)
+    state = lim.status("team:a")[0]
+    assert (state.used, state.remaining, state.capacity) == (1.25, 8.75, 10.0)
+    assert not lim.try_acquire("team:a", cost_usd=9.0)
+
+
+def test_quota_resets_at_the_calendar_boundary():
+    lim, clock = limiter({"requests": {"quota": 2, "per": "day"}})
+    assert lim.try_acquire("k") and lim.try_acquire("k")
+    d = lim.try_acquire("k")
+    assert not d and d.retry_after == pytest.approx(86_400)
+    clock.advance(86_400)
+    assert lim.try_acquire("k")
+
+
+def test_set_limits_keeps_state():
+    lim, _ = limiter({"requests": "10/min"})
+    for _ in range(10):
+        lim.try_acquire("k")
+    lim.set_limits({"requests": {"rate": "10/min", "burst": 15}})
+    assert lim.status("k")[0].remaining == 5
+    lim.set_limits({"requests": "10/min", "tokens": "1k/min"})
+    assert lim.dimensions == ["requests", "tokens"]
+    assert lim.try_acquire("k2", tokens=10)
+
+
+def test_shared_in_process_state_between_limiters():
+    state = lt.InProcessState()
+    a = lt.Limiter({"requests": "2/min"}, state=state)
+    b = lt.Limiter({"requests": "2/min"}, state=state)
+    assert a.try_acquire("k") and b.try_acquire("k")
+    assert not a.try_acquire("k")
+    other = lt.Limiter({"requests": "2/min"}, state=state, namespace="other")
+    assert other.try_acquire("k")
+    assert len(state) == 2
+
+
+def test_many_threads_never_over_admit():
+    lim = lt.Limiter({"requests": {"rate": "1/hour", "burst": 1000}, "tokens": {"rate": "1/hour", "burst": 5000}})
+    admitted = []
+    lock = threading.Lock()
+
+    def worker():
+        mine = 0
+        for _ in range(2000):
+            if lim.try_acquire(["k"], tokens=7):
+                mine += 1
+        with lock:
+            admitted.append(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # 5000 tokens / 7 per call: 714 calls fit, and exactly that many were admitted.
+    assert sum(admitted) == 714
+    assert lim.status("k")[0].used == 714
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rate=st.integers(1, 50),
+    burst=st.integers(1, 20),
+    steps=st.lists(st.tuples(st.integers(0, 2_000), st.integers(1, 20)), min_size=1, max_size=60),
+)
+def test_matches_a_reference_token_bucket(rate, burst, steps):
+    """Every decision matches a token bucket refilled at `rate`/s up to `burst` (exact in ns)."""
+    lim, clock = limiter({"tokens": {"rate": f"{rate}/s", "burst": burst}})
+    emission = math.ceil(1e9 / rate)
+    capacity = burst * emission
+    tokens_ns = capacity
+    for gap_ms, n in steps:
+        n = 1 + (n - 1) % burst
+        clock.advance(gap_ms / 1000)
+        tokens_ns = min(capacity, tokens_ns + gap_ms * 1_000_000)
+        d = lim.try_acquire("k", requests=0, tokens=n)
+        need = n * emission
+        if tokens_ns >= need:
+            assert d.allowed
+            tokens_ns -= need
+        else:
+            assert not d.allowed
+            assert round(d.retry_after * 1e9) == pytest.approx(need - tokens_ns, abs=2)

@@ -16,6 +16,8 @@ from ._native import (
     Reservation,
     StateError,
 )
+from .budget import Budget
+from .guard import Guard, GuardedCall, ThresholdEvent
 from .ledger import Ledger, UsageRecord
 from .limiter import AsyncAcquire, Key, Limiter, LimitState
 from .pricing import Cost, PriceTable, TokenUsage, UsageAccumulator, cost, worst_case_cost
@@ -24,11 +26,14 @@ from . import tokens as _tokens
 
 __all__ = [
     "AsyncAcquire",
+    "Budget",
     "BudgetExceeded",
     "ConfigError",
     "Cost",
     "Decision",
     "ExceedsCapacity",
+    "Guard",
+    "GuardedCall",
     "InProcessState",
     "Key",
     "Ledger",
@@ -39,6 +44,7 @@ __all__ = [
     "RateLimited",
     "Reservation",
     "StateError",
+    "ThresholdEvent",
     "TokenUsage",
     "UsageAccumulator",
     "UsageRecord",

@@ -8,7 +8,8 @@ from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
 from . import _native
-from ._native import Decision, FakeClock, InProcessState, RateLimited, Reservation
+from ._native import BudgetExceeded, Decision, ExceedsCapacity, FakeClock, InProcessState, RateLimited, Reservation
+from .budget import BUDGET_DIMENSION, Budget, budget_for
 from .policy import LimitsConfig, RulesConfig, normalize
 
 __all__ = ["Limiter", "LimitState", "Key", "WaitingMixin", "AsyncAcquire"]
@@ -32,6 +33,28 @@ class LimitState(NamedTuple):
     capacity: Union[int, float]
 
 
+def _budget_exceeded(decision: Decision, budget: Optional[Budget]) -> BudgetExceeded:
+    label = budget.label if budget is not None else "a budget"
+    error = BudgetExceeded(
+        f"{label!s} has no room for this call (key {decision.limited_key!r}); "
+        f"it resets in {decision.retry_after:.0f}s"
+    )
+    error.budget = budget
+    error.key = decision.limited_key
+    error.retry_after = decision.retry_after
+    error.downgrade_to = budget.downgrade_to if budget is not None else None
+    return error
+
+
+def _over_budget(error: ExceedsCapacity, budget: Optional[Budget]) -> BudgetExceeded:
+    exceeded = BudgetExceeded(f"{budget.label if budget else 'a budget'}: {error}")
+    exceeded.budget = budget
+    exceeded.key = error.key
+    exceeded.retry_after = float("inf")
+    exceeded.downgrade_to = budget.downgrade_to if budget is not None else None
+    return exceeded
+
+
 def _rate_limited(decision: Decision, timeout: Optional[float]) -> RateLimited:
     waited = "" if timeout is None else f" within {timeout:g}s"
     error = RateLimited(
@@ -51,6 +74,7 @@ class WaitingMixin:
     class needs `try_acquire` and a `_clock` attribute (a FakeClock or None)."""
 
     _clock: Optional[FakeClock]
+    _budgets: tuple[Budget, ...] = ()
 
     if TYPE_CHECKING:  # provided by the class this is mixed into
 
@@ -73,9 +97,20 @@ class WaitingMixin:
         """One try: the reservation (maybe with a delay to honour), or None and how long to
         wait before the next try. Raises RateLimited when the deadline cannot be met."""
         max_wait = float("inf") if deadline is None else max(0.0, deadline - self._now())
-        decision = self.try_acquire(key, requests, tokens, max_wait=max_wait, **amounts)
+        try:
+            decision = self.try_acquire(key, requests, tokens, max_wait=max_wait, **amounts)
+        except ExceedsCapacity as error:
+            if error.dimension != BUDGET_DIMENSION:
+                raise
+            # More than a whole budget: no period will ever have room for it.
+            raise _over_budget(error, budget_for(self._budgets, error.key)) from error
         if decision:
             return decision, decision.delay  # type: ignore[return-value]
+        if decision.limited_by == BUDGET_DIMENSION:
+            budget = budget_for(self._budgets, decision.limited_key or "")
+            queue = budget is not None and budget.on_exceed == "queue"
+            if not queue or decision.retry_after > max_wait:
+                raise _budget_exceeded(decision, budget)
         if decision.limited_by != "concurrency" and decision.retry_after > max_wait:
             raise _rate_limited(decision, None if deadline is None else max_wait)
         if deadline is not None and max_wait <= 0:
@@ -95,7 +130,9 @@ class WaitingMixin:
         """Waits until the call is admitted and returns its `Reservation` (also a context
         manager: cancelled if the block raises). Rate limits queue the call in arrival order;
         a concurrency cap is waited on until a slot frees. Raises `RateLimited` at once when
-        the call cannot be admitted within `timeout` seconds (None: wait as long as needed)."""
+        the call cannot be admitted within `timeout` seconds (None: wait as long as needed), and
+        `BudgetExceeded` when a budget has no room (a `"queue"` budget waits for its next
+        period instead, within the timeout)."""
         deadline = None if timeout is None else self._now() + _check_timeout(timeout)
         poll = _POLL_MIN_S
         while True:
@@ -161,7 +198,8 @@ class Limiter(WaitingMixin, _native.Limiter):
     ...     r.commit(tokens=913)                              # reconcile with real usage
 
     `limits` applies to every key; `rules` maps key patterns (`"user:*"`) to limits, first
-    match wins (see `llmthrottle.policy`). `state` is where the counters live: in this process
+    match wins (see `llmthrottle.policy`); `budgets` (`llmthrottle.Budget`) cap spending in
+    dollars per key pattern, on the `budget_usd` dimension. `state` is where the counters live: in this process
     (default) or `SharedState` for every process on the host. Limiters with the same
     `namespace`, pattern and dimension on one state share their counters.
     """
@@ -171,6 +209,7 @@ class Limiter(WaitingMixin, _native.Limiter):
         limits: Optional[LimitsConfig] = None,
         *,
         rules: Optional[RulesConfig] = None,
+        budgets: Sequence[Budget] = (),
         state: Optional[Any] = None,
         namespace: str = "default",
         clock: Optional[FakeClock] = None,
@@ -178,24 +217,21 @@ class Limiter(WaitingMixin, _native.Limiter):
         make = getattr(state, "_make_limiter", None)
         if make is not None:
             # A state that is not in this process (the sidecar) brings its own implementation.
-            return make(limits=limits, rules=rules, namespace=namespace, clock=clock)  # type: ignore[no-any-return]
-        canonical = normalize(limits, rules)
-        return super().__new__(cls, canonical, namespace=namespace, state=state, clock=clock)
-
-    def __init__(
-        self,
-        limits: Optional[LimitsConfig] = None,
-        *,
-        rules: Optional[RulesConfig] = None,
-        state: Optional[Any] = None,
-        namespace: str = "default",
-        clock: Optional[FakeClock] = None,
-    ) -> None:
+            return make(limits=limits, rules=rules, budgets=budgets, namespace=namespace, clock=clock)  # type: ignore[no-any-return]
+        canonical = normalize(limits, rules, budgets)
+        if state is None:
+            state = InProcessState()
+        self = super().__new__(cls, canonical, namespace=namespace, state=state, clock=clock)
+        self._budgets = tuple(budgets)
         self._namespace = namespace
-        self._state = state if state is not None else InProcessState
+        self._state = state
         self._clock = clock
         self._limits = limits
         self._rules = rules
+        return self
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Everything is set up by `__new__` (the native base is immutable once built)."""
 
     @property
     def namespace(self) -> str:
@@ -211,12 +247,29 @@ class Limiter(WaitingMixin, _native.Limiter):
         """The per-pattern rules (None when configured by `limits`)."""
         return self._rules
 
-    def set_limits(self, limits: Optional[LimitsConfig] = None, *, rules: Optional[RulesConfig] = None) -> None:
-        """Replaces the limits at runtime. Counters carry over for every limit whose pattern,
-        dimension and kind stay the same: a new burst applies to the current level at once,
-        and a new rate refills from the current level at the new pace."""
-        self._set_rules(normalize(limits, rules), self._namespace)
-        self._limits, self._rules = limits, rules
+    @property
+    def budgets(self) -> tuple[Budget, ...]:
+        return self._budgets
+
+    @property
+    def state(self) -> Any:
+        """Where the counters live (an InProcessState, SharedState, ...)."""
+        return self._state
+
+    def set_limits(
+        self,
+        limits: Optional[LimitsConfig] = None,
+        *,
+        rules: Optional[RulesConfig] = None,
+        budgets: Optional[Sequence[Budget]] = None,
+    ) -> None:
+        """Replaces the limits (and the budgets, when given) at runtime. Counters carry over
+        for every limit whose pattern, dimension and kind stay the same: a new burst applies to
+        the current level at once, and a new rate refills from the current level at the new
+        pace; a budget keeps what was spent."""
+        new_budgets = self._budgets if budgets is None else tuple(budgets)
+        self._set_rules(normalize(limits, rules, new_budgets), self._namespace)
+        self._limits, self._rules, self._budgets = limits, rules, new_budgets
 
     def status(self, key: str) -> list[LimitState]:  # type: ignore[override]
         """The state of `key` under each limit that applies to it."""

@@ -35,9 +35,20 @@ _RATE_KEYS = {"rate", "burst"}
 _QUOTA_KEYS = {"quota", "per"}
 
 
-def normalize(limits: LimitsConfig | None, rules: RulesConfig | None) -> list[RuleTuple]:
+def normalize(
+    limits: LimitsConfig | None, rules: RulesConfig | None, budgets: Sequence[Any] = ()
+) -> list[Any]:
     """Rule tuples for the engine from either a limits mapping (applies to every key) or a
-    mapping of key pattern to limits mapping. Raises `ConfigError` naming the offending entry."""
+    mapping of key pattern to limits mapping, followed by the budgets' rules in their own layer.
+    Raises `ConfigError` naming the offending entry."""
+    from .budget import budget_rules
+
+    if limits is None and rules is None and budgets:
+        return list(budget_rules(list(budgets)))
+    return [*_rate_rules(limits, rules), *budget_rules(list(budgets))]
+
+
+def _rate_rules(limits: LimitsConfig | None, rules: RulesConfig | None) -> list[RuleTuple]:
     if (limits is None) == (rules is None):
         raise ConfigError("give exactly one of `limits` (for every key) or `rules` (per key pattern)")
     if limits is not None:

@@ -1,0 +1,113 @@
+"""Budgets in dollars: how much a scope of keys may spend per period.
+
+A budget is a limit in its own layer of the policy, on the `budget_usd` dimension, so it is
+enforced in the same all-or-nothing acquisition as rate limits and shares their state (in
+process, or across processes through `SharedState`). A user's call that also names its team and
+org (`keys=["user:1", "team:a", "org:acme"]`) is charged against every budget on that path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Literal, Optional, Union
+
+from ._native import ConfigError, key_matches
+
+__all__ = ["Budget", "BUDGET_DIMENSION", "BUDGET_LAYER", "budget_for", "budget_rules"]
+
+#: The dimension budgets are kept in (dollars at the API, micro-dollars inside).
+BUDGET_DIMENSION = "budget_usd"
+#: The policy layer of budget rules (rate limits are layer 0).
+BUDGET_LAYER = 1
+
+_CALENDAR = ("day", "week", "month")
+
+OnExceed = Literal["reject", "downgrade", "queue"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """`limit_usd` per `period` for every key matching `scope` (a glob: `"team:*"`, `"org:acme"`).
+
+    `period` is `"day"`, `"week"` or `"month"` (calendar, UTC: spend resets on the boundary) or a
+    duration such as `"24h"` or `"30d"` (rolling: spend drains continuously over that window).
+    At 100% the budget acts per `on_exceed`: `"reject"` raises `BudgetExceeded`, `"downgrade"`
+    lets a `Guard` retry with the cheaper `downgrade_to` model, `"queue"` waits for the period
+    to roll over (within the caller's timeout). Each fraction in `thresholds` fires the guard's
+    `on_threshold` callback once per period when spend first reaches it.
+
+    For one key, the first budget in the list whose scope matches applies: list specific scopes
+    (`"team:vip"`) before general ones (`"team:*"`).
+    """
+
+    scope: str
+    limit_usd: Union[int, float, Decimal]
+    period: str = "month"
+    on_exceed: OnExceed = "reject"
+    downgrade_to: Optional[str] = None
+    thresholds: tuple[float, ...] = field(default=(0.5, 0.8))
+    name: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        where = f"Budget({self.scope!r})"
+        if not isinstance(self.scope, str) or not self.scope:
+            raise ConfigError(f"{where}: scope must be a non-empty key pattern such as 'team:*'")
+        limit = self.limit_usd
+        if isinstance(limit, bool) or not isinstance(limit, (int, float, Decimal)):
+            raise ConfigError(f"{where}: limit_usd must be a number of dollars, not {limit!r}")
+        if not math.isfinite(float(limit)) or not 0 < float(limit) <= 100_000_000:
+            raise ConfigError(f"{where}: limit_usd must be above 0 and at most 100,000,000 (got {limit})")
+        if not isinstance(self.period, str) or not self.period.strip():
+            raise ConfigError(f"{where}: period must be day, week, month or a duration such as '30d'")
+        if self.on_exceed not in ("reject", "downgrade", "queue"):
+            raise ConfigError(f"{where}: on_exceed must be 'reject', 'downgrade' or 'queue', not {self.on_exceed!r}")
+        if self.on_exceed == "downgrade" and not self.downgrade_to:
+            raise ConfigError(f"{where}: on_exceed='downgrade' needs downgrade_to (a cheaper model)")
+        if self.downgrade_to is not None and (not isinstance(self.downgrade_to, str) or not self.downgrade_to):
+            raise ConfigError(f"{where}: downgrade_to must be a model name")
+        thresholds = tuple(self.thresholds)
+        for t in thresholds:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
+                raise ConfigError(f"{where}: thresholds must be fractions in (0, 1], got {t!r}")
+        object.__setattr__(self, "thresholds", tuple(sorted(set(thresholds))))
+
+    @property
+    def label(self) -> str:
+        """The budget's name, or its scope."""
+        return self.name or self.scope
+
+    @property
+    def calendar(self) -> bool:
+        """True for day/week/month budgets, False for rolling windows."""
+        return self.period.strip().lower() in _CALENDAR
+
+    def limit_tuple(self) -> tuple[str, str, object, object]:
+        """The engine limit: a calendar quota, or a rate with the whole budget as its burst."""
+        amount = float(self.limit_usd)
+        if self.calendar:
+            return (BUDGET_DIMENSION, "quota", amount, self.period.strip().lower())
+        return (BUDGET_DIMENSION, "rate", f"{amount!r}/{self.period.strip()}", amount)
+
+
+def budget_rules(budgets: "list[Budget] | tuple[Budget, ...]") -> list[tuple[str, list[tuple[str, str, object, object]], int]]:
+    """Engine rule tuples for `budgets`, in their layer."""
+    seen: set[str] = set()
+    rules = []
+    for budget in budgets:
+        if not isinstance(budget, Budget):
+            raise ConfigError(f"budgets must be Budget objects, not {type(budget).__name__}")
+        if budget.scope in seen:
+            raise ConfigError(f"two budgets have the scope {budget.scope!r}")
+        seen.add(budget.scope)
+        rules.append((budget.scope, [budget.limit_tuple()], BUDGET_LAYER))
+    return rules
+
+
+def budget_for(budgets: "tuple[Budget, ...]", key: str) -> Optional[Budget]:
+    """The budget that applies to `key` (the first whose scope matches, as the engine picks)."""
+    for budget in budgets:
+        if key_matches(budget.scope, key):
+            return budget
+    return None

@@ -1,0 +1,290 @@
+"""`Guard`: one LLM call, admitted against limits and budgets, priced, and recorded.
+
+    guard = lt.Guard(limiter, ledger=lt.Ledger("usage/"))
+    with guard.call(["user:1", "team:a", "org:acme"], model="gpt-4o",
+                    input_tokens=1200, max_output_tokens=500, feature="chat") as call:
+        response = client.chat.completions.create(model=call.model, ...)
+        call.finish(response.usage)
+
+Admission charges the worst case (estimated input plus the whole output reservation, priced)
+against every budget on the call's keys; `finish` reconciles with the real usage, records the
+call in the ledger and fires budget thresholds once per period.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ._native import BudgetExceeded, InProcessState, Reservation, parse_duration
+from .budget import BUDGET_DIMENSION, Budget, budget_for
+from .ledger import Ledger
+from .limiter import Key, Limiter
+from .pricing import Cost, PriceTable
+
+__all__ = ["Guard", "GuardedCall", "ThresholdEvent"]
+
+# Keys named `<field>:<value>` with these fields fill the ledger's columns; other keys go to tags.
+_LEDGER_FIELDS = ("tenant", "user", "team", "feature")
+
+
+@dataclass(frozen=True)
+class ThresholdEvent:
+    """A budget's spend reached `threshold` (a fraction) of its limit for `key`."""
+
+    budget: Budget
+    key: str
+    threshold: float
+    spent_usd: float
+    limit_usd: float
+
+
+def _ledger_keys(keys: Sequence[str], tags: dict[str, Any]) -> dict[str, Optional[str]]:
+    """Ledger columns from explicit tags (`feature="chat"`) and `<field>:<value>` keys; moves
+    every other `<name>:<value>` key into `tags`."""
+    fields: dict[str, Optional[str]] = {name: tags.pop(name) for name in _LEDGER_FIELDS if name in tags}
+    for key in keys:
+        name, sep, value = key.partition(":")
+        if sep and name in _LEDGER_FIELDS and name not in fields:
+            fields[name] = value
+        elif sep and name not in tags:
+            tags[name] = value
+    return fields
+
+
+class Guard:
+    """Limits, budgets, pricing and the usage ledger around LLM calls.
+
+    `limiter` holds the rate limits and budgets (`Limiter(..., budgets=[...])`); dimensions it
+    does not limit are not sent to it. `prices` defaults to the shipped table. With a
+    `ledger`, every finished call is recorded; and when the limiter's state lives in this
+    process, budget spend of the current periods is rebuilt from the ledger at start, so a
+    restart does not forget what was spent.
+    """
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        *,
+        prices: Optional[PriceTable] = None,
+        ledger: Optional[Ledger] = None,
+        on_threshold: Optional[Callable[[ThresholdEvent], None]] = None,
+        rebuild_from_ledger: Optional[bool] = None,
+    ) -> None:
+        self.limiter = limiter
+        self.prices = prices if prices is not None else PriceTable.default()
+        self.ledger = ledger
+        self.on_threshold = on_threshold
+        self._marks = self._threshold_limiter(limiter)
+        if rebuild_from_ledger is None:
+            rebuild_from_ledger = ledger is not None and isinstance(limiter.state, InProcessState)
+        if rebuild_from_ledger:
+            self.rebuild_from_ledger()
+
+    @staticmethod
+    def _threshold_limiter(limiter: Limiter) -> Optional[Limiter]:
+        """One quota of 1 per budget period and threshold: the first call to cross a threshold
+        takes it, so a threshold fires once per period, across every process sharing state."""
+        rules: dict[str, dict[str, Any]] = {}
+        for budget in limiter.budgets:
+            period = budget.period if budget.calendar else budget.period.strip()
+            rules[budget.scope] = {
+                f"t{round(t * 1000)}": {"quota": 1, "per": period} for t in budget.thresholds
+            } or {"t0": {"quota": 1, "per": period}}
+        if not rules:
+            return None
+        return Limiter(
+            rules=rules,
+            state=limiter.state,
+            namespace=f"{limiter.namespace}.thresholds",
+            clock=limiter._clock,
+        )
+
+    def _amounts(self, model: str, input_tokens: int, max_output_tokens: int, provider: Optional[str]) -> dict[str, Any]:
+        dims = set(self.limiter.dimensions)
+        worst = self.prices.worst_case_cost(model, input_tokens, max_output_tokens, provider)
+        candidates: dict[str, Any] = {
+            "tokens": input_tokens + max_output_tokens,
+            "input_tokens": input_tokens,
+            "output_tokens": max_output_tokens,
+            "cost_usd": worst / 1e6,
+            BUDGET_DIMENSION: worst / 1e6,
+        }
+        return {name: value for name, value in candidates.items() if name in dims}
+
+    def call(
+        self,
+        keys: Key,
+        *,
+        model: str,
+        input_tokens: int = 0,
+        max_output_tokens: int = 0,
+        provider: Optional[str] = None,
+        timeout: Optional[float] = None,
+        **tags: Any,
+    ) -> "GuardedCall":
+        """Waits until the call is admitted (see `Limiter.acquire`) and returns it. A budget
+        with `on_exceed="downgrade"` retries once with its cheaper model; `call.model` is the
+        model to use. Raises `BudgetExceeded`, `RateLimited` or `ExceedsCapacity`."""
+        key_list = [keys] if isinstance(keys, str) else list(keys)
+        try:
+            amounts = self._amounts(model, input_tokens, max_output_tokens, provider)
+            reservation = self.limiter.acquire(key_list, timeout=timeout, **amounts)
+        except BudgetExceeded as exceeded:
+            if exceeded.downgrade_to is None or exceeded.downgrade_to == model:
+                raise
+            model = exceeded.downgrade_to
+            amounts = self._amounts(model, input_tokens, max_output_tokens, provider)
+            reservation = self.limiter.acquire(key_list, timeout=timeout, **amounts)
+        return GuardedCall(self, reservation, key_list, model, provider, tags)
+
+    async def call_async(
+        self,
+        keys: Key,
+        *,
+        model: str,
+        input_tokens: int = 0,
+        max_output_tokens: int = 0,
+        provider: Optional[str] = None,
+        timeout: Optional[float] = None,
+        **tags: Any,
+    ) -> "GuardedCall":
+        """`call` for asyncio."""
+        key_list = [keys] if isinstance(keys, str) else list(keys)
+        try:
+            amounts = self._amounts(model, input_tokens, max_output_tokens, provider)
+            reservation = await self.limiter.acquire_async(key_list, timeout=timeout, **amounts)
+        except BudgetExceeded as exceeded:
+            if exceeded.downgrade_to is None or exceeded.downgrade_to == model:
+                raise
+            model = exceeded.downgrade_to
+            amounts = self._amounts(model, input_tokens, max_output_tokens, provider)
+            reservation = await self.limiter.acquire_async(key_list, timeout=timeout, **amounts)
+        return GuardedCall(self, reservation, key_list, model, provider, tags)
+
+    def rebuild_from_ledger(self, now: Optional[float] = None) -> int:
+        """Charges each budget key with what the ledger recorded in its current period (calendar
+        budgets) or window (rolling budgets). Returns how many keys were charged. Only for state
+        that does not outlive the process: shared state already remembers."""
+        if self.ledger is None:
+            return 0
+        wall = now if now is not None else (self.limiter._clock.wall if self.limiter._clock else time.time())
+        charged = 0
+        for budget in self.limiter.budgets:
+            since = _period_start(budget, wall)
+            field, sep, value = budget.scope.partition(":")
+            if not sep or field == "*":
+                continue
+            # The ledger filters and groups by its columns and by tag names alike.
+            column = field
+            if "*" in value:
+                groups = self.ledger.aggregate([column], since=since)
+                spends = [(f"{field}:{g[column]}", g["cost_micros"]) for g in groups if g.get(column) is not None]
+            else:
+                spends = [(budget.scope, self.ledger.spend(since=since, **{column: value}))]
+            for key, micros in spends:
+                if micros > 0 and budget_for(self.limiter.budgets, key) is budget:
+                    self.limiter.try_acquire(key, requests=0).commit(**{BUDGET_DIMENSION: micros / 1e6})
+                    charged += 1
+        return charged
+
+
+def _period_start(budget: Budget, wall: float) -> float:
+    import datetime as dt
+
+    now = dt.datetime.fromtimestamp(wall, dt.timezone.utc)
+    period = budget.period.strip().lower()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return midnight.timestamp()
+    if period == "week":
+        return (midnight - dt.timedelta(days=now.weekday())).timestamp()
+    if period == "month":
+        return midnight.replace(day=1).timestamp()
+    return wall - parse_duration(budget.period)
+
+
+class GuardedCall:
+    """An admitted LLM call: `finish(usage)` prices and records it; `cancel()` refunds it.
+    As a context manager it cancels when the block raises and finishes with the reserved
+    amounts when `finish` was not called."""
+
+    def __init__(
+        self, guard: Guard, reservation: Reservation, keys: list[str], model: str, provider: Optional[str], tags: dict[str, Any]
+    ) -> None:
+        self.guard = guard
+        self.reservation = reservation
+        self.keys = keys
+        self.model = model
+        self.provider = provider
+        self.tags = tags
+        self.cost: Optional[Cost] = None
+        self._started = time.monotonic()
+
+    def finish(self, usage: Any, *, outcome: str = "ok") -> Cost:
+        """Reconciles with the provider's `usage` (an OpenAI or Anthropic usage object or dict):
+        tokens and cost replace the reservation, the call is recorded in the ledger, and budget
+        thresholds crossed for the first time this period fire."""
+        guard = self.guard
+        cost = guard.prices.cost(self.model, usage, self.provider)
+        u = cost.usage
+        input_tokens = u.input_tokens + u.cached_input_tokens + u.cache_write_tokens
+        actual: dict[str, Any] = {
+            "tokens": input_tokens + u.output_tokens,
+            "input_tokens": input_tokens,
+            "output_tokens": u.output_tokens,
+            "cost_usd": cost.total_micros / 1e6,
+            BUDGET_DIMENSION: cost.total_micros / 1e6,
+        }
+        dims = set(guard.limiter.dimensions)
+        self.reservation.commit(**{k: v for k, v in actual.items() if k in dims})
+        self.cost = cost
+        if guard.ledger is not None:
+            tags = dict(self.tags)
+            fields = _ledger_keys(self.keys, tags)
+            guard.ledger.record_cost(
+                cost, latency_s=time.monotonic() - self._started, outcome=outcome, tags=tags or None, **fields
+            )
+        self._fire_thresholds()
+        return cost
+
+    def cancel(self) -> None:
+        """The call never happened (or failed before any tokens were billed): full refund."""
+        self.reservation.cancel()
+
+    def _fire_thresholds(self) -> None:
+        guard = self.guard
+        if guard._marks is None or guard.on_threshold is None:
+            return
+        for key in self.keys:
+            budget = budget_for(guard.limiter.budgets, key)
+            if budget is None:
+                continue
+            state = next((s for s in guard.limiter.status(key) if s.dimension == BUDGET_DIMENSION), None)
+            if state is None or not state.capacity:
+                continue
+            fraction = float(state.used) / float(state.capacity)
+            for threshold in budget.thresholds:
+                if fraction >= threshold and guard._marks.try_acquire(key, **{f"t{round(threshold * 1000)}": 1}):
+                    guard.on_threshold(ThresholdEvent(budget, key, threshold, float(state.used), float(state.capacity)))
+
+    def __enter__(self) -> "GuardedCall":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if self.reservation.settled:
+            return False
+        if exc_type is not None:
+            self.cancel()
+        else:
+            self.reservation.commit()
+        return False
+
+    async def __aenter__(self) -> "GuardedCall":
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        return self.__exit__(exc_type, exc, tb)
+

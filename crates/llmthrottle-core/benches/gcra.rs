@@ -12,6 +12,7 @@ fn policy(dimensions: &[&str]) -> PolicySpec {
         namespace: "bench".into(),
         rules: vec![RuleSpec {
             pattern: "*".into(),
+            layer: 0,
             limits: dimensions
                 .iter()
                 .map(|d| LimitSpec {
@@ -32,18 +33,33 @@ fn bench(c: &mut Criterion) {
             std::hint::black_box(gcra::decide(std::hint::black_box(now), now, 1, &rate, 0))
         })
     });
-    c.bench_function("SystemClock::now", |b| b.iter(|| std::hint::black_box(SystemClock.now())));
+    c.bench_function("SystemClock::now", |b| {
+        b.iter(|| std::hint::black_box(SystemClock.now()))
+    });
     for dims in [&["requests"][..], &["requests", "tokens"][..]] {
-        let engine = Engine::new(Arc::new(LocalStore::new()), Arc::new(SystemClock), &policy(dims)).unwrap();
+        let engine = Engine::new(
+            Arc::new(LocalStore::new()),
+            Arc::new(SystemClock),
+            &policy(dims),
+        )
+        .unwrap();
         let amounts = vec![1u64; dims.len()];
-        c.bench_function(&format!("Engine::acquire local, {} dims", dims.len()), |b| {
-            b.iter(|| {
-                let (d, r) = engine.acquire(&["tenant:acme"], &amounts, 0).unwrap();
-                std::hint::black_box((d, r))
-            })
-        });
+        c.bench_function(
+            &format!("Engine::acquire local, {} dims", dims.len()),
+            |b| {
+                b.iter(|| {
+                    let (d, r) = engine.acquire(&["tenant:acme"], &amounts, 0).unwrap();
+                    std::hint::black_box((d, r))
+                })
+            },
+        );
     }
-    let engine = Engine::new(Arc::new(LocalStore::new()), Arc::new(SystemClock), &policy(&["requests"])).unwrap();
+    let engine = Engine::new(
+        Arc::new(LocalStore::new()),
+        Arc::new(SystemClock),
+        &policy(&["requests"]),
+    )
+    .unwrap();
     let keys: Vec<String> = (0..100_000).map(|i| format!("tenant:{i}")).collect();
     let mut i = 0;
     c.bench_function("Engine::acquire local, 1 dim, 100k keys", |b| {

@@ -186,10 +186,11 @@ impl<S: Store> Engine<S> {
                 continue;
             }
             for key in keys {
-                let Some((_, rule)) = policy.rule_for(key) else {
-                    continue;
-                };
-                for limit in rule.limits.iter().filter(|l| l.dimension == dimension) {
+                for limit in policy
+                    .rules_for(key)
+                    .flat_map(|(_, rule)| rule.limits.iter())
+                    .filter(|l| l.dimension == dimension)
+                {
                     let cell = self.store.cell(&limit.scope, key, now)?;
                     add(&cell, limit.kind, now, used);
                 }
@@ -242,17 +243,20 @@ impl<S: Store> Engine<S> {
         validate_key(key)?;
         let policy = self.policy.load_full();
         let now = self.clock.now();
-        let Some((_, rule)) = policy.rule_for(key) else {
-            return Ok(Vec::new());
-        };
-        Ok(rule
-            .limits
-            .iter()
+        Ok(policy
+            .rules_for(key)
+            .flat_map(|(_, rule)| rule.limits.iter())
             .map(|limit| self.limit_status(&policy, limit, key, now))
             .collect())
     }
 
-    fn limit_status(&self, policy: &Policy<S>, limit: &Limit<S>, key: &str, now: Now) -> LimitStatus {
+    fn limit_status(
+        &self,
+        policy: &Policy<S>,
+        limit: &Limit<S>,
+        key: &str,
+        now: Now,
+    ) -> LimitStatus {
         let value = self
             .store
             .find(&limit.scope, key)
@@ -263,12 +267,20 @@ impl<S: Store> Engine<S> {
         let (remaining, used, reset_after_ns) = match limit.kind {
             LimitKind::Rate(p) => {
                 let remaining = gcra::remaining(value, now.monotonic_ns, &p);
-                (remaining, p.burst - remaining, gcra::reset_after(value, now.monotonic_ns))
+                (
+                    remaining,
+                    p.burst - remaining,
+                    gcra::reset_after(value, now.monotonic_ns),
+                )
             }
             LimitKind::Concurrency { max } => (max.saturating_sub(value), value, 0),
             LimitKind::Quota(q) => {
                 let used = quota::used(value, q.period.index(now.wall_ns));
-                let reset = if used > 0 { q.period.remaining_ns(now.wall_ns) } else { 0 };
+                let reset = if used > 0 {
+                    q.period.remaining_ns(now.wall_ns)
+                } else {
+                    0
+                };
                 (q.limit.saturating_sub(used), used, reset)
             }
         };
@@ -337,7 +349,12 @@ impl<S: Store> Engine<S> {
 
     /// The limit that would deny the request now and when it would admit it, read without
     /// charging: the latest of every limit's own answer.
-    fn worst_denial(&self, policy: &Policy<S>, steps: &[Step<'_>], now: Now) -> Option<(u64, LimitedBy)> {
+    fn worst_denial(
+        &self,
+        policy: &Policy<S>,
+        steps: &[Step<'_>],
+        now: Now,
+    ) -> Option<(u64, LimitedBy)> {
         let mut worst: Option<(u64, LimitedBy)> = None;
         for step in steps {
             let limit = &policy.rules[step.rule as usize].limits[step.limit as usize];
@@ -348,10 +365,12 @@ impl<S: Store> Engine<S> {
                 .filter(|v| *v != TOMBSTONE)
                 .unwrap_or(0);
             let retry = match limit.kind {
-                LimitKind::Rate(p) => match gcra::decide(value, now.monotonic_ns, step.amount, &p, 0) {
-                    RateOutcome::Admit { .. } => None,
-                    RateOutcome::Deny { retry_after_ns } => Some(retry_after_ns),
-                },
+                LimitKind::Rate(p) => {
+                    match gcra::decide(value, now.monotonic_ns, step.amount, &p, 0) {
+                        RateOutcome::Admit { .. } => None,
+                        RateOutcome::Deny { retry_after_ns } => Some(retry_after_ns),
+                    }
+                }
                 LimitKind::Concurrency { max } => (value >= max).then_some(0),
                 LimitKind::Quota(q) => {
                     let index = q.period.index(now.wall_ns);
@@ -373,13 +392,27 @@ impl<S: Store> Engine<S> {
         worst
     }
 
-    fn explain_denial(&self, policy: &Policy<S>, steps: &[Step<'_>], denied: &Step<'_>, now: Now) -> Decision {
-        let (retry_after_ns, limited_by) = self.worst_denial(policy, steps, now).unwrap_or_else(|| {
-            // Every limit has room again: the denial came from a racing call that has since
-            // given its charge back. Report the limit that denied, with nothing to wait for.
-            let dimension = policy.rules[denied.rule as usize].limits[denied.limit as usize].dimension;
-            (0, LimitedBy { key: denied.key_index, dimension })
-        });
+    fn explain_denial(
+        &self,
+        policy: &Policy<S>,
+        steps: &[Step<'_>],
+        denied: &Step<'_>,
+        now: Now,
+    ) -> Decision {
+        let (retry_after_ns, limited_by) =
+            self.worst_denial(policy, steps, now).unwrap_or_else(|| {
+                // Every limit has room again: the denial came from a racing call that has since
+                // given its charge back. Report the limit that denied, with nothing to wait for.
+                let dimension =
+                    policy.rules[denied.rule as usize].limits[denied.limit as usize].dimension;
+                (
+                    0,
+                    LimitedBy {
+                        key: denied.key_index,
+                        dimension,
+                    },
+                )
+            });
         Decision {
             retry_after_ns,
             limited_by: Some(limited_by),
@@ -396,7 +429,12 @@ fn note_remaining(decision: &mut Decision, dimension: usize, left: u64) {
 }
 
 #[inline]
-fn note_admitted<S: Store>(decision: &mut Decision, limit: &Limit<S>, charge: &Charge<S>, now: Now) {
+fn note_admitted<S: Store>(
+    decision: &mut Decision,
+    limit: &Limit<S>,
+    charge: &Charge<S>,
+    now: Now,
+) {
     decision.delay_ns = decision.delay_ns.max(charge.delay_ns);
     let (left, reset) = match limit.kind {
         LimitKind::Rate(p) => (
@@ -405,7 +443,8 @@ fn note_admitted<S: Store>(decision: &mut Decision, limit: &Limit<S>, charge: &C
         ),
         LimitKind::Concurrency { max } => (max.saturating_sub(charge.state), 0),
         LimitKind::Quota(q) => (
-            q.limit.saturating_sub(quota::used(charge.state, charge.mark)),
+            q.limit
+                .saturating_sub(quota::used(charge.state, charge.mark)),
             q.period.remaining_ns(now.wall_ns),
         ),
     };
@@ -434,40 +473,43 @@ fn plan<'k, S: Store>(
     amounts: &[u64],
 ) -> Result<SmallVec<[Step<'k>; 8]>> {
     if keys.is_empty() {
-        return Err(CoreError::InvalidInput("at least one key is required".into()));
+        return Err(CoreError::InvalidInput(
+            "at least one key is required".into(),
+        ));
     }
     let mut steps = SmallVec::new();
     for (key_index, key) in keys.iter().enumerate() {
         validate_key(key)?;
         if keys[..key_index].contains(key) {
-            return Err(CoreError::InvalidInput(format!("key {key:?} is given twice")));
+            return Err(CoreError::InvalidInput(format!(
+                "key {key:?} is given twice"
+            )));
         }
-        let Some((rule_index, rule)) = policy.rule_for(key) else {
-            continue;
-        };
-        for (limit_index, limit) in rule.limits.iter().enumerate() {
-            let amount = match limit.kind {
-                LimitKind::Concurrency { .. } => 1,
-                _ => amounts.get(limit.dimension).copied().unwrap_or(0),
-            };
-            if amount == 0 {
-                continue;
-            }
-            if amount > limit.kind.capacity() {
-                return Err(CoreError::ExceedsCapacity {
-                    key: (*key).to_owned(),
-                    dimension: policy.dimensions[limit.dimension].clone(),
-                    requested: amount,
-                    capacity: limit.kind.capacity(),
+        for (rule_index, rule) in policy.rules_for(key) {
+            for (limit_index, limit) in rule.limits.iter().enumerate() {
+                let amount = match limit.kind {
+                    LimitKind::Concurrency { .. } => 1,
+                    _ => amounts.get(limit.dimension).copied().unwrap_or(0),
+                };
+                if amount == 0 {
+                    continue;
+                }
+                if amount > limit.kind.capacity() {
+                    return Err(CoreError::ExceedsCapacity {
+                        key: (*key).to_owned(),
+                        dimension: policy.dimensions[limit.dimension].clone(),
+                        requested: amount,
+                        capacity: limit.kind.capacity(),
+                    });
+                }
+                steps.push(Step {
+                    key_index,
+                    key,
+                    rule: rule_index as u16,
+                    limit: limit_index as u16,
+                    amount,
                 });
             }
-            steps.push(Step {
-                key_index,
-                key,
-                rule: rule_index as u16,
-                limit: limit_index as u16,
-                amount,
-            });
         }
     }
     Ok(steps)

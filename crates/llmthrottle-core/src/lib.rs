@@ -26,7 +26,7 @@ pub use error::{CoreError, Result};
 pub use gcra::RateParams;
 pub use limit::{CellKind, LimitKind, MAX_KEY_BYTES, TOMBSTONE};
 pub use local::LocalStore;
-pub use policy::{units_per_api_unit, LimitSpec, PolicySpec, RuleSpec, CONCURRENCY};
+pub use policy::{units_per_api_unit, LimitSpec, PolicySpec, RuleSpec, CONCURRENCY, MAX_LAYERS};
 pub use quota::QuotaParams;
 pub use rate::Rate;
 pub use reservation::Reservation;

@@ -81,6 +81,8 @@ impl LocalScope {
 impl Store for LocalStore {
     type Scope = Arc<LocalScope>;
     type Cell = Arc<AtomicU64>;
+    /// Units held by a process die with it: nothing to record.
+    type Lease = ();
 
     fn scope(&self, label: &str, kind: CellKind) -> Result<Arc<LocalScope>> {
         let mut scopes = self.scopes.write().unwrap_or_else(|e| e.into_inner());

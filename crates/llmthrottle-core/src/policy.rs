@@ -16,9 +16,15 @@ pub struct LimitSpec {
 pub struct RuleSpec {
     pub pattern: String,
     pub limits: Vec<LimitSpec>,
+    /// Rules form independent layers (rate limits, budgets, ...): in each layer, the first
+    /// rule whose pattern matches a key applies to it.
+    pub layer: u8,
 }
 
-/// A whole policy: the first rule whose pattern matches a key applies to it.
+/// The most layers a policy may use.
+pub const MAX_LAYERS: u8 = 8;
+
+/// A whole policy: in each layer, the first rule whose pattern matches a key applies to it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct PolicySpec {
     /// Separates limiters that share one store; limiters with the same namespace, rule pattern
@@ -36,6 +42,7 @@ pub struct Limit<S: Store> {
 
 pub struct Rule<S: Store> {
     pub pattern: String,
+    pub layer: u8,
     pub limits: Vec<Limit<S>>,
 }
 
@@ -72,6 +79,11 @@ impl<S: Store> Policy<S> {
             if rule.pattern.is_empty() {
                 return Err(CoreError::Config("a rule's key pattern is empty".into()));
             }
+            if rule.layer >= MAX_LAYERS {
+                return Err(CoreError::Config(format!(
+                    "rule layer must be below {MAX_LAYERS}"
+                )));
+            }
             let mut limits = Vec::with_capacity(rule.limits.len());
             for (position, limit) in rule.limits.iter().enumerate() {
                 validate_dimension(&limit.dimension)?;
@@ -103,8 +115,9 @@ impl<S: Store> Policy<S> {
                     .count();
                 let cell_kind = limit.kind.cell_kind();
                 let label = format!(
-                    "{}\x1f{}\x1f{}:{}#{}",
+                    "{}\x1f{}\x1f{}\x1f{}:{}#{}",
                     spec.namespace,
+                    rule.layer,
                     rule.pattern,
                     cell_kind.tag(),
                     limit.dimension,
@@ -120,6 +133,7 @@ impl<S: Store> Policy<S> {
             }
             rules.push(Rule {
                 pattern: rule.pattern.clone(),
+                layer: rule.layer,
                 limits,
             });
         }
@@ -134,13 +148,22 @@ impl<S: Store> Policy<S> {
         })
     }
 
-    /// The rule that applies to `key`, if any.
+    /// The rules that apply to `key`: the first match in each layer.
     #[inline]
-    pub fn rule_for(&self, key: &str) -> Option<(usize, &Rule<S>)> {
-        self.rules
-            .iter()
-            .enumerate()
-            .find(|(_, rule)| glob_match(&rule.pattern, key))
+    pub fn rules_for<'p>(
+        &'p self,
+        key: &'p str,
+    ) -> impl Iterator<Item = (usize, &'p Rule<S>)> + 'p {
+        let mut matched_layers = 0u8;
+        self.rules.iter().enumerate().filter(move |(_, rule)| {
+            let bit = 1u8 << rule.layer;
+            if matched_layers & bit == 0 && glob_match(&rule.pattern, key) {
+                matched_layers |= bit;
+                true
+            } else {
+                false
+            }
+        })
     }
 
     pub fn dimension_index(&self, name: &str) -> Option<usize> {

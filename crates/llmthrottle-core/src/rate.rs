@@ -79,7 +79,9 @@ pub fn parse_duration_ns(text: &str) -> std::result::Result<u64, String> {
     let ns = count * unit_ns as f64;
     // Ten years: anything longer is a typo, and keeps every later product inside u64.
     if !ns.is_finite() || ns < 1.0 || ns > 3650.0 * 86_400.0 * 1e9 {
-        return Err(format!("duration {text:?} is out of range (1ns to 10 years)"));
+        return Err(format!(
+            "duration {text:?} is out of range (1ns to 10 years)"
+        ));
     }
     Ok(ns.round() as u64)
 }
@@ -102,8 +104,20 @@ mod tests {
     #[test]
     fn rejects_malformed() {
         for bad in [
-            "", "500", "/min", "abc/min", "-5/min", "0/min", "5/lightyear", "5/0s", "nan/s",
-            "inf/s", "1e400/s", "5/min/min", "1..2/s", "5/-1s",
+            "",
+            "500",
+            "/min",
+            "abc/min",
+            "-5/min",
+            "0/min",
+            "5/lightyear",
+            "5/0s",
+            "nan/s",
+            "inf/s",
+            "1e400/s",
+            "5/min/min",
+            "1..2/s",
+            "5/-1s",
         ] {
             assert!(Rate::parse(bad).is_err(), "{bad:?} should be rejected");
         }

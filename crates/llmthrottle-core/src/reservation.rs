@@ -30,7 +30,12 @@ pub struct Charge<S: Store> {
 pub(crate) fn update(cell: &AtomicU64, update: impl Fn(u64) -> u64) {
     let mut current = cell.load(Ordering::Acquire);
     while current != TOMBSTONE {
-        match cell.compare_exchange_weak(current, update(current), Ordering::AcqRel, Ordering::Acquire) {
+        match cell.compare_exchange_weak(
+            current,
+            update(current),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
             Ok(_) => return,
             Err(actual) => current = actual,
         }
@@ -59,7 +64,9 @@ impl<S: Store> Charge<S> {
             LimitKind::Concurrency { .. } => update(&self.cell, |count| count.saturating_sub(1)),
             LimitKind::Quota(q) => {
                 let index = q.period.index(now.wall_ns);
-                update(&self.cell, |state| quota::refund(state, index, self.mark, n));
+                update(&self.cell, |state| {
+                    quota::refund(state, index, self.mark, n)
+                });
             }
         }
     }

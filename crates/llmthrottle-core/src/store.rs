@@ -1,11 +1,23 @@
 //! Where limiter state lives. The GCRA math never sees a store; a store never sees the math.
 
 use std::ops::Deref;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::clock::Now;
 use crate::error::Result;
-use crate::limit::CellKind;
+use crate::limit::{CellKind, TOMBSTONE};
+
+/// What [`Store::hold`] did.
+#[derive(Debug)]
+pub enum Hold<L> {
+    /// One unit taken; `count` units are held now. `lease` records who holds it, if the store
+    /// keeps such records.
+    Held { lease: Option<L>, count: u64 },
+    /// The cap is reached.
+    Full,
+    /// The cell was reclaimed (it holds TOMBSTONE): look the key up again.
+    Reclaimed,
+}
 
 /// A table of cells, one `AtomicU64` per (limit, key), updated only by compare-and-swap.
 ///
@@ -17,6 +29,8 @@ pub trait Store: Send + Sync + 'static {
     type Scope: Send + Sync + 'static;
     /// A handle on one cell.
     type Cell: Deref<Target = AtomicU64> + Send + Sync + 'static;
+    /// A record of one unit of a concurrency cap held by this process (see [`Store::hold`]).
+    type Lease: Send + Sync + 'static;
 
     /// The scope holding the state of the limit named `label`, whose cells are of `kind`.
     fn scope(&self, label: &str, kind: CellKind) -> Result<Self::Scope>;
@@ -29,4 +43,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// Calls `visit` with every live key of `scope` and its value.
     fn for_each(&self, scope: &Self::Scope, visit: &mut dyn FnMut(&str, u64));
+
+    /// Takes one unit of the concurrency cap `max` on `cell` (a count of calls in flight).
+    ///
+    /// A store shared between processes overrides this to record who holds the unit, so that
+    /// the units of a process that dies come back. The default records nothing: right for a
+    /// store that lives and dies with its process.
+    fn hold(&self, cell: &Self::Cell, max: u64) -> Result<Hold<Self::Lease>> {
+        let mut current = cell.load(Ordering::Acquire);
+        loop {
+            if current == TOMBSTONE {
+                return Ok(Hold::Reclaimed);
+            }
+            if current >= max {
+                return Ok(Hold::Full);
+            }
+            match cell.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(Hold::Held { lease: None, count: current + 1 }),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Gives back one unit taken by [`Store::hold`]; a reclaimed cell has nothing to give back.
+    fn release(&self, cell: &Self::Cell, lease: Option<&Self::Lease>) {
+        let _ = lease;
+        let mut current = cell.load(Ordering::Acquire);
+        while current != TOMBSTONE {
+            let next = current.saturating_sub(1);
+            match cell.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
+        }
+    }
 }

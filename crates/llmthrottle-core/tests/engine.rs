@@ -20,6 +20,7 @@ fn spec(rules: Vec<(&str, Vec<(&str, LimitKind)>)>) -> PolicySpec {
             .into_iter()
             .map(|(pattern, limits)| RuleSpec {
                 pattern: pattern.into(),
+                layer: 0,
                 limits: limits
                     .into_iter()
                     .map(|(dimension, kind)| LimitSpec {
@@ -189,14 +190,24 @@ fn racing_threads_never_over_admit() {
         .iter()
         .map(|u| engine.status(u).unwrap()[0].used)
         .sum();
-    assert_eq!(users, 500, "rolled-back charges must leave no trace on the users");
+    assert_eq!(
+        users, 500,
+        "rolled-back charges must leave no trace on the users"
+    );
 }
 
 #[test]
 fn exceeds_capacity_is_not_a_denial() {
     let (engine, _) = engine(vec![("*", vec![("tokens", rate("30k/min", None))])]);
     let err = engine.acquire(&["k"], &[50_000], 0).unwrap_err();
-    assert!(matches!(err, CoreError::ExceedsCapacity { requested: 50_000, capacity: 30_000, .. }));
+    assert!(matches!(
+        err,
+        CoreError::ExceedsCapacity {
+            requested: 50_000,
+            capacity: 30_000,
+            ..
+        }
+    ));
     assert_eq!(engine.status("k").unwrap()[0].remaining, 30_000);
 }
 
@@ -208,7 +219,10 @@ fn commit_reconciles_and_cancel_refunds() {
     assert_eq!(engine.status("k").unwrap()[0].remaining, 400);
     engine.commit(&mut r, &["k"], &[Some(250)]).unwrap();
     assert_eq!(engine.status("k").unwrap()[0].remaining, 750);
-    assert_eq!(engine.commit(&mut r, &["k"], &[Some(1)]), Err(CoreError::AlreadySettled));
+    assert_eq!(
+        engine.commit(&mut r, &["k"], &[Some(1)]),
+        Err(CoreError::AlreadySettled)
+    );
 
     let (_, r) = engine.acquire(&["k"], &[100], 0).unwrap();
     let mut r = r.unwrap();
@@ -221,7 +235,9 @@ fn commit_reconciles_and_cancel_refunds() {
 
     // Usage beyond what is left is still charged: the next call waits for it.
     let (_, r) = engine.acquire(&["k"], &[400], 0).unwrap();
-    engine.commit(&mut r.unwrap(), &["k"], &[Some(900)]).unwrap();
+    engine
+        .commit(&mut r.unwrap(), &["k"], &[Some(900)])
+        .unwrap();
     let (d, _) = engine.acquire(&["k"], &[1], 0).unwrap();
     assert!(!d.allowed);
     assert_eq!(d.retry_after_ns, 451 * 60_000_000); // 451 units past full, 60 ms each
@@ -229,9 +245,17 @@ fn commit_reconciles_and_cancel_refunds() {
 
 #[test]
 fn usage_in_an_unreserved_dimension_is_charged() {
-    let (engine, _) = engine(vec![("*", vec![("requests", rate("10/s", None)), ("tokens", rate("1000/s", None))])]);
+    let (engine, _) = engine(vec![(
+        "*",
+        vec![
+            ("requests", rate("10/s", None)),
+            ("tokens", rate("1000/s", None)),
+        ],
+    )]);
     let (_, r) = engine.acquire(&["a", "b"], &[1, 0], 0).unwrap();
-    engine.commit(&mut r.unwrap(), &["a", "b"], &[None, Some(400)]).unwrap();
+    engine
+        .commit(&mut r.unwrap(), &["a", "b"], &[None, Some(400)])
+        .unwrap();
     for key in ["a", "b"] {
         assert_eq!(engine.status(key).unwrap()[1].used, 400);
     }
@@ -239,7 +263,10 @@ fn usage_in_an_unreserved_dimension_is_charged() {
 
 #[test]
 fn concurrency_is_released_by_commit_cancel_and_drop() {
-    let (engine, _) = engine(vec![("*", vec![("concurrency", LimitKind::Concurrency { max: 2 })])]);
+    let (engine, _) = engine(vec![(
+        "*",
+        vec![("concurrency", LimitKind::Concurrency { max: 2 })],
+    )]);
     let (_, a) = engine.acquire(&["k"], &[], 0).unwrap();
     let (_, b) = engine.acquire(&["k"], &[], 0).unwrap();
     let (d, _) = engine.acquire(&["k"], &[], 0).unwrap();
@@ -272,7 +299,13 @@ fn waiting_reserves_a_place_in_line() {
 fn quotas_reset_at_the_calendar_boundary() {
     let (engine, clock) = engine(vec![(
         "*",
-        vec![("cost_usd", LimitKind::Quota(QuotaParams { limit: 1000, period: Period::Day }))],
+        vec![(
+            "cost_usd",
+            LimitKind::Quota(QuotaParams {
+                limit: 1000,
+                period: Period::Day,
+            }),
+        )],
     )]);
     let (d, _) = engine.acquire(&["k"], &[800], 0).unwrap();
     assert!(d.allowed);
@@ -294,11 +327,17 @@ fn runtime_policy_changes_keep_state() {
         assert!(engine.acquire(&["k"], &[1], 0).unwrap().0.allowed);
     }
     engine
-        .set_policy(&spec(vec![("*", vec![("requests", rate("10/min", Some(20)))])]))
+        .set_policy(&spec(vec![(
+            "*",
+            vec![("requests", rate("10/min", Some(20)))],
+        )]))
         .unwrap();
     assert_eq!(engine.status("k").unwrap()[0].remaining, 10);
     engine
-        .set_policy(&spec(vec![("*", vec![("requests", rate("20/min", Some(10)))])]))
+        .set_policy(&spec(vec![(
+            "*",
+            vec![("requests", rate("20/min", Some(10)))],
+        )]))
         .unwrap();
     let status = &engine.status("k").unwrap()[0];
     assert_eq!((status.remaining, status.reset_after_ns), (0, 60 * S));
@@ -312,13 +351,58 @@ fn runtime_policy_changes_keep_state() {
 #[test]
 fn bad_input_is_an_error() {
     let (engine, _) = engine(vec![("*", vec![("requests", rate("10/min", None))])]);
-    assert!(matches!(engine.acquire(&[""], &[1], 0), Err(CoreError::InvalidInput(_))));
+    assert!(matches!(
+        engine.acquire(&[""], &[1], 0),
+        Err(CoreError::InvalidInput(_))
+    ));
     let long = "x".repeat(MAX_KEY_BYTES + 1);
-    assert!(matches!(engine.acquire(&[&long], &[1], 0), Err(CoreError::InvalidInput(_))));
-    assert!(matches!(engine.acquire(&[], &[1], 0), Err(CoreError::InvalidInput(_))));
-    assert!(matches!(engine.acquire(&["a", "a"], &[1], 0), Err(CoreError::InvalidInput(_))));
+    assert!(matches!(
+        engine.acquire(&[&long], &[1], 0),
+        Err(CoreError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        engine.acquire(&[], &[1], 0),
+        Err(CoreError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        engine.acquire(&["a", "a"], &[1], 0),
+        Err(CoreError::InvalidInput(_))
+    ));
     let bad_dimension = spec(vec![("*", vec![("to kens", rate("1/s", None))])]);
-    assert!(matches!(engine.set_policy(&bad_dimension), Err(CoreError::Config(_))));
-    let bad_concurrency = spec(vec![("*", vec![("concurrency", LimitKind::Concurrency { max: 0 })])]);
-    assert!(matches!(engine.set_policy(&bad_concurrency), Err(CoreError::Config(_))));
+    assert!(matches!(
+        engine.set_policy(&bad_dimension),
+        Err(CoreError::Config(_))
+    ));
+    let bad_concurrency = spec(vec![(
+        "*",
+        vec![("concurrency", LimitKind::Concurrency { max: 0 })],
+    )]);
+    assert!(matches!(
+        engine.set_policy(&bad_concurrency),
+        Err(CoreError::Config(_))
+    ));
+}
+
+#[test]
+fn each_layer_applies_its_first_matching_rule() {
+    let clock = Arc::new(FakeClock::default());
+    let mut policy = spec(vec![
+        ("team:vip", vec![("requests", rate("100/min", None))]),
+        ("team:*", vec![("requests", rate("2/min", None))]),
+    ]);
+    let budget = LimitKind::Quota(QuotaParams { limit: 10, period: Period::Day });
+    policy.rules.push(RuleSpec {
+        pattern: "team:*".into(),
+        limits: vec![LimitSpec { dimension: "cost_usd".into(), kind: budget }],
+        layer: 1,
+    });
+    let engine = Engine::new(Arc::new(LocalStore::new()), clock, &policy).unwrap();
+    // team:vip gets its own rate rule in layer 0 and the team budget in layer 1.
+    let status = engine.status("team:vip").unwrap();
+    assert_eq!(status.iter().map(|s| s.dimension.as_str()).collect::<Vec<_>>(), ["requests", "cost_usd"]);
+    assert_eq!(status[0].remaining, 100);
+    assert!(engine.acquire(&["team:vip"], &[1, 6], 0).unwrap().0.allowed);
+    let (d, _) = engine.acquire(&["team:vip"], &[1, 6], 0).unwrap();
+    assert!(!d.allowed);
+    assert_eq!(engine.policy().dimensions[d.limited_by.unwrap().dimension], "cost_usd");
 }

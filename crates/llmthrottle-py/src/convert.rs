@@ -102,20 +102,27 @@ pub fn keys<'py>(value: &'py Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyStr
 
 /// Builds the core policy from the canonical tuples made by `llmthrottle.policy`:
 /// `[(pattern, [(dimension, "rate", rate_str, burst|None) | (dimension, "concurrency", max, None)
-///   | (dimension, "quota", limit, period_str)])]`.
+///   | (dimension, "quota", limit, period_str)], layer)]` (`layer` optional, default 0).
 pub fn policy_spec(namespace: &str, rules: &Bound<'_, PyAny>) -> PyResult<PolicySpec> {
     let mut spec = PolicySpec {
         namespace: namespace.to_owned(),
         rules: Vec::new(),
     };
+    type Limits<'py> = Vec<(String, String, Bound<'py, PyAny>, Bound<'py, PyAny>)>;
     for rule in rules.try_iter()? {
-        let (pattern, limits): (String, Vec<(String, String, Bound<'_, PyAny>, Bound<'_, PyAny>)>) =
-            rule?.extract().map_err(|_| {
-                ConfigError::new_err("each rule must be (pattern, [(dimension, kind, a, b), ...])")
-            })?;
+        let rule = rule?;
+        let shape = || ConfigError::new_err("each rule must be (pattern, [(dimension, kind, a, b), ...], layer)");
+        let (pattern, limits, layer): (String, Limits<'_>, u8) = match rule.len().map_err(|_| shape())? {
+            2 => {
+                let (pattern, limits): (String, Limits<'_>) = rule.extract().map_err(|_| shape())?;
+                (pattern, limits, 0)
+            }
+            _ => rule.extract().map_err(|_| shape())?,
+        };
         let mut rule_spec = RuleSpec {
             pattern: pattern.clone(),
             limits: Vec::new(),
+            layer,
         };
         for (dimension, kind, a, b) in limits {
             let context = |e: PyErr| {

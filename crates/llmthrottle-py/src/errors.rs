@@ -66,12 +66,27 @@ pub fn to_py(error: llmthrottle_core::CoreError) -> PyErr {
             requested,
             capacity,
         } => Python::attach(|py| {
-            let err = ExceedsCapacity::new_err(error.to_string());
+            let scale = llmthrottle_core::units_per_api_unit(dimension);
+            let message = if scale == 1 {
+                error.to_string()
+            } else {
+                format!(
+                    "{dimension}={} for key {key:?} can never be admitted: the limit allows at most {} at once",
+                    requested as f64 / scale as f64,
+                    capacity as f64 / scale as f64
+                )
+            };
+            let err = ExceedsCapacity::new_err(message);
             let value = err.value(py);
             let _ = value.setattr("key", key);
             let _ = value.setattr("dimension", dimension);
-            let _ = value.setattr("requested", requested);
-            let _ = value.setattr("capacity", capacity);
+            if scale == 1 {
+                let _ = value.setattr("requested", requested);
+                let _ = value.setattr("capacity", capacity);
+            } else {
+                let _ = value.setattr("requested", requested as f64 / scale as f64);
+                let _ = value.setattr("capacity", capacity as f64 / scale as f64);
+            }
             err
         }),
         CoreError::State(message) => StateError::new_err(message),

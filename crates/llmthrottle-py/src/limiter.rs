@@ -247,7 +247,25 @@ impl Limiter {
     }
 }
 
+/// True when `key` matches the rule pattern `pattern` (`*` matches any run of characters):
+/// the same matching the engine applies.
+#[pyfunction]
+fn key_matches(pattern: &str, key: &str) -> bool {
+    llmthrottle_core::policy::glob_match(pattern, key)
+}
+
+/// Seconds in a duration such as `"30d"`, `"12h"`, `"1.5h"` or `"500ms"`, as rates and
+/// periods read them.
+#[pyfunction]
+fn parse_duration(text: &str) -> PyResult<f64> {
+    llmthrottle_core::rate::parse_duration_ns(text)
+        .map(|ns| ns as f64 / 1e9)
+        .map_err(|why| crate::errors::ConfigError::new_err(format!("malformed duration {text:?}: {why}")))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(key_matches, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_duration, m)?)?;
     m.add_class::<Limiter>()?;
     m.add_class::<Decision>()?;
     m.add_class::<Reservation>()?;

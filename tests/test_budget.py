@@ -1,0 +1,177 @@
+"""Budgets in dollars: hierarchy, reconciliation, thresholds, rollover, policies, restarts."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import pytest
+
+import llmthrottle as lt
+from llmthrottle.budget import Budget
+from llmthrottle.guard import Guard
+from llmthrottle.testing import FakeClock
+
+# gpt-4o-mini list price per 1M tokens: $0.15 input, $0.60 output (see prices.toml).
+MINI = "gpt-4o-mini"
+
+
+def usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def make(budgets, limits=None, **kwargs):
+    clock = FakeClock()
+    limiter = lt.Limiter(limits or {"requests": "1000/s"}, budgets=budgets, clock=clock)
+    return Guard(limiter, **kwargs), clock
+
+
+def spent(guard, key):
+    return next(s.used for s in guard.limiter.status(key) if s.dimension == "budget_usd")
+
+
+def test_admission_charges_the_worst_case_and_finish_reconciles():
+    guard, _ = make([Budget("team:*", 1.0, "day")])
+    call = guard.call("team:a", model=MINI, input_tokens=1_000_000, max_output_tokens=1_000_000)
+    assert spent(guard, "team:a") == pytest.approx(0.75)  # $0.15 + $0.60
+    cost = call.finish(usage(1_000_000, 100_000))
+    assert cost.total_micros == 150_000 + 60_000
+    assert spent(guard, "team:a") == pytest.approx(0.21)
+
+
+def test_hierarchical_budgets_all_or_nothing():
+    guard, _ = make([Budget("user:*", 1.0, "day"), Budget("team:*", 1.5, "day"), Budget("org:*", 100, "month")])
+    guard.call(["user:1", "team:a", "org:x"], model=MINI, max_output_tokens=1_000_000).finish(usage(0, 1_000_000))
+    guard.call(["user:2", "team:a", "org:x"], model=MINI, max_output_tokens=1_000_000).finish(usage(0, 1_000_000))
+    # user:3 has room, but the team does not: nothing is charged anywhere.
+    with pytest.raises(lt.BudgetExceeded) as info:
+        guard.call(["user:3", "team:a", "org:x"], model=MINI, max_output_tokens=1_000_000)
+    assert info.value.key == "team:a" and info.value.budget.scope == "team:*"
+    assert spent(guard, "user:3") == 0
+    assert spent(guard, "org:x") == pytest.approx(1.2)
+
+
+def test_calendar_budget_rolls_over():
+    guard, clock = make([Budget("team:*", 0.5, "day")])
+    guard.call("team:a", model=MINI, max_output_tokens=800_000).finish(usage(0, 800_000))
+    with pytest.raises(lt.BudgetExceeded) as info:
+        guard.call("team:a", model=MINI, max_output_tokens=100_000)
+    assert info.value.retry_after == pytest.approx(86_400 - 0)  # FakeClock starts at midnight UTC
+    clock.advance(86_400)
+    guard.call("team:a", model=MINI, max_output_tokens=100_000).cancel()
+
+
+def test_rolling_budget_drains_over_its_window():
+    guard, clock = make([Budget("team:*", 1.0, "24h")])
+    guard.call("team:a", model=MINI, max_output_tokens=1_000_000).finish(usage(0, 1_000_000))
+    assert spent(guard, "team:a") == pytest.approx(0.6)
+    clock.advance(12 * 3600)
+    assert spent(guard, "team:a") == pytest.approx(0.1)
+
+
+def test_queue_waits_for_the_next_period_within_the_timeout():
+    guard, clock = make([Budget("team:*", 0.5, "day", on_exceed="queue")])
+    guard.call("team:a", model=MINI, max_output_tokens=800_000).finish(usage(0, 800_000))
+    with pytest.raises(lt.BudgetExceeded):
+        guard.call("team:a", model=MINI, max_output_tokens=100_000, timeout=60)
+    call = guard.call("team:a", model=MINI, max_output_tokens=100_000, timeout=2 * 86_400)
+    assert clock.wall == pytest.approx(1_767_225_600 + 86_400)
+    call.cancel()
+
+
+def test_downgrade_retries_with_the_cheaper_model():
+    guard, _ = make([Budget("team:*", 1.0, "day", on_exceed="downgrade", downgrade_to=MINI)])
+    # gpt-4o: $2.50/$10 per 1M: 100k output tokens worst case is $1.00 (fits), 200k does not.
+    call = guard.call("team:a", model="gpt-4o", max_output_tokens=200_000)
+    assert call.model == MINI
+    call.cancel()
+
+
+def test_thresholds_fire_once_per_period():
+    events = []
+    guard, clock = make([Budget("team:*", 1.0, "day", thresholds=(0.5, 0.8))], on_threshold=events.append)
+    for _ in range(9):
+        guard.call("team:a", model=MINI, max_output_tokens=200_000).finish(usage(0, 166_667))  # ~$0.10
+    assert [(e.key, e.threshold) for e in events] == [("team:a", 0.5), ("team:a", 0.8)]
+    clock.advance(86_400)
+    for _ in range(6):
+        guard.call("team:a", model=MINI, max_output_tokens=200_000).finish(usage(0, 166_667))
+    assert [e.threshold for e in events] == [0.5, 0.8, 0.5]
+
+
+def test_context_manager_refunds_on_error():
+    guard, _ = make([Budget("team:*", 1.0, "day")])
+    with pytest.raises(RuntimeError):
+        with guard.call("team:a", model=MINI, max_output_tokens=1_000_000):
+            raise RuntimeError("provider error")
+    assert spent(guard, "team:a") == 0
+
+
+def test_ledger_records_and_rebuilds_spend_after_restart(tmp_path):
+    ledger = lt.Ledger(tmp_path / "ledger")
+    guard, clock = make([Budget("team:*", 1.0, "day"), Budget("org:acme", 5.0, "month")], ledger=ledger)
+    guard.call(["team:a", "org:acme"], model=MINI, max_output_tokens=1_000_000, feature="chat").finish(usage(1000, 500_000))
+    guard.call(["team:b", "org:acme"], model=MINI, max_output_tokens=1_000_000).finish(usage(0, 100_000))
+    records = list(ledger.records())
+    assert [(r.team, r.feature, r.tags.get("org")) for r in records] == [("a", "chat", "acme"), ("b", None, "acme")]
+    assert records[0].cost_micros == 150 + 300_000
+    # A new process: fresh in-process state, spend rebuilt from the ledger.
+    fresh = lt.Limiter({"requests": "1000/s"}, budgets=guard.limiter.budgets, clock=clock)
+    rebuilt = Guard(fresh, ledger=ledger)
+    assert spent(rebuilt, "team:a") == pytest.approx(0.30015)
+    assert spent(rebuilt, "team:b") == pytest.approx(0.06)
+    assert spent(rebuilt, "org:acme") == pytest.approx(0.36015)
+    ledger.close()
+
+
+def test_unknown_model_is_an_error_not_free():
+    guard, _ = make([Budget("team:*", 1.0, "day")])
+    with pytest.raises(lt.ConfigError, match="no price for model 'gpt-imaginary'"):
+        guard.call("team:a", model="gpt-imaginary", max_output_tokens=10)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"scope": "", "limit_usd": 1}, "scope"),
+        ({"scope": "t:*", "limit_usd": 0}, "above 0"),
+        ({"scope": "t:*", "limit_usd": float("nan")}, "above 0"),
+        ({"scope": "t:*", "limit_usd": -5}, "above 0"),
+        ({"scope": "t:*", "limit_usd": True}, "number"),
+        ({"scope": "t:*", "limit_usd": 1, "on_exceed": "explode"}, "on_exceed"),
+        ({"scope": "t:*", "limit_usd": 1, "on_exceed": "downgrade"}, "downgrade_to"),
+        ({"scope": "t:*", "limit_usd": 1, "thresholds": (1.5,)}, "fractions"),
+        ({"scope": "t:*", "limit_usd": 1, "period": ""}, "period"),
+    ],
+)
+def test_bad_budgets(kwargs, match):
+    with pytest.raises(lt.ConfigError, match=match):
+        Budget(**kwargs)
+
+
+def test_bad_budget_period_and_duplicates():
+    with pytest.raises(lt.ConfigError, match="fortnight"):
+        lt.Limiter({"requests": "1/s"}, budgets=[Budget("t:*", 1, "fortnight")])
+    with pytest.raises(lt.ConfigError, match="two budgets"):
+        lt.Limiter({"requests": "1/s"}, budgets=[Budget("t:*", 1), Budget("t:*", 2)])
+
+
+def _spend_worker(args):
+    state_name, n = args
+    lim = lt.Limiter({"requests": "1000/s"}, budgets=[Budget("team:*", 1.0, "day")], state=lt.SharedState(state_name))
+    admitted = 0
+    for _ in range(n):
+        try:
+            lim.acquire(["team:a"], budget_usd=0.01, timeout=0).commit()
+            admitted += 1
+        except lt.BudgetExceeded:
+            pass
+    return admitted
+
+
+@pytest.mark.skipif(not hasattr(lt, "SharedState"), reason="shared memory state not built")
+def test_concurrent_processes_never_overspend(tmp_path):
+    name = f"budget-test-{tmp_path.name}"
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        admitted = sum(pool.map(_spend_worker, [(name, 60)] * 4))
+    assert admitted == 100  # $1.00 / $0.01, exactly

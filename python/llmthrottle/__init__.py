@@ -17,6 +17,7 @@ from ._native import (
     StateError,
 )
 from .budget import Budget
+from .client import Sidecar, SidecarUnavailable
 from .guard import Guard, GuardedCall, ThresholdEvent
 from .ledger import Ledger, UsageRecord
 from .limiter import AsyncAcquire, Key, Limiter, LimitState
@@ -43,6 +44,8 @@ __all__ = [
     "PriceTable",
     "RateLimited",
     "Reservation",
+    "Sidecar",
+    "SidecarUnavailable",
     "StateError",
     "ThresholdEvent",
     "TokenUsage",

@@ -15,6 +15,7 @@ from typing import Sequence
 # name -> (module, one-line help)
 _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("llmthrottle.report", "spend by tenant/team/user/feature/model from a ledger"),
+    "serve": ("llmthrottle.sidecar.cli", "run the sidecar: limits, budgets and ledger for every local process, on a Unix socket"),
 }
 
 

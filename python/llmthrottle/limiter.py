@@ -91,19 +91,29 @@ class WaitingMixin:
     def _now(self) -> float:
         return self._clock.monotonic if self._clock is not None else time.monotonic()
 
-    def _attempt(
-        self, key: Key, requests: Any, tokens: Any, amounts: dict[str, Any], deadline: Optional[float]
-    ) -> tuple[Optional[Reservation], float]:
-        """One try: the reservation (maybe with a delay to honour), or None and how long to
-        wait before the next try. Raises RateLimited when the deadline cannot be met."""
-        max_wait = float("inf") if deadline is None else max(0.0, deadline - self._now())
+    def _max_wait(self, deadline: Optional[float]) -> float:
+        return float("inf") if deadline is None else max(0.0, deadline - self._now())
+
+    def _try(self, key: Key, requests: Any, tokens: Any, amounts: dict[str, Any], max_wait: float) -> Decision:
+        """One `try_acquire`; a budget asked for more than it will ever hold is `BudgetExceeded`."""
         try:
-            decision = self.try_acquire(key, requests, tokens, max_wait=max_wait, **amounts)
+            return self.try_acquire(key, requests, tokens, max_wait=max_wait, **amounts)
         except ExceedsCapacity as error:
-            if error.dimension != BUDGET_DIMENSION:
-                raise
-            # More than a whole budget: no period will ever have room for it.
-            raise _over_budget(error, budget_for(self._budgets, error.key)) from error
+            raise self._capacity_error(error) from error
+
+    async def _try_async(self, key: Key, requests: Any, tokens: Any, amounts: dict[str, Any], max_wait: float) -> Decision:
+        """`_try` for the async loop; a limiter whose decisions cross a socket overrides it."""
+        return self._try(key, requests, tokens, amounts, max_wait)
+
+    def _capacity_error(self, error: ExceedsCapacity) -> Exception:
+        if error.dimension != BUDGET_DIMENSION:
+            return error
+        # More than a whole budget: no period will ever have room for it.
+        return _over_budget(error, budget_for(self._budgets, error.key))
+
+    def _judge(self, decision: Decision, max_wait: float, deadline: Optional[float]) -> tuple[Optional[Reservation], float]:
+        """The reservation (maybe with a delay to honour), or None and how long to wait before
+        the next try. Raises RateLimited / BudgetExceeded when the deadline cannot be met."""
         if decision:
             return decision, decision.delay  # type: ignore[return-value]
         if decision.limited_by == BUDGET_DIMENSION:
@@ -136,7 +146,9 @@ class WaitingMixin:
         deadline = None if timeout is None else self._now() + _check_timeout(timeout)
         poll = _POLL_MIN_S
         while True:
-            reservation, wait = self._attempt(key, requests, tokens, amounts, deadline)
+            max_wait = self._max_wait(deadline)
+            decision = self._try(key, requests, tokens, amounts, max_wait)
+            reservation, wait = self._judge(decision, max_wait, deadline)
             if reservation is not None:
                 if wait > 0:
                     try:
@@ -169,7 +181,9 @@ class WaitingMixin:
         deadline = None if timeout is None else self._now() + _check_timeout(timeout)
         poll = _POLL_MIN_S
         while True:
-            reservation, wait = self._attempt(key, requests, tokens, amounts, deadline)
+            max_wait = self._max_wait(deadline)
+            decision = await self._try_async(key, requests, tokens, amounts, max_wait)
+            reservation, wait = self._judge(decision, max_wait, deadline)
             if reservation is not None:
                 if wait > 0:
                     try:

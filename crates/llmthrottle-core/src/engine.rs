@@ -19,7 +19,7 @@ use crate::limit::{LimitKind, MAX_KEY_BYTES, TOMBSTONE};
 use crate::policy::{Limit, Policy, PolicySpec};
 use crate::quota;
 use crate::reservation::{add, Charge, Reservation};
-use crate::store::Store;
+use crate::store::{Hold, Store};
 
 /// The limit that decided a denial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,6 +309,29 @@ impl<S: Store> Engine<S> {
                 cell = self.store.cell(&limit.scope, step.key, now)?;
                 continue;
             }
+            if let LimitKind::Concurrency { max } = limit.kind {
+                // The store takes the unit itself, so that a store shared between processes
+                // can record who holds it and give back the units of a process that dies.
+                match self.store.hold(&cell, max)? {
+                    Hold::Held { lease, count } => {
+                        return Ok(Ok(Charge {
+                            cell,
+                            kind: limit.kind,
+                            dimension: limit.dimension,
+                            amount: step.amount,
+                            mark: 0,
+                            delay_ns: 0,
+                            state: count,
+                            lease,
+                        }))
+                    }
+                    Hold::Full => return Ok(Err(())),
+                    Hold::Reclaimed => {
+                        cell = self.store.cell(&limit.scope, step.key, now)?;
+                        continue;
+                    }
+                }
+            }
             let (next, mark, delay_ns) = match limit.kind {
                 LimitKind::Rate(p) => {
                     match gcra::decide(current, now.monotonic_ns, step.amount, &p, max_wait_ns) {
@@ -316,12 +339,7 @@ impl<S: Store> Engine<S> {
                         RateOutcome::Deny { .. } => return Ok(Err(())),
                     }
                 }
-                LimitKind::Concurrency { max } => {
-                    if current >= max {
-                        return Ok(Err(()));
-                    }
-                    (current + 1, 0, 0)
-                }
+                LimitKind::Concurrency { .. } => unreachable!("taken by Store::hold above"),
                 LimitKind::Quota(q) => {
                     let index = q.period.index(now.wall_ns);
                     match quota::decide(current, index, step.amount, &q) {
@@ -342,6 +360,7 @@ impl<S: Store> Engine<S> {
                     mark,
                     delay_ns,
                     state: next,
+                    lease: None,
                 }));
             }
         }

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod quota;
 pub mod rate;
 pub mod reservation;
+pub mod shm;
 pub mod store;
 
 pub use calendar::Period;
@@ -30,4 +31,5 @@ pub use policy::{units_per_api_unit, LimitSpec, PolicySpec, RuleSpec, CONCURRENC
 pub use quota::QuotaParams;
 pub use rate::Rate;
 pub use reservation::Reservation;
-pub use store::Store;
+pub use shm::{FileMode, SharedOptions, SharedStore};
+pub use store::{Hold, Store};

@@ -23,6 +23,8 @@ pub struct Charge<S: Store> {
     pub(crate) delay_ns: u64,
     /// The cell's value right after this charge.
     pub(crate) state: u64,
+    /// Concurrency: the store's record of the unit held (see `Store::hold`).
+    pub(crate) lease: Option<S::Lease>,
 }
 
 /// Applies `update` to `cell` with a compare-and-swap loop; a reclaimed cell is left alone
@@ -61,7 +63,7 @@ impl<S: Store> Charge<S> {
             LimitKind::Rate(p) => update(&self.cell, |tat| {
                 gcra::refund(tat, now.monotonic_ns, n, self.mark, &p)
             }),
-            LimitKind::Concurrency { .. } => update(&self.cell, |count| count.saturating_sub(1)),
+            LimitKind::Concurrency { .. } => S::release(&self.cell, self.lease.as_ref()),
             LimitKind::Quota(q) => {
                 let index = q.period.index(now.wall_ns);
                 update(&self.cell, |state| {
@@ -117,7 +119,7 @@ impl<S: Store> Drop for Reservation<S> {
         for charge in &self.charges {
             if let LimitKind::Concurrency { .. } = charge.kind {
                 // Releasing a slot needs no clock.
-                update(&charge.cell, |count| count.saturating_sub(1));
+                S::release(&charge.cell, charge.lease.as_ref());
             }
         }
     }

@@ -66,7 +66,8 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Gives back one unit taken by [`Store::hold`]; a reclaimed cell has nothing to give back.
-    fn release(&self, cell: &Self::Cell, lease: Option<&Self::Lease>) {
+    /// (No `&self`: a reservation dropped without a store at hand releases through its cell.)
+    fn release(cell: &Self::Cell, lease: Option<&Self::Lease>) {
         let _ = lease;
         let mut current = cell.load(Ordering::Acquire);
         while current != TOMBSTONE {

@@ -9,6 +9,17 @@ use proptest::prelude::*;
 
 const S: u64 = 1_000_000_000;
 
+/// The store this behaviour runs on: the in-process one here. tests/shm.rs includes this file
+/// as a module and supplies its own `store_under_test` (shared memory), found via `crate::`.
+#[allow(dead_code)]
+mod store_under_test {
+    pub type TestStore = llmthrottle_core::LocalStore;
+    pub fn new_store() -> TestStore {
+        TestStore::new()
+    }
+}
+use crate::store_under_test::{new_store, TestStore};
+
 fn rate(text: &str, burst: Option<u64>) -> LimitKind {
     LimitKind::Rate(RateParams::new(Rate::parse(text).unwrap(), burst).unwrap())
 }
@@ -33,9 +44,9 @@ fn spec(rules: Vec<(&str, Vec<(&str, LimitKind)>)>) -> PolicySpec {
     }
 }
 
-fn engine(rules: Vec<(&str, Vec<(&str, LimitKind)>)>) -> (Engine<LocalStore>, Arc<FakeClock>) {
+fn engine(rules: Vec<(&str, Vec<(&str, LimitKind)>)>) -> (Engine<TestStore>, Arc<FakeClock>) {
     let clock = Arc::new(FakeClock::default());
-    let engine = Engine::new(Arc::new(LocalStore::new()), clock.clone(), &spec(rules)).unwrap();
+    let engine = Engine::new(Arc::new(new_store()), clock.clone(), &spec(rules)).unwrap();
     (engine, clock)
 }
 
@@ -396,7 +407,7 @@ fn each_layer_applies_its_first_matching_rule() {
         limits: vec![LimitSpec { dimension: "cost_usd".into(), kind: budget }],
         layer: 1,
     });
-    let engine = Engine::new(Arc::new(LocalStore::new()), clock, &policy).unwrap();
+    let engine = Engine::new(Arc::new(new_store()), clock, &policy).unwrap();
     // team:vip gets its own rate rule in layer 0 and the team budget in layer 1.
     let status = engine.status("team:vip").unwrap();
     assert_eq!(status.iter().map(|s| s.dimension.as_str()).collect::<Vec<_>>(), ["requests", "cost_usd"]);

@@ -1,0 +1,280 @@
+"""Connections to the sidecar over its binary protocol: a blocking pool for sync code, and one
+pipelined connection per event loop for asyncio code.
+
+The sync pool hands each call an idle connection (or opens one), so threads never share a
+socket and never lock. The async connection sends every request made during one event-loop
+iteration as one batched frame and matches answers by request id, so many coroutines share
+one connection with many requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import weakref
+from typing import Any, Optional
+
+from .._native import (BudgetExceeded, ConfigError, ExceedsCapacity, LlmthrottleError, RateLimited,
+                       StateError)
+from ..sidecar.protocol import (DEFAULT_MAX_FRAME_BYTES, ERROR, MAGIC, FrameDecoder, FrameError, Op,
+                                decode_payload, encode_frame)
+
+__all__ = ["SidecarUnavailable", "RemoteError", "ConnectionPool", "AsyncConnection", "raise_remote"]
+
+# Requests per frame from the async connection: well under the server's frame size cap.
+_MAX_BATCH = 256
+
+
+class SidecarUnavailable(StateError):
+    """The sidecar could not be reached (not running, socket missing, connection lost, timeout)."""
+
+
+class RemoteError(LlmthrottleError):
+    """An error answer whose kind has no engine exception class (kind in `.kind`)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+
+_EXCEPTIONS: dict[str, type[BaseException]] = {
+    "RateLimited": RateLimited, "ExceedsCapacity": ExceedsCapacity, "BudgetExceeded": BudgetExceeded,
+    "ConfigError": ConfigError, "StateError": StateError, "LlmthrottleError": LlmthrottleError,
+    "ValueError": ValueError, "TypeError": TypeError, "AccessDenied": PermissionError,
+}
+
+
+def raise_remote(result: Any) -> None:
+    """Raises the exception an ERROR result stands for: the engine's own class when there is
+    one (so `except lt.ExceedsCapacity` works the same in-process and over the socket)."""
+    kind, message = (result if isinstance(result, list) and len(result) == 2 else ("InternalError", repr(result)))
+    cls = _EXCEPTIONS.get(kind)
+    if cls is not None:
+        raise cls(message)
+    raise RemoteError(str(kind), str(message))
+
+
+def _hello() -> list[Any]:
+    return [0, Op.HELLO, {"pid": os.getpid(), "client": "llmthrottle-python", "argv0": os.path.basename(
+        os.environ.get("_", "") or "python")}]
+
+
+class _SyncConnection:
+    """One blocking connection; used by one thread at a time (the pool guarantees it)."""
+
+    __slots__ = ("sock", "_decoder", "_next_id", "_ready")
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+            # The hello's answer (id 0) is skipped when reading: it costs no round trip.
+            self.sock.sendall(MAGIC + encode_frame([_hello()]))
+        except BaseException:
+            self.sock.close()
+            raise
+        self._decoder = FrameDecoder(DEFAULT_MAX_FRAME_BYTES)
+        self._next_id = 0
+        self._ready: dict[int, list[Any]] = {}
+
+    def call_many(self, requests: list[list[Any]]) -> list[list[Any]]:
+        """Sends `[[op, *args], ...]` as one frame; returns `[[id, status, result], ...]` in order."""
+        first = self._next_id + 1
+        self._next_id += len(requests)
+        self.sock.sendall(encode_frame([[first + i, *request] for i, request in enumerate(requests)]))
+        wanted = range(first, first + len(requests))
+        ready = self._ready
+        while True:
+            for payload in self._decoder.feed(self._recv()):
+                for response in decode_payload(payload):
+                    if response[0] is None:  # the server gave up on this stream
+                        raise_remote(response[2])
+                    ready[response[0]] = response
+                ready.pop(0, None)  # the hello's answer
+            if all(i in ready for i in wanted):
+                return [ready.pop(i) for i in wanted]
+
+    def call(self, request: list[Any]) -> list[Any]:
+        self._next_id += 1
+        request_id = self._next_id
+        self.sock.sendall(encode_frame([[request_id, *request]]))
+        while True:
+            for payload in self._decoder.feed(self._recv()):
+                for response in decode_payload(payload):
+                    if response[0] == request_id:
+                        return response  # type: ignore[no-any-return]
+                    if response[0] is None:  # the server gave up on this stream
+                        raise_remote(response[2])
+
+    def _recv(self) -> bytes:
+        data = self.sock.recv(262144)
+        if not data:
+            raise ConnectionResetError("the sidecar closed the connection")
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class ConnectionPool:
+    """Idle blocking connections to one socket path, reused across calls and threads."""
+
+    def __init__(self, path: str, timeout: float, max_idle: int = 16) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.max_idle = max_idle
+        self._idle: list[_SyncConnection] = []
+        _pools.add(self)
+
+    def call(self, request: list[Any]) -> Any:
+        """The result of one request; raises the remote error, or SidecarUnavailable."""
+        response = self._run(lambda connection: connection.call(request))
+        if response[1] == ERROR:
+            raise_remote(response[2])
+        return response[2]
+
+    def call_many(self, requests: list[list[Any]]) -> list[list[Any]]:
+        """`[id, status, result]` per request, sent and answered as one batch."""
+        return self._run(lambda connection: connection.call_many(requests))  # type: ignore[no-any-return]
+
+    def _run(self, use: Any) -> Any:
+        reused = True
+        try:
+            connection = self._idle.pop()  # list.pop is atomic under the GIL: no lock needed
+        except IndexError:
+            connection, reused = self._connect(), False
+        try:
+            result = use(connection)
+        except (OSError, EOFError, FrameError) as error:
+            connection.close()
+            if not reused:
+                raise SidecarUnavailable(f"lost the connection to the sidecar at {self.path}: {error}") from None
+            # An idle connection may have died with a previous server process: one fresh try.
+            connection = self._connect()
+            try:
+                result = use(connection)
+            except (OSError, EOFError, FrameError) as error2:
+                connection.close()
+                raise SidecarUnavailable(f"lost the connection to the sidecar at {self.path}: {error2}") from None
+        except BaseException:
+            connection.close()  # e.g. KeyboardInterrupt mid-read: the stream's state is unknown
+            raise
+        if len(self._idle) < self.max_idle:
+            self._idle.append(connection)
+        else:
+            connection.close()
+        return result
+
+    def _connect(self) -> _SyncConnection:
+        try:
+            return _SyncConnection(self.path, self.timeout)
+        except OSError as error:
+            raise SidecarUnavailable(f"cannot connect to the sidecar at {self.path}: "
+                                     f"{error.strerror or error} (is `llmthrottle serve` running?)") from None
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+    def _forget_after_fork(self) -> None:
+        # The child must not read answers meant for the parent on an inherited socket.
+        # Closing the child's copy of the descriptor leaves the parent's connection intact.
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.sock.close()
+
+
+class AsyncConnection(asyncio.Protocol):
+    """A pipelined connection for one event loop."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.transport: Optional[asyncio.Transport] = None
+        self.closed = False
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._batch: list[list[Any]] = []
+        self._next_id = 0
+        self._decoder = FrameDecoder(DEFAULT_MAX_FRAME_BYTES)
+        self._loop = asyncio.get_running_loop()
+
+    @classmethod
+    async def open(cls, path: str, timeout: float) -> "AsyncConnection":
+        loop = asyncio.get_running_loop()
+        try:
+            _, protocol = await asyncio.wait_for(loop.create_unix_connection(lambda: cls(path), path), timeout)
+        except (OSError, asyncio.TimeoutError) as error:
+            raise SidecarUnavailable(f"cannot connect to the sidecar at {path}: "
+                                     f"{getattr(error, 'strerror', None) or error!r}") from None
+        assert protocol.transport is not None
+        protocol.transport.write(MAGIC + encode_frame([_hello()]))
+        return protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self.closed = True
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(SidecarUnavailable(f"lost the connection to the sidecar at {self.path}"))
+
+    def call(self, request: list[Any]) -> "asyncio.Future[Any]":
+        """A future for the result of `[op, *args]`, sent with the others of this loop iteration."""
+        if self.closed:
+            raise SidecarUnavailable(f"the connection to the sidecar at {self.path} is closed")
+        self._next_id += 1
+        future = self._loop.create_future()
+        self._pending[self._next_id] = future
+        if not self._batch:
+            self._loop.call_soon(self._flush)
+        self._batch.append([self._next_id, *request])
+        return future
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if self.transport is None or self.transport.is_closing():
+            self.connection_lost(None)
+            return
+        frames = [encode_frame(batch[i:i + _MAX_BATCH]) for i in range(0, len(batch), _MAX_BATCH)]
+        self.transport.write(b"".join(frames))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            payloads = self._decoder.feed(data)
+            pending = self._pending
+            for payload in payloads:
+                for request_id, status, result in decode_payload(payload):
+                    future = pending.pop(request_id, None)
+                    if future is None or future.done():
+                        continue  # the hello's answer, or a caller that was cancelled
+                    if status == ERROR:
+                        try:
+                            raise_remote(result)
+                        except BaseException as error:
+                            future.set_exception(error)
+                    else:
+                        future.set_result(result)
+        except (FrameError, ValueError, TypeError) as error:
+            if self.transport is not None:
+                self.transport.close()
+            self.connection_lost(error)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+_pools: "weakref.WeakSet[ConnectionPool]" = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for pool in list(_pools):
+        pool._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork)

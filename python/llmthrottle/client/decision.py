@@ -1,0 +1,194 @@
+"""Decisions and reservations answered by the sidecar. They mirror `llmthrottle.Decision` and
+`llmthrottle.Reservation` attribute for attribute, so code written against the in-process
+limiter works unchanged."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Literal, Optional
+
+from .._native import LlmthrottleError
+from ..sidecar.protocol import Op
+from .connection import RemoteError, SidecarUnavailable
+
+if TYPE_CHECKING:
+    from .limiter import SidecarLimiter
+
+__all__ = ["SidecarDecision", "SidecarReservation", "OpenReservation"]
+
+_log = logging.getLogger("llmthrottle")
+
+
+class SidecarDecision:
+    """What the sidecar decided. Truthy when the call was admitted."""
+
+    __slots__ = ("allowed", "retry_after", "delay", "reset_after", "limited_by", "limited_key", "remaining")
+
+    def __init__(self, result: list[Any]) -> None:
+        (self.allowed, self.retry_after, self.delay, self.reset_after, self.limited_by, self.limited_key,
+         self.remaining) = result[:7]
+
+    def __bool__(self) -> bool:
+        return bool(self.allowed)
+
+    def __repr__(self) -> str:
+        text = f"<Decision {'admitted' if self.allowed else 'denied'}"
+        if self.limited_by is not None:
+            text += f" limited_by={self.limited_by!r} key={self.limited_key!r} retry_after={self.retry_after:.6f}"
+        if self.delay > 0:
+            text += f" delay={self.delay:.6f}"
+        return text + ">"
+
+
+class SidecarReservation(SidecarDecision):
+    """An admitted call held by the sidecar. `commit(**usage)` reconciles it with real usage,
+    `cancel()` refunds it; as a context manager it cancels when the block raises and commits
+    as reserved otherwise.
+
+    Usage may also carry ledger fields (`model`, `provider`, `tenant`, `user`, `team`,
+    `feature`, `cost_micros`, `input_tokens`, `output_tokens`, ...): the sidecar records them
+    with the commit. When the sidecar cannot be reached to settle, a warning is logged and the
+    reservation counts as settled: the sidecar commits it as reserved when it expires."""
+
+    __slots__ = ("reserved", "_limiter", "_id", "_settled")
+
+    def __init__(self, result: list[Any], limiter: "SidecarLimiter") -> None:
+        super().__init__(result)
+        self._id: int = result[7]
+        self.reserved: dict[str, Any] = result[8]
+        self._limiter = limiter
+        self._settled = False
+
+    @property
+    def settled(self) -> bool:
+        """True once committed or cancelled."""
+        return self._settled
+
+    @property
+    def reservation_id(self) -> int:
+        return self._id
+
+    def _begin(self) -> None:
+        if self._settled:
+            raise LlmthrottleError("this reservation was already committed or cancelled")
+        self._settled = True
+
+    def commit(self, **usage: Any) -> None:
+        """Reconciles with real usage, e.g. `commit(tokens=913)`."""
+        self._begin()
+        self._settle(lambda: self._limiter._sidecar._pool.call([Op.COMMIT, self._id, usage]))
+
+    def cancel(self) -> None:
+        """The call never happened: refunds everything and releases concurrency slots."""
+        self._begin()
+        self._settle(lambda: self._limiter._sidecar._pool.call([Op.CANCEL, self._id]))
+
+    async def commit_async(self, **usage: Any) -> None:
+        """`commit` without blocking the event loop."""
+        self._begin()
+        connection = await self._limiter._sidecar._async_connection()
+        await self._settle_async(connection.call([Op.COMMIT, self._id, usage]))
+
+    async def cancel_async(self) -> None:
+        """`cancel` without blocking the event loop."""
+        self._begin()
+        connection = await self._limiter._sidecar._async_connection()
+        await self._settle_async(connection.call([Op.CANCEL, self._id]))
+
+    def _settle(self, send: Any) -> None:
+        try:
+            send()
+        except SidecarUnavailable as error:
+            self._unreachable(error)
+        except RemoteError as error:
+            self._remote(error)
+        except BaseException:
+            self._settled = False  # e.g. a bad amount: the caller may settle again
+            raise
+
+    async def _settle_async(self, future: Any) -> None:
+        try:
+            await future
+        except SidecarUnavailable as error:
+            self._unreachable(error)
+        except RemoteError as error:
+            self._remote(error)
+        except BaseException:
+            self._settled = False
+            raise
+
+    def _unreachable(self, error: SidecarUnavailable) -> None:
+        self._limiter._sidecar._note_unavailable(error, "settle")
+        _log.warning("could not settle reservation %d (%s); the sidecar commits it as reserved when it "
+                     "expires", self._id, error)
+
+    def _remote(self, error: RemoteError) -> None:
+        if error.kind != "UnknownReservation":
+            self._settled = False
+            raise error
+        _log.warning("reservation %d was unknown to the sidecar (expired or from a previous server "
+                     "process): %s", self._id, error.message)
+
+    def __del__(self) -> None:
+        # Like the engine's Reservation, one dropped unsettled is committed as reserved (its
+        # concurrency slots come back). No I/O here (a finaliser may run anywhere): the id is
+        # queued and sent with the sidecar's next request.
+        if not self._settled:
+            self._settled = True
+            self._limiter._sidecar._abandoned.append(self._id)
+
+    def __enter__(self) -> "SidecarReservation":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
+        if not self._settled:
+            if exc_type is None:
+                self.commit()
+            else:
+                self.cancel()
+        return False
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f" reservation={self._id}>"
+
+
+class OpenReservation:
+    """What `on_unavailable="fail_open"` admits with while the sidecar is unreachable: an
+    admission that nothing counted, so settling it does nothing."""
+
+    allowed = True
+    retry_after = 0.0
+    delay = 0.0
+    reset_after = 0.0
+    limited_by: Optional[str] = None
+    limited_key: Optional[str] = None
+
+    def __init__(self) -> None:
+        self.remaining: dict[str, Any] = {}
+        self.reserved: dict[str, Any] = {}
+        self.settled = False
+
+    def __bool__(self) -> bool:
+        return True
+
+    def commit(self, **usage: Any) -> None:
+        self.settled = True
+
+    def cancel(self) -> None:
+        self.settled = True
+
+    async def commit_async(self, **usage: Any) -> None:
+        self.settled = True
+
+    async def cancel_async(self) -> None:
+        self.settled = True
+
+    def __enter__(self) -> "OpenReservation":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
+        self.settled = True
+        return False
+
+    def __repr__(self) -> str:
+        return "<Decision admitted (sidecar unavailable, fail_open)>"

@@ -1,0 +1,358 @@
+"""`Sidecar` (a `state=` that lives in the sidecar process) and the limiter it makes.
+
+    lim = lt.Limiter({"requests": "500/min"}, state=lt.Sidecar("/run/llmthrottle/llmthrottle.sock"))
+    lim = lt.Limiter(None, state=lt.Sidecar())       # the sidecar's policy file decides
+
+The limiter has the in-process `Limiter`'s API (`try_acquire`, `acquire`, `acquire_async`,
+`peek`, `status`, `set_limits`) and adds `try_acquire_async`. Limits given here are registered
+with the sidecar under the limiter's namespace; for a namespace the sidecar's policy file
+defines, the file wins and the limits given here only serve the `on_unavailable="local"`
+fallback. No limiter rule is evaluated here: every decision is the sidecar's engine's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from .._native import ConfigError, ExceedsCapacity
+from ..config import default_socket_path
+from ..limiter import Key, LimitState, WaitingMixin
+from ..policy import LimitsConfig, RulesConfig, normalize
+from ..sidecar.protocol import Op
+from .connection import AsyncConnection, ConnectionPool, RemoteError, SidecarUnavailable
+from .decision import OpenReservation, SidecarDecision, SidecarReservation
+
+__all__ = ["Sidecar", "SidecarLimiter"]
+
+_log = logging.getLogger("llmthrottle")
+_MODES = ("fail_closed", "fail_open", "local")
+
+
+class Sidecar:
+    """Limiter state held by a `llmthrottle serve` process, reached over its Unix socket.
+
+    `on_unavailable` says what a decision does while the sidecar cannot be reached:
+    `"fail_closed"` raises `SidecarUnavailable` (the default: no call goes out unlimited),
+    `"fail_open"` admits without counting, `"local"` decides with an in-process limiter (or
+    `local_state`, e.g. a SharedState) built from the same limits. Each switch to and from
+    the fallback is logged on `logging.getLogger("llmthrottle")` and counted in `stats`.
+    After a failure, the socket is retried at most every `retry_interval` seconds."""
+
+    def __init__(self, path: Optional[str] = None, *, on_unavailable: str = "fail_closed", timeout: float = 2.0,
+                 retry_interval: float = 0.5, local_state: Any = None, max_idle_connections: int = 16) -> None:
+        if on_unavailable not in _MODES:
+            raise ConfigError(f"on_unavailable must be one of {', '.join(map(repr, _MODES))}, not {on_unavailable!r}")
+        self.path = path or default_socket_path()
+        self.on_unavailable = on_unavailable
+        self.timeout = timeout
+        self.retry_interval = retry_interval
+        self.local_state = local_state
+        self._pool = ConnectionPool(self.path, timeout, max_idle_connections)
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        self._down_until = 0.0
+        self._abandoned: list[int] = []
+        self._lock = threading.Lock()
+        self.stats = {"unavailable": 0, "fallback_decisions": 0, "outages": 0}
+
+    def _make_limiter(self, *, limits: Optional[LimitsConfig], rules: Optional[RulesConfig], namespace: str,
+                      clock: Any, budgets: Sequence[Any] = ()) -> "SidecarLimiter":
+        """Called by `llmthrottle.Limiter(...)` for `state=Sidecar(...)`."""
+        if budgets:
+            # Budgets belong to the process that keeps the ledger: the sidecar's policy file.
+            raise ConfigError("budgets cannot be registered through a Sidecar client yet; define them in "
+                              "the sidecar's policy file")
+        if clock is not None:
+            raise ConfigError("a FakeClock cannot drive the sidecar's clock; test with the in-process state")
+        return SidecarLimiter(self, limits, rules, namespace)
+
+    # ------------------------------------------------------------------ transport
+
+    def _call(self, request: list[Any]) -> Any:
+        if self._down_until and time.monotonic() < self._down_until:
+            raise SidecarUnavailable(f"the sidecar at {self.path} was unreachable moments ago")
+        if self._abandoned:
+            self._commit_abandoned()
+        result = self._pool.call(request)
+        if self._down_until:
+            self._recovered()
+        return result
+
+    async def _async_connection(self) -> AsyncConnection:
+        loop = asyncio.get_running_loop()
+        entry = self._async.get(loop)
+        if isinstance(entry, AsyncConnection) and not entry.closed:
+            return entry
+        if isinstance(entry, asyncio.Future):
+            return await asyncio.shield(entry)  # another task is connecting: share its result
+        if self._down_until and time.monotonic() < self._down_until:
+            raise SidecarUnavailable(f"the sidecar at {self.path} was unreachable moments ago")
+        opening: asyncio.Future[AsyncConnection] = loop.create_future()
+        self._async[loop] = opening
+        try:
+            connection = await AsyncConnection.open(self.path, self.timeout)
+        except BaseException as error:
+            self._async.pop(loop, None)
+            opening.set_exception(error)
+            opening.exception()  # retrieved: no "never retrieved" warning when nobody waited
+            raise
+        self._async[loop] = connection
+        opening.set_result(connection)
+        if self._down_until:
+            self._recovered()
+        return connection
+
+    async def _call_async(self, request: list[Any]) -> Any:
+        connection = await self._async_connection()
+        if self._abandoned:
+            for reservation_id in self._take_abandoned():
+                # Sent in the same batch as the request; nobody awaits the answer.
+                connection.call([Op.COMMIT, reservation_id, {}]).add_done_callback(_ignore_result)
+        return await connection.call(request)
+
+    def _take_abandoned(self) -> list[int]:
+        taken = []
+        while self._abandoned:
+            taken.append(self._abandoned.pop())  # atomic: __del__ may append from any thread
+        return taken
+
+    def _commit_abandoned(self) -> None:
+        """Commits, as reserved, the reservations dropped unsettled since the last call."""
+        taken = self._take_abandoned()
+        if taken:
+            # Answers are ignored: an id may have expired meanwhile (UnknownReservation).
+            self._pool.call_many([[Op.COMMIT, reservation_id, {}] for reservation_id in taken])
+
+    def _note_unavailable(self, error: SidecarUnavailable, what: str) -> None:
+        with self._lock:
+            self.stats["unavailable"] += 1
+            if not self._down_until:
+                self.stats["outages"] += 1
+                _log.warning("llmthrottle sidecar unavailable (%s): %s; on_unavailable=%r", what, error,
+                             self.on_unavailable)
+            self._down_until = time.monotonic() + self.retry_interval
+
+    def _recovered(self) -> None:
+        with self._lock:
+            if self._down_until:
+                self._down_until = 0.0
+                _log.warning("llmthrottle sidecar at %s reachable again", self.path)
+
+    def ping(self) -> bool:
+        """True when the sidecar answers."""
+        try:
+            self._pool.call([Op.PING])
+            return True
+        except SidecarUnavailable:
+            return False
+
+    def close(self) -> None:
+        """Closes idle connections (they reopen on the next call)."""
+        self._pool.close()
+        for entry in list(self._async.values()):
+            if isinstance(entry, AsyncConnection):
+                entry.close()
+
+    def __repr__(self) -> str:
+        return f"Sidecar({self.path!r}, on_unavailable={self.on_unavailable!r})"
+
+
+def _registration_error(error: RemoteError) -> BaseException:
+    if error.kind == "UnknownNamespace":
+        return ConfigError(f"{error.message}: give this Limiter limits, or define the namespace in the "
+                           "sidecar's policy file")
+    return error
+
+
+def _ignore_result(future: "asyncio.Future[Any]") -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log it as never retrieved
+
+
+class SidecarLimiter(WaitingMixin):
+    """A `Limiter` whose decisions are made by the sidecar (see the module docstring)."""
+
+    _clock = None  # the sidecar keeps time; WaitingMixin sleeps on the real clock
+
+    def __init__(self, sidecar: Sidecar, limits: Optional[LimitsConfig], rules: Optional[RulesConfig],
+                 namespace: str) -> None:
+        if limits is not None or rules is not None:
+            normalize(limits, rules)  # the same ConfigError, at the same moment, as in-process
+        self._sidecar = sidecar
+        self._namespace = namespace
+        self._limits = limits
+        self._rules = rules
+        self._registered: Optional[dict[str, Any]] = None
+        self._fallback: Any = None
+
+    @property
+    def namespace(self) -> str:
+        return self._namespace
+
+    @property
+    def limits(self) -> Optional[LimitsConfig]:
+        return self._limits
+
+    @property
+    def rules(self) -> Optional[RulesConfig]:
+        return self._rules
+
+    @property
+    def dimensions(self) -> list[str]:
+        """Every dimension some limit constrains (as the sidecar enforces them)."""
+        return list(self._ensure_registered()["dimensions"])
+
+    # ------------------------------------------------------------------ registration
+
+    def _register_request(self) -> list[Any]:
+        return [Op.REGISTER, self._namespace, self._limits, self._rules]
+
+    def _ensure_registered(self) -> dict[str, Any]:
+        if self._registered is None:
+            try:
+                self._registered = self._sidecar._call(self._register_request())
+            except RemoteError as error:
+                raise _registration_error(error) from None
+        return self._registered
+
+    def _call(self, request: list[Any]) -> Any:
+        if self._registered is None:
+            self._ensure_registered()
+        try:
+            return self._sidecar._call(request)
+        except RemoteError as error:
+            if error.kind != "UnknownNamespace":
+                raise
+        # The sidecar restarted and forgot this namespace's limits: register again, retry once.
+        self._registered = None
+        self._ensure_registered()
+        return self._sidecar._call(request)
+
+    async def _register_async(self) -> None:
+        try:
+            self._registered = await self._sidecar._call_async(self._register_request())
+        except RemoteError as error:
+            raise _registration_error(error) from None
+
+    async def _call_async(self, request: list[Any]) -> Any:
+        if self._registered is None:
+            await self._register_async()
+        try:
+            return await self._sidecar._call_async(request)
+        except RemoteError as error:
+            if error.kind != "UnknownNamespace":
+                raise
+        await self._register_async()
+        return await self._sidecar._call_async(request)
+
+    # ------------------------------------------------------------------ decisions
+
+    def try_acquire(self, key: Key, /, requests: Any = None, tokens: Any = None, *, max_wait: float = 0.0,
+                    **amounts: Any) -> Any:
+        """Decides at once, never blocking on limits (one round trip to the sidecar)."""
+        if requests is not None:
+            amounts["requests"] = requests
+        if tokens is not None:
+            amounts["tokens"] = tokens
+        request = [Op.ACQUIRE, self._namespace, key, amounts, max_wait]
+        try:
+            result = self._call(request)
+        except SidecarUnavailable as error:
+            return self._unavailable(error, key, max_wait, amounts)
+        return SidecarReservation(result, self) if result[7] is not None else SidecarDecision(result)
+
+    async def try_acquire_async(self, key: Key, /, requests: Any = None, tokens: Any = None, *,
+                                max_wait: float = 0.0, **amounts: Any) -> Any:
+        """`try_acquire` without blocking the event loop; concurrent calls are pipelined."""
+        if requests is not None:
+            amounts["requests"] = requests
+        if tokens is not None:
+            amounts["tokens"] = tokens
+        request = [Op.ACQUIRE, self._namespace, key, amounts, max_wait]
+        try:
+            result = await self._call_async(request)
+        except SidecarUnavailable as error:
+            return self._unavailable(error, key, max_wait, amounts)
+        return SidecarReservation(result, self) if result[7] is not None else SidecarDecision(result)
+
+    def try_acquire_many(self, calls: list[tuple[Key, dict[str, Any]]]) -> list[Any]:
+        """Decides several calls in one round trip: `[(key, {"tokens": 10}), ...]` -> decisions
+        in order (each independently admitted or denied)."""
+        self._ensure_registered()
+        requests = [[Op.ACQUIRE, self._namespace, key, amounts, 0.0] for key, amounts in calls]
+        out = []
+        for response in self._sidecar._pool.call_many(requests):
+            if response[1] != 0:
+                from .connection import raise_remote
+
+                raise_remote(response[2])
+            result = response[2]
+            out.append(SidecarReservation(result, self) if result[7] is not None else SidecarDecision(result))
+        return out
+
+    def peek(self, key: Key, /, requests: Any = None, tokens: Any = None, **amounts: Any) -> SidecarDecision:
+        """What `try_acquire` would decide now, without charging anything."""
+        if requests is not None:
+            amounts["requests"] = requests
+        if tokens is not None:
+            amounts["tokens"] = tokens
+        return SidecarDecision(self._call([Op.PEEK, self._namespace, key, amounts]))
+
+    def status(self, key: str) -> list[LimitState]:
+        """The state of `key` under each limit that applies to it."""
+        return [LimitState(*entry) for entry in self._call([Op.STATUS, self._namespace, key])]
+
+    def set_limits(self, limits: Optional[LimitsConfig] = None, *, rules: Optional[RulesConfig] = None) -> None:
+        """Replaces this namespace's limits in the sidecar (counters carry over where a limit's
+        pattern, dimension and kind are unchanged). Has no effect on a namespace the sidecar's
+        policy file defines."""
+        normalize(limits, rules)
+        self._limits, self._rules = limits, rules
+        self._registered = self._sidecar._call(self._register_request())
+        self._fallback = None
+
+    # ------------------------------------------------------------------ waiting (async)
+
+    async def _try_async(self, key: Key, requests: Any, tokens: Any, amounts: dict[str, Any], max_wait: float) -> Any:
+        """WaitingMixin's async loop asks the sidecar without blocking the event loop."""
+        try:
+            return await self.try_acquire_async(key, requests, tokens, max_wait=max_wait, **dict(amounts))
+        except ExceedsCapacity as error:
+            raise self._capacity_error(error) from error
+
+    # ------------------------------------------------------------------ unavailability
+
+    def _unavailable(self, error: SidecarUnavailable, key: Key, max_wait: float, amounts: dict[str, Any]) -> Any:
+        sidecar = self._sidecar
+        sidecar._note_unavailable(error, "decide")
+        mode = sidecar.on_unavailable
+        if mode == "fail_closed":
+            raise SidecarUnavailable(f"{error} (on_unavailable='fail_closed': the call is not admitted)") from None
+        sidecar.stats["fallback_decisions"] += 1
+        if mode == "fail_open":
+            return OpenReservation()
+        return self._local().try_acquire(key, max_wait=max_wait, **amounts)
+
+    def _local(self) -> Any:
+        """The in-process limiter for `on_unavailable="local"`, with the same limits."""
+        if self._fallback is None:
+            from ..limiter import Limiter
+
+            limits, rules = self._limits, self._rules
+            if limits is None and rules is None:
+                if self._registered is None:
+                    raise SidecarUnavailable(
+                        f"the sidecar at {self._sidecar.path} is unreachable and this limiter has no limits of "
+                        "its own (Limiter(None, ...)) nor ones learnt from the sidecar: cannot decide locally")
+                rules = self._registered["rules"]
+            self._fallback = Limiter(limits, rules=rules, state=self._sidecar.local_state, namespace=self._namespace)
+        return self._fallback
+
+    def __repr__(self) -> str:
+        config = f"rules={self._rules!r}" if self._rules is not None else repr(self._limits)
+        return f"Limiter({config}, namespace={self._namespace!r}, state={self._sidecar!r})"

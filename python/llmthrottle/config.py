@@ -1,0 +1,314 @@
+"""The sidecar's policy file, `llmthrottle.toml`: loading, validation and the embedded default.
+
+    [server]
+    socket = "/run/llmthrottle/llmthrottle.sock"  # default: see default_socket_path()
+    socket_mode = "0660"
+    socket_group = "llmthrottle"                  # default: the server's own group
+    reservation_timeout = 600                     # seconds before an unsettled call is committed
+    idle_timeout = 300                            # seconds before an idle connection is closed
+    max_frame_bytes = 1048576
+    max_connections = 20000
+    log_format = "text"                           # or "json" (one JSON object per line)
+    log_level = "info"
+    [state]
+    kind = "in-process"                           # or "shared" (llmthrottle.SharedState(name))
+    name = "llmthrottle"
+    [ledger]
+    path = "/var/lib/llmthrottle/ledger"          # a llmthrottle.ledger.Ledger directory
+    [limits."*"]                                  # namespace "default": pattern -> limits
+    requests = "500/min"
+    [namespaces.batch.limits."team:*"]            # namespace "batch"
+    tokens = "1M/min"
+    [access]                                      # uid or user name -> allowed key patterns
+    1000 = ["*"]
+    alice = ["tenant:acme:*"]
+
+Every error names the offending key path and, when it can be found, the file's line. Extending
+the file means adding a table name to `_TABLES` and a parser for it; unknown tables and keys
+are errors, so a typo never silently drops a limit.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from ._native import ConfigError
+from .policy import RulesConfig
+
+__all__ = [
+    "DEFAULT_RULES",
+    "SidecarConfig",
+    "default_socket_path",
+    "find_config_file",
+    "load_config",
+    "parse_config",
+]
+
+# What `llmthrottle serve` enforces without a policy file, for namespace "default": generous
+# enough not to surprise a first run, strict enough to stop a runaway loop.
+DEFAULT_RULES: dict[str, dict[str, Any]] = {
+    "*": {"requests": "600/min", "tokens": "2M/min", "concurrency": 64},
+}
+
+_CONFIG_LOCATIONS = ("llmthrottle.toml", "/etc/llmthrottle/llmthrottle.toml")
+
+
+def default_socket_path() -> str:
+    """`$LLMTHROTTLE_SOCKET`, else `$XDG_RUNTIME_DIR/llmthrottle.sock`, else a per-user path
+    in /tmp. The server and the client compute the same default."""
+    explicit = os.environ.get("LLMTHROTTLE_SOCKET")
+    if explicit:
+        return explicit
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return os.path.join(runtime, "llmthrottle.sock")
+    return f"/tmp/llmthrottle-{os.getuid()}.sock"
+
+
+def find_config_file() -> Optional[str]:
+    """`$LLMTHROTTLE_CONFIG`, else ./llmthrottle.toml, else /etc/llmthrottle/llmthrottle.toml,
+    else None (the embedded default policy)."""
+    explicit = os.environ.get("LLMTHROTTLE_CONFIG")
+    if explicit:
+        return explicit
+    return next((path for path in _CONFIG_LOCATIONS if os.path.isfile(path)), None)
+
+
+@dataclass
+class SidecarConfig:
+    """A validated policy file (or the embedded default)."""
+
+    socket: str = field(default_factory=default_socket_path)
+    socket_mode: int = 0o660
+    socket_group: Optional[str] = None
+    reservation_timeout_s: float = 600.0
+    idle_timeout_s: float = 300.0
+    max_frame_bytes: int = 1 << 20
+    max_connections: int = 20_000
+    max_reservations: int = 1_000_000
+    log_format: str = "text"
+    log_level: str = "info"
+    state_kind: str = "in-process"
+    state_name: str = "llmthrottle"
+    ledger_path: Optional[str] = None
+    # namespace -> key pattern -> limits mapping (the llmthrottle.policy forms)
+    namespaces: dict[str, RulesConfig] = field(default_factory=lambda: {"default": DEFAULT_RULES})
+    # uid -> allowed key patterns; None: no restriction beyond the socket's permissions
+    access: Optional[dict[int, list[str]]] = None
+    # patterns for peers whose uid is not listed (the `"*"` entry of [access])
+    access_default: Optional[list[str]] = None
+    path: Optional[str] = None
+
+
+class _Where:
+    """Turns a key path into "file:line: key.path" for error messages."""
+
+    def __init__(self, path: Optional[str], text: str) -> None:
+        self.path = path or "<config>"
+        self.lines = text.splitlines()
+
+    def error(self, keys: tuple[str, ...], message: str) -> ConfigError:
+        dotted = ".".join(_quote(k) for k in keys)
+        line = self._line_of(keys)
+        place = f"{self.path}:{line}" if line else self.path
+        return ConfigError(f"{place}: {dotted}: {message}" if dotted else f"{place}: {message}")
+
+    def _line_of(self, keys: tuple[str, ...]) -> Optional[int]:
+        # Best effort: the line of `key =` under the header of its table, or of the header.
+        for split in range(len(keys), -1, -1):
+            table, rest = keys[:split], keys[split:]
+            header = _header_line(self.lines, table) if table else 0
+            if header is None:
+                continue
+            if not rest:
+                return header or None
+            pattern = re.compile(r"^\s*" + _key_regex(rest[0]) + r"\s*=")
+            for number in range(header, len(self.lines)):
+                text = self.lines[number]
+                if number > header and text.lstrip().startswith("["):
+                    break
+                if pattern.match(text):
+                    return number + 1
+        return None
+
+
+def _quote(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else f'"{key}"'
+
+
+def _key_regex(key: str) -> str:
+    return r"(?:" + re.escape(key) + r"|\"" + re.escape(key) + r"\"|'" + re.escape(key) + r"')"
+
+
+def _header_line(lines: list[str], table: tuple[str, ...]) -> Optional[int]:
+    pattern = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(_key_regex(k) for k in table) + r"\s*\]")
+    for number, text in enumerate(lines):
+        if pattern.match(text):
+            return number + 1
+    return None
+
+
+def load_config(path: Optional[str]) -> SidecarConfig:
+    """The validated configuration in `path`, or the embedded default when `path` is None."""
+    if path is None:
+        return SidecarConfig()
+    try:
+        with open(path, "rb") as file:
+            raw = file.read()
+    except OSError as error:
+        raise ConfigError(f"cannot read policy file {path}: {error.strerror}") from None
+    return parse_config(raw.decode("utf-8", errors="replace"), path)
+
+
+def parse_config(text: str, path: Optional[str] = None) -> SidecarConfig:
+    """Validates TOML `text` (the content of `path`) into a `SidecarConfig`."""
+    where = _Where(path, text)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path or '<config>'}: invalid TOML: {error}") from None
+    config = SidecarConfig(path=path, namespaces={})
+    for table in data:
+        if table not in _TABLES:
+            raise where.error((table,), f"unknown table; expected one of {sorted(_TABLES)}")
+    for table, parse in _TABLES.items():
+        if table in data:
+            value = data[table]
+            if not isinstance(value, dict):
+                raise where.error((table,), "must be a table")
+            parse(config, value, where)
+    if not config.namespaces:
+        config.namespaces = {"default": DEFAULT_RULES}
+    return config
+
+
+def _parse_server(config: SidecarConfig, table: dict[str, Any], where: _Where) -> None:
+    for key, value in table.items():
+        keys = ("server", key)
+        if key == "socket":
+            config.socket = _string(value, keys, where)
+        elif key == "socket_mode":
+            mode = _string(value, keys, where) if isinstance(value, str) else value
+            try:
+                config.socket_mode = int(mode, 8) if isinstance(mode, str) else int(mode)
+            except (TypeError, ValueError):
+                raise where.error(keys, f'must be an octal string such as "0660", not {value!r}') from None
+            if not 0 <= config.socket_mode <= 0o777:
+                raise where.error(keys, f"{value!r} is not a permission mode")
+        elif key == "socket_group":
+            config.socket_group = _string(value, keys, where)
+        elif key == "reservation_timeout":
+            config.reservation_timeout_s = _positive(value, keys, where)
+        elif key == "idle_timeout":
+            config.idle_timeout_s = _positive(value, keys, where)
+        elif key == "max_frame_bytes":
+            config.max_frame_bytes = int(_positive(value, keys, where, integer=True))
+        elif key == "max_connections":
+            config.max_connections = int(_positive(value, keys, where, integer=True))
+        elif key == "max_reservations":
+            config.max_reservations = int(_positive(value, keys, where, integer=True))
+        elif key == "log_format":
+            config.log_format = _choice(value, ("text", "json"), keys, where)
+        elif key == "log_level":
+            config.log_level = _choice(value, ("debug", "info", "warning", "error"), keys, where)
+        else:
+            raise where.error(keys, "unknown key")
+
+
+def _parse_state(config: SidecarConfig, table: dict[str, Any], where: _Where) -> None:
+    for key, value in table.items():
+        if key == "kind":
+            config.state_kind = _choice(value, ("in-process", "shared"), ("state", key), where)
+        elif key == "name":
+            config.state_name = _string(value, ("state", key), where)
+        else:
+            raise where.error(("state", key), "unknown key")
+
+
+def _parse_ledger(config: SidecarConfig, table: dict[str, Any], where: _Where) -> None:
+    for key, value in table.items():
+        if key == "path":
+            config.ledger_path = _string(value, ("ledger", key), where)
+        else:
+            raise where.error(("ledger", key), "unknown key")
+
+
+def _parse_limits(config: SidecarConfig, table: dict[str, Any], where: _Where) -> None:
+    config.namespaces["default"] = _rules(table, ("limits",), where)
+
+
+def _parse_namespaces(config: SidecarConfig, table: dict[str, Any], where: _Where) -> None:
+    for name, namespace in table.items():
+        keys = ("namespaces", name)
+        if not isinstance(namespace, dict) or set(namespace) != {"limits"}:
+            raise where.error(keys, 'must hold exactly one table, `limits` (pattern -> limits)')
+        if name == "default" and "default" in config.namespaces:
+            raise where.error(keys, "namespace default is already defined by [limits]")
+        config.namespaces[name] = _rules(namespace["limits"], (*keys, "limits"), where)
+
+
+def _parse_access(config: SidecarConfig, table: dict[str, Any], where: _Where) -> None:
+    config.access = {}
+    for who, patterns in table.items():
+        keys = ("access", who)
+        if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
+            raise where.error(keys, 'must be a list of key patterns such as ["user:*"]')
+        if who == "*":
+            config.access_default = list(patterns)
+        elif who.isdigit():
+            config.access[int(who)] = list(patterns)
+        else:
+            try:
+                config.access[pwd.getpwnam(who).pw_uid] = list(patterns)
+            except KeyError:
+                raise where.error(keys, f"no such user {who!r} (use a uid or a user name)") from None
+
+
+def _rules(table: Any, keys: tuple[str, ...], where: _Where) -> dict[str, Any]:
+    """Validates a pattern -> limits table with the engine itself, so the file accepts
+    exactly what `llmthrottle.Limiter(rules=...)` accepts."""
+    if not isinstance(table, dict) or not table:
+        raise where.error(keys, 'must map key patterns to limits, e.g. [limits."*"] requests = "500/min"')
+    from .limiter import Limiter  # imported here: config must load without the engine for --help
+
+    for pattern, limits in table.items():
+        try:
+            Limiter(rules={pattern: limits})
+        except (ConfigError, ValueError, TypeError) as error:
+            raise where.error((*keys, pattern), str(error)) from None
+    return dict(table)
+
+
+def _string(value: Any, keys: tuple[str, ...], where: _Where) -> str:
+    if not isinstance(value, str) or not value:
+        raise where.error(keys, f"must be a non-empty string, not {value!r}")
+    return value
+
+
+def _positive(value: Any, keys: tuple[str, ...], where: _Where, *, integer: bool = False) -> float:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+        raise where.error(keys, f"must be a positive {'integer' if integer else 'number'}, not {value!r}")
+    return float(value)
+
+
+def _choice(value: Any, choices: tuple[str, ...], keys: tuple[str, ...], where: _Where) -> str:
+    if value not in choices:
+        raise where.error(keys, f"must be one of {', '.join(map(repr, choices))}, not {value!r}")
+    return str(value)
+
+
+_TABLES: Mapping[str, Callable[[SidecarConfig, dict[str, Any], _Where], None]] = {
+    "server": _parse_server,
+    "state": _parse_state,
+    "ledger": _parse_ledger,
+    "limits": _parse_limits,
+    "namespaces": _parse_namespaces,
+    "access": _parse_access,
+}

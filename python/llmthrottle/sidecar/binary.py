@@ -1,0 +1,181 @@
+"""The binary (msgpack) protocol's server side: an asyncio Protocol on the raw connection.
+
+Why a bare Protocol and not aiohttp or streams: every request is answered synchronously inside
+`data_received` (an engine decision takes about a microsecond, so there is nothing to await),
+which avoids creating a task or future per request. All frames that arrived in one read are
+answered with one `transport.write`, so a pipelining client gets batched answers for free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any, Callable, Optional
+
+from .access import Peer
+from .protocol import ERROR, OK, FrameDecoder, FrameError, Op, decode_payload, encode_frame
+from .service import Service, ServiceError, error_kind
+
+__all__ = ["BinaryConnection"]
+
+_log = logging.getLogger("llmthrottle.sidecar")
+_perf = time.perf_counter
+_NAMES = Op.NAMES
+
+
+class BinaryConnection(asyncio.Protocol):
+    """One client connection speaking the binary protocol (after the magic bytes)."""
+
+    def __init__(self, service: Service, peer: Peer, max_frame_bytes: int, on_close: Callable[["BinaryConnection"], None]) -> None:
+        self.service = service
+        self.peer = peer
+        self.transport: Optional[asyncio.Transport] = None
+        self.last_active = time.monotonic()
+        self._decoder = FrameDecoder(max_frame_bytes)
+        self._on_close = on_close
+        self._metrics = service.metrics
+        self._handlers: dict[int, Callable[[list[Any]], Any]] = {
+            Op.ACQUIRE: self._acquire,
+            Op.COMMIT: self._commit,
+            Op.CANCEL: self._cancel,
+            Op.STATUS: self._status,
+            Op.REGISTER: self._register,
+            Op.PEEK: self._peek,
+            Op.PING: self._ping,
+            Op.HELLO: self._hello,
+        }
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        # Reservations of this connection stay held until settled or expired (see service.py).
+        self._on_close(self)
+
+    # Backpressure: a client that sends without reading must not grow our write buffer
+    # without bound, so stop reading its requests until the buffer drains.
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        try:
+            payloads = self._decoder.feed(data)
+        except FrameError as error:
+            self._fail(str(error))
+            return
+        if not payloads:
+            return
+        out = []
+        for payload in payloads:
+            try:
+                batch = decode_payload(payload)
+            except FrameError as error:
+                self._fail(str(error))
+                return
+            if type(batch) is not list or not batch:
+                self._fail("a frame must hold a non-empty array of requests")
+                return
+            out.append(encode_frame([self._handle(request) for request in batch]))
+        assert self.transport is not None
+        self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+
+    def _fail(self, reason: str) -> None:
+        """A broken byte stream cannot be resynchronised: answer with an error frame (id None)
+        and close. Other connections are unaffected."""
+        self._metrics.bad_frames += 1
+        _log.info("closing binary connection from pid %d: %s", self.peer.pid, reason)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_frame([[None, ERROR, ["BadRequest", reason]]]))
+            self.transport.close()
+
+    def _handle(self, request: Any) -> list[Any]:
+        started = _perf()
+        if type(request) is not list or len(request) < 2 or type(request[1]) is not int:
+            self._metrics.error("binary", "BadRequest")
+            request_id = request[0] if type(request) is list and request else None
+            return [request_id if _is_id(request_id) else None, ERROR,
+                    ["BadRequest", "a request is [request_id, op, *args] with an integer op"]]
+        request_id = request[0]
+        handler = self._handlers.get(request[1])
+        try:
+            if handler is None:
+                raise ServiceError("BadRequest", f"unknown op {request[1]!r}")
+            result = handler(request)
+        except Exception as error:
+            kind = error_kind(error)
+            if kind == "InternalError":
+                _log.exception("binary request %r failed", request[:2])
+            self._metrics.error("binary", kind)
+            return [request_id, ERROR, [kind, str(error)]]
+        self._metrics.request("binary", _NAMES[request[1]], _perf() - started)
+        return [request_id, OK, result]
+
+    # Each handler receives the whole request [id, op, *args].
+
+    def _acquire(self, request: list[Any]) -> list[Any]:
+        _, _, namespace, key, amounts, max_wait = _args(request, 6)
+        denied_key = self.peer.check_key(key)
+        if denied_key is not None:
+            raise ServiceError("AccessDenied", f"uid {self.peer.uid} may not use key {denied_key!r}")
+        decision, reservation_id = self.service.acquire(namespace, key, amounts, max_wait)
+        return acquire_result(decision, reservation_id)
+
+    def _commit(self, request: list[Any]) -> None:
+        _, _, reservation_id, usage = _args(request, 4)
+        self.service.commit(reservation_id, usage)
+
+    def _cancel(self, request: list[Any]) -> None:
+        _, _, reservation_id = _args(request, 3)
+        self.service.cancel(reservation_id)
+
+    def _status(self, request: list[Any]) -> list[list[Any]]:
+        _, _, namespace, key = _args(request, 4)
+        if self.peer.check_key(key) is not None:
+            raise ServiceError("AccessDenied", f"uid {self.peer.uid} may not use key {key!r}")
+        return self.service.status(namespace, key)
+
+    def _peek(self, request: list[Any]) -> list[Any]:
+        _, _, namespace, key, amounts = _args(request, 5)
+        if self.peer.check_key(key) is not None:
+            raise ServiceError("AccessDenied", f"uid {self.peer.uid} may not use key {key!r}")
+        return acquire_result(self.service.peek(namespace, key, amounts), None)
+
+    def _register(self, request: list[Any]) -> dict[str, Any]:
+        _, _, namespace, limits, rules = _args(request, 5)
+        return self.service.register(namespace, limits, rules, may_admin=self.peer.may_admin)
+
+    def _ping(self, request: list[Any]) -> None:
+        return None
+
+    def _hello(self, request: list[Any]) -> dict[str, Any]:
+        _, _, info = _args(request, 3)
+        if isinstance(info, dict):
+            self.peer.info = {str(k): v for k, v in list(info.items())[:16]}
+        return {"server": "llmthrottle", "version": 1, "pid": os.getpid(), "uid": self.peer.uid}
+
+
+def acquire_result(decision: Any, reservation_id: Optional[int]) -> list[Any]:
+    """The wire form of a decision (see protocol.py's ACQUIRE_RESULT)."""
+    if reservation_id is not None:
+        return [True, 0.0, decision.delay, decision.reset_after, None, None, decision.remaining,
+                reservation_id, decision.reserved]
+    return [decision.allowed, decision.retry_after, decision.delay, decision.reset_after,
+            decision.limited_by, decision.limited_key, decision.remaining, None, None]
+
+
+def _args(request: list[Any], count: int) -> list[Any]:
+    if len(request) != count:
+        raise ServiceError("BadRequest", f"op {request[1]} takes {count - 2} arguments, got {len(request) - 2}")
+    return request
+
+
+def _is_id(value: Any) -> bool:
+    return type(value) is int or type(value) is str

@@ -1,0 +1,140 @@
+"""The sidecar's binary protocol: framing and message shapes, shared by server and client.
+
+A connection that starts with `MAGIC` (b"LTMP" and a version byte) speaks this protocol; any
+other first bytes are handed to the HTTP server on the same socket. After the magic, each side
+sends frames::
+
+    frame    = length (4 bytes, big-endian, <= max_frame_bytes) + msgpack payload
+    request  = payload: [[request_id, op, *args], ...]         # a batch of one or more
+    response = payload: [[request_id, status, result], ...]    # status OK or ERROR
+
+A frame is a batch: the server answers each request frame with one response frame holding one
+response per request, in order. Request ids let a client keep many frames in flight on one
+connection (pipelining) and match answers without relying on order. An ERROR result is
+`[kind, message]`, where kind names the exception (see `ERROR_KINDS`).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+
+__all__ = [
+    "MAGIC",
+    "OK",
+    "ERROR",
+    "Op",
+    "ERROR_KINDS",
+    "FrameDecoder",
+    "FrameError",
+    "encode_frame",
+    "decode_payload",
+]
+
+MAGIC = b"LTMP\x01"
+OK = 0
+ERROR = 1
+DEFAULT_MAX_FRAME_BYTES = 1 << 20
+
+_LENGTH = struct.Struct(">I")
+_pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
+
+class Op:
+    """Operation codes. Arguments after the op, then the result of an OK response."""
+
+    HELLO = 0  # [client_info: map] -> {server, version, pid, uid}
+    ACQUIRE = 1  # [namespace, key | [keys], amounts: map, max_wait_s] -> ACQUIRE_RESULT
+    COMMIT = 2  # [reservation_id, usage: map] -> None
+    CANCEL = 3  # [reservation_id] -> None
+    STATUS = 4  # [namespace, key] -> [[dimension, kind, remaining, used, reset_after, capacity]]
+    REGISTER = 5  # [namespace, limits | None, rules | None] -> {rules, dimensions, source}
+    PEEK = 6  # [namespace, key | [keys], amounts: map] -> ACQUIRE_RESULT (reservation_id None)
+    PING = 7  # [] -> None
+
+    NAMES = {0: "hello", 1: "acquire", 2: "commit", 3: "cancel", 4: "status", 5: "register",
+             6: "peek", 7: "ping"}
+
+
+# ACQUIRE_RESULT = [allowed, retry_after, delay, reset_after, limited_by, limited_key,
+#                   remaining: map, reservation_id | None, reserved: map | None]
+
+# Error kinds the client turns back into the engine's exception classes.
+ERROR_KINDS = (
+    "RateLimited",
+    "ExceedsCapacity",
+    "BudgetExceeded",
+    "ConfigError",
+    "StateError",
+    "LlmthrottleError",
+    "ValueError",
+    "TypeError",
+    "AccessDenied",  # the peer's uid may not use this key (see [access])
+    "UnknownNamespace",  # not in the policy file and never registered
+    "UnknownReservation",  # settled, expired, or made by a previous server process
+    "BadRequest",  # malformed request: wrong shape, unknown op
+    "Overloaded",  # a server-side cap was reached (reservations held)
+    "InternalError",
+)
+
+
+class FrameError(Exception):
+    """The byte stream is not a valid frame sequence; the connection must be closed."""
+
+
+def encode_frame(messages: list[Any]) -> bytes:
+    """One frame holding a batch of requests or responses."""
+    payload: bytes = _pack(messages)
+    return _LENGTH.pack(len(payload)) + payload
+
+
+def decode_payload(payload: bytes) -> Any:
+    """A frame's messages. Raises FrameError on bytes that are not one msgpack value."""
+    try:
+        return msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+    except Exception as error:  # msgpack raises several unrelated types on garbage
+        raise FrameError(f"payload is not msgpack: {error}") from None
+
+
+class FrameDecoder:
+    """Splits a byte stream into frame payloads, refusing frames above `max_frame_bytes`
+    before buffering them (so a hostile length cannot make anyone allocate it)."""
+
+    __slots__ = ("_buffer", "max_frame_bytes")
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        # A bytearray, so a frame trickling in byte by byte costs amortised O(1) per byte.
+        self._buffer = bytearray()
+        self.max_frame_bytes = max_frame_bytes
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The complete payloads now available. Raises FrameError on an oversized frame."""
+        pending = self._buffer
+        if pending:
+            pending += data
+            buffer: Any = pending
+        else:
+            buffer = data  # the common case: whole frames in one read, no copy
+        payloads = []
+        offset = 0
+        end = len(buffer)
+        limit = self.max_frame_bytes
+        while end - offset >= 4:
+            (length,) = _LENGTH.unpack_from(buffer, offset)
+            if length > limit:
+                raise FrameError(f"frame of {length} bytes exceeds the limit of {limit} bytes")
+            if end - offset - 4 < length:
+                break
+            payloads.append(bytes(buffer[offset + 4 : offset + 4 + length]))
+            offset += 4 + length
+        if buffer is pending:
+            del pending[:offset]
+        elif offset < end:
+            pending += buffer[offset:]
+        return payloads

@@ -1,0 +1,283 @@
+"""What the sidecar does, independent of the wire: one `llmthrottle.Limiter` per namespace, the
+reservations admitted and not yet settled, the ledger. Both protocols (binary and HTTP) call
+these methods with plain values, so neither re-implements a limiter rule.
+
+Reservations are held by id until committed or cancelled. One not settled within
+`reservation_timeout` seconds is committed as reserved (its concurrency slots come back; its
+amounts stay charged, since the call probably happened). A client that disconnects leaves its
+reservations here until then: the same process may reconnect and settle them, and a call in
+flight when the connection dropped still consumed what it reserved.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any, Optional
+
+from .._native import (BudgetExceeded, ConfigError, ExceedsCapacity, LlmthrottleError, RateLimited,
+                       Reservation, StateError)
+from ..config import SidecarConfig
+from ..limiter import Limiter
+from ..policy import normalize
+from .metrics import Metrics
+
+__all__ = ["Service", "ServiceError", "error_kind"]
+
+_log = logging.getLogger("llmthrottle.sidecar")
+
+# Ledger fields a commit may carry beside the limiter's dimensions (see Ledger.record).
+_LEDGER_STRINGS = ("model", "provider", "tenant", "user", "team", "feature", "outcome")
+_LEDGER_COUNTS = ("cost_micros", "input_tokens", "output_tokens", "cached_input_tokens",
+                  "cache_write_tokens", "reasoning_tokens")
+_LEDGER_FIELDS = frozenset(_LEDGER_STRINGS + _LEDGER_COUNTS)
+
+
+class ServiceError(Exception):
+    """A request the service refuses; `kind` is one of protocol.ERROR_KINDS."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class _Held:
+    """A reservation waiting for commit or cancel."""
+
+    __slots__ = ("reservation", "namespace", "key", "deadline", "admitted_at")
+
+    def __init__(self, reservation: Reservation, namespace: str, key: Any, deadline: float, admitted_at: float) -> None:
+        self.reservation = reservation
+        self.namespace = namespace
+        self.key = key
+        self.deadline = deadline
+        self.admitted_at = admitted_at
+
+
+class Service:
+    """The engine behind the socket. Not thread-safe: the event loop is its only caller."""
+
+    def __init__(self, config: SidecarConfig, *, ledger: Any = None, metrics: Optional[Metrics] = None) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.metrics = metrics or Metrics()
+        self.state = _make_state(config)
+        self.limiters: dict[str, Limiter] = {}
+        # Namespaces the policy file defines; they ignore client registrations.
+        self.file_namespaces: set[str] = set()
+        self.held: dict[int, _Held] = {}
+        # Ids are unique across restarts of the server (a random start), so a client holding a
+        # reservation from a previous server process gets UnknownReservation, never another's.
+        self._next_id = secrets.randbits(40) << 12  # < 2**52: exact in JSON numbers too
+        self.metrics.held_reservations = lambda: len(self.held)
+        self.apply_policy(config)
+
+    # ------------------------------------------------------------------ policy
+
+    def apply_policy(self, config: SidecarConfig) -> None:
+        """Installs the file's namespaces; existing limiters keep their counters
+        (`set_limits`). Client-registered namespaces not in the file are left as they are."""
+        for namespace, rules in config.namespaces.items():
+            limiter = self.limiters.get(namespace)
+            if limiter is None:
+                self.limiters[namespace] = Limiter(rules=rules, state=self.state, namespace=namespace)
+            elif limiter.rules != rules:
+                limiter.set_limits(rules=rules)
+        self.file_namespaces = set(config.namespaces)
+        self.config = config
+
+    def register(self, namespace: Any, limits: Any, rules: Any, *, may_admin: bool) -> dict[str, Any]:
+        """A client's limits for `namespace`. The policy file is authoritative for the namespaces
+        it defines (the registration is ignored and the file's rules returned); otherwise the
+        latest registration wins, keeping counters where limits are unchanged."""
+        if not isinstance(namespace, str) or not namespace:
+            raise ServiceError("BadRequest", "namespace must be a non-empty string")
+        if limits is not None or rules is not None:
+            canonical = _as_rules(limits, rules)  # raises ConfigError naming the entry
+        if namespace in self.file_namespaces:
+            if limits is not None or rules is not None:
+                Limiter(rules=canonical)  # still tell the client when its own limits are invalid
+        elif limits is not None or rules is not None:
+            if not may_admin:
+                raise ServiceError("AccessDenied", "this uid may not define limits ([access] needs \"*\")")
+            limiter = self.limiters.get(namespace)
+            if limiter is None:
+                self.limiters[namespace] = Limiter(rules=canonical, state=self.state, namespace=namespace)
+            elif limiter.rules != canonical:
+                _log.warning("namespace %r: limits replaced by a client registration", namespace)
+                limiter.set_limits(rules=canonical)
+        limiter = self.limiter(namespace)
+        return {
+            "rules": limiter.rules,
+            "dimensions": limiter.dimensions,
+            "source": "file" if namespace in self.file_namespaces else "client",
+        }
+
+    def limiter(self, namespace: Any) -> Limiter:
+        limiter = self.limiters.get(namespace)
+        if limiter is None:
+            raise ServiceError("UnknownNamespace", f"namespace {namespace!r} is not defined by the "
+                               "policy file and no client registered limits for it")
+        return limiter
+
+    # ------------------------------------------------------------------ decisions
+
+    def acquire(self, namespace: Any, key: Any, amounts: Any, max_wait: Any) -> tuple[Any, Optional[int]]:
+        """The decision and, when admitted, the reservation id to settle it with."""
+        limiter = self.limiter(namespace)
+        if not isinstance(amounts, dict):
+            raise ServiceError("BadRequest", "amounts must be a map of dimension to amount")
+        decision = limiter.try_acquire(key, max_wait=max_wait, **amounts)
+        if not isinstance(decision, Reservation):
+            self.metrics.decision(namespace, False, decision.limited_by)
+            return decision, None
+        self.metrics.decision(namespace, True, None)
+        if len(self.held) >= self.config.max_reservations:
+            decision.cancel()
+            raise ServiceError("Overloaded", f"{len(self.held)} reservations are held unsettled "
+                               "(server.max_reservations); commit or cancel them")
+        self._next_id += 1
+        now = time.monotonic()
+        self.held[self._next_id] = _Held(decision, namespace, key, now + self.config.reservation_timeout_s, now)
+        return decision, self._next_id
+
+    def commit(self, reservation_id: Any, usage: Any) -> None:
+        """Reconciles with real usage. Usage names the limiter's dimensions, plus optional
+        ledger fields (model, provider, tenant, user, team, feature, cost_micros, token kinds);
+        every commit is recorded in the ledger when one is configured."""
+        if not isinstance(usage, dict):
+            raise ServiceError("BadRequest", "usage must be a map")
+        held = self._take(reservation_id)
+        dimensions = self.limiters[held.namespace].dimensions
+        amounts = {k: v for k, v in usage.items() if k in dimensions}
+        try:
+            if len(amounts) < len(usage):
+                unknown = [k for k in usage if k not in dimensions and k not in _LEDGER_FIELDS]
+                if unknown:
+                    raise ValueError(f"unknown dimension {unknown[0]!r}: this limiter limits "
+                                     f"{', '.join(map(repr, dimensions))} (ledger fields: "
+                                     f"{', '.join(sorted(_LEDGER_FIELDS))})")
+            held.reservation.commit(**amounts)
+        except BaseException:
+            if not held.reservation.settled:
+                self.held[reservation_id] = held  # a bad amount: the caller may commit again
+            raise
+        self.metrics.settle(held.namespace, "committed", amounts or dict(held.reservation.reserved))
+        if self.ledger is not None:
+            self._record(held, usage, amounts, "ok")
+
+    def cancel(self, reservation_id: Any) -> None:
+        held = self._take(reservation_id)
+        held.reservation.cancel()
+        self.metrics.settle(held.namespace, "cancelled", {})
+
+    def _take(self, reservation_id: Any) -> _Held:
+        held = self.held.pop(reservation_id, None) if isinstance(reservation_id, int) else None
+        if held is None:
+            raise ServiceError("UnknownReservation", f"reservation {reservation_id!r} is unknown: already "
+                               "settled, expired (server.reservation_timeout), or from a previous server")
+        return held
+
+    def expire(self, now: Optional[float] = None) -> int:
+        """Commits as reserved every reservation past its deadline; returns how many.
+        `held` is in admission order and every deadline is admission + the same timeout, so
+        the expired ones are a prefix."""
+        now = time.monotonic() if now is None else now
+        expired = []
+        for reservation_id, held in self.held.items():
+            if held.deadline > now:
+                break
+            expired.append(reservation_id)
+        for reservation_id in expired:
+            held = self.held.pop(reservation_id)
+            try:
+                held.reservation.commit()
+            except Exception:
+                _log.exception("expiring reservation %d failed", reservation_id)
+                continue
+            self.metrics.settle(held.namespace, "expired", dict(held.reservation.reserved))
+            if self.ledger is not None:
+                self._record(held, {}, {}, "expired")
+        if expired:
+            _log.info("committed %d reservations not settled within %gs", len(expired),
+                      self.config.reservation_timeout_s)
+        return len(expired)
+
+    def status(self, namespace: Any, key: Any) -> list[list[Any]]:
+        if not isinstance(key, str):
+            raise ServiceError("BadRequest", "status takes one key (a string)")
+        return [list(entry) for entry in self.limiter(namespace).status(key)]
+
+    def peek(self, namespace: Any, key: Any, amounts: Any) -> Any:
+        if not isinstance(amounts, dict):
+            raise ServiceError("BadRequest", "amounts must be a map of dimension to amount")
+        return self.limiter(namespace).peek(key, **amounts)
+
+    # ------------------------------------------------------------------ ledger
+
+    def _record(self, held: _Held, usage: dict[str, Any], amounts: dict[str, Any], outcome: str) -> None:
+        fields: dict[str, Any] = {}
+        for name in _LEDGER_STRINGS:
+            value = usage.get(name)
+            if isinstance(value, str) and value:
+                fields[name] = value
+        for name in _LEDGER_COUNTS:
+            value = usage.get(name)
+            if type(value) is int and value >= 0:
+                fields[name] = value
+        if "cost_micros" not in fields:
+            cost = amounts.get("cost_usd", 0)
+            fields["cost_micros"] = round(cost * 1_000_000) if isinstance(cost, (int, float)) and cost >= 0 else 0
+        fields.setdefault("model", "unknown")
+        fields.setdefault("outcome", outcome)
+        tags = {"namespace": held.namespace, "key": held.key}
+        reserved = dict(held.reservation.reserved)
+        if amounts or reserved:
+            tags["usage"] = {**reserved, **amounts}
+        try:
+            self.ledger.record(latency_s=max(0.0, time.monotonic() - held.admitted_at), tags=tags, **fields)
+        except Exception:
+            _log.exception("ledger record failed for namespace %r key %r", held.namespace, held.key)
+
+    def close(self) -> None:
+        """Flushes the ledger (reservations stay where they are: in-process state dies with
+        the process, shared-memory counters persist and release concurrency of dead holders)."""
+        if self.ledger is not None:
+            self.ledger.close()
+
+
+def error_kind(error: BaseException) -> str:
+    """The protocol's name for an exception raised while handling a request."""
+    if isinstance(error, ServiceError):
+        return error.kind
+    for cls in _ERROR_CLASSES:
+        if isinstance(error, cls):
+            return cls.__name__
+    return "InternalError"
+
+
+_ERROR_CLASSES = (RateLimited, ExceedsCapacity, BudgetExceeded, ConfigError, StateError,
+                  LlmthrottleError, ValueError, TypeError)
+
+
+def _as_rules(limits: Any, rules: Any) -> dict[str, Any]:
+    """The registration as a rules mapping, validated by the engine's own normalisation."""
+    normalize(limits, rules)  # raises ConfigError naming the offending entry
+    if rules is not None:
+        return dict(rules)
+    return {"*": dict(limits)}
+
+
+def _make_state(config: SidecarConfig) -> Any:
+    if config.state_kind == "in-process":
+        from .._native import InProcessState
+
+        return InProcessState()
+    import llmthrottle
+
+    shared = getattr(llmthrottle, "SharedState", None)
+    if shared is None:
+        raise ConfigError('state.kind = "shared" needs llmthrottle.SharedState, which this build '
+                          'does not have; use kind = "in-process"')
+    return shared(config.state_name)

@@ -1,0 +1,156 @@
+"""Hostile and broken clients: each is answered with an error or closed, and the server keeps
+serving everyone else."""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import struct
+import tempfile
+from collections.abc import Iterator
+
+import msgpack
+import pytest
+
+from llmthrottle.sidecar.protocol import ERROR, MAGIC, OK, Op, encode_frame
+from sidecar_helpers import RawClient, ServerProcess, sidecar_server, start_server  # noqa: F401  (fixture)
+
+
+def _still_serving(server: ServerProcess) -> None:
+    client = RawClient(server.socket)
+    try:
+        assert client.call([1, Op.PING]) == [1, OK, None]
+    finally:
+        client.close()
+    assert server.http("GET", "/health")[0] == 200
+    assert server.proc.poll() is None
+
+
+def test_garbage_bytes_get_an_http_error(sidecar_server: ServerProcess) -> None:
+    client = RawClient(sidecar_server.socket, magic=False)
+    try:
+        client.send_raw(os.urandom(4096).replace(b"L", b"x"))
+        data = client.sock.recv(65536)
+        assert data.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400")) or data == b""
+        assert client.closed_by_server()
+    finally:
+        client.close()
+    _still_serving(sidecar_server)
+
+
+def test_garbage_after_the_magic_closes_with_an_error_frame(sidecar_server: ServerProcess) -> None:
+    client = RawClient(sidecar_server.socket)
+    try:
+        client.send_raw(struct.pack(">I", 3) + b"\xc1\xc1\xc1")
+        answer = client.read_frame()
+        assert answer[0][:2] == [None, ERROR] and answer[0][2][0] == "BadRequest"
+        assert client.closed_by_server()
+    finally:
+        client.close()
+    _still_serving(sidecar_server)
+
+
+@pytest.mark.parametrize("payload", [
+    msgpack.packb(5), msgpack.packb([]), msgpack.packb({"a": 1}), msgpack.packb([1, 2, 3]),
+])
+def test_wrong_shapes(sidecar_server: ServerProcess, payload: bytes) -> None:
+    client = RawClient(sidecar_server.socket)
+    try:
+        client.send_raw(struct.pack(">I", len(payload)) + payload)
+        answer = client.read_frame()
+        assert answer[0][1] == ERROR and answer[0][2][0] == "BadRequest"
+    finally:
+        client.close()
+    _still_serving(sidecar_server)
+
+
+def test_oversized_frame_is_refused_before_it_is_read(sidecar_server: ServerProcess) -> None:
+    client = RawClient(sidecar_server.socket)
+    try:
+        client.send_raw(struct.pack(">I", 1 << 30))  # announces 1 GiB, sends nothing more
+        answer = client.read_frame()
+        assert "exceeds the limit" in answer[0][2][1]
+        assert client.closed_by_server()
+    finally:
+        client.close()
+    _still_serving(sidecar_server)
+
+
+def test_oversized_http_body_is_refused(sidecar_server: ServerProcess) -> None:
+    from sidecar_helpers import http_request
+
+    status, _, _ = http_request(sidecar_server.socket, "POST", "/v1/acquire", raw=b"x" * (2 << 20))
+    assert status == 413
+    _still_serving(sidecar_server)
+
+
+def test_truncated_frames_and_disconnects_mid_request(sidecar_server: ServerProcess) -> None:
+    frame = encode_frame([[1, Op.ACQUIRE, "default", "k", {}, 0.0]])
+    for cut in (1, 3, 4, len(MAGIC) + 2, len(frame) - 1):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(sidecar_server.socket)
+            sock.sendall((MAGIC + frame)[:cut])
+        finally:
+            sock.close()  # gone mid-request
+    # A client that sends a request and leaves before reading the answer.
+    for _ in range(20):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(sidecar_server.socket)
+            sock.sendall(MAGIC + frame * 50)
+        finally:
+            sock.close()
+    _still_serving(sidecar_server)
+
+
+def test_a_magic_prefix_that_turns_out_to_be_http(sidecar_server: ServerProcess) -> None:
+    client = RawClient(sidecar_server.socket, magic=False)
+    try:
+        client.send_raw(b"LTM")  # looks like the magic so far...
+        client.send_raw(b"X / HTTP/1.1\r\nHost: x\r\n\r\n")  # ...but is not
+        assert client.sock.recv(65536).startswith((b"HTTP/1.0 400", b"HTTP/1.1 400"))
+    finally:
+        client.close()
+    _still_serving(sidecar_server)
+
+
+@pytest.fixture
+def idle_server() -> Iterator[ServerProcess]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 30_000) if hard != resource.RLIM_INFINITY else 30_000
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))  # inherited by the server
+    with tempfile.TemporaryDirectory(prefix="lt-idle-") as directory:
+        server = start_server(directory, "[server]\nidle_timeout = 1\nmax_connections = 20000\n")
+        try:
+            yield server
+        finally:
+            server.stop()
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.slow
+def test_many_idle_connections_are_closed_and_others_still_served(idle_server: ServerProcess) -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    count = min(10_000, soft - 200)
+    if count < 1000:
+        pytest.skip(f"RLIMIT_NOFILE {soft} is too low to hold many connections")
+    sockets = []
+    try:
+        for i in range(count):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.connect(idle_server.socket)
+            if i % 2:
+                sock.sendall(MAGIC)  # half are binary connections, half never say anything
+        _still_serving(idle_server)
+        # Every idle connection is closed by the server after idle_timeout.
+        for sock in sockets:
+            sock.settimeout(60)
+            assert sock.recv(1) == b""
+        _still_serving(idle_server)
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -14,6 +14,7 @@ from ._native import (
     LlmthrottleError,
     RateLimited,
     Reservation,
+    SharedState,
     StateError,
 )
 from .budget import Budget
@@ -44,6 +45,7 @@ __all__ = [
     "PriceTable",
     "RateLimited",
     "Reservation",
+    "SharedState",
     "Sidecar",
     "SidecarUnavailable",
     "StateError",

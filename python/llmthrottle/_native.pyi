@@ -1,5 +1,7 @@
 """Type stubs of the native module `llmthrottle._native` (built from crates/llmthrottle-py)."""
 
+import os
+import pathlib
 from collections.abc import Sequence
 from typing import Any, final
 
@@ -32,6 +34,35 @@ class InProcessState:
 
     def __new__(cls) -> InProcessState: ...
     def __len__(self) -> int: ...
+
+@final
+class SharedState:
+    """Limiter state in shared memory, shared by every process on the host that opens `name`."""
+
+    def __new__(
+        cls,
+        name: str,
+        *,
+        capacity: int = 65536,
+        path: str | os.PathLike[str] | None = None,
+        group_access: bool = False,
+        long_key_capacity: int | None = None,
+        lease_capacity: int = 16384,
+    ) -> SharedState: ...
+    @staticmethod
+    def attach(name: str, *, path: str | os.PathLike[str] | None = None) -> SharedState: ...
+    @staticmethod
+    def remove(name: str, *, path: str | os.PathLike[str] | None = None) -> bool: ...
+    @property
+    def path(self) -> pathlib.Path: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def created(self) -> bool: ...
+    def stats(self) -> dict[str, Any]: ...
+    def entries(self) -> list[tuple[str, str, str, int, int]]: ...
+    def leases(self) -> list[tuple[int, bool, str, str | None, str | None]]: ...
+    def reap(self) -> int: ...
 
 @final
 class FakeClock:
@@ -119,9 +150,12 @@ from collections.abc import Iterable
 
 @final
 class Encoding:
-    """An exact tokenizer ("o200k_base", "cl100k_base"), identical to tiktoken."""
+    """An exact tokenizer: "o200k_base" or "cl100k_base" (identical to tiktoken), or a
+    Hugging Face tokenizer.json (identical to `tokenizers`, add_special_tokens=False)."""
 
     def __new__(cls, name: str) -> Encoding: ...
+    @classmethod
+    def from_tokenizer_json(cls, path: str | os.PathLike[str], *, name: str | None = None) -> Encoding: ...
     @property
     def name(self) -> str: ...
     @property

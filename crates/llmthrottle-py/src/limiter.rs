@@ -12,7 +12,7 @@ use smallvec::SmallVec;
 use crate::convert;
 use crate::decision::{unknown_dimension, Decision, Dimensions, Reservation};
 use crate::errors::{guard, to_py};
-use crate::state::{dispatch, AnyEngine, AnyReservation, FakeClock, InProcessState};
+use crate::state::{dispatch, AnyEngine, AnyReservation, FakeClock, InProcessState, SharedState};
 
 #[pyclass(module = "llmthrottle._native", name = "Limiter", subclass, frozen)]
 pub struct Limiter {
@@ -113,6 +113,10 @@ impl Limiter {
                 if let Ok(local) = state.cast::<InProcessState>() {
                     AnyEngine::Local(Arc::new(
                         Engine::new(local.get().store.clone(), clock, &spec).map_err(to_py)?,
+                    ))
+                } else if let Ok(shared) = state.cast::<SharedState>() {
+                    AnyEngine::Shared(Arc::new(
+                        Engine::new(shared.get().store.clone(), clock, &spec).map_err(to_py)?,
                     ))
                 } else {
                     return Err(pyo3::exceptions::PyTypeError::new_err(format!(
@@ -242,6 +246,10 @@ impl Limiter {
             AnyEngine::Local(e) => {
                 let (d, r) = e.acquire(keys, amounts, max_wait_ns).map_err(to_py)?;
                 Ok((d, r.map(AnyReservation::Local)))
+            }
+            AnyEngine::Shared(e) => {
+                let (d, r) = e.acquire(keys, amounts, max_wait_ns).map_err(to_py)?;
+                Ok((d, r.map(AnyReservation::Shared)))
             }
         }
     }

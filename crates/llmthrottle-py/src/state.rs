@@ -2,17 +2,25 @@
 
 use std::sync::Arc;
 
-use llmthrottle_core::{Clock, Engine, FakeClock as CoreFakeClock, LocalStore, Now, Reservation};
+use std::path::PathBuf;
+
+use llmthrottle_core::{
+    CellKind, Clock, Engine, FakeClock as CoreFakeClock, FileMode, LocalStore, Now, Reservation,
+    SharedOptions, SharedStore,
+};
+use pyo3::types::{PyDict, PyList};
 use pyo3::prelude::*;
 
 /// An engine over any store: one arm per store, one dispatch macro for all of them.
 pub enum AnyEngine {
     Local(Arc<Engine<LocalStore>>),
+    Shared(Arc<Engine<SharedStore>>),
 }
 
 /// A reservation; its limiter's engine (of the same store) settles it.
 pub enum AnyReservation {
     Local(Reservation<LocalStore>),
+    Shared(Reservation<SharedStore>),
 }
 
 /// Evaluates an expression on whichever store a value is built on:
@@ -22,17 +30,19 @@ macro_rules! dispatch {
     ($value:expr, AnyEngine, $inner:ident => $body:expr) => {
         match $value {
             AnyEngine::Local($inner) => $body,
+            AnyEngine::Shared($inner) => $body,
         }
     };
     ($value:expr, AnyReservation, $inner:ident => $body:expr) => {
         match $value {
             AnyReservation::Local($inner) => $body,
+            AnyReservation::Shared($inner) => $body,
         }
     };
     ($engine:expr, $reservation:expr, ($e:ident, $r:ident) => $body:expr) => {
         match ($engine, $reservation) {
             (AnyEngine::Local($e), AnyReservation::Local($r)) => $body,
-            #[allow(unreachable_patterns)]
+            (AnyEngine::Shared($e), AnyReservation::Shared($r)) => $body,
             _ => unreachable!("a reservation is settled by the engine that made it"),
         }
     };
@@ -117,7 +127,136 @@ impl FakeClock {
     }
 }
 
+/// Limiter state in shared memory: every process on the host that opens the same `name`
+/// shares the same counters, exactly, with no server. The first process creates the table
+/// (`capacity` keys, file mode 0600, or 0660 with `group_access=True`); the others attach to it
+/// whatever their `capacity`. `path` puts the table file elsewhere than
+/// `/dev/shm/llmthrottle-<name>`. Works across `fork()` and with `spawn`.
+#[pyclass(module = "llmthrottle", name = "SharedState", frozen)]
+pub struct SharedState {
+    pub store: Arc<SharedStore>,
+}
+
+fn kind_name(kind: CellKind) -> String {
+    kind.tag()
+}
+
+#[pymethods]
+impl SharedState {
+    #[new]
+    #[pyo3(signature = (name, *, capacity=SharedStore::DEFAULT_CAPACITY, path=None, group_access=false, long_key_capacity=None, lease_capacity=SharedStore::DEFAULT_LEASE_CAPACITY))]
+    fn new(
+        name: &str,
+        capacity: usize,
+        path: Option<PathBuf>,
+        group_access: bool,
+        long_key_capacity: Option<usize>,
+        lease_capacity: usize,
+    ) -> PyResult<Self> {
+        let options = SharedOptions {
+            capacity,
+            long_key_capacity,
+            path,
+            mode: if group_access { FileMode::Group } else { FileMode::Owner },
+            lease_capacity,
+            ..SharedOptions::default()
+        };
+        let store = crate::errors::guard(|| {
+            SharedStore::open_with(name, &options).map_err(crate::errors::to_py)
+        })?;
+        Ok(Self {
+            store: Arc::new(store),
+        })
+    }
+
+    /// Attaches to an existing table without ever creating one (StateError if there is none).
+    #[staticmethod]
+    #[pyo3(signature = (name, *, path=None))]
+    fn attach(name: &str, path: Option<PathBuf>) -> PyResult<Self> {
+        let store = crate::errors::guard(|| {
+            SharedStore::attach(name, path).map_err(crate::errors::to_py)
+        })?;
+        Ok(Self {
+            store: Arc::new(store),
+        })
+    }
+
+    /// Deletes the table file; returns whether there was one. Processes that still have it
+    /// open keep using the old table until they reopen: stop them first.
+    #[staticmethod]
+    #[pyo3(signature = (name, *, path=None))]
+    fn remove(name: &str, path: Option<PathBuf>) -> PyResult<bool> {
+        crate::errors::guard(|| SharedStore::remove(name, path).map_err(crate::errors::to_py))
+    }
+
+    /// The table file's path.
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.store.path().to_path_buf()
+    }
+
+    #[getter]
+    fn name(&self) -> String {
+        self.store.name().to_owned()
+    }
+
+    /// True if this process created the table (rather than attaching to it).
+    #[getter]
+    fn created(&self) -> bool {
+        self.store.created()
+    }
+
+    /// Sizes and use of the table.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.store.stats();
+        let out = PyDict::new(py);
+        out.set_item("path", s.path)?;
+        out.set_item("capacity", s.capacity)?;
+        out.set_item("long_key_capacity", s.long_key_capacity)?;
+        out.set_item("short_slots", s.short_slots)?;
+        out.set_item("long_slots", s.long_slots)?;
+        out.set_item("live", s.live.0 + s.live.1)?;
+        out.set_item("scopes", s.scopes)?;
+        out.set_item("lease_capacity", s.lease_capacity)?;
+        out.set_item("file_bytes", s.file_bytes)?;
+        Ok(out)
+    }
+
+    /// Every live entry as `(label, kind, key, value, handles)`; `label` is the limit's
+    /// identity (namespace, layer, rule pattern, `kind:dimension#n`, separated by `\x1f`).
+    fn entries<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for e in self.store.entries() {
+            list.append((e.scope, kind_name(e.kind), e.key, e.value, e.pins))?;
+        }
+        Ok(list)
+    }
+
+    /// Concurrency units held, as `(pid, alive, phase, label, key)`.
+    fn leases<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for l in self.store.leases() {
+            list.append((l.pid, l.alive, l.phase, l.scope, l.key))?;
+        }
+        Ok(list)
+    }
+
+    /// Gives back the concurrency units of processes that died; returns how many.
+    fn reap(&self) -> u64 {
+        self.store.reap()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "SharedState({:?}, path={:?})",
+            self.store.name(),
+            self.store.path()
+        )
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<SharedState>()?;
     m.add_class::<InProcessState>()?;
     m.add_class::<FakeClock>()?;
     Ok(())

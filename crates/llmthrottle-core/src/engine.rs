@@ -42,7 +42,7 @@ pub struct Decision {
     /// Time until every limit the request touched is back to full.
     pub reset_after_ns: u64,
     /// For each dimension the request was charged in: what is left, the least over keys.
-    pub remaining: SmallVec<[(usize, u64); 4]>,
+    pub remaining: SmallVec<[(usize, u64); 3]>,
 }
 
 /// One key's state under one limit, for status and inspection.
@@ -126,7 +126,7 @@ impl<S: Store> Engine<S> {
         let policy = self.policy.load();
         let now = self.now_for(policy.has_quota);
         let steps = plan(&policy, keys, amounts)?;
-        let mut charges: SmallVec<[Charge<S>; 4]> = SmallVec::new();
+        let mut charges: SmallVec<[Charge<S>; 2]> = SmallVec::new();
         let mut decision = Decision {
             allowed: true,
             ..Decision::default()
@@ -134,8 +134,8 @@ impl<S: Store> Engine<S> {
         for step in &steps {
             let limit = &policy.rules[step.rule as usize].limits[step.limit as usize];
             match self.charge(limit, step, now, max_wait_ns)? {
-                Ok(charge) => {
-                    note_admitted(&mut decision, limit, &charge, now);
+                Ok((charge, admitted)) => {
+                    note_admitted(&mut decision, limit, &charge, admitted, now);
                     charges.push(charge);
                 }
                 Err(()) => {
@@ -301,7 +301,7 @@ impl<S: Store> Engine<S> {
         step: &Step<'_>,
         now: Now,
         max_wait_ns: u64,
-    ) -> Result<std::result::Result<Charge<S>, ()>> {
+    ) -> Result<std::result::Result<(Charge<S>, Admitted), ()>> {
         let mut cell = self.store.cell(&limit.scope, step.key, now)?;
         loop {
             let current = cell.load(Ordering::Acquire);
@@ -314,16 +314,14 @@ impl<S: Store> Engine<S> {
                 // can record who holds it and give back the units of a process that dies.
                 match self.store.hold(&cell, max)? {
                     Hold::Held { lease, count } => {
-                        return Ok(Ok(Charge {
+                        return Ok(Ok((Charge {
                             cell,
                             kind: limit.kind,
                             dimension: limit.dimension,
                             amount: step.amount,
                             mark: 0,
-                            delay_ns: 0,
-                            state: count,
                             lease,
-                        }))
+                        }, Admitted { state: count, delay_ns: 0 })))
                     }
                     Hold::Full => return Ok(Err(())),
                     Hold::Reclaimed => {
@@ -352,16 +350,14 @@ impl<S: Store> Engine<S> {
                 .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                return Ok(Ok(Charge {
+                return Ok(Ok((Charge {
                     cell,
                     kind: limit.kind,
                     dimension: limit.dimension,
                     amount: step.amount,
                     mark,
-                    delay_ns,
-                    state: next,
                     lease: None,
-                }));
+                }, Admitted { state: next, delay_ns })));
             }
         }
     }
@@ -447,23 +443,31 @@ fn note_remaining(decision: &mut Decision, dimension: usize, left: u64) {
     }
 }
 
+/// What one admitted charge left behind, for the decision (not kept in the reservation).
+struct Admitted {
+    /// The cell's value right after the charge.
+    state: u64,
+    delay_ns: u64,
+}
+
 #[inline]
 fn note_admitted<S: Store>(
     decision: &mut Decision,
     limit: &Limit<S>,
     charge: &Charge<S>,
+    admitted: Admitted,
     now: Now,
 ) {
-    decision.delay_ns = decision.delay_ns.max(charge.delay_ns);
+    decision.delay_ns = decision.delay_ns.max(admitted.delay_ns);
+    let state = admitted.state;
     let (left, reset) = match limit.kind {
         LimitKind::Rate(p) => (
-            gcra::remaining(charge.state, now.monotonic_ns, &p),
-            gcra::reset_after(charge.state, now.monotonic_ns),
+            gcra::remaining(state, now.monotonic_ns, &p),
+            gcra::reset_after(state, now.monotonic_ns),
         ),
-        LimitKind::Concurrency { max } => (max.saturating_sub(charge.state), 0),
+        LimitKind::Concurrency { max } => (max.saturating_sub(state), 0),
         LimitKind::Quota(q) => (
-            q.limit
-                .saturating_sub(quota::used(charge.state, charge.mark)),
+            q.limit.saturating_sub(quota::used(state, charge.mark)),
             q.period.remaining_ns(now.wall_ns),
         ),
     };
@@ -490,7 +494,7 @@ fn plan<'k, S: Store>(
     policy: &Policy<S>,
     keys: &[&'k str],
     amounts: &[u64],
-) -> Result<SmallVec<[Step<'k>; 8]>> {
+) -> Result<SmallVec<[Step<'k>; 4]>> {
     if keys.is_empty() {
         return Err(CoreError::InvalidInput(
             "at least one key is required".into(),

@@ -20,9 +20,6 @@ pub struct Charge<S: Store> {
     pub(crate) amount: u64,
     /// Rate: the TAT right after this charge; quota: the period it was charged in.
     pub(crate) mark: u64,
-    pub(crate) delay_ns: u64,
-    /// The cell's value right after this charge.
-    pub(crate) state: u64,
     /// Concurrency: the store's record of the unit held (see `Store::hold`).
     pub(crate) lease: Option<S::Lease>,
 }
@@ -86,7 +83,9 @@ impl<S: Store> Charge<S> {
 /// An admitted request's charges. Dropping an unsettled reservation keeps the charges as
 /// made and releases its concurrency slots, so a forgotten reservation never leaks capacity.
 pub struct Reservation<S: Store> {
-    pub(crate) charges: SmallVec<[Charge<S>; 4]>,
+    // Two inline: a reservation is moved several times on its way into Python, so it is kept
+    // small; calls over more limits spill to the heap.
+    pub(crate) charges: SmallVec<[Charge<S>; 2]>,
     pub(crate) settled: bool,
 }
 
@@ -105,10 +104,6 @@ impl<S: Store> Reservation<S> {
             .unwrap_or(0)
     }
 
-    /// Seconds-to-wait before the admitted call may go ahead (non-zero only with max_wait).
-    pub fn delay_ns(&self) -> u64 {
-        self.charges.iter().map(|c| c.delay_ns).max().unwrap_or(0)
-    }
 }
 
 impl<S: Store> Drop for Reservation<S> {

@@ -417,3 +417,4 @@ fn each_layer_applies_its_first_matching_rule() {
     assert!(!d.allowed);
     assert_eq!(engine.policy().dimensions[d.limited_by.unwrap().dimension], "cost_usd");
 }
+

@@ -53,7 +53,7 @@ pub struct Decision {
     pub retry_after_ns: u64,
     pub reset_after_ns: u64,
     pub limited_by: Option<LimitedBy>,
-    pub remaining: SmallVec<[(usize, u64); 4]>,
+    pub remaining: SmallVec<[(usize, u64); 3]>,
     /// The limiter that decided (its dimensions name this decision's indexes).
     pub limiter: Py<Limiter>,
     /// The `key` argument as given (a str or a sequence of str).

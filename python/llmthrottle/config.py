@@ -99,6 +99,8 @@ class SidecarConfig:
     ledger_path: Optional[str] = None
     # namespace -> key pattern -> limits mapping (the llmthrottle.policy forms)
     namespaces: dict[str, RulesConfig] = field(default_factory=lambda: {"default": DEFAULT_RULES})
+    # namespace -> budgets (from [[budgets]] entries)
+    budgets: dict[str, list[Any]] = field(default_factory=dict)
     # uid -> allowed key patterns; None: no restriction beyond the socket's permissions
     access: Optional[dict[int, list[str]]] = None
     # patterns for peers whose uid is not listed (the `"*"` entry of [access])
@@ -180,6 +182,9 @@ def parse_config(text: str, path: Optional[str] = None) -> SidecarConfig:
     for table, parse in _TABLES.items():
         if table in data:
             value = data[table]
+            if table == "budgets":
+                _parse_budgets(config, value, where)
+                continue
             if not isinstance(value, dict):
                 raise where.error((table,), "must be a table")
             parse(config, value, where)
@@ -253,6 +258,42 @@ def _parse_namespaces(config: SidecarConfig, table: dict[str, Any], where: _Wher
         config.namespaces[name] = _rules(namespace["limits"], (*keys, "limits"), where)
 
 
+_BUDGET_KEYS = ("scope", "limit_usd", "period", "on_exceed", "downgrade_to", "thresholds", "name")
+
+
+def _parse_budgets(config: SidecarConfig, entries: Any, where: _Where) -> None:
+    """`[[budgets]]` entries: the fields of `llmthrottle.Budget`, plus `namespace`."""
+    from .budget import Budget
+
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise where.error(("budgets",), 'must be an array of tables: [[budgets]] scope = "team:*" ...')
+    for index, entry in enumerate(entries):
+        keys = ("budgets", str(index))
+        unknown = set(entry) - {*_BUDGET_KEYS, "namespace"}
+        if unknown:
+            raise where.error(keys, f"unknown keys {sorted(unknown)}; expected {[*_BUDGET_KEYS, 'namespace']}")
+        fields = {k: v for k, v in entry.items() if k != "namespace"}
+        if "thresholds" in fields and isinstance(fields["thresholds"], list):
+            fields["thresholds"] = tuple(fields["thresholds"])
+        try:
+            budget = Budget(**fields)
+        except TypeError as error:
+            raise where.error(keys, f"scope and limit_usd are required ({error})") from None
+        except ConfigError as error:
+            raise where.error(keys, str(error)) from None
+        namespace = entry.get("namespace", "default")
+        if not isinstance(namespace, str) or not namespace:
+            raise where.error((*keys, "namespace"), "must be a non-empty string")
+        config.budgets.setdefault(namespace, []).append(budget)
+    for namespace, budgets in config.budgets.items():
+        from .budget import budget_rules
+
+        try:
+            budget_rules(budgets)
+        except ConfigError as error:
+            raise where.error(("budgets",), f"namespace {namespace!r}: {error}") from None
+
+
 def _parse_access(config: SidecarConfig, table: dict[str, Any], where: _Where) -> None:
     config.access = {}
     for who, patterns in table.items():
@@ -305,6 +346,7 @@ def _choice(value: Any, choices: tuple[str, ...], keys: tuple[str, ...], where: 
 
 
 _TABLES: Mapping[str, Callable[[SidecarConfig, dict[str, Any], _Where], None]] = {
+    "budgets": _parse_budgets,
     "server": _parse_server,
     "state": _parse_state,
     "ledger": _parse_ledger,

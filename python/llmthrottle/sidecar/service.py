@@ -78,13 +78,15 @@ class Service:
     def apply_policy(self, config: SidecarConfig) -> None:
         """Installs the file's namespaces; existing limiters keep their counters
         (`set_limits`). Client-registered namespaces not in the file are left as they are."""
-        for namespace, rules in config.namespaces.items():
+        for namespace in {**config.namespaces, **config.budgets}:
+            rules = config.namespaces.get(namespace)
+            budgets = tuple(config.budgets.get(namespace, ()))
             limiter = self.limiters.get(namespace)
             if limiter is None:
-                self.limiters[namespace] = Limiter(rules=rules, state=self.state, namespace=namespace)
-            elif limiter.rules != rules:
-                limiter.set_limits(rules=rules)
-        self.file_namespaces = set(config.namespaces)
+                self.limiters[namespace] = Limiter(rules=rules, budgets=budgets, state=self.state, namespace=namespace)
+            elif limiter.rules != rules or limiter.budgets != budgets:
+                limiter.set_limits(rules=rules, budgets=budgets)
+        self.file_namespaces = set(config.namespaces) | set(config.budgets)
         self.config = config
 
     def register(self, namespace: Any, limits: Any, rules: Any, *, may_admin: bool) -> dict[str, Any]:

@@ -129,15 +129,12 @@ class Guard:
         with `on_exceed="downgrade"` retries once with its cheaper model; `call.model` is the
         model to use. Raises `BudgetExceeded`, `RateLimited` or `ExceedsCapacity`."""
         key_list = [keys] if isinstance(keys, str) else list(keys)
+        sizes = (input_tokens, max_output_tokens, provider)
         try:
-            amounts = self._amounts(model, input_tokens, max_output_tokens, provider)
-            reservation = self.limiter.acquire(key_list, timeout=timeout, **amounts)
+            reservation = self.limiter.acquire(key_list, timeout=timeout, **self._amounts(model, *sizes))
         except BudgetExceeded as exceeded:
-            if exceeded.downgrade_to is None or exceeded.downgrade_to == model:
-                raise
-            model = exceeded.downgrade_to
-            amounts = self._amounts(model, input_tokens, max_output_tokens, provider)
-            reservation = self.limiter.acquire(key_list, timeout=timeout, **amounts)
+            model = _downgrade(exceeded, model)
+            reservation = self.limiter.acquire(key_list, timeout=timeout, **self._amounts(model, *sizes))
         return GuardedCall(self, reservation, key_list, model, provider, tags)
 
     async def call_async(
@@ -153,15 +150,12 @@ class Guard:
     ) -> "GuardedCall":
         """`call` for asyncio."""
         key_list = [keys] if isinstance(keys, str) else list(keys)
+        sizes = (input_tokens, max_output_tokens, provider)
         try:
-            amounts = self._amounts(model, input_tokens, max_output_tokens, provider)
-            reservation = await self.limiter.acquire_async(key_list, timeout=timeout, **amounts)
+            reservation = await self.limiter.acquire_async(key_list, timeout=timeout, **self._amounts(model, *sizes))
         except BudgetExceeded as exceeded:
-            if exceeded.downgrade_to is None or exceeded.downgrade_to == model:
-                raise
-            model = exceeded.downgrade_to
-            amounts = self._amounts(model, input_tokens, max_output_tokens, provider)
-            reservation = await self.limiter.acquire_async(key_list, timeout=timeout, **amounts)
+            model = _downgrade(exceeded, model)
+            reservation = await self.limiter.acquire_async(key_list, timeout=timeout, **self._amounts(model, *sizes))
         return GuardedCall(self, reservation, key_list, model, provider, tags)
 
     def rebuild_from_ledger(self, now: Optional[float] = None) -> int:
@@ -189,6 +183,13 @@ class Guard:
                     self.limiter.try_acquire(key, requests=0).commit(**{BUDGET_DIMENSION: micros / 1e6})
                     charged += 1
         return charged
+
+
+def _downgrade(exceeded: BudgetExceeded, model: str) -> str:
+    """The cheaper model a `"downgrade"` budget names, or the error again when there is none."""
+    if exceeded.downgrade_to is None or exceeded.downgrade_to == model:
+        raise exceeded
+    return exceeded.downgrade_to
 
 
 def _period_start(budget: Budget, wall: float) -> float:

@@ -68,13 +68,31 @@ def _rate_limited(decision: Decision, timeout: Optional[float]) -> RateLimited:
 
 
 class WaitingMixin:
-    """Blocking and async acquisition on top of `try_acquire(..., max_wait=...)`.
+    """Blocking and async acquisition on top of `try_acquire(..., max_wait=...)`, and the
+    configuration every limiter reports.
 
     Shared by every limiter implementation (in-process, shared memory, sidecar client): a
-    class needs `try_acquire` and a `_clock` attribute (a FakeClock or None)."""
+    class needs `try_acquire` and the attributes below."""
 
     _clock: Optional[FakeClock]
     _budgets: tuple[Budget, ...] = ()
+    _namespace: str
+    _limits: Optional[LimitsConfig]
+    _rules: Optional[RulesConfig]
+
+    @property
+    def namespace(self) -> str:
+        return self._namespace
+
+    @property
+    def limits(self) -> Optional[LimitsConfig]:
+        """The limits mapping given for every key (None when configured by `rules`)."""
+        return self._limits
+
+    @property
+    def rules(self) -> Optional[RulesConfig]:
+        """The per-pattern rules (None when configured by `limits`)."""
+        return self._rules
 
     if TYPE_CHECKING:  # provided by the class this is mixed into
 
@@ -246,20 +264,6 @@ class Limiter(WaitingMixin, _native.Limiter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Everything is set up by `__new__` (the native base is immutable once built)."""
-
-    @property
-    def namespace(self) -> str:
-        return self._namespace
-
-    @property
-    def limits(self) -> Optional[LimitsConfig]:
-        """The limits mapping given for every key (None when configured by `rules`)."""
-        return self._limits
-
-    @property
-    def rules(self) -> Optional[RulesConfig]:
-        """The per-pattern rules (None when configured by `limits`)."""
-        return self._rules
 
     @property
     def budgets(self) -> tuple[Budget, ...]:

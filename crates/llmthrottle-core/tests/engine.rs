@@ -20,11 +20,11 @@ mod store_under_test {
 }
 use crate::store_under_test::{new_store, TestStore};
 
-fn rate(text: &str, burst: Option<u64>) -> LimitKind {
+pub(crate) fn rate(text: &str, burst: Option<u64>) -> LimitKind {
     LimitKind::Rate(RateParams::new(Rate::parse(text).unwrap(), burst).unwrap())
 }
 
-fn spec(rules: Vec<(&str, Vec<(&str, LimitKind)>)>) -> PolicySpec {
+pub(crate) fn spec(rules: Vec<(&str, Vec<(&str, LimitKind)>)>) -> PolicySpec {
     PolicySpec {
         namespace: "test".into(),
         rules: rules

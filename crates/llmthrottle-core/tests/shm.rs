@@ -62,29 +62,7 @@ fn fresh_store(options: &SharedOptions) -> SharedStore {
     store
 }
 
-fn rate(text: &str, burst: Option<u64>) -> LimitKind {
-    LimitKind::Rate(RateParams::new(Rate::parse(text).unwrap(), burst).unwrap())
-}
-
-fn spec(rules: Vec<(&str, Vec<(&str, LimitKind)>)>) -> PolicySpec {
-    PolicySpec {
-        namespace: "shm-test".into(),
-        rules: rules
-            .into_iter()
-            .map(|(pattern, limits)| RuleSpec {
-                pattern: pattern.into(),
-                layer: 0,
-                limits: limits
-                    .into_iter()
-                    .map(|(dimension, kind)| LimitSpec {
-                        dimension: dimension.into(),
-                        kind,
-                    })
-                    .collect(),
-            })
-            .collect(),
-    }
-}
+use behaviour::{rate, spec};
 
 fn monotonic_ns() -> u64 {
     SystemClock.now().monotonic_ns

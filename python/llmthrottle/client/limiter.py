@@ -191,18 +191,6 @@ class SidecarLimiter(WaitingMixin):
         self._fallback: Any = None
 
     @property
-    def namespace(self) -> str:
-        return self._namespace
-
-    @property
-    def limits(self) -> Optional[LimitsConfig]:
-        return self._limits
-
-    @property
-    def rules(self) -> Optional[RulesConfig]:
-        return self._rules
-
-    @property
     def dimensions(self) -> list[str]:
         """Every dimension some limit constrains (as the sidecar enforces them)."""
         return list(self._ensure_registered()["dimensions"])
@@ -252,14 +240,18 @@ class SidecarLimiter(WaitingMixin):
 
     # ------------------------------------------------------------------ decisions
 
-    def try_acquire(self, key: Key, /, requests: Any = None, tokens: Any = None, *, max_wait: float = 0.0,
-                    **amounts: Any) -> Any:
-        """Decides at once, never blocking on limits (one round trip to the sidecar)."""
+    def _acquire_request(self, key: Key, requests: Any, tokens: Any, max_wait: float,
+                         amounts: dict[str, Any]) -> list[Any]:
         if requests is not None:
             amounts["requests"] = requests
         if tokens is not None:
             amounts["tokens"] = tokens
-        request = [Op.ACQUIRE, self._namespace, key, amounts, max_wait]
+        return [Op.ACQUIRE, self._namespace, key, amounts, max_wait]
+
+    def try_acquire(self, key: Key, /, requests: Any = None, tokens: Any = None, *, max_wait: float = 0.0,
+                    **amounts: Any) -> Any:
+        """Decides at once, never blocking on limits (one round trip to the sidecar)."""
+        request = self._acquire_request(key, requests, tokens, max_wait, amounts)
         try:
             result = self._call(request)
         except SidecarUnavailable as error:
@@ -269,11 +261,7 @@ class SidecarLimiter(WaitingMixin):
     async def try_acquire_async(self, key: Key, /, requests: Any = None, tokens: Any = None, *,
                                 max_wait: float = 0.0, **amounts: Any) -> Any:
         """`try_acquire` without blocking the event loop; concurrent calls are pipelined."""
-        if requests is not None:
-            amounts["requests"] = requests
-        if tokens is not None:
-            amounts["tokens"] = tokens
-        request = [Op.ACQUIRE, self._namespace, key, amounts, max_wait]
+        request = self._acquire_request(key, requests, tokens, max_wait, amounts)
         try:
             result = await self._call_async(request)
         except SidecarUnavailable as error:

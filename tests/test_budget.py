@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import uuid
 
 import pytest
 
@@ -169,9 +170,12 @@ def _spend_worker(args):
 
 
 @pytest.mark.skipif(not hasattr(lt, "SharedState"), reason="shared memory state not built")
-def test_concurrent_processes_never_overspend(tmp_path):
-    name = f"budget-test-{tmp_path.name}"
+def test_concurrent_processes_never_overspend():
+    name = f"budget-test-{uuid.uuid4().hex}"
     ctx = mp.get_context("spawn")
-    with ctx.Pool(4) as pool:
-        admitted = sum(pool.map(_spend_worker, [(name, 60)] * 4))
+    try:
+        with ctx.Pool(4) as pool:
+            admitted = sum(pool.map(_spend_worker, [(name, 60)] * 4))
+    finally:
+        lt.SharedState.remove(name)
     assert admitted == 100  # $1.00 / $0.01, exactly

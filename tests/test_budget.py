@@ -179,3 +179,17 @@ def test_concurrent_processes_never_overspend():
     finally:
         lt.SharedState.remove(name)
     assert admitted == 100  # $1.00 / $0.01, exactly
+
+
+def test_call_counts_the_request_body_before_it_leaves():
+    guard, _ = make([Budget("team:*", 1.0, "day")], limits={"requests": "1000/s", "tokens": "1M/min"})
+    body = {"model": MINI, "max_tokens": 500, "messages": [{"role": "user", "content": "Say hello in French."}]}
+    expected = lt.estimate(body)
+    call = guard.call("team:a", body=body)
+    assert call.model == MINI
+    assert call.reservation.reserved["tokens"] == expected.input_tokens + 500
+    call.cancel()
+    fast, _ = make([Budget("team:*", 1.0, "day")], limits={"tokens": "1M/min"}, exact_tokens=False)
+    fast.call("team:a", body=body).cancel()
+    with pytest.raises(ValueError, match="model is required"):
+        guard.call("team:a", input_tokens=10)

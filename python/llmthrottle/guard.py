@@ -14,7 +14,7 @@ call in the ledger and fires budget thresholds once per period.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -23,6 +23,7 @@ from .budget import BUDGET_DIMENSION, Budget, budget_for
 from .ledger import Ledger
 from .limiter import Key, Limiter
 from .pricing import Cost, PriceTable
+from .tokens import estimate
 
 __all__ = ["Guard", "GuardedCall", "ThresholdEvent"]
 
@@ -58,7 +59,8 @@ class Guard:
     """Limits, budgets, pricing and the usage ledger around LLM calls.
 
     `limiter` holds the rate limits and budgets (`Limiter(..., budgets=[...])`); dimensions it
-    does not limit are not sent to it. `prices` defaults to the shipped table. With a
+    does not limit are not sent to it. A call given its request `body` is counted before it
+    leaves, exactly or (`exact_tokens=False`) with the fast estimator. `prices` defaults to the shipped table. With a
     `ledger`, every finished call is recorded; and when the limiter's state lives in this
     process, budget spend of the current periods is rebuilt from the ledger at start, so a
     restart does not forget what was spent.
@@ -72,8 +74,10 @@ class Guard:
         ledger: Optional[Ledger] = None,
         on_threshold: Optional[Callable[[ThresholdEvent], None]] = None,
         rebuild_from_ledger: Optional[bool] = None,
+        exact_tokens: bool = True,
     ) -> None:
         self.limiter = limiter
+        self.exact_tokens = exact_tokens
         self.prices = prices if prices is not None else PriceTable.default()
         self.ledger = ledger
         self.on_threshold = on_threshold
@@ -103,6 +107,7 @@ class Guard:
         )
 
     def _amounts(self, model: str, input_tokens: int, max_output_tokens: int, provider: Optional[str]) -> dict[str, Any]:
+        """The request's amounts in every dimension the limiter knows: tokens and worst-case cost."""
         dims = set(self.limiter.dimensions)
         worst = self.prices.worst_case_cost(model, input_tokens, max_output_tokens, provider)
         candidates: dict[str, Any] = {
@@ -114,22 +119,45 @@ class Guard:
         }
         return {name: value for name, value in candidates.items() if name in dims}
 
+    def _sizes(
+        self,
+        model: Optional[str],
+        body: Optional[Mapping[str, Any]],
+        input_tokens: Optional[int],
+        max_output_tokens: Optional[int],
+        provider: Optional[str],
+    ) -> tuple[str, tuple[int, int, Optional[str]]]:
+        """The model and (input, output reservation, provider) of a call, counted from `body`
+        where the caller did not give them."""
+        if body is not None:
+            family = "anthropic" if provider == "anthropic" else "openai"
+            counted = estimate(body, family, model, exact=self.exact_tokens)
+            model = model or body.get("model")
+            input_tokens = counted.input_tokens if input_tokens is None else input_tokens
+            max_output_tokens = counted.max_output_tokens if max_output_tokens is None else max_output_tokens
+        if not isinstance(model, str) or not model:
+            raise ValueError("model is required: pass model= or a body that names it")
+        return model, (input_tokens or 0, max_output_tokens or 0, provider)
+
     def call(
         self,
         keys: Key,
         *,
-        model: str,
-        input_tokens: int = 0,
-        max_output_tokens: int = 0,
+        model: Optional[str] = None,
+        body: Optional[Mapping[str, Any]] = None,
+        input_tokens: Optional[int] = None,
+        max_output_tokens: Optional[int] = None,
         provider: Optional[str] = None,
         timeout: Optional[float] = None,
         **tags: Any,
     ) -> "GuardedCall":
-        """Waits until the call is admitted (see `Limiter.acquire`) and returns it. A budget
-        with `on_exceed="downgrade"` retries once with its cheaper model; `call.model` is the
-        model to use. Raises `BudgetExceeded`, `RateLimited` or `ExceedsCapacity`."""
+        """Waits until the call is admitted (see `Limiter.acquire`) and returns it. The call's
+        size is `input_tokens` and `max_output_tokens`, or counted from the request `body`
+        (an OpenAI or, with `provider="anthropic"`, Anthropic body). A budget with
+        `on_exceed="downgrade"` retries once with its cheaper model; `call.model` is the model
+        to use. Raises `BudgetExceeded`, `RateLimited` or `ExceedsCapacity`."""
         key_list = [keys] if isinstance(keys, str) else list(keys)
-        sizes = (input_tokens, max_output_tokens, provider)
+        model, sizes = self._sizes(model, body, input_tokens, max_output_tokens, provider)
         try:
             reservation = self.limiter.acquire(key_list, timeout=timeout, **self._amounts(model, *sizes))
         except BudgetExceeded as exceeded:
@@ -141,16 +169,17 @@ class Guard:
         self,
         keys: Key,
         *,
-        model: str,
-        input_tokens: int = 0,
-        max_output_tokens: int = 0,
+        model: Optional[str] = None,
+        body: Optional[Mapping[str, Any]] = None,
+        input_tokens: Optional[int] = None,
+        max_output_tokens: Optional[int] = None,
         provider: Optional[str] = None,
         timeout: Optional[float] = None,
         **tags: Any,
     ) -> "GuardedCall":
         """`call` for asyncio."""
         key_list = [keys] if isinstance(keys, str) else list(keys)
-        sizes = (input_tokens, max_output_tokens, provider)
+        model, sizes = self._sizes(model, body, input_tokens, max_output_tokens, provider)
         try:
             reservation = await self.limiter.acquire_async(key_list, timeout=timeout, **self._amounts(model, *sizes))
         except BudgetExceeded as exceeded:

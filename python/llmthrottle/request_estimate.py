@@ -90,8 +90,12 @@ def estimate(
     fallback: str | None = None,
     default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS,
     image_size: ImageSizeLookup | None = None,
+    exact: bool = True,
 ) -> RequestEstimate:
     """Estimates a request body; see the module docstring for the rules.
+
+    With ``exact=False`` text is counted by the fast estimator (no vocabulary walk; its error is
+    documented in ``llmthrottle.tokens``) instead of the exact tokenizer.
 
     ``model`` defaults to ``body["model"]``. For OpenAI the endpoint is inferred from the body
     (``messages`` -> chat, ``input`` -> embeddings for ``text-embedding-*`` models else
@@ -108,14 +112,14 @@ def estimate(
             raise InvalidRequestBody(f"model must be a string, not {type(model).__name__}")
     lookup = image_size or (lambda url: None)
     if provider == "anthropic":
-        return _Counter(get_encoding("o200k_base"), model or "", lookup).anthropic(
+        return _Counter(get_encoding("o200k_base"), model or "", lookup, exact).anthropic(
             body, default_max_output_tokens
         )
     if provider != "openai":
         raise ValueError(f"provider must be 'openai' or 'anthropic', not {provider!r}")
     if model is None:
         raise InvalidRequestBody("model is missing: pass model= or put it in the body")
-    counter = _Counter(get_encoding(encoding_name_for_model(model, fallback=fallback)), model, lookup)
+    counter = _Counter(get_encoding(encoding_name_for_model(model, fallback=fallback)), model, lookup, exact)
     if endpoint is None:
         if "messages" in body:
             endpoint = "chat"
@@ -143,15 +147,16 @@ def _type_name(value: object) -> str:
 class _Counter:
     """Counts one body with one encoding; each method walks one API's body shape."""
 
-    def __init__(self, encoding: Encoding, model: str, image_size: ImageSizeLookup) -> None:
+    def __init__(self, encoding: Encoding, model: str, image_size: ImageSizeLookup, exact: bool = True) -> None:
         self.encoding = encoding
+        self.count = encoding.count if exact else encoding.estimate
         self.model = model
         self.image_size = image_size
 
     def text(self, value: object, path: str) -> int:
         if not isinstance(value, str):
             raise InvalidRequestBody(f"{path} must be a string, not {_type_name(value)}")
-        return self.encoding.count(value)
+        return self.count(value)
 
     def done(self, input_tokens: int, body: Mapping[str, Any], keys: Sequence[str], default: int) -> RequestEstimate:
         reserve = default
@@ -192,7 +197,7 @@ class _Counter:
             elif key == "function_call":
                 total += self.function_call(value, field)
             elif isinstance(value, str):
-                total += self.encoding.count(value)
+                total += self.count(value)
                 if key == "name":
                     total += TOKENS_PER_NAME
             elif key in ("role", "name", "tool_call_id"):
@@ -202,7 +207,7 @@ class _Counter:
 
     def chat_content(self, content: object, path: str) -> int:
         if isinstance(content, str):
-            return self.encoding.count(content)
+            return self.count(content)
         if not isinstance(content, list):
             raise InvalidRequestBody(f"{path} must be a string or a list of parts, not {_type_name(content)}")
         total = 0
@@ -282,7 +287,7 @@ class _Counter:
         description = function.get("description") or ""
         if not isinstance(description, str):
             raise InvalidRequestBody(f"{path}.description must be a string")
-        total = self.encoding.count(f"{name}:{description.removesuffix('.')}")
+        total = self.count(f"{name}:{description.removesuffix('.')}")
         parameters = function.get("parameters")
         if parameters is None:
             return total
@@ -308,11 +313,11 @@ class _Counter:
             if isinstance(enum, list):
                 total -= 3
                 for item in enum:
-                    total += 3 + self.encoding.count(str(item))
-            total += self.encoding.count(f"{key}:{kind}:{prop_description.removesuffix('.')}")
+                    total += 3 + self.count(str(item))
+            total += self.count(f"{key}:{kind}:{prop_description.removesuffix('.')}")
             nested = {k: v for k, v in schema.items() if k in ("properties", "items", "anyOf", "oneOf")}
             if nested:
-                total += self.encoding.count(json.dumps(nested, separators=(",", ":"), ensure_ascii=False))
+                total += self.count(json.dumps(nested, separators=(",", ":"), ensure_ascii=False))
         return total
 
     def openai_image(self, url: object, detail: object, path: str) -> int:
@@ -335,11 +340,11 @@ class _Counter:
         total = REPLY_PRIMING
         instructions = body.get("instructions")
         if instructions is not None:
-            total += TOKENS_PER_MESSAGE + self.encoding.count("system")
+            total += TOKENS_PER_MESSAGE + self.count("system")
             total += self.text(instructions, "instructions")
         items = body.get("input")
         if isinstance(items, str):
-            total += TOKENS_PER_MESSAGE + self.encoding.count("user") + self.encoding.count(items)
+            total += TOKENS_PER_MESSAGE + self.count("user") + self.count(items)
         elif isinstance(items, list):
             for i, item in enumerate(items):
                 total += self.response_item(item, f"input[{i}]")
@@ -366,14 +371,14 @@ class _Counter:
     def embeddings(self, body: Mapping[str, Any]) -> RequestEstimate:
         value = body.get("input")
         if isinstance(value, str):
-            total = self.encoding.count(value)
+            total = self.count(value)
         elif isinstance(value, list) and value and all(isinstance(v, int) for v in value):
             total = len(value)  # one pre-tokenized input
         elif isinstance(value, list):
             total = 0
             for i, item in enumerate(value):
                 if isinstance(item, str):
-                    total += self.encoding.count(item)
+                    total += self.count(item)
                 elif isinstance(item, list) and all(isinstance(v, int) for v in item):
                     total += len(item)
                 else:
@@ -385,7 +390,7 @@ class _Counter:
     def completions(self, body: Mapping[str, Any], default: int) -> RequestEstimate:
         prompt = body.get("prompt")
         if isinstance(prompt, str):
-            total = self.encoding.count(prompt)
+            total = self.count(prompt)
         elif isinstance(prompt, list):
             total = sum(self.text(p, f"prompt[{i}]") for i, p in enumerate(prompt))
         else:
@@ -417,12 +422,12 @@ class _Counter:
             for i, tool in enumerate(tools):
                 if not isinstance(tool, Mapping):
                     raise InvalidRequestBody(f"tools[{i}] must be an object, not {_type_name(tool)}")
-                total += self.encoding.count(json.dumps(tool, separators=(",", ":"), ensure_ascii=False))
+                total += self.count(json.dumps(tool, separators=(",", ":"), ensure_ascii=False))
         return self.done(total, body, ("max_tokens",), default)
 
     def anthropic_content(self, content: object, path: str) -> int:
         if isinstance(content, str):
-            return self.encoding.count(content)
+            return self.count(content)
         if not isinstance(content, list):
             raise InvalidRequestBody(f"{path} must be a string or a list of blocks, not {_type_name(content)}")
         total = 0
@@ -437,14 +442,14 @@ class _Counter:
                 total += self.anthropic_image(block.get("source"), f"{block_path}.source")
             elif kind == "tool_use":
                 total += self.text(block.get("name"), f"{block_path}.name")
-                total += self.encoding.count(json.dumps(block.get("input", {}), separators=(",", ":"), ensure_ascii=False))
+                total += self.count(json.dumps(block.get("input", {}), separators=(",", ":"), ensure_ascii=False))
             elif kind == "tool_result":
                 inner = block.get("content")
                 if inner is not None:
                     total += self.anthropic_content(inner, f"{block_path}.content")
             elif kind in ("thinking", "redacted_thinking"):
                 thinking = block.get("thinking")
-                total += self.encoding.count(thinking) if isinstance(thinking, str) else 0
+                total += self.count(thinking) if isinstance(thinking, str) else 0
             elif kind == "document":
                 raise InvalidRequestBody(f"{block_path}: document blocks cannot be estimated")
             else:

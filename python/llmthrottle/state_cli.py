@@ -51,7 +51,10 @@ def describe(label: str, kind: str, value: int, now_ns: int) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     try:
         if args.action == "reset":
-            if not args.yes and sys.stdin.isatty():
+            if not args.yes:
+                if not sys.stdin.isatty():
+                    print("llmthrottle state: reset deletes the table; pass --yes to confirm", file=sys.stderr)
+                    return 2
                 answer = input(f"delete the shared table {args.name!r}? processes using it must restart [y/N] ")
                 if answer.strip().lower() not in ("y", "yes"):
                     print("nothing deleted")

@@ -133,16 +133,21 @@ impl<S: Store> Engine<S> {
         };
         for step in &steps {
             let limit = &policy.rules[step.rule as usize].limits[step.limit as usize];
-            match self.charge(limit, step, now, max_wait_ns)? {
-                Ok((charge, admitted)) => {
+            let outcome = self.charge(limit, step, now, max_wait_ns);
+            match outcome {
+                Ok(Ok((charge, admitted))) => {
                     note_admitted(&mut decision, limit, &charge, admitted, now);
                     charges.push(charge);
                 }
-                Err(()) => {
+                // Denied, or the store failed (a full table): either way nothing stays charged.
+                Ok(Err(())) | Err(_) => {
                     for charge in charges.drain(..) {
                         charge.give_back(now, charge.amount);
                     }
-                    return Ok((self.explain_denial(&policy, &steps, step, now), None));
+                    return match outcome {
+                        Err(error) => Err(error),
+                        Ok(_) => Ok((self.explain_denial(&policy, &steps, step, now), None)),
+                    };
                 }
             }
         }

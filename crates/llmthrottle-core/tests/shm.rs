@@ -588,7 +588,7 @@ fn keys_of_every_length_are_exact() {
     }
     let entries: Vec<SharedEntry> = engine.store().entries();
     assert_eq!(entries.len(), 2 * MAX_KEY_BYTES);
-    assert!(entries.iter().all(|e| e.kind == CellKind::Rate && e.scope.starts_with("shm-test\x1f")));
+    assert!(entries.iter().all(|e| e.kind == CellKind::Rate && e.scope.starts_with("test\x1f")));
 }
 
 #[test]

@@ -189,6 +189,13 @@ impl SharedState {
         crate::errors::guard(|| SharedStore::remove(name, path).map_err(crate::errors::to_py))
     }
 
+    /// Pickles as "attach to the same table", so a SharedState (and the work that carries it)
+    /// can be handed to a multiprocessing worker.
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, (String, PathBuf))> {
+        let attach = py.import("llmthrottle._native")?.getattr("_attach_shared_state")?;
+        Ok((attach, (self.store.name().to_owned(), self.store.path().to_path_buf())))
+    }
+
     /// The table file's path.
     #[getter]
     fn path(&self) -> PathBuf {
@@ -255,7 +262,14 @@ impl SharedState {
     }
 }
 
+/// Unpickles a SharedState: attaches to the table it named.
+#[pyfunction]
+fn _attach_shared_state(name: &str, path: PathBuf) -> PyResult<SharedState> {
+    SharedState::attach(name, Some(path))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_attach_shared_state, m)?)?;
     m.add_class::<SharedState>()?;
     m.add_class::<InProcessState>()?;
     m.add_class::<FakeClock>()?;

@@ -62,3 +62,15 @@ def test_bad_budget_entries_are_refused_with_the_entry_named() -> None:
         parse_config('[[budgets]]\nscope = "team:*"\nlimit_usd = 1\nperiodd = "day"\n', "llmthrottle.toml")
     with pytest.raises(lt.ConfigError, match="two budgets"):
         parse_config('[[budgets]]\nscope = "t:*"\nlimit_usd = 1\n[[budgets]]\nscope = "t:*"\nlimit_usd = 2\n', "x.toml")
+
+
+def test_metrics_show_spend_and_budget_remaining(server) -> None:
+    status, _, body = server.http("POST", "/v1/acquire", {"key": ["team:a", "org:x"], "amounts": {"budget_usd": 0.25}})
+    assert status == 200, body
+    status, _, _ = server.http("POST", "/v1/commit", {"reservation_id": body["reservation_id"], "usage": {"budget_usd": 0.2}})
+    assert status == 200
+    status, _, text = server.http("GET", "/metrics")
+    assert status == 200
+    assert 'llmthrottle_spend_usd_total{namespace="default"} 0.2' in text
+    assert 'llmthrottle_budget_remaining_usd{namespace="default",budget="team:*",key="team:a"} 0.8' in text
+    assert 'llmthrottle_budget_remaining_usd{namespace="default",budget="org:*",key="org:x"} 1.3' in text

@@ -64,8 +64,8 @@ class Metrics:
         self.bad_frames = 0
         self.reloads: dict[str, int] = {}
         self.held_reservations: Callable[[], int] = lambda: 0
-        # Budgets (added later) plug in here: a callable giving (namespace, budget, remaining_usd).
-        self.budget_remaining: Optional[Callable[[], Iterable[tuple[str, str, float]]]] = None
+        # A callable giving (namespace, budget, key, remaining_usd) for recently used budget keys.
+        self.budget_remaining: Optional[Callable[[], Iterable[tuple[str, str, str, float]]]] = None
 
     def decision(self, namespace: str, allowed: bool, limited_by: Optional[str]) -> None:
         # On the hot path: two dict operations. Amounts are counted when committed (settle).
@@ -78,13 +78,16 @@ class Metrics:
     def settle(self, namespace: str, outcome: str, usage: dict[str, Any]) -> None:
         key = (namespace, outcome)
         self.settled[key] = self.settled.get(key, 0) + 1
+        # A guarded call commits its cost to both budget_usd and cost_usd: count it once.
+        spend = usage.get("budget_usd", usage.get("cost_usd"))
+        if isinstance(spend, (int, float)) and not isinstance(spend, bool):
+            self.spend_usd[namespace] = self.spend_usd.get(namespace, 0.0) + spend
         committed = self.committed
         for dimension, amount in usage.items():
             if isinstance(amount, (int, float)) and not isinstance(amount, bool):
                 k = (namespace, dimension)
                 committed[k] = committed.get(k, 0) + amount
-                if dimension == "cost_usd":
-                    self.spend_usd[namespace] = self.spend_usd.get(namespace, 0.0) + amount
+
 
     def request(self, protocol: str, op: str, seconds: float) -> None:
         key = (protocol, op)
@@ -114,15 +117,15 @@ class Metrics:
                ((_labels([("namespace", ns), ("dimension", d)]), v) for (ns, d), v in sorted(self.committed.items())))
         family("llmthrottle_tokens_total", "counter", "Tokens committed as used.",
                ((_labels([("namespace", ns)]), v) for (ns, d), v in sorted(self.committed.items()) if d == "tokens"))
-        family("llmthrottle_spend_usd_total", "counter", "Dollars committed (the cost_usd dimension).",
+        family("llmthrottle_spend_usd_total", "counter", "Dollars committed (budget_usd, else cost_usd).",
                ((_labels([("namespace", ns)]), v) for ns, v in sorted(self.spend_usd.items())))
         family("llmthrottle_reservations_settled_total", "counter", "Reservations settled, by outcome.",
                ((_labels([("namespace", ns), ("outcome", o)]), v) for (ns, o), v in sorted(self.settled.items())))
         family("llmthrottle_reservations_held", "gauge", "Reservations admitted and not yet settled.",
                [("", self.held_reservations())])
         budgets = list(self.budget_remaining()) if self.budget_remaining is not None else []
-        family("llmthrottle_budget_remaining_usd", "gauge", "Dollars left in each budget.",
-               ((_labels([("namespace", ns), ("budget", b)]), v) for ns, b, v in budgets))
+        family("llmthrottle_budget_remaining_usd", "gauge", "Dollars left in each budget, per key.",
+               ((_labels([("namespace", ns), ("budget", b), ("key", k)]), v) for ns, b, k, v in budgets))
         family("llmthrottle_request_errors_total", "counter", "Requests answered with an error, by kind.",
                ((_labels([("protocol", p), ("kind", k)]), v) for (p, k), v in sorted(self.errors.items())))
         family("llmthrottle_connections_opened_total", "counter", "Connections accepted.",

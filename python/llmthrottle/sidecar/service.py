@@ -14,10 +14,13 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any, Optional
 
 from .._native import (BudgetExceeded, ConfigError, ExceedsCapacity, LlmthrottleError, RateLimited,
                        Reservation, StateError)
+from ..budget import BUDGET_DIMENSION, budget_for
 from ..config import SidecarConfig
 from ..limiter import Limiter
 from ..policy import normalize
@@ -26,6 +29,9 @@ from .metrics import Metrics
 __all__ = ["Service", "ServiceError", "error_kind"]
 
 _log = logging.getLogger("llmthrottle.sidecar")
+
+# How many (namespace, key) budget gauges /metrics shows at most.
+_BUDGET_KEYS_SHOWN = 10_000
 
 # Ledger fields a commit may carry beside the limiter's dimensions (see Ledger.record).
 _LEDGER_STRINGS = ("model", "provider", "tenant", "user", "team", "feature", "outcome")
@@ -71,6 +77,10 @@ class Service:
         # reservation from a previous server process gets UnknownReservation, never another's.
         self._next_id = secrets.randbits(40) << 12  # < 2**52: exact in JSON numbers too
         self.metrics.held_reservations = lambda: len(self.held)
+        # Budget keys recently committed to, for the budget-remaining gauge (bounded: least
+        # recently used first out).
+        self.budget_keys: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.metrics.budget_remaining = self._budget_remaining
         self.apply_policy(config)
 
     # ------------------------------------------------------------------ policy
@@ -166,8 +176,30 @@ class Service:
                 self.held[reservation_id] = held  # a bad amount: the caller may commit again
             raise
         self.metrics.settle(held.namespace, "committed", amounts or dict(held.reservation.reserved))
+        self._note_budget_keys(held.namespace, held.key)
         if self.ledger is not None:
             self._record(held, usage, amounts, "ok")
+
+    def _note_budget_keys(self, namespace: str, keys: Any) -> None:
+        budgets = self.limiters[namespace].budgets
+        if not budgets:
+            return
+        for key in [keys] if isinstance(keys, str) else keys:
+            if budget_for(budgets, key) is not None:
+                self.budget_keys[(namespace, key)] = None
+                self.budget_keys.move_to_end((namespace, key))
+        while len(self.budget_keys) > _BUDGET_KEYS_SHOWN:
+            self.budget_keys.popitem(last=False)
+
+    def _budget_remaining(self) -> Iterable[tuple[str, str, str, float]]:
+        for namespace, key in list(self.budget_keys):
+            limiter = self.limiters.get(namespace)
+            budget = budget_for(limiter.budgets, key) if limiter is not None else None
+            if limiter is None or budget is None:
+                continue
+            for state in limiter.status(key):
+                if state.dimension == BUDGET_DIMENSION:
+                    yield namespace, budget.label, key, float(state.remaining)
 
     def cancel(self, reservation_id: Any) -> None:
         held = self._take(reservation_id)

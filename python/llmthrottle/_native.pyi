@@ -43,11 +43,11 @@ class SharedState:
         cls,
         name: str,
         *,
-        capacity: int = 65536,
+        capacity: int | None = None,
         path: str | os.PathLike[str] | None = None,
         group_access: bool = False,
         long_key_capacity: int | None = None,
-        lease_capacity: int = 16384,
+        lease_capacity: int | None = None,
     ) -> SharedState: ...
     @staticmethod
     def attach(name: str, *, path: str | os.PathLike[str] | None = None) -> SharedState: ...

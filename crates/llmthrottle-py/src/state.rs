@@ -129,8 +129,9 @@ impl FakeClock {
 
 /// Limiter state in shared memory: every process on the host that opens the same `name`
 /// shares the same counters, exactly, with no server. The first process creates the table
-/// (`capacity` keys, file mode 0600, or 0660 with `group_access=True`); the others attach to it
-/// whatever their `capacity`. `path` puts the table file elsewhere than
+/// (`capacity` keys, default 65,536; file mode 0600, or 0660 with `group_access=True`); the
+/// others attach to it whatever their `capacity`. `lease_capacity` (default 16,384) bounds the
+/// concurrency slots held at once over all processes. `path` puts the table file elsewhere than
 /// `/dev/shm/llmthrottle-<name>`. Works across `fork()` and with `spawn`.
 #[pyclass(module = "llmthrottle", name = "SharedState", frozen)]
 pub struct SharedState {
@@ -144,22 +145,23 @@ fn kind_name(kind: CellKind) -> String {
 #[pymethods]
 impl SharedState {
     #[new]
-    #[pyo3(signature = (name, *, capacity=SharedStore::DEFAULT_CAPACITY, path=None, group_access=false, long_key_capacity=None, lease_capacity=SharedStore::DEFAULT_LEASE_CAPACITY))]
+    #[pyo3(signature = (name, *, capacity=None, path=None, group_access=false, long_key_capacity=None, lease_capacity=None))]
     fn new(
         name: &str,
-        capacity: usize,
+        capacity: Option<usize>,
         path: Option<PathBuf>,
         group_access: bool,
         long_key_capacity: Option<usize>,
-        lease_capacity: usize,
+        lease_capacity: Option<usize>,
     ) -> PyResult<Self> {
+        let defaults = SharedOptions::default();
         let options = SharedOptions {
-            capacity,
+            capacity: capacity.unwrap_or(defaults.capacity),
             long_key_capacity,
             path,
             mode: if group_access { FileMode::Group } else { FileMode::Owner },
-            lease_capacity,
-            ..SharedOptions::default()
+            lease_capacity: lease_capacity.unwrap_or(defaults.lease_capacity),
+            ..defaults
         };
         let store = crate::errors::guard(|| {
             SharedStore::open_with(name, &options).map_err(crate::errors::to_py)

@@ -1,4 +1,5 @@
-//! Python face of `llmthrottle-tokens`: the `Encoding` class.
+//! Python face of `llmthrottle-tokens`: the `Encoding` class, over a built-in encoding or (feature
+//! `hf`) a Hugging Face `tokenizer.json` loaded by `Encoding.from_tokenizer_json`.
 //!
 //! Text arguments may be `str` or UTF-8 `bytes`. A `str` holding lone surrogates is repaired the
 //! way tiktoken repairs it (UTF-16 round trip with replacement), so counts stay identical.
@@ -6,25 +7,40 @@
 
 use std::borrow::Cow;
 
-use pyo3::exceptions::{PyTypeError, PyUnicodeDecodeError, PyValueError};
-use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString};
+use std::path::PathBuf;
 
-use llmthrottle_tokens::{estimator_features, get_encoding, Encoding, TokenError, FEATURE_NAMES};
+use pyo3::exceptions::{PyOSError, PyTypeError, PyUnicodeDecodeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString, PyType};
+
+use llmthrottle_tokens::{estimator_features, get_encoding, TokenError, Tokenizer, FEATURE_NAMES};
 
 use crate::errors::ConfigError;
 
 /// Below this many bytes, releasing and retaking the GIL costs more than the counting.
 const DETACH_MIN_BYTES: usize = 4096;
 
-/// An exact tokenizer (`o200k_base`, `cl100k_base`).
+/// An exact tokenizer: `o200k_base`, `cl100k_base`, or a loaded `tokenizer.json`.
 #[pyclass(module = "llmthrottle._native", name = "Encoding", frozen)]
 pub struct PyEncoding {
-    inner: &'static Encoding,
+    inner: Tokenizer,
 }
 
-fn config_error(err: TokenError) -> PyErr {
-    ConfigError::new_err(err.to_string())
+/// Unreadable files are `OSError`s (with errno, so `FileNotFoundError` and friends); a file that
+/// is not a tokenizer is a `ConfigError`; an id not in the vocabulary or a failed encode is a
+/// `ValueError`.
+fn to_py_error(err: TokenError) -> PyErr {
+    match err {
+        TokenError::Io { ref path, os_code: Some(code), .. } => {
+            PyOSError::new_err((code, err.to_string(), path.clone()))
+        }
+        TokenError::Io { .. } => PyOSError::new_err(err.to_string()),
+        TokenError::UnknownEncoding(_)
+        | TokenError::InvalidTokenizer { .. }
+        | TokenError::TooLarge { .. }
+        | TokenError::ReservedName(_) => ConfigError::new_err(err.to_string()),
+        TokenError::UnknownToken(_) | TokenError::Encode(_) => PyValueError::new_err(err.to_string()),
+    }
 }
 
 /// Borrows the UTF-8 text of a `str` or `bytes` argument called `what`.
@@ -68,12 +84,24 @@ fn run<T: Send>(py: Python<'_>, bytes: usize, work: impl FnOnce() -> T + Send) -
 impl PyEncoding {
     #[new]
     fn new(name: &str) -> PyResult<Self> {
-        Ok(PyEncoding { inner: get_encoding(name).map_err(config_error)? })
+        Ok(PyEncoding { inner: get_encoding(name).map_err(to_py_error)?.into() })
     }
 
-    /// The encoding's name, e.g. "o200k_base".
+    /// Loads a Hugging Face `tokenizer.json` (or the one in a directory); never downloads.
+    #[classmethod]
+    #[pyo3(signature = (path, *, name=None))]
+    fn from_tokenizer_json(
+        _cls: &Bound<'_, PyType>,
+        py: Python<'_>,
+        path: PathBuf,
+        name: Option<String>,
+    ) -> PyResult<Self> {
+        load_tokenizer_json(py, path, name)
+    }
+
+    /// The encoding's name: "o200k_base", or the tokenizer.json path unless a name was given.
     #[getter]
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         self.inner.name()
     }
 
@@ -86,8 +114,8 @@ impl PyEncoding {
     /// Exact number of tokens of `text`.
     fn count(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<usize> {
         let text = text_arg(text, "text")?;
-        let inner = self.inner;
-        Ok(run(py, text.len(), || inner.count(&text)))
+        let inner = &self.inner;
+        run(py, text.len(), || inner.count(&text)).map_err(to_py_error)
     }
 
     /// The exact count if it is at most `limit`, else None (stops reading once past the limit).
@@ -98,8 +126,8 @@ impl PyEncoding {
         limit: usize,
     ) -> PyResult<Option<usize>> {
         let text = text_arg(text, "text")?;
-        let inner = self.inner;
-        Ok(run(py, text.len(), || inner.count_till_limit(&text, limit)))
+        let inner = &self.inner;
+        run(py, text.len(), || inner.count_till_limit(&text, limit)).map_err(to_py_error)
     }
 
     /// Exact counts of many texts, counted on all cores with the GIL released.
@@ -114,32 +142,58 @@ impl PyEncoding {
             .enumerate()
             .map(|(i, item)| text_arg(item, &format!("texts[{i}]")))
             .collect::<PyResult<_>>()?;
-        let inner = self.inner;
-        Ok(py.detach(|| inner.count_batch(&texts)))
+        let inner = &self.inner;
+        py.detach(|| inner.count_batch(&texts)).map_err(to_py_error)
     }
 
-    /// Token ids of `text` (special-token text is ordinary text, like `encode_ordinary`).
+    /// Token ids of `text`: built-in encodings treat special-token text as ordinary text (like
+    /// `encode_ordinary`); a tokenizer.json encodes as `encode(text, add_special_tokens=False)`.
     fn encode(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
         let text = text_arg(text, "text")?;
-        let inner = self.inner;
-        Ok(run(py, text.len(), || inner.encode(&text)))
+        let inner = &self.inner;
+        run(py, text.len(), || inner.encode(&text)).map_err(to_py_error)
     }
 
     /// Text of token ids; bytes that are not valid UTF-8 become U+FFFD.
-    fn decode(&self, tokens: Vec<u32>) -> PyResult<String> {
-        self.inner.decode(&tokens).map_err(|err| PyValueError::new_err(err.to_string()))
+    fn decode(&self, py: Python<'_>, tokens: Vec<u32>) -> PyResult<String> {
+        let inner = &self.inner;
+        run(py, tokens.len() * 4, || inner.decode(&tokens)).map_err(to_py_error)
     }
 
     /// Fast approximate count (no vocabulary walk); see `llmthrottle.tokens` for its error.
     fn estimate(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<usize> {
         let text = text_arg(text, "text")?;
-        let inner = self.inner;
+        let inner = &self.inner;
         Ok(run(py, text.len() / 16, || inner.estimate(&text)))
     }
 
     fn __repr__(&self) -> String {
-        format!("Encoding('{}')", self.inner.name())
+        match &self.inner {
+            Tokenizer::Builtin(enc) => format!("Encoding('{}')", enc.name()),
+            #[cfg(feature = "hf")]
+            Tokenizer::HuggingFace(enc) => {
+                let path = enc.path().map(|p| p.display().to_string()).unwrap_or_default();
+                if path == enc.name() {
+                    format!("Encoding.from_tokenizer_json({path:?})")
+                } else {
+                    format!("Encoding.from_tokenizer_json({path:?}, name={:?})", enc.name())
+                }
+            }
+        }
     }
+}
+
+#[cfg(feature = "hf")]
+fn load_tokenizer_json(py: Python<'_>, path: PathBuf, name: Option<String>) -> PyResult<PyEncoding> {
+    let loaded = py.detach(|| llmthrottle_tokens::HfEncoding::from_file(&path, name));
+    Ok(PyEncoding { inner: loaded.map_err(to_py_error)?.into() })
+}
+
+#[cfg(not(feature = "hf"))]
+fn load_tokenizer_json(_py: Python<'_>, _path: PathBuf, _name: Option<String>) -> PyResult<PyEncoding> {
+    Err(ConfigError::new_err(
+        "this build of llmthrottle has no tokenizer.json support (Rust feature `hf` is off)",
+    ))
 }
 
 /// The fast estimator's feature counts of `text`, by name (for fitting its coefficients).

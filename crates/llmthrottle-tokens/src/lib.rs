@@ -1,7 +1,8 @@
 //! Token counting for llmthrottle: exact OpenAI BPE encodings and a fast estimator.
 //!
 //! `o200k_base` and `cl100k_base` give the same tokens as tiktoken on every input (special-token
-//! text such as `<|endoftext|>` is ordinary text, as in tiktoken's `encode_ordinary`).
+//! text such as `<|endoftext|>` is ordinary text, as in tiktoken's `encode_ordinary`). With the
+//! `hf` feature, Hugging Face `tokenizer.json` files load too (`hf.rs`); `Tokenizer` is either.
 //!
 //! Designs tried and dropped:
 //! - `bpe-openai` (GitHub's rust-gems): its build embeds serialized automata of 32 MB (o200k)
@@ -19,8 +20,11 @@
 mod bpe;
 mod cache;
 mod estimate;
+#[cfg(feature = "hf")]
+mod hf;
 mod huge;
 mod pretokenize;
+mod tokenizer;
 mod unicode;
 mod vocab;
 
@@ -28,6 +32,9 @@ use std::fmt;
 use std::sync::LazyLock;
 
 pub use estimate::{estimate_with, features as estimator_features, Coefficients, FEATURE_NAMES};
+#[cfg(feature = "hf")]
+pub use hf::{HfEncoding, MAX_TOKENIZER_JSON_BYTES};
+pub use tokenizer::Tokenizer;
 use pretokenize::{Pieces, Splitter};
 use vocab::Vocab;
 
@@ -43,6 +50,16 @@ pub enum TokenError {
     UnknownEncoding(String),
     /// A token id that the encoding does not have (in `decode`).
     UnknownToken(u32),
+    /// A tokenizer file could not be read (`os_code` is the OS error number, when there is one).
+    Io { path: String, message: String, os_code: Option<i32> },
+    /// The file (or text) named `source` is not a tokenizer this crate can load.
+    InvalidTokenizer { source: String, message: String },
+    /// The tokenizer file is larger than any real one; refused before parsing.
+    TooLarge { source: String, bytes: u64, limit: u64 },
+    /// A loaded tokenizer may not be called this (empty, or a built-in encoding's name).
+    ReservedName(String),
+    /// A loaded tokenizer could not encode or decode (for example: no unknown token).
+    Encode(String),
 }
 
 impl fmt::Display for TokenError {
@@ -54,6 +71,24 @@ impl fmt::Display for TokenError {
                 ENCODING_NAMES.join(", ")
             ),
             TokenError::UnknownToken(token) => write!(f, "token id {token} is not in the encoding"),
+            TokenError::Io { path, message, .. } => {
+                write!(f, "cannot read tokenizer file {path:?}: {message}")
+            }
+            TokenError::InvalidTokenizer { source, message } => {
+                write!(f, "{source:?} is not a usable tokenizer.json: {message}")
+            }
+            TokenError::TooLarge { source, bytes, limit } => write!(
+                f,
+                "tokenizer file {source:?} is {bytes} bytes, over the {limit}-byte limit \
+                 (real tokenizer.json files are under 50 MB)"
+            ),
+            TokenError::ReservedName(name) => write!(
+                f,
+                "a loaded tokenizer cannot be named {name:?}: names must be non-empty and differ \
+                 from the built-in encodings ({})",
+                ENCODING_NAMES.join(", ")
+            ),
+            TokenError::Encode(message) => write!(f, "the tokenizer failed: {message}"),
         }
     }
 }

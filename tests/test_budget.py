@@ -193,3 +193,31 @@ def test_call_counts_the_request_body_before_it_leaves():
     fast.call("team:a", body=body).cancel()
     with pytest.raises(ValueError, match="model is required"):
         guard.call("team:a", input_tokens=10)
+
+
+def test_rebuild_runs_once_per_limiter_and_replays_rolling_windows(tmp_path):
+    ledger = lt.Ledger(tmp_path / "ledger")
+    clock = FakeClock()
+    budgets = [lt.Budget("team:*", 10.0, "day"), lt.Budget("user:*", 10.0, "10h")]
+    lim = lt.Limiter({"requests": "1000/s"}, budgets=budgets, clock=clock)
+    guard = Guard(lim, ledger=ledger)
+    start = clock.wall
+    # $4 spent 8 hours ago, $2 spent now, by user:u of team:t.
+    ledger.record(model=MINI, cost_micros=4_000_000, team="t", user="u", time=start - 8 * 3600)
+    ledger.record(model=MINI, cost_micros=2_000_000, team="t", user="u", time=start)
+    fresh = lt.Limiter({"requests": "1000/s"}, budgets=budgets, clock=clock)
+    Guard(fresh, ledger=ledger)
+    Guard(fresh, ledger=ledger)  # a second guard on the same limiter does not charge again
+    assert spent(Guard(fresh, ledger=ledger, rebuild_from_ledger=False), "team:t") == pytest.approx(2.0)
+    # The day started at the FakeClock's start (midnight), so only the $2 counts for the team;
+    # the rolling 10h window has drained $8 of the $4 spent 8 h ago, leaving $2 + $0.
+    assert spent(Guard(fresh, ledger=ledger, rebuild_from_ledger=False), "user:u") == pytest.approx(2.0)
+    ledger.close()
+    assert guard.limiter is lim
+
+
+def test_a_rolling_budget_rejects_instead_of_queueing():
+    lim = lt.Limiter({"requests": "100/s"}, budgets=[Budget("user:*", 1, "1h")], clock=FakeClock())
+    lim.acquire("user:1", budget_usd=0.8).commit()
+    with pytest.raises(lt.BudgetExceeded):
+        lim.acquire("user:1", budget_usd=0.8)  # no timeout: still not queued for 36 minutes

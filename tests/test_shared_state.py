@@ -810,3 +810,15 @@ def test_a_shared_state_can_be_handed_to_workers(shared_name):
         results = pool.map(_count_with, [state, state])
     assert sorted(results) == [False, True]
     assert pickle.loads(pickle.dumps(state)).path == state.path
+
+
+def test_a_rate_only_limiter_never_reclaims_another_limiters_quota(shared_name):
+    """Tidying a full-ish table judges quota cells by a real wall clock, never by 'time 0'."""
+    state = lt.SharedState(shared_name, capacity=64)
+    quota = lt.Limiter({"cost_usd": {"quota": 100, "per": "day"}}, state=state, namespace="budget")
+    quota.try_acquire("tenant:a", cost_usd=60).commit()
+    rates = lt.Limiter({"requests": "1M/s"}, state=state, namespace="rates")
+    for i in range(3000):
+        rates.try_acquire(f"u{i}")
+    assert quota.status("tenant:a")[0].used == 60.0
+    assert not quota.try_acquire("tenant:a", cost_usd=60)

@@ -188,30 +188,53 @@ class Guard:
         return GuardedCall(self, reservation, key_list, model, provider, tags)
 
     def rebuild_from_ledger(self, now: Optional[float] = None) -> int:
-        """Charges each budget key with what the ledger recorded in its current period (calendar
-        budgets) or window (rolling budgets). Returns how many keys were charged. Only for state
-        that does not outlive the process: shared state already remembers."""
-        if self.ledger is None:
+        """Charges each budget key with what the ledger recorded in its current period
+        (calendar budgets) or what is still undrained of its window (rolling budgets, replayed
+        record by record). Returns how many keys were charged. Runs once per limiter, and only
+        makes sense for state that does not outlive the process: shared state remembers."""
+        if self.ledger is None or getattr(self.limiter, "_ledger_rebuilt", False):
             return 0
         wall = now if now is not None else (self.limiter._clock.wall if self.limiter._clock else time.time())
         charged = 0
         for budget in self.limiter.budgets:
-            since = _period_start(budget, wall)
-            field, sep, value = budget.scope.partition(":")
-            if not sep or field == "*":
-                continue
-            # The ledger filters and groups by its columns and by tag names alike.
-            column = field
-            if "*" in value:
-                groups = self.ledger.aggregate([column], since=since)
-                spends = [(f"{field}:{g[column]}", g["cost_micros"]) for g in groups if g.get(column) is not None]
-            else:
-                spends = [(budget.scope, self.ledger.spend(since=since, **{column: value}))]
-            for key, micros in spends:
+            for key, micros in self._ledger_spend(budget, wall):
                 if micros > 0 and budget_for(self.limiter.budgets, key) is budget:
-                    self.limiter.try_acquire(key, requests=0).commit(**{BUDGET_DIMENSION: micros / 1e6})
+                    self.limiter.charge(key, **{BUDGET_DIMENSION: micros / 1e6})
                     charged += 1
+        self.limiter._ledger_rebuilt = True  # type: ignore[attr-defined]
         return charged
+
+    def _ledger_spend(self, budget: Budget, wall: float) -> list[tuple[str, int]]:
+        """(key, micro-dollars to charge now) for every key of `budget` the ledger knows."""
+        assert self.ledger is not None
+        field, sep, value = budget.scope.partition(":")
+        if not sep or field == "*":
+            return []
+        # The ledger filters and groups by its columns and by tag names alike.
+        filters = {} if "*" in value else {field: value}
+        since = _period_start(budget, wall)
+        if budget.calendar:
+            if filters:
+                return [(budget.scope, self.ledger.spend(since=since, **filters))]
+            groups = self.ledger.aggregate([field], since=since)
+            return [(f"{field}:{g[field]}", g["cost_micros"]) for g in groups if g.get(field) is not None]
+        # A rolling budget drains continuously: replay its window in time order, as the engine
+        # would have, and charge what is still undrained now.
+        window = wall - since
+        drain_per_s = float(budget.limit_usd) * 1e6 / window
+        level: dict[str, tuple[float, float]] = {}  # key -> (micros undrained, at time)
+        for record in self.ledger.records(since=since, **filters):
+            name = getattr(record, field, None) if field in _LEDGER_FIELDS else record.tags.get(field)
+            if name is None:
+                continue
+            key = f"{field}:{name}"
+            undrained, at = level.get(key, (0.0, record.time))
+            undrained = max(0.0, undrained - (record.time - at) * drain_per_s) + record.cost_micros
+            level[key] = (undrained, record.time)
+        return [
+            (key, int(max(0.0, undrained - (wall - at) * drain_per_s)))
+            for key, (undrained, at) in level.items()
+        ]
 
 
 def _downgrade(exceeded: BudgetExceeded, model: str) -> str:

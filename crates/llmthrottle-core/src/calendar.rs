@@ -28,6 +28,13 @@ impl Period {
                         "unknown period {text:?}: use day, week, month or a duration such as 12h"
                     ))
                 })?;
+                // Cells tell periods apart by a 16-bit tag, which repeats after 65,536 periods:
+                // an hour's period repeats after 7.5 years, a second's after 18 hours.
+                if ns < 3_600_000_000_000 {
+                    return Err(CoreError::Config(format!(
+                        "quota period {text:?} is shorter than an hour: use a rate such as \"N/{text}\" for short windows"
+                    )));
+                }
                 Ok(Period::Fixed(ns))
             }
         }
@@ -134,5 +141,7 @@ mod tests {
         assert_eq!(Period::Day.remaining_ns(86_400 * S - 5), 5);
         assert_eq!(Period::Fixed(10).index(25), 2);
         assert_eq!(Period::Fixed(10).remaining_ns(25), 5);
+        assert!(Period::parse("30m").is_err());
+        assert_eq!(Period::parse("12h").unwrap(), Period::Fixed(12 * 3_600_000_000_000));
     }
 }

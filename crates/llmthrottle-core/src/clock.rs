@@ -8,8 +8,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Now {
     /// Monotonic nanoseconds, comparable between processes on one host.
     pub monotonic_ns: u64,
-    /// Nanoseconds since the Unix epoch (UTC), for calendar periods.
+    /// Nanoseconds since the Unix epoch (UTC), for calendar periods; 0 when the decision had
+    /// no need to read the wall clock (then nothing may be judged by calendar).
     pub wall_ns: u64,
+}
+
+impl Now {
+    /// True when `wall_ns` was read (0 means it was skipped).
+    #[inline]
+    pub fn knows_wall(&self) -> bool {
+        self.wall_ns != 0
+    }
 }
 
 pub trait Clock: Send + Sync + 'static {

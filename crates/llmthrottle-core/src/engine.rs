@@ -133,7 +133,9 @@ impl<S: Store> Engine<S> {
         };
         for step in &steps {
             let limit = &policy.rules[step.rule as usize].limits[step.limit as usize];
-            let outcome = self.charge(limit, step, now, max_wait_ns);
+            // Only rate limits (layer 0) queue a call ahead; a budget or other layer denies.
+            let wait_ns = if policy.rules[step.rule as usize].layer == 0 { max_wait_ns } else { 0 };
+            let outcome = self.charge(limit, step, now, wait_ns);
             match outcome {
                 Ok(Ok((charge, admitted))) => {
                     note_admitted(&mut decision, limit, &charge, admitted, now);
@@ -175,14 +177,27 @@ impl<S: Store> Engine<S> {
         }
         reservation.settled = true;
         let now = self.clock.now();
+        let policy = self.policy.load();
         for charge in &reservation.charges {
             match (charge.kind, actual.get(charge.dimension).copied().flatten()) {
                 (LimitKind::Concurrency { .. }, _) => charge.give_back(now, 1),
                 (_, None) => {}
-                (_, Some(used)) => charge.reconcile(now, used),
+                (kind, Some(used)) => {
+                    let lost = charge.reconcile(now, used);
+                    if let (true, Some(key)) = (lost > 0, keys.get(charge.key_index as usize)) {
+                        // The cell expired and was reclaimed during the call: the usage goes
+                        // to the key's cell as it is now.
+                        for limit in policy
+                            .rules_for(key)
+                            .flat_map(|(_, rule)| rule.limits.iter())
+                            .filter(|l| l.dimension == charge.dimension && l.kind.cell_kind() == kind.cell_kind())
+                        {
+                            self.force_charge(limit, key, now, lost)?;
+                        }
+                    }
+                }
             }
         }
-        let policy = self.policy.load();
         for (dimension, used) in actual.iter().enumerate() {
             let Some(used) = used.filter(|u| *u > 0) else {
                 continue;
@@ -190,18 +205,57 @@ impl<S: Store> Engine<S> {
             if reservation.charges.iter().any(|c| c.dimension == dimension) {
                 continue;
             }
-            for key in keys {
-                for limit in policy
-                    .rules_for(key)
-                    .flat_map(|(_, rule)| rule.limits.iter())
-                    .filter(|l| l.dimension == dimension)
-                {
-                    let cell = self.store.cell(&limit.scope, key, now)?;
-                    add(&cell, limit.kind, now, used);
-                }
+            self.charge_dimension(&policy, keys, dimension, used, now)?;
+        }
+        Ok(())
+    }
+
+    /// Charges usage that already happened (a call made without asking, or spend replayed from
+    /// a ledger) to every limit of every key, in the dimensions given, even past the limits.
+    /// Takes no concurrency slot. `actual` is indexed by the policy's dimensions.
+    pub fn charge_usage(&self, keys: &[&str], actual: &[Option<u64>]) -> Result<()> {
+        for key in keys {
+            validate_key(key)?;
+        }
+        let policy = self.policy.load();
+        let now = self.clock.now();
+        for (dimension, used) in actual.iter().enumerate() {
+            if let Some(used) = used.filter(|u| *u > 0) {
+                self.charge_dimension(&policy, keys, dimension, used, now)?;
             }
         }
         Ok(())
+    }
+
+    fn charge_dimension(
+        &self,
+        policy: &Policy<S>,
+        keys: &[&str],
+        dimension: usize,
+        used: u64,
+        now: Now,
+    ) -> Result<()> {
+        for key in keys {
+            for limit in policy
+                .rules_for(key)
+                .flat_map(|(_, rule)| rule.limits.iter())
+                .filter(|l| l.dimension == dimension)
+            {
+                self.force_charge(limit, key, now, used)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Charges `amount` to `key`'s cell under `limit`, looking the key up again when a sweep
+    /// reclaims the cell in between: usage that happened is never dropped.
+    fn force_charge(&self, limit: &Limit<S>, key: &str, now: Now, amount: u64) -> Result<()> {
+        loop {
+            let cell = self.store.cell(&limit.scope, key, now)?;
+            if add(&cell, limit.kind, now, amount) {
+                return Ok(());
+            }
+        }
     }
 
     /// The call never happened: gives every charge back and releases concurrency slots.
@@ -323,6 +377,7 @@ impl<S: Store> Engine<S> {
                             cell,
                             kind: limit.kind,
                             dimension: limit.dimension,
+                            key_index: step.key_index as u16,
                             amount: step.amount,
                             mark: 0,
                             lease,
@@ -338,7 +393,12 @@ impl<S: Store> Engine<S> {
             let (next, mark, delay_ns) = match limit.kind {
                 LimitKind::Rate(p) => {
                     match gcra::decide(current, now.monotonic_ns, step.amount, &p, max_wait_ns) {
-                        RateOutcome::Admit { new_tat, delay_ns } => (new_tat, new_tat, delay_ns),
+                        // The refundable part of a charge is measured from when it was made:
+                        // a refund of an earlier charge can move this one's units earlier in
+                        // the TAT, so its own end would over-state what is still undrained.
+                        RateOutcome::Admit { new_tat, delay_ns } => {
+                            (new_tat, now.monotonic_ns + p.cost_ns(step.amount), delay_ns)
+                        }
                         RateOutcome::Deny { .. } => return Ok(Err(())),
                     }
                 }
@@ -359,6 +419,7 @@ impl<S: Store> Engine<S> {
                     cell,
                     kind: limit.kind,
                     dimension: limit.dimension,
+                    key_index: step.key_index as u16,
                     amount: step.amount,
                     mark,
                     lease: None,

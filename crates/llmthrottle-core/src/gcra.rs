@@ -21,6 +21,10 @@ pub struct RateParams {
 /// Largest tolerance accepted: keeps `now + tolerance + cost` far from `u64::MAX`.
 const MAX_TOLERANCE_NS: u64 = 1 << 62;
 
+/// The latest TAT ever stored (292 years after boot): far below `TOMBSTONE`, and far enough
+/// below `u64::MAX` that adding a tolerance or a cost to it cannot overflow.
+pub const MAX_TAT: u64 = 1 << 63;
+
 impl RateParams {
     /// `burst` defaults to the whole quota of one period (a 500/min limit may admit 500 at once).
     pub fn new(rate: Rate, burst: Option<u64>) -> Result<RateParams> {
@@ -71,7 +75,7 @@ pub enum RateOutcome {
 #[inline]
 pub fn decide(tat: u64, now: u64, n: u64, p: &RateParams, max_wait_ns: u64) -> RateOutcome {
     debug_assert!(n >= 1 && n <= p.burst);
-    let new_tat = tat.max(now).saturating_add(p.cost_ns(n));
+    let new_tat = tat.max(now).saturating_add(p.cost_ns(n)).min(MAX_TAT);
     let allow_at = new_tat.saturating_sub(p.tolerance_ns);
     if allow_at <= now {
         RateOutcome::Admit {
@@ -103,7 +107,8 @@ pub fn reset_after(tat: u64, now: u64) -> u64 {
     tat.saturating_sub(now)
 }
 
-/// Gives back the last `n` units of a charge whose TAT ended at `charge_end`.
+/// Gives back the last `n` units of a charge that would be fully drained at `charge_end`
+/// (the time it was made plus its cost).
 ///
 /// Only the part of the charge that has not drained yet (`charge_end - now`) is returned:
 /// a unit that already drained freed its capacity, and returning it again would over-admit.
@@ -117,7 +122,7 @@ pub fn refund(tat: u64, now: u64, n: u64, charge_end: u64, p: &RateParams) -> u6
 /// Charges `n` units unconditionally (usage above the reservation, learned after the fact).
 #[inline]
 pub fn force(tat: u64, now: u64, n: u64, p: &RateParams) -> u64 {
-    tat.max(now).saturating_add(p.cost_ns(n))
+    tat.max(now).saturating_add(p.cost_ns(n)).min(MAX_TAT)
 }
 
 #[cfg(test)]

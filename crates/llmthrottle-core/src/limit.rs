@@ -71,7 +71,10 @@ impl CellKind {
         match self {
             CellKind::Rate => value <= now.monotonic_ns,
             CellKind::Concurrency => value == 0,
-            CellKind::Quota(period) => quota::used(value, period.index(now.wall_ns)) == 0,
+            // Judged only with a real wall-clock reading: at "time 0" every period looks old.
+            CellKind::Quota(period) => {
+                now.knows_wall() && quota::used(value, period.index(now.wall_ns)) == 0
+            }
         }
     }
 }

@@ -7,8 +7,9 @@ use crate::calendar::Period;
 
 const USED_BITS: u32 = 48;
 const USED_MASK: u64 = (1 << USED_BITS) - 1;
-/// The largest quota a cell can hold (2^48 - 1: $281M in micro-dollars).
-pub const MAX_QUOTA: u64 = USED_MASK;
+/// The largest amount a cell can hold ($281M in micro-dollars). One below the mask, so that no
+/// packed value is ever `TOMBSTONE` (all ones).
+pub const MAX_QUOTA: u64 = USED_MASK - 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuotaParams {
@@ -33,7 +34,7 @@ pub fn used(state: u64, period_index: u64) -> u64 {
 
 #[inline]
 pub fn pack(period_index: u64, used: u64) -> u64 {
-    (tag(period_index) << USED_BITS) | used.min(USED_MASK)
+    (tag(period_index) << USED_BITS) | used.min(MAX_QUOTA)
 }
 
 /// `Some(new_state)` when `n` more fits in the period, else `None`.

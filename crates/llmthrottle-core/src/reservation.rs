@@ -17,39 +17,40 @@ pub struct Charge<S: Store> {
     /// The limit as it was when charged (a later policy change does not alter the refund).
     pub(crate) kind: LimitKind,
     pub(crate) dimension: usize,
+    /// Index of the key (in the request's keys) this charge is for.
+    pub(crate) key_index: u16,
     pub(crate) amount: u64,
-    /// Rate: the TAT right after this charge; quota: the period it was charged in.
+    /// Rate: when the charge would drain if it had been made on an empty bucket (its time plus
+    /// its cost): refunds never give back more than is undrained by that measure. Quota: the
+    /// period it was charged in.
     pub(crate) mark: u64,
     /// Concurrency: the store's record of the unit held (see `Store::hold`).
     pub(crate) lease: Option<S::Lease>,
 }
 
-/// Applies `update` to `cell` with a compare-and-swap loop; a reclaimed cell is left alone
-/// (whatever it held has expired, so there is nothing to give back).
-pub(crate) fn update(cell: &AtomicU64, update: impl Fn(u64) -> u64) {
+/// Applies `update` to `cell` with a compare-and-swap loop; false when the cell was reclaimed.
+/// A refund then has nothing to give back (whatever the cell held expired); a charge must look
+/// the key up again (see `Engine::force_charge`).
+pub(crate) fn update(cell: &AtomicU64, update: impl Fn(u64) -> u64) -> bool {
     let mut current = cell.load(Ordering::Acquire);
     while current != TOMBSTONE {
-        match cell.compare_exchange_weak(
-            current,
-            update(current),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => return,
+        match cell.compare_exchange_weak(current, update(current), Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return true,
             Err(actual) => current = actual,
         }
     }
+    false
 }
 
-/// Charges `n` unconditionally (usage learned after the fact).
-pub(crate) fn add(cell: &AtomicU64, kind: LimitKind, now: Now, n: u64) {
+/// Charges `n` unconditionally (usage learned after the fact); false when the cell was reclaimed.
+pub(crate) fn add(cell: &AtomicU64, kind: LimitKind, now: Now, n: u64) -> bool {
     match kind {
         LimitKind::Rate(p) => update(cell, |tat| gcra::force(tat, now.monotonic_ns, n, &p)),
         LimitKind::Quota(q) => {
             let index = q.period.index(now.wall_ns);
-            update(cell, |state| quota::force(state, index, n));
+            update(cell, |state| quota::force(state, index, n))
         }
-        LimitKind::Concurrency { .. } => {}
+        LimitKind::Concurrency { .. } => true,
     }
 }
 
@@ -57,26 +58,30 @@ impl<S: Store> Charge<S> {
     /// Returns `n` of this charge's amount (for a concurrency cap: releases the slot).
     pub(crate) fn give_back(&self, now: Now, n: u64) {
         match self.kind {
-            LimitKind::Rate(p) => update(&self.cell, |tat| {
-                gcra::refund(tat, now.monotonic_ns, n, self.mark, &p)
-            }),
+            LimitKind::Rate(p) => {
+                update(&self.cell, |tat| gcra::refund(tat, now.monotonic_ns, n, self.mark, &p));
+            }
             LimitKind::Concurrency { .. } => S::release(&self.cell, self.lease.as_ref()),
             LimitKind::Quota(q) => {
                 let index = q.period.index(now.wall_ns);
-                update(&self.cell, |state| {
-                    quota::refund(state, index, self.mark, n)
-                });
+                update(&self.cell, |state| quota::refund(state, index, self.mark, n));
             }
         }
     }
 
-    /// Brings this charge to `used` (refunding or charging the difference).
-    pub(crate) fn reconcile(&self, now: Now, used: u64) {
+    /// Brings this charge to `used` (refunding or charging the difference). Returns usage that
+    /// could not be charged because the cell was reclaimed meanwhile (the caller charges it to
+    /// the key's current cell).
+    pub(crate) fn reconcile(&self, now: Now, used: u64) -> u64 {
         if used > self.amount {
-            add(&self.cell, self.kind, now, used - self.amount);
+            let extra = used - self.amount;
+            if !add(&self.cell, self.kind, now, extra) {
+                return extra;
+            }
         } else if used < self.amount {
             self.give_back(now, self.amount - used);
         }
+        0
     }
 }
 

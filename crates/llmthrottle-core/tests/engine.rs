@@ -418,3 +418,62 @@ fn each_layer_applies_its_first_matching_rule() {
     assert_eq!(engine.policy().dimensions[d.limited_by.unwrap().dimension], "cost_usd");
 }
 
+
+/// A refund after an earlier charge was refunded never gives back capacity that drained.
+#[test]
+fn refunds_never_over_credit() {
+    let (engine, clock) = engine(vec![("*", vec![("tokens", rate("20/s", Some(20)))])]);
+    let (_, a) = engine.acquire(&["k"], &[10], 0).unwrap();
+    let (_, b) = engine.acquire(&["k"], &[10], 0).unwrap();
+    engine.cancel(&mut a.unwrap()).unwrap();
+    clock.advance(S / 2);
+    assert!(engine.acquire(&["k"], &[20], 0).unwrap().0.allowed);
+    engine.cancel(&mut b.unwrap()).unwrap();
+    // 20 admitted at this instant already: the burst allows no more.
+    assert!(!engine.acquire(&["k"], &[10], 0).unwrap().0.allowed);
+}
+
+/// Usage reported far beyond anything a limit allows still leaves a working limiter.
+#[test]
+fn huge_usage_saturates_without_breaking_the_key() {
+    let (engine, _) = engine(vec![("*", vec![("tokens", rate("30k/min", None))])]);
+    let (_, r) = engine.acquire(&["k"], &[1], 0).unwrap();
+    engine.commit(&mut r.unwrap(), &["k"], &[Some(u64::MAX / 2)]).unwrap();
+    let (d, _) = engine.acquire(&["k"], &[1], 0).unwrap();
+    assert!(!d.allowed && d.retry_after_ns > 0);
+}
+
+/// Budgets (and any layer but rate limits) are never queued ahead, whatever the wait allowed.
+#[test]
+fn only_rate_limits_queue_ahead() {
+    let clock = Arc::new(FakeClock::default());
+    let mut policy = spec(vec![("*", vec![("requests", rate("10/s", Some(1)))])]);
+    policy.rules.push(RuleSpec {
+        pattern: "*".into(),
+        limits: vec![LimitSpec { dimension: "budget_usd".into(), kind: rate("10/h", Some(10)) }],
+        layer: 1,
+    });
+    let engine = Engine::new(Arc::new(new_store()), clock, &policy).unwrap();
+    assert!(engine.acquire(&["k"], &[1, 8], 0).unwrap().0.allowed);
+    let (d, _) = engine.acquire(&["k"], &[1, 0], 10 * S).unwrap();
+    assert!(d.allowed && d.delay_ns == S / 10, "rate limits queue");
+    let (d, _) = engine.acquire(&["k"], &[0, 8], 10_000 * S).unwrap();
+    assert!(!d.allowed, "a budget without room denies even with a long wait allowed");
+}
+
+/// Usage reported for a key's dimension is charged, not dropped, even when the key's cell
+/// is swept away in between; charge_usage takes no concurrency slot.
+#[test]
+fn usage_is_charged_without_admission() {
+    let (engine, _) = engine(vec![("*", vec![
+        ("tokens", rate("1000/min", None)),
+        ("concurrency", LimitKind::Concurrency { max: 1 }),
+    ])]);
+    let (_, held) = engine.acquire(&["k"], &[0], 0).unwrap();
+    engine.charge_usage(&["k", "j"], &[Some(300)]).unwrap();
+    for key in ["k", "j"] {
+        assert_eq!(engine.status(key).unwrap()[0].used, 300);
+    }
+    assert_eq!(engine.status("k").unwrap()[1].used, 1);
+    drop(held);
+}

@@ -165,6 +165,29 @@ impl Limiter {
         Self::wrap(slf, decision, reservation, key)
     }
 
+    /// Charges usage that already happened to every limit of `key` (a str or a list of str),
+    /// without asking admission and even past the limits, e.g. `charge("team:a", tokens=900)`:
+    /// for calls made without the limiter, or spend replayed from a ledger. Takes no
+    /// concurrency slot; `requests` is not counted unless given.
+    #[pyo3(signature = (key, /, **amounts))]
+    fn charge(&self, key: &Bound<'_, PyAny>, amounts: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+        let dimensions = self.dimensions.load();
+        let mut actual: SmallVec<[Option<u64>; 8]> = SmallVec::from_elem(None, dimensions.names.len());
+        if let Some(amounts) = amounts {
+            for (name, value) in amounts.iter() {
+                let name = name.cast_into::<PyString>()?;
+                let name = name.to_str()?;
+                let Some(&index) = dimensions.index.get(name) else {
+                    return Err(unknown_dimension(name, &dimensions));
+                };
+                actual[index] = Some(convert::amount(&value, name)?);
+            }
+        }
+        let owned = convert::keys(key)?;
+        let strs: SmallVec<[&str; 4]> = owned.iter().map(|k| k.to_str()).collect::<PyResult<_>>()?;
+        guard(|| dispatch!(&self.engine, AnyEngine, e => e.charge_usage(&strs, &actual)).map_err(to_py))
+    }
+
     /// What `try_acquire` would decide now, without charging anything.
     #[pyo3(signature = (key, /, requests=None, tokens=None, **amounts))]
     fn peek(

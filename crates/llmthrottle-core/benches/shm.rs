@@ -11,23 +11,9 @@ use std::time::Duration;
 use criterion::{criterion_group, Criterion};
 use llmthrottle_core::*;
 
-fn policy(dimensions: &[&str]) -> PolicySpec {
-    let rate = RateParams::new(Rate::parse("1G/s").unwrap(), None).unwrap();
-    PolicySpec {
-        namespace: "bench".into(),
-        rules: vec![RuleSpec {
-            pattern: "*".into(),
-            layer: 0,
-            limits: dimensions
-                .iter()
-                .map(|d| LimitSpec {
-                    dimension: (*d).into(),
-                    kind: LimitKind::Rate(rate),
-                })
-                .collect(),
-        }],
-    }
-}
+mod common;
+use common::admit_everything as policy;
+
 
 fn table_path() -> PathBuf {
     PathBuf::from(format!("/dev/shm/llmthrottle-bench-{}", std::process::id()))

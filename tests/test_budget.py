@@ -221,3 +221,23 @@ def test_a_rolling_budget_rejects_instead_of_queueing():
     lim.acquire("user:1", budget_usd=0.8).commit()
     with pytest.raises(lt.BudgetExceeded):
         lim.acquire("user:1", budget_usd=0.8)  # no timeout: still not queued for 36 minutes
+
+
+def test_report_shows_the_policy_files_budgets(tmp_path, capsys):
+    from llmthrottle.cli import main
+
+    ledger = lt.Ledger(tmp_path / "ledger")
+    ledger.record(model=MINI, cost_micros=300_000, team="a", tags={"org": "acme"})
+    ledger.record(model=MINI, cost_micros=100_000, team="b", tags={"org": "acme"})
+    ledger.close()
+    config = tmp_path / "llmthrottle.toml"
+    config.write_text('[[budgets]]\nscope = "team:*"\nlimit_usd = 1\nperiod = "day"\n'
+                      '[[budgets]]\nscope = "org:acme"\nlimit_usd = 10\nperiod = "month"\n')
+    assert main(["report", "--ledger", str(tmp_path / "ledger"), "--config", str(config), "--format", "json"]) == 0
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    statuses = {b["name"]: b for b in report["budgets"]}
+    assert set(statuses) == {"team:a", "team:b", "org:acme"}
+    assert statuses["team:a"]["spent_micros"] == 300_000 and statuses["team:a"]["limit_micros"] == 1_000_000
+    assert statuses["org:acme"]["spent_micros"] == 400_000

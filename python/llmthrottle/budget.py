@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Literal, Optional, Union
+from collections.abc import Sequence
+from typing import Any, Literal, Optional, Union
 
-from ._native import ConfigError, key_matches
+from ._native import ConfigError, key_matches, parse_duration
 
-__all__ = ["Budget", "BUDGET_DIMENSION", "BUDGET_LAYER", "budget_for", "budget_rules"]
+__all__ = ["Budget", "BudgetView", "BUDGET_DIMENSION", "BUDGET_LAYER", "budget_for", "budget_rules", "budget_views"]
 
 #: The dimension budgets are kept in (dollars at the API, micro-dollars inside).
 BUDGET_DIMENSION = "budget_usd"
@@ -83,6 +84,22 @@ class Budget:
         """True for day/week/month budgets, False for rolling windows."""
         return self.period.strip().lower() in _CALENDAR
 
+    def period_start(self, now: float) -> float:
+        """Unix seconds at which the period (calendar) or window (rolling) containing `now`
+        begins."""
+        import datetime as dt
+
+        period = self.period.strip().lower()
+        if period not in _CALENDAR:
+            return now - parse_duration(self.period)
+        moment = dt.datetime.fromtimestamp(now, dt.timezone.utc)
+        midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+        if period == "day":
+            return midnight.timestamp()
+        if period == "week":
+            return (midnight - dt.timedelta(days=moment.weekday())).timestamp()
+        return midnight.replace(day=1).timestamp()
+
     def limit_tuple(self) -> tuple[str, str, object, object]:
         """The engine limit: a calendar quota, or a rate with the whole budget as its burst."""
         amount = float(self.limit_usd)
@@ -111,3 +128,36 @@ def budget_for(budgets: "tuple[Budget, ...]", key: str) -> Optional[Budget]:
         if key_matches(budget.scope, key):
             return budget
     return None
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    """One budget as a report shows it: for one key, with its ledger filters."""
+
+    name: str
+    limit_micros: int
+    scope: dict[str, str]
+    budget: Budget
+
+    def period_start(self, now: float) -> float:
+        return self.budget.period_start(now)
+
+
+def budget_views(budgets: "Sequence[Budget]", ledger: Any, now: float) -> list[BudgetView]:
+    """The budgets of a policy for a report: one view per key a `field:*` scope has spent
+    under this period (from the ledger), one per exact `field:value` scope."""
+    views: list[BudgetView] = []
+    for budget in budgets:
+        field_name, sep, value = budget.scope.partition(":")
+        if not sep or field_name == "*":
+            continue
+        limit = int(float(budget.limit_usd) * 1_000_000)
+        if "*" not in value:
+            views.append(BudgetView(budget.scope, limit, {field_name: value}, budget))
+            continue
+        groups = ledger.aggregate([field_name], since=budget.period_start(now))
+        for group in groups:
+            name = group.get(field_name)
+            if name is not None and budget_for(tuple(budgets), f"{field_name}:{name}") is budget:
+                views.append(BudgetView(f"{field_name}:{name}", limit, {field_name: str(name)}, budget))
+    return views

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ._native import BudgetExceeded, InProcessState, Reservation, parse_duration
+from ._native import BudgetExceeded, InProcessState, Reservation
 from .budget import BUDGET_DIMENSION, Budget, budget_for
 from .ledger import Ledger
 from .limiter import Key, Limiter
@@ -212,7 +212,7 @@ class Guard:
             return []
         # The ledger filters and groups by its columns and by tag names alike.
         filters = {} if "*" in value else {field: value}
-        since = _period_start(budget, wall)
+        since = budget.period_start(wall)
         if budget.calendar:
             if filters:
                 return [(budget.scope, self.ledger.spend(since=since, **filters))]
@@ -242,21 +242,6 @@ def _downgrade(exceeded: BudgetExceeded, model: str) -> str:
     if exceeded.downgrade_to is None or exceeded.downgrade_to == model:
         raise exceeded
     return exceeded.downgrade_to
-
-
-def _period_start(budget: Budget, wall: float) -> float:
-    import datetime as dt
-
-    now = dt.datetime.fromtimestamp(wall, dt.timezone.utc)
-    period = budget.period.strip().lower()
-    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    if period == "day":
-        return midnight.timestamp()
-    if period == "week":
-        return (midnight - dt.timedelta(days=now.weekday())).timestamp()
-    if period == "month":
-        return midnight.replace(day=1).timestamp()
-    return wall - parse_duration(budget.period)
 
 
 class GuardedCall:

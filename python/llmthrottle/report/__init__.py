@@ -85,6 +85,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top", type=int, default=10, help="most expensive calls to list")
     parser.add_argument("--format", choices=sorted(RENDERERS), default="table")
     parser.add_argument("-o", "--output", help="write to this file instead of stdout")
+    parser.add_argument("--config", help="a policy file (llmthrottle.toml): show the status of its budgets")
     parser.add_argument("--read-only", action="store_true",
                         help="do not replay journals of dead writers before reporting")
 
@@ -103,9 +104,18 @@ def run(args: argparse.Namespace) -> int:
         filters.setdefault(key, []).append(value)
     filters = {k: v[0] if len(v) == 1 else v for k, v in filters.items()}
     try:
+        budgets: list[Any] = []
+        if args.config:
+            from ..config import load_config
+
+            for namespace_budgets in load_config(args.config).budgets.values():
+                budgets.extend(namespace_budgets)
         with Ledger(args.ledger, readonly=args.read_only) as ledger:
+            from ..budget import budget_views
+
+            views = budget_views(budgets, ledger, time.time()) if budgets else None
             report = build_report(ledger, since=args.since, until=args.until, group_by=group_by,
-                                  top=args.top, filters=filters)
+                                  top=args.top, filters=filters, budgets=views)
     except (ValueError, FileNotFoundError) as e:
         print(f"llmthrottle report: {e}", file=sys.stderr)
         return 2

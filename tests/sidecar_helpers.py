@@ -128,8 +128,9 @@ class ServerProcess:
             command += ["--config", self.config_path]
         self.log_path = os.path.join(directory, "server.log")
         self._log = open(self.log_path, "wb")
+        # The embedded default keeps a ledger under $XDG_STATE_HOME: this test's directory.
         self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, "XDG_STATE_HOME": directory, **(env or {})})
         self.wait_healthy()
 
     def write_config(self, text: str) -> None:
@@ -169,6 +170,11 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        # The default shared-memory table of this socket outlives the server: remove it.
+        from llmthrottle import SharedState
+        from llmthrottle.config import default_state_name
+
+        SharedState.remove(default_state_name(self.socket))
         return self.proc.returncode
 
 

@@ -30,6 +30,7 @@ are errors, so a typo never silently drops a limit.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import re
@@ -71,6 +72,20 @@ def default_socket_path() -> str:
     return f"/tmp/llmthrottle-{os.getuid()}.sock"
 
 
+def default_ledger_path() -> str:
+    """`$XDG_STATE_HOME/llmthrottle/ledger`, else `~/.local/state/llmthrottle/ledger`: durable
+    across reboots, unlike the socket's runtime directory."""
+    state_home = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state_home, "llmthrottle", "ledger")
+
+
+def default_state_name(socket: str) -> str:
+    """The shared-memory table of the sidecar listening on `socket`: one per socket path, so
+    two sidecars on one host never share counters by accident."""
+    digest = hashlib.sha256(os.path.abspath(socket).encode()).hexdigest()[:16]
+    return f"sidecar-{digest}"
+
+
 def find_config_file() -> Optional[str]:
     """`$LLMTHROTTLE_CONFIG`, else ./llmthrottle.toml, else /etc/llmthrottle/llmthrottle.toml,
     else None (the embedded default policy)."""
@@ -94,9 +109,11 @@ class SidecarConfig:
     max_reservations: int = 1_000_000
     log_format: str = "text"
     log_level: str = "info"
-    state_kind: str = "in-process"
-    state_name: str = "llmthrottle"
-    ledger_path: Optional[str] = None
+    state_kind: str = "shared"
+    # None: one table per socket path (default_state_name)
+    state_name: Optional[str] = None
+    # None: no ledger ([ledger] enabled = false)
+    ledger_path: Optional[str] = field(default_factory=default_ledger_path)
     # namespace -> key pattern -> limits mapping (the llmthrottle.policy forms)
     namespaces: dict[str, RulesConfig] = field(default_factory=lambda: {"default": DEFAULT_RULES})
     # namespace -> budgets (from [[budgets]] entries)
@@ -240,6 +257,11 @@ def _parse_ledger(config: SidecarConfig, table: dict[str, Any], where: _Where) -
     for key, value in table.items():
         if key == "path":
             config.ledger_path = _string(value, ("ledger", key), where)
+        elif key == "enabled":
+            if not isinstance(value, bool):
+                raise where.error(("ledger", key), "must be true or false")
+            if not value:
+                config.ledger_path = None
         else:
             raise where.error(("ledger", key), "unknown key")
 

@@ -6,6 +6,10 @@ Policy: --config PATH, else $LLMTHROTTLE_CONFIG, else ./llmthrottle.toml, else
 /etc/llmthrottle/llmthrottle.toml, else a built-in default (namespace "default": 600 requests/min,
 2M tokens/min, 64 in flight per key). See docs/sidecar.md for the file's format.
 
+State: by default the counters live in shared memory (one table per socket path), so they survive
+a restart of the server and are shared with in-process limiters on the same table; every
+committed call is recorded in the ledger at $XDG_STATE_HOME/llmthrottle/ledger (or --ledger).
+
 Signals: SIGTERM/SIGINT stop gracefully (flushing the ledger); SIGHUP reloads the policy file,
 keeping every counter. Try it:
 

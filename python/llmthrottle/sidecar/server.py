@@ -189,18 +189,27 @@ class SidecarServer:
         """Binds the socket and starts serving (returns once accepting)."""
         loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        ledger = None
-        if self.config.ledger_path is not None:
-            from ..ledger import Ledger
+        # The socket first: a server that must refuse (another one answers, or the path is not
+        # a socket) refuses before it opens any state or ledger.
+        sock, self._lock_fd = bind_unix_socket(self.config.socket, self.config.socket_mode, self.config.socket_group)
+        try:
+            ledger = None
+            if self.config.ledger_path is not None:
+                from ..ledger import Ledger
 
-            ledger = Ledger(self.config.ledger_path)
-        self.service = Service(self.config, ledger=ledger, metrics=self.metrics)
+                ledger = Ledger(self.config.ledger_path)
+            self.service = Service(self.config, ledger=ledger, metrics=self.metrics)
+        except BaseException:
+            sock.close()
+            os.unlink(self.config.socket)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise
         app = make_app(self.service, lambda: self.access, self.reload, self.config.max_frame_bytes)
         app.logger.setLevel(logging.WARNING)  # aiohttp's own per-request logs are noise here
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
                                      keepalive_timeout=self.config.idle_timeout_s, tcp_keepalive=False)
         await self._runner.setup()
-        sock, self._lock_fd = bind_unix_socket(self.config.socket, self.config.socket_mode, self.config.socket_group)
         self._listener = await loop.create_unix_server(lambda: _Sniffer(self), sock=sock, backlog=4096)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)

@@ -314,4 +314,6 @@ def _make_state(config: SidecarConfig) -> Any:
     if shared is None:
         raise ConfigError('state.kind = "shared" needs llmthrottle.SharedState, which this build '
                           'does not have; use kind = "in-process"')
-    return shared(config.state_name)
+    from ..config import default_state_name
+
+    return shared(config.state_name or default_state_name(config.socket))

@@ -17,14 +17,51 @@ from ._native import (
     SharedState,
     StateError,
 )
+from typing import TYPE_CHECKING, Any
+
 from .budget import Budget
-from .client import Sidecar, SidecarUnavailable
-from .guard import Guard, GuardedCall, ThresholdEvent
-from .ledger import Ledger, UsageRecord
 from .limiter import AsyncAcquire, Key, Limiter, LimitState
-from .pricing import Cost, PriceTable, TokenUsage, UsageAccumulator, cost, worst_case_cost
 from .tokens import *  # noqa: F403  (its __all__ is part of ours)
 from . import tokens as _tokens
+
+if TYPE_CHECKING:
+    from .client import Sidecar, SidecarUnavailable
+    from .guard import Guard, GuardedCall, ThresholdEvent
+    from .ledger import Ledger, UsageRecord
+    from .pricing import Cost, PriceTable, TokenUsage, UsageAccumulator, cost, worst_case_cost
+
+# Imported on first use: a worker that only limits never pays for asyncio, the sidecar client,
+# the ledger's SQLite or the price table.
+_LAZY = {
+    "Sidecar": ".client",
+    "SidecarUnavailable": ".client",
+    "Guard": ".guard",
+    "GuardedCall": ".guard",
+    "ThresholdEvent": ".guard",
+    "Ledger": ".ledger",
+    "UsageRecord": ".ledger",
+    "Cost": ".pricing",
+    "PriceTable": ".pricing",
+    "TokenUsage": ".pricing",
+    "UsageAccumulator": ".pricing",
+    "cost": ".pricing",
+    "worst_case_cost": ".pricing",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llmthrottle' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 __all__ = [
     "AsyncAcquire",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
@@ -216,8 +215,12 @@ class WaitingMixin:
     async def _sleep_async(self, seconds: float) -> None:
         if self._clock is not None:
             self._clock.advance(seconds)
+            import asyncio
+
             await asyncio.sleep(0)
         else:
+            import asyncio
+
             await asyncio.sleep(seconds)
 
 

@@ -63,6 +63,17 @@ def shared_name():
     lt.SharedState.remove(name)
 
 
+def _run_to_completion(procs: list[Any], results: Any) -> list[Any]:
+    """Starts `procs`, collects one report each from `results`, and checks they all exited 0."""
+    for p in procs:
+        p.start()
+    reports = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return reports
+
+
 def _leftover_temporaries(path: Path) -> list[str]:
     """Temporary files a creator leaves next to the table while building it."""
     prefix = f".{path.name}."
@@ -165,12 +176,7 @@ def _run_hammer(name: str, scenario: str, method: str) -> tuple[int, int, dict[s
         lt.SharedState(name)  # created here so that the workers only attach
         target = name
     procs = [ctx.Process(target=_hammer, args=(target, scenario, barrier, results, seed)) for seed in range(PROCESSES)]
-    for p in procs:
-        p.start()
-    reports = [results.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    reports = _run_to_completion(procs, results)
     merged: dict[str, list[int]] = {}
     for _, _, admitted in reports:
         for key, (requests, tokens, first, last) in admitted.items():
@@ -362,12 +368,7 @@ def test_processes_opening_at_once_share_exactly_one_table(shared_name):
     results = ctx.Queue()
     # Each asks for a different size: only the creator's counts.
     procs = [ctx.Process(target=_open_at_once, args=(shared_name, 1000 + i, barrier, results)) for i in range(n)]
-    for p in procs:
-        p.start()
-    reports = [results.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    reports = _run_to_completion(procs, results)
     assert sum(created for created, *_ in reports) == 1
     assert len({(path, inode, size, capacity) for _, path, inode, size, capacity, _ in reports}) == 1
     assert all(allowed for *_, allowed in reports)

@@ -316,12 +316,7 @@ impl<S: Store> Engine<S> {
         key: &str,
         now: Now,
     ) -> LimitStatus {
-        let value = self
-            .store
-            .find(&limit.scope, key)
-            .map(|cell| cell.load(Ordering::Acquire))
-            .filter(|v| *v != TOMBSTONE)
-            .unwrap_or(0);
+        let value = self.current(limit, key);
         let dimension = policy.dimensions[limit.dimension].clone();
         let (remaining, used, reset_after_ns) = match limit.kind {
             LimitKind::Rate(p) => {
@@ -350,6 +345,15 @@ impl<S: Store> Engine<S> {
             used,
             reset_after_ns,
         }
+    }
+
+    /// The value of `key`'s cell under `limit`, read without creating it (0: empty).
+    fn current(&self, limit: &Limit<S>, key: &str) -> u64 {
+        self.store
+            .find(&limit.scope, key)
+            .map(|cell| cell.load(Ordering::Acquire))
+            .filter(|v| *v != TOMBSTONE)
+            .unwrap_or(0)
     }
 
     /// One compare-and-swap loop on one cell: `Ok(Err(()))` when the limit denies.
@@ -439,12 +443,7 @@ impl<S: Store> Engine<S> {
         let mut worst: Option<(u64, LimitedBy)> = None;
         for step in steps {
             let limit = &policy.rules[step.rule as usize].limits[step.limit as usize];
-            let value = self
-                .store
-                .find(&limit.scope, step.key)
-                .map(|cell| cell.load(Ordering::Acquire))
-                .filter(|v| *v != TOMBSTONE)
-                .unwrap_or(0);
+            let value = self.current(limit, step.key);
             let retry = match limit.kind {
                 LimitKind::Rate(p) => {
                     match gcra::decide(value, now.monotonic_ns, step.amount, &p, 0) {

@@ -5,7 +5,7 @@
 //! whenever a scope has doubled in size since the last sweep, so memory follows the live keys.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -52,9 +52,7 @@ impl LocalStore {
 
 impl LocalScope {
     fn shard(&self, key: &str) -> &Shard {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
     /// Removes every expired cell; a cell updated concurrently fails the tombstone swap and stays.

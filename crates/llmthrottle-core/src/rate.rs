@@ -78,7 +78,7 @@ pub fn parse_duration_ns(text: &str) -> std::result::Result<u64, String> {
     };
     let ns = count * unit_ns as f64;
     // Ten years: anything longer is a typo, and keeps every later product inside u64.
-    if !ns.is_finite() || ns < 1.0 || ns > 3650.0 * 86_400.0 * 1e9 {
+    if !(1.0..=3650.0 * 86_400.0 * 1e9).contains(&ns) {
         return Err(format!(
             "duration {text:?} is out of range (1ns to 10 years)"
         ));

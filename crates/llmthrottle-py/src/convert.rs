@@ -7,6 +7,7 @@ use llmthrottle_core::{
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PyString, PyTuple};
+use smallvec::SmallVec;
 
 use crate::errors::{to_py, ConfigError};
 
@@ -98,6 +99,11 @@ pub fn keys<'py>(value: &'py Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyStr
             })
         })
         .collect()
+}
+
+/// The keys as `&str` (UTF-8 views of the Python strings).
+pub fn key_strs<'a>(keys: &'a [Bound<'_, PyString>]) -> PyResult<SmallVec<[&'a str; 4]>> {
+    keys.iter().map(|k| k.to_str()).collect()
 }
 
 /// Builds the core policy from the canonical tuples made by `llmthrottle.policy`:

@@ -34,6 +34,33 @@ impl Dimensions {
         }
     }
 
+    /// Calls `each(index, amount)` for every `name=value` of `amounts`, in engine units; an
+    /// unknown name or a bad value is an error.
+    pub fn for_each_named(
+        &self,
+        amounts: &Bound<'_, PyDict>,
+        mut each: impl FnMut(usize, u64),
+    ) -> PyResult<()> {
+        for (name, value) in amounts.iter() {
+            let name = name.cast_into::<PyString>()?;
+            let name = name.to_str()?;
+            let Some(&index) = self.index.get(name) else {
+                return Err(unknown_dimension(name, self));
+            };
+            each(index, convert::amount(&value, name)?);
+        }
+        Ok(())
+    }
+
+    /// Usage by dimension index from `name=value` keywords (`None` where not named).
+    pub fn usage(&self, amounts: Option<&Bound<'_, PyDict>>) -> PyResult<SmallVec<[Option<u64>; 8]>> {
+        let mut usage: SmallVec<[Option<u64>; 8]> = SmallVec::from_elem(None, self.names.len());
+        if let Some(amounts) = amounts {
+            self.for_each_named(amounts, |index, amount| usage[index] = Some(amount))?;
+        }
+        Ok(usage)
+    }
+
     /// A value in the API's units (dollars for `*_usd`) from the engine's integer units.
     pub fn to_python(&self, py: Python<'_>, dimension: usize, value: u64) -> PyResult<Py<PyAny>> {
         let scale = units_per_api_unit(&self.names[dimension]);
@@ -180,20 +207,9 @@ impl Reservation {
     #[pyo3(signature = (**usage))]
     fn commit(slf: &Bound<'_, Self>, usage: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
         let decision = slf.as_super().get();
-        let dimensions = decision.dimensions();
-        let mut actual: SmallVec<[Option<u64>; 8]> = SmallVec::from_elem(None, dimensions.names.len());
-        if let Some(usage) = usage {
-            for (name, value) in usage.iter() {
-                let name: String = name.extract()?;
-                let Some(&index) = dimensions.index.get(&name) else {
-                    return Err(unknown_dimension(&name, &dimensions));
-                };
-                actual[index] = Some(convert::amount(&value, &name)?);
-            }
-        }
-        let keys = decision.keys.bind(slf.py()).clone();
-        let keys = convert::keys(&keys)?;
-        let keys: SmallVec<[&str; 4]> = keys.iter().map(|k| k.to_str()).collect::<PyResult<_>>()?;
+        let actual = decision.dimensions().usage(usage)?;
+        let keys = convert::keys(decision.keys.bind(slf.py()))?;
+        let keys = convert::key_strs(&keys)?;
         let engine = &decision.limiter.get().engine;
         Self::settle(slf, |inner| dispatch!(engine, inner, (e, r) => e.commit(r, &keys, &actual)))
     }

@@ -10,7 +10,7 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 use smallvec::SmallVec;
 
 use crate::convert;
-use crate::decision::{unknown_dimension, Decision, Dimensions, Reservation};
+use crate::decision::{Decision, Dimensions, Reservation};
 use crate::errors::{guard, to_py};
 use crate::state::{dispatch, AnyEngine, AnyReservation, FakeClock, InProcessState, SharedState};
 
@@ -48,14 +48,7 @@ impl Limiter {
             _ => {}
         }
         if let Some(extra) = extra {
-            for (name, value) in extra.iter() {
-                let name = name.cast_into::<PyString>()?;
-                let name = name.to_str()?;
-                let Some(&index) = dimensions.index.get(name) else {
-                    return Err(unknown_dimension(name, dimensions));
-                };
-                amounts[index] = convert::amount(&value, name)?;
-            }
+            dimensions.for_each_named(extra, |index, amount| amounts[index] = amount)?;
         }
         Ok(amounts)
     }
@@ -157,8 +150,7 @@ impl Limiter {
                 this.acquire_keys(&[single], &amounts, max_wait_ns)
             } else {
                 let owned = convert::keys(key)?;
-                let strs: SmallVec<[&str; 4]> =
-                    owned.iter().map(|k| k.to_str()).collect::<PyResult<_>>()?;
+                let strs = convert::key_strs(&owned)?;
                 this.acquire_keys(&strs, &amounts, max_wait_ns)
             }
         })?;
@@ -171,20 +163,9 @@ impl Limiter {
     /// concurrency slot; `requests` is not counted unless given.
     #[pyo3(signature = (key, /, **amounts))]
     fn charge(&self, key: &Bound<'_, PyAny>, amounts: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
-        let dimensions = self.dimensions.load();
-        let mut actual: SmallVec<[Option<u64>; 8]> = SmallVec::from_elem(None, dimensions.names.len());
-        if let Some(amounts) = amounts {
-            for (name, value) in amounts.iter() {
-                let name = name.cast_into::<PyString>()?;
-                let name = name.to_str()?;
-                let Some(&index) = dimensions.index.get(name) else {
-                    return Err(unknown_dimension(name, &dimensions));
-                };
-                actual[index] = Some(convert::amount(&value, name)?);
-            }
-        }
+        let actual = self.dimensions.load().usage(amounts)?;
         let owned = convert::keys(key)?;
-        let strs: SmallVec<[&str; 4]> = owned.iter().map(|k| k.to_str()).collect::<PyResult<_>>()?;
+        let strs = convert::key_strs(&owned)?;
         guard(|| dispatch!(&self.engine, AnyEngine, e => e.charge_usage(&strs, &actual)).map_err(to_py))
     }
 
@@ -201,7 +182,7 @@ impl Limiter {
         let dimensions = this.dimensions.load();
         let amounts = Self::amounts(&dimensions, requests, tokens, amounts)?;
         let owned = convert::keys(key)?;
-        let strs: SmallVec<[&str; 4]> = owned.iter().map(|k| k.to_str()).collect::<PyResult<_>>()?;
+        let strs = convert::key_strs(&owned)?;
         let decision = guard(|| {
             dispatch!(&this.engine, AnyEngine, e => e.peek(&strs, &amounts)).map_err(to_py)
         })?;

@@ -128,3 +128,21 @@ def test_bad_state_and_clock():
         lt.Limiter({"requests": "1/s"}, state=object())
     with pytest.raises(TypeError):
         lt.Limiter({"requests": "1/s"}, clock=object())
+
+
+@pytest.mark.parametrize(
+    "key, amounts, error, match",
+    [
+        ("k", {"tokens": -5}, ValueError, "negative"),
+        ("k", {"tokenz": 5}, ValueError, "unknown dimension"),
+        ("k", {"cost_usd": float("nan")}, ValueError, "finite"),
+        ("", {"tokens": 5}, ValueError, "empty"),
+        (["k", 3], {"tokens": 5}, TypeError, "str"),
+    ],
+)
+def test_bad_charges_change_nothing(lim, key, amounts, error, match):
+    with pytest.raises(error, match=match):
+        lim.charge(key, **amounts)
+    assert all(s.used == 0 for s in lim.status("k"))
+    lim.charge("k", tokens=5)
+    assert lim.status("k")[1].used == 5

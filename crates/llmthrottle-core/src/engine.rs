@@ -9,7 +9,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 
 use crate::clock::{Clock, Now};
@@ -20,6 +19,7 @@ use crate::policy::{Limit, Policy, PolicySpec};
 use crate::quota;
 use crate::reservation::{add, Charge, Reservation};
 use crate::store::{Hold, Store};
+use crate::versioned::Versioned;
 
 /// The limit that decided a denial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,7 @@ struct Step<'k> {
 pub struct Engine<S: Store> {
     store: Arc<S>,
     clock: Arc<dyn Clock>,
-    policy: ArcSwap<Policy<S>>,
+    policy: Versioned<Policy<S>>,
     /// Serialises policy replacements, so each compiles against the dimensions of the last.
     policy_update: std::sync::Mutex<()>,
 }
@@ -79,7 +79,7 @@ impl<S: Store> Engine<S> {
         Ok(Self {
             store,
             clock,
-            policy: ArcSwap::from_pointee(policy),
+            policy: Versioned::new(policy),
             policy_update: std::sync::Mutex::new(()),
         })
     }
@@ -89,12 +89,13 @@ impl<S: Store> Engine<S> {
     pub fn set_policy(&self, spec: &PolicySpec) -> Result<()> {
         let _serialised = self.policy_update.lock().unwrap_or_else(|e| e.into_inner());
         let policy = Policy::compile(spec, &*self.store, &self.policy.load().dimensions)?;
-        self.policy.store(Arc::new(policy));
+        self.policy.store(policy);
         Ok(())
     }
 
-    pub fn policy(&self) -> Arc<Policy<S>> {
-        self.policy.load_full()
+    /// The policy in force (a replaced one stays readable for as long as the engine lives).
+    pub fn policy(&self) -> &Policy<S> {
+        self.policy.load()
     }
 
     pub fn store(&self) -> &Arc<S> {
@@ -300,7 +301,7 @@ impl<S: Store> Engine<S> {
     /// The state of `key` under each limit of the rule that applies to it.
     pub fn status(&self, key: &str) -> Result<Vec<LimitStatus>> {
         validate_key(key)?;
-        let policy = self.policy.load_full();
+        let policy = self.policy.load();
         let now = self.clock.now();
         Ok(policy
             .rules_for(key)

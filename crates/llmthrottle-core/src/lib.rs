@@ -19,6 +19,7 @@ pub mod rate;
 pub mod reservation;
 pub mod shm;
 pub mod store;
+pub mod versioned;
 
 pub use calendar::Period;
 pub use clock::{Clock, FakeClock, Now, SystemClock};

@@ -16,8 +16,26 @@ pub const MAX_AMOUNT: u64 = 1 << 53;
 
 /// An amount in `dimension`: a non-negative int, or for `*_usd` dimensions a number of dollars
 /// (converted to micro-dollars, rounded up so that a cost is never under-counted).
+#[inline]
 pub fn amount(value: &Bound<'_, PyAny>, dimension: &str) -> PyResult<u64> {
     let scale = units_per_api_unit(dimension);
+    // The common case without a detour through 128-bit conversion: an exact int that fits;
+    // anything else (and every error) takes the general path below.
+    // SAFETY: `value` is a live object and the GIL is held.
+    if unsafe { pyo3::ffi::PyLong_CheckExact(value.as_ptr()) } != 0 {
+        let mut overflow = 0;
+        let n = unsafe { pyo3::ffi::PyLong_AsLongLongAndOverflow(value.as_ptr(), &mut overflow) };
+        if overflow == 0 && n >= 0 {
+            if let Some(scaled) = (n as u64).checked_mul(scale).filter(|s| *s <= MAX_AMOUNT) {
+                return Ok(scaled);
+            }
+        }
+    }
+    amount_slow(value, dimension, scale)
+}
+
+#[cold]
+fn amount_slow(value: &Bound<'_, PyAny>, dimension: &str, scale: u64) -> PyResult<u64> {
     if value.is_instance_of::<PyBool>() {
         return Err(PyTypeError::new_err(format!(
             "{dimension} must be a number, not bool"

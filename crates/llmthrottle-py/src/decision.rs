@@ -1,7 +1,7 @@
 //! `Decision` (what a limiter answered) and `Reservation` (an admitted call to reconcile).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use llmthrottle_core::{units_per_api_unit, LimitedBy};
 use pyo3::prelude::*;
@@ -34,20 +34,26 @@ impl Dimensions {
         }
     }
 
-    /// Calls `each(index, amount)` for every `name=value` of `amounts`, in engine units; an
-    /// unknown name or a bad value is an error.
+    /// The index and engine amount of one `name=value` keyword; an unknown name or a bad
+    /// value is an error.
+    #[inline]
+    pub fn named(&self, name: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<(usize, u64)> {
+        let name = name.cast::<PyString>()?.to_str()?;
+        let Some(&index) = self.index.get(name) else {
+            return Err(unknown_dimension(name, self));
+        };
+        Ok((index, convert::amount(value, name)?))
+    }
+
+    /// Calls `each(index, amount)` for every `name=value` of `amounts`, in engine units.
     pub fn for_each_named(
         &self,
         amounts: &Bound<'_, PyDict>,
         mut each: impl FnMut(usize, u64),
     ) -> PyResult<()> {
         for (name, value) in amounts.iter() {
-            let name = name.cast_into::<PyString>()?;
-            let name = name.to_str()?;
-            let Some(&index) = self.index.get(name) else {
-                return Err(unknown_dimension(name, self));
-            };
-            each(index, convert::amount(&value, name)?);
+            let (index, amount) = self.named(&name, &value)?;
+            each(index, amount);
         }
         Ok(())
     }
@@ -88,7 +94,7 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn dimensions(&self) -> arc_swap::Guard<Arc<Dimensions>> {
+    fn dimensions(&self) -> &Dimensions {
         self.limiter.get().dimensions.load()
     }
 }

@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 mod convert;
 mod decision;
 mod errors;
+mod fastcall;
 mod limiter;
 mod state;
 mod tokens;

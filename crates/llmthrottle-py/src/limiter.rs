@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use llmthrottle_core::versioned::Versioned;
 use llmthrottle_core::{Clock, Decision as CoreDecision, Engine, LimitKind, SystemClock};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
@@ -17,19 +17,20 @@ use crate::state::{dispatch, AnyEngine, AnyReservation, FakeClock, InProcessStat
 #[pyclass(module = "llmthrottle._native", name = "Limiter", subclass, frozen)]
 pub struct Limiter {
     pub(crate) engine: AnyEngine,
-    pub(crate) dimensions: ArcSwap<Dimensions>,
+    pub(crate) dimensions: Versioned<Dimensions>,
 }
 
 type Amounts = SmallVec<[u64; 8]>;
 
 impl Limiter {
-    /// Request amounts by dimension index; `requests` defaults to 1.
+    /// Request amounts by dimension index; `requests` defaults to 1. `named` yields the other
+    /// `name=value` keywords.
     #[inline]
-    fn amounts(
+    pub(crate) fn amounts<'py>(
         dimensions: &Dimensions,
-        requests: Option<&Bound<'_, PyAny>>,
-        tokens: Option<&Bound<'_, PyAny>>,
-        extra: Option<&Bound<'_, PyDict>>,
+        requests: Option<&Bound<'py, PyAny>>,
+        tokens: Option<&Bound<'py, PyAny>>,
+        named: impl Iterator<Item = (Bound<'py, PyAny>, Bound<'py, PyAny>)>,
     ) -> PyResult<Amounts> {
         let mut amounts: Amounts = SmallVec::from_elem(0, dimensions.names.len());
         match (requests, dimensions.requests) {
@@ -47,12 +48,57 @@ impl Limiter {
             }
             _ => {}
         }
-        if let Some(extra) = extra {
-            dimensions.for_each_named(extra, |index, amount| amounts[index] = amount)?;
+        for (name, value) in named {
+            let (index, amount) = dimensions.named(&name, &value)?;
+            amounts[index] = amount;
         }
         Ok(amounts)
     }
 
+    /// `try_acquire` once its arguments are parsed (see `fastcall.rs` for the entry point).
+    #[inline]
+    pub(crate) fn decide(
+        slf: &Bound<'_, Self>,
+        key: &Bound<'_, PyAny>,
+        amounts: &[u64],
+        max_wait_ns: u64,
+    ) -> PyResult<Py<PyAny>> {
+        let this = slf.get();
+        guard(|| {
+            if let Ok(single) = key.cast::<PyString>() {
+                this.decide_keys(slf, &[single.to_str()?], amounts, max_wait_ns, key)
+            } else {
+                let owned = convert::keys(key)?;
+                let strs = convert::key_strs(&owned)?;
+                this.decide_keys(slf, &strs, amounts, max_wait_ns, key)
+            }
+        })
+    }
+
+    /// Asks the engine and builds the Python answer in one step per store, so the decision
+    /// and the reservation are moved as few times as possible on their way into the object.
+    #[inline(always)]
+    fn decide_keys(
+        &self,
+        slf: &Bound<'_, Self>,
+        keys: &[&str],
+        amounts: &[u64],
+        max_wait_ns: u64,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        match &self.engine {
+            AnyEngine::Local(e) => {
+                let (d, r) = e.acquire(keys, amounts, max_wait_ns).map_err(to_py)?;
+                Self::wrap(slf, d, r.map(AnyReservation::Local), key)
+            }
+            AnyEngine::Shared(e) => {
+                let (d, r) = e.acquire(keys, amounts, max_wait_ns).map_err(to_py)?;
+                Self::wrap(slf, d, r.map(AnyReservation::Shared), key)
+            }
+        }
+    }
+
+    #[inline(always)]
     fn wrap(
         slf: &Bound<'_, Self>,
         decision: CoreDecision,
@@ -122,39 +168,8 @@ impl Limiter {
         let names = dispatch!(&engine, AnyEngine, e => e.policy().dimensions.clone());
         Ok(Self {
             engine,
-            dimensions: ArcSwap::from_pointee(Dimensions::new(names)),
+            dimensions: Versioned::new(Dimensions::new(names)),
         })
-    }
-
-    /// Decides at once, never blocking. Returns a `Reservation` (a truthy `Decision`) when
-    /// admitted, a falsy `Decision` when not. `key` is a str or a list of str (all-or-nothing
-    /// over every key). Amounts: `requests` (default 1), `tokens`, and any other dimension by
-    /// name. With `max_wait` > 0, a request that fits within that many seconds is admitted
-    /// now, behind earlier ones, and its `delay` says how long to wait before the call.
-    #[pyo3(signature = (key, /, requests=None, tokens=None, *, max_wait=0.0, **amounts))]
-    fn try_acquire(
-        slf: &Bound<'_, Self>,
-        key: &Bound<'_, PyAny>,
-        requests: Option<&Bound<'_, PyAny>>,
-        tokens: Option<&Bound<'_, PyAny>>,
-        max_wait: f64,
-        amounts: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Py<PyAny>> {
-        let this = slf.get();
-        let dimensions = this.dimensions.load();
-        let amounts = Self::amounts(&dimensions, requests, tokens, amounts)?;
-        let max_wait_ns = convert::seconds_to_ns(max_wait, "max_wait")?;
-        let (decision, reservation) = guard(|| {
-            if let Ok(single) = key.cast::<PyString>() {
-                let single = single.to_str()?;
-                this.acquire_keys(&[single], &amounts, max_wait_ns)
-            } else {
-                let owned = convert::keys(key)?;
-                let strs = convert::key_strs(&owned)?;
-                this.acquire_keys(&strs, &amounts, max_wait_ns)
-            }
-        })?;
-        Self::wrap(slf, decision, reservation, key)
     }
 
     /// Charges usage that already happened to every limit of `key` (a str or a list of str),
@@ -180,7 +195,7 @@ impl Limiter {
     ) -> PyResult<Py<PyAny>> {
         let this = slf.get();
         let dimensions = this.dimensions.load();
-        let amounts = Self::amounts(&dimensions, requests, tokens, amounts)?;
+        let amounts = Self::amounts(dimensions, requests, tokens, amounts.into_iter().flat_map(|d| d.iter()))?;
         let owned = convert::keys(key)?;
         let strs = convert::key_strs(&owned)?;
         let decision = guard(|| {
@@ -225,7 +240,7 @@ impl Limiter {
         guard(|| {
             dispatch!(&self.engine, AnyEngine, e => {
                 e.set_policy(&spec).map_err(to_py)?;
-                self.dimensions.store(Arc::new(Dimensions::new(e.policy().dimensions.clone())));
+                self.dimensions.store(Dimensions::new(e.policy().dimensions.clone()));
                 Ok(())
             })
         })
@@ -235,27 +250,6 @@ impl Limiter {
     #[getter]
     fn dimensions(&self) -> Vec<String> {
         self.dimensions.load().names.clone()
-    }
-}
-
-impl Limiter {
-    #[inline]
-    fn acquire_keys(
-        &self,
-        keys: &[&str],
-        amounts: &[u64],
-        max_wait_ns: u64,
-    ) -> PyResult<(CoreDecision, Option<AnyReservation>)> {
-        match &self.engine {
-            AnyEngine::Local(e) => {
-                let (d, r) = e.acquire(keys, amounts, max_wait_ns).map_err(to_py)?;
-                Ok((d, r.map(AnyReservation::Local)))
-            }
-            AnyEngine::Shared(e) => {
-                let (d, r) = e.acquire(keys, amounts, max_wait_ns).map_err(to_py)?;
-                Ok((d, r.map(AnyReservation::Shared)))
-            }
-        }
     }
 }
 
@@ -279,6 +273,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(key_matches, m)?)?;
     m.add_function(wrap_pyfunction!(parse_duration, m)?)?;
     m.add_class::<Limiter>()?;
+    crate::fastcall::install(&m.py().get_type::<Limiter>())?;
     m.add_class::<Decision>()?;
     m.add_class::<Reservation>()?;
     Ok(())

@@ -146,3 +146,43 @@ def test_bad_charges_change_nothing(lim, key, amounts, error, match):
     assert all(s.used == 0 for s in lim.status("k"))
     lim.charge("k", tokens=5)
     assert lim.status("k")[1].used == 5
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, match",
+    [
+        ((), {}, "missing 1 required positional argument: 'key'"),
+        (("k", 1, 2, 3), {}, "at most 3 positional arguments"),
+        (("k", 1), {"requests": 1}, "multiple values for argument 'requests'"),
+        (("k", 1, 2), {"tokens": 2}, "multiple values for argument 'tokens'"),
+        (("k",), {"max_wait": "1"}, "str"),
+    ],
+)
+def test_bad_try_acquire_arguments(lim, args, kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        lim.try_acquire(*args, **kwargs)
+    assert all(s.used == 0 for s in lim.status("k"))
+
+
+def test_try_acquire_arguments_by_position_keyword_and_default(lim):
+    """Positional `requests`/`tokens`, their keywords, None as "not given", an int max_wait."""
+    assert lim.try_acquire("a", 2, 10).reserved == {"requests": 2, "tokens": 10}
+    assert lim.try_acquire("b", requests=3, tokens=4).reserved == {"requests": 3, "tokens": 4}
+    assert lim.try_acquire("c", None, None, max_wait=0).reserved == {"requests": 1}
+    assert lim.try_acquire("d", tokens=None, cost_usd=0.5, max_wait=1).reserved == {"requests": 1, "cost_usd": 0.5}
+    assert lim.try_acquire("e", 1, tokens=7).reserved == {"requests": 1, "tokens": 7}
+
+
+def test_try_acquire_signature_is_introspectable():
+    import inspect
+
+    sig = inspect.signature(lt.Limiter.try_acquire)
+    assert str(sig) == "(self, key, /, requests=None, tokens=None, *, max_wait=0.0, **amounts)"
+    assert "Decides at once" in (lt.Limiter.try_acquire.__doc__ or "")
+
+
+def test_too_many_keys_in_one_call(lim):
+    keys = [f"k{i}" for i in range(65_536)]
+    with pytest.raises(ValueError, match="at most 65535"):
+        lim.try_acquire(keys)
+    assert all(s.used == 0 for s in lim.status("k0"))

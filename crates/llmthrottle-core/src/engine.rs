@@ -126,8 +126,12 @@ impl<S: Store> Engine<S> {
     ) -> Result<(Decision, Option<Reservation<S>>)> {
         let policy = self.policy.load();
         let now = self.now_for(policy.has_quota);
-        let steps = plan(&policy, keys, amounts)?;
-        let mut charges: SmallVec<[Charge<S>; 2]> = SmallVec::new();
+        let mut steps = Steps::new();
+        plan(policy, keys, amounts, &mut steps)?;
+        let mut reservation = Reservation {
+            charges: SmallVec::new(),
+            settled: false,
+        };
         let mut decision = Decision {
             allowed: true,
             ..Decision::default()
@@ -136,31 +140,26 @@ impl<S: Store> Engine<S> {
             let limit = &policy.rules[step.rule as usize].limits[step.limit as usize];
             // Only rate limits (layer 0) queue a call ahead; a budget or other layer denies.
             let wait_ns = if policy.rules[step.rule as usize].layer == 0 { max_wait_ns } else { 0 };
-            let outcome = self.charge(limit, step, now, wait_ns);
+            let outcome = self.charge(limit, step, now, wait_ns, &mut reservation.charges);
             match outcome {
-                Ok(Ok((charge, admitted))) => {
-                    note_admitted(&mut decision, limit, &charge, admitted, now);
-                    charges.push(charge);
+                Ok(Some(admitted)) => {
+                    let charge = reservation.charges.last().expect("charge() pushed it");
+                    note_admitted(&mut decision, limit, charge, admitted, now);
                 }
                 // Denied, or the store failed (a full table): either way nothing stays charged.
-                Ok(Err(())) | Err(_) => {
-                    for charge in charges.drain(..) {
+                Ok(None) | Err(_) => {
+                    reservation.settled = true;
+                    for charge in reservation.charges.drain(..) {
                         charge.give_back(now, charge.amount);
                     }
                     return match outcome {
                         Err(error) => Err(error),
-                        Ok(_) => Ok((self.explain_denial(&policy, &steps, step, now), None)),
+                        Ok(_) => Ok((self.explain_denial(policy, &steps, step, now), None)),
                     };
                 }
             }
         }
-        Ok((
-            decision,
-            Some(Reservation {
-                charges,
-                settled: false,
-            }),
-        ))
+        Ok((decision, Some(reservation)))
     }
 
     /// Reconciles `reservation` with real usage: `actual[d]` (by dimension index) replaces the
@@ -180,7 +179,7 @@ impl<S: Store> Engine<S> {
         let now = self.clock.now();
         let policy = self.policy.load();
         for charge in &reservation.charges {
-            match (charge.kind, actual.get(charge.dimension).copied().flatten()) {
+            match (charge.kind, actual.get(charge.dimension as usize).copied().flatten()) {
                 (LimitKind::Concurrency { .. }, _) => charge.give_back(now, 1),
                 (_, None) => {}
                 (kind, Some(used)) => {
@@ -191,7 +190,7 @@ impl<S: Store> Engine<S> {
                         for limit in policy
                             .rules_for(key)
                             .flat_map(|(_, rule)| rule.limits.iter())
-                            .filter(|l| l.dimension == charge.dimension && l.kind.cell_kind() == kind.cell_kind())
+                            .filter(|l| l.dimension == charge.dimension as usize && l.kind.cell_kind() == kind.cell_kind())
                         {
                             self.force_charge(limit, key, now, lost)?;
                         }
@@ -203,7 +202,7 @@ impl<S: Store> Engine<S> {
             let Some(used) = used.filter(|u| *u > 0) else {
                 continue;
             };
-            if reservation.charges.iter().any(|c| c.dimension == dimension) {
+            if reservation.charges.iter().any(|c| c.dimension as usize == dimension) {
                 continue;
             }
             self.charge_dimension(&policy, keys, dimension, used, now)?;
@@ -276,7 +275,8 @@ impl<S: Store> Engine<S> {
     pub fn peek(&self, keys: &[&str], amounts: &[u64]) -> Result<Decision> {
         let policy = self.policy.load();
         let now = self.clock.now();
-        let steps = plan(&policy, keys, amounts)?;
+        let mut steps = Steps::new();
+        plan(policy, keys, amounts, &mut steps)?;
         let mut decision = Decision::default();
         if let Some((retry_after_ns, limited_by)) = self.worst_denial(&policy, &steps, now) {
             decision.retry_after_ns = retry_after_ns;
@@ -357,7 +357,8 @@ impl<S: Store> Engine<S> {
             .unwrap_or(0)
     }
 
-    /// One compare-and-swap loop on one cell: `Ok(Err(()))` when the limit denies.
+    /// One compare-and-swap loop on one cell. Admitted: the charge is pushed onto `charges`
+    /// (built in place there) and what it left is returned; `Ok(None)` when the limit denies.
     #[inline]
     fn charge(
         &self,
@@ -365,7 +366,8 @@ impl<S: Store> Engine<S> {
         step: &Step<'_>,
         now: Now,
         max_wait_ns: u64,
-    ) -> Result<std::result::Result<(Charge<S>, Admitted), ()>> {
+        charges: &mut SmallVec<[Charge<S>; 2]>,
+    ) -> Result<Option<Admitted>> {
         let mut cell = self.store.cell(&limit.scope, step.key, now)?;
         loop {
             let current = cell.load(Ordering::Acquire);
@@ -378,17 +380,18 @@ impl<S: Store> Engine<S> {
                 // can record who holds it and give back the units of a process that dies.
                 match self.store.hold(&cell, max)? {
                     Hold::Held { lease, count } => {
-                        return Ok(Ok((Charge {
+                        charges.push(Charge {
                             cell,
                             kind: limit.kind,
-                            dimension: limit.dimension,
+                            dimension: limit.dimension as u16,
                             key_index: step.key_index as u16,
                             amount: step.amount,
                             mark: 0,
                             lease,
-                        }, Admitted { state: count, delay_ns: 0 })))
+                        });
+                        return Ok(Some(Admitted { state: count, delay_ns: 0 }));
                     }
-                    Hold::Full => return Ok(Err(())),
+                    Hold::Full => return Ok(None),
                     Hold::Reclaimed => {
                         cell = self.store.cell(&limit.scope, step.key, now)?;
                         continue;
@@ -404,7 +407,7 @@ impl<S: Store> Engine<S> {
                         RateOutcome::Admit { new_tat, delay_ns } => {
                             (new_tat, now.monotonic_ns + p.cost_ns(step.amount), delay_ns)
                         }
-                        RateOutcome::Deny { .. } => return Ok(Err(())),
+                        RateOutcome::Deny { .. } => return Ok(None),
                     }
                 }
                 LimitKind::Concurrency { .. } => unreachable!("taken by Store::hold above"),
@@ -412,7 +415,7 @@ impl<S: Store> Engine<S> {
                     let index = q.period.index(now.wall_ns);
                     match quota::decide(current, index, step.amount, &q) {
                         Some(next) => (next, index, 0),
-                        None => return Ok(Err(())),
+                        None => return Ok(None),
                     }
                 }
             };
@@ -420,15 +423,16 @@ impl<S: Store> Engine<S> {
                 .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                return Ok(Ok((Charge {
+                charges.push(Charge {
                     cell,
                     kind: limit.kind,
-                    dimension: limit.dimension,
+                    dimension: limit.dimension as u16,
                     key_index: step.key_index as u16,
                     amount: step.amount,
                     mark,
                     lease: None,
-                }, Admitted { state: next, delay_ns })));
+                });
+                return Ok(Some(Admitted { state: next, delay_ns }));
             }
         }
     }
@@ -554,19 +558,31 @@ pub fn validate_key(key: &str) -> Result<()> {
     Ok(())
 }
 
+/// Most keys one call may name (a charge records its key's index in 16 bits).
+pub const MAX_KEYS: usize = u16::MAX as usize;
+
+type Steps<'k> = SmallVec<[Step<'k>; 4]>;
+
 /// Every (key, limit) pair the request touches with a non-zero amount, checked for capacity
-/// before anything is charged.
+/// before anything is charged. Fills the caller's `steps` (returning them would copy them).
+#[inline]
 fn plan<'k, S: Store>(
     policy: &Policy<S>,
     keys: &[&'k str],
     amounts: &[u64],
-) -> Result<SmallVec<[Step<'k>; 4]>> {
+    steps: &mut Steps<'k>,
+) -> Result<()> {
     if keys.is_empty() {
         return Err(CoreError::InvalidInput(
             "at least one key is required".into(),
         ));
     }
-    let mut steps = SmallVec::new();
+    if keys.len() > MAX_KEYS {
+        return Err(CoreError::InvalidInput(format!(
+            "{} keys given; at most {MAX_KEYS} are allowed in one call",
+            keys.len()
+        )));
+    }
     for (key_index, key) in keys.iter().enumerate() {
         validate_key(key)?;
         if keys[..key_index].contains(key) {
@@ -601,5 +617,5 @@ fn plan<'k, S: Store>(
             }
         }
     }
-    Ok(steps)
+    Ok(())
 }

@@ -21,6 +21,9 @@ pub struct RuleSpec {
     pub layer: u8,
 }
 
+/// The most dimensions one limiter may name (a charge records its dimension in 16 bits).
+pub const MAX_DIMENSIONS: usize = 4096;
+
 /// The most layers a policy may use.
 pub const MAX_LAYERS: u8 = 8;
 
@@ -99,6 +102,11 @@ impl<S: Store> Policy<S> {
                 }
                 let dimension = match dimensions.iter().position(|d| *d == limit.dimension) {
                     Some(i) => i,
+                    None if dimensions.len() >= MAX_DIMENSIONS => {
+                        return Err(CoreError::Config(format!(
+                            "more than {MAX_DIMENSIONS} dimensions in one limiter"
+                        )));
+                    }
                     None => {
                         dimensions.push(limit.dimension.clone());
                         dimensions.len() - 1

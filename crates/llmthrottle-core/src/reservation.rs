@@ -16,7 +16,8 @@ pub struct Charge<S: Store> {
     pub(crate) cell: S::Cell,
     /// The limit as it was when charged (a later policy change does not alter the refund).
     pub(crate) kind: LimitKind,
-    pub(crate) dimension: usize,
+    /// Index into the policy's dimensions (a policy has at most `MAX_DIMENSIONS`).
+    pub(crate) dimension: u16,
     /// Index of the key (in the request's keys) this charge is for.
     pub(crate) key_index: u16,
     pub(crate) amount: u64,
@@ -103,7 +104,7 @@ impl<S: Store> Reservation<S> {
     pub fn reserved(&self, dimension: usize) -> u64 {
         self.charges
             .iter()
-            .filter(|c| c.dimension == dimension)
+            .filter(|c| c.dimension as usize == dimension)
             .map(|c| c.amount)
             .max()
             .unwrap_or(0)

@@ -477,3 +477,34 @@ fn usage_is_charged_without_admission() {
     assert_eq!(engine.status("k").unwrap()[1].used, 1);
     drop(held);
 }
+
+#[test]
+fn a_policy_over_too_many_dimensions_is_a_config_error() {
+    let names: Vec<String> = (0..=llmthrottle_core::policy::MAX_DIMENSIONS).map(|i| format!("d{i}")).collect();
+    let limits = names.iter().map(|n| (n.as_str(), rate("1/s", None))).collect();
+    let error = Engine::new(Arc::new(new_store()), Arc::new(FakeClock::default()), &spec(vec![("*", limits)]))
+        .err()
+        .expect("too many dimensions");
+    // In-process: the dimension limit; a shared table's registry of limits fills up first.
+    assert!(
+        matches!(error, CoreError::Config(ref m) if m.contains("dimensions"))
+            || matches!(error, CoreError::State(ref m) if m.contains("registry is full")),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn a_replaced_policy_keeps_serving_and_counting() {
+    let (engine, _clock) = engine(vec![("*", vec![("requests", rate("3/h", Some(3)))])]);
+    let (_, kept) = engine.acquire(&["k"], &[1], 0).unwrap();
+    for _ in 0..50 {
+        engine.set_policy(&spec(vec![("*", vec![("requests", rate("3/h", Some(3)))])])).unwrap();
+    }
+    // The state carried over every replacement: two more fit, the fourth does not.
+    assert!(engine.acquire(&["k"], &[1], 0).unwrap().0.allowed);
+    assert!(engine.acquire(&["k"], &[1], 0).unwrap().0.allowed);
+    assert!(!engine.acquire(&["k"], &[1], 0).unwrap().0.allowed);
+    // A reservation made under the first policy still settles.
+    engine.cancel(&mut kept.unwrap()).unwrap();
+    assert!(engine.acquire(&["k"], &[1], 0).unwrap().0.allowed);
+}

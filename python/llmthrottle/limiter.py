@@ -287,7 +287,9 @@ class Limiter(WaitingMixin, _native.Limiter):
         """Replaces the limits (and the budgets, when given) at runtime. Counters carry over
         for every limit whose pattern, dimension and kind stay the same: a new burst applies to
         the current level at once, and a new rate refills from the current level at the new
-        pace; a budget keeps what was spent."""
+        pace; a budget keeps what was spent. Meant for configuration changes, not per call:
+        decisions read the policy without locking, so every replaced policy (a few KB) stays
+        allocated until the limiter is dropped."""
         new_budgets = self._budgets if budgets is None else tuple(budgets)
         self._set_rules(normalize(limits, rules, new_budgets), self._namespace)
         self._limits, self._rules, self._budgets = limits, rules, new_budgets

@@ -16,6 +16,7 @@ connection (pipelining) and match answers without relying on order. An ERROR res
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "FrameError",
     "encode_frame",
     "decode_payload",
+    "unpackb",
 ]
 
 MAGIC = b"LTMP\x01"
@@ -39,7 +41,11 @@ ERROR = 1
 DEFAULT_MAX_FRAME_BYTES = 1 << 20
 
 _LENGTH = struct.Struct(">I")
+_RECV_BYTES = 65536
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+# One msgpack value from bytes, as both sides read payloads; raises msgpack's own errors (hot
+# paths catch them themselves, `decode_payload` turns them into FrameError).
+unpackb = functools.partial(msgpack.unpackb, raw=False, strict_map_key=True, use_list=True)
 
 
 class Op:
@@ -93,7 +99,7 @@ def encode_frame(messages: list[Any]) -> bytes:
 def decode_payload(payload: bytes) -> Any:
     """A frame's messages. Raises FrameError on bytes that are not one msgpack value."""
     try:
-        return msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+        return unpackb(payload)
     except Exception as error:  # msgpack raises several unrelated types on garbage
         raise FrameError(f"payload is not msgpack: {error}") from None
 

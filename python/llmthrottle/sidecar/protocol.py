@@ -108,19 +108,33 @@ class FrameDecoder:
     """Splits a byte stream into frame payloads, refusing frames above `max_frame_bytes`
     before buffering them (so a hostile length cannot make anyone allocate it)."""
 
-    __slots__ = ("_buffer", "max_frame_bytes")
+    __slots__ = ("_buffer", "max_frame_bytes", "_scratch")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         # A bytearray, so a frame trickling in byte by byte costs amortised O(1) per byte.
         self._buffer = bytearray()
         self.max_frame_bytes = max_frame_bytes
+        self._scratch: Any = None  # recv_from's receive buffer, made on first use
+
+    def recv_from(self, sock: Any) -> list[bytes]:
+        """One `recv_into` from a blocking socket, then `feed`. Raises EOFError when the peer
+        closed. Receiving into one reused buffer matters: `sock.recv(n)` allocates n bytes per
+        call, which costs more than the round trip itself for a large n."""
+        scratch = self._scratch
+        if scratch is None:
+            scratch = self._scratch = memoryview(bytearray(_RECV_BYTES))
+        received = sock.recv_into(scratch)
+        if not received:
+            raise EOFError("the peer closed the connection")
+        return self.feed(scratch[:received])
 
     @property
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """The complete payloads now available. Raises FrameError on an oversized frame."""
+    def feed(self, data: Any) -> list[bytes]:
+        """The complete payloads now available (`data`: bytes or a memoryview, not kept).
+        Raises FrameError on an oversized frame."""
         pending = self._buffer
         if pending:
             pending += data

@@ -259,14 +259,15 @@ class Service:
 
     def _record(self, held: _Held, usage: dict[str, Any], amounts: dict[str, Any], outcome: str) -> None:
         fields: dict[str, Any] = {}
-        for name in _LEDGER_STRINGS:
-            value = usage.get(name)
-            if isinstance(value, str) and value:
-                fields[name] = value
-        for name in _LEDGER_COUNTS:
-            value = usage.get(name)
-            if type(value) is int and value >= 0:
-                fields[name] = value
+        if not _LEDGER_FIELDS.isdisjoint(usage):  # usage is often dimensions alone
+            for name in _LEDGER_STRINGS:
+                value = usage.get(name)
+                if isinstance(value, str) and value:
+                    fields[name] = value
+            for name in _LEDGER_COUNTS:
+                value = usage.get(name)
+                if type(value) is int and value >= 0:
+                    fields[name] = value
         if "cost_micros" not in fields:
             cost = amounts.get("cost_usd", 0)
             fields["cost_micros"] = round(cost * 1_000_000) if isinstance(cost, (int, float)) and cost >= 0 else 0

@@ -190,8 +190,6 @@ def _registration_error(error: RemoteError) -> BaseException:
     return error
 
 
-
-
 class SidecarLimiter(WaitingMixin):
     """A `Limiter` whose decisions are made by the sidecar (see the module docstring)."""
 

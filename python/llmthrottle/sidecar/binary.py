@@ -23,7 +23,6 @@ __all__ = ["BinaryConnection"]
 _log = logging.getLogger("llmthrottle.sidecar")
 _perf = time.perf_counter
 _monotonic = time.monotonic
-_unpackb = unpackb
 _NAMES = Op.NAMES
 
 
@@ -81,7 +80,7 @@ class BinaryConnection(asyncio.Protocol):
         out: list[bytes] = []
         for payload in payloads:
             try:
-                batch = _unpackb(payload)
+                batch = unpackb(payload)
             except Exception as error:  # msgpack raises several unrelated types on garbage
                 self._fail(f"payload is not msgpack: {error}", out)
                 return

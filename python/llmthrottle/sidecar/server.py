@@ -104,8 +104,8 @@ def bind_unix_socket(path: str, mode: int, group: Optional[str]) -> tuple[socket
 
 
 def _tune_gc() -> None:
-    """The cyclic collector, for a server whose garbage reference counting frees: almost all of
-    it. What exists once the server is up (modules, aiohttp's app, the policy, the limiters)
+    """Tunes the cyclic collector for the server's own process, whose garbage reference
+    counting frees almost entirely. What exists once the server is up (modules, aiohttp's app, the policy, the limiters)
     lives as long as the server, so it is frozen out of the collector's sight. What the
     collector then mostly walks is held reservations (two tracked objects each, long-lived by
     design): with the default thresholds it walked each of them again and again, 1.8 µs per

@@ -8,6 +8,10 @@ Measures, and prints as a markdown table:
 - pipelined throughput (decisions/s) from 1 and 4 client processes: asyncio clients with many
   calls in flight on one connection (batched frames), and the sync batch call;
 - the HTTP/JSON round trip (keep-alive http.client);
+- the floor: a bare Unix-socket echo round trip (a uvloop Protocol echoing what it reads, and
+  a blocking client), i.e. what the machine itself costs before any request is handled. On a
+  VM whose idle vCPUs halt (no guest halt-polling), waking a sleeping process costs tens of
+  microseconds, and this row (with everything else) swings with how busy the machine is;
 - Redis PING/INCR round trips with the Python redis client over a Unix socket and TCP loopback,
   and redis-benchmark's pipelined INCR, when `redis-server` is installed
   (`apt-get install -y redis-server`; the server is started here and stopped after).
@@ -143,6 +147,55 @@ def throughput(path: str, processes: int, seconds: float, worker: Callable[..., 
     return total / seconds
 
 
+def _echo_server(path: str, ready: Any) -> None:
+    import uvloop
+
+    async def main() -> None:
+        done = asyncio.Event()
+
+        class Echo(asyncio.Protocol):
+            def connection_made(self, transport: Any) -> None:
+                self.transport = transport
+
+            def data_received(self, data: bytes) -> None:
+                self.transport.write(data)
+
+            def connection_lost(self, exc: Any) -> None:
+                done.set()  # one client: serve until it leaves
+
+        server = await asyncio.get_running_loop().create_unix_server(Echo, path)
+        ready.set()
+        await done.wait()
+        server.close()
+
+    uvloop.run(main())
+
+
+def echo_floor(directory: str, count: int) -> tuple[float, float]:
+    """The round trip of a 64-byte message through a uvloop echo server (see the docstring)."""
+    import socket
+
+    path = os.path.join(directory, "echo.sock")
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    process = context.Process(target=_echo_server, args=(path, ready))
+    process.start()
+    ready.wait(30)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    message, buffer = b"x" * 64, bytearray(65536)
+
+    def call() -> None:
+        sock.sendall(message)
+        sock.recv_into(buffer)
+
+    try:
+        return timed(call, count)
+    finally:
+        sock.close()
+        process.join(10)
+
+
 def http_latency(path: str, count: int) -> tuple[float, float]:
     connection = UnixHTTPConnection(path)
     body = json.dumps({"key": "tenant:acme", "amounts": {"tokens": 100}}).encode()
@@ -201,6 +254,7 @@ def main() -> None:
     seconds = 1.0 if args.quick else 3.0
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="lt-bench-") as directory:
+        rows.append(("floor: Unix-socket echo round trip (uvloop server)", "%.1f / %.1f" % echo_floor(directory, count), ""))
         server = start_server(directory, CONFIG, ("--log-level", "warning"))
         try:
             latency = sidecar_latency(server.socket, count)

@@ -51,3 +51,48 @@ def test_cancelled_async_acquire_gives_its_reservation_back() -> None:
         finally:
             sidecar.close()
             server.stop()
+
+
+def test_an_answer_for_a_cancelled_acquire_is_given_back_whenever_it_arrives() -> None:
+    """The races, one by one and without a server: the caller's future is cancelled before its
+    answer arrives (also when the answer comes before the caller's task resumes), or the answer
+    arrived first and the caller is cancelled before it saw it."""
+    from llmthrottle.client.connection import AsyncConnection
+    from llmthrottle.sidecar.protocol import OK, Op, encode_frame
+
+    class Transport:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.sent.append(data)
+
+        def is_closing(self) -> bool:
+            return False
+
+    admitted = [True, 0.0, 0.0, 0.0, None, None, {}, 4242, {"requests": 1}]
+
+    async def main() -> None:
+        connection = AsyncConnection("unused")
+        connection.connection_made(Transport())  # type: ignore[arg-type]
+        # 1. Cancelled while in flight: the answer finds the future cancelled.
+        future = connection.call([Op.ACQUIRE, "default", "k", {}, 0.0])
+        future.cancel()
+        connection.data_received(encode_frame([[1, OK, admitted]]))
+        assert connection._batch[-1][1:] == [Op.CANCEL, 4242]
+        # A cancelled call of another op (or a denied acquire) gives nothing back.
+        for result in (None, [False, 1.0, 0.0, 1.0, "requests", "k", {}, None, None], [[1]] * 9):
+            other = connection.call([Op.PING])
+            other.cancel()
+            before = len(connection._batch)
+            connection.data_received(encode_frame([[connection._next_id, OK, result]]))
+            assert len(connection._batch) == before
+        # 2. Answered first, then the caller is cancelled before it resumed.
+        answered = connection.call([Op.ACQUIRE, "default", "k", {}, 0.0])
+        connection.data_received(encode_frame([[connection._next_id, OK, [*admitted[:7], 4343, {}]]]))
+        assert answered.result()[7] == 4343
+        connection.abandon(answered)
+        await asyncio.sleep(0)
+        assert connection._batch[-1][1:] == [Op.CANCEL, 4343]
+
+    asyncio.run(main())

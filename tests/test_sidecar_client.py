@@ -6,7 +6,9 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -188,6 +190,26 @@ def test_fail_closed_raises_a_clear_error(no_server: str, caplog: pytest.LogCapt
             lim.acquire("k", timeout=1.0)
     assert "sidecar unavailable" in caplog.text
     assert isinstance(SidecarUnavailable("x"), lt.StateError)
+
+
+def test_a_server_that_never_answers_times_out(no_server: str) -> None:
+    """The sync client's timeout is the kernel's (SO_RCVTIMEO): a silent peer is reported as a
+    timeout within about `timeout` seconds, and the next call tries a fresh connection."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(no_server)
+    listener.listen(8)  # accepts (in the kernel's backlog) and never reads nor answers
+    try:
+        sidecar = Sidecar(no_server, timeout=0.2, retry_interval=0.0)
+        lim = lt.Limiter(LIMITS, state=sidecar)
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(SidecarUnavailable, match=r"timed out after 0\.2s"):
+                lim.try_acquire("k")
+            assert 0.15 < time.monotonic() - started < 5.0
+        assert not sidecar.ping()
+        sidecar.close()
+    finally:
+        listener.close()
 
 
 def test_fail_open_admits_without_counting(no_server: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 import weakref
 from typing import Any, Optional
 
@@ -24,6 +25,7 @@ __all__ = ["SidecarUnavailable", "RemoteError", "ConnectionPool", "AsyncConnecti
 
 # Requests per frame from the async connection: well under the server's frame size cap.
 _MAX_BATCH = 256
+_TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds
 
 
 class SidecarUnavailable(StateError):
@@ -61,6 +63,20 @@ def _hello() -> list[Any]:
         os.environ.get("_", "") or "python")}]
 
 
+def _set_timeout(sock: socket.socket, timeout: Optional[float]) -> None:
+    """Bounds every blocking send, receive and connect by `timeout` seconds, in the kernel
+    (SO_SNDTIMEO/SO_RCVTIMEO): a socket with a Python-level timeout polls before each call,
+    a syscall per send and per receive. A call that times out raises an OSError
+    (BlockingIOError), like `socket.timeout` before it."""
+    if timeout is None or timeout <= 0:
+        sock.settimeout(timeout)  # None: no limit; 0: non-blocking, as socket.settimeout has it
+        return
+    seconds, microseconds = divmod(max(1, round(timeout * 1_000_000)), 1_000_000)  # 0 would mean "none"
+    value = _TIMEVAL.pack(seconds, microseconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+
 class _SyncConnection:
     """One blocking connection; used by one thread at a time (the pool guarantees it)."""
 
@@ -68,8 +84,8 @@ class _SyncConnection:
 
     def __init__(self, path: str, timeout: float) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
         try:
+            _set_timeout(self.sock, timeout)
             self.sock.connect(path)
             # The hello's answer (id 0) is skipped when reading: it costs no round trip.
             self.sock.sendall(MAGIC + encode_frame([_hello()]))
@@ -88,7 +104,7 @@ class _SyncConnection:
         wanted = range(first, first + len(requests))
         ready = self._ready
         while True:
-            for payload in self._decoder.feed(self._recv()):
+            for payload in self._decoder.recv_from(self.sock):
                 for response in decode_payload(payload):
                     if response[0] is None:  # the server gave up on this stream
                         raise_remote(response[2])
@@ -98,22 +114,15 @@ class _SyncConnection:
                 return [ready.pop(i) for i in wanted]
 
     def call(self, request: list[Any]) -> list[Any]:
-        self._next_id += 1
-        request_id = self._next_id
+        self._next_id = request_id = self._next_id + 1
         self.sock.sendall(encode_frame([[request_id, *request]]))
         while True:
-            for payload in self._decoder.feed(self._recv()):
+            for payload in self._decoder.recv_from(self.sock):
                 for response in decode_payload(payload):
                     if response[0] == request_id:
                         return response  # type: ignore[no-any-return]
                     if response[0] is None:  # the server gave up on this stream
                         raise_remote(response[2])
-
-    def _recv(self) -> bytes:
-        data = self.sock.recv(262144)
-        if not data:
-            raise ConnectionResetError("the sidecar closed the connection")
-        return data
 
     def close(self) -> None:
         self.sock.close()
@@ -131,34 +140,37 @@ class ConnectionPool:
 
     def call(self, request: list[Any]) -> Any:
         """The result of one request; raises the remote error, or SidecarUnavailable."""
-        response = self._run(lambda connection: connection.call(request))
+        response = self._run(_SyncConnection.call, request)
         if response[1] == ERROR:
             raise_remote(response[2])
         return response[2]
 
     def call_many(self, requests: list[list[Any]]) -> list[list[Any]]:
         """`[id, status, result]` per request, sent and answered as one batch."""
-        return self._run(lambda connection: connection.call_many(requests))  # type: ignore[no-any-return]
+        return self._run(_SyncConnection.call_many, requests)  # type: ignore[no-any-return]
 
-    def _run(self, use: Any) -> Any:
+    def _run(self, use: Any, argument: Any) -> Any:
+        """`use(connection, argument)` on an idle connection (or a new one)."""
         reused = True
         try:
             connection = self._idle.pop()  # list.pop is atomic under the GIL: no lock needed
         except IndexError:
             connection, reused = self._connect(), False
         try:
-            result = use(connection)
+            result = use(connection, argument)
         except (OSError, EOFError, FrameError) as error:
             connection.close()
             if not reused:
-                raise SidecarUnavailable(f"lost the connection to the sidecar at {self.path}: {error}") from None
+                raise SidecarUnavailable(f"lost the connection to the sidecar at {self.path}: "
+                                         f"{self._describe(error)}") from None
             # An idle connection may have died with a previous server process: one fresh try.
             connection = self._connect()
             try:
-                result = use(connection)
+                result = use(connection, argument)
             except (OSError, EOFError, FrameError) as error2:
                 connection.close()
-                raise SidecarUnavailable(f"lost the connection to the sidecar at {self.path}: {error2}") from None
+                raise SidecarUnavailable(f"lost the connection to the sidecar at {self.path}: "
+                                         f"{self._describe(error2)}") from None
         except BaseException:
             connection.close()  # e.g. KeyboardInterrupt mid-read: the stream's state is unknown
             raise
@@ -173,7 +185,12 @@ class ConnectionPool:
             return _SyncConnection(self.path, self.timeout)
         except OSError as error:
             raise SidecarUnavailable(f"cannot connect to the sidecar at {self.path}: "
-                                     f"{error.strerror or error} (is `llmthrottle serve` running?)") from None
+                                     f"{self._describe(error)} (is `llmthrottle serve` running?)") from None
+
+    def _describe(self, error: BaseException) -> str:
+        if isinstance(error, (BlockingIOError, socket.timeout)):
+            return f"timed out after {self.timeout}s"  # see _set_timeout
+        return str(getattr(error, "strerror", None) or error)
 
     def close(self) -> None:
         idle, self._idle = self._idle, []
@@ -199,7 +216,7 @@ class AsyncConnection(asyncio.Protocol):
         self._batch: list[list[Any]] = []
         self._next_id = 0
         self._decoder = FrameDecoder(DEFAULT_MAX_FRAME_BYTES)
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
 
     @classmethod
     async def open(cls, path: str, timeout: float) -> "AsyncConnection":
@@ -227,13 +244,36 @@ class AsyncConnection(asyncio.Protocol):
         """A future for the result of `[op, *args]`, sent with the others of this loop iteration."""
         if self.closed:
             raise SidecarUnavailable(f"the connection to the sidecar at {self.path} is closed")
-        self._next_id += 1
-        future = self._loop.create_future()
-        self._pending[self._next_id] = future
+        self._next_id = request_id = self._next_id + 1
+        future = self.loop.create_future()
+        self._pending[request_id] = future
         if not self._batch:
-            self._loop.call_soon(self._flush)
-        self._batch.append([self._next_id, *request])
+            self.loop.call_soon(self._flush)
+        self._batch.append([request_id, *request])
         return future
+
+    # A caller cancelled while waiting for an acquire must not leave a reservation held. Its
+    # future is usually cancelled with it: the answer then finds it done, and an admitted
+    # acquire is given back at once (data_received). When the answer had already arrived,
+    # the future is not cancelled and its caller hands it to `abandon`. Cheaper than shielding
+    # every call's future against its caller's cancellation.
+
+    def abandon(self, future: "asyncio.Future[Any]") -> None:
+        """The caller of the acquire answered by `future` gave up: what the sidecar admitted
+        for it is cancelled there."""
+        if not future.cancelled():
+            future.add_done_callback(self._give_back_done)  # runs soon when already done
+
+    def _give_back_done(self, future: "asyncio.Future[Any]") -> None:
+        if not future.cancelled() and future.exception() is None:
+            self._give_back(future.result())
+
+    def _give_back(self, result: Any) -> None:
+        """Cancels on the sidecar the reservation of an admitted ACQUIRE_RESULT (the only
+        result shaped `[True, ..., reservation_id: int, ...]`) that nobody will settle."""
+        if (type(result) is list and len(result) > 7 and result[0] is True and type(result[7]) is int
+                and not self.closed):
+            self.call([Op.CANCEL, result[7]]).add_done_callback(ignore_result)
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
@@ -250,8 +290,12 @@ class AsyncConnection(asyncio.Protocol):
             for payload in payloads:
                 for request_id, status, result in decode_payload(payload):
                     future = pending.pop(request_id, None)
-                    if future is None or future.done():
-                        continue  # the hello's answer, or a caller that was cancelled
+                    if future is None:
+                        continue  # the hello's answer
+                    if future.done():  # cancelled with its caller
+                        if status != ERROR:
+                            self._give_back(result)
+                        continue
                     if status == ERROR:
                         try:
                             raise_remote(result)
@@ -267,6 +311,11 @@ class AsyncConnection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+def ignore_result(future: "asyncio.Future[Any]") -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 _pools: "weakref.WeakSet[ConnectionPool]" = weakref.WeakSet()

@@ -76,28 +76,30 @@ class SidecarReservation(SidecarDecision):
     def commit(self, **usage: Any) -> None:
         """Reconciles with real usage, e.g. `commit(tokens=913)`."""
         self._begin()
-        self._settle(lambda: self._limiter._sidecar._pool.call([Op.COMMIT, self._id, usage]))
+        self._settle([Op.COMMIT, self._id, usage])
 
     def cancel(self) -> None:
         """The call never happened: refunds everything and releases concurrency slots."""
         self._begin()
-        self._settle(lambda: self._limiter._sidecar._pool.call([Op.CANCEL, self._id]))
+        self._settle([Op.CANCEL, self._id])
 
     async def commit_async(self, **usage: Any) -> None:
         """`commit` without blocking the event loop."""
         self._begin()
-        connection = await self._limiter._sidecar._async_connection()
+        sidecar = self._limiter._sidecar
+        connection = sidecar._open_connection() or await sidecar._async_connection()
         await self._settle_async(connection.call([Op.COMMIT, self._id, usage]))
 
     async def cancel_async(self) -> None:
         """`cancel` without blocking the event loop."""
         self._begin()
-        connection = await self._limiter._sidecar._async_connection()
+        sidecar = self._limiter._sidecar
+        connection = sidecar._open_connection() or await sidecar._async_connection()
         await self._settle_async(connection.call([Op.CANCEL, self._id]))
 
-    def _settle(self, send: Any) -> None:
+    def _settle(self, request: list[Any]) -> None:
         try:
-            send()
+            self._limiter._sidecar._pool.call(request)
         except SidecarUnavailable as error:
             self._unreachable(error)
         except RemoteError as error:

@@ -25,7 +25,7 @@ from ..config import default_socket_path
 from ..limiter import Key, LimitState, WaitingMixin
 from ..policy import LimitsConfig, RulesConfig, normalize
 from ..sidecar.protocol import Op
-from .connection import AsyncConnection, ConnectionPool, RemoteError, SidecarUnavailable
+from .connection import AsyncConnection, ConnectionPool, RemoteError, SidecarUnavailable, ignore_result
 from .decision import OpenReservation, SidecarDecision, SidecarReservation
 
 __all__ = ["Sidecar", "SidecarLimiter"]
@@ -55,6 +55,9 @@ class Sidecar:
         self.local_state = local_state
         self._pool = ConnectionPool(self.path, timeout, max_idle_connections)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        # The async connection opened last: most programs run one event loop, and this spares
+        # each call the lookup in `_async` (see `_open_connection`).
+        self._current: Optional[AsyncConnection] = None
         self._down_until = 0.0
         self._abandoned: list[int] = []
         self._lock = threading.Lock()
@@ -83,10 +86,18 @@ class Sidecar:
             self._recovered()
         return result
 
+    def _open_connection(self) -> Optional[AsyncConnection]:
+        """This event loop's connection when it is the one opened last and still open."""
+        connection = self._current
+        if connection is not None and not connection.closed and connection.loop is asyncio.get_running_loop():
+            return connection
+        return None
+
     async def _async_connection(self) -> AsyncConnection:
         loop = asyncio.get_running_loop()
         entry = self._async.get(loop)
         if isinstance(entry, AsyncConnection) and not entry.closed:
+            self._current = entry
             return entry
         if isinstance(entry, asyncio.Future):
             return await asyncio.shield(entry)  # another task is connecting: share its result
@@ -101,26 +112,27 @@ class Sidecar:
             opening.set_exception(error)
             opening.exception()  # retrieved: no "never retrieved" warning when nobody waited
             raise
-        self._async[loop] = connection
+        self._async[loop] = self._current = connection
         opening.set_result(connection)
         if self._down_until:
             self._recovered()
         return connection
 
     async def _call_async(self, request: list[Any]) -> Any:
-        connection = await self._async_connection()
+        connection = self._open_connection() or await self._async_connection()
         if self._abandoned:
             for reservation_id in self._take_abandoned():
                 # Sent in the same batch as the request; nobody awaits the answer.
-                connection.call([Op.COMMIT, reservation_id, {}]).add_done_callback(_ignore_result)
+                connection.call([Op.COMMIT, reservation_id, {}]).add_done_callback(ignore_result)
         future = connection.call(request)
         try:
-            # Shielded: once sent, the request is answered whatever happens to this task.
-            return await asyncio.shield(future)
+            # Once sent, the request is answered whatever happens to this task (cancelling the
+            # task cancels this future, not the request).
+            return await future
         except asyncio.CancelledError:
             if request[0] == Op.ACQUIRE:
                 # The sidecar may admit the call after its caller gave up: give it back then.
-                future.add_done_callback(lambda done: _cancel_orphan(connection, done))
+                connection.abandon(future)
             raise
 
     def _take_abandoned(self) -> list[int]:
@@ -162,6 +174,7 @@ class Sidecar:
     def close(self) -> None:
         """Closes idle connections (they reopen on the next call)."""
         self._pool.close()
+        self._current = None
         for entry in list(self._async.values()):
             if isinstance(entry, AsyncConnection):
                 entry.close()
@@ -175,20 +188,6 @@ def _registration_error(error: RemoteError) -> BaseException:
         return ConfigError(f"{error.message}: give this Limiter limits, or define the namespace in the "
                            "sidecar's policy file")
     return error
-
-
-def _cancel_orphan(connection: AsyncConnection, done: "asyncio.Future[Any]") -> None:
-    """Cancels on the sidecar the reservation of an acquire whose caller was cancelled."""
-    if done.cancelled() or done.exception() is not None or connection.closed:
-        return
-    result = done.result()
-    if isinstance(result, (list, tuple)) and len(result) > 7 and result[7] is not None:
-        connection.call([Op.CANCEL, result[7]]).add_done_callback(_ignore_result)
-
-
-def _ignore_result(future: "asyncio.Future[Any]") -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 class SidecarLimiter(WaitingMixin):

@@ -15,13 +15,14 @@ import time
 from typing import Any, Callable, Optional
 
 from .access import Peer
-from .protocol import ERROR, OK, FrameDecoder, FrameError, Op, decode_payload, encode_frame
+from .protocol import ERROR, OK, FrameDecoder, FrameError, Op, encode_frame, unpackb
 from .service import Service, ServiceError, error_kind
 
 __all__ = ["BinaryConnection"]
 
 _log = logging.getLogger("llmthrottle.sidecar")
 _perf = time.perf_counter
+_monotonic = time.monotonic
 _NAMES = Op.NAMES
 
 
@@ -32,10 +33,12 @@ class BinaryConnection(asyncio.Protocol):
         self.service = service
         self.peer = peer
         self.transport: Optional[asyncio.Transport] = None
-        self.last_active = time.monotonic()
+        self.last_active = _monotonic()
         self._decoder = FrameDecoder(max_frame_bytes)
         self._on_close = on_close
         self._metrics = service.metrics
+        # op -> its latency histogram in the metrics, looked up once per connection
+        self._latency: dict[int, Any] = {}
         self._handlers: dict[int, Callable[[list[Any]], Any]] = {
             Op.ACQUIRE: self._acquire,
             Op.COMMIT: self._commit,
@@ -65,7 +68,7 @@ class BinaryConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = time.monotonic()
+        self.last_active = _monotonic()
         try:
             payloads = self._decoder.feed(data)
         except FrameError as error:
@@ -73,27 +76,27 @@ class BinaryConnection(asyncio.Protocol):
             return
         if not payloads:
             return
-        out = []
+        handle = self._handle
+        out: list[bytes] = []
         for payload in payloads:
             try:
-                batch = decode_payload(payload)
-            except FrameError as error:
-                self._fail(str(error))
+                batch = unpackb(payload)
+            except Exception as error:  # msgpack raises several unrelated types on garbage
+                self._fail(f"payload is not msgpack: {error}", out)
                 return
             if type(batch) is not list or not batch:
-                self._fail("a frame must hold a non-empty array of requests")
+                self._fail("a frame must hold a non-empty array of requests", out)
                 return
-            out.append(encode_frame([self._handle(request) for request in batch]))
-        assert self.transport is not None
-        self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            out.append(encode_frame([handle(batch[0])] if len(batch) == 1 else [handle(r) for r in batch]))
+        self.transport.write(b"".join(out) if len(out) > 1 else out[0])  # type: ignore[union-attr]
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, answered: Optional[list[bytes]] = None) -> None:
         """A broken byte stream cannot be resynchronised: answer with an error frame (id None)
-        and close. Other connections are unaffected."""
+        and close, after the answers to the frames before it. Other connections are unaffected."""
         self._metrics.bad_frames += 1
         _log.info("closing binary connection from pid %d: %s", self.peer.pid, reason)
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode_frame([[None, ERROR, ["BadRequest", reason]]]))
+            self.transport.write(b"".join(answered or ()) + encode_frame([[None, ERROR, ["BadRequest", reason]]]))
             self.transport.close()
 
     def _handle(self, request: Any) -> list[Any]:
@@ -103,28 +106,33 @@ class BinaryConnection(asyncio.Protocol):
             request_id = request[0] if type(request) is list and request else None
             return [request_id if _is_id(request_id) else None, ERROR,
                     ["BadRequest", "a request is [request_id, op, *args] with an integer op"]]
-        request_id = request[0]
-        handler = self._handlers.get(request[1])
+        op = request[1]
+        handler = self._handlers.get(op)
         try:
             if handler is None:
-                raise ServiceError("BadRequest", f"unknown op {request[1]!r}")
+                raise ServiceError("BadRequest", f"unknown op {op!r}")
             result = handler(request)
         except Exception as error:
             kind = error_kind(error)
             if kind == "InternalError":
                 _log.exception("binary request %r failed", request[:2])
             self._metrics.error("binary", kind)
-            return [request_id, ERROR, [kind, str(error)]]
-        self._metrics.request("binary", _NAMES[request[1]], _perf() - started)
-        return [request_id, OK, result]
+            return [request[0], ERROR, [kind, str(error)]]
+        histogram = self._latency.get(op)
+        if histogram is None:
+            histogram = self._latency[op] = self._metrics.histogram("binary", _NAMES[op])
+        histogram.observe(_perf() - started)
+        return [request[0], OK, result]
 
     # Each handler receives the whole request [id, op, *args].
 
     def _acquire(self, request: list[Any]) -> list[Any]:
         _, _, namespace, key, amounts, max_wait = _args(request, 6)
-        denied_key = self.peer.check_key(key)
-        if denied_key is not None:
-            raise ServiceError("AccessDenied", f"uid {self.peer.uid} may not use key {denied_key!r}")
+        peer = self.peer
+        if peer.may_use is not None:
+            denied_key = peer.check_key(key)
+            if denied_key is not None:
+                raise ServiceError("AccessDenied", f"uid {peer.uid} may not use key {denied_key!r}")
         decision, reservation_id = self.service.acquire(namespace, key, amounts, max_wait)
         return acquire_result(decision, reservation_id)
 

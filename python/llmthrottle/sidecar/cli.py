@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{path or 'built-in default policy'}: OK; namespaces {', '.join(sorted(config.namespaces))}")
         return 0
     _configure_logging(config.log_format, config.log_level)
-    server = SidecarServer(config, path)
+    server = SidecarServer(config, path, tune_gc=True)
     try:
         if args.no_uvloop:
             asyncio.run(server.run())

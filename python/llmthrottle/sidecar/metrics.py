@@ -90,11 +90,16 @@ class Metrics:
 
 
     def request(self, protocol: str, op: str, seconds: float) -> None:
+        self.histogram(protocol, op).observe(seconds)
+
+    def histogram(self, protocol: str, op: str) -> Histogram:
+        """The latency histogram of (protocol, op), made on first use; a hot path may keep it
+        and call `observe` itself."""
         key = (protocol, op)
         histogram = self.latency.get(key)
         if histogram is None:
             histogram = self.latency[key] = Histogram()
-        histogram.observe(seconds)
+        return histogram
 
     def error(self, protocol: str, kind: str) -> None:
         key = (protocol, kind)

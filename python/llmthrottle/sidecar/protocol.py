@@ -16,6 +16,7 @@ connection (pipelining) and match answers without relying on order. An ERROR res
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "FrameError",
     "encode_frame",
     "decode_payload",
+    "unpackb",
 ]
 
 MAGIC = b"LTMP\x01"
@@ -39,7 +41,11 @@ ERROR = 1
 DEFAULT_MAX_FRAME_BYTES = 1 << 20
 
 _LENGTH = struct.Struct(">I")
+_RECV_BYTES = 65536
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+# One msgpack value from bytes, as both sides read payloads; raises msgpack's own errors (hot
+# paths catch them themselves, `decode_payload` turns them into FrameError).
+unpackb = functools.partial(msgpack.unpackb, raw=False, strict_map_key=True, use_list=True)
 
 
 class Op:
@@ -93,7 +99,7 @@ def encode_frame(messages: list[Any]) -> bytes:
 def decode_payload(payload: bytes) -> Any:
     """A frame's messages. Raises FrameError on bytes that are not one msgpack value."""
     try:
-        return msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+        return unpackb(payload)
     except Exception as error:  # msgpack raises several unrelated types on garbage
         raise FrameError(f"payload is not msgpack: {error}") from None
 
@@ -102,19 +108,33 @@ class FrameDecoder:
     """Splits a byte stream into frame payloads, refusing frames above `max_frame_bytes`
     before buffering them (so a hostile length cannot make anyone allocate it)."""
 
-    __slots__ = ("_buffer", "max_frame_bytes")
+    __slots__ = ("_buffer", "max_frame_bytes", "_scratch")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         # A bytearray, so a frame trickling in byte by byte costs amortised O(1) per byte.
         self._buffer = bytearray()
         self.max_frame_bytes = max_frame_bytes
+        self._scratch: Any = None  # recv_from's receive buffer, made on first use
+
+    def recv_from(self, sock: Any) -> list[bytes]:
+        """One `recv_into` from a blocking socket, then `feed`. Raises EOFError when the peer
+        closed. Receiving into one reused buffer matters: `sock.recv(n)` allocates n bytes per
+        call, which costs more than the round trip itself for a large n."""
+        scratch = self._scratch
+        if scratch is None:
+            scratch = self._scratch = memoryview(bytearray(_RECV_BYTES))
+        received = sock.recv_into(scratch)
+        if not received:
+            raise EOFError("the peer closed the connection")
+        return self.feed(scratch[:received])
 
     @property
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """The complete payloads now available. Raises FrameError on an oversized frame."""
+    def feed(self, data: Any) -> list[bytes]:
+        """The complete payloads now available (`data`: bytes or a memoryview, not kept).
+        Raises FrameError on an oversized frame."""
         pending = self._buffer
         if pending:
             pending += data

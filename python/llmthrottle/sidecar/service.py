@@ -29,6 +29,7 @@ from .metrics import Metrics
 __all__ = ["Service", "ServiceError", "error_kind"]
 
 _log = logging.getLogger("llmthrottle.sidecar")
+_monotonic = time.monotonic
 
 # How many (namespace, key) budget gauges /metrics shows at most.
 _BUDGET_KEYS_SHOWN = 10_000
@@ -98,6 +99,9 @@ class Service:
                 limiter.set_limits(rules=rules, budgets=budgets)
         self.file_namespaces = set(config.namespaces) | set(config.budgets)
         self.config = config
+        # Read on every acquire: plain attributes rather than two lookups through config.
+        self._max_reservations = config.max_reservations
+        self._reservation_timeout_s = config.reservation_timeout_s
 
     def register(self, namespace: Any, limits: Any, rules: Any, *, may_admin: bool) -> dict[str, Any]:
         """A client's limits for `namespace`. The policy file is authoritative for the namespaces
@@ -137,22 +141,25 @@ class Service:
 
     def acquire(self, namespace: Any, key: Any, amounts: Any, max_wait: Any) -> tuple[Any, Optional[int]]:
         """The decision and, when admitted, the reservation id to settle it with."""
-        limiter = self.limiter(namespace)
+        limiter = self.limiters.get(namespace)
+        if limiter is None:
+            self.limiter(namespace)  # raises UnknownNamespace
         if not isinstance(amounts, dict):
             raise ServiceError("BadRequest", "amounts must be a map of dimension to amount")
-        decision = limiter.try_acquire(key, max_wait=max_wait, **amounts)
+        decision = limiter.try_acquire(key, max_wait=max_wait, **amounts)  # type: ignore[union-attr]
         if not isinstance(decision, Reservation):
             self.metrics.decision(namespace, False, decision.limited_by)
             return decision, None
         self.metrics.decision(namespace, True, None)
-        if len(self.held) >= self.config.max_reservations:
+        held = self.held
+        if len(held) >= self._max_reservations:
             decision.cancel()
-            raise ServiceError("Overloaded", f"{len(self.held)} reservations are held unsettled "
+            raise ServiceError("Overloaded", f"{len(held)} reservations are held unsettled "
                                "(server.max_reservations); commit or cancel them")
-        self._next_id += 1
-        now = time.monotonic()
-        self.held[self._next_id] = _Held(decision, namespace, key, now + self.config.reservation_timeout_s, now)
-        return decision, self._next_id
+        reservation_id = self._next_id = self._next_id + 1
+        now = _monotonic()
+        held[reservation_id] = _Held(decision, namespace, key, now + self._reservation_timeout_s, now)
+        return decision, reservation_id
 
     def commit(self, reservation_id: Any, usage: Any) -> None:
         """Reconciles with real usage. Usage names the limiter's dimensions, plus optional
@@ -252,14 +259,15 @@ class Service:
 
     def _record(self, held: _Held, usage: dict[str, Any], amounts: dict[str, Any], outcome: str) -> None:
         fields: dict[str, Any] = {}
-        for name in _LEDGER_STRINGS:
-            value = usage.get(name)
-            if isinstance(value, str) and value:
-                fields[name] = value
-        for name in _LEDGER_COUNTS:
-            value = usage.get(name)
-            if type(value) is int and value >= 0:
-                fields[name] = value
+        if not _LEDGER_FIELDS.isdisjoint(usage):  # usage is often dimensions alone
+            for name in _LEDGER_STRINGS:
+                value = usage.get(name)
+                if isinstance(value, str) and value:
+                    fields[name] = value
+            for name in _LEDGER_COUNTS:
+                value = usage.get(name)
+                if type(value) is int and value >= 0:
+                    fields[name] = value
         if "cost_micros" not in fields:
             cost = amounts.get("cost_usd", 0)
             fields["cost_micros"] = round(cost * 1_000_000) if isinstance(cost, (int, float)) and cost >= 0 else 0

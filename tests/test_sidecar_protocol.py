@@ -118,3 +118,36 @@ def test_hello_status_and_register(sidecar_server: ServerProcess) -> None:
         assert status[0][:4] == ["tokens", "rate", 10, 0]
     finally:
         client.close()
+
+
+def _metric(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_binary_requests_are_counted_in_the_metrics(sidecar_server: ServerProcess) -> None:
+    """Decisions, denials, errors and the per-op latency histogram count binary requests."""
+    decisions = 'llmthrottle_decisions_total{namespace="tight",outcome="%s"}'
+    denials = 'llmthrottle_denials_total{namespace="tight",limited_by="concurrency"}'
+    latency = 'llmthrottle_request_seconds_count{protocol="binary",op="acquire"}'
+    errors = 'llmthrottle_request_errors_total{protocol="binary",kind="BadRequest"}'
+    before = sidecar_server.http("GET", "/metrics")[2]
+    client = RawClient(sidecar_server.socket)
+    key = unique()
+    try:
+        # Namespace "tight" holds 2 concurrent calls per key: 2 admitted, then 1 denied.
+        answers = [client.call([i, Op.ACQUIRE, "tight", key, {"tokens": 1}, 0.0]) for i in range(3)]
+        assert [answer[2][0] for answer in answers] == [True, True, False]
+        assert client.call([9, 99])[1] == ERROR  # unknown op
+        for answer in answers[:2]:
+            assert client.call([10, Op.CANCEL, answer[2][7]])[1] == OK
+    finally:
+        client.close()
+    after = sidecar_server.http("GET", "/metrics")[2]
+    assert _metric(after, decisions % "allowed") - _metric(before, decisions % "allowed") == 2
+    assert _metric(after, decisions % "denied") - _metric(before, decisions % "denied") == 1
+    assert _metric(after, denials) - _metric(before, denials) == 1
+    assert _metric(after, latency) - _metric(before, latency) == 3
+    assert _metric(after, errors) - _metric(before, errors) == 1

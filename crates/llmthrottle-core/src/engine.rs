@@ -380,15 +380,7 @@ impl<S: Store> Engine<S> {
                 // can record who holds it and give back the units of a process that dies.
                 match self.store.hold(&cell, max)? {
                     Hold::Held { lease, count } => {
-                        charges.push(Charge {
-                            cell,
-                            kind: limit.kind,
-                            dimension: limit.dimension as u16,
-                            key_index: step.key_index as u16,
-                            amount: step.amount,
-                            mark: 0,
-                            lease,
-                        });
+                        charges.push(Charge::new(cell, limit, step, 0, lease));
                         return Ok(Some(Admitted { state: count, delay_ns: 0 }));
                     }
                     Hold::Full => return Ok(None),
@@ -423,15 +415,7 @@ impl<S: Store> Engine<S> {
                 .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                charges.push(Charge {
-                    cell,
-                    kind: limit.kind,
-                    dimension: limit.dimension as u16,
-                    key_index: step.key_index as u16,
-                    amount: step.amount,
-                    mark,
-                    lease: None,
-                });
+                charges.push(Charge::new(cell, limit, step, mark, None));
                 return Ok(Some(Admitted { state: next, delay_ns }));
             }
         }
@@ -510,6 +494,22 @@ fn note_remaining(decision: &mut Decision, dimension: usize, left: u64) {
     match decision.remaining.iter_mut().find(|(d, _)| *d == dimension) {
         Some((_, value)) => *value = (*value).min(left),
         None => decision.remaining.push((dimension, left)),
+    }
+}
+
+impl<S: Store> Charge<S> {
+    /// The charge of `step` on `cell` under `limit`.
+    #[inline(always)]
+    fn new(cell: S::Cell, limit: &Limit<S>, step: &Step<'_>, mark: u64, lease: Option<S::Lease>) -> Self {
+        Charge {
+            cell,
+            kind: limit.kind,
+            dimension: limit.dimension as u16,
+            key_index: step.key_index as u16,
+            amount: step.amount,
+            mark,
+            lease,
+        }
     }
 }
 

@@ -118,8 +118,8 @@ unsafe fn parse_and_decide<'py>(
         unsafe { ffi::PyTuple_GET_SIZE(kwnames) as usize }
     };
     // Keywords that name neither `requests`, `tokens` nor `max_wait`: other dimensions, as
-    // (position in `args`, name); the common calls have none.
-    let mut named: smallvec::SmallVec<[(usize, Bound<'py, PyAny>); 4]> = smallvec::SmallVec::new();
+    // (name, value); the common calls have none.
+    let mut named: smallvec::SmallVec<[(Bound<'py, PyAny>, Bound<'py, PyAny>); 4]> = smallvec::SmallVec::new();
     for k in 0..keywords {
         let name = unsafe { Bound::from_borrowed_ptr(py, ffi::PyTuple_GET_ITEM(kwnames, k as _)) };
         let value = arg(nargs + k);
@@ -136,7 +136,7 @@ unsafe fn parse_and_decide<'py>(
             Keyword::MaxWait => {
                 max_wait_ns = convert::seconds_to_ns(value.extract::<f64>()?, "max_wait")?;
             }
-            Keyword::Other => named.push((nargs + k, name)),
+            Keyword::Other => named.push((name, value)),
         }
     }
     let this = slf.get();
@@ -145,7 +145,7 @@ unsafe fn parse_and_decide<'py>(
         dimensions,
         requests.as_ref(),
         tokens.as_ref(),
-        named.into_iter().map(|(at, name)| (name, arg(at))),
+        named.into_iter(),
     )?;
     Limiter::decide(&slf, &key, &amounts, max_wait_ns)
 }

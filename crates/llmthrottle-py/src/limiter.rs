@@ -55,7 +55,8 @@ impl Limiter {
         Ok(amounts)
     }
 
-    /// `try_acquire` once its arguments are parsed (see `fastcall.rs` for the entry point).
+    /// `try_acquire` once its arguments are parsed: called by the entry point in `fastcall.rs`,
+    /// which also keeps panics out of Python.
     #[inline]
     pub(crate) fn decide(
         slf: &Bound<'_, Self>,
@@ -64,15 +65,13 @@ impl Limiter {
         max_wait_ns: u64,
     ) -> PyResult<Py<PyAny>> {
         let this = slf.get();
-        guard(|| {
-            if let Ok(single) = key.cast::<PyString>() {
-                this.decide_keys(slf, &[single.to_str()?], amounts, max_wait_ns, key)
-            } else {
-                let owned = convert::keys(key)?;
-                let strs = convert::key_strs(&owned)?;
-                this.decide_keys(slf, &strs, amounts, max_wait_ns, key)
-            }
-        })
+        if let Ok(single) = key.cast::<PyString>() {
+            this.decide_keys(slf, &[single.to_str()?], amounts, max_wait_ns, key)
+        } else {
+            let owned = convert::keys(key)?;
+            let strs = convert::key_strs(&owned)?;
+            this.decide_keys(slf, &strs, amounts, max_wait_ns, key)
+        }
     }
 
     /// Asks the engine and builds the Python answer in one step per store, so the decision

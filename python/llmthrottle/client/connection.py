@@ -18,8 +18,8 @@ from typing import Any, Optional
 
 from .._native import (BudgetExceeded, ConfigError, ExceedsCapacity, LlmthrottleError, RateLimited,
                        StateError)
-from ..sidecar.protocol import (DEFAULT_MAX_FRAME_BYTES, ERROR, MAGIC, FrameDecoder, FrameError, Op,
-                                decode_payload, encode_frame)
+from ..sidecar.protocol import (DEFAULT_MAX_FRAME_BYTES, ERROR, MAGIC, RESERVATION_ID, FrameDecoder, FrameError,
+                                Op, decode_payload, encode_frame)
 
 __all__ = ["SidecarUnavailable", "RemoteError", "ConnectionPool", "AsyncConnection", "raise_remote"]
 
@@ -271,9 +271,9 @@ class AsyncConnection(asyncio.Protocol):
     def _give_back(self, result: Any) -> None:
         """Cancels on the sidecar the reservation of an admitted ACQUIRE_RESULT (the only
         result shaped `[True, ..., reservation_id: int, ...]`) that nobody will settle."""
-        if (type(result) is list and len(result) > 7 and result[0] is True and type(result[7]) is int
-                and not self.closed):
-            self.call([Op.CANCEL, result[7]]).add_done_callback(ignore_result)
+        if (type(result) is list and len(result) > RESERVATION_ID and result[0] is True
+                and type(result[RESERVATION_ID]) is int and not self.closed):
+            self.call([Op.CANCEL, result[RESERVATION_ID]]).add_done_callback(ignore_result)
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, []

@@ -8,7 +8,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from .._native import LlmthrottleError
-from ..sidecar.protocol import Op
+from ..sidecar.protocol import RESERVATION_ID, Op
 from .connection import RemoteError, SidecarUnavailable
 
 if TYPE_CHECKING:
@@ -54,8 +54,8 @@ class SidecarReservation(SidecarDecision):
 
     def __init__(self, result: list[Any], limiter: "SidecarLimiter") -> None:
         super().__init__(result)
-        self._id: int = result[7]
-        self.reserved: dict[str, Any] = result[8]
+        self._id: int = result[RESERVATION_ID]
+        self.reserved: dict[str, Any] = result[RESERVATION_ID + 1]
         self._limiter = limiter
         self._settled = False
 

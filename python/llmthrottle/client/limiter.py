@@ -24,7 +24,7 @@ from .._native import ConfigError, ExceedsCapacity
 from ..config import default_socket_path
 from ..limiter import Key, LimitState, WaitingMixin
 from ..policy import LimitsConfig, RulesConfig, normalize
-from ..sidecar.protocol import Op
+from ..sidecar.protocol import RESERVATION_ID, Op
 from .connection import AsyncConnection, ConnectionPool, RemoteError, SidecarUnavailable, ignore_result
 from .decision import OpenReservation, SidecarDecision, SidecarReservation
 
@@ -272,7 +272,7 @@ class SidecarLimiter(WaitingMixin):
             result = self._call(request)
         except SidecarUnavailable as error:
             return self._unavailable(error, key, max_wait, amounts)
-        return SidecarReservation(result, self) if result[7] is not None else SidecarDecision(result)
+        return SidecarReservation(result, self) if result[RESERVATION_ID] is not None else SidecarDecision(result)
 
     async def try_acquire_async(self, key: Key, /, requests: Any = None, tokens: Any = None, *,
                                 max_wait: float = 0.0, **amounts: Any) -> Any:
@@ -282,7 +282,7 @@ class SidecarLimiter(WaitingMixin):
             result = await self._call_async(request)
         except SidecarUnavailable as error:
             return self._unavailable(error, key, max_wait, amounts)
-        return SidecarReservation(result, self) if result[7] is not None else SidecarDecision(result)
+        return SidecarReservation(result, self) if result[RESERVATION_ID] is not None else SidecarDecision(result)
 
     def try_acquire_many(self, calls: list[tuple[Key, dict[str, Any]]]) -> list[Any]:
         """Decides several calls in one round trip: `[(key, {"tokens": 10}), ...]` -> decisions
@@ -296,7 +296,7 @@ class SidecarLimiter(WaitingMixin):
 
                 raise_remote(response[2])
             result = response[2]
-            out.append(SidecarReservation(result, self) if result[7] is not None else SidecarDecision(result))
+            out.append(SidecarReservation(result, self) if result[RESERVATION_ID] is not None else SidecarDecision(result))
         return out
 
     def peek(self, key: Key, /, requests: Any = None, tokens: Any = None, **amounts: Any) -> SidecarDecision:

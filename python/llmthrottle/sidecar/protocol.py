@@ -33,6 +33,7 @@ __all__ = [
     "encode_frame",
     "decode_payload",
     "unpackb",
+    "RESERVATION_ID",
 ]
 
 MAGIC = b"LTMP\x01"
@@ -66,6 +67,7 @@ class Op:
 
 # ACQUIRE_RESULT = [allowed, retry_after, delay, reset_after, limited_by, limited_key,
 #                   remaining: map, reservation_id | None, reserved: map | None]
+RESERVATION_ID = 7  # where an ACQUIRE_RESULT holds its reservation_id
 
 # Error kinds the client turns back into the engine's exception classes.
 ERROR_KINDS = (

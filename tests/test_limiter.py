@@ -73,6 +73,18 @@ def test_cancel_refunds_everything():
     assert states["concurrency"].used == 0
 
 
+def test_settling_refunds_the_keys_as_they_were_when_acquired():
+    lim, _ = limiter({"tokens": "1000/min"})
+    keys = ["user:a", "team:x"]
+    r = lim.try_acquire(keys, tokens=600)
+    keys[:] = ["user:b", "team:y"]  # the caller's list changes; the reservation must not follow
+    r.cancel()
+    for key in ("user:a", "team:x"):
+        assert lim.status(key)[0].used == 0
+    assert lim.status("user:b")[0].used == 0
+    assert r.limited_key is None
+
+
 def test_context_manager_cancels_on_exception_and_commits_otherwise():
     lim, _ = limiter({"tokens": "1000/min", "concurrency": 1})
     with pytest.raises(RuntimeError):

@@ -17,7 +17,7 @@ use crate::gcra::{self, RateOutcome};
 use crate::limit::{LimitKind, MAX_KEY_BYTES, TOMBSTONE};
 use crate::policy::{Limit, Policy, PolicySpec};
 use crate::quota;
-use crate::reservation::{add, Charge, Reservation};
+use crate::reservation::{add, refund, Charge, Held, Reservation};
 use crate::store::{Hold, Store};
 use crate::versioned::Versioned;
 
@@ -124,12 +124,15 @@ impl<S: Store> Engine<S> {
         amounts: &[u64],
         max_wait_ns: u64,
     ) -> Result<(Decision, Option<Reservation<S>>)> {
-        let policy = self.policy.load();
+        let (policy_version, policy) = self.policy.load_indexed();
         let now = self.now_for(policy.has_quota);
         let mut steps = Steps::new();
         plan(policy, keys, amounts, &mut steps)?;
         let mut reservation = Reservation {
             charges: SmallVec::new(),
+            held: Vec::new(),
+            policy_version,
+            generation: self.store.generation(),
             settled: false,
         };
         let mut decision = Decision {
@@ -139,8 +142,12 @@ impl<S: Store> Engine<S> {
         for step in &steps {
             let limit = &policy.rules[step.rule as usize].limits[step.limit as usize];
             // Only rate limits (layer 0) queue a call ahead; a budget or other layer denies.
-            let wait_ns = if policy.rules[step.rule as usize].layer == 0 { max_wait_ns } else { 0 };
-            let outcome = self.charge(limit, step, now, wait_ns, &mut reservation.charges);
+            let wait_ns = if policy.rules[step.rule as usize].layer == 0 {
+                max_wait_ns
+            } else {
+                0
+            };
+            let outcome = self.charge(limit, step, now, wait_ns, &mut reservation);
             match outcome {
                 Ok(Some(admitted)) => {
                     let charge = reservation.charges.last().expect("charge() pushed it");
@@ -149,9 +156,8 @@ impl<S: Store> Engine<S> {
                 // Denied, or the store failed (a full table): either way nothing stays charged.
                 Ok(None) | Err(_) => {
                     reservation.settled = true;
-                    for charge in reservation.charges.drain(..) {
-                        charge.give_back(now, charge.amount);
-                    }
+                    self.give_back_all(policy, &reservation, keys, now);
+                    reservation.release_held();
                     return match outcome {
                         Err(error) => Err(error),
                         Ok(_) => Ok((self.explain_denial(policy, &steps, step, now), None)),
@@ -172,42 +178,93 @@ impl<S: Store> Engine<S> {
         keys: &[&str],
         actual: &[Option<u64>],
     ) -> Result<()> {
-        if reservation.settled {
-            return Err(CoreError::AlreadySettled);
-        }
-        reservation.settled = true;
+        let policy = self.settling(reservation, keys)?;
         let now = self.clock.now();
-        let policy = self.policy.load();
+        reservation.release_held();
+        let own = reservation.generation == self.store.generation();
         for charge in &reservation.charges {
-            match (charge.kind, actual.get(charge.dimension as usize).copied().flatten()) {
-                (LimitKind::Concurrency { .. }, _) => charge.give_back(now, 1),
-                (_, None) => {}
-                (kind, Some(used)) => {
-                    let lost = charge.reconcile(now, used);
-                    if let (true, Some(key)) = (lost > 0, keys.get(charge.key_index as usize)) {
-                        // The cell expired and was reclaimed during the call: the usage goes
-                        // to the key's cell as it is now.
-                        for limit in policy
-                            .rules_for(key)
-                            .flat_map(|(_, rule)| rule.limits.iter())
-                            .filter(|l| l.dimension == charge.dimension as usize && l.kind.cell_kind() == kind.cell_kind())
-                        {
-                            self.force_charge(limit, key, now, lost)?;
-                        }
-                    }
-                }
+            let Some(used) = actual.get(charge.dimension as usize).copied().flatten() else {
+                continue;
+            };
+            let (limit, key) = (policy.limit(charge), keys[charge.key_index as usize]);
+            if let LimitKind::Concurrency { .. } = limit.kind {
+                continue;
+            }
+            if used > charge.amount {
+                self.force_charge(limit, key, now, used - charge.amount)?;
+            } else if used < charge.amount && own {
+                self.give_back(limit, key, charge, now, charge.amount - used);
             }
         }
         for (dimension, used) in actual.iter().enumerate() {
             let Some(used) = used.filter(|u| *u > 0) else {
                 continue;
             };
-            if reservation.charges.iter().any(|c| c.dimension as usize == dimension) {
+            if reservation
+                .charges
+                .iter()
+                .any(|c| c.dimension as usize == dimension)
+            {
                 continue;
             }
-            self.charge_dimension(&policy, keys, dimension, used, now)?;
+            self.charge_dimension(policy, keys, dimension, used, now)?;
         }
         Ok(())
+    }
+
+    /// Marks `reservation` settled and returns the policy it was made under, after checking
+    /// that it can be: not settled before, and `keys` name at least the keys it charged.
+    fn settling(&self, reservation: &mut Reservation<S>, keys: &[&str]) -> Result<&Policy<S>> {
+        if reservation.settled {
+            return Err(CoreError::AlreadySettled);
+        }
+        if keys.len() < reservation.keys_needed() {
+            return Err(CoreError::InvalidInput(format!(
+                "settling a reservation needs the {} key(s) it was acquired for; {} given",
+                reservation.keys_needed(),
+                keys.len()
+            )));
+        }
+        let policy = self
+            .policy
+            .get(reservation.policy_version)
+            .filter(|policy| reservation.charges.iter().all(|c| policy.has_limit(c)))
+            .ok_or_else(|| {
+                CoreError::InvalidInput("this reservation was made by another limiter".into())
+            })?;
+        reservation.settled = true;
+        Ok(policy)
+    }
+
+    /// Gives `n` of `charge` back to `key`'s cell under `limit`, if the cell still exists.
+    #[inline]
+    fn give_back(&self, limit: &Limit<S>, key: &str, charge: &Charge, now: Now, n: u64) {
+        self.store.with_existing_cell(&limit.scope, key, |cell| {
+            refund(cell, limit.kind, charge, now, n)
+        });
+    }
+
+    /// Gives every charge of `reservation` back in full (its concurrency units are released
+    /// separately, through `Reservation::release_held`).
+    fn give_back_all(
+        &self,
+        policy: &Policy<S>,
+        reservation: &Reservation<S>,
+        keys: &[&str],
+        now: Now,
+    ) {
+        if reservation.generation != self.store.generation() {
+            return;
+        }
+        for charge in &reservation.charges {
+            self.give_back(
+                policy.limit(charge),
+                keys[charge.key_index as usize],
+                charge,
+                now,
+                charge.amount,
+            );
+        }
     }
 
     /// Charges usage that already happened (a call made without asking, or spend replayed from
@@ -250,24 +307,19 @@ impl<S: Store> Engine<S> {
     /// Charges `amount` to `key`'s cell under `limit`, looking the key up again when a sweep
     /// reclaims the cell in between: usage that happened is never dropped.
     fn force_charge(&self, limit: &Limit<S>, key: &str, now: Now, amount: u64) -> Result<()> {
-        loop {
-            let cell = self.store.cell(&limit.scope, key, now)?;
-            if add(&cell, limit.kind, now, amount) {
-                return Ok(());
-            }
-        }
+        while !self.store.with_cell(&limit.scope, key, now, |cell| {
+            add(cell, limit.kind, now, amount)
+        })? {}
+        Ok(())
     }
 
     /// The call never happened: gives every charge back and releases concurrency slots.
-    pub fn cancel(&self, reservation: &mut Reservation<S>) -> Result<()> {
-        if reservation.settled {
-            return Err(CoreError::AlreadySettled);
-        }
-        reservation.settled = true;
+    /// `keys` are the keys it was acquired for.
+    pub fn cancel(&self, reservation: &mut Reservation<S>, keys: &[&str]) -> Result<()> {
+        let policy = self.settling(reservation, keys)?;
         let now = self.clock.now();
-        for charge in &reservation.charges {
-            charge.give_back(now, charge.amount);
-        }
+        reservation.release_held();
+        self.give_back_all(policy, reservation, keys, now);
         Ok(())
     }
 
@@ -357,8 +409,9 @@ impl<S: Store> Engine<S> {
             .unwrap_or(0)
     }
 
-    /// One compare-and-swap loop on one cell. Admitted: the charge is pushed onto `charges`
-    /// (built in place there) and what it left is returned; `Ok(None)` when the limit denies.
+    /// One compare-and-swap loop on one cell. Admitted: the charge is pushed onto the
+    /// reservation (built in place there) and what it left is returned; `Ok(None)` when the
+    /// limit denies.
     #[inline]
     fn charge(
         &self,
@@ -366,57 +419,102 @@ impl<S: Store> Engine<S> {
         step: &Step<'_>,
         now: Now,
         max_wait_ns: u64,
-        charges: &mut SmallVec<[Charge<S>; 2]>,
+        reservation: &mut Reservation<S>,
     ) -> Result<Option<Admitted>> {
-        let mut cell = self.store.cell(&limit.scope, step.key, now)?;
+        if let LimitKind::Concurrency { max } = limit.kind {
+            return self.hold(limit, step, now, max, reservation);
+        }
         loop {
-            let current = cell.load(Ordering::Acquire);
-            if current == TOMBSTONE {
-                cell = self.store.cell(&limit.scope, step.key, now)?;
-                continue;
-            }
-            if let LimitKind::Concurrency { max } = limit.kind {
-                // The store takes the unit itself, so that a store shared between processes
-                // can record who holds it and give back the units of a process that dies.
-                match self.store.hold(&cell, max)? {
-                    Hold::Held { lease, count } => {
-                        charges.push(Charge::new(cell, limit, step, 0, lease));
-                        return Ok(Some(Admitted { state: count, delay_ns: 0 }));
+            let attempt = self.store.with_cell(&limit.scope, step.key, now, |cell| {
+                let mut current = cell.load(Ordering::Acquire);
+                loop {
+                    if current == TOMBSTONE {
+                        return Attempt::Reclaimed;
                     }
-                    Hold::Full => return Ok(None),
-                    Hold::Reclaimed => {
-                        cell = self.store.cell(&limit.scope, step.key, now)?;
-                        continue;
-                    }
-                }
-            }
-            let (next, mark, delay_ns) = match limit.kind {
-                LimitKind::Rate(p) => {
-                    match gcra::decide(current, now.monotonic_ns, step.amount, &p, max_wait_ns) {
-                        // The refundable part of a charge is measured from when it was made:
-                        // a refund of an earlier charge can move this one's units earlier in
-                        // the TAT, so its own end would over-state what is still undrained.
-                        RateOutcome::Admit { new_tat, delay_ns } => {
-                            (new_tat, now.monotonic_ns + p.cost_ns(step.amount), delay_ns)
+                    let (next, mark, delay_ns) = match limit.kind {
+                        LimitKind::Rate(p) => {
+                            match gcra::decide(
+                                current,
+                                now.monotonic_ns,
+                                step.amount,
+                                &p,
+                                max_wait_ns,
+                            ) {
+                                // The refundable part of a charge is measured from when it was
+                                // made: a refund of an earlier charge can move this one's units
+                                // earlier in the TAT, so its own end would over-state what is
+                                // still undrained.
+                                RateOutcome::Admit { new_tat, delay_ns } => {
+                                    (new_tat, now.monotonic_ns + p.cost_ns(step.amount), delay_ns)
+                                }
+                                RateOutcome::Deny { .. } => return Attempt::Denied,
+                            }
                         }
-                        RateOutcome::Deny { .. } => return Ok(None),
+                        LimitKind::Quota(q) => {
+                            let index = q.period.index(now.wall_ns);
+                            match quota::decide(current, index, step.amount, &q) {
+                                Some(next) => (next, index, 0),
+                                None => return Attempt::Denied,
+                            }
+                        }
+                        LimitKind::Concurrency { .. } => unreachable!("taken by Engine::hold"),
+                    };
+                    match cell.compare_exchange_weak(
+                        current,
+                        next,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => {
+                            return Attempt::Charged {
+                                state: next,
+                                mark,
+                                delay_ns,
+                            }
+                        }
+                        Err(actual) => current = actual,
                     }
                 }
-                LimitKind::Concurrency { .. } => unreachable!("taken by Store::hold above"),
-                LimitKind::Quota(q) => {
-                    let index = q.period.index(now.wall_ns);
-                    match quota::decide(current, index, step.amount, &q) {
-                        Some(next) => (next, index, 0),
-                        None => return Ok(None),
-                    }
+            })?;
+            match attempt {
+                Attempt::Charged {
+                    state,
+                    mark,
+                    delay_ns,
+                } => {
+                    reservation.charges.push(Charge::new(step, limit, mark));
+                    return Ok(Some(Admitted { state, delay_ns }));
                 }
-            };
-            if cell
-                .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                charges.push(Charge::new(cell, limit, step, mark, None));
-                return Ok(Some(Admitted { state: next, delay_ns }));
+                Attempt::Denied => return Ok(None),
+                Attempt::Reclaimed => {}
+            }
+        }
+    }
+
+    /// Takes one unit of a concurrency cap. The store takes the unit itself, so that a store
+    /// shared between processes can record who holds it and give back the units of a process
+    /// that dies; the reservation keeps the cell's handle to release it.
+    fn hold(
+        &self,
+        limit: &Limit<S>,
+        step: &Step<'_>,
+        now: Now,
+        max: u64,
+        reservation: &mut Reservation<S>,
+    ) -> Result<Option<Admitted>> {
+        loop {
+            let cell = self.store.cell(&limit.scope, step.key, now)?;
+            match self.store.hold(&cell, max)? {
+                Hold::Held { lease, count } => {
+                    reservation.held.push(Held { cell, lease });
+                    reservation.charges.push(Charge::new(step, limit, 0));
+                    return Ok(Some(Admitted {
+                        state: count,
+                        delay_ns: 0,
+                    }));
+                }
+                Hold::Full => return Ok(None),
+                Hold::Reclaimed => {}
             }
         }
     }
@@ -497,20 +595,31 @@ fn note_remaining(decision: &mut Decision, dimension: usize, left: u64) {
     }
 }
 
-impl<S: Store> Charge<S> {
-    /// The charge of `step` on `cell` under `limit`.
+impl Charge {
+    /// The charge of `step` under `limit`.
     #[inline(always)]
-    fn new(cell: S::Cell, limit: &Limit<S>, step: &Step<'_>, mark: u64, lease: Option<S::Lease>) -> Self {
+    fn new<S: Store>(step: &Step<'_>, limit: &Limit<S>, mark: u64) -> Self {
         Charge {
-            cell,
-            kind: limit.kind,
+            rule: step.rule,
+            limit: step.limit,
             dimension: limit.dimension as u16,
             key_index: step.key_index as u16,
             amount: step.amount,
             mark,
-            lease,
         }
     }
+}
+
+/// What one compare-and-swap loop on a cell came to.
+enum Attempt {
+    Charged {
+        state: u64,
+        mark: u64,
+        delay_ns: u64,
+    },
+    Denied,
+    /// The cell was reclaimed under the loop: look the key up again.
+    Reclaimed,
 }
 
 /// What one admitted charge left behind, for the decision (not kept in the reservation).
@@ -524,7 +633,7 @@ struct Admitted {
 fn note_admitted<S: Store>(
     decision: &mut Decision,
     limit: &Limit<S>,
-    charge: &Charge<S>,
+    charge: &Charge,
     admitted: Admitted,
     now: Now,
 ) {

@@ -118,6 +118,37 @@ impl Store for LocalStore {
         Ok(cell)
     }
 
+    /// Runs `update` under the shard's read lock, which keeps a sweep from freeing the cell:
+    /// no reference count to take and drop, as `cell` needs.
+    #[inline]
+    fn with_cell<R>(
+        &self,
+        scope: &Arc<LocalScope>,
+        key: &str,
+        now: Now,
+        update: impl FnOnce(&AtomicU64) -> R,
+    ) -> Result<R> {
+        {
+            let map = scope.shard(key).read().unwrap_or_else(|e| e.into_inner());
+            if let Some(cell) = map.get(key) {
+                return Ok(update(cell));
+            }
+        }
+        let cell = self.cell(scope, key, now)?;
+        Ok(update(&cell))
+    }
+
+    #[inline]
+    fn with_existing_cell<R>(
+        &self,
+        scope: &Arc<LocalScope>,
+        key: &str,
+        update: impl FnOnce(&AtomicU64) -> R,
+    ) -> Option<R> {
+        let map = scope.shard(key).read().unwrap_or_else(|e| e.into_inner());
+        map.get(key).map(|cell| update(cell))
+    }
+
     fn find(&self, scope: &Arc<LocalScope>, key: &str) -> Option<Arc<AtomicU64>> {
         let shard = scope.shard(key);
         let map = shard.read().unwrap_or_else(|e| e.into_inner());

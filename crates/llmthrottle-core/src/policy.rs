@@ -156,6 +156,19 @@ impl<S: Store> Policy<S> {
         })
     }
 
+    /// The limit a charge was made under (a charge of this policy names a limit it has).
+    #[inline]
+    pub(crate) fn limit(&self, charge: &crate::reservation::Charge) -> &Limit<S> {
+        &self.rules[charge.rule as usize].limits[charge.limit as usize]
+    }
+
+    /// Whether this policy has the limit `charge` names.
+    pub(crate) fn has_limit(&self, charge: &crate::reservation::Charge) -> bool {
+        self.rules
+            .get(charge.rule as usize)
+            .is_some_and(|rule| (charge.limit as usize) < rule.limits.len())
+    }
+
     /// The rules that apply to `key`: the first match in each layer.
     #[inline]
     pub fn rules_for<'p>(
@@ -196,26 +209,24 @@ fn validate_dimension(name: &str) -> Result<()> {
 
 /// Glob match where `*` matches any (possibly empty) run of characters.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    if pattern == "*" {
-        return true;
-    }
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    if !pattern.contains('*') {
+    // Runs on every decision, once per rule tried: no allocation.
+    let Some((first, tail)) = pattern.split_once('*') else {
         return pattern == text;
-    }
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
     };
-    let parts: Vec<&str> = parts.collect();
-    let (last, middle) = parts.split_last().expect("pattern contains '*'");
-    for part in middle {
+    let (middle, last) = tail.rsplit_once('*').unwrap_or(("", tail));
+    if text.len() < first.len() + last.len() || !text.starts_with(first) || !text.ends_with(last) {
+        return false;
+    }
+    // The text between the prefix and the suffix must hold every middle part, in order; taking
+    // each at its leftmost place leaves the most room for the rest.
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for part in middle.split('*').filter(|part| !part.is_empty()) {
         match rest.find(part) {
             Some(at) => rest = &rest[at + part.len()..],
             None => return false,
         }
     }
-    rest.len() >= last.len() && rest.ends_with(last)
+    true
 }
 
 #[cfg(test)]
@@ -234,5 +245,27 @@ mod tests {
         assert!(!glob_match("ab*ab", "aba"));
         assert!(glob_match("exact", "exact"));
         assert!(!glob_match("exact", "exact2"));
+        assert!(glob_match("a**b", "ab"));
+        assert!(!glob_match("ab*b", "ab"));
+    }
+
+    /// The reference: whether `pattern` matches `text` when `*` stands for any run of bytes,
+    /// by trying every split (exponential, fine for short strings).
+    fn reference(pattern: &[u8], text: &[u8]) -> bool {
+        match pattern.split_first() {
+            None => text.is_empty(),
+            Some((b'*', rest)) => (0..=text.len()).any(|i| reference(rest, &text[i..])),
+            Some((c, rest)) => text.first() == Some(c) && reference(rest, &text[1..]),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn globs_match_the_reference(pattern in "[ab*]{0,7}", text in "[ab]{0,9}") {
+            proptest::prop_assert_eq!(
+                glob_match(&pattern, &text),
+                reference(pattern.as_bytes(), text.as_bytes())
+            );
+        }
     }
 }

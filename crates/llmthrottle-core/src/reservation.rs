@@ -1,5 +1,14 @@
 //! What an admitted request holds: its charges, so that real usage can be reconciled later.
 //! Settling goes through [`crate::Engine::commit`] and [`crate::Engine::cancel`].
+//!
+//! A charge on a rate or quota limit keeps no handle on its cell: settling looks the key up
+//! again. That is safe because a store reclaims only expired cells, and an expired cell has
+//! nothing of the charge left to give back (each refund is bounded by what of its own charge is
+//! still undrained, measured from `mark`), so a refund that finds a newer cell for the key gives
+//! back nothing. Holding a handle per charge cost a reference count taken and dropped per cell
+//! per decision (on shared memory, a pin on the slot as well) and made a reservation several
+//! times larger. Only a unit of a concurrency cap keeps its handle, in `held`, so it is released
+//! where it was taken.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,11 +20,13 @@ use crate::limit::{LimitKind, TOMBSTONE};
 use crate::quota;
 use crate::store::Store;
 
-/// One admitted charge on one cell.
-pub struct Charge<S: Store> {
-    pub(crate) cell: S::Cell,
-    /// The limit as it was when charged (a later policy change does not alter the refund).
-    pub(crate) kind: LimitKind,
+/// One admitted charge: which limit of the reservation's policy, on which of its keys.
+#[derive(Debug, Clone, Copy)]
+pub struct Charge {
+    /// The rule and the limit's position in it, in the policy the reservation was made under
+    /// (a later policy change does not alter the refund).
+    pub(crate) rule: u16,
+    pub(crate) limit: u16,
     /// Index into the policy's dimensions (a policy has at most `MAX_DIMENSIONS`).
     pub(crate) dimension: u16,
     /// Index of the key (in the request's keys) this charge is for.
@@ -25,7 +36,12 @@ pub struct Charge<S: Store> {
     /// its cost): refunds never give back more than is undrained by that measure. Quota: the
     /// period it was charged in.
     pub(crate) mark: u64,
-    /// Concurrency: the store's record of the unit held (see `Store::hold`).
+}
+
+/// One unit of a concurrency cap, held through a handle on its cell.
+pub(crate) struct Held<S: Store> {
+    pub(crate) cell: S::Cell,
+    /// The store's record of the unit (see `Store::hold`).
     pub(crate) lease: Option<S::Lease>,
 }
 
@@ -35,7 +51,12 @@ pub struct Charge<S: Store> {
 pub(crate) fn update(cell: &AtomicU64, update: impl Fn(u64) -> u64) -> bool {
     let mut current = cell.load(Ordering::Acquire);
     while current != TOMBSTONE {
-        match cell.compare_exchange_weak(current, update(current), Ordering::AcqRel, Ordering::Acquire) {
+        match cell.compare_exchange_weak(
+            current,
+            update(current),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
             Ok(_) => return true,
             Err(actual) => current = actual,
         }
@@ -55,43 +76,33 @@ pub(crate) fn add(cell: &AtomicU64, kind: LimitKind, now: Now, n: u64) -> bool {
     }
 }
 
-impl<S: Store> Charge<S> {
-    /// Returns `n` of this charge's amount (for a concurrency cap: releases the slot).
-    pub(crate) fn give_back(&self, now: Now, n: u64) {
-        match self.kind {
-            LimitKind::Rate(p) => {
-                update(&self.cell, |tat| gcra::refund(tat, now.monotonic_ns, n, self.mark, &p));
-            }
-            LimitKind::Concurrency { .. } => S::release(&self.cell, self.lease.as_ref()),
-            LimitKind::Quota(q) => {
-                let index = q.period.index(now.wall_ns);
-                update(&self.cell, |state| quota::refund(state, index, self.mark, n));
-            }
+/// Gives back `n` of `charge` (made under `kind`) to `cell`; nothing when the cell was
+/// reclaimed or is a newer one (see the module's note).
+pub(crate) fn refund(cell: &AtomicU64, kind: LimitKind, charge: &Charge, now: Now, n: u64) {
+    match kind {
+        LimitKind::Rate(p) => {
+            update(cell, |tat| {
+                gcra::refund(tat, now.monotonic_ns, n, charge.mark, &p)
+            });
         }
-    }
-
-    /// Brings this charge to `used` (refunding or charging the difference). Returns usage that
-    /// could not be charged because the cell was reclaimed meanwhile (the caller charges it to
-    /// the key's current cell).
-    pub(crate) fn reconcile(&self, now: Now, used: u64) -> u64 {
-        if used > self.amount {
-            let extra = used - self.amount;
-            if !add(&self.cell, self.kind, now, extra) {
-                return extra;
-            }
-        } else if used < self.amount {
-            self.give_back(now, self.amount - used);
+        LimitKind::Quota(q) => {
+            let index = q.period.index(now.wall_ns);
+            update(cell, |state| quota::refund(state, index, charge.mark, n));
         }
-        0
+        LimitKind::Concurrency { .. } => {}
     }
 }
 
 /// An admitted request's charges. Dropping an unsettled reservation keeps the charges as
 /// made and releases its concurrency slots, so a forgotten reservation never leaks capacity.
 pub struct Reservation<S: Store> {
-    // Two inline: a reservation is moved several times on its way into Python, so it is kept
-    // small; calls over more limits spill to the heap.
-    pub(crate) charges: SmallVec<[Charge<S>; 2]>,
+    pub(crate) charges: SmallVec<[Charge; 2]>,
+    /// Units of concurrency caps, released on settling or drop (empty without such caps).
+    pub(crate) held: Vec<Held<S>>,
+    /// The policy version it was made under.
+    pub(crate) policy_version: u32,
+    /// The store's generation when it was made (see `Store::generation`).
+    pub(crate) generation: u32,
     pub(crate) settled: bool,
 }
 
@@ -110,26 +121,35 @@ impl<S: Store> Reservation<S> {
             .unwrap_or(0)
     }
 
+    /// How many keys settling needs (one more than the highest key index charged).
+    pub(crate) fn keys_needed(&self) -> usize {
+        self.charges
+            .iter()
+            .map(|c| c.key_index as usize + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Gives back every concurrency unit still held.
+    pub(crate) fn release_held(&mut self) {
+        for held in self.held.drain(..) {
+            S::release(&held.cell, held.lease.as_ref());
+        }
+    }
 }
 
 impl<S: Store> Drop for Reservation<S> {
     fn drop(&mut self) {
-        if self.settled {
-            return;
-        }
-        for charge in &self.charges {
-            if let LimitKind::Concurrency { .. } = charge.kind {
-                // Releasing a slot needs no clock.
-                S::release(&charge.cell, charge.lease.as_ref());
-            }
-        }
+        self.release_held();
     }
 }
 
 impl<S: Store> std::fmt::Debug for Reservation<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reservation")
-            .field("charges", &self.charges.len())
+            .field("charges", &self.charges)
+            .field("held", &self.held.len())
+            .field("policy_version", &self.policy_version)
             .field("settled", &self.settled)
             .finish()
     }

@@ -38,6 +38,42 @@ pub trait Store: Send + Sync + 'static {
     /// The cell of `key` in `scope`, created empty (value 0) when absent.
     fn cell(&self, scope: &Self::Scope, key: &str, now: Now) -> Result<Self::Cell>;
 
+    /// Calls `update` with the cell of `key` in `scope` (created empty when absent), the cell
+    /// kept valid only for that call: what a decision on a rate or quota limit needs, with no
+    /// handle to take and give back. Stores override it when a handle costs more than a look.
+    #[inline]
+    fn with_cell<R>(
+        &self,
+        scope: &Self::Scope,
+        key: &str,
+        now: Now,
+        update: impl FnOnce(&AtomicU64) -> R,
+    ) -> Result<R> {
+        let cell = self.cell(scope, key, now)?;
+        Ok(update(&cell))
+    }
+
+    /// Like [`Store::with_cell`], but for a cell that exists: `None` when it does not (a
+    /// refund never creates a cell: an absent one has nothing to give back).
+    #[inline]
+    fn with_existing_cell<R>(
+        &self,
+        scope: &Self::Scope,
+        key: &str,
+        update: impl FnOnce(&AtomicU64) -> R,
+    ) -> Option<R> {
+        self.find(scope, key).map(|cell| update(&cell))
+    }
+
+    /// Which copy of the state this process sees: a store shared with a forked parent
+    /// returns a new value in the child, so that a reservation the child inherited is not
+    /// settled a second time against the parent's cells. A store private to its process
+    /// (the child has its own copy) keeps the default.
+    #[inline]
+    fn generation(&self) -> u32 {
+        0
+    }
+
     /// The cell of `key` if it exists; never creates one.
     fn find(&self, scope: &Self::Scope, key: &str) -> Option<Self::Cell>;
 
@@ -58,8 +94,18 @@ pub trait Store: Send + Sync + 'static {
             if current >= max {
                 return Ok(Hold::Full);
             }
-            match cell.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Ok(Hold::Held { lease: None, count: current + 1 }),
+            match cell.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return Ok(Hold::Held {
+                        lease: None,
+                        count: current + 1,
+                    })
+                }
                 Err(actual) => current = actual,
             }
         }

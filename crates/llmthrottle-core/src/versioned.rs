@@ -10,9 +10,15 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Mutex;
 
 pub struct Versioned<T> {
-    current: AtomicPtr<T>,
+    current: AtomicPtr<Version<T>>,
     /// Owns every version; boxed, so a version's address never changes when the list grows.
-    versions: Mutex<Vec<Box<T>>>,
+    versions: Mutex<Vec<Box<Version<T>>>>,
+}
+
+struct Version<T> {
+    /// Its place in `versions`: 0 for the first, counting up.
+    index: u32,
+    value: T,
 }
 
 // SAFETY: readers get `&T` from any thread (T: Sync); `store` moves a T in from any thread and
@@ -22,8 +28,8 @@ unsafe impl<T: Send + Sync> Send for Versioned<T> {}
 
 impl<T> Versioned<T> {
     pub fn new(value: T) -> Self {
-        let mut first = Box::new(value);
-        let current = AtomicPtr::new(&mut *first as *mut T);
+        let mut first = Box::new(Version { index: 0, value });
+        let current = AtomicPtr::new(&mut *first as *mut Version<T>);
         Self {
             current,
             versions: Mutex::new(vec![first]),
@@ -33,6 +39,32 @@ impl<T> Versioned<T> {
     /// The latest version.
     #[inline]
     pub fn load(&self) -> &T {
+        &self.latest().value
+    }
+
+    /// The latest version and its index (0 for the first, counting up).
+    #[inline]
+    pub fn load_indexed(&self) -> (u32, &T) {
+        let latest = self.latest();
+        (latest.index, &latest.value)
+    }
+
+    /// The version numbered `index` (the latest without taking the lock), if there is one.
+    #[inline]
+    pub fn get(&self, index: u32) -> Option<&T> {
+        let latest = self.latest();
+        if latest.index == index {
+            return Some(&latest.value);
+        }
+        let versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the box is owned by `versions`, which frees nothing before `self` is dropped.
+        versions
+            .get(index as usize)
+            .map(|version| unsafe { &*(&version.value as *const T) })
+    }
+
+    #[inline]
+    fn latest(&self) -> &Version<T> {
         // SAFETY: `current` always points into a box owned by `versions`, which frees nothing
         // before `self` is dropped, and `self` outlives the returned borrow.
         unsafe { &*self.current.load(Ordering::Acquire) }
@@ -41,14 +73,19 @@ impl<T> Versioned<T> {
     /// Makes `value` the latest version; readers of earlier versions keep theirs.
     pub fn store(&self, value: T) {
         let mut versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
-        let mut boxed = Box::new(value);
-        self.current.store(&mut *boxed as *mut T, Ordering::Release);
+        let index = u32::try_from(versions.len()).expect("fewer than 2^32 versions");
+        let mut boxed = Box::new(Version { index, value });
+        self.current
+            .store(&mut *boxed as *mut Version<T>, Ordering::Release);
         versions.push(boxed);
     }
 
     /// How many versions are held (the first and every replacement).
     pub fn versions(&self) -> usize {
-        self.versions.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 }
 
@@ -66,6 +103,10 @@ mod tests {
         assert_eq!(before, "first");
         assert_eq!(value.load(), "version 99");
         assert_eq!(value.versions(), 101);
+        assert_eq!(value.load_indexed().0, 100);
+        assert_eq!(value.get(0).map(String::as_str), Some("first"));
+        assert_eq!(value.get(100).map(String::as_str), Some("version 99"));
+        assert_eq!(value.get(101), None);
     }
 
     #[test]

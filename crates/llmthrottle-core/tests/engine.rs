@@ -156,9 +156,10 @@ proptest! {
             let before: Vec<_> = keys.iter().map(|k| engine.status(k).unwrap()).collect();
             let (d, r) = engine.acquire(&keys, &[1, tokens], 0).unwrap();
             if d.allowed {
-                held.push(r.unwrap());
+                held.push((r.unwrap(), keys));
                 if held.len() == 3 {
-                    { let mut r = held.remove(0); engine.commit(&mut r, &[], &[]).unwrap(); }
+                    let (mut r, keys) = held.remove(0);
+                    engine.commit(&mut r, &keys, &[]).unwrap();
                 }
             } else {
                 let after: Vec<_> = keys.iter().map(|k| engine.status(k).unwrap()).collect();
@@ -241,7 +242,7 @@ fn commit_reconciles_and_cancel_refunds() {
     assert_eq!(engine.status("k").unwrap()[0].remaining, 450);
 
     let (_, r) = engine.acquire(&["k"], &[450], 0).unwrap();
-    engine.cancel(&mut r.unwrap()).unwrap();
+    engine.cancel(&mut r.unwrap(), &["k"]).unwrap();
     assert_eq!(engine.status("k").unwrap()[0].remaining, 450);
 
     // Usage beyond what is left is still charged: the next call waits for it.
@@ -252,6 +253,43 @@ fn commit_reconciles_and_cancel_refunds() {
     let (d, _) = engine.acquire(&["k"], &[1], 0).unwrap();
     assert!(!d.allowed);
     assert_eq!(d.retry_after_ns, 451 * 60_000_000); // 451 units past full, 60 ms each
+}
+
+#[test]
+fn a_late_refund_gives_back_nothing_of_a_newer_charge() {
+    // Settling finds a key's cell again by key; once the charge has drained (its cell may
+    // have been reclaimed and made anew), a refund must not credit the newer state.
+    let (engine, clock) = engine(vec![("*", vec![("tokens", rate("10/s", Some(10)))])]);
+    let (_, old) = engine.acquire(&["k"], &[5], 0).unwrap();
+    clock.advance(10 * S);
+    let (d, _new) = engine.acquire(&["k"], &[10], 0).unwrap();
+    assert!(d.allowed);
+    engine.cancel(&mut old.unwrap(), &["k"]).unwrap();
+    assert!(!engine.acquire(&["k"], &[1], 0).unwrap().0.allowed);
+}
+
+#[test]
+fn settling_needs_the_keys_of_its_own_limiter() {
+    let rules = || vec![("*", vec![("tokens", rate("10/s", Some(10)))])];
+    let (engine, _) = engine(rules());
+    let (_, r) = engine.acquire(&["a", "b"], &[4], 0).unwrap();
+    let mut r = r.unwrap();
+    assert!(matches!(
+        engine.commit(&mut r, &["a"], &[Some(1)]),
+        Err(CoreError::InvalidInput(_))
+    ));
+    // Refused without settling: the reservation still settles with its keys.
+    assert!(!r.is_settled());
+    engine.cancel(&mut r, &["a", "b"]).unwrap();
+    assert_eq!(engine.status("b").unwrap()[0].remaining, 10);
+
+    // A reservation settled by an engine whose policy has no such limit is refused.
+    let (other, _) = self::engine(vec![("*", vec![])]);
+    let (_, r) = engine.acquire(&["a"], &[1], 0).unwrap();
+    assert!(matches!(
+        other.cancel(&mut r.unwrap(), &["a"]),
+        Err(CoreError::InvalidInput(_))
+    ));
 }
 
 #[test]
@@ -288,7 +326,7 @@ fn concurrency_is_released_by_commit_cancel_and_drop() {
     assert!(c.is_some());
     drop(b);
     let (_, d) = engine.acquire(&["k"], &[], 0).unwrap();
-    engine.cancel(&mut c.unwrap()).unwrap();
+    engine.cancel(&mut c.unwrap(), &["k"]).unwrap();
     drop(d);
     assert_eq!(engine.status("k").unwrap()[0].used, 0);
 }
@@ -425,10 +463,10 @@ fn refunds_never_over_credit() {
     let (engine, clock) = engine(vec![("*", vec![("tokens", rate("20/s", Some(20)))])]);
     let (_, a) = engine.acquire(&["k"], &[10], 0).unwrap();
     let (_, b) = engine.acquire(&["k"], &[10], 0).unwrap();
-    engine.cancel(&mut a.unwrap()).unwrap();
+    engine.cancel(&mut a.unwrap(), &["k"]).unwrap();
     clock.advance(S / 2);
     assert!(engine.acquire(&["k"], &[20], 0).unwrap().0.allowed);
-    engine.cancel(&mut b.unwrap()).unwrap();
+    engine.cancel(&mut b.unwrap(), &["k"]).unwrap();
     // 20 admitted at this instant already: the burst allows no more.
     assert!(!engine.acquire(&["k"], &[10], 0).unwrap().0.allowed);
 }
@@ -505,6 +543,6 @@ fn a_replaced_policy_keeps_serving_and_counting() {
     assert!(engine.acquire(&["k"], &[1], 0).unwrap().0.allowed);
     assert!(!engine.acquire(&["k"], &[1], 0).unwrap().0.allowed);
     // A reservation made under the first policy still settles.
-    engine.cancel(&mut kept.unwrap()).unwrap();
+    engine.cancel(&mut kept.unwrap(), &["k"]).unwrap();
     assert!(engine.acquire(&["k"], &[1], 0).unwrap().0.allowed);
 }

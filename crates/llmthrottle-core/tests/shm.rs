@@ -178,14 +178,14 @@ fn churn() {
         let key = format!("k{}", n % 3);
         let (_, reservation) = engine.acquire(&[&key], &[0, 1], 0).unwrap();
         if let Some(r) = reservation {
-            held.push(r);
+            held.push((r, key));
         }
         if held.len() > 5 {
-            let mut r = held.remove((n % 5) as usize);
+            let (mut r, key) = held.remove((n % 5) as usize);
             if n % 2 == 0 {
                 engine.commit(&mut r, &[&key], &[]).unwrap();
             } else {
-                engine.cancel(&mut r).unwrap();
+                engine.cancel(&mut r, &[&key]).unwrap();
             }
         }
     }

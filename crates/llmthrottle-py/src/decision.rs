@@ -24,8 +24,11 @@ pub struct Dimensions {
 
 impl Dimensions {
     pub fn new(names: Vec<String>) -> Self {
-        let index: HashMap<String, usize> =
-            names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
+        let index: HashMap<String, usize> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
         Self {
             requests: index.get("requests").copied(),
             tokens: index.get("tokens").copied(),
@@ -37,7 +40,11 @@ impl Dimensions {
     /// The index and engine amount of one `name=value` keyword; an unknown name or a bad
     /// value is an error.
     #[inline]
-    pub fn named(&self, name: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<(usize, u64)> {
+    pub fn named(
+        &self,
+        name: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<(usize, u64)> {
         let name = name.cast::<PyString>()?.to_str()?;
         let Some(&index) = self.index.get(name) else {
             return Err(unknown_dimension(name, self));
@@ -59,7 +66,10 @@ impl Dimensions {
     }
 
     /// Usage by dimension index from `name=value` keywords (`None` where not named).
-    pub fn usage(&self, amounts: Option<&Bound<'_, PyDict>>) -> PyResult<SmallVec<[Option<u64>; 8]>> {
+    pub fn usage(
+        &self,
+        amounts: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<SmallVec<[Option<u64>; 8]>> {
         let mut usage: SmallVec<[Option<u64>; 8]> = SmallVec::from_elem(None, self.names.len());
         if let Some(amounts) = amounts {
             self.for_each_named(amounts, |index, amount| usage[index] = Some(amount))?;
@@ -73,7 +83,10 @@ impl Dimensions {
         Ok(if scale == 1 {
             value.into_pyobject(py)?.into_any().unbind()
         } else {
-            (value as f64 / scale as f64).into_pyobject(py)?.into_any().unbind()
+            (value as f64 / scale as f64)
+                .into_pyobject(py)?
+                .into_any()
+                .unbind()
         })
     }
 }
@@ -89,7 +102,8 @@ pub struct Decision {
     pub remaining: SmallVec<[(usize, u64); 3]>,
     /// The limiter that decided (its dimensions name this decision's indexes).
     pub limiter: Py<Limiter>,
-    /// The `key` argument as given (a str or a sequence of str).
+    /// The `key` argument: a str as given, a list or tuple of str as a tuple (settling
+    /// refunds by these keys, so a list changed after the call must not redirect them).
     pub keys: Py<PyAny>,
 }
 
@@ -170,7 +184,10 @@ impl Decision {
         if let Some(dimension) = self.limited_by() {
             text += &format!(
                 " limited_by={dimension:?} key={} retry_after={:.6}",
-                self.limited_key(py)?.map(|k| k.repr().map(|r| r.to_string())).transpose()?.unwrap_or_default(),
+                self.limited_key(py)?
+                    .map(|k| k.repr().map(|r| r.to_string()))
+                    .transpose()?
+                    .unwrap_or_default(),
                 self.retry_after()
             );
         }
@@ -217,13 +234,22 @@ impl Reservation {
         let keys = convert::keys(decision.keys.bind(slf.py()))?;
         let keys = convert::key_strs(&keys)?;
         let engine = &decision.limiter.get().engine;
-        Self::settle(slf, |inner| dispatch!(engine, inner, (e, r) => e.commit(r, &keys, &actual)))
+        Self::settle(
+            slf,
+            |inner| dispatch!(engine, inner, (e, r) => e.commit(r, &keys, &actual)),
+        )
     }
 
     /// The call never happened: refunds everything and releases concurrency slots.
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let engine = &slf.as_super().get().limiter.get().engine;
-        Self::settle(slf, |inner| dispatch!(engine, inner, (e, r) => e.cancel(r)))
+        let decision = slf.as_super().get();
+        let keys = convert::keys(decision.keys.bind(slf.py()))?;
+        let keys = convert::key_strs(&keys)?;
+        let engine = &decision.limiter.get().engine;
+        Self::settle(
+            slf,
+            |inner| dispatch!(engine, inner, (e, r) => e.cancel(r, &keys)),
+        )
     }
 
     /// True once committed or cancelled.

@@ -70,7 +70,8 @@ impl Limiter {
         } else {
             let owned = convert::keys(key)?;
             let strs = convert::key_strs(&owned)?;
-            this.decide_keys(slf, &strs, amounts, max_wait_ns, key)
+            let frozen = PyTuple::new(slf.py(), &owned)?;
+            this.decide_keys(slf, &strs, amounts, max_wait_ns, frozen.as_any())
         }
     }
 
@@ -180,7 +181,9 @@ impl Limiter {
         let actual = self.dimensions.load().usage(amounts)?;
         let owned = convert::keys(key)?;
         let strs = convert::key_strs(&owned)?;
-        guard(|| dispatch!(&self.engine, AnyEngine, e => e.charge_usage(&strs, &actual)).map_err(to_py))
+        guard(|| {
+            dispatch!(&self.engine, AnyEngine, e => e.charge_usage(&strs, &actual)).map_err(to_py)
+        })
     }
 
     /// What `try_acquire` would decide now, without charging anything.
@@ -194,7 +197,12 @@ impl Limiter {
     ) -> PyResult<Py<PyAny>> {
         let this = slf.get();
         let dimensions = this.dimensions.load();
-        let amounts = Self::amounts(dimensions, requests, tokens, amounts.into_iter().flat_map(|d| d.iter()))?;
+        let amounts = Self::amounts(
+            dimensions,
+            requests,
+            tokens,
+            amounts.into_iter().flat_map(|d| d.iter()),
+        )?;
         let owned = convert::keys(key)?;
         let strs = convert::key_strs(&owned)?;
         let decision = guard(|| {
@@ -206,7 +214,8 @@ impl Limiter {
     /// The state of `key` under each limit that applies to it: a list of
     /// `(dimension, kind, remaining, used, reset_after_seconds, capacity)` tuples.
     fn status<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Vec<Bound<'py, PyTuple>>> {
-        let statuses = guard(|| dispatch!(&self.engine, AnyEngine, e => e.status(key)).map_err(to_py))?;
+        let statuses =
+            guard(|| dispatch!(&self.engine, AnyEngine, e => e.status(key)).map_err(to_py))?;
         let dimensions = self.dimensions.load();
         statuses
             .into_iter()
@@ -224,8 +233,12 @@ impl Limiter {
                         kind.into_pyobject(py)?.into_any(),
                         dimensions.to_python(py, index, s.remaining)?.into_bound(py),
                         dimensions.to_python(py, index, s.used)?.into_bound(py),
-                        (s.reset_after_ns as f64 / 1e9).into_pyobject(py)?.into_any(),
-                        dimensions.to_python(py, index, s.kind.capacity())?.into_bound(py),
+                        (s.reset_after_ns as f64 / 1e9)
+                            .into_pyobject(py)?
+                            .into_any(),
+                        dimensions
+                            .to_python(py, index, s.kind.capacity())?
+                            .into_bound(py),
                     ],
                 )
             })
@@ -265,7 +278,9 @@ fn key_matches(pattern: &str, key: &str) -> bool {
 fn parse_duration(text: &str) -> PyResult<f64> {
     llmthrottle_core::rate::parse_duration_ns(text)
         .map(|ns| ns as f64 / 1e9)
-        .map_err(|why| crate::errors::ConfigError::new_err(format!("malformed duration {text:?}: {why}")))
+        .map_err(|why| {
+            crate::errors::ConfigError::new_err(format!("malformed duration {text:?}: {why}"))
+        })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -195,7 +195,12 @@ impl SharedStore {
 
     /// Opens the table `name`, creating it if no process has yet: `capacity` keys, at `path`
     /// (default `/dev/shm/llmthrottle-<name>`), readable and writable by `mode`.
-    pub fn open(name: &str, capacity: usize, path: Option<PathBuf>, mode: FileMode) -> Result<SharedStore> {
+    pub fn open(
+        name: &str,
+        capacity: usize,
+        path: Option<PathBuf>,
+        mode: FileMode,
+    ) -> Result<SharedStore> {
         SharedStore::open_with(
             name,
             &SharedOptions {
@@ -213,7 +218,13 @@ impl SharedStore {
             options.long_key_capacity.map(|c| c as u64),
             options.lease_capacity as u64,
         )?;
-        SharedStore::open_file(name, options.path.clone(), options.mode, Some(layout), options.hash_mask)
+        SharedStore::open_file(
+            name,
+            options.path.clone(),
+            options.mode,
+            Some(layout),
+            options.hash_mask,
+        )
     }
 
     /// Attaches an existing table, never creating one (for inspection tools).
@@ -279,7 +290,10 @@ impl SharedStore {
         let (scopes, leases, short, long) = unsafe {
             (
                 Scopes::new(base.add(header.scope_offset as usize) as *const ScopeEntry),
-                Leases::new(base.add(header.lease_offset as usize) as *const AtomicU64, header.lease_records as usize),
+                Leases::new(
+                    base.add(header.lease_offset as usize) as *const AtomicU64,
+                    header.lease_records as usize,
+                ),
                 Table::new(
                     base.add(header.short_offset as usize) as *const ShortSlot,
                     header.short_slots as usize,
@@ -341,7 +355,10 @@ impl SharedStore {
             long_key_capacity: header.long_key_capacity,
             short_slots: header.short_slots,
             long_slots: header.long_slots,
-            live: (self.shared.short.live_count(), self.shared.long.live_count()),
+            live: (
+                self.shared.short.live_count(),
+                self.shared.long.live_count(),
+            ),
             scopes: self.shared.scopes.count(),
             lease_capacity: header.lease_records,
             file_bytes: header.file_bytes,
@@ -354,7 +371,10 @@ impl SharedStore {
         let shared = &self.shared;
         let mut entries = Vec::new();
         let mut visit = |raw: table::RawEntry| {
-            let (Some(scope), Some(kind)) = (shared.scopes.label(raw.scope_id), shared.scopes.kind(raw.scope_id)) else {
+            let (Some(scope), Some(kind)) = (
+                shared.scopes.label(raw.scope_id),
+                shared.scopes.kind(raw.scope_id),
+            ) else {
                 return;
             };
             entries.push(SharedEntry {
@@ -427,7 +447,11 @@ impl Shared {
 
     /// The pinned LIVE slot of `key`, without creating it.
     fn locate(&self, key: &Key) -> Option<(usize, bool)> {
-        let found = if key.is_long() { self.long.find(key) } else { self.short.find(key) };
+        let found = if key.is_long() {
+            self.long.find(key)
+        } else {
+            self.short.find(key)
+        };
         found.ok().flatten().map(|i| (i, key.is_long()))
     }
 
@@ -435,9 +459,21 @@ impl Shared {
         let header = self.mapping.header();
         let (kind, live, slots, option, sized_for) = if long {
             let live = self.long.live_count();
-            ("keys longer than 40 bytes", live, self.long.len(), "long_key_capacity", header.long_key_capacity)
+            (
+                "keys longer than 40 bytes",
+                live,
+                self.long.len(),
+                "long_key_capacity",
+                header.long_key_capacity,
+            )
         } else {
-            ("keys", self.short.live_count(), self.short.len(), "capacity", header.capacity)
+            (
+                "keys",
+                self.short.live_count(),
+                self.short.len(),
+                "capacity",
+                header.capacity,
+            )
         };
         CoreError::State(format!(
             "shared state {:?} is full: about {live} live {kind} in {slots} slots (sized for {option}={sized_for}) \
@@ -524,18 +560,10 @@ pub struct SharedLease {
     fork_generation: u32,
 }
 
-impl Store for SharedStore {
-    type Scope = SharedScope;
-    type Cell = SharedCell;
-    type Lease = SharedLease;
-
-    fn scope(&self, label: &str, kind: CellKind) -> Result<SharedScope> {
-        let id = self.shared.scopes.register(label, kind)?;
-        Ok(SharedScope { id, kind })
-    }
-
+impl SharedStore {
+    /// The slot of `key` in `scope`, created empty when absent, pinned: the caller unpins it.
     #[inline]
-    fn cell(&self, scope: &SharedScope, key: &str, now: Now) -> Result<SharedCell> {
+    fn pin(&self, scope: &SharedScope, key: &str, now: Now) -> Result<SlotRef> {
         if key.len() > MAX_KEY_BYTES {
             return Err(CoreError::InvalidInput(format!(
                 "key is {} bytes long; at most {MAX_KEY_BYTES} bytes are allowed",
@@ -552,19 +580,82 @@ impl Store for SharedStore {
             shared.short.find_or_insert(&key, now, &kind_of)?
         };
         match outcome {
-            Outcome::Found(i) => Ok(SharedCell::new(shared, SlotRef { long, index: i as u32 })),
+            Outcome::Found(i) => Ok(SlotRef {
+                long,
+                index: i as u32,
+            }),
             Outcome::Full => Err(shared.full_error(long)),
         }
     }
 
-    fn find(&self, scope: &SharedScope, key: &str) -> Option<SharedCell> {
+    /// The slot of `key` in `scope` if it exists, pinned: the caller unpins it.
+    fn pinned(&self, scope: &SharedScope, key: &str) -> Option<SlotRef> {
         if key.len() > MAX_KEY_BYTES {
             return None;
         }
         let shared = &self.shared;
         let key = Key::new(scope.id, key.as_bytes(), shared.hash_seed, shared.hash_mask);
-        let (i, long) = shared.locate(&key)?;
-        Some(SharedCell::new(shared, SlotRef { long, index: i as u32 }))
+        let (index, long) = shared.locate(&key)?;
+        Some(SlotRef {
+            long,
+            index: index as u32,
+        })
+    }
+}
+
+impl Store for SharedStore {
+    type Scope = SharedScope;
+    type Cell = SharedCell;
+    type Lease = SharedLease;
+
+    fn scope(&self, label: &str, kind: CellKind) -> Result<SharedScope> {
+        let id = self.shared.scopes.register(label, kind)?;
+        Ok(SharedScope { id, kind })
+    }
+
+    #[inline]
+    fn cell(&self, scope: &SharedScope, key: &str, now: Now) -> Result<SharedCell> {
+        let at = self.pin(scope, key, now)?;
+        Ok(SharedCell::new(&self.shared, at))
+    }
+
+    /// Pins the slot for the length of `update` only: a decision holds no handle, so it takes
+    /// no reference on the mapping and leaves no pin behind if its process dies later.
+    #[inline]
+    fn with_cell<R>(
+        &self,
+        scope: &SharedScope,
+        key: &str,
+        now: Now,
+        update: impl FnOnce(&AtomicU64) -> R,
+    ) -> Result<R> {
+        let at = self.pin(scope, key, now)?;
+        let result = update(self.shared.cell(at));
+        self.shared.unpin(at);
+        Ok(result)
+    }
+
+    #[inline]
+    fn with_existing_cell<R>(
+        &self,
+        scope: &SharedScope,
+        key: &str,
+        update: impl FnOnce(&AtomicU64) -> R,
+    ) -> Option<R> {
+        let at = self.pinned(scope, key)?;
+        let result = update(self.shared.cell(at));
+        self.shared.unpin(at);
+        Some(result)
+    }
+
+    #[inline]
+    fn generation(&self) -> u32 {
+        process::fork_generation()
+    }
+
+    fn find(&self, scope: &SharedScope, key: &str) -> Option<SharedCell> {
+        let at = self.pinned(scope, key)?;
+        Some(SharedCell::new(&self.shared, at))
     }
 
     fn for_each(&self, scope: &SharedScope, visit: &mut dyn FnMut(&str, u64)) {
@@ -637,6 +728,9 @@ impl Shared {
         let now = SystemClock.now().monotonic_ns;
         let last = self.last_reap_ns.load(SeqCst);
         now.saturating_sub(last) >= 1_000_000
-            && self.last_reap_ns.compare_exchange(last, now, SeqCst, SeqCst).is_ok()
+            && self
+                .last_reap_ns
+                .compare_exchange(last, now, SeqCst, SeqCst)
+                .is_ok()
     }
 }

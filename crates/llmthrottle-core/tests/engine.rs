@@ -209,6 +209,49 @@ fn racing_threads_never_over_admit() {
 }
 
 #[test]
+fn racing_settlements_leave_exactly_the_committed_usage() {
+    // Time stands still, so every refund is whole: what stays charged on each key is exactly
+    // the usage committed to it, whichever thread settled what, in whatever order.
+    let (engine, _clock) = engine(vec![("*", vec![("tokens", rate("1M/min", None))])]);
+    let engine = Arc::new(engine);
+    let committed: Vec<AtomicU64> = (0..2).map(|_| AtomicU64::new(0)).collect();
+    let committed = Arc::new(committed);
+    std::thread::scope(|scope| {
+        for t in 0..4u64 {
+            let engine = Arc::clone(&engine);
+            let committed = Arc::clone(&committed);
+            scope.spawn(move || {
+                let keys = ["k0", "k1"];
+                let mut held = Vec::new();
+                for i in 0..3000u64 {
+                    let (d, r) = engine.acquire(&keys, &[20], 0).unwrap();
+                    assert!(d.allowed);
+                    held.push(r.unwrap());
+                    if held.len() > 3 {
+                        let mut r = held.swap_remove(((i + t) % 3) as usize);
+                        if (i + t) % 4 == 0 {
+                            engine.cancel(&mut r, &keys).unwrap();
+                        } else {
+                            let used = (i * 7 + t) % 21;
+                            engine.commit(&mut r, &keys, &[Some(used)]).unwrap();
+                            for c in committed.iter() {
+                                c.fetch_add(used, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+                for mut r in held {
+                    engine.cancel(&mut r, &keys).unwrap();
+                }
+            });
+        }
+    });
+    for (key, c) in ["k0", "k1"].iter().zip(committed.iter()) {
+        assert_eq!(engine.status(key).unwrap()[0].used, c.load(Ordering::Relaxed));
+    }
+}
+
+#[test]
 fn exceeds_capacity_is_not_a_denial() {
     let (engine, _) = engine(vec![("*", vec![("tokens", rate("30k/min", None))])]);
     let err = engine.acquire(&["k"], &[50_000], 0).unwrap_err();

@@ -283,3 +283,25 @@ def test_processes_agree_on_one_limit(sidecar_server: ServerProcess) -> None:
     single = lt.Limiter({"requests": "25/h"})
     expected = sum(bool(single.try_acquire("shared-key")) for _ in range(160))
     assert sum(totals) == expected == 25
+
+
+def test_a_retry_interrupted_mid_call_closes_its_connection(sidecar_server: ServerProcess) -> None:
+    from llmthrottle.client.connection import ConnectionPool, _SyncConnection
+
+    pool = ConnectionPool(sidecar_server.socket, timeout=5.0)
+    stale = _SyncConnection(sidecar_server.socket, 5.0)
+    stale.sock.close()  # an idle connection that died: the pool retries once on a fresh one
+    pool._idle.append(stale)
+    used: list[_SyncConnection] = []
+
+    def use(connection: _SyncConnection, argument: object) -> object:
+        used.append(connection)
+        if connection is stale:
+            raise OSError("gone")
+        raise KeyboardInterrupt  # the retry is interrupted mid-read: its stream state is unknown
+
+    with pytest.raises(KeyboardInterrupt):
+        pool._run(use, None)
+    assert len(used) == 2 and used[1] is not stale
+    assert used[1].sock.fileno() == -1, "the interrupted retry's connection was left open"
+    assert pool._idle == []

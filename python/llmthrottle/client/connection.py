@@ -171,6 +171,9 @@ class ConnectionPool:
                 connection.close()
                 raise SidecarUnavailable(f"lost the connection to the sidecar at {self.path}: "
                                          f"{self._describe(error2)}") from None
+            except BaseException:
+                connection.close()  # as below: raised in this handler, the one below misses it
+                raise
         except BaseException:
             connection.close()  # e.g. KeyboardInterrupt mid-read: the stream's state is unknown
             raise

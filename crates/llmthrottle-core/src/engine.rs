@@ -142,11 +142,7 @@ impl<S: Store> Engine<S> {
         for step in &steps {
             let limit = &policy.rules[step.rule as usize].limits[step.limit as usize];
             // Only rate limits (layer 0) queue a call ahead; a budget or other layer denies.
-            let wait_ns = if policy.rules[step.rule as usize].layer == 0 {
-                max_wait_ns
-            } else {
-                0
-            };
+            let wait_ns = if policy.rules[step.rule as usize].layer == 0 { max_wait_ns } else { 0 };
             let outcome = self.charge(limit, step, now, wait_ns, &mut reservation);
             match outcome {
                 Ok(Some(admitted)) => {
@@ -200,11 +196,7 @@ impl<S: Store> Engine<S> {
             let Some(used) = used.filter(|u| *u > 0) else {
                 continue;
             };
-            if reservation
-                .charges
-                .iter()
-                .any(|c| c.dimension as usize == dimension)
-            {
+            if reservation.charges.iter().any(|c| c.dimension as usize == dimension) {
                 continue;
             }
             self.charge_dimension(policy, keys, dimension, used, now)?;
@@ -229,9 +221,7 @@ impl<S: Store> Engine<S> {
             .policy
             .get(reservation.policy_version)
             .filter(|policy| reservation.charges.iter().all(|c| policy.has_limit(c)))
-            .ok_or_else(|| {
-                CoreError::InvalidInput("this reservation was made by another limiter".into())
-            })?;
+            .ok_or_else(|| CoreError::InvalidInput("this reservation was made by another limiter".into()))?;
         reservation.settled = true;
         Ok(policy)
     }
@@ -239,31 +229,18 @@ impl<S: Store> Engine<S> {
     /// Gives `n` of `charge` back to `key`'s cell under `limit`, if the cell still exists.
     #[inline]
     fn give_back(&self, limit: &Limit<S>, key: &str, charge: &Charge, now: Now, n: u64) {
-        self.store.with_existing_cell(&limit.scope, key, |cell| {
-            refund(cell, limit.kind, charge, now, n)
-        });
+        self.store
+            .with_existing_cell(&limit.scope, key, |cell| refund(cell, limit.kind, charge, now, n));
     }
 
     /// Gives every charge of `reservation` back in full (its concurrency units are released
     /// separately, through `Reservation::release_held`).
-    fn give_back_all(
-        &self,
-        policy: &Policy<S>,
-        reservation: &Reservation<S>,
-        keys: &[&str],
-        now: Now,
-    ) {
+    fn give_back_all(&self, policy: &Policy<S>, reservation: &Reservation<S>, keys: &[&str], now: Now) {
         if reservation.generation != self.store.generation() {
             return;
         }
         for charge in &reservation.charges {
-            self.give_back(
-                policy.limit(charge),
-                keys[charge.key_index as usize],
-                charge,
-                now,
-                charge.amount,
-            );
+            self.give_back(policy.limit(charge), keys[charge.key_index as usize], charge, now, charge.amount);
         }
     }
 
@@ -307,9 +284,7 @@ impl<S: Store> Engine<S> {
     /// Charges `amount` to `key`'s cell under `limit`, looking the key up again when a sweep
     /// reclaims the cell in between: usage that happened is never dropped.
     fn force_charge(&self, limit: &Limit<S>, key: &str, now: Now, amount: u64) -> Result<()> {
-        while !self.store.with_cell(&limit.scope, key, now, |cell| {
-            add(cell, limit.kind, now, amount)
-        })? {}
+        while !self.store.with_cell(&limit.scope, key, now, |cell| add(cell, limit.kind, now, amount))? {}
         Ok(())
     }
 

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use foldhash::fast::RandomState;
 
@@ -19,7 +19,8 @@ use crate::store::Store;
 const SHARDS: usize = 16;
 const FIRST_SWEEP_AT: usize = 4096;
 
-type Shard = RwLock<HashMap<Box<str>, Arc<AtomicU64>, RandomState>>;
+type Map = HashMap<Box<str>, Arc<AtomicU64>, RandomState>;
+type Shard = RwLock<Map>;
 
 pub struct LocalScope {
     kind: CellKind,
@@ -53,6 +54,31 @@ impl LocalStore {
 impl LocalScope {
     fn shard(&self, key: &str) -> &Shard {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    /// The map of `key`'s shard, read-locked.
+    #[inline]
+    fn read(&self, key: &str) -> RwLockReadGuard<'_, Map> {
+        self.shard(key).read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cell of `key`, inserted empty unless a racing caller got there first; inserting
+    /// may start a sweep.
+    fn insert(&self, key: &str, now: Now) -> Arc<AtomicU64> {
+        let cell = {
+            let mut map = self.shard(key).write().unwrap_or_else(|e| e.into_inner());
+            if let Some(cell) = map.get(key) {
+                return Arc::clone(cell);
+            }
+            let cell = Arc::new(AtomicU64::new(0));
+            map.insert(key.into(), Arc::clone(&cell));
+            cell
+        };
+        let len = self.len.fetch_add(1, Ordering::Relaxed) + 1;
+        if len >= self.sweep_at.load(Ordering::Relaxed) {
+            self.sweep(now);
+        }
+        cell
     }
 
     /// Removes every expired cell; a cell updated concurrently fails the tombstone swap and stays.
@@ -98,24 +124,10 @@ impl Store for LocalStore {
 
     #[inline]
     fn cell(&self, scope: &Arc<LocalScope>, key: &str, now: Now) -> Result<Arc<AtomicU64>> {
-        let shard = scope.shard(key);
-        if let Some(cell) = shard.read().unwrap_or_else(|e| e.into_inner()).get(key) {
-            return Ok(Arc::clone(cell));
+        match self.find(scope, key) {
+            Some(cell) => Ok(cell),
+            None => Ok(scope.insert(key, now)),
         }
-        let cell = {
-            let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
-            if let Some(cell) = map.get(key) {
-                return Ok(Arc::clone(cell));
-            }
-            let cell = Arc::new(AtomicU64::new(0));
-            map.insert(key.into(), Arc::clone(&cell));
-            cell
-        };
-        let len = scope.len.fetch_add(1, Ordering::Relaxed) + 1;
-        if len >= scope.sweep_at.load(Ordering::Relaxed) {
-            scope.sweep(now);
-        }
-        Ok(cell)
     }
 
     /// Runs `update` under the shard's read lock, which keeps a sweep from freeing the cell:
@@ -129,13 +141,12 @@ impl Store for LocalStore {
         update: impl FnOnce(&AtomicU64) -> R,
     ) -> Result<R> {
         {
-            let map = scope.shard(key).read().unwrap_or_else(|e| e.into_inner());
+            let map = scope.read(key);
             if let Some(cell) = map.get(key) {
                 return Ok(update(cell));
             }
         }
-        let cell = self.cell(scope, key, now)?;
-        Ok(update(&cell))
+        Ok(update(&scope.insert(key, now)))
     }
 
     #[inline]
@@ -145,14 +156,11 @@ impl Store for LocalStore {
         key: &str,
         update: impl FnOnce(&AtomicU64) -> R,
     ) -> Option<R> {
-        let map = scope.shard(key).read().unwrap_or_else(|e| e.into_inner());
-        map.get(key).map(|cell| update(cell))
+        scope.read(key).get(key).map(|cell| update(cell))
     }
 
     fn find(&self, scope: &Arc<LocalScope>, key: &str) -> Option<Arc<AtomicU64>> {
-        let shard = scope.shard(key);
-        let map = shard.read().unwrap_or_else(|e| e.into_inner());
-        map.get(key).cloned()
+        scope.read(key).get(key).cloned()
     }
 
     fn for_each(&self, scope: &Arc<LocalScope>, visit: &mut dyn FnMut(&str, u64)) {

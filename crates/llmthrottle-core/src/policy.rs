@@ -210,7 +210,7 @@ fn validate_dimension(name: &str) -> Result<()> {
 /// Glob match where `*` matches any (possibly empty) run of characters.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     // Runs on every decision, once per rule tried: no allocation, and the catch-all first.
-    if pattern.len() == 1 && pattern.as_bytes()[0] == b'*' {
+    if pattern == "*" {
         return true;
     }
     let Some((first, tail)) = pattern.split_once('*') else {

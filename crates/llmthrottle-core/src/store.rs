@@ -42,13 +42,7 @@ pub trait Store: Send + Sync + 'static {
     /// kept valid only for that call: what a decision on a rate or quota limit needs, with no
     /// handle to take and give back. Stores override it when a handle costs more than a look.
     #[inline]
-    fn with_cell<R>(
-        &self,
-        scope: &Self::Scope,
-        key: &str,
-        now: Now,
-        update: impl FnOnce(&AtomicU64) -> R,
-    ) -> Result<R> {
+    fn with_cell<R>(&self, scope: &Self::Scope, key: &str, now: Now, update: impl FnOnce(&AtomicU64) -> R) -> Result<R> {
         let cell = self.cell(scope, key, now)?;
         Ok(update(&cell))
     }
@@ -56,12 +50,7 @@ pub trait Store: Send + Sync + 'static {
     /// Like [`Store::with_cell`], but for a cell that exists: `None` when it does not (a
     /// refund never creates a cell: an absent one has nothing to give back).
     #[inline]
-    fn with_existing_cell<R>(
-        &self,
-        scope: &Self::Scope,
-        key: &str,
-        update: impl FnOnce(&AtomicU64) -> R,
-    ) -> Option<R> {
+    fn with_existing_cell<R>(&self, scope: &Self::Scope, key: &str, update: impl FnOnce(&AtomicU64) -> R) -> Option<R> {
         self.find(scope, key).map(|cell| update(&cell))
     }
 
@@ -94,18 +83,8 @@ pub trait Store: Send + Sync + 'static {
             if current >= max {
                 return Ok(Hold::Full);
             }
-            match cell.compare_exchange_weak(
-                current,
-                current + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    return Ok(Hold::Held {
-                        lease: None,
-                        count: current + 1,
-                    })
-                }
+            match cell.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(Hold::Held { lease: None, count: current + 1 }),
                 Err(actual) => current = actual,
             }
         }

@@ -58,9 +58,7 @@ impl<T> Versioned<T> {
         }
         let versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the box is owned by `versions`, which frees nothing before `self` is dropped.
-        versions
-            .get(index as usize)
-            .map(|version| unsafe { &*(&version.value as *const T) })
+        versions.get(index as usize).map(|version| unsafe { &*(&version.value as *const T) })
     }
 
     #[inline]
@@ -75,17 +73,13 @@ impl<T> Versioned<T> {
         let mut versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
         let index = u32::try_from(versions.len()).expect("fewer than 2^32 versions");
         let mut boxed = Box::new(Version { index, value });
-        self.current
-            .store(&mut *boxed as *mut Version<T>, Ordering::Release);
+        self.current.store(&mut *boxed as *mut Version<T>, Ordering::Release);
         versions.push(boxed);
     }
 
     /// How many versions are held (the first and every replacement).
     pub fn versions(&self) -> usize {
-        self.versions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.versions.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 

@@ -24,11 +24,8 @@ pub struct Dimensions {
 
 impl Dimensions {
     pub fn new(names: Vec<String>) -> Self {
-        let index: HashMap<String, usize> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), i))
-            .collect();
+        let index: HashMap<String, usize> =
+            names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
         Self {
             requests: index.get("requests").copied(),
             tokens: index.get("tokens").copied(),
@@ -40,11 +37,7 @@ impl Dimensions {
     /// The index and engine amount of one `name=value` keyword; an unknown name or a bad
     /// value is an error.
     #[inline]
-    pub fn named(
-        &self,
-        name: &Bound<'_, PyAny>,
-        value: &Bound<'_, PyAny>,
-    ) -> PyResult<(usize, u64)> {
+    pub fn named(&self, name: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<(usize, u64)> {
         let name = name.cast::<PyString>()?.to_str()?;
         let Some(&index) = self.index.get(name) else {
             return Err(unknown_dimension(name, self));
@@ -66,10 +59,7 @@ impl Dimensions {
     }
 
     /// Usage by dimension index from `name=value` keywords (`None` where not named).
-    pub fn usage(
-        &self,
-        amounts: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<SmallVec<[Option<u64>; 8]>> {
+    pub fn usage(&self, amounts: Option<&Bound<'_, PyDict>>) -> PyResult<SmallVec<[Option<u64>; 8]>> {
         let mut usage: SmallVec<[Option<u64>; 8]> = SmallVec::from_elem(None, self.names.len());
         if let Some(amounts) = amounts {
             self.for_each_named(amounts, |index, amount| usage[index] = Some(amount))?;
@@ -83,10 +73,7 @@ impl Dimensions {
         Ok(if scale == 1 {
             value.into_pyobject(py)?.into_any().unbind()
         } else {
-            (value as f64 / scale as f64)
-                .into_pyobject(py)?
-                .into_any()
-                .unbind()
+            (value as f64 / scale as f64).into_pyobject(py)?.into_any().unbind()
         })
     }
 }
@@ -184,10 +171,7 @@ impl Decision {
         if let Some(dimension) = self.limited_by() {
             text += &format!(
                 " limited_by={dimension:?} key={} retry_after={:.6}",
-                self.limited_key(py)?
-                    .map(|k| k.repr().map(|r| r.to_string()))
-                    .transpose()?
-                    .unwrap_or_default(),
+                self.limited_key(py)?.map(|k| k.repr().map(|r| r.to_string())).transpose()?.unwrap_or_default(),
                 self.retry_after()
             );
         }
@@ -210,14 +194,18 @@ pub struct Reservation {
 // The engine that settles a reservation is its limiter's.
 
 impl Reservation {
+    /// Runs `action` with the limiter's engine, this reservation and the keys it was made for.
     fn settle(
         slf: &Bound<'_, Self>,
-        action: impl FnOnce(&mut AnyReservation) -> llmthrottle_core::Result<()>,
+        action: impl FnOnce(&AnyEngine, &mut AnyReservation, &[&str]) -> llmthrottle_core::Result<()>,
     ) -> PyResult<()> {
-        let this = slf.get();
+        let decision = slf.as_super().get();
+        let keys = convert::keys(decision.keys.bind(slf.py()))?;
+        let keys = convert::key_strs(&keys)?;
+        let engine = &decision.limiter.get().engine;
         guard(|| {
-            let mut inner = this.inner.lock().unwrap_or_else(|e| e.into_inner());
-            action(&mut inner).map_err(to_py)
+            let mut inner = slf.get().inner.lock().unwrap_or_else(|e| e.into_inner());
+            action(engine, &mut inner, &keys).map_err(to_py)
         })
     }
 }
@@ -229,27 +217,13 @@ impl Reservation {
     /// reserved. Raises if the reservation was already committed or cancelled.
     #[pyo3(signature = (**usage))]
     fn commit(slf: &Bound<'_, Self>, usage: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
-        let decision = slf.as_super().get();
-        let actual = decision.dimensions().usage(usage)?;
-        let keys = convert::keys(decision.keys.bind(slf.py()))?;
-        let keys = convert::key_strs(&keys)?;
-        let engine = &decision.limiter.get().engine;
-        Self::settle(
-            slf,
-            |inner| dispatch!(engine, inner, (e, r) => e.commit(r, &keys, &actual)),
-        )
+        let actual = slf.as_super().get().dimensions().usage(usage)?;
+        Self::settle(slf, |engine, inner, keys| dispatch!(engine, inner, (e, r) => e.commit(r, keys, &actual)))
     }
 
     /// The call never happened: refunds everything and releases concurrency slots.
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let decision = slf.as_super().get();
-        let keys = convert::keys(decision.keys.bind(slf.py()))?;
-        let keys = convert::key_strs(&keys)?;
-        let engine = &decision.limiter.get().engine;
-        Self::settle(
-            slf,
-            |inner| dispatch!(engine, inner, (e, r) => e.cancel(r, &keys)),
-        )
+        Self::settle(slf, |engine, inner, keys| dispatch!(engine, inner, (e, r) => e.cancel(r, keys)))
     }
 
     /// True once committed or cancelled.

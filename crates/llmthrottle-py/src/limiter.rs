@@ -70,7 +70,12 @@ impl Limiter {
         } else {
             let owned = convert::keys(key)?;
             let strs = convert::key_strs(&owned)?;
-            let frozen = PyTuple::new(slf.py(), &owned)?;
+            // A tuple cannot change; a list is copied into one, so settling refunds the keys
+            // charged even if the caller changes the list afterwards.
+            let frozen = match key.cast::<PyTuple>() {
+                Ok(tuple) => tuple.clone(),
+                Err(_) => PyTuple::new(slf.py(), &owned)?,
+            };
             this.decide_keys(slf, &strs, amounts, max_wait_ns, frozen.as_any())
         }
     }
@@ -181,9 +186,7 @@ impl Limiter {
         let actual = self.dimensions.load().usage(amounts)?;
         let owned = convert::keys(key)?;
         let strs = convert::key_strs(&owned)?;
-        guard(|| {
-            dispatch!(&self.engine, AnyEngine, e => e.charge_usage(&strs, &actual)).map_err(to_py)
-        })
+        guard(|| dispatch!(&self.engine, AnyEngine, e => e.charge_usage(&strs, &actual)).map_err(to_py))
     }
 
     /// What `try_acquire` would decide now, without charging anything.
@@ -197,12 +200,7 @@ impl Limiter {
     ) -> PyResult<Py<PyAny>> {
         let this = slf.get();
         let dimensions = this.dimensions.load();
-        let amounts = Self::amounts(
-            dimensions,
-            requests,
-            tokens,
-            amounts.into_iter().flat_map(|d| d.iter()),
-        )?;
+        let amounts = Self::amounts(dimensions, requests, tokens, amounts.into_iter().flat_map(|d| d.iter()))?;
         let owned = convert::keys(key)?;
         let strs = convert::key_strs(&owned)?;
         let decision = guard(|| {
@@ -214,8 +212,7 @@ impl Limiter {
     /// The state of `key` under each limit that applies to it: a list of
     /// `(dimension, kind, remaining, used, reset_after_seconds, capacity)` tuples.
     fn status<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Vec<Bound<'py, PyTuple>>> {
-        let statuses =
-            guard(|| dispatch!(&self.engine, AnyEngine, e => e.status(key)).map_err(to_py))?;
+        let statuses = guard(|| dispatch!(&self.engine, AnyEngine, e => e.status(key)).map_err(to_py))?;
         let dimensions = self.dimensions.load();
         statuses
             .into_iter()
@@ -233,12 +230,8 @@ impl Limiter {
                         kind.into_pyobject(py)?.into_any(),
                         dimensions.to_python(py, index, s.remaining)?.into_bound(py),
                         dimensions.to_python(py, index, s.used)?.into_bound(py),
-                        (s.reset_after_ns as f64 / 1e9)
-                            .into_pyobject(py)?
-                            .into_any(),
-                        dimensions
-                            .to_python(py, index, s.kind.capacity())?
-                            .into_bound(py),
+                        (s.reset_after_ns as f64 / 1e9).into_pyobject(py)?.into_any(),
+                        dimensions.to_python(py, index, s.kind.capacity())?.into_bound(py),
                     ],
                 )
             })
@@ -278,9 +271,7 @@ fn key_matches(pattern: &str, key: &str) -> bool {
 fn parse_duration(text: &str) -> PyResult<f64> {
     llmthrottle_core::rate::parse_duration_ns(text)
         .map(|ns| ns as f64 / 1e9)
-        .map_err(|why| {
-            crate::errors::ConfigError::new_err(format!("malformed duration {text:?}: {why}"))
-        })
+        .map_err(|why| crate::errors::ConfigError::new_err(format!("malformed duration {text:?}: {why}")))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

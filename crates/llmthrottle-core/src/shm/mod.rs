@@ -195,12 +195,7 @@ impl SharedStore {
 
     /// Opens the table `name`, creating it if no process has yet: `capacity` keys, at `path`
     /// (default `/dev/shm/llmthrottle-<name>`), readable and writable by `mode`.
-    pub fn open(
-        name: &str,
-        capacity: usize,
-        path: Option<PathBuf>,
-        mode: FileMode,
-    ) -> Result<SharedStore> {
+    pub fn open(name: &str, capacity: usize, path: Option<PathBuf>, mode: FileMode) -> Result<SharedStore> {
         SharedStore::open_with(
             name,
             &SharedOptions {
@@ -218,13 +213,7 @@ impl SharedStore {
             options.long_key_capacity.map(|c| c as u64),
             options.lease_capacity as u64,
         )?;
-        SharedStore::open_file(
-            name,
-            options.path.clone(),
-            options.mode,
-            Some(layout),
-            options.hash_mask,
-        )
+        SharedStore::open_file(name, options.path.clone(), options.mode, Some(layout), options.hash_mask)
     }
 
     /// Attaches an existing table, never creating one (for inspection tools).
@@ -290,10 +279,7 @@ impl SharedStore {
         let (scopes, leases, short, long) = unsafe {
             (
                 Scopes::new(base.add(header.scope_offset as usize) as *const ScopeEntry),
-                Leases::new(
-                    base.add(header.lease_offset as usize) as *const AtomicU64,
-                    header.lease_records as usize,
-                ),
+                Leases::new(base.add(header.lease_offset as usize) as *const AtomicU64, header.lease_records as usize),
                 Table::new(
                     base.add(header.short_offset as usize) as *const ShortSlot,
                     header.short_slots as usize,
@@ -355,10 +341,7 @@ impl SharedStore {
             long_key_capacity: header.long_key_capacity,
             short_slots: header.short_slots,
             long_slots: header.long_slots,
-            live: (
-                self.shared.short.live_count(),
-                self.shared.long.live_count(),
-            ),
+            live: (self.shared.short.live_count(), self.shared.long.live_count()),
             scopes: self.shared.scopes.count(),
             lease_capacity: header.lease_records,
             file_bytes: header.file_bytes,
@@ -371,10 +354,7 @@ impl SharedStore {
         let shared = &self.shared;
         let mut entries = Vec::new();
         let mut visit = |raw: table::RawEntry| {
-            let (Some(scope), Some(kind)) = (
-                shared.scopes.label(raw.scope_id),
-                shared.scopes.kind(raw.scope_id),
-            ) else {
+            let (Some(scope), Some(kind)) = (shared.scopes.label(raw.scope_id), shared.scopes.kind(raw.scope_id)) else {
                 return;
             };
             entries.push(SharedEntry {
@@ -447,11 +427,7 @@ impl Shared {
 
     /// The pinned LIVE slot of `key`, without creating it.
     fn locate(&self, key: &Key) -> Option<(usize, bool)> {
-        let found = if key.is_long() {
-            self.long.find(key)
-        } else {
-            self.short.find(key)
-        };
+        let found = if key.is_long() { self.long.find(key) } else { self.short.find(key) };
         found.ok().flatten().map(|i| (i, key.is_long()))
     }
 
@@ -459,21 +435,9 @@ impl Shared {
         let header = self.mapping.header();
         let (kind, live, slots, option, sized_for) = if long {
             let live = self.long.live_count();
-            (
-                "keys longer than 40 bytes",
-                live,
-                self.long.len(),
-                "long_key_capacity",
-                header.long_key_capacity,
-            )
+            ("keys longer than 40 bytes", live, self.long.len(), "long_key_capacity", header.long_key_capacity)
         } else {
-            (
-                "keys",
-                self.short.live_count(),
-                self.short.len(),
-                "capacity",
-                header.capacity,
-            )
+            ("keys", self.short.live_count(), self.short.len(), "capacity", header.capacity)
         };
         CoreError::State(format!(
             "shared state {:?} is full: about {live} live {kind} in {slots} slots (sized for {option}={sized_for}) \
@@ -580,10 +544,7 @@ impl SharedStore {
             shared.short.find_or_insert(&key, now, &kind_of)?
         };
         match outcome {
-            Outcome::Found(i) => Ok(SlotRef {
-                long,
-                index: i as u32,
-            }),
+            Outcome::Found(i) => Ok(SlotRef { long, index: i as u32 }),
             Outcome::Full => Err(shared.full_error(long)),
         }
     }
@@ -595,11 +556,8 @@ impl SharedStore {
         }
         let shared = &self.shared;
         let key = Key::new(scope.id, key.as_bytes(), shared.hash_seed, shared.hash_mask);
-        let (index, long) = shared.locate(&key)?;
-        Some(SlotRef {
-            long,
-            index: index as u32,
-        })
+        let (i, long) = shared.locate(&key)?;
+        Some(SlotRef { long, index: i as u32 })
     }
 }
 
@@ -622,13 +580,7 @@ impl Store for SharedStore {
     /// Pins the slot for the length of `update` only: a decision holds no handle, so it takes
     /// no reference on the mapping and leaves no pin behind if its process dies later.
     #[inline]
-    fn with_cell<R>(
-        &self,
-        scope: &SharedScope,
-        key: &str,
-        now: Now,
-        update: impl FnOnce(&AtomicU64) -> R,
-    ) -> Result<R> {
+    fn with_cell<R>(&self, scope: &SharedScope, key: &str, now: Now, update: impl FnOnce(&AtomicU64) -> R) -> Result<R> {
         let at = self.pin(scope, key, now)?;
         let result = update(self.shared.cell(at));
         self.shared.unpin(at);
@@ -636,12 +588,7 @@ impl Store for SharedStore {
     }
 
     #[inline]
-    fn with_existing_cell<R>(
-        &self,
-        scope: &SharedScope,
-        key: &str,
-        update: impl FnOnce(&AtomicU64) -> R,
-    ) -> Option<R> {
+    fn with_existing_cell<R>(&self, scope: &SharedScope, key: &str, update: impl FnOnce(&AtomicU64) -> R) -> Option<R> {
         let at = self.pinned(scope, key)?;
         let result = update(self.shared.cell(at));
         self.shared.unpin(at);
@@ -728,9 +675,6 @@ impl Shared {
         let now = SystemClock.now().monotonic_ns;
         let last = self.last_reap_ns.load(SeqCst);
         now.saturating_sub(last) >= 1_000_000
-            && self
-                .last_reap_ns
-                .compare_exchange(last, now, SeqCst, SeqCst)
-                .is_ok()
+            && self.last_reap_ns.compare_exchange(last, now, SeqCst, SeqCst).is_ok()
     }
 }

@@ -18,7 +18,7 @@ use crate::limit::{LimitKind, MAX_KEY_BYTES, TOMBSTONE};
 use crate::policy::{Limit, Policy, PolicySpec};
 use crate::quota;
 use crate::reservation::{add, refund, Charge, Held, Reservation};
-use crate::store::{Hold, Store};
+use crate::store::{compare_and_swap, Hold, Store, Update};
 use crate::versioned::Versioned;
 
 /// The limit that decided a denial.
@@ -230,7 +230,7 @@ impl<S: Store> Engine<S> {
     #[inline]
     fn give_back(&self, limit: &Limit<S>, key: &str, charge: &Charge, now: Now, n: u64) {
         self.store
-            .with_existing_cell(&limit.scope, key, |cell| refund(cell, limit.kind, charge, now, n));
+            .with_existing_cell(&limit.scope, key, |cell| compare_and_swap(cell, refund(limit.kind, charge, now, n)));
     }
 
     /// Gives every charge of `reservation` back in full (its concurrency units are released
@@ -284,7 +284,7 @@ impl<S: Store> Engine<S> {
     /// Charges `amount` to `key`'s cell under `limit`, looking the key up again when a sweep
     /// reclaims the cell in between: usage that happened is never dropped.
     fn force_charge(&self, limit: &Limit<S>, key: &str, now: Now, amount: u64) -> Result<()> {
-        while !self.store.with_cell(&limit.scope, key, now, |cell| add(cell, limit.kind, now, amount))? {}
+        while !self.store.update_cell(&limit.scope, key, now, add(limit.kind, now, amount))? {}
         Ok(())
     }
 
@@ -400,56 +400,33 @@ impl<S: Store> Engine<S> {
             return self.hold(limit, step, now, max, reservation);
         }
         loop {
-            let attempt = self.store.with_cell(&limit.scope, step.key, now, |cell| {
-                let mut current = cell.load(Ordering::Acquire);
-                loop {
-                    if current == TOMBSTONE {
-                        return Attempt::Reclaimed;
-                    }
-                    let (next, mark, delay_ns) = match limit.kind {
-                        LimitKind::Rate(p) => {
-                            match gcra::decide(
-                                current,
-                                now.monotonic_ns,
-                                step.amount,
-                                &p,
-                                max_wait_ns,
-                            ) {
-                                // The refundable part of a charge is measured from when it was
-                                // made: a refund of an earlier charge can move this one's units
-                                // earlier in the TAT, so its own end would over-state what is
-                                // still undrained.
-                                RateOutcome::Admit { new_tat, delay_ns } => {
-                                    (new_tat, now.monotonic_ns + p.cost_ns(step.amount), delay_ns)
-                                }
-                                RateOutcome::Deny { .. } => return Attempt::Denied,
-                            }
-                        }
-                        LimitKind::Quota(q) => {
-                            let index = q.period.index(now.wall_ns);
-                            match quota::decide(current, index, step.amount, &q) {
-                                Some(next) => (next, index, 0),
-                                None => return Attempt::Denied,
-                            }
-                        }
-                        LimitKind::Concurrency { .. } => unreachable!("taken by Engine::hold"),
-                    };
-                    match cell.compare_exchange_weak(
-                        current,
-                        next,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => {
-                            return Attempt::Charged {
-                                state: next,
-                                mark,
-                                delay_ns,
-                            }
-                        }
-                        Err(actual) => current = actual,
-                    }
+            let attempt = self.store.update_cell(&limit.scope, step.key, now, |current| {
+                if current == TOMBSTONE {
+                    return Update::Keep(Attempt::Reclaimed);
                 }
+                let (next, mark, delay_ns) = match limit.kind {
+                    LimitKind::Rate(p) => {
+                        match gcra::decide(current, now.monotonic_ns, step.amount, &p, max_wait_ns) {
+                            // The refundable part of a charge is measured from when it was
+                            // made: a refund of an earlier charge can move this one's units
+                            // earlier in the TAT, so its own end would over-state what is
+                            // still undrained.
+                            RateOutcome::Admit { new_tat, delay_ns } => {
+                                (new_tat, now.monotonic_ns + p.cost_ns(step.amount), delay_ns)
+                            }
+                            RateOutcome::Deny { .. } => return Update::Keep(Attempt::Denied),
+                        }
+                    }
+                    LimitKind::Quota(q) => {
+                        let index = q.period.index(now.wall_ns);
+                        match quota::decide(current, index, step.amount, &q) {
+                            Some(next) => (next, index, 0),
+                            None => return Update::Keep(Attempt::Denied),
+                        }
+                    }
+                    LimitKind::Concurrency { .. } => unreachable!("taken by Engine::hold"),
+                };
+                Update::Write(next, Attempt::Charged { state: next, mark, delay_ns })
             })?;
             match attempt {
                 Attempt::Charged {

@@ -10,7 +10,6 @@
 //! times larger. Only a unit of a concurrency cap keeps its handle, in `held`, so it is released
 //! where it was taken.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use smallvec::SmallVec;
 
@@ -18,7 +17,7 @@ use crate::clock::Now;
 use crate::gcra;
 use crate::limit::{LimitKind, TOMBSTONE};
 use crate::quota;
-use crate::store::Store;
+use crate::store::{Store, Update};
 
 /// One admitted charge: which limit of the reservation's policy, on which of its keys.
 #[derive(Debug, Clone, Copy)]
@@ -45,51 +44,30 @@ pub(crate) struct Held<S: Store> {
     pub(crate) lease: Option<S::Lease>,
 }
 
-/// Applies `update` to `cell` with a compare-and-swap loop; false when the cell was reclaimed.
-/// A refund then has nothing to give back (whatever the cell held expired); a charge must look
-/// the key up again (see `Engine::force_charge`).
-pub(crate) fn update(cell: &AtomicU64, update: impl Fn(u64) -> u64) -> bool {
-    let mut current = cell.load(Ordering::Acquire);
-    while current != TOMBSTONE {
-        match cell.compare_exchange_weak(
-            current,
-            update(current),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => return true,
-            Err(actual) => current = actual,
-        }
-    }
-    false
-}
-
-/// Charges `n` unconditionally (usage learned after the fact); false when the cell was reclaimed.
-pub(crate) fn add(cell: &AtomicU64, kind: LimitKind, now: Now, n: u64) -> bool {
-    match kind {
-        LimitKind::Rate(p) => update(cell, |tat| gcra::force(tat, now.monotonic_ns, n, &p)),
-        LimitKind::Quota(q) => {
-            let index = q.period.index(now.wall_ns);
-            update(cell, |state| quota::force(state, index, n))
-        }
-        LimitKind::Concurrency { .. } => true,
+/// The step (for [`Store::update_cell`] or [`compare_and_swap`]) that charges `n`
+/// unconditionally: usage learned after the fact. It returns false when the cell was
+/// reclaimed, and the charge must look the key up again (see `Engine::force_charge`).
+#[inline]
+pub(crate) fn add(kind: LimitKind, now: Now, n: u64) -> impl FnMut(u64) -> Update<bool> {
+    move |current| match kind {
+        _ if current == TOMBSTONE => Update::Keep(false),
+        LimitKind::Rate(p) => Update::Write(gcra::force(current, now.monotonic_ns, n, &p), true),
+        LimitKind::Quota(q) => Update::Write(quota::force(current, q.period.index(now.wall_ns), n), true),
+        LimitKind::Concurrency { .. } => Update::Keep(true),
     }
 }
 
-/// Gives back `n` of `charge` (made under `kind`) to `cell`; nothing when the cell was
-/// reclaimed or is a newer one (see the module's note).
-pub(crate) fn refund(cell: &AtomicU64, kind: LimitKind, charge: &Charge, now: Now, n: u64) {
-    match kind {
-        LimitKind::Rate(p) => {
-            update(cell, |tat| {
-                gcra::refund(tat, now.monotonic_ns, n, charge.mark, &p)
-            });
-        }
+/// The step that gives back `n` of `charge` (made under `kind`): nothing when the cell was
+/// reclaimed (whatever it held expired) or is a newer one (see the module's note).
+#[inline]
+pub(crate) fn refund(kind: LimitKind, charge: &Charge, now: Now, n: u64) -> impl FnMut(u64) -> Update<()> + '_ {
+    move |current| match kind {
+        _ if current == TOMBSTONE => Update::Keep(()),
+        LimitKind::Rate(p) => Update::Write(gcra::refund(current, now.monotonic_ns, n, charge.mark, &p), ()),
         LimitKind::Quota(q) => {
-            let index = q.period.index(now.wall_ns);
-            update(cell, |state| quota::refund(state, index, charge.mark, n));
+            Update::Write(quota::refund(current, q.period.index(now.wall_ns), charge.mark, n), ())
         }
-        LimitKind::Concurrency { .. } => {}
+        LimitKind::Concurrency { .. } => Update::Keep(()),
     }
 }
 

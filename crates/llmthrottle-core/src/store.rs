@@ -19,6 +19,32 @@ pub enum Hold<L> {
     Reclaimed,
 }
 
+/// What a step of [`Store::update_cell`] makes of a cell's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Update<R> {
+    /// Replace the value with this one; the update returns `R` once the write lands.
+    Write(u64, R),
+    /// Leave the value as it is and return `R`.
+    Keep(R),
+}
+
+/// Runs `step` on `cell` with a compare-and-swap loop: each retry sees the latest value.
+#[inline]
+pub fn compare_and_swap<R>(cell: &AtomicU64, mut step: impl FnMut(u64) -> Update<R>) -> R {
+    let mut current = cell.load(Ordering::Acquire);
+    loop {
+        match step(current) {
+            Update::Keep(result) => return result,
+            Update::Write(next, result) => {
+                match cell.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => return result,
+                    Err(actual) => current = actual,
+                }
+            }
+        }
+    }
+}
+
 /// A table of cells, one `AtomicU64` per (limit, key), updated only by compare-and-swap.
 ///
 /// A store may reclaim a cell whose value is expired for its kind, but only by swapping the
@@ -45,6 +71,17 @@ pub trait Store: Send + Sync + 'static {
     fn with_cell<R>(&self, scope: &Self::Scope, key: &str, now: Now, update: impl FnOnce(&AtomicU64) -> R) -> Result<R> {
         let cell = self.cell(scope, key, now)?;
         Ok(update(&cell))
+    }
+
+    /// Applies `step` to the value of `key`'s cell in `scope` (created empty when absent) until
+    /// it keeps the value or its write lands by compare-and-swap, and returns what that last
+    /// run of `step` returned. `step` may run several times (each run on a newer value), so it
+    /// must only compute. It also sees [`TOMBSTONE`], and then must keep it (the cell was
+    /// reclaimed: look the key up again). Stores override it when the cell's memory can
+    /// guard itself more cheaply than by a handle or a lock.
+    #[inline]
+    fn update_cell<R>(&self, scope: &Self::Scope, key: &str, now: Now, step: impl FnMut(u64) -> Update<R>) -> Result<R> {
+        self.with_cell(scope, key, now, |cell| compare_and_swap(cell, step))
     }
 
     /// Like [`Store::with_cell`], but for a cell that exists: `None` when it does not (a

@@ -25,7 +25,14 @@
 //! 3. **A handle's slot keeps its key.** Every handle pins its slot (the low bits of the state
 //!    word). A slot can be freed while pinned, but claimed again only once FREE with no pins, so
 //!    the key bytes and the cell a handle points at belong to its key for as long as it lives.
-//!    Key bytes are only read through a pin.
+//!    The one exception is `update_unpinned`, a decision's fast path, which takes no pin: it
+//!    compares the key bytes of a LIVE slot, then writes the cell with one compare-and-swap over
+//!    the state and cell words together, which fails if the slot left the life it was found in.
+//!    Each life as LIVE carries a new number in the owner-pid bits (a LIVE slot has no owner),
+//!    so a slot reclaimed and given to another key meanwhile shows a different state word, short
+//!    of a new key with the same 16-bit tag drawing the same 22-bit number and a cell holding
+//!    the very value read. A denial it reaches is checked the same way, by reading the state
+//!    word again. Anything unusual (no LIVE copy, a tombstone, another life) takes the pinned path.
 //! 4. **Reclaiming is the tombstone protocol.** An expired LIVE cell is swapped for TOMBSTONE with
 //!    a CAS (a racing update fails its own CAS instead), and only then is the slot freed. A LIVE
 //!    slot whose cell is TOMBSTONE is a half-done reclaim that anyone holding a pin may finish.
@@ -40,6 +47,9 @@ use crate::clock::Now;
 use crate::error::{CoreError, Result};
 use crate::limit::{CellKind, TOMBSTONE};
 
+use crate::store::Update;
+
+use super::head_cas;
 use super::process::{self, Patience, Waited};
 
 /// Key bytes held in a short slot; longer keys go to the long table.
@@ -116,6 +126,13 @@ mod word {
 }
 use word::{CLAIMING, FREE, LIVE, PUBLISHED};
 
+/// A number for a slot's new life as LIVE (see invariant 3), in the bits of an owner's pid.
+fn incarnation() -> u32 {
+    static LIVES: AtomicU32 = AtomicU32::new(0);
+    let n = LIVES.fetch_add(1, SeqCst);
+    (process::pid().wrapping_mul(0x9E37_79B9) ^ n.wrapping_mul(0x85EB_CA6B)) & ((1 << process::PID_BITS) - 1)
+}
+
 #[inline]
 fn folded_multiply(a: u64, b: u64) -> u64 {
     let full = (a as u128).wrapping_mul(b as u128);
@@ -128,30 +145,41 @@ pub(crate) fn mix(x: u64) -> u64 {
     folded_multiply(x ^ 0x243F_6A88_85A3_08D3, 0x9E37_79B9_7F4A_7C15)
 }
 
-/// A key as the table compares it: scope id, length and bytes packed in little-endian words.
-pub(crate) struct Key {
+/// A key as the table compares it: scope id, length and bytes read as zero-padded
+/// little-endian words. It borrows the bytes: a copy of up to 256 bytes per lookup cost more
+/// than the rest of the lookup.
+pub(crate) struct Key<'a> {
     shape: u32,
-    words: [u64; LONG_KEY_WORDS],
+    /// The bytes that fill whole words.
+    whole: &'a [u8],
+    /// The last, partial word (0 when there is none).
+    tail: u64,
     pub(crate) hash: u64,
 }
 
-impl Key {
+impl<'a> Key<'a> {
     /// `bytes` is at most 256 bytes long (the engine allows 255).
-    pub(crate) fn new(scope_id: u32, bytes: &[u8], seed: u64, mask: u64) -> Key {
+    #[inline]
+    pub(crate) fn new(scope_id: u32, bytes: &'a [u8], seed: u64, mask: u64) -> Key<'a> {
         debug_assert!(bytes.len() <= LONG_KEY_WORDS * 8 && bytes.len() <= 255);
-        let mut words = [0u64; LONG_KEY_WORDS];
         let shape = (scope_id << 8) | bytes.len() as u32;
+        let (whole, rest) = bytes.split_at(bytes.len() & !7);
+        let tail = rest.iter().rev().fold(0, |word, &byte| word << 8 | byte as u64);
+        let mut key = Key { shape, whole, tail, hash: 0 };
         let mut hash = seed ^ (shape as u64).wrapping_mul(0xA076_1D64_78BD_642F);
-        for (word, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
-            let mut buf = [0u8; 8];
-            buf[..chunk.len()].copy_from_slice(chunk);
-            *word = u64::from_le_bytes(buf);
-            hash = folded_multiply(hash ^ *word, 0xE703_7ED1_A0B4_28DB);
+        for w in 0..key.word_count() {
+            hash = folded_multiply(hash ^ key.word(w), 0xE703_7ED1_A0B4_28DB);
         }
-        Key {
-            shape,
-            words,
-            hash: mix(hash) & mask,
+        key.hash = mix(hash) & mask;
+        key
+    }
+
+    /// Word `w` of the key, `w < word_count()`.
+    #[inline]
+    fn word(&self, w: usize) -> u64 {
+        match self.whole.get(w * 8..w * 8 + 8) {
+            Some(bytes) => u64::from_le_bytes(bytes.try_into().expect("eight bytes")),
+            None => self.tail,
         }
     }
 
@@ -267,7 +295,7 @@ impl<const W: usize> Table<W> {
 
     fn same_key(&self, slot: &Slot<W>, key: &Key) -> bool {
         slot.shape.load(SeqCst) == key.shape
-            && (0..key.word_count()).all(|w| slot.key[w].load(SeqCst) == key.words[w])
+            && (0..key.word_count()).all(|w| slot.key[w].load(SeqCst) == key.word(w))
     }
 
     /// Pins slot `i` if it holds `key` (LIVE or PUBLISHED); returns the state word seen.
@@ -324,6 +352,59 @@ impl<const W: usize> Table<W> {
         }
     }
 
+    /// The LIVE slot of `key` and the state word it showed, found without pinning it.
+    #[inline]
+    fn locate_unpinned(&self, key: &Key) -> Option<(usize, u64)> {
+        let home = self.home(key.hash);
+        let reach = self.slot(home).reach.load(SeqCst) as usize;
+        for distance in 0..reach {
+            let i = self.at(home, distance);
+            let slot = self.slot(i);
+            let s = slot.state.load(SeqCst);
+            if word::phase(s) == LIVE && word::tag(s) == key.tag() && self.same_key(slot, key) {
+                return Some((i, s));
+            }
+        }
+        None
+    }
+
+    /// Applies `step` to the cell of `key` as `Store::update_cell` does, without pinning its
+    /// slot (invariant 3). `None` when that cannot be done here: no LIVE copy of the key, a
+    /// reclaim under way, a slot that changed lives, or no double-width compare-and-swap. The
+    /// caller then takes the pinned path.
+    #[inline]
+    pub(crate) fn update_unpinned<R>(&self, key: &Key, step: &mut impl FnMut(u64) -> Update<R>) -> Option<R> {
+        if !head_cas::supported() {
+            return None;
+        }
+        let (i, mut seen) = self.locate_unpinned(key)?;
+        let slot = self.slot(i);
+        let mut value = slot.cell.load(SeqCst);
+        loop {
+            if value == TOMBSTONE {
+                return None;
+            }
+            match step(value) {
+                // The value judged was this key's if the slot is still in the same life.
+                Update::Keep(result) => {
+                    return (word::identity(slot.state.load(SeqCst)) == word::identity(seen)).then_some(result)
+                }
+                Update::Write(next, result) => {
+                    // SAFETY: slot heads are 64-byte aligned and mapped for the table's life.
+                    match unsafe { head_cas::compare_exchange(self.head(i), [seen, value], [seen, next]) } {
+                        Ok(()) => return Some(result),
+                        // Pins taken or given back by others: the same life, look again.
+                        Err([state, cell]) if word::identity(state) == word::identity(seen) => {
+                            seen = state;
+                            value = cell;
+                        }
+                        Err(_) => return None,
+                    }
+                }
+            }
+        }
+    }
+
     /// The LIVE slot of `key`, pinned, without creating it.
     pub(crate) fn find(&self, key: &Key) -> Result<Option<usize>> {
         self.search(key, false, &mut Patience::new())
@@ -348,7 +429,7 @@ impl<const W: usize> Table<W> {
             let slot = self.slot(mine);
             slot.shape.store(key.shape, SeqCst);
             for w in 0..key.word_count() {
-                slot.key[w].store(key.words[w], SeqCst);
+                slot.key[w].store(key.word(w), SeqCst);
             }
             slot.cell.store(0, SeqCst);
             self.advance(mine, CLAIMING, PUBLISHED, 0);
@@ -379,7 +460,7 @@ impl<const W: usize> Table<W> {
         while word::phase(s) == from && word::pid(s) == process::pid() {
             let next = match to {
                 FREE => word::pins(s),
-                LIVE => word::make(LIVE, 0, word::tag(s), word::pins(s) + pin),
+                LIVE => word::make(LIVE, incarnation(), word::tag(s), word::pins(s) + pin),
                 _ => word::make(to, word::pid(s), word::tag(s), word::pins(s) + pin),
             };
             match slot.state.compare_exchange(s, next, SeqCst, SeqCst) {
@@ -611,12 +692,33 @@ pub(crate) mod tests {
         }
     }
 
+    /// The packing and hash are part of the layout: every process must compute them alike.
+    #[test]
+    fn keys_pack_into_zero_padded_little_endian_words() {
+        for len in 0..=255usize {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + len) as u8).collect();
+            let key = Key::new(3, &bytes, 0x5EED, u64::MAX);
+            let mut words = [0u64; LONG_KEY_WORDS];
+            let mut hash = 0x5EED ^ (((3u32 << 8) | len as u32) as u64).wrapping_mul(0xA076_1D64_78BD_642F);
+            for (w, chunk) in bytes.chunks(8).enumerate() {
+                let mut buf = [0u8; 8];
+                buf[..chunk.len()].copy_from_slice(chunk);
+                words[w] = u64::from_le_bytes(buf);
+                hash = folded_multiply(hash ^ words[w], 0xE703_7ED1_A0B4_28DB);
+            }
+            assert!((0..LONG_KEY_WORDS).all(|w| w >= key.word_count() || key.word(w) == words[w]), "{len} bytes");
+            assert_eq!(key.hash, mix(hash), "{len} bytes");
+            assert_eq!(key.word_count(), len.div_ceil(8));
+        }
+    }
+
     #[test]
     fn colliding_keys_get_their_own_cells() {
         let owned = owned::<SHORT_KEY_WORDS>(64);
         let table = &owned.table;
         // Mask 0: every key hashes to slot 0 with tag 0.
-        let keys: Vec<Key> = (0..40).map(|n| Key::new(1, format!("k{n}").as_bytes(), 7, 0)).collect();
+        let names: Vec<String> = (0..40).map(|n| format!("k{n}")).collect();
+        let keys: Vec<Key> = names.iter().map(|name| Key::new(1, name.as_bytes(), 7, 0)).collect();
         for (n, key) in keys.iter().enumerate() {
             // A value in the future: an empty (0) rate cell counts as expired and is reclaimed.
             table.cell(insert(table, key)).store(n as u64 + 2000, SeqCst);
@@ -635,7 +737,8 @@ pub(crate) mod tests {
     fn a_full_window_is_reported_and_expired_slots_are_reused() {
         let owned = owned::<SHORT_KEY_WORDS>(8);
         let table = &owned.table;
-        let keys: Vec<Key> = (0..8).map(|n| Key::new(1, format!("k{n}").as_bytes(), 7, 0)).collect();
+        let names: Vec<String> = (0..8).map(|n| format!("k{n}")).collect();
+        let keys: Vec<Key> = names.iter().map(|name| Key::new(1, name.as_bytes(), 7, 0)).collect();
         for key in &keys {
             let i = insert(table, key);
             table.cell(i).store(5_000, SeqCst); // TAT in the future: live
@@ -677,12 +780,65 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_unpinned_update_writes_the_live_cell_and_leaves_no_pin() {
+        let owned = owned::<SHORT_KEY_WORDS>(8);
+        let table = &owned.table;
+        let key = Key::new(1, b"key", 7, 0);
+        assert_eq!(table.update_unpinned(&key, &mut |v| Update::Write(v + 1, v)), None, "absent: pinned path");
+        let i = insert(table, &key);
+        table.cell(i).store(5_000, SeqCst);
+        table.unpin(i);
+        assert_eq!(table.update_unpinned(&key, &mut |v| Update::Write(v + 1, v)), Some(5_000));
+        assert_eq!(table.update_unpinned(&key, &mut |v| Update::<u64>::Keep(v)), Some(5_001));
+        assert_eq!(table.cell(i).load(SeqCst), 5_001);
+        assert_eq!(word::pins(table.slot(i).state.load(SeqCst)), 0);
+        table.cell(i).store(TOMBSTONE, SeqCst);
+        assert_eq!(table.update_unpinned(&key, &mut |v| Update::Write(v + 1, v)), None, "a reclaim: pinned path");
+    }
+
+    /// Between the look and the write, the slot is reclaimed and given to another key with the
+    /// same tag, no pins and the very cell value read: the write and a denial must both fail.
+    #[test]
+    fn an_unpinned_update_never_lands_on_the_next_life_of_its_slot() {
+        if !head_cas::supported() {
+            return;
+        }
+        let owned = owned::<SHORT_KEY_WORDS>(1);
+        let table = &owned.table;
+        // Mask 0: both keys hash to slot 0 with tag 0.
+        let (first, second) = (Key::new(1, b"first", 7, 0), Key::new(1, b"second", 7, 0));
+        let expired = 10;
+        let i = insert(table, &first);
+        table.cell(i).store(expired, SeqCst);
+        table.unpin(i);
+        let hand_over = |value: u64, to: &Key, from: &Key| {
+            let j = insert(table, to);
+            assert_eq!(j, i, "the one slot is reclaimed for the new key");
+            assert!(table.find(from).unwrap().is_none());
+            table.cell(j).store(value, SeqCst);
+            table.unpin(j);
+        };
+        let written = table.update_unpinned(&first, &mut |value| {
+            hand_over(value, &second, &first);
+            Update::Write(value + 100, ())
+        });
+        assert_eq!(written, None);
+        assert_eq!(table.cell(i).load(SeqCst), expired, "the new key's cell is untouched");
+        let kept = table.update_unpinned(&second, &mut |value| {
+            hand_over(value, &first, &second);
+            Update::Keep(value)
+        });
+        assert_eq!(kept, None, "a value judged in another life is not answered");
+    }
+
+    #[test]
     fn racing_inserts_of_one_key_agree_on_one_slot() {
         let owned = owned::<SHORT_KEY_WORDS>(128);
         let table = &owned.table;
         for round in 0..300 {
             // Fill some slots, free some, so that claims land at different distances.
-            let key = Key::new(1, format!("race{round}").as_bytes(), 7, 0);
+            let name = format!("race{round}");
+            let key = Key::new(1, name.as_bytes(), 7, 0);
             let found: Vec<usize> = std::thread::scope(|s| {
                 let handles: Vec<_> = (0..4).map(|_| s.spawn(|| insert(table, &key))).collect();
                 handles.into_iter().map(|h| h.join().unwrap()).collect()

@@ -1,5 +1,7 @@
-//! Shared memory against the in-process store: one allowed acquire, uncontended (criterion),
-//! then aggregate throughput from 1 and 2 processes on one key and on distinct keys.
+//! Shared memory against the in-process store, uncontended (criterion): one GCRA check on one
+//! cell (the store's look-up, the math and the compare-and-swap; no clock read, no planning),
+//! then one allowed acquire; then aggregate throughput from 1 and 2 processes on one key and on
+//! distinct keys.
 //! `cargo bench -p llmthrottle-core --bench shm`
 
 use std::io::{BufRead, BufReader};
@@ -23,6 +25,42 @@ fn shared_store(path: &Path) -> Arc<SharedStore> {
     Arc::new(SharedStore::open("bench", 100_000, Some(path.to_path_buf()), FileMode::Owner).unwrap())
 }
 
+/// One admitted GCRA check and update of `key`'s cell in `scope`, at `now`.
+fn check<S: Store>(store: &S, scope: &S::Scope, key: &str, now: Now, rate: &RateParams) -> bool {
+    store
+        .update_cell(scope, key, now, |tat| match gcra::decide(tat, now.monotonic_ns, 1, rate, 0) {
+            gcra::RateOutcome::Admit { new_tat, .. } => Update::Write(new_tat, true),
+            gcra::RateOutcome::Deny { .. } => Update::Keep(false),
+        })
+        .unwrap()
+}
+
+fn per_check(c: &mut Criterion) {
+    let rate = RateParams::new(Rate::parse("1G/s").unwrap(), None).unwrap();
+    let start = SystemClock.now();
+    let local = LocalStore::new();
+    let local_scope = local.scope("check", CellKind::Rate).unwrap();
+    c.bench_function("one check, in-process", |b| {
+        let mut now = start;
+        b.iter(|| {
+            now.monotonic_ns += 1;
+            assert!(check(&local, &local_scope, std::hint::black_box("tenant:acme"), now, &rate))
+        })
+    });
+    let path = table_path();
+    let shared = shared_store(&path);
+    let shared_scope = shared.scope("check", CellKind::Rate).unwrap();
+    c.bench_function("one check, shared memory", |b| {
+        let mut now = start;
+        b.iter(|| {
+            now.monotonic_ns += 1;
+            assert!(check(&*shared, &shared_scope, std::hint::black_box("tenant:acme"), now, &rate))
+        })
+    });
+    drop(shared);
+    let _ = SharedStore::remove("bench", Some(path));
+}
+
 fn per_acquire(c: &mut Criterion) {
     let path = table_path();
     for dims in [&["requests"][..], &["requests", "tokens"][..]] {
@@ -42,7 +80,7 @@ fn per_acquire(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = per_acquire
+    targets = per_check, per_acquire
 }
 
 const RUN: Duration = Duration::from_secs(1);

@@ -33,4 +33,4 @@ pub use quota::QuotaParams;
 pub use rate::Rate;
 pub use reservation::Reservation;
 pub use shm::{FileMode, SharedOptions, SharedStore};
-pub use store::{Hold, Store};
+pub use store::{Hold, Store, Update};

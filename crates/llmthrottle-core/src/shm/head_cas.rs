@@ -33,14 +33,16 @@ pub(crate) unsafe fn compare_exchange(head: *const SlotHead, expected: [u64; 2],
     #[cfg(target_arch = "x86_64")]
     {
         let (state, cell): (u64, u64);
-        // SAFETY: the caller's contract, and `supported()`. `rbx` is reserved by the compiler,
-        // so the new state's word passes through another register and `rbx` is restored.
+        // SAFETY: the caller's contract, and `supported()`. `rbx` cannot be named as an
+        // operand, so the new state's word passes through another register and `rbx` is
+        // restored. The address is pinned to `rsi`: left to the allocator, it may be given
+        // `rbx` itself, which the exchange would overwrite.
         unsafe {
             std::arch::asm!(
                 "xchg {new_state}, rbx",
-                "lock cmpxchg16b xmmword ptr [{head}]",
+                "lock cmpxchg16b xmmword ptr [rsi]",
                 "mov rbx, {new_state}",
-                head = in(reg) head,
+                in("rsi") head,
                 new_state = inout(reg) new[0] => _,
                 in("rcx") new[1],
                 inout("rax") expected[0] => state,

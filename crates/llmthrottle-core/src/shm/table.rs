@@ -293,6 +293,7 @@ impl<const W: usize> Table<W> {
         self.slot(i).state.fetch_sub(1, SeqCst);
     }
 
+    #[inline]
     fn same_key(&self, slot: &Slot<W>, key: &Key) -> bool {
         slot.shape.load(SeqCst) == key.shape
             && (0..key.word_count()).all(|w| slot.key[w].load(SeqCst) == key.word(w))

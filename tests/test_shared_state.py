@@ -609,7 +609,7 @@ def test_a_table_of_another_layout_version_is_refused(tmp_path):
     path = tmp_path / "table"
     lt.SharedState("t", capacity=100, path=path)
     assert path.read_bytes()[:8] == b"LLMTHRTL"
-    assert struct.unpack_from("<I", path.read_bytes(), VERSION_OFFSET) == (1,)
+    assert struct.unpack_from("<I", path.read_bytes(), VERSION_OFFSET) == (2,)
     _patch(path, VERSION_OFFSET, "<I", 999)
     with pytest.raises(lt.StateError, match=r"layout 999.*state reset") as info:
         lt.SharedState("t", capacity=100, path=path)
@@ -617,7 +617,7 @@ def test_a_table_of_another_layout_version_is_refused(tmp_path):
     with pytest.raises(lt.StateError, match="layout 999"):
         lt.SharedState.attach("t", path=path)
     # A header whose sizes disagree with its own layout is corrupt.
-    _patch(path, VERSION_OFFSET, "<I", 1)
+    _patch(path, VERSION_OFFSET, "<I", 2)
     _patch(path, CAPACITY_OFFSET, "<Q", 101)
     with pytest.raises(lt.StateError, match="corrupt"):
         lt.SharedState("t", path=path)

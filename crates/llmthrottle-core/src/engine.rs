@@ -18,7 +18,7 @@ use crate::limit::{LimitKind, MAX_KEY_BYTES, TOMBSTONE};
 use crate::policy::{Limit, Policy, PolicySpec};
 use crate::quota;
 use crate::reservation::{add, refund, Charge, Held, Reservation};
-use crate::store::{compare_and_swap, Hold, Store, Update};
+use crate::store::{Hold, Store, Update};
 use crate::versioned::Versioned;
 
 /// The limit that decided a denial.
@@ -230,7 +230,7 @@ impl<S: Store> Engine<S> {
     #[inline]
     fn give_back(&self, limit: &Limit<S>, key: &str, charge: &Charge, now: Now, n: u64) {
         self.store
-            .with_existing_cell(&limit.scope, key, |cell| compare_and_swap(cell, refund(limit.kind, charge, now, n)));
+            .update_existing_cell(&limit.scope, key, refund(limit.kind, charge, now, n));
     }
 
     /// Gives every charge of `reservation` back in full (its concurrency units are released

@@ -91,6 +91,12 @@ pub trait Store: Send + Sync + 'static {
         self.find(scope, key).map(|cell| update(&cell))
     }
 
+    /// Like [`Store::update_cell`], but for a cell that exists: `None` when it does not.
+    #[inline]
+    fn update_existing_cell<R>(&self, scope: &Self::Scope, key: &str, step: impl FnMut(u64) -> Update<R>) -> Option<R> {
+        self.with_existing_cell(scope, key, |cell| compare_and_swap(cell, step))
+    }
+
     /// Which copy of the state this process sees: a store shared with a forked parent
     /// returns a new value in the child, so that a reservation the child inherited is not
     /// settled a second time against the parent's cells. A store private to its process

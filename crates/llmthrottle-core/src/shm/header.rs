@@ -15,7 +15,7 @@ use super::table::{LongSlot, ShortSlot};
 
 pub(crate) const MAGIC: [u8; 8] = *b"LLMTHRTL";
 /// Bump on any change to the header, a slot, a state word, the hash or a lease record.
-pub(crate) const LAYOUT_VERSION: u32 = 1;
+pub(crate) const LAYOUT_VERSION: u32 = 2;
 pub(crate) const HEADER_BYTES: usize = 4096;
 const REGION_ALIGN: u64 = 4096;
 

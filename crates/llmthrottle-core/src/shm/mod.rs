@@ -565,15 +565,20 @@ impl SharedStore {
         Ok(result)
     }
 
-    /// The slot of `key` in `scope` if it exists, pinned: the caller unpins it.
-    fn pinned(&self, scope: &SharedScope, key: &str) -> Option<SlotRef> {
-        if key.len() > MAX_KEY_BYTES {
-            return None;
-        }
-        let shared = &self.shared;
-        let key = Key::new(scope.id, key.as_bytes(), shared.hash_seed, shared.hash_mask);
-        let (i, long) = shared.locate(&key)?;
+    /// The slot of `key` if it exists, pinned: the caller unpins it.
+    fn pinned(&self, key: &Key) -> Option<SlotRef> {
+        let (i, long) = self.shared.locate(key)?;
         Some(SlotRef { long, index: i as u32 })
+    }
+
+    /// `Table::update_unpinned` in the table `key` belongs in.
+    #[inline]
+    fn update_unpinned<R>(&self, key: &Key, step: &mut impl FnMut(u64) -> Update<R>) -> Option<R> {
+        if key.is_long() {
+            self.shared.long.update_unpinned(key, step)
+        } else {
+            self.shared.short.update_unpinned(key, step)
+        }
     }
 }
 
@@ -605,12 +610,7 @@ impl Store for SharedStore {
     #[inline]
     fn update_cell<R>(&self, scope: &SharedScope, key: &str, now: Now, mut step: impl FnMut(u64) -> Update<R>) -> Result<R> {
         let key = self.key(scope, key)?;
-        let table_says = if key.is_long() {
-            self.shared.long.update_unpinned(&key, &mut step)
-        } else {
-            self.shared.short.update_unpinned(&key, &mut step)
-        };
-        match table_says {
+        match self.update_unpinned(&key, &mut step) {
             Some(result) => Ok(result),
             None => self.with_pinned(&key, now, |cell| compare_and_swap(cell, step)),
         }
@@ -618,10 +618,18 @@ impl Store for SharedStore {
 
     #[inline]
     fn with_existing_cell<R>(&self, scope: &SharedScope, key: &str, update: impl FnOnce(&AtomicU64) -> R) -> Option<R> {
-        let at = self.pinned(scope, key)?;
+        let at = self.pinned(&self.key(scope, key).ok()?)?;
         let result = update(self.shared.cell(at));
         self.shared.unpin(at);
         Some(result)
+    }
+
+    #[inline]
+    fn update_existing_cell<R>(&self, scope: &SharedScope, key: &str, mut step: impl FnMut(u64) -> Update<R>) -> Option<R> {
+        match self.update_unpinned(&self.key(scope, key).ok()?, &mut step) {
+            Some(result) => Some(result),
+            None => self.with_existing_cell(scope, key, |cell| compare_and_swap(cell, step)),
+        }
     }
 
     #[inline]
@@ -630,7 +638,7 @@ impl Store for SharedStore {
     }
 
     fn find(&self, scope: &SharedScope, key: &str) -> Option<SharedCell> {
-        let at = self.pinned(scope, key)?;
+        let at = self.pinned(&self.key(scope, key).ok()?)?;
         Some(SharedCell::new(&self.shared, at))
     }
 

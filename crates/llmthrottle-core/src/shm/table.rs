@@ -3,7 +3,8 @@
 //!
 //! # A slot's life
 //!
-//! Every slot has a state word: `phase | owner pid | hash tag | pins`. The phases are
+//! Every slot has a state word: `phase | owner pid | hash tag | pins`, where a LIVE slot, which
+//! has no owner, keeps the number of its life in the pid bits (invariant 3). The phases are
 //!
 //! ```text
 //!   FREE ──claim (CAS, pins = 0)──▶ CLAIMING(pid) ──key written──▶ PUBLISHED(pid) ──unique──▶ LIVE

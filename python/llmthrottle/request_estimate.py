@@ -44,7 +44,7 @@ import binascii
 import json
 import math
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Tuple
 
@@ -144,6 +144,17 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
+def _objects(items: object, path: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Each element of the list `items` with its path; `items` must be a list of objects."""
+    if not isinstance(items, list):
+        raise InvalidRequestBody(f"{path} must be a list, not {_type_name(items)}")
+    for i, item in enumerate(items):
+        item_path = f"{path}[{i}]"
+        if not isinstance(item, Mapping):
+            raise InvalidRequestBody(f"{item_path} must be an object, not {_type_name(item)}")
+        yield item_path, item
+
+
 class _Counter:
     """Counts one body with one encoding; each method walks one API's body shape."""
 
@@ -211,10 +222,7 @@ class _Counter:
         if not isinstance(content, list):
             raise InvalidRequestBody(f"{path} must be a string or a list of parts, not {_type_name(content)}")
         total = 0
-        for i, part in enumerate(content):
-            part_path = f"{path}[{i}]"
-            if not isinstance(part, Mapping):
-                raise InvalidRequestBody(f"{part_path} must be an object, not {_type_name(part)}")
+        for part_path, part in _objects(content, path):
             kind = part.get("type")
             if kind in ("text", "input_text", "output_text", "refusal"):
                 key = "refusal" if kind == "refusal" else "text"
@@ -235,14 +243,9 @@ class _Counter:
         return total
 
     def tool_calls(self, calls: object, path: str) -> int:
-        if not isinstance(calls, list):
-            raise InvalidRequestBody(f"{path} must be a list, not {_type_name(calls)}")
-        total = 0
-        for i, call in enumerate(calls):
-            if not isinstance(call, Mapping):
-                raise InvalidRequestBody(f"{path}[{i}] must be an object, not {_type_name(call)}")
-            total += self.function_call(call.get("function"), f"{path}[{i}].function")
-        return total
+        return sum(
+            self.function_call(call.get("function"), f"{call_path}.function") for call_path, call in _objects(calls, path)
+        )
 
     def function_call(self, call: object, path: str) -> int:
         if not isinstance(call, Mapping):
@@ -256,15 +259,11 @@ class _Counter:
         functions: list[tuple[object, str]] = []
         tools = body.get("tools")
         if tools is not None:
-            if not isinstance(tools, list):
-                raise InvalidRequestBody(f"tools must be a list, not {_type_name(tools)}")
-            for i, tool in enumerate(tools):
-                if not isinstance(tool, Mapping):
-                    raise InvalidRequestBody(f"tools[{i}] must be an object, not {_type_name(tool)}")
+            for tool_path, tool in _objects(tools, "tools"):
                 if "function" in tool:
-                    functions.append((tool["function"], f"tools[{i}].function"))
+                    functions.append((tool["function"], f"{tool_path}.function"))
                 else:  # responses API: flat {"type": "function", "name": ..., "parameters": ...}
-                    functions.append((tool, f"tools[{i}]"))
+                    functions.append((tool, tool_path))
         legacy = body.get("functions")
         if legacy is not None:
             if not isinstance(legacy, list):
@@ -417,11 +416,7 @@ class _Counter:
             total += self.anthropic_content(message["content"], f"{path}.content")
         tools = body.get("tools")
         if tools is not None:
-            if not isinstance(tools, list):
-                raise InvalidRequestBody(f"tools must be a list, not {_type_name(tools)}")
-            for i, tool in enumerate(tools):
-                if not isinstance(tool, Mapping):
-                    raise InvalidRequestBody(f"tools[{i}] must be an object, not {_type_name(tool)}")
+            for _, tool in _objects(tools, "tools"):
                 total += self.count(json.dumps(tool, separators=(",", ":"), ensure_ascii=False))
         return self.done(total, body, ("max_tokens",), default)
 
@@ -431,10 +426,7 @@ class _Counter:
         if not isinstance(content, list):
             raise InvalidRequestBody(f"{path} must be a string or a list of blocks, not {_type_name(content)}")
         total = 0
-        for i, block in enumerate(content):
-            block_path = f"{path}[{i}]"
-            if not isinstance(block, Mapping):
-                raise InvalidRequestBody(f"{block_path} must be an object, not {_type_name(block)}")
+        for block_path, block in _objects(content, path):
             kind = block.get("type")
             if kind == "text":
                 total += self.text(block.get("text"), f"{block_path}.text")

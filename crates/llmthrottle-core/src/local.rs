@@ -14,7 +14,7 @@ use foldhash::fast::RandomState;
 use crate::clock::Now;
 use crate::error::Result;
 use crate::limit::{CellKind, TOMBSTONE};
-use crate::store::Store;
+use crate::store::{compare_and_swap, Store, Update};
 
 const SHARDS: usize = 16;
 const FIRST_SWEEP_AT: usize = 4096;
@@ -130,33 +130,33 @@ impl Store for LocalStore {
         }
     }
 
-    /// Runs `update` under the shard's read lock, which keeps a sweep from freeing the cell:
+    /// Runs `step` under the shard's read lock, which keeps a sweep from freeing the cell:
     /// no reference count to take and drop, as `cell` needs.
     #[inline]
-    fn with_cell<R>(
+    fn update_cell<R>(
         &self,
         scope: &Arc<LocalScope>,
         key: &str,
         now: Now,
-        update: impl FnOnce(&AtomicU64) -> R,
+        step: impl FnMut(u64) -> Update<R>,
     ) -> Result<R> {
         {
             let map = scope.read(key);
             if let Some(cell) = map.get(key) {
-                return Ok(update(cell));
+                return Ok(compare_and_swap(cell, step));
             }
         }
-        Ok(update(&scope.insert(key, now)))
+        Ok(compare_and_swap(&scope.insert(key, now), step))
     }
 
     #[inline]
-    fn with_existing_cell<R>(
+    fn update_existing_cell<R>(
         &self,
         scope: &Arc<LocalScope>,
         key: &str,
-        update: impl FnOnce(&AtomicU64) -> R,
+        step: impl FnMut(u64) -> Update<R>,
     ) -> Option<R> {
-        scope.read(key).get(key).map(|cell| update(cell))
+        scope.read(key).get(key).map(|cell| compare_and_swap(cell, step))
     }
 
     fn find(&self, scope: &Arc<LocalScope>, key: &str) -> Option<Arc<AtomicU64>> {

@@ -192,13 +192,18 @@ impl<S: Store> Policy<S> {
     }
 }
 
-fn validate_dimension(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
+/// True for 1 to `max_bytes` letters, digits, `_`, `-` or `.`: the alphabet of dimension names
+/// and shared-state names.
+pub(crate) fn is_plain_name(name: &str, max_bytes: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max_bytes
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if ok {
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+fn validate_dimension(name: &str) -> Result<()> {
+    if is_plain_name(name, 64) {
         Ok(())
     } else {
         Err(CoreError::Config(format!(

@@ -64,37 +64,24 @@ pub trait Store: Send + Sync + 'static {
     /// The cell of `key` in `scope`, created empty (value 0) when absent.
     fn cell(&self, scope: &Self::Scope, key: &str, now: Now) -> Result<Self::Cell>;
 
-    /// Calls `update` with the cell of `key` in `scope` (created empty when absent), the cell
-    /// kept valid only for that call: what a decision on a rate or quota limit needs, with no
-    /// handle to take and give back. Stores override it when a handle costs more than a look.
-    #[inline]
-    fn with_cell<R>(&self, scope: &Self::Scope, key: &str, now: Now, update: impl FnOnce(&AtomicU64) -> R) -> Result<R> {
-        let cell = self.cell(scope, key, now)?;
-        Ok(update(&cell))
-    }
-
     /// Applies `step` to the value of `key`'s cell in `scope` (created empty when absent) until
     /// it keeps the value or its write lands by compare-and-swap, and returns what that last
-    /// run of `step` returned. `step` may run several times (each run on a newer value), so it
+    /// run of `step` returned: what a decision on a rate or quota limit needs, with no handle
+    /// to take and give back. `step` may run several times (each run on a newer value), so it
     /// must only compute. It also sees [`TOMBSTONE`], and then must keep it (the cell was
-    /// reclaimed: look the key up again). Stores override it when the cell's memory can
-    /// guard itself more cheaply than by a handle or a lock.
+    /// reclaimed: look the key up again). Stores override it when a handle costs more than a
+    /// look.
     #[inline]
     fn update_cell<R>(&self, scope: &Self::Scope, key: &str, now: Now, step: impl FnMut(u64) -> Update<R>) -> Result<R> {
-        self.with_cell(scope, key, now, |cell| compare_and_swap(cell, step))
+        let cell = self.cell(scope, key, now)?;
+        Ok(compare_and_swap(&cell, step))
     }
 
-    /// Like [`Store::with_cell`], but for a cell that exists: `None` when it does not (a
+    /// Like [`Store::update_cell`], but for a cell that exists: `None` when it does not (a
     /// refund never creates a cell: an absent one has nothing to give back).
     #[inline]
-    fn with_existing_cell<R>(&self, scope: &Self::Scope, key: &str, update: impl FnOnce(&AtomicU64) -> R) -> Option<R> {
-        self.find(scope, key).map(|cell| update(&cell))
-    }
-
-    /// Like [`Store::update_cell`], but for a cell that exists: `None` when it does not.
-    #[inline]
     fn update_existing_cell<R>(&self, scope: &Self::Scope, key: &str, step: impl FnMut(u64) -> Update<R>) -> Option<R> {
-        self.with_existing_cell(scope, key, |cell| compare_and_swap(cell, step))
+        self.find(scope, key).map(|cell| compare_and_swap(&cell, step))
     }
 
     /// Which copy of the state this process sees: a store shared with a forked parent

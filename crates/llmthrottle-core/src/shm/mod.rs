@@ -174,13 +174,7 @@ impl std::fmt::Debug for SharedStore {
 
 /// Names become file names: a conservative alphabet, no separators, nothing hidden.
 fn validate_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 200
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if ok {
+    if crate::policy::is_plain_name(name, 200) && !name.starts_with('.') {
         Ok(())
     } else {
         Err(CoreError::Config(format!(
@@ -556,13 +550,13 @@ impl SharedStore {
         }
     }
 
-    /// Runs `update` on the cell of `key` (created empty when absent), pinned meanwhile.
+
+    /// Applies `step` to the cell of pinned slot `at`, then unpins it.
     #[inline]
-    fn with_pinned<R>(&self, key: &Key, now: Now, update: impl FnOnce(&AtomicU64) -> R) -> Result<R> {
-        let at = self.pin(key, now)?;
-        let result = update(self.shared.cell(at));
+    fn update_pinned<R>(&self, at: SlotRef, step: impl FnMut(u64) -> Update<R>) -> R {
+        let result = compare_and_swap(self.shared.cell(at), step);
         self.shared.unpin(at);
-        Ok(result)
+        result
     }
 
     /// The slot of `key` if it exists, pinned: the caller unpins it.
@@ -598,38 +592,29 @@ impl Store for SharedStore {
         Ok(SharedCell::new(&self.shared, at))
     }
 
-    /// Pins the slot for the length of `update` only: a decision holds no handle, so it takes
-    /// no reference on the mapping and leaves no pin behind if its process dies later.
-    #[inline]
-    fn with_cell<R>(&self, scope: &SharedScope, key: &str, now: Now, update: impl FnOnce(&AtomicU64) -> R) -> Result<R> {
-        self.with_pinned(&self.key(scope, key)?, now, update)
-    }
-
     /// A key's LIVE slot is updated without a pin (see the table's invariant 3): a pin and its
     /// release were two locked instructions per cell, twice the cost of the update itself.
+    /// Otherwise the slot is pinned for the length of the update only: a decision holds no
+    /// handle, so it takes no reference on the mapping and leaves no pin behind if its process
+    /// dies later.
     #[inline]
     fn update_cell<R>(&self, scope: &SharedScope, key: &str, now: Now, mut step: impl FnMut(u64) -> Update<R>) -> Result<R> {
         let key = self.key(scope, key)?;
-        match self.update_unpinned(&key, &mut step) {
-            Some(result) => Ok(result),
-            None => self.with_pinned(&key, now, |cell| compare_and_swap(cell, step)),
+        if let Some(result) = self.update_unpinned(&key, &mut step) {
+            return Ok(result);
         }
-    }
-
-    #[inline]
-    fn with_existing_cell<R>(&self, scope: &SharedScope, key: &str, update: impl FnOnce(&AtomicU64) -> R) -> Option<R> {
-        let at = self.pinned(&self.key(scope, key).ok()?)?;
-        let result = update(self.shared.cell(at));
-        self.shared.unpin(at);
-        Some(result)
+        let at = self.pin(&key, now)?;
+        Ok(self.update_pinned(at, step))
     }
 
     #[inline]
     fn update_existing_cell<R>(&self, scope: &SharedScope, key: &str, mut step: impl FnMut(u64) -> Update<R>) -> Option<R> {
-        match self.update_unpinned(&self.key(scope, key).ok()?, &mut step) {
-            Some(result) => Some(result),
-            None => self.with_existing_cell(scope, key, |cell| compare_and_swap(cell, step)),
+        let key = self.key(scope, key).ok()?;
+        if let Some(result) = self.update_unpinned(&key, &mut step) {
+            return Some(result);
         }
+        let at = self.pinned(&key)?;
+        Some(self.update_pinned(at, step))
     }
 
     #[inline]

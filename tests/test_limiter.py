@@ -295,3 +295,39 @@ def test_matches_a_reference_token_bucket(rate, burst, steps):
         else:
             assert not d.allowed
             assert round(d.retry_after * 1e9) == pytest.approx(need - tokens_ns, abs=2)
+
+
+def test_results_built_in_place_are_whole_and_release_what_they_hold():
+    # A fresh interpreter: the first admission teaches the layout, later ones use it.
+    probe = """
+import sys
+import llmthrottle as lt
+from llmthrottle import _native
+before = _native._results_built_in_place()
+lim = lt.Limiter({"requests": "3/min", "tokens": "1k/min"})
+key = "tenant:" + "acme" * 3
+first = lim.try_acquire(key, tokens=10)
+after = _native._results_built_in_place()
+baseline = (sys.getrefcount(lim), sys.getrefcount(key))
+second = lim.try_acquire(key, tokens=20)
+assert type(second) is _native.Reservation and second.allowed
+assert second.remaining == {"requests": 1, "tokens": 970} and second.reserved == {"requests": 1, "tokens": 20}
+assert (sys.getrefcount(lim), sys.getrefcount(key)) == (baseline[0] + 1, baseline[1] + 1)
+second.commit(tokens=5)
+assert second.settled and lim.try_acquire(key, tokens=1).remaining["tokens"] == 984
+denied = lim.try_acquire(key, tokens=1)
+assert type(denied) is _native.Decision and not denied and denied.limited_by == "requests"
+assert denied.limited_key == key and denied.retry_after > 0
+for _ in range(1000):
+    lim.try_acquire(key, tokens=1)
+    lim.try_acquire("other", tokens=1000).cancel()
+del second, denied
+assert (sys.getrefcount(lim), sys.getrefcount(key)) == baseline
+print(before, after)
+"""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["None", "True"]

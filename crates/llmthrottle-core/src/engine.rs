@@ -124,44 +124,60 @@ impl<S: Store> Engine<S> {
         amounts: &[u64],
         max_wait_ns: u64,
     ) -> Result<(Decision, Option<Reservation<S>>)> {
+        let mut decision = Decision::default();
+        let mut reservation = Reservation::default();
+        let admitted = self.acquire_into(keys, amounts, max_wait_ns, &mut decision, &mut reservation)?;
+        Ok((decision, admitted.then_some(reservation)))
+    }
+
+    /// [`Engine::acquire`] writing its answer where the caller keeps it: `decision` and
+    /// `reservation` must be fresh (`Default`). Returns whether the call was admitted; when it
+    /// was not, `reservation` holds nothing to settle. A caller that builds its own result
+    /// object around the two (the Python binding does) saves moving them into it, which costs
+    /// more than the decision's arithmetic.
+    pub fn acquire_into(
+        &self,
+        keys: &[&str],
+        amounts: &[u64],
+        max_wait_ns: u64,
+        decision: &mut Decision,
+        reservation: &mut Reservation<S>,
+    ) -> Result<bool> {
+        debug_assert!(reservation.charges.is_empty() && reservation.held.is_empty());
         let (policy_version, policy) = self.policy.load_indexed();
         let now = self.now_for(policy.has_quota);
         let mut steps = Steps::new();
         plan(policy, keys, amounts, &mut steps)?;
-        let mut reservation = Reservation {
-            charges: SmallVec::new(),
-            held: Vec::new(),
-            policy_version,
-            generation: self.store.generation(),
-            settled: false,
-        };
-        let mut decision = Decision {
-            allowed: true,
-            ..Decision::default()
-        };
+        reservation.policy_version = policy_version;
+        reservation.generation = self.store.generation();
+        reservation.settled = false;
+        decision.allowed = true;
         for step in &steps {
             let limit = &policy.rules[step.rule as usize].limits[step.limit as usize];
             // Only rate limits (layer 0) queue a call ahead; a budget or other layer denies.
             let wait_ns = if policy.rules[step.rule as usize].layer == 0 { max_wait_ns } else { 0 };
-            let outcome = self.charge(limit, step, now, wait_ns, &mut reservation);
+            let outcome = self.charge(limit, step, now, wait_ns, reservation);
             match outcome {
                 Ok(Some(admitted)) => {
                     let charge = reservation.charges.last().expect("charge() pushed it");
-                    note_admitted(&mut decision, limit, charge, admitted, now);
+                    note_admitted(decision, limit, charge, admitted, now);
                 }
                 // Denied, or the store failed (a full table): either way nothing stays charged.
                 Ok(None) | Err(_) => {
                     reservation.settled = true;
-                    self.give_back_all(policy, &reservation, keys, now);
+                    self.give_back_all(policy, reservation, keys, now);
                     reservation.release_held();
                     return match outcome {
                         Err(error) => Err(error),
-                        Ok(_) => Ok((self.explain_denial(policy, &steps, step, now), None)),
+                        Ok(_) => {
+                            *decision = self.explain_denial(policy, &steps, step, now);
+                            Ok(false)
+                        }
                     };
                 }
             }
         }
-        Ok((decision, Some(reservation)))
+        Ok(true)
     }
 
     /// Reconciles `reservation` with real usage: `actual[d]` (by dimension index) replaces the

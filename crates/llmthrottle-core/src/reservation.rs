@@ -116,6 +116,19 @@ impl<S: Store> Reservation<S> {
     }
 }
 
+/// An empty reservation with nothing to settle, for [`crate::Engine::acquire_into`] to fill.
+impl<S: Store> Default for Reservation<S> {
+    fn default() -> Self {
+        Reservation {
+            charges: SmallVec::new(),
+            held: Vec::new(),
+            policy_version: 0,
+            generation: 0,
+            settled: true,
+        }
+    }
+}
+
 impl<S: Store> Drop for Reservation<S> {
     fn drop(&mut self) {
         self.release_held();

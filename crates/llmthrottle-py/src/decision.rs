@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use llmthrottle_core::{units_per_api_unit, LimitedBy};
+use llmthrottle_core::{units_per_api_unit, Decision as CoreDecision};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use smallvec::SmallVec;
@@ -81,12 +81,8 @@ impl Dimensions {
 /// What a limiter decided. Truthy when the call was admitted.
 #[pyclass(module = "llmthrottle", subclass, frozen)]
 pub struct Decision {
-    pub allowed: bool,
-    pub delay_ns: u64,
-    pub retry_after_ns: u64,
-    pub reset_after_ns: u64,
-    pub limited_by: Option<LimitedBy>,
-    pub remaining: SmallVec<[(usize, u64); 3]>,
+    /// The engine's answer, as it wrote it.
+    pub decision: CoreDecision,
     /// The limiter that decided (its dimensions name this decision's indexes).
     pub limiter: Py<Limiter>,
     /// The `key` argument: a str as given, a list or tuple of str as a tuple (settling
@@ -105,39 +101,40 @@ impl Decision {
     /// True when the call was admitted.
     #[getter]
     fn allowed(&self) -> bool {
-        self.allowed
+        self.decision.allowed
     }
 
     /// Seconds after which the same request would be admitted, if nothing else arrived
     /// (0.0 when admitted, and when a concurrency cap denied it: that frees up on a release).
     #[getter]
     fn retry_after(&self) -> f64 {
-        self.retry_after_ns as f64 / 1e9
+        self.decision.retry_after_ns as f64 / 1e9
     }
 
     /// Seconds to wait before using an admission made with `max_wait` (0.0 otherwise).
     #[getter]
     fn delay(&self) -> f64 {
-        self.delay_ns as f64 / 1e9
+        self.decision.delay_ns as f64 / 1e9
     }
 
     /// Seconds until every limit the request touched is back to full.
     #[getter]
     fn reset_after(&self) -> f64 {
-        self.reset_after_ns as f64 / 1e9
+        self.decision.reset_after_ns as f64 / 1e9
     }
 
     /// The dimension of the limit that denied the call, or None.
     #[getter]
     fn limited_by(&self) -> Option<String> {
-        self.limited_by
+        self.decision
+            .limited_by
             .map(|by| self.dimensions().names[by.dimension].clone())
     }
 
     /// The key whose limit denied the call, or None.
     #[getter]
     fn limited_key<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let Some(by) = self.limited_by else {
+        let Some(by) = self.decision.limited_by else {
             return Ok(None);
         };
         let keys = self.keys.bind(py);
@@ -152,7 +149,7 @@ impl Decision {
     fn remaining<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let out = PyDict::new(py);
         let dimensions = self.dimensions();
-        for &(dimension, value) in &self.remaining {
+        for &(dimension, value) in &self.decision.remaining {
             out.set_item(
                 &dimensions.names[dimension],
                 dimensions.to_python(py, dimension, value)?,
@@ -162,11 +159,11 @@ impl Decision {
     }
 
     fn __bool__(&self) -> bool {
-        self.allowed
+        self.decision.allowed
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        let class = if self.allowed { "admitted" } else { "denied" };
+        let class = if self.decision.allowed { "admitted" } else { "denied" };
         let mut text = format!("<Decision {class}");
         if let Some(dimension) = self.limited_by() {
             text += &format!(
@@ -175,7 +172,7 @@ impl Decision {
                 self.retry_after()
             );
         }
-        if self.delay_ns > 0 {
+        if self.decision.delay_ns > 0 {
             text += &format!(" delay={:.6}", self.delay());
         }
         Ok(text + ">")

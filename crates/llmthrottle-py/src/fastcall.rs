@@ -15,7 +15,7 @@ use pyo3::types::PyType;
 
 use crate::convert;
 use crate::errors::guard;
-use crate::limiter::Limiter;
+use crate::limiter::{Amounts, Limiter};
 
 const NAME: &CStr = c"try_acquire";
 
@@ -141,12 +141,8 @@ unsafe fn parse_and_decide<'py>(
     }
     let this = slf.get();
     let dimensions = this.dimensions.load();
-    let amounts = Limiter::amounts(
-        dimensions,
-        requests.as_ref(),
-        tokens.as_ref(),
-        named.into_iter(),
-    )?;
+    let mut amounts = Amounts::new();
+    Limiter::amounts(dimensions, requests.as_ref(), tokens.as_ref(), named.into_iter(), &mut amounts)?;
     Limiter::decide(&slf, &key, &amounts, max_wait_ns)
 }
 

@@ -9,6 +9,7 @@ mod convert;
 mod decision;
 mod errors;
 mod fastcall;
+mod in_place;
 mod limiter;
 mod state;
 mod tokens;
@@ -18,6 +19,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     state::register(m)?;
     limiter::register(m)?;
+    in_place::register(m)?;
     tokens::register(m)?;
     Ok(())
 }

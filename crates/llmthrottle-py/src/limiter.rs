@@ -11,6 +11,7 @@ use smallvec::SmallVec;
 
 use crate::convert;
 use crate::decision::{Decision, Dimensions, Reservation};
+use crate::in_place::{self, Fresh};
 use crate::errors::{guard, to_py};
 use crate::state::{dispatch, AnyEngine, AnyReservation, FakeClock, InProcessState, SharedState};
 
@@ -20,10 +21,11 @@ pub struct Limiter {
     pub(crate) dimensions: Versioned<Dimensions>,
 }
 
-type Amounts = SmallVec<[u64; 8]>;
+pub(crate) type Amounts = SmallVec<[u64; 8]>;
 
 impl Limiter {
-    /// Request amounts by dimension index; `requests` defaults to 1. `named` yields the other
+    /// Request amounts by dimension index, written into `amounts` (which the caller keeps, as
+    /// returning it would copy it); `requests` defaults to 1. `named` yields the other
     /// `name=value` keywords.
     #[inline]
     pub(crate) fn amounts<'py>(
@@ -31,8 +33,13 @@ impl Limiter {
         requests: Option<&Bound<'py, PyAny>>,
         tokens: Option<&Bound<'py, PyAny>>,
         named: impl Iterator<Item = (Bound<'py, PyAny>, Bound<'py, PyAny>)>,
-    ) -> PyResult<Amounts> {
-        let mut amounts: Amounts = SmallVec::from_elem(0, dimensions.names.len());
+        amounts: &mut Amounts,
+    ) -> PyResult<()> {
+        let len = dimensions.names.len();
+        *amounts = match len {
+            0..=8 => Amounts::from_buf_and_len([0; 8], len),
+            _ => Amounts::from_elem(0, len),
+        };
         match (requests, dimensions.requests) {
             (Some(value), Some(index)) => amounts[index] = convert::amount(value, "requests")?,
             (Some(value), None) => {
@@ -52,7 +59,7 @@ impl Limiter {
             let (index, amount) = dimensions.named(&name, &value)?;
             amounts[index] = amount;
         }
-        Ok(amounts)
+        Ok(())
     }
 
     /// `try_acquire` once its arguments are parsed: called by the entry point in `fastcall.rs`,
@@ -80,8 +87,8 @@ impl Limiter {
         }
     }
 
-    /// Asks the engine and builds the Python answer in one step per store, so the decision
-    /// and the reservation are moved as few times as possible on their way into the object.
+    /// Asks the engine, which writes its answer straight into the object returned when it can
+    /// (see `in_place`).
     #[inline(always)]
     fn decide_keys(
         &self,
@@ -92,44 +99,68 @@ impl Limiter {
         key: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
         match &self.engine {
-            AnyEngine::Local(e) => {
-                let (d, r) = e.acquire(keys, amounts, max_wait_ns).map_err(to_py)?;
-                Self::wrap(slf, d, r.map(AnyReservation::Local), key)
-            }
-            AnyEngine::Shared(e) => {
-                let (d, r) = e.acquire(keys, amounts, max_wait_ns).map_err(to_py)?;
-                Self::wrap(slf, d, r.map(AnyReservation::Shared), key)
-            }
+            AnyEngine::Local(e) => Self::answer(slf, key, || AnyReservation::Local(Default::default()), |d, r| {
+                let AnyReservation::Local(r) = r else { unreachable!("made empty just above") };
+                e.acquire_into(keys, amounts, max_wait_ns, d, r)
+            }),
+            AnyEngine::Shared(e) => Self::answer(slf, key, || AnyReservation::Shared(Default::default()), |d, r| {
+                let AnyReservation::Shared(r) = r else { unreachable!("made empty just above") };
+                e.acquire_into(keys, amounts, max_wait_ns, d, r)
+            }),
         }
     }
 
+    /// Runs `decide` on an empty decision and reservation (`empty`, of the engine's store) and
+    /// returns the `Reservation` when it admits, a plain `Decision` when it denies.
     #[inline(always)]
-    fn wrap(
+    fn answer(
         slf: &Bound<'_, Self>,
-        decision: CoreDecision,
-        reservation: Option<AnyReservation>,
         keys: &Bound<'_, PyAny>,
+        empty: impl Fn() -> AnyReservation + Copy,
+        decide: impl FnOnce(&mut CoreDecision, &mut AnyReservation) -> llmthrottle_core::Result<bool>,
     ) -> PyResult<Py<PyAny>> {
-        let base = Decision {
-            allowed: decision.allowed,
-            delay_ns: decision.delay_ns,
-            retry_after_ns: decision.retry_after_ns,
-            reset_after_ns: decision.reset_after_ns,
-            limited_by: decision.limited_by,
-            remaining: decision.remaining,
+        let py = slf.py();
+        let mut fresh = match Fresh::new(slf, keys, empty)? {
+            Some(fresh) => fresh,
+            None => return Self::answer_moved(slf, keys, empty, decide),
+        };
+        let (decision, reservation) = fresh.parts();
+        if decide(&mut decision.decision, reservation).map_err(to_py)? {
+            return Ok(fresh.into_object());
+        }
+        let denied = std::mem::take(&mut decision.decision);
+        Ok(Bound::new(py, Self::decision(slf, denied, keys))?.into_any().unbind())
+    }
+
+    /// `answer` building the result on the stack and moving it into the object, until the
+    /// layout for building in place is known (or where it cannot be used).
+    #[cold]
+    fn answer_moved(
+        slf: &Bound<'_, Self>,
+        keys: &Bound<'_, PyAny>,
+        empty: impl Fn() -> AnyReservation + Copy,
+        decide: impl FnOnce(&mut CoreDecision, &mut AnyReservation) -> llmthrottle_core::Result<bool>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let mut decision = CoreDecision::default();
+        let mut reservation = empty();
+        if !decide(&mut decision, &mut reservation).map_err(to_py)? {
+            return Ok(Bound::new(py, Self::decision(slf, decision, keys))?.into_any().unbind());
+        }
+        let init = PyClassInitializer::from(Self::decision(slf, decision, keys)).add_subclass(Reservation {
+            inner: std::sync::Mutex::new(reservation),
+        });
+        let object = Bound::new(py, init)?;
+        in_place::learn(&object);
+        Ok(object.into_any().unbind())
+    }
+
+    fn decision(slf: &Bound<'_, Self>, decision: CoreDecision, keys: &Bound<'_, PyAny>) -> Decision {
+        Decision {
+            decision,
             limiter: slf.clone().unbind(),
             keys: keys.clone().unbind(),
-        };
-        let py = slf.py();
-        Ok(match reservation {
-            Some(reservation) => {
-                let init = PyClassInitializer::from(base).add_subclass(Reservation {
-                    inner: std::sync::Mutex::new(reservation),
-                });
-                Bound::new(py, init)?.into_any().unbind()
-            }
-            None => Bound::new(py, base)?.into_any().unbind(),
-        })
+        }
     }
 }
 
@@ -200,13 +231,15 @@ impl Limiter {
     ) -> PyResult<Py<PyAny>> {
         let this = slf.get();
         let dimensions = this.dimensions.load();
-        let amounts = Self::amounts(dimensions, requests, tokens, amounts.into_iter().flat_map(|d| d.iter()))?;
+        let named = amounts.into_iter().flat_map(|d| d.iter());
+        let mut amounts = Amounts::new();
+        Self::amounts(dimensions, requests, tokens, named, &mut amounts)?;
         let owned = convert::keys(key)?;
         let strs = convert::key_strs(&owned)?;
         let decision = guard(|| {
             dispatch!(&this.engine, AnyEngine, e => e.peek(&strs, &amounts)).map_err(to_py)
         })?;
-        Self::wrap(slf, decision, None, key)
+        Ok(Bound::new(slf.py(), Self::decision(slf, decision, key))?.into_any().unbind())
     }
 
     /// The state of `key` under each limit that applies to it: a list of

@@ -41,6 +41,10 @@ impl Period {
     }
 
     /// The index of the period containing `wall_ns` (consecutive periods have consecutive indexes).
+    // Not inlined: inlined into a decision's loop over limits, the compiler computed every
+    // kind of period (the month's date arithmetic included) before the loop, for every
+    // decision, even when no limit was a quota.
+    #[inline(never)]
     pub fn index(self, wall_ns: u64) -> u64 {
         match self {
             Period::Day => wall_ns / NS_PER_DAY,

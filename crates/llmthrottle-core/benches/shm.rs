@@ -25,10 +25,8 @@ fn shared_store(path: &Path) -> Arc<SharedStore> {
     Arc::new(SharedStore::open("bench", 100_000, Some(path.to_path_buf()), FileMode::Owner).unwrap())
 }
 
-/// One admitted GCRA check and update of `key`'s cell in `scope`, at `now`, in a session of
-/// its own (as a one-dimension decision has).
+/// One admitted GCRA check and update of `key`'s cell in `scope`, at `now`.
 fn check<S: Store>(store: &S, scope: &S::Scope, key: &str, now: Now, rate: &RateParams) -> bool {
-    let _session = store.session();
     store
         .update_cell(scope, key, now, |tat| match gcra::decide(tat, now.monotonic_ns, 1, rate, 0) {
             gcra::RateOutcome::Admit { new_tat, .. } => Update::Write(new_tat, true),

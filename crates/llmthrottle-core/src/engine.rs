@@ -144,7 +144,6 @@ impl<S: Store> Engine<S> {
         reservation: &mut Reservation<S>,
     ) -> Result<bool> {
         debug_assert!(reservation.charges.is_empty() && reservation.held.is_empty());
-        let _session = self.store.session();
         let (policy_version, policy) = self.policy.load_indexed();
         let now = self.now_for(policy.has_quota);
         let mut steps = Steps::new();
@@ -193,7 +192,6 @@ impl<S: Store> Engine<S> {
     ) -> Result<()> {
         let policy = self.settling(reservation, keys)?;
         let now = self.clock.now();
-        let _session = self.store.session();
         reservation.release_held();
         let own = reservation.generation == self.store.generation();
         for charge in &reservation.charges {
@@ -311,7 +309,6 @@ impl<S: Store> Engine<S> {
     pub fn cancel(&self, reservation: &mut Reservation<S>, keys: &[&str]) -> Result<()> {
         let policy = self.settling(reservation, keys)?;
         let now = self.clock.now();
-        let _session = self.store.session();
         reservation.release_held();
         self.give_back_all(policy, reservation, keys, now);
         Ok(())

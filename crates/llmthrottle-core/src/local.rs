@@ -1,18 +1,13 @@
-//! The in-process store: a concurrent hash map per scope, from key to a reference-counted
-//! atomic cell.
+//! The in-process store: sharded hash maps from key to a reference-counted atomic cell.
 //!
-//! Looking a key up takes no lock: the map (papaya) reads under an epoch guard, which also keeps
-//! a cell removed meanwhile readable until the guard is dropped. Every decision is then a
-//! compare-and-swap on the cell. Expired cells are swept (tombstoned, then removed) whenever a
-//! scope has doubled in size since the last sweep, so memory follows the live keys; a caller
-//! holding a cell that was swept sees the tombstone and looks the key up again.
-//!
-//! Tried and dropped: 16 shards of `RwLock<HashMap>`. Taking and releasing a read lock are two
-//! locked instructions per cell, more than the cell's own compare-and-swap, and picking the
-//! shard hashed each key twice.
+//! Readers take a shard's read lock only to find or insert a cell; every decision is a
+//! compare-and-swap on the cell itself. Expired cells are swept (tombstoned, then removed)
+//! whenever a scope has doubled in size since the last sweep, so memory follows the live keys.
 
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use foldhash::fast::RandomState;
 
@@ -21,22 +16,23 @@ use crate::error::Result;
 use crate::limit::{CellKind, TOMBSTONE};
 use crate::store::{compare_and_swap, Store, Update};
 
+const SHARDS: usize = 16;
 const FIRST_SWEEP_AT: usize = 4096;
 
-type Map = papaya::HashMap<Box<str>, Arc<AtomicU64>, RandomState>;
+type Map = HashMap<Box<str>, Arc<AtomicU64>, RandomState>;
+type Shard = RwLock<Map>;
 
 pub struct LocalScope {
     kind: CellKind,
-    map: Map,
+    hasher: RandomState,
+    shards: Box<[Shard]>,
     len: AtomicUsize,
     sweep_at: AtomicUsize,
 }
 
 #[derive(Default)]
 pub struct LocalStore {
-    scopes: RwLock<std::collections::HashMap<String, Arc<LocalScope>>>,
-    /// Shared by the maps of every scope, so that one guard covers a whole decision.
-    collector: Arc<seize::Collector>,
+    scopes: RwLock<HashMap<String, Arc<LocalScope>>>,
 }
 
 impl LocalStore {
@@ -56,22 +52,27 @@ impl LocalStore {
 }
 
 impl LocalScope {
+    fn shard(&self, key: &str) -> &Shard {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    /// The map of `key`'s shard, read-locked.
+    #[inline]
+    fn read(&self, key: &str) -> RwLockReadGuard<'_, Map> {
+        self.shard(key).read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The cell of `key`, inserted empty unless a racing caller got there first; inserting
     /// may start a sweep.
     fn insert(&self, key: &str, now: Now) -> Arc<AtomicU64> {
-        let map = self.map.pin();
-        let cell = loop {
-            match map.try_insert(key.into(), Arc::new(AtomicU64::new(0))) {
-                Ok(cell) => break Arc::clone(cell),
-                Err(taken) if taken.current.load(Ordering::Acquire) != TOMBSTONE => {
-                    return Arc::clone(taken.current);
-                }
-                // Swept, and about to be removed: remove it here and insert again.
-                Err(taken) => {
-                    let swept = taken.current;
-                    let _ = map.remove_if(key, |_, cell| Arc::ptr_eq(cell, swept));
-                }
+        let cell = {
+            let mut map = self.shard(key).write().unwrap_or_else(|e| e.into_inner());
+            if let Some(cell) = map.get(key) {
+                return Arc::clone(cell);
             }
+            let cell = Arc::new(AtomicU64::new(0));
+            map.insert(key.into(), Arc::clone(&cell));
+            cell
         };
         let len = self.len.fetch_add(1, Ordering::Relaxed) + 1;
         if len >= self.sweep_at.load(Ordering::Relaxed) {
@@ -82,16 +83,19 @@ impl LocalScope {
 
     /// Removes every expired cell; a cell updated concurrently fails the tombstone swap and stays.
     fn sweep(&self, now: Now) {
-        let map = self.map.pin();
-        map.retain(|_, cell| {
-            let value = cell.load(Ordering::Acquire);
-            let reclaim = self.kind.is_expired(value, now)
-                && cell
-                    .compare_exchange(value, TOMBSTONE, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok();
-            !reclaim
-        });
-        let live = map.len();
+        let mut live = 0;
+        for shard in self.shards.iter() {
+            let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
+            map.retain(|_, cell| {
+                let value = cell.load(Ordering::Acquire);
+                let reclaim = self.kind.is_expired(value, now)
+                    && cell
+                        .compare_exchange(value, TOMBSTONE, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok();
+                !reclaim
+            });
+            live += map.len();
+        }
         self.len.store(live, Ordering::Relaxed);
         self.sweep_at
             .store((live * 2).max(FIRST_SWEEP_AT), Ordering::Relaxed);
@@ -103,24 +107,14 @@ impl Store for LocalStore {
     type Cell = Arc<AtomicU64>;
     /// Units held by a process die with it: nothing to record.
     type Lease = ();
-    /// An epoch guard of the collector every scope's map shares: a look-up inside it enters
-    /// the epoch by bumping a count instead of with a locked instruction.
-    type Session<'a> = papaya::LocalGuard<'a>;
-
-    #[inline]
-    fn session(&self) -> papaya::LocalGuard<'_> {
-        self.collector.enter()
-    }
 
     fn scope(&self, label: &str, kind: CellKind) -> Result<Arc<LocalScope>> {
         let mut scopes = self.scopes.write().unwrap_or_else(|e| e.into_inner());
         let scope = scopes.entry(label.to_owned()).or_insert_with(|| {
             Arc::new(LocalScope {
                 kind,
-                map: papaya::HashMap::builder()
-                    .hasher(RandomState::default())
-                    .shared_collector(Arc::clone(&self.collector))
-                    .build(),
+                hasher: RandomState::default(),
+                shards: (0..SHARDS).map(|_| Shard::default()).collect(),
                 len: AtomicUsize::new(0),
                 sweep_at: AtomicUsize::new(FIRST_SWEEP_AT),
             })
@@ -136,8 +130,8 @@ impl Store for LocalStore {
         }
     }
 
-    /// Runs `step` on the cell under the map's guard: no reference count to take and drop, as
-    /// `cell` needs.
+    /// Runs `step` under the shard's read lock, which keeps a sweep from freeing the cell:
+    /// no reference count to take and drop, as `cell` needs.
     #[inline]
     fn update_cell<R>(
         &self,
@@ -147,8 +141,8 @@ impl Store for LocalStore {
         step: impl FnMut(u64) -> Update<R>,
     ) -> Result<R> {
         {
-            let guard = scope.map.guard();
-            if let Some(cell) = scope.map.get(key, &guard) {
+            let map = scope.read(key);
+            if let Some(cell) = map.get(key) {
                 return Ok(compare_and_swap(cell, step));
             }
         }
@@ -162,19 +156,21 @@ impl Store for LocalStore {
         key: &str,
         step: impl FnMut(u64) -> Update<R>,
     ) -> Option<R> {
-        let guard = scope.map.guard();
-        scope.map.get(key, &guard).map(|cell| compare_and_swap(cell, step))
+        scope.read(key).get(key).map(|cell| compare_and_swap(cell, step))
     }
 
     fn find(&self, scope: &Arc<LocalScope>, key: &str) -> Option<Arc<AtomicU64>> {
-        scope.map.pin().get(key).cloned()
+        scope.read(key).get(key).cloned()
     }
 
     fn for_each(&self, scope: &Arc<LocalScope>, visit: &mut dyn FnMut(&str, u64)) {
-        for (key, cell) in scope.map.pin().iter() {
-            let value = cell.load(Ordering::Acquire);
-            if value != TOMBSTONE {
-                visit(key, value);
+        for shard in scope.shards.iter() {
+            let map = shard.read().unwrap_or_else(|e| e.into_inner());
+            for (key, cell) in map.iter() {
+                let value = cell.load(Ordering::Acquire);
+                if value != TOMBSTONE {
+                    visit(key, value);
+                }
             }
         }
     }

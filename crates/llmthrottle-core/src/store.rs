@@ -57,15 +57,6 @@ pub trait Store: Send + Sync + 'static {
     type Cell: Deref<Target = AtomicU64> + Send + Sync + 'static;
     /// A record of one unit of a concurrency cap held by this process (see [`Store::hold`]).
     type Lease: Send + Sync + 'static;
-    /// What the store keeps up while the engine makes one decision, so that the look-ups
-    /// inside it pay their bookkeeping once (the in-process store's epoch guard); `()` when
-    /// a store has none.
-    type Session<'a>
-    where
-        Self: 'a;
-
-    /// Opens a session, held by the engine for the length of one decision.
-    fn session(&self) -> Self::Session<'_>;
 
     /// The scope holding the state of the limit named `label`, whose cells are of `kind`.
     fn scope(&self, label: &str, kind: CellKind) -> Result<Self::Scope>;

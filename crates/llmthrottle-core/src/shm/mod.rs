@@ -580,11 +580,6 @@ impl Store for SharedStore {
     type Scope = SharedScope;
     type Cell = SharedCell;
     type Lease = SharedLease;
-    /// Slots need no guard: a look-up that races a reclaim is caught by the slot's state word.
-    type Session<'a> = ();
-
-    #[inline]
-    fn session(&self) {}
 
     fn scope(&self, label: &str, kind: CellKind) -> Result<SharedScope> {
         let id = self.shared.scopes.register(label, kind)?;

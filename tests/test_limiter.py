@@ -323,6 +323,27 @@ for _ in range(1000):
     lim.try_acquire("other", tokens=1000).cancel()
 del second, denied
 assert (sys.getrefcount(lim), sys.getrefcount(key)) == baseline
+# Released objects are reused: a new result never shows what an earlier one held.
+other = lt.Limiter({"requests": "1M/min", "concurrency": 2})
+for i in range(200):
+    held = [other.try_acquire(["u:%d" % i, "team"]) for _ in range(2)]
+    assert [bool(r) for r in held] == [True, True] and held[0].reserved == {"requests": 1, "concurrency": 1}
+    assert not other.try_acquire("u:%d" % i) and other.try_acquire("solo:%d" % i).limited_key is None
+    del held
+# Made on one thread, released on another.
+import queue, threading
+made = queue.Queue()
+def make():
+    for _ in range(5000):
+        made.put(other.try_acquire("threaded"))
+    made.put(None)
+def release():
+    while made.get() is not None:
+        pass
+threads = [threading.Thread(target=make), threading.Thread(target=release)]
+for t in threads: t.start()
+for t in threads: t.join()
+assert other.try_acquire("threaded") and other.try_acquire("threaded")
 print(before, after)
 """
     import subprocess

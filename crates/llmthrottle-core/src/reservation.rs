@@ -130,8 +130,11 @@ impl<S: Store> Default for Reservation<S> {
 }
 
 impl<S: Store> Drop for Reservation<S> {
+    #[inline]
     fn drop(&mut self) {
-        self.release_held();
+        if !self.held.is_empty() {
+            self.release_held();
+        }
     }
 }
 

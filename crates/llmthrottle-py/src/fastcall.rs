@@ -159,6 +159,18 @@ enum Keyword {
 
 #[inline]
 fn keyword(name: &Bound<'_, PyAny>) -> Keyword {
+    // Keyword names written in a call are interned strings: one pointer comparison each.
+    let py = name.py();
+    let interned = name.as_ptr();
+    if interned == pyo3::intern!(py, "tokens").as_ptr() {
+        return Keyword::Tokens;
+    }
+    if interned == pyo3::intern!(py, "requests").as_ptr() {
+        return Keyword::Requests;
+    }
+    if interned == pyo3::intern!(py, "max_wait").as_ptr() {
+        return Keyword::MaxWait;
+    }
     // SAFETY: keyword names are str objects; the GIL is held.
     let mut len: ffi::Py_ssize_t = 0;
     let data = unsafe { ffi::PyUnicode_AsUTF8AndSize(name.as_ptr(), &mut len) };

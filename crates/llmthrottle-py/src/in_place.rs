@@ -71,11 +71,13 @@ impl<'py> Fresh<'py> {
         let py = limiter.py();
         let type_object = py.get_type::<Reservation>();
         let type_ptr = type_object.as_type_ptr();
-        // SAFETY: the GIL is held; `tp_alloc` returns a zeroed object of the type's basic size
-        // with one reference, or NULL with an exception set.
+        // SAFETY: the GIL is held; a recycled object is given its type and one reference, as
+        // `tp_alloc` does for a new one (zeroed, or NULL with an exception set).
         let object = unsafe {
-            let alloc = (*type_ptr).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
-            alloc(type_ptr, 0)
+            match RECYCLED.take(py) {
+                Some(object) => ffi::PyObject_Init(object, type_ptr),
+                None => (*type_ptr).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc)(type_ptr, 0),
+            }
         };
         if object.is_null() {
             return Err(PyErr::fetch(py));
@@ -123,6 +125,71 @@ impl<'py> Fresh<'py> {
     }
 }
 
+/// How many released `Reservation` objects are kept for reuse.
+const RECYCLED_MAX: usize = 64;
+
+/// The memory of `Reservation` objects released since, for the next ones: allocating an object
+/// and freeing it (with the collector's bookkeeping of a type PyO3 makes collectable) cost a
+/// tenth of a decision. Used only where the GIL serialises every access (not on a
+/// free-threaded interpreter), which `RECYCLED.enabled` records. A recycled object is not
+/// tracked by the cycle collector, which it never needs: a reservation holds only its
+/// limiter and its keys (strings), and can be in no cycle.
+struct Recycled {
+    enabled: OnceLock<bool>,
+    objects: std::cell::UnsafeCell<[*mut ffi::PyObject; RECYCLED_MAX]>,
+    len: std::cell::Cell<usize>,
+}
+
+// SAFETY: every access holds the GIL, on an interpreter where that serialises threads.
+unsafe impl Sync for Recycled {}
+
+static RECYCLED: Recycled = Recycled {
+    enabled: OnceLock::new(),
+    objects: std::cell::UnsafeCell::new([std::ptr::null_mut(); RECYCLED_MAX]),
+    len: std::cell::Cell::new(0),
+};
+
+impl Recycled {
+    /// A released object's memory, if one is kept.
+    #[inline]
+    fn take(&self, _attached: Python<'_>) -> Option<*mut ffi::PyObject> {
+        let len = self.len.get();
+        if len == 0 {
+            return None;
+        }
+        self.len.set(len - 1);
+        // SAFETY: the GIL is held (see the type); `len - 1` is below `RECYCLED_MAX`.
+        Some(unsafe { (*self.objects.get())[len - 1] })
+    }
+
+    /// Keeps `object`'s memory, unless the list is full or not in use. False: free it.
+    #[inline]
+    fn keep(&self, object: *mut ffi::PyObject) -> bool {
+        let len = self.len.get();
+        if len == RECYCLED_MAX || self.enabled.get() != Some(&true) {
+            return false;
+        }
+        // SAFETY: as in `take`.
+        unsafe { (*self.objects.get())[len] = object };
+        self.len.set(len + 1);
+        true
+    }
+}
+
+/// The `tp_free` of `Reservation`: its instances' memory goes back to `RECYCLED` when there is
+/// room, to the interpreter otherwise.
+unsafe extern "C" fn release(object: *mut std::ffi::c_void) {
+    let object = object.cast::<ffi::PyObject>();
+    // SAFETY: the interpreter calls `tp_free` with the GIL held, on an object whose contents
+    // have been dropped and which the collector no longer tracks.
+    unsafe {
+        let py = Python::assume_attached();
+        if ffi::Py_TYPE(object) != py.get_type::<Reservation>().as_type_ptr() || !RECYCLED.keep(object) {
+            ffi::PyObject_GC_Del(object.cast());
+        }
+    }
+}
+
 /// Whether admitted results are built in place: `None` before the first admission (which
 /// teaches the layout), then `True`, or `False` when the layout does not allow it. Tests
 /// check it so that a PyO3 upgrade that changes the layout is noticed, not silently slower.
@@ -132,5 +199,16 @@ fn _results_built_in_place() -> Option<bool> {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    let sys = py.import("sys")?;
+    let gil_enabled = match sys.getattr("_is_gil_enabled") {
+        Ok(is_enabled) => is_enabled.call0()?.extract::<bool>()?,
+        Err(_) => true,
+    };
+    if RECYCLED.enabled.set(gil_enabled).is_ok() && gil_enabled {
+        let type_ptr = py.get_type::<Reservation>().as_type_ptr();
+        // SAFETY: the GIL is held; the type was just made and has no instance yet.
+        unsafe { (*type_ptr).tp_free = Some(release) };
+    }
     m.add_function(wrap_pyfunction!(_results_built_in_place, m)?)
 }

@@ -271,7 +271,7 @@ impl<S: Store> Engine<S> {
         let now = self.clock.now();
         for (dimension, used) in actual.iter().enumerate() {
             if let Some(used) = used.filter(|u| *u > 0) {
-                self.charge_dimension(&policy, keys, dimension, used, now)?;
+                self.charge_dimension(policy, keys, dimension, used, now)?;
             }
         }
         Ok(())
@@ -321,14 +321,14 @@ impl<S: Store> Engine<S> {
         let mut steps = Steps::new();
         plan(policy, keys, amounts, &mut steps)?;
         let mut decision = Decision::default();
-        if let Some((retry_after_ns, limited_by)) = self.worst_denial(&policy, &steps, now) {
+        if let Some((retry_after_ns, limited_by)) = self.worst_denial(policy, &steps, now) {
             decision.retry_after_ns = retry_after_ns;
             decision.limited_by = Some(limited_by);
         } else {
             decision.allowed = true;
             for step in &steps {
                 let limit = &policy.rules[step.rule as usize].limits[step.limit as usize];
-                let status = self.limit_status(&policy, limit, step.key, now);
+                let status = self.limit_status(policy, limit, step.key, now);
                 let left = status.remaining.saturating_sub(step.amount);
                 note_remaining(&mut decision, limit.dimension, left);
                 let after = match limit.kind {
@@ -349,7 +349,7 @@ impl<S: Store> Engine<S> {
         Ok(policy
             .rules_for(key)
             .flat_map(|(_, rule)| rule.limits.iter())
-            .map(|limit| self.limit_status(&policy, limit, key, now))
+            .map(|limit| self.limit_status(policy, limit, key, now))
             .collect())
     }
 

@@ -1,4 +1,5 @@
-//! Builds the `Reservation` that `try_acquire` returns in the object's own memory.
+//! Builds the `Reservation` that `try_acquire` returns in the object's own memory, and keeps
+//! that memory for the next one when the object is released.
 //!
 //! A decision and its reservation are a few hundred bytes that the engine writes field by field.
 //! Moving them into a Python object afterwards (PyO3 moves a value into the object it allocates,

@@ -142,7 +142,9 @@ unsafe fn parse_and_decide<'py>(
     let this = slf.get();
     let dimensions = this.dimensions.load();
     let mut amounts = Amounts::new();
-    Limiter::amounts(dimensions, requests.as_ref(), tokens.as_ref(), named.into_iter(), &mut amounts)?;
+    // Borrowed, not moved: moving the list into an iterator copied it whole on every call.
+    let named = named.iter().map(|(name, value)| (name.clone(), value.clone()));
+    Limiter::amounts(dimensions, requests.as_ref(), tokens.as_ref(), named, &mut amounts)?;
     Limiter::decide(&slf, &key, &amounts, max_wait_ns)
 }
 

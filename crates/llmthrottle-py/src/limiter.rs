@@ -155,6 +155,7 @@ impl Limiter {
         Ok(object.into_any().unbind())
     }
 
+    /// The Python `Decision` for the engine's `decision` on `keys`, decided by `slf`.
     fn decision(slf: &Bound<'_, Self>, decision: CoreDecision, keys: &Bound<'_, PyAny>) -> Decision {
         Decision {
             decision,

@@ -25,10 +25,11 @@ fn shared_store(path: &Path) -> Arc<SharedStore> {
     Arc::new(SharedStore::open("bench", 100_000, Some(path.to_path_buf()), FileMode::Owner).unwrap())
 }
 
-/// One admitted GCRA check and update of `key`'s cell in `scope`, at `now`.
+/// One admitted GCRA check and update of `key`'s cell in `scope`, at `now`, in a session of
+/// its own (as a decision on one limit has).
 fn check<S: Store>(store: &S, scope: &S::Scope, key: &str, now: Now, rate: &RateParams) -> bool {
     store
-        .update_cell(scope, key, now, |tat| match gcra::decide(tat, now.monotonic_ns, 1, rate, 0) {
+        .update_cell(&mut store.session(), scope, key, now, |tat| match gcra::decide(tat, now.monotonic_ns, 1, rate, 0) {
             gcra::RateOutcome::Admit { new_tat, .. } => Update::Write(new_tat, true),
             gcra::RateOutcome::Deny { .. } => Update::Keep(false),
         })

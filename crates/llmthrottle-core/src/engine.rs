@@ -148,6 +148,7 @@ impl<S: Store> Engine<S> {
         let now = self.now_for(policy.has_quota);
         let mut steps = Steps::new();
         plan(policy, keys, amounts, &mut steps)?;
+        let session = &mut self.store.session();
         reservation.policy_version = policy_version;
         reservation.generation = self.store.generation();
         reservation.settled = false;
@@ -156,7 +157,7 @@ impl<S: Store> Engine<S> {
             let limit = &policy.rules[step.rule as usize].limits[step.limit as usize];
             // Only rate limits (layer 0) queue a call ahead; a budget or other layer denies.
             let wait_ns = if policy.rules[step.rule as usize].layer == 0 { max_wait_ns } else { 0 };
-            let outcome = self.charge(limit, step, now, wait_ns, reservation);
+            let outcome = self.charge(session, limit, step, now, wait_ns, reservation);
             match outcome {
                 Ok(Some(admitted)) => {
                     let charge = reservation.charges.last().expect("charge() pushed it");
@@ -165,12 +166,12 @@ impl<S: Store> Engine<S> {
                 // Denied, or the store failed (a full table): either way nothing stays charged.
                 Ok(None) | Err(_) => {
                     reservation.settled = true;
-                    self.give_back_all(policy, reservation, keys, now);
+                    self.give_back_all(session, policy, reservation, keys, now);
                     reservation.release_held();
                     return match outcome {
                         Err(error) => Err(error),
                         Ok(_) => {
-                            *decision = self.explain_denial(policy, &steps, step, now);
+                            *decision = self.explain_denial(session, policy, &steps, step, now);
                             Ok(false)
                         }
                     };
@@ -192,6 +193,7 @@ impl<S: Store> Engine<S> {
     ) -> Result<()> {
         let policy = self.settling(reservation, keys)?;
         let now = self.clock.now();
+        let session = &mut self.store.session();
         reservation.release_held();
         let own = reservation.generation == self.store.generation();
         for charge in &reservation.charges {
@@ -203,9 +205,9 @@ impl<S: Store> Engine<S> {
                 continue;
             }
             if used > charge.amount {
-                self.force_charge(limit, key, now, used - charge.amount)?;
+                self.force_charge(session, limit, key, now, used - charge.amount)?;
             } else if used < charge.amount && own {
-                self.give_back(limit, key, charge, now, charge.amount - used);
+                self.give_back(session, limit, key, charge, now, charge.amount - used);
             }
         }
         for (dimension, used) in actual.iter().enumerate() {
@@ -215,7 +217,7 @@ impl<S: Store> Engine<S> {
             if reservation.charges.iter().any(|c| c.dimension as usize == dimension) {
                 continue;
             }
-            self.charge_dimension(policy, keys, dimension, used, now)?;
+            self.charge_dimension(session, policy, keys, dimension, used, now)?;
         }
         Ok(())
     }
@@ -244,19 +246,25 @@ impl<S: Store> Engine<S> {
 
     /// Gives `n` of `charge` back to `key`'s cell under `limit`, if the cell still exists.
     #[inline]
-    fn give_back(&self, limit: &Limit<S>, key: &str, charge: &Charge, now: Now, n: u64) {
+    fn give_back(
+        &self,
+        session: &mut S::Session<'_>,
+        limit: &Limit<S>, key: &str, charge: &Charge, now: Now, n: u64) {
         self.store
-            .update_existing_cell(&limit.scope, key, refund(limit.kind, charge, now, n));
+            .update_existing_cell(session, &limit.scope, key, refund(limit.kind, charge, now, n));
     }
 
     /// Gives every charge of `reservation` back in full (its concurrency units are released
     /// separately, through `Reservation::release_held`).
-    fn give_back_all(&self, policy: &Policy<S>, reservation: &Reservation<S>, keys: &[&str], now: Now) {
+    fn give_back_all(
+        &self,
+        session: &mut S::Session<'_>,
+        policy: &Policy<S>, reservation: &Reservation<S>, keys: &[&str], now: Now) {
         if reservation.generation != self.store.generation() {
             return;
         }
         for charge in &reservation.charges {
-            self.give_back(policy.limit(charge), keys[charge.key_index as usize], charge, now, charge.amount);
+            self.give_back(session, policy.limit(charge), keys[charge.key_index as usize], charge, now, charge.amount);
         }
     }
 
@@ -269,9 +277,10 @@ impl<S: Store> Engine<S> {
         }
         let policy = self.policy.load();
         let now = self.clock.now();
+        let session = &mut self.store.session();
         for (dimension, used) in actual.iter().enumerate() {
             if let Some(used) = used.filter(|u| *u > 0) {
-                self.charge_dimension(policy, keys, dimension, used, now)?;
+                self.charge_dimension(session, policy, keys, dimension, used, now)?;
             }
         }
         Ok(())
@@ -279,6 +288,7 @@ impl<S: Store> Engine<S> {
 
     fn charge_dimension(
         &self,
+        session: &mut S::Session<'_>,
         policy: &Policy<S>,
         keys: &[&str],
         dimension: usize,
@@ -291,7 +301,7 @@ impl<S: Store> Engine<S> {
                 .flat_map(|(_, rule)| rule.limits.iter())
                 .filter(|l| l.dimension == dimension)
             {
-                self.force_charge(limit, key, now, used)?;
+                self.force_charge(session, limit, key, now, used)?;
             }
         }
         Ok(())
@@ -299,8 +309,11 @@ impl<S: Store> Engine<S> {
 
     /// Charges `amount` to `key`'s cell under `limit`, looking the key up again when a sweep
     /// reclaims the cell in between: usage that happened is never dropped.
-    fn force_charge(&self, limit: &Limit<S>, key: &str, now: Now, amount: u64) -> Result<()> {
-        while !self.store.update_cell(&limit.scope, key, now, add(limit.kind, now, amount))? {}
+    fn force_charge(
+        &self,
+        session: &mut S::Session<'_>,
+        limit: &Limit<S>, key: &str, now: Now, amount: u64) -> Result<()> {
+        while !self.store.update_cell(session, &limit.scope, key, now, add(limit.kind, now, amount))? {}
         Ok(())
     }
 
@@ -309,8 +322,9 @@ impl<S: Store> Engine<S> {
     pub fn cancel(&self, reservation: &mut Reservation<S>, keys: &[&str]) -> Result<()> {
         let policy = self.settling(reservation, keys)?;
         let now = self.clock.now();
+        let session = &mut self.store.session();
         reservation.release_held();
-        self.give_back_all(policy, reservation, keys, now);
+        self.give_back_all(session, policy, reservation, keys, now);
         Ok(())
     }
 
@@ -320,15 +334,16 @@ impl<S: Store> Engine<S> {
         let now = self.clock.now();
         let mut steps = Steps::new();
         plan(policy, keys, amounts, &mut steps)?;
+        let session = &mut self.store.session();
         let mut decision = Decision::default();
-        if let Some((retry_after_ns, limited_by)) = self.worst_denial(policy, &steps, now) {
+        if let Some((retry_after_ns, limited_by)) = self.worst_denial(session, policy, &steps, now) {
             decision.retry_after_ns = retry_after_ns;
             decision.limited_by = Some(limited_by);
         } else {
             decision.allowed = true;
             for step in &steps {
                 let limit = &policy.rules[step.rule as usize].limits[step.limit as usize];
-                let status = self.limit_status(policy, limit, step.key, now);
+                let status = self.limit_status(session, policy, limit, step.key, now);
                 let left = status.remaining.saturating_sub(step.amount);
                 note_remaining(&mut decision, limit.dimension, left);
                 let after = match limit.kind {
@@ -346,21 +361,23 @@ impl<S: Store> Engine<S> {
         validate_key(key)?;
         let policy = self.policy.load();
         let now = self.clock.now();
+        let mut session = self.store.session();
         Ok(policy
             .rules_for(key)
             .flat_map(|(_, rule)| rule.limits.iter())
-            .map(|limit| self.limit_status(policy, limit, key, now))
+            .map(|limit| self.limit_status(&mut session, policy, limit, key, now))
             .collect())
     }
 
     fn limit_status(
         &self,
+        session: &mut S::Session<'_>,
         policy: &Policy<S>,
         limit: &Limit<S>,
         key: &str,
         now: Now,
     ) -> LimitStatus {
-        let value = self.current(limit, key);
+        let value = self.current(session, limit, key);
         let dimension = policy.dimensions[limit.dimension].clone();
         let (remaining, used, reset_after_ns) = match limit.kind {
             LimitKind::Rate(p) => {
@@ -392,9 +409,12 @@ impl<S: Store> Engine<S> {
     }
 
     /// The value of `key`'s cell under `limit`, read without creating it (0: empty).
-    fn current(&self, limit: &Limit<S>, key: &str) -> u64 {
+    fn current(
+        &self,
+        session: &mut S::Session<'_>,
+        limit: &Limit<S>, key: &str) -> u64 {
         self.store
-            .find(&limit.scope, key)
+            .find(session, &limit.scope, key)
             .map(|cell| cell.load(Ordering::Acquire))
             .filter(|v| *v != TOMBSTONE)
             .unwrap_or(0)
@@ -406,6 +426,7 @@ impl<S: Store> Engine<S> {
     #[inline]
     fn charge(
         &self,
+        session: &mut S::Session<'_>,
         limit: &Limit<S>,
         step: &Step<'_>,
         now: Now,
@@ -413,10 +434,10 @@ impl<S: Store> Engine<S> {
         reservation: &mut Reservation<S>,
     ) -> Result<Option<Admitted>> {
         if let LimitKind::Concurrency { max } = limit.kind {
-            return self.hold(limit, step, now, max, reservation);
+            return self.hold(session, limit, step, now, max, reservation);
         }
         loop {
-            let attempt = self.store.update_cell(&limit.scope, step.key, now, |current| {
+            let attempt = self.store.update_cell(session, &limit.scope, step.key, now, |current| {
                 if current == TOMBSTONE {
                     return Update::Keep(Attempt::Reclaimed);
                 }
@@ -464,6 +485,7 @@ impl<S: Store> Engine<S> {
     /// that dies; the reservation keeps the cell's handle to release it.
     fn hold(
         &self,
+        session: &mut S::Session<'_>,
         limit: &Limit<S>,
         step: &Step<'_>,
         now: Now,
@@ -471,7 +493,7 @@ impl<S: Store> Engine<S> {
         reservation: &mut Reservation<S>,
     ) -> Result<Option<Admitted>> {
         loop {
-            let cell = self.store.cell(&limit.scope, step.key, now)?;
+            let cell = self.store.cell(session, &limit.scope, step.key, now)?;
             match self.store.hold(&cell, max)? {
                 Hold::Held { lease, count } => {
                     reservation.held.push(Held { cell, lease });
@@ -491,6 +513,7 @@ impl<S: Store> Engine<S> {
     /// charging: the latest of every limit's own answer.
     fn worst_denial(
         &self,
+        session: &mut S::Session<'_>,
         policy: &Policy<S>,
         steps: &[Step<'_>],
         now: Now,
@@ -498,7 +521,7 @@ impl<S: Store> Engine<S> {
         let mut worst: Option<(u64, LimitedBy)> = None;
         for step in steps {
             let limit = &policy.rules[step.rule as usize].limits[step.limit as usize];
-            let value = self.current(limit, step.key);
+            let value = self.current(session, limit, step.key);
             let retry = match limit.kind {
                 LimitKind::Rate(p) => {
                     match gcra::decide(value, now.monotonic_ns, step.amount, &p, 0) {
@@ -529,13 +552,14 @@ impl<S: Store> Engine<S> {
 
     fn explain_denial(
         &self,
+        session: &mut S::Session<'_>,
         policy: &Policy<S>,
         steps: &[Step<'_>],
         denied: &Step<'_>,
         now: Now,
     ) -> Decision {
         let (retry_after_ns, limited_by) =
-            self.worst_denial(policy, steps, now).unwrap_or_else(|| {
+            self.worst_denial(session, policy, steps, now).unwrap_or_else(|| {
                 // Every limit has room again: the denial came from a racing call that has since
                 // given its charge back. Report the limit that denied, with nothing to wait for.
                 let dimension =

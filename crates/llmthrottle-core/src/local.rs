@@ -1,14 +1,20 @@
-//! The in-process store: sharded hash maps from key to a reference-counted atomic cell.
+//! The in-process store: per scope, a sharded hash table from key to a reference-counted
+//! atomic cell.
 //!
 //! Readers take a shard's read lock only to find or insert a cell; every decision is a
-//! compare-and-swap on the cell itself. Expired cells are swept (tombstoned, then removed)
-//! whenever a scope has doubled in size since the last sweep, so memory follows the live keys.
-//! A key is hashed once: bits of the hash the table does not use pick the shard.
+//! compare-and-swap on the cell itself. The shard locks belong to the store, not to a scope:
+//! lock `i` guards shard `i` of every scope's table, and a key's shard is picked by its hash
+//! alone, so all the cells of one key (one per limit) lie behind one lock. A decision's
+//! session keeps the read lock it took for the next look-up, so a key with several limits
+//! pays for one lock and one hash, not one per limit. Expired cells are swept (tombstoned,
+//! then removed) whenever a scope has doubled in size since the last sweep, so memory follows
+//! the live keys.
 //!
 //! Tried and dropped: a lock-free map (papaya), which saved the read lock's two locked
 //! instructions per cell on a hot key, but kept each entry behind two more pointers, so with
 //! 100k keys a decision cost 30-40% more in cache misses.
 
+use std::cell::UnsafeCell;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -25,19 +31,62 @@ const SHARDS: usize = 16;
 const FIRST_SWEEP_AT: usize = 4096;
 
 type Map = hashbrown::HashTable<(Box<str>, Arc<AtomicU64>)>;
-type Shard = RwLock<Map>;
+
+/// The shard locks and the key hasher of one store, shared by all its scopes.
+struct Shards {
+    locks: [RwLock<()>; SHARDS],
+    hasher: RandomState,
+}
+
+impl Shards {
+    #[inline]
+    fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+}
+
+/// The shard of a key's `hash`, by bits that a table's bucket index (the low bits) and control
+/// byte (the top seven) leave alone.
+#[inline]
+fn shard_of(hash: u64) -> usize {
+    (hash >> 40) as usize % SHARDS
+}
 
 pub struct LocalScope {
     kind: CellKind,
-    hasher: RandomState,
-    shards: Box<[Shard]>,
+    shards: Arc<Shards>,
+    /// Table `i` is read only under `shards.locks[i]` held for reading, and changed only
+    /// under it held for writing.
+    tables: [UnsafeCell<Map>; SHARDS],
     len: AtomicUsize,
     sweep_at: AtomicUsize,
 }
 
-#[derive(Default)]
+// SAFETY: the tables are reached only under their shard's lock (see `tables`).
+unsafe impl Sync for LocalScope {}
+
 pub struct LocalStore {
     scopes: RwLock<HashMap<String, Arc<LocalScope>>>,
+    shards: Arc<Shards>,
+}
+
+impl Default for LocalStore {
+    fn default() -> Self {
+        LocalStore {
+            scopes: RwLock::default(),
+            shards: Arc::new(Shards {
+                locks: std::array::from_fn(|_| RwLock::new(())),
+                hasher: RandomState::default(),
+            }),
+        }
+    }
+}
+
+/// A decision's session on a [`LocalStore`]: the shard read lock taken last, kept for the
+/// next look-up (the next limit of the same key is in the same shard).
+pub struct LocalSession<'a> {
+    shards: &'a Shards,
+    held: Option<(usize, RwLockReadGuard<'a, ()>)>,
 }
 
 impl LocalStore {
@@ -57,41 +106,49 @@ impl LocalStore {
 }
 
 impl LocalScope {
-    #[inline]
-    fn hash(&self, key: &str) -> u64 {
-        self.hasher.hash_one(key)
-    }
-
-    /// The shard of a key's `hash`, by bits that the table's bucket index (the low bits) and
-    /// control byte (the top seven) leave alone.
-    #[inline]
-    fn shard(&self, hash: u64) -> &Shard {
-        &self.shards[(hash >> 40) as usize % SHARDS]
-    }
-
-    /// The cell of `key` (whose hash is `hash`) in a shard's `map`.
+    /// The cell of `key` (whose hash is `hash`) in one of the scope's tables.
     #[inline]
     fn get<'m>(map: &'m Map, hash: u64, key: &str) -> Option<&'m Arc<AtomicU64>> {
         map.find(hash, |(k, _)| **k == *key).map(|(_, cell)| cell)
     }
 
-    /// The map of the shard of `hash`, read-locked.
+    /// Runs `with` on the table of shard `i` under that shard's read lock: the one `session`
+    /// holds when it is that lock, else taken and left in the session for the next look-up.
+    /// (A session of another store than the scope's takes the lock just for `with`.)
     #[inline]
-    fn read(&self, hash: u64) -> RwLockReadGuard<'_, Map> {
-        self.shard(hash).read().unwrap_or_else(|e| e.into_inner())
+    fn read<R>(&self, session: &mut LocalSession<'_>, i: usize, with: impl FnOnce(&Map) -> R) -> R {
+        let table = |_: &RwLockReadGuard<'_, ()>| {
+            // SAFETY: the caller holds shard `i`'s lock for reading.
+            unsafe { &*self.tables[i].get() }
+        };
+        if !std::ptr::eq(session.shards, &*self.shards) {
+            let guard = self.shards.locks[i].read().unwrap_or_else(|e| e.into_inner());
+            return with(table(&guard));
+        }
+        if session.held.as_ref().is_none_or(|(held, _)| *held != i) {
+            // The previous lock goes first: a session never holds two.
+            session.held = None;
+            let guard = session.shards.locks[i].read().unwrap_or_else(|e| e.into_inner());
+            session.held = Some((i, guard));
+        }
+        let (_, guard) = session.held.as_ref().expect("just taken");
+        with(table(guard))
     }
 
     /// The cell of `key`, inserted empty unless a racing caller got there first; inserting
-    /// may start a sweep.
-    fn insert(&self, key: &str, now: Now) -> Arc<AtomicU64> {
-        let hash = self.hash(key);
+    /// may start a sweep. Gives up the session's read lock first: the insert writes.
+    fn insert(&self, session: &mut LocalSession<'_>, key: &str, hash: u64, now: Now) -> Arc<AtomicU64> {
+        session.held = None;
+        let i = shard_of(hash);
         let cell = {
-            let mut map = self.shard(hash).write().unwrap_or_else(|e| e.into_inner());
-            if let Some(cell) = Self::get(&map, hash, key) {
+            let _write = self.shards.locks[i].write().unwrap_or_else(|e| e.into_inner());
+            // SAFETY: shard `i`'s lock is held for writing.
+            let map = unsafe { &mut *self.tables[i].get() };
+            if let Some(cell) = Self::get(map, hash, key) {
                 return Arc::clone(cell);
             }
             let cell = Arc::new(AtomicU64::new(0));
-            map.insert_unique(hash, (key.into(), Arc::clone(&cell)), |(k, _)| self.hash(k));
+            map.insert_unique(hash, (key.into(), Arc::clone(&cell)), |(k, _)| self.shards.hash(k));
             cell
         };
         let len = self.len.fetch_add(1, Ordering::Relaxed) + 1;
@@ -104,8 +161,10 @@ impl LocalScope {
     /// Removes every expired cell; a cell updated concurrently fails the tombstone swap and stays.
     fn sweep(&self, now: Now) {
         let mut live = 0;
-        for shard in self.shards.iter() {
-            let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
+        for (lock, table) in self.shards.locks.iter().zip(&self.tables) {
+            let _write = lock.write().unwrap_or_else(|e| e.into_inner());
+            // SAFETY: this table's shard lock is held for writing.
+            let map = unsafe { &mut *table.get() };
             map.retain(|(_, cell)| {
                 let value = cell.load(Ordering::Acquire);
                 let reclaim = self.kind.is_expired(value, now)
@@ -127,14 +186,23 @@ impl Store for LocalStore {
     type Cell = Arc<AtomicU64>;
     /// Units held by a process die with it: nothing to record.
     type Lease = ();
+    type Session<'a> = LocalSession<'a>;
+
+    #[inline]
+    fn session(&self) -> LocalSession<'_> {
+        LocalSession {
+            shards: &self.shards,
+            held: None,
+        }
+    }
 
     fn scope(&self, label: &str, kind: CellKind) -> Result<Arc<LocalScope>> {
         let mut scopes = self.scopes.write().unwrap_or_else(|e| e.into_inner());
         let scope = scopes.entry(label.to_owned()).or_insert_with(|| {
             Arc::new(LocalScope {
                 kind,
-                hasher: RandomState::default(),
-                shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+                shards: Arc::clone(&self.shards),
+                tables: std::array::from_fn(|_| UnsafeCell::new(Map::new())),
                 len: AtomicUsize::new(0),
                 sweep_at: AtomicUsize::new(FIRST_SWEEP_AT),
             })
@@ -143,10 +211,11 @@ impl Store for LocalStore {
     }
 
     #[inline]
-    fn cell(&self, scope: &Arc<LocalScope>, key: &str, now: Now) -> Result<Arc<AtomicU64>> {
-        match self.find(scope, key) {
+    fn cell(&self, session: &mut LocalSession<'_>, scope: &Arc<LocalScope>, key: &str, now: Now) -> Result<Arc<AtomicU64>> {
+        let hash = scope.shards.hash(key);
+        match scope.read(session, shard_of(hash), |map| LocalScope::get(map, hash, key).cloned()) {
             Some(cell) => Ok(cell),
-            None => Ok(scope.insert(key, now)),
+            None => Ok(scope.insert(session, key, hash, now)),
         }
     }
 
@@ -155,46 +224,52 @@ impl Store for LocalStore {
     #[inline]
     fn update_cell<R>(
         &self,
+        session: &mut LocalSession<'_>,
         scope: &Arc<LocalScope>,
         key: &str,
         now: Now,
-        step: impl FnMut(u64) -> Update<R>,
+        mut step: impl FnMut(u64) -> Update<R>,
     ) -> Result<R> {
-        let hash = scope.hash(key);
-        {
-            let map = scope.read(hash);
-            if let Some(cell) = LocalScope::get(&map, hash, key) {
-                return Ok(compare_and_swap(cell, step));
-            }
+        let hash = scope.shards.hash(key);
+        let found = scope.read(session, shard_of(hash), |map| {
+            LocalScope::get(map, hash, key).map(|cell| compare_and_swap(cell, &mut step))
+        });
+        match found {
+            Some(result) => Ok(result),
+            None => Ok(compare_and_swap(&scope.insert(session, key, hash, now), step)),
         }
-        Ok(compare_and_swap(&scope.insert(key, now), step))
     }
 
     #[inline]
     fn update_existing_cell<R>(
         &self,
+        session: &mut LocalSession<'_>,
         scope: &Arc<LocalScope>,
         key: &str,
         step: impl FnMut(u64) -> Update<R>,
     ) -> Option<R> {
-        let hash = scope.hash(key);
-        LocalScope::get(&scope.read(hash), hash, key).map(|cell| compare_and_swap(cell, step))
+        let hash = scope.shards.hash(key);
+        scope.read(session, shard_of(hash), |map| {
+            LocalScope::get(map, hash, key).map(|cell| compare_and_swap(cell, step))
+        })
     }
 
-    fn find(&self, scope: &Arc<LocalScope>, key: &str) -> Option<Arc<AtomicU64>> {
-        let hash = scope.hash(key);
-        LocalScope::get(&scope.read(hash), hash, key).cloned()
+    fn find(&self, session: &mut LocalSession<'_>, scope: &Arc<LocalScope>, key: &str) -> Option<Arc<AtomicU64>> {
+        let hash = scope.shards.hash(key);
+        scope.read(session, shard_of(hash), |map| LocalScope::get(map, hash, key).cloned())
     }
 
     fn for_each(&self, scope: &Arc<LocalScope>, visit: &mut dyn FnMut(&str, u64)) {
-        for shard in scope.shards.iter() {
-            let map = shard.read().unwrap_or_else(|e| e.into_inner());
-            for (key, cell) in map.iter() {
-                let value = cell.load(Ordering::Acquire);
-                if value != TOMBSTONE {
-                    visit(key, value);
+        let mut session = self.session();
+        for i in 0..SHARDS {
+            scope.read(&mut session, i, |map| {
+                for (key, cell) in map.iter() {
+                    let value = cell.load(Ordering::Acquire);
+                    if value != TOMBSTONE {
+                        visit(key, value);
+                    }
                 }
-            }
+            });
         }
     }
 }
@@ -211,16 +286,67 @@ mod tests {
             monotonic_ns: 1000,
             wall_ns: 0,
         };
-        let held = store.cell(&scope, "busy", now).unwrap();
+        let held = store.cell(&mut store.session(), &scope, "busy", now).unwrap();
         held.store(5000, Ordering::SeqCst); // TAT in the future: still live
-        let stale = store.cell(&scope, "idle", now).unwrap();
+        let stale = store.cell(&mut store.session(), &scope, "idle", now).unwrap();
         stale.store(10, Ordering::SeqCst); // TAT in the past: expired
         scope.sweep(now);
         assert_eq!(held.load(Ordering::SeqCst), 5000);
         assert_eq!(stale.load(Ordering::SeqCst), TOMBSTONE);
-        assert!(store.find(&scope, "idle").is_none());
-        assert!(store.find(&scope, "busy").is_some());
+        assert!(store.find(&mut store.session(), &scope, "idle").is_none());
+        assert!(store.find(&mut store.session(), &scope, "busy").is_some());
         assert_eq!(store.len(), 1);
+    }
+
+    fn now() -> Now {
+        Now {
+            monotonic_ns: 1000,
+            wall_ns: 0,
+        }
+    }
+
+    #[test]
+    fn a_session_keeps_one_read_lock_and_gives_it_up_to_insert() {
+        let store = LocalStore::new();
+        let (a, b) = (store.scope("a", CellKind::Rate).unwrap(), store.scope("b", CellKind::Rate).unwrap());
+        let shard = |key: &str| shard_of(store.shards.hash(key));
+        let first = "k0".to_string();
+        let same_shard = (1..).map(|i| format!("k{i}")).find(|k| shard(k) == shard(&first)).unwrap();
+        let other_shard = (1..).map(|i| format!("k{i}")).find(|k| shard(k) != shard(&first)).unwrap();
+        let add = |by: u64| move |v: u64| Update::Write(v + by, v + by);
+        let mut session = store.session();
+        // Inserts (which write-lock the shard the session reads) and look-ups, in both scopes.
+        for key in [&first, &same_shard, &other_shard, &first] {
+            store.update_cell(&mut session, &a, key, now(), add(1)).unwrap();
+            store.update_cell(&mut session, &b, key, now(), add(10)).unwrap();
+        }
+        // The last look-ups found their cells: the session still holds their shard.
+        assert_eq!(session.held.as_ref().map(|(i, _)| *i), Some(shard(&first)));
+        assert_eq!(store.update_existing_cell(&mut session, &a, &first, add(0)), Some(2));
+        assert_eq!(store.update_existing_cell(&mut session, &b, &first, add(0)), Some(20));
+        assert_eq!(store.update_existing_cell(&mut session, &b, "absent", add(0)), None);
+        // While the session holds a shard, a writer on it waits; once it ends, the writer runs.
+        let held = session.held.as_ref().unwrap().0;
+        let writer_key = (1..).map(|i| format!("w{i}")).find(|k| shard(k) == held).unwrap();
+        std::thread::scope(|threads| {
+            let writer = threads.spawn(|| store.cell(&mut store.session(), &a, &writer_key, now()).unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(!writer.is_finished(), "the insert waits for the session's read lock");
+            drop(session);
+            writer.join().unwrap();
+        });
+        assert_eq!(store.len(), 7);
+    }
+
+    #[test]
+    fn a_scope_of_another_store_takes_its_own_lock() {
+        let (store, other) = (LocalStore::new(), LocalStore::new());
+        let foreign = other.scope("r", CellKind::Rate).unwrap();
+        let mut session = store.session();
+        let set = |value: u64| move |_: u64| Update::Write(value, ());
+        store.update_cell(&mut session, &foreign, "key", now(), set(7)).unwrap();
+        assert!(session.held.is_none(), "nothing of the other store is kept");
+        assert_eq!(other.find(&mut other.session(), &foreign, "key").unwrap().load(Ordering::SeqCst), 7);
     }
 
     #[test]
@@ -232,7 +358,7 @@ mod tests {
             wall_ns: 0,
         };
         for i in 0..100_000 {
-            store.cell(&scope, &format!("k{i}"), now).unwrap();
+            store.cell(&mut store.session(), &scope, &format!("k{i}"), now).unwrap();
         }
         // Every cell is empty (expired), so sweeps keep the table small.
         assert!(store.len() < 2 * FIRST_SWEEP_AT, "{}", store.len());

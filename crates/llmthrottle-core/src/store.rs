@@ -57,12 +57,21 @@ pub trait Store: Send + Sync + 'static {
     type Cell: Deref<Target = AtomicU64> + Send + Sync + 'static;
     /// A record of one unit of a concurrency cap held by this process (see [`Store::hold`]).
     type Lease: Send + Sync + 'static;
+    /// What the store keeps between the look-ups of one decision, so that they share their
+    /// bookkeeping (the in-process store holds on to a shard's read lock, which covers every
+    /// cell of a key). `()` when a store keeps nothing.
+    type Session<'a>
+    where
+        Self: 'a;
+
+    /// Opens a session for one decision (or one settling); the engine drops it at the end.
+    fn session(&self) -> Self::Session<'_>;
 
     /// The scope holding the state of the limit named `label`, whose cells are of `kind`.
     fn scope(&self, label: &str, kind: CellKind) -> Result<Self::Scope>;
 
     /// The cell of `key` in `scope`, created empty (value 0) when absent.
-    fn cell(&self, scope: &Self::Scope, key: &str, now: Now) -> Result<Self::Cell>;
+    fn cell(&self, session: &mut Self::Session<'_>, scope: &Self::Scope, key: &str, now: Now) -> Result<Self::Cell>;
 
     /// Applies `step` to the value of `key`'s cell in `scope` (created empty when absent) until
     /// it keeps the value or its write lands by compare-and-swap, and returns what that last
@@ -72,16 +81,29 @@ pub trait Store: Send + Sync + 'static {
     /// reclaimed: look the key up again). Stores override it when a handle costs more than a
     /// look.
     #[inline]
-    fn update_cell<R>(&self, scope: &Self::Scope, key: &str, now: Now, step: impl FnMut(u64) -> Update<R>) -> Result<R> {
-        let cell = self.cell(scope, key, now)?;
+    fn update_cell<R>(
+        &self,
+        session: &mut Self::Session<'_>,
+        scope: &Self::Scope,
+        key: &str,
+        now: Now,
+        step: impl FnMut(u64) -> Update<R>,
+    ) -> Result<R> {
+        let cell = self.cell(session, scope, key, now)?;
         Ok(compare_and_swap(&cell, step))
     }
 
     /// Like [`Store::update_cell`], but for a cell that exists: `None` when it does not (a
     /// refund never creates a cell: an absent one has nothing to give back).
     #[inline]
-    fn update_existing_cell<R>(&self, scope: &Self::Scope, key: &str, step: impl FnMut(u64) -> Update<R>) -> Option<R> {
-        self.find(scope, key).map(|cell| compare_and_swap(&cell, step))
+    fn update_existing_cell<R>(
+        &self,
+        session: &mut Self::Session<'_>,
+        scope: &Self::Scope,
+        key: &str,
+        step: impl FnMut(u64) -> Update<R>,
+    ) -> Option<R> {
+        self.find(session, scope, key).map(|cell| compare_and_swap(&cell, step))
     }
 
     /// Which copy of the state this process sees: a store shared with a forked parent
@@ -94,7 +116,7 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// The cell of `key` if it exists; never creates one.
-    fn find(&self, scope: &Self::Scope, key: &str) -> Option<Self::Cell>;
+    fn find(&self, session: &mut Self::Session<'_>, scope: &Self::Scope, key: &str) -> Option<Self::Cell>;
 
     /// Calls `visit` with every live key of `scope` and its value.
     fn for_each(&self, scope: &Self::Scope, visit: &mut dyn FnMut(&str, u64));

@@ -583,6 +583,11 @@ impl Store for SharedStore {
     type Scope = SharedScope;
     type Cell = SharedCell;
     type Lease = SharedLease;
+    /// Nothing to keep: a look-up takes no lock.
+    type Session<'a> = ();
+
+    #[inline]
+    fn session(&self) {}
 
     fn scope(&self, label: &str, kind: CellKind) -> Result<SharedScope> {
         let id = self.shared.scopes.register(label, kind)?;
@@ -590,7 +595,7 @@ impl Store for SharedStore {
     }
 
     #[inline]
-    fn cell(&self, scope: &SharedScope, key: &str, now: Now) -> Result<SharedCell> {
+    fn cell(&self, _: &mut (), scope: &SharedScope, key: &str, now: Now) -> Result<SharedCell> {
         let at = self.pin(&self.key(scope, key).ok_or_else(|| too_long(key))?, now)?;
         Ok(SharedCell::new(&self.shared, at))
     }
@@ -601,7 +606,14 @@ impl Store for SharedStore {
     /// handle, so it takes no reference on the mapping and leaves no pin behind if its process
     /// dies later.
     #[inline]
-    fn update_cell<R>(&self, scope: &SharedScope, key: &str, now: Now, mut step: impl FnMut(u64) -> Update<R>) -> Result<R> {
+    fn update_cell<R>(
+        &self,
+        _: &mut (),
+        scope: &SharedScope,
+        key: &str,
+        now: Now,
+        mut step: impl FnMut(u64) -> Update<R>,
+    ) -> Result<R> {
         let Some(key) = self.key(scope, key) else {
             return Err(too_long(key));
         };
@@ -613,7 +625,13 @@ impl Store for SharedStore {
     }
 
     #[inline]
-    fn update_existing_cell<R>(&self, scope: &SharedScope, key: &str, mut step: impl FnMut(u64) -> Update<R>) -> Option<R> {
+    fn update_existing_cell<R>(
+        &self,
+        _: &mut (),
+        scope: &SharedScope,
+        key: &str,
+        mut step: impl FnMut(u64) -> Update<R>,
+    ) -> Option<R> {
         let key = self.key(scope, key)?;
         if let Some(result) = self.update_unpinned(&key, &mut step) {
             return Some(result);
@@ -627,7 +645,7 @@ impl Store for SharedStore {
         process::fork_generation()
     }
 
-    fn find(&self, scope: &SharedScope, key: &str) -> Option<SharedCell> {
+    fn find(&self, _: &mut (), scope: &SharedScope, key: &str) -> Option<SharedCell> {
         let at = self.pinned(&self.key(scope, key)?)?;
         Some(SharedCell::new(&self.shared, at))
     }

@@ -249,7 +249,12 @@ impl<S: Store> Engine<S> {
     fn give_back(
         &self,
         session: &mut S::Session<'_>,
-        limit: &Limit<S>, key: &str, charge: &Charge, now: Now, n: u64) {
+        limit: &Limit<S>,
+        key: &str,
+        charge: &Charge,
+        now: Now,
+        n: u64,
+    ) {
         self.store
             .update_existing_cell(session, &limit.scope, key, refund(limit.kind, charge, now, n));
     }
@@ -259,7 +264,11 @@ impl<S: Store> Engine<S> {
     fn give_back_all(
         &self,
         session: &mut S::Session<'_>,
-        policy: &Policy<S>, reservation: &Reservation<S>, keys: &[&str], now: Now) {
+        policy: &Policy<S>,
+        reservation: &Reservation<S>,
+        keys: &[&str],
+        now: Now,
+    ) {
         if reservation.generation != self.store.generation() {
             return;
         }
@@ -312,7 +321,11 @@ impl<S: Store> Engine<S> {
     fn force_charge(
         &self,
         session: &mut S::Session<'_>,
-        limit: &Limit<S>, key: &str, now: Now, amount: u64) -> Result<()> {
+        limit: &Limit<S>,
+        key: &str,
+        now: Now,
+        amount: u64,
+    ) -> Result<()> {
         while !self.store.update_cell(session, &limit.scope, key, now, add(limit.kind, now, amount))? {}
         Ok(())
     }
@@ -412,7 +425,9 @@ impl<S: Store> Engine<S> {
     fn current(
         &self,
         session: &mut S::Session<'_>,
-        limit: &Limit<S>, key: &str) -> u64 {
+        limit: &Limit<S>,
+        key: &str,
+    ) -> u64 {
         self.store
             .find(session, &limit.scope, key)
             .map(|cell| cell.load(Ordering::Acquire))

@@ -6,7 +6,6 @@
 //! (each cell's own update is atomic); the price is that a caller may briefly see capacity that
 //! a racing call is about to give back, and be denied where a serial order would have admitted.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
@@ -429,8 +428,7 @@ impl<S: Store> Engine<S> {
         key: &str,
     ) -> u64 {
         self.store
-            .find(session, &limit.scope, key)
-            .map(|cell| cell.load(Ordering::Acquire))
+            .value(session, &limit.scope, key)
             .filter(|v| *v != TOMBSTONE)
             .unwrap_or(0)
     }

@@ -1,5 +1,5 @@
-//! The in-process store: per scope, a sharded hash table from key to a reference-counted
-//! atomic cell.
+//! The in-process store: per scope, a sharded hash table whose entries hold a key and its
+//! atomic cell inline.
 //!
 //! Readers take a shard's read lock only to find or insert a cell; every decision is a
 //! compare-and-swap on the cell itself. The shard locks belong to the store, not to a scope:
@@ -9,6 +9,11 @@
 //! pays for one lock and one hash, not one per limit. Expired cells are swept (tombstoned,
 //! then removed) whenever a scope has doubled in size since the last sweep, so memory follows
 //! the live keys.
+//!
+//! An entry keeps its key's bytes (up to 22 of them; longer keys are boxed) and its cell in the
+//! table itself, so a look-up among many keys misses the cache on the table alone, not also on
+//! a key string and a cell elsewhere. A cell that must outlive the lock (a concurrency unit
+//! held by a reservation) moves into an `Arc` the first time a handle on it is asked for.
 //!
 //! Tried and dropped: a lock-free map (papaya), which saved the read lock's two locked
 //! instructions per cell on a hot key, but kept each entry behind two more pointers, so with
@@ -30,7 +35,53 @@ use crate::store::{compare_and_swap, Store, Update};
 const SHARDS: usize = 16;
 const FIRST_SWEEP_AT: usize = 4096;
 
-type Map = hashbrown::HashTable<(Box<str>, Arc<AtomicU64>)>;
+type Map = hashbrown::HashTable<Entry>;
+
+/// Longest key kept inline in an entry.
+const INLINE_KEY_BYTES: usize = 22;
+
+/// A key's bytes, inline when short.
+enum EntryKey {
+    Inline { len: u8, bytes: [u8; INLINE_KEY_BYTES] },
+    Boxed(Box<str>),
+}
+
+impl EntryKey {
+    fn new(key: &str) -> Self {
+        match key.len() {
+            len @ 0..=INLINE_KEY_BYTES => {
+                let mut bytes = [0; INLINE_KEY_BYTES];
+                bytes[..len].copy_from_slice(key.as_bytes());
+                EntryKey::Inline { len: len as u8, bytes }
+            }
+            _ => EntryKey::Boxed(key.into()),
+        }
+    }
+
+    #[inline]
+    fn as_str(&self) -> &str {
+        match self {
+            // SAFETY: the bytes were copied from a `str`, whole.
+            EntryKey::Inline { len, bytes } => unsafe { std::str::from_utf8_unchecked(&bytes[..*len as usize]) },
+            EntryKey::Boxed(key) => key,
+        }
+    }
+}
+
+/// One key's cell in a scope.
+struct Entry {
+    key: EntryKey,
+    value: AtomicU64,
+    /// Where the cell lives once a handle on it was asked for (`value` is then unused).
+    handle: Option<Arc<AtomicU64>>,
+}
+
+impl Entry {
+    #[inline]
+    fn cell(&self) -> &AtomicU64 {
+        self.handle.as_deref().unwrap_or(&self.value)
+    }
+}
 
 /// The shard locks and the key hasher of one store, shared by all its scopes.
 struct Shards {
@@ -89,6 +140,20 @@ pub struct LocalSession<'a> {
     held: Option<(usize, RwLockReadGuard<'a, ()>)>,
 }
 
+/// A shard's table, read-locked for as long as this lives.
+struct ShardRead<'s> {
+    map: &'s Map,
+    _own: Option<RwLockReadGuard<'s, ()>>,
+}
+
+impl std::ops::Deref for ShardRead<'_> {
+    type Target = Map;
+
+    fn deref(&self) -> &Map {
+        self.map
+    }
+}
+
 impl LocalStore {
     pub fn new() -> Self {
         Self::default()
@@ -106,24 +171,56 @@ impl LocalStore {
 }
 
 impl LocalScope {
-    /// The cell of `key` (whose hash is `hash`) in one of the scope's tables.
+    /// The entry of `key` (whose hash is `hash`) in one of the scope's tables.
     #[inline]
-    fn get<'m>(map: &'m Map, hash: u64, key: &str) -> Option<&'m Arc<AtomicU64>> {
-        map.find(hash, |(k, _)| **k == *key).map(|(_, cell)| cell)
+    fn get<'m>(map: &'m Map, hash: u64, key: &str) -> Option<&'m Entry> {
+        map.find(hash, |entry| entry.key.as_str() == key)
     }
 
-    /// Runs `with` on the table of shard `i` under that shard's read lock: the one `session`
-    /// holds when it is that lock, else taken and left in the session for the next look-up.
-    /// (A session of another store than the scope's takes the lock just for `with`.)
-    #[inline]
-    fn read<R>(&self, session: &mut LocalSession<'_>, i: usize, with: impl FnOnce(&Map) -> R) -> R {
-        let table = |_: &RwLockReadGuard<'_, ()>| {
-            // SAFETY: the caller holds shard `i`'s lock for reading.
-            unsafe { &*self.tables[i].get() }
+    /// A handle on `key`'s cell, which moves into an `Arc` (under the write lock, so no reader
+    /// is using the inline one) the first time one is asked for; created empty when absent.
+    fn handle(&self, session: &mut LocalSession<'_>, key: &str, hash: u64, now: Now) -> Arc<AtomicU64> {
+        if let Some(handle) = Self::get(&self.read(session, shard_of(hash)), hash, key).and_then(|e| e.handle.clone()) {
+            return handle;
+        }
+        session.held = None;
+        let i = shard_of(hash);
+        let inserted = {
+            let _write = self.shards.locks[i].write().unwrap_or_else(|e| e.into_inner());
+            // SAFETY: shard `i`'s lock is held for writing.
+            let map = unsafe { &mut *self.tables[i].get() };
+            match map.find_mut(hash, |entry| entry.key.as_str() == key) {
+                Some(entry) => {
+                    let value = entry.value.load(Ordering::Acquire);
+                    return Arc::clone(entry.handle.get_or_insert_with(|| Arc::new(AtomicU64::new(value))));
+                }
+                None => {
+                    let handle = Arc::new(AtomicU64::new(0));
+                    let entry = Entry {
+                        key: EntryKey::new(key),
+                        value: AtomicU64::new(0),
+                        handle: Some(Arc::clone(&handle)),
+                    };
+                    map.insert_unique(hash, entry, |e| self.shards.hash(e.key.as_str()));
+                    handle
+                }
+            }
         };
+        self.grew(now);
+        inserted
+    }
+
+    /// The table of shard `i`, under that shard's read lock: the one `session` holds when it
+    /// is that lock, else taken and left in the session for the next look-up. (For a session
+    /// of another store than the scope's, a lock of its own, given up with the result.)
+    #[inline]
+    fn read<'s>(&'s self, session: &'s mut LocalSession<'_>, i: usize) -> ShardRead<'s> {
+        // SAFETY (both returns): shard `i`'s lock is held for reading, for as long as the
+        // result lives (it holds the guard, or borrows the session that does).
+        let table = || unsafe { &*self.tables[i].get() };
         if !std::ptr::eq(session.shards, &*self.shards) {
             let guard = self.shards.locks[i].read().unwrap_or_else(|e| e.into_inner());
-            return with(table(&guard));
+            return ShardRead { map: table(), _own: Some(guard) };
         }
         if session.held.as_ref().is_none_or(|(held, _)| *held != i) {
             // The previous lock goes first: a session never holds two.
@@ -131,31 +228,39 @@ impl LocalScope {
             let guard = session.shards.locks[i].read().unwrap_or_else(|e| e.into_inner());
             session.held = Some((i, guard));
         }
-        let (_, guard) = session.held.as_ref().expect("just taken");
-        with(table(guard))
+        ShardRead { map: table(), _own: None }
     }
 
-    /// The cell of `key`, inserted empty unless a racing caller got there first; inserting
-    /// may start a sweep. Gives up the session's read lock first: the insert writes.
-    fn insert(&self, session: &mut LocalSession<'_>, key: &str, hash: u64, now: Now) -> Arc<AtomicU64> {
+    /// Runs `with` on `key`'s cell, inserted empty unless a racing caller got there first;
+    /// inserting may start a sweep. Gives up the session's read lock first: the insert writes.
+    fn insert<R>(&self, session: &mut LocalSession<'_>, key: &str, hash: u64, now: Now, with: impl FnOnce(&AtomicU64) -> R) -> R {
         session.held = None;
         let i = shard_of(hash);
-        let cell = {
+        let result = {
             let _write = self.shards.locks[i].write().unwrap_or_else(|e| e.into_inner());
             // SAFETY: shard `i`'s lock is held for writing.
             let map = unsafe { &mut *self.tables[i].get() };
-            if let Some(cell) = Self::get(map, hash, key) {
-                return Arc::clone(cell);
+            if let Some(entry) = Self::get(map, hash, key) {
+                return with(entry.cell());
             }
-            let cell = Arc::new(AtomicU64::new(0));
-            map.insert_unique(hash, (key.into(), Arc::clone(&cell)), |(k, _)| self.shards.hash(k));
-            cell
+            let entry = Entry {
+                key: EntryKey::new(key),
+                value: AtomicU64::new(0),
+                handle: None,
+            };
+            let entry = map.insert_unique(hash, entry, |e| self.shards.hash(e.key.as_str()));
+            with(entry.get().cell())
         };
+        self.grew(now);
+        result
+    }
+
+    /// Counts one more entry, and sweeps when the scope has doubled since the last sweep.
+    fn grew(&self, now: Now) {
         let len = self.len.fetch_add(1, Ordering::Relaxed) + 1;
         if len >= self.sweep_at.load(Ordering::Relaxed) {
             self.sweep(now);
         }
-        cell
     }
 
     /// Removes every expired cell; a cell updated concurrently fails the tombstone swap and stays.
@@ -165,7 +270,8 @@ impl LocalScope {
             let _write = lock.write().unwrap_or_else(|e| e.into_inner());
             // SAFETY: this table's shard lock is held for writing.
             let map = unsafe { &mut *table.get() };
-            map.retain(|(_, cell)| {
+            map.retain(|entry| {
+                let cell = entry.cell();
                 let value = cell.load(Ordering::Acquire);
                 let reclaim = self.kind.is_expired(value, now)
                     && cell
@@ -212,15 +318,11 @@ impl Store for LocalStore {
 
     #[inline]
     fn cell(&self, session: &mut LocalSession<'_>, scope: &Arc<LocalScope>, key: &str, now: Now) -> Result<Arc<AtomicU64>> {
-        let hash = scope.shards.hash(key);
-        match scope.read(session, shard_of(hash), |map| LocalScope::get(map, hash, key).cloned()) {
-            Some(cell) => Ok(cell),
-            None => Ok(scope.insert(session, key, hash, now)),
-        }
+        Ok(scope.handle(session, key, scope.shards.hash(key), now))
     }
 
-    /// Runs `step` under the shard's read lock, which keeps a sweep from freeing the cell:
-    /// no reference count to take and drop, as `cell` needs.
+    /// Runs `step` under the shard's read lock, which keeps a sweep from removing the entry
+    /// and a growing table from moving it.
     #[inline]
     fn update_cell<R>(
         &self,
@@ -228,16 +330,16 @@ impl Store for LocalStore {
         scope: &Arc<LocalScope>,
         key: &str,
         now: Now,
-        mut step: impl FnMut(u64) -> Update<R>,
+        step: impl FnMut(u64) -> Update<R>,
     ) -> Result<R> {
         let hash = scope.shards.hash(key);
-        let found = scope.read(session, shard_of(hash), |map| {
-            LocalScope::get(map, hash, key).map(|cell| compare_and_swap(cell, &mut step))
-        });
-        match found {
-            Some(result) => Ok(result),
-            None => Ok(compare_and_swap(&scope.insert(session, key, hash, now), step)),
+        {
+            let map = scope.read(session, shard_of(hash));
+            if let Some(entry) = LocalScope::get(&map, hash, key) {
+                return Ok(compare_and_swap(entry.cell(), step));
+            }
         }
+        Ok(scope.insert(session, key, hash, now, |cell| compare_and_swap(cell, step)))
     }
 
     #[inline]
@@ -249,27 +351,25 @@ impl Store for LocalStore {
         step: impl FnMut(u64) -> Update<R>,
     ) -> Option<R> {
         let hash = scope.shards.hash(key);
-        scope.read(session, shard_of(hash), |map| {
-            LocalScope::get(map, hash, key).map(|cell| compare_and_swap(cell, step))
-        })
+        let map = scope.read(session, shard_of(hash));
+        LocalScope::get(&map, hash, key).map(|entry| compare_and_swap(entry.cell(), step))
     }
 
-    fn find(&self, session: &mut LocalSession<'_>, scope: &Arc<LocalScope>, key: &str) -> Option<Arc<AtomicU64>> {
+    fn value(&self, session: &mut LocalSession<'_>, scope: &Arc<LocalScope>, key: &str) -> Option<u64> {
         let hash = scope.shards.hash(key);
-        scope.read(session, shard_of(hash), |map| LocalScope::get(map, hash, key).cloned())
+        let map = scope.read(session, shard_of(hash));
+        LocalScope::get(&map, hash, key).map(|entry| entry.cell().load(Ordering::Acquire))
     }
 
     fn for_each(&self, scope: &Arc<LocalScope>, visit: &mut dyn FnMut(&str, u64)) {
         let mut session = self.session();
         for i in 0..SHARDS {
-            scope.read(&mut session, i, |map| {
-                for (key, cell) in map.iter() {
-                    let value = cell.load(Ordering::Acquire);
-                    if value != TOMBSTONE {
-                        visit(key, value);
-                    }
+            for entry in scope.read(&mut session, i).iter() {
+                let value = entry.cell().load(Ordering::Acquire);
+                if value != TOMBSTONE {
+                    visit(entry.key.as_str(), value);
                 }
-            });
+            }
         }
     }
 }
@@ -293,8 +393,8 @@ mod tests {
         scope.sweep(now);
         assert_eq!(held.load(Ordering::SeqCst), 5000);
         assert_eq!(stale.load(Ordering::SeqCst), TOMBSTONE);
-        assert!(store.find(&mut store.session(), &scope, "idle").is_none());
-        assert!(store.find(&mut store.session(), &scope, "busy").is_some());
+        assert!(store.value(&mut store.session(), &scope, "idle").is_none());
+        assert_eq!(store.value(&mut store.session(), &scope, "busy"), Some(5000));
         assert_eq!(store.len(), 1);
     }
 
@@ -346,7 +446,37 @@ mod tests {
         let set = |value: u64| move |_: u64| Update::Write(value, ());
         store.update_cell(&mut session, &foreign, "key", now(), set(7)).unwrap();
         assert!(session.held.is_none(), "nothing of the other store is kept");
-        assert_eq!(other.find(&mut other.session(), &foreign, "key").unwrap().load(Ordering::SeqCst), 7);
+        assert_eq!(other.value(&mut other.session(), &foreign, "key"), Some(7));
+    }
+
+    #[test]
+    fn keys_inline_and_boxed_are_told_apart_and_a_handle_keeps_the_cell() {
+        let store = LocalStore::new();
+        let scope = store.scope("r", CellKind::Rate).unwrap();
+        let mut session = store.session();
+        // Lengths around the inline limit, and multi-byte characters across it.
+        let keys: Vec<String> = (1..=40).map(|n| "k".repeat(n)).chain((1..=12).map(|n| "é".repeat(n))).collect();
+        for (i, key) in keys.iter().enumerate() {
+            store.update_cell(&mut session, &scope, key, now(), |_| Update::Write(i as u64 + 1, ())).unwrap();
+        }
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(store.value(&mut session, &scope, key), Some(i as u64 + 1), "{key}");
+        }
+        let mut seen = Vec::new();
+        store.for_each(&scope, &mut |key, _| seen.push(key.to_owned()));
+        seen.sort();
+        let mut expected = keys.clone();
+        expected.sort();
+        assert_eq!(seen, expected);
+        // A handle takes over the cell with its value; updates through the table reach it.
+        let key = &keys[30];
+        let handle = store.cell(&mut session, &scope, key, now()).unwrap();
+        assert_eq!(handle.load(Ordering::SeqCst), 31);
+        store.update_cell(&mut session, &scope, key, now(), |v| Update::Write(v + 1, ())).unwrap();
+        assert_eq!(handle.load(Ordering::SeqCst), 32);
+        handle.store(40, Ordering::SeqCst);
+        assert_eq!(store.value(&mut session, &scope, key), Some(40));
+        assert!(Arc::ptr_eq(&handle, &store.cell(&mut session, &scope, key, now()).unwrap()));
     }
 
     #[test]

@@ -95,16 +95,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Like [`Store::update_cell`], but for a cell that exists: `None` when it does not (a
     /// refund never creates a cell: an absent one has nothing to give back).
-    #[inline]
     fn update_existing_cell<R>(
         &self,
         session: &mut Self::Session<'_>,
         scope: &Self::Scope,
         key: &str,
         step: impl FnMut(u64) -> Update<R>,
-    ) -> Option<R> {
-        self.find(session, scope, key).map(|cell| compare_and_swap(&cell, step))
-    }
+    ) -> Option<R>;
 
     /// Which copy of the state this process sees: a store shared with a forked parent
     /// returns a new value in the child, so that a reservation the child inherited is not
@@ -115,8 +112,8 @@ pub trait Store: Send + Sync + 'static {
         0
     }
 
-    /// The cell of `key` if it exists; never creates one.
-    fn find(&self, session: &mut Self::Session<'_>, scope: &Self::Scope, key: &str) -> Option<Self::Cell>;
+    /// The value of `key`'s cell if the cell exists (it may be [`TOMBSTONE`]); never creates one.
+    fn value(&self, session: &mut Self::Session<'_>, scope: &Self::Scope, key: &str) -> Option<u64>;
 
     /// Calls `visit` with every live key of `scope` and its value.
     fn for_each(&self, scope: &Self::Scope, visit: &mut dyn FnMut(&str, u64));

@@ -645,9 +645,9 @@ impl Store for SharedStore {
         process::fork_generation()
     }
 
-    fn find(&self, _: &mut (), scope: &SharedScope, key: &str) -> Option<SharedCell> {
+    fn value(&self, _: &mut (), scope: &SharedScope, key: &str) -> Option<u64> {
         let at = self.pinned(&self.key(scope, key)?)?;
-        Some(SharedCell::new(&self.shared, at))
+        Some(SharedCell::new(&self.shared, at).load(SeqCst))
     }
 
     fn for_each(&self, scope: &SharedScope, visit: &mut dyn FnMut(&str, u64)) {

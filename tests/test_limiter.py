@@ -344,6 +344,17 @@ threads = [threading.Thread(target=make), threading.Thread(target=release)]
 for t in threads: t.start()
 for t in threads: t.join()
 assert other.try_acquire("threaded") and other.try_acquire("threaded")
+# A reused object is tracked by the cycle collector, and a cycle through it is collected.
+import gc, weakref
+cyclic = lt.Limiter({"requests": "1M/min"})
+for _ in range(100):
+    cyclic.try_acquire("k")
+cyclic.last = cyclic.try_acquire("k")
+assert gc.is_tracked(cyclic.last)
+gone = weakref.ref(cyclic)
+del cyclic
+gc.collect()
+assert gone() is None
 print(before, after)
 """
     import subprocess

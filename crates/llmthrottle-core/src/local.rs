@@ -196,18 +196,15 @@ impl LocalScope {
                 }
                 None => {
                     let handle = Arc::new(AtomicU64::new(0));
-                    let entry = Entry {
-                        key: EntryKey::new(key),
-                        value: AtomicU64::new(0),
-                        handle: Some(Arc::clone(&handle)),
-                    };
-                    map.insert_unique(hash, entry, |e| self.shards.hash(e.key.as_str()));
-                    handle
+                    let (_, full) = self.add(map, hash, key, Some(Arc::clone(&handle)));
+                    (handle, full)
                 }
             }
         };
-        self.grew(now);
-        inserted
+        if inserted.1 {
+            self.sweep(now);
+        }
+        inserted.0
     }
 
     /// The table of shard `i`, under that shard's read lock: the one `session` holds when it
@@ -243,33 +240,37 @@ impl LocalScope {
             if let Some(entry) = Self::get(map, hash, key) {
                 return with(entry.cell());
             }
-            let entry = Entry {
-                key: EntryKey::new(key),
-                value: AtomicU64::new(0),
-                handle: None,
-            };
-            let entry = map.insert_unique(hash, entry, |e| self.shards.hash(e.key.as_str()));
-            with(entry.get().cell())
+            let (entry, full) = self.add(map, hash, key, None);
+            (with(entry.cell()), full)
         };
-        self.grew(now);
-        result
-    }
-
-    /// Counts one more entry, and sweeps when the scope has doubled since the last sweep.
-    fn grew(&self, now: Now) {
-        let len = self.len.fetch_add(1, Ordering::Relaxed) + 1;
-        if len >= self.sweep_at.load(Ordering::Relaxed) {
+        if result.1 {
             self.sweep(now);
         }
+        result.0
+    }
+
+    /// Adds `key`'s entry to `map` (its shard locked for writing) and counts it while the
+    /// lock is held, so that no sweep can remove it uncounted. Also says whether the scope has
+    /// doubled since the last sweep: the caller then sweeps, once the lock is given up.
+    fn add<'m>(&self, map: &'m mut Map, hash: u64, key: &str, handle: Option<Arc<AtomicU64>>) -> (&'m Entry, bool) {
+        let entry = Entry {
+            key: EntryKey::new(key),
+            value: AtomicU64::new(0),
+            handle,
+        };
+        let entry = map.insert_unique(hash, entry, |e| self.shards.hash(e.key.as_str())).into_mut();
+        let len = self.len.fetch_add(1, Ordering::Relaxed) + 1;
+        (entry, len >= self.sweep_at.load(Ordering::Relaxed))
     }
 
     /// Removes every expired cell; a cell updated concurrently fails the tombstone swap and stays.
     fn sweep(&self, now: Now) {
-        let mut live = 0;
+        let mut removed = 0;
         for (lock, table) in self.shards.locks.iter().zip(&self.tables) {
             let _write = lock.write().unwrap_or_else(|e| e.into_inner());
             // SAFETY: this table's shard lock is held for writing.
             let map = unsafe { &mut *table.get() };
+            let before = map.len();
             map.retain(|entry| {
                 let cell = entry.cell();
                 let value = cell.load(Ordering::Acquire);
@@ -279,9 +280,11 @@ impl LocalScope {
                         .is_ok();
                 !reclaim
             });
-            live += map.len();
+            removed += before - map.len();
         }
-        self.len.store(live, Ordering::Relaxed);
+        // Less what was removed, not set to a total: inserts made meanwhile into shards this
+        // sweep had passed are counted too.
+        let live = self.len.fetch_sub(removed, Ordering::Relaxed).saturating_sub(removed);
         self.sweep_at
             .store((live * 2).max(FIRST_SWEEP_AT), Ordering::Relaxed);
     }
@@ -361,6 +364,7 @@ impl Store for LocalStore {
         LocalScope::get(&map, hash, key).map(|entry| entry.cell().load(Ordering::Acquire))
     }
 
+    /// `visit` runs under a shard's read lock: it must not call back into the store.
     fn for_each(&self, scope: &Arc<LocalScope>, visit: &mut dyn FnMut(&str, u64)) {
         let mut session = self.session();
         for i in 0..SHARDS {

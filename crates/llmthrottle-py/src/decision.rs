@@ -162,6 +162,13 @@ impl Decision {
         self.decision.allowed
     }
 
+    /// Shows the cycle collector the limiter and the keys, so that a cycle through a decision
+    /// (a limiter whose attribute holds one of its decisions) is collected.
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        visit.call(&self.limiter)?;
+        visit.call(&self.keys)
+    }
+
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let class = if self.decision.allowed { "admitted" } else { "denied" };
         let mut text = format!("<Decision {class}");

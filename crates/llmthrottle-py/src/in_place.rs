@@ -74,10 +74,10 @@ impl<'py> Fresh<'py> {
         let type_ptr = type_object.as_type_ptr();
         // SAFETY: the GIL is held; a recycled object is given its type and one reference, as
         // `tp_alloc` does for a new one (zeroed, or NULL with an exception set).
-        let object = unsafe {
+        let (object, recycled) = unsafe {
             match RECYCLED.take(py) {
-                Some(object) => ffi::PyObject_Init(object, type_ptr),
-                None => (*type_ptr).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc)(type_ptr, 0),
+                Some(object) => (ffi::PyObject_Init(object, type_ptr), true),
+                None => ((*type_ptr).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc)(type_ptr, 0), false),
             }
         };
         if object.is_null() {
@@ -99,6 +99,11 @@ impl<'py> Fresh<'py> {
             reservation_at.write(Reservation {
                 inner: std::sync::Mutex::new(empty()),
             });
+            // `tp_alloc` tracked a new object for the cycle collector; a recycled one was
+            // untracked when released, and is tracked again now that its contents are valid.
+            if recycled {
+                ffi::PyObject_GC_Track(object.cast());
+            }
             Ok(Some(Fresh {
                 object: Bound::from_owned_ptr(py, object).cast_into_unchecked(),
                 decision: decision_at,
@@ -131,21 +136,18 @@ const RECYCLED_MAX: usize = 64;
 
 /// The memory of `Reservation` objects released since, for the next ones: allocating an object
 /// and freeing it (with the collector's bookkeeping of a type PyO3 makes collectable) cost a
-/// tenth of a decision. Used only where the GIL serialises every access (not on a
-/// free-threaded interpreter), which `RECYCLED.enabled` records. A recycled object is not
-/// tracked by the cycle collector, which it never needs: a reservation holds only its
-/// limiter and its keys (strings), and can be in no cycle.
+/// tenth of a decision. Built only for an interpreter with a GIL, which serialises every
+/// access; a free-threaded build leaves the type's `tp_free` alone and never keeps anything.
 struct Recycled {
-    enabled: OnceLock<bool>,
     objects: std::cell::UnsafeCell<[*mut ffi::PyObject; RECYCLED_MAX]>,
     len: std::cell::Cell<usize>,
 }
 
-// SAFETY: every access holds the GIL, on an interpreter where that serialises threads.
+// SAFETY: every access holds the GIL, on an interpreter where that serialises threads (the
+// type's `tp_free`, the only way in, is installed only on such builds; see `register`).
 unsafe impl Sync for Recycled {}
 
 static RECYCLED: Recycled = Recycled {
-    enabled: OnceLock::new(),
     objects: std::cell::UnsafeCell::new([std::ptr::null_mut(); RECYCLED_MAX]),
     len: std::cell::Cell::new(0),
 };
@@ -154,6 +156,9 @@ impl Recycled {
     /// A released object's memory, if one is kept.
     #[inline]
     fn take(&self, _attached: Python<'_>) -> Option<*mut ffi::PyObject> {
+        if cfg!(Py_GIL_DISABLED) {
+            return None;
+        }
         let len = self.len.get();
         if len == 0 {
             return None;
@@ -163,11 +168,11 @@ impl Recycled {
         Some(unsafe { (*self.objects.get())[len - 1] })
     }
 
-    /// Keeps `object`'s memory, unless the list is full or not in use. False: free it.
+    /// Keeps `object`'s memory, unless the list is full. False: free it.
     #[inline]
     fn keep(&self, object: *mut ffi::PyObject) -> bool {
         let len = self.len.get();
-        if len == RECYCLED_MAX || self.enabled.get() != Some(&true) {
+        if len == RECYCLED_MAX {
             return false;
         }
         // SAFETY: as in `take`.
@@ -179,6 +184,7 @@ impl Recycled {
 
 /// The `tp_free` of `Reservation`: its instances' memory goes back to `RECYCLED` when there is
 /// room, to the interpreter otherwise.
+#[cfg(not(Py_GIL_DISABLED))]
 unsafe extern "C" fn release(object: *mut std::ffi::c_void) {
     let object = object.cast::<ffi::PyObject>();
     // SAFETY: the interpreter calls `tp_free` with the GIL held, on an object whose contents
@@ -200,14 +206,9 @@ fn _results_built_in_place() -> Option<bool> {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = m.py();
-    let sys = py.import("sys")?;
-    let gil_enabled = match sys.getattr("_is_gil_enabled") {
-        Ok(is_enabled) => is_enabled.call0()?.extract::<bool>()?,
-        Err(_) => true,
-    };
-    if RECYCLED.enabled.set(gil_enabled).is_ok() && gil_enabled {
-        let type_ptr = py.get_type::<Reservation>().as_type_ptr();
+    #[cfg(not(Py_GIL_DISABLED))]
+    {
+        let type_ptr = m.py().get_type::<Reservation>().as_type_ptr();
         // SAFETY: the GIL is held; the type was just made and has no instance yet.
         unsafe { (*type_ptr).tp_free = Some(release) };
     }

@@ -403,13 +403,7 @@ class _Counter:
         system = body.get("system")
         if system is not None:
             total += TOKENS_PER_MESSAGE + self.anthropic_content(system, "system")
-        messages = body.get("messages")
-        if not isinstance(messages, list):
-            raise InvalidRequestBody(f"messages must be a list, not {_type_name(messages)}")
-        for i, message in enumerate(messages):
-            path = f"messages[{i}]"
-            if not isinstance(message, Mapping):
-                raise InvalidRequestBody(f"{path} must be an object, not {_type_name(message)}")
+        for path, message in _objects(body.get("messages"), "messages"):
             total += TOKENS_PER_MESSAGE + self.text(message.get("role"), f"{path}.role")
             if "content" not in message:
                 raise InvalidRequestBody(f"{path}.content is missing")

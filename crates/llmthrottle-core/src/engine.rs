@@ -13,7 +13,7 @@ use smallvec::SmallVec;
 use crate::clock::{Clock, Now};
 use crate::error::{CoreError, Result};
 use crate::gcra::{self, RateOutcome};
-use crate::limit::{LimitKind, MAX_KEY_BYTES, TOMBSTONE};
+use crate::limit::{key_too_long, LimitKind, MAX_KEY_BYTES, TOMBSTONE};
 use crate::policy::{Limit, Policy, PolicySpec};
 use crate::quota;
 use crate::reservation::{add, refund, Charge, Held, Reservation};
@@ -664,10 +664,7 @@ pub fn validate_key(key: &str) -> Result<()> {
         return Err(CoreError::InvalidInput("key must not be empty".into()));
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(CoreError::InvalidInput(format!(
-            "key is {} bytes long; at most {MAX_KEY_BYTES} bytes are allowed",
-            key.len()
-        )));
+        return Err(key_too_long(key));
     }
     Ok(())
 }

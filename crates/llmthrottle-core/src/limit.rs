@@ -15,6 +15,15 @@ pub const TOMBSTONE: u64 = u64::MAX;
 /// Longest key accepted, in bytes of UTF-8.
 pub const MAX_KEY_BYTES: usize = 255;
 
+/// The error for a key longer than [`MAX_KEY_BYTES`].
+#[cold]
+pub(crate) fn key_too_long(key: &str) -> crate::error::CoreError {
+    crate::error::CoreError::InvalidInput(format!(
+        "key is {} bytes long; at most {MAX_KEY_BYTES} bytes are allowed",
+        key.len()
+    ))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitKind {
     /// GCRA: an amount per period with a burst.

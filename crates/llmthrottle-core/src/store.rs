@@ -78,9 +78,7 @@ pub trait Store: Send + Sync + 'static {
     /// run of `step` returned: what a decision on a rate or quota limit needs, with no handle
     /// to take and give back. `step` may run several times (each run on a newer value), so it
     /// must only compute. It also sees [`TOMBSTONE`], and then must keep it (the cell was
-    /// reclaimed: look the key up again). Stores override it when a handle costs more than a
-    /// look.
-    #[inline]
+    /// reclaimed: look the key up again).
     fn update_cell<R>(
         &self,
         session: &mut Self::Session<'_>,
@@ -88,10 +86,7 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         now: Now,
         step: impl FnMut(u64) -> Update<R>,
-    ) -> Result<R> {
-        let cell = self.cell(session, scope, key, now)?;
-        Ok(compare_and_swap(&cell, step))
-    }
+    ) -> Result<R>;
 
     /// Like [`Store::update_cell`], but for a cell that exists: `None` when it does not (a
     /// refund never creates a cell: an absent one has nothing to give back).

@@ -18,6 +18,7 @@ use std::sync::OnceLock;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::PyTypeInfo;
 
 use crate::decision::{Decision, Reservation};
 use crate::state::AnyReservation;
@@ -70,8 +71,7 @@ impl<'py> Fresh<'py> {
             return Ok(None);
         };
         let py = limiter.py();
-        let type_object = py.get_type::<Reservation>();
-        let type_ptr = type_object.as_type_ptr();
+        let type_ptr = Reservation::type_object_raw(py);
         // SAFETY: the GIL is held; a recycled object is given its type and one reference, as
         // `tp_alloc` does for a new one (zeroed, or NULL with an exception set).
         let (object, recycled) = unsafe {
@@ -191,7 +191,7 @@ unsafe extern "C" fn release(object: *mut std::ffi::c_void) {
     // have been dropped and which the collector no longer tracks.
     unsafe {
         let py = Python::assume_attached();
-        if ffi::Py_TYPE(object) != py.get_type::<Reservation>().as_type_ptr() || !RECYCLED.keep(object) {
+        if ffi::Py_TYPE(object) != Reservation::type_object_raw(py) || !RECYCLED.keep(object) {
             ffi::PyObject_GC_Del(object.cast());
         }
     }
@@ -208,7 +208,7 @@ fn _results_built_in_place() -> Option<bool> {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     #[cfg(not(Py_GIL_DISABLED))]
     {
-        let type_ptr = m.py().get_type::<Reservation>().as_type_ptr();
+        let type_ptr = Reservation::type_object_raw(m.py());
         // SAFETY: the GIL is held; the type was just made and has no instance yet.
         unsafe { (*type_ptr).tp_free = Some(release) };
     }

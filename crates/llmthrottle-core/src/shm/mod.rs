@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use crate::clock::{Clock, Now, SystemClock};
 use crate::error::{CoreError, Result};
-use crate::limit::{CellKind, MAX_KEY_BYTES, TOMBSTONE};
+use crate::limit::{key_too_long, CellKind, MAX_KEY_BYTES, TOMBSTONE};
 use crate::store::{compare_and_swap, Hold, Store, Update};
 
 use self::file::{FileSpec, Mapping};
@@ -519,17 +519,9 @@ pub struct SharedLease {
     fork_generation: u32,
 }
 
-#[cold]
-fn too_long(key: &str) -> CoreError {
-    CoreError::InvalidInput(format!(
-        "key is {} bytes long; at most {MAX_KEY_BYTES} bytes are allowed",
-        key.len()
-    ))
-}
-
 impl SharedStore {
     /// `key` as the table compares it in `scope`; `None` for a key too long for a slot (see
-    /// `too_long`). Not a `Result`: moving a key out of one cost a quarter of a look-up.
+    /// `key_too_long`). Not a `Result`: moving a key out of one cost a quarter of a look-up.
     #[inline(always)]
     fn key<'k>(&self, scope: &SharedScope, key: &'k str) -> Option<Key<'k>> {
         let shared = &self.shared;
@@ -596,7 +588,7 @@ impl Store for SharedStore {
 
     #[inline]
     fn cell(&self, _: &mut (), scope: &SharedScope, key: &str, now: Now) -> Result<SharedCell> {
-        let at = self.pin(&self.key(scope, key).ok_or_else(|| too_long(key))?, now)?;
+        let at = self.pin(&self.key(scope, key).ok_or_else(|| key_too_long(key))?, now)?;
         Ok(SharedCell::new(&self.shared, at))
     }
 
@@ -615,7 +607,7 @@ impl Store for SharedStore {
         mut step: impl FnMut(u64) -> Update<R>,
     ) -> Result<R> {
         let Some(key) = self.key(scope, key) else {
-            return Err(too_long(key));
+            return Err(key_too_long(key));
         };
         if let Some(result) = self.update_unpinned(&key, &mut step) {
             return Ok(result);

@@ -124,6 +124,24 @@ def test_ledger_records_and_rebuilds_spend_after_restart(tmp_path):
     ledger.close()
 
 
+def test_a_call_whose_usage_meets_a_full_table_is_still_recorded(tmp_path):
+    name = f"lt-guard-full-{uuid.uuid4().hex[:12]}"
+    state = lt.SharedState(name, capacity=1, path=tmp_path / "table")
+    limiter = lt.Limiter({"requests": "1000/s", "input_tokens": "1M/min"}, budgets=[Budget("team:*", 1.0, "day")],
+                         state=state)
+    ledger = lt.Ledger(tmp_path / "ledger")
+    call = Guard(limiter, ledger=ledger).call("team:a", model=MINI, input_tokens=0, max_output_tokens=10)
+    with pytest.raises(lt.StateError, match="is full"):  # other keys take every slot
+        for n in range(1000):
+            limiter.try_acquire(f"filler-{n}")
+    # No input tokens were reserved, and there is no room left for the key's input_tokens cell.
+    with pytest.raises(lt.StateError, match="is full"):
+        call.finish(usage(1000, 10))
+    assert call.reservation.settled and call.cost is not None
+    assert [(r.team, r.input_tokens, r.output_tokens) for r in ledger.records()] == [("a", 1000, 10)]
+    ledger.close()
+
+
 def test_unknown_model_is_an_error_not_free():
     guard, _ = make([Budget("team:*", 1.0, "day")])
     with pytest.raises(lt.ConfigError, match="no price for model 'gpt-imaginary'"):

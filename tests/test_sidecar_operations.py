@@ -74,6 +74,8 @@ def test_no_file_means_the_embedded_default() -> None:
     ("[server]\nsocket = 'a'\nsocket_mode = 'rw'\n", r"llmthrottle.toml:3: server.socket_mode: must be an octal"),
     ("[server]\nport = 80\n", r"llmthrottle.toml:2: server.port: unknown key"),
     ("[state]\nkind = 'redis'\n", r"llmthrottle.toml:2: state.kind: must be one of 'in-process', 'shared'"),
+    ("[state]\ncapacity = 0\n", r"llmthrottle.toml:2: state.capacity: must be a positive integer, not 0"),
+    ("[state]\nkind = 'in-process'\ncapacity = 100\n", r'state.capacity: sizes a shared table: it needs kind = "shared"'),
     ('[limits."*"]\nrequests = "5/fortnight"\n', r'llmthrottle.toml:1: limits."\*": .*fortnight'),
     ('\n[limits."user:*"]\nrequests = 5\n', r'llmthrottle.toml:2: limits."user:\*": .*requests'),
     ("[namespaces.x]\nrequests = '5/s'\n", r"llmthrottle.toml:1: namespaces.x: must hold exactly one table"),
@@ -146,6 +148,32 @@ def test_reload_keeps_counters_and_applies_new_limits(directory: str) -> None:
         assert admitted(1) == [bool(local.try_acquire("k"))], "the old policy stays in force"
     finally:
         server.stop()
+
+
+def test_usage_that_meets_a_full_table_is_still_recorded(directory: str) -> None:
+    from llmthrottle.ledger import Ledger
+    from llmthrottle.sidecar.service import Service
+
+    name = f"lt-full-{os.getpid()}-{time.monotonic_ns()}"
+    config = parse_config(f'[state]\nkind = "shared"\nname = "{name}"\ncapacity = 1\n'
+                          '[limits."*"]\nrequests = "1000/min"\ntokens = "1000/min"\n')
+    assert config.state_capacity == 1
+    service = Service(config, ledger=Ledger(os.path.join(directory, "ledger")))
+    try:
+        _, reservation_id = service.acquire("default", "k", {"requests": 1}, 0)
+        assert reservation_id is not None
+        with pytest.raises(lt.StateError, match="is full"):  # other keys take every slot
+            for n in range(1000):
+                service.acquire("default", f"filler-{n}", {"requests": 1}, 0)
+        # No tokens were reserved, and there is no room left for the key's tokens cell.
+        with pytest.raises(lt.StateError, match="is full"):
+            service.commit(reservation_id, {"tokens": 5, "model": "m"})
+        assert reservation_id not in service.held  # settled: never committed twice
+        records = list(service.ledger.records())
+        assert [(r.model, r.tags["key"], r.tags["usage"]) for r in records] == [("m", "k", {"requests": 1, "tokens": 5})]
+    finally:
+        service.close()
+        lt.SharedState.remove(name)
 
 
 def test_sigterm_under_load_loses_no_ledger_record(directory: str) -> None:

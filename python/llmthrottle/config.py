@@ -13,6 +13,7 @@
     [state]
     kind = "in-process"                           # or "shared" (llmthrottle.SharedState(name))
     name = "llmthrottle"
+    capacity = 65536                              # keys x limits the shared table holds
     [ledger]
     path = "/var/lib/llmthrottle/ledger"          # a llmthrottle.ledger.Ledger directory
     [limits."*"]                                  # namespace "default": pattern -> limits
@@ -112,6 +113,8 @@ class SidecarConfig:
     state_kind: str = "shared"
     # None: one table per socket path (default_state_name)
     state_name: Optional[str] = None
+    # None: SharedState's default; only for kind = "shared"
+    state_capacity: Optional[int] = None
     # None: no ledger ([ledger] enabled = false)
     ledger_path: Optional[str] = field(default_factory=default_ledger_path)
     # namespace -> key pattern -> limits mapping (the llmthrottle.policy forms)
@@ -249,8 +252,12 @@ def _parse_state(config: SidecarConfig, table: dict[str, Any], where: _Where) ->
             config.state_kind = _choice(value, ("in-process", "shared"), ("state", key), where)
         elif key == "name":
             config.state_name = _string(value, ("state", key), where)
+        elif key == "capacity":
+            config.state_capacity = int(_positive(value, ("state", key), where, integer=True))
         else:
             raise where.error(("state", key), "unknown key")
+    if config.state_capacity is not None and config.state_kind != "shared":
+        raise where.error(("state", "capacity"), 'sizes a shared table: it needs kind = "shared"')
 
 
 def _parse_ledger(config: SidecarConfig, table: dict[str, Any], where: _Where) -> None:

@@ -277,16 +277,26 @@ class GuardedCall:
             BUDGET_DIMENSION: cost.total_micros / 1e6,
         }
         dims = set(guard.limiter.dimensions)
-        self.reservation.commit(**{k: v for k, v in actual.items() if k in dims})
-        self.cost = cost
+        settled_before = self.reservation.settled
+        try:
+            self.reservation.commit(**{k: v for k, v in actual.items() if k in dims})
+        finally:
+            # A commit that settles but finds no room to charge some usage (a full shared
+            # table) raises; the call was made and billed all the same, so it is recorded.
+            if self.reservation.settled and not settled_before:
+                self.cost = cost
+                self._record(cost, outcome)
+        self._fire_thresholds()
+        return cost
+
+    def _record(self, cost: Cost, outcome: str) -> None:
+        guard = self.guard
         if guard.ledger is not None:
             tags = dict(self.tags)
             fields = _ledger_keys(self.keys, tags)
             guard.ledger.record_cost(
                 cost, latency_s=time.monotonic() - self._started, outcome=outcome, tags=tags or None, **fields
             )
-        self._fire_thresholds()
-        return cost
 
     def cancel(self) -> None:
         """The call never happened (or failed before any tokens were billed): full refund."""

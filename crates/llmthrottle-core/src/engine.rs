@@ -184,6 +184,10 @@ impl<S: Store> Engine<S> {
     /// reserved amount: less is refunded, more is charged even past the limit (it was used).
     /// Dimensions given as `None` keep what was reserved; usage in a dimension the request
     /// reserved nothing in is charged to every `keys`' limit on it. Releases concurrency slots.
+    ///
+    /// A charge that cannot be made (a full shared table has no room for a cell that was
+    /// reclaimed meanwhile) does not stop the others: every other charge and refund is made,
+    /// then the first such error is returned.
     pub fn commit(
         &self,
         reservation: &mut Reservation<S>,
@@ -195,6 +199,7 @@ impl<S: Store> Engine<S> {
         let session = &mut self.store.session();
         reservation.release_held();
         let own = reservation.generation == self.store.generation();
+        let mut failed = FirstError::default();
         for charge in &reservation.charges {
             let Some(used) = actual.get(charge.dimension as usize).copied().flatten() else {
                 continue;
@@ -204,7 +209,7 @@ impl<S: Store> Engine<S> {
                 continue;
             }
             if used > charge.amount {
-                self.force_charge(session, limit, key, now, used - charge.amount)?;
+                failed.keep(self.force_charge(session, limit, key, now, used - charge.amount));
             } else if used < charge.amount && own {
                 self.give_back(session, limit, key, charge, now, charge.amount - used);
             }
@@ -216,9 +221,9 @@ impl<S: Store> Engine<S> {
             if reservation.charges.iter().any(|c| c.dimension as usize == dimension) {
                 continue;
             }
-            self.charge_dimension(session, policy, keys, dimension, used, now)?;
+            failed.keep(self.charge_dimension(session, policy, keys, dimension, used, now));
         }
-        Ok(())
+        failed.into_result()
     }
 
     /// Marks `reservation` settled and returns the policy it was made under, after checking
@@ -278,7 +283,8 @@ impl<S: Store> Engine<S> {
 
     /// Charges usage that already happened (a call made without asking, or spend replayed from
     /// a ledger) to every limit of every key, in the dimensions given, even past the limits.
-    /// Takes no concurrency slot. `actual` is indexed by the policy's dimensions.
+    /// Takes no concurrency slot. `actual` is indexed by the policy's dimensions. As in
+    /// [`Engine::commit`], a charge that cannot be made does not stop the others.
     pub fn charge_usage(&self, keys: &[&str], actual: &[Option<u64>]) -> Result<()> {
         for key in keys {
             validate_key(key)?;
@@ -286,12 +292,13 @@ impl<S: Store> Engine<S> {
         let policy = self.policy.load();
         let now = self.clock.now();
         let session = &mut self.store.session();
+        let mut failed = FirstError::default();
         for (dimension, used) in actual.iter().enumerate() {
             if let Some(used) = used.filter(|u| *u > 0) {
-                self.charge_dimension(session, policy, keys, dimension, used, now)?;
+                failed.keep(self.charge_dimension(session, policy, keys, dimension, used, now));
             }
         }
-        Ok(())
+        failed.into_result()
     }
 
     fn charge_dimension(
@@ -303,16 +310,17 @@ impl<S: Store> Engine<S> {
         used: u64,
         now: Now,
     ) -> Result<()> {
+        let mut failed = FirstError::default();
         for key in keys {
             for limit in policy
                 .rules_for(key)
                 .flat_map(|(_, rule)| rule.limits.iter())
                 .filter(|l| l.dimension == dimension)
             {
-                self.force_charge(session, limit, key, now, used)?;
+                failed.keep(self.force_charge(session, limit, key, now, used));
             }
         }
-        Ok(())
+        failed.into_result()
     }
 
     /// Charges `amount` to `key`'s cell under `limit`, looking the key up again when a sweep
@@ -673,6 +681,23 @@ pub fn validate_key(key: &str) -> Result<()> {
 pub const MAX_KEYS: usize = u16::MAX as usize;
 
 type Steps<'k> = SmallVec<[Step<'k>; 4]>;
+
+/// The first error of a settling that goes on past failures: usage that happened is charged
+/// wherever it can be, and the caller still learns that some of it could not be.
+#[derive(Default)]
+struct FirstError(Option<CoreError>);
+
+impl FirstError {
+    fn keep(&mut self, result: Result<()>) {
+        if let Err(error) = result {
+            self.0.get_or_insert(error);
+        }
+    }
+
+    fn into_result(self) -> Result<()> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
 
 /// Every (key, limit) pair the request touches with a non-zero amount, checked for capacity
 /// before anything is charged. Fills the caller's `steps` (returning them would copy them).

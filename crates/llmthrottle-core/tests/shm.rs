@@ -627,6 +627,36 @@ fn a_full_table_says_how_to_size_it_and_expired_slots_are_reused() {
 }
 
 #[test]
+fn usage_that_meets_a_full_table_is_still_charged_wherever_it_fits() {
+    let store = fresh_store(&SharedOptions {
+        capacity: 8,
+        ..Default::default()
+    });
+    let policy = spec(vec![("*", vec![("requests", rate("1000/min", None)), ("tokens", rate("1000/min", None))])]);
+    let engine = Engine::new(Arc::new(store), Arc::new(FakeClock::default()), &policy).unwrap();
+    // "b" has a cell in both dimensions, "a" in requests only; then other keys fill the table.
+    assert!(engine.acquire(&["b"], &[0, 1], 0).unwrap().0.allowed);
+    let (decision, reservation) = engine.acquire(&["a", "b"], &[1, 0], 0).unwrap();
+    let mut reservation = reservation.filter(|_| decision.allowed).expect("admitted");
+    let mut filler = 0;
+    while engine.acquire(&[&format!("f{filler}")], &[1, 0], 0).is_ok() {
+        filler += 1;
+    }
+    let tokens_used = |key: &str| engine.status(key).unwrap().iter().find(|s| s.dimension == "tokens").unwrap().used;
+    let is_full = |error: CoreError| matches!(error, CoreError::State(ref m) if m.contains("is full"));
+
+    // Tokens were reserved in no dimension: both keys are charged. "a" has no room for a tokens
+    // cell; "b", after it, is charged all the same, and the error still says what went wrong.
+    let error = engine.commit(&mut reservation, &["a", "b"], &[None, Some(5)]).unwrap_err();
+    assert!(is_full(error));
+    assert_eq!(tokens_used("b"), 1 + 5);
+    let error = engine.charge_usage(&["a", "b"], &[None, Some(7)]).unwrap_err();
+    assert!(is_full(error));
+    assert_eq!(tokens_used("b"), 1 + 5 + 7);
+    assert!(matches!(engine.commit(&mut reservation, &["a", "b"], &[]), Err(CoreError::AlreadySettled)));
+}
+
+#[test]
 fn a_table_of_a_million_keys_fits_in_128_mb() {
     let layout_bytes = {
         let path = unique_path("million");

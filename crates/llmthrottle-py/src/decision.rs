@@ -218,7 +218,9 @@ impl Reservation {
 impl Reservation {
     /// Reconciles with real usage, e.g. `commit(tokens=913)`: less than reserved is refunded,
     /// more is charged (even past the limit: it was used). Unnamed dimensions keep what was
-    /// reserved. Raises if the reservation was already committed or cancelled.
+    /// reserved. Raises if the reservation was already committed or cancelled. Usage that
+    /// finds no room in a full shared table raises `StateError` once everything else is
+    /// charged; the reservation is settled all the same.
     #[pyo3(signature = (**usage))]
     fn commit(slf: &Bound<'_, Self>, usage: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
         let actual = slf.as_super().get().dimensions().usage(usage)?;

@@ -45,6 +45,8 @@ __all__ = ["SidecarServer", "ServerAlreadyRunning", "bind_unix_socket"]
 
 _log = logging.getLogger("llmthrottle.sidecar")
 _SWEEP_INTERVAL_S = 1.0
+# Settings a reload reads but cannot apply to a running server: they wait for a restart.
+_RESTART_ONLY = ("socket", "socket_mode", "socket_group", "state_kind", "state_name", "state_capacity", "ledger_path")
 
 
 class ServerAlreadyRunning(RuntimeError):
@@ -313,11 +315,10 @@ class SidecarServer:
         except Exception:
             self.metrics.reloads["failed"] = self.metrics.reloads.get("failed", 0) + 1
             raise
-        restart_needed = [name for name in ("socket", "socket_mode", "socket_group", "state_kind", "state_name",
-                                            "ledger_path") if getattr(config, name) != getattr(self.config, name)]
+        restart_needed = [name for name in _RESTART_ONLY if getattr(config, name) != getattr(self.config, name)]
         if restart_needed:
             _log.warning("policy reload: %s changed; those take effect on restart", ", ".join(restart_needed))
-        for name in ("socket", "socket_mode", "socket_group", "state_kind", "state_name", "ledger_path"):
+        for name in _RESTART_ONLY:
             setattr(config, name, getattr(self.config, name))
         self.service.apply_policy(config)
         self.config = config

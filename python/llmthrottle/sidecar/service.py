@@ -181,7 +181,14 @@ class Service:
         except BaseException:
             if not held.reservation.settled:
                 self.held[reservation_id] = held  # a bad amount: the caller may commit again
+                raise
+            # Settled, but some usage found no room to be charged (a full shared table): the
+            # call happened all the same, so it is counted and recorded before the error goes back.
+            self._committed(held, usage, amounts)
             raise
+        self._committed(held, usage, amounts)
+
+    def _committed(self, held: _Held, usage: dict[str, Any], amounts: dict[str, Any]) -> None:
         self.metrics.settle(held.namespace, "committed", amounts or dict(held.reservation.reserved))
         self._note_budget_keys(held.namespace, held.key)
         if self.ledger is not None:
@@ -236,7 +243,8 @@ class Service:
                 held.reservation.commit()
             except Exception:
                 _log.exception("expiring reservation %d failed", reservation_id)
-                continue
+                if not held.reservation.settled:
+                    continue
             self.metrics.settle(held.namespace, "expired", dict(held.reservation.reserved))
             if self.ledger is not None:
                 self._record(held, {}, {}, "expired")
@@ -324,4 +332,7 @@ def _make_state(config: SidecarConfig) -> Any:
                           'does not have; use kind = "in-process"')
     from ..config import default_state_name
 
-    return shared(config.state_name or default_state_name(config.socket))
+    name = config.state_name or default_state_name(config.socket)
+    if config.state_capacity is None:
+        return shared(name)
+    return shared(name, capacity=config.state_capacity)

@@ -7,7 +7,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use llmthrottle_core::*;
 
 mod common;
-use common::admit_everything as policy;
+use common::{acquire_in_place, admit_everything as policy};
 
 
 fn bench(c: &mut Criterion) {
@@ -31,13 +31,8 @@ fn bench(c: &mut Criterion) {
         .unwrap();
         let amounts = vec![1u64; dims.len()];
         c.bench_function(
-            &format!("Engine::acquire local, {} dims", dims.len()),
-            |b| {
-                b.iter(|| {
-                    let (d, r) = engine.acquire(&["tenant:acme"], &amounts, 0).unwrap();
-                    std::hint::black_box((d, r))
-                })
-            },
+            &format!("Engine::acquire_into local, {} dims", dims.len()),
+            |b| b.iter(|| assert!(acquire_in_place(&engine, "tenant:acme", &amounts))),
         );
     }
     let engine = Engine::new(
@@ -48,10 +43,10 @@ fn bench(c: &mut Criterion) {
     .unwrap();
     let keys: Vec<String> = (0..100_000).map(|i| format!("tenant:{i}")).collect();
     let mut i = 0;
-    c.bench_function("Engine::acquire local, 1 dim, 100k keys", |b| {
+    c.bench_function("Engine::acquire_into local, 1 dim, 100k keys", |b| {
         b.iter(|| {
             i = (i + 1) % keys.len();
-            std::hint::black_box(engine.acquire(&[&keys[i]], &[1], 0).unwrap())
+            assert!(acquire_in_place(&engine, &keys[i], &[1]))
         })
     });
 }

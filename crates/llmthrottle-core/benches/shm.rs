@@ -14,7 +14,7 @@ use criterion::{criterion_group, Criterion};
 use llmthrottle_core::*;
 
 mod common;
-use common::admit_everything as policy;
+use common::{acquire_in_place, admit_everything as policy};
 
 
 fn table_path() -> PathBuf {
@@ -68,11 +68,11 @@ fn per_acquire(c: &mut Criterion) {
         let amounts = vec![1u64; dims.len()];
         let local = Engine::new(Arc::new(LocalStore::new()), Arc::new(SystemClock), &policy(dims)).unwrap();
         c.bench_function(&format!("acquire, in-process, {} dim", dims.len()), |b| {
-            b.iter(|| std::hint::black_box(local.acquire(&["tenant:acme"], &amounts, 0).unwrap()))
+            b.iter(|| assert!(acquire_in_place(&local, "tenant:acme", &amounts)))
         });
         let shared = Engine::new(shared_store(&path), Arc::new(SystemClock), &policy(dims)).unwrap();
         c.bench_function(&format!("acquire, shared memory, {} dim", dims.len()), |b| {
-            b.iter(|| std::hint::black_box(shared.acquire(&["tenant:acme"], &amounts, 0).unwrap()))
+            b.iter(|| assert!(acquire_in_place(&shared, "tenant:acme", &amounts)))
         });
     }
     let _ = SharedStore::remove("bench", Some(path));
@@ -93,7 +93,7 @@ fn hammer(key: &str, path: PathBuf) {
     let mut done = 0u64;
     while start.elapsed() < RUN {
         for _ in 0..256 {
-            std::hint::black_box(engine.acquire(&[key], &[1, 1], 0).unwrap());
+            acquire_in_place(&engine, key, &[1, 1]);
         }
         done += 256;
     }

@@ -20,3 +20,14 @@ pub fn admit_everything(dimensions: &[&str]) -> PolicySpec {
         }],
     }
 }
+
+/// One decision as the Python binding makes it: written into a fresh decision and reservation
+/// (`Engine::acquire_into`), the reservation dropped unsettled.
+#[inline]
+pub fn acquire_in_place<S: Store>(engine: &Engine<S>, key: &str, amounts: &[u64]) -> bool {
+    let mut decision = Decision::default();
+    let mut reservation = Reservation::default();
+    let admitted = engine.acquire_into(&[key], amounts, 0, &mut decision, &mut reservation).unwrap();
+    std::hint::black_box((&decision, &reservation));
+    admitted
+}

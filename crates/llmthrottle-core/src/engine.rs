@@ -159,7 +159,7 @@ impl<S: Store> Engine<S> {
         reservation.settled = false;
         decision.allowed = true;
         for step in &steps {
-            let limit = &policy.rules[step.rule as usize].limits[step.limit as usize];
+            let limit = policy.limit_at(step.rule, step.limit);
             // Only rate limits (layer 0) queue a call ahead; a budget or other layer denies.
             let wait_ns = if policy.rules[step.rule as usize].layer == 0 { max_wait_ns } else { 0 };
             let outcome = self.charge(session, limit, step, now, wait_ns, reservation);
@@ -368,7 +368,7 @@ impl<S: Store> Engine<S> {
         } else {
             decision.allowed = true;
             for step in &steps {
-                let limit = &policy.rules[step.rule as usize].limits[step.limit as usize];
+                let limit = policy.limit_at(step.rule, step.limit);
                 let status = self.limit_status(session, policy, limit, step.key, now);
                 let left = status.remaining.saturating_sub(step.amount);
                 note_remaining(&mut decision, limit.dimension, left);
@@ -547,7 +547,7 @@ impl<S: Store> Engine<S> {
     ) -> Option<(u64, LimitedBy)> {
         let mut worst: Option<(u64, LimitedBy)> = None;
         for step in steps {
-            let limit = &policy.rules[step.rule as usize].limits[step.limit as usize];
+            let limit = policy.limit_at(step.rule, step.limit);
             let value = self.current(session, limit, step.key);
             let retry = match limit.kind {
                 LimitKind::Rate(p) => {
@@ -590,7 +590,7 @@ impl<S: Store> Engine<S> {
                 // Every limit has room again: the denial came from a racing call that has since
                 // given its charge back. Report the limit that denied, with nothing to wait for.
                 let dimension =
-                    policy.rules[denied.rule as usize].limits[denied.limit as usize].dimension;
+                    policy.limit_at(denied.rule, denied.limit).dimension;
                 (
                     0,
                     LimitedBy {

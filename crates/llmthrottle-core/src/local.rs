@@ -183,28 +183,10 @@ impl LocalScope {
         if let Some(handle) = Self::get(&self.read(session, shard_of(hash)), hash, key).and_then(|e| e.handle.clone()) {
             return handle;
         }
-        session.held = None;
-        let i = shard_of(hash);
-        let inserted = {
-            let _write = self.shards.locks[i].write().unwrap_or_else(|e| e.into_inner());
-            // SAFETY: shard `i`'s lock is held for writing.
-            let map = unsafe { &mut *self.tables[i].get() };
-            match map.find_mut(hash, |entry| entry.key.as_str() == key) {
-                Some(entry) => {
-                    let value = entry.value.load(Ordering::Acquire);
-                    return Arc::clone(entry.handle.get_or_insert_with(|| Arc::new(AtomicU64::new(value))));
-                }
-                None => {
-                    let handle = Arc::new(AtomicU64::new(0));
-                    let (_, full) = self.add(map, hash, key, Some(Arc::clone(&handle)));
-                    (handle, full)
-                }
-            }
-        };
-        if inserted.1 {
-            self.sweep(now);
-        }
-        inserted.0
+        self.insert(session, key, hash, now, |entry| {
+            let value = entry.value.load(Ordering::Acquire);
+            Arc::clone(entry.handle.get_or_insert_with(|| Arc::new(AtomicU64::new(value))))
+        })
     }
 
     /// The table of shard `i`, under that shard's read lock: the one `session` holds when it
@@ -228,35 +210,36 @@ impl LocalScope {
         ShardRead { map: table(), _own: None }
     }
 
-    /// Runs `with` on `key`'s cell, inserted empty unless a racing caller got there first;
-    /// inserting may start a sweep. Gives up the session's read lock first: the insert writes.
-    fn insert<R>(&self, session: &mut LocalSession<'_>, key: &str, hash: u64, now: Now, with: impl FnOnce(&AtomicU64) -> R) -> R {
+    /// Runs `with` on `key`'s entry under its shard's write lock, the entry inserted empty
+    /// unless a racing caller got there first; inserting may start a sweep. Gives up the
+    /// session's read lock first: the insert writes.
+    fn insert<R>(&self, session: &mut LocalSession<'_>, key: &str, hash: u64, now: Now, with: impl FnOnce(&mut Entry) -> R) -> R {
         session.held = None;
         let i = shard_of(hash);
-        let result = {
+        let (result, full) = {
             let _write = self.shards.locks[i].write().unwrap_or_else(|e| e.into_inner());
             // SAFETY: shard `i`'s lock is held for writing.
             let map = unsafe { &mut *self.tables[i].get() };
-            if let Some(entry) = Self::get(map, hash, key) {
-                return with(entry.cell());
+            if let Some(entry) = map.find_mut(hash, |entry| entry.key.as_str() == key) {
+                return with(entry);
             }
-            let (entry, full) = self.add(map, hash, key, None);
-            (with(entry.cell()), full)
+            let (entry, full) = self.add(map, hash, key);
+            (with(entry), full)
         };
-        if result.1 {
+        if full {
             self.sweep(now);
         }
-        result.0
+        result
     }
 
-    /// Adds `key`'s entry to `map` (its shard locked for writing) and counts it while the
+    /// Adds `key`'s empty entry to `map` (its shard locked for writing) and counts it while the
     /// lock is held, so that no sweep can remove it uncounted. Also says whether the scope has
     /// doubled since the last sweep: the caller then sweeps, once the lock is given up.
-    fn add<'m>(&self, map: &'m mut Map, hash: u64, key: &str, handle: Option<Arc<AtomicU64>>) -> (&'m Entry, bool) {
+    fn add<'m>(&self, map: &'m mut Map, hash: u64, key: &str) -> (&'m mut Entry, bool) {
         let entry = Entry {
             key: EntryKey::new(key),
             value: AtomicU64::new(0),
-            handle,
+            handle: None,
         };
         let entry = map.insert_unique(hash, entry, |e| self.shards.hash(e.key.as_str())).into_mut();
         let len = self.len.fetch_add(1, Ordering::Relaxed) + 1;
@@ -342,7 +325,7 @@ impl Store for LocalStore {
                 return Ok(compare_and_swap(entry.cell(), step));
             }
         }
-        Ok(scope.insert(session, key, hash, now, |cell| compare_and_swap(cell, step)))
+        Ok(scope.insert(session, key, hash, now, |entry| compare_and_swap(entry.cell(), step)))
     }
 
     #[inline]

@@ -159,7 +159,13 @@ impl<S: Store> Policy<S> {
     /// The limit a charge was made under (a charge of this policy names a limit it has).
     #[inline]
     pub(crate) fn limit(&self, charge: &crate::reservation::Charge) -> &Limit<S> {
-        &self.rules[charge.rule as usize].limits[charge.limit as usize]
+        self.limit_at(charge.rule, charge.limit)
+    }
+
+    /// Limit `limit` of rule `rule` (indexes this policy has).
+    #[inline]
+    pub(crate) fn limit_at(&self, rule: u16, limit: u16) -> &Limit<S> {
+        &self.rules[rule as usize].limits[limit as usize]
     }
 
     /// Whether this policy has the limit `charge` names.

@@ -119,32 +119,20 @@ pub trait Store: Send + Sync + 'static {
     /// the units of a process that dies come back. The default records nothing: right for a
     /// store that lives and dies with its process.
     fn hold(&self, cell: &Self::Cell, max: u64) -> Result<Hold<Self::Lease>> {
-        let mut current = cell.load(Ordering::Acquire);
-        loop {
-            if current == TOMBSTONE {
-                return Ok(Hold::Reclaimed);
-            }
-            if current >= max {
-                return Ok(Hold::Full);
-            }
-            match cell.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Ok(Hold::Held { lease: None, count: current + 1 }),
-                Err(actual) => current = actual,
-            }
-        }
+        Ok(compare_and_swap(cell, |current| match current {
+            TOMBSTONE => Update::Keep(Hold::Reclaimed),
+            _ if current >= max => Update::Keep(Hold::Full),
+            _ => Update::Write(current + 1, Hold::Held { lease: None, count: current + 1 }),
+        }))
     }
 
     /// Gives back one unit taken by [`Store::hold`]; a reclaimed cell has nothing to give back.
     /// (No `&self`: a reservation dropped without a store at hand releases through its cell.)
     fn release(cell: &Self::Cell, lease: Option<&Self::Lease>) {
         let _ = lease;
-        let mut current = cell.load(Ordering::Acquire);
-        while current != TOMBSTONE {
-            let next = current.saturating_sub(1);
-            match cell.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return,
-                Err(actual) => current = actual,
-            }
-        }
+        compare_and_swap(cell, |current| match current {
+            TOMBSTONE => Update::Keep(()),
+            _ => Update::Write(current.saturating_sub(1), ()),
+        })
     }
 }

@@ -178,21 +178,16 @@ class Service:
                                      f"{', '.join(map(repr, dimensions))} (ledger fields: "
                                      f"{', '.join(sorted(_LEDGER_FIELDS))})")
             held.reservation.commit(**amounts)
-        except BaseException:
+        finally:
             if not held.reservation.settled:
                 self.held[reservation_id] = held  # a bad amount: the caller may commit again
-                raise
-            # Settled, but some usage found no room to be charged (a full shared table): the
-            # call happened all the same, so it is counted and recorded before the error goes back.
-            self._committed(held, usage, amounts)
-            raise
-        self._committed(held, usage, amounts)
-
-    def _committed(self, held: _Held, usage: dict[str, Any], amounts: dict[str, Any]) -> None:
-        self.metrics.settle(held.namespace, "committed", amounts or dict(held.reservation.reserved))
-        self._note_budget_keys(held.namespace, held.key)
-        if self.ledger is not None:
-            self._record(held, usage, amounts, "ok")
+            else:
+                # Settled, even when it raised because some usage found no room to be charged
+                # (a full shared table): the call happened, so it is counted and recorded.
+                self.metrics.settle(held.namespace, "committed", amounts or dict(held.reservation.reserved))
+                self._note_budget_keys(held.namespace, held.key)
+                if self.ledger is not None:
+                    self._record(held, usage, amounts, "ok")
 
     def _note_budget_keys(self, namespace: str, keys: Any) -> None:
         budgets = self.limiters[namespace].budgets
@@ -332,7 +327,4 @@ def _make_state(config: SidecarConfig) -> Any:
                           'does not have; use kind = "in-process"')
     from ..config import default_state_name
 
-    name = config.state_name or default_state_name(config.socket)
-    if config.state_capacity is None:
-        return shared(name)
-    return shared(name, capacity=config.state_capacity)
+    return shared(config.state_name or default_state_name(config.socket), capacity=config.state_capacity)

@@ -545,7 +545,6 @@ impl SharedStore {
         }
     }
 
-
     /// Applies `step` to the cell of pinned slot `at`, then unpins it.
     #[inline]
     fn update_pinned<R>(&self, at: SlotRef, step: impl FnMut(u64) -> Update<R>) -> R {

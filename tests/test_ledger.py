@@ -285,3 +285,85 @@ def test_forked_child_gets_its_own_journal(tmp_path: Path) -> None:
         assert os.waitstatus_to_exitcode(status) == 0
         ledger.record(model="gpt-4o", cost_micros=4, tenant="parent")
         assert ledger.spend() == 7
+
+
+# ------------------------------------------------------------------ nothing can poison it
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"cost_micros": 2**63}, "cost_micros"),
+    ({"cost_micros": 10**12 + 1}, "cost_micros"),
+    ({"input_tokens": 2**63}, "input_tokens"),
+    ({"time": 1e14}, "time"),
+    ({"time": -1e14}, "time"),
+    ({"latency_s": 1e14}, "latency_s"),
+])
+def test_values_the_store_cannot_hold_are_refused_at_record(tmp_path: Path, kwargs: dict[str, object],
+                                                            message: str) -> None:
+    with Ledger(tmp_path) as ledger:
+        with pytest.raises(ValueError, match=message):
+            ledger.record(**{"model": "gpt-4o", "cost_micros": 1, **kwargs})  # type: ignore[arg-type]
+        ledger.record(model="gpt-4o", cost_micros=5)
+        ledger.flush()
+        assert (len(ledger), ledger.spend()) == (1, 5)
+    with Ledger(tmp_path) as reopened:
+        assert len(reopened) == 1
+
+
+def test_intact_frames_that_are_not_records_are_quarantined_not_fatal(tmp_path: Path) -> None:
+    import json
+    Ledger(tmp_path).close()
+    bad_payloads = [
+        b"{not json",
+        b"[" * 100_000 + b"]" * 100_000,  # deep nesting
+        json.dumps(["short", 1]).encode(),  # wrong number of columns
+        raw_row("huge", 0).replace(b",0,null,\"ok\"", b",%d,null,\"ok\"" % 2**70),  # cost too big
+        b"\xff\xfe",
+    ]
+    write_raw_journal(tmp_path, "journal-999999-1-dead.log",
+                      [encode_frame(raw_row("r0", 10)), *map(encode_frame, bad_payloads),
+                       encode_frame(raw_row("r1", 20))])
+    with Ledger(tmp_path) as ledger:
+        assert sorted(r.id for r in ledger.records()) == ["r0", "r1"]
+        assert ledger.spend() == 30
+        stats = ledger.last_replay
+        assert (stats.frames, stats.corrupt_frames) == (2, len(bad_payloads))
+        assert ledger.quarantine.count == len(bad_payloads)
+    lines = (tmp_path / "quarantine.jsonl").read_text().splitlines()
+    assert len(lines) == len(bad_payloads)
+    assert all(json.loads(line)["source"] == "journal-999999-1-dead.log" for line in lines)
+    assert journals(tmp_path) == []
+    assert oct((tmp_path / "quarantine.jsonl").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_damaged_newline_loses_only_nothing(tmp_path: Path) -> None:
+    Ledger(tmp_path).close()
+    frames = [bytearray(encode_frame(raw_row(f"r{i}", 1))) for i in range(3)]
+    frames[1][-1] = ord("x")  # the newline that ends r1 is flipped
+    write_raw_journal(tmp_path, "journal-999999-2-dead.log", [bytes(f) for f in frames])
+    with Ledger(tmp_path) as ledger:
+        assert sorted(r.id for r in ledger.records()) == ["r0", "r1", "r2"]
+
+
+def test_a_row_sqlite_refuses_is_quarantined_and_the_flusher_goes_on(tmp_path: Path) -> None:
+    from llmthrottle.ledger import store
+    with Ledger(tmp_path, flush_interval=1000.0) as ledger:
+        ledger.record(model="gpt-4o", cost_micros=1, id="before")
+        # A row past record()'s checks (as a newer writer or a damaged queue could hand over).
+        row = list(ledger._pending[0][0])
+        row[0], row[store.COLUMNS.index("cost_micros")] = "poison", 2**64
+        ledger._pending.append((tuple(row), *ledger._pending[0][1:]))
+        ledger.record(model="gpt-4o", cost_micros=2, id="after")
+        ledger.flush()
+        assert sorted(r.id for r in ledger.records()) == ["after", "before"]
+        assert ledger.quarantine.count == 1
+    assert "OverflowError" in (tmp_path / "quarantine.jsonl").read_text()
+
+
+def test_every_ledger_file_is_private(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l") as ledger:
+        ledger.record(model="gpt-4o", cost_micros=1)
+        ledger.flush()
+        modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "l").iterdir()}
+    assert {"ledger.sqlite3", "ledger.sqlite3-wal"} <= set(modes)
+    assert set(modes.values()) == {0o600}, modes

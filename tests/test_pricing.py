@@ -248,6 +248,16 @@ def test_unknown_model_is_a_config_error_with_suggestions_never_zero() -> None:
     assert issubclass(ConfigError, ValueError)
 
 
+@pytest.mark.parametrize("name", ["x" * 100_000, "gpt-4o-" + "-2024" * 20_000, "a-" * 50_000])
+def test_absurd_model_names_are_refused_without_searching(name: str) -> None:
+    # Each of these took seconds to tens of seconds when the lookup was quadratic in the name.
+    with pytest.raises(ConfigError, match="no price for model") as refused:
+        cost(name, {"prompt_tokens": 1, "completion_tokens": 1})
+    assert len(str(refused.value)) < 1_000  # the message does not echo the whole name
+    fallback = PriceTable.default().with_fallback(input=1, output=1)
+    assert fallback.cost(name, {"prompt_tokens": 1, "completion_tokens": 0}).fallback
+
+
 def test_suffix_stripping_never_falls_back_to_a_shorter_prefix_model() -> None:
     table = PriceTable.default()
     assert table.resolve("gpt-4o-mini-2024-07-18").name == "gpt-4o-mini"
@@ -309,6 +319,7 @@ output = 1.0
      "model 'm' tier 0: must define exactly the rates"),
     ('[aliases]\n"a" = "nowhere"', "alias 'a' points to 'nowhere'"),
     ('[models."m"\n', "invalid TOML"),
+    (f'[models."{"m" * 300}"]\nprovider = "x"\ninput = 1\noutput = 1', "longer than 256"),
 ])
 def test_invalid_price_files_name_the_offending_model_and_key(tmp_path: Path, body: str,
                                                               message: str) -> None:

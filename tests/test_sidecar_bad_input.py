@@ -154,3 +154,37 @@ def test_many_idle_connections_are_closed_and_others_still_served(idle_server: S
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_deeply_nested_json_is_a_bad_request(sidecar_server: ServerProcess) -> None:
+    from sidecar_helpers import http_request
+
+    body = b'{"key": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    status, _, answer = http_request(sidecar_server.socket, "POST", "/v1/acquire", raw=body)
+    assert (status, answer["error"]) == (400, "BadRequest")
+    assert "nested" in answer["message"]
+    _still_serving(sidecar_server)
+
+
+def test_abuse_without_any_access_adds_at_most_a_summary_line_to_the_log() -> None:
+    with tempfile.TemporaryDirectory(prefix="lt-quiet-") as directory:
+        server = start_server(directory, "")
+        try:
+            before = len(server.log().splitlines())
+            for _ in range(200):
+                # A body promised and never sent in full: the peer leaves mid-body.
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.connect(server.socket)
+                sock.sendall(b"POST /v1/acquire HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"ke")
+                sock.close()
+                # A malformed binary frame.
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.connect(server.socket)
+                sock.sendall(MAGIC + struct.pack(">I", 3) + b"\xc1\xc1\xc1")
+                sock.close()
+            _still_serving(server)
+            added = server.log().splitlines()[before:]
+        finally:
+            server.stop()
+    assert len(added) <= 2, added
+    assert not any("Traceback" in line or "ERROR" in line for line in added), added

@@ -74,3 +74,21 @@ def test_metrics_show_spend_and_budget_remaining(server) -> None:
     assert 'llmthrottle_spend_usd_total{namespace="default"} 0.2' in text
     assert 'llmthrottle_budget_remaining_usd{namespace="default",budget="team:*",key="team:a"} 0.8' in text
     assert 'llmthrottle_budget_remaining_usd{namespace="default",budget="org:*",key="org:x"} 1.3' in text
+
+
+def test_metrics_show_a_peer_only_the_keys_it_may_use() -> None:
+    import os
+
+    uid = os.getuid()
+    with tempfile.TemporaryDirectory(prefix="lt-budget-") as directory:
+        server = start_server(directory, CONFIG)
+        try:
+            _, _, body = server.http("POST", "/v1/acquire", {"key": ["team:a", "org:x"], "amounts": {"budget_usd": 0.25}})
+            server.http("POST", "/v1/commit", {"reservation_id": body["reservation_id"], "usage": {"budget_usd": 0.2}})
+            server.write_config(CONFIG + f'\n[access]\n{uid} = ["team:*"]\n')
+            assert server.http("POST", "/v1/reload")[0] == 200
+            text = server.http("GET", "/metrics")[2]
+            assert 'key="team:a"' in text
+            assert 'key="org:x"' not in text  # another tenant's budget stays unseen
+        finally:
+            server.stop()

@@ -317,3 +317,71 @@ def test_json_logs(directory: str) -> None:
     lines = [json.loads(line) for line in server.log().splitlines() if line.strip()]
     assert any("serving on" in entry["message"] for entry in lines)
     assert {"time", "level", "logger", "message"} <= set(lines[0])
+
+
+# ------------------------------------------------------------------ tenancy and poison
+
+
+def test_a_reservation_can_be_settled_only_by_the_uid_that_made_it(directory: str) -> None:
+    from llmthrottle.ledger import Ledger
+    from llmthrottle.sidecar.service import Service, ServiceError
+
+    config = parse_config('[limits."*"]\nrequests = "1000/min"\nconcurrency = 1\n')
+    service = Service(config, ledger=Ledger(os.path.join(directory, "ledger")))
+    try:
+        _, mine = service.acquire("default", "tenant:acme", {"requests": 1}, 0, owner=0)
+        assert mine is not None
+        # Another uid guesses the id: as if it did not exist, and the reservation is untouched.
+        for settle in (lambda: service.cancel(mine, owner=65534),
+                       lambda: service.commit(mine, {"requests": 5, "cost_micros": 10**6,
+                                                     "tenant": "forged"}, owner=65534)):
+            with pytest.raises(ServiceError) as refused:
+                settle()
+            assert refused.value.kind == "UnknownReservation"
+        assert mine in service.held
+        service.commit(mine, {"requests": 1}, owner=0)
+        service.ledger.flush()
+        assert [r.tenant for r in service.ledger.records()] == [None]
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize("usage", [{"cost_micros": 2**63}, {"input_tokens": 10**13},
+                                   {"output_tokens": -1}, {"cost_micros": 1.5}])
+def test_a_commit_the_ledger_cannot_hold_is_a_bad_request_and_poisons_nothing(
+        directory: str, usage: dict[str, object]) -> None:
+    ledger_dir = os.path.join(directory, "ledger")
+    server = start_server(directory, f'[ledger]\npath = "{ledger_dir}"\n[limits."*"]\nrequests = "1M/s"\n')
+    client = RawClient(server.socket)
+    try:
+        admitted = client.call([1, Op.ACQUIRE, "default", "tenant:x", {}, 0.0])
+        answer = client.call([2, Op.COMMIT, admitted[2][7], {"model": "gpt-4o", **usage}])
+        assert answer[1] == ERROR and answer[2][0] == "BadRequest", answer
+        # The reservation is still held: the caller may commit it correctly.
+        assert client.call([3, Op.COMMIT, admitted[2][7], {"model": "gpt-4o", "cost_micros": 7}])[1] == OK
+        for i in range(3):
+            admitted = client.call([10 + i, Op.ACQUIRE, "default", "tenant:x", {}, 0.0])
+            assert client.call([20 + i, Op.COMMIT, admitted[2][7], {"model": "m", "cost_micros": 1}])[1] == OK
+    finally:
+        client.close()
+        returncode = server.stop()
+    assert returncode == 0
+    from llmthrottle.ledger import Ledger
+    with Ledger(ledger_dir) as ledger:
+        assert (len(ledger), ledger.spend()) == (4, 10)
+
+
+def test_mass_expiry_is_done_in_bounded_slices(directory: str) -> None:
+    from llmthrottle.sidecar.service import Service
+
+    config = parse_config('[limits."*"]\nrequests = "1M/min"\n')
+    assert config.max_reservations <= 100_000  # sized so no one client can stall the loop
+    service = Service(config)
+    try:
+        for n in range(5):
+            assert service.acquire("default", f"k{n}", {"requests": 1}, 0)[1] is not None
+        later = time.monotonic() + config.reservation_timeout_s + 1
+        assert [service.expire(later, limit=2) for _ in range(4)] == [2, 2, 1, 0]
+        assert not service.held
+    finally:
+        service.close()

@@ -107,7 +107,7 @@ class SidecarConfig:
     idle_timeout_s: float = 300.0
     max_frame_bytes: int = 1 << 20
     max_connections: int = 20_000
-    max_reservations: int = 1_000_000
+    max_reservations: int = 100_000
     log_format: str = "text"
     log_level: str = "info"
     state_kind: str = "shared"

@@ -789,3 +789,84 @@ fn inspection_lists_entries_and_leases() {
     let stats = store.stats();
     assert_eq!((stats.live.0, stats.scopes), (2, 2));
 }
+
+/// A tiny deterministic generator for the damaged-file tests below.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn damage(path: &std::path::Path, seed: u64, whole_words: bool) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    // The header (first page) is checked at open; everything after it is shared words.
+    let body = 4096..bytes.len();
+    if whole_words {
+        for byte in &mut bytes[body] {
+            *byte = xorshift(&mut state) as u8;
+        }
+    } else {
+        for _ in 0..64 {
+            let at = body.start + (xorshift(&mut state) as usize % (body.len() / 8)) * 8;
+            bytes[at..at + 8].copy_from_slice(&xorshift(&mut state).to_ne_bytes());
+        }
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_table_is_never_followed_out_of_bounds() {
+    let policy = spec(vec![(
+        "*",
+        vec![("requests", rate("100/s", None)), ("concurrency", LimitKind::Concurrency { max: 3 })],
+    )]);
+    for seed in 1..=24u64 {
+        let path = unique_path("damaged");
+        {
+            let store = Arc::new(open_at(&path).unwrap());
+            let engine = Engine::new(Arc::clone(&store), Arc::new(SystemClock), &policy).unwrap();
+            for key in ["tenant:a", "tenant:b", &"long-key-".repeat(8)] {
+                let _ = engine.acquire(&[key], &[1], 0);
+            }
+        }
+        damage(&path, seed, seed % 2 == 0);
+        // Whatever the words say, every operation ends in a value or an error, never a signal.
+        if let Ok(store) = open_at(&path) {
+            let store = Arc::new(store);
+            let _ = store.entries();
+            let _ = store.leases();
+            let _ = store.reap();
+            if let Ok(engine) = Engine::new(Arc::clone(&store), Arc::new(SystemClock), &policy) {
+                for key in ["tenant:a", "tenant:b", "tenant:c", &"long-key-".repeat(8)] {
+                    let _ = engine.acquire(&[key], &[1], 0);
+                }
+            }
+            let _ = store.entries();
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+#[test]
+fn tables_another_user_could_change_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let path = unique_path("owner");
+    drop(open_at(&path).unwrap());
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let message = state_error(open_at(&path));
+    assert!(message.contains("writable beyond what was asked"), "{message}");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    drop(open_at(&path).unwrap());
+    // SAFETY: plain query of this process's credentials.
+    if unsafe { libc::geteuid() } == 0 {
+        // Root can hand the file to another uid, as an attacker who pre-created it would have.
+        let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: valid C string.
+        assert_eq!(unsafe { libc::chown(c_path.as_ptr(), 65534, 65534) }, 0);
+        let message = state_error(open_at(&path));
+        assert!(message.contains("belongs to uid 65534"), "{message}");
+    }
+    std::fs::remove_file(&path).unwrap();
+}

@@ -42,6 +42,7 @@ from itertools import count
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from . import store
+from .quarantine import Quarantine
 from .journal import (
     JOURNAL_PREFIX,
     JOURNAL_SUFFIX,
@@ -52,13 +53,12 @@ from .journal import (
     read_all,
     try_claim,
 )
-from .store import UsageRecord
+from .store import MAX_COST_MICROS, MAX_LATENCY_US, MAX_TIME_US, MAX_TOKENS, UsageRecord
 
 __all__ = ["Ledger", "UsageRecord"]
 
 _log = logging.getLogger("llmthrottle.ledger")
 _T = TypeVar("_T")
-_MAX_TOKENS = 10**12
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _DB_NAME = "ledger.sqlite3"
 _REPLAY_BATCH = 5000
@@ -72,8 +72,8 @@ _KEY_NAMES = ("tenant", "user", "team", "feature", "provider", "outcome")
 def _raise_bad_count(values: Sequence[Any]) -> None:
     # Off the hot path: only called once a check has failed, to name the field.
     for name, value in zip(_COUNT_NAMES, values):
-        if type(value) is not int or not 0 <= value <= _MAX_TOKENS:
-            raise ValueError(f"{name} must be an integer in [0, {_MAX_TOKENS}], got {value!r}")
+        if type(value) is not int or not 0 <= value <= MAX_TOKENS:
+            raise ValueError(f"{name} must be an integer in [0, {MAX_TOKENS}], got {value!r}")
 
 
 def _raise_bad_key(*values: Any) -> None:
@@ -107,6 +107,7 @@ class Ledger:
         self._closed = False
         self._read_lock = threading.Lock()
         self.last_replay = ReplayStats()
+        self.quarantine = Quarantine(self.path)
         if readonly:
             if not os.path.exists(self._db_path):
                 raise FileNotFoundError(f"no ledger at {self.path} ({_DB_NAME} missing)")
@@ -158,25 +159,29 @@ class Ledger:
             raise ValueError("ledger is closed" if self._closed else "ledger is read-only")
         if type(model) is not str or not model:
             raise ValueError(f"model must be a non-empty str, got {model!r}")
-        if type(cost_micros) is not int or cost_micros < 0:
-            raise ValueError(f"cost_micros must be a non-negative int, got {cost_micros!r}")
+        if type(cost_micros) is not int or not 0 <= cost_micros <= MAX_COST_MICROS:
+            raise ValueError(f"cost_micros must be an integer in [0, {MAX_COST_MICROS}], "
+                             f"got {cost_micros!r}")
         if latency_s is None:
             latency_us = None
         elif (isinstance(latency_s, (int, float)) and type(latency_s) is not bool
-              and math.isfinite(latency_s) and latency_s >= 0):
+              and math.isfinite(latency_s) and 0 <= latency_s <= MAX_LATENCY_US / 1e6):
             latency_us = round(latency_s * 1_000_000)
         else:
-            raise ValueError(f"latency_s must be a finite non-negative number, got {latency_s!r}")
+            raise ValueError(f"latency_s must be a number of seconds in [0, "
+                             f"{MAX_LATENCY_US // 10**6}], got {latency_s!r}")
         if time is None:
             ts_us = _time.time_ns() // 1000
-        elif isinstance(time, (int, float)) and type(time) is not bool and math.isfinite(time):
+        elif (isinstance(time, (int, float)) and type(time) is not bool and math.isfinite(time)
+              and abs(time) <= MAX_TIME_US / 1e6):
             ts_us = round(time * 1_000_000)
         else:
-            raise ValueError(f"time must be finite unix seconds, got {time!r}")
+            raise ValueError(f"time must be unix seconds within ±{MAX_TIME_US // 10**6}, "
+                             f"got {time!r}")
         counts = (input_tokens, output_tokens, cached_input_tokens, cache_write_tokens,
                   reasoning_tokens)
         for value in counts:
-            if type(value) is not int or not 0 <= value <= _MAX_TOKENS:
+            if type(value) is not int or not 0 <= value <= MAX_TOKENS:
                 _raise_bad_count(counts)
         for key in (tenant, user, team, feature, provider, outcome):
             if key is not None and type(key) is not str:
@@ -227,12 +232,26 @@ class Ledger:
                 checkpoints = {journal.name: end for _, journal, end in batch}
                 try:
                     store.insert(self._writer, [row for row, _, _ in batch], checkpoints)
-                except BaseException:
-                    pending.extendleft(reversed(batch))  # still journaled; retry later
+                except sqlite3.OperationalError:
+                    pending.extendleft(reversed(batch))  # still journaled (disk, lock): retry later
                     raise
+                except (sqlite3.DatabaseError, OverflowError, ValueError, TypeError):
+                    self._insert_each([row for row, _, _ in batch], checkpoints)
                 for _, journal, end in batch:
                     journal.checkpointed = end
             self._remove_retired()
+
+    def _insert_each(self, rows: list[tuple[Any, ...]], checkpoints: Mapping[str, int]) -> None:
+        """Stores a batch that SQLite refused row by row, quarantining the rows it still
+        refuses, so that one bad record never holds back the others."""
+        for row in rows:
+            try:
+                store.insert(self._writer, [row], {})
+            except sqlite3.OperationalError:
+                raise
+            except (sqlite3.DatabaseError, OverflowError, ValueError, TypeError) as error:
+                self.quarantine.add("record", f"{type(error).__name__}: {error}", _encode(list(row)))
+        store.insert(self._writer, [], checkpoints)
 
     def _remove_retired(self) -> None:
         done = [j for j in self._retired if j.checkpointed >= j.size]
@@ -288,7 +307,13 @@ class Ledger:
             batch: list[Any] = []
             end = start
             for payload, end in iter_frames(data, start, stats):
-                batch.append(tuple(json.loads(payload)))
+                row = _decode_row(payload)
+                if row is None:  # intact frame, but not a record this version writes
+                    stats.frames -= 1
+                    stats.corrupt_frames += 1
+                    self.quarantine.add(name, "intact frame that is not a ledger record", payload)
+                    continue
+                batch.append(row)
                 if len(batch) >= _REPLAY_BATCH:
                     store.insert(self._writer, batch, {name: end})
                     batch = []
@@ -374,6 +399,14 @@ class Ledger:
         self._reader = store.connect(self._db_path, sync=self._sync)
         self._read_lock = threading.Lock()
         self._start_writing()
+
+
+def _decode_row(payload: bytes) -> tuple[Any, ...] | None:
+    try:
+        row = json.loads(payload)
+    except (ValueError, RecursionError):  # ValueError includes UnicodeDecodeError
+        return None
+    return tuple(row) if store.valid_row(row) else None
 
 
 def _id_arg(value: Any) -> str:

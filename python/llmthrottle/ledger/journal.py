@@ -65,9 +65,18 @@ def iter_frames(data: bytes, start: int, stats: ReplayStats) -> Iterator[tuple[b
                 and zlib.crc32(data[pos + _HEADER_BYTES:payload_end]) == crc):
             stats.frames += 1
             yield data[pos + _HEADER_BYTES:payload_end], newline + 1
+            pos = newline + 1
+        elif (length >= 0 and payload_end < newline
+                and zlib.crc32(data[pos + _HEADER_BYTES:payload_end]) == crc):
+            # An intact frame whose own newline was damaged: the next frame starts right after
+            # it, so it is not lost with this one.
+            stats.frames += 1
+            stats.corrupt_frames += 1
+            yield data[pos + _HEADER_BYTES:payload_end], payload_end + 1
+            pos = payload_end + 1
         else:
             stats.corrupt_frames += 1
-        pos = newline + 1
+            pos = newline + 1
 
 
 class Journal:

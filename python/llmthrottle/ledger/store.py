@@ -9,12 +9,14 @@ covers; it only bounds how much a replay has to reread, correctness never depend
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-__all__ = ["COLUMNS", "DIMENSIONS", "UsageRecord", "connect", "group_expression"]
+__all__ = ["COLUMNS", "DIMENSIONS", "MAX_COST_MICROS", "MAX_LATENCY_US", "MAX_TIME_US",
+           "MAX_TOKENS", "UsageRecord", "connect", "group_expression", "valid_row"]
 
 SCHEMA_VERSION = 1
 
@@ -25,6 +27,13 @@ COLUMNS = ("id", "ts_us", "tenant", "user", "team", "feature", "model", "provide
 
 # Keys with their own column; any other key is looked up in the `tags` JSON.
 DIMENSIONS = ("tenant", "user", "team", "feature", "model", "provider", "outcome")
+# Bounds of a stored record. Each keeps the field, and SUM() over millions of records, far inside
+# SQLite's signed 64-bit integers, so no record can make an insert or a query overflow.
+MAX_TOKENS = 10**12
+MAX_COST_MICROS = 10**12          # $1,000,000 for one call
+MAX_TIME_US = 10**11 * 10**6      # unix seconds up to 1e11 (the year 5138)
+MAX_LATENCY_US = 10**9 * 10**6    # about 31 years
+
 _TAG_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 _SCHEMA = f"""
@@ -49,6 +58,30 @@ INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 
 _INSERT = (f"INSERT OR IGNORE INTO records ({', '.join(COLUMNS)}) "
            f"VALUES ({', '.join('?' * len(COLUMNS))})")
+
+
+_BOUNDS: tuple[tuple[int, int] | None, ...] = (
+    None, (-MAX_TIME_US, MAX_TIME_US), None, None, None, None, None, None,
+    *((0, MAX_TOKENS),) * 5, (0, MAX_COST_MICROS), (0, MAX_LATENCY_US), None, None)
+_NULLABLE = frozenset(("tenant", "user", "team", "feature", "provider", "latency_us", "outcome",
+                       "tags"))
+
+
+def valid_row(row: Any) -> bool:
+    """Whether a row read back from a journal is one `Ledger.record` could have written: the
+    right number of columns, each of its type and within its bounds."""
+    if type(row) is not list or len(row) != len(COLUMNS):
+        return False
+    for name, value, bounds in zip(COLUMNS, row, _BOUNDS):
+        if value is None:
+            if name not in _NULLABLE:
+                return False
+        elif bounds is None:
+            if type(value) is not str or (not value and name in ("id", "model")):
+                return False
+        elif type(value) is not int or not bounds[0] <= value <= bounds[1]:
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +131,9 @@ def connect(path: str, *, readonly: bool = False, sync: bool = False) -> sqlite3
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
                                isolation_level=None)
     else:
+        # Created owner-only like the journals; SQLite gives its -wal and -shm files the
+        # database file's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
         conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL survives any process crash; FULL is needed to also survive power loss.

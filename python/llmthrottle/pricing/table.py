@@ -33,6 +33,7 @@ _PICOS_PER_MICRO = 1_000_000
 # Dated snapshot and release suffixes, tried in order after an exact lookup fails. Each maps a
 # name to its base model only if that base is itself in the table: no fuzzy prefix matching, so
 # "gpt-4o-mini-2024-07-18" reaches "gpt-4o-mini" and never "gpt-4o".
+_MAX_MODEL_NAME = 256
 _SUFFIXES = (
     re.compile(r"-\d{4}-\d{2}-\d{2}$"),  # OpenAI: gpt-4o-2024-08-06
     re.compile(r"[-@]\d{8}$"),           # Anthropic: claude-sonnet-4-5-20250929, Vertex @20240620
@@ -206,7 +207,9 @@ class PriceTable:
             return found
         if not isinstance(model, str) or not model:
             raise ConfigError(f"model must be a non-empty string, got {model!r}")
-        found = self._lookup(model)
+        # No priced name is this long; a longer one (it may come from a request) is not searched,
+        # so looking it up costs the same as a short unknown name.
+        found = self._lookup(model) if len(model) <= _MAX_MODEL_NAME else None
         if found is None:
             if self.fallback is None:
                 raise ConfigError(self._unknown_message(model))
@@ -247,9 +250,11 @@ class PriceTable:
         return price
 
     def _unknown_message(self, model: str) -> str:
-        near = difflib.get_close_matches(model.lower(), [*self.models, *self.aliases], n=3)
+        near = (difflib.get_close_matches(model.lower(), [*self.models, *self.aliases], n=3)
+                if len(model) <= _MAX_MODEL_NAME else [])
         hint = f" (did you mean {', '.join(map(repr, near))}?)" if near else ""
-        return (f"no price for model {model!r} in price table {self.version} "
+        shown = model if len(model) <= _MAX_MODEL_NAME else f"{model[:_MAX_MODEL_NAME]}..."
+        return (f"no price for model {shown!r} in price table {self.version} "
                 f"(as of {self.as_of}){hint}; add it with PriceTable.with_overrides() or set a "
                 "fallback price with PriceTable.with_fallback()")
 
@@ -326,6 +331,9 @@ def _require_table(value: Any, where: str) -> None:
 
 def _parse_model(name: str, spec: Any, source: str) -> ModelPrice:
     where = f"{source}: model {name!r}"
+    if len(name) > _MAX_MODEL_NAME:
+        raise ConfigError(f"{source}: model name {name[:40]!r}... is longer than "
+                          f"{_MAX_MODEL_NAME} characters")
     _require_table(spec, where)
     unknown = set(spec) - _MODEL_KEYS
     if unknown:

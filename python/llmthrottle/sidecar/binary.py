@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 from .access import Peer
 from .protocol import ERROR, OK, FrameDecoder, FrameError, Op, encode_frame, unpackb
+from .quiet_log import client_mistakes
 from .service import Service, ServiceError, error_kind
 
 __all__ = ["BinaryConnection"]
@@ -94,7 +95,7 @@ class BinaryConnection(asyncio.Protocol):
         """A broken byte stream cannot be resynchronised: answer with an error frame (id None)
         and close, after the answers to the frames before it. Other connections are unaffected."""
         self._metrics.bad_frames += 1
-        _log.info("closing binary connection from pid %d: %s", self.peer.pid, reason)
+        client_mistakes.note("malformed binary frames", f"closing connection from pid {self.peer.pid}: {reason}")
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(answered or ()) + encode_frame([[None, ERROR, ["BadRequest", reason]]]))
             self.transport.close()
@@ -133,16 +134,17 @@ class BinaryConnection(asyncio.Protocol):
             denied_key = peer.check_key(key)
             if denied_key is not None:
                 raise ServiceError("AccessDenied", f"uid {peer.uid} may not use key {denied_key!r}")
-        decision, reservation_id = self.service.acquire(namespace, key, amounts, max_wait)
+        decision, reservation_id = self.service.acquire(namespace, key, amounts, max_wait,
+                                                          peer.uid)
         return acquire_result(decision, reservation_id)
 
     def _commit(self, request: list[Any]) -> None:
         _, _, reservation_id, usage = _args(request, 4)
-        self.service.commit(reservation_id, usage)
+        self.service.commit(reservation_id, usage, self.peer.uid)
 
     def _cancel(self, request: list[Any]) -> None:
         _, _, reservation_id = _args(request, 3)
-        self.service.cancel(reservation_id)
+        self.service.cancel(reservation_id, self.peer.uid)
 
     def _status(self, request: list[Any]) -> list[list[Any]]:
         _, _, namespace, key = _args(request, 4)

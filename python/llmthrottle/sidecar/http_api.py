@@ -18,11 +18,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Optional
 
+import aiohttp
+import aiohttp.http_exceptions
 from aiohttp import web
 
 from .access import AccessPolicy, Peer, peer_credentials
 from .binary import acquire_result
 from .openapi import openapi_spec
+from .quiet_log import client_mistakes
 from .service import Service, ServiceError, error_kind
 
 __all__ = ["make_app"]
@@ -55,6 +58,8 @@ def make_app(service: Service, access: Callable[[], AccessPolicy], reload: Calla
             try:
                 body = await _json_body(request) if request.method == "POST" else None
                 response = await run(request, body)
+            except _PeerGone:
+                return web.Response(status=400)  # nobody is left to read it
             except web.HTTPException as error:  # aiohttp's own refusals, e.g. 413 body too large
                 metrics.error("http", "BadRequest")
                 return _json({"error": "BadRequest", "message": error.text or error.reason}, error.status)
@@ -77,7 +82,8 @@ def make_app(service: Service, access: Callable[[], AccessPolicy], reload: Calla
             raise ServiceError("AccessDenied", f"uid {peer.uid} may not use key {denied!r}")
         amounts = _field(body, "amounts", dict, {})
         max_wait = _field(body, "max_wait", (int, float), 0.0)
-        decision, reservation_id = service.acquire(_namespace(body), key, amounts, float(max_wait))
+        decision, reservation_id = service.acquire(_namespace(body), key, amounts, float(max_wait),
+                                                     peer.uid)
         answer = dict(zip(_ACQUIRE_FIELDS, acquire_result(decision, reservation_id)))
         if reservation_id is None:
             retry = max(1, math.ceil(answer["retry_after"]))
@@ -92,11 +98,12 @@ def make_app(service: Service, access: Callable[[], AccessPolicy], reload: Calla
         return _json(dict(zip(_ACQUIRE_FIELDS, acquire_result(decision, None))))
 
     async def commit(request: web.Request, body: Any) -> web.Response:
-        service.commit(_reservation_id(body), _field(body, "usage", dict, {}))
+        service.commit(_reservation_id(body), _field(body, "usage", dict, {}),
+                       peer_of(request).uid)
         return _json({"ok": True})
 
     async def cancel(request: web.Request, body: Any) -> web.Response:
-        service.cancel(_reservation_id(body))
+        service.cancel(_reservation_id(body), peer_of(request).uid)
         return _json({"ok": True})
 
     async def status(request: web.Request, body: Any) -> web.Response:
@@ -124,7 +131,7 @@ def make_app(service: Service, access: Callable[[], AccessPolicy], reload: Calla
                       "namespaces": sorted(service.limiters), "held_reservations": len(service.held)})
 
     async def prometheus(request: web.Request, body: Any) -> web.Response:
-        return web.Response(text=metrics.render(), content_type="text/plain",
+        return web.Response(text=metrics.render(may_see=peer_of(request).may_use), content_type="text/plain",
                             headers={"X-Content-Type-Options": "nosniff"}, charset="utf-8")
 
     async def openapi(request: web.Request, body: Any) -> web.Response:
@@ -145,16 +152,26 @@ def make_app(service: Service, access: Callable[[], AccessPolicy], reload: Calla
 
 
 async def _json_body(request: web.Request) -> Any:
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except (ConnectionError, aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError) as error:
+        client_mistakes.note("bodies cut short", f"{request.path}: {error!r}")
+        raise _PeerGone() from None
     if not raw:
         return {}
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise ServiceError("BadRequest", f"body is not JSON: {error}") from None
+    except RecursionError:
+        raise ServiceError("BadRequest", "body is nested too deeply") from None
     if not isinstance(body, dict):
         raise ServiceError("BadRequest", "body must be a JSON object")
     return body
+
+
+class _PeerGone(Exception):
+    """The client went away while its request was being read."""
 
 
 _MISSING = object()

@@ -105,7 +105,9 @@ class Metrics:
         key = (protocol, kind)
         self.errors[key] = self.errors.get(key, 0) + 1
 
-    def render(self) -> str:
+    def render(self, may_see: Optional[Callable[[str], bool]] = None) -> str:
+        """The Prometheus text. Series labelled with a key are shown only for keys `may_see`
+        allows (None: every key, for a peer the access rules do not restrict)."""
         out: list[str] = []
 
         def family(name: str, kind: str, help_text: str, samples: Iterable[tuple[str, Any]]) -> None:
@@ -129,6 +131,8 @@ class Metrics:
         family("llmthrottle_reservations_held", "gauge", "Reservations admitted and not yet settled.",
                [("", self.held_reservations())])
         budgets = list(self.budget_remaining()) if self.budget_remaining is not None else []
+        if may_see is not None:
+            budgets = [entry for entry in budgets if may_see(entry[2])]
         family("llmthrottle_budget_remaining_usd", "gauge", "Dollars left in each budget, per key.",
                ((_labels([("namespace", ns), ("budget", b), ("key", k)]), v) for ns, b, k, v in budgets))
         family("llmthrottle_request_errors_total", "counter", "Requests answered with an error, by kind.",

@@ -45,6 +45,8 @@ __all__ = ["SidecarServer", "ServerAlreadyRunning", "bind_unix_socket"]
 
 _log = logging.getLogger("llmthrottle.sidecar")
 _SWEEP_INTERVAL_S = 1.0
+# Reservations expired per turn of the event loop: a mass expiry never stalls it for long.
+_EXPIRE_SLICE = 2000
 # Settings a reload reads but cannot apply to a running server: they wait for a restart.
 _RESTART_ONLY = ("socket", "socket_mode", "socket_group", "state_kind", "state_name", "state_capacity", "ledger_path")
 
@@ -290,8 +292,10 @@ class SidecarServer:
     def _sweep(self) -> None:
         """Expires old reservations and closes idle connections (one timer for all)."""
         assert self.service is not None
+        next_sweep_s = _SWEEP_INTERVAL_S
         try:
-            self.service.expire()
+            if self.service.expire(limit=_EXPIRE_SLICE) == _EXPIRE_SLICE:
+                next_sweep_s = 0.0  # more are due: the next slice after other work had a turn
             deadline = time.monotonic() - self.config.idle_timeout_s
             idle: list[Union[_Sniffer, BinaryConnection]] = [c for c in self.binary if c.last_active < deadline]
             idle.extend(s for s in self.sniffing if s.last_active < deadline)
@@ -301,7 +305,7 @@ class SidecarServer:
             if idle:
                 _log.info("closed %d idle connections", len(idle))
         finally:
-            self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_INTERVAL_S, self._sweep)
+            self._sweeper = asyncio.get_running_loop().call_later(next_sweep_s, self._sweep)
 
     def reload(self) -> dict[str, Any]:
         """Re-reads the policy file; counters carry over. Raises ConfigError (and keeps the

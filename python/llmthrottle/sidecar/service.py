@@ -22,6 +22,7 @@ from .._native import (BudgetExceeded, ConfigError, ExceedsCapacity, Llmthrottle
                        Reservation, StateError)
 from ..budget import BUDGET_DIMENSION, budget_for
 from ..config import SidecarConfig
+from ..ledger.store import MAX_COST_MICROS, MAX_TOKENS
 from ..limiter import Limiter
 from ..policy import normalize
 from .metrics import Metrics
@@ -39,6 +40,8 @@ _LEDGER_STRINGS = ("model", "provider", "tenant", "user", "team", "feature", "ou
 _LEDGER_COUNTS = ("cost_micros", "input_tokens", "output_tokens", "cached_input_tokens",
                   "cache_write_tokens", "reasoning_tokens")
 _LEDGER_FIELDS = frozenset(_LEDGER_STRINGS + _LEDGER_COUNTS)
+_LEDGER_MAXIMA = {name: MAX_COST_MICROS if name == "cost_micros" else MAX_TOKENS
+                  for name in _LEDGER_COUNTS}
 
 
 class ServiceError(Exception):
@@ -52,9 +55,11 @@ class ServiceError(Exception):
 class _Held:
     """A reservation waiting for commit or cancel."""
 
-    __slots__ = ("reservation", "namespace", "key", "deadline", "admitted_at")
+    __slots__ = ("reservation", "namespace", "key", "deadline", "admitted_at", "owner")
 
-    def __init__(self, reservation: Reservation, namespace: str, key: Any, deadline: float, admitted_at: float) -> None:
+    def __init__(self, reservation: Reservation, namespace: str, key: Any, deadline: float,
+                 admitted_at: float, owner: Optional[int]) -> None:
+        self.owner = owner
         self.reservation = reservation
         self.namespace = namespace
         self.key = key
@@ -139,7 +144,8 @@ class Service:
 
     # ------------------------------------------------------------------ decisions
 
-    def acquire(self, namespace: Any, key: Any, amounts: Any, max_wait: Any) -> tuple[Any, Optional[int]]:
+    def acquire(self, namespace: Any, key: Any, amounts: Any, max_wait: Any,
+                owner: Optional[int] = None) -> tuple[Any, Optional[int]]:
         """The decision and, when admitted, the reservation id to settle it with."""
         limiter = self.limiters.get(namespace)
         if limiter is None:
@@ -158,16 +164,24 @@ class Service:
                                "(server.max_reservations); commit or cancel them")
         reservation_id = self._next_id = self._next_id + 1
         now = _monotonic()
-        held[reservation_id] = _Held(decision, namespace, key, now + self._reservation_timeout_s, now)
+        held[reservation_id] = _Held(decision, namespace, key, now + self._reservation_timeout_s, now,
+                                     owner)
         return decision, reservation_id
 
-    def commit(self, reservation_id: Any, usage: Any) -> None:
+    def commit(self, reservation_id: Any, usage: Any, owner: Optional[int] = None) -> None:
         """Reconciles with real usage. Usage names the limiter's dimensions, plus optional
         ledger fields (model, provider, tenant, user, team, feature, cost_micros, token kinds);
-        every commit is recorded in the ledger when one is configured."""
+        every commit is recorded in the ledger when one is configured. Only the `owner` (uid)
+        that acquired a reservation may settle it."""
         if not isinstance(usage, dict):
             raise ServiceError("BadRequest", "usage must be a map")
-        held = self._take(reservation_id)
+        for name in _LEDGER_COUNTS:
+            value = usage.get(name)
+            if value is not None and (type(value) is not int
+                                      or not 0 <= value <= _LEDGER_MAXIMA[name]):
+                raise ServiceError("BadRequest", f"usage.{name} must be an integer in "
+                                   f"[0, {_LEDGER_MAXIMA[name]}]")
+        held = self._take(reservation_id, owner)
         dimensions = self.limiters[held.namespace].dimensions
         amounts = {k: v for k, v in usage.items() if k in dimensions}
         try:
@@ -210,26 +224,32 @@ class Service:
                 if state.dimension == BUDGET_DIMENSION:
                     yield namespace, budget.label, key, float(state.remaining)
 
-    def cancel(self, reservation_id: Any) -> None:
-        held = self._take(reservation_id)
+    def cancel(self, reservation_id: Any, owner: Optional[int] = None) -> None:
+        held = self._take(reservation_id, owner)
         held.reservation.cancel()
         self.metrics.settle(held.namespace, "cancelled", {})
 
-    def _take(self, reservation_id: Any) -> _Held:
-        held = self.held.pop(reservation_id, None) if isinstance(reservation_id, int) else None
+    def _take(self, reservation_id: Any, owner: Optional[int]) -> _Held:
+        held = self.held.get(reservation_id) if isinstance(reservation_id, int) else None
+        if held is not None and held.owner == owner:
+            del self.held[reservation_id]
+        else:
+            # Another uid's reservation is answered as if it did not exist.
+            held = None
         if held is None:
             raise ServiceError("UnknownReservation", f"reservation {reservation_id!r} is unknown: already "
                                "settled, expired (server.reservation_timeout), or from a previous server")
         return held
 
-    def expire(self, now: Optional[float] = None) -> int:
-        """Commits as reserved every reservation past its deadline; returns how many.
-        `held` is in admission order and every deadline is admission + the same timeout, so
-        the expired ones are a prefix."""
+    def expire(self, now: Optional[float] = None, limit: Optional[int] = None) -> int:
+        """Commits as reserved the reservations past their deadline, at most `limit` of them
+        (so that a mass expiry is spread over several turns of the event loop); returns how
+        many. `held` is in admission order and every deadline is admission + the same timeout,
+        so the expired ones are a prefix."""
         now = time.monotonic() if now is None else now
-        expired = []
+        expired: list[int] = []
         for reservation_id, held in self.held.items():
-            if held.deadline > now:
+            if held.deadline > now or (limit is not None and len(expired) >= limit):
                 break
             expired.append(reservation_id)
         for reservation_id in expired:

@@ -96,7 +96,16 @@ fn map(fd: &Fd, len: usize, path: &Path) -> Result<Mapping> {
     })
 }
 
-fn file_size(fd: &Fd, path: &Path) -> Result<(u64, u64)> {
+/// What attach needs to know of a table file.
+struct FileInfo {
+    size: u64,
+    inode: u64,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    mode: libc::mode_t,
+}
+
+fn file_info(fd: &Fd, path: &Path) -> Result<FileInfo> {
     // SAFETY: an all-zero stat is a valid value to be overwritten by fstat.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fd is open; st is writable.
@@ -109,7 +118,56 @@ fn file_size(fd: &Fd, path: &Path) -> Result<(u64, u64)> {
             path.display()
         )));
     }
-    Ok((st.st_size as u64, st.st_ino))
+    Ok(FileInfo {
+        size: st.st_size as u64,
+        inode: st.st_ino,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mode: st.st_mode & 0o7777,
+    })
+}
+
+/// Whether this process is in group `gid`.
+fn in_group(gid: libc::gid_t) -> bool {
+    // SAFETY: plain queries of this process's credentials.
+    if unsafe { libc::getegid() } == gid {
+        return true;
+    }
+    let mut groups = vec![0 as libc::gid_t; 256];
+    // SAFETY: the buffer holds `groups.len()` entries.
+    let n = unsafe { libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr()) };
+    n > 0 && groups[..n as usize].contains(&gid)
+}
+
+/// Refuses a table that another user could have prepared or can change behind our back: every
+/// process on it trusts its words, and its owner can truncate it (a SIGBUS in every process that
+/// has it mapped). A table is attached only when this uid owns it, or when `mode` shares it with
+/// the group and the file belongs to one of our groups; and never when it grants write access
+/// beyond `mode`.
+fn check_owner(info: &FileInfo, mode: libc::mode_t, path: &Path) -> Result<()> {
+    // SAFETY: a plain query of this process's credentials.
+    let me = unsafe { libc::geteuid() };
+    let shared_by_group = mode & 0o060 != 0 && in_group(info.gid);
+    if info.uid != me && !shared_by_group {
+        return Err(CoreError::State(format!(
+            "shared table {} belongs to uid {}, not to this process (uid {me}); refusing to attach a table \
+             another user controls (remove it, or open it with mode=\"group\" when a shared group owns it)",
+            path.display(),
+            info.uid
+        )));
+    }
+    let extra = info.mode & 0o222 & !mode;
+    if extra != 0 {
+        return Err(CoreError::State(format!(
+            "shared table {} is writable beyond what was asked (mode {:04o}, asked {:04o}); refusing to \
+             attach it (remove it, or chmod it to {:04o})",
+            path.display(),
+            info.mode,
+            mode,
+            mode
+        )));
+    }
+    Ok(())
 }
 
 /// How a table file is opened.
@@ -132,7 +190,7 @@ pub(crate) fn open(spec: &FileSpec<'_>) -> Result<(Mapping, bool)> {
         // SAFETY: path is a valid C string; the flags ask for no creation.
         let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW) };
         if fd >= 0 {
-            match attach(Fd(fd), spec.path, &host)? {
+            match attach(Fd(fd), spec, &host)? {
                 Some(mapping) => return Ok((mapping, false)),
                 None => continue, // replaced an earlier boot's table: create afresh
             }
@@ -158,8 +216,11 @@ pub(crate) fn open(spec: &FileSpec<'_>) -> Result<(Mapping, bool)> {
 }
 
 /// Maps an existing table; `Ok(None)` when it was from an earlier boot and has been removed.
-fn attach(fd: Fd, path: &Path, host: &Host) -> Result<Option<Mapping>> {
-    let (size, inode) = file_size(&fd, path)?;
+fn attach(fd: Fd, spec: &FileSpec<'_>, host: &Host) -> Result<Option<Mapping>> {
+    let path = spec.path;
+    let info = file_info(&fd, path)?;
+    check_owner(&info, spec.mode, path)?;
+    let (size, inode) = (info.size, info.inode);
     if size < HEADER_BYTES as u64 {
         return Err(CoreError::State(format!(
             "{} is not a usable llmthrottle shared table: it is only {size} bytes long (truncated, or not a table); \

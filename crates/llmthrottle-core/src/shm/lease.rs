@@ -84,6 +84,8 @@ pub(crate) fn phase_name(w: u64) -> &'static str {
 
 /// What the lease table needs of the slot table.
 pub(crate) trait Slots {
+    /// Whether `at` names a slot of the table: a record read from the file may name any.
+    fn holds(&self, at: SlotRef) -> bool;
     fn cell(&self, at: SlotRef) -> &AtomicU64;
     fn unpin(&self, at: SlotRef);
 }
@@ -275,6 +277,11 @@ impl Leases {
             if w == FREE {
                 continue;
             }
+            if !slots.holds(slot(w)) {
+                // No process writes such a record: the file was damaged. It holds no unit.
+                let _ = self.record(r).compare_exchange(w, FREE, SeqCst, SeqCst);
+                continue;
+            }
             let dead = phase(w) == ORPHAN
                 || match alive.iter().find(|(p, _)| *p == pid(w)) {
                     Some(&(_, known)) => !known,
@@ -321,6 +328,9 @@ mod tests {
     }
 
     impl Slots for OneCell {
+        fn holds(&self, at: SlotRef) -> bool {
+            at == AT
+        }
         fn cell(&self, _: SlotRef) -> &AtomicU64 {
             &self.cell
         }
@@ -403,6 +413,10 @@ mod tests {
         assert_eq!(leases.reap_all(&cell), 0);
         assert_eq!(cell.cell.load(SeqCst), 0);
         assert_eq!(cell.pins.load(SeqCst), 0);
+        assert!(leases.records().is_empty());
+        // A record naming a slot the table does not have (a damaged file) is dropped, not followed.
+        records[1].store(make(HELD, dead_pid(), SlotRef { long: true, index: 0x7FFF_FFFF }), SeqCst);
+        assert_eq!(leases.reap_all(&cell), 0);
         assert!(leases.records().is_empty());
         // All records in use: begin says so.
         for _ in 0..4 {

@@ -395,6 +395,9 @@ impl SharedStore {
 
     /// The (scope label, key) of a slot, if it is live.
     fn describe(&self, at: SlotRef) -> Option<(String, String)> {
+        if !self.shared.holds(at) {
+            return None;
+        }
         let raw = if at.long {
             self.shared.long.entry_at(at.index as usize)
         } else {
@@ -446,6 +449,14 @@ impl Shared {
 }
 
 impl Slots for Shared {
+    fn holds(&self, at: SlotRef) -> bool {
+        if at.long {
+            self.long.holds(at.index as usize)
+        } else {
+            self.short.holds(at.index as usize)
+        }
+    }
+
     fn cell(&self, at: SlotRef) -> &AtomicU64 {
         // SAFETY: slot heads point into the mapping this struct owns.
         unsafe { &(*self.head(at)).cell }

@@ -115,6 +115,13 @@ impl Scopes {
             let entry = self.entry(index);
             let state = entry.state.load(SeqCst);
             match state & (3 << 62) {
+                EMPTY if state != EMPTY => {
+                    // No process writes such a word: the file was damaged.
+                    return Err(CoreError::State(format!(
+                        "limit registry entry {index} of the shared table is damaged (state {state:#x}); \
+                         run `llmthrottle state reset NAME` to start afresh"
+                    )));
+                }
                 EMPTY => {
                     let claim = CLAIMING | process::pid() as u64;
                     if entry.state.compare_exchange(EMPTY, claim, SeqCst, SeqCst).is_ok() {

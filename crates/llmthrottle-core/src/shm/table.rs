@@ -260,6 +260,18 @@ impl<const W: usize> Table<W> {
         unsafe { &*self.slots.add(i) }
     }
 
+    /// How far past `home` its keys may lie. The word comes from the file, so it is held to the
+    /// probe window here: a damaged reach can make a lookup slower, never read past the table.
+    #[inline]
+    fn reach(&self, home: usize) -> usize {
+        (self.slot(home).reach.load(SeqCst) as usize).min(self.window)
+    }
+
+    /// Whether `i` names a slot of this table (indexes read from the file are checked with it).
+    pub(crate) fn holds(&self, i: usize) -> bool {
+        i < self.len
+    }
+
     /// The state and cell words of slot `i`, for a handle.
     pub(crate) fn head(&self, i: usize) -> *const SlotHead {
         (self.slot(i) as *const Slot<W>).cast()
@@ -325,7 +337,7 @@ impl<const W: usize> Table<W> {
     fn search(&self, key: &Key, wait: bool, patience: &mut Patience) -> Result<Option<usize>> {
         'again: loop {
             let home = self.home(key.hash);
-            let reach = self.slot(home).reach.load(SeqCst) as usize;
+            let reach = self.reach(home);
             for distance in 0..reach {
                 let i = self.at(home, distance);
                 let s = self.slot(i).state.load(SeqCst);
@@ -358,7 +370,7 @@ impl<const W: usize> Table<W> {
     #[inline]
     fn locate_unpinned(&self, key: &Key) -> Option<(usize, u64)> {
         let home = self.home(key.hash);
-        let reach = self.slot(home).reach.load(SeqCst) as usize;
+        let reach = self.reach(home);
         for distance in 0..reach {
             let i = self.at(home, distance);
             let slot = self.slot(i);
@@ -570,7 +582,7 @@ impl<const W: usize> Table<W> {
     /// Looks for other copies of `key` after ours (at `distance` from home) was published.
     fn verify(&self, key: &Key, mine: usize, distance: usize, patience: &mut Patience) -> Result<Verdict> {
         let home = self.home(key.hash);
-        let reach = self.slot(home).reach.load(SeqCst) as usize;
+        let reach = self.reach(home);
         for d in 0..reach {
             let i = self.at(home, d);
             if i == mine {

@@ -6,6 +6,8 @@ import multiprocessing as mp
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import llmthrottle as lt
 from llmthrottle.budget import Budget
@@ -259,3 +261,50 @@ def test_report_shows_the_policy_files_budgets(tmp_path, capsys):
     assert set(statuses) == {"team:a", "team:b", "org:acme"}
     assert statuses["team:a"]["spent_micros"] == 300_000 and statuses["team:a"]["limit_micros"] == 1_000_000
     assert statuses["org:acme"]["spent_micros"] == 400_000
+
+
+class ProviderError(Exception):
+    """Stands for an SDK's exception (e.g. openai.RateLimitError) leaving the block."""
+
+
+def test_every_ending_of_a_call_is_recorded_with_its_outcome_and_charge(tmp_path):
+    ledger = lt.Ledger(tmp_path / "ledger")
+    guard, _ = make([Budget("team:*", 1.0, "day")], ledger=ledger)
+    worst = guard.prices.worst_case_cost(MINI, 1000, 2000, None)
+    with guard.call("team:a", model=MINI, input_tokens=1000, max_output_tokens=2000) as call:
+        call.finish(usage(1000, 10))
+    with guard.call("team:a", model=MINI, input_tokens=1000, max_output_tokens=2000):
+        pass  # left without finish: the provider may have billed it
+    with pytest.raises(ProviderError):
+        with guard.call("team:a", model=MINI, input_tokens=1000, max_output_tokens=2000):
+            raise ProviderError("429")
+    guard.call("team:a", model=MINI, input_tokens=1000, max_output_tokens=2000).cancel()
+    ledger.flush()
+    records = list(ledger.records())
+    assert [(r.outcome, r.cost_micros) for r in records] == [
+        ("ok", 150 + 6), ("unfinished", worst), ("error", 0), ("cancelled", 0)]
+    assert records[1].input_tokens == 1000 and records[1].output_tokens == 2000
+    assert records[2].tags["error"] == "ProviderError"
+    assert all(r.team == "a" for r in records)
+    # The budget was charged exactly what the ledger holds.
+    assert spent(guard, "team:a") == pytest.approx(ledger.spend() / 1e6)
+    ledger.close()
+
+
+_PRICE = st.decimals(min_value="0", max_value="200", places=6, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=25, deadline=None)
+@given(input_price=_PRICE, output_price=_PRICE,
+       calls=st.lists(st.tuples(st.integers(0, 200_000), st.integers(0, 50_000)), min_size=1, max_size=40))
+def test_budget_spend_equals_the_ledgers_sum_to_the_micro_dollar(tmp_path_factory, input_price, output_price,
+                                                                 calls):
+    prices = lt.PriceTable.default().with_fallback(input=str(input_price), output=str(output_price))
+    limiter = lt.Limiter({"requests": "1M/s"}, budgets=[Budget("team:*", 10**6, "month")], clock=FakeClock())
+    with lt.Ledger(tmp_path_factory.mktemp("ledger")) as ledger:
+        guard = Guard(limiter, prices=prices, ledger=ledger)
+        for prompt, completion in calls:
+            guard.call("team:a", model="house-model", input_tokens=prompt,
+                       max_output_tokens=completion).finish(usage(prompt, completion))
+        ledger.flush()
+        assert round(spent(guard, "team:a") * 1_000_000) == ledger.spend()

@@ -385,3 +385,18 @@ def test_mass_expiry_is_done_in_bounded_slices(directory: str) -> None:
         assert not service.held
     finally:
         service.close()
+
+
+def test_a_cancelled_reservation_is_recorded_at_nothing(directory: str) -> None:
+    from llmthrottle.ledger import Ledger
+    from llmthrottle.sidecar.service import Service
+
+    config = parse_config('[limits."*"]\nrequests = "1000/min"\n')
+    service = Service(config, ledger=Ledger(os.path.join(directory, "ledger")))
+    try:
+        _, reservation_id = service.acquire("default", "tenant:acme", {"requests": 1}, 0)
+        service.cancel(reservation_id)
+        service.ledger.flush()
+        assert [(r.outcome, r.cost_micros) for r in service.ledger.records()] == [("cancelled", 0)]
+    finally:
+        service.close()

@@ -163,7 +163,7 @@ class Guard:
         except BudgetExceeded as exceeded:
             model = _downgrade(exceeded, model)
             reservation = self.limiter.acquire(key_list, timeout=timeout, **self._amounts(model, *sizes))
-        return GuardedCall(self, reservation, key_list, model, provider, tags)
+        return GuardedCall(self, reservation, key_list, model, sizes[:2], provider, tags)
 
     async def call_async(
         self,
@@ -185,7 +185,7 @@ class Guard:
         except BudgetExceeded as exceeded:
             model = _downgrade(exceeded, model)
             reservation = await self.limiter.acquire_async(key_list, timeout=timeout, **self._amounts(model, *sizes))
-        return GuardedCall(self, reservation, key_list, model, provider, tags)
+        return GuardedCall(self, reservation, key_list, model, sizes[:2], provider, tags)
 
     def rebuild_from_ledger(self, now: Optional[float] = None) -> int:
         """Charges each budget key with what the ledger recorded in its current period
@@ -245,12 +245,20 @@ def _downgrade(exceeded: BudgetExceeded, model: str) -> str:
 
 
 class GuardedCall:
-    """An admitted LLM call: `finish(usage)` prices and records it; `cancel()` refunds it.
-    As a context manager it cancels when the block raises and finishes with the reserved
-    amounts when `finish` was not called."""
+    """An admitted LLM call. Every way it ends is a ledger record, with its outcome:
+
+    - `finish(usage)`: ``ok`` (or the `outcome` given); charged and recorded at the real cost.
+    - leaving the ``with`` block without `finish`: ``unfinished``; charged and recorded at the
+      reservation (the worst case the call was admitted for), since the provider may have
+      billed it.
+    - an exception leaving the ``with`` block before `finish`: ``error``; refunded, recorded at
+      $0 with the exception's type in the ``error`` tag.
+    - `cancel()`: ``cancelled``; refunded, recorded at $0 (the call never reached a provider).
+    """
 
     def __init__(
-        self, guard: Guard, reservation: Reservation, keys: list[str], model: str, provider: Optional[str], tags: dict[str, Any]
+        self, guard: Guard, reservation: Reservation, keys: list[str], model: str,
+        reserved_tokens: tuple[int, int], provider: Optional[str], tags: dict[str, Any]
     ) -> None:
         self.guard = guard
         self.reservation = reservation
@@ -259,6 +267,7 @@ class GuardedCall:
         self.provider = provider
         self.tags = tags
         self.cost: Optional[Cost] = None
+        self._reserved_tokens = reserved_tokens
         self._started = time.monotonic()
 
     def finish(self, usage: Any, *, outcome: str = "ok") -> Cost:
@@ -285,22 +294,46 @@ class GuardedCall:
             # table) raises; the call was made and billed all the same, so it is recorded.
             if self.reservation.settled and not settled_before:
                 self.cost = cost
-                self._record(cost, outcome)
+                self._record(outcome, cost)
         self._fire_thresholds()
         return cost
 
-    def _record(self, cost: Cost, outcome: str) -> None:
-        guard = self.guard
-        if guard.ledger is not None:
-            tags = dict(self.tags)
-            fields = _ledger_keys(self.keys, tags)
-            guard.ledger.record_cost(
-                cost, latency_s=time.monotonic() - self._started, outcome=outcome, tags=tags or None, **fields
-            )
+    def _record(self, outcome: str, cost: Optional[Cost] = None, *, cost_micros: int = 0,
+                tokens: tuple[int, int] = (0, 0), extra_tags: Optional[dict[str, Any]] = None) -> None:
+        """Records how the call ended: at `cost` when the provider's usage was priced, else at
+        `cost_micros` and `tokens`."""
+        ledger = self.guard.ledger
+        if ledger is None:
+            return
+        tags = {**self.tags, **(extra_tags or {})}
+        fields = _ledger_keys(self.keys, tags)
+        common: dict[str, Any] = {"latency_s": time.monotonic() - self._started, "outcome": outcome,
+                                  "tags": tags or None, **fields}
+        if cost is not None:
+            ledger.record_cost(cost, **common)
+        else:
+            ledger.record(model=self.model, provider=self.provider, cost_micros=cost_micros,
+                          input_tokens=tokens[0], output_tokens=tokens[1], **common)
+
+    def _refund(self, outcome: str, extra_tags: Optional[dict[str, Any]] = None) -> None:
+        if self.reservation.settled:
+            return
+        self.reservation.cancel()
+        self._record(outcome, extra_tags=extra_tags)
 
     def cancel(self) -> None:
-        """The call never happened (or failed before any tokens were billed): full refund."""
-        self.reservation.cancel()
+        """The call never happened (or failed before any tokens were billed): full refund,
+        recorded as ``cancelled`` at $0."""
+        self._refund("cancelled")
+
+    def _commit_as_reserved(self) -> None:
+        input_tokens, max_output_tokens = self._reserved_tokens
+        worst = self.guard.prices.worst_case_cost(self.model, input_tokens, max_output_tokens, self.provider)
+        try:
+            self.reservation.commit()
+        finally:
+            if self.reservation.settled:
+                self._record("unfinished", cost_micros=worst, tokens=self._reserved_tokens)
 
     def _fire_thresholds(self) -> None:
         guard = self.guard
@@ -325,9 +358,9 @@ class GuardedCall:
         if self.reservation.settled:
             return False
         if exc_type is not None:
-            self.cancel()
+            self._refund("error", {"error": exc_type.__name__})
         else:
-            self.reservation.commit()
+            self._commit_as_reserved()
         return False
 
     async def __aenter__(self) -> "GuardedCall":

@@ -15,7 +15,8 @@ use crate::errors::{to_py, ConfigError};
 pub const MAX_AMOUNT: u64 = 1 << 53;
 
 /// An amount in `dimension`: a non-negative int, or for `*_usd` dimensions a number of dollars
-/// (converted to micro-dollars, rounded up so that a cost is never under-counted).
+/// (converted to micro-dollars exactly when it is a whole number of them, else rounded up so
+/// that a cost is never under-counted).
 #[inline]
 pub fn amount(value: &Bound<'_, PyAny>, dimension: &str) -> PyResult<u64> {
     let scale = units_per_api_unit(dimension);
@@ -32,6 +33,20 @@ pub fn amount(value: &Bound<'_, PyAny>, dimension: &str) -> PyResult<u64> {
         }
     }
     amount_slow(value, dimension, scale)
+}
+
+/// `x` API units (dollars) in engine units (micro-dollars), rounded up, except that a product
+/// within a few ulps of an integer is that integer: `m / 1e6` for any whole number of
+/// micro-dollars `m` (what a price in micro-dollars becomes as dollars) comes back as exactly
+/// `m`, where rounding the float product up would charge 123 µ$ as 124.
+fn micro_units(x: f64, scale: u64) -> f64 {
+    let product = x * scale as f64;
+    let nearest = product.round();
+    if (product - nearest).abs() <= product * 4.0 * f64::EPSILON {
+        nearest
+    } else {
+        product.ceil()
+    }
 }
 
 #[cold]
@@ -67,7 +82,7 @@ fn amount_slow(value: &Bound<'_, PyAny>, dimension: &str, scale: u64) -> PyResul
                     "{dimension} must be a finite, non-negative number of dollars (got {x})"
                 )));
             }
-            let scaled = (x * scale as f64).ceil();
+            let scaled = micro_units(x, scale);
             if scaled > MAX_AMOUNT as f64 {
                 return Err(PyValueError::new_err(format!("{dimension}={x} is too large")));
             }

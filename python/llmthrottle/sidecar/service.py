@@ -228,6 +228,8 @@ class Service:
         held = self._take(reservation_id, owner)
         held.reservation.cancel()
         self.metrics.settle(held.namespace, "cancelled", {})
+        if self.ledger is not None:
+            self._record(held, {}, {}, "cancelled")  # refunded: recorded at $0
 
     def _take(self, reservation_id: Any, owner: Optional[int]) -> _Held:
         held = self.held.get(reservation_id) if isinstance(reservation_id, int) else None

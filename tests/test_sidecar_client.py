@@ -91,6 +91,40 @@ def test_engine_exceptions_cross_the_socket(sidecar: Sidecar) -> None:
     reservation.commit(tokens=5)
 
 
+def test_exception_attributes_survive_the_wire(sidecar: Sidecar, sidecar_server: ServerProcess) -> None:
+    namespace = unique("ns")
+    local = lt.Limiter(LIMITS)
+    remote = lt.Limiter(LIMITS, state=sidecar, namespace=namespace)
+    errors = []
+    for lim in (local, remote):
+        with pytest.raises(lt.ExceedsCapacity) as raised:
+            lim.acquire("tenant:acme", tokens=5000)
+        errors.append(raised.value)
+    attributes = ("key", "dimension", "requested", "capacity")
+    assert [tuple(getattr(e, a) for a in attributes) for e in errors] == [("tenant:acme", "tokens", 5000, 1000)] * 2
+    # Over HTTP the same attributes come as the answer's details.
+    status, _, body = sidecar_server.http("POST", "/v1/acquire", {"namespace": namespace, "key": "tenant:acme",
+                                                                  "amounts": {"tokens": 5000}})
+    assert (status, body["error"]) == (422, "ExceedsCapacity")
+    assert body["details"] == {"key": "tenant:acme", "dimension": "tokens", "requested": 5000, "capacity": 1000}
+
+
+def test_every_error_kind_the_sidecar_answers_with_is_in_the_one_table() -> None:
+    import pathlib
+    import re
+
+    from llmthrottle.sidecar.errors import ERRORS, AccessDenied, exception_for
+
+    source = pathlib.Path(lt.__file__).parent / "sidecar"
+    used = {m for f in source.glob("*.py") for m in re.findall(r'ServiceError\(\s*"(\w+)"', f.read_text())}
+    used |= {m for f in source.glob("*.py") for m in re.findall(r'ERROR, \[\s*"(\w+)"', f.read_text())}
+    assert used and used <= set(ERRORS), used - set(ERRORS)
+    denied = exception_for("AccessDenied", "uid 5 may not use key 'x'")
+    assert isinstance(denied, AccessDenied) and isinstance(denied, lt.LlmthrottleError)
+    assert isinstance(denied, PermissionError)
+    assert isinstance(exception_for("NoSuchKind", "?"), lt.LlmthrottleError)
+
+
 def test_context_manager_commits_or_cancels(sidecar: Sidecar) -> None:
     lim = lt.Limiter(LIMITS, state=sidecar, namespace=unique("ns"))
     with lim.acquire("k", tokens=100, timeout=1.0) as reservation:

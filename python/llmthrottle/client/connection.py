@@ -16,8 +16,8 @@ import struct
 import weakref
 from typing import Any, Optional
 
-from .._native import (BudgetExceeded, ConfigError, ExceedsCapacity, LlmthrottleError, RateLimited,
-                       StateError)
+from .._native import StateError
+from ..sidecar.errors import RemoteError, exception_for
 from ..sidecar.protocol import (DEFAULT_MAX_FRAME_BYTES, ERROR, MAGIC, RESERVATION_ID, FrameDecoder, FrameError,
                                 Op, decode_payload, encode_frame)
 
@@ -32,30 +32,13 @@ class SidecarUnavailable(StateError):
     """The sidecar could not be reached (not running, socket missing, connection lost, timeout)."""
 
 
-class RemoteError(LlmthrottleError):
-    """An error answer whose kind has no engine exception class (kind in `.kind`)."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(f"{kind}: {message}")
-        self.kind = kind
-        self.message = message
-
-
-_EXCEPTIONS: dict[str, type[BaseException]] = {
-    "RateLimited": RateLimited, "ExceedsCapacity": ExceedsCapacity, "BudgetExceeded": BudgetExceeded,
-    "ConfigError": ConfigError, "StateError": StateError, "LlmthrottleError": LlmthrottleError,
-    "ValueError": ValueError, "TypeError": TypeError, "AccessDenied": PermissionError,
-}
-
-
 def raise_remote(result: Any) -> None:
-    """Raises the exception an ERROR result stands for: the engine's own class when there is
-    one (so `except lt.ExceedsCapacity` works the same in-process and over the socket)."""
-    kind, message = (result if isinstance(result, list) and len(result) == 2 else ("InternalError", repr(result)))
-    cls = _EXCEPTIONS.get(kind)
-    if cls is not None:
-        raise cls(message)
-    raise RemoteError(str(kind), str(message))
+    """Raises the exception an ERROR result stands for, with the attributes it carried (see
+    `sidecar.errors`), so `except lt.ExceedsCapacity` works the same in-process and over the
+    socket."""
+    if isinstance(result, list) and len(result) in (2, 3):
+        raise exception_for(*result)
+    raise RemoteError("InternalError", repr(result))
 
 
 def _hello() -> list[Any]:

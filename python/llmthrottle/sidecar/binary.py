@@ -17,7 +17,8 @@ from typing import Any, Callable, Optional
 from .access import Peer
 from .protocol import ERROR, OK, FrameDecoder, FrameError, Op, encode_frame, unpackb
 from .quiet_log import client_mistakes
-from .service import Service, ServiceError, error_kind
+from .errors import ServiceError, details_of, kind_of
+from .service import Service
 
 __all__ = ["BinaryConnection"]
 
@@ -114,11 +115,12 @@ class BinaryConnection(asyncio.Protocol):
                 raise ServiceError("BadRequest", f"unknown op {op!r}")
             result = handler(request)
         except Exception as error:
-            kind = error_kind(error)
+            kind = kind_of(error)
             if kind == "InternalError":
                 _log.exception("binary request %r failed", request[:2])
             self._metrics.error("binary", kind)
-            return [request[0], ERROR, [kind, str(error)]]
+            details = details_of(error, kind)
+            return [request[0], ERROR, [kind, str(error), details] if details else [kind, str(error)]]
         histogram = self._latency.get(op)
         if histogram is None:
             histogram = self._latency[op] = self._metrics.histogram("binary", _NAMES[op])

@@ -26,15 +26,11 @@ from .access import AccessPolicy, Peer, peer_credentials
 from .binary import acquire_result
 from .openapi import openapi_spec
 from .quiet_log import client_mistakes
-from .service import Service, ServiceError, error_kind
+from .errors import ServiceError, details_of, http_status, kind_of
+from .service import Service
 
 __all__ = ["make_app"]
 
-_STATUS = {
-    "BadRequest": 400, "ValueError": 400, "TypeError": 400, "ConfigError": 400,
-    "LlmthrottleError": 409, "AccessDenied": 403, "UnknownNamespace": 404,
-    "UnknownReservation": 404, "ExceedsCapacity": 422, "Overloaded": 503,
-}
 _ACQUIRE_FIELDS = ("allowed", "retry_after", "delay", "reset_after", "limited_by", "limited_key",
                    "remaining", "reservation_id", "reserved")
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
@@ -64,11 +60,15 @@ def make_app(service: Service, access: Callable[[], AccessPolicy], reload: Calla
                 metrics.error("http", "BadRequest")
                 return _json({"error": "BadRequest", "message": error.text or error.reason}, error.status)
             except Exception as error:
-                kind = error_kind(error)
+                kind = kind_of(error)
                 metrics.error("http", kind)
                 if kind == "InternalError":
                     request.app.logger.exception("HTTP %s failed", request.path)
-                return _json({"error": kind, "message": str(error)}, _STATUS.get(kind, 500))
+                answer: dict[str, Any] = {"error": kind, "message": str(error)}
+                details = details_of(error, kind)
+                if details:
+                    answer["details"] = details
+                return _json(answer, http_status(kind))
             metrics.request("http", op, time.perf_counter() - begin)
             return response
 

@@ -11,7 +11,8 @@ sends frames::
 A frame is a batch: the server answers each request frame with one response frame holding one
 response per request, in order. Request ids let a client keep many frames in flight on one
 connection (pipelining) and match answers without relying on order. An ERROR result is
-`[kind, message]`, where kind names the exception (see `ERROR_KINDS`).
+`[kind, message]` or `[kind, message, details]`, where kind names a row of
+`llmthrottle.sidecar.errors.ERRORS` and details holds the attributes that row carries.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ __all__ = [
     "OK",
     "ERROR",
     "Op",
-    "ERROR_KINDS",
     "FrameDecoder",
     "FrameError",
     "encode_frame",
@@ -68,24 +68,6 @@ class Op:
 # ACQUIRE_RESULT = [allowed, retry_after, delay, reset_after, limited_by, limited_key,
 #                   remaining: map, reservation_id | None, reserved: map | None]
 RESERVATION_ID = 7  # where an ACQUIRE_RESULT holds its reservation_id
-
-# Error kinds the client turns back into the engine's exception classes.
-ERROR_KINDS = (
-    "RateLimited",
-    "ExceedsCapacity",
-    "BudgetExceeded",
-    "ConfigError",
-    "StateError",
-    "LlmthrottleError",
-    "ValueError",
-    "TypeError",
-    "AccessDenied",  # the peer's uid may not use this key (see [access])
-    "UnknownNamespace",  # not in the policy file and never registered
-    "UnknownReservation",  # settled, expired, or made by a previous server process
-    "BadRequest",  # malformed request: wrong shape, unknown op
-    "Overloaded",  # a server-side cap was reached (reservations held)
-    "InternalError",
-)
 
 
 class FrameError(Exception):

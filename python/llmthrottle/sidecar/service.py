@@ -18,16 +18,16 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Optional
 
-from .._native import (BudgetExceeded, ConfigError, ExceedsCapacity, LlmthrottleError, RateLimited,
-                       Reservation, StateError)
+from .._native import ConfigError, Reservation
 from ..budget import BUDGET_DIMENSION, budget_for
 from ..config import SidecarConfig
 from ..ledger.store import MAX_COST_MICROS, MAX_TOKENS
 from ..limiter import Limiter
 from ..policy import normalize
+from .errors import ServiceError
 from .metrics import Metrics
 
-__all__ = ["Service", "ServiceError", "error_kind"]
+__all__ = ["Service", "ServiceError"]
 
 _log = logging.getLogger("llmthrottle.sidecar")
 _monotonic = time.monotonic
@@ -42,14 +42,6 @@ _LEDGER_COUNTS = ("cost_micros", "input_tokens", "output_tokens", "cached_input_
 _LEDGER_FIELDS = frozenset(_LEDGER_STRINGS + _LEDGER_COUNTS)
 _LEDGER_MAXIMA = {name: MAX_COST_MICROS if name == "cost_micros" else MAX_TOKENS
                   for name in _LEDGER_COUNTS}
-
-
-class ServiceError(Exception):
-    """A request the service refuses; `kind` is one of protocol.ERROR_KINDS."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 class _Held:
@@ -314,18 +306,6 @@ class Service:
             self.ledger.close()
 
 
-def error_kind(error: BaseException) -> str:
-    """The protocol's name for an exception raised while handling a request."""
-    if isinstance(error, ServiceError):
-        return error.kind
-    for cls in _ERROR_CLASSES:
-        if isinstance(error, cls):
-            return cls.__name__
-    return "InternalError"
-
-
-_ERROR_CLASSES = (RateLimited, ExceedsCapacity, BudgetExceeded, ConfigError, StateError,
-                  LlmthrottleError, ValueError, TypeError)
 
 
 def _as_rules(limits: Any, rules: Any) -> dict[str, Any]:

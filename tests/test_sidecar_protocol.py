@@ -113,7 +113,8 @@ def test_hello_status_and_register(sidecar_server: ServerProcess) -> None:
         assert hello["server"] == "llmthrottle"
         namespace = unique("ns")
         registered = client.call([2, Op.REGISTER, namespace, {"tokens": "10/h"}, None])[2]
-        assert registered == {"rules": {"*": {"tokens": "10/h"}}, "dimensions": ["tokens"], "source": "client"}
+        assert registered == {"rules": {"*": {"tokens": "10/h"}}, "dimensions": ["tokens"], "budgets": [],
+                              "source": "client"}
         status = client.call([3, Op.STATUS, namespace, "k"])[2]
         assert status[0][:4] == ["tokens", "rate", 10, 0]
     finally:

@@ -74,6 +74,25 @@ class Budget:
                 raise ConfigError(f"{where}: thresholds must be fractions in (0, 1], got {t!r}")
         object.__setattr__(self, "thresholds", tuple(sorted(set(thresholds))))
 
+    def to_wire(self) -> dict[str, Any]:
+        """The budget as plain values (the sidecar sends its budgets to clients this way);
+        `limit_usd` travels as a decimal string, so no dollar is rounded on the way."""
+        return {"scope": self.scope, "limit_usd": str(self.limit_usd), "period": self.period,
+                "on_exceed": self.on_exceed, "downgrade_to": self.downgrade_to,
+                "thresholds": list(self.thresholds), "name": self.name}
+
+    @classmethod
+    def from_wire(cls, spec: Any) -> "Budget":
+        """The budget `to_wire` described; a malformed description is a ConfigError."""
+        if not isinstance(spec, dict) or not isinstance(spec.get("limit_usd"), str):
+            raise ConfigError(f"not a budget description: {spec!r:.200}")
+        try:
+            limit = Decimal(spec["limit_usd"])
+        except ArithmeticError:
+            raise ConfigError(f"not a budget description: {spec!r:.200}") from None
+        fields = {k: v for k, v in spec.items() if k in ("scope", "period", "on_exceed", "downgrade_to", "name")}
+        return cls(limit_usd=limit, thresholds=tuple(spec.get("thresholds") or ()), **fields)
+
     @property
     def label(self) -> str:
         """The budget's name, or its scope."""

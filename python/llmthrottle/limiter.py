@@ -84,6 +84,11 @@ class WaitingMixin:
         return self._namespace
 
     @property
+    def budgets(self) -> tuple[Budget, ...]:
+        """The budgets this limiter enforces (on the `budget_usd` dimension)."""
+        return self._budgets
+
+    @property
     def limits(self) -> Optional[LimitsConfig]:
         """The limits mapping given for every key (None when configured by `rules`)."""
         return self._limits
@@ -126,7 +131,7 @@ class WaitingMixin:
         if error.dimension != BUDGET_DIMENSION:
             return error
         # More than a whole budget: no period will ever have room for it.
-        return _over_budget(error, budget_for(self._budgets, error.key))
+        return _over_budget(error, budget_for(self.budgets, error.key))
 
     def _judge(self, decision: Decision, max_wait: float, deadline: Optional[float]) -> tuple[Optional[Reservation], float]:
         """The reservation (maybe with a delay to honour), or None and how long to wait before
@@ -134,7 +139,7 @@ class WaitingMixin:
         if decision:
             return decision, decision.delay  # type: ignore[return-value]
         if decision.limited_by == BUDGET_DIMENSION:
-            budget = budget_for(self._budgets, decision.limited_key or "")
+            budget = budget_for(self.budgets, decision.limited_key or "")
             queue = budget is not None and budget.on_exceed == "queue"
             if not queue or decision.retry_after > max_wait:
                 raise _budget_exceeded(decision, budget)
@@ -224,7 +229,23 @@ class WaitingMixin:
             await asyncio.sleep(seconds)
 
 
-class Limiter(WaitingMixin, _native.Limiter):
+class _LimiterType(type):
+    """Makes `isinstance(x, Limiter)` true of every limiter `Limiter(...)` can return,
+    including those a state brings along (the sidecar's), which share the API but not the
+    native base. Only `Limiter` itself accepts registered implementations, not its subclasses."""
+
+    def register(cls, implementation: type) -> type:
+        cls._registered = (*cls.__dict__.get("_registered", ()), implementation)
+        return implementation
+
+    def __instancecheck__(cls, instance: Any) -> bool:
+        return type.__instancecheck__(cls, instance) or isinstance(instance, cls.__dict__.get("_registered", ()))
+
+    def __subclasscheck__(cls, subclass: type) -> bool:
+        return type.__subclasscheck__(cls, subclass) or issubclass(subclass, cls.__dict__.get("_registered", ()))
+
+
+class Limiter(WaitingMixin, _native.Limiter, metaclass=_LimiterType):
     """Limits requests, tokens, cost and concurrency per key.
 
     >>> lim = Limiter({"requests": "500/min", "tokens": "30k/min", "concurrency": 20})
@@ -267,10 +288,6 @@ class Limiter(WaitingMixin, _native.Limiter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Everything is set up by `__new__` (the native base is immutable once built)."""
-
-    @property
-    def budgets(self) -> tuple[Budget, ...]:
-        return self._budgets
 
     @property
     def state(self) -> Any:

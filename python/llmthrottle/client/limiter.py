@@ -22,7 +22,8 @@ from typing import Any, Optional
 
 from .._native import ConfigError, ExceedsCapacity
 from ..config import default_socket_path
-from ..limiter import Key, LimitState, WaitingMixin
+from ..budget import Budget
+from ..limiter import Key, LimitState, Limiter, WaitingMixin
 from ..policy import LimitsConfig, RulesConfig, normalize
 from ..sidecar.protocol import RESERVATION_ID, Op
 from .connection import AsyncConnection, ConnectionPool, RemoteError, SidecarUnavailable, ignore_result
@@ -190,6 +191,7 @@ def _registration_error(error: RemoteError) -> BaseException:
     return error
 
 
+@Limiter.register
 class SidecarLimiter(WaitingMixin):
     """A `Limiter` whose decisions are made by the sidecar (see the module docstring)."""
 
@@ -204,12 +206,27 @@ class SidecarLimiter(WaitingMixin):
         self._limits = limits
         self._rules = rules
         self._registered: Optional[dict[str, Any]] = None
+        self._budgets_of: Optional[dict[str, Any]] = None
         self._fallback: Any = None
 
     @property
     def dimensions(self) -> list[str]:
         """Every dimension some limit constrains (as the sidecar enforces them)."""
         return list(self._ensure_registered()["dimensions"])
+
+    @property
+    def budgets(self) -> tuple[Budget, ...]:
+        """The budgets the sidecar enforces for this namespace (from its policy file)."""
+        registered = self._ensure_registered()
+        if self._budgets_of is not registered:
+            self._budgets = tuple(Budget.from_wire(spec) for spec in registered.get("budgets", ()))
+            self._budgets_of = registered
+        return self._budgets
+
+    @property
+    def state(self) -> Sidecar:
+        """Where the counters live: the sidecar."""
+        return self._sidecar
 
     # ------------------------------------------------------------------ registration
 

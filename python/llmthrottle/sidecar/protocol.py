@@ -57,7 +57,7 @@ class Op:
     COMMIT = 2  # [reservation_id, usage: map] -> None
     CANCEL = 3  # [reservation_id] -> None
     STATUS = 4  # [namespace, key] -> [[dimension, kind, remaining, used, reset_after, capacity]]
-    REGISTER = 5  # [namespace, limits | None, rules | None] -> {rules, dimensions, source}
+    REGISTER = 5  # [namespace, limits | None, rules | None] -> {rules, dimensions, budgets, source}
     PEEK = 6  # [namespace, key | [keys], amounts: map] -> ACQUIRE_RESULT (reservation_id None)
     PING = 7  # [] -> None
 

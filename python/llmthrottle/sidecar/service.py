@@ -124,6 +124,7 @@ class Service:
         return {
             "rules": limiter.rules,
             "dimensions": limiter.dimensions,
+            "budgets": [budget.to_wire() for budget in limiter.budgets],
             "source": "file" if namespace in self.file_namespaces else "client",
         }
 

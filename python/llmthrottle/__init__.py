@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .guard import Guard, GuardedCall, ThresholdEvent
     from .ledger import Ledger, UsageRecord
     from .pricing import Cost, PriceTable, TokenUsage, UsageAccumulator, cost, worst_case_cost
+    from .providers import context, wrap
 
 # Imported on first use: a worker that only limits never pays for asyncio, the sidecar client,
 # the ledger's SQLite or the price table.
@@ -46,6 +47,8 @@ _LAZY = {
     "UsageAccumulator": ".pricing",
     "cost": ".pricing",
     "worst_case_cost": ".pricing",
+    "wrap": ".providers",
+    "context": ".providers",
 }
 
 
@@ -90,7 +93,9 @@ __all__ = [
     "TokenUsage",
     "UsageAccumulator",
     "UsageRecord",
+    "context",
     "cost",
     "worst_case_cost",
+    "wrap",
     *_tokens.__all__,
 ]

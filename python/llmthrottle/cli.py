@@ -17,6 +17,8 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "state": ("llmthrottle.state_cli", "inspect or reset a shared-memory limiter table"),
     "report": ("llmthrottle.report", "spend by tenant/team/user/feature/model from a ledger"),
     "serve": ("llmthrottle.sidecar.cli", "run the sidecar: limits, budgets and ledger for every local process, on a Unix socket"),
+    "fake-provider": ("llmthrottle.testing.fake_provider",
+                      "run a fake OpenAI/Anthropic API on loopback with their rate limits, for tests"),
 }
 
 

@@ -321,6 +321,25 @@ class GuardedCall:
         self.reservation.cancel()
         self._record(outcome, extra_tags=extra_tags)
 
+    def fail(self, outcome: str = "error", **tags: Any) -> None:
+        """The call ended without usage to charge (refused by the provider, failed in transit):
+        refunded, and recorded at $0 with `outcome` and `tags`."""
+        self._refund(outcome, tags)
+
+    def _amounts_again(self) -> dict[str, Any]:
+        return self.guard._amounts(self.model, *self._reserved_tokens, self.provider)
+
+    def retry(self, timeout: Optional[float] = None) -> None:
+        """Refunds this attempt (the provider refused it without billing) and waits until the
+        next one is admitted: every attempt is charged to the limits, as the provider counts it."""
+        self.reservation.cancel()
+        self.reservation = self.guard.limiter.acquire(self.keys, timeout=timeout, **self._amounts_again())
+
+    async def retry_async(self, timeout: Optional[float] = None) -> None:
+        """`retry` for asyncio."""
+        self.reservation.cancel()
+        self.reservation = await self.guard.limiter.acquire_async(self.keys, timeout=timeout, **self._amounts_again())
+
     def cancel(self) -> None:
         """The call never happened (or failed before any tokens were billed): full refund,
         recorded as ``cancelled`` at $0."""

@@ -1,0 +1,156 @@
+"""One LLM call through the wrapper, from the request the SDK built to the ledger record: what
+the sync and async transports share. The transports only move bytes and wait.
+
+A call is admitted at its worst case (the body as the provider counts it) before the first
+attempt, and again before every retry (the provider counts every attempt). Its reply is read as
+it passes to the caller; when the body ends the call is reconciled with the usage in it, priced
+and recorded. A stream the caller abandons is settled with the input and what was received.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+from ..guard import Guard, GuardedCall
+from ..tokens import count_tokens
+from .context import context_keys
+from .headers import retry_after_s
+from .protocol import Endpoint, UsageReader, endpoint_of, failure_kind
+
+__all__ = ["CallPlan", "Settings"]
+
+KeysOption = Union[None, Sequence[str], Callable[[dict[str, Any]], Sequence[str]]]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a wrapped client treats its calls (see `llmthrottle.wrap`)."""
+
+    guard: Optional[Guard]
+    keys: KeysOption = None
+    max_attempts: int = 6
+    deadline_s: float = 600.0
+    max_retry_after_s: float = 120.0
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+    include_stream_usage: bool = True
+
+
+class CallPlan:
+    """The state of one request; `None` from `start` means "not an LLM call: pass it on"."""
+
+    def __init__(self, settings: Settings, endpoint: Endpoint, body: dict[str, Any], content: bytes,
+                 hide_usage_chunk: bool) -> None:
+        self.settings = settings
+        self.endpoint = endpoint
+        self.body = body
+        self.content = content
+        self.hide_usage_chunk = hide_usage_chunk
+        self.streaming = bool(body.get("stream"))
+        self.started = time.monotonic()
+        self.deadline = self.started + settings.deadline_s
+        self.attempts = 0
+        self.waited_s = 0.0
+        self.call: Optional[GuardedCall] = None
+        self.first_byte_s: Optional[float] = None
+        self.settled = False
+        self.last_failure: Optional[str] = None
+
+    @classmethod
+    def start(cls, settings: Settings, method: str, path: str, content: bytes) -> Optional["CallPlan"]:
+        endpoint = endpoint_of(method, path)
+        if endpoint is None:
+            return None
+        try:
+            body = json.loads(content) if content else None
+        except (ValueError, RecursionError):
+            return None  # the provider will refuse it; nothing to count
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return None
+        hide = False
+        if (settings.include_stream_usage and endpoint.kind == "chat" and body.get("stream")
+                and not (body.get("stream_options") or {}).get("include_usage")):
+            body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+            content = json.dumps(body, separators=(",", ":")).encode()
+            hide = True
+        return cls(settings, endpoint, body, content, hide)
+
+    # ------------------------------------------------------------------ admission
+
+    def keys(self) -> list[str]:
+        option = self.settings.keys
+        given = list(option(self.body) if callable(option) else option or ())
+        return [*given, *(k for k in context_keys() if k not in given)] or [f"model:{self.body['model']}"]
+
+    def remaining_s(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def admit_arguments(self) -> dict[str, Any]:
+        return {"body": self.body, "provider": self.endpoint.family, "timeout": self.remaining_s()}
+
+    # ------------------------------------------------------------------ attempts
+
+    def next_wait(self, status: int, headers: Any, body: bytes) -> Optional[float]:
+        """After an error answer: seconds to wait before the next attempt, or None to give the
+        answer to the caller (not retryable, attempts or deadline used up)."""
+        kind = self.last_failure = failure_kind(self.endpoint, status, body)
+        if kind == "fatal" or self.attempts >= self.settings.max_attempts:
+            return None
+        told = retry_after_s(headers) if kind == "rate_limited" else None
+        if told is not None:
+            wait = min(told, self.settings.max_retry_after_s)
+        else:  # exponential backoff with full jitter
+            ceiling = min(self.settings.backoff_cap_s, self.settings.backoff_base_s * 2 ** (self.attempts - 1))
+            wait = random.uniform(0, ceiling)
+        return wait if wait <= self.remaining_s() else None
+
+    def transport_error_wait(self) -> Optional[float]:
+        if self.attempts >= self.settings.max_attempts:
+            return None
+        ceiling = min(self.settings.backoff_cap_s, self.settings.backoff_base_s * 2 ** (self.attempts - 1))
+        wait = random.uniform(0, ceiling)
+        return wait if wait <= self.remaining_s() else None
+
+    # ------------------------------------------------------------------ settling
+
+    def _tags(self) -> dict[str, Any]:
+        tags: dict[str, Any] = {"attempts": self.attempts, "waited_s": round(self.waited_s, 3)}
+        if self.first_byte_s is not None and self.streaming:
+            tags["ttft_s"] = round(self.first_byte_s, 4)
+        return tags
+
+    def given_up_outcome(self) -> str:
+        """The outcome of a call whose last answer is handed to the caller as an error."""
+        return "rate_limited" if self.last_failure == "rate_limited" else "error"
+
+    def fail(self, outcome: str, **tags: Any) -> None:
+        if self.call is not None and not self.settled:
+            self.settled = True
+            self.call.fail(outcome, **self._tags(), **tags)
+
+    def reader(self) -> UsageReader:
+        return UsageReader(self.endpoint, self.streaming, self.hide_usage_chunk)
+
+    def settle(self, reader: UsageReader) -> None:
+        """The body ended or was abandoned: reconcile, price, record."""
+        if self.call is None or self.settled:
+            return
+        self.settled = True
+        call = self.call
+        call.tags.update(self._tags())
+        if reader.complete and reader.usage is not None:
+            call.finish(reader.usage)
+            return
+        # Abandoned (or a reply without usage): the input as estimated plus what was received.
+        received = count_tokens("".join(reader.text_parts), encoding="o200k_base") if reader.text_parts else 0
+        input_tokens = call._reserved_tokens[0]
+        if reader.usage is not None and type(reader.usage.get("input_tokens")) is int:
+            input_tokens = reader.usage["input_tokens"]  # Anthropic's message_start told it
+        usage = ({"input_tokens": input_tokens, "output_tokens": received} if self.endpoint.family == "anthropic"
+                 else {"prompt_tokens": input_tokens, "completion_tokens": received})
+        call.finish(usage, outcome="ok" if reader.complete else "cancelled")

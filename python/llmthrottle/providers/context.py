@@ -1,0 +1,36 @@
+"""Attribution for the calls made inside a block, across threads started in it and asyncio
+tasks created in it (a `contextvars` variable).
+
+    with lt.context(user="42", team="support", feature="chat"):
+        client.chat.completions.create(...)     # keys user:42, team:support, feature:chat
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["context", "context_keys"]
+
+_FIELDS: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar("llmthrottle_context", default=())
+
+
+@contextmanager
+def context(**fields: str) -> Iterator[None]:
+    """Adds `name:value` keys (for limits, budgets and the ledger's columns) to every call a
+    wrapped client makes inside the block; nested blocks add to the outer ones."""
+    for name, value in fields.items():
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"context {name}= must be a non-empty string, got {value!r}")
+    outer = dict(_FIELDS.get())
+    token = _FIELDS.set(tuple({**outer, **fields}.items()))
+    try:
+        yield
+    finally:
+        _FIELDS.reset(token)
+
+
+def context_keys() -> list[str]:
+    """The keys of the innermost `context` block (none outside one)."""
+    return [f"{name}:{value}" for name, value in _FIELDS.get()]

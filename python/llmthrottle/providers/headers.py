@@ -1,0 +1,119 @@
+"""What providers say in their response headers: how long to wait before retrying, and the
+limits they announce. One parser per format, shared by every way in (wrap, gateway, batch)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import math
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Optional
+
+__all__ = ["Announcement", "announced_limits", "parse_reset_duration", "retry_after_s"]
+
+
+def _seconds(text: Optional[str], scale: float = 1.0) -> Optional[float]:
+    if text is None:
+        return None
+    try:
+        value = float(text) * scale
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def retry_after_s(headers: Mapping[str, str], *, now: Optional[float] = None) -> Optional[float]:
+    """Seconds the provider asks to wait, read in the providers' order: `retry-after-ms`,
+    `retry-after` (seconds or an HTTP date), Azure's `x-ms-retry-after-ms`; None when absent
+    or unreadable."""
+    wait = _seconds(headers.get("retry-after-ms"), 1e-3)
+    if wait is not None:
+        return wait
+    text = headers.get("retry-after")
+    wait = _seconds(text)
+    if wait is not None:
+        return wait
+    if text:
+        try:
+            moment = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            moment = None
+        if moment is not None:
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=dt.timezone.utc)
+            return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+    return _seconds(headers.get("x-ms-retry-after-ms"), 1e-3)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_reset_duration(text: str) -> Optional[float]:
+    """OpenAI's reset durations (`6m0s`, `1.5s`, `20ms`, `1h2m3s`) in seconds; None if malformed."""
+    text = text.strip()
+    if not text or len(text) > 64:
+        return None
+    total, position = 0.0, 0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            return None
+        position = match.end()
+        value = float(match.group(1))
+        total += value * {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2)]
+    return total if position == len(text) else None
+
+
+def _rfc3339_in_s(text: str, now: float) -> Optional[float]:
+    try:
+        moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return max(0.0, moment.timestamp() - now)
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """One limit a response announced: `dimension` is `requests`, `tokens`, `input_tokens` or
+    `output_tokens`; `reset_s` is how long until the limit is whole again."""
+
+    dimension: str
+    limit: int
+    remaining: int
+    reset_s: Optional[float]
+
+
+def _int(text: Optional[str]) -> Optional[int]:
+    if text is None or not text.strip().isdigit() or len(text) > 18:
+        return None
+    return int(text)
+
+
+_OPENAI = (("requests", "requests"), ("tokens", "tokens"))
+_ANTHROPIC = (("requests", "requests"), ("tokens", "tokens"), ("input-tokens", "input_tokens"),
+              ("output-tokens", "output_tokens"))
+
+
+def announced_limits(family: str, headers: Mapping[str, str], *, now: Optional[float] = None) -> list[Announcement]:
+    """The limits a response of `family` ("openai" or "anthropic") announced in its headers."""
+    now = time.time() if now is None else now
+    found = []
+    if family == "anthropic":
+        for name, dimension in _ANTHROPIC:
+            limit = _int(headers.get(f"anthropic-ratelimit-{name}-limit"))
+            remaining = _int(headers.get(f"anthropic-ratelimit-{name}-remaining"))
+            reset = headers.get(f"anthropic-ratelimit-{name}-reset")
+            if limit is not None and remaining is not None:
+                found.append(Announcement(dimension, limit, remaining, None if reset is None else _rfc3339_in_s(reset, now)))
+    else:
+        for name, dimension in _OPENAI:
+            limit = _int(headers.get(f"x-ratelimit-limit-{name}"))
+            remaining = _int(headers.get(f"x-ratelimit-remaining-{name}"))
+            reset = headers.get(f"x-ratelimit-reset-{name}")
+            if limit is not None and remaining is not None:
+                found.append(Announcement(dimension, limit, remaining, None if reset is None else parse_reset_duration(reset)))
+    return found

@@ -1,0 +1,166 @@
+"""What llmthrottle knows of each provider's HTTP API: which requests are LLM calls, which
+failures are worth retrying, and where the usage is in a reply or a stream. Pure functions and
+a byte-fed reader, so the sync and async transports share every rule."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+__all__ = ["Endpoint", "UsageReader", "endpoint_of", "failure_kind"]
+
+Family = Literal["openai", "anthropic"]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An LLM endpoint: the provider family and the kind of call."""
+
+    family: Family
+    kind: Literal["chat", "responses", "embeddings", "messages"]
+
+
+_ENDPOINTS = (
+    ("/chat/completions", Endpoint("openai", "chat")),
+    ("/responses", Endpoint("openai", "responses")),
+    ("/embeddings", Endpoint("openai", "embeddings")),
+    ("/messages", Endpoint("anthropic", "messages")),
+)
+
+
+def endpoint_of(method: str, path: str) -> Optional[Endpoint]:
+    """The endpoint a request is a call to, or None for anything else (listing models, files...).
+    Azure's deployment paths (`/openai/deployments/x/chat/completions`) are OpenAI's."""
+    if method != "POST":
+        return None
+    for suffix, endpoint in _ENDPOINTS:
+        if path.endswith(suffix):
+            return endpoint
+    return None
+
+
+def _error_fields(body: bytes) -> tuple[str, str]:
+    """(type, code) of an error body, '' when absent."""
+    try:
+        decoded = json.loads(body)
+    except (ValueError, RecursionError):
+        return "", ""
+    error = decoded.get("error") if isinstance(decoded, dict) else None
+    if not isinstance(error, dict):
+        return "", ""
+    kind, code = error.get("type"), error.get("code")
+    return (kind if isinstance(kind, str) else ""), (code if isinstance(code, str) else "")
+
+
+def failure_kind(endpoint: Endpoint, status: int, body: bytes) -> Literal["rate_limited", "retry", "fatal"]:
+    """How to treat an error answer: `rate_limited` (wait as told, then retry), `retry` (a
+    transient failure: back off, then retry) or `fatal` (retrying cannot help: out of credit,
+    a spend limit, a malformed or oversized request)."""
+    kind, code = _error_fields(body)
+    if status == 429:
+        if code == "insufficient_quota" or kind == "insufficient_quota" or "spend_limit" in (kind + code):
+            return "fatal"
+        return "rate_limited"
+    if status == 529 or status == 408 or status == 409 or status >= 500:
+        return "retry"  # Anthropic's 529 is provider-wide overload, not this key's limit
+    return "fatal"
+
+
+class UsageReader:
+    """Reads the usage of a reply as its bytes pass through, untouched except for one thing:
+    with `hide_usage_chunk`, an OpenAI stream's final usage-only chunk (added by llmthrottle,
+    not asked for by the caller) is dropped. `feed` returns the bytes to pass on."""
+
+    def __init__(self, endpoint: Endpoint, streaming: bool, hide_usage_chunk: bool = False) -> None:
+        self.endpoint = endpoint
+        self.streaming = streaming
+        self.hide_usage_chunk = hide_usage_chunk
+        self.usage: Optional[dict[str, Any]] = None
+        self.complete = False
+        self.text_parts: list[str] = []
+        self.received_any = False
+        self._buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> bytes:
+        if chunk:
+            self.received_any = True
+        if not self.streaming:
+            self._buffer += chunk
+            return chunk
+        self._buffer += chunk
+        out = bytearray()
+        while True:
+            end = self._buffer.find(b"\n\n")
+            if end < 0:
+                break
+            event = bytes(self._buffer[:end + 2])
+            del self._buffer[:end + 2]
+            if self._event(event):
+                out += event
+        return bytes(out)
+
+    def finish(self) -> bytes:
+        """The end of the body: the bytes still held back."""
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        if not self.streaming:
+            try:
+                decoded = json.loads(rest)
+            except (ValueError, RecursionError):
+                decoded = None
+            if isinstance(decoded, dict) and isinstance(decoded.get("usage"), dict):
+                self.usage = decoded["usage"]
+                self.complete = True
+            return b""
+        if rest.strip():
+            return rest if self._event(rest) else b""
+        return rest
+
+    def _event(self, event: bytes) -> bool:
+        """Reads one server-sent event; whether to pass it on."""
+        data = b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+        if not data:
+            return True
+        if data == b"[DONE]":
+            self.complete = True
+            return True
+        try:
+            decoded = json.loads(data)
+        except (ValueError, RecursionError):
+            return True
+        if not isinstance(decoded, dict):
+            return True
+        if self.endpoint.family == "anthropic":
+            self._anthropic(decoded)
+            return True
+        usage = decoded.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        response = decoded.get("response")  # the Responses API's final event holds the usage
+        if isinstance(response, dict) and isinstance(response.get("usage"), dict):
+            self.usage = response["usage"]
+            self.complete = decoded.get("type") == "response.completed" or self.complete
+        for choice in decoded.get("choices") or ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            content = delta.get("content") if isinstance(delta, dict) else None
+            if isinstance(content, str):
+                self.text_parts.append(content)
+        return not (self.hide_usage_chunk and decoded.get("choices") == [] and isinstance(usage, dict))
+
+    def _anthropic(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "message_start":
+            usage = (event.get("message") or {}).get("usage")
+            if isinstance(usage, dict):
+                self.usage = dict(usage)
+        elif kind == "message_delta":
+            usage = event.get("usage")
+            if isinstance(usage, dict):
+                self.usage = {**(self.usage or {}), **usage}
+        elif kind == "content_block_delta":
+            text = (event.get("delta") or {}).get("text")
+            if isinstance(text, str):
+                self.text_parts.append(text)
+        elif kind == "message_stop":
+            self.complete = True

@@ -1,0 +1,198 @@
+"""The httpx transports installed in a wrapped SDK client: every LLM request is admitted,
+retried as the provider asks, and read on its way back (see `call.py` for the rules; these
+classes only move bytes and wait). Requests that are not LLM calls pass through untouched.
+
+The SDK's own retries are turned off by `wrap`, so there is one retry loop, this one, and every
+attempt is admitted and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx2
+
+from .call import CallPlan, Settings
+from .protocol import UsageReader
+
+__all__ = ["AsyncThrottledTransport", "ThrottledTransport"]
+
+
+def _rebuilt(request: httpx2.Request, plan: CallPlan) -> httpx2.Request:
+    """The request with the (possibly rewritten) body, asking for an uncompressed reply so that
+    its bytes can be read as they pass."""
+    headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in ("content-length", "accept-encoding")]
+    headers.append(("accept-encoding", "identity"))
+    return httpx2.Request(request.method, request.url, headers=headers, content=plan.content,
+                          extensions=request.extensions)
+
+
+def _error_response(response: httpx2.Response, body: bytes) -> httpx2.Response:
+    return httpx2.Response(response.status_code, headers=response.headers, content=body,
+                           extensions=response.extensions)
+
+
+def _passed(plan: CallPlan, reader: UsageReader, chunk: bytes) -> bytes:
+    """One chunk of the reply on its way to the caller: what to pass on."""
+    if plan.first_byte_s is None:
+        plan.first_byte_s = time.monotonic() - plan.started
+    return reader.feed(chunk)
+
+
+def _ended(plan: CallPlan, reader: UsageReader) -> bytes:
+    """The reply's end: the call is settled; returns the bytes still held back."""
+    tail = reader.finish()
+    plan.settle(reader)
+    return tail
+
+
+class _ObservedStream(httpx2.SyncByteStream):
+    def __init__(self, inner: Any, plan: CallPlan, reader: UsageReader) -> None:
+        self._inner, self._plan, self._reader = inner, plan, reader
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._inner:
+            passed = _passed(self._plan, self._reader, chunk)
+            if passed:
+                yield passed
+        tail = _ended(self._plan, self._reader)
+        if tail:
+            yield tail
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self._plan.settle(self._reader)  # no-op when the body was read to its end
+
+
+class _AsyncObservedStream(httpx2.AsyncByteStream):
+    def __init__(self, inner: Any, plan: CallPlan, reader: UsageReader) -> None:
+        self._inner, self._plan, self._reader = inner, plan, reader
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            passed = _passed(self._plan, self._reader, chunk)
+            if passed:
+                yield passed
+        tail = _ended(self._plan, self._reader)
+        if tail:
+            yield tail
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._plan.settle(self._reader)
+
+
+def _observed(response: httpx2.Response, stream: Any) -> httpx2.Response:
+    return httpx2.Response(response.status_code, headers=response.headers, stream=stream,
+                           extensions=response.extensions)
+
+
+class ThrottledTransport(httpx2.BaseTransport):
+    """Wraps the SDK's transport (`inner`) for blocking clients."""
+
+    def __init__(self, inner: httpx2.BaseTransport, settings: Settings) -> None:
+        self.inner = inner
+        self.settings = settings
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        plan = CallPlan.start(self.settings, request.method, request.url.path, request.read())
+        if plan is None:
+            return self.inner.handle_request(request)
+        request = _rebuilt(request, plan)
+        guard = self.settings.guard
+        try:
+            while True:
+                if guard is not None:
+                    if plan.call is None:
+                        plan.call = guard.call(plan.keys(), **plan.admit_arguments())
+                    elif plan.attempts > 0:
+                        plan.call.retry(timeout=plan.remaining_s())
+                plan.attempts += 1
+                try:
+                    response = self.inner.handle_request(request)
+                except httpx2.TransportError as error:
+                    wait = plan.transport_error_wait()
+                    if wait is None:
+                        plan.fail("error", error=type(error).__name__)
+                        raise
+                    self._wait(plan, wait)
+                    continue
+                if response.status_code < 400:
+                    return _observed(response, _ObservedStream(response.stream, plan, plan.reader()))
+                body = response.read()
+                response.close()
+                wait = plan.next_wait(response.status_code, response.headers, body)
+                if wait is None:
+                    plan.fail(plan.given_up_outcome(), status=response.status_code)
+                    return _error_response(response, body)
+                self._wait(plan, wait)
+        except BaseException as error:
+            plan.fail("error", error=type(error).__name__)
+            raise
+
+    @staticmethod
+    def _wait(plan: CallPlan, seconds: float) -> None:
+        plan.waited_s += seconds
+        time.sleep(seconds)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
+    """Wraps the SDK's transport (`inner`) for asyncio clients."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport, settings: Settings) -> None:
+        self.inner = inner
+        self.settings = settings
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        plan = CallPlan.start(self.settings, request.method, request.url.path, await request.aread())
+        if plan is None:
+            return await self.inner.handle_async_request(request)
+        request = _rebuilt(request, plan)
+        guard = self.settings.guard
+        try:
+            while True:
+                if guard is not None:
+                    if plan.call is None:
+                        plan.call = await guard.call_async(plan.keys(), **plan.admit_arguments())
+                    elif plan.attempts > 0:
+                        await plan.call.retry_async(timeout=plan.remaining_s())
+                plan.attempts += 1
+                try:
+                    response = await self.inner.handle_async_request(request)
+                except httpx2.TransportError as error:
+                    wait = plan.transport_error_wait()
+                    if wait is None:
+                        plan.fail("error", error=type(error).__name__)
+                        raise
+                    await self._wait(plan, wait)
+                    continue
+                if response.status_code < 400:
+                    return _observed(response, _AsyncObservedStream(response.stream, plan, plan.reader()))
+                body = await response.aread()
+                await response.aclose()
+                wait = plan.next_wait(response.status_code, response.headers, body)
+                if wait is None:
+                    plan.fail(plan.given_up_outcome(), status=response.status_code)
+                    return _error_response(response, body)
+                await self._wait(plan, wait)
+        except BaseException as error:
+            plan.fail("error", error=type(error).__name__)
+            raise
+
+    @staticmethod
+    async def _wait(plan: CallPlan, seconds: float) -> None:
+        plan.waited_s += seconds
+        await asyncio.sleep(seconds)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -1,0 +1,58 @@
+"""`lt.wrap(client)`: an OpenAI or Anthropic SDK client whose every LLM request goes through
+llmthrottle (admission at worst case, retries as the provider asks, usage priced and recorded)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, TypeVar
+
+import httpx2
+
+from ..guard import Guard
+from ..limiter import Limiter
+from .call import KeysOption, Settings
+from .transport import AsyncThrottledTransport, ThrottledTransport
+
+__all__ = ["wrap"]
+
+_Client = TypeVar("_Client")
+
+
+def wrap(client: _Client, *, guard: Optional[Guard] = None, limiter: Optional[Limiter] = None,
+         keys: KeysOption = None, max_attempts: int = 6, deadline_s: float = 600.0,
+         max_retry_after_s: float = 120.0, include_stream_usage: bool = True) -> _Client:
+    """A client of the same type as `client` (`openai.OpenAI`, `openai.AsyncOpenAI`,
+    `openai.AzureOpenAI`, `anthropic.Anthropic`, `anthropic.AsyncAnthropic`) whose LLM calls
+    (chat completions, responses, embeddings, messages; streaming or not) go through llmthrottle:
+
+    - admitted before they leave, at their worst case (`lt.estimate` of the body), against the
+      limits and budgets of `guard` (or of `limiter`, without budgets or a ledger), under `keys`
+      (a list, or a callable of the request body) plus the keys of the enclosing `lt.context`;
+    - retried by llmthrottle alone (the SDK's own retries are turned off): a 429 waits out the
+      provider's Retry-After (capped at `max_retry_after_s`), overload and server errors back off
+      with full jitter, at most `max_attempts` attempts within `deadline_s` seconds; out of
+      credit, spend limits and other 4xx are returned at once. Every attempt is admitted;
+    - reconciled with the usage in the reply (for OpenAI streams `stream_options.include_usage`
+      is added, and the extra chunk hidden, unless `include_stream_usage=False`), priced and
+      recorded in the guard's ledger with its outcome, attempts and seconds waited; a stream
+      abandoned half-way is settled with its input and what was received.
+
+    The returned client shares `client`'s connection pool; use it, not the original, for calls
+    that should be throttled.
+    """
+    if guard is None and limiter is not None:
+        guard = Guard(limiter)
+    settings = Settings(guard=guard, keys=keys, max_attempts=max_attempts, deadline_s=deadline_s,
+                        max_retry_after_s=max_retry_after_s, include_stream_usage=include_stream_usage)
+    with_options = getattr(client, "with_options", None)
+    http_client = getattr(client, "_client", None)
+    if with_options is None or not isinstance(http_client, (httpx2.Client, httpx2.AsyncClient)):
+        raise TypeError(f"lt.wrap takes an OpenAI or Anthropic SDK client, not {type(client).__name__}")
+    wrapped = with_options(max_retries=0)
+    inner = wrapped._client._transport
+    if isinstance(inner, (ThrottledTransport, AsyncThrottledTransport)):
+        inner = inner.inner  # wrapping twice replaces the settings, never stacks two loops
+    if isinstance(wrapped._client, httpx2.AsyncClient):
+        wrapped._client._transport = AsyncThrottledTransport(inner, settings)
+    else:
+        wrapped._client._transport = ThrottledTransport(inner, settings)
+    return wrapped  # type: ignore[no-any-return]

@@ -1,0 +1,442 @@
+"""A fake LLM provider on loopback: OpenAI chat completions and Anthropic messages, streaming
+and not, with each provider's rate-limit semantics. The test double for everything in
+llmthrottle that talks to a provider, used with the real `openai` and `anthropic` SDKs.
+
+    with FakeProvider(rpm=60, tpm=20_000) as provider:
+        client = openai.OpenAI(base_url=provider.openai_base_url, api_key="test")
+        anthropic.Anthropic(base_url=provider.anthropic_base_url, api_key="test")
+
+Limits are token buckets that refill continuously (a 60 RPM bucket holds 60 and gains one a
+second), charged as each provider charges:
+
+- OpenAI: one request, and input tokens plus the requested `max_tokens` (or
+  `max_completion_tokens`, else the configured output length) toward TPM, at admission.
+  Headers `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (resets as `6m0s`, `20ms`);
+  a 429 carries `retry-after` and `retry-after-ms` and `code: rate_limit_exceeded`, or
+  `insufficient_quota` when the account is out of credit.
+- Anthropic: one request; input tokens toward ITPM at admission; output tokens toward OTPM as
+  generated (a request is refused while OTPM is in debt). Headers
+  `anthropic-ratelimit-{requests,input-tokens,output-tokens,tokens}-{limit,remaining,reset}`
+  (resets in RFC 3339); a 429 is a `rate_limit_error` with `retry-after`; overload is a 529
+  `overloaded_error`.
+
+Input tokens are counted with `llmthrottle.estimate`, so the fake and the library agree on
+what a request costs; the reply is `output_tokens` tokens of filler text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import math
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from aiohttp import web
+
+from ..request_estimate import estimate
+
+__all__ = ["FakeProvider", "configure_parser", "run"]
+
+
+class _Bucket:
+    """`capacity` units that refill at `capacity` per minute; may go into debt."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.capacity = per_minute
+        self.level = float(per_minute)
+        self._rate_per_s = per_minute / 60.0
+        self._at = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(float(self.capacity), self.level + (now - self._at) * self._rate_per_s)
+        self._at = now
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until `amount` fits (0: it fits now)."""
+        self._refill()
+        missing = max(amount, 0.0) - self.level
+        return 0.0 if missing <= 0 else missing / self._rate_per_s
+
+    def take(self, amount: float) -> None:
+        self._refill()
+        self.level -= amount
+
+    def remaining(self) -> int:
+        self._refill()
+        return max(0, math.floor(self.level))
+
+    def reset_s(self) -> float:
+        """Seconds until the bucket is full again."""
+        self._refill()
+        return max(0.0, (self.capacity - self.level) / self._rate_per_s)
+
+
+def _openai_duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:.3g}s" if minutes else f"{rest:.3g}s"
+
+
+def _rfc3339_in(seconds: float) -> str:
+    moment = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass
+class _Counters:
+    requests: int = 0
+    rate_limited: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+
+
+class FakeProvider:
+    """A running fake provider (see the module docstring); a context manager.
+
+    `rpm`/`tpm` are OpenAI's limits, `itpm`/`otpm` Anthropic's input and output token limits
+    (`rpm` applies to both); None means unlimited. `output_tokens` is the length of every reply
+    (capped by the request's max tokens); `ttft_s` and `per_token_s` pace streams and replies;
+    `error_rate` answers that share of requests with a 500, `overload_rate` (Anthropic) with a
+    529; `insufficient_quota` refuses every OpenAI request as out of credit.
+    """
+
+    def __init__(self, *, rpm: Optional[int] = None, tpm: Optional[int] = None,
+                 itpm: Optional[int] = None, otpm: Optional[int] = None, output_tokens: int = 16,
+                 ttft_s: float = 0.0, per_token_s: float = 0.0, error_rate: float = 0.0,
+                 overload_rate: float = 0.0, insufficient_quota: bool = False,
+                 host: str = "127.0.0.1", port: int = 0, seed: Optional[int] = None) -> None:
+        for name, value in (("rpm", rpm), ("tpm", tpm), ("itpm", itpm), ("otpm", otpm)):
+            if value is not None and (type(value) is not int or value <= 0):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        if type(output_tokens) is not int or output_tokens < 0:
+            raise ValueError(f"output_tokens must be a non-negative int, got {output_tokens!r}")
+        self.rpm, self.tpm, self.itpm, self.otpm = rpm, tpm, itpm, otpm
+        self.output_tokens = output_tokens
+        self.ttft_s, self.per_token_s = ttft_s, per_token_s
+        self.error_rate, self.overload_rate = error_rate, overload_rate
+        self.insufficient_quota = insufficient_quota
+        self.counters = _Counters()
+        self._random = random.Random(seed)
+        self._buckets = {name: _Bucket(value) for name, value in
+                         (("requests", rpm), ("tokens", tpm), ("input", itpm), ("output", otpm))
+                         if value is not None}
+        self._lock = threading.Lock()
+        self._host, self._port = host, port
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._runner: Optional[web.AppRunner] = None
+        self._thread: Optional[threading.Thread] = None
+        self.port = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"{self.base_url}/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        return self.base_url
+
+    def start(self) -> "FakeProvider":
+        """Serves on a thread of its own; returns once the port is bound."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._start_site())
+            except BaseException as error:  # reported to start()
+                failure.append(error)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())  # type: ignore[union-attr]
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="llmthrottle-fake-provider", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            raise failure[0]
+        return self
+
+    async def _start_site(self) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop = None
+
+    def __enter__(self) -> "FakeProvider":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=8 << 20)
+        app.router.add_post("/v1/chat/completions", self._openai_chat)
+        app.router.add_post("/v1/messages", self._anthropic_messages)
+        return app
+
+    # ------------------------------------------------------------------ shared
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise web.HTTPBadRequest(text=json.dumps({"error": {"message": "body must be a JSON object with a model",
+                                                               "type": "invalid_request_error"}}),
+                                     content_type="application/json")
+        return body
+
+    def _count(self, status: int) -> None:
+        with self._lock:
+            self.counters.by_status[status] = self.counters.by_status.get(status, 0) + 1
+
+    def _admit(self, charges: dict[str, int], input_tokens: int) -> tuple[str, float]:
+        """Charges every bucket when all of them have room; else charges none and returns the
+        bucket that waits longest and how long (0.0: admitted)."""
+        with self._lock:
+            waits = {name: self._buckets[name].wait_for(amount) for name, amount in charges.items()
+                     if name in self._buckets}
+            limited = max(waits, key=lambda name: waits[name], default="")
+            wait = waits.get(limited, 0.0)
+            if wait > 0:
+                self.counters.rate_limited += 1
+                return limited, wait
+            for name, amount in charges.items():
+                if name in self._buckets:
+                    self._buckets[name].take(amount)
+            self.counters.input_tokens += input_tokens
+            return limited, 0.0
+
+    def _reply_tokens(self, requested: Optional[int]) -> int:
+        return self.output_tokens if requested is None else max(0, min(self.output_tokens, requested))
+
+    async def _pace(self, tokens: int) -> None:
+        delay = self.ttft_s + self.per_token_s * tokens
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    # ------------------------------------------------------------------ OpenAI
+
+    def _openai_headers(self) -> dict[str, str]:
+        headers = {}
+        for name, bucket_name in (("requests", "requests"), ("tokens", "tokens")):
+            bucket = self._buckets.get(bucket_name)
+            if bucket is not None:
+                headers[f"x-ratelimit-limit-{name}"] = str(bucket.capacity)
+                headers[f"x-ratelimit-remaining-{name}"] = str(bucket.remaining())
+                headers[f"x-ratelimit-reset-{name}"] = _openai_duration(bucket.reset_s())
+        return headers
+
+    def _openai_error(self, status: int, message: str, kind: str, code: Optional[str],
+                      headers: Optional[dict[str, str]] = None) -> web.Response:
+        self._count(status)
+        body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+        return web.json_response(body, status=status, headers={**self._openai_headers(), **(headers or {})})
+
+    async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        with self._lock:
+            self.counters.requests += 1
+        if self.insufficient_quota:
+            return self._openai_error(429, "You exceeded your current quota, please check your plan and billing "
+                                      "details.", "insufficient_quota", "insufficient_quota")
+        if self._random.random() < self.error_rate:
+            with self._lock:
+                self.counters.errors += 1
+            return self._openai_error(500, "The server had an error while processing your request.", "server_error",
+                                      None)
+        input_tokens = estimate(body, "openai").input_tokens
+        requested = body.get("max_completion_tokens", body.get("max_tokens"))
+        requested = requested if type(requested) is int else None
+        charge = input_tokens + (requested if requested is not None else self.output_tokens)
+        limited, wait = self._admit({"requests": 1, "tokens": charge}, input_tokens)
+        if wait > 0:
+            bucket = self._buckets[limited]
+            return self._openai_error(
+                429, f"Rate limit reached for {body['model']} on {limited} per min (TPM/RPM): Limit "
+                f"{bucket.capacity}, Used {bucket.capacity - bucket.remaining()}, Requested {charge if limited == 'tokens' else 1}. "
+                f"Please try again in {_openai_duration(wait)}.", limited, "rate_limit_exceeded",
+                {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(max(1, math.ceil(wait * 1000)))})
+        output_tokens = self._reply_tokens(requested)
+        with self._lock:
+            self.counters.output_tokens += output_tokens
+        usage = {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
+                 "total_tokens": input_tokens + output_tokens}
+        ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        headers = self._openai_headers()
+        if not body.get("stream"):
+            await self._pace(output_tokens)
+            self._count(200)
+            return web.json_response({
+                "id": ident, "object": "chat.completion", "created": created, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": " tok" * output_tokens},
+                             "finish_reason": "stop" if output_tokens < (requested or 1 << 62) else "length"}],
+                "usage": usage,
+            }, headers=headers)
+        response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        self._count(200)
+
+        def chunk(delta: dict[str, Any], finish: Optional[str], **extra: Any) -> bytes:
+            data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": body["model"],
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+            return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if self.ttft_s:
+            await asyncio.sleep(self.ttft_s)
+        await response.write(chunk({"role": "assistant", "content": ""}, None))
+        for _ in range(output_tokens):
+            if self.per_token_s:
+                await asyncio.sleep(self.per_token_s)
+            await response.write(chunk({"content": " tok"}, None))
+        await response.write(chunk({}, "stop"))
+        if include_usage:
+            data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": body["model"],
+                    "choices": [], "usage": usage}
+            await response.write(b"data: " + json.dumps(data).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    # ------------------------------------------------------------------ Anthropic
+
+    def _anthropic_headers(self) -> dict[str, str]:
+        headers = {}
+        for name, bucket_name in (("requests", "requests"), ("input-tokens", "input"), ("output-tokens", "output")):
+            bucket = self._buckets.get(bucket_name)
+            if bucket is not None:
+                headers[f"anthropic-ratelimit-{name}-limit"] = str(bucket.capacity)
+                headers[f"anthropic-ratelimit-{name}-remaining"] = str(bucket.remaining())
+                headers[f"anthropic-ratelimit-{name}-reset"] = _rfc3339_in(bucket.reset_s())
+        return headers
+
+    def _anthropic_error(self, status: int, kind: str, message: str,
+                         headers: Optional[dict[str, str]] = None) -> web.Response:
+        self._count(status)
+        body = {"type": "error", "error": {"type": kind, "message": message}}
+        return web.json_response(body, status=status, headers={**self._anthropic_headers(), **(headers or {})})
+
+    async def _anthropic_messages(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        with self._lock:
+            self.counters.requests += 1
+        if self._random.random() < self.overload_rate:
+            return self._anthropic_error(529, "overloaded_error", "Overloaded")
+        if self._random.random() < self.error_rate:
+            with self._lock:
+                self.counters.errors += 1
+            return self._anthropic_error(500, "api_error", "Internal server error")
+        input_tokens = estimate(body, "anthropic").input_tokens
+        # Output tokens are charged as generated: a request waits only while OTPM is in debt.
+        limited, wait = self._admit({"requests": 1, "input": input_tokens, "output": 0}, input_tokens)
+        if wait > 0:
+            what = {"requests": "requests", "input": "input tokens", "output": "output tokens"}[limited]
+            return self._anthropic_error(429, "rate_limit_error", f"This request would exceed the rate limit for "
+                                         f"your organization of {self._buckets[limited].capacity} {what} per minute.",
+                                         {"retry-after": str(max(1, math.ceil(wait)))})
+        requested = body.get("max_tokens")
+        output_tokens = self._reply_tokens(requested if type(requested) is int else None)
+        with self._lock:
+            if "output" in self._buckets:
+                self._buckets["output"].take(output_tokens)
+            self.counters.output_tokens += output_tokens
+        ident = f"msg_{uuid.uuid4().hex[:24]}"
+        headers = self._anthropic_headers()
+        message = {"id": ident, "type": "message", "role": "assistant", "model": body["model"],
+                   "stop_sequence": None}
+        stop = "end_turn" if output_tokens < (requested if type(requested) is int else 1 << 62) else "max_tokens"
+        if not body.get("stream"):
+            await self._pace(output_tokens)
+            self._count(200)
+            return web.json_response({**message, "content": [{"type": "text", "text": " tok" * output_tokens}],
+                                      "stop_reason": stop,
+                                      "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}},
+                                     headers=headers)
+        response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        self._count(200)
+
+        async def event(name: str, data: dict[str, Any]) -> None:
+            await response.write(f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n".encode())
+
+        if self.ttft_s:
+            await asyncio.sleep(self.ttft_s)
+        await event("message_start", {"message": {**message, "content": [], "stop_reason": None,
+                                                  "usage": {"input_tokens": input_tokens, "output_tokens": 1}}})
+        await event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+        for _ in range(output_tokens):
+            if self.per_token_s:
+                await asyncio.sleep(self.per_token_s)
+            await event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": " tok"}})
+        await event("content_block_stop", {"index": 0})
+        await event("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None},
+                                      "usage": {"output_tokens": output_tokens}})
+        await event("message_stop", {})
+        await response.write_eof()
+        return response
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8089, help="port to bind (default: %(default)s)")
+    for name, what in (("rpm", "requests per minute"), ("tpm", "OpenAI tokens per minute"),
+                       ("itpm", "Anthropic input tokens per minute"), ("otpm", "Anthropic output tokens per minute")):
+        parser.add_argument(f"--{name}", type=int, default=None, help=f"{what} (default: unlimited)")
+    parser.add_argument("--output-tokens", type=int, default=16, help="tokens in every reply (default: %(default)s)")
+    parser.add_argument("--ttft", type=float, default=0.0, help="seconds before the first token")
+    parser.add_argument("--per-token", type=float, default=0.0, help="seconds per output token")
+    parser.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered 500")
+    parser.add_argument("--overload-rate", type=float, default=0.0, help="share of Anthropic requests answered 529")
+    parser.add_argument("--insufficient-quota", action="store_true", help="refuse OpenAI requests as out of credit")
+
+
+def run(args: argparse.Namespace) -> int:
+    provider = FakeProvider(rpm=args.rpm, tpm=args.tpm, itpm=args.itpm, otpm=args.otpm,
+                            output_tokens=args.output_tokens, ttft_s=args.ttft, per_token_s=args.per_token,
+                            error_rate=args.error_rate, overload_rate=args.overload_rate,
+                            insufficient_quota=args.insufficient_quota, host=args.host, port=args.port)
+    provider.start()
+    print(f"fake provider on {provider.base_url}: OpenAI base_url {provider.openai_base_url}, "
+          f"Anthropic base_url {provider.anthropic_base_url} (Ctrl-C stops)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        provider.stop()
+    return 0

@@ -1,0 +1,210 @@
+"""The provider layer with the real `openai` and `anthropic` SDKs, over real HTTP, against the
+project's fake provider: admission, retries as the provider asks, usage priced and recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import llmthrottle as lt
+from llmthrottle.providers.headers import announced_limits, parse_reset_duration, retry_after_s
+from llmthrottle.testing import FakeProvider
+
+openai = pytest.importorskip("openai")
+anthropic = pytest.importorskip("anthropic")
+
+MINI = "gpt-4o-mini"
+SONNET = "claude-sonnet-4-5"
+HELLO = [{"role": "user", "content": "hello there"}]
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Any]:
+    with lt.Ledger(tmp_path / "ledger") as ledger:
+        yield ledger
+
+
+@pytest.fixture
+def opened() -> Iterator[list[Any]]:
+    """Clients a test made, closed after it (they hold sockets)."""
+    clients: list[Any] = []
+    yield clients
+    for client in clients:
+        client.close()
+
+
+def records(ledger: Any) -> list[Any]:
+    ledger.flush()
+    return list(ledger.records())
+
+
+def guard_for(ledger: Any, budgets: Any = ()) -> Any:
+    return lt.Guard(lt.Limiter({"requests": "1000/s"}, budgets=budgets), ledger=ledger)
+
+
+def test_a_wrapped_call_is_priced_and_recorded_as_the_provider_reported(ledger: Any, opened: list[Any]) -> None:
+    with FakeProvider() as provider:
+        client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger),
+                         keys=["team:support"])
+        opened.append(client)
+        assert isinstance(client, openai.OpenAI)
+        with lt.context(user="42", feature="chat"):
+            reply = client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=50)
+    [record] = records(ledger)
+    usage = reply.usage.model_dump()
+    assert record.cost_micros == lt.cost(MINI, usage).total_micros > 0
+    assert (record.input_tokens, record.output_tokens) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert (record.outcome, record.team, record.user, record.feature) == ("ok", "support", "42", "chat")
+    assert record.tags["attempts"] == 1
+
+
+def test_a_429_waits_out_retry_after_and_the_caller_sees_only_the_success(ledger: Any, opened: list[Any]) -> None:
+    # 60 tokens a minute: the second call does not fit until about a second later.
+    with FakeProvider(tpm=60, output_tokens=5) as provider:
+        client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger))
+        opened.append(client)
+        client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=40)
+        started = time.monotonic()
+        reply = client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=10)
+        waited = time.monotonic() - started
+        assert provider.counters.rate_limited >= 1
+    assert reply.choices[0].message.content
+    assert waited >= 1.0  # retry-after is whole seconds
+    last = records(ledger)[-1]
+    assert last.outcome == "ok" and last.tags["attempts"] >= 2 and last.tags["waited_s"] >= 1.0
+
+
+def test_out_of_credit_is_raised_at_once_and_recorded(ledger: Any, opened: list[Any]) -> None:
+    with FakeProvider(insufficient_quota=True) as provider:
+        client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger))
+        opened.append(client)
+        with pytest.raises(openai.RateLimitError) as raised:
+            client.chat.completions.create(model=MINI, messages=HELLO)
+        assert raised.value.code == "insufficient_quota"
+        assert provider.counters.requests == 1  # never retried
+    [record] = records(ledger)
+    assert (record.outcome, record.cost_micros, record.tags["status"]) == ("error", 0, 429)
+
+
+def test_the_deadline_hands_the_429_to_the_caller(ledger: Any, opened: list[Any]) -> None:
+    with FakeProvider(rpm=1) as provider:
+        client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger),
+                         deadline_s=2.0)
+        opened.append(client)
+        client.chat.completions.create(model=MINI, messages=HELLO)
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model=MINI, messages=HELLO)  # next slot in ~60 s
+    assert [(r.outcome, r.cost_micros) for r in records(ledger)][-1] == ("rate_limited", 0)
+
+
+def test_a_budget_refuses_before_anything_is_sent(ledger: Any, opened: list[Any]) -> None:
+    with FakeProvider() as provider:
+        guard = guard_for(ledger, budgets=[lt.Budget("team:*", 0.000001, "day")])
+        client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard, keys=["team:a"])
+        opened.append(client)
+        with pytest.raises(lt.BudgetExceeded):
+            client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=1000)
+        assert provider.counters.requests == 0
+
+
+def test_streamed_usage_is_read_without_the_caller_seeing_the_extra_chunk(ledger: Any, opened: list[Any]) -> None:
+    with FakeProvider(output_tokens=7) as provider:
+        client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger))
+        opened.append(client)
+        chunks = list(client.chat.completions.create(model=MINI, messages=HELLO, stream=True))
+    assert all(chunk.choices for chunk in chunks)  # no usage-only chunk the caller did not ask for
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == " tok" * 7
+    [record] = records(ledger)
+    assert (record.outcome, record.output_tokens) == ("ok", 7)
+    assert record.cost_micros == lt.cost(MINI, {"prompt_tokens": record.input_tokens, "completion_tokens": 7}).total_micros
+
+
+def test_a_stream_abandoned_half_way_is_settled_with_what_was_received(ledger: Any, opened: list[Any]) -> None:
+    with FakeProvider(output_tokens=200) as provider:
+        client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger))
+        opened.append(client)
+        stream = client.chat.completions.create(model=MINI, messages=HELLO, stream=True, max_tokens=500)
+        for n, _ in enumerate(stream):
+            if n == 5:
+                break
+        stream.close()
+    [record] = records(ledger)
+    assert record.outcome == "cancelled"
+    assert 0 < record.output_tokens < 200 and record.input_tokens > 0
+
+
+def test_anthropic_messages_sync_and_streaming(ledger: Any, opened: list[Any]) -> None:
+    with FakeProvider(output_tokens=9) as provider:
+        client = lt.wrap(anthropic.Anthropic(base_url=provider.anthropic_base_url, api_key="k"), guard=guard_for(ledger))
+        opened.append(client)
+        assert isinstance(client, anthropic.Anthropic)
+        message = client.messages.create(model=SONNET, max_tokens=100, messages=HELLO)
+        with client.messages.stream(model=SONNET, max_tokens=100, messages=HELLO) as stream:
+            streamed = stream.get_final_message()
+    first, second = records(ledger)
+    for record, usage in ((first, message.usage), (second, streamed.usage)):
+        assert (record.input_tokens, record.output_tokens) == (usage.input_tokens, usage.output_tokens)
+        assert record.cost_micros == lt.cost(SONNET, usage.model_dump()).total_micros
+        assert record.provider == "anthropic" and record.outcome == "ok"
+
+
+def test_async_clients_are_throttled_too(ledger: Any) -> None:
+    async def calls(provider: FakeProvider) -> None:
+        client = lt.wrap(openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger))
+        assert isinstance(client, openai.AsyncOpenAI)
+        await asyncio.gather(*(client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=5)
+                               for _ in range(4)))
+        stream = await client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=5, stream=True)
+        async for _ in stream:
+            pass
+        aclient = lt.wrap(anthropic.AsyncAnthropic(base_url=provider.anthropic_base_url, api_key="k"),
+                          guard=guard_for(ledger))
+        await aclient.messages.create(model=SONNET, max_tokens=5, messages=HELLO)
+        await client.close()
+        await aclient.close()
+
+    with FakeProvider(output_tokens=5) as provider:
+        asyncio.run(calls(provider))
+    assert [r.outcome for r in records(ledger)] == ["ok"] * 6
+
+
+def test_wrap_refuses_what_is_not_an_sdk_client() -> None:
+    with pytest.raises(TypeError, match="OpenAI or Anthropic SDK client"):
+        lt.wrap(object())
+
+
+# ------------------------------------------------------------------ headers
+
+
+def test_retry_after_is_read_in_the_providers_order() -> None:
+    assert retry_after_s({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert retry_after_s({"retry-after": "2"}) == 2.0
+    date = email.utils.formatdate(1_000_010, usegmt=True)
+    assert retry_after_s({"retry-after": date}, now=1_000_000) == pytest.approx(10)
+    assert retry_after_s({"x-ms-retry-after-ms": "250"}) == 0.25
+    for bad in ({"retry-after": "soon"}, {"retry-after": "-1"}, {"retry-after-ms": "nan"}, {}):
+        assert retry_after_s(bad) is None
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("6m0s", 360.0), ("1.5s", 1.5), ("20ms", 0.02), ("1h2m3s", 3723.0),
+                                                ("", None), ("5x", None), ("s", None), ("1" * 100, None)])
+def test_openai_reset_durations(text: str, seconds: Any) -> None:
+    assert parse_reset_duration(text) == seconds
+
+
+def test_announced_limits_of_both_providers() -> None:
+    openai_headers = {"x-ratelimit-limit-tokens": "30000", "x-ratelimit-remaining-tokens": "29000",
+                      "x-ratelimit-reset-tokens": "2s", "x-ratelimit-limit-requests": "bogus"}
+    assert [(a.dimension, a.limit, a.remaining, a.reset_s) for a in announced_limits("openai", openai_headers)] == \
+        [("tokens", 30000, 29000, 2.0)]
+    anthropic_headers = {"anthropic-ratelimit-input-tokens-limit": "1000",
+                         "anthropic-ratelimit-input-tokens-remaining": "10",
+                         "anthropic-ratelimit-input-tokens-reset": "1970-01-12T13:46:50Z"}
+    [announced] = announced_limits("anthropic", anthropic_headers, now=1_000_000)
+    assert (announced.dimension, announced.remaining, announced.reset_s) == ("input_tokens", 10, pytest.approx(10))

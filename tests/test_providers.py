@@ -93,14 +93,71 @@ def test_out_of_credit_is_raised_at_once_and_recorded(ledger: Any, opened: list[
 
 
 def test_the_deadline_hands_the_429_to_the_caller(ledger: Any, opened: list[Any]) -> None:
+    # 100 tokens a minute: the first call leaves room, the second does not fit for ~20 s.
+    with FakeProvider(tpm=100, output_tokens=5) as provider:
+        client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger),
+                         deadline_s=2.0)
+        opened.append(client)
+        client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=40)
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=60)
+        assert provider.counters.rate_limited == 1
+    assert [(r.outcome, r.cost_micros) for r in records(ledger)][-1] == ("rate_limited", 0)
+
+
+def test_a_limit_announced_as_used_up_pauses_before_anything_is_sent(ledger: Any, opened: list[Any]) -> None:
     with FakeProvider(rpm=1) as provider:
         client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger),
                          deadline_s=2.0)
         opened.append(client)
-        client.chat.completions.create(model=MINI, messages=HELLO)
-        with pytest.raises(openai.RateLimitError):
-            client.chat.completions.create(model=MINI, messages=HELLO)  # next slot in ~60 s
-    assert [(r.outcome, r.cost_micros) for r in records(ledger)][-1] == ("rate_limited", 0)
+        client.chat.completions.create(model=MINI, messages=HELLO)  # announces 0 requests left for ~60 s
+        with pytest.raises(lt.RateLimited) as raised:
+            client.chat.completions.create(model=MINI, messages=HELLO)
+        assert raised.value.limited_by == "provider" and raised.value.retry_after > 2.0
+        assert (provider.counters.requests, provider.counters.rate_limited) == (1, 0)  # no 429 was earned
+    assert [r.outcome for r in records(ledger)] == ["ok"]
+
+
+PAUSED_WORKER = """
+import sys, time, openai, llmthrottle as lt
+client = lt.wrap(openai.OpenAI(base_url=sys.argv[1], api_key="k"), state=lt.SharedState(sys.argv[2]))
+client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+print(time.monotonic())  # CLOCK_MONOTONIC: comparable with the parent's
+client.close()
+"""
+
+
+def test_one_429_pauses_every_process_on_the_shared_state() -> None:
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    name = f"pause-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    state = lt.SharedState(name)
+    try:
+        # 600 tokens a minute: after a 58-token call, one of 593 tokens does not fit for about 5 s.
+        with FakeProvider(tpm=600, output_tokens=5) as provider:
+            client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), state=state,
+                             deadline_s=0.5)
+            client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=50)
+            with pytest.raises(openai.RateLimitError) as refused:  # the 429: this worker gives up...
+                client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=585)
+            pause_ends = time.monotonic() + float(refused.value.response.headers["retry-after"]) - 1.0
+            client.close()
+            assert provider.counters.rate_limited == 1
+            # ...and 4 other processes on the same state wait out its Retry-After, although their
+            # small calls would fit at once, so none earns a 429 of its own.
+            workers = [subprocess.Popen([sys.executable, "-c", PAUSED_WORKER, provider.openai_base_url, name],
+                                        stdout=subprocess.PIPE, text=True) for _ in range(4)]
+            finished = [float(worker.communicate(timeout=120)[0]) for worker in workers]
+            assert all(worker.returncode == 0 for worker in workers)
+            assert provider.counters.rate_limited == 1, provider.counters
+            assert provider.counters.by_status[200] == 5
+            # Their calls went out only once the pause was over (retry-after is whole seconds).
+            assert min(finished) >= pause_ends, (finished, pause_ends)
+    finally:
+        lt.SharedState.remove(name)
 
 
 def test_a_budget_refuses_before_anything_is_sent(ledger: Any, opened: list[Any]) -> None:

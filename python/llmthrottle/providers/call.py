@@ -16,10 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
+from .._native import RateLimited
 from ..guard import Guard, GuardedCall
 from ..tokens import count_tokens
 from .context import context_keys
-from .headers import retry_after_s
+from .headers import announced_limits, retry_after_s
+from .pause import ProviderPause, pause_key
 from .protocol import Endpoint, UsageReader, endpoint_of, failure_kind
 
 __all__ = ["CallPlan", "Settings"]
@@ -32,6 +34,7 @@ class Settings:
     """How a wrapped client treats its calls (see `llmthrottle.wrap`)."""
 
     guard: Optional[Guard]
+    pause: ProviderPause
     keys: KeysOption = None
     max_attempts: int = 6
     deadline_s: float = 600.0
@@ -45,8 +48,9 @@ class CallPlan:
     """The state of one request; `None` from `start` means "not an LLM call: pass it on"."""
 
     def __init__(self, settings: Settings, endpoint: Endpoint, body: dict[str, Any], content: bytes,
-                 hide_usage_chunk: bool) -> None:
+                 hide_usage_chunk: bool, pause_key: str) -> None:
         self.settings = settings
+        self.pause_key = pause_key
         self.endpoint = endpoint
         self.body = body
         self.content = content
@@ -62,7 +66,8 @@ class CallPlan:
         self.last_failure: Optional[str] = None
 
     @classmethod
-    def start(cls, settings: Settings, method: str, path: str, content: bytes) -> Optional["CallPlan"]:
+    def start(cls, settings: Settings, method: str, host: str, path: str, headers: Any,
+              content: bytes) -> Optional["CallPlan"]:
         endpoint = endpoint_of(method, path)
         if endpoint is None:
             return None
@@ -78,7 +83,8 @@ class CallPlan:
             body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
             content = json.dumps(body, separators=(",", ":")).encode()
             hide = True
-        return cls(settings, endpoint, body, content, hide)
+        account = headers.get("authorization") or headers.get("x-api-key") or headers.get("api-key")
+        return cls(settings, endpoint, body, content, hide, pause_key(host, account, body["model"]))
 
     # ------------------------------------------------------------------ admission
 
@@ -95,11 +101,29 @@ class CallPlan:
 
     # ------------------------------------------------------------------ attempts
 
+    def pause_wait_s(self) -> float:
+        """Seconds to wait before trying (a pause some worker recorded for this provider key);
+        0.0: go. Raises RateLimited when the pause outlasts the call's deadline."""
+        wait = self.settings.pause.wait_s(self.pause_key)
+        if wait > self.remaining_s():
+            self.fail("rate_limited", paused_s=round(wait, 3))
+            error = RateLimited(f"the provider asked every caller of {self.body['model']!r} on this key to wait "
+                                f"{wait:.1f}s, past this call's deadline ({self.settings.deadline_s:g}s)")
+            error.retry_after, error.limited_by, error.key = wait, "provider", self.pause_key
+            raise error
+        return wait
+
+    def observe(self, headers: Any) -> None:
+        """Reads the limits an answer announced: one used up pauses every worker until its reset."""
+        for announced in announced_limits(self.endpoint.family, headers):
+            if announced.remaining == 0 and announced.reset_s:
+                self.settings.pause.pause(self.pause_key, announced.reset_s)
+
     def next_wait(self, status: int, headers: Any, body: bytes) -> Optional[float]:
         """After an error answer: seconds to wait before the next attempt, or None to give the
         answer to the caller (not retryable, attempts or deadline used up)."""
         kind = self.last_failure = failure_kind(self.endpoint, status, body)
-        if kind == "fatal" or self.attempts >= self.settings.max_attempts:
+        if kind == "fatal":
             return None
         told = retry_after_s(headers) if kind == "rate_limited" else None
         if told is not None:
@@ -107,7 +131,13 @@ class CallPlan:
         else:  # exponential backoff with full jitter
             ceiling = min(self.settings.backoff_cap_s, self.settings.backoff_base_s * 2 ** (self.attempts - 1))
             wait = random.uniform(0, ceiling)
-        return wait if wait <= self.remaining_s() else None
+        if kind == "rate_limited":
+            # Every worker on the state waits it out, this one too (in `pause_wait_s`, before its
+            # next attempt), even when this call gives up.
+            self.settings.pause.pause(self.pause_key, max(wait, 0.001))
+        if self.attempts >= self.settings.max_attempts or wait > self.remaining_s():
+            return None
+        return 0.0 if kind == "rate_limited" else wait
 
     def transport_error_wait(self) -> Optional[float]:
         if self.attempts >= self.settings.max_attempts:

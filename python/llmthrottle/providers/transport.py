@@ -102,13 +102,16 @@ class ThrottledTransport(httpx2.BaseTransport):
         self.settings = settings
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        plan = CallPlan.start(self.settings, request.method, request.url.path, request.read())
+        plan = CallPlan.start(self.settings, request.method, request.url.host, request.url.path, request.headers,
+                              request.read())
         if plan is None:
             return self.inner.handle_request(request)
         request = _rebuilt(request, plan)
         guard = self.settings.guard
         try:
             while True:
+                while (paused := plan.pause_wait_s()) > 0:
+                    self._wait(plan, paused)
                 if guard is not None:
                     if plan.call is None:
                         plan.call = guard.call(plan.keys(), **plan.admit_arguments())
@@ -124,6 +127,7 @@ class ThrottledTransport(httpx2.BaseTransport):
                         raise
                     self._wait(plan, wait)
                     continue
+                plan.observe(response.headers)
                 if response.status_code < 400:
                     return _observed(response, _ObservedStream(response.stream, plan, plan.reader()))
                 body = response.read()
@@ -154,13 +158,16 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
         self.settings = settings
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        plan = CallPlan.start(self.settings, request.method, request.url.path, await request.aread())
+        plan = CallPlan.start(self.settings, request.method, request.url.host, request.url.path, request.headers,
+                              await request.aread())
         if plan is None:
             return await self.inner.handle_async_request(request)
         request = _rebuilt(request, plan)
         guard = self.settings.guard
         try:
             while True:
+                while (paused := plan.pause_wait_s()) > 0:
+                    await self._wait(plan, paused)
                 if guard is not None:
                     if plan.call is None:
                         plan.call = await guard.call_async(plan.keys(), **plan.admit_arguments())
@@ -176,6 +183,7 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
                         raise
                     await self._wait(plan, wait)
                     continue
+                plan.observe(response.headers)
                 if response.status_code < 400:
                     return _observed(response, _AsyncObservedStream(response.stream, plan, plan.reader()))
                 body = await response.aread()

@@ -10,6 +10,7 @@ import httpx2
 from ..guard import Guard
 from ..limiter import Limiter
 from .call import KeysOption, Settings
+from .pause import ProviderPause
 from .transport import AsyncThrottledTransport, ThrottledTransport
 
 __all__ = ["wrap"]
@@ -18,7 +19,7 @@ _Client = TypeVar("_Client")
 
 
 def wrap(client: _Client, *, guard: Optional[Guard] = None, limiter: Optional[Limiter] = None,
-         keys: KeysOption = None, max_attempts: int = 6, deadline_s: float = 600.0,
+         state: Any = None, keys: KeysOption = None, max_attempts: int = 6, deadline_s: float = 600.0,
          max_retry_after_s: float = 120.0, include_stream_usage: bool = True) -> _Client:
     """A client of the same type as `client` (`openai.OpenAI`, `openai.AsyncOpenAI`,
     `openai.AzureOpenAI`, `anthropic.Anthropic`, `anthropic.AsyncAnthropic`) whose LLM calls
@@ -34,15 +35,21 @@ def wrap(client: _Client, *, guard: Optional[Guard] = None, limiter: Optional[Li
     - reconciled with the usage in the reply (for OpenAI streams `stream_options.include_usage`
       is added, and the extra chunk hidden, unless `include_stream_usage=False`), priced and
       recorded in the guard's ledger with its outcome, attempts and seconds waited; a stream
-      abandoned half-way is settled with its input and what was received.
+      abandoned half-way is settled with its input and what was received;
+    - paused, with every process on the same `state` (default: the guard's, else this process),
+      when the provider answers 429 or announces a limit used up, until the provider's reset: one
+      worker's 429 never becomes every worker's.
 
     The returned client shares `client`'s connection pool; use it, not the original, for calls
     that should be throttled.
     """
     if guard is None and limiter is not None:
         guard = Guard(limiter)
-    settings = Settings(guard=guard, keys=keys, max_attempts=max_attempts, deadline_s=deadline_s,
-                        max_retry_after_s=max_retry_after_s, include_stream_usage=include_stream_usage)
+    if state is None and guard is not None:
+        state = guard.limiter.state
+    settings = Settings(guard=guard, pause=ProviderPause(state), keys=keys, max_attempts=max_attempts,
+                        deadline_s=deadline_s, max_retry_after_s=max_retry_after_s,
+                        include_stream_usage=include_stream_usage)
     with_options = getattr(client, "with_options", None)
     http_client = getattr(client, "_client", None)
     if with_options is None or not isinstance(http_client, (httpx2.Client, httpx2.AsyncClient)):

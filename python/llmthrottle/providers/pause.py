@@ -1,0 +1,57 @@
+"""What one worker learns of a provider's limits, every worker sharing the state knows: a 429
+(or an announced `remaining: 0`) pauses every process on the same `state` until the provider's
+reset, so one worker's 429 never becomes N workers' 429s.
+
+The pause is a limit like any other, on the state the calls are limited on (in-process,
+`SharedState`, the sidecar): a `pause_ms` dimension refilling at 1,000 per second with a burst
+of one. Each attempt takes one millisecond of it; a 429 that says "retry after R seconds"
+charges R·1000 more, which puts the key's next admission R seconds out. A call therefore waits
+exactly as long as the longest pause any worker recorded, and no lock or message is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Optional, cast
+
+from .._native import Reservation
+from ..limiter import Limiter
+
+__all__ = ["ProviderPause", "pause_key"]
+
+_NAMESPACE = "llmthrottle.provider-pause"
+_LIMITS = {"pause_ms": {"rate": "1000/s", "burst": 1}}
+_MAX_PAUSE_S = 3600.0
+
+
+def pause_key(host: str, authorization: Optional[str], model: str) -> str:
+    """The scope a provider's limits apply to: host, API key (hashed) and model."""
+    account = hashlib.sha256((authorization or "").encode()).hexdigest()[:12]
+    return f"{host}|{account}|{model}"[:250]
+
+
+class ProviderPause:
+    """Pauses shared through `state` (None: this process only)."""
+
+    def __init__(self, state: Any = None) -> None:
+        self.limiter = Limiter(_LIMITS, state=state, namespace=_NAMESPACE)
+
+    def wait_s(self, key: str) -> float:
+        """0.0 when `key` may be tried now (and takes its millisecond), else seconds to wait."""
+        decision = self.limiter.try_acquire(key, pause_ms=1)
+        if decision:  # a Reservation (or the sidecar's), whatever the state
+            cast(Reservation, decision).commit()
+            return 0.0
+        return max(0.001, float(decision.retry_after))
+
+    def pause(self, key: str, seconds: float) -> None:
+        """No attempt on `key` anywhere on this state for `seconds` (at most an hour)."""
+        seen = self.limiter.peek(key, pause_ms=1)
+        already = 0.0 if seen else float(seen.retry_after)
+        # Pauses overlap, they do not add up: only the part beyond the current pause is charged.
+        milliseconds = int((min(max(seconds, 0.0), _MAX_PAUSE_S) - already) * 1000)
+        if milliseconds <= 0:
+            return
+        reservation = self.limiter.try_acquire(key, pause_ms=0)
+        if reservation:
+            cast(Reservation, reservation).commit(pause_ms=milliseconds)  # usage beyond the burst: pushes the key out

@@ -400,3 +400,25 @@ def test_a_cancelled_reservation_is_recorded_at_nothing(directory: str) -> None:
         assert [(r.outcome, r.cost_micros) for r in service.ledger.records()] == [("cancelled", 0)]
     finally:
         service.close()
+
+
+def test_a_commit_with_a_model_and_tokens_but_no_cost_is_priced(directory: str) -> None:
+    from llmthrottle.ledger import Ledger
+    from llmthrottle.sidecar.service import Service
+
+    config = parse_config('[limits."*"]\nrequests = "1000/min"\n')
+    service = Service(config, ledger=Ledger(os.path.join(directory, "ledger")))
+    try:
+        for usage in ({"model": "gpt-4o-mini", "input_tokens": 1000, "output_tokens": 100},
+                      {"model": "no-such-model", "input_tokens": 5},
+                      {"model": "gpt-4o-mini", "input_tokens": 1000, "cost_micros": 3}):
+            _, reservation_id = service.acquire("default", "tenant:acme", {"requests": 1}, 0)
+            service.commit(reservation_id, usage)
+        service.ledger.flush()
+        priced, unknown, given = service.ledger.records()
+        assert priced.cost_micros == lt.cost("gpt-4o-mini", {"prompt_tokens": 1000, "completion_tokens": 100}).total_micros
+        assert priced.cost_micros == 210 and "unpriced" not in priced.tags
+        assert (unknown.cost_micros, unknown.tags["unpriced"]) == (0, True)
+        assert given.cost_micros == 3  # a cost the caller gives is recorded as given
+    finally:
+        service.close()

@@ -286,12 +286,18 @@ class Service:
                 value = usage.get(name)
                 if type(value) is int and value >= 0:
                     fields[name] = value
+        tags = {"namespace": held.namespace, "key": held.key}
         if "cost_micros" not in fields:
-            cost = amounts.get("cost_usd", 0)
-            fields["cost_micros"] = round(cost * 1_000_000) if isinstance(cost, (int, float)) and cost >= 0 else 0
+            priced = _price(fields)
+            if priced is not None:
+                fields["cost_micros"] = priced
+            else:
+                cost = amounts.get("cost_usd", 0)
+                fields["cost_micros"] = round(cost * 1_000_000) if isinstance(cost, (int, float)) and cost >= 0 else 0
+                if "model" in fields:
+                    tags["unpriced"] = True  # a model the price table does not know
         fields.setdefault("model", "unknown")
         fields.setdefault("outcome", outcome)
-        tags = {"namespace": held.namespace, "key": held.key}
         reserved = dict(held.reservation.reserved)
         if amounts or reserved:
             tags["usage"] = {**reserved, **amounts}
@@ -331,3 +337,21 @@ def _make_state(config: SidecarConfig) -> Any:
     from ..config import default_state_name
 
     return shared(config.state_name or default_state_name(config.socket), capacity=config.state_capacity)
+
+
+def _price(fields: dict[str, Any]) -> Optional[int]:
+    """The micro-dollars of a commit that names a model and its tokens but no cost, from the
+    shipped price table (the same prices Guard charges); None when it cannot be priced."""
+    model = fields.get("model")
+    if not isinstance(model, str) or not any(fields.get(name) for name in _LEDGER_COUNTS[1:]):
+        return None
+    from ..pricing import PriceTable, TokenUsage
+
+    usage = TokenUsage(input_tokens=fields.get("input_tokens", 0), output_tokens=fields.get("output_tokens", 0),
+                       cached_input_tokens=fields.get("cached_input_tokens", 0),
+                       cache_write_5m_tokens=fields.get("cache_write_tokens", 0),
+                       reasoning_tokens=fields.get("reasoning_tokens", 0))
+    try:
+        return PriceTable.default().cost(model, usage, fields.get("provider")).total_micros
+    except (ConfigError, ValueError):
+        return None

@@ -265,3 +265,27 @@ def test_announced_limits_of_both_providers() -> None:
                          "anthropic-ratelimit-input-tokens-reset": "1970-01-12T13:46:50Z"}
     [announced] = announced_limits("anthropic", anthropic_headers, now=1_000_000)
     assert (announced.dimension, announced.remaining, announced.reset_s) == ("input_tokens", 10, pytest.approx(10))
+
+
+MISSING_AIOHTTP = """
+import builtins, sys
+real = builtins.__import__
+def without_aiohttp(name, *args, **kwargs):
+    if name.split(".")[0] == "aiohttp":
+        raise ModuleNotFoundError("No module named 'aiohttp'", name="aiohttp")
+    return real(name, *args, **kwargs)
+builtins.__import__ = without_aiohttp
+from llmthrottle.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(("argv", "extra"), [(["serve", "--socket", "/nonexistent/lt.sock"], "sidecar"),
+                                             (["fake-provider", "--port", "0"], "providers")])
+def test_a_command_without_its_extra_says_what_to_install(argv: list[str], extra: str) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", MISSING_AIOHTTP, *argv], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"pip install 'llmthrottle[{extra}]'" in result.stderr and "Traceback" not in result.stderr

@@ -12,13 +12,14 @@ import importlib
 import sys
 from typing import Sequence
 
-# name -> (module, one-line help)
-_SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "state": ("llmthrottle.state_cli", "inspect or reset a shared-memory limiter table"),
-    "report": ("llmthrottle.report", "spend by tenant/team/user/feature/model from a ledger"),
-    "serve": ("llmthrottle.sidecar.cli", "run the sidecar: limits, budgets and ledger for every local process, on a Unix socket"),
-    "fake-provider": ("llmthrottle.testing.fake_provider",
-                      "run a fake OpenAI/Anthropic API on loopback with their rate limits, for tests"),
+# name -> (module, one-line help, the extra its optional dependencies come with)
+_SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "state": ("llmthrottle.state_cli", "inspect or reset a shared-memory limiter table", ""),
+    "report": ("llmthrottle.report", "spend by tenant/team/user/feature/model from a ledger", ""),
+    "serve": ("llmthrottle.sidecar.cli",
+              "run the sidecar: limits, budgets and ledger for every local process, on a Unix socket", "sidecar"),
+    "fake-provider": ("llmthrottle.testing.fake_provider_cli",
+                      "run a fake OpenAI/Anthropic API on loopback with their rate limits, for tests", "providers"),
 }
 
 
@@ -28,7 +29,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Rate limits, token budgets and cost control for LLM API calls.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in _SUBCOMMANDS.items():
+    for name, (module_name, help_text, _) in _SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
         sub_parser = sub.add_parser(name, help=help_text, description=module.__doc__)
         module.configure_parser(sub_parser)
@@ -42,7 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2
-    result: int = args._run(args)
+    try:
+        result: int = args._run(args)
+    except ModuleNotFoundError as error:
+        extra = _SUBCOMMANDS[args.command][2]
+        if not extra or not error.name or error.name.startswith("llmthrottle"):
+            raise
+        print(f"llmthrottle {args.command} needs {error.name!r}, which is not installed: "
+              f"pip install 'llmthrottle[{extra}]'", file=sys.stderr)
+        return 1
     return result
 
 

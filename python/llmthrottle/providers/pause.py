@@ -11,6 +11,7 @@ exactly as long as the longest pause any worker recorded, and no lock or message
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any, Optional, cast
 
@@ -24,10 +25,14 @@ _LIMITS = {"pause_ms": {"rate": "1000/s", "burst": 1}}
 _MAX_PAUSE_S = 3600.0
 
 
+@functools.lru_cache(maxsize=256)
+def _account(authorization: str) -> str:
+    return hashlib.sha256(authorization.encode()).hexdigest()[:12]
+
+
 def pause_key(host: str, authorization: Optional[str], model: str) -> str:
     """The scope a provider's limits apply to: host, API key (hashed) and model."""
-    account = hashlib.sha256((authorization or "").encode()).hexdigest()[:12]
-    return f"{host}|{account}|{model}"[:250]
+    return f"{host}|{_account(authorization or '')}|{model}"[:250]
 
 
 class ProviderPause:

@@ -21,9 +21,13 @@ from .protocol import UsageReader
 __all__ = ["AsyncThrottledTransport", "ThrottledTransport"]
 
 
-def _rebuilt(request: httpx2.Request, plan: CallPlan) -> httpx2.Request:
-    """The request with the (possibly rewritten) body, asking for an uncompressed reply so that
-    its bytes can be read as they pass."""
+def _rebuilt(request: httpx2.Request, plan: CallPlan, content: bytes) -> httpx2.Request:
+    """The request asking for an uncompressed reply (so that its bytes can be read as they pass),
+    with the body the plan rewrote, if it did. Building a new request costs more than the rest
+    of the wrapper's work, so an unchanged one is only given the header."""
+    if plan.content is content:
+        request.headers["accept-encoding"] = "identity"
+        return request
     headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in ("content-length", "accept-encoding")]
     headers.append(("accept-encoding", "identity"))
     return httpx2.Request(request.method, request.url, headers=headers, content=plan.content,
@@ -102,11 +106,12 @@ class ThrottledTransport(httpx2.BaseTransport):
         self.settings = settings
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        content = request.read()
         plan = CallPlan.start(self.settings, request.method, request.url.host, request.url.path, request.headers,
-                              request.read())
+                              content)
         if plan is None:
             return self.inner.handle_request(request)
-        request = _rebuilt(request, plan)
+        request = _rebuilt(request, plan, content)
         guard = self.settings.guard
         try:
             while True:
@@ -158,11 +163,12 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
         self.settings = settings
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        content = await request.aread()
         plan = CallPlan.start(self.settings, request.method, request.url.host, request.url.path, request.headers,
-                              await request.aread())
+                              content)
         if plan is None:
             return await self.inner.handle_async_request(request)
-        request = _rebuilt(request, plan)
+        request = _rebuilt(request, plan, content)
         guard = self.settings.guard
         try:
             while True:

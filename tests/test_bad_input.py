@@ -186,3 +186,12 @@ def test_too_many_keys_in_one_call(lim):
     with pytest.raises(ValueError, match="at most 65535"):
         lim.try_acquire(keys)
     assert all(s.used == 0 for s in lim.status("k0"))
+
+
+@pytest.mark.parametrize("amount", [0, 2, 5])
+def test_a_concurrency_amount_other_than_one_is_refused_not_read_as_one(amount: int) -> None:
+    lim = lt.Limiter({"concurrency": 3})
+    with pytest.raises(ValueError, match=f"concurrency={amount}: .*one slot"):
+        lim.try_acquire("k", concurrency=amount)
+    assert all(s.used == 0 for s in lim.status("k"))
+    assert lim.try_acquire("k", concurrency=1)

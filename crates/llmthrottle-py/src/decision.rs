@@ -4,11 +4,15 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use llmthrottle_core::{units_per_api_unit, Decision as CoreDecision};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use smallvec::SmallVec;
 
 use crate::convert;
+
+/// The dimension of concurrency caps: an acquire holds one slot of it, never more.
+const CONCURRENCY: &str = "concurrency";
 use crate::errors::{guard, to_py};
 use crate::limiter::Limiter;
 use crate::state::{dispatch, AnyEngine, AnyReservation};
@@ -42,7 +46,14 @@ impl Dimensions {
         let Some(&index) = self.index.get(name) else {
             return Err(unknown_dimension(name, self));
         };
-        Ok((index, convert::amount(value, name)?))
+        let amount = convert::amount(value, name)?;
+        if name == CONCURRENCY && amount != 1 {
+            return Err(PyValueError::new_err(format!(
+                "concurrency={amount}: a concurrency cap counts calls in flight, and each admitted call \
+                 holds exactly one slot until commit or cancel; leave concurrency= out (or pass 1)"
+            )));
+        }
+        Ok((index, amount))
     }
 
     /// Calls `each(index, amount)` for every `name=value` of `amounts`, in engine units.

@@ -422,3 +422,27 @@ def test_a_commit_with_a_model_and_tokens_but_no_cost_is_priced(directory: str) 
         assert given.cost_micros == 3  # a cost the caller gives is recorded as given
     finally:
         service.close()
+
+
+def test_one_uid_cannot_hold_every_reservation(directory: str) -> None:
+    from llmthrottle.sidecar.service import Service, ServiceError
+
+    config = parse_config('[server]\nmax_reservations_per_uid = 3\n[limits."*"]\nrequests = "1M/min"\n')
+    service = Service(config)
+    try:
+        mine = [service.acquire("default", f"public:{n}", {"requests": 1}, 0, owner=65534)[1] for n in range(3)]
+        with pytest.raises(ServiceError) as refused:
+            service.acquire("default", "public:x", {"requests": 1}, 0, owner=65534)
+        assert refused.value.kind == "Overloaded" and "max_reservations_per_uid" in str(refused.value)
+        assert service.acquire("default", "tenant:acme", {"requests": 1}, 0, owner=0)[1] is not None  # others still get in
+        service.cancel(mine[0], owner=65534)
+        assert service.acquire("default", "public:y", {"requests": 1}, 0, owner=65534)[1] is not None
+    finally:
+        service.close()
+
+
+def test_the_lease_table_is_sized_in_the_config() -> None:
+    config = parse_config('[state]\nkind = "shared"\nlease_capacity = 100000\n')
+    assert config.state_lease_capacity == 100_000
+    with pytest.raises(lt.ConfigError, match="lease_capacity"):
+        parse_config('[state]\nkind = "in-process"\nlease_capacity = 10\n')

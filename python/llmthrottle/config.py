@@ -108,6 +108,8 @@ class SidecarConfig:
     max_frame_bytes: int = 1 << 20
     max_connections: int = 20_000
     max_reservations: int = 100_000
+    # Unsettled reservations one uid may hold: no tenant can take every slot from the others.
+    max_reservations_per_uid: int = 10_000
     log_format: str = "text"
     log_level: str = "info"
     state_kind: str = "shared"
@@ -115,6 +117,8 @@ class SidecarConfig:
     state_name: Optional[str] = None
     # None: SharedState's default; only for kind = "shared"
     state_capacity: Optional[int] = None
+    # None: SharedState's default (16,384 concurrency units held at once, all processes)
+    state_lease_capacity: Optional[int] = None
     # None: no ledger ([ledger] enabled = false)
     ledger_path: Optional[str] = field(default_factory=default_ledger_path)
     # namespace -> key pattern -> limits mapping (the llmthrottle.policy forms)
@@ -238,6 +242,8 @@ def _parse_server(config: SidecarConfig, table: dict[str, Any], where: _Where) -
             config.max_connections = int(_positive(value, keys, where, integer=True))
         elif key == "max_reservations":
             config.max_reservations = int(_positive(value, keys, where, integer=True))
+        elif key == "max_reservations_per_uid":
+            config.max_reservations_per_uid = int(_positive(value, keys, where, integer=True))
         elif key == "log_format":
             config.log_format = _choice(value, ("text", "json"), keys, where)
         elif key == "log_level":
@@ -254,10 +260,13 @@ def _parse_state(config: SidecarConfig, table: dict[str, Any], where: _Where) ->
             config.state_name = _string(value, ("state", key), where)
         elif key == "capacity":
             config.state_capacity = int(_positive(value, ("state", key), where, integer=True))
+        elif key == "lease_capacity":
+            config.state_lease_capacity = int(_positive(value, ("state", key), where, integer=True))
         else:
             raise where.error(("state", key), "unknown key")
-    if config.state_capacity is not None and config.state_kind != "shared":
-        raise where.error(("state", "capacity"), 'sizes a shared table: it needs kind = "shared"')
+    for key, value in (("capacity", config.state_capacity), ("lease_capacity", config.state_lease_capacity)):
+        if value is not None and config.state_kind != "shared":
+            raise where.error(("state", key), 'sizes a shared table: it needs kind = "shared"')
 
 
 def _parse_ledger(config: SidecarConfig, table: dict[str, Any], where: _Where) -> None:

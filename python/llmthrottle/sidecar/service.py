@@ -71,6 +71,8 @@ class Service:
         # Namespaces the policy file defines; they ignore client registrations.
         self.file_namespaces: set[str] = set()
         self.held: dict[int, _Held] = {}
+        # Unsettled reservations per owner (uid): bounded by server.max_reservations_per_uid.
+        self._held_per_owner: dict[Optional[int], int] = {}
         # Ids are unique across restarts of the server (a random start), so a client holding a
         # reservation from a previous server process gets UnknownReservation, never another's.
         self._next_id = secrets.randbits(40) << 12  # < 2**52: exact in JSON numbers too
@@ -98,6 +100,7 @@ class Service:
         self.config = config
         # Read on every acquire: plain attributes rather than two lookups through config.
         self._max_reservations = config.max_reservations
+        self._max_per_uid = config.max_reservations_per_uid
         self._reservation_timeout_s = config.reservation_timeout_s
 
     def register(self, namespace: Any, limits: Any, rules: Any, *, may_admin: bool) -> dict[str, Any]:
@@ -155,10 +158,16 @@ class Service:
             decision.cancel()
             raise ServiceError("Overloaded", f"{len(held)} reservations are held unsettled "
                                "(server.max_reservations); commit or cancel them")
+        mine = self._held_per_owner.get(owner, 0)
+        if mine >= self._max_per_uid:
+            decision.cancel()
+            raise ServiceError("Overloaded", f"this uid holds {mine} reservations unsettled "
+                               "(server.max_reservations_per_uid); commit or cancel them")
         reservation_id = self._next_id = self._next_id + 1
         now = _monotonic()
         held[reservation_id] = _Held(decision, namespace, key, now + self._reservation_timeout_s, now,
                                      owner)
+        self._held_per_owner[owner] = mine + 1
         return decision, reservation_id
 
     def commit(self, reservation_id: Any, usage: Any, owner: Optional[int] = None) -> None:
@@ -188,6 +197,7 @@ class Service:
         finally:
             if not held.reservation.settled:
                 self.held[reservation_id] = held  # a bad amount: the caller may commit again
+                self._held_per_owner[held.owner] = self._held_per_owner.get(held.owner, 0) + 1
             else:
                 # Settled, even when it raised because some usage found no room to be charged
                 # (a full shared table): the call happened, so it is counted and recorded.
@@ -228,6 +238,7 @@ class Service:
         held = self.held.get(reservation_id) if isinstance(reservation_id, int) else None
         if held is not None and held.owner == owner:
             del self.held[reservation_id]
+            self._released(owner)
         else:
             # Another uid's reservation is answered as if it did not exist.
             held = None
@@ -235,6 +246,13 @@ class Service:
             raise ServiceError("UnknownReservation", f"reservation {reservation_id!r} is unknown: already "
                                "settled, expired (server.reservation_timeout), or from a previous server")
         return held
+
+    def _released(self, owner: Optional[int]) -> None:
+        left = self._held_per_owner.get(owner, 0) - 1
+        if left > 0:
+            self._held_per_owner[owner] = left
+        else:
+            self._held_per_owner.pop(owner, None)
 
     def expire(self, now: Optional[float] = None, limit: Optional[int] = None) -> int:
         """Commits as reserved the reservations past their deadline, at most `limit` of them
@@ -249,6 +267,7 @@ class Service:
             expired.append(reservation_id)
         for reservation_id in expired:
             held = self.held.pop(reservation_id)
+            self._released(held.owner)
             try:
                 held.reservation.commit()
             except Exception:
@@ -336,7 +355,8 @@ def _make_state(config: SidecarConfig) -> Any:
                           'does not have; use kind = "in-process"')
     from ..config import default_state_name
 
-    return shared(config.state_name or default_state_name(config.socket), capacity=config.state_capacity)
+    return shared(config.state_name or default_state_name(config.socket), capacity=config.state_capacity,
+                  lease_capacity=config.state_lease_capacity)
 
 
 def _price(fields: dict[str, Any]) -> Optional[int]:

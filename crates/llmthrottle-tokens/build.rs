@@ -15,7 +15,11 @@ fn main() {
     let out_dir = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     let out = Path::new(&out_dir);
     write_vocab(out, "o200k_base", tiktoken_rs::o200k_base().expect("o200k_base loads"));
-    write_vocab(out, "cl100k_base", tiktoken_rs::cl100k_base().expect("cl100k_base loads"));
+    write_vocab(
+        out,
+        "cl100k_base",
+        tiktoken_rs::cl100k_base().expect("cl100k_base loads"),
+    );
     write_unicode_classes(out);
     println!("cargo::rerun-if-changed=build.rs");
 }
@@ -58,9 +62,11 @@ const LOWER_LIKE: u8 = 16; // [\p{Ll}\p{Lm}\p{Lo}\p{M}]
 fn class_ranges(pattern: &str) -> Vec<(u32, u32)> {
     let hir = regex_syntax::Parser::new().parse(pattern).expect("valid class");
     match hir.kind() {
-        regex_syntax::hir::HirKind::Class(regex_syntax::hir::Class::Unicode(class)) => {
-            class.ranges().iter().map(|r| (r.start() as u32, r.end() as u32)).collect()
-        }
+        regex_syntax::hir::HirKind::Class(regex_syntax::hir::Class::Unicode(class)) => class
+            .ranges()
+            .iter()
+            .map(|r| (r.start() as u32, r.end() as u32))
+            .collect(),
         other => panic!("{pattern} is not a Unicode class: {other:?}"),
     }
 }
@@ -102,8 +108,13 @@ fn write_unicode_classes(out: &Path) {
             .into_iter()
             .flat_map(|(a, b)| (a..=b).filter_map(char::from_u32))
             .collect();
-        writeln!(src, "pub(crate) const FOLD_{}: &[char] = &{:?};", letter.to_ascii_uppercase(), chars)
-            .unwrap();
+        writeln!(
+            src,
+            "pub(crate) const FOLD_{}: &[char] = &{:?};",
+            letter.to_ascii_uppercase(),
+            chars
+        )
+        .unwrap();
     }
     std::fs::write(out.join("unicode_classes.rs"), src).expect("write unicode classes");
 }

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from ._native import BudgetExceeded, InProcessState, Reservation
 from .budget import BUDGET_DIMENSION, Budget, budget_for
@@ -130,7 +130,7 @@ class Guard:
         """The model and (input, output reservation, provider) of a call, counted from `body`
         where the caller did not give them."""
         if body is not None:
-            family = "anthropic" if provider == "anthropic" else "openai"
+            family: Literal["openai", "anthropic"] = "anthropic" if provider == "anthropic" else "openai"
             counted = estimate(body, family, model, exact=self.exact_tokens)
             model = model or body.get("model")
             input_tokens = counted.input_tokens if input_tokens is None else input_tokens
@@ -211,7 +211,7 @@ class Guard:
         if not sep or field == "*":
             return []
         # The ledger filters and groups by its columns and by tag names alike.
-        filters = {} if "*" in value else {field: value}
+        filters: dict[str, Any] = {} if "*" in value else {field: value}
         since = budget.period_start(wall)
         if budget.calendar:
             if filters:
@@ -373,18 +373,17 @@ class GuardedCall:
     def __enter__(self) -> "GuardedCall":
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self.reservation.settled:
-            return False
+            return
         if exc_type is not None:
             self._refund("error", {"error": exc_type.__name__})
         else:
             self._commit_as_reserved()
-        return False
 
     async def __aenter__(self) -> "GuardedCall":
         return self
 
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        return self.__exit__(exc_type, exc, tb)
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.__exit__(exc_type, exc, tb)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union, cast
 
 from . import _native
 from ._native import BudgetExceeded, Decision, ExceedsCapacity, FakeClock, InProcessState, RateLimited, Reservation
@@ -277,7 +277,7 @@ class Limiter(WaitingMixin, _native.Limiter, metaclass=_LimiterType):
         canonical = normalize(limits, rules, budgets)
         if state is None:
             state = InProcessState()
-        self = super().__new__(cls, canonical, namespace=namespace, state=state, clock=clock)
+        self = cast("Limiter", super().__new__(cls, canonical, namespace=namespace, state=state, clock=clock))
         self._budgets = tuple(budgets)
         self._namespace = namespace
         self._state = state
@@ -285,6 +285,8 @@ class Limiter(WaitingMixin, _native.Limiter, metaclass=_LimiterType):
         self._limits = limits
         self._rules = rules
         return self
+
+    _state: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Everything is set up by `__new__` (the native base is immutable once built)."""

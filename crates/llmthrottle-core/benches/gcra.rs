@@ -9,7 +9,6 @@ use llmthrottle_core::*;
 mod common;
 use common::{acquire_in_place, admit_everything as policy};
 
-
 fn bench(c: &mut Criterion) {
     let rate = RateParams::new(Rate::parse("1G/s").unwrap(), None).unwrap();
     c.bench_function("gcra::decide (pure math)", |b| {
@@ -23,17 +22,11 @@ fn bench(c: &mut Criterion) {
         b.iter(|| std::hint::black_box(SystemClock.now()))
     });
     for dims in [&["requests"][..], &["requests", "tokens"][..]] {
-        let engine = Engine::new(
-            Arc::new(LocalStore::new()),
-            Arc::new(SystemClock),
-            &policy(dims),
-        )
-        .unwrap();
+        let engine = Engine::new(Arc::new(LocalStore::new()), Arc::new(SystemClock), &policy(dims)).unwrap();
         let amounts = vec![1u64; dims.len()];
-        c.bench_function(
-            &format!("Engine::acquire_into local, {} dims", dims.len()),
-            |b| b.iter(|| assert!(acquire_in_place(&engine, "tenant:acme", &amounts))),
-        );
+        c.bench_function(&format!("Engine::acquire_into local, {} dims", dims.len()), |b| {
+            b.iter(|| assert!(acquire_in_place(&engine, "tenant:acme", &amounts)))
+        });
     }
     let engine = Engine::new(
         Arc::new(LocalStore::new()),

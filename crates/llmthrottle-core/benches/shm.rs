@@ -16,7 +16,6 @@ use llmthrottle_core::*;
 mod common;
 use common::{acquire_in_place, admit_everything as policy};
 
-
 fn table_path() -> PathBuf {
     PathBuf::from(format!("/dev/shm/llmthrottle-bench-{}", std::process::id()))
 }
@@ -29,9 +28,11 @@ fn shared_store(path: &Path) -> Arc<SharedStore> {
 /// its own (as a decision on one limit has).
 fn check<S: Store>(store: &S, scope: &S::Scope, key: &str, now: Now, rate: &RateParams) -> bool {
     store
-        .update_cell(&mut store.session(), scope, key, now, |tat| match gcra::decide(tat, now.monotonic_ns, 1, rate, 0) {
-            gcra::RateOutcome::Admit { new_tat, .. } => Update::Write(new_tat, true),
-            gcra::RateOutcome::Deny { .. } => Update::Keep(false),
+        .update_cell(&mut store.session(), scope, key, now, |tat| {
+            match gcra::decide(tat, now.monotonic_ns, 1, rate, 0) {
+                gcra::RateOutcome::Admit { new_tat, .. } => Update::Write(new_tat, true),
+                gcra::RateOutcome::Deny { .. } => Update::Keep(false),
+            }
         })
         .unwrap()
 }
@@ -45,7 +46,13 @@ fn per_check(c: &mut Criterion) {
         let mut now = start;
         b.iter(|| {
             now.monotonic_ns += 1;
-            assert!(check(&local, &local_scope, std::hint::black_box("tenant:acme"), now, &rate))
+            assert!(check(
+                &local,
+                &local_scope,
+                std::hint::black_box("tenant:acme"),
+                now,
+                &rate
+            ))
         })
     });
     let path = table_path();
@@ -55,7 +62,13 @@ fn per_check(c: &mut Criterion) {
         let mut now = start;
         b.iter(|| {
             now.monotonic_ns += 1;
-            assert!(check(&*shared, &shared_scope, std::hint::black_box("tenant:acme"), now, &rate))
+            assert!(check(
+                &*shared,
+                &shared_scope,
+                std::hint::black_box("tenant:acme"),
+                now,
+                &rate
+            ))
         })
     });
     drop(shared);
@@ -88,7 +101,12 @@ const RUN: Duration = Duration::from_secs(1);
 
 /// A child: acquires on its key until told time is up; prints how many it did.
 fn hammer(key: &str, path: PathBuf) {
-    let engine = Engine::new(shared_store(&path), Arc::new(SystemClock), &policy(&["requests", "tokens"])).unwrap();
+    let engine = Engine::new(
+        shared_store(&path),
+        Arc::new(SystemClock),
+        &policy(&["requests", "tokens"]),
+    )
+    .unwrap();
     let start = std::time::Instant::now();
     let mut done = 0u64;
     while start.elapsed() < RUN {
@@ -107,7 +125,10 @@ fn throughput(processes: usize, one_key: bool) -> f64 {
     let children: Vec<_> = (0..processes)
         .map(|i| {
             Command::new(std::env::current_exe().unwrap())
-                .env("LLMTHROTTLE_BENCH_CHILD", if one_key { "hot".to_string() } else { format!("key{i}") })
+                .env(
+                    "LLMTHROTTLE_BENCH_CHILD",
+                    if one_key { "hot".to_string() } else { format!("key{i}") },
+                )
                 .env("LLMTHROTTLE_BENCH_PATH", &path)
                 .stdout(Stdio::piped())
                 .spawn()

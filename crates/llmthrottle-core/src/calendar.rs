@@ -62,9 +62,7 @@ impl Period {
     pub fn start_ns(self, index: u64) -> u64 {
         match self {
             Period::Day => index.saturating_mul(NS_PER_DAY),
-            Period::Week => (index.saturating_mul(7))
-                .saturating_sub(3)
-                .saturating_mul(NS_PER_DAY),
+            Period::Week => (index.saturating_mul(7)).saturating_sub(3).saturating_mul(NS_PER_DAY),
             Period::Month => {
                 let year = (index / 12) as i64;
                 let month = (index % 12) as u32 + 1;
@@ -76,8 +74,7 @@ impl Period {
 
     /// Nanoseconds from `wall_ns` until the current period ends.
     pub fn remaining_ns(self, wall_ns: u64) -> u64 {
-        self.start_ns(self.index(wall_ns) + 1)
-            .saturating_sub(wall_ns)
+        self.start_ns(self.index(wall_ns) + 1).saturating_sub(wall_ns)
     }
 }
 
@@ -133,10 +130,7 @@ mod tests {
     fn week_starts_on_monday() {
         // 2026-11-23 is a Monday.
         let monday = 1_795_392_000 * S;
-        assert_eq!(
-            Period::Week.index(monday),
-            Period::Week.index(monday - 1) + 1
-        );
+        assert_eq!(Period::Week.index(monday), Period::Week.index(monday - 1) + 1);
         assert_eq!(Period::Week.start_ns(Period::Week.index(monday)), monday);
     }
 

@@ -39,10 +39,7 @@ pub trait Clock: Send + Sync + 'static {
 pub struct SystemClock;
 
 fn read(clock_id: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; both clock ids exist on every Linux.
     unsafe { libc::clock_gettime(clock_id, &mut ts) };
     (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64

@@ -161,7 +161,11 @@ impl<S: Store> Engine<S> {
         for step in &steps {
             let limit = policy.limit_at(step.rule, step.limit);
             // Only rate limits (layer 0) queue a call ahead; a budget or other layer denies.
-            let wait_ns = if policy.rules[step.rule as usize].layer == 0 { max_wait_ns } else { 0 };
+            let wait_ns = if policy.rules[step.rule as usize].layer == 0 {
+                max_wait_ns
+            } else {
+                0
+            };
             let outcome = self.charge(session, limit, step, now, wait_ns, reservation);
             match outcome {
                 Ok(Some(admitted)) => {
@@ -194,12 +198,7 @@ impl<S: Store> Engine<S> {
     /// A charge that cannot be made (a full shared table has no room for a cell that was
     /// reclaimed meanwhile) does not stop the others: every other charge and refund is made,
     /// then the first such error is returned.
-    pub fn commit(
-        &self,
-        reservation: &mut Reservation<S>,
-        keys: &[&str],
-        actual: &[Option<u64>],
-    ) -> Result<()> {
+    pub fn commit(&self, reservation: &mut Reservation<S>, keys: &[&str], actual: &[Option<u64>]) -> Result<()> {
         let policy = self.settling(reservation, keys)?;
         let now = self.clock.now();
         let session = &mut self.store.session();
@@ -256,15 +255,7 @@ impl<S: Store> Engine<S> {
 
     /// Gives `n` of `charge` back to `key`'s cell under `limit`, if the cell still exists.
     #[inline]
-    fn give_back(
-        &self,
-        session: &mut S::Session<'_>,
-        limit: &Limit<S>,
-        key: &str,
-        charge: &Charge,
-        now: Now,
-        n: u64,
-    ) {
+    fn give_back(&self, session: &mut S::Session<'_>, limit: &Limit<S>, key: &str, charge: &Charge, now: Now, n: u64) {
         self.store
             .update_existing_cell(session, &limit.scope, key, refund(limit.kind, charge, now, n));
     }
@@ -283,7 +274,14 @@ impl<S: Store> Engine<S> {
             return;
         }
         for charge in &reservation.charges {
-            self.give_back(session, policy.limit(charge), keys[charge.key_index as usize], charge, now, charge.amount);
+            self.give_back(
+                session,
+                policy.limit(charge),
+                keys[charge.key_index as usize],
+                charge,
+                now,
+                charge.amount,
+            );
         }
     }
 
@@ -339,7 +337,10 @@ impl<S: Store> Engine<S> {
         now: Now,
         amount: u64,
     ) -> Result<()> {
-        while !self.store.update_cell(session, &limit.scope, key, now, add(limit.kind, now, amount))? {}
+        while !self
+            .store
+            .update_cell(session, &limit.scope, key, now, add(limit.kind, now, amount))?
+        {}
         Ok(())
     }
 
@@ -435,12 +436,7 @@ impl<S: Store> Engine<S> {
     }
 
     /// The value of `key`'s cell under `limit`, read without creating it (0: empty).
-    fn current(
-        &self,
-        session: &mut S::Session<'_>,
-        limit: &Limit<S>,
-        key: &str,
-    ) -> u64 {
+    fn current(&self, session: &mut S::Session<'_>, limit: &Limit<S>, key: &str) -> u64 {
         self.store
             .value(session, &limit.scope, key)
             .filter(|v| *v != TOMBSTONE)
@@ -464,40 +460,45 @@ impl<S: Store> Engine<S> {
             return self.hold(session, limit, step, now, max, reservation);
         }
         loop {
-            let attempt = self.store.update_cell(session, &limit.scope, step.key, now, |current| {
-                if current == TOMBSTONE {
-                    return Update::Keep(Attempt::Reclaimed);
-                }
-                let (next, mark, delay_ns) = match limit.kind {
-                    LimitKind::Rate(p) => {
-                        match gcra::decide(current, now.monotonic_ns, step.amount, &p, max_wait_ns) {
-                            // The refundable part of a charge is measured from when it was
-                            // made: a refund of an earlier charge can move this one's units
-                            // earlier in the TAT, so its own end would over-state what is
-                            // still undrained.
-                            RateOutcome::Admit { new_tat, delay_ns } => {
-                                (new_tat, now.monotonic_ns + p.cost_ns(step.amount), delay_ns)
+            let attempt = self
+                .store
+                .update_cell(session, &limit.scope, step.key, now, |current| {
+                    if current == TOMBSTONE {
+                        return Update::Keep(Attempt::Reclaimed);
+                    }
+                    let (next, mark, delay_ns) = match limit.kind {
+                        LimitKind::Rate(p) => {
+                            match gcra::decide(current, now.monotonic_ns, step.amount, &p, max_wait_ns) {
+                                // The refundable part of a charge is measured from when it was
+                                // made: a refund of an earlier charge can move this one's units
+                                // earlier in the TAT, so its own end would over-state what is
+                                // still undrained.
+                                RateOutcome::Admit { new_tat, delay_ns } => {
+                                    (new_tat, now.monotonic_ns + p.cost_ns(step.amount), delay_ns)
+                                }
+                                RateOutcome::Deny { .. } => return Update::Keep(Attempt::Denied),
                             }
-                            RateOutcome::Deny { .. } => return Update::Keep(Attempt::Denied),
                         }
-                    }
-                    LimitKind::Quota(q) => {
-                        let index = q.period.index(now.wall_ns);
-                        match quota::decide(current, index, step.amount, &q) {
-                            Some(next) => (next, index, 0),
-                            None => return Update::Keep(Attempt::Denied),
+                        LimitKind::Quota(q) => {
+                            let index = q.period.index(now.wall_ns);
+                            match quota::decide(current, index, step.amount, &q) {
+                                Some(next) => (next, index, 0),
+                                None => return Update::Keep(Attempt::Denied),
+                            }
                         }
-                    }
-                    LimitKind::Concurrency { .. } => unreachable!("taken by Engine::hold"),
-                };
-                Update::Write(next, Attempt::Charged { state: next, mark, delay_ns })
-            })?;
+                        LimitKind::Concurrency { .. } => unreachable!("taken by Engine::hold"),
+                    };
+                    Update::Write(
+                        next,
+                        Attempt::Charged {
+                            state: next,
+                            mark,
+                            delay_ns,
+                        },
+                    )
+                })?;
             match attempt {
-                Attempt::Charged {
-                    state,
-                    mark,
-                    delay_ns,
-                } => {
+                Attempt::Charged { state, mark, delay_ns } => {
                     reservation.charges.push(Charge::new(step, limit, mark));
                     return Ok(Some(Admitted { state, delay_ns }));
                 }
@@ -550,12 +551,10 @@ impl<S: Store> Engine<S> {
             let limit = policy.limit_at(step.rule, step.limit);
             let value = self.current(session, limit, step.key);
             let retry = match limit.kind {
-                LimitKind::Rate(p) => {
-                    match gcra::decide(value, now.monotonic_ns, step.amount, &p, 0) {
-                        RateOutcome::Admit { .. } => None,
-                        RateOutcome::Deny { retry_after_ns } => Some(retry_after_ns),
-                    }
-                }
+                LimitKind::Rate(p) => match gcra::decide(value, now.monotonic_ns, step.amount, &p, 0) {
+                    RateOutcome::Admit { .. } => None,
+                    RateOutcome::Deny { retry_after_ns } => Some(retry_after_ns),
+                },
                 LimitKind::Concurrency { max } => (value >= max).then_some(0),
                 LimitKind::Quota(q) => {
                     let index = q.period.index(now.wall_ns);
@@ -585,20 +584,18 @@ impl<S: Store> Engine<S> {
         denied: &Step<'_>,
         now: Now,
     ) -> Decision {
-        let (retry_after_ns, limited_by) =
-            self.worst_denial(session, policy, steps, now).unwrap_or_else(|| {
-                // Every limit has room again: the denial came from a racing call that has since
-                // given its charge back. Report the limit that denied, with nothing to wait for.
-                let dimension =
-                    policy.limit_at(denied.rule, denied.limit).dimension;
-                (
-                    0,
-                    LimitedBy {
-                        key: denied.key_index,
-                        dimension,
-                    },
-                )
-            });
+        let (retry_after_ns, limited_by) = self.worst_denial(session, policy, steps, now).unwrap_or_else(|| {
+            // Every limit has room again: the denial came from a racing call that has since
+            // given its charge back. Report the limit that denied, with nothing to wait for.
+            let dimension = policy.limit_at(denied.rule, denied.limit).dimension;
+            (
+                0,
+                LimitedBy {
+                    key: denied.key_index,
+                    dimension,
+                },
+            )
+        });
         Decision {
             retry_after_ns,
             limited_by: Some(limited_by),
@@ -649,13 +646,7 @@ struct Admitted {
 }
 
 #[inline]
-fn note_admitted<S: Store>(
-    decision: &mut Decision,
-    limit: &Limit<S>,
-    charge: &Charge,
-    admitted: Admitted,
-    now: Now,
-) {
+fn note_admitted<S: Store>(decision: &mut Decision, limit: &Limit<S>, charge: &Charge, admitted: Admitted, now: Now) {
     decision.delay_ns = decision.delay_ns.max(admitted.delay_ns);
     let state = admitted.state;
     let (left, reset) = match limit.kind {
@@ -708,16 +699,9 @@ impl FirstError {
 /// Every (key, limit) pair the request touches with a non-zero amount, checked for capacity
 /// before anything is charged. Fills the caller's `steps` (returning them would copy them).
 #[inline]
-fn plan<'k, S: Store>(
-    policy: &Policy<S>,
-    keys: &[&'k str],
-    amounts: &[u64],
-    steps: &mut Steps<'k>,
-) -> Result<()> {
+fn plan<'k, S: Store>(policy: &Policy<S>, keys: &[&'k str], amounts: &[u64], steps: &mut Steps<'k>) -> Result<()> {
     if keys.is_empty() {
-        return Err(CoreError::InvalidInput(
-            "at least one key is required".into(),
-        ));
+        return Err(CoreError::InvalidInput("at least one key is required".into()));
     }
     if keys.len() > MAX_KEYS {
         return Err(CoreError::InvalidInput(format!(
@@ -728,9 +712,7 @@ fn plan<'k, S: Store>(
     for (key_index, key) in keys.iter().enumerate() {
         validate_key(key)?;
         if keys[..key_index].contains(key) {
-            return Err(CoreError::InvalidInput(format!(
-                "key {key:?} is given twice"
-            )));
+            return Err(CoreError::InvalidInput(format!("key {key:?} is given twice")));
         }
         for (rule_index, rule) in policy.rules_for(key) {
             for (limit_index, limit) in rule.limits.iter().enumerate() {

@@ -78,10 +78,7 @@ pub fn decide(tat: u64, now: u64, n: u64, p: &RateParams, max_wait_ns: u64) -> R
     let new_tat = tat.max(now).saturating_add(p.cost_ns(n)).min(MAX_TAT);
     let allow_at = new_tat.saturating_sub(p.tolerance_ns);
     if allow_at <= now {
-        RateOutcome::Admit {
-            new_tat,
-            delay_ns: 0,
-        }
+        RateOutcome::Admit { new_tat, delay_ns: 0 }
     } else if allow_at - now <= max_wait_ns {
         RateOutcome::Admit {
             new_tat,

@@ -81,9 +81,7 @@ impl CellKind {
             CellKind::Rate => value <= now.monotonic_ns,
             CellKind::Concurrency => value == 0,
             // Judged only with a real wall-clock reading: at "time 0" every period looks old.
-            CellKind::Quota(period) => {
-                now.knows_wall() && quota::used(value, period.index(now.wall_ns)) == 0
-            }
+            CellKind::Quota(period) => now.knows_wall() && quota::used(value, period.index(now.wall_ns)) == 0,
         }
     }
 }

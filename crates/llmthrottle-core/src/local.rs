@@ -199,7 +199,10 @@ impl LocalScope {
         let table = || unsafe { &*self.tables[i].get() };
         if !std::ptr::eq(session.shards, &*self.shards) {
             let guard = self.shards.locks[i].read().unwrap_or_else(|e| e.into_inner());
-            return ShardRead { map: table(), _own: Some(guard) };
+            return ShardRead {
+                map: table(),
+                _own: Some(guard),
+            };
         }
         if session.held.as_ref().is_none_or(|(held, _)| *held != i) {
             // The previous lock goes first: a session never holds two.
@@ -207,13 +210,23 @@ impl LocalScope {
             let guard = session.shards.locks[i].read().unwrap_or_else(|e| e.into_inner());
             session.held = Some((i, guard));
         }
-        ShardRead { map: table(), _own: None }
+        ShardRead {
+            map: table(),
+            _own: None,
+        }
     }
 
     /// Runs `with` on `key`'s entry under its shard's write lock, the entry inserted empty
     /// unless a racing caller got there first; inserting may start a sweep. Gives up the
     /// session's read lock first: the insert writes.
-    fn insert<R>(&self, session: &mut LocalSession<'_>, key: &str, hash: u64, now: Now, with: impl FnOnce(&mut Entry) -> R) -> R {
+    fn insert<R>(
+        &self,
+        session: &mut LocalSession<'_>,
+        key: &str,
+        hash: u64,
+        now: Now,
+        with: impl FnOnce(&mut Entry) -> R,
+    ) -> R {
         session.held = None;
         let i = shard_of(hash);
         let (result, full) = {
@@ -241,7 +254,9 @@ impl LocalScope {
             value: AtomicU64::new(0),
             handle: None,
         };
-        let entry = map.insert_unique(hash, entry, |e| self.shards.hash(e.key.as_str())).into_mut();
+        let entry = map
+            .insert_unique(hash, entry, |e| self.shards.hash(e.key.as_str()))
+            .into_mut();
         let len = self.len.fetch_add(1, Ordering::Relaxed) + 1;
         (entry, len >= self.sweep_at.load(Ordering::Relaxed))
     }
@@ -268,8 +283,7 @@ impl LocalScope {
         // Less what was removed, not set to a total: inserts made meanwhile into shards this
         // sweep had passed are counted too.
         let live = self.len.fetch_sub(removed, Ordering::Relaxed).saturating_sub(removed);
-        self.sweep_at
-            .store((live * 2).max(FIRST_SWEEP_AT), Ordering::Relaxed);
+        self.sweep_at.store((live * 2).max(FIRST_SWEEP_AT), Ordering::Relaxed);
     }
 }
 
@@ -303,7 +317,13 @@ impl Store for LocalStore {
     }
 
     #[inline]
-    fn cell(&self, session: &mut LocalSession<'_>, scope: &Arc<LocalScope>, key: &str, now: Now) -> Result<Arc<AtomicU64>> {
+    fn cell(
+        &self,
+        session: &mut LocalSession<'_>,
+        scope: &Arc<LocalScope>,
+        key: &str,
+        now: Now,
+    ) -> Result<Arc<AtomicU64>> {
         Ok(scope.handle(session, key, scope.shards.hash(key), now))
     }
 
@@ -395,11 +415,20 @@ mod tests {
     #[test]
     fn a_session_keeps_one_read_lock_and_gives_it_up_to_insert() {
         let store = LocalStore::new();
-        let (a, b) = (store.scope("a", CellKind::Rate).unwrap(), store.scope("b", CellKind::Rate).unwrap());
+        let (a, b) = (
+            store.scope("a", CellKind::Rate).unwrap(),
+            store.scope("b", CellKind::Rate).unwrap(),
+        );
         let shard = |key: &str| shard_of(store.shards.hash(key));
         let first = "k0".to_string();
-        let same_shard = (1..).map(|i| format!("k{i}")).find(|k| shard(k) == shard(&first)).unwrap();
-        let other_shard = (1..).map(|i| format!("k{i}")).find(|k| shard(k) != shard(&first)).unwrap();
+        let same_shard = (1..)
+            .map(|i| format!("k{i}"))
+            .find(|k| shard(k) == shard(&first))
+            .unwrap();
+        let other_shard = (1..)
+            .map(|i| format!("k{i}"))
+            .find(|k| shard(k) != shard(&first))
+            .unwrap();
         let add = |by: u64| move |v: u64| Update::Write(v + by, v + by);
         let mut session = store.session();
         // Inserts (which write-lock the shard the session reads) and look-ups, in both scopes.
@@ -442,9 +471,14 @@ mod tests {
         let scope = store.scope("r", CellKind::Rate).unwrap();
         let mut session = store.session();
         // Lengths around the inline limit, and multi-byte characters across it.
-        let keys: Vec<String> = (1..=40).map(|n| "k".repeat(n)).chain((1..=12).map(|n| "é".repeat(n))).collect();
+        let keys: Vec<String> = (1..=40)
+            .map(|n| "k".repeat(n))
+            .chain((1..=12).map(|n| "é".repeat(n)))
+            .collect();
         for (i, key) in keys.iter().enumerate() {
-            store.update_cell(&mut session, &scope, key, now(), |_| Update::Write(i as u64 + 1, ())).unwrap();
+            store
+                .update_cell(&mut session, &scope, key, now(), |_| Update::Write(i as u64 + 1, ()))
+                .unwrap();
         }
         for (i, key) in keys.iter().enumerate() {
             assert_eq!(store.value(&mut session, &scope, key), Some(i as u64 + 1), "{key}");
@@ -459,11 +493,16 @@ mod tests {
         let key = &keys[30];
         let handle = store.cell(&mut session, &scope, key, now()).unwrap();
         assert_eq!(handle.load(Ordering::SeqCst), 31);
-        store.update_cell(&mut session, &scope, key, now(), |v| Update::Write(v + 1, ())).unwrap();
+        store
+            .update_cell(&mut session, &scope, key, now(), |v| Update::Write(v + 1, ()))
+            .unwrap();
         assert_eq!(handle.load(Ordering::SeqCst), 32);
         handle.store(40, Ordering::SeqCst);
         assert_eq!(store.value(&mut session, &scope, key), Some(40));
-        assert!(Arc::ptr_eq(&handle, &store.cell(&mut session, &scope, key, now()).unwrap()));
+        assert!(Arc::ptr_eq(
+            &handle,
+            &store.cell(&mut session, &scope, key, now()).unwrap()
+        ));
     }
 
     #[test]

@@ -83,9 +83,7 @@ impl<S: Store> Policy<S> {
                 return Err(CoreError::Config("a rule's key pattern is empty".into()));
             }
             if rule.layer >= MAX_LAYERS {
-                return Err(CoreError::Config(format!(
-                    "rule layer must be below {MAX_LAYERS}"
-                )));
+                return Err(CoreError::Config(format!("rule layer must be below {MAX_LAYERS}")));
             }
             let mut limits = Vec::with_capacity(rule.limits.len());
             for (position, limit) in rule.limits.iter().enumerate() {
@@ -116,10 +114,7 @@ impl<S: Store> Policy<S> {
                 // unchanged when only its numbers change, so runtime changes keep state.
                 let ordinal = rule.limits[..position]
                     .iter()
-                    .filter(|l| {
-                        l.dimension == limit.dimension
-                            && l.kind.cell_kind() == limit.kind.cell_kind()
-                    })
+                    .filter(|l| l.dimension == limit.dimension && l.kind.cell_kind() == limit.kind.cell_kind())
                     .count();
                 let cell_kind = limit.kind.cell_kind();
                 let label = format!(
@@ -177,10 +172,7 @@ impl<S: Store> Policy<S> {
 
     /// The rules that apply to `key`: the first match in each layer.
     #[inline]
-    pub fn rules_for<'p>(
-        &'p self,
-        key: &'p str,
-    ) -> impl Iterator<Item = (usize, &'p Rule<S>)> + 'p {
+    pub fn rules_for<'p>(&'p self, key: &'p str) -> impl Iterator<Item = (usize, &'p Rule<S>)> + 'p {
         let mut matched_layers = 0u8;
         self.rules.iter().enumerate().filter(move |(_, rule)| {
             let bit = 1u8 << rule.layer;

@@ -43,9 +43,7 @@ pub fn parse_amount(text: &str) -> std::result::Result<f64, String> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return Err(format!("{text:?} is not a number"));
     }
-    let value: f64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number"))?;
+    let value: f64 = digits.parse().map_err(|_| format!("{text:?} is not a number"))?;
     let value = value * scale;
     if !value.is_finite() || value > 1e18 {
         return Err(format!("{text:?} is too large"));
@@ -79,9 +77,7 @@ pub fn parse_duration_ns(text: &str) -> std::result::Result<u64, String> {
     let ns = count * unit_ns as f64;
     // Ten years: anything longer is a typo, and keeps every later product inside u64.
     if !(1.0..=3650.0 * 86_400.0 * 1e9).contains(&ns) {
-        return Err(format!(
-            "duration {text:?} is out of range (1ns to 10 years)"
-        ));
+        return Err(format!("duration {text:?} is out of range (1ns to 10 years)"));
     }
     Ok(ns.round() as u64)
 }

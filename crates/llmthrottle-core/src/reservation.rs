@@ -10,7 +10,6 @@
 //! times larger. Only a unit of a concurrency cap keeps its handle, in `held`, so it is released
 //! where it was taken.
 
-
 use smallvec::SmallVec;
 
 use crate::clock::Now;
@@ -64,9 +63,7 @@ pub(crate) fn refund(kind: LimitKind, charge: &Charge, now: Now, n: u64) -> impl
     move |current| match kind {
         _ if current == TOMBSTONE => Update::Keep(()),
         LimitKind::Rate(p) => Update::Write(gcra::refund(current, now.monotonic_ns, n, charge.mark, &p), ()),
-        LimitKind::Quota(q) => {
-            Update::Write(quota::refund(current, q.period.index(now.wall_ns), charge.mark, n), ())
-        }
+        LimitKind::Quota(q) => Update::Write(quota::refund(current, q.period.index(now.wall_ns), charge.mark, n), ()),
         LimitKind::Concurrency { .. } => Update::Keep(()),
     }
 }
@@ -101,11 +98,7 @@ impl<S: Store> Reservation<S> {
 
     /// How many keys settling needs (one more than the highest key index charged).
     pub(crate) fn keys_needed(&self) -> usize {
-        self.charges
-            .iter()
-            .map(|c| c.key_index as usize + 1)
-            .max()
-            .unwrap_or(0)
+        self.charges.iter().map(|c| c.key_index as usize + 1).max().unwrap_or(0)
     }
 
     /// Gives back every concurrency unit still held.

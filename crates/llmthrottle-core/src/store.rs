@@ -122,7 +122,13 @@ pub trait Store: Send + Sync + 'static {
         Ok(compare_and_swap(cell, |current| match current {
             TOMBSTONE => Update::Keep(Hold::Reclaimed),
             _ if current >= max => Update::Keep(Hold::Full),
-            _ => Update::Write(current + 1, Hold::Held { lease: None, count: current + 1 }),
+            _ => Update::Write(
+                current + 1,
+                Hold::Held {
+                    lease: None,
+                    count: current + 1,
+                },
+            ),
         }))
     }
 

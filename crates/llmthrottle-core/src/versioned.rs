@@ -58,7 +58,9 @@ impl<T> Versioned<T> {
         }
         let versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the box is owned by `versions`, which frees nothing before `self` is dropped.
-        versions.get(index as usize).map(|version| unsafe { &*(&version.value as *const T) })
+        versions
+            .get(index as usize)
+            .map(|version| unsafe { &*(&version.value as *const T) })
     }
 
     #[inline]

@@ -202,10 +202,7 @@ fn racing_threads_never_over_admit() {
         .iter()
         .map(|u| engine.status(u).unwrap()[0].used)
         .sum();
-    assert_eq!(
-        users, 500,
-        "rolled-back charges must leave no trace on the users"
-    );
+    assert_eq!(users, 500, "rolled-back charges must leave no trace on the users");
 }
 
 #[test]
@@ -290,9 +287,7 @@ fn commit_reconciles_and_cancel_refunds() {
 
     // Usage beyond what is left is still charged: the next call waits for it.
     let (_, r) = engine.acquire(&["k"], &[400], 0).unwrap();
-    engine
-        .commit(&mut r.unwrap(), &["k"], &[Some(900)])
-        .unwrap();
+    engine.commit(&mut r.unwrap(), &["k"], &[Some(900)]).unwrap();
     let (d, _) = engine.acquire(&["k"], &[1], 0).unwrap();
     assert!(!d.allowed);
     assert_eq!(d.retry_after_ns, 451 * 60_000_000); // 451 units past full, 60 ms each
@@ -339,15 +334,10 @@ fn settling_needs_the_keys_of_its_own_limiter() {
 fn usage_in_an_unreserved_dimension_is_charged() {
     let (engine, _) = engine(vec![(
         "*",
-        vec![
-            ("requests", rate("10/s", None)),
-            ("tokens", rate("1000/s", None)),
-        ],
+        vec![("requests", rate("10/s", None)), ("tokens", rate("1000/s", None))],
     )]);
     let (_, r) = engine.acquire(&["a", "b"], &[1, 0], 0).unwrap();
-    engine
-        .commit(&mut r.unwrap(), &["a", "b"], &[None, Some(400)])
-        .unwrap();
+    engine.commit(&mut r.unwrap(), &["a", "b"], &[None, Some(400)]).unwrap();
     for key in ["a", "b"] {
         assert_eq!(engine.status(key).unwrap()[1].used, 400);
     }
@@ -355,10 +345,7 @@ fn usage_in_an_unreserved_dimension_is_charged() {
 
 #[test]
 fn concurrency_is_released_by_commit_cancel_and_drop() {
-    let (engine, _) = engine(vec![(
-        "*",
-        vec![("concurrency", LimitKind::Concurrency { max: 2 })],
-    )]);
+    let (engine, _) = engine(vec![("*", vec![("concurrency", LimitKind::Concurrency { max: 2 })])]);
     let (_, a) = engine.acquire(&["k"], &[], 0).unwrap();
     let (_, b) = engine.acquire(&["k"], &[], 0).unwrap();
     let (d, _) = engine.acquire(&["k"], &[], 0).unwrap();
@@ -419,17 +406,11 @@ fn runtime_policy_changes_keep_state() {
         assert!(engine.acquire(&["k"], &[1], 0).unwrap().0.allowed);
     }
     engine
-        .set_policy(&spec(vec![(
-            "*",
-            vec![("requests", rate("10/min", Some(20)))],
-        )]))
+        .set_policy(&spec(vec![("*", vec![("requests", rate("10/min", Some(20)))])]))
         .unwrap();
     assert_eq!(engine.status("k").unwrap()[0].remaining, 10);
     engine
-        .set_policy(&spec(vec![(
-            "*",
-            vec![("requests", rate("20/min", Some(10)))],
-        )]))
+        .set_policy(&spec(vec![("*", vec![("requests", rate("20/min", Some(10)))])]))
         .unwrap();
     let status = &engine.status("k").unwrap()[0];
     assert_eq!((status.remaining, status.reset_after_ns), (0, 60 * S));
@@ -452,27 +433,15 @@ fn bad_input_is_an_error() {
         engine.acquire(&[&long], &[1], 0),
         Err(CoreError::InvalidInput(_))
     ));
-    assert!(matches!(
-        engine.acquire(&[], &[1], 0),
-        Err(CoreError::InvalidInput(_))
-    ));
+    assert!(matches!(engine.acquire(&[], &[1], 0), Err(CoreError::InvalidInput(_))));
     assert!(matches!(
         engine.acquire(&["a", "a"], &[1], 0),
         Err(CoreError::InvalidInput(_))
     ));
     let bad_dimension = spec(vec![("*", vec![("to kens", rate("1/s", None))])]);
-    assert!(matches!(
-        engine.set_policy(&bad_dimension),
-        Err(CoreError::Config(_))
-    ));
-    let bad_concurrency = spec(vec![(
-        "*",
-        vec![("concurrency", LimitKind::Concurrency { max: 0 })],
-    )]);
-    assert!(matches!(
-        engine.set_policy(&bad_concurrency),
-        Err(CoreError::Config(_))
-    ));
+    assert!(matches!(engine.set_policy(&bad_dimension), Err(CoreError::Config(_))));
+    let bad_concurrency = spec(vec![("*", vec![("concurrency", LimitKind::Concurrency { max: 0 })])]);
+    assert!(matches!(engine.set_policy(&bad_concurrency), Err(CoreError::Config(_))));
 }
 
 #[test]
@@ -482,23 +451,31 @@ fn each_layer_applies_its_first_matching_rule() {
         ("team:vip", vec![("requests", rate("100/min", None))]),
         ("team:*", vec![("requests", rate("2/min", None))]),
     ]);
-    let budget = LimitKind::Quota(QuotaParams { limit: 10, period: Period::Day });
+    let budget = LimitKind::Quota(QuotaParams {
+        limit: 10,
+        period: Period::Day,
+    });
     policy.rules.push(RuleSpec {
         pattern: "team:*".into(),
-        limits: vec![LimitSpec { dimension: "cost_usd".into(), kind: budget }],
+        limits: vec![LimitSpec {
+            dimension: "cost_usd".into(),
+            kind: budget,
+        }],
         layer: 1,
     });
     let engine = Engine::new(Arc::new(new_store()), clock, &policy).unwrap();
     // team:vip gets its own rate rule in layer 0 and the team budget in layer 1.
     let status = engine.status("team:vip").unwrap();
-    assert_eq!(status.iter().map(|s| s.dimension.as_str()).collect::<Vec<_>>(), ["requests", "cost_usd"]);
+    assert_eq!(
+        status.iter().map(|s| s.dimension.as_str()).collect::<Vec<_>>(),
+        ["requests", "cost_usd"]
+    );
     assert_eq!(status[0].remaining, 100);
     assert!(engine.acquire(&["team:vip"], &[1, 6], 0).unwrap().0.allowed);
     let (d, _) = engine.acquire(&["team:vip"], &[1, 6], 0).unwrap();
     assert!(!d.allowed);
     assert_eq!(engine.policy().dimensions[d.limited_by.unwrap().dimension], "cost_usd");
 }
-
 
 /// A refund after an earlier charge was refunded never gives back capacity that drained.
 #[test]
@@ -531,7 +508,10 @@ fn only_rate_limits_queue_ahead() {
     let mut policy = spec(vec![("*", vec![("requests", rate("10/s", Some(1)))])]);
     policy.rules.push(RuleSpec {
         pattern: "*".into(),
-        limits: vec![LimitSpec { dimension: "budget_usd".into(), kind: rate("10/h", Some(10)) }],
+        limits: vec![LimitSpec {
+            dimension: "budget_usd".into(),
+            kind: rate("10/h", Some(10)),
+        }],
         layer: 1,
     });
     let engine = Engine::new(Arc::new(new_store()), clock, &policy).unwrap();
@@ -546,10 +526,13 @@ fn only_rate_limits_queue_ahead() {
 /// is swept away in between; charge_usage takes no concurrency slot.
 #[test]
 fn usage_is_charged_without_admission() {
-    let (engine, _) = engine(vec![("*", vec![
-        ("tokens", rate("1000/min", None)),
-        ("concurrency", LimitKind::Concurrency { max: 1 }),
-    ])]);
+    let (engine, _) = engine(vec![(
+        "*",
+        vec![
+            ("tokens", rate("1000/min", None)),
+            ("concurrency", LimitKind::Concurrency { max: 1 }),
+        ],
+    )]);
     let (_, held) = engine.acquire(&["k"], &[0], 0).unwrap();
     engine.charge_usage(&["k", "j"], &[Some(300)]).unwrap();
     for key in ["k", "j"] {
@@ -561,11 +544,17 @@ fn usage_is_charged_without_admission() {
 
 #[test]
 fn a_policy_over_too_many_dimensions_is_a_config_error() {
-    let names: Vec<String> = (0..=llmthrottle_core::policy::MAX_DIMENSIONS).map(|i| format!("d{i}")).collect();
+    let names: Vec<String> = (0..=llmthrottle_core::policy::MAX_DIMENSIONS)
+        .map(|i| format!("d{i}"))
+        .collect();
     let limits = names.iter().map(|n| (n.as_str(), rate("1/s", None))).collect();
-    let error = Engine::new(Arc::new(new_store()), Arc::new(FakeClock::default()), &spec(vec![("*", limits)]))
-        .err()
-        .expect("too many dimensions");
+    let error = Engine::new(
+        Arc::new(new_store()),
+        Arc::new(FakeClock::default()),
+        &spec(vec![("*", limits)]),
+    )
+    .err()
+    .expect("too many dimensions");
     // In-process: the dimension limit; a shared table's registry of limits fills up first.
     assert!(
         matches!(error, CoreError::Config(ref m) if m.contains("dimensions"))
@@ -579,7 +568,9 @@ fn a_replaced_policy_keeps_serving_and_counting() {
     let (engine, _clock) = engine(vec![("*", vec![("requests", rate("3/h", Some(3)))])]);
     let (_, kept) = engine.acquire(&["k"], &[1], 0).unwrap();
     for _ in 0..50 {
-        engine.set_policy(&spec(vec![("*", vec![("requests", rate("3/h", Some(3)))])])).unwrap();
+        engine
+            .set_policy(&spec(vec![("*", vec![("requests", rate("3/h", Some(3)))])]))
+            .unwrap();
     }
     // The state carried over every replacement: two more fit, the fourth does not.
     assert!(engine.acquire(&["k"], &[1], 0).unwrap().0.allowed);

@@ -80,7 +80,10 @@ fn scenario(name: &str) -> PolicySpec {
         // Two dimensions: tokens bind, requests must still hold.
         "two" => spec(vec![(
             "*",
-            vec![("requests", rate("20k/s", Some(4000))), ("tokens", rate("100k/s", Some(20_000)))],
+            vec![
+                ("requests", rate("20k/s", Some(4000))),
+                ("tokens", rate("100k/s", Some(20_000))),
+            ],
         )]),
         // Four users and their team, all or nothing: the team binds.
         "keys" => spec(vec![
@@ -90,7 +93,10 @@ fn scenario(name: &str) -> PolicySpec {
         "held" => spec(vec![("*", vec![("concurrency", LimitKind::Concurrency { max: 4 })])]),
         "churn" => spec(vec![(
             "*",
-            vec![("concurrency", LimitKind::Concurrency { max: 1000 }), ("requests", rate("1G/s", None))],
+            vec![
+                ("concurrency", LimitKind::Concurrency { max: 1000 }),
+                ("requests", rate("1G/s", None)),
+            ],
         )]),
         other => panic!("no scenario {other}"),
     }
@@ -216,15 +222,26 @@ fn fork_and_share() {
         // An inherited reservation is the parent's: dropping it here releases nothing.
         drop(parent_reservation);
         let after = engine.status("k").unwrap()[0].used;
-        let code = if decision.allowed && used == 2 && after == 1 { 0 } else { 1 };
+        let code = if decision.allowed && used == 2 && after == 1 {
+            0
+        } else {
+            1
+        };
         // SAFETY: leaves the forked child at once, without running the parent's exit handlers.
         unsafe { libc::_exit(code) };
     }
     let mut status = 0;
     // SAFETY: waits for the child just forked.
     unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child saw the wrong counts");
-    assert_eq!(engine.status("k").unwrap()[0].used, 1, "the child's unit came back, ours stays");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child saw the wrong counts"
+    );
+    assert_eq!(
+        engine.status("k").unwrap()[0].used,
+        1,
+        "the child's unit came back, ours stays"
+    );
     drop(parent_reservation);
     assert_eq!(engine.status("k").unwrap()[0].used, 0);
     println!("FORK OK");
@@ -264,7 +281,10 @@ fn read_line(child: &mut Child, prefix: &str) -> String {
     let stdout = child.stdout.as_mut().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     loop {
-        let line = lines.next().unwrap_or_else(|| panic!("child ended before printing {prefix}")).unwrap();
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("child ended before printing {prefix}"))
+            .unwrap();
         if let Some(rest) = line.strip_prefix(prefix) {
             return rest.trim().to_owned();
         }
@@ -347,7 +367,10 @@ fn assert_within(limit: &LimitKind, admitted: u64, window_ns: u64, what: &str) {
 fn assert_used(limit: &LimitKind, admitted: u64, duration_ns: u64, what: &str) {
     let LimitKind::Rate(p) = limit else { unreachable!() };
     let quota = p.burst as f64 + duration_ns as f64 / p.emission_ns as f64;
-    assert!(admitted as f64 >= 0.5 * quota, "{what}: only {admitted} of {quota} admitted");
+    assert!(
+        admitted as f64 >= 0.5 * quota,
+        "{what}: only {admitted} of {quota} admitted"
+    );
 }
 
 const PROCESSES: usize = 8;
@@ -390,7 +413,10 @@ fn processes_hammering_several_keys_never_over_admit() {
     }
     let team = result.admitted.iter().find(|(k, _, _)| k == "team:t").unwrap().1;
     println!("several keys, {PROCESSES} processes: team {team}, users {users}");
-    assert_eq!(users, team, "all or nothing: every admitted call charged its user and the team");
+    assert_eq!(
+        users, team,
+        "all or nothing: every admitted call charged its user and the team"
+    );
     assert_within(team_limit, team, window, "team");
     assert_used(team_limit, team, HAMMER_NS, "team");
 }
@@ -407,7 +433,10 @@ fn held_engine(path: &std::path::Path) -> Engine<SharedStore> {
 fn concurrency_slots_of_a_killed_process_come_back() {
     let path = unique_path("killed");
     let engine = held_engine(&path);
-    let mut child = spawn("hold", &[("SHM_PATH", path.display().to_string()), ("SHM_COUNT", "3".into())]);
+    let mut child = spawn(
+        "hold",
+        &[("SHM_PATH", path.display().to_string()), ("SHM_COUNT", "3".into())],
+    );
     read_line(&mut child, "HELD");
     let (decision, last_one) = engine.acquire(&["k"], &[], 0).unwrap();
     assert!(decision.allowed);
@@ -421,7 +450,10 @@ fn concurrency_slots_of_a_killed_process_come_back() {
         assert!(decision.allowed, "the killed process's slots are given back");
         again.push(r.unwrap());
     }
-    assert!(!engine.acquire(&["k"], &[], 0).unwrap().0.allowed, "and no more than those");
+    assert!(
+        !engine.acquire(&["k"], &[], 0).unwrap().0.allowed,
+        "and no more than those"
+    );
     drop(again);
     drop(last_one);
     assert_eq!(engine.status("k").unwrap()[0].used, 0);
@@ -438,7 +470,9 @@ fn processes_killed_at_random_instants_leak_nothing() {
     let engine = Engine::new(Arc::new(store), Arc::new(SystemClock), &scenario("churn")).unwrap();
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
     for _round in 0..6 {
-        let mut children: Vec<Child> = (0..3).map(|_| spawn("churn", &[("SHM_PATH", path.display().to_string())])).collect();
+        let mut children: Vec<Child> = (0..3)
+            .map(|_| spawn("churn", &[("SHM_PATH", path.display().to_string())]))
+            .collect();
         for child in &mut children {
             read_line(child, "CHURNING");
         }
@@ -489,7 +523,10 @@ fn processes_opening_at_once_share_exactly_one_table() {
             .map(|_| {
                 spawn(
                     "open",
-                    &[("SHM_PATH", path.display().to_string()), ("SHM_START", start.to_string())],
+                    &[
+                        ("SHM_PATH", path.display().to_string()),
+                        ("SHM_START", start.to_string()),
+                    ],
                 )
             })
             .collect();
@@ -507,7 +544,8 @@ fn processes_opening_at_once_share_exactly_one_table() {
             .flatten()
             .filter(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                name.starts_with(&format!(".{}.", path.file_name().unwrap().to_string_lossy())) && name.ends_with(".tmp")
+                name.starts_with(&format!(".{}.", path.file_name().unwrap().to_string_lossy()))
+                    && name.ends_with(".tmp")
             })
             .collect();
         assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
@@ -535,7 +573,10 @@ fn a_second_open_attaches_the_same_table() {
     assert!(SharedStore::remove("t", Some(path.clone())).unwrap());
     assert!(!SharedStore::remove("t", Some(path.clone())).unwrap());
     let err = SharedStore::attach("t", Some(path)).unwrap_err();
-    assert!(matches!(err, CoreError::State(ref m) if m.contains("no shared table")), "{err}");
+    assert!(
+        matches!(err, CoreError::State(ref m) if m.contains("no shared table")),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -591,7 +632,9 @@ fn keys_of_every_length_are_exact() {
     }
     let entries: Vec<SharedEntry> = engine.store().entries();
     assert_eq!(entries.len(), 2 * MAX_KEY_BYTES);
-    assert!(entries.iter().all(|e| e.kind == CellKind::Rate && e.scope.starts_with("test\x1f")));
+    assert!(entries
+        .iter()
+        .all(|e| e.kind == CellKind::Rate && e.scope.starts_with("test\x1f")));
 }
 
 #[test]
@@ -632,7 +675,10 @@ fn usage_that_meets_a_full_table_is_still_charged_wherever_it_fits() {
         capacity: 8,
         ..Default::default()
     });
-    let policy = spec(vec![("*", vec![("requests", rate("1000/min", None)), ("tokens", rate("1000/min", None))])]);
+    let policy = spec(vec![(
+        "*",
+        vec![("requests", rate("1000/min", None)), ("tokens", rate("1000/min", None))],
+    )]);
     let engine = Engine::new(Arc::new(store), Arc::new(FakeClock::default()), &policy).unwrap();
     // "b" has a cell in both dimensions, "a" in requests only; then other keys fill the table.
     assert!(engine.acquire(&["b"], &[0, 1], 0).unwrap().0.allowed);
@@ -642,18 +688,31 @@ fn usage_that_meets_a_full_table_is_still_charged_wherever_it_fits() {
     while engine.acquire(&[&format!("f{filler}")], &[1, 0], 0).is_ok() {
         filler += 1;
     }
-    let tokens_used = |key: &str| engine.status(key).unwrap().iter().find(|s| s.dimension == "tokens").unwrap().used;
+    let tokens_used = |key: &str| {
+        engine
+            .status(key)
+            .unwrap()
+            .iter()
+            .find(|s| s.dimension == "tokens")
+            .unwrap()
+            .used
+    };
     let is_full = |error: CoreError| matches!(error, CoreError::State(ref m) if m.contains("is full"));
 
     // Tokens were reserved in no dimension: both keys are charged. "a" has no room for a tokens
     // cell; "b", after it, is charged all the same, and the error still says what went wrong.
-    let error = engine.commit(&mut reservation, &["a", "b"], &[None, Some(5)]).unwrap_err();
+    let error = engine
+        .commit(&mut reservation, &["a", "b"], &[None, Some(5)])
+        .unwrap_err();
     assert!(is_full(error));
     assert_eq!(tokens_used("b"), 1 + 5);
     let error = engine.charge_usage(&["a", "b"], &[None, Some(7)]).unwrap_err();
     assert!(is_full(error));
     assert_eq!(tokens_used("b"), 1 + 5 + 7);
-    assert!(matches!(engine.commit(&mut reservation, &["a", "b"], &[]), Err(CoreError::AlreadySettled)));
+    assert!(matches!(
+        engine.commit(&mut reservation, &["a", "b"], &[]),
+        Err(CoreError::AlreadySettled)
+    ));
 }
 
 #[test]
@@ -706,7 +765,10 @@ fn a_table_of_another_layout_version_is_refused() {
     bytes[8..12].copy_from_slice(&999u32.to_ne_bytes()); // the layout version follows the magic
     std::fs::write(&path, bytes).unwrap();
     let message = state_error(open_at(&path));
-    assert!(message.contains("layout 999") && message.contains("state reset"), "{message}");
+    assert!(
+        message.contains("layout 999") && message.contains("state reset"),
+        "{message}"
+    );
     std::fs::remove_file(&path).unwrap();
 }
 
@@ -741,7 +803,9 @@ fn bad_names_and_sizes_are_config_errors() {
         ..spec(vec![("*", vec![("requests", rate("1/s", None))])])
     };
     let store = Arc::new(fresh_store(&SharedOptions::default()));
-    let err = Engine::new(store, Arc::new(SystemClock), &long_namespace).err().unwrap();
+    let err = Engine::new(store, Arc::new(SystemClock), &long_namespace)
+        .err()
+        .unwrap();
     assert!(matches!(err, CoreError::Config(_)), "{err}");
 }
 
@@ -761,7 +825,10 @@ fn files_are_private_unless_group_access_is_asked_for() {
 fn the_default_path_is_under_dev_shm() {
     let name = format!("selftest-{}", std::process::id());
     let store = SharedStore::open(&name, 100, None, FileMode::Owner).unwrap();
-    assert_eq!(store.path(), std::path::Path::new(&format!("/dev/shm/llmthrottle-{name}")));
+    assert_eq!(
+        store.path(),
+        std::path::Path::new(&format!("/dev/shm/llmthrottle-{name}"))
+    );
     assert!(SharedStore::remove(&name, None).unwrap());
 }
 
@@ -770,7 +837,10 @@ fn inspection_lists_entries_and_leases() {
     let store = Arc::new(fresh_store(&SharedOptions::default()));
     let policy = spec(vec![(
         "*",
-        vec![("requests", rate("10/min", None)), ("concurrency", LimitKind::Concurrency { max: 5 })],
+        vec![
+            ("requests", rate("10/min", None)),
+            ("concurrency", LimitKind::Concurrency { max: 5 }),
+        ],
     )]);
     let engine = Engine::new(Arc::clone(&store), Arc::new(FakeClock::default()), &policy).unwrap();
     let (_, held) = engine.acquire(&["tenant:acme"], &[1], 0).unwrap();
@@ -782,7 +852,10 @@ fn inspection_lists_entries_and_leases() {
     assert!(entries.iter().all(|e| e.key == "tenant:acme"));
     let leases = store.leases();
     assert_eq!(leases.len(), 1);
-    assert_eq!((leases[0].pid, leases[0].alive, leases[0].phase), (std::process::id(), true, "held"));
+    assert_eq!(
+        (leases[0].pid, leases[0].alive, leases[0].phase),
+        (std::process::id(), true, "held")
+    );
     assert_eq!(leases[0].key.as_deref(), Some("tenant:acme"));
     drop(held);
     assert!(store.leases().is_empty());
@@ -820,7 +893,10 @@ fn damage(path: &std::path::Path, seed: u64, whole_words: bool) {
 fn a_damaged_table_is_never_followed_out_of_bounds() {
     let policy = spec(vec![(
         "*",
-        vec![("requests", rate("100/s", None)), ("concurrency", LimitKind::Concurrency { max: 3 })],
+        vec![
+            ("requests", rate("100/s", None)),
+            ("concurrency", LimitKind::Concurrency { max: 3 }),
+        ],
     )]);
     for seed in 1..=24u64 {
         let path = unique_path("damaged");

@@ -1,8 +1,7 @@
 //! Python values to core types: amounts, keys, seconds and limit specs, with clear errors.
 
 use llmthrottle_core::{
-    units_per_api_unit, LimitKind, LimitSpec, Period, PolicySpec, QuotaParams, Rate,
-    RateParams, RuleSpec,
+    units_per_api_unit, LimitKind, LimitSpec, Period, PolicySpec, QuotaParams, Rate, RateParams, RuleSpec,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -52,14 +51,12 @@ fn micro_units(x: f64, scale: u64) -> f64 {
 #[cold]
 fn amount_slow(value: &Bound<'_, PyAny>, dimension: &str, scale: u64) -> PyResult<u64> {
     if value.is_instance_of::<PyBool>() {
-        return Err(PyTypeError::new_err(format!(
-            "{dimension} must be a number, not bool"
-        )));
+        return Err(PyTypeError::new_err(format!("{dimension} must be a number, not bool")));
     }
     if let Ok(int) = value.cast::<PyInt>() {
-        let n: i128 = int.extract().map_err(|_| {
-            PyValueError::new_err(format!("{dimension} is too large"))
-        })?;
+        let n: i128 = int
+            .extract()
+            .map_err(|_| PyValueError::new_err(format!("{dimension} is too large")))?;
         if n < 0 {
             return Err(PyValueError::new_err(format!(
                 "{dimension} must not be negative (got {n})"
@@ -127,7 +124,11 @@ pub fn keys<'py>(value: &'py Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyStr
             item.cast_into::<PyString>().map_err(|e| {
                 PyTypeError::new_err(format!(
                     "every key must be a str, not {}",
-                    e.into_inner().get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                    e.into_inner()
+                        .get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default()
                 ))
             })
         })
@@ -177,23 +178,14 @@ pub fn policy_spec(namespace: &str, rules: &Bound<'_, PyAny>) -> PyResult<Policy
     Ok(spec)
 }
 
-fn limit_kind(
-    dimension: &str,
-    kind: &str,
-    a: &Bound<'_, PyAny>,
-    b: &Bound<'_, PyAny>,
-) -> PyResult<LimitKind> {
+fn limit_kind(dimension: &str, kind: &str, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<LimitKind> {
     let scale = units_per_api_unit(dimension) as f64;
     match kind {
         "rate" => {
             let text: String = a.extract()?;
             let mut rate = Rate::parse(&text).map_err(to_py)?;
             rate.amount *= scale;
-            let burst = if b.is_none() {
-                None
-            } else {
-                Some(amount(b, dimension)?)
-            };
+            let burst = if b.is_none() { None } else { Some(amount(b, dimension)?) };
             Ok(LimitKind::Rate(RateParams::new(rate, burst).map_err(to_py)?))
         }
         "concurrency" => {

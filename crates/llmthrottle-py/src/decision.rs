@@ -28,8 +28,7 @@ pub struct Dimensions {
 
 impl Dimensions {
     pub fn new(names: Vec<String>) -> Self {
-        let index: HashMap<String, usize> =
-            names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
+        let index: HashMap<String, usize> = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
         Self {
             requests: index.get("requests").copied(),
             tokens: index.get("tokens").copied(),
@@ -57,11 +56,7 @@ impl Dimensions {
     }
 
     /// Calls `each(index, amount)` for every `name=value` of `amounts`, in engine units.
-    pub fn for_each_named(
-        &self,
-        amounts: &Bound<'_, PyDict>,
-        mut each: impl FnMut(usize, u64),
-    ) -> PyResult<()> {
+    pub fn for_each_named(&self, amounts: &Bound<'_, PyDict>, mut each: impl FnMut(usize, u64)) -> PyResult<()> {
         for (name, value) in amounts.iter() {
             let (index, amount) = self.named(&name, &value)?;
             each(index, amount);
@@ -186,7 +181,10 @@ impl Decision {
         if let Some(dimension) = self.limited_by() {
             text += &format!(
                 " limited_by={dimension:?} key={} retry_after={:.6}",
-                self.limited_key(py)?.map(|k| k.repr().map(|r| r.to_string())).transpose()?.unwrap_or_default(),
+                self.limited_key(py)?
+                    .map(|k| k.repr().map(|r| r.to_string()))
+                    .transpose()?
+                    .unwrap_or_default(),
                 self.retry_after()
             );
         }
@@ -235,12 +233,18 @@ impl Reservation {
     #[pyo3(signature = (**usage))]
     fn commit(slf: &Bound<'_, Self>, usage: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
         let actual = slf.as_super().get().dimensions().usage(usage)?;
-        Self::settle(slf, |engine, inner, keys| dispatch!(engine, inner, (e, r) => e.commit(r, keys, &actual)))
+        Self::settle(
+            slf,
+            |engine, inner, keys| dispatch!(engine, inner, (e, r) => e.commit(r, keys, &actual)),
+        )
     }
 
     /// The call never happened: refunds everything and releases concurrency slots.
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::settle(slf, |engine, inner, keys| dispatch!(engine, inner, (e, r) => e.cancel(r, keys)))
+        Self::settle(
+            slf,
+            |engine, inner, keys| dispatch!(engine, inner, (e, r) => e.cancel(r, keys)),
+        )
     }
 
     /// True once committed or cancelled.

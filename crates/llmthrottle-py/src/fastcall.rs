@@ -44,9 +44,7 @@ pub fn install(limiter_type: &Bound<'_, PyType>) -> PyResult<()> {
     }));
     let type_ptr = limiter_type.as_type_ptr();
     // SAFETY: the GIL is held; `definition` is 'static; a new reference or NULL comes back.
-    let descriptor = unsafe {
-        Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(type_ptr, definition))?
-    };
+    let descriptor = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(type_ptr, definition))? };
     // The type may be immutable to Python code, so the entry goes into its dict directly,
     // followed by the call that tells the interpreter its method caches are stale.
     // SAFETY: `tp_dict` of a ready type is a dict; the GIL is held.

@@ -43,10 +43,7 @@ pub(crate) fn learn(sample: &Bound<'_, Reservation>) {
         let only_the_parts = decision == round_up(size_of::<ffi::PyObject>(), align_of::<Decision>())
             && reservation == round_up(decision + size_of::<Decision>(), align_of::<Reservation>())
             && basic_size == reservation + size_of::<Reservation>();
-        only_the_parts.then_some(Layout {
-            decision,
-            reservation,
-        })
+        only_the_parts.then_some(Layout { decision, reservation })
     });
 }
 
@@ -77,7 +74,10 @@ impl<'py> Fresh<'py> {
         let (object, recycled) = unsafe {
             match RECYCLED.take(py) {
                 Some(object) => (ffi::PyObject_Init(object, type_ptr), true),
-                None => ((*type_ptr).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc)(type_ptr, 0), false),
+                None => (
+                    (*type_ptr).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc)(type_ptr, 0),
+                    false,
+                ),
             }
         };
         if object.is_null() {

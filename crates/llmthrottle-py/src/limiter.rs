@@ -11,8 +11,8 @@ use smallvec::SmallVec;
 
 use crate::convert;
 use crate::decision::{Decision, Dimensions, Reservation};
-use crate::in_place::{self, Fresh};
 use crate::errors::{guard, to_py};
+use crate::in_place::{self, Fresh};
 use crate::state::{dispatch, AnyEngine, AnyReservation, FakeClock, InProcessState, SharedState};
 
 #[pyclass(module = "llmthrottle._native", name = "Limiter", subclass, frozen)]
@@ -99,14 +99,28 @@ impl Limiter {
         key: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
         match &self.engine {
-            AnyEngine::Local(e) => Self::answer(slf, key, || AnyReservation::Local(Default::default()), |d, r| {
-                let AnyReservation::Local(r) = r else { unreachable!("made empty just above") };
-                e.acquire_into(keys, amounts, max_wait_ns, d, r)
-            }),
-            AnyEngine::Shared(e) => Self::answer(slf, key, || AnyReservation::Shared(Default::default()), |d, r| {
-                let AnyReservation::Shared(r) = r else { unreachable!("made empty just above") };
-                e.acquire_into(keys, amounts, max_wait_ns, d, r)
-            }),
+            AnyEngine::Local(e) => Self::answer(
+                slf,
+                key,
+                || AnyReservation::Local(Default::default()),
+                |d, r| {
+                    let AnyReservation::Local(r) = r else {
+                        unreachable!("made empty just above")
+                    };
+                    e.acquire_into(keys, amounts, max_wait_ns, d, r)
+                },
+            ),
+            AnyEngine::Shared(e) => Self::answer(
+                slf,
+                key,
+                || AnyReservation::Shared(Default::default()),
+                |d, r| {
+                    let AnyReservation::Shared(r) = r else {
+                        unreachable!("made empty just above")
+                    };
+                    e.acquire_into(keys, amounts, max_wait_ns, d, r)
+                },
+            ),
         }
     }
 
@@ -237,10 +251,10 @@ impl Limiter {
         Self::amounts(dimensions, requests, tokens, named, &mut amounts)?;
         let owned = convert::keys(key)?;
         let strs = convert::key_strs(&owned)?;
-        let decision = guard(|| {
-            dispatch!(&this.engine, AnyEngine, e => e.peek(&strs, &amounts)).map_err(to_py)
-        })?;
-        Ok(Bound::new(slf.py(), Self::decision(slf, decision, key))?.into_any().unbind())
+        let decision = guard(|| dispatch!(&this.engine, AnyEngine, e => e.peek(&strs, &amounts)).map_err(to_py))?;
+        Ok(Bound::new(slf.py(), Self::decision(slf, decision, key))?
+            .into_any()
+            .unbind())
     }
 
     /// The state of `key` under each limit that applies to it: a list of

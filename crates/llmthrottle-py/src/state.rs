@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::path::PathBuf;
 
 use llmthrottle_core::{
-    CellKind, Clock, Engine, FakeClock as CoreFakeClock, FileMode, LocalStore, Now, Reservation,
-    SharedOptions, SharedStore,
+    CellKind, Clock, Engine, FakeClock as CoreFakeClock, FileMode, LocalStore, Now, Reservation, SharedOptions,
+    SharedStore,
 };
-use pyo3::types::{PyDict, PyList};
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
 
 /// An engine over any store: one arm per store, one dispatch macro for all of them.
 pub enum AnyEngine {
@@ -97,8 +97,7 @@ impl FakeClock {
 
     /// Moves both clocks forward by `seconds`.
     fn advance(&self, seconds: f64) -> PyResult<()> {
-        self.clock
-            .advance(crate::convert::seconds_to_ns(seconds, "seconds")?);
+        self.clock.advance(crate::convert::seconds_to_ns(seconds, "seconds")?);
         Ok(())
     }
 
@@ -115,10 +114,7 @@ impl FakeClock {
     }
 
     fn __repr__(&self) -> String {
-        let Now {
-            monotonic_ns,
-            wall_ns,
-        } = self.clock.now();
+        let Now { monotonic_ns, wall_ns } = self.clock.now();
         format!(
             "FakeClock(monotonic={}, wall={})",
             monotonic_ns as f64 / 1e9,
@@ -163,24 +159,16 @@ impl SharedState {
             lease_capacity: lease_capacity.unwrap_or(defaults.lease_capacity),
             ..defaults
         };
-        let store = crate::errors::guard(|| {
-            SharedStore::open_with(name, &options).map_err(crate::errors::to_py)
-        })?;
-        Ok(Self {
-            store: Arc::new(store),
-        })
+        let store = crate::errors::guard(|| SharedStore::open_with(name, &options).map_err(crate::errors::to_py))?;
+        Ok(Self { store: Arc::new(store) })
     }
 
     /// Attaches to an existing table without ever creating one (StateError if there is none).
     #[staticmethod]
     #[pyo3(signature = (name, *, path=None))]
     fn attach(name: &str, path: Option<PathBuf>) -> PyResult<Self> {
-        let store = crate::errors::guard(|| {
-            SharedStore::attach(name, path).map_err(crate::errors::to_py)
-        })?;
-        Ok(Self {
-            store: Arc::new(store),
-        })
+        let store = crate::errors::guard(|| SharedStore::attach(name, path).map_err(crate::errors::to_py))?;
+        Ok(Self { store: Arc::new(store) })
     }
 
     /// Deletes the table file; returns whether there was one. Processes that still have it
@@ -256,11 +244,7 @@ impl SharedState {
     }
 
     fn __repr__(&self) -> String {
-        format!(
-            "SharedState({:?}, path={:?})",
-            self.store.name(),
-            self.store.path()
-        )
+        format!("SharedState({:?}, path={:?})", self.store.name(), self.store.path())
     }
 }
 

@@ -31,9 +31,11 @@ pub struct PyEncoding {
 /// `ValueError`.
 fn to_py_error(err: TokenError) -> PyErr {
     match err {
-        TokenError::Io { ref path, os_code: Some(code), .. } => {
-            PyOSError::new_err((code, err.to_string(), path.clone()))
-        }
+        TokenError::Io {
+            ref path,
+            os_code: Some(code),
+            ..
+        } => PyOSError::new_err((code, err.to_string(), path.clone())),
         TokenError::Io { .. } => PyOSError::new_err(err.to_string()),
         TokenError::UnknownEncoding(_)
         | TokenError::InvalidTokenizer { .. }
@@ -84,7 +86,9 @@ fn run<T: Send>(py: Python<'_>, bytes: usize, work: impl FnOnce() -> T + Send) -
 impl PyEncoding {
     #[new]
     fn new(name: &str) -> PyResult<Self> {
-        Ok(PyEncoding { inner: get_encoding(name).map_err(to_py_error)?.into() })
+        Ok(PyEncoding {
+            inner: get_encoding(name).map_err(to_py_error)?.into(),
+        })
     }
 
     /// Loads a Hugging Face `tokenizer.json` (or the one in a directory); never downloads.
@@ -119,12 +123,7 @@ impl PyEncoding {
     }
 
     /// The exact count if it is at most `limit`, else None (stops reading once past the limit).
-    fn count_till_limit(
-        &self,
-        py: Python<'_>,
-        text: &Bound<'_, PyAny>,
-        limit: usize,
-    ) -> PyResult<Option<usize>> {
+    fn count_till_limit(&self, py: Python<'_>, text: &Bound<'_, PyAny>, limit: usize) -> PyResult<Option<usize>> {
         let text = text_arg(text, "text")?;
         let inner = &self.inner;
         run(py, text.len(), || inner.count_till_limit(&text, limit)).map_err(to_py_error)
@@ -133,10 +132,11 @@ impl PyEncoding {
     /// Exact counts of many texts, counted on all cores with the GIL released.
     fn count_batch(&self, py: Python<'_>, texts: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
         if texts.is_instance_of::<PyString>() || texts.is_instance_of::<PyBytes>() {
-            return Err(PyTypeError::new_err("texts must be a sequence of str, not a single str"));
+            return Err(PyTypeError::new_err(
+                "texts must be a sequence of str, not a single str",
+            ));
         }
-        let items: Vec<Bound<'_, PyAny>> =
-            texts.try_iter()?.collect::<PyResult<_>>()?;
+        let items: Vec<Bound<'_, PyAny>> = texts.try_iter()?.collect::<PyResult<_>>()?;
         let texts: Vec<Cow<'_, str>> = items
             .iter()
             .enumerate()
@@ -186,7 +186,9 @@ impl PyEncoding {
 #[cfg(feature = "hf")]
 fn load_tokenizer_json(py: Python<'_>, path: PathBuf, name: Option<String>) -> PyResult<PyEncoding> {
     let loaded = py.detach(|| llmthrottle_tokens::HfEncoding::from_file(&path, name));
-    Ok(PyEncoding { inner: loaded.map_err(to_py_error)?.into() })
+    Ok(PyEncoding {
+        inner: loaded.map_err(to_py_error)?.into(),
+    })
 }
 
 #[cfg(not(feature = "hf"))]

@@ -28,8 +28,11 @@ fn main() {
         let (count, count_mbs) = best(&|| enc.count(&text));
         // THROUGHPUT_COUNT_ONLY=1 skips encode (for profiling the counter alone).
         let count_only = std::env::var_os("THROUGHPUT_COUNT_ONLY").is_some();
-        let (_, encode_mbs) =
-            if count_only { (0, 0.0) } else { best(&|| enc.encode(&text).len()) };
+        let (_, encode_mbs) = if count_only {
+            (0, 0.0)
+        } else {
+            best(&|| enc.encode(&text).len())
+        };
         let (estimate, estimate_mbs) = best(&|| enc.estimate(std::hint::black_box(&text)));
         println!(
             "{name}: count {count} at {count_mbs:.0} MB/s, encode {encode_mbs:.0} MB/s, \

@@ -50,7 +50,9 @@ pub(crate) fn encode_piece(vocab: &Vocab, piece: &[u8], out: &mut Vec<Rank>) {
         let mut bounds = [0u8; LARGE_PIECE + 1];
         let parts = merge_small(vocab, piece, &mut bounds);
         out.extend(
-            bounds[..=parts].windows(2).map(|w| rank_of(&piece[w[0] as usize..w[1] as usize])),
+            bounds[..=parts]
+                .windows(2)
+                .map(|w| rank_of(&piece[w[0] as usize..w[1] as usize])),
         );
     } else {
         let bounds = merge_large(vocab, piece);
@@ -88,7 +90,9 @@ fn merge_small(vocab: &Vocab, piece: &[u8], bounds: &mut [u8; LARGE_PIECE + 1]) 
         parts -= 1;
         let pair_rank = |j: usize| {
             if j + 2 <= parts {
-                vocab.rank(&piece[bounds[j] as usize..bounds[j + 2] as usize]).unwrap_or(Rank::MAX)
+                vocab
+                    .rank(&piece[bounds[j] as usize..bounds[j + 2] as usize])
+                    .unwrap_or(Rank::MAX)
             } else {
                 Rank::MAX
             }

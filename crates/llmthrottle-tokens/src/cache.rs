@@ -35,19 +35,13 @@ pub(crate) fn with_cache<R>(f: impl FnOnce(&mut CountCache) -> R) -> R {
 impl CountCache {
     /// The count of `piece` under the encoding `tag` (1..=255), computed by `count` on a miss.
     #[inline(always)]
-    pub(crate) fn get_or_insert(
-        &mut self,
-        tag: u8,
-        piece: &[u8],
-        count: impl FnOnce() -> usize,
-    ) -> usize {
+    pub(crate) fn get_or_insert(&mut self, tag: u8, piece: &[u8], count: impl FnOnce() -> usize) -> usize {
         if piece.len() > SHORT_MAX {
             return count();
         }
         let key = pack(piece);
         let meta = (piece.len() as u32) << 8 | (tag as u32) << 16;
-        let mixed = (key.0 ^ key.1.rotate_left(31) ^ meta as u64)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mixed = (key.0 ^ key.1.rotate_left(31) ^ meta as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let slot = (mixed >> (64 - SLOTS.trailing_zeros())) as usize;
         let value = self.values[slot];
         if value & !0xFF == meta && self.keys[slot] == key {

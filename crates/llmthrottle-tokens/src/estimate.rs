@@ -37,12 +37,12 @@ pub struct Coefficients(pub [f64; FEATURES]);
 // Fitted by `python benches/bench_tokens.py --fit` (least squares on relative error, 1-4 KB
 // documents of prose, code, CJK, other scripts and emoji).
 pub(crate) static O200K_COEFFICIENTS: Coefficients = Coefficients([
-    0.03899, 0.22817, 0.14152, 0.23448, 0.70767, 0.03026, 0.66678, 0.60376, 0.10973, 0.80367,
-    1.62572, 4.75202, 1.74345, 2.42990, -0.61855, -0.18662,
+    0.03899, 0.22817, 0.14152, 0.23448, 0.70767, 0.03026, 0.66678, 0.60376, 0.10973, 0.80367, 1.62572, 4.75202,
+    1.74345, 2.42990, -0.61855, -0.18662,
 ]);
 pub(crate) static CL100K_COEFFICIENTS: Coefficients = Coefficients([
-    0.04167, 0.22842, 0.10518, 0.25733, 0.68494, 0.02761, 0.66473, 0.55972, 0.12017, 0.78647,
-    2.13857, 3.99428, 2.35328, 3.14046, -0.93574, -0.17663,
+    0.04167, 0.22842, 0.10518, 0.25733, 0.68494, 0.02761, 0.66473, 0.55972, 0.12017, 0.78647, 2.13857, 3.99428,
+    2.35328, 3.14046, -0.93574, -0.17663,
 ]);
 
 /// Bit masks (bit i = byte i of a block of up to 64) of the byte classes the features count.
@@ -216,7 +216,11 @@ pub fn estimate_with(coefficients: &Coefficients, text: &str) -> usize {
         return 0;
     }
     let features = features(text);
-    let total: f64 = features.iter().zip(coefficients.0.iter()).map(|(&f, &c)| f as f64 * c).sum();
+    let total: f64 = features
+        .iter()
+        .zip(coefficients.0.iter())
+        .map(|(&f, &c)| f as f64 * c)
+        .sum();
     total.round().max(1.0) as usize
 }
 

@@ -45,13 +45,18 @@ impl HfEncoding {
         if let Some(name) = &name {
             check_name(name)?;
         }
-        let path = if path.is_dir() { path.join("tokenizer.json") } else { path.to_owned() };
+        let path = if path.is_dir() {
+            path.join("tokenizer.json")
+        } else {
+            path.to_owned()
+        };
         let json = read_limited(&path)?;
         let name = name.unwrap_or_else(|| path.display().to_string());
         let mut encoding = Self::from_json(&json, name).map_err(|err| match err {
-            TokenError::InvalidTokenizer { message, .. } => {
-                TokenError::InvalidTokenizer { source: path.display().to_string(), message }
-            }
+            TokenError::InvalidTokenizer { message, .. } => TokenError::InvalidTokenizer {
+                source: path.display().to_string(),
+                message,
+            },
             other => other,
         })?;
         encoding.path = Some(path);
@@ -61,8 +66,10 @@ impl HfEncoding {
     /// Parses the text of a `tokenizer.json` file.
     pub fn from_json(json: &[u8], name: String) -> Result<Self, TokenError> {
         check_name(&name)?;
-        let invalid =
-            |message: String| TokenError::InvalidTokenizer { source: name.clone(), message };
+        let invalid = |message: String| TokenError::InvalidTokenizer {
+            source: name.clone(),
+            message,
+        };
         if json.len() as u64 > MAX_TOKENIZER_JSON_BYTES {
             return Err(TokenError::TooLarge {
                 source: name,
@@ -72,16 +79,22 @@ impl HfEncoding {
         }
         // Syntax first (no allocation), so that "not JSON" and "not a tokenizer" read differently:
         // the tokenizer's own deserializer reports some wrong shapes as syntax errors.
-        serde_json::from_slice::<IgnoredAny>(json)
-            .map_err(|err| invalid(format!("not JSON: {err}")))?;
+        serde_json::from_slice::<IgnoredAny>(json).map_err(|err| invalid(format!("not JSON: {err}")))?;
         let mut tokenizer = shielded(|| serde_json::from_slice::<Tokenizer>(json))
             .map_err(invalid)?
             .map_err(|err| invalid(format!("not a Hugging Face tokenizer.json: {err}")))?;
         tokenizer.with_padding(None);
-        tokenizer.with_truncation(None).map_err(|err| invalid(err.to_string()))?;
-        let vocab_size =
-            shielded(|| tokenizer.get_vocab(true).values().max().map_or(0, |&id| id as usize + 1))
-                .map_err(invalid)?;
+        tokenizer
+            .with_truncation(None)
+            .map_err(|err| invalid(err.to_string()))?;
+        let vocab_size = shielded(|| {
+            tokenizer
+                .get_vocab(true)
+                .values()
+                .max()
+                .map_or(0, |&id| id as usize + 1)
+        })
+        .map_err(invalid)?;
         let mut encoding = HfEncoding {
             name,
             path: None,
@@ -127,8 +140,7 @@ impl HfEncoding {
     /// Text of token ids (added and special tokens included), as `tokenizer.decode(ids,
     /// skip_special_tokens=False)`; an id the tokenizer does not have is an error, not skipped.
     pub fn decode(&self, tokens: &[Rank]) -> Result<String, TokenError> {
-        if let Some(&unknown) = tokens.iter().find(|&&id| self.tokenizer.id_to_token(id).is_none())
-        {
+        if let Some(&unknown) = tokens.iter().find(|&&id| self.tokenizer.id_to_token(id).is_none()) {
             return Err(TokenError::UnknownToken(unknown));
         }
         shielded(|| self.tokenizer.decode(tokens, false).map_err(|err| err.to_string()))
@@ -149,8 +161,7 @@ impl HfEncoding {
     /// A tokenizer that cannot encode the samples (no unknown token) keeps cl100k's weights.
     fn calibrated_coefficients(&self) -> Coefficients {
         let mut scaled = estimate::CL100K_COEFFICIENTS;
-        let (Ok(ascii_exact), Ok(other_exact)) =
-            (self.count(CALIBRATION_ASCII), self.count(CALIBRATION_OTHER_SCRIPTS))
+        let (Ok(ascii_exact), Ok(other_exact)) = (self.count(CALIBRATION_ASCII), self.count(CALIBRATION_OTHER_SCRIPTS))
         else {
             return scaled;
         };
@@ -171,10 +182,13 @@ impl HfEncoding {
         let (ascii_base, _) = split(CALIBRATION_ASCII);
         let ascii_scale = (ascii_exact as f64 / ascii_base).clamp(0.2, 10.0);
         let (ascii_part, other_part) = split(CALIBRATION_OTHER_SCRIPTS);
-        let other_scale =
-            ((other_exact as f64 - ascii_scale * ascii_part) / other_part).clamp(0.2, 10.0);
+        let other_scale = ((other_exact as f64 - ascii_scale * ascii_part) / other_part).clamp(0.2, 10.0);
         for i in 0..FEATURES {
-            scaled.0[i] *= if NON_ASCII_FEATURES.contains(&i) { other_scale } else { ascii_scale };
+            scaled.0[i] *= if NON_ASCII_FEATURES.contains(&i) {
+                other_scale
+            } else {
+                ascii_scale
+            };
         }
         scaled
     }
@@ -182,7 +196,9 @@ impl HfEncoding {
 
 impl std::fmt::Debug for HfEncoding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HfEncoding").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("HfEncoding")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -248,7 +264,9 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, TokenError> {
         return Err(too_large(declared));
     }
     let mut json = Vec::with_capacity(declared as usize);
-    file.take(MAX_TOKENIZER_JSON_BYTES + 1).read_to_end(&mut json).map_err(io_error)?;
+    file.take(MAX_TOKENIZER_JSON_BYTES + 1)
+        .read_to_end(&mut json)
+        .map_err(io_error)?;
     if json.len() as u64 > MAX_TOKENIZER_JSON_BYTES {
         return Err(too_large(json.len() as u64));
     }
@@ -262,13 +280,17 @@ mod tests {
     /// A byte-level BPE with the merges "h e", "l l", "he ll", "hell o" over a 256-byte alphabet.
     fn tiny_tokenizer_json() -> String {
         let alphabet: Vec<String> = (0u8..=255).map(byte_level_char).collect();
-        let mut vocab: Vec<(String, u32)> =
-            alphabet.iter().enumerate().map(|(i, c)| (c.clone(), i as u32)).collect();
+        let mut vocab: Vec<(String, u32)> = alphabet
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.clone(), i as u32))
+            .collect();
         for (i, token) in ["he", "ll", "hell", "hello"].iter().enumerate() {
             vocab.push((token.to_string(), 256 + i as u32));
         }
-        let vocab =
-            vocab.iter().map(|(t, i)| format!("{}: {i}", serde_json::to_string(t).unwrap()));
+        let vocab = vocab
+            .iter()
+            .map(|(t, i)| format!("{}: {i}", serde_json::to_string(t).unwrap()));
         format!(
             r#"{{"version": "1.0", "truncation": {{"max_length": 2, "strategy": "LongestFirst", "stride": 0, "direction": "Right"}},
             "padding": null,
@@ -314,11 +336,9 @@ mod tests {
         assert!(err.to_string().contains("not JSON"), "{err}");
         let err = HfEncoding::from_json(br#"{"version": "1.0"}"#, "x".into()).unwrap_err();
         assert!(err.to_string().contains("not a Hugging Face tokenizer"), "{err}");
-        let err = HfEncoding::from_json(br#"{"model": {"type": "BPE", "vocab": 3}}"#, "x".into())
-            .unwrap_err();
+        let err = HfEncoding::from_json(br#"{"model": {"type": "BPE", "vocab": 3}}"#, "x".into()).unwrap_err();
         assert!(matches!(err, TokenError::InvalidTokenizer { .. }), "{err}");
-        let err =
-            HfEncoding::from_file(Path::new("/nonexistent/tokenizer.json"), None).unwrap_err();
+        let err = HfEncoding::from_file(Path::new("/nonexistent/tokenizer.json"), None).unwrap_err();
         assert!(matches!(err, TokenError::Io { os_code: Some(2), .. }), "{err}");
     }
 }

@@ -24,7 +24,11 @@ impl<T: Copy> HugeSlice<T> {
     /// `len` copies of `value`.
     pub(crate) fn filled(len: usize, value: T) -> Self {
         let bytes = (len.max(1) * std::mem::size_of::<T>()).max(1);
-        let align = if bytes >= HUGE_PAGE { HUGE_PAGE } else { std::mem::align_of::<T>() };
+        let align = if bytes >= HUGE_PAGE {
+            HUGE_PAGE
+        } else {
+            std::mem::align_of::<T>()
+        };
         let size = bytes.next_multiple_of(align);
         let layout = Layout::from_size_align(size, align).expect("valid layout");
         // SAFETY: size is non-zero.

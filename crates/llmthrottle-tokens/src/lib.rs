@@ -34,8 +34,8 @@ use std::sync::LazyLock;
 pub use estimate::{estimate_with, features as estimator_features, Coefficients, FEATURE_NAMES};
 #[cfg(feature = "hf")]
 pub use hf::{HfEncoding, MAX_TOKENIZER_JSON_BYTES};
-pub use tokenizer::Tokenizer;
 use pretokenize::{Pieces, Splitter};
+pub use tokenizer::Tokenizer;
 use vocab::Vocab;
 
 pub use vocab::Rank;
@@ -51,7 +51,11 @@ pub enum TokenError {
     /// A token id that the encoding does not have (in `decode`).
     UnknownToken(u32),
     /// A tokenizer file could not be read (`os_code` is the OS error number, when there is one).
-    Io { path: String, message: String, os_code: Option<i32> },
+    Io {
+        path: String,
+        message: String,
+        os_code: Option<i32>,
+    },
     /// The file (or text) named `source` is not a tokenizer this crate can load.
     InvalidTokenizer { source: String, message: String },
     /// The tokenizer file is larger than any real one; refused before parsing.
@@ -221,7 +225,9 @@ impl Encoding {
 
 impl fmt::Debug for Encoding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Encoding").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Encoding")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 

@@ -7,8 +7,8 @@
 //! tests check every code point in several contexts against tiktoken itself.
 
 use crate::unicode::{
-    char_in, class_at, prev_char_start, FOLD_D, FOLD_E, FOLD_L, FOLD_M, FOLD_R, FOLD_S, FOLD_T,
-    FOLD_V, LETTER, LOWER_LIKE, NUMBER, SPACE, UPPER_LIKE,
+    char_in, class_at, prev_char_start, FOLD_D, FOLD_E, FOLD_L, FOLD_M, FOLD_R, FOLD_S, FOLD_T, FOLD_V, LETTER,
+    LOWER_LIKE, NUMBER, SPACE, UPPER_LIKE,
 };
 
 /// Which split regex to emulate.
@@ -38,7 +38,11 @@ pub(crate) struct Pieces<'a> {
 
 impl<'a> Pieces<'a> {
     pub(crate) fn new(text: &'a str, splitter: Splitter) -> Self {
-        Pieces { text: text.as_bytes(), pos: 0, splitter }
+        Pieces {
+            text: text.as_bytes(),
+            pos: 0,
+            splitter,
+        }
     }
 }
 
@@ -288,7 +292,9 @@ mod tests {
     use super::*;
 
     fn split(text: &str, splitter: Splitter) -> Vec<&str> {
-        Pieces::new(text, splitter).map(|p| std::str::from_utf8(p).unwrap()).collect()
+        Pieces::new(text, splitter)
+            .map(|p| std::str::from_utf8(p).unwrap())
+            .collect()
     }
 
     #[test]

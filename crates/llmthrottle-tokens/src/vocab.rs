@@ -72,7 +72,13 @@ impl<K: PackedKey> PackedTable<K> {
     fn with_capacity(entries: usize) -> Self {
         let slots = (entries * 2).next_power_of_two().max(16);
         PackedTable {
-            slots: HugeSlice::filled(slots, Slot { key: K::default(), value: EMPTY }),
+            slots: HugeSlice::filled(
+                slots,
+                Slot {
+                    key: K::default(),
+                    value: EMPTY,
+                },
+            ),
             mask: slots - 1,
             filter: vec![0; 1 << (FILTER_BITS - 6)].into_boxed_slice(),
         }
@@ -81,9 +87,11 @@ impl<K: PackedKey> PackedTable<K> {
     /// (slot, filter bit) of a key; independent bits of one multiplicative hash.
     #[inline(always)]
     fn hash(&self, key: K, len: usize) -> (usize, usize) {
-        let mixed = (key.mix() ^ (len as u64).wrapping_mul(0x9E37_79B9))
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        ((mixed >> 32) as usize & self.mask, (mixed >> (64 - FILTER_BITS)) as usize)
+        let mixed = (key.mix() ^ (len as u64).wrapping_mul(0x9E37_79B9)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (
+            (mixed >> 32) as usize & self.mask,
+            (mixed >> (64 - FILTER_BITS)) as usize,
+        )
     }
 
     fn insert(&mut self, bytes: &[u8], rank: Rank) {
@@ -93,7 +101,10 @@ impl<K: PackedKey> PackedTable<K> {
         while self.slots[at].value != EMPTY {
             at = (at + 1) & self.mask;
         }
-        self.slots[at] = Slot { key, value: rank | (bytes.len() as u32) << 24 };
+        self.slots[at] = Slot {
+            key,
+            value: rank | (bytes.len() as u32) << 24,
+        };
     }
 
     #[inline(always)]
@@ -184,7 +195,13 @@ impl Vocab {
                 long.insert(token, rank as Rank);
             }
         }
-        Vocab { tokens, pairs, short, medium, long }
+        Vocab {
+            tokens,
+            pairs,
+            short,
+            medium,
+            long,
+        }
     }
 
     #[inline(always)]
@@ -206,7 +223,10 @@ impl Vocab {
 
     /// Bytes of a regular (non-special) token.
     pub(crate) fn token_bytes(&self, rank: Rank) -> Option<&'static [u8]> {
-        self.tokens.get(rank as usize).copied().filter(|bytes| !bytes.is_empty())
+        self.tokens
+            .get(rank as usize)
+            .copied()
+            .filter(|bytes| !bytes.is_empty())
     }
 
     /// Number of rank slots (regular tokens, holes included).

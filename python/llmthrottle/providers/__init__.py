@@ -1,8 +1,8 @@
 """The provider layer: what llmthrottle knows of each provider's API (`protocol`, `headers`),
 one call's lifecycle (`call`), the httpx transports that carry it (`transport`), and
-`wrap`, which installs them in an SDK client; `context` attributes calls to keys."""
+`sdk.wrap`, which installs them in an SDK client; `attribution.context` attributes calls to keys."""
 
-from .context import context
-from .wrap import wrap
+from .attribution import context
+from .sdk import wrap
 
 __all__ = ["context", "wrap"]

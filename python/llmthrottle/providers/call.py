@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 from .._native import RateLimited
 from ..guard import Guard, GuardedCall
 from ..tokens import count_tokens
-from .context import context_keys
+from .attribution import context_keys
 from .headers import announced_limits, retry_after_s
 from .pause import ProviderPause, pause_key
 from .protocol import Endpoint, UsageReader, endpoint_of, failure_kind

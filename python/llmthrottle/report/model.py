@@ -47,9 +47,12 @@ class ReportableBudget(Protocol):
     """What a report needs from a budget (the hook for `lt.Budget`): a name, a limit, the
     ledger filters that define its scope, and the start of its current period."""
 
-    name: str
-    limit_micros: int
-    scope: Mapping[str, Any]
+    @property
+    def name(self) -> str: ...
+    @property
+    def limit_micros(self) -> int: ...
+    @property
+    def scope(self) -> Mapping[str, Any]: ...
 
     def period_start(self, now: float) -> float: ...
 

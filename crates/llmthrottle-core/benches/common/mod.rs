@@ -27,7 +27,9 @@ pub fn admit_everything(dimensions: &[&str]) -> PolicySpec {
 pub fn acquire_in_place<S: Store>(engine: &Engine<S>, key: &str, amounts: &[u64]) -> bool {
     let mut decision = Decision::default();
     let mut reservation = Reservation::default();
-    let admitted = engine.acquire_into(&[key], amounts, 0, &mut decision, &mut reservation).unwrap();
+    let admitted = engine
+        .acquire_into(&[key], amounts, 0, &mut decision, &mut reservation)
+        .unwrap();
     std::hint::black_box((&decision, &reservation));
     admitted
 }

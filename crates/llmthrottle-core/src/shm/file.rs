@@ -90,10 +90,7 @@ fn map(fd: &Fd, len: usize, path: &Path) -> Result<Mapping> {
     if base == libc::MAP_FAILED {
         return Err(os_error("map", path));
     }
-    Ok(Mapping {
-        base: base.cast(),
-        len,
-    })
+    Ok(Mapping { base: base.cast(), len })
 }
 
 /// What attach needs to know of a table file.
@@ -269,7 +266,10 @@ fn remove_if_same(fd: &Fd, path: &Path, inode: u64) -> Result<()> {
 }
 
 fn temporary_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let unique = super::header::random_u64();
     path.with_file_name(format!(".{name}.{}.{unique:016x}.tmp", super::process::pid()))
 }
@@ -357,7 +357,11 @@ pub(crate) fn remove(path: &Path) -> Result<bool> {
     };
     if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
         let prefix = format!(".{}.", name.to_string_lossy());
-        if let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) {
+        if let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        }) {
             for entry in entries.flatten() {
                 let file = entry.file_name().to_string_lossy().into_owned();
                 // Older than any creation takes: left by a creator that was killed.

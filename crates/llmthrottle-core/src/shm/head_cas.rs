@@ -29,7 +29,11 @@ pub(crate) fn supported() -> bool {
 /// # Safety
 /// `head` points at a live slot head, 16-byte aligned.
 #[inline]
-pub(crate) unsafe fn compare_exchange(head: *const SlotHead, expected: [u64; 2], new: [u64; 2]) -> Result<(), [u64; 2]> {
+pub(crate) unsafe fn compare_exchange(
+    head: *const SlotHead,
+    expected: [u64; 2],
+    new: [u64; 2],
+) -> Result<(), [u64; 2]> {
     #[cfg(target_arch = "x86_64")]
     {
         let (state, cell): (u64, u64);

@@ -251,12 +251,17 @@ impl Header {
             LEASE_RECORD_BYTES,
             SCOPE_ENTRIES,
         );
-        let corrupt = || unusable("its header is corrupt (sizes disagree with its layout version); run `llmthrottle state reset NAME`".into());
+        let corrupt = || {
+            unusable(
+                "its header is corrupt (sizes disagree with its layout version); run `llmthrottle state reset NAME`"
+                    .into(),
+            )
+        };
         if sizes != expected_sizes {
             return Err(corrupt());
         }
-        let layout = Layout::new(self.capacity, Some(self.long_key_capacity), self.lease_records)
-            .map_err(|_| corrupt())?;
+        let layout =
+            Layout::new(self.capacity, Some(self.long_key_capacity), self.lease_records).map_err(|_| corrupt())?;
         let recorded = Layout {
             capacity: self.capacity,
             long_key_capacity: self.long_key_capacity,

@@ -141,7 +141,8 @@ impl Leases {
             let mut start = c.get();
             if start >= self.len {
                 // Spread threads and processes over the table so they rarely race for a record.
-                start = (super::table::mix(process::pid() as u64 ^ (c as *const ThreadCell<usize> as u64)) as usize) % self.len;
+                start = (super::table::mix(process::pid() as u64 ^ (c as *const ThreadCell<usize> as u64)) as usize)
+                    % self.len;
             }
             start
         });
@@ -208,7 +209,10 @@ impl Leases {
                 continue;
             }
             if phase(w) == HELD {
-                if record.compare_exchange(w, make(REAPING, me, at), SeqCst, SeqCst).is_ok() {
+                if record
+                    .compare_exchange(w, make(REAPING, me, at), SeqCst, SeqCst)
+                    .is_ok()
+                {
                     decrement(slots.cell(at));
                     record.store(FREE, SeqCst);
                     slots.unpin(at);
@@ -390,7 +394,11 @@ mod tests {
             pins: AtomicU64::new(2),
         };
         assert_eq!(leases.reap(AT, &cell), 0);
-        assert_eq!(cell.cell.load(SeqCst), 2, "never guessed at while a live holder is there");
+        assert_eq!(
+            cell.cell.load(SeqCst),
+            2,
+            "never guessed at while a live holder is there"
+        );
         assert_eq!(phase(records[2].load(SeqCst)), ORPHAN);
         leases.release(mine, AT, &cell.cell);
         assert_eq!(cell.cell.load(SeqCst), 1);
@@ -415,7 +423,17 @@ mod tests {
         assert_eq!(cell.pins.load(SeqCst), 0);
         assert!(leases.records().is_empty());
         // A record naming a slot the table does not have (a damaged file) is dropped, not followed.
-        records[1].store(make(HELD, dead_pid(), SlotRef { long: true, index: 0x7FFF_FFFF }), SeqCst);
+        records[1].store(
+            make(
+                HELD,
+                dead_pid(),
+                SlotRef {
+                    long: true,
+                    index: 0x7FFF_FFFF,
+                },
+            ),
+            SeqCst,
+        );
         assert_eq!(leases.reap_all(&cell), 0);
         assert!(leases.records().is_empty());
         // All records in use: begin says so.

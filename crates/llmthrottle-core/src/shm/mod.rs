@@ -208,7 +208,13 @@ impl SharedStore {
             options.long_key_capacity.map(|c| c as u64),
             options.lease_capacity as u64,
         )?;
-        SharedStore::open_file(name, options.path.clone(), options.mode, Some(layout), options.hash_mask)
+        SharedStore::open_file(
+            name,
+            options.path.clone(),
+            options.mode,
+            Some(layout),
+            options.hash_mask,
+        )
     }
 
     /// Attaches an existing table, never creating one (for inspection tools).
@@ -274,7 +280,10 @@ impl SharedStore {
         let (scopes, leases, short, long) = unsafe {
             (
                 Scopes::new(base.add(header.scope_offset as usize) as *const ScopeEntry),
-                Leases::new(base.add(header.lease_offset as usize) as *const AtomicU64, header.lease_records as usize),
+                Leases::new(
+                    base.add(header.lease_offset as usize) as *const AtomicU64,
+                    header.lease_records as usize,
+                ),
                 Table::new(
                     base.add(header.short_offset as usize) as *const ShortSlot,
                     header.short_slots as usize,
@@ -349,7 +358,8 @@ impl SharedStore {
         let shared = &self.shared;
         let mut entries = Vec::new();
         let mut visit = |raw: table::RawEntry| {
-            let (Some(scope), Some(kind)) = (shared.scopes.label(raw.scope_id), shared.scopes.kind(raw.scope_id)) else {
+            let (Some(scope), Some(kind)) = (shared.scopes.label(raw.scope_id), shared.scopes.kind(raw.scope_id))
+            else {
                 return;
             };
             entries.push(SharedEntry {
@@ -425,7 +435,11 @@ impl Shared {
 
     /// The pinned LIVE slot of `key`, without creating it.
     fn locate(&self, key: &Key) -> Option<(usize, bool)> {
-        let found = if key.is_long() { self.long.find(key) } else { self.short.find(key) };
+        let found = if key.is_long() {
+            self.long.find(key)
+        } else {
+            self.short.find(key)
+        };
         found.ok().flatten().map(|i| (i, key.is_long()))
     }
 
@@ -433,9 +447,21 @@ impl Shared {
         let header = self.mapping.header();
         let (kind, live, slots, option, sized_for) = if long {
             let live = self.long.live_count();
-            ("keys longer than 40 bytes", live, self.long.len(), "long_key_capacity", header.long_key_capacity)
+            (
+                "keys longer than 40 bytes",
+                live,
+                self.long.len(),
+                "long_key_capacity",
+                header.long_key_capacity,
+            )
         } else {
-            ("keys", self.short.live_count(), self.short.len(), "capacity", header.capacity)
+            (
+                "keys",
+                self.short.live_count(),
+                self.short.len(),
+                "capacity",
+                header.capacity,
+            )
         };
         CoreError::State(format!(
             "shared state {:?} is full: about {live} live {kind} in {slots} slots (sized for {option}={sized_for}) \
@@ -721,7 +747,6 @@ impl Shared {
     fn may_reap(&self) -> bool {
         let now = SystemClock.now().monotonic_ns;
         let last = self.last_reap_ns.load(SeqCst);
-        now.saturating_sub(last) >= 1_000_000
-            && self.last_reap_ns.compare_exchange(last, now, SeqCst, SeqCst).is_ok()
+        now.saturating_sub(last) >= 1_000_000 && self.last_reap_ns.compare_exchange(last, now, SeqCst, SeqCst).is_ok()
     }
 }

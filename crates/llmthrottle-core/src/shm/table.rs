@@ -166,7 +166,12 @@ impl<'a> Key<'a> {
         let shape = (scope_id << 8) | bytes.len() as u32;
         let (whole, rest) = bytes.split_at(bytes.len() & !7);
         let tail = rest.iter().rev().fold(0, |word, &byte| word << 8 | byte as u64);
-        let mut key = Key { shape, whole, tail, hash: 0 };
+        let mut key = Key {
+            shape,
+            whole,
+            tail,
+            hash: 0,
+        };
         let mut hash = seed ^ (shape as u64).wrapping_mul(0xA076_1D64_78BD_642F);
         for w in 0..key.word_count() {
             hash = folded_multiply(hash ^ key.word(w), 0xE703_7ED1_A0B4_28DB);
@@ -308,8 +313,7 @@ impl<const W: usize> Table<W> {
 
     #[inline]
     fn same_key(&self, slot: &Slot<W>, key: &Key) -> bool {
-        slot.shape.load(SeqCst) == key.shape
-            && (0..key.word_count()).all(|w| slot.key[w].load(SeqCst) == key.word(w))
+        slot.shape.load(SeqCst) == key.shape && (0..key.word_count()).all(|w| slot.key[w].load(SeqCst) == key.word(w))
     }
 
     /// Pins slot `i` if it holds `key` (LIVE or PUBLISHED); returns the state word seen.
@@ -571,7 +575,8 @@ impl<const W: usize> Table<W> {
                 return Ok(());
             }
             let owner = word::pid(seen);
-            let waited = patience.pause(|| format!("slot {i} of the shared table has been held half-written by pid {owner}"))?;
+            let waited =
+                patience.pause(|| format!("slot {i} of the shared table has been held half-written by pid {owner}"))?;
             if matches!(waited, Waited::Suspect) && !process::is_alive(owner) {
                 self.free_abandoned(i, seen);
                 return Ok(());
@@ -720,7 +725,10 @@ pub(crate) mod tests {
                 words[w] = u64::from_le_bytes(buf);
                 hash = folded_multiply(hash ^ words[w], 0xE703_7ED1_A0B4_28DB);
             }
-            assert!((0..LONG_KEY_WORDS).all(|w| w >= key.word_count() || key.word(w) == words[w]), "{len} bytes");
+            assert!(
+                (0..LONG_KEY_WORDS).all(|w| w >= key.word_count() || key.word(w) == words[w]),
+                "{len} bytes"
+            );
             assert_eq!(key.hash, mix(hash), "{len} bytes");
             assert_eq!(key.word_count(), len.div_ceil(8));
         }
@@ -759,7 +767,10 @@ pub(crate) mod tests {
             table.unpin(i);
         }
         let extra = Key::new(1, b"extra", 7, 0);
-        assert!(matches!(table.find_or_insert(&extra, NOW, &rate).unwrap(), Outcome::Full));
+        assert!(matches!(
+            table.find_or_insert(&extra, NOW, &rate).unwrap(),
+            Outcome::Full
+        ));
         // One expires: its slot is reclaimed (tombstoned first) and reused.
         let i3 = table.find(&keys[3]).unwrap().unwrap();
         table.cell(i3).store(10, SeqCst);
@@ -798,16 +809,30 @@ pub(crate) mod tests {
         let owned = owned::<SHORT_KEY_WORDS>(8);
         let table = &owned.table;
         let key = Key::new(1, b"key", 7, 0);
-        assert_eq!(table.update_unpinned(&key, &mut |v| Update::Write(v + 1, v)), None, "absent: pinned path");
+        assert_eq!(
+            table.update_unpinned(&key, &mut |v| Update::Write(v + 1, v)),
+            None,
+            "absent: pinned path"
+        );
         let i = insert(table, &key);
         table.cell(i).store(5_000, SeqCst);
         table.unpin(i);
-        assert_eq!(table.update_unpinned(&key, &mut |v| Update::Write(v + 1, v)), Some(5_000));
-        assert_eq!(table.update_unpinned(&key, &mut |v| Update::<u64>::Keep(v)), Some(5_001));
+        assert_eq!(
+            table.update_unpinned(&key, &mut |v| Update::Write(v + 1, v)),
+            Some(5_000)
+        );
+        assert_eq!(
+            table.update_unpinned(&key, &mut |v| Update::<u64>::Keep(v)),
+            Some(5_001)
+        );
         assert_eq!(table.cell(i).load(SeqCst), 5_001);
         assert_eq!(word::pins(table.slot(i).state.load(SeqCst)), 0);
         table.cell(i).store(TOMBSTONE, SeqCst);
-        assert_eq!(table.update_unpinned(&key, &mut |v| Update::Write(v + 1, v)), None, "a reclaim: pinned path");
+        assert_eq!(
+            table.update_unpinned(&key, &mut |v| Update::Write(v + 1, v)),
+            None,
+            "a reclaim: pinned path"
+        );
     }
 
     /// Between the look and the write, the slot is reclaimed and given to another key with the
@@ -858,7 +883,9 @@ pub(crate) mod tests {
                 handles.into_iter().map(|h| h.join().unwrap()).collect()
             });
             assert!(found.iter().all(|&i| i == found[0]), "round {round}: {found:?}");
-            table.cell(found[0]).store(if round % 5 == 0 { 5_000 } else { 10 }, SeqCst);
+            table
+                .cell(found[0])
+                .store(if round % 5 == 0 { 5_000 } else { 10 }, SeqCst);
             for &i in &found {
                 table.unpin(i);
             }

@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmthrottle.ledger import Ledger, UsageRecord
 from llmthrottle.ledger.journal import encode_frame
@@ -367,3 +369,21 @@ def test_every_ledger_file_is_private(tmp_path: Path) -> None:
         modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "l").iterdir()}
     assert {"ledger.sqlite3", "ledger.sqlite3-wal"} <= set(modes)
     assert set(modes.values()) == {0o600}, modes
+
+
+@settings(max_examples=300, deadline=None)
+@given(payloads=st.lists(st.binary(min_size=1, max_size=60).filter(lambda b: b"\n" not in b), min_size=1, max_size=8),
+       victim=st.integers(0, 7), offset=st.integers(0, 200), byte=st.integers(0, 255))
+def test_damage_to_one_journal_frame_never_loses_another(payloads: list[bytes], victim: int, offset: int,
+                                                         byte: int) -> None:
+    from llmthrottle.ledger.journal import ReplayStats, iter_frames
+
+    frames = [bytearray(encode_frame(p)) for p in payloads]
+    victim %= len(frames)
+    frames[victim][offset % len(frames[victim])] = byte
+    data = b"".join(bytes(f) for f in frames)
+    read = [payload for payload, _ in iter_frames(data, 0, ReplayStats())]
+    others = [p for i, p in enumerate(payloads) if i != victim]
+    # Every undamaged frame is read, in order (the damaged one may or may not be).
+    it = iter(read)
+    assert all(any(p == q for q in it) for p in others), (payloads, victim, read)

@@ -31,6 +31,8 @@ are errors, so a typo never silently drops a limit.
 
 from __future__ import annotations
 
+import difflib
+
 import hashlib
 import os
 import pwd
@@ -202,7 +204,7 @@ def parse_config(text: str, path: Optional[str] = None) -> SidecarConfig:
     config = SidecarConfig(path=path, namespaces={})
     for table in data:
         if table not in _TABLES:
-            raise where.error((table,), f"unknown table; expected one of {sorted(_TABLES)}")
+            raise where.error((table,), f"{_unknown_key(table, _TABLES, 'table')}; expected one of {sorted(_TABLES)}")
     for table, parse in _TABLES.items():
         if table in data:
             value = data[table]
@@ -215,6 +217,16 @@ def parse_config(text: str, path: Optional[str] = None) -> SidecarConfig:
     if not config.namespaces:
         config.namespaces = {"default": DEFAULT_RULES}
     return config
+
+
+_SERVER_KEYS = ("socket", "socket_mode", "socket_group", "reservation_timeout", "idle_timeout", "max_frame_bytes",
+                "max_connections", "max_reservations", "max_reservations_per_uid", "log_format", "log_level")
+
+
+def _unknown_key(name: str, known: Any, what: str = "key") -> str:
+    """'unknown key', with the closest known name when there is one."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"unknown {what}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 def _parse_server(config: SidecarConfig, table: dict[str, Any], where: _Where) -> None:
@@ -249,7 +261,7 @@ def _parse_server(config: SidecarConfig, table: dict[str, Any], where: _Where) -
         elif key == "log_level":
             config.log_level = _choice(value, ("debug", "info", "warning", "error"), keys, where)
         else:
-            raise where.error(keys, "unknown key")
+            raise where.error(keys, _unknown_key(key, _SERVER_KEYS))
 
 
 def _parse_state(config: SidecarConfig, table: dict[str, Any], where: _Where) -> None:
@@ -263,7 +275,7 @@ def _parse_state(config: SidecarConfig, table: dict[str, Any], where: _Where) ->
         elif key == "lease_capacity":
             config.state_lease_capacity = int(_positive(value, ("state", key), where, integer=True))
         else:
-            raise where.error(("state", key), "unknown key")
+            raise where.error(("state", key), _unknown_key(key, ("kind", "name", "capacity", "lease_capacity")))
     for key, value in (("capacity", config.state_capacity), ("lease_capacity", config.state_lease_capacity)):
         if value is not None and config.state_kind != "shared":
             raise where.error(("state", key), 'sizes a shared table: it needs kind = "shared"')
@@ -279,7 +291,7 @@ def _parse_ledger(config: SidecarConfig, table: dict[str, Any], where: _Where) -
             if not value:
                 config.ledger_path = None
         else:
-            raise where.error(("ledger", key), "unknown key")
+            raise where.error(("ledger", key), _unknown_key(key, ("path", "enabled")))
 
 
 def _parse_limits(config: SidecarConfig, table: dict[str, Any], where: _Where) -> None:
@@ -360,7 +372,14 @@ def _rules(table: Any, keys: tuple[str, ...], where: _Where) -> dict[str, Any]:
         try:
             Limiter(rules={pattern: limits})
         except (ConfigError, ValueError, TypeError) as error:
-            raise where.error((*keys, pattern), str(error)) from None
+            place = (*keys, pattern)
+            for dimension, value in limits.items() if isinstance(limits, dict) else ():
+                try:  # on the error path only: which line of the table is at fault
+                    Limiter(rules={pattern: {dimension: value}})
+                except (ConfigError, ValueError, TypeError):
+                    place = (*place, dimension)
+                    break
+            raise where.error(place, str(error)) from None
     return dict(table)
 
 

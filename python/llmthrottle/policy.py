@@ -15,6 +15,8 @@ Rules apply different limits to keys matching glob patterns; the first match win
 
 from __future__ import annotations
 
+import difflib
+
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
@@ -109,7 +111,10 @@ def _limit(dimension: str, value: Any, path: str) -> LimitTuple:
             f"{path}: expected {{'rate': ..., 'burst': ...}} or {{'quota': ..., 'per': ...}}, "
             f"got keys {sorted(map(str, keys))}"
         )
+    hint = ""
+    if isinstance(value, int) and not isinstance(value, bool) and difflib.get_close_matches(dimension, ["concurrency"]):
+        hint = " (did you mean 'concurrency', a cap on calls in flight?)"
     raise ConfigError(
         f"{path} must be a rate string such as '500/min', a mapping, or a list of them; "
-        f"not {type(value).__name__}"
+        f"not {type(value).__name__}{hint}"
     )

@@ -363,3 +363,17 @@ print(before, after)
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["None", "True"]
+
+
+def test_acquire_async_is_a_coroutine_for_create_task_and_gather() -> None:
+    lim = lt.Limiter({"requests": "2/s"}, clock=None)
+
+    async def main() -> list[object]:
+        first = await asyncio.create_task(lim.acquire_async("k", timeout=5))
+        rest = await asyncio.gather(lim.acquire_async("k", timeout=5), asyncio.ensure_future(lim.acquire_async("k", timeout=5)))
+        return [first, *rest]
+
+    reservations = asyncio.run(main())
+    assert all(isinstance(r, lt.Reservation) for r in reservations)
+    for r in reservations:
+        r.commit()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections.abc
+
 import time
 from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union, cast
@@ -328,10 +330,11 @@ def _check_timeout(timeout: float) -> float:
     return float(timeout)
 
 
-class AsyncAcquire:
-    """What `Limiter.acquire_async` returns: await it, or use it with `async with`."""
+class AsyncAcquire(collections.abc.Coroutine):  # type: ignore[type-arg]
+    """What `Limiter.acquire_async` returns: await it, use it with `async with`, or hand it to
+    `asyncio.create_task` / `gather` like any coroutine."""
 
-    __slots__ = ("_limiter", "_args", "_reservation")
+    __slots__ = ("_limiter", "_args", "_reservation", "_coroutine")
 
     def __init__(
         self, limiter: "WaitingMixin", key: Key, requests: Any, tokens: Any, timeout: Optional[float], amounts: dict[str, Any]
@@ -339,15 +342,31 @@ class AsyncAcquire:
         self._limiter = limiter
         self._args = (key, requests, tokens, timeout, amounts)
         self._reservation: Optional[Reservation] = None
+        self._coroutine: Any = None
+
+    def _started(self) -> Any:
+        if self._coroutine is None:
+            self._coroutine = self._limiter._acquire_async(*self._args)
+        return self._coroutine
 
     def __await__(self) -> Generator[Any, None, Reservation]:
-        return self._limiter._acquire_async(*self._args).__await__()
+        return self._started().__await__()  # type: ignore[no-any-return]
+
+    # The coroutine protocol, so that asyncio.create_task accepts it.
+    def send(self, value: Any) -> Any:
+        return self._started().send(value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._started().throw(*args)
+
+    def close(self) -> None:
+        if self._coroutine is not None:
+            self._coroutine.close()
 
     async def __aenter__(self) -> Reservation:
         self._reservation = await self._limiter._acquire_async(*self._args)
         return self._reservation
 
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         assert self._reservation is not None
         self._reservation.__exit__(exc_type, exc, tb)
-        return False

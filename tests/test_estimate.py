@@ -262,3 +262,10 @@ def test_other_bad_arguments_are_clear_errors() -> None:
         lt.estimate({"model": "gpt-4o", "messages": []}, provider="gemini")  # type: ignore[arg-type]
     with pytest.raises(InvalidRequestBody, match=r"messages\[0\]\.content"):
         lt.estimate({"messages": [{"role": "user", "content": 1}]}, provider="anthropic")
+
+
+def test_an_anthropic_body_is_counted_as_anthropic_without_being_told() -> None:
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 100, "system": "be brief",
+            "messages": [{"role": "user", "content": "hi"}]}
+    assert lt.estimate(body) == lt.estimate(body, "anthropic")
+    assert lt.estimate(body).max_output_tokens == 100

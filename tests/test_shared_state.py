@@ -823,3 +823,12 @@ def test_a_rate_only_limiter_never_reclaims_another_limiters_quota(shared_name):
         rates.try_acquire(f"u{i}")
     assert quota.status("tenant:a")[0].used == 60.0
     assert not quota.try_acquire("tenant:a", cost_usd=60)
+
+
+def test_cli_inspect_without_a_name_lists_the_tables(shared_name):
+    lt.SharedState(shared_name)
+    listed = json.loads(_cli("inspect", "--json").stdout)
+    mine = [t for t in listed if t["name"] == shared_name]
+    assert len(mine) == 1 and mine[0]["uid"] == os.getuid() and mine[0]["mode"] == "0600" and mine[0]["bytes"] > 0
+    text = _cli("inspect")
+    assert text.returncode == 0 and shared_name in text.stdout

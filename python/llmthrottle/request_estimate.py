@@ -83,7 +83,7 @@ class RequestEstimate:
 
 def estimate(
     body: Mapping[str, Any],
-    provider: Literal["openai", "anthropic"] = "openai",
+    provider: Literal["openai", "anthropic"] | None = None,
     model: str | None = None,
     *,
     endpoint: Literal["chat", "responses", "embeddings", "completions"] | None = None,
@@ -97,7 +97,10 @@ def estimate(
     With ``exact=False`` text is counted by the fast estimator (no vocabulary walk; its error is
     documented in ``llmthrottle.tokens``) instead of the exact tokenizer.
 
-    ``model`` defaults to ``body["model"]``. For OpenAI the endpoint is inferred from the body
+    ``provider`` defaults to ``"anthropic"`` for ``claude*`` models and ``"openai"`` otherwise;
+    Anthropic bodies are counted with o200k_base, an approximation (Anthropic publishes no
+    tokenizer), as the ``encoding`` field of the result says. ``model`` defaults to
+    ``body["model"]``. For OpenAI the endpoint is inferred from the body
     (``messages`` -> chat, ``input`` -> embeddings for ``text-embedding-*`` models else
     responses, ``prompt`` -> completions) unless ``endpoint`` is given. ``fallback`` names the
     encoding for an OpenAI-compatible model the library does not know.
@@ -110,6 +113,8 @@ def estimate(
         model = body.get("model")
         if model is not None and not isinstance(model, str):
             raise InvalidRequestBody(f"model must be a string, not {type(model).__name__}")
+    if provider is None:  # an Anthropic model's body is Anthropic's, whatever else it holds
+        provider = "anthropic" if (model or "").startswith("claude") else "openai"
     lookup = image_size or (lambda url: None)
     if provider == "anthropic":
         return _Counter(get_encoding("o200k_base"), model or "", lookup, exact).anthropic(

@@ -1,10 +1,10 @@
 """Inspect or remove a shared-memory limiter table.
 
-    llmthrottle state inspect NAME [--path FILE] [--json]
+    llmthrottle state inspect [NAME] [--path FILE] [--json]
     llmthrottle state reset NAME [--path FILE] [--yes]
 
 `inspect` lists every live key with its level under each limit, and the processes holding
-concurrency slots. `reset` deletes the table: processes that have it open keep using the old
+concurrency slots; without a name it lists the tables under /dev/shm (the sidecar's included). `reset` deletes the table: processes that have it open keep using the old
 one until they restart, so stop the workers first.
 """
 
@@ -24,7 +24,7 @@ _QUOTA_USED_MASK = (1 << 48) - 1
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     inspect = sub.add_parser("inspect", help="list the keys, levels and holders of a table")
-    inspect.add_argument("name", help="the SharedState name")
+    inspect.add_argument("name", nargs="?", help="the SharedState name (none: list the tables)")
     inspect.add_argument("--path", help="the table file, if not /dev/shm/llmthrottle-NAME")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     reset = sub.add_parser("reset", help="delete a table (stop the processes using it first)")
@@ -48,7 +48,35 @@ def describe(label: str, kind: str, value: int, now_ns: int) -> dict[str, Any]:
     return entry
 
 
+_TABLE_DIR = "/dev/shm"
+_TABLE_PREFIX = "llmthrottle-"
+
+
+def list_tables(as_json: bool) -> int:
+    """The shared tables in /dev/shm: name, size, owner uid, last change."""
+    import os
+
+    tables: list[dict[str, Any]] = []
+    for entry in sorted(os.scandir(_TABLE_DIR), key=lambda e: e.name) if os.path.isdir(_TABLE_DIR) else ():
+        if entry.name.startswith(_TABLE_PREFIX) and entry.is_file(follow_symlinks=False):
+            info = entry.stat(follow_symlinks=False)
+            tables.append({"name": entry.name[len(_TABLE_PREFIX):], "path": entry.path, "bytes": info.st_size,
+                           "uid": info.st_uid, "mode": f"{info.st_mode & 0o777:04o}", "modified": info.st_mtime})
+    if as_json:
+        print(json.dumps(tables, indent=2))
+    elif not tables:
+        print(f"no llmthrottle tables in {_TABLE_DIR}")
+    else:
+        print(f"{'NAME':40s} {'MB':>8s} {'UID':>6s} {'MODE':>5s}  MODIFIED")
+        for table in tables:
+            modified = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(table["modified"]))
+            print(f"{table['name']:40s} {table['bytes'] / 1e6:8.1f} {table['uid']:6d} {table['mode']:>5s}  {modified}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.action == "inspect" and args.name is None:
+        return list_tables(args.json)
     try:
         if args.action == "reset":
             if not args.yes:

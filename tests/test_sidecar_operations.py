@@ -449,3 +449,13 @@ def test_the_lease_table_is_sized_in_the_config() -> None:
     assert config.state_lease_capacity == 100_000
     with pytest.raises(lt.ConfigError, match="lease_capacity"):
         parse_config('[state]\nkind = "in-process"\nlease_capacity = 10\n')
+
+
+def test_serve_prints_the_socket_it_would_use(directory: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "LLMTHROTTLE_SOCKET")}
+    command = [sys.executable, "-m", "llmthrottle.cli", "serve", "--print-socket"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=directory, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, f"/tmp/llmthrottle-{os.getuid()}.sock")
+    done = subprocess.run([*command, "--socket", "/run/x/lt.sock"], capture_output=True, text=True, env=env,
+                          cwd=directory, timeout=60)
+    assert done.stdout.strip() == "/run/x/lt.sock"

@@ -44,6 +44,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", choices=("text", "json"), help="json: one JSON object per line")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--check", action="store_true", help="validate the policy file and exit")
+    parser.add_argument("--print-socket", action="store_true",
+                        help="print the socket path the server would listen on and exit (for scripts: "
+                             "curl --unix-socket \"$(llmthrottle serve --print-socket)\" ...)")
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop")
 
 
@@ -51,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of `llmthrottle serve`."""
     from .._native import ConfigError
     from ..config import find_config_file, load_config
-    from .server import ServerAlreadyRunning, SidecarServer
 
     path = args.config or find_config_file()
     try:
@@ -74,6 +76,11 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         print(f"{path or 'built-in default policy'}: OK; namespaces {', '.join(sorted(config.namespaces))}")
         return 0
+    if args.print_socket:
+        print(config.socket)
+        return 0
+    from .server import ServerAlreadyRunning, SidecarServer
+
     _configure_logging(config.log_format, config.log_level)
     server = SidecarServer(config, path, tune_gc=True)
     try:

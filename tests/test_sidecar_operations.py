@@ -111,7 +111,7 @@ def test_check_and_help(directory: str) -> None:
     with open(path, "w") as file:
         file.write('[limits."*"]\nrequests = "5/fortnight"\n')
     bad = subprocess.run([*run, "--config", path, "--check"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "llmthrottle.toml:1" in bad.stderr
+    assert bad.returncode == 2 and "llmthrottle.toml:2" in bad.stderr
     usage = subprocess.run([*run, "--help"], capture_output=True, text=True, check=True).stdout
     for words in ("--socket", "--config", "SIGHUP", "curl --unix-socket"):
         assert words in usage
@@ -459,3 +459,17 @@ def test_serve_prints_the_socket_it_would_use(directory: str) -> None:
     done = subprocess.run([*command, "--socket", "/run/x/lt.sock"], capture_output=True, text=True, env=env,
                           cwd=directory, timeout=60)
     assert done.stdout.strip() == "/run/x/lt.sock"
+
+
+def test_metrics_count_what_the_ledger_quarantined(directory: str) -> None:
+    from llmthrottle.ledger import Ledger
+    from llmthrottle.sidecar.service import Service
+
+    service = Service(parse_config('[limits."*"]\nrequests = "1000/min"\n'),
+                      ledger=Ledger(os.path.join(directory, "ledger")))
+    try:
+        assert "llmthrottle_ledger_quarantined_total 0" in service.metrics.render()
+        service.ledger.quarantine.add("record", "test", b"{}")
+        assert "llmthrottle_ledger_quarantined_total 1" in service.metrics.render()
+    finally:
+        service.close()

@@ -64,6 +64,7 @@ class Metrics:
         self.bad_frames = 0
         self.reloads: dict[str, int] = {}
         self.held_reservations: Callable[[], int] = lambda: 0
+        self.ledger_quarantined: Callable[[], int] = lambda: 0
         # A callable giving (namespace, budget, key, remaining_usd) for recently used budget keys.
         self.budget_remaining: Optional[Callable[[], Iterable[tuple[str, str, str, float]]]] = None
 
@@ -130,6 +131,9 @@ class Metrics:
                ((_labels([("namespace", ns), ("outcome", o)]), v) for (ns, o), v in sorted(self.settled.items())))
         family("llmthrottle_reservations_held", "gauge", "Reservations admitted and not yet settled.",
                [("", self.held_reservations())])
+        family("llmthrottle_ledger_quarantined_total", "counter",
+               "Ledger records put aside in quarantine.jsonl because the store refused them.",
+               [("", self.ledger_quarantined())])
         budgets = list(self.budget_remaining()) if self.budget_remaining is not None else []
         if may_see is not None:
             budgets = [entry for entry in budgets if may_see(entry[2])]

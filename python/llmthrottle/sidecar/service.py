@@ -77,6 +77,8 @@ class Service:
         # reservation from a previous server process gets UnknownReservation, never another's.
         self._next_id = secrets.randbits(40) << 12  # < 2**52: exact in JSON numbers too
         self.metrics.held_reservations = lambda: len(self.held)
+        if ledger is not None:
+            self.metrics.ledger_quarantined = lambda: ledger.quarantine.count
         # Budget keys recently committed to, for the budget-remaining gauge (bounded: least
         # recently used first out).
         self.budget_keys: OrderedDict[tuple[str, str], None] = OrderedDict()

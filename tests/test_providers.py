@@ -65,11 +65,14 @@ def test_a_wrapped_call_is_priced_and_recorded_as_the_provider_reported(ledger: 
 
 
 def test_a_429_waits_out_retry_after_and_the_caller_sees_only_the_success(ledger: Any, opened: list[Any]) -> None:
-    # 60 tokens a minute: the second call does not fit until about a second later.
+    # 60 tokens a minute, taken by another program on the same account (a bare SDK client): the
+    # wrapped call cannot know, meets a 429 and waits out its Retry-After.
     with FakeProvider(tpm=60, output_tokens=5) as provider:
         client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger))
         opened.append(client)
-        client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=40)
+        other = openai.OpenAI(base_url=provider.openai_base_url, api_key="k", max_retries=0)
+        opened.append(other)
+        other.chat.completions.create(model=MINI, messages=HELLO, max_tokens=40)
         started = time.monotonic()
         reply = client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=10)
         waited = time.monotonic() - started
@@ -98,7 +101,9 @@ def test_the_deadline_hands_the_429_to_the_caller(ledger: Any, opened: list[Any]
         client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger),
                          deadline_s=2.0)
         opened.append(client)
-        client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=40)
+        other = openai.OpenAI(base_url=provider.openai_base_url, api_key="k", max_retries=0)  # another program
+        opened.append(other)
+        other.chat.completions.create(model=MINI, messages=HELLO, max_tokens=40)
         with pytest.raises(openai.RateLimitError):
             client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=60)
         assert provider.counters.rate_limited == 1
@@ -140,7 +145,9 @@ def test_one_429_pauses_every_process_on_the_shared_state() -> None:
         with FakeProvider(tpm=600, output_tokens=5) as provider:
             client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), state=state,
                              deadline_s=0.5)
-            client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=50)
+            other = openai.OpenAI(base_url=provider.openai_base_url, api_key="k", max_retries=0)  # another program
+            other.chat.completions.create(model=MINI, messages=HELLO, max_tokens=50)
+            other.close()
             with pytest.raises(openai.RateLimitError) as refused:  # the 429: this worker gives up...
                 client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=585)
             pause_ends = time.monotonic() + float(refused.value.response.headers["retry-after"]) - 1.0
@@ -289,3 +296,18 @@ def test_a_command_without_its_extra_says_what_to_install(argv: list[str], extra
     result = subprocess.run([sys.executable, "-c", MISSING_AIOHTTP, *argv], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert f"pip install 'llmthrottle[{extra}]'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_limits_learned_from_headers_keep_later_calls_clear_of_429s(ledger: Any, opened: list[Any]) -> None:
+    # 1,200 tokens a minute (20 a second); each call asks for ~200 (input plus max_tokens=190).
+    with FakeProvider(tpm=1200, output_tokens=5) as provider:
+        client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"))  # no limits configured
+        opened.append(client)
+        started = time.monotonic()
+        for _ in range(7):
+            client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=190)
+        elapsed = time.monotonic() - started
+        assert provider.counters.rate_limited == 0, provider.counters  # learned, never discovered by 429s
+        assert provider.counters.requests == 7
+    # 7 x ~198 tokens against a 1,200 bucket refilling 20/s: the wrapper waited for room itself.
+    assert elapsed >= 5.0

@@ -131,10 +131,16 @@ def connect(path: str, *, readonly: bool = False, sync: bool = False) -> sqlite3
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
                                isolation_level=None)
     else:
-        # Created owner-only like the journals; SQLite gives its -wal and -shm files the
-        # database file's mode.
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        # Owner-only like the journals, set by path before WAL mode makes the -wal and -shm files
+        # (SQLite gives them the database file's mode). Never by opening the file ourselves:
+        # closing any descriptor of it would drop the POSIX locks SQLite holds on it in this
+        # process, which corrupts the database under concurrent writers.
+        for name in (path, f"{path}-wal", f"{path}-shm"):
+            try:
+                os.chmod(name, 0o600)
+            except FileNotFoundError:
+                pass
         conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL survives any process crash; FULL is needed to also survive power loss.
         conn.execute(f"PRAGMA synchronous={'FULL' if sync else 'NORMAL'}")

@@ -18,9 +18,12 @@ from typing import Any, Optional, Union
 
 from .._native import RateLimited
 from ..guard import Guard, GuardedCall
+from ..pricing.usage import normalize_usage
+from ..request_estimate import estimate
 from ..tokens import count_tokens
 from .attribution import context_keys
 from .headers import announced_limits, retry_after_s
+from .learned import LearnedLimits
 from .pause import ProviderPause, pause_key
 from .protocol import Endpoint, UsageReader, endpoint_of, failure_kind
 
@@ -35,6 +38,7 @@ class Settings:
 
     guard: Optional[Guard]
     pause: ProviderPause
+    learned: LearnedLimits
     keys: KeysOption = None
     max_attempts: int = 6
     deadline_s: float = 600.0
@@ -64,6 +68,7 @@ class CallPlan:
         self.first_byte_s: Optional[float] = None
         self.settled = False
         self.last_failure: Optional[str] = None
+        self.learned_reservation: Any = None
 
     @classmethod
     def start(cls, settings: Settings, method: str, host: str, path: str, headers: Any,
@@ -114,10 +119,52 @@ class CallPlan:
         return wait
 
     def observe(self, headers: Any) -> None:
-        """Reads the limits an answer announced: one used up pauses every worker until its reset."""
-        for announced in announced_limits(self.endpoint.family, headers):
-            if announced.remaining == 0 and announced.reset_s:
-                self.settings.pause.pause(self.pause_key, announced.reset_s)
+        """Reads the limits an answer announced: they become the provider key's learned limits,
+        and one used up pauses every worker until its reset."""
+        announced = announced_limits(self.endpoint.family, headers)
+        self.settings.learned.observe(self.pause_key, announced)
+        for limit in announced:
+            if limit.remaining == 0 and limit.reset_s:
+                self.settings.pause.pause(self.pause_key, limit.reset_s)
+
+    def learned_admission(self) -> Optional[tuple[Any, dict[str, int]]]:
+        """(limiter, amounts) to admit this attempt against the limits the provider announced,
+        or None while none are known. A previous attempt's admission is given back first."""
+        self.release_learned()
+        limiter = self.settings.learned.known(self.pause_key)
+        if limiter is None:
+            return None
+        input_tokens, output_tokens = self.reserved_tokens()
+        return limiter, LearnedLimits.amounts(limiter, self.endpoint.family, input_tokens, output_tokens)
+
+    def reserved_tokens(self) -> tuple[int, int]:
+        if self.call is not None:
+            return self.call._reserved_tokens
+        counted = estimate(self.body, self.endpoint.family)
+        return counted.input_tokens, counted.max_output_tokens
+
+    def release_learned(self) -> None:
+        if self.learned_reservation is not None:
+            self.learned_reservation.cancel()
+            self.learned_reservation = None
+
+    def _settle_learned(self, usage: Any) -> None:
+        reservation, self.learned_reservation = self.learned_reservation, None
+        if reservation is None:
+            return
+        if self.endpoint.family != "anthropic":
+            reservation.commit()  # OpenAI counts the output reservation toward TPM, used or not
+            return
+        try:
+            tokens = normalize_usage(usage, self.endpoint.family)
+        except (ValueError, TypeError):
+            reservation.commit()  # unreadable usage: keep the worst case
+            return
+        limiter = self.settings.learned.known(self.pause_key)
+        dimensions = limiter.dimensions if limiter is not None else ()
+        amounts = LearnedLimits.amounts(limiter, self.endpoint.family, tokens.prompt_tokens, tokens.output_tokens) \
+            if limiter is not None else {}
+        reservation.commit(**{k: v for k, v in amounts.items() if k in dimensions})
 
     def next_wait(self, status: int, headers: Any, body: bytes) -> Optional[float]:
         """After an error answer: seconds to wait before the next attempt, or None to give the
@@ -159,6 +206,7 @@ class CallPlan:
         return "rate_limited" if self.last_failure == "rate_limited" else "error"
 
     def fail(self, outcome: str, **tags: Any) -> None:
+        self.release_learned()
         if self.call is not None and not self.settled:
             self.settled = True
             self.call.fail(outcome, **self._tags(), **tags)
@@ -166,21 +214,27 @@ class CallPlan:
     def reader(self) -> UsageReader:
         return UsageReader(self.endpoint, self.streaming, self.hide_usage_chunk)
 
-    def settle(self, reader: UsageReader) -> None:
-        """The body ended or was abandoned: reconcile, price, record."""
-        if self.call is None or self.settled:
-            return
-        self.settled = True
-        call = self.call
-        call.tags.update(self._tags())
+    def _final_usage(self, reader: UsageReader) -> tuple[Any, str]:
+        """The usage to settle with and the outcome: the reply's own, or for a reply abandoned
+        (or without usage) the input as estimated plus what was received."""
         if reader.complete and reader.usage is not None:
-            call.finish(reader.usage)
-            return
-        # Abandoned (or a reply without usage): the input as estimated plus what was received.
+            return reader.usage, "ok"
         received = count_tokens("".join(reader.text_parts), encoding="o200k_base") if reader.text_parts else 0
-        input_tokens = call._reserved_tokens[0]
+        input_tokens = self.reserved_tokens()[0]
         if reader.usage is not None and type(reader.usage.get("input_tokens")) is int:
             input_tokens = reader.usage["input_tokens"]  # Anthropic's message_start told it
         usage = ({"input_tokens": input_tokens, "output_tokens": received} if self.endpoint.family == "anthropic"
                  else {"prompt_tokens": input_tokens, "completion_tokens": received})
-        call.finish(usage, outcome="ok" if reader.complete else "cancelled")
+        return usage, "ok" if reader.complete else "cancelled"
+
+    def settle(self, reader: UsageReader) -> None:
+        """The body ended or was abandoned: reconcile, price, record."""
+        if self.learned_reservation is None and (self.call is None or self.settled):
+            return
+        usage, outcome = self._final_usage(reader)
+        self._settle_learned(usage)
+        if self.call is None or self.settled:
+            return
+        self.settled = True
+        self.call.tags.update(self._tags())
+        self.call.finish(usage, outcome=outcome)

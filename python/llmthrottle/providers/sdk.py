@@ -10,6 +10,7 @@ import httpx2
 from ..guard import Guard
 from ..limiter import Limiter
 from .call import KeysOption, Settings
+from .learned import LearnedLimits
 from .pause import ProviderPause
 from .transport import AsyncThrottledTransport, ThrottledTransport
 
@@ -36,6 +37,8 @@ def wrap(client: _Client, *, guard: Optional[Guard] = None, limiter: Optional[Li
       is added, and the extra chunk hidden, unless `include_stream_usage=False`), priced and
       recorded in the guard's ledger with its outcome, attempts and seconds waited; a stream
       abandoned half-way is settled with its input and what was received;
+    - admitted against the limits the provider announced in its headers (requests and tokens per
+      minute per provider, API key and model), shared by every process on the same `state`;
     - paused, with every process on the same `state` (default: the guard's, else this process),
       when the provider answers 429 or announces a limit used up, until the provider's reset: one
       worker's 429 never becomes every worker's.
@@ -47,8 +50,8 @@ def wrap(client: _Client, *, guard: Optional[Guard] = None, limiter: Optional[Li
         guard = Guard(limiter)
     if state is None and guard is not None:
         state = guard.limiter.state
-    settings = Settings(guard=guard, pause=ProviderPause(state), keys=keys, max_attempts=max_attempts,
-                        deadline_s=deadline_s, max_retry_after_s=max_retry_after_s,
+    settings = Settings(guard=guard, pause=ProviderPause(state), learned=LearnedLimits(state), keys=keys,
+                        max_attempts=max_attempts, deadline_s=deadline_s, max_retry_after_s=max_retry_after_s,
                         include_stream_usage=include_stream_usage)
     with_options = getattr(client, "with_options", None)
     http_client = getattr(client, "_client", None)

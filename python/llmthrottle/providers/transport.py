@@ -122,6 +122,10 @@ class ThrottledTransport(httpx2.BaseTransport):
                         plan.call = guard.call(plan.keys(), **plan.admit_arguments())
                     elif plan.attempts > 0:
                         plan.call.retry(timeout=plan.remaining_s())
+                learned = plan.learned_admission()
+                if learned is not None:
+                    plan.learned_reservation = learned[0].acquire(plan.pause_key, timeout=plan.remaining_s(),
+                                                                  **learned[1])
                 plan.attempts += 1
                 try:
                     response = self.inner.handle_request(request)
@@ -179,6 +183,10 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
                         plan.call = await guard.call_async(plan.keys(), **plan.admit_arguments())
                     elif plan.attempts > 0:
                         await plan.call.retry_async(timeout=plan.remaining_s())
+                learned = plan.learned_admission()
+                if learned is not None:
+                    plan.learned_reservation = await learned[0].acquire_async(
+                        plan.pause_key, timeout=plan.remaining_s(), **learned[1])
                 plan.attempts += 1
                 try:
                     response = await self.inner.handle_async_request(request)

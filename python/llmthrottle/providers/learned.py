@@ -1,0 +1,67 @@
+"""Limits learned from the provider's headers: the requests and tokens per minute a response
+announces for its (provider, API key, model) become a limiter on the wrapper's state, so every
+worker sharing that state spends the provider's quota together instead of discovering it by
+429s. Announced limits apply whether or not limits were configured: llmthrottle never sends more
+than the provider said it takes. A later announcement of other numbers replaces them.
+
+Each call is admitted at its worst case (input plus its output reservation) and reconciled with
+its real usage when it settles, as any reservation is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from ..limiter import Limiter
+from .headers import Announcement
+
+__all__ = ["LearnedLimits"]
+
+# The dimensions a provider announces; all are per minute.
+_DIMENSIONS = ("requests", "tokens", "input_tokens", "output_tokens")
+
+
+class LearnedLimits:
+    """The announced limits per provider key, on `state` (None: this process only)."""
+
+    def __init__(self, state: Any = None) -> None:
+        self._state = state
+        self._limiters: dict[str, tuple[tuple[tuple[str, int], ...], Limiter]] = {}
+
+    def observe(self, key: str, announced: Sequence[Announcement]) -> None:
+        limits = tuple(sorted((a.dimension, a.limit) for a in announced if a.dimension in _DIMENSIONS and a.limit > 0))
+        if not limits:
+            return
+        current = self._limiters.get(key)
+        if current is not None and current[0] == limits:
+            return
+        rates = {dimension: f"{limit}/min" for dimension, limit in limits}
+        if current is None:
+            namespace = "llmthrottle.learned." + hashlib.sha256(key.encode()).hexdigest()[:16]
+            limiter = Limiter(rates, state=self._state, namespace=namespace)
+            # Start where the provider is: what it says is used already (by this call, and by
+            # whoever else shares the key) is charged, so the first calls do not overshoot.
+            used = {a.dimension: a.limit - a.remaining for a in announced
+                    if a.dimension in _DIMENSIONS and 0 <= a.remaining < a.limit}
+            if used:
+                limiter.charge(key, **used)
+        else:
+            limiter = current[1]
+            limiter.set_limits(rates)
+        self._limiters[key] = (limits, limiter)
+
+    def known(self, key: str) -> Optional[Limiter]:
+        entry = self._limiters.get(key)
+        return entry[1] if entry is not None else None
+
+    @staticmethod
+    def amounts(limiter: Limiter, family: str, input_tokens: int, output_tokens: int) -> dict[str, int]:
+        """A call's amounts in the dimensions `limiter` limits (OpenAI counts input plus the
+        output reservation toward TPM; Anthropic counts input and output apart)."""
+        every = {"tokens": input_tokens + output_tokens, "input_tokens": input_tokens,
+                 "output_tokens": output_tokens}
+        if family == "anthropic":
+            every["tokens"] = input_tokens
+        return {name: value for name, value in every.items() if name in limiter.dimensions}

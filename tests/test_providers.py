@@ -311,3 +311,18 @@ def test_limits_learned_from_headers_keep_later_calls_clear_of_429s(ledger: Any,
         assert provider.counters.requests == 7
     # 7 x ~198 tokens against a 1,200 bucket refilling 20/s: the wrapper waited for room itself.
     assert elapsed >= 5.0
+
+
+def test_responses_and_embeddings_are_priced_and_recorded(ledger: Any, opened: list[Any]) -> None:
+    with FakeProvider(output_tokens=6) as provider:
+        client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger))
+        opened.append(client)
+        response = client.responses.create(model=MINI, input="hello there", max_output_tokens=50)
+        embedded = client.embeddings.create(model="text-embedding-3-small", input=["one", "two"])
+    assert len(embedded.data) == 2
+    first, second = records(ledger)
+    assert (first.input_tokens, first.output_tokens) == (response.usage.input_tokens, response.usage.output_tokens)
+    assert first.cost_micros == lt.cost(MINI, response.usage.model_dump()).total_micros > 0
+    assert second.model == "text-embedding-3-small" and second.input_tokens == embedded.usage.prompt_tokens
+    assert second.cost_micros == lt.cost("text-embedding-3-small", embedded.usage.model_dump()).total_micros
+    assert first.outcome == second.outcome == "ok"

@@ -1,5 +1,5 @@
-"""A fake LLM provider on loopback: OpenAI chat completions and Anthropic messages, streaming
-and not, with each provider's rate-limit semantics. The test double for everything in
+"""A fake LLM provider on loopback: OpenAI chat completions (streaming and not), responses and
+embeddings, and Anthropic messages (streaming and not), with each provider's rate-limit semantics. The test double for everything in
 llmthrottle that talks to a provider, used with the real `openai` and `anthropic` SDKs.
 
     with FakeProvider(rpm=60, tpm=20_000) as provider:
@@ -199,6 +199,8 @@ class FakeProvider:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=8 << 20)
         app.router.add_post("/v1/chat/completions", self._openai_chat)
+        app.router.add_post("/v1/responses", self._openai_responses)
+        app.router.add_post("/v1/embeddings", self._openai_embeddings)
         app.router.add_post("/v1/messages", self._anthropic_messages)
         return app
 
@@ -264,31 +266,11 @@ class FakeProvider:
 
     async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
-        with self._lock:
-            self.counters.requests += 1
-        if self.insufficient_quota:
-            return self._openai_error(429, "You exceeded your current quota, please check your plan and billing "
-                                      "details.", "insufficient_quota", "insufficient_quota")
-        if self._random.random() < self.error_rate:
-            with self._lock:
-                self.counters.errors += 1
-            return self._openai_error(500, "The server had an error while processing your request.", "server_error",
-                                      None)
-        input_tokens = estimate(body, "openai").input_tokens
         requested = body.get("max_completion_tokens", body.get("max_tokens"))
         requested = requested if type(requested) is int else None
-        charge = input_tokens + (requested if requested is not None else self.output_tokens)
-        limited, wait = self._admit({"requests": 1, "tokens": charge}, input_tokens)
-        if wait > 0:
-            bucket = self._buckets[limited]
-            return self._openai_error(
-                429, f"Rate limit reached for {body['model']} on {limited} per min (TPM/RPM): Limit "
-                f"{bucket.capacity}, Used {bucket.capacity - bucket.remaining()}, Requested {charge if limited == 'tokens' else 1}. "
-                f"Please try again in {_openai_duration(wait)}.", limited, "rate_limit_exceeded",
-                {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(max(1, math.ceil(wait * 1000)))})
-        output_tokens = self._reply_tokens(requested)
-        with self._lock:
-            self.counters.output_tokens += output_tokens
+        refused, input_tokens, output_tokens = await self._openai_admit(body, requested, True)
+        if refused is not None:
+            return refused
         usage = {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
                  "total_tokens": input_tokens + output_tokens}
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
@@ -327,6 +309,71 @@ class FakeProvider:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    async def _openai_admit(self, body: dict[str, Any], requested: Optional[int],
+                            replies: bool) -> tuple[Optional[web.Response], int, int]:
+        """Counts and admits an OpenAI request, charging input plus the requested output (or the
+        reply's length) toward TPM: (the refusal, or None; input tokens; output tokens to send)."""
+        with self._lock:
+            self.counters.requests += 1
+        if self.insufficient_quota:
+            return (self._openai_error(429, "You exceeded your current quota, please check your plan and billing "
+                                       "details.", "insufficient_quota", "insufficient_quota"), 0, 0)
+        if self._random.random() < self.error_rate:
+            with self._lock:
+                self.counters.errors += 1
+            return (self._openai_error(500, "The server had an error while processing your request.", "server_error",
+                                       None), 0, 0)
+        input_tokens = estimate(body, "openai").input_tokens
+        output_tokens = self._reply_tokens(requested) if replies else 0
+        charge = input_tokens + (requested if requested is not None else output_tokens)
+        limited, wait = self._admit({"requests": 1, "tokens": charge}, input_tokens)
+        if wait > 0:
+            bucket = self._buckets[limited]
+            return (self._openai_error(
+                429, f"Rate limit reached for {body['model']} on {limited} per min (TPM/RPM): Limit "
+                f"{bucket.capacity}, Used {bucket.capacity - bucket.remaining()}, "
+                f"Requested {charge if limited == 'tokens' else 1}. Please try again in {_openai_duration(wait)}.",
+                limited, "rate_limit_exceeded",
+                {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(max(1, math.ceil(wait * 1000)))}),
+                input_tokens, 0)
+        with self._lock:
+            self.counters.output_tokens += output_tokens
+        return None, input_tokens, output_tokens
+
+    async def _openai_responses(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        requested = body.get("max_output_tokens")
+        refused, input_tokens, output_tokens = await self._openai_admit(
+            body, requested if type(requested) is int else None, True)
+        if refused is not None:
+            return refused
+        await self._pace(output_tokens)
+        self._count(200)
+        return web.json_response({
+            "id": f"resp_{uuid.uuid4().hex[:24]}", "object": "response", "created_at": int(time.time()),
+            "model": body["model"], "status": "completed",
+            "output": [{"type": "message", "id": f"msg_{uuid.uuid4().hex[:12]}", "role": "assistant",
+                        "status": "completed",
+                        "content": [{"type": "output_text", "text": " tok" * output_tokens, "annotations": []}]}],
+            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens,
+                      "total_tokens": input_tokens + output_tokens,
+                      "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+        }, headers=self._openai_headers())
+
+    async def _openai_embeddings(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request)
+        refused, input_tokens, _ = await self._openai_admit(body, None, False)
+        if refused is not None:
+            return refused
+        inputs = body.get("input")
+        count = len(inputs) if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int) else 1
+        self._count(200)
+        return web.json_response({
+            "object": "list", "model": body["model"],
+            "data": [{"object": "embedding", "index": i, "embedding": [0.0] * 8} for i in range(count)],
+            "usage": {"prompt_tokens": input_tokens, "total_tokens": input_tokens},
+        }, headers=self._openai_headers())
 
     # ------------------------------------------------------------------ Anthropic
 

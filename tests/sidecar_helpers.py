@@ -22,7 +22,7 @@ from typing import Any, Optional
 import msgpack
 import pytest
 
-from llmthrottle.sidecar.protocol import MAGIC, FrameDecoder, decode_payload, encode_frame
+from llmthrottle.sidecar.protocol import MAGIC, OK, FrameDecoder, Op, decode_payload, encode_frame
 
 STARTUP_TIMEOUT_S = 30.0
 
@@ -176,6 +176,17 @@ class ServerProcess:
 
         SharedState.remove(default_state_name(self.socket))
         return self.proc.returncode
+
+
+def still_serving(server: "ServerProcess") -> None:
+    """Asserts the server still answers both protocols and has not exited."""
+    client = RawClient(server.socket)
+    try:
+        assert client.call([1, Op.PING]) == [1, OK, None]
+    finally:
+        client.close()
+    assert server.http("GET", "/health")[0] == 200
+    assert server.proc.poll() is None
 
 
 def start_server(directory: str, config: Optional[str] = None, args: tuple[str, ...] = (),

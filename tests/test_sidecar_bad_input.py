@@ -14,17 +14,7 @@ import msgpack
 import pytest
 
 from llmthrottle.sidecar.protocol import ERROR, MAGIC, OK, Op, encode_frame
-from sidecar_helpers import RawClient, ServerProcess, sidecar_server, start_server  # noqa: F401  (fixture)
-
-
-def _still_serving(server: ServerProcess) -> None:
-    client = RawClient(server.socket)
-    try:
-        assert client.call([1, Op.PING]) == [1, OK, None]
-    finally:
-        client.close()
-    assert server.http("GET", "/health")[0] == 200
-    assert server.proc.poll() is None
+from sidecar_helpers import RawClient, ServerProcess, sidecar_server, still_serving, start_server  # noqa: F401  (fixture)
 
 
 def test_garbage_bytes_get_an_http_error(sidecar_server: ServerProcess) -> None:
@@ -36,7 +26,7 @@ def test_garbage_bytes_get_an_http_error(sidecar_server: ServerProcess) -> None:
         assert client.closed_by_server()
     finally:
         client.close()
-    _still_serving(sidecar_server)
+    still_serving(sidecar_server)
 
 
 def test_garbage_after_the_magic_closes_with_an_error_frame(sidecar_server: ServerProcess) -> None:
@@ -48,7 +38,7 @@ def test_garbage_after_the_magic_closes_with_an_error_frame(sidecar_server: Serv
         assert client.closed_by_server()
     finally:
         client.close()
-    _still_serving(sidecar_server)
+    still_serving(sidecar_server)
 
 
 @pytest.mark.parametrize("payload", [
@@ -62,7 +52,7 @@ def test_wrong_shapes(sidecar_server: ServerProcess, payload: bytes) -> None:
         assert answer[0][1] == ERROR and answer[0][2][0] == "BadRequest"
     finally:
         client.close()
-    _still_serving(sidecar_server)
+    still_serving(sidecar_server)
 
 
 def test_oversized_frame_is_refused_before_it_is_read(sidecar_server: ServerProcess) -> None:
@@ -74,7 +64,7 @@ def test_oversized_frame_is_refused_before_it_is_read(sidecar_server: ServerProc
         assert client.closed_by_server()
     finally:
         client.close()
-    _still_serving(sidecar_server)
+    still_serving(sidecar_server)
 
 
 def test_oversized_http_body_is_refused(sidecar_server: ServerProcess) -> None:
@@ -82,7 +72,7 @@ def test_oversized_http_body_is_refused(sidecar_server: ServerProcess) -> None:
 
     status, _, _ = http_request(sidecar_server.socket, "POST", "/v1/acquire", raw=b"x" * (2 << 20))
     assert status == 413
-    _still_serving(sidecar_server)
+    still_serving(sidecar_server)
 
 
 def test_truncated_frames_and_disconnects_mid_request(sidecar_server: ServerProcess) -> None:
@@ -102,7 +92,7 @@ def test_truncated_frames_and_disconnects_mid_request(sidecar_server: ServerProc
             sock.sendall(MAGIC + frame * 50)
         finally:
             sock.close()
-    _still_serving(sidecar_server)
+    still_serving(sidecar_server)
 
 
 def test_a_magic_prefix_that_turns_out_to_be_http(sidecar_server: ServerProcess) -> None:
@@ -113,7 +103,7 @@ def test_a_magic_prefix_that_turns_out_to_be_http(sidecar_server: ServerProcess)
         assert client.sock.recv(65536).startswith((b"HTTP/1.0 400", b"HTTP/1.1 400"))
     finally:
         client.close()
-    _still_serving(sidecar_server)
+    still_serving(sidecar_server)
 
 
 @pytest.fixture
@@ -145,12 +135,12 @@ def test_many_idle_connections_are_closed_and_others_still_served(idle_server: S
             sock.connect(idle_server.socket)
             if i % 2:
                 sock.sendall(MAGIC)  # half are binary connections, half never say anything
-        _still_serving(idle_server)
+        still_serving(idle_server)
         # Every idle connection is closed by the server after idle_timeout.
         for sock in sockets:
             sock.settimeout(60)
             assert sock.recv(1) == b""
-        _still_serving(idle_server)
+        still_serving(idle_server)
     finally:
         for sock in sockets:
             sock.close()
@@ -163,7 +153,7 @@ def test_deeply_nested_json_is_a_bad_request(sidecar_server: ServerProcess) -> N
     status, _, answer = http_request(sidecar_server.socket, "POST", "/v1/acquire", raw=body)
     assert (status, answer["error"]) == (400, "BadRequest")
     assert "nested" in answer["message"]
-    _still_serving(sidecar_server)
+    still_serving(sidecar_server)
 
 
 def test_abuse_without_any_access_adds_at_most_a_summary_line_to_the_log() -> None:
@@ -182,7 +172,7 @@ def test_abuse_without_any_access_adds_at_most_a_summary_line_to_the_log() -> No
                 sock.connect(server.socket)
                 sock.sendall(MAGIC + struct.pack(">I", 3) + b"\xc1\xc1\xc1")
                 sock.close()
-            _still_serving(server)
+            still_serving(server)
             added = server.log().splitlines()[before:]
         finally:
             server.stop()

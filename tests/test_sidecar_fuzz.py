@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from llmthrottle.sidecar.errors import ERRORS
 from llmthrottle.sidecar.protocol import ERROR, MAGIC, OK, FrameDecoder, FrameError, Op
-from sidecar_helpers import RawClient, ServerProcess, sidecar_server  # noqa: F401  (fixture)
+from sidecar_helpers import RawClient, ServerProcess, sidecar_server, still_serving  # noqa: F401  (fixture)
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -34,14 +34,6 @@ ops = st.sampled_from([int(op) for op in (Op.ACQUIRE, Op.COMMIT, Op.CANCEL, Op.S
                                           Op.PING)]) | st.integers(-5, 300)
 requests = st.builds(lambda rid, op, args: [rid, op, *args], st.integers(0, 2**31) | values, ops,
                      st.lists(values, max_size=5))
-
-
-def _still_serving(server: ServerProcess) -> None:
-    client = RawClient(server.socket)
-    try:
-        assert client.call([1, Op.PING]) == [1, OK, None]
-    finally:
-        client.close()
 
 
 @FUZZ
@@ -75,7 +67,7 @@ def test_any_binary_request_gets_an_answer_and_no_internal_error(sidecar_server:
                     assert answer[2][0] in ERRORS and answer[2][0] != "InternalError", answer
     finally:
         client.close()
-    _still_serving(sidecar_server)
+    still_serving(sidecar_server)
 
 
 @FUZZ
@@ -97,7 +89,7 @@ def test_any_frame_payload_is_answered_or_closed(sidecar_server: ServerProcess, 
         for answer in msgpack.unpackb(answer_payload, strict_map_key=False):
             if answer[1] == ERROR:
                 assert answer[2][0] != "InternalError", answer
-    _still_serving(sidecar_server)
+    still_serving(sidecar_server)
 
 
 @FUZZ

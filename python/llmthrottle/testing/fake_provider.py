@@ -238,6 +238,14 @@ class FakeProvider:
             self.counters.input_tokens += input_tokens
             return limited, 0.0
 
+    def _server_error_now(self) -> bool:
+        """Whether this request draws a 500 (at `error_rate`); counted when it does."""
+        if self._random.random() >= self.error_rate:
+            return False
+        with self._lock:
+            self.counters.errors += 1
+        return True
+
     def _reply_tokens(self, requested: Optional[int]) -> int:
         return self.output_tokens if requested is None else max(0, min(self.output_tokens, requested))
 
@@ -319,9 +327,7 @@ class FakeProvider:
         if self.insufficient_quota:
             return (self._openai_error(429, "You exceeded your current quota, please check your plan and billing "
                                        "details.", "insufficient_quota", "insufficient_quota"), 0, 0)
-        if self._random.random() < self.error_rate:
-            with self._lock:
-                self.counters.errors += 1
+        if self._server_error_now():
             return (self._openai_error(500, "The server had an error while processing your request.", "server_error",
                                        None), 0, 0)
         input_tokens = estimate(body, "openai").input_tokens
@@ -399,9 +405,7 @@ class FakeProvider:
             self.counters.requests += 1
         if self._random.random() < self.overload_rate:
             return self._anthropic_error(529, "overloaded_error", "Overloaded")
-        if self._random.random() < self.error_rate:
-            with self._lock:
-                self.counters.errors += 1
+        if self._server_error_now():
             return self._anthropic_error(500, "api_error", "Internal server error")
         input_tokens = estimate(body, "anthropic").input_tokens
         # Output tokens are charged as generated: a request waits only while OTPM is in debt.

@@ -326,3 +326,50 @@ def test_responses_and_embeddings_are_priced_and_recorded(ledger: Any, opened: l
     assert second.model == "text-embedding-3-small" and second.input_tokens == embedded.usage.prompt_tokens
     assert second.cost_micros == lt.cost("text-embedding-3-small", embedded.usage.model_dump()).total_micros
     assert first.outcome == second.outcome == "ok"
+
+
+def test_each_call_is_reported_to_the_code_that_made_it(opened: list[Any]) -> None:
+    # Without a guard or a ledger: the caller still learns what each call cost, in its own task.
+    with FakeProvider(output_tokens=7, insufficient_quota=False) as provider:
+        client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"))
+        opened.append(client)
+        with lt.calls() as outer:
+            reply = client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=20)
+            with lt.calls() as inner:
+                for _ in client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=20, stream=True):
+                    pass
+        client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=20)  # outside: nobody listens
+
+        async def two_tasks() -> list[list[Any]]:
+            aclient = lt.wrap(openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"))
+
+            async def one() -> list[Any]:
+                with lt.calls() as made:
+                    await aclient.chat.completions.create(model=MINI, messages=HELLO, max_tokens=3)
+                return made
+
+            try:
+                return list(await asyncio.gather(one(), one()))
+            finally:
+                await aclient.close()
+
+        per_task = asyncio.run(two_tasks())
+    assert len(outer) == 2 and len(inner) == 1 and inner[0] is outer[1]
+    first, streamed = outer
+    usage = reply.usage.model_dump()
+    assert (first.model, first.provider, first.outcome, first.status, first.attempts) == (MINI, "openai", "ok", 200, 1)
+    assert (first.input_tokens, first.output_tokens) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert first.cost_micros == lt.cost(MINI, usage).total_micros > 0 and first.priced
+    assert first.ttft_s is None and streamed.ttft_s is not None and streamed.output_tokens == 7
+    assert [len(made) for made in per_task] == [1, 1] and per_task[0][0] is not per_task[1][0]
+    assert all(made[0].output_tokens == 3 for made in per_task)
+
+
+def test_a_failed_call_is_reported_with_its_status(opened: list[Any]) -> None:
+    with FakeProvider(insufficient_quota=True) as provider:
+        client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"))
+        opened.append(client)
+        with lt.calls() as made, pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model=MINI, messages=HELLO)
+    [failed] = made
+    assert (failed.outcome, failed.status, failed.cost_micros, failed.attempts) == ("error", 429, 0, 1)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .guard import Guard, GuardedCall, ThresholdEvent
     from .ledger import Ledger, UsageRecord
     from .pricing import Cost, PriceTable, TokenUsage, UsageAccumulator, cost, worst_case_cost
-    from .providers import context, wrap
+    from .providers import CallReport, calls, context, wrap
 
 # Imported on first use: a worker that only limits never pays for asyncio, the sidecar client,
 # the ledger's SQLite or the price table.
@@ -49,6 +49,8 @@ _LAZY = {
     "worst_case_cost": ".pricing",
     "wrap": ".providers",
     "context": ".providers",
+    "calls": ".providers",
+    "CallReport": ".providers",
 }
 
 
@@ -70,6 +72,7 @@ __all__ = [
     "AsyncAcquire",
     "Budget",
     "BudgetExceeded",
+    "CallReport",
     "ConfigError",
     "Cost",
     "Decision",
@@ -93,6 +96,7 @@ __all__ = [
     "TokenUsage",
     "UsageAccumulator",
     "UsageRecord",
+    "calls",
     "context",
     "cost",
     "worst_case_cost",

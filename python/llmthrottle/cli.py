@@ -18,6 +18,8 @@ _SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "report": ("llmthrottle.report", "spend by tenant/team/user/feature/model from a ledger", ""),
     "serve": ("llmthrottle.sidecar.cli",
               "run the sidecar: limits, budgets and ledger for every local process, on a Unix socket", "sidecar"),
+    "batch": ("llmthrottle.batch.cli", "run, resume or forecast a batch job over CSV/JSONL rows at the provider's limit",
+              "providers"),
     "fake-provider": ("llmthrottle.testing.fake_provider_cli",
                       "run a fake OpenAI/Anthropic API on loopback with their rate limits, for tests", "providers"),
 }

@@ -1,8 +1,10 @@
 """The provider layer: what llmthrottle knows of each provider's API (`protocol`, `headers`),
 one call's lifecycle (`call`), the httpx transports that carry it (`transport`), and
-`sdk.wrap`, which installs them in an SDK client; `attribution.context` attributes calls to keys."""
+`sdk.wrap`, which installs them in an SDK client; `attribution.context` attributes calls to keys,
+`reports.calls` tells the caller what each call cost."""
 
 from .attribution import context
+from .reports import CallReport, calls
 from .sdk import wrap
 
-__all__ = ["context", "wrap"]
+__all__ = ["CallReport", "calls", "context", "wrap"]

@@ -18,6 +18,8 @@ from typing import Any, Optional, Union
 
 from .._native import RateLimited
 from ..guard import Guard, GuardedCall
+from ..pricing import cost as price_of
+from ..pricing.table import Cost
 from ..pricing.usage import normalize_usage
 from ..request_estimate import estimate
 from ..tokens import count_tokens
@@ -26,6 +28,7 @@ from .headers import announced_limits, retry_after_s
 from .learned import LearnedLimits
 from .pause import ProviderPause, pause_key
 from .protocol import Endpoint, UsageReader, endpoint_of, failure_kind
+from .reports import CallReport, listening, report
 
 __all__ = ["CallPlan", "Settings"]
 
@@ -67,6 +70,8 @@ class CallPlan:
         self.call: Optional[GuardedCall] = None
         self.first_byte_s: Optional[float] = None
         self.settled = False
+        self.reported = False
+        self.status: Optional[int] = None
         self.last_failure: Optional[str] = None
         self.learned_reservation: Any = None
 
@@ -118,9 +123,10 @@ class CallPlan:
             raise error
         return wait
 
-    def observe(self, headers: Any) -> None:
-        """Reads the limits an answer announced: they become the provider key's learned limits,
-        and one used up pauses every worker until its reset."""
+    def observe(self, status: int, headers: Any) -> None:
+        """Reads an answer's status and the limits it announced: they become the provider key's
+        learned limits, and one used up pauses every worker until its reset."""
+        self.status = status
         announced = announced_limits(self.endpoint.family, headers)
         self.settings.learned.observe(self.pause_key, announced)
         for limit in announced:
@@ -210,6 +216,33 @@ class CallPlan:
         if self.call is not None and not self.settled:
             self.settled = True
             self.call.fail(outcome, **self._tags(), **tags)
+        status = tags.get("status")
+        self._report(outcome, None, None, status if isinstance(status, int) else None)
+
+    def _report(self, outcome: str, usage: Any, cost: Optional[Cost], status: Optional[int]) -> None:
+        """Hands the call's `CallReport` to the enclosing `lt.calls()` blocks, once."""
+        if self.reported:
+            return
+        self.reported = True
+        if not listening():
+            return
+        family = self.endpoint.family
+        if cost is None and usage is not None:
+            try:
+                cost = price_of(self.body["model"], usage, family)
+            except ValueError:  # an unknown model (ConfigError) or unreadable usage
+                cost = None
+        try:
+            tokens = cost.usage if cost is not None else normalize_usage(usage, family) if usage is not None else None
+        except (ValueError, TypeError):
+            tokens = None
+        report(CallReport(
+            model=self.body["model"], provider=family, outcome=outcome,
+            input_tokens=tokens.prompt_tokens if tokens is not None else 0,
+            output_tokens=tokens.output_tokens if tokens is not None else 0,
+            cost_micros=cost.total_micros if cost is not None else 0, priced=cost is not None,
+            attempts=self.attempts, waited_s=round(self.waited_s, 6), latency_s=time.monotonic() - self.started,
+            ttft_s=self.first_byte_s if self.streaming else None, status=status))
 
     def reader(self) -> UsageReader:
         return UsageReader(self.endpoint, self.streaming, self.hide_usage_chunk)
@@ -228,13 +261,17 @@ class CallPlan:
         return usage, "ok" if reader.complete else "cancelled"
 
     def settle(self, reader: UsageReader) -> None:
-        """The body ended or was abandoned: reconcile, price, record."""
-        if self.learned_reservation is None and (self.call is None or self.settled):
+        """The body ended or was abandoned: reconcile, price, record, report."""
+        if self.reported and self.learned_reservation is None and (self.call is None or self.settled):
             return
         usage, outcome = self._final_usage(reader)
         self._settle_learned(usage)
-        if self.call is None or self.settled:
-            return
-        self.settled = True
-        self.call.tags.update(self._tags())
-        self.call.finish(usage, outcome=outcome)
+        cost: Optional[Cost] = None
+        if self.call is not None and not self.settled:
+            self.settled = True
+            self.call.tags.update(self._tags())
+            try:
+                cost = self.call.finish(usage, outcome=outcome)
+            finally:
+                self._report(outcome, usage, cost if cost is not None else self.call.cost, self.status)
+        self._report(outcome, usage, None, self.status)

@@ -136,7 +136,7 @@ class ThrottledTransport(httpx2.BaseTransport):
                         raise
                     self._wait(plan, wait)
                     continue
-                plan.observe(response.headers)
+                plan.observe(response.status_code, response.headers)
                 if response.status_code < 400:
                     return _observed(response, _ObservedStream(response.stream, plan, plan.reader()))
                 body = response.read()
@@ -197,7 +197,7 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
                         raise
                     await self._wait(plan, wait)
                     continue
-                plan.observe(response.headers)
+                plan.observe(response.status_code, response.headers)
                 if response.status_code < 400:
                     return _observed(response, _AsyncObservedStream(response.stream, plan, plan.reader()))
                 body = await response.aread()

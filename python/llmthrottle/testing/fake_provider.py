@@ -78,6 +78,17 @@ class _Bucket:
         return max(0.0, (self.capacity - self.level) / self._rate_per_s)
 
 
+@web.middleware
+async def _quiet_disconnects(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A client that goes away mid-request (killed, timed out) is normal for a provider: the
+    request ends there, without a traceback."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except ConnectionError:
+        raise web.HTTPBadRequest(text="client disconnected") from None
+
+
 def _openai_duration(seconds: float) -> str:
     if seconds < 1:
         return f"{max(0, round(seconds * 1000))}ms"
@@ -98,6 +109,7 @@ class _Counters:
     input_tokens: int = 0
     output_tokens: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
+    charged: dict[str, int] = field(default_factory=dict)  # per limit, what admitted requests took
 
 
 class FakeProvider:
@@ -197,7 +209,7 @@ class FakeProvider:
         self.stop()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=8 << 20)
+        app = web.Application(client_max_size=8 << 20, middlewares=[_quiet_disconnects])
         app.router.add_post("/v1/chat/completions", self._openai_chat)
         app.router.add_post("/v1/responses", self._openai_responses)
         app.router.add_post("/v1/embeddings", self._openai_embeddings)
@@ -235,6 +247,7 @@ class FakeProvider:
             for name, amount in charges.items():
                 if name in self._buckets:
                     self._buckets[name].take(amount)
+                self.counters.charged[name] = self.counters.charged.get(name, 0) + amount
             self.counters.input_tokens += input_tokens
             return limited, 0.0
 

@@ -1,0 +1,104 @@
+"""Batch jobs over LLM APIs: many rows at the provider's limit, with a cost forecast and cap,
+checkpoints and resume (`llmthrottle batch run|resume|forecast`).
+
+    import llmthrottle.batch as batch
+    result = batch.run("reviews.csv", "labels.jsonl", model="gpt-4o-mini",
+                       template="Label the sentiment of: {text}", max_tokens=5, max_cost_usd=2.0)
+    print(result.summary())
+
+A job lives in a directory (default: the output's path plus ``.job``) that holds its
+specification, every finished row and the ledger of every call, so that after a crash or
+Ctrl-C `batch.resume(job_dir)` finishes it with every row in the output exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Optional, ParamSpec, TypeVar, Union
+
+from .checkpoint import JobDirectory
+from .forecast import Forecast, forecast
+from .rows import BuildRequest, Row, read_rows
+from .runner import OUTPUT_COLUMNS, BatchResult, ParseReply, Runner
+from .spec import JobSpec, Provider
+
+__all__ = ["OUTPUT_COLUMNS", "BatchResult", "Forecast", "JobSpec", "Row", "plan", "read_rows", "resume",
+           "resume_async", "run", "run_async"]
+
+PathLike = Union[str, "Path"]
+
+
+def default_job_dir(output: PathLike) -> Path:
+    return Path(f"{output}.job")
+
+
+async def run_async(input: PathLike, output: PathLike, *, model: str, provider: Provider = "openai",
+                    template: Optional[str] = None, system: Optional[str] = None, max_tokens: int = 256,
+                    base_url: Optional[str] = None, rpm: Optional[int] = None, tpm: Optional[int] = None,
+                    max_cost_usd: Optional[float] = None, expected_output_tokens: Optional[int] = None,
+                    concurrency: int = 16, job_dir: Optional[PathLike] = None, client: Any = None,
+                    build: Optional[BuildRequest] = None, parse: Optional[ParseReply] = None, state: Any = None,
+                    progress: bool = True, checkpoint_rows: int = 100, checkpoint_s: float = 5.0) -> BatchResult:
+    """Runs a new job (see `JobSpec` for the options) and returns how it ended.
+
+    `client` is an async SDK client to use (`openai.AsyncOpenAI`, `anthropic.AsyncAnthropic`;
+    default: one made from `provider`, `base_url` and the provider's API key variable); it is
+    wrapped, and closed at the end. `build(fields) -> body` makes a row's request instead of the
+    template, `parse(reply) -> value` its result instead of the reply's text. `state` shares the
+    job's limits with other processes (`lt.SharedState`). Raises `BudgetExceeded` before
+    anything is sent when the expected cost passes `max_cost_usd`."""
+    spec = JobSpec(input=str(input), output=str(output), model=model, provider=provider, template=template,
+                   system=system, max_tokens=max_tokens, base_url=base_url, rpm=rpm, tpm=tpm,
+                   max_cost_usd=max_cost_usd, expected_output_tokens=expected_output_tokens,
+                   concurrency=concurrency, checkpoint_rows=checkpoint_rows, checkpoint_s=checkpoint_s)
+    if not Path(spec.input).is_file():
+        raise FileNotFoundError(f"batch input {spec.input!r} does not exist")
+    directory = JobDirectory.create(Path(job_dir) if job_dir is not None else default_job_dir(output), spec)
+    try:
+        return await Runner(directory, client=client, build=build, parse=parse, state=state,
+                            show_progress=progress).run()
+    finally:
+        directory.close()
+
+
+async def resume_async(job_dir: PathLike, *, retry_failed: bool = False, max_cost_usd: Optional[float] = None,
+                       client: Any = None, build: Optional[BuildRequest] = None, parse: Optional[ParseReply] = None,
+                       state: Any = None, progress: bool = True) -> BatchResult:
+    """Finishes the job in `job_dir`: the rows without a result (and with `retry_failed`, the
+    failed ones) run, and the output is written again with every row once. `max_cost_usd`
+    replaces the job's cap; `build` and `parse` must be given again if the job used them."""
+    directory = JobDirectory.open(Path(job_dir))
+    try:
+        if max_cost_usd is not None:
+            directory.spec = directory.spec.replace(max_cost_usd=max_cost_usd)
+        return await Runner(directory, client=client, build=build, parse=parse, state=state,
+                            retry_failed=retry_failed, show_progress=progress).run()
+    finally:
+        directory.close()
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _blocking(coroutine_function: Callable[_P, Awaitable[_T]]) -> Callable[_P, _T]:
+    def blocking(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        async def main() -> _T:
+            return await coroutine_function(*args, **kwargs)
+
+        return asyncio.run(main())
+
+    blocking.__name__ = coroutine_function.__name__.removesuffix("_async")
+    blocking.__doc__ = f"`{coroutine_function.__name__}` from blocking code: the same options and result."
+    return blocking
+
+
+run = _blocking(run_async)
+resume = _blocking(resume_async)
+
+
+def plan(spec: JobSpec, build: Optional[BuildRequest] = None) -> Forecast:
+    """The forecast of a job before it runs (every row counted exactly, nothing sent)."""
+    return forecast(spec, read_rows(spec, build))

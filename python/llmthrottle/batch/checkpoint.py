@@ -1,0 +1,163 @@
+"""A batch job's directory: what it is, what it has done, and the lock that keeps one runner on it.
+
+    job.json          the JobSpec (written once, atomically)
+    results.jsonl     one line per finished row, appended and flushed as each row ends
+    checkpoint.json   rows done and spend, written atomically (after an fsync of the results)
+                      every `checkpoint_rows` rows or `checkpoint_s` seconds
+    ledger/           the usage ledger of every call the job made
+    lock              held (flock) by the runner
+
+Why this survives a SIGKILL at any instant: a result line is one `write` of a complete line, so
+after a kill the file holds whole lines and at most one partial last line, which `open` cuts
+off. A row is done when its line is in the file; a row in flight at the kill has no line and
+runs again on resume (its first call was billed, and it is in the ledger). When a row appears
+twice (a failed row retried with `retry_failed`), its last line is its result, so the output
+holds every row exactly once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from .._native import ConfigError
+from .spec import JobSpec
+
+__all__ = ["JobDirectory"]
+
+
+class JobDirectory:
+    """An open job directory (see the module docstring); `results` maps row index to its line."""
+
+    def __init__(self, path: Path, spec: JobSpec, results: dict[int, dict[str, Any]], spent_micros: int,
+                 lock: int) -> None:
+        self.path = path
+        self.spec = spec
+        self.results = results
+        self.spent_micros = spent_micros  # every line's calls, a retried row's earlier lines too
+        self._lock = lock
+        self._file = open(path / "results.jsonl", "ab", buffering=0)  # noqa: SIM115 - closed by close()
+        self._since_checkpoint = 0
+        self._checkpoint_at = time.monotonic()
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def create(cls, path: Path, spec: JobSpec) -> "JobDirectory":
+        """A new job at `path` (empty or absent); an existing job there is a `ConfigError`."""
+        path.mkdir(parents=True, exist_ok=True)
+        if (path / "job.json").exists():
+            raise ConfigError(f"{path} already holds a job: resume it (llmthrottle batch resume {path}), "
+                              "or choose another job directory")
+        lock = _lock(path)
+        _write_atomically(path / "job.json", spec.to_json())
+        (path / "results.jsonl").touch()
+        return cls(path, spec, {}, 0, lock)
+
+    @classmethod
+    def open(cls, path: Path) -> "JobDirectory":
+        """The job at `path`, with the results it holds (a partial last line cut off)."""
+        try:
+            text = (path / "job.json").read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"{path} holds no batch job (no job.json)") from None
+        spec = JobSpec.from_json(text, str(path / "job.json"))
+        lock = _lock(path)
+        try:
+            results, spent = _read_results(path / "results.jsonl")
+        except BaseException:
+            os.close(lock)
+            raise
+        return cls(path, spec, results, spent, lock)
+
+    # ------------------------------------------------------------------ while running
+
+    def add(self, result: dict[str, Any]) -> None:
+        """Records one finished row (durable at the next checkpoint, visible to a resume at once)."""
+        line = json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        self._file.write(line)  # one write of a whole line; unbuffered
+        self.results[int(result["row"])] = result
+        self.spent_micros += int(result.get("cost_micros") or 0)
+        self._since_checkpoint += 1
+        if (self._since_checkpoint >= self.spec.checkpoint_rows
+                or time.monotonic() - self._checkpoint_at >= self.spec.checkpoint_s):
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        os.fsync(self._file.fileno())
+        summary = {"rows_done": len(self.results), "spent_micros": self.spent_micros, "at": time.time(),
+                   "results_bytes": self._file.tell()}
+        _write_atomically(self.path / "checkpoint.json", json.dumps(summary))
+        self._since_checkpoint = 0
+        self._checkpoint_at = time.monotonic()
+
+    def close(self) -> None:
+        try:
+            self.checkpoint()
+        finally:
+            self._file.close()
+            os.close(self._lock)
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.path / "ledger"
+
+
+def _lock(path: Path) -> int:
+    descriptor = os.open(path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise ConfigError(f"the job in {path} is being run by another process") from None
+    return descriptor
+
+
+def _read_results(path: Path) -> tuple[dict[int, dict[str, Any]], int]:
+    """(row index -> its last line, the cost of every line)."""
+    results: dict[int, dict[str, Any]] = {}
+    spent = 0
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return results, spent
+    whole = data.rfind(b"\n") + 1
+    if whole < len(data):  # a line cut by a kill mid-write: that row was not finished
+        with open(path, "r+b") as file:
+            file.truncate(whole)
+    for number, line in enumerate(data[:whole].splitlines(), 1):
+        try:
+            result = json.loads(line)
+            index = int(result["row"])
+            spent += int(result.get("cost_micros") or 0)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ConfigError(f"{path}: line {number} is not a result; the job directory is damaged") from None
+        results[index] = result
+    return results, spent
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def read_checkpoint(path: Path) -> Optional[dict[str, Any]]:
+    """The last checkpoint's summary, or None before the first."""
+    try:
+        value = json.loads((path / "checkpoint.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

@@ -1,0 +1,101 @@
+"""What a batch job will cost and how long it will take, before it starts: the exact token count
+of every request (`lt.estimate`), priced at three reply lengths, and the time the provider's
+limits need to admit it all.
+
+- least: every reply empty (the input alone);
+- expected: every reply `expected_output_tokens` long (capped by the row's max tokens);
+- most: every reply as long as its max tokens allow.
+
+Each row is priced as its own call (rounded up once, as the ledger will charge it), so the
+forecast and the spend add up the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Optional
+
+from ..pricing import PriceTable, TokenUsage
+from .rows import Row
+from .spec import JobSpec
+
+__all__ = ["Forecast", "forecast"]
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """A job's forecast (see the module docstring); costs in integer micro-dollars."""
+
+    rows: int
+    bad_rows: int
+    requests: int
+    input_tokens: int
+    max_output_tokens: int
+    expected_output_tokens: int
+    least_micros: int
+    expected_micros: int
+    most_micros: int
+    seconds: Optional[float]
+
+    def describe(self) -> str:
+        time = "unknown until the provider announces its limits (or pass rpm/tpm)" if self.seconds is None \
+            else _duration(self.seconds)
+        return (f"{self.requests} requests ({self.bad_rows} bad rows of {self.rows}), {self.input_tokens} input tokens; "
+                f"cost ${self.least_micros / 1e6:.4f} least, ${self.expected_micros / 1e6:.4f} expected, "
+                f"${self.most_micros / 1e6:.4f} most; time {time}")
+
+
+def forecast(spec: JobSpec, rows: Iterable[Row], *, expected_output_tokens: Optional[int] = None,
+             prices: Optional[PriceTable] = None) -> Forecast:
+    """The forecast of `rows` (those of `spec`'s input still to do). `expected_output_tokens`
+    overrides the spec's (a resumed job passes what its finished rows returned)."""
+    table = prices or PriceTable.default()
+    expected_length = expected_output_tokens or spec.expected_output_tokens or max(1, spec.max_tokens // 2)
+    count = bad = requests = input_tokens = max_output = expected_output = 0
+    least = expected = most = 0
+    counted_tokens = 0  # toward the provider's token limit, as it counts them at admission
+    model = spec.model
+    for row in rows:
+        count += 1
+        if row.body is None:
+            bad += 1
+            continue
+        requests += 1
+        row_model = str(row.body.get("model") or model)
+        row_expected = min(expected_length, row.max_output_tokens)
+        input_tokens += row.input_tokens
+        max_output += row.max_output_tokens
+        expected_output += row_expected
+        least += _price(table, row_model, spec, row.input_tokens, 0)
+        expected += _price(table, row_model, spec, row.input_tokens, row_expected)
+        most += _price(table, row_model, spec, row.input_tokens, row.max_output_tokens)
+        counted_tokens += row.input_tokens + (row.max_output_tokens if spec.provider == "openai" else row_expected)
+    return Forecast(count, bad, requests, input_tokens, max_output, expected_output, least, expected, most,
+                    _seconds(spec, requests, counted_tokens))
+
+
+def _price(table: PriceTable, model: str, spec: JobSpec, input_tokens: int, output_tokens: int) -> int:
+    usage = TokenUsage(input_tokens=input_tokens, output_tokens=output_tokens)
+    return table.cost(model, usage, spec.provider).total_micros
+
+
+def _seconds(spec: JobSpec, requests: int, tokens: int) -> Optional[float]:
+    """Minutes the limits need beyond their first full minute (a limit admits its whole quota at
+    once, then its rate), in seconds; None when no limit is known."""
+    if spec.rpm is None and spec.tpm is None:
+        return None
+    needed = [0.0]
+    if spec.rpm is not None:
+        needed.append(max(0, requests - spec.rpm) / spec.rpm * 60)
+    if spec.tpm is not None:
+        needed.append(max(0, tokens - spec.tpm) / spec.tpm * 60)
+    return max(needed)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"about {seconds:.0f}s"
+    if seconds < 5400:
+        return f"about {seconds / 60:.0f} min"
+    return f"about {seconds / 3600:.1f} h"

@@ -1,0 +1,297 @@
+"""Runs a batch job: every row of its input through a wrapped SDK client (the provider layer's
+admission, retries, pricing and ledger), under the job's cost cap, into its job directory, then
+the output file in input order.
+
+The cost cap never lets the spend pass `max_cost_usd`: a row is sent only when what was spent,
+plus the worst case of every row in flight, plus its own worst case fits under the cap. When the
+next row does not fit, no more rows are sent; the rows in flight finish and the job stops with
+the rest pending (resume it with a higher cap).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .._native import BudgetExceeded, ExceedsCapacity, RateLimited
+from ..guard import Guard
+from ..ledger import Ledger
+from ..limiter import Limiter
+from ..pricing import PriceTable, worst_case_cost
+from ..providers import calls, wrap
+from .checkpoint import JobDirectory
+from .concurrency import AdaptiveConcurrency
+from .forecast import Forecast, forecast
+from .progress import Progress
+from .rows import BuildRequest, Row, read_rows
+from .spec import JobSpec
+
+__all__ = ["BatchResult", "ParseReply", "Runner", "OUTPUT_COLUMNS"]
+
+ParseReply = Callable[[dict[str, Any]], Any]
+
+OUTPUT_COLUMNS = ("row", "id", "status", "result", "input_tokens", "output_tokens", "cost_micros", "cost_usd",
+                  "attempts", "latency_s", "error")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """How a run of a job ended. `failures` counts failed rows by cause; `pending` rows were not
+    run (the cost cap stopped the job, or it was interrupted)."""
+
+    job_dir: Path
+    output: Path
+    rows: int
+    succeeded: int
+    failed: int
+    pending: int
+    spent_micros: int
+    forecast: Forecast
+    failures: dict[str, int] = field(default_factory=dict)
+    stopped: Optional[str] = None
+
+    def summary(self) -> str:
+        lines = [f"{self.succeeded} of {self.rows} rows succeeded, {self.failed} failed, {self.pending} pending; "
+                 f"spent ${self.spent_micros / 1e6:.4f} (forecast ${self.forecast.expected_micros / 1e6:.4f} "
+                 f"expected, ${self.forecast.most_micros / 1e6:.4f} most); output {self.output}"]
+        if self.stopped:
+            lines.append(f"stopped: {self.stopped}")
+        for cause, count in sorted(self.failures.items(), key=lambda item: -item[1]):
+            lines.append(f"  {count:6d}  {cause}")
+        if self.failed or self.pending:
+            again = " --retry-failed" if self.failed else ""
+            lines.append(f"to finish: llmthrottle batch resume {self.job_dir}{again}")
+        return "\n".join(lines)
+
+
+class Runner:
+    """One run of the job in `directory` (created or resumed)."""
+
+    def __init__(self, directory: JobDirectory, *, client: Any = None, build: Optional[BuildRequest] = None,
+                 parse: Optional[ParseReply] = None, state: Any = None, retry_failed: bool = False,
+                 show_progress: bool = True, prices: Optional[PriceTable] = None) -> None:
+        self.directory = directory
+        self.spec = directory.spec
+        self.build = build
+        self.parse = parse or _default_parse(self.spec.provider)
+        self.retry_failed = retry_failed
+        self.show_progress = show_progress
+        self.prices = prices or PriceTable.default()
+        self._given_client = client
+        self._state = state
+        self._reserved_micros = 0
+        self._stopped: Optional[str] = None
+
+    # ------------------------------------------------------------------ the plan
+
+    def rows_to_do(self, rows: list[Row]) -> list[Row]:
+        done = self.directory.results
+        return [row for row in rows if row.index not in done
+                or (self.retry_failed and done[row.index].get("status") == "error")]
+
+    def forecast(self, rows: list[Row]) -> Forecast:
+        finished = [r for r in self.directory.results.values() if r.get("status") == "ok"]
+        expected = round(sum(int(r["output_tokens"]) for r in finished) / len(finished)) if finished else None
+        return forecast(self.spec, rows, expected_output_tokens=expected or None, prices=self.prices)
+
+    def refuse_over_cap(self, plan: Forecast) -> None:
+        cap = self.spec.max_cost_micros
+        if cap is not None and self.directory.spent_micros + plan.expected_micros > cap:
+            raise BudgetExceeded(
+                f"the job's expected cost ${plan.expected_micros / 1e6:.4f} (plus ${self.directory.spent_micros / 1e6:.4f} "
+                f"spent) exceeds max_cost_usd ${cap / 1e6:.4f}: raise the cap, lower max_tokens, or split the input")
+
+    # ------------------------------------------------------------------ the run
+
+    async def run(self) -> BatchResult:
+        rows = list(read_rows(self.spec, self.build))
+        todo = self.rows_to_do(rows)
+        plan = self.forecast(todo)
+        self.refuse_over_cap(plan)
+        progress = Progress(len(rows), done=len(rows) - len(todo), enabled=self.show_progress)
+        ledger = Ledger(self.directory.ledger_path)
+        try:
+            client = self._client(ledger)
+            try:
+                await self._run_rows(client, todo, progress)
+            finally:
+                await client.close()
+        finally:
+            progress.close()
+            ledger.close()
+            self.directory.checkpoint()
+        output = self.write_output(rows)
+        return self._result(rows, plan, output)
+
+    def _client(self, ledger: Ledger) -> Any:
+        spec = self.spec
+        limits: dict[str, Any] = {}
+        if spec.rpm is not None:
+            limits["requests"] = f"{spec.rpm}/min"
+        if spec.tpm is not None:
+            limits["tokens"] = f"{spec.tpm}/min"
+        limiter = Limiter(limits or {"concurrency": spec.concurrency}, state=self._state)
+        client = self._given_client
+        if client is None:
+            client = _sdk_client(spec)
+        return wrap(client, guard=Guard(limiter, ledger=ledger, prices=self.prices),
+                    keys=[f"batch:{self.directory.path.name}"], state=self._state)
+
+    async def _run_rows(self, client: Any, todo: list[Row], progress: Progress) -> None:
+        concurrency = AdaptiveConcurrency(self.spec.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            for row in todo:
+                if row.body is None:
+                    self._finish(row, progress, error=row.error or "bad row")
+                    continue
+                await concurrency.acquire()
+                worst = self._worst_case(row)
+                if not self._fits(worst):
+                    await concurrency.release(1, None)
+                    break
+                self._reserved_micros += worst
+                task = asyncio.ensure_future(self._one(client, row, worst, concurrency, progress))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    def _worst_case(self, row: Row) -> int:
+        assert row.body is not None
+        return worst_case_cost(str(row.body.get("model") or self.spec.model), row.input_tokens,
+                               row.max_output_tokens, provider=self.spec.provider, prices=self.prices)
+
+    def _fits(self, worst: int) -> bool:
+        cap = self.spec.max_cost_micros
+        if cap is None or self.directory.spent_micros + self._reserved_micros + worst <= cap:
+            return True
+        self._stopped = (f"max_cost_usd ${cap / 1e6:.4f} reached: ${self.directory.spent_micros / 1e6:.4f} spent, "
+                         "the next row could pass the cap")
+        return False
+
+    async def _one(self, client: Any, row: Row, worst: int, concurrency: AdaptiveConcurrency,
+                   progress: Progress) -> None:
+        started = time.monotonic()
+        attempts, service_s = 1, None
+        try:
+            with calls() as made:
+                try:
+                    reply = await client.post(_path(self.spec.provider), body=row.body, cast_to=object)
+                    result, error = self.parse(reply), None
+                except (ExceedsCapacity, BudgetExceeded, RateLimited) as refused:
+                    result, error = None, f"{type(refused).__name__}: {refused}"
+                except Exception as failed:  # noqa: BLE001 - a row's failure is reported, the job goes on
+                    result, error = None, _failure(failed)
+            if made:
+                attempts = sum(report.attempts for report in made)
+                last = made[-1]
+                if error is None:
+                    service_s = max(0.0, last.latency_s - last.waited_s)
+            self._finish(row, progress, result=result, error=error, reports=made, latency_s=time.monotonic() - started)
+        finally:
+            self._reserved_micros -= worst
+            await concurrency.release(attempts, service_s)
+
+    def _finish(self, row: Row, progress: Progress, *, result: Any = None, error: Optional[str] = None,
+                reports: Optional[list[Any]] = None, latency_s: float = 0.0) -> None:
+        reports = reports or []
+        cost = sum(report.cost_micros for report in reports)
+        last = reports[-1] if reports else None
+        line = {"row": row.index, "id": row.id, "status": "error" if error is not None else "ok", "result": result,
+                "input_tokens": last.input_tokens if last else 0, "output_tokens": last.output_tokens if last else 0,
+                "cost_micros": cost, "cost_usd": cost / 1e6, "attempts": sum(r.attempts for r in reports),
+                "latency_s": round(latency_s, 4), "error": error}
+        self.directory.add(line)
+        progress.row(failed=error is not None, tokens=line["input_tokens"] + line["output_tokens"], cost_micros=cost)
+
+    # ------------------------------------------------------------------ the end
+
+    def write_output(self, rows: list[Row]) -> Path:
+        """The output file, in input order, atomically replaced."""
+        path = Path(self.spec.output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        results = self.directory.results
+        ordered = [results[row.index] for row in rows if row.index in results]
+        with open(temporary, "w", newline="", encoding="utf-8") as file:
+            if self.spec.format_of_output() == "csv":
+                writer = csv.DictWriter(file, fieldnames=OUTPUT_COLUMNS, extrasaction="ignore")
+                writer.writeheader()
+                for result in ordered:
+                    writer.writerow({k: _cell(v) for k, v in result.items()})
+            else:
+                for result in ordered:
+                    file.write(json.dumps(result, ensure_ascii=False) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+        return path
+
+    def _result(self, rows: list[Row], plan: Forecast, output: Path) -> BatchResult:
+        results = self.directory.results
+        failed = [results[row.index] for row in rows if results.get(row.index, {}).get("status") == "error"]
+        succeeded = sum(1 for row in rows if results.get(row.index, {}).get("status") == "ok")
+        causes = Counter(_cause(str(result.get("error"))) for result in failed)
+        return BatchResult(self.directory.path, output, len(rows), succeeded, len(failed),
+                           len(rows) - succeeded - len(failed), self.directory.spent_micros, plan, dict(causes),
+                           self._stopped)
+
+
+def _sdk_client(spec: JobSpec) -> Any:
+    if spec.provider == "anthropic":
+        import anthropic
+
+        return anthropic.AsyncAnthropic(base_url=spec.base_url)
+    import openai
+
+    return openai.AsyncOpenAI(base_url=spec.base_url)
+
+
+def _path(provider: str) -> str:
+    return "/v1/messages" if provider == "anthropic" else "/chat/completions"
+
+
+def _default_parse(provider: str) -> ParseReply:
+    def openai_text(reply: dict[str, Any]) -> Any:
+        return reply["choices"][0]["message"]["content"]
+
+    def anthropic_text(reply: dict[str, Any]) -> Any:
+        return "".join(block.get("text", "") for block in reply["content"] if block.get("type") == "text")
+
+    return anthropic_text if provider == "anthropic" else openai_text
+
+
+def _failure(error: Exception) -> str:
+    status = getattr(error, "status_code", None)
+    if isinstance(status, int):
+        body = getattr(error, "body", None)
+        kind = (body.get("error", body) if isinstance(body, dict) else {}) or {}
+        code = kind.get("code") or kind.get("type") if isinstance(kind, dict) else None
+        return f"HTTP {status} {code or type(error).__name__}: {str(getattr(error, 'message', error))[:300]}"
+    return f"{type(error).__name__}: {str(error)[:300]}"
+
+
+def _cause(error: str) -> str:
+    """A failure's cause for the summary: its reason without the details of the row."""
+    head = error.split(":", 1)[0]
+    if head.startswith(("line ", "row has", "malformed CSV")):
+        return "bad row: " + (head if not head.startswith("line ") else error.split(" ", 2)[-1].split(":")[0])
+    if head.startswith("missing template field"):
+        return "bad row: missing template field"
+    return head
+
+
+def _cell(value: Any) -> Any:
+    return "" if value is None else value

@@ -1,0 +1,71 @@
+"""What each wrapped call cost, for the code that made it: `lt.calls()` collects a `CallReport`
+for every LLM call a wrapped client makes inside the block (across threads started in it and
+asyncio tasks created in it, like `lt.context`).
+
+    with lt.calls() as made:
+        client.chat.completions.create(...)
+    made[-1].cost_micros, made[-1].attempts, made[-1].latency_s
+
+A report is made once per call, when it is settled (its reply read to the end, abandoned, or
+handed to the caller as an error); a stream's report appears when the stream is closed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Optional
+
+__all__ = ["CallReport", "calls", "report"]
+
+
+@dataclass(frozen=True)
+class CallReport:
+    """One wrapped call, as it ended.
+
+    `outcome` is the ledger's (``ok``, ``rate_limited``, ``error``, ``cancelled``); tokens are
+    the provider's usage (0 when the call ended without any); `cost_micros` is integer
+    micro-dollars (0 when unpriced, see `priced`); `attempts` counts every request sent,
+    `waited_s` the seconds spent waiting for the limits or a retry, `latency_s` the whole call,
+    `status` the HTTP status of the answer handed back (None for a transport error).
+    """
+
+    model: str
+    provider: str
+    outcome: str
+    input_tokens: int
+    output_tokens: int
+    cost_micros: int
+    priced: bool
+    attempts: int
+    waited_s: float
+    latency_s: float
+    ttft_s: Optional[float]
+    status: Optional[int]
+
+
+_SINKS: contextvars.ContextVar[tuple[list[CallReport], ...]] = contextvars.ContextVar("llmthrottle_calls", default=())
+
+
+@contextmanager
+def calls() -> Iterator[list[CallReport]]:
+    """A list that receives a `CallReport` for every wrapped call settled inside the block;
+    nested blocks each receive the calls made inside them."""
+    made: list[CallReport] = []
+    token = _SINKS.set((*_SINKS.get(), made))
+    try:
+        yield made
+    finally:
+        _SINKS.reset(token)
+
+
+def listening() -> bool:
+    """Whether a `calls()` block encloses this point (so that a report is worth building)."""
+    return bool(_SINKS.get())
+
+
+def report(made: CallReport) -> None:
+    for sink in _SINKS.get():
+        sink.append(made)

@@ -34,7 +34,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))  # cookbook_processor, beside this file
 
 MODEL = "gpt-4o-mini"
 MESSAGES = [{"role": "user", "content": "Classify the sentiment of this review: the soup was cold."}]
@@ -124,61 +127,29 @@ def _run_tenacity(run: _Run) -> None:
 
 
 def _run_cookbook(run: _Run) -> None:
+    import itertools
+
     import openai
+    from cookbook_processor import process
 
     from llmthrottle import estimate
 
-    share = 0.75 / run.args.workers
-    max_requests_per_s, max_tokens_per_s = run.args.rpm * share / 60, run.args.tpm * share / 60
-    client = openai.AsyncOpenAI(base_url=run.base_url, api_key=API_KEY, max_retries=0)
+    share = 0.75 / run.args.workers  # the top of its advice, split: it cannot coordinate processes
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": run.args.output_tokens}
-    cost = estimate(body, "openai")
-    tokens_per_request = cost.input_tokens + cost.max_output_tokens
+    tokens = estimate(body, "openai").total
+
+    def done(_: Any, __: Any, started: float) -> None:
+        if time.monotonic() < run.deadline:
+            run.latencies.append(time.monotonic() - started)
+
+    def failed(_: Any, __: BaseException) -> None:
+        run.failures += 1
 
     async def main() -> None:
-        request_capacity, token_capacity = max_requests_per_s * 60, max_tokens_per_s * 60
-        last_update, last_rate_limit = time.monotonic(), -1e9
-        retries: asyncio.Queue[tuple[float, int]] = asyncio.Queue()
-        in_flight: set[asyncio.Task[None]] = set()
-
-        async def attempt(started: float, attempts_left: int) -> None:
-            nonlocal last_rate_limit
-            try:
-                await client.chat.completions.create(**body)
-            except openai.RateLimitError:
-                last_rate_limit = time.monotonic()
-                if attempts_left > 1:
-                    retries.put_nowait((started, attempts_left - 1))
-                else:
-                    run.failures += 1
-                return
-            except openai.APIError:
-                run.failures += 1
-                return
-            if time.monotonic() < run.deadline:
-                run.latencies.append(time.monotonic() - started)
-
-        while run.running():
-            now = time.monotonic()
-            request_capacity = min(max_requests_per_s * 60, request_capacity + max_requests_per_s * (now - last_update))
-            token_capacity = min(max_tokens_per_s * 60, token_capacity + max_tokens_per_s * (now - last_update))
-            last_update = now
-            paused_for = 15 - (now - last_rate_limit)
-            if paused_for > 0:
-                await asyncio.sleep(min(paused_for, run.deadline - now))
-                continue
-            if request_capacity >= 1 and token_capacity >= tokens_per_request:
-                request_capacity -= 1
-                token_capacity -= tokens_per_request
-                started, attempts = retries.get_nowait() if not retries.empty() else (now, 5)
-                task = asyncio.ensure_future(attempt(started, attempts))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-            else:
-                await asyncio.sleep(0.001)  # the processor's own polling interval
-        for task in in_flight:
-            task.cancel()
-        await client.close()
+        async with openai.AsyncOpenAI(base_url=run.base_url, api_key=API_KEY, max_retries=0) as client:
+            await process(((None, body, tokens) for _ in itertools.count()), client,
+                          max_requests_per_minute=run.args.rpm * share, max_tokens_per_minute=run.args.tpm * share,
+                          on_done=done, on_failed=failed, running=run.running)
 
     run.ready_then_start()
     asyncio.run(main())

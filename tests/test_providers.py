@@ -373,3 +373,22 @@ def test_a_failed_call_is_reported_with_its_status(opened: list[Any]) -> None:
             client.chat.completions.create(model=MINI, messages=HELLO)
     [failed] = made
     assert (failed.outcome, failed.status, failed.cost_micros, failed.attempts) == ("error", 429, 0, 1)
+
+
+def test_a_token_limit_is_charged_as_each_provider_counts_it(opened: list[Any]) -> None:
+    # OpenAI counts the requested max tokens toward TPM, used or not; Anthropic the tokens used.
+    # A limit mirroring the provider's must keep the same count, or it admits what gets a 429.
+    with FakeProvider(output_tokens=5) as provider:
+        for family, sdk, base_url, model in (("openai", openai.OpenAI, provider.openai_base_url, MINI),
+                                             ("anthropic", anthropic.Anthropic, provider.anthropic_base_url, SONNET)):
+            limiter = lt.Limiter({"tokens": "100k/day"})  # leaks about one token a second
+            client = lt.wrap(sdk(base_url=base_url, api_key="k"), limiter=limiter, keys=["team:a"])
+            opened.append(client)
+            if family == "openai":
+                reply = client.chat.completions.create(model=model, messages=HELLO, max_tokens=200)
+                counted = reply.usage.prompt_tokens + 200
+            else:
+                message = client.messages.create(model=model, messages=HELLO, max_tokens=200)
+                counted = message.usage.input_tokens + message.usage.output_tokens
+            [state] = limiter.status("team:a")
+            assert state.used == pytest.approx(counted, abs=1), family

@@ -17,10 +17,16 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..pricing import PriceTable, TokenUsage
+from ..report.model import format_usd
 from .rows import Row
 from .spec import JobSpec
 
-__all__ = ["Forecast", "forecast"]
+__all__ = ["Forecast", "forecast", "usd"]
+
+
+def usd(micros: int) -> str:
+    """Integer micro-dollars for display, to the micro-dollar: 40000 -> '$0.040000'."""
+    return "$" + format_usd(micros)
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,8 @@ class Forecast:
         time = "unknown until the provider announces its limits (or pass rpm/tpm)" if self.seconds is None \
             else _duration(self.seconds)
         return (f"{self.requests} requests ({self.bad_rows} bad rows of {self.rows}), {self.input_tokens} input tokens; "
-                f"cost ${self.least_micros / 1e6:.4f} least, ${self.expected_micros / 1e6:.4f} expected, "
-                f"${self.most_micros / 1e6:.4f} most; time {time}")
+                f"cost {usd(self.least_micros)} least, {usd(self.expected_micros)} expected, "
+                f"{usd(self.most_micros)} most; time {time}")
 
 
 def forecast(spec: JobSpec, rows: Iterable[Row], *, expected_output_tokens: Optional[int] = None,

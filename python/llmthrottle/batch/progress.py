@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Optional, TextIO
 
+from .forecast import usd
+
 __all__ = ["Progress"]
 
 
@@ -45,7 +47,7 @@ class Progress:
         left = self.total - self.done
         eta = "--" if rows_per_s <= 0 else _clock(left / rows_per_s)
         return (f"{self.done}/{self.total} rows  {rows_per_s:.1f} rows/s  {self.tokens / elapsed * 60:,.0f} tokens/min  "
-                f"${self.spent_micros / 1e6:.4f}  ETA {eta}  {self.errors} errors")
+                f"{usd(self.spent_micros)}  ETA {eta}  {self.errors} errors")
 
     def show(self) -> None:
         self._shown_at = time.monotonic()

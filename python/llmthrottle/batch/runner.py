@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .._native import BudgetExceeded, ExceedsCapacity, RateLimited
+from .._native import BudgetExceeded, ConfigError, ExceedsCapacity, RateLimited
 from ..guard import Guard
 from ..ledger import Ledger
 from ..limiter import Limiter
@@ -29,7 +29,7 @@ from ..pricing import PriceTable, worst_case_cost
 from ..providers import calls, wrap
 from .checkpoint import JobDirectory
 from .concurrency import AdaptiveConcurrency
-from .forecast import Forecast, forecast
+from .forecast import Forecast, forecast, usd
 from .progress import Progress
 from .rows import BuildRequest, Row, read_rows
 from .spec import JobSpec
@@ -60,8 +60,8 @@ class BatchResult:
 
     def summary(self) -> str:
         lines = [f"{self.succeeded} of {self.rows} rows succeeded, {self.failed} failed, {self.pending} pending; "
-                 f"spent ${self.spent_micros / 1e6:.4f} (forecast ${self.forecast.expected_micros / 1e6:.4f} "
-                 f"expected, ${self.forecast.most_micros / 1e6:.4f} most); output {self.output}"]
+                 f"spent {usd(self.spent_micros)} (forecast {usd(self.forecast.expected_micros)} expected, "
+                 f"{usd(self.forecast.most_micros)} most); output {self.output}"]
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
         for cause, count in sorted(self.failures.items(), key=lambda item: -item[1]):
@@ -106,8 +106,8 @@ class Runner:
         cap = self.spec.max_cost_micros
         if cap is not None and self.directory.spent_micros + plan.expected_micros > cap:
             raise BudgetExceeded(
-                f"the job's expected cost ${plan.expected_micros / 1e6:.4f} (plus ${self.directory.spent_micros / 1e6:.4f} "
-                f"spent) exceeds max_cost_usd ${cap / 1e6:.4f}: raise the cap, lower max_tokens, or split the input")
+                f"the job's expected cost {usd(plan.expected_micros)} (plus {usd(self.directory.spent_micros)} spent) "
+                f"exceeds max_cost_usd {usd(cap)}: raise the cap, lower max_tokens, or split the input")
 
     # ------------------------------------------------------------------ the run
 
@@ -119,11 +119,14 @@ class Runner:
         progress = Progress(len(rows), done=len(rows) - len(todo), enabled=self.show_progress)
         ledger = Ledger(self.directory.ledger_path)
         try:
-            client = self._client(ledger)
-            try:
-                await self._run_rows(client, todo, progress)
-            finally:
-                await client.close()
+            if any(row.body is not None for row in todo):
+                client = self._client(ledger)
+                try:
+                    await self._run_rows(client, todo, progress)
+                finally:
+                    await client.close()
+            else:
+                await self._run_rows(None, todo, progress)  # only bad rows: reported, nothing sent
         finally:
             progress.close()
             ledger.close()
@@ -177,7 +180,7 @@ class Runner:
         cap = self.spec.max_cost_micros
         if cap is None or self.directory.spent_micros + self._reserved_micros + worst <= cap:
             return True
-        self._stopped = (f"max_cost_usd ${cap / 1e6:.4f} reached: ${self.directory.spent_micros / 1e6:.4f} spent, "
+        self._stopped = (f"max_cost_usd {usd(cap)} reached: {usd(self.directory.spent_micros)} spent, "
                          "the next row could pass the cap")
         return False
 
@@ -250,13 +253,18 @@ class Runner:
 
 
 def _sdk_client(spec: JobSpec) -> Any:
-    if spec.provider == "anthropic":
-        import anthropic
+    try:
+        if spec.provider == "anthropic":
+            import anthropic
 
-        return anthropic.AsyncAnthropic(base_url=spec.base_url)
-    import openai
+            return anthropic.AsyncAnthropic(base_url=spec.base_url)
+        import openai
 
-    return openai.AsyncOpenAI(base_url=spec.base_url)
+        return openai.AsyncOpenAI(base_url=spec.base_url)
+    except ImportError:
+        raise
+    except Exception as error:  # the SDK's own complaint (a missing API key) as a configuration error
+        raise ConfigError(f"cannot make the {spec.provider} client: {error}") from None
 
 
 def _path(provider: str) -> str:

@@ -20,6 +20,9 @@ second), charged as each provider charges:
   (resets in RFC 3339); a 429 is a `rate_limit_error` with `retry-after`; overload is a 529
   `overloaded_error`.
 
+`GET /fake/counters` answers what the fake has seen (requests, 429s, errors, tokens, what each
+limit was charged), for a test or benchmark in another process.
+
 Input tokens are counted with `llmthrottle.estimate`, so the fake and the library agree on
 what a request costs; the reply is `output_tokens` tokens of filler text.
 """
@@ -27,6 +30,7 @@ what a request costs; the reply is `output_tokens` tokens of filler text.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -214,7 +218,14 @@ class FakeProvider:
         app.router.add_post("/v1/responses", self._openai_responses)
         app.router.add_post("/v1/embeddings", self._openai_embeddings)
         app.router.add_post("/v1/messages", self._anthropic_messages)
+        app.router.add_get("/fake/counters", self._counters)
         return app
+
+    async def _counters(self, request: web.Request) -> web.Response:
+        """What the fake has seen (`counters`), for a test or benchmark in another process."""
+        with self._lock:
+            counters = dataclasses.asdict(self.counters)
+        return web.json_response(counters)
 
     # ------------------------------------------------------------------ shared
 

@@ -56,11 +56,16 @@ async def process(requests: Iterator[tuple[Any, dict[str, Any], int]], client: o
         if done is not None:
             await done
 
-    while running():
+    def refill() -> float:
+        nonlocal request_capacity, token_capacity, last_update
         now = time.monotonic()
         request_capacity = min(max_requests_per_minute, request_capacity + per_s_requests * (now - last_update))
         token_capacity = min(max_tokens_per_minute, token_capacity + per_s_tokens * (now - last_update))
         last_update = now
+        return now
+
+    while running():
+        now = refill()
         if now - last_rate_limit < PAUSE_AFTER_RATE_LIMIT_S:
             await asyncio.sleep(PAUSE_AFTER_RATE_LIMIT_S - (now - last_rate_limit))
             continue
@@ -80,10 +85,7 @@ async def process(requests: Iterator[tuple[Any, dict[str, Any], int]], client: o
             tag, body, tokens, started, left = retries.get_nowait()
         while request_capacity < 1 or token_capacity < tokens:
             await asyncio.sleep(0.001)
-            now = time.monotonic()
-            request_capacity = min(max_requests_per_minute, request_capacity + per_s_requests * (now - last_update))
-            token_capacity = min(max_tokens_per_minute, token_capacity + per_s_tokens * (now - last_update))
-            last_update = now
+            refill()
         request_capacity -= 1
         token_capacity -= tokens
         task = asyncio.ensure_future(attempt(tag, body, tokens, started, left))

@@ -270,19 +270,20 @@ class GuardedCall:
         self._reserved_tokens = reserved_tokens
         self._started = time.monotonic()
 
-    def finish(self, usage: Any, *, outcome: str = "ok", rate_tokens: Optional[int] = None) -> Cost:
+    def finish(self, usage: Any, *, outcome: str = "ok", charge_reserved_output: bool = False) -> Cost:
         """Reconciles with the provider's `usage` (an OpenAI or Anthropic usage object or dict):
         tokens and cost replace the reservation, the call is recorded in the ledger, and budget
-        thresholds crossed for the first time this period fire. `rate_tokens` is what the
-        provider's own token limit counted, when it counts otherwise than the usage (OpenAI
-        counts the requested max tokens, used or not): the `tokens` dimension is charged that,
-        so a limit set to the provider's never admits what the provider would refuse."""
+        thresholds crossed for the first time this period fire. With `charge_reserved_output`
+        (a provider whose token limit counts the requested max tokens, used or not: OpenAI) the
+        `tokens` dimension keeps the output reservation, so a limit set to the provider's never
+        admits what the provider would refuse."""
         guard = self.guard
         cost = guard.prices.cost(self.model, usage, self.provider)
         u = cost.usage
         input_tokens = u.input_tokens + u.cached_input_tokens + u.cache_write_tokens
         actual: dict[str, Any] = {
-            "tokens": input_tokens + u.output_tokens if rate_tokens is None else rate_tokens,
+            "tokens": input_tokens + u.output_tokens if not charge_reserved_output
+            else max(input_tokens, self._reserved_tokens[0]) + max(u.output_tokens, self._reserved_tokens[1]),
             "input_tokens": input_tokens,
             "output_tokens": u.output_tokens,
             "cost_usd": cost.total_micros / 1e6,

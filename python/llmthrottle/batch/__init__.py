@@ -14,7 +14,7 @@ Ctrl-C `batch.resume(job_dir)` finishes it with every row in the output exactly 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Optional, ParamSpec, TypeVar, Union
 
@@ -27,7 +27,7 @@ from .spec import JobSpec, Provider
 __all__ = ["OUTPUT_COLUMNS", "BatchResult", "Forecast", "JobSpec", "Row", "plan", "read_rows", "resume",
            "resume_async", "run", "run_async"]
 
-PathLike = Union[str, "Path"]
+PathLike = Union[str, Path]
 
 
 def default_job_dir(output: PathLike) -> Path:
@@ -83,12 +83,9 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-def _blocking(coroutine_function: Callable[_P, Awaitable[_T]]) -> Callable[_P, _T]:
+def _blocking(coroutine_function: Callable[_P, Coroutine[Any, Any, _T]]) -> Callable[_P, _T]:
     def blocking(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        async def main() -> _T:
-            return await coroutine_function(*args, **kwargs)
-
-        return asyncio.run(main())
+        return asyncio.run(coroutine_function(*args, **kwargs))
 
     blocking.__name__ = coroutine_function.__name__.removesuffix("_async")
     blocking.__doc__ = f"`{coroutine_function.__name__}` from blocking code: the same options and result."

@@ -22,12 +22,12 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .._native import ConfigError
 from .spec import JobSpec
 
-__all__ = ["JobDirectory"]
+__all__ = ["JobDirectory", "write_atomically"]
 
 
 class JobDirectory:
@@ -54,7 +54,7 @@ class JobDirectory:
             raise ConfigError(f"{path} already holds a job: resume it (llmthrottle batch resume {path}), "
                               "or choose another job directory")
         lock = _lock(path)
-        _write_atomically(path / "job.json", spec.to_json())
+        write_atomically(path / "job.json", spec.to_json())
         (path / "results.jsonl").touch()
         return cls(path, spec, {}, 0, lock)
 
@@ -91,7 +91,7 @@ class JobDirectory:
         os.fsync(self._file.fileno())
         summary = {"rows_done": len(self.results), "spent_micros": self.spent_micros, "at": time.time(),
                    "results_bytes": self._file.tell()}
-        _write_atomically(self.path / "checkpoint.json", json.dumps(summary))
+        write_atomically(self.path / "checkpoint.json", json.dumps(summary))
         self._since_checkpoint = 0
         self._checkpoint_at = time.monotonic()
 
@@ -140,7 +140,7 @@ def _read_results(path: Path) -> tuple[dict[int, dict[str, Any]], int]:
     return results, spent
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(temporary, "w", encoding="utf-8") as file:
         file.write(text)
@@ -152,12 +152,3 @@ def _write_atomically(path: Path, text: str) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
-
-
-def read_checkpoint(path: Path) -> Optional[dict[str, Any]]:
-    """The last checkpoint's summary, or None before the first."""
-    try:
-        value = json.loads((path / "checkpoint.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None

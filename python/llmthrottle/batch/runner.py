@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import io
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,7 +27,7 @@ from ..ledger import Ledger
 from ..limiter import Limiter
 from ..pricing import PriceTable, worst_case_cost
 from ..providers import calls, wrap
-from .checkpoint import JobDirectory
+from .checkpoint import JobDirectory, write_atomically
 from .concurrency import AdaptiveConcurrency
 from .forecast import Forecast, forecast, usd
 from .progress import Progress
@@ -141,6 +141,7 @@ class Runner:
             limits["requests"] = f"{spec.rpm}/min"
         if spec.tpm is not None:
             limits["tokens"] = f"{spec.tpm}/min"
+        # A Guard needs a limiter; with no rate known, the job's own concurrency is the one limit.
         limiter = Limiter(limits or {"concurrency": spec.concurrency}, state=self._state)
         client = self._given_client
         if client is None:
@@ -225,21 +226,18 @@ class Runner:
         """The output file, in input order, atomically replaced."""
         path = Path(self.spec.output)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         results = self.directory.results
         ordered = [results[row.index] for row in rows if row.index in results]
-        with open(temporary, "w", newline="", encoding="utf-8") as file:
-            if self.spec.format_of_output() == "csv":
-                writer = csv.DictWriter(file, fieldnames=OUTPUT_COLUMNS, extrasaction="ignore")
-                writer.writeheader()
-                for result in ordered:
-                    writer.writerow({k: _cell(v) for k, v in result.items()})
-            else:
-                for result in ordered:
-                    file.write(json.dumps(result, ensure_ascii=False) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+        text = io.StringIO(newline="")
+        if self.spec.format_of_output() == "csv":
+            writer = csv.DictWriter(text, fieldnames=OUTPUT_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for result in ordered:
+                writer.writerow({k: _cell(v) for k, v in result.items()})
+        else:
+            for result in ordered:
+                text.write(json.dumps(result, ensure_ascii=False) + "\n")
+        write_atomically(path, text.getvalue())
         return path
 
     def _result(self, rows: list[Row], plan: Forecast, output: Path) -> BatchResult:

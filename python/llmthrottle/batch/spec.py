@@ -4,6 +4,7 @@ job again without being told it twice."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, fields
@@ -105,7 +106,7 @@ class JobSpec:
         return cls(**data)
 
     def replace(self, **changes: Any) -> "JobSpec":
-        return JobSpec(**{**asdict(self), **changes})
+        return dataclasses.replace(self, **changes)
 
 
 def _positive_int(name: str, value: Any) -> None:

@@ -158,8 +158,8 @@ class CallPlan:
         reservation, self.learned_reservation = self.learned_reservation, None
         if reservation is None:
             return
-        if self.endpoint.family != "anthropic":
-            reservation.commit()  # OpenAI counts the output reservation toward TPM, used or not
+        if self.endpoint.counts_reserved_output:
+            reservation.commit()  # the provider counts the output reservation, used or not
             return
         try:
             tokens = normalize_usage(usage, self.endpoint.family)
@@ -260,18 +260,6 @@ class CallPlan:
                  else {"prompt_tokens": input_tokens, "completion_tokens": received})
         return usage, "ok" if reader.complete else "cancelled"
 
-    def _rate_tokens(self, usage: Any) -> Optional[int]:
-        """What the provider's token limit counted for this call, where it is not the usage:
-        OpenAI counts input plus the requested max tokens (None: count the usage)."""
-        if self.endpoint.family == "anthropic":
-            return None
-        input_tokens, max_output = self.reserved_tokens()
-        try:
-            tokens = normalize_usage(usage, self.endpoint.family)
-        except (ValueError, TypeError):
-            return input_tokens + max_output
-        return max(input_tokens, tokens.prompt_tokens) + max(max_output, tokens.output_tokens)
-
     def settle(self, reader: UsageReader) -> None:
         """The body ended or was abandoned: reconcile, price, record, report."""
         if self.reported and self.learned_reservation is None and (self.call is None or self.settled):
@@ -283,7 +271,8 @@ class CallPlan:
             self.settled = True
             self.call.tags.update(self._tags())
             try:
-                cost = self.call.finish(usage, outcome=outcome, rate_tokens=self._rate_tokens(usage))
+                cost = self.call.finish(usage, outcome=outcome,
+                                         charge_reserved_output=self.endpoint.counts_reserved_output)
             finally:
                 self._report(outcome, usage, cost if cost is not None else self.call.cost, self.status)
         self._report(outcome, usage, None, self.status)

@@ -20,6 +20,12 @@ class Endpoint:
     family: Family
     kind: Literal["chat", "responses", "embeddings", "messages"]
 
+    @property
+    def counts_reserved_output(self) -> bool:
+        """Whether the provider's token limit counts the requested max output, used or not
+        (OpenAI), rather than the output produced (Anthropic)."""
+        return self.family == "openai"
+
 
 _ENDPOINTS = (
     ("/chat/completions", Endpoint("openai", "chat")),

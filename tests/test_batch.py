@@ -258,3 +258,12 @@ def test_sigkill_at_random_points_then_resume_leaves_every_row_exactly_once(tmp_
     # Calls in flight at a kill were billed and are in the ledger, though their rows ran again.
     recorded = [r for r in ledger_rows(job_dir) if r.outcome == "ok"]
     assert len(recorded) >= KILL_ROWS
+
+
+def test_a_job_the_tokenizer_or_limits_cannot_take_is_refused_before_it_starts(tmp_path: Path) -> None:
+    source = write_reviews(tmp_path / "rows.csv", 2)
+    with pytest.raises(lt.ConfigError, match="no known tokenizer"):
+        batch.plan(batch.JobSpec(input=str(source), output="o.jsonl", model="no-such-model", template=TEMPLATE))
+    with pytest.raises(lt.ConfigError, match="max_tokens"):
+        batch.run(source, tmp_path / "o.jsonl", model=MINI, template=TEMPLATE, max_tokens=10**20, progress=False)
+    assert not (tmp_path / "o.jsonl.job").exists()  # nothing to resume, nothing left behind

@@ -58,6 +58,8 @@ def read_rows(spec: JobSpec, build: Optional[BuildRequest] = None) -> Iterator[R
     """Every row of the job's input, in order (see the module docstring)."""
     if spec.template is not None:
         template_fields(spec.template)
+    # The job's model is the job's to get right, not each row's: one clear error, at once.
+    estimate({"model": spec.model, "max_tokens": 1, "messages": [{"role": "user", "content": ""}]}, spec.provider)
     records = _csv_records(spec.input) if spec.format_of_input() == "csv" else _jsonl_records(spec.input)
     for index, (number, fields, problem) in enumerate(records):
         row_id = str((fields or {}).get("custom_id") or (fields or {}).get("id") or number)

@@ -109,6 +109,9 @@ class JobSpec:
         return dataclasses.replace(self, **changes)
 
 
+_MOST = 10**9  # no model's reply, no provider's limit, no sane job option comes near it
+
+
 def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MOST:
+        raise ConfigError(f"{name} must be an int from 1 to {_MOST:,}, got {value!r}")

@@ -4,22 +4,44 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import threading
+import uuid
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import llmthrottle as lt
 from llmthrottle.testing import FakeClock
 
 
-def limiter(limits=None, *, rules=None, **kwargs):
+STATES = ["in-process", "shared", "redis", "redis-cluster"]
+
+
+def make_limiter(request, kind, limits=None, *, rules=None, **kwargs):
+    """A limiter on a fresh state of `kind`, driven by a FakeClock."""
     clock = FakeClock()
-    return lt.Limiter(limits, rules=rules, clock=clock, **kwargs), clock
+    if kind == "in-process":
+        state = None
+    elif kind == "shared":
+        name = f"limiter-{os.getpid()}-{uuid.uuid4().hex[:10]}"
+        state = lt.SharedState(name)
+        request.addfinalizer(lambda: lt.SharedState.remove(name))
+    else:
+        server = request.getfixturevalue("redis_server" if kind == "redis" else "redis_cluster")
+        state = lt.RedisState(server.url, prefix=f"t{uuid.uuid4().hex[:12]}:", cluster=kind == "redis-cluster")
+        request.addfinalizer(state.close)
+    return lt.Limiter(limits, rules=rules, clock=clock, state=state, **kwargs), clock
 
 
-def test_burst_then_denial_with_exact_retry_after():
+@pytest.fixture(params=STATES)
+def limiter(request):
+    """Makes limiters on the state under test: the behaviour below holds on every one."""
+    return lambda *args, **kwargs: make_limiter(request, request.param, *args, **kwargs)
+
+
+def test_burst_then_denial_with_exact_retry_after(limiter):
     lim, clock = limiter({"requests": "10/s"})
     for _ in range(10):
         assert lim.try_acquire("k")
@@ -31,7 +53,7 @@ def test_burst_then_denial_with_exact_retry_after():
     assert lim.try_acquire("k")
 
 
-def test_decision_reports_remaining_and_reset_after():
+def test_decision_reports_remaining_and_reset_after(limiter):
     lim, _ = limiter({"requests": "100/min", "tokens": "30k/min"})
     d = lim.try_acquire("tenant:acme", tokens=1200)
     assert d.remaining == {"requests": 99, "tokens": 28_800}
@@ -39,14 +61,14 @@ def test_decision_reports_remaining_and_reset_after():
     assert d.retry_after == 0.0 and d.limited_by is None and d.delay == 0.0
 
 
-def test_keys_are_independent():
+def test_keys_are_independent(limiter):
     lim, _ = limiter({"requests": "1/min"})
     assert lim.try_acquire("a")
     assert not lim.try_acquire("a")
     assert lim.try_acquire("b")
 
 
-def test_commit_reconciles_with_real_usage():
+def test_commit_reconciles_with_real_usage(limiter):
     lim, _ = limiter({"tokens": "1000/min"})
     r = lim.try_acquire("k", tokens=600)
     assert r.reserved == {"tokens": 600}
@@ -57,13 +79,13 @@ def test_commit_reconciles_with_real_usage():
         r.commit(tokens=1)
 
 
-def test_commit_above_reservation_charges_the_difference():
+def test_commit_above_reservation_charges_the_difference(limiter):
     lim, _ = limiter({"tokens": "1000/min"})
     lim.try_acquire("k", tokens=100).commit(tokens=700)
     assert lim.status("k")[0].used == 700
 
 
-def test_cancel_refunds_everything():
+def test_cancel_refunds_everything(limiter):
     lim, _ = limiter({"requests": "5/min", "tokens": "1000/min", "concurrency": 2})
     r = lim.try_acquire("k", tokens=900)
     r.cancel()
@@ -73,7 +95,7 @@ def test_cancel_refunds_everything():
     assert states["concurrency"].used == 0
 
 
-def test_settling_refunds_the_keys_as_they_were_when_acquired():
+def test_settling_refunds_the_keys_as_they_were_when_acquired(limiter):
     lim, _ = limiter({"tokens": "1000/min"})
     keys = ["user:a", "team:x"]
     r = lim.try_acquire(keys, tokens=600)
@@ -85,7 +107,7 @@ def test_settling_refunds_the_keys_as_they_were_when_acquired():
     assert r.limited_key is None
 
 
-def test_context_manager_cancels_on_exception_and_commits_otherwise():
+def test_context_manager_cancels_on_exception_and_commits_otherwise(limiter):
     lim, _ = limiter({"tokens": "1000/min", "concurrency": 1})
     with pytest.raises(RuntimeError):
         with lim.acquire("k", tokens=500):
@@ -100,7 +122,7 @@ def test_context_manager_cancels_on_exception_and_commits_otherwise():
     assert lim.status("k")[1].used == 0  # concurrency released every time
 
 
-def test_concurrency_cap_and_release_on_garbage_collection():
+def test_concurrency_cap_and_release_on_garbage_collection(limiter):
     lim, _ = limiter({"concurrency": 2})
     a = lim.try_acquire("k")
     b = lim.try_acquire("k")
@@ -111,7 +133,7 @@ def test_concurrency_cap_and_release_on_garbage_collection():
     assert lim.try_acquire("k")
 
 
-def test_several_keys_all_or_nothing():
+def test_several_keys_all_or_nothing(limiter):
     lim, _ = limiter(rules={"user:*": {"tokens": "1000/min"}, "team:*": {"tokens": "1500/min"}})
     assert lim.try_acquire(["user:1", "team:x"], tokens=1000)
     d = lim.try_acquire(["user:2", "team:x"], tokens=600)
@@ -122,7 +144,7 @@ def test_several_keys_all_or_nothing():
     assert lim.try_acquire(["user:2", "team:x"], tokens=500)
 
 
-def test_rules_first_match_wins_and_unmatched_keys_are_unlimited():
+def test_rules_first_match_wins_and_unmatched_keys_are_unlimited(limiter):
     lim, _ = limiter(rules={"user:vip": {"requests": "100/min"}, "user:*": {"requests": "1/min"}})
     assert lim.try_acquire("user:vip") and lim.try_acquire("user:vip")
     assert lim.try_acquire("user:1") and not lim.try_acquire("user:1")
@@ -130,7 +152,7 @@ def test_rules_first_match_wins_and_unmatched_keys_are_unlimited():
         assert lim.try_acquire("model:gpt-4o")
 
 
-def test_acquire_waits_in_line_and_times_out_fast():
+def test_acquire_waits_in_line_and_times_out_fast(limiter):
     lim, clock = limiter({"requests": {"rate": "10/s", "burst": 1}})
     start = clock.monotonic
     lim.acquire("k")
@@ -156,7 +178,7 @@ def test_acquire_waits_for_a_concurrency_slot_in_real_time():
     held2.cancel()
 
 
-def test_acquire_async_and_async_context_manager():
+def test_acquire_async_and_async_context_manager(limiter):
     lim, clock = limiter({"requests": {"rate": "10/s", "burst": 1}, "concurrency": 1})
 
     async def main():
@@ -190,14 +212,14 @@ def test_cancelled_waiter_gives_its_place_back():
     assert lim.status("k")[0].used == 1
 
 
-def test_max_wait_reserves_a_place_with_a_delay():
+def test_max_wait_reserves_a_place_with_a_delay(limiter):
     lim, _ = limiter({"requests": {"rate": "10/s", "burst": 1}})
     assert lim.try_acquire("k")
     d = lim.try_acquire("k", max_wait=1.0)
     assert d and d.delay == pytest.approx(0.1)
 
 
-def test_exceeds_capacity_is_a_value_error_not_a_denial():
+def test_exceeds_capacity_is_a_value_error_not_a_denial(limiter):
     lim, _ = limiter({"tokens": "30k/min"})
     with pytest.raises(lt.ExceedsCapacity) as info:
         lim.try_acquire("k", tokens=50_000)
@@ -207,7 +229,7 @@ def test_exceeds_capacity_is_a_value_error_not_a_denial():
         lim.acquire("k", tokens=50_000, timeout=100)
 
 
-def test_cost_dimensions_take_dollars():
+def test_cost_dimensions_take_dollars(limiter):
     lim, _ = limiter({"cost_usd": {"quota": 10, "per": "day"}})
     r = lim.try_acquire("team:a", cost_usd=2.5)
     assert r.reserved == {"cost_usd": 2.5}
@@ -217,7 +239,7 @@ def test_cost_dimensions_take_dollars():
     assert not lim.try_acquire("team:a", cost_usd=9.0)
 
 
-def test_quota_resets_at_the_calendar_boundary():
+def test_quota_resets_at_the_calendar_boundary(limiter):
     lim, clock = limiter({"requests": {"quota": 2, "per": "day"}})
     assert lim.try_acquire("k") and lim.try_acquire("k")
     d = lim.try_acquire("k")
@@ -226,7 +248,7 @@ def test_quota_resets_at_the_calendar_boundary():
     assert lim.try_acquire("k")
 
 
-def test_set_limits_keeps_state():
+def test_set_limits_keeps_state(limiter):
     lim, _ = limiter({"requests": "10/min"})
     for _ in range(10):
         lim.try_acquire("k")
@@ -271,13 +293,13 @@ def test_many_threads_never_over_admit():
     assert lim.status("k")[0].used == 714
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     rate=st.integers(1, 50),
     burst=st.integers(1, 20),
     steps=st.lists(st.tuples(st.integers(0, 2_000), st.integers(1, 20)), min_size=1, max_size=60),
 )
-def test_matches_a_reference_token_bucket(rate, burst, steps):
+def test_matches_a_reference_token_bucket(limiter, rate, burst, steps):
     """Every decision matches a token bucket refilled at `rate`/s up to `burst` (exact in ns)."""
     lim, clock = limiter({"tokens": {"rate": f"{rate}/s", "burst": burst}})
     emission = math.ceil(1e9 / rate)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .ledger import Ledger, UsageRecord
     from .pricing import Cost, PriceTable, TokenUsage, UsageAccumulator, cost, worst_case_cost
     from .providers import CallReport, calls, context, wrap
+    from .redis_state import RedisState, RedisUnavailable
 
 # Imported on first use: a worker that only limits never pays for asyncio, the sidecar client,
 # the ledger's SQLite or the price table.
@@ -51,6 +52,8 @@ _LAZY = {
     "context": ".providers",
     "calls": ".providers",
     "CallReport": ".providers",
+    "RedisState": ".redis_state",
+    "RedisUnavailable": ".redis_state",
 }
 
 
@@ -87,6 +90,8 @@ __all__ = [
     "LlmthrottleError",
     "PriceTable",
     "RateLimited",
+    "RedisState",
+    "RedisUnavailable",
     "Reservation",
     "SharedState",
     "Sidecar",

@@ -258,7 +258,8 @@ class Limiter(WaitingMixin, _native.Limiter, metaclass=_LimiterType):
     `limits` applies to every key; `rules` maps key patterns (`"user:*"`) to limits, first
     match wins (see `llmthrottle.policy`); `budgets` (`llmthrottle.Budget`) cap spending in
     dollars per key pattern, on the `budget_usd` dimension. `state` is where the counters live: in this process
-    (default) or `SharedState` for every process on the host. Limiters with the same
+    (default), `SharedState` for every process on the host, `RedisState` for every host, or
+    `Sidecar`. Limiters with the same
     `namespace`, pattern and dimension on one state share their counters.
     """
 
@@ -271,6 +272,7 @@ class Limiter(WaitingMixin, _native.Limiter, metaclass=_LimiterType):
         state: Optional[Any] = None,
         namespace: str = "default",
         clock: Optional[FakeClock] = None,
+        _share: float = 1.0,
     ) -> "Limiter":
         make = getattr(state, "_make_limiter", None)
         if make is not None:
@@ -279,7 +281,10 @@ class Limiter(WaitingMixin, _native.Limiter, metaclass=_LimiterType):
         canonical = normalize(limits, rules, budgets)
         if state is None:
             state = InProcessState()
-        self = cast("Limiter", super().__new__(cls, canonical, namespace=namespace, state=state, clock=clock))
+        # `_share` scales every limit to one host's part of a fleet's (a Redis state's local
+        # fallback uses it).
+        self = cast("Limiter", super().__new__(cls, canonical, namespace=namespace, state=state, clock=clock,
+                                               share=_share))
         self._budgets = tuple(budgets)
         self._namespace = namespace
         self._state = state

@@ -384,6 +384,50 @@ impl<S: Store> Engine<S> {
     }
 
     /// The state of `key` under each limit of the rule that applies to it.
+    /// The (key, limit, amount) steps a request would be charged, checked exactly as
+    /// [`Engine::acquire`] checks them (keys, capacity), without touching the store: for a
+    /// store outside this process (Redis) that makes the decision itself, by the same rules.
+    pub fn plan(&self, keys: &[&str], amounts: &[u64]) -> Result<Vec<PlannedStep>> {
+        let policy = self.policy.load();
+        let mut steps = Steps::new();
+        plan(policy, keys, amounts, &mut steps)?;
+        Ok(steps.iter().map(|s| planned(policy, s.key_index, s.rule, s.limit, s.amount)).collect())
+    }
+
+    /// Every limit that applies to `key`, as steps of amount 0 (for status).
+    pub fn plan_limits(&self, key: &str) -> Result<Vec<PlannedStep>> {
+        validate_key(key)?;
+        let policy = self.policy.load();
+        let mut steps = Vec::new();
+        for (rule_index, rule) in policy.rules_for(key) {
+            for limit_index in 0..rule.limits.len() {
+                steps.push(planned(policy, 0, rule_index as u16, limit_index as u16, 0));
+            }
+        }
+        Ok(steps)
+    }
+
+    /// The steps [`Engine::charge_usage`] would force: every limit of every key on each
+    /// dimension with usage (concurrency caps take no usage).
+    pub fn plan_usage(&self, keys: &[&str], actual: &[Option<u64>]) -> Result<Vec<PlannedStep>> {
+        for key in keys {
+            validate_key(key)?;
+        }
+        let policy = self.policy.load();
+        let mut steps = Vec::new();
+        for (key_index, key) in keys.iter().enumerate() {
+            for (rule_index, rule) in policy.rules_for(key) {
+                for (limit_index, limit) in rule.limits.iter().enumerate() {
+                    let used = actual.get(limit.dimension).copied().flatten().unwrap_or(0);
+                    if used > 0 && !matches!(limit.kind, LimitKind::Concurrency { .. }) {
+                        steps.push(planned(policy, key_index, rule_index as u16, limit_index as u16, used));
+                    }
+                }
+            }
+        }
+        Ok(steps)
+    }
+
     pub fn status(&self, key: &str) -> Result<Vec<LimitStatus>> {
         validate_key(key)?;
         let policy = self.policy.load();
@@ -601,6 +645,30 @@ impl<S: Store> Engine<S> {
             limited_by: Some(limited_by),
             ..Decision::default()
         }
+    }
+}
+
+/// One step of a planned request: what a store outside this process needs to decide it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedStep {
+    pub key_index: usize,
+    /// The limit's identity in every store (namespace, layer, pattern, kind, dimension).
+    pub label: String,
+    pub layer: u8,
+    pub dimension: usize,
+    pub kind: LimitKind,
+    pub amount: u64,
+}
+
+fn planned<S: Store>(policy: &Policy<S>, key_index: usize, rule: u16, limit: u16, amount: u64) -> PlannedStep {
+    let (layer, limit) = (policy.rules[rule as usize].layer, policy.limit_at(rule, limit));
+    PlannedStep {
+        key_index,
+        label: limit.label.clone(),
+        layer,
+        dimension: limit.dimension,
+        kind: limit.kind,
+        amount,
     }
 }
 

@@ -23,7 +23,7 @@ pub mod versioned;
 
 pub use calendar::Period;
 pub use clock::{Clock, FakeClock, Now, SystemClock};
-pub use engine::{Decision, Engine, LimitStatus, LimitedBy};
+pub use engine::{Decision, Engine, LimitStatus, LimitedBy, PlannedStep};
 pub use error::{CoreError, Result};
 pub use gcra::RateParams;
 pub use limit::{CellKind, LimitKind, MAX_KEY_BYTES, TOMBSTONE};

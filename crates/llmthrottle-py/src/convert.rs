@@ -143,7 +143,12 @@ pub fn key_strs<'a>(keys: &'a [Bound<'_, PyString>]) -> PyResult<SmallVec<[&'a s
 /// Builds the core policy from the canonical tuples made by `llmthrottle.policy`:
 /// `[(pattern, [(dimension, "rate", rate_str, burst|None) | (dimension, "concurrency", max, None)
 ///   | (dimension, "quota", limit, period_str)], layer)]` (`layer` optional, default 0).
-pub fn policy_spec(namespace: &str, rules: &Bound<'_, PyAny>) -> PyResult<PolicySpec> {
+/// `share` (0 < share <= 1) scales every limit down to one host's part of a fleet's limits
+/// (rates, bursts, caps and quotas; each at least 1).
+pub fn policy_spec(namespace: &str, rules: &Bound<'_, PyAny>, share: f64) -> PyResult<PolicySpec> {
+    if !(share > 0.0 && share <= 1.0) {
+        return Err(ConfigError::new_err(format!("share must be in (0, 1], not {share}")));
+    }
     let mut spec = PolicySpec {
         namespace: namespace.to_owned(),
         rules: Vec::new(),
@@ -170,7 +175,7 @@ pub fn policy_spec(namespace: &str, rules: &Bound<'_, PyAny>) -> PyResult<Policy
                     ConfigError::new_err(format!("limit {dimension:?} of {pattern:?}: {}", e.value(py)))
                 })
             };
-            let kind = limit_kind(&dimension, &kind, &a, &b).map_err(context)?;
+            let kind = limit_kind(&dimension, &kind, &a, &b, share).map_err(context)?;
             rule_spec.limits.push(LimitSpec { dimension, kind });
         }
         spec.rules.push(rule_spec);
@@ -178,18 +183,25 @@ pub fn policy_spec(namespace: &str, rules: &Bound<'_, PyAny>) -> PyResult<Policy
     Ok(spec)
 }
 
-fn limit_kind(dimension: &str, kind: &str, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<LimitKind> {
+fn limit_kind(
+    dimension: &str,
+    kind: &str,
+    a: &Bound<'_, PyAny>,
+    b: &Bound<'_, PyAny>,
+    share: f64,
+) -> PyResult<LimitKind> {
     let scale = units_per_api_unit(dimension) as f64;
+    let part = |n: u64| if share == 1.0 { n } else { ((n as f64 * share).floor() as u64).max(1) };
     match kind {
         "rate" => {
             let text: String = a.extract()?;
             let mut rate = Rate::parse(&text).map_err(to_py)?;
-            rate.amount *= scale;
-            let burst = if b.is_none() { None } else { Some(amount(b, dimension)?) };
+            rate.amount *= scale * share;
+            let burst = if b.is_none() { None } else { Some(part(amount(b, dimension)?)) };
             Ok(LimitKind::Rate(RateParams::new(rate, burst).map_err(to_py)?))
         }
         "concurrency" => {
-            let max = amount(a, dimension)?;
+            let max = part(amount(a, dimension)?);
             Ok(LimitKind::Concurrency { max })
         }
         "quota" => {
@@ -202,7 +214,10 @@ fn limit_kind(dimension: &str, kind: &str, a: &Bound<'_, PyAny>, b: &Bound<'_, P
             }
             let period: String = b.extract()?;
             let period = Period::parse(&period).map_err(to_py)?;
-            Ok(LimitKind::Quota(QuotaParams { limit, period }))
+            Ok(LimitKind::Quota(QuotaParams {
+                limit: part(limit),
+                period,
+            }))
         }
         other => Err(PyValueError::new_err(format!(
             "unknown limit kind {other:?} (rate, concurrency or quota)"

@@ -183,14 +183,15 @@ impl Limiter {
 impl Limiter {
     /// Low-level constructor; use `llmthrottle.Limiter`, which accepts the documented config.
     #[new]
-    #[pyo3(signature = (rules, *, namespace="default", state=None, clock=None))]
+    #[pyo3(signature = (rules, *, namespace="default", state=None, clock=None, share=1.0))]
     fn new(
         rules: &Bound<'_, PyAny>,
         namespace: &str,
         state: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, FakeClock>>,
+        share: f64,
     ) -> PyResult<Self> {
-        let spec = convert::policy_spec(namespace, rules)?;
+        let spec = convert::policy_spec(namespace, rules, share)?;
         let clock: Arc<dyn Clock> = match clock {
             Some(fake) => fake.get().clock.clone(),
             None => Arc::new(SystemClock),
@@ -289,7 +290,7 @@ impl Limiter {
     /// Replaces the limits (same rule tuples as the constructor); state carries over for
     /// every limit whose rule pattern, dimension and kind are unchanged.
     fn _set_rules(&self, rules: &Bound<'_, PyAny>, namespace: &str) -> PyResult<()> {
-        let spec = convert::policy_spec(namespace, rules)?;
+        let spec = convert::policy_spec(namespace, rules, 1.0)?;
         guard(|| {
             dispatch!(&self.engine, AnyEngine, e => {
                 e.set_policy(&spec).map_err(to_py)?;
@@ -299,11 +300,107 @@ impl Limiter {
         })
     }
 
+    /// The steps `try_acquire` would charge, checked as it checks them (ExceedsCapacity, bad
+    /// keys or amounts), for a state that decides outside this process (Redis): a list of
+    /// `(key_index, label, layer, dimension, units_per_api_unit, kind, a, b, c, amount)` where
+    /// kind is `"rate"` (a, b, c = emission_ns, tolerance_ns, burst), `"concurrency"` (a = max)
+    /// or `"quota"` (a = limit, b = period: 0 day, 1 week, 2 month, 3 every c nanoseconds).
+    #[pyo3(signature = (key, /, requests=None, tokens=None, **amounts))]
+    fn _plan<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        requests: Option<&Bound<'py, PyAny>>,
+        tokens: Option<&Bound<'py, PyAny>>,
+        amounts: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let dimensions = self.dimensions.load();
+        let named = amounts.into_iter().flat_map(|d| d.iter());
+        let mut amounts = Amounts::new();
+        Self::amounts(dimensions, requests, tokens, named, &mut amounts)?;
+        let owned = convert::keys(key)?;
+        let strs = convert::key_strs(&owned)?;
+        let steps = guard(|| dispatch!(&self.engine, AnyEngine, e => e.plan(&strs, &amounts)).map_err(to_py))?;
+        planned_tuples(py, dimensions, &steps)
+    }
+
+    /// The steps `charge(key, **usage)` would force, in the form of `_plan`.
+    #[pyo3(signature = (key, /, **amounts))]
+    fn _plan_usage<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        amounts: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let dimensions = self.dimensions.load();
+        let actual = dimensions.usage(amounts)?;
+        let owned = convert::keys(key)?;
+        let strs = convert::key_strs(&owned)?;
+        let steps = guard(|| dispatch!(&self.engine, AnyEngine, e => e.plan_usage(&strs, &actual)).map_err(to_py))?;
+        planned_tuples(py, dimensions, &steps)
+    }
+
+    /// Every limit that applies to `key`, in the form of `_plan` (amounts 0).
+    fn _plan_status<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let dimensions = self.dimensions.load();
+        let steps = guard(|| dispatch!(&self.engine, AnyEngine, e => e.plan_limits(key)).map_err(to_py))?;
+        planned_tuples(py, dimensions, &steps)
+    }
+
+    /// Usage as `commit(**usage)` reads it, in the engine's integer units by dimension name.
+    #[pyo3(signature = (**amounts))]
+    fn _usage(&self, amounts: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<(String, u64)>> {
+        let dimensions = self.dimensions.load();
+        let usage = dimensions.usage(amounts)?;
+        Ok(usage
+            .iter()
+            .enumerate()
+            .filter_map(|(index, used)| used.map(|u| (dimensions.names[index].clone(), u)))
+            .collect())
+    }
+
     /// Every dimension some limit constrains.
     #[getter]
     fn dimensions(&self) -> Vec<String> {
         self.dimensions.load().names.clone()
     }
+}
+
+fn planned_tuples<'py>(
+    py: Python<'py>,
+    dimensions: &Dimensions,
+    steps: &[llmthrottle_core::PlannedStep],
+) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+    use llmthrottle_core::Period;
+    steps
+        .iter()
+        .map(|step| {
+            let name = &dimensions.names[step.dimension];
+            let (kind, a, b, c) = match step.kind {
+                LimitKind::Rate(p) => ("rate", p.emission_ns, p.tolerance_ns, p.burst),
+                LimitKind::Concurrency { max } => ("concurrency", max, 0, 0),
+                LimitKind::Quota(q) => match q.period {
+                    Period::Day => ("quota", q.limit, 0, 0),
+                    Period::Week => ("quota", q.limit, 1, 0),
+                    Period::Month => ("quota", q.limit, 2, 0),
+                    Period::Fixed(ns) => ("quota", q.limit, 3, ns),
+                },
+            };
+            (
+                step.key_index,
+                step.label.as_str(),
+                step.layer,
+                name.as_str(),
+                llmthrottle_core::units_per_api_unit(name),
+                kind,
+                a,
+                b,
+                c,
+                step.amount,
+            )
+                .into_pyobject(py)
+        })
+        .collect()
 }
 
 /// True when `key` matches the rule pattern `pattern` (`*` matches any run of characters):

@@ -113,6 +113,13 @@ impl FakeClock {
         self.clock.now().wall_ns as f64 / 1e9
     }
 
+    /// Current wall-clock reading in Unix nanoseconds (exact, for stores that keep their own
+    /// time, such as Redis).
+    #[getter]
+    fn wall_ns(&self) -> u64 {
+        self.clock.now().wall_ns
+    }
+
     fn __repr__(&self) -> String {
         let Now { monotonic_ns, wall_ns } = self.clock.now();
         format!(

@@ -1,0 +1,8 @@
+"""Limiter state in Redis: the same limits and budgets across hosts (see `RedisState`).
+
+Needs the `redis` package (`pip install 'llmthrottle[redis]'`)."""
+
+from .limiter import RedisDecision, RedisLimiter, RedisReservation
+from .state import RedisState, RedisUnavailable
+
+__all__ = ["RedisDecision", "RedisLimiter", "RedisReservation", "RedisState", "RedisUnavailable"]

@@ -1,0 +1,427 @@
+"""The `Limiter` that `Limiter(..., state=RedisState(...))` returns.
+
+Which limits apply to a request, and whether its keys and amounts are valid, is decided here by
+the engine's own planner (an in-process `Limiter` with the same policy, which also serves the
+`on_unavailable="local"` fallback); the decision itself is decide.lua's, in Redis. A request
+whose cells span several Cluster slots is decided slot by slot, in slot order, and the slots
+already charged are given back when a later one denies: all or nothing, as on one host, with
+the same brief window the engine documents (a racing call may be denied by capacity that is
+about to be given back).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal, Optional, Union
+
+from .._native import LlmthrottleError
+from ..limiter import Key, LimitState, Limiter, WaitingMixin
+from .cells import cell_name, group_by_slot
+from .script import KIND_CODES, Step, build
+from .state import RedisState, RedisUnavailable
+
+__all__ = ["RedisLimiter", "RedisDecision", "RedisReservation"]
+
+# A planned step: (key_index, label, layer, dimension, units_per_api_unit, kind, a, b, c, amount)
+Plan = tuple[int, str, int, str, int, str, int, int, int, int]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _api(value: int, scale: int) -> Union[int, float]:
+    return value if scale == 1 else value / scale
+
+
+class RedisDecision:
+    """What Redis decided. Truthy when the call was admitted."""
+
+    __slots__ = ("allowed", "retry_after", "delay", "reset_after", "limited_by", "limited_key", "remaining")
+
+    def __init__(self, allowed: bool, retry_after: float = 0.0, delay: float = 0.0, reset_after: float = 0.0,
+                 limited_by: Optional[str] = None, limited_key: Optional[str] = None,
+                 remaining: Optional[dict[str, Union[int, float]]] = None) -> None:
+        self.allowed = allowed
+        self.retry_after = retry_after
+        self.delay = delay
+        self.reset_after = reset_after
+        self.limited_by = limited_by
+        self.limited_key = limited_key
+        self.remaining = remaining if remaining is not None else {}
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+    def __repr__(self) -> str:
+        text = f"<Decision {'admitted' if self.allowed else 'denied'}"
+        if self.limited_by is not None:
+            text += f" limited_by={self.limited_by!r} key={self.limited_key!r} retry_after={self.retry_after:.6f}"
+        if self.delay > 0:
+            text += f" delay={self.delay:.6f}"
+        return text + ">"
+
+
+class RedisReservation(RedisDecision):
+    """An admitted call whose charges are held in Redis. `commit(**usage)` reconciles it with
+    real usage, `cancel()` refunds it; as a context manager it cancels when the block raises
+    and commits as reserved otherwise. Dropped unsettled, it keeps its charges and its
+    concurrency slots lapse after the state's `holder_ttl`."""
+
+    __slots__ = ("_limiter", "_keys", "_charges", "_holder", "_settled")
+
+    def __init__(self, limiter: "RedisLimiter", keys: tuple[str, ...], charges: list[tuple[Plan, str, str]],
+                 holder: str, **decision: Any) -> None:
+        super().__init__(True, **decision)
+        self._limiter = limiter
+        self._keys = keys
+        self._charges = charges  # (plan, cell, mark)
+        self._holder = holder
+        self._settled = False
+
+    @property
+    def settled(self) -> bool:
+        """True once committed or cancelled."""
+        return self._settled
+
+    @property
+    def reserved(self) -> dict[str, Union[int, float]]:
+        """The amount reserved in each dimension (the largest over keys)."""
+        out: dict[str, Union[int, float]] = {}
+        for plan, _, _ in self._charges:
+            value = _api(plan[9], plan[4])
+            if value > out.get(plan[3], 0):
+                out[plan[3]] = value
+        return out
+
+    def _begin(self) -> None:
+        if self._settled:
+            raise LlmthrottleError("this reservation was already committed or cancelled")
+        self._settled = True
+        if self._holder:
+            self._limiter._state.release(self._holder)
+
+    def commit(self, **usage: Any) -> None:
+        """Reconciles with real usage, e.g. `commit(tokens=913)`: less than reserved is
+        refunded, more is charged (even past the limit: it was used). Unnamed dimensions keep
+        what was reserved."""
+        steps = self._limiter._commit_steps(self, usage)
+        self._begin()
+        self._limiter._state.settle(self._limiter._settle_calls(steps, self._holder))
+
+    def cancel(self) -> None:
+        """The call never happened: refunds everything and releases concurrency slots."""
+        self._begin()
+        steps = [self._refund(plan, cell, mark, plan[9]) for plan, cell, mark in self._charges]
+        self._limiter._state.settle(self._limiter._settle_calls(steps, self._holder))
+
+    async def commit_async(self, **usage: Any) -> None:
+        """`commit` without blocking the event loop."""
+        import asyncio
+
+        await asyncio.to_thread(self.commit, **usage)
+
+    async def cancel_async(self) -> None:
+        """`cancel` without blocking the event loop."""
+        import asyncio
+
+        await asyncio.to_thread(self.cancel)
+
+    @staticmethod
+    def _refund(plan: Plan, cell: str, mark: str, amount: int) -> Step:
+        return Step(cell, KIND_CODES[plan[5]], plan[6], plan[7], plan[8], -amount, mark)
+
+    def __enter__(self) -> "RedisReservation":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
+        if not self._settled:
+            if exc_type is None:
+                self.commit()
+            else:
+                self.cancel()
+        return False
+
+    def __del__(self) -> None:
+        # Like the engine's Reservation, one dropped unsettled keeps its charges and gives its
+        # concurrency slots back (with the state's next call: a finaliser does no I/O).
+        if not getattr(self, "_settled", True) and self._holder:
+            self._limiter._state.abandon(self._holder)
+
+
+class _OpenReservation(RedisReservation):
+    """What `on_unavailable="fail_open"` admits with while Redis is unreachable: nothing was
+    counted, so settling it does nothing."""
+
+    def __init__(self, limiter: "RedisLimiter") -> None:
+        super().__init__(limiter, (), [], "")
+
+    def commit(self, **usage: Any) -> None:
+        self._settled = True
+
+    def cancel(self) -> None:
+        self._settled = True
+
+    def __repr__(self) -> str:
+        return "<Decision admitted (Redis unavailable, fail_open)>"
+
+
+@Limiter.register
+class RedisLimiter(WaitingMixin):
+    """A `Limiter` whose counters live in Redis (see `RedisState`)."""
+
+    def __init__(self, state: RedisState, limits: Any, rules: Any, budgets: Sequence[Any], namespace: str,
+                 clock: Any) -> None:
+        self._state = state
+        # The engine's planner (and the in-process fallback) for this policy.
+        self._planner = Limiter(limits, rules=rules, budgets=budgets, namespace=namespace, clock=clock)
+        self._local: Optional[Limiter] = None
+        self._clock = clock
+        self._namespace = namespace
+        self._limits, self._rules, self._budgets = limits, rules, tuple(budgets)
+
+    @property
+    def state(self) -> RedisState:
+        """Where the counters live."""
+        return self._state
+
+    @property
+    def dimensions(self) -> list[str]:
+        """Every dimension some limit constrains."""
+        return self._planner.dimensions
+
+    def _now(self) -> float:
+        return super()._now()
+
+    def _instant(self) -> str:
+        """The instant decide.lua should use: the server's clock, or the test's fake one."""
+        if self._clock is None:
+            return ""
+        wall_ns = self._clock.wall_ns
+        return f"{wall_ns // 1_000_000_000}:{wall_ns % 1_000_000_000}"
+
+    # ------------------------------------------------------------------ building calls
+
+    def _steps(self, plans: Sequence[Plan], keys: tuple[str, ...]) -> list[tuple[Plan, Step]]:
+        prefix = self._state.prefix
+        out = []
+        for plan in plans:
+            kind = KIND_CODES[plan[5]]
+            extra = "1" if kind == "r" and plan[2] == 0 else "0"
+            out.append((plan, Step(cell_name(prefix, keys[plan[0]], plan[1]), kind, plan[6], plan[7], plan[8],
+                                   plan[9], extra)))
+        return out
+
+    def _groups(self, steps: list[tuple[Plan, Step]]) -> list[list[tuple[Plan, Step]]]:
+        return group_by_slot(steps, lambda item: item[1].cell, self._state.cluster)
+
+    def _settle_calls(self, steps: Sequence[Step], holder: str) -> list[Any]:
+        groups = group_by_slot(steps, lambda step: step.cell, self._state.cluster)
+        now = self._instant()
+        return [build("settle", group, now=now, holder=holder) for group in groups]
+
+    def _commit_steps(self, reservation: RedisReservation, usage: dict[str, Any]) -> list[Step]:
+        actual = dict(self._planner._usage(**usage))  # validated before anything is settled
+        steps: list[Step] = []
+        charged = set()
+        for plan, cell, mark in reservation._charges:
+            charged.add(plan[3])
+            if plan[5] == "concurrency":
+                steps.append(Step(cell, "c", plan[6], 0, 0, 0, ""))
+                continue
+            used = actual.get(plan[3])
+            if used is None or used == plan[9]:
+                continue
+            if used > plan[9]:
+                steps.append(Step(cell, KIND_CODES[plan[5]], plan[6], plan[7], plan[8], used - plan[9], ""))
+            else:
+                steps.append(reservation._refund(plan, cell, mark, plan[9] - used))
+        uncharged = {name: usage[name] for name in usage if name not in charged and actual.get(name)}
+        if uncharged:
+            forced = self._planner._plan_usage(reservation._keys, **uncharged)
+            steps += [step for _, step in self._steps(forced, reservation._keys)]
+        return steps
+
+    # ------------------------------------------------------------------ decisions
+
+    def try_acquire(self, key: Key, /, requests: Any = None, tokens: Any = None, *, max_wait: float = 0.0,
+                    **amounts: Any) -> Any:
+        """Decides at once, never blocking on limits: one script call per Cluster slot the
+        request's cells span (one in all on a standalone server)."""
+        keys, steps, max_wait_ns = self._prepare(key, requests, tokens, max_wait, amounts)
+        holder = self._state.new_holder() if any(step.kind == "c" for _, step in steps) else ""
+        groups = self._groups(steps)
+        now = self._instant()
+        results = []
+        try:
+            for group in groups:
+                reply = self._state.run(build("acquire", [step for _, step in group], now=now,
+                                              max_wait_ns=max_wait_ns, holder=holder,
+                                              holder_ttl_ms=self._state.holder_ttl_ms))
+                results.append(reply)
+                if int(reply[0]) != 1:
+                    break
+        except RedisUnavailable as error:
+            self._give_back(groups, results, holder)
+            return self._unavailable(error, key, requests, tokens, max_wait, amounts)
+        return self._decision(keys, groups, results, holder)
+
+    async def try_acquire_async(self, key: Key, /, requests: Any = None, tokens: Any = None, *,
+                                max_wait: float = 0.0, **amounts: Any) -> Any:
+        """`try_acquire` without blocking the event loop."""
+        keys, steps, max_wait_ns = self._prepare(key, requests, tokens, max_wait, amounts)
+        holder = self._state.new_holder() if any(step.kind == "c" for _, step in steps) else ""
+        groups = self._groups(steps)
+        now = self._instant()
+        results = []
+        try:
+            for group in groups:
+                reply = await self._state.run_async(build("acquire", [step for _, step in group], now=now,
+                                                          max_wait_ns=max_wait_ns, holder=holder,
+                                                          holder_ttl_ms=self._state.holder_ttl_ms))
+                results.append(reply)
+                if int(reply[0]) != 1:
+                    break
+        except RedisUnavailable as error:
+            self._give_back(groups, results, holder)
+            return self._unavailable(error, key, requests, tokens, max_wait, amounts)
+        return self._decision(keys, groups, results, holder)
+
+    def _prepare(self, key: Key, requests: Any, tokens: Any, max_wait: float,
+                 amounts: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[Plan, Step]], int]:
+        if isinstance(max_wait, bool) or not isinstance(max_wait, (int, float)) or not max_wait >= 0:
+            raise ValueError(f"max_wait must be a non-negative number of seconds, not {max_wait!r}")
+        plans = self._planner._plan(key, requests, tokens, **amounts)
+        keys = (key,) if isinstance(key, str) else tuple(key)
+        max_wait_ns = 2**62 if math.isinf(max_wait) else min(int(max_wait * 1e9), 2**62)
+        return keys, self._steps(plans, keys), max_wait_ns
+
+    def _give_back(self, groups: list[list[tuple[Plan, Step]]], results: list[Any], holder: str) -> None:
+        """Refunds the slots a denied (or interrupted) request already charged."""
+        steps = []
+        for group, reply in zip(groups, results):
+            if int(reply[0]) == 1:
+                for index, (plan, step) in enumerate(group):
+                    steps.append(RedisReservation._refund(plan, step.cell, _text(reply[5 + 3 * index]), plan[9]))
+        if steps:
+            self._state.settle(self._settle_calls(steps, holder))
+
+    def _decision(self, keys: tuple[str, ...], groups: list[list[tuple[Plan, Step]]], results: list[Any],
+                  holder: str) -> RedisDecision:
+        last: list[Any] = results[-1] if results else [1, b"0", 0]
+        if int(last[0]) != 1:
+            self._give_back(groups[:-1], results[:-1], holder)
+            group = groups[len(results) - 1]
+            plan = group[int(last[2]) - 1][0]
+            return RedisDecision(False, retry_after=int(last[1]) / 1e9, limited_by=plan[3],
+                                 limited_key=keys[plan[0]])
+        remaining: dict[str, Union[int, float]] = {}
+        delay_ns = reset_ns = 0
+        charges: list[tuple[Plan, str, str]] = []
+        held: list[Step] = []
+        for group, reply in zip(groups, results):
+            delay_ns = max(delay_ns, int(reply[1]))
+            for index, (plan, step) in enumerate(group):
+                left, reset, mark = reply[3 + 3 * index: 6 + 3 * index]
+                left_api = _api(int(left), plan[4])
+                name = plan[3]
+                if name not in remaining or left_api < remaining[name]:
+                    remaining[name] = left_api
+                reset_ns = max(reset_ns, int(reset))
+                charges.append((plan, step.cell, _text(mark)))
+                if step.kind == "c":
+                    held.append(step)
+        if held:
+            self._state.hold(holder, held)
+        return RedisReservation(self, keys, charges, holder if held else "", delay=delay_ns / 1e9,
+                                reset_after=reset_ns / 1e9, remaining=remaining)
+
+    def peek(self, key: Key, /, requests: Any = None, tokens: Any = None, **amounts: Any) -> RedisDecision:
+        """What `try_acquire` would decide now, without charging anything."""
+        keys, steps, _ = self._prepare(key, requests, tokens, 0.0, amounts)
+        now = self._instant()
+        remaining: dict[str, Union[int, float]] = {}
+        reset_ns = 0
+        worst: Optional[RedisDecision] = None
+        for group in self._groups(steps):
+            reply = self._state.run(build("peek", [step for _, step in group], now=now))
+            if int(reply[0]) != 1:
+                plan = group[int(reply[2]) - 1][0]
+                denial = RedisDecision(False, retry_after=int(reply[1]) / 1e9, limited_by=plan[3],
+                                       limited_key=keys[plan[0]])
+                if worst is None or denial.retry_after > worst.retry_after:
+                    worst = denial
+                continue
+            for index, (plan, _) in enumerate(group):
+                left = _api(int(reply[3 + 3 * index]), plan[4])
+                if plan[3] not in remaining or left < remaining[plan[3]]:
+                    remaining[plan[3]] = left
+                reset_ns = max(reset_ns, int(reply[4 + 3 * index]))
+        if worst is not None:
+            return worst
+        return RedisDecision(True, reset_after=reset_ns / 1e9, remaining=remaining)
+
+    def charge(self, key: Key, /, **amounts: Any) -> None:
+        """Charges usage that already happened to every limit of `key`, even past the limits
+        (kept and replayed if Redis cannot take it now)."""
+        keys = (key,) if isinstance(key, str) else tuple(key)
+        plans = self._planner._plan_usage(key, **amounts)
+        steps = [step for _, step in self._steps(plans, keys)]
+        self._state.settle(self._settle_calls(steps, ""))
+
+    def status(self, key: str) -> list[LimitState]:
+        """The state of `key` under each limit that applies to it."""
+        plans = self._planner._plan_status(key)
+        steps = self._steps(plans, (key,))
+        reply = self._state.run(build("status", [step for _, step in steps], now=self._instant()))
+        out = []
+        for index, (plan, _) in enumerate(steps):
+            remaining, used, reset = (int(value) for value in reply[3 * index: 3 * index + 3])
+            capacity = plan[8] if plan[5] == "rate" else plan[6]
+            out.append(LimitState(plan[3], plan[5], _api(remaining, plan[4]), _api(used, plan[4]), reset / 1e9,
+                                  _api(capacity, plan[4])))
+        return out
+
+    def set_limits(self, limits: Any = None, *, rules: Any = None, budgets: Optional[Sequence[Any]] = None) -> None:
+        """Replaces the limits (and the budgets, when given). The counters in Redis carry over
+        for every limit whose pattern, dimension and kind stay the same, on every host."""
+        self._planner.set_limits(limits, rules=rules, budgets=budgets)
+        self._limits, self._rules, self._budgets = limits, rules, self._planner.budgets
+        self._local = None
+
+    # ------------------------------------------------------------------ waiting (async)
+
+    async def _try_async(self, key: Key, requests: Any, tokens: Any, amounts: dict[str, Any], max_wait: float) -> Any:
+        from .._native import ExceedsCapacity
+
+        try:
+            return await self.try_acquire_async(key, requests, tokens, max_wait=max_wait, **dict(amounts))
+        except ExceedsCapacity as error:
+            raise self._capacity_error(error) from error
+
+    # ------------------------------------------------------------------ unavailability
+
+    def _unavailable(self, error: RedisUnavailable, key: Key, requests: Any, tokens: Any, max_wait: float,
+                     amounts: dict[str, Any]) -> Any:
+        mode = self._state.on_unavailable
+        if mode == "fail_closed":
+            raise RedisUnavailable(f"{error} (on_unavailable='fail_closed': the call is not admitted)") from None
+        self._state.stats["fallback_decisions"] += 1
+        if mode == "fail_open":
+            return _OpenReservation(self)
+        return self._fallback().try_acquire(key, requests, tokens, max_wait=max_wait, **amounts)
+
+    def _fallback(self) -> Limiter:
+        """The in-process limiter of `on_unavailable="local"`: this limiter's policy, scaled
+        to this host's share."""
+        if self._local is None:
+            fraction = self._state.local_fraction
+            self._local = self._planner if fraction == 1.0 else Limiter(
+                self._limits, rules=self._rules, budgets=self._budgets, namespace=self._namespace,
+                clock=self._clock, _share=fraction)
+        return self._local
+
+    def __repr__(self) -> str:
+        config = f"rules={self._rules!r}" if self._rules is not None else repr(self._limits)
+        return f"Limiter({config}, namespace={self._namespace!r}, state={self._state!r})"

@@ -1,0 +1,390 @@
+"""`RedisState`: limiter state in Redis (standalone or Cluster), shared by every host.
+
+    lim = lt.Limiter({"requests": "500/min"}, state=lt.RedisState("redis://cache:6379/0"))
+
+Every decision is one script call (one round trip) per slot it touches, timed by the server's
+clock. What a decision does while Redis cannot be reached within `timeout` is
+`on_unavailable`'s: `"fail_closed"` raises `RedisUnavailable` (the default), `"fail_open"`
+admits without counting, `"local"` decides with an in-process limiter of the same limits scaled
+by `local_fraction` (each host's share of the fleet's limits). Usage settled while Redis is
+down is kept and replayed once, idempotently, when it answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from .._native import ConfigError, StateError
+from . import script
+from .cells import check_prefix
+
+__all__ = ["RedisState", "RedisUnavailable"]
+
+_log = logging.getLogger("llmthrottle")
+_MODES = ("fail_closed", "fail_open", "local")
+# How many settlements that could not reach Redis are kept for replay (the oldest go first).
+_MAX_PENDING = 100_000
+
+
+class RedisUnavailable(StateError):
+    """Redis could not be reached (or did not answer within the timeout)."""
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    import redis
+    from redis.exceptions import ClusterDownError, TryAgainError
+
+    return (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError, OSError)
+
+
+class RedisState:
+    """Limiter state in Redis, shared by every process on every host that uses the same server
+    (or cluster) and `prefix`.
+
+    `url_or_client` is a URL (`redis://host:6379/0`, `rediss://...`, `unix:///path`) or a
+    `redis.Redis` / `redis.cluster.RedisCluster` client; `cluster=True` opens a URL as a
+    Cluster. A decision waits at most `timeout` seconds for Redis; after a failure, Redis is
+    tried again at most every `retry_interval` seconds and `on_unavailable` decides meanwhile.
+    A concurrency slot is held in Redis for `holder_ttl` seconds and extended by a heartbeat
+    while its reservation is open, so the slots of a process that died lapse on their own.
+    """
+
+    def __init__(self, url_or_client: Any = "redis://localhost:6379/0", *, prefix: str = "llmthrottle:",
+                 cluster: bool = False, timeout: float = 0.5, on_unavailable: str = "fail_closed",
+                 local_fraction: float = 1.0, retry_interval: float = 1.0, holder_ttl: float = 30.0,
+                 **client_options: Any) -> None:
+        if on_unavailable not in _MODES:
+            raise ConfigError(f"on_unavailable must be one of {', '.join(map(repr, _MODES))}, not {on_unavailable!r}")
+        for name, value in (("timeout", timeout), ("retry_interval", retry_interval), ("holder_ttl", holder_ttl)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
+                raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
+        if isinstance(local_fraction, bool) or not isinstance(local_fraction, (int, float)) or not 0 < local_fraction <= 1:
+            raise ConfigError(f"local_fraction must be in (0, 1], not {local_fraction!r}")
+        if holder_ttl < 1:
+            raise ConfigError("holder_ttl must be at least 1 second (the heartbeat runs every holder_ttl / 3)")
+        try:
+            self.prefix = check_prefix(prefix)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        self.on_unavailable = on_unavailable
+        self.local_fraction = float(local_fraction)
+        self.timeout = float(timeout)
+        self.retry_interval = float(retry_interval)
+        self.holder_ttl_ms = int(holder_ttl * 1000)
+        self._url: Optional[str] = url_or_client if isinstance(url_or_client, str) else None
+        self._options = dict(client_options)
+        self._sync = self._open(url_or_client, cluster)
+        self.cluster = _is_cluster(self._sync)
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        self._sha = hashlib.sha1(script.SOURCE.encode()).hexdigest()
+        self._errors = _redis_errors()
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+        self._down = False
+        self._pending: deque[tuple[str, script.Call]] = deque(maxlen=_MAX_PENDING)
+        self._holders: dict[str, list[script.Step]] = {}
+        self._abandoned: list[tuple[str, list[script.Step]]] = []
+        self._holder_ids = itertools.count()
+        self._process = uuid.uuid4().hex[:12]
+        self._heartbeat: Optional[threading.Thread] = None
+        self._closed = threading.Event()
+        self.stats = {"unavailable": 0, "fallback_decisions": 0, "outages": 0, "replayed": 0, "pending": 0,
+                      "dropped": 0}
+        this = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(this))
+
+    # ------------------------------------------------------------------ connections
+
+    def _open(self, url_or_client: Any, cluster: bool) -> Any:
+        import redis
+
+        if not isinstance(url_or_client, str):
+            if not hasattr(url_or_client, "evalsha"):
+                raise ConfigError(f"RedisState takes a URL or a redis client, not {type(url_or_client).__name__}")
+            return url_or_client
+        options = self._client_options()
+        if cluster:
+            from redis.cluster import RedisCluster
+
+            return RedisCluster.from_url(url_or_client, **options)
+        return redis.Redis.from_url(url_or_client, **options)
+
+    def _client_options(self) -> dict[str, Any]:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # One attempt per decision: the timeout bounds it, and on_unavailable takes over.
+        return {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout,
+                "retry": Retry(NoBackoff(), 0), **self._options}
+
+    async def _async_client(self) -> Any:
+        """This event loop's asyncio client. None when the state was given a client object, or
+        is a Cluster: those calls run the synchronous client in a thread."""
+        if self._url is None or self.cluster:
+            return None
+        loop = asyncio.get_running_loop()
+        entry = self._async.get(loop)
+        if entry is None:
+            import redis.asyncio
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            client = redis.asyncio.Redis.from_url(self._url, **{**self._client_options(), "retry": Retry(NoBackoff(), 0)})
+            # The loop closes its async generators before it closes (asyncio.run does): this one
+            # then closes the client's connections while the loop can still run them.
+            closer = _close_on_shutdown(client)
+            await closer.__anext__()
+            entry = self._async[loop] = (client, closer)
+        return entry[0]
+
+    @property
+    def client(self) -> Any:
+        """The synchronous redis-py client."""
+        return self._sync
+
+    def _make_limiter(self, *, limits: Any, rules: Any, budgets: Sequence[Any], namespace: str,
+                      clock: Any) -> Any:
+        """Called by `llmthrottle.Limiter(...)` for `state=RedisState(...)`."""
+        from .limiter import RedisLimiter
+
+        return RedisLimiter(self, limits, rules, budgets, namespace, clock)
+
+    # ------------------------------------------------------------------ running calls
+
+    def _available(self) -> bool:
+        return not self._down or time.monotonic() >= self._down_until
+
+    def run(self, call: script.Call) -> Any:
+        """Runs one script call; raises RedisUnavailable when Redis cannot answer."""
+        if not self._available():
+            raise RedisUnavailable("Redis was unreachable moments ago")
+        if self._abandoned:
+            self._release_abandoned()
+        from redis.exceptions import NoScriptError
+
+        try:
+            try:
+                result = self._sync.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
+            except NoScriptError:
+                self._sync.script_load(script.SOURCE)
+                result = self._sync.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
+        except self._errors as error:
+            raise self._failed(error) from None
+        if self._down:
+            self._recovered()
+        return result
+
+    async def run_async(self, call: script.Call) -> Any:
+        """`run` for asyncio (a client object given by the caller runs in a thread)."""
+        client = await self._async_client()
+        if client is None:
+            return await asyncio.to_thread(self.run, call)
+        if not self._available():
+            raise RedisUnavailable("Redis was unreachable moments ago")
+        from redis.exceptions import NoScriptError
+
+        try:
+            try:
+                result = await client.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
+            except NoScriptError:
+                await client.script_load(script.SOURCE)
+                result = await client.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
+        except self._errors as error:
+            raise self._failed(error) from None
+        if self._down:
+            self._recovered()
+        return result
+
+    def _failed(self, error: BaseException) -> RedisUnavailable:
+        with self._lock:
+            self.stats["unavailable"] += 1
+            self._down_until = time.monotonic() + self.retry_interval
+            if not self._down:
+                self._down = True
+                self.stats["outages"] += 1
+                _log.warning("llmthrottle: Redis unavailable (%s: %s); on_unavailable=%r", type(error).__name__,
+                             error, self.on_unavailable)
+        return RedisUnavailable(f"Redis unavailable: {type(error).__name__}: {error}")
+
+    def _recovered(self) -> None:
+        with self._lock:
+            if not self._down:
+                return
+            self._down = False
+            self._down_until = 0.0
+        _log.warning("llmthrottle: Redis reachable again; replaying %d settlement(s)", len(self._pending))
+        self.replay()
+
+    # ------------------------------------------------------------------ settlements
+
+    def settle(self, calls: Sequence[script.Call]) -> None:
+        """Runs settlement calls (usage, refunds, releases); those Redis cannot take now are
+        kept and replayed when it answers again."""
+        for call in calls:
+            try:
+                self.run(call)
+            except RedisUnavailable:
+                self._keep(call)
+
+    def _keep(self, call: script.Call) -> None:
+        operation = uuid.uuid4().hex
+        from .cells import marker_name
+
+        replay = script.Call([*call.keys, marker_name(call.keys[0], operation)], [call.args[0], operation, *call.args[2:]])
+        with self._lock:
+            if len(self._pending) == self._pending.maxlen:
+                self.stats["dropped"] += 1
+            self._pending.append((operation, replay))
+            self.stats["pending"] = len(self._pending)
+
+    def replay(self) -> int:
+        """Sends the settlements kept while Redis was down, each applied at most once (a marker
+        in Redis remembers it for a day). Returns how many were sent."""
+        sent = 0
+        while self._pending:
+            with self._lock:
+                if not self._pending:
+                    break
+                operation, call = self._pending[0]
+            try:
+                self.run(call)
+            except RedisUnavailable:
+                break
+            with self._lock:
+                if self._pending and self._pending[0][0] == operation:
+                    self._pending.popleft()
+                self.stats["pending"] = len(self._pending)
+                self.stats["replayed"] += 1
+            sent += 1
+        return sent
+
+    @property
+    def pending(self) -> int:
+        """Settlements waiting for Redis."""
+        return len(self._pending)
+
+    # ------------------------------------------------------------------ concurrency holders
+
+    def new_holder(self) -> str:
+        return f"{self._process}:{os.getpid()}:{next(self._holder_ids)}"
+
+    def hold(self, holder: str, steps: list[script.Step]) -> None:
+        """Keeps `holder`'s slots alive until `release`."""
+        with self._lock:
+            self._holders[holder] = steps
+            if self._heartbeat is None or not self._heartbeat.is_alive():
+                self._closed.clear()
+                self._heartbeat = threading.Thread(target=self._beat, name="llmthrottle-redis-heartbeat", daemon=True)
+                self._heartbeat.start()
+
+    def release(self, holder: str) -> None:
+        with self._lock:
+            self._holders.pop(holder, None)
+
+    def abandon(self, holder: str) -> None:
+        """A reservation was dropped unsettled: its slots are released with the next call.
+        (Called from a finaliser, which may run inside any code: no lock, no I/O.)"""
+        steps = self._holders.pop(holder, None)
+        if steps:
+            self._abandoned.append((holder, steps))
+
+    def _release_abandoned(self) -> None:
+        from .cells import group_by_slot
+
+        taken = []
+        while self._abandoned:
+            taken.append(self._abandoned.pop())  # atomic: a finaliser may append from any thread
+        for holder, steps in taken:
+            self.settle([script.build("settle", group, holder=holder)
+                         for group in group_by_slot(steps, lambda step: step.cell, self.cluster)])
+
+    def _beat(self) -> None:
+        from .cells import group_by_slot
+
+        while not self._closed.wait(self.holder_ttl_ms / 3000):
+            with self._lock:
+                held = [step._replace(extra=holder) for holder, steps in list(self._holders.items()) for step in steps]
+            if not held:
+                continue
+            for group in group_by_slot(held, lambda step: step.cell, self.cluster):
+                try:
+                    self.run(script.build("extend", group, holder_ttl_ms=self.holder_ttl_ms))
+                except RedisUnavailable:
+                    break
+            if self._abandoned and not self._down:
+                try:
+                    self._release_abandoned()
+                except RedisUnavailable:
+                    pass
+            if self._pending and not self._down:
+                self.replay()
+
+    def _after_fork(self) -> None:
+        # The parent's holders and heartbeat stay the parent's.
+        self._lock = threading.Lock()
+        self._holders = {}
+        self._heartbeat = None
+        self._process = uuid.uuid4().hex[:12]
+        self._async = weakref.WeakKeyDictionary()
+
+    # ------------------------------------------------------------------ misc
+
+    def ping(self) -> bool:
+        """True when Redis answers."""
+        try:
+            return bool(self._sync.ping())
+        except self._errors:
+            return False
+
+    def close(self) -> None:
+        """Stops the heartbeat and closes the connections."""
+        self._closed.set()
+        self._sync.close()
+
+    def __reduce__(self) -> Any:
+        if self._url is None:
+            raise TypeError("a RedisState built on a client object cannot be pickled; build it from a URL")
+        return (_rebuild, (self._url, self.prefix, self.cluster, self.timeout, self.on_unavailable, self.local_fraction,
+                           self.retry_interval, self.holder_ttl_ms / 1000, self._options))
+
+    def __repr__(self) -> str:
+        where = self._url or type(self._sync).__name__
+        return f"RedisState({where!r}, prefix={self.prefix!r}, on_unavailable={self.on_unavailable!r})"
+
+
+def _rebuild(url: str, prefix: str, cluster: bool, timeout: float, on_unavailable: str, local_fraction: float,
+             retry_interval: float, holder_ttl: float, options: dict[str, Any]) -> RedisState:
+    return RedisState(url, prefix=prefix, cluster=cluster, timeout=timeout, on_unavailable=on_unavailable,
+                      local_fraction=local_fraction, retry_interval=retry_interval, holder_ttl=holder_ttl, **options)
+
+
+async def _close_on_shutdown(client: Any) -> Any:
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+def _after_fork(state: "weakref.ref[RedisState]") -> None:
+    alive = state()
+    if alive is not None:
+        alive._after_fork()
+
+
+def _is_cluster(client: Any) -> bool:
+    try:
+        from redis.cluster import RedisCluster
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(client, RedisCluster)

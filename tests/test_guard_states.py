@@ -1,5 +1,5 @@
-"""Guard behaves the same over every state: in this process, shared memory, and the sidecar
-(where the budgets come from the sidecar's policy file)."""
+"""Guard behaves the same over every state: in this process, shared memory, Redis (standalone
+and Cluster), and the sidecar (where the budgets come from the sidecar's policy file)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion}
 
 
-@pytest.fixture(params=["in-process", "shared", "sidecar"])
+@pytest.fixture(params=["in-process", "shared", "redis", "redis-cluster", "sidecar"])
 def limiter(request: pytest.FixtureRequest) -> Iterator[Any]:
     if request.param == "in-process":
         yield lt.Limiter({"requests": "1000/s"}, budgets=[BUDGET])
@@ -33,6 +33,12 @@ def limiter(request: pytest.FixtureRequest) -> Iterator[Any]:
         name = f"guard-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         yield lt.Limiter({"requests": "1000/s"}, budgets=[BUDGET], state=lt.SharedState(name))
         lt.SharedState.remove(name)
+    elif request.param.startswith("redis"):
+        cluster = request.param == "redis-cluster"
+        server = request.getfixturevalue("redis_cluster" if cluster else "redis_server")
+        state = lt.RedisState(server.url, prefix=f"guard{uuid.uuid4().hex[:8]}:", cluster=cluster)
+        yield lt.Limiter({"requests": "1000/s"}, budgets=[BUDGET], state=state)
+        state.close()
     else:
         with tempfile.TemporaryDirectory(prefix="lt-guard-") as directory:
             server = start_server(directory, SIDECAR_CONFIG)

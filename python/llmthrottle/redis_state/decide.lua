@@ -31,6 +31,19 @@
 --   extend   -> concurrency steps: the hold of the holder in extra is extended by holder_ttl_ms
 pcall(redis.replicate_commands) -- Redis < 5 needs it for TIME before writes; later ones ignore it
 
+-- A cell's "a:b" value as two numbers; a value llmthrottle did not write stops the script (the
+-- caller sees a StateError naming the cell). A decision reads every cell before it writes one,
+-- so a damaged cell denies nothing else and charges nothing.
+local function pair(text, key)
+  local i = string.find(text, ':', 1, true)
+  local a = i and tonumber(string.sub(text, 1, i - 1))
+  local b = i and tonumber(string.sub(text, i + 1))
+  if not (a and b) then
+    error({err = 'llmthrottle: cell ' .. tostring(key) .. ' holds a value llmthrottle did not write'})
+  end
+  return a, b
+end
+
 local mode, operation, given_now = ARGV[1], ARGV[2], ARGV[3]
 local max_wait = tonumber(ARGV[4])
 local holder, holder_ttl = ARGV[5], tonumber(ARGV[6])
@@ -40,16 +53,15 @@ if given_now == '' then
   local t = redis.call('TIME')
   now_s, now_ns = tonumber(t[1]), tonumber(t[2]) * 1000
 else
-  local i = string.find(given_now, ':', 1, true)
-  now_s, now_ns = tonumber(string.sub(given_now, 1, i - 1)), tonumber(string.sub(given_now, i + 1))
+  now_s, now_ns = pair(given_now, 'now')
 end
 local now_ms = now_s * 1000 + math.floor(now_ns / 1e6)
 local floor = math.floor
 
 -- A stored instant as nanoseconds from now.
-local function rel(text)
-  local i = string.find(text, ':', 1, true)
-  return (tonumber(string.sub(text, 1, i - 1)) - now_s) * 1e9 + tonumber(string.sub(text, i + 1)) - now_ns
+local function rel(text, key)
+  local seconds, nanos = pair(text, key)
+  return (seconds - now_s) * 1e9 + nanos - now_ns
 end
 
 -- The instant `r` nanoseconds from now, as stored.
@@ -64,7 +76,7 @@ end
 local function tat_of(key)
   local value = redis.call('GET', key)
   if not value then return 0 end
-  local tat = rel(value)
+  local tat = rel(value, key)
   if tat < 0 then return 0 end
   return tat
 end
@@ -125,10 +137,9 @@ end
 local function quota_of(key, index)
   local value = redis.call('GET', key)
   if not value then return 0, nil end
-  local i = string.find(value, ':', 1, true)
-  local stored = tonumber(string.sub(value, 1, i - 1))
+  local stored, used = pair(value, key)
   if stored ~= index then return 0, stored end
-  return tonumber(string.sub(value, i + 1)), stored
+  return used, stored
 end
 
 local MAX_QUOTA = 281474976710654 -- quota.rs: a cell holds at most 2^48 - 2
@@ -234,8 +245,8 @@ if mode == 'settle' then
         store_tat(key, tat_of(key) + amount * a)
       elseif redis.call('EXISTS', key) == 1 then
         -- Only the part of the charge that has not drained yet comes back (gcra.rs: refund).
-        local undrained = math.min(-amount * a, rel(extra))
-        if undrained > 0 then store_tat(key, rel(redis.call('GET', key)) - undrained) end
+        local undrained = math.min(-amount * a, rel(extra, 'mark'))
+        if undrained > 0 then store_tat(key, rel(redis.call('GET', key), key) - undrained) end
       end
     else
       local index, left_ns = period(b, c)

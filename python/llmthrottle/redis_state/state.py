@@ -41,6 +41,12 @@ class RedisUnavailable(StateError):
     """Redis could not be reached (or did not answer within the timeout)."""
 
 
+def _refused(error: BaseException) -> StateError:
+    """Redis answered with an error (a damaged cell, a key of another type, a server that
+    refuses scripts): nothing was written."""
+    return StateError(f"Redis refused llmthrottle's script: {error}")
+
+
 def _redis_errors() -> tuple[type[BaseException], ...]:
     import redis
     from redis.exceptions import ClusterDownError, TryAgainError
@@ -162,16 +168,31 @@ class RedisState:
 
     # ------------------------------------------------------------------ running calls
 
-    def _available(self) -> bool:
-        return not self._down or time.monotonic() >= self._down_until
+    def _check_available(self) -> None:
+        """Raises RedisUnavailable while Redis is known to be down; once `retry_interval` has
+        passed, tries it again and, when it answers, replays what was kept before going on."""
+        if not self._down:
+            return
+        if time.monotonic() < self._down_until:
+            raise RedisUnavailable("Redis was unreachable moments ago")
+        try:
+            self._sync.ping()
+        except self._errors as error:
+            raise self._failed(error) from None
+        with self._lock:
+            if not self._down:
+                return
+            self._down = False
+            self._down_until = 0.0
+        _log.warning("llmthrottle: Redis reachable again; replaying %d settlement(s)", len(self._pending))
+        self.replay()
 
     def run(self, call: script.Call) -> Any:
         """Runs one script call; raises RedisUnavailable when Redis cannot answer."""
-        if not self._available():
-            raise RedisUnavailable("Redis was unreachable moments ago")
+        self._check_available()
         if self._abandoned:
             self._release_abandoned()
-        from redis.exceptions import NoScriptError
+        from redis.exceptions import NoScriptError, ResponseError
 
         try:
             try:
@@ -181,8 +202,8 @@ class RedisState:
                 result = self._sync.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
         except self._errors as error:
             raise self._failed(error) from None
-        if self._down:
-            self._recovered()
+        except ResponseError as error:
+            raise _refused(error) from None
         return result
 
     async def run_async(self, call: script.Call) -> Any:
@@ -190,9 +211,8 @@ class RedisState:
         client = await self._async_client()
         if client is None:
             return await asyncio.to_thread(self.run, call)
-        if not self._available():
-            raise RedisUnavailable("Redis was unreachable moments ago")
-        from redis.exceptions import NoScriptError
+        self._check_available()
+        from redis.exceptions import NoScriptError, ResponseError
 
         try:
             try:
@@ -202,8 +222,8 @@ class RedisState:
                 result = await client.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
         except self._errors as error:
             raise self._failed(error) from None
-        if self._down:
-            self._recovered()
+        except ResponseError as error:
+            raise _refused(error) from None
         return result
 
     def _failed(self, error: BaseException) -> RedisUnavailable:
@@ -216,15 +236,6 @@ class RedisState:
                 _log.warning("llmthrottle: Redis unavailable (%s: %s); on_unavailable=%r", type(error).__name__,
                              error, self.on_unavailable)
         return RedisUnavailable(f"Redis unavailable: {type(error).__name__}: {error}")
-
-    def _recovered(self) -> None:
-        with self._lock:
-            if not self._down:
-                return
-            self._down = False
-            self._down_until = 0.0
-        _log.warning("llmthrottle: Redis reachable again; replaying %d settlement(s)", len(self._pending))
-        self.replay()
 
     # ------------------------------------------------------------------ settlements
 

@@ -1,0 +1,359 @@
+"""What only Redis adds: hosts that share nothing but the server, Cluster slots, holders that
+lapse with their process, the server's own clock, and what a decision does while Redis is down.
+(The Limiter behaviour suite in test_limiter.py runs on Redis too.)"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import llmthrottle as lt
+from llmthrottle.redis_state.cells import cell_name, group_by_slot
+from redis_servers import RedisServer
+
+def fresh_prefix() -> str:
+    return f"r{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+def state(redis_server: RedisServer) -> Iterator[lt.RedisState]:
+    state = lt.RedisState(redis_server.url, prefix=fresh_prefix())
+    yield state
+    state.close()
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A durable server of this test's own, to kill and restart."""
+    from redis_servers import REDIS_SERVER
+
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(tmp_path / "redis", durable=True)
+    yield server
+    server.stop()
+
+
+def cells_of(limiter: Any, key: str, **amounts: Any) -> list[str]:
+    plans = limiter._planner._plan(key, **amounts)
+    return [cell_name(limiter.state.prefix, key, plan[1]) for plan in plans]
+
+
+# ---------------------------------------------------------------------------- hosts
+
+
+def _hammer(url: str, prefix: str, start: Any, seconds: float, results: Any) -> None:
+    state = lt.RedisState(url, prefix=prefix)
+    limiter = lt.Limiter({"requests": {"rate": "1000/s", "burst": 100}}, state=state)
+    start.wait()
+    first = time.time()
+    admitted = attempts = 0
+    while time.time() - first < seconds:
+        attempts += 1
+        if limiter.try_acquire("fleet"):
+            admitted += 1
+    results.put((admitted, attempts, first, time.time()))
+    state.close()
+
+
+@pytest.mark.slow
+def test_processes_sharing_only_redis_admit_exactly_the_limit(redis_server: RedisServer) -> None:
+    """Four processes, nothing shared but the server: over the run at most burst + rate * T
+    is admitted, and at least 99% of it."""
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Event(), context.Queue()
+    prefix = fresh_prefix()
+    workers = [context.Process(target=_hammer, args=(redis_server.url, prefix, start, 3.0, results))
+               for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    time.sleep(1.0)  # every worker connected and waiting
+    start.set()
+    reports = [results.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+    admitted = sum(report[0] for report in reports)
+    window = max(report[3] for report in reports) - min(report[2] for report in reports)
+    ceiling = 100 + 1000 * window
+    assert admitted <= ceiling + 1
+    assert admitted >= 0.99 * (100 + 1000 * min(report[3] - report[2] for report in reports))
+    assert sum(report[1] for report in reports) > 2 * admitted  # the limit, not the workers, decided
+
+
+# ---------------------------------------------------------------------------- cluster
+
+
+def test_keys_sharing_a_hash_tag_are_one_script_and_others_are_spread(redis_cluster: Any) -> None:
+    state = lt.RedisState(redis_cluster.url, prefix=fresh_prefix(), cluster=True)
+    try:
+        lim = lt.Limiter(rules={"*:user:*": {"tokens": "1000/min"}, "*:team:*": {"tokens": "1500/min"}}, state=state)
+        tagged = cells_of(lim, "{acme}:user:1", tokens=1) + cells_of(lim, "{acme}:team:x", tokens=1)
+        assert len(group_by_slot(tagged, str, cluster=True)) == 1
+        spread = [cell for i in range(20) for cell in cells_of(lim, f"t{i}:user:{i}", tokens=1)]
+        assert len(group_by_slot(spread, str, cluster=True)) > 1
+        # Across slots, a denial by a later slot gives back what the earlier ones charged.
+        keys = ["a:user:1", "b:team:x"]
+        assert lim.try_acquire(["c:user:2", "b:team:x"], tokens=1000)
+        denied = lim.try_acquire(keys, tokens=600)
+        assert not denied and denied.limited_key == "b:team:x"
+        assert lim.status("a:user:1")[0].used == 0
+        assert lim.try_acquire(keys, tokens=500)
+    finally:
+        state.close()
+
+
+# ---------------------------------------------------------------------------- scripts, cells, clock
+
+
+def test_a_flushed_script_is_loaded_again(state: lt.RedisState) -> None:
+    lim = lt.Limiter({"requests": "5/min"}, state=state)
+    assert lim.try_acquire("k")
+    state.client.script_flush()
+    assert lim.try_acquire("k")
+    assert lim.status("k")[0].used == 2
+
+
+def test_a_damaged_cell_is_a_state_error_and_touches_nothing_else(state: lt.RedisState) -> None:
+    lim = lt.Limiter({"requests": "5/min", "tokens": "1k/min"}, state=state)
+    assert lim.try_acquire("k", tokens=10)
+    requests_cell, tokens_cell = cells_of(lim, "k", tokens=10)
+    state.client.set(tokens_cell, b"\xff garbage")
+    with pytest.raises(lt.StateError, match="did not write"):
+        lim.try_acquire("k", tokens=10)
+    assert lim.status("other")[0].used == 0 and lim.try_acquire("other")
+    state.client.delete(tokens_cell)
+    # The failed decision charged nothing: the requests cell still holds one call.
+    assert [s.used for s in lim.status("k")] == [1, 0]
+    state.client.delete(requests_cell)
+    state.client.lpush(requests_cell, "x")  # a key of another type
+    with pytest.raises(lt.StateError, match="WRONGTYPE"):
+        lim.try_acquire("k")
+
+
+def test_decisions_use_the_servers_clock(state: lt.RedisState) -> None:
+    lim = lt.Limiter({"requests": "1/min"}, state=state)
+    assert lim.try_acquire("k")
+    denied = lim.try_acquire("k")
+    assert 59.0 < denied.retry_after <= 60.0
+    seconds, micros = state.client.time()
+    assert abs(seconds + micros / 1e6 - time.time()) < 5  # the same host: the clocks agree
+
+
+def test_prefixes_keep_apart_what_they_count(redis_server: RedisServer) -> None:
+    one, two = (lt.RedisState(redis_server.url, prefix=fresh_prefix()) for _ in range(2))
+    try:
+        a = lt.Limiter({"requests": "1/min"}, state=one)
+        b = lt.Limiter({"requests": "1/min"}, state=two)
+        assert a.try_acquire("k") and b.try_acquire("k")
+        assert not a.try_acquire("k")
+    finally:
+        one.close()
+        two.close()
+
+
+def test_bad_configuration_is_refused_clearly(redis_server: RedisServer) -> None:
+    with pytest.raises(lt.ConfigError, match="braces"):
+        lt.RedisState(redis_server.url, prefix="{all}:")
+    with pytest.raises(lt.ConfigError, match="on_unavailable"):
+        lt.RedisState(redis_server.url, on_unavailable="maybe")
+    with pytest.raises(lt.ConfigError, match="timeout"):
+        lt.RedisState(redis_server.url, timeout=float("nan"))
+    with pytest.raises(lt.ConfigError, match="local_fraction"):
+        lt.RedisState(redis_server.url, local_fraction=0)
+    with pytest.raises(lt.ConfigError, match="URL or a redis client"):
+        lt.RedisState(42)
+
+
+def test_bad_requests_fail_before_reaching_redis(state: lt.RedisState) -> None:
+    lim = lt.Limiter({"tokens": "1k/min"}, state=state)
+    for bad in (-1, float("nan"), float("inf"), 2**70):
+        with pytest.raises((ValueError, TypeError, OverflowError)):
+            lim.try_acquire("k", tokens=bad)
+    with pytest.raises(ValueError, match="empty"):
+        lim.try_acquire("", tokens=1)
+    with pytest.raises(ValueError, match="255"):
+        lim.try_acquire("k" * 300, tokens=1)
+    with pytest.raises(lt.ExceedsCapacity):
+        lim.try_acquire("k", tokens=5000)
+    assert state.client.dbsize() == 0 or not any(
+        key.startswith(state.prefix.encode()) for key in state.client.scan_iter(f"{state.prefix}*"))
+
+
+# ---------------------------------------------------------------------------- concurrency holders
+
+
+def _hold_a_slot(url: str, prefix: str) -> None:
+    state = lt.RedisState(url, prefix=prefix, holder_ttl=1.0)
+    lim = lt.Limiter({"concurrency": 1}, state=state)
+    held = lim.try_acquire("k")
+    assert held
+    print("held", flush=True)
+    time.sleep(600)
+
+
+def test_a_dead_processs_slots_lapse_and_a_live_ones_are_kept(redis_server: RedisServer) -> None:
+    prefix = fresh_prefix()
+    code = ("import sys; sys.path.insert(0, 'tests'); from test_redis_state import _hold_a_slot; "
+            f"_hold_a_slot({redis_server.url!r}, {prefix!r})")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == b"held"
+        state = lt.RedisState(redis_server.url, prefix=prefix, holder_ttl=1.0)
+        lim = lt.Limiter({"concurrency": 1}, state=state)
+        time.sleep(2.5)  # longer than the ttl: the child's heartbeat keeps its slot
+        assert not lim.try_acquire("k")
+        child.send_signal(signal.SIGKILL)
+        child.communicate()
+        deadline = time.monotonic() + 10
+        while not lim.try_acquire("k"):
+            assert time.monotonic() < deadline, "the dead holder's slot never lapsed"
+            time.sleep(0.1)
+        state.close()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+
+
+def test_a_dropped_reservation_gives_its_slot_back_with_the_next_call(state: lt.RedisState) -> None:
+    lim = lt.Limiter({"concurrency": 1}, state=state)
+    held = lim.try_acquire("k")
+    assert held and not lim.try_acquire("k")
+    del held
+    assert lim.try_acquire("k")
+
+
+# ---------------------------------------------------------------------------- Redis down
+
+
+def test_fail_closed_refuses_and_usage_committed_meanwhile_is_replayed_once(own_server: RedisServer,
+                                                                           caplog: Any) -> None:
+    state = lt.RedisState(own_server.url, prefix=fresh_prefix(), retry_interval=0.05, timeout=0.5)
+    lim = lt.Limiter({"tokens": {"quota": 100_000, "per": "day"}}, state=state)
+    try:
+        reservation = lim.try_acquire("k", tokens=1000)
+        lim.try_acquire("k", tokens=500).commit(tokens=200)
+        own_server.kill()
+        with caplog.at_level(logging.WARNING, logger="llmthrottle"):
+            with pytest.raises(lt.RedisUnavailable, match="fail_closed"):
+                lim.try_acquire("k", tokens=1)
+            reservation.commit(tokens=4000)  # kept: Redis is down
+            lim.charge("k", tokens=300)
+            assert state.pending == 2
+            time.sleep(0.1)
+            own_server.start()  # the append-only file brings back what was answered
+            time.sleep(0.1)
+            assert lim.status("k")[0].used == 1200 + 3000 + 300  # the replay ran first
+            assert state.pending == 0 and state.stats["replayed"] == 2
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("unavailable" in m for m in messages) == 1
+        assert sum("reachable again" in m for m in messages) == 1
+    finally:
+        state.close()
+
+
+def test_a_replayed_settlement_is_applied_at_most_once(own_server: RedisServer) -> None:
+    state = lt.RedisState(own_server.url, prefix=fresh_prefix(), retry_interval=0.05)
+    lim = lt.Limiter({"tokens": {"quota": 100_000, "per": "day"}}, state=state)
+    try:
+        own_server.kill()
+        lim.charge("k", tokens=700)
+        call = state._pending[0][1]
+        own_server.start()
+        time.sleep(0.1)
+        assert state.replay() == 1
+        state.run(call)  # the same operation again, as after a reply lost on the way back
+        assert lim.status("k")[0].used == 700
+    finally:
+        state.close()
+
+
+def test_fail_open_admits_without_counting(own_server: RedisServer) -> None:
+    state = lt.RedisState(own_server.url, prefix=fresh_prefix(), on_unavailable="fail_open", retry_interval=0.05)
+    lim = lt.Limiter({"requests": "1/hour"}, state=state)
+    try:
+        assert lim.try_acquire("k")
+        own_server.kill()
+        for _ in range(5):
+            with lim.acquire("k", timeout=0) as admitted:
+                assert admitted
+        assert state.stats["fallback_decisions"] == 5
+        own_server.start()
+        time.sleep(0.1)
+        assert not lim.try_acquire("k")  # what Redis counted before the outage still holds
+    finally:
+        state.close()
+
+
+def test_local_fallback_decides_at_this_hosts_share(own_server: RedisServer) -> None:
+    state = lt.RedisState(own_server.url, prefix=fresh_prefix(), on_unavailable="local", local_fraction=0.25)
+    lim = lt.Limiter({"requests": "40/hour", "concurrency": 8}, state=state)
+    try:
+        own_server.kill()
+        admitted = [lim.try_acquire("k") for _ in range(20)]
+        assert sum(map(bool, admitted)) == 2  # a quarter of the concurrency cap (8) is 2 in flight
+        for reservation in admitted:
+            if reservation:
+                reservation.commit()
+        assert sum(bool(lim.try_acquire("k")) for _ in range(20)) == 8  # 10 of 40/hour in all
+    finally:
+        state.close()
+
+
+def test_a_decision_waits_no_longer_than_the_timeout(own_server: RedisServer) -> None:
+    state = lt.RedisState(own_server.url, prefix=fresh_prefix(), timeout=0.2)
+    lim = lt.Limiter({"requests": "10/s"}, state=state)
+    try:
+        assert lim.try_acquire("k")
+        assert own_server.process is not None
+        own_server.process.send_signal(signal.SIGSTOP)  # alive but silent
+        try:
+            started = time.monotonic()
+            with pytest.raises(lt.RedisUnavailable):
+                lim.try_acquire("k")
+            assert time.monotonic() - started < 2.0  # bounded by the timeout, not by the server
+        finally:
+            own_server.process.send_signal(signal.SIGCONT)
+    finally:
+        state.close()
+
+
+def test_async_decisions(state: lt.RedisState) -> None:
+    import asyncio
+
+    lim = lt.Limiter({"requests": "3/min", "concurrency": 2}, state=state)
+
+    async def main() -> list[bool]:
+        decisions = await asyncio.gather(*(lim.try_acquire_async("k") for _ in range(4)))
+        for decision in decisions:
+            if decision:
+                await decision.cancel_async()
+        async with lim.acquire_async("k", timeout=1) as reservation:
+            assert reservation
+        return [bool(d) for d in decisions]
+
+    assert sorted(asyncio.run(main())) == [False, False, True, True]
+
+
+def test_a_state_travels_to_another_process_by_url(state: lt.RedisState) -> None:
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(state))
+    try:
+        assert copy.prefix == state.prefix and copy is not state
+        lim = lt.Limiter({"requests": "1/min"}, state=copy)
+        assert lim.try_acquire("k")
+        assert not lt.Limiter({"requests": "1/min"}, state=state).try_acquire("k")
+    finally:
+        copy.close()

@@ -357,3 +357,49 @@ def test_a_state_travels_to_another_process_by_url(state: lt.RedisState) -> None
         assert not lt.Limiter({"requests": "1/min"}, state=state).try_acquire("k")
     finally:
         copy.close()
+
+
+# ---------------------------------------------------------------------------- the sidecar on Redis
+
+
+def test_sidecars_on_two_hosts_share_one_set_of_limits(redis_server: RedisServer, tmp_path: Path) -> None:
+    from sidecar_helpers import start_server
+
+    config = (f'[state]\nkind = "redis"\nurl = "{redis_server.url}"\nprefix = "{fresh_prefix()}"\n'
+              '[limits."*"]\nrequests = "10/hour"\n')
+    servers = []
+    try:
+        for host in ("a", "b"):
+            (tmp_path / host).mkdir()
+            servers.append(start_server(str(tmp_path / host), config))
+        sidecars = [lt.Sidecar(server.socket) for server in servers]
+        limiters = [lt.Limiter(None, state=sidecar) for sidecar in sidecars]
+        admitted = [bool(limiters[i % 2].try_acquire("tenant:acme")) for i in range(16)]
+        assert sum(admitted) == 10  # not 10 per host
+        assert limiters[0].status("tenant:acme")[0].used == 10
+        for sidecar in sidecars:
+            sidecar.close()
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_the_policy_files_redis_settings_are_checked(tmp_path: Path) -> None:
+    from llmthrottle.config import load_config
+
+    def load(text: str) -> Any:
+        path = tmp_path / "llmthrottle.toml"
+        path.write_text(text)
+        return load_config(str(path))
+
+    config = load('[state]\nkind = "redis"\nurl = "redis://cache:6379/0"\ntimeout = 1\ncluster = true\n')
+    assert config.state_url == "redis://cache:6379/0"
+    assert config.state_redis_options == {"timeout": 1.0, "cluster": True}
+    with pytest.raises(lt.ConfigError, match="needs the server's url"):
+        load('[state]\nkind = "redis"\n')
+    with pytest.raises(lt.ConfigError, match='needs kind = "redis"'):
+        load('[state]\nkind = "shared"\nurl = "redis://cache"\n')
+    with pytest.raises(lt.ConfigError, match="must be a bool"):
+        load('[state]\nkind = "redis"\nurl = "redis://x"\ncluster = "yes"\n')
+    with pytest.raises(lt.ConfigError, match="state.tiemout"):
+        load('[state]\nkind = "redis"\nurl = "redis://x"\ntiemout = 1\n')

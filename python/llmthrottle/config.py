@@ -11,9 +11,16 @@
     log_format = "text"                           # or "json" (one JSON object per line)
     log_level = "info"
     [state]
-    kind = "in-process"                           # or "shared" (llmthrottle.SharedState(name))
+    kind = "in-process"                           # or "shared" (llmthrottle.SharedState(name)),
+                                                  # or "redis" (llmthrottle.RedisState(url)):
     name = "llmthrottle"
     capacity = 65536                              # keys x limits the shared table holds
+    # url = "redis://cache:6379/0"                # kind = "redis": sidecars on several hosts
+    # prefix = "llmthrottle:"                     #   sharing one server share the limits
+    # cluster = false
+    # timeout = 0.5
+    # on_unavailable = "fail_closed"              #   or "fail_open", "local"
+    # local_fraction = 1.0                        #   this host's share when "local"
     [ledger]
     path = "/var/lib/llmthrottle/ledger"          # a llmthrottle.ledger.Ledger directory
     [limits."*"]                                  # namespace "default": pattern -> limits
@@ -121,6 +128,9 @@ class SidecarConfig:
     state_capacity: Optional[int] = None
     # None: SharedState's default (16,384 concurrency units held at once, all processes)
     state_lease_capacity: Optional[int] = None
+    # kind = "redis": the URL and RedisState's keyword options (prefix, cluster, timeout, ...)
+    state_url: Optional[str] = None
+    state_redis_options: dict[str, Any] = field(default_factory=dict)
     # None: no ledger ([ledger] enabled = false)
     ledger_path: Optional[str] = field(default_factory=default_ledger_path)
     # namespace -> key pattern -> limits mapping (the llmthrottle.policy forms)
@@ -264,21 +274,40 @@ def _parse_server(config: SidecarConfig, table: dict[str, Any], where: _Where) -
             raise where.error(keys, _unknown_key(key, _SERVER_KEYS))
 
 
+_REDIS_OPTIONS = {"prefix": str, "cluster": bool, "timeout": float, "on_unavailable": str, "local_fraction": float,
+                  "retry_interval": float, "holder_ttl": float}
+_STATE_KEYS = ("kind", "name", "capacity", "lease_capacity", "url", *_REDIS_OPTIONS)
+
+
 def _parse_state(config: SidecarConfig, table: dict[str, Any], where: _Where) -> None:
     for key, value in table.items():
         if key == "kind":
-            config.state_kind = _choice(value, ("in-process", "shared"), ("state", key), where)
+            config.state_kind = _choice(value, ("in-process", "shared", "redis"), ("state", key), where)
         elif key == "name":
             config.state_name = _string(value, ("state", key), where)
         elif key == "capacity":
             config.state_capacity = int(_positive(value, ("state", key), where, integer=True))
         elif key == "lease_capacity":
             config.state_lease_capacity = int(_positive(value, ("state", key), where, integer=True))
+        elif key == "url":
+            config.state_url = _string(value, ("state", key), where)
+        elif key in _REDIS_OPTIONS:
+            wanted = _REDIS_OPTIONS[key]
+            if wanted is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, wanted):
+                raise where.error(("state", key), f"must be a {wanted.__name__}")
+            config.state_redis_options[key] = value
         else:
-            raise where.error(("state", key), _unknown_key(key, ("kind", "name", "capacity", "lease_capacity")))
+            raise where.error(("state", key), _unknown_key(key, _STATE_KEYS))
     for key, value in (("capacity", config.state_capacity), ("lease_capacity", config.state_lease_capacity)):
         if value is not None and config.state_kind != "shared":
             raise where.error(("state", key), 'sizes a shared table: it needs kind = "shared"')
+    redis_keys = [key for key in ("url", *_REDIS_OPTIONS) if key in table]
+    if config.state_kind == "redis" and config.state_url is None:
+        raise where.error(("state", "url"), 'kind = "redis" needs the server\'s url, e.g. "redis://cache:6379/0"')
+    if config.state_kind != "redis" and redis_keys:
+        raise where.error(("state", redis_keys[0]), 'configures Redis: it needs kind = "redis"')
 
 
 def _parse_ledger(config: SidecarConfig, table: dict[str, Any], where: _Where) -> None:

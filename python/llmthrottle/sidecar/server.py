@@ -48,7 +48,8 @@ _SWEEP_INTERVAL_S = 1.0
 # Reservations expired per turn of the event loop: a mass expiry never stalls it for long.
 _EXPIRE_SLICE = 2000
 # Settings a reload reads but cannot apply to a running server: they wait for a restart.
-_RESTART_ONLY = ("socket", "socket_mode", "socket_group", "state_kind", "state_name", "state_capacity", "ledger_path")
+_RESTART_ONLY = ("socket", "socket_mode", "socket_group", "state_kind", "state_name", "state_capacity", "state_url",
+                 "state_redis_options", "ledger_path")
 
 
 class ServerAlreadyRunning(RuntimeError):

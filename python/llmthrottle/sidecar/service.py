@@ -349,6 +349,10 @@ def _make_state(config: SidecarConfig) -> Any:
         from .._native import InProcessState
 
         return InProcessState()
+    if config.state_kind == "redis":
+        from ..redis_state import RedisState
+
+        return RedisState(config.state_url, **config.state_redis_options)
     import llmthrottle
 
     shared = getattr(llmthrottle, "SharedState", None)

@@ -403,3 +403,75 @@ def test_the_policy_files_redis_settings_are_checked(tmp_path: Path) -> None:
         load('[state]\nkind = "redis"\nurl = "redis://x"\ncluster = "yes"\n')
     with pytest.raises(lt.ConfigError, match="state.tiemout"):
         load('[state]\nkind = "redis"\nurl = "redis://x"\ntiemout = 1\n')
+
+
+# ---------------------------------------------------------------------------- leases
+
+
+def test_leases_decide_locally_and_give_back_what_they_did_not_use(redis_server: RedisServer) -> None:
+    prefix = fresh_prefix()
+    limits = {"tokens": {"rate": "1000/day", "burst": 1000}}  # drains 0.01 tokens/s: counts stay put
+    state = lt.RedisState(redis_server.url, prefix=prefix, leases=True, lease_fraction=0.5)
+    observer = lt.Limiter(limits, state=lt.RedisState(redis_server.url, prefix=prefix))
+    lim = lt.Limiter(limits, state=state)
+    used = 0
+    for amount in (100, 100, 100, 100, 100, 50):
+        reservation = lim.try_acquire("k", tokens=amount)
+        assert reservation and reservation.reserved == {"tokens": amount}
+        reservation.commit(tokens=amount // 2)
+        used += amount // 2
+    assert state.leases is not None
+    assert state.leases.local_decisions == 6 and state.leases.stats["slices_taken"] < 6
+    with lim.acquire("k", tokens=10):
+        pass  # committed as reserved
+    used += 10
+    lim.try_acquire("k", tokens=30).commit(tokens=90)  # above the reservation: charged in Redis
+    used += 90
+    cancelled = lim.try_acquire("k", tokens=40)
+    cancelled.cancel()
+    held = observer.status("k")[0].used
+    assert held >= used  # the slices this process holds are charged in Redis
+    with pytest.raises(lt.ExceedsCapacity):
+        lim.try_acquire("k", tokens=2000)
+    big = lim.try_acquire("k", tokens=600)  # more than a slice may be: decided in Redis
+    assert big and not isinstance(big, lt.redis_state.LeasedReservation)
+    big.commit(tokens=0)
+    state.close()  # gives back what is left of every slice
+    assert observer.status("k")[0].used == pytest.approx(used, abs=1)
+    observer.state.close()
+
+
+def _hammer_with_leases(url: str, prefix: str, start: Any, seconds: float, results: Any) -> None:
+    state = lt.RedisState(url, prefix=prefix, leases=True, lease_fraction=0.1, lease_ttl=0.5)
+    limiter = lt.Limiter({"requests": {"rate": "1000/s", "burst": 100}}, state=state)
+    start.wait()
+    first = time.time()
+    admitted = attempts = 0
+    while time.time() - first < seconds:
+        attempts += 1
+        if limiter.try_acquire("fleet"):
+            admitted += 1
+    results.put((admitted, attempts, first, time.time()))
+    state.close()
+
+
+@pytest.mark.slow
+def test_leases_never_over_admit_and_under_use_by_at_most_the_slices_held(redis_server: RedisServer) -> None:
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Event(), context.Queue()
+    prefix = fresh_prefix()
+    workers = [context.Process(target=_hammer_with_leases, args=(redis_server.url, prefix, start, 3.0, results))
+               for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    time.sleep(1.0)
+    start.set()
+    reports = [results.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+    admitted = sum(report[0] for report in reports)
+    window = max(report[3] for report in reports) - min(report[2] for report in reports)
+    assert admitted <= 100 + 1000 * window + 1
+    # Each process holds at most one slice of 10 (a tenth of the burst) unused at any time.
+    shortest = min(report[3] - report[2] for report in reports)
+    assert admitted >= 0.98 * (100 + 1000 * shortest) - 4 * 10

@@ -2,7 +2,8 @@
 
 Needs the `redis` package (`pip install 'llmthrottle[redis]'`)."""
 
-from .limiter import RedisDecision, RedisLimiter, RedisReservation
+from .limiter import LeasedReservation, RedisDecision, RedisLimiter, RedisReservation
 from .state import RedisState, RedisUnavailable
 
-__all__ = ["RedisDecision", "RedisLimiter", "RedisReservation", "RedisState", "RedisUnavailable"]
+__all__ = ["LeasedReservation", "RedisDecision", "RedisLimiter", "RedisReservation", "RedisState",
+           "RedisUnavailable"]

@@ -11,19 +11,24 @@ about to be given back).
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from collections.abc import Sequence
 from typing import Any, Literal, Optional, Union
 
 from .._native import LlmthrottleError
 from ..limiter import Key, LimitState, Limiter, WaitingMixin
 from .cells import cell_name, group_by_slot
+from .leases import Lease
 from .script import KIND_CODES, Step, build
 from .state import RedisState, RedisUnavailable
 
-__all__ = ["RedisLimiter", "RedisDecision", "RedisReservation"]
+__all__ = ["RedisLimiter", "RedisDecision", "RedisReservation", "LeasedReservation"]
 
 # A planned step: (key_index, label, layer, dimension, units_per_api_unit, kind, a, b, c, amount)
+_PLAN_CACHE = 4096
+_PLAIN = (int, type(None))
 Plan = tuple[int, str, int, str, int, str, int, int, int, int]
 
 
@@ -167,6 +172,112 @@ class _OpenReservation(RedisReservation):
         return "<Decision admitted (Redis unavailable, fail_open)>"
 
 
+class LeasedReservation:
+    """An admission drawn from this process's leases (the Reservation API): settling it gives
+    unused units back to the lease while it lasts and charges usage above the reservation in
+    Redis. `remaining` is what is left of this process's slices; nothing is held in flight, so
+    one dropped unsettled simply keeps its charge."""
+
+    __slots__ = ("_limiter", "_keys", "_steps", "_leases", "_settled")
+    allowed = True
+    retry_after = delay = reset_after = 0.0
+    limited_by: Optional[str] = None
+    limited_key: Optional[str] = None
+
+    def __init__(self, limiter: "RedisLimiter", keys: tuple[str, ...], steps: list[tuple[Plan, Step]],
+                 leases: list[Lease]) -> None:
+        self._limiter = limiter
+        self._keys = keys
+        self._steps = steps
+        self._leases = leases
+        self._settled = False
+
+    def __bool__(self) -> bool:
+        return True
+
+    @property
+    def remaining(self) -> dict[str, Union[int, float]]:
+        out: dict[str, Union[int, float]] = {}
+        for (plan, _), lease in zip(self._steps, self._leases):
+            left = _api(lease.left, plan[4])
+            if out.get(plan[3], left) >= left:
+                out[plan[3]] = left
+        return out
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    @property
+    def reserved(self) -> dict[str, Union[int, float]]:
+        out: dict[str, Union[int, float]] = {}
+        for plan, _ in self._steps:
+            value = _api(plan[9], plan[4])
+            if value > out.get(plan[3], 0):
+                out[plan[3]] = value
+        return out
+
+    def _begin(self) -> None:
+        if self._settled:
+            raise LlmthrottleError("this reservation was already committed or cancelled")
+        self._settled = True
+
+    def commit(self, **usage: Any) -> None:
+        """Reconciles with real usage (see `RedisReservation.commit`)."""
+        limiter = self._limiter
+        actual = dict(limiter._planner._usage(**usage))
+        self._begin()
+        extra: list[Step] = []
+        unused: list[tuple[Lease, int]] = []
+        for (plan, _), lease in zip(self._steps, self._leases):
+            used = actual.get(plan[3])
+            if used is None or used == plan[9]:
+                continue
+            if used < plan[9]:
+                unused.append((lease, plan[9] - used))
+            else:
+                extra.append(lease.step._replace(amount=used - plan[9], extra=""))
+        limiter._state.unuse(unused)
+        charged = {plan[3] for plan, _ in self._steps}
+        uncharged = {name: usage[name] for name in usage if name not in charged and actual.get(name)}
+        if uncharged:
+            forced = limiter._planner._plan_usage(self._keys, **uncharged)
+            extra += [step for _, step in limiter._steps(forced, self._keys)]
+        if extra:
+            limiter._state.settle(limiter._settle_calls(extra, ""))
+
+    def cancel(self) -> None:
+        """The call never happened: its units go back to the lease."""
+        self._begin()
+        self._limiter._state.unuse([(lease, plan[9]) for (plan, _), lease in zip(self._steps, self._leases)])
+
+    async def commit_async(self, **usage: Any) -> None:
+        """`commit` without blocking the event loop."""
+        await asyncio.to_thread(self.commit, **usage)
+
+    async def cancel_async(self) -> None:
+        """`cancel` (local: nothing to wait for)."""
+        self.cancel()
+
+    def __enter__(self) -> "LeasedReservation":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
+        if not self._settled:
+            if exc_type is None:
+                self.commit()
+            else:
+                self.cancel()
+        return False
+
+    def __repr__(self) -> str:
+        return "<Decision admitted (from this process's lease)>"
+
+
+def _covers(lease: Optional[Lease], step: Step, now: float) -> bool:
+    return lease is not None and lease.left >= step.amount and not lease.expired(now)
+
+
 @Limiter.register
 class RedisLimiter(WaitingMixin):
     """A `Limiter` whose counters live in Redis (see `RedisState`)."""
@@ -177,6 +288,9 @@ class RedisLimiter(WaitingMixin):
         # The engine's planner (and the in-process fallback) for this policy.
         self._planner = Limiter(limits, rules=rules, budgets=budgets, namespace=namespace, clock=clock)
         self._local: Optional[Limiter] = None
+        # (key, amounts) -> what _prepare computes: a hot key's decisions skip the planner.
+        self._plans: dict[Any, tuple[tuple[str, ...], list[tuple[Plan, Step]], bool, list[Step]]] = {}
+        self._next_sweep = 0.0
         self._clock = clock
         self._namespace = namespace
         self._limits, self._rules, self._budgets = limits, rules, tuple(budgets)
@@ -248,54 +362,99 @@ class RedisLimiter(WaitingMixin):
     def try_acquire(self, key: Key, /, requests: Any = None, tokens: Any = None, *, max_wait: float = 0.0,
                     **amounts: Any) -> Any:
         """Decides at once, never blocking on limits: one script call per Cluster slot the
-        request's cells span (one in all on a standalone server)."""
-        keys, steps, max_wait_ns = self._prepare(key, requests, tokens, max_wait, amounts)
-        holder = self._state.new_holder() if any(step.kind == "c" for _, step in steps) else ""
-        groups = self._groups(steps)
-        now = self._instant()
-        results = []
-        try:
-            for group in groups:
-                reply = self._state.run(build("acquire", [step for _, step in group], now=now,
-                                              max_wait_ns=max_wait_ns, holder=holder,
-                                              holder_ttl_ms=self._state.holder_ttl_ms))
-                results.append(reply)
-                if int(reply[0]) != 1:
-                    break
-        except RedisUnavailable as error:
-            self._give_back(groups, results, holder)
-            return self._unavailable(error, key, requests, tokens, max_wait, amounts)
-        return self._decision(keys, groups, results, holder)
+        request's cells span (one in all on a standalone server), or none when this process
+        holds a lease with room (`RedisState(leases=True)`)."""
+        book = self._state.leases
+        if (book is not None and not amounts and max_wait == 0.0 and type(max_wait) is float and type(key) is str
+                and type(requests) in _PLAIN and type(tokens) in _PLAIN):
+            # The local hot path: a request planned before, every step drawn from a live lease.
+            cached = self._plans.get((key, requests, tokens))
+            if cached is not None and cached[2]:
+                now = time.monotonic()
+                if now < self._next_sweep:
+                    with book.lock:
+                        taken = book.take_local(cached[3], now)
+                    if taken is not None:
+                        return LeasedReservation(self, cached[0], cached[1], taken)
+        keys, steps, max_wait_ns, leasable = self._prepare(key, requests, tokens, max_wait, amounts)
+        if leasable and max_wait_ns == 0 and self._state.leases is not None:
+            leased = self._from_leases(keys, steps)
+            if leased is not None:
+                return leased
+        for attempt in range(2):
+            holder, groups, calls = self._acquire_calls(steps, max_wait_ns)
+            results = []
+            try:
+                for call in calls:
+                    results.append(self._state.run(call))
+                    if int(results[-1][0]) != 1:
+                        break
+            except RedisUnavailable as error:
+                self._give_back(groups, results, holder)
+                return self._unavailable(error, key, requests, tokens, max_wait, amounts)
+            decision = self._decision(keys, groups, results, holder)
+            # Denied while this process holds slices of the same limits: they go back, and the
+            # request is tried once more (a process never starves itself with its own leases).
+            if decision or attempt or not self._state.take_back_leases([step.cell for _, step in steps]):
+                return decision
+        raise AssertionError("unreachable")
 
     async def try_acquire_async(self, key: Key, /, requests: Any = None, tokens: Any = None, *,
                                 max_wait: float = 0.0, **amounts: Any) -> Any:
         """`try_acquire` without blocking the event loop."""
-        keys, steps, max_wait_ns = self._prepare(key, requests, tokens, max_wait, amounts)
-        holder = self._state.new_holder() if any(step.kind == "c" for _, step in steps) else ""
-        groups = self._groups(steps)
-        now = self._instant()
+        keys, steps, max_wait_ns, leasable = self._prepare(key, requests, tokens, max_wait, amounts)
+        if leasable and max_wait_ns == 0 and self._state.leases is not None:
+            leased = self._from_leases(keys, steps, refill=False)  # no I/O: a refill is decided below
+            if leased is not None:
+                return leased
+        holder, groups, calls = self._acquire_calls(steps, max_wait_ns)
         results = []
         try:
-            for group in groups:
-                reply = await self._state.run_async(build("acquire", [step for _, step in group], now=now,
-                                                          max_wait_ns=max_wait_ns, holder=holder,
-                                                          holder_ttl_ms=self._state.holder_ttl_ms))
-                results.append(reply)
-                if int(reply[0]) != 1:
+            for call in calls:
+                results.append(await self._state.run_async(call))
+                if int(results[-1][0]) != 1:
                     break
         except RedisUnavailable as error:
             self._give_back(groups, results, holder)
             return self._unavailable(error, key, requests, tokens, max_wait, amounts)
         return self._decision(keys, groups, results, holder)
 
+    def _acquire_calls(self, steps: list[tuple[Plan, Step]],
+                       max_wait_ns: int) -> tuple[str, list[list[tuple[Plan, Step]]], list[Any]]:
+        """The holder of the request's concurrency slots, its steps by slot, and one acquire
+        call per slot (in slot order: racing requests take shared slots in the same order)."""
+        holder = self._state.new_holder() if any(step.kind == "c" for _, step in steps) else ""
+        groups = self._groups(steps)
+        now = self._instant()
+        calls = [build("acquire", [step for _, step in group], now=now, max_wait_ns=max_wait_ns, holder=holder,
+                       holder_ttl_ms=self._state.holder_ttl_ms) for group in groups]
+        return holder, groups, calls
+
     def _prepare(self, key: Key, requests: Any, tokens: Any, max_wait: float,
-                 amounts: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[Plan, Step]], int]:
-        if isinstance(max_wait, bool) or not isinstance(max_wait, (int, float)) or not max_wait >= 0:
-            raise ValueError(f"max_wait must be a non-negative number of seconds, not {max_wait!r}")
-        plans = self._planner._plan(key, requests, tokens, **amounts)
-        keys = (key,) if isinstance(key, str) else tuple(key)
-        max_wait_ns = 2**62 if math.isinf(max_wait) else min(int(max_wait * 1e9), 2**62)
-        return keys, self._steps(plans, keys), max_wait_ns
+                 amounts: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[Plan, Step]], int, bool]:
+        """The request's keys, its steps, the wait allowed in ns, and whether leases may serve it
+        (every step a rate limit)."""
+        if max_wait == 0.0 and type(max_wait) in (float, int):
+            max_wait_ns = 0
+        else:
+            if isinstance(max_wait, bool) or not isinstance(max_wait, (int, float)) or not max_wait >= 0:
+                raise ValueError(f"max_wait must be a non-negative number of seconds, not {max_wait!r}")
+            max_wait_ns = 2**62 if math.isinf(max_wait) else min(int(max_wait * 1e9), 2**62)
+        if not amounts and type(key) is str and type(requests) in _PLAIN and type(tokens) in _PLAIN:
+            cache_key: Any = (key, requests, tokens)  # the hot path: no bool can pass for an int here
+        else:
+            cache_key = (key if isinstance(key, str) else tuple(key), requests, type(requests), tokens, type(tokens),
+                         tuple((name, value, type(value)) for name, value in amounts.items()) if amounts else ())
+        cached = self._plans.get(cache_key)
+        if cached is None:
+            plans = self._planner._plan(key, requests, tokens, **amounts)
+            keys = (key,) if isinstance(key, str) else tuple(key)
+            steps = self._steps(plans, keys)
+            if len(self._plans) >= _PLAN_CACHE:
+                self._plans.clear()
+            leasable = bool(steps) and all(step.kind == "r" for _, step in steps)
+            cached = self._plans[cache_key] = (keys, steps, leasable, [step for _, step in steps])
+        return cached[0], cached[1], max_wait_ns, cached[2]
 
     def _give_back(self, groups: list[list[tuple[Plan, Step]]], results: list[Any], holder: str) -> None:
         """Refunds the slots a denied (or interrupted) request already charged."""
@@ -337,9 +496,73 @@ class RedisLimiter(WaitingMixin):
         return RedisReservation(self, keys, charges, holder if held else "", delay=delay_ns / 1e9,
                                 reset_after=reset_ns / 1e9, remaining=remaining)
 
+    # ------------------------------------------------------------------ leases
+
+    def _from_leases(self, keys: tuple[str, ...], steps: list[tuple[Plan, Step]],
+                     refill: bool = True) -> Optional[LeasedReservation]:
+        """An admission drawn from this process's leases, taking new slices where they run
+        short (when `refill`); None when a slice cannot be had (the request is then decided in
+        Redis)."""
+        book = self._state.leases
+        assert book is not None
+        now = time.monotonic()
+        plain = [step for _, step in steps]
+        replaced: list[Lease] = []
+        with book.lock:
+            taken = book.take_local(plain, now)
+            if taken is not None and now < self._next_sweep:
+                # The hot path: every step drawn from a live lease.
+                return LeasedReservation(self, keys, steps, taken)
+            if taken is None and not refill:
+                return None
+            if taken is None:
+                short = [step for step in plain if not _covers(book.leases.get(step.cell), step, now)]
+                if any(step.amount > book.cap(step) for step in short):
+                    return None
+                slices = [step._replace(amount=book.size_for(step, step.amount), extra="0") for step in short]
+                marks = self._take_slices(slices)
+                if marks is None:
+                    return None
+                for step, mark in zip(slices, marks):
+                    old = book.replace(Lease(step.cell, step, mark, step.amount, now + book.ttl))
+                    if old is not None and old.left:
+                        replaced.append(old)
+                taken = book.take_local(plain, now)
+                assert taken is not None
+        if replaced:
+            self._state.give_back_leases(replaced)
+        if now >= self._next_sweep:
+            self._next_sweep = now + book.ttl
+            self._state.return_leases(every=False)
+        return LeasedReservation(self, keys, steps, taken)
+
+    def _take_slices(self, slices: list[Step]) -> Optional[list[str]]:
+        """Charges every slice in Redis, all or nothing; their marks, or None when denied or
+        Redis is unreachable (the request then takes the ordinary path)."""
+        groups = group_by_slot(slices, lambda step: step.cell, self._state.cluster)
+        now = self._instant()
+        marks: dict[str, str] = {}
+        admitted: list[tuple[list[Step], Any]] = []
+        try:
+            for group in groups:
+                reply = self._state.run(build("acquire", group, now=now))
+                if int(reply[0]) != 1:
+                    break
+                admitted.append((group, reply))
+                for index, step in enumerate(group):
+                    marks[step.cell] = _text(reply[5 + 3 * index])
+        except RedisUnavailable:
+            pass
+        if len(admitted) == len(groups):
+            return [marks[step.cell] for step in slices]
+        refunds = [step._replace(amount=-step.amount, extra=marks[step.cell]) for group, _ in admitted for step in group]
+        if refunds:
+            self._state.settle(self._settle_calls(refunds, ""))
+        return None
+
     def peek(self, key: Key, /, requests: Any = None, tokens: Any = None, **amounts: Any) -> RedisDecision:
         """What `try_acquire` would decide now, without charging anything."""
-        keys, steps, _ = self._prepare(key, requests, tokens, 0.0, amounts)
+        keys, steps, _, _ = self._prepare(key, requests, tokens, 0.0, amounts)
         now = self._instant()
         remaining: dict[str, Union[int, float]] = {}
         reset_ns = 0
@@ -389,6 +612,9 @@ class RedisLimiter(WaitingMixin):
         self._planner.set_limits(limits, rules=rules, budgets=budgets)
         self._limits, self._rules, self._budgets = limits, rules, self._planner.budgets
         self._local = None
+        self._plans.clear()
+        if self._state.leases is not None:
+            self._state.return_leases(every=True)  # slices of the old limits go back
 
     # ------------------------------------------------------------------ waiting (async)
 

@@ -28,6 +28,7 @@ from typing import Any, Optional
 from .._native import ConfigError, StateError
 from . import script
 from .cells import check_prefix
+from .leases import Lease, LeaseBook
 
 __all__ = ["RedisState", "RedisUnavailable"]
 
@@ -60,7 +61,9 @@ class RedisState:
 
     `url_or_client` is a URL (`redis://host:6379/0`, `rediss://...`, `unix:///path`) or a
     `redis.Redis` / `redis.cluster.RedisCluster` client; `cluster=True` opens a URL as a
-    Cluster. A decision waits at most `timeout` seconds for Redis; after a failure, Redis is
+    Cluster. `leases=True` lets this process take slices of a hot rate limit (at most
+    `lease_fraction` of its burst, for at most `lease_ttl` seconds) and decide from them locally
+    (see `llmthrottle.redis_state.leases`). A decision waits at most `timeout` seconds for Redis; after a failure, Redis is
     tried again at most every `retry_interval` seconds and `on_unavailable` decides meanwhile.
     A concurrency slot is held in Redis for `holder_ttl` seconds and extended by a heartbeat
     while its reservation is open, so the slots of a process that died lapse on their own.
@@ -69,6 +72,7 @@ class RedisState:
     def __init__(self, url_or_client: Any = "redis://localhost:6379/0", *, prefix: str = "llmthrottle:",
                  cluster: bool = False, timeout: float = 0.5, on_unavailable: str = "fail_closed",
                  local_fraction: float = 1.0, retry_interval: float = 1.0, holder_ttl: float = 30.0,
+                 leases: bool = False, lease_fraction: float = 0.1, lease_ttl: float = 1.0,
                  **client_options: Any) -> None:
         if on_unavailable not in _MODES:
             raise ConfigError(f"on_unavailable must be one of {', '.join(map(repr, _MODES))}, not {on_unavailable!r}")
@@ -77,6 +81,10 @@ class RedisState:
                 raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
         if isinstance(local_fraction, bool) or not isinstance(local_fraction, (int, float)) or not 0 < local_fraction <= 1:
             raise ConfigError(f"local_fraction must be in (0, 1], not {local_fraction!r}")
+        if isinstance(lease_fraction, bool) or not isinstance(lease_fraction, (int, float)) or not 0 < lease_fraction <= 1:
+            raise ConfigError(f"lease_fraction must be in (0, 1], not {lease_fraction!r}")
+        if isinstance(lease_ttl, bool) or not isinstance(lease_ttl, (int, float)) or not 0 < lease_ttl <= 3600:
+            raise ConfigError(f"lease_ttl must be a positive number of seconds (at most 3600), not {lease_ttl!r}")
         if holder_ttl < 1:
             raise ConfigError("holder_ttl must be at least 1 second (the heartbeat runs every holder_ttl / 3)")
         try:
@@ -105,6 +113,7 @@ class RedisState:
         self._process = uuid.uuid4().hex[:12]
         self._heartbeat: Optional[threading.Thread] = None
         self._closed = threading.Event()
+        self.leases = LeaseBook(float(lease_fraction), float(lease_ttl)) if leases else None
         self.stats = {"unavailable": 0, "fallback_decisions": 0, "outages": 0, "replayed": 0, "pending": 0,
                       "dropped": 0}
         this = weakref.ref(self)
@@ -349,6 +358,47 @@ class RedisState:
         self._process = uuid.uuid4().hex[:12]
         self._async = weakref.WeakKeyDictionary()
 
+    # ------------------------------------------------------------------ leases
+
+    def give_back_leases(self, leases: Sequence[Lease]) -> None:
+        """Refunds what is left of `leases` in Redis (the part that has not drained yet)."""
+        from .cells import group_by_slot
+
+        steps = [lease.step._replace(amount=-lease.left, extra=lease.mark) for lease in leases if lease.left > 0]
+        if self.leases is not None:
+            self.leases.stats["units_returned"] += sum(-step.amount for step in steps)
+        for group in group_by_slot(steps, lambda step: step.cell, self.cluster):
+            self.settle([script.build("settle", group)])
+
+    def return_leases(self, *, every: bool) -> None:
+        """Gives back the leases whose time is up (or all of them)."""
+        if self.leases is None:
+            return
+        with self.leases.lock:
+            leases = self.leases.drain() if every else self.leases.expired(time.monotonic())
+        if leases:
+            self.give_back_leases(leases)
+
+    def take_back_leases(self, cells: Sequence[str]) -> bool:
+        """Gives back this process's slices of `cells`; True when any held units."""
+        if self.leases is None:
+            return False
+        with self.leases.lock:
+            leases = [lease for lease in (self.leases.leases.pop(cell, None) for cell in cells) if lease is not None]
+        self.give_back_leases(leases)
+        return any(lease.left for lease in leases)
+
+    def unuse(self, unused: Sequence[tuple[Lease, int]]) -> None:
+        """Units a leased admission did not use go back to their lease while it lasts (after
+        that, the lease was already given back and they are simply not used)."""
+        if not unused or self.leases is None:
+            return
+        now = time.monotonic()
+        with self.leases.lock:
+            for lease, units in unused:
+                if self.leases.leases.get(lease.cell) is lease and not lease.expired(now):
+                    lease.left += units
+
     # ------------------------------------------------------------------ misc
 
     def ping(self) -> bool:
@@ -359,15 +409,23 @@ class RedisState:
             return False
 
     def close(self) -> None:
-        """Stops the heartbeat and closes the connections."""
+        """Gives back what is left of this process's leases, stops the heartbeat and closes
+        the connections."""
+        if self.leases is not None and self.leases.leases and not self._down:
+            try:
+                self.return_leases(every=True)
+            except Exception:  # closing must not fail: unused slices only under-use the limit
+                pass
         self._closed.set()
         self._sync.close()
 
     def __reduce__(self) -> Any:
         if self._url is None:
             raise TypeError("a RedisState built on a client object cannot be pickled; build it from a URL")
+        lease_options = {} if self.leases is None else {"leases": True, "lease_fraction": self.leases.fraction,
+                                                       "lease_ttl": self.leases.ttl}
         return (_rebuild, (self._url, self.prefix, self.cluster, self.timeout, self.on_unavailable, self.local_fraction,
-                           self.retry_interval, self.holder_ttl_ms / 1000, self._options))
+                           self.retry_interval, self.holder_ttl_ms / 1000, {**lease_options, **self._options}))
 
     def __repr__(self) -> str:
         where = self._url or type(self._sync).__name__

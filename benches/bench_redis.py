@@ -1,0 +1,233 @@
+"""Decisions on Redis, side by side in one run on the same server: llmthrottle's RedisState
+(without and with leases) beside the Redis-backed limiters of limits, throttled-py and
+pyrate-limiter, with redis-py's PING and INCR as the floor.
+
+    python benches/bench_redis.py [--quick] [--url redis://host:6379/0]
+
+Without --url a redis-server is started on a free loopback port (and stopped after). Prints a
+markdown table: per-decision p50/p99 from one process, throughput from 1 and 4 processes
+(every process hammering one hot key), and each limiter's exactness: 4 processes on a limit of
+500/s with a burst of 50 for a few seconds, admitted against the most the limit allows
+(burst + rate * T); an over-admitted count above 0 is a limiter that let more through than its
+limit. Goals (DESIGN.md): one round trip per decision (p50 <= 1.2x PING) and ahead of every
+peer; with leases >= 1M decisions/s per host; 0 over-admitted everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+
+from redis_servers import RedisServer  # noqa: E402
+
+HOT_LIMIT = 10**8  # per second: never denies, so every call is a full decision
+EXACT_RATE, EXACT_BURST = 500, 50
+
+
+# ---------------------------------------------------------------------------- the contenders
+# Each factory takes (url, prefix, rate_per_s, burst) and returns a zero-argument callable that
+# makes one decision and returns whether it was admitted.
+
+
+def redis_ping(url: str, prefix: str, rate: int, burst: int) -> Callable[[], bool]:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    return lambda: bool(client.ping())
+
+
+def redis_incr(url: str, prefix: str, rate: int, burst: int) -> Callable[[], bool]:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    key = f"{prefix}incr"
+    return lambda: client.incr(key) > 0
+
+
+def _llmthrottle(url: str, prefix: str, rate: int, burst: int, leases: bool) -> Callable[[], bool]:
+    import llmthrottle as lt
+
+    state = lt.RedisState(url, prefix=prefix, leases=leases)
+    limiter = lt.Limiter({"requests": {"rate": f"{rate}/s", "burst": burst}}, state=state)
+    return lambda: bool(limiter.try_acquire("hot"))
+
+
+def llmthrottle_redis(url: str, prefix: str, rate: int, burst: int) -> Callable[[], bool]:
+    return _llmthrottle(url, prefix, rate, burst, leases=False)
+
+
+def llmthrottle_leases(url: str, prefix: str, rate: int, burst: int) -> Callable[[], bool]:
+    return _llmthrottle(url, prefix, rate, burst, leases=True)
+
+
+def limits_fixed_window(url: str, prefix: str, rate: int, burst: int) -> Callable[[], bool]:
+    from limits import RateLimitItemPerSecond, storage, strategies
+
+    limiter = strategies.FixedWindowRateLimiter(storage.RedisStorage(url, key_prefix=prefix.rstrip(":")))
+    item = RateLimitItemPerSecond(rate)
+    return lambda: bool(limiter.hit(item, "hot"))
+
+
+def limits_moving_window(url: str, prefix: str, rate: int, burst: int) -> Callable[[], bool]:
+    from limits import RateLimitItemPerSecond, storage, strategies
+
+    limiter = strategies.MovingWindowRateLimiter(storage.RedisStorage(url, key_prefix=prefix.rstrip(":")))
+    item = RateLimitItemPerSecond(rate)
+    return lambda: bool(limiter.hit(item, "hot"))
+
+
+def throttled_gcra(url: str, prefix: str, rate: int, burst: int) -> Callable[[], bool]:
+    from throttled import RateLimiterType, Throttled, rate_limiter, store
+
+    throttle = Throttled(using=RateLimiterType.GCRA.value, quota=rate_limiter.per_sec(rate, burst=burst),
+                         store=store.RedisStore(server=url), key_prefix=prefix)
+    return lambda: not throttle.limit("hot").limited
+
+
+def throttled_token_bucket(url: str, prefix: str, rate: int, burst: int) -> Callable[[], bool]:
+    from throttled import RateLimiterType, Throttled, rate_limiter, store
+
+    throttle = Throttled(using=RateLimiterType.TOKEN_BUCKET.value, quota=rate_limiter.per_sec(rate, burst=burst),
+                         store=store.RedisStore(server=url), key_prefix=prefix)
+    return lambda: not throttle.limit("hot").limited
+
+
+def pyrate_redis(url: str, prefix: str, rate: int, burst: int) -> Callable[[], bool]:
+    import redis
+    from pyrate_limiter import Duration, Limiter, Rate, RedisBucket
+
+    # pyrate's sliding log keeps one entry per admitted call: a 10^8/s limit would grow without
+    # bound, so its hot-key runs use the largest log it can hold per second.
+    bucket = RedisBucket.init([Rate(min(rate, 10**6), Duration.SECOND)], redis.Redis.from_url(url), f"{prefix}hot")
+    limiter = Limiter(bucket)
+    return lambda: bool(limiter.try_acquire("hot", blocking=False))
+
+
+CONTENDERS: dict[str, Callable[..., Callable[[], bool]]] = {
+    "redis-py PING (floor)": redis_ping,
+    "redis-py INCR (floor)": redis_incr,
+    "llmthrottle RedisState": llmthrottle_redis,
+    "llmthrottle RedisState, leases": llmthrottle_leases,
+    "limits FixedWindow": limits_fixed_window,
+    "limits MovingWindow": limits_moving_window,
+    "throttled-py GCRA": throttled_gcra,
+    "throttled-py TokenBucket": throttled_token_bucket,
+    "pyrate-limiter RedisBucket": pyrate_redis,
+}
+LIMITERS = [name for name in CONTENDERS if "floor" not in name]
+
+
+# ---------------------------------------------------------------------------- measurements
+
+
+def latency(name: str, url: str, count: int) -> tuple[float, float]:
+    decide = CONTENDERS[name](url, f"b{uuid.uuid4().hex[:8]}:", HOT_LIMIT, HOT_LIMIT)
+    for _ in range(min(count, 2000)):
+        decide()
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(count):
+        start = clock()
+        decide()
+        samples.append(clock() - start)
+    samples.sort()
+    return samples[len(samples) // 2] / 1000, samples[int(len(samples) * 0.99)] / 1000
+
+
+def _worker(name: str, url: str, prefix: str, rate: int, burst: int, seconds: float, start: Any, out: Any) -> None:
+    decide = CONTENDERS[name](url, prefix, rate, burst)
+    decide()  # connected, scripts loaded
+    start.wait()
+    calls = admitted = 0
+    began = time.perf_counter()
+    deadline = began + seconds
+    while True:
+        for _ in range(64):
+            calls += 1
+            admitted += decide()
+        if time.perf_counter() >= deadline:
+            break
+    out.put((calls, admitted, began, time.perf_counter()))
+
+
+def run_processes(name: str, url: str, processes: int, seconds: float, rate: int, burst: int) -> list[Any]:
+    context = multiprocessing.get_context("spawn")
+    start, out = context.Event(), context.Queue()
+    prefix = f"b{uuid.uuid4().hex[:8]}:"
+    workers = [context.Process(target=_worker, args=(name, url, prefix, rate, burst, seconds, start, out))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    time.sleep(1.5)
+    start.set()
+    reports = [out.get(timeout=seconds + 60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+    return reports
+
+
+def throughput(name: str, url: str, processes: int, seconds: float) -> float:
+    reports = run_processes(name, url, processes, seconds, HOT_LIMIT, HOT_LIMIT)
+    elapsed = max(r[3] for r in reports) - min(r[2] for r in reports)
+    return sum(r[0] for r in reports) / elapsed
+
+
+def exactness(name: str, url: str, seconds: float) -> tuple[int, int, int]:
+    """(admitted, most allowed, over-admitted) for 4 processes on 500/s, burst 50."""
+    reports = run_processes(name, url, 4, seconds, EXACT_RATE, EXACT_BURST)
+    admitted = sum(r[1] for r in reports)
+    window = max(r[3] for r in reports) - min(r[2] for r in reports)
+    allowed = int(EXACT_BURST + EXACT_RATE * window)
+    return admitted, allowed, max(0, admitted - allowed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer samples, shorter runs (a CI smoke run)")
+    parser.add_argument("--url", help="an existing Redis (default: start one here)")
+    parser.add_argument("--only", nargs="*", help="contender names to run (substring match)")
+    args = parser.parse_args()
+    count, seconds = (2000, 1.0) if args.quick else (20000, 3.0)
+    names = [n for n in CONTENDERS if not args.only or any(o.lower() in n.lower() for o in args.only)]
+    server = None
+    with tempfile.TemporaryDirectory(prefix="lt-bench-redis-") as directory:
+        if args.url:
+            url = args.url
+        else:
+            server = RedisServer(Path(directory))
+            url = server.url
+        try:
+            rows = []
+            ping_p50 = None
+            for name in names:
+                p50, p99 = latency(name, url, count)
+                if name.startswith("redis-py PING"):
+                    ping_p50 = p50
+                one = throughput(name, url, 1, seconds)
+                four = throughput(name, url, 4, seconds)
+                exact = exactness(name, url, seconds) if name in LIMITERS else None
+                rows.append((name, p50, p99, one, four, exact))
+                print(f"  measured {name}", file=sys.stderr, flush=True)
+        finally:
+            if server is not None:
+                server.stop()
+    print(f"\nredis-server on loopback TCP, {os.cpu_count()} cores; hot key, 1 dimension\n")
+    print("| contender | p50 µs | p99 µs | p50 / PING | decisions/s, 1 proc | 4 procs | admitted / allowed | over-admitted |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, p50, p99, one, four, exact in rows:
+        ratio = f"{p50 / ping_p50:.2f}x" if ping_p50 else "-"
+        exact_text = ("-", "-") if exact is None else (f"{exact[0]} / {exact[1]}", str(exact[2]))
+        print(f"| {name} | {p50:.1f} | {p99:.1f} | {ratio} | {one:,.0f} | {four:,.0f} | {exact_text[0]} | {exact_text[1]} |")
+
+
+if __name__ == "__main__":
+    main()

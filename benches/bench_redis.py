@@ -5,7 +5,8 @@ pyrate-limiter, with redis-py's PING and INCR as the floor.
     python benches/bench_redis.py [--quick] [--url redis://host:6379/0]
 
 Without --url a redis-server is started on a free loopback port (and stopped after). Prints a
-markdown table: per-decision p50/p99 from one process, throughput from 1 and 4 processes
+markdown table: per-decision p50/p99 from one process (every contender measured in interleaved
+rounds, so the machine's noise falls on all alike), throughput from 1 and 4 processes
 (every process hammering one hot key), and each limiter's exactness: 4 processes on a limit of
 500/s with a burst of 50 for a few seconds, admitted against the most the limit allows
 (burst + rate * T); an over-admitted count above 0 is a limiter that let more through than its
@@ -89,7 +90,7 @@ def throttled_gcra(url: str, prefix: str, rate: int, burst: int) -> Callable[[],
     from throttled import RateLimiterType, Throttled, rate_limiter, store
 
     throttle = Throttled(using=RateLimiterType.GCRA.value, quota=rate_limiter.per_sec(rate, burst=burst),
-                         store=store.RedisStore(server=url), key_prefix=prefix)
+                         store=store.RedisStore(server=url), key_prefix=prefix.rstrip(":"))
     return lambda: not throttle.limit("hot").limited
 
 
@@ -97,7 +98,7 @@ def throttled_token_bucket(url: str, prefix: str, rate: int, burst: int) -> Call
     from throttled import RateLimiterType, Throttled, rate_limiter, store
 
     throttle = Throttled(using=RateLimiterType.TOKEN_BUCKET.value, quota=rate_limiter.per_sec(rate, burst=burst),
-                         store=store.RedisStore(server=url), key_prefix=prefix)
+                         store=store.RedisStore(server=url), key_prefix=prefix.rstrip(":"))
     return lambda: not throttle.limit("hot").limited
 
 
@@ -129,18 +130,28 @@ LIMITERS = [name for name in CONTENDERS if "floor" not in name]
 # ---------------------------------------------------------------------------- measurements
 
 
-def latency(name: str, url: str, count: int) -> tuple[float, float]:
-    decide = CONTENDERS[name](url, f"b{uuid.uuid4().hex[:8]}:", HOT_LIMIT, HOT_LIMIT)
-    for _ in range(min(count, 2000)):
-        decide()
-    samples = []
+def latencies(names: list[str], url: str, count: int, rounds: int = 20) -> dict[str, tuple[float, float]]:
+    """p50/p99 of one decision for each contender, measured in interleaved rounds (a slice of
+    each in turn), so that the machine's slow and fast moments fall on all of them alike."""
+    deciders = {name: CONTENDERS[name](url, f"b{uuid.uuid4().hex[:8]}:", HOT_LIMIT, HOT_LIMIT) for name in names}
+    for decide in deciders.values():
+        for _ in range(min(count, 1000)):
+            decide()
+    samples: dict[str, list[int]] = {name: [] for name in names}
     clock = time.perf_counter_ns
-    for _ in range(count):
-        start = clock()
-        decide()
-        samples.append(clock() - start)
-    samples.sort()
-    return samples[len(samples) // 2] / 1000, samples[int(len(samples) * 0.99)] / 1000
+    per_round = max(1, count // rounds)
+    for _ in range(rounds):
+        for name, decide in deciders.items():
+            out = samples[name]
+            for _ in range(per_round):
+                start = clock()
+                decide()
+                out.append(clock() - start)
+    result = {}
+    for name, values in samples.items():
+        values.sort()
+        result[name] = (values[len(values) // 2] / 1000, values[int(len(values) * 0.99)] / 1000)
+    return result
 
 
 def _worker(name: str, url: str, prefix: str, rate: int, burst: int, seconds: float, start: Any, out: Any) -> None:
@@ -207,11 +218,10 @@ def main() -> None:
             url = server.url
         try:
             rows = []
-            ping_p50 = None
+            measured = latencies(names, url, count)
+            ping_p50 = measured.get("redis-py PING (floor)", (None, None))[0]
             for name in names:
-                p50, p99 = latency(name, url, count)
-                if name.startswith("redis-py PING"):
-                    ping_p50 = p50
+                p50, p99 = measured[name]
                 one = throughput(name, url, 1, seconds)
                 four = throughput(name, url, 4, seconds)
                 exact = exactness(name, url, seconds) if name in LIMITERS else None

@@ -20,6 +20,7 @@ import pytest
 
 import llmthrottle as lt
 from llmthrottle.redis_state.cells import cell_name, group_by_slot
+from llmthrottle.testing import FakeClock
 from redis_servers import RedisServer
 
 def fresh_prefix() -> str:
@@ -475,3 +476,53 @@ def test_leases_never_over_admit_and_under_use_by_at_most_the_slices_held(redis_
     # Each process holds at most one slice of 10 (a tenth of the burst) unused at any time.
     shortest = min(report[3] - report[2] for report in reports)
     assert admitted >= 0.98 * (100 + 1000 * shortest) - 4 * 10
+
+
+# ---------------------------------------------------------------------------- decide.lua against the engine
+
+
+@pytest.mark.parametrize("wall", [1_769_903_999.5, 1_769_904_000.0, 1_795_391_999.25, 1_798_761_599.0, 1_767_225_600.0])
+def test_calendar_periods_in_lua_end_where_the_engines_do(redis_server: RedisServer, wall: float) -> None:
+    """Day, week (Monday), month and fixed periods, at and around their boundaries."""
+    limits = {"day": {"quota": 5, "per": "day"}, "week": {"quota": 5, "per": "week"},
+              "month": {"quota": 5, "per": "month"}, "half": {"quota": 5, "per": "12h"}}
+    engine = lt.Limiter(limits, clock=FakeClock(wall=wall))
+    state = lt.RedisState(redis_server.url, prefix=fresh_prefix())
+    try:
+        lua = lt.Limiter(limits, state=state, clock=FakeClock(wall=wall))
+        amounts = {"day": 2, "week": 2, "month": 2, "half": 2}
+        assert engine.try_acquire("k", **amounts) and lua.try_acquire("k", **amounts)
+        for ours, theirs in zip(lua.status("k"), engine.status("k")):
+            assert ours.dimension == theirs.dimension and ours.used == theirs.used == 2
+            assert ours.reset_after == pytest.approx(theirs.reset_after, abs=1e-6), ours.dimension
+    finally:
+        state.close()
+
+
+def test_damaged_cells_never_crash_a_decision(redis_server: RedisServer) -> None:
+    """Whatever bytes a cell holds, a decision is a StateError or a decision, and a later one on
+    a repaired cell is exact again."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    state = lt.RedisState(redis_server.url, prefix=fresh_prefix())
+    lim = lt.Limiter({"requests": "5/min", "cost_usd": {"quota": 10, "per": "day"}}, state=state)
+    cells = cells_of(lim, "k", cost_usd=1)
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.sampled_from(cells), st.binary(max_size=40))
+    def check(cell: str, garbage: bytes) -> None:
+        state.client.set(cell, garbage)
+        try:
+            lim.try_acquire("k", cost_usd=1)
+        except lt.StateError:
+            pass
+        state.client.delete(*cells)
+        assert lim.try_acquire("k", cost_usd=1)
+        assert [s.used for s in lim.status("k")] == [1, 1.0]
+        state.client.delete(*cells)
+
+    try:
+        check()
+    finally:
+        state.close()

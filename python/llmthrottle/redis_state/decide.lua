@@ -22,7 +22,8 @@
 --   extra: acquire: 1 when the step may wait (rate limits of layer 0); settle: the charge's
 --   mark (a rate charge's end instant, a quota charge's period index).
 -- Modes:
---   acquire  -> {1, delay_ns, 0, remaining, reset_ns, mark, ...per step} or {0, retry_ns, step}
+--   acquire  -> {1, delay_ns, 0, now_s, now_ns, remaining, reset_ns, quota_index, ...per step}
+--               or {0, retry_ns, step}
 --   peek     -> the same, charging nothing
 --   settle   -> amount > 0 charges it unconditionally, < 0 refunds it (against extra),
 --               a concurrency step releases the holder; {1}, or {2} when the operation was
@@ -163,6 +164,8 @@ if operation ~= '' then
 end
 
 if mode == 'acquire' or mode == 'peek' then
+  -- Numbers go back as integer replies (exact: all below 2^53); a rate charge's mark (its
+  -- end, now + cost) is left to the caller, who has the amount and the instant returned here.
   local charging = mode == 'acquire'
   local verdicts = {}
   local denied, worst, worst_step = false, -1, 0
@@ -170,7 +173,8 @@ if mode == 'acquire' or mode == 'peek' then
   for i = 1, steps do
     local kind, a, b, c, amount, extra = step(i)
     local key = KEYS[i]
-    -- verdict: {admitted, retry_ns when denied at no wait, state to write, remaining, reset, mark}
+    -- verdict: {admitted, retry_ns when denied at no wait, state to write, remaining, reset,
+    --           mark, kind, ns left in a quota's period}
     local v
     if kind == 'r' then
       local tat = tat_of(key)
@@ -182,7 +186,7 @@ if mode == 'acquire' or mode == 'peek' then
         local left
         if charging then left = floor(math.max(b - new, 0) / a)
         else left = math.max(floor(math.max(b - tat, 0) / a) - amount, 0) end
-        v = {true, allow_at > 0 and allow_at or nil, new, left, new, instant(amount * a)}
+        v = {true, allow_at > 0 and allow_at or nil, new, left, new, 0, kind}
         if allow_at > delay then delay = allow_at end
       else
         v = {false, allow_at}
@@ -193,14 +197,14 @@ if mode == 'acquire' or mode == 'peek' then
       if used + amount <= a then
         local reset = left_ns
         if not charging and used == 0 then reset = 0 end
-        v = {true, nil, used + amount, a - used - amount, reset, tostring(index), left_ns}
+        v = {true, nil, used + amount, a - used - amount, reset, index, kind, left_ns}
       else
         v = {false, left_ns}
       end
     else
       local count = holders(key)
       if count < a then
-        v = {true, nil, count + 1, a - count - 1, 0, ''}
+        v = {true, nil, count + 1, a - count - 1, 0, 0, kind}
       else
         v = {false, 0}
       end
@@ -210,25 +214,24 @@ if mode == 'acquire' or mode == 'peek' then
     if v[2] ~= nil and v[2] > worst then worst, worst_step = v[2], i end
   end
   if denied then
-    return {0, string.format('%d', worst), worst_step}
+    return {0, worst, worst_step}
   end
-  local reply = {1, string.format('%d', delay), 0}
+  local reply = {1, delay, 0, now_s, now_ns}
   for i = 1, steps do
-    local kind, a, b, c, amount, extra = step(i)
     local v = verdicts[i]
     if charging then
-      local key = KEYS[i]
+      local key, kind = KEYS[i], v[7]
       if kind == 'r' then
         store_tat(key, v[3])
       elseif kind == 'q' then
-        redis.call('SET', key, v[6] .. ':' .. string.format('%d', v[3]), 'PX', floor(v[7] / 1e6) + 60000)
+        redis.call('SET', key, string.format('%d:%d', v[6], v[3]), 'PX', floor(v[8] / 1e6) + 60000)
       else
         redis.call('ZADD', key, now_ms + holder_ttl, holder)
         redis.call('PEXPIRE', key, holder_ttl + 1000)
       end
     end
-    reply[#reply + 1] = string.format('%d', v[4])
-    reply[#reply + 1] = string.format('%d', v[5])
+    reply[#reply + 1] = v[4]
+    reply[#reply + 1] = v[5]
     reply[#reply + 1] = v[6]
   end
   return reply
@@ -254,7 +257,7 @@ if mode == 'settle' then
       if amount > 0 then
         redis.call('SET', key, string.format('%d:%d', index, math.min(used + amount, MAX_QUOTA)),
           'PX', floor(left_ns / 1e6) + 60000)
-      elseif tostring(index) == extra and used > 0 then
+      elseif index == tonumber(extra) and used > 0 then
         -- A refund after the period rolled over is a no-op (quota.rs: refund).
         redis.call('SET', key, string.format('%d:%d', index, math.max(used + amount, 0)), 'KEEPTTL')
       end

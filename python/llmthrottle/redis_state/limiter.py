@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal, Optional, Union
 
 from .._native import LlmthrottleError
@@ -32,8 +32,26 @@ _PLAIN = (int, type(None))
 Plan = tuple[int, str, int, str, int, str, int, int, int, int]
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _answers(group: Sequence[tuple[Plan, Step]], reply: Sequence[Any]) -> Iterator[tuple[Plan, Step, int, int, str]]:
+    """(plan, step, remaining, reset_ns, mark) of each step of an admitting acquire or peek
+    reply."""
+    marks = _marks([step for _, step in group], reply)
+    for index, ((plan, step), mark) in enumerate(zip(group, marks)):
+        yield plan, step, reply[5 + 3 * index], reply[6 + 3 * index], mark
+
+
+def _marks(steps: Sequence[Step], reply: Sequence[Any]) -> list[str]:
+    """Each step's mark, as a refund needs it: a rate charge's end (the server's instant in the
+    reply plus the charge's cost), a quota charge's period index."""
+    now_ns = int(reply[3]) * 1_000_000_000 + int(reply[4])
+    out = []
+    for index, step in enumerate(steps):
+        if step.kind == "r":
+            end = now_ns + step.amount * step.a
+            out.append(f"{end // 1_000_000_000}:{end % 1_000_000_000}")
+        else:
+            out.append(str(reply[7 + 3 * index]) if step.kind == "q" else "")
+    return out
 
 
 def _api(value: int, scale: int) -> Union[int, float]:
@@ -74,17 +92,46 @@ class RedisReservation(RedisDecision):
     and commits as reserved otherwise. Dropped unsettled, it keeps its charges and its
     concurrency slots lapse after the state's `holder_ttl`."""
 
-    __slots__ = ("_limiter", "_keys", "_charges", "_holder", "_settled")
+    __slots__ = ("_limiter", "_keys", "_groups", "_replies", "_holder", "_settled")
 
-    def __init__(self, limiter: "RedisLimiter", keys: tuple[str, ...], charges: list[tuple[Plan, str, str]],
-                 holder: str, **decision: Any) -> None:
-        super().__init__(True, **decision)
+    def __init__(self, limiter: "RedisLimiter", keys: tuple[str, ...], groups: list[list[tuple[Plan, Step]]],
+                 replies: list[Any], holder: str) -> None:
+        # Only what waiting needs is read now; the rest of the replies is read when asked for.
+        self.allowed = True
+        self.retry_after = 0.0
+        self.limited_by = self.limited_key = None
+        self.delay = max((int(reply[1]) for reply in replies), default=0) / 1e9
         self._limiter = limiter
         self._keys = keys
-        self._charges = charges  # (plan, cell, mark)
+        self._groups = groups
+        self._replies = replies
         self._holder = holder
         self._settled = False
 
+    def _per_step(self) -> Iterator[tuple[Plan, Step, Any, Any, Any]]:
+        """(plan, step, remaining, reset_ns, mark) of every step, as Redis answered."""
+        for group, reply in zip(self._groups, self._replies):
+            yield from _answers(group, reply)
+
+    @property
+    def _charges(self) -> list[tuple[Plan, str, str]]:
+        """(plan, cell, mark) of every charge."""
+        return [(plan, step.cell, mark) for plan, step, _, _, mark in self._per_step()]
+
+    @property
+    def remaining(self) -> dict[str, Union[int, float]]:  # type: ignore[override]
+        """For each dimension charged: what is left, the least over keys."""
+        out: dict[str, Union[int, float]] = {}
+        for plan, _, left, _, _ in self._per_step():
+            value = _api(left, plan[4])
+            if out.get(plan[3], value) >= value:
+                out[plan[3]] = value
+        return out
+
+    @property
+    def reset_after(self) -> float:  # type: ignore[override]
+        """Seconds until every limit the call touched is back to full."""
+        return max((reset for _, _, _, reset, _ in self._per_step()), default=0) / 1e9
     @property
     def settled(self) -> bool:
         """True once committed or cancelled."""
@@ -160,7 +207,7 @@ class _OpenReservation(RedisReservation):
     counted, so settling it does nothing."""
 
     def __init__(self, limiter: "RedisLimiter") -> None:
-        super().__init__(limiter, (), [], "")
+        super().__init__(limiter, (), [], [], "")
 
     def commit(self, **usage: Any) -> None:
         self._settled = True
@@ -290,6 +337,9 @@ class RedisLimiter(WaitingMixin):
         self._local: Optional[Limiter] = None
         # (key, amounts) -> what _prepare computes: a hot key's decisions skip the planner.
         self._plans: dict[Any, tuple[tuple[str, ...], list[tuple[Plan, Step]], bool, list[Step]]] = {}
+        # id(steps of a cached plan) -> its groups and calls, for the plain case (no wait, no
+        # concurrency slot, the server's clock): such a request's calls never change.
+        self._calls: dict[int, tuple[list[list[tuple[Plan, Step]]], list[Any]]] = {}
         self._next_sweep = 0.0
         self._clock = clock
         self._namespace = namespace
@@ -423,11 +473,16 @@ class RedisLimiter(WaitingMixin):
                        max_wait_ns: int) -> tuple[str, list[list[tuple[Plan, Step]]], list[Any]]:
         """The holder of the request's concurrency slots, its steps by slot, and one acquire
         call per slot (in slot order: racing requests take shared slots in the same order)."""
+        plain = self._calls.get(id(steps)) if max_wait_ns == 0 else None
+        if plain is not None:
+            return "", plain[0], plain[1]
         holder = self._state.new_holder() if any(step.kind == "c" for _, step in steps) else ""
         groups = self._groups(steps)
         now = self._instant()
         calls = [build("acquire", [step for _, step in group], now=now, max_wait_ns=max_wait_ns, holder=holder,
                        holder_ttl_ms=self._state.holder_ttl_ms) for group in groups]
+        if not holder and not now and max_wait_ns == 0 and len(self._calls) < _PLAN_CACHE:
+            self._calls[id(steps)] = (groups, calls)
         return holder, groups, calls
 
     def _prepare(self, key: Key, requests: Any, tokens: Any, max_wait: float,
@@ -452,6 +507,7 @@ class RedisLimiter(WaitingMixin):
             steps = self._steps(plans, keys)
             if len(self._plans) >= _PLAN_CACHE:
                 self._plans.clear()
+                self._calls.clear()
             leasable = bool(steps) and all(step.kind == "r" for _, step in steps)
             cached = self._plans[cache_key] = (keys, steps, leasable, [step for _, step in steps])
         return cached[0], cached[1], max_wait_ns, cached[2]
@@ -461,8 +517,8 @@ class RedisLimiter(WaitingMixin):
         steps = []
         for group, reply in zip(groups, results):
             if int(reply[0]) == 1:
-                for index, (plan, step) in enumerate(group):
-                    steps.append(RedisReservation._refund(plan, step.cell, _text(reply[5 + 3 * index]), plan[9]))
+                for plan, step, _, _, mark in _answers(group, reply):
+                    steps.append(RedisReservation._refund(plan, step.cell, mark, plan[9]))
         if steps:
             self._state.settle(self._settle_calls(steps, holder))
 
@@ -475,26 +531,10 @@ class RedisLimiter(WaitingMixin):
             plan = group[int(last[2]) - 1][0]
             return RedisDecision(False, retry_after=int(last[1]) / 1e9, limited_by=plan[3],
                                  limited_key=keys[plan[0]])
-        remaining: dict[str, Union[int, float]] = {}
-        delay_ns = reset_ns = 0
-        charges: list[tuple[Plan, str, str]] = []
-        held: list[Step] = []
-        for group, reply in zip(groups, results):
-            delay_ns = max(delay_ns, int(reply[1]))
-            for index, (plan, step) in enumerate(group):
-                left, reset, mark = reply[3 + 3 * index: 6 + 3 * index]
-                left_api = _api(int(left), plan[4])
-                name = plan[3]
-                if name not in remaining or left_api < remaining[name]:
-                    remaining[name] = left_api
-                reset_ns = max(reset_ns, int(reset))
-                charges.append((plan, step.cell, _text(mark)))
-                if step.kind == "c":
-                    held.append(step)
-        if held:
+        if holder:
+            held = [step for group in groups for _, step in group if step.kind == "c"]
             self._state.hold(holder, held)
-        return RedisReservation(self, keys, charges, holder if held else "", delay=delay_ns / 1e9,
-                                reset_after=reset_ns / 1e9, remaining=remaining)
+        return RedisReservation(self, keys, groups, results, holder)
 
     # ------------------------------------------------------------------ leases
 
@@ -549,8 +589,8 @@ class RedisLimiter(WaitingMixin):
                 if int(reply[0]) != 1:
                     break
                 admitted.append((group, reply))
-                for index, step in enumerate(group):
-                    marks[step.cell] = _text(reply[5 + 3 * index])
+                for step, mark in zip(group, _marks(group, reply)):
+                    marks[step.cell] = mark
         except RedisUnavailable:
             pass
         if len(admitted) == len(groups):
@@ -576,11 +616,11 @@ class RedisLimiter(WaitingMixin):
                 if worst is None or denial.retry_after > worst.retry_after:
                     worst = denial
                 continue
-            for index, (plan, _) in enumerate(group):
-                left = _api(int(reply[3 + 3 * index]), plan[4])
-                if plan[3] not in remaining or left < remaining[plan[3]]:
-                    remaining[plan[3]] = left
-                reset_ns = max(reset_ns, int(reply[4 + 3 * index]))
+            for plan, _, left, reset, _ in _answers(group, reply):
+                value = _api(left, plan[4])
+                if plan[3] not in remaining or value < remaining[plan[3]]:
+                    remaining[plan[3]] = value
+                reset_ns = max(reset_ns, reset)
         if worst is not None:
             return worst
         return RedisDecision(True, reset_after=reset_ns / 1e9, remaining=remaining)
@@ -613,6 +653,7 @@ class RedisLimiter(WaitingMixin):
         self._limits, self._rules, self._budgets = limits, rules, self._planner.budgets
         self._local = None
         self._plans.clear()
+        self._calls.clear()
         if self._state.leases is not None:
             self._state.return_leases(every=True)  # slices of the old limits go back
 

@@ -103,6 +103,11 @@ class RedisState:
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._sha = hashlib.sha1(script.SOURCE.encode()).hexdigest()
         self._errors = _redis_errors()
+        from redis.exceptions import NoScriptError, ResponseError
+
+        self._no_script, self._response_error = NoScriptError, ResponseError
+        self._thread = threading.local()
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._down_until = 0.0
         self._down = False
@@ -198,22 +203,41 @@ class RedisState:
 
     def run(self, call: script.Call) -> Any:
         """Runs one script call; raises RedisUnavailable when Redis cannot answer."""
-        self._check_available()
+        if self._down:
+            self._check_available()
         if self._abandoned:
             self._release_abandoned()
-        from redis.exceptions import NoScriptError, ResponseError
-
         try:
             try:
-                result = self._sync.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
-            except NoScriptError:
+                return self._evalsha(call)
+            except self._no_script:
                 self._sync.script_load(script.SOURCE)
-                result = self._sync.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
+                return self._evalsha(call)
         except self._errors as error:
             raise self._failed(error) from None
-        except ResponseError as error:
+        except self._response_error as error:
             raise _refused(error) from None
-        return result
+
+    def _evalsha(self, call: script.Call) -> Any:
+        """EVALSHA on this thread's own connection: a decision is one write and one read, with
+        no pool to check out from and no retry loop around it (the timeout bounds it, and
+        `on_unavailable` decides after a failure). A Cluster's client routes it instead."""
+        if self.cluster:
+            return self._sync.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
+        local = self._thread
+        connection = getattr(local, "connection", None)
+        if connection is None or local.pid != os.getpid():
+            connection = local.connection = self._sync.connection_pool.make_connection()
+            local.pid = os.getpid()
+            self._connections.add(connection)
+        try:
+            connection.send_command("EVALSHA", self._sha, len(call.keys), *call.keys, *call.args)
+            return connection.read_response()
+        except self._response_error:
+            raise
+        except BaseException:
+            connection.disconnect()  # a reply may still be on its way: never read it as another's
+            raise
 
     async def run_async(self, call: script.Call) -> Any:
         """`run` for asyncio (a client object given by the caller runs in a thread)."""
@@ -357,6 +381,7 @@ class RedisState:
         self._heartbeat = None
         self._process = uuid.uuid4().hex[:12]
         self._async = weakref.WeakKeyDictionary()
+        self._thread = threading.local()
 
     # ------------------------------------------------------------------ leases
 
@@ -417,6 +442,8 @@ class RedisState:
             except Exception:  # closing must not fail: unused slices only under-use the limit
                 pass
         self._closed.set()
+        for connection in list(self._connections):
+            connection.disconnect()
         self._sync.close()
 
     def __reduce__(self) -> Any:

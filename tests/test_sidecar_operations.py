@@ -73,7 +73,7 @@ def test_no_file_means_the_embedded_default() -> None:
     ("[budgetz]\nx = 1\n", r"llmthrottle.toml:1: budgetz: unknown table"),
     ("[server]\nsocket = 'a'\nsocket_mode = 'rw'\n", r"llmthrottle.toml:3: server.socket_mode: must be an octal"),
     ("[server]\nport = 80\n", r"llmthrottle.toml:2: server.port: unknown key"),
-    ("[state]\nkind = 'redis'\n", r"llmthrottle.toml:2: state.kind: must be one of 'in-process', 'shared'"),
+    ("[state]\nkind = 'memcached'\n", r"llmthrottle.toml:2: state.kind: must be one of 'in-process', 'shared', 'redis'"),
     ("[state]\ncapacity = 0\n", r"llmthrottle.toml:2: state.capacity: must be a positive integer, not 0"),
     ("[state]\nkind = 'in-process'\ncapacity = 100\n", r'state.capacity: sizes a shared table: it needs kind = "shared"'),
     ('[limits."*"]\nrequests = "5/fortnight"\n', r'llmthrottle.toml:2: limits."\*".requests: .*fortnight'),

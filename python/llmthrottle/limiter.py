@@ -6,16 +6,17 @@ import collections.abc
 
 import time
 from collections.abc import Generator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Optional, TypeVar, Union, cast
 
 from . import _native
 from ._native import BudgetExceeded, Decision, ExceedsCapacity, FakeClock, InProcessState, RateLimited, Reservation
 from .budget import BUDGET_DIMENSION, Budget, budget_for
 from .policy import LimitsConfig, RulesConfig, normalize
 
-__all__ = ["Limiter", "LimitState", "Key", "WaitingMixin", "AsyncAcquire"]
+__all__ = ["Limiter", "LimitState", "Key", "WaitingMixin", "AsyncAcquire", "SettlesOnExit", "describe"]
 
 Key = Union[str, Sequence[str]]
+_Settling = TypeVar("_Settling", bound="SettlesOnExit")
 
 # While a concurrency cap denies (it frees up on a release, not at a known time), waiters poll
 # with a backoff between these bounds.
@@ -32,6 +33,44 @@ class LimitState(NamedTuple):
     used: Union[int, float]
     reset_after: float
     capacity: Union[int, float]
+
+
+class SettlesOnExit:
+    """What every reservation made outside the engine (the sidecar's, Redis's) shares with the
+    engine's `Reservation`: as a context manager it cancels when the block raises and commits
+    as reserved otherwise (unless settled already)."""
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:  # provided by the class this is mixed into
+
+        @property
+        def settled(self) -> bool: ...
+
+        def commit(self, **usage: Any) -> None: ...
+        def cancel(self) -> None: ...
+
+    def __enter__(self: "_Settling") -> "_Settling":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> "Literal[False]":
+        if not self.settled:
+            if exc_type is None:
+                self.commit()
+            else:
+                self.cancel()
+        return False
+
+
+def describe(decision: Any) -> str:
+    """The repr of a decision: `<Decision denied limited_by='tokens' key='k' retry_after=...>`."""
+    text = f"<Decision {'admitted' if decision.allowed else 'denied'}"
+    if decision.limited_by is not None:
+        text += (f" limited_by={decision.limited_by!r} key={decision.limited_key!r} "
+                 f"retry_after={decision.retry_after:.6f}")
+    if decision.delay > 0:
+        text += f" delay={decision.delay:.6f}"
+    return text + ">"
 
 
 def _budget_exceeded(decision: Decision, budget: Optional[Budget]) -> BudgetExceeded:

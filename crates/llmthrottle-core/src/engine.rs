@@ -391,7 +391,10 @@ impl<S: Store> Engine<S> {
         let policy = self.policy.load();
         let mut steps = Steps::new();
         plan(policy, keys, amounts, &mut steps)?;
-        Ok(steps.iter().map(|s| planned(policy, s.key_index, s.rule, s.limit, s.amount)).collect())
+        Ok(steps
+            .iter()
+            .map(|s| planned(policy, s.key_index, s.rule, s.limit, s.amount))
+            .collect())
     }
 
     /// Every limit that applies to `key`, as steps of amount 0 (for status).

@@ -191,13 +191,23 @@ fn limit_kind(
     share: f64,
 ) -> PyResult<LimitKind> {
     let scale = units_per_api_unit(dimension) as f64;
-    let part = |n: u64| if share == 1.0 { n } else { ((n as f64 * share).floor() as u64).max(1) };
+    let part = |n: u64| {
+        if share == 1.0 {
+            n
+        } else {
+            ((n as f64 * share).floor() as u64).max(1)
+        }
+    };
     match kind {
         "rate" => {
             let text: String = a.extract()?;
             let mut rate = Rate::parse(&text).map_err(to_py)?;
             rate.amount *= scale * share;
-            let burst = if b.is_none() { None } else { Some(part(amount(b, dimension)?)) };
+            let burst = if b.is_none() {
+                None
+            } else {
+                Some(part(amount(b, dimension)?))
+            };
             Ok(LimitKind::Rate(RateParams::new(rate, burst).map_err(to_py)?))
         }
         "concurrency" => {

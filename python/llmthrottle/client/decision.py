@@ -8,6 +8,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from .._native import LlmthrottleError
+from ..limiter import SettlesOnExit, describe
 from ..sidecar.protocol import RESERVATION_ID, Op
 from .connection import RemoteError, SidecarUnavailable
 
@@ -32,15 +33,10 @@ class SidecarDecision:
         return bool(self.allowed)
 
     def __repr__(self) -> str:
-        text = f"<Decision {'admitted' if self.allowed else 'denied'}"
-        if self.limited_by is not None:
-            text += f" limited_by={self.limited_by!r} key={self.limited_key!r} retry_after={self.retry_after:.6f}"
-        if self.delay > 0:
-            text += f" delay={self.delay:.6f}"
-        return text + ">"
+        return describe(self)
 
 
-class SidecarReservation(SidecarDecision):
+class SidecarReservation(SettlesOnExit, SidecarDecision):
     """An admitted call held by the sidecar. `commit(**usage)` reconciles it with real usage,
     `cancel()` refunds it; as a context manager it cancels when the block raises and commits
     as reserved otherwise.
@@ -138,17 +134,6 @@ class SidecarReservation(SidecarDecision):
         if not self._settled:
             self._settled = True
             self._limiter._sidecar._abandoned.append(self._id)
-
-    def __enter__(self) -> "SidecarReservation":
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
-        if not self._settled:
-            if exc_type is None:
-                self.commit()
-            else:
-                self.cancel()
-        return False
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f" reservation={self._id}>"

@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, Literal, Optional, Union
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Optional, Union
 
 from .._native import LlmthrottleError
-from ..limiter import Key, LimitState, Limiter, WaitingMixin
+from ..limiter import Key, LimitState, Limiter, SettlesOnExit, WaitingMixin, describe
 from .cells import cell_name, group_by_slot
 from .leases import Lease
 from .script import KIND_CODES, Step, build
@@ -58,6 +58,26 @@ def _api(value: int, scale: int) -> Union[int, float]:
     return value if scale == 1 else value / scale
 
 
+def _least(values: Iterable[tuple[Plan, int]]) -> dict[str, Union[int, float]]:
+    """For each dimension, the least of `values` (in the API's units): what is left over keys."""
+    out: dict[str, Union[int, float]] = {}
+    for plan, value in values:
+        amount = _api(value, plan[4])
+        if out.get(plan[3], amount) >= amount:
+            out[plan[3]] = amount
+    return out
+
+
+def _reserved(plans: Iterable[Plan]) -> dict[str, Union[int, float]]:
+    """For each dimension, the largest amount reserved over keys (in the API's units)."""
+    out: dict[str, Union[int, float]] = {}
+    for plan in plans:
+        amount = _api(plan[9], plan[4])
+        if amount > out.get(plan[3], 0):
+            out[plan[3]] = amount
+    return out
+
+
 class RedisDecision:
     """What Redis decided. Truthy when the call was admitted."""
 
@@ -78,15 +98,10 @@ class RedisDecision:
         return self.allowed
 
     def __repr__(self) -> str:
-        text = f"<Decision {'admitted' if self.allowed else 'denied'}"
-        if self.limited_by is not None:
-            text += f" limited_by={self.limited_by!r} key={self.limited_key!r} retry_after={self.retry_after:.6f}"
-        if self.delay > 0:
-            text += f" delay={self.delay:.6f}"
-        return text + ">"
+        return describe(self)
 
 
-class RedisReservation(RedisDecision):
+class RedisReservation(SettlesOnExit, RedisDecision):
     """An admitted call whose charges are held in Redis. `commit(**usage)` reconciles it with
     real usage, `cancel()` refunds it; as a context manager it cancels when the block raises
     and commits as reserved otherwise. Dropped unsettled, it keeps its charges and its
@@ -121,17 +136,13 @@ class RedisReservation(RedisDecision):
     @property
     def remaining(self) -> dict[str, Union[int, float]]:  # type: ignore[override]
         """For each dimension charged: what is left, the least over keys."""
-        out: dict[str, Union[int, float]] = {}
-        for plan, _, left, _, _ in self._per_step():
-            value = _api(left, plan[4])
-            if out.get(plan[3], value) >= value:
-                out[plan[3]] = value
-        return out
+        return _least((plan, left) for plan, _, left, _, _ in self._per_step())
 
     @property
     def reset_after(self) -> float:  # type: ignore[override]
         """Seconds until every limit the call touched is back to full."""
         return max((reset for _, _, _, reset, _ in self._per_step()), default=0) / 1e9
+
     @property
     def settled(self) -> bool:
         """True once committed or cancelled."""
@@ -140,12 +151,10 @@ class RedisReservation(RedisDecision):
     @property
     def reserved(self) -> dict[str, Union[int, float]]:
         """The amount reserved in each dimension (the largest over keys)."""
-        out: dict[str, Union[int, float]] = {}
-        for plan, _, _ in self._charges:
-            value = _api(plan[9], plan[4])
-            if value > out.get(plan[3], 0):
-                out[plan[3]] = value
-        return out
+        return _reserved(plan for plan, _ in self._groups_flat())
+
+    def _groups_flat(self) -> list[tuple[Plan, Step]]:
+        return [item for group in self._groups for item in group]
 
     def _begin(self) -> None:
         if self._settled:
@@ -184,17 +193,6 @@ class RedisReservation(RedisDecision):
     def _refund(plan: Plan, cell: str, mark: str, amount: int) -> Step:
         return Step(cell, KIND_CODES[plan[5]], plan[6], plan[7], plan[8], -amount, mark)
 
-    def __enter__(self) -> "RedisReservation":
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
-        if not self._settled:
-            if exc_type is None:
-                self.commit()
-            else:
-                self.cancel()
-        return False
-
     def __del__(self) -> None:
         # Like the engine's Reservation, one dropped unsettled keeps its charges and gives its
         # concurrency slots back (with the state's next call: a finaliser does no I/O).
@@ -219,7 +217,7 @@ class _OpenReservation(RedisReservation):
         return "<Decision admitted (Redis unavailable, fail_open)>"
 
 
-class LeasedReservation:
+class LeasedReservation(SettlesOnExit):
     """An admission drawn from this process's leases (the Reservation API): settling it gives
     unused units back to the lease while it lasts and charges usage above the reservation in
     Redis. `remaining` is what is left of this process's slices; nothing is held in flight, so
@@ -244,12 +242,7 @@ class LeasedReservation:
 
     @property
     def remaining(self) -> dict[str, Union[int, float]]:
-        out: dict[str, Union[int, float]] = {}
-        for (plan, _), lease in zip(self._steps, self._leases):
-            left = _api(lease.left, plan[4])
-            if out.get(plan[3], left) >= left:
-                out[plan[3]] = left
-        return out
+        return _least((plan, lease.left) for (plan, _), lease in zip(self._steps, self._leases))
 
     @property
     def settled(self) -> bool:
@@ -257,12 +250,7 @@ class LeasedReservation:
 
     @property
     def reserved(self) -> dict[str, Union[int, float]]:
-        out: dict[str, Union[int, float]] = {}
-        for plan, _ in self._steps:
-            value = _api(plan[9], plan[4])
-            if value > out.get(plan[3], 0):
-                out[plan[3]] = value
-        return out
+        return _reserved(plan for plan, _ in self._steps)
 
     def _begin(self) -> None:
         if self._settled:
@@ -305,17 +293,6 @@ class LeasedReservation:
     async def cancel_async(self) -> None:
         """`cancel` (local: nothing to wait for)."""
         self.cancel()
-
-    def __enter__(self) -> "LeasedReservation":
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
-        if not self._settled:
-            if exc_type is None:
-                self.commit()
-            else:
-                self.cancel()
-        return False
 
     def __repr__(self) -> str:
         return "<Decision admitted (from this process's lease)>"
@@ -604,8 +581,7 @@ class RedisLimiter(WaitingMixin):
         """What `try_acquire` would decide now, without charging anything."""
         keys, steps, _, _ = self._prepare(key, requests, tokens, 0.0, amounts)
         now = self._instant()
-        remaining: dict[str, Union[int, float]] = {}
-        reset_ns = 0
+        answers: list[tuple[Plan, Step, int, int, str]] = []
         worst: Optional[RedisDecision] = None
         for group in self._groups(steps):
             reply = self._state.run(build("peek", [step for _, step in group], now=now))
@@ -616,14 +592,11 @@ class RedisLimiter(WaitingMixin):
                 if worst is None or denial.retry_after > worst.retry_after:
                     worst = denial
                 continue
-            for plan, _, left, reset, _ in _answers(group, reply):
-                value = _api(left, plan[4])
-                if plan[3] not in remaining or value < remaining[plan[3]]:
-                    remaining[plan[3]] = value
-                reset_ns = max(reset_ns, reset)
+            answers += _answers(group, reply)
         if worst is not None:
             return worst
-        return RedisDecision(True, reset_after=reset_ns / 1e9, remaining=remaining)
+        return RedisDecision(True, reset_after=max((answer[3] for answer in answers), default=0) / 1e9,
+                             remaining=_least((answer[0], answer[2]) for answer in answers))
 
     def charge(self, key: Key, /, **amounts: Any) -> None:
         """Charges usage that already happened to every limit of `key`, even past the limits

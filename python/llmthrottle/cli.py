@@ -20,6 +20,9 @@ _SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
               "run the sidecar: limits, budgets and ledger for every local process, on a Unix socket", "sidecar"),
     "batch": ("llmthrottle.batch.cli", "run, resume or forecast a batch job over CSV/JSONL rows at the provider's limit",
               "providers"),
+    "gateway": ("llmthrottle.gateway.cli",
+                "run an OpenAI/Anthropic-compatible proxy with virtual keys, tiers, budgets and failover",
+                "gateway"),
     "fake-provider": ("llmthrottle.testing.fake_provider_cli",
                       "run a fake OpenAI/Anthropic API on loopback with their rate limits, for tests", "providers"),
 }

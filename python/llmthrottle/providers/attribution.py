@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-__all__ = ["context", "context_keys"]
+__all__ = ["context", "context_keys", "context_tags", "tagged"]
 
 _FIELDS: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar("llmthrottle_context", default=())
+_TAGS: contextvars.ContextVar[tuple[tuple[str, Any], ...]] = contextvars.ContextVar("llmthrottle_tags", default=())
 
 
 @contextmanager
@@ -34,3 +36,19 @@ def context(**fields: str) -> Iterator[None]:
 def context_keys() -> list[str]:
     """The keys of the innermost `context` block (none outside one)."""
     return [f"{name}:{value}" for name, value in _FIELDS.get()]
+
+
+@contextmanager
+def tagged(**tags: Any) -> Iterator[None]:
+    """Adds ledger tags (not keys) to the calls made inside the block, e.g. the gateway's
+    `deployment=` and `route=`."""
+    token = _TAGS.set(tuple({**dict(_TAGS.get()), **tags}.items()))
+    try:
+        yield
+    finally:
+        _TAGS.reset(token)
+
+
+def context_tags() -> dict[str, Any]:
+    """The tags of the innermost `tagged` block."""
+    return dict(_TAGS.get())

@@ -23,7 +23,7 @@ from ..pricing.table import Cost
 from ..pricing.usage import normalize_usage
 from ..request_estimate import estimate
 from ..tokens import count_tokens
-from .attribution import context_keys
+from .attribution import context_keys, context_tags
 from .headers import announced_limits, retry_after_s
 from .learned import LearnedLimits
 from .pause import ProviderPause, pause_key
@@ -49,6 +49,9 @@ class Settings:
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
     include_stream_usage: bool = True
+    # None: a call waits for admission as long as its deadline allows; the gateway answers 429
+    # instead of queueing past its own limit.
+    admission_timeout_s: Optional[float] = None
 
 
 class CallPlan:
@@ -106,8 +109,14 @@ class CallPlan:
     def remaining_s(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
 
+    def admission_timeout(self) -> float:
+        """How long admission may wait: the call's deadline, or less when the settings say so."""
+        limit = self.settings.admission_timeout_s
+        return self.remaining_s() if limit is None else min(limit, self.remaining_s())
+
     def admit_arguments(self) -> dict[str, Any]:
-        return {"body": self.body, "provider": self.endpoint.family, "timeout": self.remaining_s()}
+        return {"body": self.body, "provider": self.endpoint.family, "timeout": self.admission_timeout(),
+                **context_tags()}
 
     # ------------------------------------------------------------------ attempts
 

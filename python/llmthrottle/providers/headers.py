@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Optional
 
-__all__ = ["Announcement", "announced_limits", "parse_reset_duration", "retry_after_s"]
+__all__ = ["Announcement", "announced_limits", "format_reset_duration", "parse_reset_duration", "retry_after_s",
+           "rfc3339_in"]
 
 
 def _seconds(text: Optional[str], scale: float = 1.0) -> Optional[float]:
@@ -46,6 +47,21 @@ def retry_after_s(headers: Mapping[str, str], *, now: Optional[float] = None) ->
                 moment = moment.replace(tzinfo=dt.timezone.utc)
             return max(0.0, moment.timestamp() - (time.time() if now is None else now))
     return _seconds(headers.get("x-ms-retry-after-ms"), 1e-3)
+
+
+def format_reset_duration(seconds: float) -> str:
+    """A reset in OpenAI's duration form (`20ms`, `1.5s`, `6m0s`): what `parse_reset_duration`
+    reads."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:.3g}s" if minutes else f"{rest:.3g}s"
+
+
+def rfc3339_in(seconds: float) -> str:
+    """The instant `seconds` from now in Anthropic's reset form (RFC 3339, UTC)."""
+    moment = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
-__all__ = ["Endpoint", "UsageReader", "endpoint_of", "failure_kind"]
+__all__ = ["Endpoint", "UsageReader", "endpoint_of", "error_body", "failure_kind"]
 
 Family = Literal["openai", "anthropic"]
 
@@ -44,6 +44,26 @@ def endpoint_of(method: str, path: str) -> Optional[Endpoint]:
         if path.endswith(suffix):
             return endpoint
     return None
+
+
+_OPENAI_KINDS = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
+                 404: "invalid_request_error", 429: "rate_limit_exceeded", 500: "server_error", 502: "server_error",
+                 503: "server_error", 504: "server_error"}
+_ANTHROPIC_KINDS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+                    502: "api_error", 503: "api_error", 504: "api_error", 529: "overloaded_error"}
+_OPENAI_CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}
+
+
+def error_body(family: Family, status: int, message: str, *, kind: Optional[str] = None,
+               code: Optional[str] = None) -> dict[str, Any]:
+    """An error in `family`'s shape (what its SDK parses into its exception), the type and
+    code defaulting to what the provider sends for `status`."""
+    if family == "anthropic":
+        return {"type": "error", "error": {"type": kind or _ANTHROPIC_KINDS.get(status, "api_error"),
+                                           "message": message}}
+    return {"error": {"message": message, "type": kind or _OPENAI_KINDS.get(status, "invalid_request_error"),
+                      "param": None, "code": code if code is not None else _OPENAI_CODES.get(status)}}
 
 
 def _error_fields(body: bytes) -> tuple[str, str]:

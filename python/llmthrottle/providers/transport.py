@@ -124,7 +124,7 @@ class ThrottledTransport(httpx2.BaseTransport):
                         plan.call.retry(timeout=plan.remaining_s())
                 learned = plan.learned_admission()
                 if learned is not None:
-                    plan.learned_reservation = learned[0].acquire(plan.pause_key, timeout=plan.remaining_s(),
+                    plan.learned_reservation = learned[0].acquire(plan.pause_key, timeout=plan.admission_timeout(),
                                                                   **learned[1])
                 plan.attempts += 1
                 try:
@@ -186,7 +186,7 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
                 learned = plan.learned_admission()
                 if learned is not None:
                     plan.learned_reservation = await learned[0].acquire_async(
-                        plan.pause_key, timeout=plan.remaining_s(), **learned[1])
+                        plan.pause_key, timeout=plan.admission_timeout(), **learned[1])
                 plan.attempts += 1
                 try:
                     response = await self.inner.handle_async_request(request)

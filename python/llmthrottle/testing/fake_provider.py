@@ -43,6 +43,8 @@ from typing import Any, Optional
 
 from aiohttp import web
 
+from ..providers.headers import format_reset_duration, rfc3339_in
+from ..providers.protocol import error_body
 from ..request_estimate import estimate
 
 __all__ = ["FakeProvider"]
@@ -91,18 +93,6 @@ async def _quiet_disconnects(request: web.Request, handler: Any) -> web.StreamRe
         return response
     except ConnectionError:
         raise web.HTTPBadRequest(text="client disconnected") from None
-
-
-def _openai_duration(seconds: float) -> str:
-    if seconds < 1:
-        return f"{max(0, round(seconds * 1000))}ms"
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)}m{rest:.3g}s" if minutes else f"{rest:.3g}s"
-
-
-def _rfc3339_in(seconds: float) -> str:
-    moment = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -287,13 +277,13 @@ class FakeProvider:
             if bucket is not None:
                 headers[f"x-ratelimit-limit-{name}"] = str(bucket.capacity)
                 headers[f"x-ratelimit-remaining-{name}"] = str(bucket.remaining())
-                headers[f"x-ratelimit-reset-{name}"] = _openai_duration(bucket.reset_s())
+                headers[f"x-ratelimit-reset-{name}"] = format_reset_duration(bucket.reset_s())
         return headers
 
     def _openai_error(self, status: int, message: str, kind: str, code: Optional[str],
                       headers: Optional[dict[str, str]] = None) -> web.Response:
         self._count(status)
-        body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+        body = error_body("openai", status, message, kind=kind, code=code)
         return web.json_response(body, status=status, headers={**self._openai_headers(), **(headers or {})})
 
     async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
@@ -363,7 +353,7 @@ class FakeProvider:
             return (self._openai_error(
                 429, f"Rate limit reached for {body['model']} on {limited} per min (TPM/RPM): Limit "
                 f"{bucket.capacity}, Used {bucket.capacity - bucket.remaining()}, "
-                f"Requested {charge if limited == 'tokens' else 1}. Please try again in {_openai_duration(wait)}.",
+                f"Requested {charge if limited == 'tokens' else 1}. Please try again in {format_reset_duration(wait)}.",
                 limited, "rate_limit_exceeded",
                 {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(max(1, math.ceil(wait * 1000)))}),
                 input_tokens, 0)
@@ -414,13 +404,13 @@ class FakeProvider:
             if bucket is not None:
                 headers[f"anthropic-ratelimit-{name}-limit"] = str(bucket.capacity)
                 headers[f"anthropic-ratelimit-{name}-remaining"] = str(bucket.remaining())
-                headers[f"anthropic-ratelimit-{name}-reset"] = _rfc3339_in(bucket.reset_s())
+                headers[f"anthropic-ratelimit-{name}-reset"] = rfc3339_in(bucket.reset_s())
         return headers
 
     def _anthropic_error(self, status: int, kind: str, message: str,
                          headers: Optional[dict[str, str]] = None) -> web.Response:
         self._count(status)
-        body = {"type": "error", "error": {"type": kind, "message": message}}
+        body = error_body("anthropic", status, message, kind=kind)
         return web.json_response(body, status=status, headers={**self._anthropic_headers(), **(headers or {})})
 
     async def _anthropic_messages(self, request: web.Request) -> web.StreamResponse:

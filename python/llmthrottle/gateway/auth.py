@@ -1,0 +1,99 @@
+"""Who is calling: a virtual key (`Authorization: Bearer ltk_...` as the OpenAI SDK sends it,
+or `x-api-key` as the Anthropic SDK does), or an HS256 JWT whose claims name the tenant, team,
+user and tier (`exp`, `nbf` and `aud` checked). Nothing presented is ever logged."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from .keys import Caller, KeyStore
+
+__all__ = ["Authenticator", "Refused"]
+
+
+class Refused(Exception):
+    """The caller is not let in: `status` 401 (who are you?) or 403 (not this)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def presented_credential(headers: Mapping[str, str]) -> Optional[str]:
+    authorization = headers.get("authorization", "")
+    if authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip() or None
+    return headers.get("x-api-key") or None
+
+
+def _b64(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+class Authenticator:
+    def __init__(self, keys: KeyStore, *, jwt_secret: Optional[bytes] = None, jwt_audience: Optional[str] = None,
+                 leeway_s: float = 30.0) -> None:
+        self.keys = keys
+        self.jwt_secret = jwt_secret
+        self.jwt_audience = jwt_audience
+        self.leeway_s = leeway_s
+
+    def caller(self, headers: Mapping[str, str]) -> Caller:
+        presented = presented_credential(headers)
+        if presented is None:
+            raise Refused(401, "no API key: send Authorization: Bearer <key> (or x-api-key)")
+        if presented.count(".") == 2 and self.jwt_secret is not None:
+            return self._jwt(presented)
+        caller = self.keys.caller(presented)
+        if caller is None:
+            raise Refused(401, "invalid, revoked or expired API key")
+        return caller
+
+    def _jwt(self, token: str) -> Caller:
+        assert self.jwt_secret is not None
+        header_b64, payload_b64, signature_b64 = token.split(".")
+        try:
+            header = json.loads(_b64(header_b64))
+            claims = json.loads(_b64(payload_b64))
+            signature = _b64(signature_b64)
+        except (ValueError, TypeError):
+            raise Refused(401, "malformed bearer token") from None
+        if not isinstance(header, dict) or header.get("alg") != "HS256" or not isinstance(claims, dict):
+            raise Refused(401, "unsupported bearer token (HS256 JWTs are accepted)")
+        expected = hmac.new(self.jwt_secret, f"{header_b64}.{payload_b64}".encode(), hashlib.sha256).digest()
+        if not hmac.compare_digest(expected, signature):
+            raise Refused(401, "bearer token signature does not match")
+        now = time.time()
+        if not _number(claims.get("exp")) or claims["exp"] + self.leeway_s < now:
+            raise Refused(401, "bearer token expired (or has no exp)")
+        if _number(claims.get("nbf")) and claims["nbf"] - self.leeway_s > now:
+            raise Refused(401, "bearer token not valid yet")
+        if self.jwt_audience is not None:
+            audience = claims.get("aud")
+            audiences = audience if isinstance(audience, list) else [audience]
+            if self.jwt_audience not in audiences:
+                raise Refused(401, "bearer token is for another audience")
+        tenant = claims.get("tenant")
+        if not isinstance(tenant, str) or not tenant:
+            raise Refused(403, "bearer token names no tenant")
+        models = claims.get("models")
+        subject = claims.get("sub")
+        return Caller(key_id=f"jwt:{subject if isinstance(subject, str) else tenant}", tenant=tenant,
+                      team=_text(claims.get("team")), user=_text(claims.get("user")),
+                      tier=_text(claims.get("tier")) or "default",
+                      models=tuple(models) if isinstance(models, list) else None)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _text(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) and value else None

@@ -1,0 +1,141 @@
+"""`llmthrottle gateway`: an OpenAI- and Anthropic-compatible proxy in front of the deployments
+of a policy file, with virtual keys, tier limits, budgets, failover and a ledger.
+
+    llmthrottle gateway --config llmthrottle.toml            # serves on [gateway] listen
+    llmthrottle gateway keys create --config llmthrottle.toml --tenant acme --tier pro
+    llmthrottle gateway keys list --config llmthrottle.toml
+    llmthrottle gateway keys rotate KEY_ID --config llmthrottle.toml
+    llmthrottle gateway keys revoke KEY_ID --config llmthrottle.toml
+
+A key's plaintext is printed once, when it is made or rotated; only its hash is stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import GatewayConfig
+
+__all__ = ["configure_parser", "run"]
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="the policy file ([gateway], [tiers.*], [models.*], [[budgets]], ...)")
+    parser.add_argument("--listen", help="host:port (default: [gateway] listen, else 127.0.0.1:8080)")
+    parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop")
+    sub = parser.add_subparsers(dest="gateway_command", metavar="keys")
+    keys = sub.add_parser("keys", help="create, list, rotate or revoke virtual API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    create = keys_sub.add_parser("create", help="make a key (its plaintext is printed once)")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--tier", default="default")
+    create.add_argument("--team")
+    create.add_argument("--user")
+    create.add_argument("--models", help="comma-separated model aliases this key may use (default: all)")
+    create.add_argument("--expires-in", type=float, help="seconds until the key stops working")
+    keys_sub.add_parser("list", help="list keys (never their secrets)")
+    for action in ("rotate", "revoke"):
+        one = keys_sub.add_parser(action, help=f"{action} a key by its id")
+        one.add_argument("key_id")
+    for sub_parser in keys_sub.choices.values():
+        sub_parser.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .._native import ConfigError
+    from .config import load_gateway_config
+
+    try:
+        config = load_gateway_config(args.config)
+    except ConfigError as error:
+        print(f"llmthrottle gateway: {error}", file=sys.stderr)
+        return 2
+    if getattr(args, "gateway_command", None) == "keys":
+        return _keys(args, config)
+    if args.listen:
+        host, _, port = args.listen.rpartition(":")
+        if not host or not port.isdigit():
+            print(f"llmthrottle gateway: --listen must be host:port, not {args.listen!r}", file=sys.stderr)
+            return 2
+        config.host, config.port = host, int(port)
+    from aiohttp import web
+
+    from .server import Gateway
+
+    try:
+        gateway = Gateway(config)
+    except ConfigError as error:
+        print(f"llmthrottle gateway: {error}", file=sys.stderr)
+        return 2
+    print(f"llmthrottle gateway on http://{config.host}:{config.port} ({len(config.models)} model aliases, "
+          f"tiers {', '.join(sorted(gateway.guards))})", file=sys.stderr, flush=True)
+    loop_factory = None
+    if not args.no_uvloop:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    import asyncio
+
+    async def serve() -> None:
+        runner = web.AppRunner(gateway.app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, config.host, config.port, backlog=1024).start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        if loop_factory is None:
+            asyncio.run(serve())
+        else:
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                runner.run(serve())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _keys(args: argparse.Namespace, config: "GatewayConfig") -> int:
+    from .keys import KeyStore
+
+    store = KeyStore(config.keys_db)
+    try:
+        if args.keys_command == "create":
+            models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+            expires = time.time() + args.expires_in if args.expires_in else None
+            secret, key = store.create(tenant=args.tenant, tier=args.tier, team=args.team, user=args.user,
+                                       models=models, expires_at=expires)
+            print(secret)
+            print(f"id {key.id} tenant {key.tenant} tier {key.tier}: keep the key above, it is not shown again",
+                  file=sys.stderr)
+        elif args.keys_command == "list":
+            for key in store.list():
+                print(json.dumps({"id": key.id, "tenant": key.tenant, "team": key.team, "user": key.user,
+                                  "tier": key.tier, "models": key.models, "expires_at": key.expires_at,
+                                  "revoked": key.revoked_at is not None}))
+        elif args.keys_command == "rotate":
+            try:
+                print(store.rotate(args.key_id))
+            except KeyError:
+                print(f"llmthrottle gateway keys: no live key {args.key_id!r}", file=sys.stderr)
+                return 1
+        elif args.keys_command == "revoke":
+            if not store.revoke(args.key_id):
+                print(f"llmthrottle gateway keys: no live key {args.key_id!r}", file=sys.stderr)
+                return 1
+    except Exception as error:  # a bad field: one clear line, not a traceback
+        from .._native import ConfigError
+
+        if not isinstance(error, (ConfigError, ValueError)):
+            raise
+        print(f"llmthrottle gateway keys: {error}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    return 0

@@ -1,0 +1,359 @@
+"""The gateway's HTTP server: OpenAI- and Anthropic-compatible endpoints in front of the
+deployments of `[models]`, every call through the provider layer.
+
+A request is authenticated (`auth.py`), its model alias routed (`routing.py`), and sent to each
+candidate deployment in turn through an `AsyncThrottledTransport` whose Guard holds the
+caller's tier limits and the budgets: admission, usage, pricing and the ledger are the provider
+layer's, with one attempt per deployment so that a 5xx, a timeout or a 429 fails over to the
+next one before the first byte reaches the caller. Streams are relayed as they arrive. Denials
+are answered in the caller's provider shape, a 429 with Retry-After and the limiter's
+`x-ratelimit-*`, so SDK clients back off as they would against the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from typing import Any, Optional
+
+import httpx2
+from aiohttp import web
+
+from .._native import BudgetExceeded, ConfigError, ExceedsCapacity, RateLimited
+from ..guard import Guard
+from ..limiter import Limiter
+from ..providers.attribution import context, tagged
+from ..providers.call import Settings
+from ..providers.headers import format_reset_duration, rfc3339_in
+from ..providers.learned import LearnedLimits
+from ..providers.pause import ProviderPause
+from ..providers.protocol import Family, error_body
+from ..providers.transport import AsyncThrottledTransport
+from .auth import Authenticator, Refused
+from .config import Deployment, GatewayConfig
+from .keys import Caller, KeyStore
+from .routing import Router
+
+__all__ = ["Gateway"]
+
+# Endpoints: path -> (family, the path after the deployment's base URL, which is what the
+# provider's SDK takes: OpenAI's ends in /v1, Anthropic's does not)
+_ROUTES: dict[str, tuple[Family, str]] = {
+    "/v1/chat/completions": ("openai", "/chat/completions"),
+    "/v1/responses": ("openai", "/responses"),
+    "/v1/embeddings": ("openai", "/embeddings"),
+    "/v1/messages": ("anthropic", "/v1/messages"),
+}
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "upgrade",
+               "proxy-authenticate", "proxy-authorization", "te", "trailer"}
+_MAX_BODY = 32 << 20
+
+
+class Gateway:
+    """The gateway's state: its configuration, key store, router, and one Guard per tier."""
+
+    def __init__(self, config: GatewayConfig, *, state: Any = None, ledger: Any = None) -> None:
+        self.config = config
+        self.keys = KeyStore(config.keys_db)
+        secret = None
+        if config.jwt_secret_env is not None:
+            import os
+
+            value = os.environ.get(config.jwt_secret_env)
+            if not value:
+                raise ConfigError(f"gateway.jwt_secret_env: environment variable {config.jwt_secret_env} is not set")
+            secret = value.encode()
+        self.auth = Authenticator(self.keys, jwt_secret=secret, jwt_audience=config.jwt_audience)
+        self.router = Router(config.models, config.breaker_failures, config.breaker_cooldown_s)
+        if state is None:
+            from ..sidecar.service import _make_state
+
+            state = _make_state(config.shared)
+        self.state = state
+        if ledger is None and config.shared.ledger_path is not None:
+            from ..ledger import Ledger
+
+            ledger = Ledger(config.shared.ledger_path)
+        self.ledger = ledger
+        budgets = config.shared.budgets.get("default", [])
+        self.guards: dict[str, Guard] = {}
+        self._clients: dict[str, httpx2.AsyncClient] = {}
+        pause, learned = ProviderPause(state), LearnedLimits(state)
+        for tier, limits in config.tiers.items():
+            # Each tier's limits apply per virtual key; budgets apply to tenant/team/user keys.
+            limiter = Limiter(rules={"key:*": limits}, budgets=budgets, state=state, namespace=f"tier.{tier}")
+            guard = Guard(limiter, ledger=ledger)
+            self.guards[tier] = guard
+            settings = Settings(guard=guard, pause=pause, learned=learned, max_attempts=1,
+                                deadline_s=config.request_timeout_s, admission_timeout_s=config.queue_timeout_s)
+            transport = AsyncThrottledTransport(httpx2.AsyncHTTPTransport(), settings)
+            self._clients[tier] = httpx2.AsyncClient(transport=transport, timeout=config.request_timeout_s)
+        self.metrics = {"requests": 0, "denied": 0, "upstream_errors": 0, "failovers": 0}
+
+    # ------------------------------------------------------------------ the app
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=_MAX_BODY)
+        for path in _ROUTES:
+            app.router.add_post(path, self._proxy)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/admin/keys", self._admin_list)
+        app.router.add_post("/admin/keys", self._admin_create)
+        app.router.add_post("/admin/keys/{key_id}/revoke", self._admin_revoke)
+        app.router.add_post("/admin/keys/{key_id}/rotate", self._admin_rotate)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        app.on_cleanup.append(self._close)
+        return app
+
+    async def _close(self, app: web.Application) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        if self.ledger is not None:
+            self.ledger.close()
+        self.keys.close()
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        try:
+            caller = self.auth.caller(request.headers)
+        except Refused as refused:
+            return _error("openai", refused.status, refused.message)
+        aliases = [a for a in self.router.aliases() if caller.may_use(a)]
+        return web.json_response({"object": "list", "data": [
+            {"id": alias, "object": "model", "created": 0, "owned_by": "llmthrottle"} for alias in aliases]})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        lines = [f"llmthrottle_gateway_{name}_total {value}" for name, value in self.metrics.items()]
+        for name, breaker in self.router.breakers.items():
+            state = {"closed": 0, "half_open": 1, "open": 2}[breaker.state]
+            lines.append(f'llmthrottle_gateway_breaker_state{{deployment="{_label(name)}"}} {state}')
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    # ------------------------------------------------------------------ the admin API
+
+    def _admin(self, request: web.Request) -> Optional[web.Response]:
+        """None when the request carries the admin key; else the refusal."""
+        import hmac
+        import os
+
+        expected = os.environ.get(self.config.admin_key_env)
+        if not expected:
+            return _error("openai", 403, f"the admin API is off: set {self.config.admin_key_env}")
+        presented = request.headers.get("authorization", "")[7:].strip()
+        if not hmac.compare_digest(presented.encode(), expected.encode()):
+            return _error("openai", 401, "the admin API needs Authorization: Bearer <admin key>")
+        return None
+
+    async def _admin_list(self, request: web.Request) -> web.Response:
+        refused = self._admin(request)
+        if refused is not None:
+            return refused
+        return web.json_response({"keys": [_key_json(key) for key in self.keys.list()]})
+
+    async def _admin_create(self, request: web.Request) -> web.Response:
+        refused = self._admin(request)
+        if refused is not None:
+            return refused
+        try:
+            fields = json.loads(await request.read())
+            if not isinstance(fields, dict):
+                raise ValueError("not an object")
+            if fields.get("tier") is not None and fields["tier"] not in self.guards:
+                raise ConfigError(f"no tier {fields['tier']!r}; tiers: {sorted(self.guards)}")
+            secret, key = self.keys.create(tenant=fields.get("tenant", ""), tier=fields.get("tier") or "default",
+                                           team=fields.get("team"), user=fields.get("user"),
+                                           models=fields.get("models"), expires_at=fields.get("expires_at"))
+        except (ValueError, TypeError, ConfigError) as error:
+            return _error("openai", 400, f"cannot create the key: {error}")
+        return web.json_response({"key": secret, **_key_json(key)}, status=201)
+
+    async def _admin_revoke(self, request: web.Request) -> web.Response:
+        refused = self._admin(request)
+        if refused is not None:
+            return refused
+        if not self.keys.revoke(request.match_info["key_id"]):
+            return _error("openai", 404, "no live key of that id")
+        return web.json_response({"revoked": request.match_info["key_id"]})
+
+    async def _admin_rotate(self, request: web.Request) -> web.Response:
+        refused = self._admin(request)
+        if refused is not None:
+            return refused
+        try:
+            secret = self.keys.rotate(request.match_info["key_id"])
+        except KeyError:
+            return _error("openai", 404, "no live key of that id")
+        return web.json_response({"key": secret, "id": request.match_info["key_id"]})
+
+    # ------------------------------------------------------------------ proxying
+
+    async def _proxy(self, request: web.Request) -> web.StreamResponse:
+        received = time.perf_counter()
+        family, suffix = _ROUTES[request.path]
+        self.metrics["requests"] += 1
+        try:
+            caller = self.auth.caller(request.headers)
+        except Refused as refused:
+            return _error(family, refused.status, refused.message)
+        try:
+            body = json.loads(await request.read())
+        except (ValueError, RecursionError):
+            return _error(family, 400, "the request body is not JSON")
+        alias = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(alias, str):
+            return _error(family, 400, "the request names no model")
+        candidates = self.router.candidates(alias)
+        if candidates is None:
+            return _error(family, 404, f"no model {alias!r} on this gateway")
+        if not caller.may_use(alias):
+            return _error(family, 403, f"this key may not use model {alias!r}")
+        client = self._clients.get(caller.tier)
+        if client is None:
+            return _error(family, 403, f"tier {caller.tier!r} is not configured on this gateway")
+        candidates = [d for d in candidates if d.provider == family]
+        if not candidates:
+            return _error(family, 404, f"model {alias!r} has no {family} deployment")
+        last: Optional[web.StreamResponse] = None
+        for position, deployment in enumerate(candidates):
+            if position:
+                self.metrics["failovers"] += 1
+            try:
+                answer = await self._send(request, client, caller, deployment, alias, body, suffix, received)
+            except (RateLimited, BudgetExceeded) as denied:
+                self.metrics["denied"] += 1
+                return self._denied(family, caller, denied)
+            except ExceedsCapacity as too_big:
+                return _error(family, 400, f"the request can never fit this key's limits: {too_big}")
+            if isinstance(answer, web.StreamResponse):
+                return answer
+            last = _error_from_upstream(family, *answer)
+        assert last is not None
+        return last
+
+    async def _send(self, request: web.Request, client: httpx2.AsyncClient, caller: Caller, deployment: Deployment,
+                    alias: str, body: dict[str, Any], suffix: str,
+                    received: float) -> "web.StreamResponse | tuple[int, dict[str, str], bytes]":
+        """The relayed answer, or (status, headers, body) of an upstream failure to fail over from."""
+        content = json.dumps({**body, "model": deployment.model}, separators=(",", ":")).encode()
+        headers = {"content-type": "application/json", "accept": request.headers.get("accept", "application/json")}
+        if deployment.provider == "anthropic":
+            headers["x-api-key"] = deployment.api_key()
+            headers["anthropic-version"] = request.headers.get("anthropic-version", "2023-06-01")
+            if "anthropic-beta" in request.headers:
+                headers["anthropic-beta"] = request.headers["anthropic-beta"]
+        else:
+            headers["authorization"] = f"Bearer {deployment.api_key()}"
+        upstream = client.build_request("POST", deployment.base_url + suffix, content=content, headers=headers)
+        fields = {"tenant": caller.tenant, "key": caller.key_id}
+        if caller.team:
+            fields["team"] = caller.team
+        if caller.user:
+            fields["user"] = caller.user
+        sent = time.perf_counter()
+        with context(**fields), tagged(deployment=deployment.name, route=alias, tier=caller.tier):
+            try:
+                response = await client.send(upstream, stream=True)
+            except httpx2.TransportError as error:
+                self.metrics["upstream_errors"] += 1
+                self.router.failed(deployment)
+                return 502, {}, json.dumps(error_body(deployment.provider, 502,
+                                                      f"upstream {deployment.name} unreachable: "
+                                                      f"{type(error).__name__}")).encode()
+        answered = time.perf_counter()
+        if response.status_code >= 400:
+            data = await response.aread()
+            await response.aclose()
+            self.metrics["upstream_errors"] += 1
+            if response.status_code == 429:
+                from ..providers.headers import retry_after_s
+
+                self.router.cool_down(deployment, retry_after_s(response.headers) or 1.0)
+            elif response.status_code >= 500:
+                self.router.failed(deployment)
+            else:
+                return await self._relay(request, response, data, received, sent, answered)  # the caller's error
+            return response.status_code, dict(response.headers), data
+        self.router.succeeded(deployment)
+        return await self._relay(request, response, None, received, sent, answered)
+
+    async def _relay(self, request: web.Request, response: httpx2.Response, data: Optional[bytes], received: float,
+                     sent: float, answered: float) -> web.StreamResponse:
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP}
+        out = web.StreamResponse(status=response.status_code, headers=headers)
+        overhead_ms = ((sent - received) + (time.perf_counter() - answered)) * 1000
+        out.headers["x-llmthrottle-overhead-ms"] = f"{overhead_ms:.3f}"
+        await out.prepare(request)
+        try:
+            if data is not None:
+                await out.write(data)
+            else:
+                async for chunk in response.aiter_raw():
+                    await out.write(chunk)
+        except (ConnectionResetError, asyncio.CancelledError):
+            await response.aclose()
+            raise
+        finally:
+            await response.aclose()
+        await out.write_eof()
+        return out
+
+    def _denied(self, family: Family, caller: Caller, denied: Exception) -> web.Response:
+        retry = getattr(denied, "retry_after", None)
+        retry_s = retry if isinstance(retry, (int, float)) and math.isfinite(retry) else None
+        kind = "budget" if isinstance(denied, BudgetExceeded) else getattr(denied, "limited_by", None) or "requests"
+        message = (f"budget exhausted for {getattr(denied, 'key', None) or caller.tenant}" if kind == "budget"
+                   else f"rate limit reached for {kind} on this key; retry after {retry_s or 0:.2f}s")
+        headers = self._limit_headers(family, caller)
+        if retry_s is not None:
+            headers["retry-after"] = str(max(1, math.ceil(retry_s)))
+            headers["retry-after-ms"] = str(max(1, math.ceil(retry_s * 1000)))
+        status = 429
+        body = error_body(family, status, message, kind="insufficient_quota" if kind == "budget" and family == "openai"
+                          else None, code="insufficient_quota" if kind == "budget" else None)
+        return web.json_response(body, status=status, headers=headers)
+
+    def _limit_headers(self, family: Family, caller: Caller) -> dict[str, str]:
+        """The caller's tier limits as the provider would announce them."""
+        headers: dict[str, str] = {}
+        guard = self.guards.get(caller.tier)
+        if guard is None:
+            return headers
+        for limit in guard.limiter.status(f"key:{caller.key_id}"):
+            if limit.kind != "rate" or limit.dimension not in ("requests", "tokens"):
+                continue
+            capacity, remaining = int(limit.capacity), max(0, int(limit.remaining))
+            if family == "openai":
+                headers[f"x-ratelimit-limit-{limit.dimension}"] = str(capacity)
+                headers[f"x-ratelimit-remaining-{limit.dimension}"] = str(remaining)
+                headers[f"x-ratelimit-reset-{limit.dimension}"] = format_reset_duration(limit.reset_after)
+            else:
+                name = "requests" if limit.dimension == "requests" else "tokens"
+                headers[f"anthropic-ratelimit-{name}-limit"] = str(capacity)
+                headers[f"anthropic-ratelimit-{name}-remaining"] = str(remaining)
+                headers[f"anthropic-ratelimit-{name}-reset"] = rfc3339_in(limit.reset_after)
+        return headers
+
+
+def _error(family: Family, status: int, message: str) -> web.Response:
+    return web.json_response(error_body(family, status, message), status=status)
+
+
+def _error_from_upstream(family: Family, status: int, headers: dict[str, str], data: bytes) -> web.Response:
+    """The last deployment's failure, passed on (its body, the headers an SDK reads)."""
+    kept = {k: v for k, v in headers.items() if k.lower().startswith(("retry-after", "x-ratelimit", "anthropic-ratelimit"))}
+    return web.Response(status=status, body=data, headers={**kept, "content-type": "application/json"})
+
+
+def _key_json(key: Any) -> dict[str, Any]:
+    return {"id": key.id, "tenant": key.tenant, "team": key.team, "user": key.user, "tier": key.tier,
+            "models": list(key.models) if key.models is not None else None, "expires_at": key.expires_at,
+            "created_at": key.created_at, "revoked_at": key.revoked_at}
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')

@@ -1,0 +1,297 @@
+"""`llmthrottle gateway` as its users meet it: the real openai and anthropic SDKs pointed at a
+gateway process, fake providers upstream."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+import llmthrottle as lt
+from llmthrottle.gateway import KeyStore, parse_gateway_config
+from llmthrottle.testing import FakeProvider
+from redis_servers import free_port
+
+ADMIN, JWT_SECRET, UPSTREAM_KEY = "admin-secret", "jwt-secret", "upstream-secret"
+ENV = {"LT_TEST_ADMIN": ADMIN, "LT_TEST_JWT": JWT_SECRET, "LT_UPSTREAM_KEY": UPSTREAM_KEY}
+
+
+def config_text(directory: Path, port: int, primary: FakeProvider, secondary: FakeProvider) -> str:
+    return f"""
+[gateway]
+listen = "127.0.0.1:{port}"
+keys_db = "{directory}/keys.sqlite"
+admin_key_env = "LT_TEST_ADMIN"
+jwt_secret_env = "LT_TEST_JWT"
+jwt_audience = "llmthrottle"
+breaker_failures = 2
+breaker_cooldown = 60
+
+[tiers.free]
+requests = "3/min"
+
+[tiers.pro]
+requests = "1000/min"
+tokens = "1M/min"
+
+[models.fast]
+deployments = [
+  {{provider = "openai", model = "gpt-4o-mini", base_url = "{primary.openai_base_url}", api_key_env = "LT_UPSTREAM_KEY", name = "primary"}},
+  {{provider = "openai", model = "gpt-4o-mini", base_url = "{secondary.openai_base_url}", api_key_env = "LT_UPSTREAM_KEY", name = "secondary"}},
+]
+
+[models.claude]
+deployments = [
+  {{provider = "anthropic", model = "claude-3-5-haiku-latest", base_url = "{secondary.anthropic_base_url}", api_key_env = "LT_UPSTREAM_KEY"}},
+]
+
+[[budgets]]
+scope = "tenant:spender"
+limit_usd = 0.0005
+period = "day"
+
+[ledger]
+path = "{directory}/ledger"
+
+[state]
+kind = "in-process"
+"""
+
+
+class GatewayProcess:
+    def __init__(self, directory: Path, config: str, port: int) -> None:
+        self.directory, self.port = directory, port
+        self.config_path = directory / "llmthrottle.toml"
+        self.config_path.write_text(config)
+        self.log = open(directory / "gateway.log", "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "llmthrottle.cli", "gateway", "--config", str(self.config_path)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **ENV})
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert self.proc.poll() is None, (directory / "gateway.log").read_text()
+            assert time.monotonic() < deadline, "the gateway did not start"
+            time.sleep(0.05)
+        self.keys = KeyStore(str(directory / "keys.sqlite"), cache_s=0)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def key(self, **fields: Any) -> str:
+        return self.keys.create(**{"tier": "pro", **fields})[0]
+
+    def openai(self, key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.keys.close()
+            self.proc.terminate()
+            self.proc.communicate(timeout=30)
+            self.log.close()
+
+
+@pytest.fixture
+def upstreams() -> Iterator[tuple[FakeProvider, FakeProvider]]:
+    with FakeProvider() as primary, FakeProvider() as secondary:
+        yield primary, secondary
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, upstreams: tuple[FakeProvider, FakeProvider]) -> Iterator[GatewayProcess]:
+    port = free_port()
+    process = GatewayProcess(tmp_path, config_text(tmp_path, port, *upstreams), port)
+    yield process
+    process.stop()
+
+
+def chat(client: openai.OpenAI, **extra: Any) -> Any:
+    return client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}],
+                                          **{"max_tokens": 20, **extra})
+
+
+def jwt(claims: dict[str, Any], secret: str = JWT_SECRET) -> str:
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    signing = f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}"
+    signature = hmac.new(secret.encode(), signing.encode(), hashlib.sha256).digest()
+    return f"{signing}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+
+
+def test_a_virtual_key_calls_through_and_every_call_is_in_the_ledger(gateway: GatewayProcess,
+                                                                       upstreams: Any) -> None:
+    key = gateway.key(tenant="acme", team="support", user="42")
+    with gateway.openai(key) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="fast", messages=[{"role": "user", "content": "hi"}], max_tokens=20)
+        reply = raw.parse()
+        assert reply.usage.completion_tokens > 0
+        assert float(raw.headers["x-llmthrottle-overhead-ms"]) >= 0
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in chat(client, stream=True) if chunk.choices)
+        assert text
+        assert [m.id for m in client.models.list()] == ["fast", "claude"]
+    assert upstreams[0].counters.requests == 2
+    with anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0) as claude:
+        message = claude.messages.create(model="claude", max_tokens=20, messages=[{"role": "user", "content": "hi"}])
+        assert message.usage.output_tokens > 0
+    gateway.stop()
+    with lt.Ledger(gateway.directory / "ledger") as ledger:
+        records = list(ledger.records())
+    assert len(records) == 3
+    assert {(r.tenant, r.team, r.user, r.outcome) for r in records} == {("acme", "support", "42", "ok")}
+    assert sorted(r.tags["deployment"] for r in records) == ["claude#0:anthropic/claude-3-5-haiku-latest",
+                                                              "primary", "primary"]
+    assert sorted(r.tags["route"] for r in records) == ["claude", "fast", "fast"]
+    assert all(r.cost_micros > 0 for r in records)
+
+
+def test_keys_and_tokens_that_do_not_let_you_in(gateway: GatewayProcess) -> None:
+    good = gateway.key(tenant="acme", models=["claude"])
+    revoked = gateway.key(tenant="acme")
+    gateway.keys.revoke(revoked.split("_")[1])
+    expired = gateway.key(tenant="acme", expires_at=time.time() - 1)
+    for bad in ("nonsense", "ltk_abc_def", revoked, expired, good[:-1] + "x"):
+        with gateway.openai(bad) as client, pytest.raises(openai.AuthenticationError):
+            chat(client)
+    with gateway.openai(good) as client, pytest.raises(openai.PermissionDeniedError, match="may not use"):
+        chat(client)
+    now = time.time()
+    token = jwt({"sub": "svc", "tenant": "acme", "tier": "pro", "aud": "llmthrottle", "exp": now + 60})
+    with gateway.openai(token) as client:
+        assert chat(client).usage.total_tokens > 0
+    for claims in ({"tenant": "acme", "aud": "llmthrottle", "exp": now - 120},
+                   {"tenant": "acme", "aud": "someone-else", "exp": now + 60},
+                   {"tenant": "acme", "aud": "llmthrottle", "exp": now + 60, "nbf": now + 600}):
+        with gateway.openai(jwt(claims)) as client, pytest.raises(openai.AuthenticationError):
+            chat(client)
+    forged = jwt({"tenant": "acme", "aud": "llmthrottle", "exp": now + 60}, secret="guess")
+    with gateway.openai(forged) as client, pytest.raises(openai.AuthenticationError, match="signature"):
+        chat(client)
+
+
+def test_a_tier_limit_is_a_429_the_sdk_can_back_off_from(gateway: GatewayProcess, upstreams: Any) -> None:
+    key = gateway.key(tenant="small", tier="free")
+    with gateway.openai(key) as client:
+        for _ in range(3):
+            chat(client)
+        with pytest.raises(openai.RateLimitError) as limited:
+            chat(client)
+    headers = limited.value.response.headers
+    assert 1 <= int(headers["retry-after"]) <= 20
+    assert headers["x-ratelimit-limit-requests"] == "3" and headers["x-ratelimit-remaining-requests"] == "0"
+    assert upstreams[0].counters.requests == 3  # the denied call never left the gateway
+    with anthropic.Anthropic(base_url=gateway.url, api_key=gateway.key(tenant="small", tier="free"),
+                             max_retries=0) as claude:
+        for _ in range(3):
+            claude.messages.create(model="claude", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(anthropic.RateLimitError) as limited_anthropic:
+            claude.messages.create(model="claude", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert limited_anthropic.value.response.headers["anthropic-ratelimit-requests-remaining"] == "0"
+
+
+def test_a_budget_ends_in_insufficient_quota(gateway: GatewayProcess) -> None:
+    key = gateway.key(tenant="spender")
+    admitted = 0
+    with gateway.openai(key) as client, pytest.raises(openai.RateLimitError) as exhausted:
+        for _ in range(50):
+            chat(client, max_tokens=100)
+            admitted += 1
+    assert 1 <= admitted < 50  # about 12 µ$ a call against 500 µ$
+    assert exhausted.value.code == "insufficient_quota"
+
+
+def test_failover_to_the_next_deployment_and_the_breaker(tmp_path: Path) -> None:
+    with FakeProvider(error_rate=1.0) as broken, FakeProvider() as healthy:
+        port = free_port()
+        process = GatewayProcess(tmp_path, config_text(tmp_path, port, broken, healthy), port)
+        try:
+            with process.openai(process.key(tenant="acme")) as client:
+                for _ in range(4):
+                    assert chat(client).usage.total_tokens > 0
+            assert healthy.counters.requests == 4
+            assert broken.counters.requests == 2  # the breaker opened after two failures
+            with urllib.request.urlopen(f"{process.url}/metrics") as answer:
+                metrics = answer.read().decode()
+            assert 'llmthrottle_gateway_breaker_state{deployment="primary"} 2' in metrics
+            assert "llmthrottle_gateway_failovers_total 2" in metrics
+        finally:
+            process.stop()
+        with lt.Ledger(tmp_path / "ledger") as ledger:
+            outcomes = sorted((r.tags.get("deployment"), r.outcome) for r in ledger.records())
+        assert outcomes == [("primary", "error")] * 2 + [("secondary", "ok")] * 4
+
+
+def test_the_admin_api_needs_the_admin_key(gateway: GatewayProcess) -> None:
+    def admin(method: str, path: str, body: Any = None, key: str = ADMIN) -> tuple[int, Any]:
+        request = urllib.request.Request(f"{gateway.url}{path}", method=method,
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         headers={"authorization": f"Bearer {key}"})
+        try:
+            with urllib.request.urlopen(request) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    assert admin("GET", "/admin/keys", key="wrong")[0] == 401
+    status, made = admin("POST", "/admin/keys", {"tenant": "acme", "tier": "pro"})
+    assert status == 201 and made["key"].startswith("ltk_")
+    assert admin("POST", "/admin/keys", {"tenant": "acme", "tier": "platinum"})[0] == 400
+    with gateway.openai(made["key"]) as client:
+        assert chat(client)
+    status, rotated = admin("POST", f"/admin/keys/{made['id']}/rotate")
+    assert status == 200 and rotated["key"] != made["key"]
+    with gateway.openai(made["key"]) as client, pytest.raises(openai.AuthenticationError):
+        chat(client)
+    assert admin("POST", f"/admin/keys/{made['id']}/revoke")[0] == 200
+    with gateway.openai(rotated["key"]) as client, pytest.raises(openai.AuthenticationError):
+        chat(client)
+    listed = admin("GET", "/admin/keys")[1]["keys"]
+    assert [k["id"] for k in listed] == [made["id"]] and listed[0]["revoked_at"] is not None
+    assert "key" not in listed[0]
+
+
+def test_bad_requests_get_the_providers_error_shape(gateway: GatewayProcess) -> None:
+    key = gateway.key(tenant="acme")
+    with gateway.openai(key) as client:
+        with pytest.raises(openai.NotFoundError, match="no model"):
+            client.chat.completions.create(model="unknown", messages=[{"role": "user", "content": "hi"}])
+    request = urllib.request.Request(f"{gateway.url}/v1/chat/completions", data=b"{not json",
+                                     headers={"authorization": f"Bearer {key}"})
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(request)
+    assert error.value.code == 400 and "error" in json.loads(error.value.read())
+
+
+def test_the_gateway_configuration_is_checked(tmp_path: Path) -> None:
+    good = parse_gateway_config('[models.fast]\ndeployments = [{provider = "openai", model = "m", '
+                                'base_url = "http://x/v1"}]\n[tiers.free]\nrequests = "5/min"\n')
+    assert good.models["fast"][0].base_url == "http://x/v1" and good.tiers == {"free": {"requests": "5/min"}}
+    for text, message in (
+        ('[gateway]\nlisten = "nowhere"\n', "host:port"),
+        ('[models.fast]\ndeployments = [{provider = "azure", model = "m", base_url = "http://x"}]\n', "provider"),
+        ('[models.fast]\ndeployments = [{provider = "openai", model = "m", base_url = "ftp://x"}]\n', "http"),
+        ('[tiers.free]\nrequests = "5/fortnight"\n', "tiers.free"),
+        ('[gatway]\n', "did you mean 'gateway'"),
+    ):
+        with pytest.raises(lt.ConfigError, match=message):
+            parse_gateway_config(text, "llmthrottle.toml")

@@ -295,3 +295,25 @@ def test_the_gateway_configuration_is_checked(tmp_path: Path) -> None:
     ):
         with pytest.raises(lt.ConfigError, match=message):
             parse_gateway_config(text, "llmthrottle.toml")
+
+
+def test_workers_share_one_limit(tmp_path: Path, upstreams: tuple[FakeProvider, FakeProvider]) -> None:
+    port = free_port()
+    text = config_text(tmp_path, port, *upstreams).replace('[state]\nkind = "in-process"',
+                                                           f'[state]\nkind = "shared"\nname = "gw-test-{port}"')
+    text = text.replace("[gateway]\n", "[gateway]\nworkers = 2\n")
+    process = GatewayProcess(tmp_path, text, port)
+    try:
+        key = process.key(tenant="small", tier="free")
+        outcomes = []
+        for _ in range(8):  # a new connection each time: the kernel spreads them over both workers
+            with process.openai(key) as client:
+                try:
+                    chat(client)
+                    outcomes.append("ok")
+                except openai.RateLimitError:
+                    outcomes.append("429")
+        assert outcomes.count("ok") == 3  # 3/min for the key, not 3 per worker
+    finally:
+        process.stop()
+        lt.SharedState.remove(f"gw-test-{port}")

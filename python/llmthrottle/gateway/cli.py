@@ -27,6 +27,8 @@ __all__ = ["configure_parser", "run"]
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="the policy file ([gateway], [tiers.*], [models.*], [[budgets]], ...)")
     parser.add_argument("--listen", help="host:port (default: [gateway] listen, else 127.0.0.1:8080)")
+    parser.add_argument("--workers", type=int, help="processes serving the port together (default: [gateway] workers, "
+                        "else 1); they share the [state] table, so limits stay exact across them")
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop")
     sub = parser.add_subparsers(dest="gateway_command", metavar="keys")
     keys = sub.add_parser("keys", help="create, list, rotate or revoke virtual API keys")
@@ -63,8 +65,49 @@ def run(args: argparse.Namespace) -> int:
             print(f"llmthrottle gateway: --listen must be host:port, not {args.listen!r}", file=sys.stderr)
             return 2
         config.host, config.port = host, int(port)
+    if args.workers is not None:
+        config.workers = args.workers
+    if config.workers > 1 and config.shared.state_kind == "in-process":
+        print('llmthrottle gateway: several workers need one state: [state] kind = "shared" or "redis"',
+              file=sys.stderr)
+        return 2
+    print(f"llmthrottle gateway on http://{config.host}:{config.port} ({len(config.models)} model aliases, "
+          f"tiers {', '.join(sorted(config.tiers))}, {config.workers} worker(s))", file=sys.stderr, flush=True)
+    if config.workers == 1:
+        return serve(config, args.no_uvloop, reuse_port=False)
+    import multiprocessing
+    import signal
+
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=serve, args=(config, args.no_uvloop, True), name=f"gateway-worker-{i}")
+               for i in range(config.workers)]
+    for worker in workers:
+        worker.start()
+
+    def stop(signum: int, frame: object) -> None:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for worker in workers:
+            worker.join()
+    except KeyboardInterrupt:
+        stop(signal.SIGINT, None)
+        for worker in workers:
+            worker.join()
+    return 0
+
+
+def serve(config: "GatewayConfig", no_uvloop: bool, reuse_port: bool) -> int:
+    """Runs one gateway process until SIGTERM or Ctrl-C (the workers bind one port together)."""
+    import asyncio
+    import signal
+
     from aiohttp import web
 
+    from .._native import ConfigError
     from .server import Gateway
 
     try:
@@ -72,30 +115,26 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"llmthrottle gateway: {error}", file=sys.stderr)
         return 2
-    print(f"llmthrottle gateway on http://{config.host}:{config.port} ({len(config.models)} model aliases, "
-          f"tiers {', '.join(sorted(gateway.guards))})", file=sys.stderr, flush=True)
-    loop_factory = None
-    if not args.no_uvloop:
-        import uvloop
 
-        loop_factory = uvloop.new_event_loop
-    import asyncio
-
-    async def serve() -> None:
+    async def run_site() -> None:
         runner = web.AppRunner(gateway.app(), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, config.host, config.port, backlog=1024).start()
+        await web.TCPSite(runner, config.host, config.port, backlog=2048, reuse_port=reuse_port).start()
+        stopped = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
         try:
-            await asyncio.Event().wait()
+            await stopped.wait()
         finally:
             await runner.cleanup()
 
     try:
-        if loop_factory is None:
-            asyncio.run(serve())
+        if no_uvloop:
+            asyncio.run(run_site())
         else:
-            with asyncio.Runner(loop_factory=loop_factory) as runner:
-                runner.run(serve())
+            import uvloop
+
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(run_site())
     except KeyboardInterrupt:
         pass
     return 0

@@ -2,6 +2,7 @@
 
     [gateway]
     listen = "127.0.0.1:8080"
+    workers = 2                                # processes on one port, sharing [state]
     keys_db = "/var/lib/llmthrottle/gateway-keys.sqlite"   # default: $XDG_STATE_HOME/llmthrottle/
     admin_key_env = "LLMTHROTTLE_ADMIN_KEY"    # the admin API's key, read from this variable
     jwt_secret_env = "LLMTHROTTLE_JWT_SECRET"  # HS256 bearer tokens (optional)
@@ -41,7 +42,7 @@ from ..providers.protocol import Family
 
 __all__ = ["Deployment", "GatewayConfig", "load_gateway_config", "parse_gateway_config"]
 
-_GATEWAY_KEYS = ("listen", "keys_db", "admin_key_env", "jwt_secret_env", "jwt_audience", "queue_timeout",
+_GATEWAY_KEYS = ("listen", "workers", "keys_db", "admin_key_env", "jwt_secret_env", "jwt_audience", "queue_timeout",
                  "request_timeout", "breaker_failures", "breaker_cooldown")
 _DEPLOYMENT_KEYS = ("provider", "model", "base_url", "api_key_env", "name")
 _TABLES = ("gateway", "tiers", "models", "state", "ledger", "budgets")
@@ -76,6 +77,7 @@ def default_keys_db() -> str:
 class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1
     keys_db: str = field(default_factory=default_keys_db)
     admin_key_env: str = "LLMTHROTTLE_ADMIN_KEY"
     jwt_secret_env: Optional[str] = None
@@ -155,6 +157,8 @@ def _parse_gateway(config: GatewayConfig, table: dict[str, Any], where: shared._
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise where.error(keys, f'must be "host:port", not {value!r}')
             config.host, config.port = host.strip("[]"), int(port)
+        elif key == "workers":
+            config.workers = int(shared._positive(value, keys, where, integer=True))
         elif key == "keys_db":
             config.keys_db = shared._string(value, keys, where)
         elif key == "admin_key_env":

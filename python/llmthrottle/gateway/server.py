@@ -2,9 +2,9 @@
 deployments of `[models]`, every call through the provider layer.
 
 A request is authenticated (`auth.py`), its model alias routed (`routing.py`), and sent to each
-candidate deployment in turn through an `AsyncThrottledTransport` whose Guard holds the
-caller's tier limits and the budgets: admission, usage, pricing and the ledger are the provider
-layer's, with one attempt per deployment so that a 5xx, a timeout or a 429 fails over to the
+candidate deployment in turn through the provider layer's retry loop (`attempts_async`, the one
+`lt.wrap` runs) with a Guard holding the caller's tier limits and the budgets: admission, usage,
+pricing and the ledger are the provider layer's, with one attempt per deployment so that a 5xx, a timeout or a 429 fails over to the
 next one before the first byte reaches the caller. Streams are relayed as they arrive. Denials
 are answered in the caller's provider shape, a 429 with Retry-After and the limiter's
 `x-ratelimit-*`, so SDK clients back off as they would against the provider.
@@ -18,19 +18,20 @@ import math
 import time
 from typing import Any, Optional
 
-import httpx2
+import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from .._native import BudgetExceeded, ConfigError, ExceedsCapacity, RateLimited
 from ..guard import Guard
 from ..limiter import Limiter
 from ..providers.attribution import context, tagged
-from ..providers.call import Settings
-from ..providers.headers import format_reset_duration, rfc3339_in
+from ..providers.call import CallPlan, Settings
+from ..providers.headers import format_reset_duration, retry_after_s, rfc3339_in
 from ..providers.learned import LearnedLimits
 from ..providers.pause import ProviderPause
 from ..providers.protocol import Family, error_body
-from ..providers.transport import AsyncThrottledTransport
+from ..providers.transport import attempts_async, ended, passed
 from .auth import Authenticator, Refused
 from .config import Deployment, GatewayConfig
 from .keys import Caller, KeyStore
@@ -70,6 +71,8 @@ class Gateway:
         if state is None:
             from ..sidecar.service import _make_state
 
+            if config.shared.state_kind == "shared" and config.shared.state_name is None:
+                config.shared.state_name = f"gateway-{config.port}"  # not the sidecar's default table
             state = _make_state(config.shared)
         self.state = state
         if ledger is None and config.shared.ledger_path is not None:
@@ -79,17 +82,18 @@ class Gateway:
         self.ledger = ledger
         budgets = config.shared.budgets.get("default", [])
         self.guards: dict[str, Guard] = {}
-        self._clients: dict[str, httpx2.AsyncClient] = {}
+        self._settings: dict[str, Settings] = {}
+        self._upstream: Optional[aiohttp.ClientSession] = None
         pause, learned = ProviderPause(state), LearnedLimits(state)
         for tier, limits in config.tiers.items():
             # Each tier's limits apply per virtual key; budgets apply to tenant/team/user keys.
             limiter = Limiter(rules={"key:*": limits}, budgets=budgets, state=state, namespace=f"tier.{tier}")
             guard = Guard(limiter, ledger=ledger)
             self.guards[tier] = guard
-            settings = Settings(guard=guard, pause=pause, learned=learned, max_attempts=1,
-                                deadline_s=config.request_timeout_s, admission_timeout_s=config.queue_timeout_s)
-            transport = AsyncThrottledTransport(httpx2.AsyncHTTPTransport(), settings)
-            self._clients[tier] = httpx2.AsyncClient(transport=transport, timeout=config.request_timeout_s)
+            # One attempt per deployment: failing over is the gateway's retry.
+            self._settings[tier] = Settings(guard=guard, pause=pause, learned=learned, max_attempts=1,
+                                            deadline_s=config.request_timeout_s,
+                                            admission_timeout_s=config.queue_timeout_s)
         self.metrics = {"requests": 0, "denied": 0, "upstream_errors": 0, "failovers": 0}
 
     # ------------------------------------------------------------------ the app
@@ -109,8 +113,8 @@ class Gateway:
         return app
 
     async def _close(self, app: web.Application) -> None:
-        for client in self._clients.values():
-            await client.aclose()
+        if self._upstream is not None:
+            await self._upstream.close()
         if self.ledger is not None:
             self.ledger.close()
         self.keys.close()
@@ -212,8 +216,8 @@ class Gateway:
             return _error(family, 404, f"no model {alias!r} on this gateway")
         if not caller.may_use(alias):
             return _error(family, 403, f"this key may not use model {alias!r}")
-        client = self._clients.get(caller.tier)
-        if client is None:
+        settings = self._settings.get(caller.tier)
+        if settings is None:
             return _error(family, 403, f"tier {caller.tier!r} is not configured on this gateway")
         candidates = [d for d in candidates if d.provider == family]
         if not candidates:
@@ -223,7 +227,7 @@ class Gateway:
             if position:
                 self.metrics["failovers"] += 1
             try:
-                answer = await self._send(request, client, caller, deployment, alias, body, suffix, received)
+                answer = await self._send(request, settings, caller, deployment, alias, body, suffix, received)
             except (RateLimited, BudgetExceeded) as denied:
                 self.metrics["denied"] += 1
                 return self._denied(family, caller, denied)
@@ -235,12 +239,13 @@ class Gateway:
         assert last is not None
         return last
 
-    async def _send(self, request: web.Request, client: httpx2.AsyncClient, caller: Caller, deployment: Deployment,
+    async def _send(self, request: web.Request, settings: Settings, caller: Caller, deployment: Deployment,
                     alias: str, body: dict[str, Any], suffix: str,
                     received: float) -> "web.StreamResponse | tuple[int, dict[str, str], bytes]":
         """The relayed answer, or (status, headers, body) of an upstream failure to fail over from."""
         content = json.dumps({**body, "model": deployment.model}, separators=(",", ":")).encode()
-        headers = {"content-type": "application/json", "accept": request.headers.get("accept", "application/json")}
+        headers = {"content-type": "application/json", "accept": request.headers.get("accept", "application/json"),
+                   "accept-encoding": "identity"}
         if deployment.provider == "anthropic":
             headers["x-api-key"] = deployment.api_key()
             headers["anthropic-version"] = request.headers.get("anthropic-version", "2023-06-01")
@@ -248,58 +253,83 @@ class Gateway:
                 headers["anthropic-beta"] = request.headers["anthropic-beta"]
         else:
             headers["authorization"] = f"Bearer {deployment.api_key()}"
-        upstream = client.build_request("POST", deployment.base_url + suffix, content=content, headers=headers)
+        url = URL(deployment.base_url + suffix)
+        plan = CallPlan.start(settings, "POST", url.host or "", url.path, headers, content)
+        assert plan is not None  # every route is an LLM endpoint with a model
+        session = self._session()
         fields = {"tenant": caller.tenant, "key": caller.key_id}
         if caller.team:
             fields["team"] = caller.team
         if caller.user:
             fields["user"] = caller.user
         sent = time.perf_counter()
+
+        async def send() -> aiohttp.ClientResponse:
+            return await session.post(url, data=plan.content, headers=headers)
+
+        async def drain(answer: aiohttp.ClientResponse) -> bytes:
+            data = await answer.read()
+            answer.release()
+            return data
+
         with context(**fields), tagged(deployment=deployment.name, route=alias, tier=caller.tier):
             try:
-                response = await client.send(upstream, stream=True)
-            except httpx2.TransportError as error:
+                answer, failure = await attempts_async(plan, send, lambda a: (a.status, a.headers), drain,
+                                                       (aiohttp.ClientError, asyncio.TimeoutError, OSError))
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
                 self.metrics["upstream_errors"] += 1
                 self.router.failed(deployment)
                 return 502, {}, json.dumps(error_body(deployment.provider, 502,
                                                       f"upstream {deployment.name} unreachable: "
                                                       f"{type(error).__name__}")).encode()
         answered = time.perf_counter()
-        if response.status_code >= 400:
-            data = await response.aread()
-            await response.aclose()
+        if failure is not None:
             self.metrics["upstream_errors"] += 1
-            if response.status_code == 429:
-                from ..providers.headers import retry_after_s
-
-                self.router.cool_down(deployment, retry_after_s(response.headers) or 1.0)
-            elif response.status_code >= 500:
+            if answer.status == 429:
+                self.router.cool_down(deployment, retry_after_s(answer.headers) or 1.0)
+            elif answer.status >= 500:
                 self.router.failed(deployment)
             else:
-                return await self._relay(request, response, data, received, sent, answered)  # the caller's error
-            return response.status_code, dict(response.headers), data
+                return await self._relay(request, answer, plan, failure, received, sent, answered)  # the caller's
+            return answer.status, dict(answer.headers), failure
         self.router.succeeded(deployment)
-        return await self._relay(request, response, None, received, sent, answered)
+        return await self._relay(request, answer, plan, None, received, sent, answered)
 
-    async def _relay(self, request: web.Request, response: httpx2.Response, data: Optional[bytes], received: float,
-                     sent: float, answered: float) -> web.StreamResponse:
-        headers = {k: v for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP}
-        out = web.StreamResponse(status=response.status_code, headers=headers)
+    def _session(self) -> aiohttp.ClientSession:
+        """This process's client to the deployments (made in the serving event loop)."""
+        if self._upstream is None:
+            # Connections are kept, not churned: no cap on how many, a minute of keep-alive.
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60.0)
+            timeout = aiohttp.ClientTimeout(total=self.config.request_timeout_s)
+            self._upstream = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+        return self._upstream
+
+    async def _relay(self, request: web.Request, answer: aiohttp.ClientResponse, plan: CallPlan,
+                     data: Optional[bytes], received: float, sent: float, answered: float) -> web.StreamResponse:
+        headers = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
+        out = web.StreamResponse(status=answer.status, headers=headers)
         overhead_ms = ((sent - received) + (time.perf_counter() - answered)) * 1000
         out.headers["x-llmthrottle-overhead-ms"] = f"{overhead_ms:.3f}"
-        await out.prepare(request)
+        reader = plan.reader()
         try:
+            await out.prepare(request)
             if data is not None:
                 await out.write(data)
             else:
-                async for chunk in response.aiter_raw():
-                    await out.write(chunk)
-        except (ConnectionResetError, asyncio.CancelledError):
-            await response.aclose()
-            raise
+                # Usage is read from the bytes as they pass; the call is settled at the end, or
+                # with what was received when either side goes away half-way.
+                async for chunk in answer.content.iter_any():
+                    kept = passed(plan, reader, chunk)
+                    if kept:
+                        await out.write(kept)
+                tail = ended(plan, reader)
+                if tail:
+                    await out.write(tail)
+            await out.write_eof()
         finally:
-            await response.aclose()
-        await out.write_eof()
+            answer.release()
+            if data is None:
+                plan.settle(reader)  # a no-op once the stream ended
         return out
 
     def _denied(self, family: Family, caller: Caller, denied: Exception) -> web.Response:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, Optional, TypeVar
 
 import httpx2
 
 from .call import CallPlan, Settings
 from .protocol import UsageReader
 
-__all__ = ["AsyncThrottledTransport", "ThrottledTransport"]
+__all__ = ["AsyncThrottledTransport", "ThrottledTransport", "attempts_async", "passed", "ended"]
 
 
 def _rebuilt(request: httpx2.Request, plan: CallPlan, content: bytes) -> httpx2.Request:
@@ -39,14 +39,14 @@ def _error_response(response: httpx2.Response, body: bytes) -> httpx2.Response:
                            extensions=response.extensions)
 
 
-def _passed(plan: CallPlan, reader: UsageReader, chunk: bytes) -> bytes:
+def passed(plan: CallPlan, reader: UsageReader, chunk: bytes) -> bytes:
     """One chunk of the reply on its way to the caller: what to pass on."""
     if plan.first_byte_s is None:
         plan.first_byte_s = time.monotonic() - plan.started
     return reader.feed(chunk)
 
 
-def _ended(plan: CallPlan, reader: UsageReader) -> bytes:
+def ended(plan: CallPlan, reader: UsageReader) -> bytes:
     """The reply's end: the call is settled; returns the bytes still held back."""
     tail = reader.finish()
     plan.settle(reader)
@@ -59,10 +59,10 @@ class _ObservedStream(httpx2.SyncByteStream):
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self._inner:
-            passed = _passed(self._plan, self._reader, chunk)
-            if passed:
-                yield passed
-        tail = _ended(self._plan, self._reader)
+            kept = passed(self._plan, self._reader, chunk)
+            if kept:
+                yield kept
+        tail = ended(self._plan, self._reader)
         if tail:
             yield tail
 
@@ -79,10 +79,10 @@ class _AsyncObservedStream(httpx2.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._inner:
-            passed = _passed(self._plan, self._reader, chunk)
-            if passed:
-                yield passed
-        tail = _ended(self._plan, self._reader)
+            kept = passed(self._plan, self._reader, chunk)
+            if kept:
+                yield kept
+        tail = ended(self._plan, self._reader)
         if tail:
             yield tail
 
@@ -173,48 +173,77 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
         if plan is None:
             return await self.inner.handle_async_request(request)
         request = _rebuilt(request, plan, content)
-        guard = self.settings.guard
-        try:
-            while True:
-                while (paused := plan.pause_wait_s()) > 0:
-                    await self._wait(plan, paused)
-                if guard is not None:
-                    if plan.call is None:
-                        plan.call = await guard.call_async(plan.keys(), **plan.admit_arguments())
-                    elif plan.attempts > 0:
-                        await plan.call.retry_async(timeout=plan.remaining_s())
-                learned = plan.learned_admission()
-                if learned is not None:
-                    plan.learned_reservation = await learned[0].acquire_async(
-                        plan.pause_key, timeout=plan.admission_timeout(), **learned[1])
-                plan.attempts += 1
-                try:
-                    response = await self.inner.handle_async_request(request)
-                except httpx2.TransportError as error:
-                    wait = plan.transport_error_wait()
-                    if wait is None:
-                        plan.fail("error", error=type(error).__name__)
-                        raise
-                    await self._wait(plan, wait)
-                    continue
-                plan.observe(response.status_code, response.headers)
-                if response.status_code < 400:
-                    return _observed(response, _AsyncObservedStream(response.stream, plan, plan.reader()))
-                body = await response.aread()
-                await response.aclose()
-                wait = plan.next_wait(response.status_code, response.headers, body)
-                if wait is None:
-                    plan.fail(plan.given_up_outcome(), status=response.status_code)
-                    return _error_response(response, body)
-                await self._wait(plan, wait)
-        except BaseException as error:
-            plan.fail("error", error=type(error).__name__)
-            raise
+        inner = self.inner
 
-    @staticmethod
-    async def _wait(plan: CallPlan, seconds: float) -> None:
-        plan.waited_s += seconds
-        await asyncio.sleep(seconds)
+        async def send() -> httpx2.Response:
+            return await inner.handle_async_request(request)
+
+        async def drain(response: httpx2.Response) -> bytes:
+            body = await response.aread()
+            await response.aclose()
+            return body
+
+        response, body = await attempts_async(plan, send, lambda r: (r.status_code, r.headers), drain,
+                                              (httpx2.TransportError,))
+        if body is None:
+            return _observed(response, _AsyncObservedStream(response.stream, plan, plan.reader()))
+        return _error_response(response, body)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+_Answer = TypeVar("_Answer")
+
+
+async def attempts_async(plan: CallPlan, send: Callable[[], Awaitable[_Answer]],
+                         status_of: Callable[[_Answer], tuple[int, Any]], drain: Callable[[_Answer], Awaitable[bytes]],
+                         transport_errors: tuple[type[BaseException], ...]) -> tuple[_Answer, Optional[bytes]]:
+    """The one retry loop for asyncio, whatever moves the bytes (the SDK's httpx transport, the
+    gateway's aiohttp client): each attempt waits out any provider pause, is admitted by the
+    guard and the learned limits, sent, and read. Returns `(answer, None)` for an answer below
+    400, to be streamed through `plan.reader()`, or `(answer, body)` for the final error answer,
+    already drained. Raises what admission raises (RateLimited, BudgetExceeded) and the last
+    transport error when no retry is left."""
+    guard = plan.settings.guard
+    try:
+        while True:
+            while (paused := plan.pause_wait_s()) > 0:
+                await _wait_async(plan, paused)
+            if guard is not None:
+                if plan.call is None:
+                    plan.call = await guard.call_async(plan.keys(), **plan.admit_arguments())
+                elif plan.attempts > 0:
+                    await plan.call.retry_async(timeout=plan.remaining_s())
+            learned = plan.learned_admission()
+            if learned is not None:
+                plan.learned_reservation = await learned[0].acquire_async(
+                    plan.pause_key, timeout=plan.admission_timeout(), **learned[1])
+            plan.attempts += 1
+            try:
+                answer = await send()
+            except transport_errors as error:
+                wait = plan.transport_error_wait()
+                if wait is None:
+                    plan.fail("error", error=type(error).__name__)
+                    raise
+                await _wait_async(plan, wait)
+                continue
+            status, headers = status_of(answer)
+            plan.observe(status, headers)
+            if status < 400:
+                return answer, None
+            body = await drain(answer)
+            wait = plan.next_wait(status, headers, body)
+            if wait is None:
+                plan.fail(plan.given_up_outcome(), status=status)
+                return answer, body
+            await _wait_async(plan, wait)
+    except BaseException as error:
+        plan.fail("error", error=type(error).__name__)
+        raise
+
+
+async def _wait_async(plan: CallPlan, seconds: float) -> None:
+    plan.waited_s += seconds
+    await asyncio.sleep(seconds)

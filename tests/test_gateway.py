@@ -286,12 +286,19 @@ def test_the_gateway_configuration_is_checked(tmp_path: Path) -> None:
     good = parse_gateway_config('[models.fast]\ndeployments = [{provider = "openai", model = "m", '
                                 'base_url = "http://x/v1"}]\n[tiers.free]\nrequests = "5/min"\n')
     assert good.models["fast"][0].base_url == "http://x/v1" and good.tiers == {"free": {"requests": "5/min"}}
+    weighted = parse_gateway_config('[models.fast]\nstrategy = "weighted"\ndeployments = [{provider = "openai", '
+                                    'model = "m", base_url = "http://x/v1", weight = 3}]\n')
+    assert weighted.strategies == {"fast": "weighted"} and weighted.models["fast"][0].weight == 3.0
     for text, message in (
         ('[gateway]\nlisten = "nowhere"\n', "host:port"),
         ('[models.fast]\ndeployments = [{provider = "azure", model = "m", base_url = "http://x"}]\n', "provider"),
         ('[models.fast]\ndeployments = [{provider = "openai", model = "m", base_url = "ftp://x"}]\n', "http"),
         ('[tiers.free]\nrequests = "5/fortnight"\n', "tiers.free"),
         ('[gatway]\n', "did you mean 'gateway'"),
+        ('[models.fast]\nstrategy = "random"\ndeployments = [{provider = "openai", model = "m", base_url = "http://x"}]\n',
+         "strategy"),
+        ('[models.fast]\ndeployments = [{provider = "openai", model = "m", base_url = "http://x", weight = -1}]\n',
+         "weight"),
     ):
         with pytest.raises(lt.ConfigError, match=message):
             parse_gateway_config(text, "llmthrottle.toml")

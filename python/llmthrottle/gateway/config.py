@@ -14,6 +14,8 @@
     requests = "100/min"
     tokens = "1M/min"
     [models.fast]                              # an alias and its deployments, tried in order
+    strategy = "priority"                      # or "weighted" (by weight =), "least_cost",
+                                               # "lowest_latency"
     deployments = [
       {provider = "openai", model = "gpt-4o-mini", base_url = "https://api.openai.com/v1",
        api_key_env = "OPENAI_API_KEY"},
@@ -44,7 +46,8 @@ __all__ = ["Deployment", "GatewayConfig", "load_gateway_config", "parse_gateway_
 
 _GATEWAY_KEYS = ("listen", "workers", "keys_db", "admin_key_env", "jwt_secret_env", "jwt_audience", "queue_timeout",
                  "request_timeout", "breaker_failures", "breaker_cooldown")
-_DEPLOYMENT_KEYS = ("provider", "model", "base_url", "api_key_env", "name")
+_DEPLOYMENT_KEYS = ("provider", "model", "base_url", "api_key_env", "name", "weight")
+_STRATEGIES = ("priority", "weighted", "least_cost", "lowest_latency")
 _TABLES = ("gateway", "tiers", "models", "state", "ledger", "budgets")
 
 
@@ -57,6 +60,7 @@ class Deployment:
     model: str
     base_url: str
     api_key_env: Optional[str]
+    weight: float = 1.0
 
     def api_key(self) -> str:
         """The provider credential, from the environment (never from the file)."""
@@ -88,8 +92,9 @@ class GatewayConfig:
     breaker_cooldown_s: float = 30.0
     # tier -> limits mapping (the llmthrottle.policy forms), applied to each virtual key
     tiers: dict[str, Any] = field(default_factory=lambda: {"default": {"requests": "600/min"}})
-    # alias -> deployments in the order they are tried
+    # alias -> deployments in the order they are listed, and how to order them per request
     models: dict[str, list[Deployment]] = field(default_factory=dict)
+    strategies: dict[str, str] = field(default_factory=dict)
     # [state], [ledger] and [[budgets]], parsed as the sidecar parses them
     shared: shared.SidecarConfig = field(default_factory=shared.SidecarConfig)
     path: Optional[str] = None
@@ -138,6 +143,9 @@ def parse_gateway_config(text: str, path: Optional[str] = None) -> GatewayConfig
             config.tiers[name] = limits
     for alias, route in (_table(data, "models", where) if "models" in data else {}).items():
         config.models[alias] = _deployments(alias, route, where)
+        if isinstance(route, dict) and "strategy" in route:
+            config.strategies[alias] = shared._choice(route["strategy"], _STRATEGIES, ("models", alias, "strategy"),
+                                                      where)
     return config
 
 
@@ -183,9 +191,10 @@ def _parse_gateway(config: GatewayConfig, table: dict[str, Any], where: shared._
 
 def _deployments(alias: str, route: Any, where: shared._Where) -> list[Deployment]:
     keys = ("models", alias)
-    if not isinstance(route, dict) or set(route) != {"deployments"} or not isinstance(route["deployments"], list) \
-            or not route["deployments"]:
-        raise where.error(keys, "must be a table with deployments = [{provider, model, base_url, api_key_env}, ...]")
+    if not isinstance(route, dict) or not set(route) <= {"deployments", "strategy"} \
+            or not isinstance(route.get("deployments"), list) or not route["deployments"]:
+        raise where.error(keys, "must be a table with deployments = [{provider, model, base_url, api_key_env}, ...] "
+                                f"and optionally strategy = one of {list(_STRATEGIES)}")
     out = []
     for index, entry in enumerate(route["deployments"]):
         entry_keys = (*keys, "deployments", str(index))
@@ -204,5 +213,8 @@ def _deployments(alias: str, route: Any, where: shared._Where) -> list[Deploymen
         if env is not None:
             env = shared._string(env, (*entry_keys, "api_key_env"), where)
         name = entry.get("name") or f"{alias}#{index}:{provider}/{model}"
-        out.append(Deployment(str(name), provider, model, base_url, env))
+        weight = entry.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < 1e9:
+            raise where.error((*entry_keys, "weight"), f"must be a positive number, not {weight!r}")
+        out.append(Deployment(str(name), provider, model, base_url, env, float(weight)))
     return out

@@ -67,7 +67,7 @@ class Gateway:
                 raise ConfigError(f"gateway.jwt_secret_env: environment variable {config.jwt_secret_env} is not set")
             secret = value.encode()
         self.auth = Authenticator(self.keys, jwt_secret=secret, jwt_audience=config.jwt_audience)
-        self.router = Router(config.models, config.breaker_failures, config.breaker_cooldown_s)
+        self.router = Router(config.models, config.breaker_failures, config.breaker_cooldown_s, config.strategies)
         if state is None:
             from ..sidecar.service import _make_state
 
@@ -136,6 +136,9 @@ class Gateway:
         for name, breaker in self.router.breakers.items():
             state = {"closed": 0, "half_open": 1, "open": 2}[breaker.state]
             lines.append(f'llmthrottle_gateway_breaker_state{{deployment="{_label(name)}"}} {state}')
+            if breaker.latency_s is not None:
+                lines.append(f'llmthrottle_gateway_latency_seconds{{deployment="{_label(name)}"}} '
+                             f"{breaker.latency_s:.6f}")
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     # ------------------------------------------------------------------ the admin API
@@ -292,7 +295,7 @@ class Gateway:
             else:
                 return await self._relay(request, answer, plan, failure, received, sent, answered)  # the caller's
             return answer.status, dict(answer.headers), failure
-        self.router.succeeded(deployment)
+        self.router.succeeded(deployment, answered - sent)
         return await self._relay(request, answer, plan, None, received, sent, answered)
 
     def _session(self) -> aiohttp.ClientSession:

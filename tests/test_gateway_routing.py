@@ -1,0 +1,66 @@
+"""The gateway's routing rules on their own: strategies, breakers and cool-downs."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+from llmthrottle.gateway.config import Deployment
+from llmthrottle.gateway.routing import Router
+
+
+def deployment(name: str, model: str = "gpt-4o-mini", weight: float = 1.0) -> Deployment:
+    return Deployment(name, "openai", model, f"http://{name}/v1", None, weight)
+
+
+def test_priority_keeps_the_order_and_moves_unhealthy_deployments_last() -> None:
+    a, b, c = deployment("a"), deployment("b"), deployment("c")
+    router = Router({"m": [a, b, c]}, failures_to_open=2, cooldown_s=0.2)
+    assert router.candidates("m") == [a, b, c]
+    assert router.candidates("other") is None
+    router.failed(a)
+    assert router.candidates("m") == [a, b, c]  # one failure: still closed
+    router.failed(a)
+    assert router.candidates("m") == [b, c, a]  # open
+    router.cool_down(b, 0.2)
+    assert router.candidates("m") == [c, a, b]
+    time.sleep(0.25)
+    assert router.candidates("m")[0] == a  # half-open: this request is the probe
+    assert router.candidates("m")[-1] == a  # and no other request is, meanwhile
+    router.succeeded(a)
+    assert router.candidates("m") == [a, b, c] and router.breakers["a"].state == "closed"
+
+
+def test_a_failed_probe_opens_the_breaker_again() -> None:
+    a, b = deployment("a"), deployment("b")
+    router = Router({"m": [a, b]}, failures_to_open=1, cooldown_s=0.1)
+    router.failed(a)
+    time.sleep(0.15)
+    assert router.candidates("m")[0] == a
+    router.failed(a)
+    assert router.candidates("m") == [b, a] and router.breakers["a"].state == "open"
+
+
+def test_weighted_draws_in_proportion_to_the_weights() -> None:
+    heavy, light = deployment("heavy", weight=3), deployment("light", weight=1)
+    router = Router({"m": [light, heavy]}, strategies={"m": "weighted"})
+    firsts = collections.Counter(router.candidates("m")[0].name for _ in range(4000))  # type: ignore[index]
+    assert 0.70 < firsts["heavy"] / 4000 < 0.80
+
+
+def test_least_cost_puts_the_cheapest_model_first_and_unknown_ones_last() -> None:
+    mini, full, mystery = deployment("mini", "gpt-4o-mini"), deployment("full", "gpt-4o"), deployment("x", "no-such")
+    router = Router({"m": [full, mystery, mini]}, strategies={"m": "least_cost"})
+    assert router.candidates("m") == [mini, full, mystery]
+
+
+def test_lowest_latency_follows_the_moving_average() -> None:
+    fast, slow = deployment("fast"), deployment("slow")
+    router = Router({"m": [slow, fast]}, strategies={"m": "lowest_latency"})
+    router.succeeded(slow, 0.5)
+    assert router.candidates("m") == [fast, slow]  # untried first
+    router.succeeded(fast, 0.1)
+    assert router.candidates("m") == [fast, slow]
+    for _ in range(20):
+        router.succeeded(fast, 1.0)
+    assert router.candidates("m") == [slow, fast]

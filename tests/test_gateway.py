@@ -324,3 +324,38 @@ def test_workers_share_one_limit(tmp_path: Path, upstreams: tuple[FakeProvider, 
     finally:
         process.stop()
         lt.SharedState.remove(f"gw-test-{port}")
+
+
+def test_sighup_reloads_tiers_and_routes_keeping_the_counters(gateway: GatewayProcess) -> None:
+    import signal
+
+    key = gateway.key(tenant="small", tier="free")
+    with gateway.openai(key) as client:
+        for _ in range(3):
+            chat(client)
+        with pytest.raises(openai.RateLimitError):
+            chat(client)
+        text = gateway.config_path.read_text()
+        text = text.replace('[tiers.free]\nrequests = "3/min"',
+                            '[tiers.free]\nrequests = {rate = "3/min", burst = 5}')
+        text = text.replace("[models.claude]", '[models.fast2]\ndeployments = [{provider = "openai", model = '
+                            '"gpt-4o-mini", base_url = "http://127.0.0.1:9/v1"}]\n\n[models.claude]')
+        gateway.config_path.write_text(text)
+        gateway.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "llmthrottle_gateway_reloads_total 1" not in urllib.request.urlopen(f"{gateway.url}/metrics").read().decode():
+            assert time.monotonic() < deadline, "the gateway did not reload"
+            time.sleep(0.05)
+        assert "fast2" in [m.id for m in client.models.list()]
+        admitted = 0
+        with pytest.raises(openai.RateLimitError):
+            for _ in range(5):
+                chat(client)
+                admitted += 1
+        assert admitted == 2  # a burst of 5 now, and the 3 calls already made still count
+    gateway.config_path.write_text("[gateway]\nlisten = 'nowhere'\n")  # a broken file: the policy stays
+    gateway.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert gateway.proc.poll() is None
+    with urllib.request.urlopen(f"{gateway.url}/health") as answer:
+        assert answer.status == 200

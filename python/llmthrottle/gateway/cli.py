@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .config import GatewayConfig
+    from .server import Gateway
 
 __all__ = ["configure_parser", "run"]
 
@@ -89,7 +90,15 @@ def run(args: argparse.Namespace) -> int:
             if worker.is_alive():
                 worker.terminate()
 
+    def reload(signum: int, frame: object) -> None:
+        import os
+
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, reload)
     try:
         for worker in workers:
             worker.join()
@@ -98,6 +107,19 @@ def run(args: argparse.Namespace) -> int:
         for worker in workers:
             worker.join()
     return 0
+
+
+def _reload(gateway: "Gateway") -> None:
+    """SIGHUP: reads the policy file again; a broken file is reported and the old policy kept."""
+    from .._native import ConfigError
+    from .config import load_gateway_config
+
+    try:
+        gateway.reload(load_gateway_config(gateway.config.path))
+    except (ConfigError, OSError) as error:
+        print(f"llmthrottle gateway: reload failed, keeping the running policy: {error}", file=sys.stderr, flush=True)
+        return
+    print("llmthrottle gateway: policy reloaded", file=sys.stderr, flush=True)
 
 
 def serve(config: "GatewayConfig", no_uvloop: bool, reuse_port: bool) -> int:
@@ -121,7 +143,9 @@ def serve(config: "GatewayConfig", no_uvloop: bool, reuse_port: bool) -> int:
         await runner.setup()
         await web.TCPSite(runner, config.host, config.port, backlog=2048, reuse_port=reuse_port).start()
         stopped = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stopped.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(gateway))
         try:
             await stopped.wait()
         finally:

@@ -16,6 +16,7 @@ import asyncio
 import json
 import math
 import time
+from dataclasses import replace
 from typing import Any, Optional
 
 import aiohttp
@@ -80,21 +81,42 @@ class Gateway:
 
             ledger = Ledger(config.shared.ledger_path)
         self.ledger = ledger
-        budgets = config.shared.budgets.get("default", [])
         self.guards: dict[str, Guard] = {}
         self._settings: dict[str, Settings] = {}
         self._upstream: Optional[aiohttp.ClientSession] = None
-        pause, learned = ProviderPause(state), LearnedLimits(state)
+        self._pause, self._learned = ProviderPause(state), LearnedLimits(state)
+        self._apply_tiers(config)
+        self.metrics = {"requests": 0, "denied": 0, "upstream_errors": 0, "failovers": 0, "reloads": 0}
+
+    def _apply_tiers(self, config: GatewayConfig) -> None:
+        """One Guard per tier: its limits per virtual key, the budgets on tenant/team/user keys.
+        A tier that stays keeps its counters (its limiter's limits are replaced in place)."""
+        budgets = config.shared.budgets.get("default", [])
+        guards: dict[str, Guard] = {}
         for tier, limits in config.tiers.items():
-            # Each tier's limits apply per virtual key; budgets apply to tenant/team/user keys.
-            limiter = Limiter(rules={"key:*": limits}, budgets=budgets, state=state, namespace=f"tier.{tier}")
-            guard = Guard(limiter, ledger=ledger)
-            self.guards[tier] = guard
-            # One attempt per deployment: failing over is the gateway's retry.
-            self._settings[tier] = Settings(guard=guard, pause=pause, learned=learned, max_attempts=1,
-                                            deadline_s=config.request_timeout_s,
-                                            admission_timeout_s=config.queue_timeout_s)
-        self.metrics = {"requests": 0, "denied": 0, "upstream_errors": 0, "failovers": 0}
+            guard = self.guards.get(tier)
+            if guard is None:
+                limiter = Limiter(rules={"key:*": limits}, budgets=budgets, state=self.state, namespace=f"tier.{tier}")
+                guard = Guard(limiter, ledger=self.ledger)
+            else:
+                guard.limiter.set_limits(rules={"key:*": limits}, budgets=budgets)
+            guards[tier] = guard
+        self.guards = guards
+        # One attempt per deployment: failing over is the gateway's retry.
+        self._settings = {tier: Settings(guard=guard, pause=self._pause, learned=self._learned, max_attempts=1,
+                                         deadline_s=config.request_timeout_s,
+                                         admission_timeout_s=config.queue_timeout_s)
+                          for tier, guard in guards.items()}
+
+    def reload(self, config: GatewayConfig) -> None:
+        """Applies a changed policy file: tiers, budgets, model routes and timeouts (where it
+        listens, its keys file and its state need a restart)."""
+        self._apply_tiers(config)
+        self.router.models, self.router.strategies = config.models, config.strategies
+        self.config = replace(config, host=self.config.host, port=self.config.port, keys_db=self.config.keys_db,
+                              shared=replace(config.shared, state_kind=self.config.shared.state_kind,
+                                             state_name=self.config.shared.state_name))
+        self.metrics["reloads"] += 1
 
     # ------------------------------------------------------------------ the app
 

@@ -53,6 +53,11 @@ deployments = [
   {{provider = "openai", model = "gpt-4o-mini", base_url = "{secondary.openai_base_url}", api_key_env = "LT_UPSTREAM_KEY", name = "secondary"}},
 ]
 
+[models.smart]
+deployments = [
+  {{provider = "openai", model = "gpt-4o", base_url = "{primary.openai_base_url}", api_key_env = "LT_UPSTREAM_KEY"}},
+]
+
 [models.claude]
 deployments = [
   {{provider = "anthropic", model = "claude-3-5-haiku-latest", base_url = "{secondary.anthropic_base_url}", api_key_env = "LT_UPSTREAM_KEY"}},
@@ -62,6 +67,13 @@ deployments = [
 scope = "tenant:spender"
 limit_usd = 0.0005
 period = "day"
+
+[[budgets]]
+scope = "tenant:thrifty"
+limit_usd = 0.0003
+period = "day"
+on_exceed = "downgrade"
+downgrade_to = "gpt-4o-mini"
 
 [ledger]
 path = "{directory}/ledger"
@@ -149,7 +161,7 @@ def test_a_virtual_key_calls_through_and_every_call_is_in_the_ledger(gateway: Ga
         assert float(raw.headers["x-llmthrottle-overhead-ms"]) >= 0
         text = "".join(chunk.choices[0].delta.content or "" for chunk in chat(client, stream=True) if chunk.choices)
         assert text
-        assert [m.id for m in client.models.list()] == ["fast", "claude"]
+        assert [m.id for m in client.models.list()] == ["fast", "smart", "claude"]
     assert upstreams[0].counters.requests == 2
     with anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0) as claude:
         message = claude.messages.create(model="claude", max_tokens=20, messages=[{"role": "user", "content": "hi"}])
@@ -218,6 +230,22 @@ def test_a_budget_ends_in_insufficient_quota(gateway: GatewayProcess) -> None:
             admitted += 1
     assert 1 <= admitted < 50  # about 12 µ$ a call against 500 µ$
     assert exhausted.value.code == "insufficient_quota"
+
+
+def test_a_downgrade_budget_sends_its_cheaper_model_at_its_end(gateway: GatewayProcess) -> None:
+    key = gateway.key(tenant="thrifty")
+    models = []
+    with gateway.openai(key) as client, pytest.raises(openai.RateLimitError, match="budget"):
+        for _ in range(100):  # until even the cheaper model no longer fits
+            reply = client.chat.completions.create(model="smart", messages=[{"role": "user", "content": "hi"}],
+                                                   max_tokens=10)
+            models.append(reply.model)
+    # $2.50/$10 per 1M tokens first, then $0.15/$0.60 once the budget no longer fits gpt-4o
+    assert models[0] == "gpt-4o" and models[-1] == "gpt-4o-mini" and models.count("gpt-4o-mini") > 2
+    gateway.stop()
+    with lt.Ledger(gateway.directory / "ledger") as ledger:
+        recorded = [r.model for r in ledger.records() if r.tenant == "thrifty"]
+    assert sorted(recorded) == sorted(models)
 
 
 def test_failover_to_the_next_deployment_and_the_breaker(tmp_path: Path) -> None:

@@ -290,7 +290,12 @@ class Gateway:
         sent = time.perf_counter()
 
         async def send() -> aiohttp.ClientResponse:
-            return await session.post(url, data=plan.content, headers=headers)
+            # A budget at its end with on_exceed = "downgrade" admitted the call for its cheaper
+            # model: that is the model the deployment is asked for.
+            model = plan.call.model if plan.call is not None else deployment.model
+            data = plan.content if model == deployment.model else json.dumps(
+                {**plan.body, "model": model}, separators=(",", ":")).encode()
+            return await session.post(url, data=data, headers=headers)
 
         async def drain(answer: aiohttp.ClientResponse) -> bytes:
             data = await answer.read()

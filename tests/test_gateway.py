@@ -63,6 +63,15 @@ deployments = [
   {{provider = "anthropic", model = "claude-3-5-haiku-latest", base_url = "{secondary.anthropic_base_url}", api_key_env = "LT_UPSTREAM_KEY"}},
 ]
 
+[[routes]]
+model = "auto"
+alias = "fast"
+max_input_tokens = 100
+
+[[routes]]
+model = "auto"
+alias = "smart"
+
 [[budgets]]
 scope = "tenant:spender"
 limit_usd = 0.0005
@@ -230,6 +239,13 @@ def test_a_budget_ends_in_insufficient_quota(gateway: GatewayProcess) -> None:
             admitted += 1
     assert 1 <= admitted < 50  # about 12 µ$ a call against 500 µ$
     assert exhausted.value.code == "insufficient_quota"
+
+
+def test_routes_send_short_questions_to_the_cheap_alias(gateway: GatewayProcess) -> None:
+    with gateway.openai(gateway.key(tenant="acme")) as client:
+        short = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
+        long = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "why " * 300}])
+    assert (short.model, long.model) == ("gpt-4o-mini", "gpt-4o")
 
 
 def test_a_downgrade_budget_sends_its_cheaper_model_at_its_end(gateway: GatewayProcess) -> None:

@@ -64,3 +64,35 @@ def test_lowest_latency_follows_the_moving_average() -> None:
     for _ in range(20):
         router.succeeded(fast, 1.0)
     assert router.candidates("m") == [slow, fast]
+
+
+def test_routes_choose_the_alias_from_the_request() -> None:
+    from llmthrottle.gateway.taxonomy import choose_alias, parse_rules
+
+    def error(keys: tuple[str, ...], message: str) -> Exception:
+        return ValueError(f"{'.'.join(keys)}: {message}")
+
+    models = {"cheap": [], "frontier": [], "tools": []}
+    rules = parse_rules([
+        {"model": "auto", "alias": "tools", "tools": True},
+        {"model": "auto", "alias": "frontier", "header": "x-task: hard"},
+        {"model": "auto", "alias": "cheap", "max_input_tokens": 50},
+        {"model": "auto", "alias": "frontier"},
+    ], models, error)
+
+    def body(text: str, **extra: object) -> dict[str, object]:
+        return {"model": "auto", "messages": [{"role": "user", "content": text}], **extra}
+
+    assert choose_alias(rules, body("hi"), {}, "openai") == "cheap"
+    assert choose_alias(rules, body("word " * 500), {}, "openai") == "frontier"
+    assert choose_alias(rules, body("hi", tools=[{"type": "function"}]), {}, "openai") == "tools"
+    assert choose_alias(rules, body("hi"), {"x-task": "hard"}, "openai") == "frontier"
+    assert choose_alias(rules, {"model": "cheap", "messages": []}, {}, "openai") == "cheap"  # a plain alias
+    import pytest
+
+    for bad, message in (([{"model": "auto", "alias": "nowhere"}], "alias"),
+                         ([{"model": "auto", "alias": "cheap", "max_input_tokens": -1}], "non-negative"),
+                         ([{"model": "auto", "alias": "cheap", "header": "no-colon"}], "name: value"),
+                         ([{"model": "auto", "alias": "cheap", "when": 1}], "unknown keys")):
+        with pytest.raises(ValueError, match=message):
+            parse_rules(bad, models, error)

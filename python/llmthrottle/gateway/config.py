@@ -26,7 +26,8 @@
        api_key_env = "ANTHROPIC_API_KEY"},
     ]
 
-`[state]`, `[ledger]` and `[[budgets]]` mean what they mean for the sidecar (same parsers).
+`[[routes]]` choose an alias from the request (taxonomy.py). `[state]`, `[ledger]` and
+`[[budgets]]` mean what they mean for the sidecar (same parsers).
 Provider credentials are only ever read from the environment variables named here.
 """
 
@@ -41,6 +42,7 @@ from .._native import ConfigError
 from .. import config as shared
 from ..limiter import Limiter
 from ..providers.protocol import Family
+from .taxonomy import RouteRule, parse_rules
 
 __all__ = ["Deployment", "GatewayConfig", "load_gateway_config", "parse_gateway_config"]
 
@@ -48,7 +50,7 @@ _GATEWAY_KEYS = ("listen", "workers", "keys_db", "admin_key_env", "jwt_secret_en
                  "request_timeout", "breaker_failures", "breaker_cooldown")
 _DEPLOYMENT_KEYS = ("provider", "model", "base_url", "api_key_env", "name", "weight")
 _STRATEGIES = ("priority", "weighted", "least_cost", "lowest_latency")
-_TABLES = ("gateway", "tiers", "models", "state", "ledger", "budgets")
+_TABLES = ("gateway", "tiers", "models", "routes", "state", "ledger", "budgets")
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class GatewayConfig:
     # alias -> deployments in the order they are listed, and how to order them per request
     models: dict[str, list[Deployment]] = field(default_factory=dict)
     strategies: dict[str, str] = field(default_factory=dict)
+    # [[routes]]: rules choosing the alias from the request (see taxonomy.py)
+    routes: list[RouteRule] = field(default_factory=list)
     # [state], [ledger] and [[budgets]], parsed as the sidecar parses them
     shared: shared.SidecarConfig = field(default_factory=shared.SidecarConfig)
     path: Optional[str] = None
@@ -146,6 +150,8 @@ def parse_gateway_config(text: str, path: Optional[str] = None) -> GatewayConfig
         if isinstance(route, dict) and "strategy" in route:
             config.strategies[alias] = shared._choice(route["strategy"], _STRATEGIES, ("models", alias, "strategy"),
                                                       where)
+    if "routes" in data:
+        config.routes = parse_rules(data["routes"], config.models, where.error)
     return config
 
 

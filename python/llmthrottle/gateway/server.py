@@ -37,6 +37,7 @@ from .auth import Authenticator, Refused
 from .config import Deployment, GatewayConfig
 from .keys import Caller, KeyStore
 from .routing import Router
+from .taxonomy import choose_alias
 
 __all__ = ["Gateway"]
 
@@ -233,9 +234,9 @@ class Gateway:
             body = json.loads(await request.read())
         except (ValueError, RecursionError):
             return _error(family, 400, "the request body is not JSON")
-        alias = body.get("model") if isinstance(body, dict) else None
-        if not isinstance(alias, str):
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             return _error(family, 400, "the request names no model")
+        alias = choose_alias(self.config.routes, body, request.headers, family) if self.config.routes else body["model"]
         candidates = self.router.candidates(alias)
         if candidates is None:
             return _error(family, 404, f"no model {alias!r} on this gateway")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from pathlib import Path
 import time
 
 from llmthrottle.gateway.config import Deployment
@@ -96,3 +97,45 @@ def test_routes_choose_the_alias_from_the_request() -> None:
                          ([{"model": "auto", "alias": "cheap", "when": 1}], "unknown keys")):
         with pytest.raises(ValueError, match=message):
             parse_rules(bad, models, error)
+
+
+def test_rs256_and_es256_tokens_from_a_jwks_file(tmp_path: Path) -> None:
+    import json
+    import time
+
+    import jwt
+    import pytest
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    from llmthrottle.gateway.auth import Authenticator, Refused
+    from llmthrottle.gateway.keys import KeyStore
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    jwks = {"keys": []}
+    for kid, key, alg in (("r1", rsa_key, "RS256"), ("e1", ec_key, "ES256")):
+        public = json.loads(jwt.algorithms.get_default_algorithms()[alg].to_jwk(key.public_key()))
+        jwks["keys"].append({**public, "kid": kid, "alg": alg, "use": "sig"})
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(jwks))
+    store = KeyStore(str(tmp_path / "keys.sqlite"))
+    auth = Authenticator(store, jwks_file=str(path), jwt_audience="llmthrottle")
+    claims = {"tenant": "acme", "team": "ml", "tier": "pro", "aud": "llmthrottle", "exp": time.time() + 60}
+
+    def bearer(token: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {token}"}
+
+    for kid, key, alg in (("r1", rsa_key, "RS256"), ("e1", ec_key, "ES256")):
+        caller = auth.caller(bearer(jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})))
+        assert (caller.tenant, caller.team, caller.tier) == ("acme", "ml", "pro")
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    for token, message in (
+        (jwt.encode(claims, other, algorithm="RS256", headers={"kid": "r1"}), "signature"),
+        (jwt.encode(claims, rsa_key, algorithm="RS256", headers={"kid": "nope"}), "kid"),
+        (jwt.encode({**claims, "exp": time.time() - 120}, rsa_key, algorithm="RS256", headers={"kid": "r1"}), "expired"),
+        (jwt.encode(claims, "a-guessed-secret-that-is-long-enough-for-hs256", algorithm="HS256"), "algorithm"),  # no HS256 secret configured
+        (jwt.encode(claims, None, algorithm="none"), "algorithm"),
+    ):
+        with pytest.raises(Refused, match=message):
+            auth.caller(bearer(token))
+    store.close()

@@ -6,6 +6,7 @@
     keys_db = "/var/lib/llmthrottle/gateway-keys.sqlite"   # default: $XDG_STATE_HOME/llmthrottle/
     admin_key_env = "LLMTHROTTLE_ADMIN_KEY"    # the admin API's key, read from this variable
     jwt_secret_env = "LLMTHROTTLE_JWT_SECRET"  # HS256 bearer tokens (optional)
+    jwks_file = "/etc/llmthrottle/jwks.json"   # RS256/ES256 bearer tokens (optional, needs PyJWT)
     jwt_audience = "llmthrottle"
     queue_timeout = 0                          # seconds a call may wait for its tier's limits
     [tiers.free]                               # limits per virtual key of the tier
@@ -46,7 +47,7 @@ from .taxonomy import RouteRule, parse_rules
 
 __all__ = ["Deployment", "GatewayConfig", "load_gateway_config", "parse_gateway_config"]
 
-_GATEWAY_KEYS = ("listen", "workers", "keys_db", "admin_key_env", "jwt_secret_env", "jwt_audience", "queue_timeout",
+_GATEWAY_KEYS = ("listen", "workers", "keys_db", "admin_key_env", "jwt_secret_env", "jwks_file", "jwt_audience", "queue_timeout",
                  "request_timeout", "breaker_failures", "breaker_cooldown")
 _DEPLOYMENT_KEYS = ("provider", "model", "base_url", "api_key_env", "name", "weight")
 _STRATEGIES = ("priority", "weighted", "least_cost", "lowest_latency")
@@ -87,6 +88,7 @@ class GatewayConfig:
     keys_db: str = field(default_factory=default_keys_db)
     admin_key_env: str = "LLMTHROTTLE_ADMIN_KEY"
     jwt_secret_env: Optional[str] = None
+    jwks_file: Optional[str] = None
     jwt_audience: Optional[str] = None
     queue_timeout_s: float = 0.0
     request_timeout_s: float = 600.0
@@ -179,6 +181,8 @@ def _parse_gateway(config: GatewayConfig, table: dict[str, Any], where: shared._
             config.admin_key_env = shared._string(value, keys, where)
         elif key == "jwt_secret_env":
             config.jwt_secret_env = shared._string(value, keys, where)
+        elif key == "jwks_file":
+            config.jwks_file = shared._string(value, keys, where)
         elif key == "jwt_audience":
             config.jwt_audience = shared._string(value, keys, where)
         elif key == "queue_timeout":

@@ -68,7 +68,8 @@ class Gateway:
             if not value:
                 raise ConfigError(f"gateway.jwt_secret_env: environment variable {config.jwt_secret_env} is not set")
             secret = value.encode()
-        self.auth = Authenticator(self.keys, jwt_secret=secret, jwt_audience=config.jwt_audience)
+        self.auth = Authenticator(self.keys, jwt_secret=secret, jwt_audience=config.jwt_audience,
+                                  jwks_file=config.jwks_file)
         self.router = Router(config.models, config.breaker_failures, config.breaker_cooldown_s, config.strategies)
         if state is None:
             from ..sidecar.service import _make_state

@@ -403,3 +403,40 @@ def test_sighup_reloads_tiers_and_routes_keeping_the_counters(gateway: GatewayPr
     assert gateway.proc.poll() is None
     with urllib.request.urlopen(f"{gateway.url}/health") as answer:
         assert answer.status == 200
+
+
+def test_a_unix_socket_alone(tmp_path: Path, upstreams: tuple[FakeProvider, FakeProvider]) -> None:
+    import asyncio
+
+    import aiohttp
+
+    socket_path = tmp_path / "gateway.sock"
+    import re
+
+    text = re.sub(r'listen = "[^"]*"', f'listen = ""\nsocket = "{socket_path}"',
+                  config_text(tmp_path, free_port(), *upstreams), count=1)
+    config = tmp_path / "llmthrottle.toml"
+    config.write_text(text)
+    proc = subprocess.Popen([sys.executable, "-m", "llmthrottle.cli", "gateway", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **ENV})
+    keys = KeyStore(str(tmp_path / "keys.sqlite"))
+    key = keys.create(tenant="acme", tier="pro")[0]
+    keys.close()
+
+    async def call() -> tuple[int, Any]:
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(socket_path))) as session:
+            async with session.post("http://gateway/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                                    json={"model": "fast", "messages": [{"role": "user", "content": "hi"}]}) as answer:
+                return answer.status, await answer.json()
+
+    try:
+        deadline = time.monotonic() + 30
+        while not socket_path.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        status, reply = asyncio.run(call())
+        assert status == 200 and reply["usage"]["completion_tokens"] > 0
+        assert oct(socket_path.stat().st_mode & 0o777) == "0o660"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

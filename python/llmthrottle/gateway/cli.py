@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import GatewayConfig
@@ -72,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
         print('llmthrottle gateway: several workers need one state: [state] kind = "shared" or "redis"',
               file=sys.stderr)
         return 2
-    print(f"llmthrottle gateway on http://{config.host}:{config.port} ({len(config.models)} model aliases, "
+    where = (f"http://{config.host}:{config.port}" if config.listen_tcp else "") + (
+        f" unix:{config.socket}" if config.socket else "")
+    print(f"llmthrottle gateway on {where.strip()} ({len(config.models)} model aliases, "
           f"tiers {', '.join(sorted(config.tiers))}, {config.workers} worker(s))", file=sys.stderr, flush=True)
     if config.workers == 1:
         return serve(config, args.no_uvloop, reuse_port=False)
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     import signal
 
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=serve, args=(config, args.no_uvloop, True), name=f"gateway-worker-{i}")
+    workers = [context.Process(target=serve, args=(config, args.no_uvloop, True, i == 0), name=f"gateway-worker-{i}")
                for i in range(config.workers)]
     for worker in workers:
         worker.start()
@@ -109,6 +111,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _unix_site(runner: Any, path: str) -> None:
+    """The Unix socket site, mode 0660 (a stale socket of a previous run is replaced)."""
+    import os
+
+    from aiohttp import web
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if os.path.exists(path):
+        os.unlink(path)
+    site = web.UnixSite(runner, path, backlog=2048)
+    await site.start()
+    os.chmod(path, 0o660)
+
+
 def _reload(gateway: "Gateway") -> None:
     """SIGHUP: reads the policy file again; a broken file is reported and the old policy kept."""
     from .._native import ConfigError
@@ -122,7 +138,7 @@ def _reload(gateway: "Gateway") -> None:
     print("llmthrottle gateway: policy reloaded", file=sys.stderr, flush=True)
 
 
-def serve(config: "GatewayConfig", no_uvloop: bool, reuse_port: bool) -> int:
+def serve(config: "GatewayConfig", no_uvloop: bool, reuse_port: bool, first: bool = True) -> int:
     """Runs one gateway process until SIGTERM or Ctrl-C (the workers bind one port together)."""
     import asyncio
     import signal
@@ -141,7 +157,10 @@ def serve(config: "GatewayConfig", no_uvloop: bool, reuse_port: bool) -> int:
     async def run_site() -> None:
         runner = web.AppRunner(gateway.app(), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, config.host, config.port, backlog=2048, reuse_port=reuse_port).start()
+        if config.listen_tcp:
+            await web.TCPSite(runner, config.host, config.port, backlog=2048, reuse_port=reuse_port).start()
+        if config.socket is not None and first:
+            await _unix_site(runner, config.socket)  # one worker serves the Unix socket
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stopped.set)

@@ -1,7 +1,8 @@
 """The gateway's part of `llmthrottle.toml`: where it listens, its tiers and its model routes.
 
     [gateway]
-    listen = "127.0.0.1:8080"
+    listen = "127.0.0.1:8080"                  # "" for the Unix socket alone
+    socket = "/run/llmthrottle/gateway.sock"   # also serve here (optional)
     workers = 2                                # processes on one port, sharing [state]
     keys_db = "/var/lib/llmthrottle/gateway-keys.sqlite"   # default: $XDG_STATE_HOME/llmthrottle/
     admin_key_env = "LLMTHROTTLE_ADMIN_KEY"    # the admin API's key, read from this variable
@@ -47,7 +48,7 @@ from .taxonomy import RouteRule, parse_rules
 
 __all__ = ["Deployment", "GatewayConfig", "load_gateway_config", "parse_gateway_config"]
 
-_GATEWAY_KEYS = ("listen", "workers", "keys_db", "admin_key_env", "jwt_secret_env", "jwks_file", "jwt_audience", "queue_timeout",
+_GATEWAY_KEYS = ("listen", "socket", "workers", "keys_db", "admin_key_env", "jwt_secret_env", "jwks_file", "jwt_audience", "queue_timeout",
                  "request_timeout", "breaker_failures", "breaker_cooldown")
 _DEPLOYMENT_KEYS = ("provider", "model", "base_url", "api_key_env", "name", "weight")
 _STRATEGIES = ("priority", "weighted", "least_cost", "lowest_latency")
@@ -84,6 +85,9 @@ def default_keys_db() -> str:
 class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    # also (or, with listen = "", only) serve on this Unix socket, mode 0660
+    socket: Optional[str] = None
+    listen_tcp: bool = True
     workers: int = 1
     keys_db: str = field(default_factory=default_keys_db)
     admin_key_env: str = "LLMTHROTTLE_ADMIN_KEY"
@@ -136,6 +140,8 @@ def parse_gateway_config(text: str, path: Optional[str] = None) -> GatewayConfig
     if "budgets" in data:
         shared._parse_budgets(config.shared, data["budgets"], where)
     _parse_gateway(config, _table(data, "gateway", where) if "gateway" in data else {}, where)
+    if not config.listen_tcp and config.socket is None:
+        raise where.error(("gateway", "listen"), 'is "" (no TCP): give socket = "/path/to/gateway.sock"')
     if "tiers" in data:
         config.tiers = {}
         for name, limits in _table(data, "tiers", where).items():
@@ -167,7 +173,11 @@ def _table(data: dict[str, Any], name: str, where: shared._Where) -> dict[str, A
 def _parse_gateway(config: GatewayConfig, table: dict[str, Any], where: shared._Where) -> None:
     for key, value in table.items():
         keys = ("gateway", key)
-        if key == "listen":
+        if key == "listen" and value == "":
+            config.listen_tcp = False
+        elif key == "socket":
+            config.socket = shared._string(value, keys, where)
+        elif key == "listen":
             text = shared._string(value, keys, where)
             host, _, port = text.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:

@@ -16,3 +16,5 @@ echo "## Budgets on the decision path"; python benches/bench_budget.py
 echo "## Ledger";                      python benches/bench_ledger.py
 echo "## Tokens";                      python benches/bench_tokens.py
 echo "## Sidecar";                     python benches/bench_sidecar.py
+echo "## Redis vs peers";              python benches/bench_redis.py
+echo "## Gateway vs LiteLLM";          python benches/bench_gateway.py --seconds 10

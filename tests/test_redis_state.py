@@ -505,3 +505,39 @@ def test_damaged_cells_never_crash_a_decision(redis_server: RedisServer) -> None
         check()
     finally:
         state.close()
+
+
+def test_one_dead_cluster_node_fails_only_the_keys_of_its_slots(tmp_path: Path) -> None:
+    from redis_servers import REDIS_SERVER, RedisCluster
+
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    cluster = RedisCluster(tmp_path)
+    state = lt.RedisState(cluster.url, prefix=fresh_prefix(), cluster=True, timeout=0.5, retry_interval=0.1)
+    try:
+        lim = lt.Limiter({"requests": "100/min"}, state=state)
+        keys = [f"k{i}" for i in range(30)]
+        dead = cluster.nodes[1].port
+        on_dead = {key for key in keys if state.client.get_node_from_key(cells_of(lim, key)[0]).port == dead}
+        assert 0 < len(on_dead) < len(keys)
+        for key in keys:
+            assert lim.try_acquire(key)
+        cluster.nodes[1].kill()
+        for key in keys:
+            if key in on_dead:
+                with pytest.raises(lt.RedisUnavailable, match="node"):
+                    lim.try_acquire(key)
+            else:
+                assert lim.try_acquire(key)  # the other nodes go on deciding
+        cluster.nodes[1].start()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert lim.try_acquire(sorted(on_dead)[0])
+                break
+            except lt.RedisUnavailable:
+                assert time.monotonic() < deadline, "the restarted node was never used again"
+                time.sleep(0.2)
+    finally:
+        state.close()
+        cluster.stop()

@@ -109,8 +109,9 @@ class RedisState:
         self._thread = threading.local()
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.Lock()
-        self._down_until = 0.0
-        self._down = False
+        # Where Redis is down ("" standalone; a node's name on a Cluster) -> when to try again.
+        # On a Cluster one dead node fails only the keys of its slots.
+        self._outages: dict[str, float] = {}
         self._pending: deque[tuple[str, script.Call]] = deque(maxlen=_MAX_PENDING)
         self._holders: dict[str, list[script.Step]] = {}
         self._abandoned: list[tuple[str, list[script.Step]]] = []
@@ -182,41 +183,63 @@ class RedisState:
 
     # ------------------------------------------------------------------ running calls
 
-    def _check_available(self) -> None:
-        """Raises RedisUnavailable while Redis is known to be down; once `retry_interval` has
-        passed, tries it again and, when it answers, replays what was kept before going on."""
-        if not self._down:
-            return
-        if time.monotonic() < self._down_until:
-            raise RedisUnavailable("Redis was unreachable moments ago")
+    @property
+    def _down(self) -> bool:
+        return bool(self._outages)
+
+    def _node_of(self, call: script.Call) -> str:
+        """Where a call goes: "" on a standalone server, its node's name on a Cluster."""
+        if not self.cluster:
+            return ""
         try:
-            self._sync.ping()
-        except self._errors as error:
-            raise self._failed(error) from None
+            return str(self._sync.get_node_from_key(call.keys[0]).name)
+        except Exception:  # no node known for the slot: the cluster as a whole
+            return "?"
+
+    def _check_available(self, where: str) -> None:
+        """Raises RedisUnavailable while `where` is known to be down. Once `retry_interval` has
+        passed it is tried again: a standalone server is pinged and, when it answers, what was
+        kept is replayed before going on; on a Cluster the call itself is the probe."""
+        until = self._outages.get(where)
+        if until is None:
+            return
+        if time.monotonic() < until:
+            raise RedisUnavailable(f"Redis{f' node {where}' if where else ''} was unreachable moments ago")
+        if not self.cluster:
+            try:
+                self._sync.ping()
+            except self._errors as error:
+                raise self._failed(error, where) from None
+            self._recovered(where)
+
+    def _recovered(self, where: str) -> None:
         with self._lock:
-            if not self._down:
+            if self._outages.pop(where, None) is None:
                 return
-            self._down = False
-            self._down_until = 0.0
-        _log.warning("llmthrottle: Redis reachable again; replaying %d settlement(s)", len(self._pending))
+        _log.warning("llmthrottle: Redis%s reachable again; replaying %d settlement(s)",
+                     f" node {where}" if where else "", len(self._pending))
         self.replay()
 
     def run(self, call: script.Call) -> Any:
         """Runs one script call; raises RedisUnavailable when Redis cannot answer."""
-        if self._down:
-            self._check_available()
+        where = self._node_of(call) if self.cluster else ""
+        if self._outages:
+            self._check_available(where)
         if self._abandoned:
             self._release_abandoned()
         try:
             try:
-                return self._evalsha(call)
+                result = self._evalsha(call)
             except self._no_script:
                 self._sync.script_load(script.SOURCE)
-                return self._evalsha(call)
+                result = self._evalsha(call)
         except self._errors as error:
-            raise self._failed(error) from None
+            raise self._failed(error, where) from None
         except self._response_error as error:
             raise _refused(error) from None
+        if self._outages and where in self._outages:
+            self._recovered(where)
+        return result
 
     def _evalsha(self, call: script.Call) -> Any:
         """EVALSHA on this thread's own connection: a decision is one write and one read, with
@@ -244,7 +267,8 @@ class RedisState:
         client = await self._async_client()
         if client is None:
             return await asyncio.to_thread(self.run, call)
-        self._check_available()
+        if self._outages:
+            self._check_available("")
         from redis.exceptions import NoScriptError, ResponseError
 
         try:
@@ -259,16 +283,16 @@ class RedisState:
             raise _refused(error) from None
         return result
 
-    def _failed(self, error: BaseException) -> RedisUnavailable:
+    def _failed(self, error: BaseException, where: str = "") -> RedisUnavailable:
         with self._lock:
             self.stats["unavailable"] += 1
-            self._down_until = time.monotonic() + self.retry_interval
-            if not self._down:
-                self._down = True
+            new = where not in self._outages
+            self._outages[where] = time.monotonic() + self.retry_interval
+            if new:
                 self.stats["outages"] += 1
-                _log.warning("llmthrottle: Redis unavailable (%s: %s); on_unavailable=%r", type(error).__name__,
-                             error, self.on_unavailable)
-        return RedisUnavailable(f"Redis unavailable: {type(error).__name__}: {error}")
+                _log.warning("llmthrottle: Redis%s unavailable (%s: %s); on_unavailable=%r",
+                             f" node {where}" if where else "", type(error).__name__, error, self.on_unavailable)
+        return RedisUnavailable(f"Redis{f' node {where}' if where else ''} unavailable: {type(error).__name__}: {error}")
 
     # ------------------------------------------------------------------ settlements
 
@@ -371,7 +395,7 @@ class RedisState:
                     self._release_abandoned()
                 except RedisUnavailable:
                     pass
-            if self._pending and not self._down:
+            if self._pending:
                 self.replay()
 
     def _after_fork(self) -> None:

@@ -339,10 +339,19 @@ class Gateway:
     async def _relay(self, request: web.Request, answer: aiohttp.ClientResponse, plan: CallPlan,
                      data: Optional[bytes], received: float, sent: float, answered: float) -> web.StreamResponse:
         headers = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
-        out = web.StreamResponse(status=answer.status, headers=headers)
-        overhead_ms = ((sent - received) + (time.perf_counter() - answered)) * 1000
-        out.headers["x-llmthrottle-overhead-ms"] = f"{overhead_ms:.3f}"
         reader = plan.reader()
+        if data is None and not plan.streaming:
+            # A whole reply: read it, settle the call, and answer in one write.
+            try:
+                whole = await answer.read()
+            finally:
+                answer.release()
+            body = passed(plan, reader, whole) + ended(plan, reader)
+            out: web.StreamResponse = web.Response(status=answer.status, headers=headers, body=body)
+            out.headers["x-llmthrottle-overhead-ms"] = _overhead_ms(received, sent, answered)
+            return out
+        out = web.StreamResponse(status=answer.status, headers=headers)
+        out.headers["x-llmthrottle-overhead-ms"] = _overhead_ms(received, sent, answered)
         try:
             await out.prepare(request)
             if data is not None:
@@ -399,6 +408,11 @@ class Gateway:
                 headers[f"anthropic-ratelimit-{name}-remaining"] = str(remaining)
                 headers[f"anthropic-ratelimit-{name}-reset"] = rfc3339_in(limit.reset_after)
         return headers
+
+
+def _overhead_ms(received: float, sent: float, answered: float) -> str:
+    """The gateway's own time: before the request left, and since the answer came back."""
+    return f"{((sent - received) + (time.perf_counter() - answered)) * 1000:.3f}"
 
 
 def _error(family: Family, status: int, message: str) -> web.Response:

@@ -278,6 +278,10 @@ def test_failover_to_the_next_deployment_and_the_breaker(tmp_path: Path) -> None
                 metrics = answer.read().decode()
             assert 'llmthrottle_gateway_breaker_state{deployment="primary"} 2' in metrics
             assert "llmthrottle_gateway_failovers_total 2" in metrics
+            assert 'llmthrottle_gateway_deployment_errors_total{deployment="primary"} 2' in metrics
+            assert 'llmthrottle_gateway_deployment_calls_total{deployment="secondary"} 4' in metrics
+            cost = [line for line in metrics.splitlines() if 'cost_micros_total{deployment="secondary"}' in line]
+            assert int(cost[0].split()[-1]) > 0
         finally:
             process.stop()
         with lt.Ledger(tmp_path / "ledger") as ledger:

@@ -32,6 +32,7 @@ from ..providers.headers import format_reset_duration, retry_after_s, rfc3339_in
 from ..providers.learned import LearnedLimits
 from ..providers.pause import ProviderPause
 from ..providers.protocol import Family, error_body
+from ..providers.reports import CallReport, calls
 from ..providers.transport import attempts_async, ended, passed
 from .auth import Authenticator, Refused
 from .config import Deployment, GatewayConfig
@@ -89,6 +90,7 @@ class Gateway:
         self._pause, self._learned = ProviderPause(state), LearnedLimits(state)
         self._apply_tiers(config)
         self.metrics = {"requests": 0, "denied": 0, "upstream_errors": 0, "failovers": 0, "reloads": 0}
+        self.deployment_metrics: dict[str, dict[str, int]] = {}
 
     def _apply_tiers(self, config: GatewayConfig) -> None:
         """One Guard per tier: its limits per virtual key, the budgets on tenant/team/user keys.
@@ -160,6 +162,8 @@ class Gateway:
         for name, breaker in self.router.breakers.items():
             state = {"closed": 0, "half_open": 1, "open": 2}[breaker.state]
             lines.append(f'llmthrottle_gateway_breaker_state{{deployment="{_label(name)}"}} {state}')
+            for counter, value in self.deployment_metrics.get(name, {}).items():
+                lines.append(f'llmthrottle_gateway_deployment_{counter}_total{{deployment="{_label(name)}"}} {value}')
             if breaker.latency_s is not None:
                 lines.append(f'llmthrottle_gateway_latency_seconds{{deployment="{_label(name)}"}} '
                              f"{breaker.latency_s:.6f}")
@@ -254,17 +258,28 @@ class Gateway:
             if position:
                 self.metrics["failovers"] += 1
             try:
-                answer = await self._send(request, settings, caller, deployment, alias, body, suffix, received)
+                with calls() as made:
+                    answer = await self._send(request, settings, caller, deployment, alias, body, suffix, received)
             except (RateLimited, BudgetExceeded) as denied:
                 self.metrics["denied"] += 1
                 return self._denied(family, caller, denied)
             except ExceedsCapacity as too_big:
                 return _error(family, 400, f"the request can never fit this key's limits: {too_big}")
+            finally:
+                self._account(deployment, made)
             if isinstance(answer, web.StreamResponse):
                 return answer
             last = _error_from_upstream(family, *answer)
         assert last is not None
         return last
+
+    def _account(self, deployment: Deployment, made: list[CallReport]) -> None:
+        """Per-deployment counters for /metrics, from the provider layer's report of each call."""
+        counters = self.deployment_metrics.setdefault(deployment.name, {"calls": 0, "errors": 0, "cost_micros": 0})
+        for report in made:
+            counters["calls"] += 1
+            counters["errors"] += report.outcome != "ok"
+            counters["cost_micros"] += report.cost_micros
 
     async def _send(self, request: web.Request, settings: Settings, caller: Caller, deployment: Deployment,
                     alias: str, body: dict[str, Any], suffix: str,

@@ -444,3 +444,16 @@ def test_a_unix_socket_alone(tmp_path: Path, upstreams: tuple[FakeProvider, Fake
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_responses_stream_through_the_gateway_and_are_priced(gateway: GatewayProcess) -> None:
+    with gateway.openai(gateway.key(tenant="acme")) as client:
+        whole = client.responses.create(model="fast", input="hi", max_output_tokens=20)
+        assert whole.usage.output_tokens > 0
+        events = list(client.responses.create(model="fast", input="hi", max_output_tokens=20, stream=True))
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert deltas and events[-1].type == "response.completed" and events[-1].response.usage.output_tokens == len(deltas)
+    gateway.stop()
+    with lt.Ledger(gateway.directory / "ledger") as ledger:
+        records = list(ledger.records())
+    assert len(records) == 2 and all(r.output_tokens > 0 and r.cost_micros > 0 for r in records)

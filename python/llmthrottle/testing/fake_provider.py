@@ -368,18 +368,45 @@ class FakeProvider:
             body, requested if type(requested) is int else None, True)
         if refused is not None:
             return refused
-        await self._pace(output_tokens)
+        ident, message_id = f"resp_{uuid.uuid4().hex[:24]}", f"msg_{uuid.uuid4().hex[:12]}"
+
+        def whole(status: str, text: str, usage: Optional[dict[str, Any]]) -> dict[str, Any]:
+            return {"id": ident, "object": "response", "created_at": int(time.time()), "model": body["model"],
+                    "status": status,
+                    "output": [{"type": "message", "id": message_id, "role": "assistant", "status": status,
+                                "content": [{"type": "output_text", "text": text, "annotations": []}]}] if text else [],
+                    "usage": usage}
+
+        usage = {"input_tokens": input_tokens, "output_tokens": output_tokens,
+                 "total_tokens": input_tokens + output_tokens,
+                 "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}
+        if not body.get("stream"):
+            await self._pace(output_tokens)
+            self._count(200)
+            return web.json_response(whole("completed", " tok" * output_tokens, usage), headers=self._openai_headers())
+        # The Responses API's stream: typed events, the usage in the final response.completed.
+        response = web.StreamResponse(headers={**self._openai_headers(), "Content-Type": "text/event-stream"})
+        await response.prepare(request)
         self._count(200)
-        return web.json_response({
-            "id": f"resp_{uuid.uuid4().hex[:24]}", "object": "response", "created_at": int(time.time()),
-            "model": body["model"], "status": "completed",
-            "output": [{"type": "message", "id": f"msg_{uuid.uuid4().hex[:12]}", "role": "assistant",
-                        "status": "completed",
-                        "content": [{"type": "output_text", "text": " tok" * output_tokens, "annotations": []}]}],
-            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens,
-                      "total_tokens": input_tokens + output_tokens,
-                      "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
-        }, headers=self._openai_headers())
+        sequence = 0
+
+        async def event(kind: str, **data: Any) -> None:
+            nonlocal sequence
+            payload = {"type": kind, "sequence_number": sequence, **data}
+            sequence += 1
+            await response.write(f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode())
+
+        await event("response.created", response=whole("in_progress", "", None))
+        if self.ttft_s:
+            await asyncio.sleep(self.ttft_s)
+        for _ in range(output_tokens):
+            if self.per_token_s:
+                await asyncio.sleep(self.per_token_s)
+            await event("response.output_text.delta", item_id=message_id, output_index=0, content_index=0,
+                        delta=" tok", logprobs=[])
+        await event("response.completed", response=whole("completed", " tok" * output_tokens, usage))
+        await response.write_eof()
+        return response
 
     async def _openai_embeddings(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)

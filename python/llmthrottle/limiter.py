@@ -9,11 +9,13 @@ from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Optional, TypeVar, Union, cast
 
 from . import _native
-from ._native import BudgetExceeded, Decision, ExceedsCapacity, FakeClock, InProcessState, RateLimited, Reservation
+from ._native import (BudgetExceeded, Decision, ExceedsCapacity, FakeClock, InProcessState, LlmthrottleError,
+                      RateLimited, Reservation)
 from .budget import BUDGET_DIMENSION, Budget, budget_for
 from .policy import LimitsConfig, RulesConfig, normalize
 
-__all__ = ["Limiter", "LimitState", "Key", "WaitingMixin", "AsyncAcquire", "SettlesOnExit", "describe"]
+__all__ = ["Limiter", "LimitState", "Key", "WaitingMixin", "AsyncAcquire", "SettlesOnExit", "OpenReservation",
+           "describe"]
 
 Key = Union[str, Sequence[str]]
 _Settling = TypeVar("_Settling", bound="SettlesOnExit")
@@ -37,29 +39,73 @@ class LimitState(NamedTuple):
 
 class SettlesOnExit:
     """What every reservation made outside the engine (the sidecar's, Redis's) shares with the
-    engine's `Reservation`: as a context manager it cancels when the block raises and commits
-    as reserved otherwise (unless settled already)."""
+    engine's `Reservation`: settled once (a second commit or cancel raises), and as a context
+    manager it cancels when the block raises and commits as reserved otherwise (unless settled
+    already). The class mixing it in keeps `_settled`."""
 
     __slots__ = ()
 
     if TYPE_CHECKING:  # provided by the class this is mixed into
-
-        @property
-        def settled(self) -> bool: ...
+        _settled: bool
 
         def commit(self, **usage: Any) -> None: ...
         def cancel(self) -> None: ...
+
+    @property
+    def settled(self) -> bool:
+        """True once committed or cancelled."""
+        return self._settled
+
+    def _begin(self) -> None:
+        """Marks the reservation settled; raises if it already was."""
+        if self._settled:
+            raise LlmthrottleError("this reservation was already committed or cancelled")
+        self._settled = True  # type: ignore[misc]  # a slot of the class mixing this in
 
     def __enter__(self: "_Settling") -> "_Settling":
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> "Literal[False]":
-        if not self.settled:
+        if not self._settled:
             if exc_type is None:
                 self.commit()
             else:
                 self.cancel()
         return False
+
+
+class OpenReservation(SettlesOnExit):
+    """What `on_unavailable="fail_open"` admits with while the state (the sidecar, Redis) is
+    unreachable: an admission nothing counted, so settling it does nothing."""
+
+    allowed = True
+    retry_after = delay = reset_after = 0.0
+    limited_by: Optional[str] = None
+    limited_key: Optional[str] = None
+
+    def __init__(self, unavailable: str = "sidecar") -> None:
+        self.remaining: dict[str, Any] = {}
+        self.reserved: dict[str, Any] = {}
+        self._unavailable = unavailable
+        self._settled = False
+
+    def __bool__(self) -> bool:
+        return True
+
+    def commit(self, **usage: Any) -> None:
+        self._settled = True
+
+    def cancel(self) -> None:
+        self._settled = True
+
+    async def commit_async(self, **usage: Any) -> None:
+        self._settled = True
+
+    async def cancel_async(self) -> None:
+        self._settled = True
+
+    def __repr__(self) -> str:
+        return f"<Decision admitted ({self._unavailable} unavailable, fail_open)>"
 
 
 def describe(decision: Any) -> str:

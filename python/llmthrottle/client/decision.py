@@ -5,10 +5,9 @@ limiter works unchanged."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import TYPE_CHECKING, Any
 
-from .._native import LlmthrottleError
-from ..limiter import SettlesOnExit, describe
+from ..limiter import OpenReservation, SettlesOnExit, describe
 from ..sidecar.protocol import RESERVATION_ID, Op
 from .connection import RemoteError, SidecarUnavailable
 
@@ -56,18 +55,8 @@ class SidecarReservation(SettlesOnExit, SidecarDecision):
         self._settled = False
 
     @property
-    def settled(self) -> bool:
-        """True once committed or cancelled."""
-        return self._settled
-
-    @property
     def reservation_id(self) -> int:
         return self._id
-
-    def _begin(self) -> None:
-        if self._settled:
-            raise LlmthrottleError("this reservation was already committed or cancelled")
-        self._settled = True
 
     def commit(self, **usage: Any) -> None:
         """Reconciles with real usage, e.g. `commit(tokens=913)`."""
@@ -137,45 +126,3 @@ class SidecarReservation(SettlesOnExit, SidecarDecision):
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f" reservation={self._id}>"
-
-
-class OpenReservation:
-    """What `on_unavailable="fail_open"` admits with while the sidecar is unreachable: an
-    admission that nothing counted, so settling it does nothing."""
-
-    allowed = True
-    retry_after = 0.0
-    delay = 0.0
-    reset_after = 0.0
-    limited_by: Optional[str] = None
-    limited_key: Optional[str] = None
-
-    def __init__(self) -> None:
-        self.remaining: dict[str, Any] = {}
-        self.reserved: dict[str, Any] = {}
-        self.settled = False
-
-    def __bool__(self) -> bool:
-        return True
-
-    def commit(self, **usage: Any) -> None:
-        self.settled = True
-
-    def cancel(self) -> None:
-        self.settled = True
-
-    async def commit_async(self, **usage: Any) -> None:
-        self.settled = True
-
-    async def cancel_async(self) -> None:
-        self.settled = True
-
-    def __enter__(self) -> "OpenReservation":
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
-        self.settled = True
-        return False
-
-    def __repr__(self) -> str:
-        return "<Decision admitted (sidecar unavailable, fail_open)>"

@@ -51,7 +51,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .._native import ConfigError
-    from .config import load_gateway_config
+    from .config import load_gateway_config, parse_listen
 
     try:
         config = load_gateway_config(args.config)
@@ -61,12 +61,15 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "gateway_command", None) == "keys":
         return _keys(args, config)
     if args.listen:
-        host, _, port = args.listen.rpartition(":")
-        if not host or not port.isdigit():
+        address = parse_listen(args.listen)
+        if address is None:
             print(f"llmthrottle gateway: --listen must be host:port, not {args.listen!r}", file=sys.stderr)
             return 2
-        config.host, config.port = host, int(port)
+        (config.host, config.port), config.listen_tcp = address, True
     if args.workers is not None:
+        if args.workers < 1:
+            print(f"llmthrottle gateway: --workers must be at least 1, not {args.workers}", file=sys.stderr)
+            return 2
         config.workers = args.workers
     if config.workers > 1 and config.shared.state_kind == "in-process":
         print('llmthrottle gateway: several workers need one state: [state] kind = "shared" or "redis"',

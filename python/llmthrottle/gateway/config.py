@@ -46,7 +46,7 @@ from ..limiter import Limiter
 from ..providers.protocol import Family
 from .taxonomy import RouteRule, parse_rules
 
-__all__ = ["Deployment", "GatewayConfig", "load_gateway_config", "parse_gateway_config"]
+__all__ = ["Deployment", "GatewayConfig", "load_gateway_config", "parse_gateway_config", "parse_listen"]
 
 _GATEWAY_KEYS = ("listen", "socket", "workers", "keys_db", "admin_key_env", "jwt_secret_env", "jwks_file", "jwt_audience", "queue_timeout",
                  "request_timeout", "breaker_failures", "breaker_cooldown")
@@ -163,6 +163,14 @@ def parse_gateway_config(text: str, path: Optional[str] = None) -> GatewayConfig
     return config
 
 
+def parse_listen(text: str) -> Optional[tuple[str, int]]:
+    """(host, port) of "host:port" (an IPv6 host in brackets), or None when malformed."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host.strip("[]"), int(port)
+
+
 def _table(data: dict[str, Any], name: str, where: shared._Where) -> dict[str, Any]:
     value = data[name]
     if not isinstance(value, dict):
@@ -178,11 +186,10 @@ def _parse_gateway(config: GatewayConfig, table: dict[str, Any], where: shared._
         elif key == "socket":
             config.socket = shared._string(value, keys, where)
         elif key == "listen":
-            text = shared._string(value, keys, where)
-            host, _, port = text.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            address = parse_listen(shared._string(value, keys, where))
+            if address is None:
                 raise where.error(keys, f'must be "host:port", not {value!r}')
-            config.host, config.port = host.strip("[]"), int(port)
+            config.host, config.port = address
         elif key == "workers":
             config.workers = int(shared._positive(value, keys, where, integer=True))
         elif key == "keys_db":

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
-__all__ = ["cell_name", "check_prefix", "group_by_slot", "marker_name"]
+__all__ = ["cell_name", "check_prefix", "group_by_slot", "group_steps", "marker_name"]
 
 _digests: dict[str, str] = {}
 _Item = TypeVar("_Item")
@@ -59,3 +59,12 @@ def group_by_slot(items: Iterable[_Item], name: Callable[[_Item], str], cluster:
     for item in listed:
         groups.setdefault(key_slot(name(item).encode()), []).append(item)
     return [groups[slot] for slot in sorted(groups)]
+
+
+def group_steps(steps: Iterable[Any], cluster: bool) -> list[list[Any]]:
+    """Script steps (anything with a `.cell`) grouped by slot: one script call per group."""
+    return group_by_slot(steps, _cell_of, cluster)
+
+
+def _cell_of(step: Any) -> str:
+    return str(step.cell)

@@ -17,9 +17,8 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Optional, Union
 
-from .._native import LlmthrottleError
-from ..limiter import Key, LimitState, Limiter, SettlesOnExit, WaitingMixin, describe
-from .cells import cell_name, group_by_slot
+from ..limiter import Key, LimitState, Limiter, OpenReservation, SettlesOnExit, WaitingMixin, describe
+from .cells import cell_name, group_by_slot, group_steps
 from .leases import Lease
 from .script import KIND_CODES, Step, build
 from .state import RedisState, RedisUnavailable
@@ -105,7 +104,8 @@ class RedisReservation(SettlesOnExit, RedisDecision):
     """An admitted call whose charges are held in Redis. `commit(**usage)` reconciles it with
     real usage, `cancel()` refunds it; as a context manager it cancels when the block raises
     and commits as reserved otherwise. Dropped unsettled, it keeps its charges and its
-    concurrency slots lapse after the state's `holder_ttl`."""
+    concurrency slots are released with the state's next call (or lapse after `holder_ttl`
+    if that never comes)."""
 
     __slots__ = ("_limiter", "_keys", "_groups", "_replies", "_holder", "_settled")
 
@@ -144,22 +144,12 @@ class RedisReservation(SettlesOnExit, RedisDecision):
         return max((reset for _, _, _, reset, _ in self._per_step()), default=0) / 1e9
 
     @property
-    def settled(self) -> bool:
-        """True once committed or cancelled."""
-        return self._settled
-
-    @property
     def reserved(self) -> dict[str, Union[int, float]]:
         """The amount reserved in each dimension (the largest over keys)."""
-        return _reserved(plan for plan, _ in self._groups_flat())
-
-    def _groups_flat(self) -> list[tuple[Plan, Step]]:
-        return [item for group in self._groups for item in group]
+        return _reserved(plan for group in self._groups for plan, _ in group)
 
     def _begin(self) -> None:
-        if self._settled:
-            raise LlmthrottleError("this reservation was already committed or cancelled")
-        self._settled = True
+        super()._begin()
         if self._holder:
             self._limiter._state.release(self._holder)
 
@@ -179,14 +169,10 @@ class RedisReservation(SettlesOnExit, RedisDecision):
 
     async def commit_async(self, **usage: Any) -> None:
         """`commit` without blocking the event loop."""
-        import asyncio
-
         await asyncio.to_thread(self.commit, **usage)
 
     async def cancel_async(self) -> None:
         """`cancel` without blocking the event loop."""
-        import asyncio
-
         await asyncio.to_thread(self.cancel)
 
     @staticmethod
@@ -198,23 +184,6 @@ class RedisReservation(SettlesOnExit, RedisDecision):
         # concurrency slots back (with the state's next call: a finaliser does no I/O).
         if not getattr(self, "_settled", True) and self._holder:
             self._limiter._state.abandon(self._holder)
-
-
-class _OpenReservation(RedisReservation):
-    """What `on_unavailable="fail_open"` admits with while Redis is unreachable: nothing was
-    counted, so settling it does nothing."""
-
-    def __init__(self, limiter: "RedisLimiter") -> None:
-        super().__init__(limiter, (), [], [], "")
-
-    def commit(self, **usage: Any) -> None:
-        self._settled = True
-
-    def cancel(self) -> None:
-        self._settled = True
-
-    def __repr__(self) -> str:
-        return "<Decision admitted (Redis unavailable, fail_open)>"
 
 
 class LeasedReservation(SettlesOnExit):
@@ -245,17 +214,8 @@ class LeasedReservation(SettlesOnExit):
         return _least((plan, lease.left) for (plan, _), lease in zip(self._steps, self._leases))
 
     @property
-    def settled(self) -> bool:
-        return self._settled
-
-    @property
     def reserved(self) -> dict[str, Union[int, float]]:
         return _reserved(plan for plan, _ in self._steps)
-
-    def _begin(self) -> None:
-        if self._settled:
-            raise LlmthrottleError("this reservation was already committed or cancelled")
-        self._settled = True
 
     def commit(self, **usage: Any) -> None:
         """Reconciles with real usage (see `RedisReservation.commit`)."""
@@ -332,9 +292,6 @@ class RedisLimiter(WaitingMixin):
         """Every dimension some limit constrains."""
         return self._planner.dimensions
 
-    def _now(self) -> float:
-        return super()._now()
-
     def _instant(self) -> str:
         """The instant decide.lua should use: the server's clock, or the test's fake one."""
         if self._clock is None:
@@ -358,7 +315,7 @@ class RedisLimiter(WaitingMixin):
         return group_by_slot(steps, lambda item: item[1].cell, self._state.cluster)
 
     def _settle_calls(self, steps: Sequence[Step], holder: str) -> list[Any]:
-        groups = group_by_slot(steps, lambda step: step.cell, self._state.cluster)
+        groups = group_steps(steps, self._state.cluster)
         now = self._instant()
         return [build("settle", group, now=now, holder=holder) for group in groups]
 
@@ -556,7 +513,7 @@ class RedisLimiter(WaitingMixin):
     def _take_slices(self, slices: list[Step]) -> Optional[list[str]]:
         """Charges every slice in Redis, all or nothing; their marks, or None when denied or
         Redis is unreachable (the request then takes the ordinary path)."""
-        groups = group_by_slot(slices, lambda step: step.cell, self._state.cluster)
+        groups = group_steps(slices, self._state.cluster)
         now = self._instant()
         marks: dict[str, str] = {}
         admitted: list[tuple[list[Step], Any]] = []
@@ -649,7 +606,7 @@ class RedisLimiter(WaitingMixin):
             raise RedisUnavailable(f"{error} (on_unavailable='fail_closed': the call is not admitted)") from None
         self._state.stats["fallback_decisions"] += 1
         if mode == "fail_open":
-            return _OpenReservation(self)
+            return OpenReservation("Redis")
         return self._fallback().try_acquire(key, requests, tokens, max_wait=max_wait, **amounts)
 
     def _fallback(self) -> Limiter:

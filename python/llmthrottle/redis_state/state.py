@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 from .._native import ConfigError, StateError
 from . import script
-from .cells import check_prefix
+from .cells import check_prefix, group_steps
 from .leases import Lease, LeaseBook
 
 __all__ = ["RedisState", "RedisUnavailable"]
@@ -269,19 +269,16 @@ class RedisState:
             return await asyncio.to_thread(self.run, call)
         if self._outages:
             self._check_available("")
-        from redis.exceptions import NoScriptError, ResponseError
-
         try:
             try:
-                result = await client.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
-            except NoScriptError:
+                return await client.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
+            except self._no_script:
                 await client.script_load(script.SOURCE)
-                result = await client.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
+                return await client.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
         except self._errors as error:
             raise self._failed(error) from None
-        except ResponseError as error:
+        except self._response_error as error:
             raise _refused(error) from None
-        return result
 
     def _failed(self, error: BaseException, where: str = "") -> RedisUnavailable:
         with self._lock:
@@ -368,33 +365,26 @@ class RedisState:
             self._abandoned.append((holder, steps))
 
     def _release_abandoned(self) -> None:
-        from .cells import group_by_slot
-
         taken = []
         while self._abandoned:
             taken.append(self._abandoned.pop())  # atomic: a finaliser may append from any thread
         for holder, steps in taken:
             self.settle([script.build("settle", group, holder=holder)
-                         for group in group_by_slot(steps, lambda step: step.cell, self.cluster)])
+                         for group in group_steps(steps, self.cluster)])
 
     def _beat(self) -> None:
-        from .cells import group_by_slot
-
         while not self._closed.wait(self.holder_ttl_ms / 3000):
             with self._lock:
                 held = [step._replace(extra=holder) for holder, steps in list(self._holders.items()) for step in steps]
             if not held:
                 continue
-            for group in group_by_slot(held, lambda step: step.cell, self.cluster):
+            for group in group_steps(held, self.cluster):
                 try:
                     self.run(script.build("extend", group, holder_ttl_ms=self.holder_ttl_ms))
                 except RedisUnavailable:
                     break
             if self._abandoned and not self._down:
-                try:
-                    self._release_abandoned()
-                except RedisUnavailable:
-                    pass
+                self._release_abandoned()  # what Redis cannot take is kept for replay
             if self._pending:
                 self.replay()
 
@@ -411,12 +401,10 @@ class RedisState:
 
     def give_back_leases(self, leases: Sequence[Lease]) -> None:
         """Refunds what is left of `leases` in Redis (the part that has not drained yet)."""
-        from .cells import group_by_slot
-
         steps = [lease.step._replace(amount=-lease.left, extra=lease.mark) for lease in leases if lease.left > 0]
         if self.leases is not None:
             self.leases.stats["units_returned"] += sum(-step.amount for step in steps)
-        for group in group_by_slot(steps, lambda step: step.cell, self.cluster):
+        for group in group_steps(steps, self.cluster):
             self.settle([script.build("settle", group)])
 
     def return_leases(self, *, every: bool) -> None:

@@ -170,8 +170,6 @@ def test_bad_budgets(kwargs, match):
 
 
 def test_bad_budget_period_and_duplicates():
-    with pytest.raises(lt.ConfigError, match="fortnight"):
-        lt.Limiter({"requests": "1/s"}, budgets=[Budget("t:*", 1, "fortnight")])
     with pytest.raises(lt.ConfigError, match="two budgets"):
         lt.Limiter({"requests": "1/s"}, budgets=[Budget("t:*", 1), Budget("t:*", 2)])
 
@@ -308,3 +306,54 @@ def test_budget_spend_equals_the_ledgers_sum_to_the_micro_dollar(tmp_path_factor
                        max_output_tokens=completion).finish(usage(prompt, completion))
         ledger.flush()
         assert round(spent(guard, "team:a") * 1_000_000) == ledger.spend()
+
+
+def test_one_period_grammar_for_budgets_quotas_config_and_reports(tmp_path):
+    from llmthrottle.config import parse_config
+    from llmthrottle.report import parse_time
+
+    # The same word is the same period for a budget and for a quota.
+    for word in ("day", "daily", "d", " DAY "):
+        assert lt.parse_period(word) == ("day", 0.0)
+        assert Budget("t:*", 1, word).calendar
+        lt.Limiter({"calls": {"quota": 5, "per": word}})
+    for word, kind in (("weekly", "week"), ("w", "week"), ("monthly", "month"), ("mo", "month")):
+        assert lt.parse_period(word) == (kind, 0.0)
+    assert lt.parse_period("30d") == ("duration", 30 * 86400.0)
+    assert not Budget("t:*", 1, "30d").calendar and Budget("t:*", 1, "30d").window_s == 30 * 86400
+    # An unknown period fails where it was written, naming the accepted forms.
+    forms = r"use day, week or month \(calendar, UTC"
+    with pytest.raises(lt.ConfigError, match=r"Budget\('t:\*'\): unknown period \"fortnight\": " + forms):
+        Budget("t:*", 1, "fortnight")
+    with pytest.raises(lt.ConfigError, match=r"unknown period \"fortnight\": " + forms):
+        lt.Limiter({"calls": {"quota": 5, "per": "fortnight"}})
+    with pytest.raises(lt.ConfigError, match=r"<config>:4: budgets.0.period: unknown period \"fortnight\""):
+        parse_config('[limits]\nrequests = "5/s"\n[[budgets]]\nperiod = "fortnight"\nscope = "t:*"\nlimit_usd = 1\n')
+    # A calendar budget's period starts where the engine's quota period starts.
+    now = 1_796_083_200 + 5 * 86400 + 3600.5  # 2026-12-01 is a Tuesday; now is Sunday 01:00:00.5
+    assert Budget("t:*", 1, "month").period_start(now) == 1_796_083_200
+    assert Budget("t:*", 1, "day").period_start(now) == 1_796_083_200 + 5 * 86400
+    assert Budget("t:*", 1, "week").period_start(now) == 1_796_083_200 - 86400  # Monday 2026-11-30
+    assert Budget("t:*", 1, "12h").period_start(now) == now - 12 * 3600
+    # Reports read the same grammar: a duration before now, or the current calendar period.
+    assert parse_time("2w", now) == now - 14 * 86400
+    assert parse_time("90min", now) == now - 5400
+    assert parse_time("month", now) == 1_796_083_200
+    assert parse_time("2026-12-01", now) == 1_796_083_200
+    with pytest.raises(Exception, match="a duration such as 30d"):
+        parse_time("fortnight", now)
+
+
+def test_a_rolling_rebuild_keeps_spend_above_the_limit(tmp_path):
+    ledger = lt.Ledger(tmp_path / "ledger")
+    clock = FakeClock()
+    budgets = [lt.Budget("user:*", 10.0, "10h")]
+    # $12 spent 1 h ago on a $10 / 10 h budget: $1 drained, $11 still owed, beyond the limit.
+    ledger.record(model=MINI, cost_micros=12_000_000, user="u", time=clock.wall - 3600)
+    fresh = lt.Limiter({"requests": "1000/s"}, budgets=budgets, clock=clock)
+    Guard(fresh, ledger=ledger)
+    with pytest.raises(lt.BudgetExceeded):
+        fresh.acquire("user:u", budget_usd=0.5, timeout=0)
+    clock.advance(1.4 * 3600)  # $1.40 more drained: $9.60 owed, $0.40 free
+    fresh.acquire("user:u", budget_usd=0.39, timeout=0).commit()
+    ledger.close()

@@ -16,6 +16,7 @@ from ._native import (
     Reservation,
     SharedState,
     StateError,
+    parse_period,
 )
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +105,7 @@ __all__ = [
     "calls",
     "context",
     "cost",
+    "parse_period",
     "worst_case_cost",
     "wrap",
     *_tokens.__all__,

@@ -14,7 +14,7 @@ from decimal import Decimal
 from collections.abc import Sequence
 from typing import Any, Literal, Optional, Union
 
-from ._native import ConfigError, key_matches, parse_duration
+from ._native import ConfigError, key_matches, parse_period, period_start
 
 __all__ = ["Budget", "BudgetView", "BUDGET_DIMENSION", "BUDGET_LAYER", "budget_for", "budget_rules", "budget_views"]
 
@@ -23,8 +23,6 @@ BUDGET_DIMENSION = "budget_usd"
 #: The policy layer of budget rules (rate limits are layer 0).
 BUDGET_LAYER = 1
 
-_CALENDAR = ("day", "week", "month")
-
 OnExceed = Literal["reject", "downgrade", "queue"]
 
 
@@ -32,8 +30,10 @@ OnExceed = Literal["reject", "downgrade", "queue"]
 class Budget:
     """`limit_usd` per `period` for every key matching `scope` (a glob: `"team:*"`, `"org:acme"`).
 
-    `period` is `"day"`, `"week"` or `"month"` (calendar, UTC: spend resets on the boundary) or a
-    duration such as `"24h"` or `"30d"` (rolling: spend drains continuously over that window).
+    `period` is a calendar period, `"day"`, `"week"` or `"month"` (UTC: spend resets on the
+    boundary; also `"daily"`, `"d"`, `"weekly"`, `"w"`, `"monthly"`, `"mo"`), or a duration such
+    as `"24h"` or `"30d"` (rolling: spend drains continuously over that window). It is the same
+    grammar as a quota's period (`lt.parse_period`), and an unknown one fails here.
     At 100% the budget acts per `on_exceed`: `"reject"` raises `BudgetExceeded`, `"downgrade"`
     lets a `Guard` retry with the cheaper `downgrade_to` model, `"queue"` waits for the period
     to roll over (within the caller's timeout). Each fraction in `thresholds` fires the guard's
@@ -50,6 +50,9 @@ class Budget:
     downgrade_to: Optional[str] = None
     thresholds: tuple[float, ...] = field(default=(0.5, 0.8))
     name: Optional[str] = None
+    # The period as the core's grammar read it: "day", "week", "month" or "duration".
+    _kind: str = field(default="month", init=False, repr=False, compare=False)
+    _seconds: float = field(default=0.0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         where = f"Budget({self.scope!r})"
@@ -60,8 +63,14 @@ class Budget:
             raise ConfigError(f"{where}: limit_usd must be a number of dollars, not {limit!r}")
         if not math.isfinite(float(limit)) or not 0 < float(limit) <= 100_000_000:
             raise ConfigError(f"{where}: limit_usd must be above 0 and at most 100,000,000 (got {limit})")
-        if not isinstance(self.period, str) or not self.period.strip():
-            raise ConfigError(f"{where}: period must be day, week, month or a duration such as '30d'")
+        if not isinstance(self.period, str):
+            raise ConfigError(f"{where}: period must be a string such as 'month' or '30d', not {self.period!r}")
+        try:
+            kind, seconds = parse_period(self.period)
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
+        object.__setattr__(self, "_kind", kind)
+        object.__setattr__(self, "_seconds", seconds)
         if self.on_exceed not in ("reject", "downgrade", "queue"):
             raise ConfigError(f"{where}: on_exceed must be 'reject', 'downgrade' or 'queue', not {self.on_exceed!r}")
         if self.on_exceed == "downgrade" and not self.downgrade_to:
@@ -101,29 +110,31 @@ class Budget:
     @property
     def calendar(self) -> bool:
         """True for day/week/month budgets, False for rolling windows."""
-        return self.period.strip().lower() in _CALENDAR
+        return self._kind != "duration"
+
+    @property
+    def limit_micros(self) -> int:
+        """The limit in micro-dollars, as the engine keeps it (a fraction of a micro-dollar
+        rounds up)."""
+        limit = self.limit_usd
+        dollars = limit if isinstance(limit, Decimal) else Decimal(repr(limit) if isinstance(limit, float) else limit)
+        return math.ceil(dollars * 1_000_000)
+
+    @property
+    def window_s(self) -> float:
+        """A rolling budget's window in seconds (0 for a calendar budget)."""
+        return self._seconds
 
     def period_start(self, now: float) -> float:
         """Unix seconds at which the period (calendar) or window (rolling) containing `now`
         begins."""
-        import datetime as dt
-
-        period = self.period.strip().lower()
-        if period not in _CALENDAR:
-            return now - parse_duration(self.period)
-        moment = dt.datetime.fromtimestamp(now, dt.timezone.utc)
-        midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-        if period == "day":
-            return midnight.timestamp()
-        if period == "week":
-            return (midnight - dt.timedelta(days=moment.weekday())).timestamp()
-        return midnight.replace(day=1).timestamp()
+        return period_start(self._kind, now) if self.calendar else now - self.window_s
 
     def limit_tuple(self) -> tuple[str, str, object, object]:
         """The engine limit: a calendar quota, or a rate with the whole budget as its burst."""
         amount = float(self.limit_usd)
         if self.calendar:
-            return (BUDGET_DIMENSION, "quota", amount, self.period.strip().lower())
+            return (BUDGET_DIMENSION, "quota", amount, self._kind)
         return (BUDGET_DIMENSION, "rate", f"{amount!r}/{self.period.strip()}", amount)
 
 
@@ -170,7 +181,7 @@ def budget_views(budgets: "Sequence[Budget]", ledger: Any, now: float) -> list[B
         field_name, sep, value = budget.scope.partition(":")
         if not sep or field_name == "*":
             continue
-        limit = int(float(budget.limit_usd) * 1_000_000)
+        limit = budget.limit_micros
         if "*" not in value:
             views.append(BudgetView(budget.scope, limit, {field_name: value}, budget))
             continue

@@ -49,7 +49,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from ._native import ConfigError
+from ._native import ConfigError, parse_period
 from .policy import RulesConfig
 
 __all__ = [
@@ -185,10 +185,17 @@ def _key_regex(key: str) -> str:
 
 
 def _header_line(lines: list[str], table: tuple[str, ...]) -> Optional[int]:
-    pattern = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(_key_regex(k) for k in table) + r"\s*\]")
+    dotted = r"\s*\.\s*".join(_key_regex(k) for k in table)
+    pattern = re.compile(r"^\s*\[\s*" + dotted + r"\s*\]")
     for number, text in enumerate(lines):
         if pattern.match(text):
             return number + 1
+    # `("budgets", "2")`: the third `[[budgets]]` table.
+    if len(table) > 1 and table[-1].isdigit():
+        headers = re.compile(r"^\s*\[\[\s*" + r"\s*\.\s*".join(_key_regex(k) for k in table[:-1]) + r"\s*\]\]")
+        found = [number + 1 for number, text in enumerate(lines) if headers.match(text)]
+        if int(table[-1]) < len(found):
+            return found[int(table[-1])]
     return None
 
 
@@ -352,6 +359,11 @@ def _parse_budgets(config: SidecarConfig, entries: Any, where: _Where) -> None:
         if unknown:
             raise where.error(keys, f"unknown keys {sorted(unknown)}; expected {[*_BUDGET_KEYS, 'namespace']}")
         fields = {k: v for k, v in entry.items() if k != "namespace"}
+        if isinstance(fields.get("period"), str):
+            try:
+                parse_period(fields["period"])
+            except ConfigError as error:
+                raise where.error((*keys, "period"), str(error)) from None
         if "thresholds" in fields and isinstance(fields["thresholds"], list):
             fields["thresholds"] = tuple(fields["thresholds"])
         try:

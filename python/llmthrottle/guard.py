@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
-from ._native import BudgetExceeded, InProcessState, Reservation
+from ._native import BudgetExceeded, InProcessState, Reservation, rolling_undrained
 from .budget import BUDGET_DIMENSION, Budget, budget_for
 from .ledger import Ledger
 from .limiter import Key, Limiter
@@ -93,7 +93,9 @@ class Guard:
         takes it, so a threshold fires once per period, across every process sharing state."""
         rules: dict[str, dict[str, Any]] = {}
         for budget in limiter.budgets:
-            period = budget.period if budget.calendar else budget.period.strip()
+            # A quota's period is an hour at least: a shorter rolling budget fires each
+            # threshold at most once an hour.
+            period = budget.period if budget.calendar or budget.window_s >= 3600 else "1h"
             rules[budget.scope] = {
                 f"t{round(t * 1000)}": {"quota": 1, "per": period} for t in budget.thresholds
             } or {"t0": {"quota": 1, "per": period}}
@@ -218,23 +220,15 @@ class Guard:
                 return [(budget.scope, self.ledger.spend(since=since, **filters))]
             groups = self.ledger.aggregate([field], since=since)
             return [(f"{field}:{g[field]}", g["cost_micros"]) for g in groups if g.get(field) is not None]
-        # A rolling budget drains continuously: replay its window in time order, as the engine
-        # would have, and charge what is still undrained now.
-        window = wall - since
-        drain_per_s = float(budget.limit_usd) * 1e6 / window
-        level: dict[str, tuple[float, float]] = {}  # key -> (micros undrained, at time)
+        # A rolling budget drains continuously: replay its window through the engine's own
+        # drain, key by key, and charge what is still undrained now.
+        events: dict[str, list[tuple[float, int]]] = {}
         for record in self.ledger.records(since=since, **filters):
             name = getattr(record, field, None) if field in _LEDGER_FIELDS else record.tags.get(field)
-            if name is None:
-                continue
-            key = f"{field}:{name}"
-            undrained, at = level.get(key, (0.0, record.time))
-            undrained = max(0.0, undrained - (record.time - at) * drain_per_s) + record.cost_micros
-            level[key] = (undrained, record.time)
-        return [
-            (key, int(max(0.0, undrained - (wall - at) * drain_per_s)))
-            for key, (undrained, at) in level.items()
-        ]
+            if name is not None:
+                events.setdefault(f"{field}:{name}", []).append((record.time, record.cost_micros))
+        return [(key, rolling_undrained(budget.limit_micros, budget.period, sorted(charges), wall))
+                for key, charges in events.items()]
 
 
 def _downgrade(exceeded: BudgetExceeded, model: str) -> str:

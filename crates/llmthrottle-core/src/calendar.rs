@@ -16,28 +16,46 @@ pub enum Period {
     Fixed(u64),
 }
 
+/// The accepted forms, as every error about a period names them.
+pub const PERIOD_FORMS: &str =
+    "day, week or month (calendar, UTC; also daily/weekly/monthly, d/w/mo) or a duration such as 12h, 30d or 2w";
+
 impl Period {
+    /// The one period grammar, shared by quotas, budgets, the policy file and reports:
+    /// `day|daily|d`, `week|weekly|w`, `month|monthly|mo` are calendar periods (UTC); anything
+    /// else must be a duration (`12h`, `30d`, `2w`), kept as `Fixed`. What a duration means is
+    /// the caller's: a quota resets every `n` ns from the epoch, a budget drains over a rolling
+    /// window of `n` ns.
     pub fn parse(text: &str) -> Result<Period> {
         match text.trim().to_ascii_lowercase().as_str() {
             "day" | "daily" | "d" => Ok(Period::Day),
             "week" | "weekly" | "w" => Ok(Period::Week),
             "month" | "monthly" | "mo" => Ok(Period::Month),
-            other => {
-                let ns = crate::rate::parse_duration_ns(other).map_err(|_| {
-                    CoreError::Config(format!(
-                        "unknown period {text:?}: use day, week, month or a duration such as 12h"
-                    ))
-                })?;
-                // Cells tell periods apart by a 16-bit tag, which repeats after 65,536 periods:
-                // an hour's period repeats after 7.5 years, a second's after 18 hours.
-                if ns < 3_600_000_000_000 {
-                    return Err(CoreError::Config(format!(
-                        "quota period {text:?} is shorter than an hour: use a rate such as \"N/{text}\" for short windows"
-                    )));
-                }
-                Ok(Period::Fixed(ns))
+            other => crate::rate::parse_duration_ns(other)
+                .map(Period::Fixed)
+                .map_err(|_| CoreError::Config(format!("unknown period {text:?}: use {PERIOD_FORMS}"))),
+        }
+    }
+
+    /// A period for a quota: `parse`, and at least an hour long.
+    pub fn parse_quota(text: &str) -> Result<Period> {
+        let period = Period::parse(text)?;
+        // Cells tell periods apart by a 16-bit tag, which repeats after 65,536 periods:
+        // an hour's period repeats after 7.5 years, a second's after 18 hours.
+        if let Period::Fixed(ns) = period {
+            if ns < 3_600_000_000_000 {
+                return Err(CoreError::Config(format!(
+                    "quota period {text:?} is shorter than an hour: use a rate such as \"N/{}\" for short windows",
+                    text.trim()
+                )));
             }
         }
+        Ok(period)
+    }
+
+    /// True for the calendar periods (day, week, month).
+    pub fn is_calendar(self) -> bool {
+        !matches!(self, Period::Fixed(_))
     }
 
     /// The index of the period containing `wall_ns` (consecutive periods have consecutive indexes).
@@ -139,7 +157,38 @@ mod tests {
         assert_eq!(Period::Day.remaining_ns(86_400 * S - 5), 5);
         assert_eq!(Period::Fixed(10).index(25), 2);
         assert_eq!(Period::Fixed(10).remaining_ns(25), 5);
-        assert!(Period::parse("30m").is_err());
         assert_eq!(Period::parse("12h").unwrap(), Period::Fixed(12 * 3_600_000_000_000));
+    }
+
+    #[test]
+    fn one_grammar_for_every_period() {
+        for (text, period) in [
+            ("day", Period::Day),
+            ("Daily", Period::Day),
+            ("d", Period::Day),
+            ("week", Period::Week),
+            ("weekly", Period::Week),
+            ("w", Period::Week),
+            ("month", Period::Month),
+            (" monthly ", Period::Month),
+            ("mo", Period::Month),
+        ] {
+            assert_eq!(Period::parse(text).unwrap(), period, "{text}");
+            assert!(period.is_calendar());
+        }
+        assert_eq!(Period::parse("30m").unwrap(), Period::Fixed(30 * 60 * S));
+        assert_eq!(Period::parse("2w").unwrap(), Period::Fixed(14 * 86_400 * S));
+        assert!(!Period::parse("30d").unwrap().is_calendar());
+        let err = Period::parse("fortnight").unwrap_err().to_string();
+        assert!(
+            err.contains("unknown period \"fortnight\"") && err.contains(PERIOD_FORMS),
+            "{err}"
+        );
+        // Quotas need an hour at least; the grammar itself does not.
+        assert!(Period::parse_quota("30m")
+            .unwrap_err()
+            .to_string()
+            .contains("shorter than an hour"));
+        assert_eq!(Period::parse_quota("daily").unwrap(), Period::Day);
     }
 }

@@ -116,6 +116,12 @@ pub fn refund(tat: u64, now: u64, n: u64, charge_end: u64, p: &RateParams) -> u6
     tat.saturating_sub(undrained)
 }
 
+/// Units charged and not yet drained at `now` (above the burst after forced charges).
+#[inline]
+pub fn undrained(tat: u64, now: u64, p: &RateParams) -> u64 {
+    tat.saturating_sub(now) / p.emission_ns
+}
+
 /// Charges `n` units unconditionally (usage above the reservation, learned after the fact).
 #[inline]
 pub fn force(tat: u64, now: u64, n: u64, p: &RateParams) -> u64 {

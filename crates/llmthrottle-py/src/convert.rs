@@ -223,7 +223,7 @@ fn limit_kind(
                 )));
             }
             let period: String = b.extract()?;
-            let period = Period::parse(&period).map_err(to_py)?;
+            let period = Period::parse_quota(&period).map_err(to_py)?;
             Ok(LimitKind::Quota(QuotaParams {
                 limit: part(limit),
                 period,

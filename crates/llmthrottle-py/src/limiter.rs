@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use llmthrottle_core::versioned::Versioned;
-use llmthrottle_core::{Clock, Decision as CoreDecision, Engine, LimitKind, SystemClock};
+use llmthrottle_core::{gcra, Clock, Decision as CoreDecision, Engine, LimitKind, Period, SystemClock};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use smallvec::SmallVec;
@@ -371,7 +371,6 @@ fn planned_tuples<'py>(
     dimensions: &Dimensions,
     steps: &[llmthrottle_core::PlannedStep],
 ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
-    use llmthrottle_core::Period;
     steps
         .iter()
         .map(|step| {
@@ -419,9 +418,53 @@ fn parse_duration(text: &str) -> PyResult<f64> {
         .map_err(|why| crate::errors::ConfigError::new_err(format!("malformed duration {text:?}: {why}")))
 }
 
+/// The period grammar every limit, budget and report shares: `("day" | "week" | "month", 0.0)`
+/// for a calendar period, `("duration", seconds)` for any other; an unknown period is a
+/// `ConfigError` naming the accepted forms.
+#[pyfunction]
+fn parse_period(text: &str) -> PyResult<(&'static str, f64)> {
+    Ok(match Period::parse(text).map_err(to_py)? {
+        Period::Day => ("day", 0.0),
+        Period::Week => ("week", 0.0),
+        Period::Month => ("month", 0.0),
+        Period::Fixed(ns) => ("duration", ns as f64 / 1e9),
+    })
+}
+
+/// Unix seconds at which the period `text` containing `wall_s` began: the calendar boundary
+/// (UTC) of a day, week or month, or for a duration the start of its fixed window from the
+/// epoch, as quotas count them.
+#[pyfunction]
+fn period_start(text: &str, wall_s: f64) -> PyResult<f64> {
+    let period = Period::parse(text).map_err(to_py)?;
+    let wall_ns = convert::seconds_to_ns(wall_s, "wall_s")?;
+    Ok(period.start_ns(period.index(wall_ns)) as f64 / 1e9)
+}
+
+/// What a rolling window of `limit` units per `window` still holds at `now_s` after the
+/// charges `events` (`(unix seconds, units)`, in time order): the engine's own drain, replayed.
+#[pyfunction]
+fn rolling_undrained(limit: u64, window: &str, events: Vec<(f64, u64)>, now_s: f64) -> PyResult<u64> {
+    let window_ns = llmthrottle_core::rate::parse_duration_ns(window)
+        .map_err(|why| crate::errors::ConfigError::new_err(format!("malformed duration {window:?}: {why}")))?;
+    let rate = llmthrottle_core::Rate {
+        amount: limit as f64,
+        period_ns: window_ns,
+    };
+    let params = llmthrottle_core::RateParams::new(rate, Some(limit.max(1))).map_err(to_py)?;
+    let mut tat = 0u64;
+    for (at_s, units) in events {
+        tat = gcra::force(tat, convert::seconds_to_ns(at_s, "an event time")?, units, &params);
+    }
+    Ok(gcra::undrained(tat, convert::seconds_to_ns(now_s, "now_s")?, &params))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(key_matches, m)?)?;
     m.add_function(wrap_pyfunction!(parse_duration, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_period, m)?)?;
+    m.add_function(wrap_pyfunction!(period_start, m)?)?;
+    m.add_function(wrap_pyfunction!(rolling_undrained, m)?)?;
     m.add_class::<Limiter>()?;
     crate::fastcall::install(&m.py().get_type::<Limiter>())?;
     m.add_class::<Decision>()?;

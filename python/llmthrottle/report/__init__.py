@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from .._native import ConfigError, parse_period, period_start
 from ..ledger import Ledger
 from .html import render_html
 from .model import (
@@ -36,8 +36,6 @@ __all__ = ["BudgetStatus", "GroupRow", "Report", "ReportableBudget", "build_repo
 RENDERERS: dict[str, Callable[[Report], str]] = {
     "table": render_table, "csv": render_csv, "json": render_json, "html": render_html}
 
-_RELATIVE = re.compile(r"^(\d+)([hdw])$")
-_SECONDS = {"h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def render(report: Report, fmt: str) -> str:
@@ -49,16 +47,22 @@ def render(report: Report, fmt: str) -> str:
 
 
 def parse_time(text: str, now: float | None = None) -> float:
-    """Unix seconds from an ISO date/datetime (UTC unless it says otherwise), or a relative
-    `30d` / `12h` / `2w` meaning that long before now."""
-    match = _RELATIVE.match(text.strip())
-    if match:
-        return (time.time() if now is None else now) - int(match[1]) * _SECONDS[match[2]]
+    """Unix seconds from an ISO date/datetime (UTC unless it says otherwise), a duration
+    (`30d`, `12h`, `2w`: that long before now) or a calendar period (`day`, `week`, `month`:
+    the start of the current one, UTC), in the period grammar budgets and quotas share."""
+    now = time.time() if now is None else now
+    try:
+        kind, seconds = parse_period(text)
+    except ConfigError:
+        pass
+    else:
+        return now - seconds if kind == "duration" else period_start(kind, now)
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"invalid time {text!r}: use 2025-01-31, 2025-01-31T12:00 or 30d/12h/2w") from None
+            f"invalid time {text!r}: use 2025-01-31, 2025-01-31T12:00, a duration such as 30d, 12h or 2w, "
+            "or day, week or month for the start of the current one") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()

@@ -21,15 +21,12 @@ from typing import Any, Literal, Optional
 from ._native import BudgetExceeded, InProcessState, Reservation, rolling_undrained
 from .budget import BUDGET_DIMENSION, Budget, budget_for
 from .ledger import Ledger
+from .ledger.call import KEY_FIELDS, RECORD_COLUMNS, call_record
 from .limiter import Key, Limiter
 from .pricing import Cost, PriceTable
 from .tokens import estimate
 
 __all__ = ["Guard", "GuardedCall", "ThresholdEvent"]
-
-# Keys named `<field>:<value>` with these fields fill the ledger's columns; other keys go to tags.
-_LEDGER_FIELDS = ("tenant", "user", "team", "feature")
-
 
 @dataclass(frozen=True)
 class ThresholdEvent:
@@ -40,19 +37,6 @@ class ThresholdEvent:
     threshold: float
     spent_usd: float
     limit_usd: float
-
-
-def _ledger_keys(keys: Sequence[str], tags: dict[str, Any]) -> dict[str, Optional[str]]:
-    """Ledger columns from explicit tags (`feature="chat"`) and `<field>:<value>` keys; moves
-    every other `<name>:<value>` key into `tags`."""
-    fields: dict[str, Optional[str]] = {name: tags.pop(name) for name in _LEDGER_FIELDS if name in tags}
-    for key in keys:
-        name, sep, value = key.partition(":")
-        if sep and name in _LEDGER_FIELDS and name not in fields:
-            fields[name] = value
-        elif sep and name not in tags:
-            tags[name] = value
-    return fields
 
 
 class Guard:
@@ -224,7 +208,7 @@ class Guard:
         # drain, key by key, and charge what is still undrained now.
         events: dict[str, list[tuple[float, int]]] = {}
         for record in self.ledger.records(since=since, **filters):
-            name = getattr(record, field, None) if field in _LEDGER_FIELDS else record.tags.get(field)
+            name = getattr(record, field, None) if field in KEY_FIELDS else record.tags.get(field)
             if name is not None:
                 events.setdefault(f"{field}:{name}", []).append((record.time, record.cost_micros))
         return [(key, rolling_undrained(budget.limit_micros, budget.period, sorted(charges), wall))
@@ -284,9 +268,14 @@ class GuardedCall:
             BUDGET_DIMENSION: cost.total_micros / 1e6,
         }
         dims = set(guard.limiter.dimensions)
+        commit = {k: v for k, v in actual.items() if k in dims}
+        if guard.ledger is None and getattr(self.reservation, "records_usage", False):
+            # The sidecar keeps the ledger: the commit carries the record's columns.
+            record = call_record(self.keys, outcome=outcome, latency_s=None, tags=self.tags, cost=cost)
+            commit.update((name, value) for name, value in record.items() if name in RECORD_COLUMNS and value)
         settled_before = self.reservation.settled
         try:
-            self.reservation.commit(**{k: v for k, v in actual.items() if k in dims})
+            self.reservation.commit(**commit)
         finally:
             # A commit that settles but finds no room to charge some usage (a full shared
             # table) raises; the call was made and billed all the same, so it is recorded.
@@ -303,15 +292,10 @@ class GuardedCall:
         ledger = self.guard.ledger
         if ledger is None:
             return
-        tags = {**self.tags, **(extra_tags or {})}
-        fields = _ledger_keys(self.keys, tags)
-        common: dict[str, Any] = {"latency_s": time.monotonic() - self._started, "outcome": outcome,
-                                  "tags": tags or None, **fields}
-        if cost is not None:
-            ledger.record_cost(cost, **common)
-        else:
-            ledger.record(model=self.model, provider=self.provider, cost_micros=cost_micros,
-                          input_tokens=tokens[0], output_tokens=tokens[1], **common)
+        counts = {"input_tokens": tokens[0], "output_tokens": tokens[1]}
+        ledger.record(**call_record(self.keys, outcome=outcome, latency_s=time.monotonic() - self._started,
+                                    tags={**self.tags, **(extra_tags or {})}, cost=cost, model=self.model,
+                                    provider=self.provider, cost_micros=cost_micros, tokens=counts))
 
     def _refund(self, outcome: str, extra_tags: Optional[dict[str, Any]] = None) -> None:
         if self.reservation.settled:

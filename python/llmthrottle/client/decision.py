@@ -46,6 +46,9 @@ class SidecarReservation(SettlesOnExit, SidecarDecision):
     reservation counts as settled: the sidecar commits it as reserved when it expires."""
 
     __slots__ = ("reserved", "_limiter", "_id", "_settled")
+    #: The sidecar records each commit in its ledger (a Guard without a ledger sends the
+    #: record's columns with the commit).
+    records_usage = True
 
     def __init__(self, result: list[Any], limiter: "SidecarLimiter") -> None:
         super().__init__(result)

@@ -21,6 +21,7 @@ from typing import Any, Optional
 from .._native import ConfigError, Reservation
 from ..budget import BUDGET_DIMENSION, budget_for
 from ..config import SidecarConfig
+from ..ledger.call import COUNT_FIELDS, KEY_FIELDS, RECORD_COLUMNS, STRING_FIELDS, call_record
 from ..ledger.store import MAX_COST_MICROS, MAX_TOKENS
 from ..limiter import Limiter
 from ..policy import normalize
@@ -36,12 +37,7 @@ _monotonic = time.monotonic
 _BUDGET_KEYS_SHOWN = 10_000
 
 # Ledger fields a commit may carry beside the limiter's dimensions (see Ledger.record).
-_LEDGER_STRINGS = ("model", "provider", "tenant", "user", "team", "feature", "outcome")
-_LEDGER_COUNTS = ("cost_micros", "input_tokens", "output_tokens", "cached_input_tokens",
-                  "cache_write_tokens", "reasoning_tokens")
-_LEDGER_FIELDS = frozenset(_LEDGER_STRINGS + _LEDGER_COUNTS)
-_LEDGER_MAXIMA = {name: MAX_COST_MICROS if name == "cost_micros" else MAX_TOKENS
-                  for name in _LEDGER_COUNTS}
+_LEDGER_MAXIMA = {name: MAX_COST_MICROS if name == "cost_micros" else MAX_TOKENS for name in COUNT_FIELDS}
 
 
 class _Held:
@@ -179,7 +175,7 @@ class Service:
         that acquired a reservation may settle it."""
         if not isinstance(usage, dict):
             raise ServiceError("BadRequest", "usage must be a map")
-        for name in _LEDGER_COUNTS:
+        for name in COUNT_FIELDS:
             value = usage.get(name)
             if value is not None and (type(value) is not int
                                       or not 0 <= value <= _LEDGER_MAXIMA[name]):
@@ -190,11 +186,11 @@ class Service:
         amounts = {k: v for k, v in usage.items() if k in dimensions}
         try:
             if len(amounts) < len(usage):
-                unknown = [k for k in usage if k not in dimensions and k not in _LEDGER_FIELDS]
+                unknown = [k for k in usage if k not in dimensions and k not in RECORD_COLUMNS]
                 if unknown:
                     raise ValueError(f"unknown dimension {unknown[0]!r}: this limiter limits "
                                      f"{', '.join(map(repr, dimensions))} (ledger fields: "
-                                     f"{', '.join(sorted(_LEDGER_FIELDS))})")
+                                     f"{', '.join(sorted(RECORD_COLUMNS))})")
             held.reservation.commit(**amounts)
         finally:
             if not held.reservation.settled:
@@ -297,33 +293,26 @@ class Service:
     # ------------------------------------------------------------------ ledger
 
     def _record(self, held: _Held, usage: dict[str, Any], amounts: dict[str, Any], outcome: str) -> None:
-        fields: dict[str, Any] = {}
-        if not _LEDGER_FIELDS.isdisjoint(usage):  # usage is often dimensions alone
-            for name in _LEDGER_STRINGS:
-                value = usage.get(name)
-                if isinstance(value, str) and value:
-                    fields[name] = value
-            for name in _LEDGER_COUNTS:
-                value = usage.get(name)
-                if type(value) is int and value >= 0:
-                    fields[name] = value
-        tags = {"namespace": held.namespace, "key": held.key}
-        if "cost_micros" not in fields:
-            priced = _price(fields)
-            if priced is not None:
-                fields["cost_micros"] = priced
-            else:
-                cost = amounts.get("cost_usd", 0)
-                fields["cost_micros"] = round(cost * 1_000_000) if isinstance(cost, (int, float)) and cost >= 0 else 0
-                if "model" in fields:
-                    tags["unpriced"] = True  # a model the price table does not know
-        fields.setdefault("model", "unknown")
-        fields.setdefault("outcome", outcome)
+        given: dict[str, Any] = {}
+        if not RECORD_COLUMNS.isdisjoint(usage):  # usage is often dimensions alone
+            given = {name: value for name in STRING_FIELDS
+                     if isinstance(value := usage.get(name), str) and value}
+            given.update((name, value) for name in COUNT_FIELDS
+                         if type(value := usage.get(name)) is int and value >= 0)
+        tags: dict[str, Any] = {name: given.pop(name) for name in KEY_FIELDS if name in given}
+        tags["namespace"] = held.namespace
         reserved = dict(held.reservation.reserved)
         if amounts or reserved:
             tags["usage"] = {**reserved, **amounts}
+        cost = amounts.get("cost_usd", 0)  # a dollars dimension, when the caller limits one
+        unpriced = round(cost * 1_000_000) if isinstance(cost, (int, float)) and cost >= 0 else 0
+        keys = [held.key] if isinstance(held.key, str) else list(held.key)
+        record = call_record(keys, outcome=given.get("outcome", outcome),
+                             latency_s=max(0.0, time.monotonic() - held.admitted_at), tags=tags,
+                             model=given.get("model"), provider=given.get("provider"),
+                             cost_micros=given.get("cost_micros"), tokens=given, unpriced_micros=unpriced)
         try:
-            self.ledger.record(latency_s=max(0.0, time.monotonic() - held.admitted_at), tags=tags, **fields)
+            self.ledger.record(**record)
         except Exception:
             _log.exception("ledger record failed for namespace %r key %r", held.namespace, held.key)
 
@@ -363,21 +352,3 @@ def _make_state(config: SidecarConfig) -> Any:
 
     return shared(config.state_name or default_state_name(config.socket), capacity=config.state_capacity,
                   lease_capacity=config.state_lease_capacity)
-
-
-def _price(fields: dict[str, Any]) -> Optional[int]:
-    """The micro-dollars of a commit that names a model and its tokens but no cost, from the
-    shipped price table (the same prices Guard charges); None when it cannot be priced."""
-    model = fields.get("model")
-    if not isinstance(model, str) or not any(fields.get(name) for name in _LEDGER_COUNTS[1:]):
-        return None
-    from ..pricing import PriceTable, TokenUsage
-
-    usage = TokenUsage(input_tokens=fields.get("input_tokens", 0), output_tokens=fields.get("output_tokens", 0),
-                       cached_input_tokens=fields.get("cached_input_tokens", 0),
-                       cache_write_5m_tokens=fields.get("cache_write_tokens", 0),
-                       reasoning_tokens=fields.get("reasoning_tokens", 0))
-    try:
-        return PriceTable.default().cost(model, usage, fields.get("provider")).total_micros
-    except (ConfigError, ValueError):
-        return None

@@ -172,7 +172,7 @@ class ServerProcess:
         self._log.close()
         # The default shared-memory table of this socket outlives the server: remove it.
         from llmthrottle import SharedState
-        from llmthrottle.config import default_state_name
+        from llmthrottle.sidecar.config import default_state_name
 
         SharedState.remove(default_state_name(self.socket))
         return self.proc.returncode
@@ -206,17 +206,6 @@ requests = "5/h"
 tokens = "1000/h"
 concurrency = 2
 """
-
-
-@pytest.fixture(scope="module")
-def sidecar_server() -> Iterator[ServerProcess]:
-    """One server per test module, on TEST_CONFIG."""
-    with tempfile.TemporaryDirectory(prefix="lt-sidecar-") as directory:
-        server = start_server(directory, TEST_CONFIG)
-        try:
-            yield server
-        finally:
-            server.stop()
 
 
 def unique(prefix: str = "k") -> str:

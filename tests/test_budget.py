@@ -309,7 +309,7 @@ def test_budget_spend_equals_the_ledgers_sum_to_the_micro_dollar(tmp_path_factor
 
 
 def test_one_period_grammar_for_budgets_quotas_config_and_reports(tmp_path):
-    from llmthrottle.config import parse_config
+    from llmthrottle.sidecar.config import parse_config
     from llmthrottle.report import parse_time
 
     # The same word is the same period for a budget and for a quota.

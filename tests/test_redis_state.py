@@ -393,7 +393,7 @@ def test_sidecars_on_two_hosts_share_one_set_of_limits(redis_server: RedisServer
 
 
 def test_the_policy_files_redis_settings_are_checked(tmp_path: Path) -> None:
-    from llmthrottle.config import load_config
+    from llmthrottle.sidecar.config import load_config
 
     def load(text: str) -> Any:
         path = tmp_path / "llmthrottle.toml"

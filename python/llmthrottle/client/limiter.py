@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from .._native import ConfigError, ExceedsCapacity
-from ..config import default_socket_path
+from ..sidecar.config import default_socket_path
 from ..budget import Budget
 from ..limiter import Key, LimitState, Limiter, WaitingMixin
 from ..policy import LimitsConfig, RulesConfig, normalize

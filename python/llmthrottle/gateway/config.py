@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .._native import ConfigError
-from .. import config as shared
+from ..sidecar import config as shared
 from ..limiter import Limiter
 from ..providers.protocol import Family
 from .taxonomy import RouteRule, parse_rules

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         budgets: list[Any] = []
         if args.config:
-            from ..config import load_config
+            from ..sidecar.config import load_config
 
             for namespace_budgets in load_config(args.config).budgets.values():
                 budgets.extend(namespace_budgets)

@@ -53,7 +53,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point of `llmthrottle serve`."""
     from .._native import ConfigError
-    from ..config import find_config_file, load_config
+    from .config import find_config_file, load_config
 
     path = args.config or find_config_file()
     try:

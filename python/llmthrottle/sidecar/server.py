@@ -33,7 +33,7 @@ from typing import Any, Optional, Union
 from aiohttp import web
 
 from .._native import ConfigError
-from ..config import SidecarConfig, load_config
+from .config import SidecarConfig, load_config
 from .access import AccessPolicy, peer_credentials
 from .binary import BinaryConnection
 from .http_api import make_app

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from .._native import ConfigError, Reservation
 from ..budget import BUDGET_DIMENSION, budget_for
-from ..config import SidecarConfig
+from .config import SidecarConfig
 from ..ledger.call import COUNT_FIELDS, KEY_FIELDS, RECORD_COLUMNS, STRING_FIELDS, call_record
 from ..ledger.store import MAX_COST_MICROS, MAX_TOKENS
 from ..limiter import Limiter
@@ -348,7 +348,7 @@ def _make_state(config: SidecarConfig) -> Any:
     if shared is None:
         raise ConfigError('state.kind = "shared" needs llmthrottle.SharedState, which this build '
                           'does not have; use kind = "in-process"')
-    from ..config import default_state_name
+    from .config import default_state_name
 
     return shared(config.state_name or default_state_name(config.socket), capacity=config.state_capacity,
                   lease_capacity=config.state_lease_capacity)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llmthrottle.sidecar.protocol import ERROR, OK, FrameDecoder, FrameError, Op, decode_payload, encode_frame
-from sidecar_helpers import RawClient, ServerProcess, sidecar_server, unique  # noqa: F401  (fixture)
+from sidecar_helpers import RawClient, ServerProcess, unique
 
 
 @given(st.lists(st.lists(st.integers(-(2**63), 2**64 - 1), max_size=5), min_size=1, max_size=8), st.data())

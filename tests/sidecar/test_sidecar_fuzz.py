@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from llmthrottle.sidecar.errors import ERRORS
 from llmthrottle.sidecar.protocol import ERROR, MAGIC, OK, FrameDecoder, FrameError, Op
-from sidecar_helpers import RawClient, ServerProcess, sidecar_server, still_serving  # noqa: F401  (fixture)
+from sidecar_helpers import RawClient, ServerProcess, still_serving
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

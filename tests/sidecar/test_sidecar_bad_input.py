@@ -14,7 +14,7 @@ import msgpack
 import pytest
 
 from llmthrottle.sidecar.protocol import ERROR, MAGIC, OK, Op, encode_frame
-from sidecar_helpers import RawClient, ServerProcess, sidecar_server, still_serving, start_server  # noqa: F401  (fixture)
+from sidecar_helpers import RawClient, ServerProcess, still_serving, start_server
 
 
 def test_garbage_bytes_get_an_http_error(sidecar_server: ServerProcess) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 import llmthrottle as lt
 from llmthrottle.client import Sidecar, SidecarUnavailable
-from sidecar_helpers import ServerProcess, sidecar_server, start_server, unique  # noqa: F401  (fixture)
+from sidecar_helpers import ServerProcess, start_server, unique
 
 LIMITS = {"requests": "10/h", "tokens": "1000/h", "concurrency": 3}
 

@@ -54,7 +54,7 @@ def test_budgets_from_the_file_apply_over_http_and_the_client(server) -> None:
 
 
 def test_bad_budget_entries_are_refused_with_the_entry_named() -> None:
-    from llmthrottle.config import parse_config
+    from llmthrottle.sidecar.config import parse_config
 
     with pytest.raises(lt.ConfigError, match=r"budgets\.0: .*limit_usd"):
         parse_config('[[budgets]]\nscope = "team:*"\nlimit_usd = -1\n', "llmthrottle.toml")

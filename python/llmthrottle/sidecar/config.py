@@ -49,8 +49,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from ._native import ConfigError, parse_period
-from .policy import RulesConfig
+from .._native import ConfigError, parse_period
+from ..policy import RulesConfig
 
 __all__ = [
     "DEFAULT_RULES",
@@ -349,7 +349,7 @@ _BUDGET_KEYS = ("scope", "limit_usd", "period", "on_exceed", "downgrade_to", "th
 
 def _parse_budgets(config: SidecarConfig, entries: Any, where: _Where) -> None:
     """`[[budgets]]` entries: the fields of `llmthrottle.Budget`, plus `namespace`."""
-    from .budget import Budget
+    from ..budget import Budget
 
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise where.error(("budgets",), 'must be an array of tables: [[budgets]] scope = "team:*" ...')
@@ -377,7 +377,7 @@ def _parse_budgets(config: SidecarConfig, entries: Any, where: _Where) -> None:
             raise where.error((*keys, "namespace"), "must be a non-empty string")
         config.budgets.setdefault(namespace, []).append(budget)
     for namespace, budgets in config.budgets.items():
-        from .budget import budget_rules
+        from ..budget import budget_rules
 
         try:
             budget_rules(budgets)
@@ -407,7 +407,7 @@ def _rules(table: Any, keys: tuple[str, ...], where: _Where) -> dict[str, Any]:
     exactly what `llmthrottle.Limiter(rules=...)` accepts."""
     if not isinstance(table, dict) or not table:
         raise where.error(keys, 'must map key patterns to limits, e.g. [limits."*"] requests = "500/min"')
-    from .limiter import Limiter  # imported here: config must load without the engine for --help
+    from ..limiter import Limiter  # imported here: config must load without the engine for --help
 
     for pattern, limits in table.items():
         try:

@@ -17,15 +17,9 @@ from collections.abc import Iterator
 import pytest
 
 import llmthrottle as lt
-from llmthrottle.config import DEFAULT_RULES, load_config, parse_config
+from llmthrottle.sidecar.config import DEFAULT_RULES, load_config, parse_config
 from llmthrottle.sidecar.protocol import ERROR, OK, Op
 from sidecar_helpers import RawClient, start_server
-
-
-@pytest.fixture
-def directory() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="lt-ops-") as path:
-        yield path
 
 
 def _poll(predicate, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sidecar_helpers import ServerProcess, sidecar_server, unique  # noqa: F401  (fixture)
+from sidecar_helpers import ServerProcess, unique
 
 
 def test_health_answers_with_namespaces(sidecar_server: ServerProcess) -> None:

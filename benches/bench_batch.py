@@ -48,9 +48,24 @@ class _Fake:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "llmthrottle.cli", "fake-provider", "--port", str(self.port), "--rpm",
-             str(args.rpm), "--tpm", str(args.tpm), "--output-tokens", str(args.output_tokens), "--ttft",
-             str(args.ttft)], stdout=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "llmthrottle.cli",
+                "fake-provider",
+                "--port",
+                str(self.port),
+                "--rpm",
+                str(args.rpm),
+                "--tpm",
+                str(args.tpm),
+                "--output-tokens",
+                str(args.output_tokens),
+                "--ttft",
+                str(args.ttft),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         for _ in range(200):
             try:
@@ -65,7 +80,7 @@ class _Fake:
             counters: dict[str, Any] = json.load(answer)
             return counters
 
-    def __enter__(self) -> "_Fake":
+    def __enter__(self) -> _Fake:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -80,13 +95,29 @@ def _llmthrottle(args: argparse.Namespace, source: Path, directory: Path) -> dic
 
     output = directory / "lt.jsonl"
     with _Fake(args) as fake:
-        spec = batch.JobSpec(input=str(source), output=str(output), model=MODEL, template=TEMPLATE,
-                             max_tokens=args.max_tokens, rpm=args.rpm, tpm=args.tpm)
+        spec = batch.JobSpec(
+            input=str(source),
+            output=str(output),
+            model=MODEL,
+            template=TEMPLATE,
+            max_tokens=args.max_tokens,
+            rpm=args.rpm,
+            tpm=args.tpm,
+        )
         plan = batch.plan(spec)
         started = time.monotonic()
-        result = batch.run(source, output, model=MODEL, template=TEMPLATE, max_tokens=args.max_tokens, rpm=args.rpm,
-                           tpm=args.tpm, concurrency=args.concurrency, progress=False,
-                           client=openai.AsyncOpenAI(base_url=fake.base_url, api_key="k"))
+        result = batch.run(
+            source,
+            output,
+            model=MODEL,
+            template=TEMPLATE,
+            max_tokens=args.max_tokens,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            concurrency=args.concurrency,
+            progress=False,
+            client=openai.AsyncOpenAI(base_url=fake.base_url, api_key="k"),
+        )
         seconds = time.monotonic() - started
         counters = fake.counters()
     ids = [json.loads(line)["id"] for line in output.read_text().splitlines()]
@@ -106,20 +137,30 @@ def _cookbook(args: argparse.Namespace, source: Path, directory: Path) -> dict[s
 
     def requests() -> Any:
         for row in rows:
-            body = {"model": MODEL, "max_tokens": args.max_tokens,
-                    "messages": [{"role": "user", "content": TEMPLATE.format(**row)}]}
+            body = {
+                "model": MODEL,
+                "max_tokens": args.max_tokens,
+                "messages": [{"role": "user", "content": TEMPLATE.format(**row)}],
+            }
             yield row["id"], body, estimate(body).total
 
     async def main(base_url: str) -> None:
         with open(output, "w") as out:
+
             def done(tag: Any, reply: Any, _: float) -> None:
                 nonlocal spent
                 spent += cost(MODEL, reply.usage.model_dump()).total_micros
                 out.write(json.dumps({"id": tag, "result": reply.choices[0].message.content}) + "\n")
 
             async with openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0) as client:
-                await process(requests(), client, max_requests_per_minute=args.rpm * 0.75,
-                              max_tokens_per_minute=args.tpm * 0.75, on_done=done, on_failed=lambda *_: None)
+                await process(
+                    requests(),
+                    client,
+                    max_requests_per_minute=args.rpm * 0.75,
+                    max_tokens_per_minute=args.tpm * 0.75,
+                    on_done=done,
+                    on_failed=lambda *_: None,
+                )
 
     with _Fake(args) as fake:
         started = time.monotonic()
@@ -144,26 +185,37 @@ def main() -> None:
         directory = Path(tmp)
         source = directory / "rows.csv"
         _rows(source, args.rows)
-        print(f"{args.rows} rows, fake provider at {args.rpm} RPM / {args.tpm} TPM, max_tokens {args.max_tokens}, "
-              f"replies of {args.output_tokens} tokens", flush=True)
-        print(f"{'runner':22s} {'seconds':>8s} {'rows/s':>7s} {'TPM used':>8s} {'429s':>6s} {'rows out':>8s} "
-              f"{'lost':>5s} {'twice':>5s} {'spent':>10s}", flush=True)
+        print(
+            f"{args.rows} rows, fake provider at {args.rpm} RPM / {args.tpm} TPM, max_tokens {args.max_tokens}, "
+            f"replies of {args.output_tokens} tokens",
+            flush=True,
+        )
+        print(
+            f"{'runner':22s} {'seconds':>8s} {'rows/s':>7s} {'TPM used':>8s} {'429s':>6s} {'rows out':>8s} "
+            f"{'lost':>5s} {'twice':>5s} {'spent':>10s}",
+            flush=True,
+        )
         expected = {f"r{n}" for n in range(args.rows)}
         for name, runner in (("llmthrottle batch", _llmthrottle), ("cookbook processor", _cookbook)):
             measured = runner(args, source, directory)
             counters, ids, seconds = measured["counters"], measured["ids"], measured["seconds"]
             most = args.tpm + args.tpm * seconds / 60
             used = counters["charged"].get("tokens", 0) / most
-            print(f"{name:22s} {seconds:8.1f} {len(ids) / seconds:7.1f} {used:8.1%} {counters['rate_limited']:6d} "
-                  f"{len(ids):8d} {len(expected - set(ids)):5d} {len(ids) - len(set(ids)):5d} "
-                  f"${measured['spent'] / 1e6:9.4f}", flush=True)
+            print(
+                f"{name:22s} {seconds:8.1f} {len(ids) / seconds:7.1f} {used:8.1%} {counters['rate_limited']:6d} "
+                f"{len(ids):8d} {len(expected - set(ids)):5d} {len(ids) - len(set(ids)):5d} "
+                f"${measured['spent'] / 1e6:9.4f}",
+                flush=True,
+            )
             plan = measured["plan"]
             if plan is not None:
                 spent = measured["spent"]
-                print(f"{'':22s} forecast: least ${plan.least_micros / 1e6:.4f} ({plan.least_micros / spent - 1:+.1%}), "
-                      f"expected ${plan.expected_micros / 1e6:.4f} ({plan.expected_micros / spent - 1:+.1%}), "
-                      f"most ${plan.most_micros / 1e6:.4f} ({plan.most_micros / spent - 1:+.1%}) of the actual",
-                      flush=True)
+                print(
+                    f"{'':22s} forecast: least ${plan.least_micros / 1e6:.4f} ({plan.least_micros / spent - 1:+.1%}), "
+                    f"expected ${plan.expected_micros / 1e6:.4f} ({plan.expected_micros / spent - 1:+.1%}), "
+                    f"most ${plan.most_micros / 1e6:.4f} ({plan.most_micros / spent - 1:+.1%}) of the actual",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

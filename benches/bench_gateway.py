@@ -27,11 +27,12 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from redis_servers import free_port  # noqa: E402
+from redis_servers import free_port
+
 
 def body(model: str) -> bytes:
     return json.dumps({"model": model, "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 16}).encode()
@@ -86,6 +87,7 @@ async def _load(url: str, key: str, model: str, rate: float, seconds: float) -> 
     payload = body(model)
     connector = aiohttp.TCPConnector(limit=2000)
     async with aiohttp.ClientSession(connector=connector) as session:
+
         async def one() -> None:
             nonlocal errors
             started = time.perf_counter()
@@ -117,9 +119,13 @@ async def _load(url: str, key: str, model: str, rate: float, seconds: float) -> 
         took = time.perf_counter() - began
     latencies.sort()
     n = len(latencies)
-    return {"p50": latencies[n // 2] * 1000 if n else float("nan"),
-            "p99": latencies[int(n * 0.99)] * 1000 if n else float("nan"),
-            "errors": errors, "sustained": n / took, "sent": sent}
+    return {
+        "p50": latencies[n // 2] * 1000 if n else float("nan"),
+        "p99": latencies[int(n * 0.99)] * 1000 if n else float("nan"),
+        "errors": errors,
+        "sustained": n / took,
+        "sent": sent,
+    }
 
 
 def _load_process(url: str, key: str, model: str, rate: float, seconds: float, out: Any) -> None:
@@ -146,8 +152,11 @@ def load(url: str, key: str, model: str, rate: float, seconds: float) -> dict[st
 
 
 def start_upstream(port: int, latency: float) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "llmthrottle.cli", "fake-provider", "--port", str(port),
-                             "--ttft", str(latency)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmthrottle.cli", "fake-provider", "--port", str(port), "--ttft", str(latency)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_healthy(f"http://127.0.0.1:{port}/fake/counters", proc, "the fake provider")
     return proc
 
@@ -176,13 +185,17 @@ name = "bench-gateway-{os.getpid()}"
     key = store.create(tenant="bench", tier="bench")[0]
     store.close()
     env = {**os.environ, "BENCH_UPSTREAM_KEY": "test"}
-    proc = subprocess.Popen([sys.executable, "-m", "llmthrottle.cli", "gateway", "--config", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmthrottle.cli", "gateway", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     wait_healthy(f"http://127.0.0.1:{port}/health", proc, "the gateway")
     return proc, key
 
 
-def start_litellm(directory: Path, port: int, upstream: str) -> Optional[tuple[subprocess.Popen[bytes], str]]:
+def start_litellm(directory: Path, port: int, upstream: str) -> tuple[subprocess.Popen[bytes], str] | None:
     litellm = shutil.which("litellm") or str(Path(sys.executable).parent / "litellm")
     if not os.path.exists(litellm):
         return None
@@ -200,8 +213,12 @@ litellm_settings:
   telemetry: false
 """)
     env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    proc = subprocess.Popen([litellm, "--config", str(config), "--port", str(port), "--host", "127.0.0.1",
-                             "--num_workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [litellm, "--config", str(config), "--port", str(port), "--host", "127.0.0.1", "--num_workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     try:
         wait_healthy(f"http://127.0.0.1:{port}/health/liveliness", proc, "LiteLLM's proxy", timeout=180)
     except RuntimeError as error:
@@ -225,8 +242,9 @@ def main() -> None:
         upstream_port = free_port()
         upstream = start_upstream(upstream_port, args.upstream_latency)
         upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
-        contenders: dict[str, tuple[str, str, Optional[subprocess.Popen[bytes]]]] = {
-            "direct": (f"{upstream_url}/chat/completions", "test", None)}
+        contenders: dict[str, tuple[str, str, subprocess.Popen[bytes] | None]] = {
+            "direct": (f"{upstream_url}/chat/completions", "test", None)
+        }
         procs = [upstream]
         try:
             gateway_port = free_port()
@@ -238,14 +256,16 @@ def main() -> None:
                 if started is not None:
                     procs.append(started[0])
                     port = started[0].args[4]  # type: ignore[index]
-                    contenders["LiteLLM proxy"] = (f"http://127.0.0.1:{port}/v1/chat/completions", started[1],
-                                                   started[0])
+                    contenders["LiteLLM proxy"] = (
+                        f"http://127.0.0.1:{port}/v1/chat/completions",
+                        started[1],
+                        started[0],
+                    )
             rows = []
             for rate in args.rates:
                 results = {}
                 for name, (url, secret, proc) in contenders.items():
-                    results[name] = load(url, secret, "gpt-4o-mini" if name == "direct" else "fast", rate,
-                                         args.seconds)
+                    results[name] = load(url, secret, "gpt-4o-mini" if name == "direct" else "fast", rate, args.seconds)
                     results[name]["rss"] = resident_mb(proc.pid) if proc is not None else None
                     print(f"  {name} at {rate:g} rps: {results[name]}", file=sys.stderr, flush=True)
                 rows.append((rate, results))
@@ -260,18 +280,25 @@ def main() -> None:
             from llmthrottle import SharedState
 
             SharedState.remove(f"bench-gateway-{os.getpid()}")
-    print(f"\nupstream latency {args.upstream_latency * 1000:.0f} ms; {args.seconds:g} s per rate; "
-          f"{os.cpu_count()} cores (load generator, proxy and upstream share them)\n")
+    print(
+        f"\nupstream latency {args.upstream_latency * 1000:.0f} ms; {args.seconds:g} s per rate; "
+        f"{os.cpu_count()} cores (load generator, proxy and upstream share them)\n"
+    )
     print("| rate | way in | p50 ms | p99 ms | added p50 ms | added p99 ms | errors | sustained rps | RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for rate, results in rows:
         direct = results["direct"]
         for name, result in results.items():
-            added = ("-", "-") if name == "direct" else (f"{result['p50'] - direct['p50']:.2f}",
-                                                          f"{result['p99'] - direct['p99']:.2f}")
+            added = (
+                ("-", "-")
+                if name == "direct"
+                else (f"{result['p50'] - direct['p50']:.2f}", f"{result['p99'] - direct['p99']:.2f}")
+            )
             rss = "-" if result["rss"] is None else f"{result['rss']:.0f}"
-            print(f"| {rate:g} | {name} | {result['p50']:.2f} | {result['p99']:.2f} | {added[0]} | {added[1]} | "
-                  f"{result['errors']} | {result['sustained']:.0f} | {rss} |")
+            print(
+                f"| {rate:g} | {name} | {result['p50']:.2f} | {result['p99']:.2f} | {added[0]} | {added[1]} | "
+                f"{result['errors']} | {result['sustained']:.0f} | {rss} |"
+            )
 
 
 if __name__ == "__main__":

@@ -22,9 +22,18 @@ from llmthrottle.ledger import Ledger
 def write(ledger: Ledger, n: int, tenant: str = "acme") -> None:
     record = ledger.record
     for i in range(n):
-        record(model="gpt-4o", provider="openai", cost_micros=i % 5000, tenant=tenant,
-               user=f"u{i % 100}", feature="chat", input_tokens=1200, output_tokens=300,
-               cached_input_tokens=256, latency_s=0.8)
+        record(
+            model="gpt-4o",
+            provider="openai",
+            cost_micros=i % 5000,
+            tenant=tenant,
+            user=f"u{i % 100}",
+            feature="chat",
+            input_tokens=1200,
+            output_tokens=300,
+            cached_input_tokens=256,
+            latency_s=0.8,
+        )
 
 
 def bench_record_call(n: int) -> float:
@@ -71,8 +80,7 @@ def bench_processes(n: int, processes: int) -> float:
     with tempfile.TemporaryDirectory() as d:
         Ledger(d).close()
         ctx = multiprocessing.get_context("spawn")
-        workers = [ctx.Process(target=_process_writer, args=(d, n, f"p{i}"))
-                   for i in range(processes)]
+        workers = [ctx.Process(target=_process_writer, args=(d, n, f"p{i}")) for i in range(processes)]
         start = time.perf_counter()
         for w in workers:
             w.start()
@@ -95,10 +103,8 @@ def main() -> None:
     rate, _ = bench_sustained(n, reader=False)
     rows.append(("sustained, 1 writer thread", f"{rate:,.0f} records/s"))
     rate, queries = bench_sustained(n, reader=True)
-    rows.append(("sustained, 1 writer + spend() reader",
-                 f"{rate:,.0f} records/s ({queries:,} spend queries)"))
-    rows.append(("sustained, 2 writer processes (incl. start-up)",
-                 f"{bench_processes(n // 2, 2):,.0f} records/s"))
+    rows.append(("sustained, 1 writer + spend() reader", f"{rate:,.0f} records/s ({queries:,} spend queries)"))
+    rows.append(("sustained, 2 writer processes (incl. start-up)", f"{bench_processes(n // 2, 2):,.0f} records/s"))
     width = max(len(r[0]) for r in rows)
     print(f"{'benchmark':<{width}}  result")
     print(f"{'-' * width}  {'-' * 40}")

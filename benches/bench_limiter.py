@@ -56,8 +56,9 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 N_KEYS = 100_000
 KEYS = [f"user-{i:06d}" for i in range(N_KEYS)]  # no ":": token-throttle rejects it in a model name
@@ -89,7 +90,7 @@ class Result:
     dims: int
     variant: str
     shape: str
-    ns: Optional[float] = None
+    ns: float | None = None
     n: int = 0
     na: str = ""
     detail_only: bool = False
@@ -125,14 +126,16 @@ def floor_candidates() -> list:
 
     def make_empty() -> tuple:
         def run(keys: list) -> None:
-            for k in keys:
+            for _key in keys:
                 pass
 
         return run, lambda k: True
 
-    return [Candidate("python", 0, "bare method call obj.method(key)", make),
-            Candidate("python", 0, "same, pre-bound: f = obj.method; f(key) (as every candidate is called)", make_bound),
-            Candidate("python", 0, "empty loop (for k in keys: pass)", make_empty)]
+    return [
+        Candidate("python", 0, "bare method call obj.method(key)", make),
+        Candidate("python", 0, "same, pre-bound: f = obj.method; f(key) (as every candidate is called)", make_bound),
+        Candidate("python", 0, "empty loop (for k in keys: pass)", make_empty),
+    ]
 
 
 def llmthrottle_candidates() -> list:
@@ -165,11 +168,15 @@ def llmthrottle_candidates() -> list:
 
         return run, lambda k: bool(lim.try_acquire(k))
 
-    return [Candidate("llmthrottle", 1, 'Limiter({"requests": "1G/s"}).try_acquire(key)', make1),
-            Candidate("llmthrottle", 1, "same, not pre-bound: lim.try_acquire(key) in the loop", make1_lookup,
-                      detail_only=True),
-            Candidate("llmthrottle", 2, 'Limiter({"requests": "1G/s", "tokens": "1G/s"}).try_acquire(key, tokens=10)',
-                      make2)]
+    return [
+        Candidate("llmthrottle", 1, 'Limiter({"requests": "1G/s"}).try_acquire(key)', make1),
+        Candidate(
+            "llmthrottle", 1, "same, not pre-bound: lim.try_acquire(key) in the loop", make1_lookup, detail_only=True
+        ),
+        Candidate(
+            "llmthrottle", 2, 'Limiter({"requests": "1G/s", "tokens": "1G/s"}).try_acquire(key, tokens=10)', make2
+        ),
+    ]
 
 
 def limits_candidates() -> list:
@@ -181,7 +188,6 @@ def limits_candidates() -> list:
     tokens = RateLimitItemPerSecond(BIG, namespace="tokens")
     out = []
     for strategy in (FixedWindowRateLimiter, MovingWindowRateLimiter, SlidingWindowCounterRateLimiter):
-
         # MemoryStorage re-arms a 10 ms expiry Timer thread on every hit, which walks all its keys.
         # It runs (and takes the GIL) inside limits' own timed loop; after the loop, the bench
         # waits for its last run so that it does not slow down whichever candidate runs next.
@@ -211,8 +217,18 @@ def limits_candidates() -> list:
 
 
 def pyrate_candidates() -> list:
-    from pyrate_limiter import (GCRA, BucketFactory, Duration, FixedWindow, InMemoryBucket, Limiter,
-                                MonotonicClock, Rate, RateItem, StateBucket)
+    from pyrate_limiter import (
+        GCRA,
+        BucketFactory,
+        Duration,
+        FixedWindow,
+        InMemoryBucket,
+        Limiter,
+        MonotonicClock,
+        Rate,
+        RateItem,
+        StateBucket,
+    )
 
     class PerKeyFactory(BucketFactory):
         """One bucket per item name (pyrate's documented way to limit per key)."""
@@ -355,9 +371,12 @@ def aiolimiter_candidates() -> list:
 
         return (lambda keys: loop.run_until_complete(body(keys))), (lambda k: loop.run_until_complete(one(k)))
 
-    return [Candidate("aiolimiter", 1, "dict key -> AsyncLimiter; has_capacity() + await acquire() in a running loop",
-                      make1),
-            Candidate("aiolimiter", 2, "dict key -> 2 AsyncLimiters; both has_capacity() then both acquire()", make2)]
+    return [
+        Candidate(
+            "aiolimiter", 1, "dict key -> AsyncLimiter; has_capacity() + await acquire() in a running loop", make1
+        ),
+        Candidate("aiolimiter", 2, "dict key -> 2 AsyncLimiters; both has_capacity() then both acquire()", make2),
+    ]
 
 
 TT_NA_100K = "not measured: ~0.5-1 ms per call, so touching 100k keys (model families) alone takes minutes"
@@ -387,11 +406,22 @@ def token_throttle_candidates() -> list:
 
     requests = tt.Quota(metric="requests", limit=BIG, per_seconds=1)
     tokens = tt.Quota(metric="tokens", limit=BIG, per_seconds=1)
-    return [Candidate("token-throttle", 1, "SyncRateLimiter + SyncMemoryBackend; acquire_capacity + refund_capacity",
-                      lambda: make([requests], {"requests": 1}), na={"100k keys": TT_NA_100K}),
-            Candidate("token-throttle", 2, "same, one config with 2 quotas (native)",
-                      lambda: make([requests, tokens], {"requests": 1, "tokens": TOKENS}),
-                      na={"100k keys": TT_NA_100K})]
+    return [
+        Candidate(
+            "token-throttle",
+            1,
+            "SyncRateLimiter + SyncMemoryBackend; acquire_capacity + refund_capacity",
+            lambda: make([requests], {"requests": 1}),
+            na={"100k keys": TT_NA_100K},
+        ),
+        Candidate(
+            "token-throttle",
+            2,
+            "same, one config with 2 quotas (native)",
+            lambda: make([requests, tokens], {"requests": 1, "tokens": TOKENS}),
+            na={"100k keys": TT_NA_100K},
+        ),
+    ]
 
 
 PEERS = {
@@ -413,7 +443,7 @@ class _Instance:
     shape: str
     run: Run
     check: Check
-    settle: Optional[Callable[[], Any]]
+    settle: Callable[[], Any] | None
     batches: list  # one key list per repeat
     result: Result
 
@@ -450,8 +480,10 @@ def _prepare(cand: Candidate, shape: str, repeats: int, target_ms: float, log: C
     else:
         batches = [[KEYS[(r * n + i) % N_KEYS] for i in range(n)] for r in range(repeats)]
     result.n = n
-    log(f"  ready {cand.library:15} {cand.dims}d {shape:9} ~{per_call:8.0f} ns  n={n:6d}  "
-        f"warm-up {time.perf_counter() - started:5.1f}s  {cand.variant}")
+    log(
+        f"  ready {cand.library:15} {cand.dims}d {shape:9} ~{per_call:8.0f} ns  n={n:6d}  "
+        f"warm-up {time.perf_counter() - started:5.1f}s  {cand.variant}"
+    )
     if settle:
         settle()
     return _Instance(cand, shape, run, check, settle, batches, result)
@@ -497,8 +529,17 @@ def _check_sample(cand: Candidate, shape: str, check: Check) -> None:
 
 
 def _token_throttle_subprocess(python: str, args: argparse.Namespace, log: Callable[[str], None]) -> list:
-    command = [python, __file__, "--only", "token-throttle", "--json", "--repeats", str(args.repeats),
-               "--target-ms", str(args.target_ms)]
+    command = [
+        python,
+        __file__,
+        "--only",
+        "token-throttle",
+        "--json",
+        "--repeats",
+        str(args.repeats),
+        "--target-ms",
+        str(args.target_ms),
+    ]
     log(f"  token-throttle: running {' '.join(command)}")
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
@@ -518,7 +559,7 @@ def _token_throttle_subprocess(python: str, args: argparse.Namespace, log: Calla
 # ---------------------------------------------------------------------------------- reporting
 
 
-def _fmt_ns(ns: Optional[float]) -> str:
+def _fmt_ns(ns: float | None) -> str:
     if ns is None:
         return "n/a"
     if ns >= 10_000:
@@ -531,10 +572,13 @@ def _ns(result: Result) -> float:
     return result.ns
 
 
-def _best(results: list, library: str, dims: int, shape: str) -> Optional[Result]:
+def _best(results: list, library: str, dims: int, shape: str) -> Result | None:
     """The fastest measured main-table variant of `library` for these dims and shape."""
-    measured = [r for r in results if r.library == library and r.dims == dims and r.shape == shape
-                and r.ns is not None and not r.detail_only]
+    measured = [
+        r
+        for r in results
+        if r.library == library and r.dims == dims and r.shape == shape and r.ns is not None and not r.detail_only
+    ]
     return min(measured, key=_ns) if measured else None
 
 
@@ -546,11 +590,13 @@ def _na_reason(results: list, library: str, dims: int, shape: str) -> str:
 def report(results: list, unavailable: dict) -> str:
     baseline = _best(results, "llmthrottle", 1, "1 key")
     base_ns = baseline.ns if baseline else None
-    lines = ["| library | config | 1 key ns | 100k keys ns | ratio vs llmthrottle (1 dim, 1 key): 1 key / 100k |",
-             "|---|---|---:|---:|---:|"]
+    lines = [
+        "| library | config | 1 key ns | 100k keys ns | ratio vs llmthrottle (1 dim, 1 key): 1 key / 100k |",
+        "|---|---|---:|---:|---:|",
+    ]
     notes = []
 
-    def ratio(ns: Optional[float]) -> str:
+    def ratio(ns: float | None) -> str:
         if ns is None or not base_ns:
             return "—"
         return f"{ns / base_ns:,.2f}×" if ns < base_ns else f"{ns / base_ns:,.1f}×"
@@ -558,9 +604,11 @@ def report(results: list, unavailable: dict) -> str:
     floor = [r for r in results if r.library == "python"]
     for r in floor:
         if r.shape == "1 key" and "empty" not in r.variant:
-            lines.append(f"| python (floor) | {r.variant} | {_fmt_ns(r.ns)} | "
-                         f"{_fmt_ns(next((x.ns for x in floor if x.variant == r.variant and x.shape != r.shape), None))}"
-                         f" | {ratio(r.ns)} |")
+            lines.append(
+                f"| python (floor) | {r.variant} | {_fmt_ns(r.ns)} | "
+                f"{_fmt_ns(next((x.ns for x in floor if x.variant == r.variant and x.shape != r.shape), None))}"
+                f" | {ratio(r.ns)} |"
+            )
     for library in LIBRARIES:
         if library in unavailable:
             lines.append(f"| {library} | n/a | n/a | n/a | — |")
@@ -605,9 +653,11 @@ def report(results: list, unavailable: dict) -> str:
             ok = _ns(mine) <= 150 and speedup >= 15
             goal_ok &= ok
             compared += 1
-            summary.append(f"- {dims} dim{'s' if dims > 1 else ''}, {shape}: {fastest.library} ({fastest.variant}) "
-                           f"{_fmt_ns(fastest.ns)} ns / llmthrottle {_fmt_ns(mine.ns)} ns = **{speedup:.1f}×**  "
-                           f"(goal ≤ 150 ns and ≥ 15×: {'met' if ok else 'NOT met'})")
+            summary.append(
+                f"- {dims} dim{'s' if dims > 1 else ''}, {shape}: {fastest.library} ({fastest.variant}) "
+                f"{_fmt_ns(fastest.ns)} ns / llmthrottle {_fmt_ns(mine.ns)} ns = **{speedup:.1f}×**  "
+                f"(goal ≤ 150 ns and ≥ 15×: {'met' if ok else 'NOT met'})"
+            )
     summary.append(f"- goal overall: {('met' if goal_ok else 'NOT met') if compared else 'not evaluated'}")
     out.append("\n".join(summary))
 
@@ -626,17 +676,30 @@ def report(results: list, unavailable: dict) -> str:
     if notes:
         out.append("\nnotes:\n" + "\n".join(notes))
 
-    detail = ["", "all variants measured (ns per allowed call, best of the repeats):", "",
-              "| library | dims | variant | 1 key ns | 100k keys ns |", "|---|---:|---|---:|---:|"]
+    detail = [
+        "",
+        "all variants measured (ns per allowed call, best of the repeats):",
+        "",
+        "| library | dims | variant | 1 key ns | 100k keys ns |",
+        "|---|---:|---|---:|---:|",
+    ]
     seen = []
     for r in results:
         if r.library == "python" or (r.library, r.dims, r.variant) in seen:
             continue
         seen.append((r.library, r.dims, r.variant))
-        found = [next((x for x in results if (x.library, x.dims, x.variant, x.shape) == (r.library, r.dims, r.variant, s)),
-                      None) for s in SHAPES]
-        detail.append(f"| {r.library} | {r.dims} | {r.variant} | "
-                      + " | ".join(_fmt_ns(c.ns) if c and c.ns is not None else "n/a" for c in found) + " |")
+        found = [
+            next(
+                (x for x in results if (x.library, x.dims, x.variant, x.shape) == (r.library, r.dims, r.variant, s)),
+                None,
+            )
+            for s in SHAPES
+        ]
+        detail.append(
+            f"| {r.library} | {r.dims} | {r.variant} | "
+            + " | ".join(_fmt_ns(c.ns) if c and c.ns is not None else "n/a" for c in found)
+            + " |"
+        )
     out.append("\n".join(detail))
     return "\n".join(out)
 
@@ -646,8 +709,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds; the best one counts")
     parser.add_argument("--target-ms", type=float, default=20.0, help="length of one timed loop")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(LIBRARIES)}")
-    parser.add_argument("--token-throttle-python", default="",
-                        help="a Python >= 3.12 with token-throttle installed, to measure it in a subprocess")
+    parser.add_argument(
+        "--token-throttle-python",
+        default="",
+        help="a Python >= 3.12 with token-throttle installed, to measure it in a subprocess",
+    )
     parser.add_argument("--json", action="store_true", help="print results as JSON instead of the table")
     args = parser.parse_args()
     selected = [s for s in args.only.split(",") if s] or LIBRARIES
@@ -672,8 +738,10 @@ def main() -> None:
         except ImportError as e:
             unavailable[library] = f"not installed ({e.name or e})"
             if library == "token-throttle" and sys.version_info < (3, 12):
-                unavailable[library] = (f"requires Python >= 3.12, this is {platform.python_version()} "
-                                        "(pass --token-throttle-python to measure it in a subprocess)")
+                unavailable[library] = (
+                    f"requires Python >= 3.12, this is {platform.python_version()} "
+                    "(pass --token-throttle-python to measure it in a subprocess)"
+                )
     subprocess_results = []
     if "token-throttle" in unavailable and args.token_throttle_python:
         try:
@@ -686,8 +754,15 @@ def main() -> None:
     elapsed = time.perf_counter() - started
 
     if args.json:
-        print(json.dumps({"python": platform.python_version(), "results": [r.__dict__ for r in results],
-                          "unavailable": unavailable}))
+        print(
+            json.dumps(
+                {
+                    "python": platform.python_version(),
+                    "results": [r.__dict__ for r in results],
+                    "unavailable": unavailable,
+                }
+            )
+        )
         return
     versions = []
     for library in selected:
@@ -698,8 +773,16 @@ def main() -> None:
         except Exception:
             pass
     print(f"# try_acquire: ns per allowed decision from Python (best of {args.repeats} interleaved rounds)\n")
-    print("; ".join([f"Python {platform.python_version()} on {platform.machine()} {platform.system()}",
-                     ", ".join(versions), f"run took {elapsed:.0f}s"]) + "\n")
+    print(
+        "; ".join(
+            [
+                f"Python {platform.python_version()} on {platform.machine()} {platform.system()}",
+                ", ".join(versions),
+                f"run took {elapsed:.0f}s",
+            ]
+        )
+        + "\n"
+    )
     print(report(results, unavailable))
 
 

@@ -81,7 +81,7 @@ class _Run:
         started = time.monotonic()
         try:
             call()
-        except Exception:  # noqa: BLE001 - a failure in the caller's hands is what we count
+        except Exception:
             with self._lock:
                 self.failures += 1
             return
@@ -118,8 +118,11 @@ def _run_tenacity(run: _Run) -> None:
 
     client = openai.OpenAI(base_url=run.base_url, api_key=API_KEY, max_retries=0)
 
-    @tenacity.retry(wait=tenacity.wait_random_exponential(min=1, max=60), stop=tenacity.stop_after_attempt(10),
-                    retry=tenacity.retry_if_exception_type(openai.RateLimitError))
+    @tenacity.retry(
+        wait=tenacity.wait_random_exponential(min=1, max=60),
+        stop=tenacity.stop_after_attempt(10),
+        retry=tenacity.retry_if_exception_type(openai.RateLimitError),
+    )
     def call() -> Any:
         return _chat(client, run.args.output_tokens)()
 
@@ -147,9 +150,15 @@ def _run_cookbook(run: _Run) -> None:
 
     async def main() -> None:
         async with openai.AsyncOpenAI(base_url=run.base_url, api_key=API_KEY, max_retries=0) as client:
-            await process(((None, body, tokens) for _ in itertools.count()), client,
-                          max_requests_per_minute=run.args.rpm * share, max_tokens_per_minute=run.args.tpm * share,
-                          on_done=done, on_failed=failed, running=run.running)
+            await process(
+                ((None, body, tokens) for _ in itertools.count()),
+                client,
+                max_requests_per_minute=run.args.rpm * share,
+                max_tokens_per_minute=run.args.tpm * share,
+                on_done=done,
+                on_failed=failed,
+                running=run.running,
+            )
 
     run.ready_then_start()
     asyncio.run(main())
@@ -160,11 +169,22 @@ def _run_litellm(run: _Run) -> None:
     import litellm
 
     litellm.suppress_debug_info = True
-    router = litellm.Router(model_list=[{
-        "model_name": MODEL,
-        "litellm_params": {"model": f"openai/{MODEL}", "api_base": run.base_url, "api_key": API_KEY,
-                           "rpm": run.args.rpm, "tpm": run.args.tpm},
-    }], routing_strategy="usage-based-routing-v2", num_retries=5)
+    router = litellm.Router(
+        model_list=[
+            {
+                "model_name": MODEL,
+                "litellm_params": {
+                    "model": f"openai/{MODEL}",
+                    "api_base": run.base_url,
+                    "api_key": API_KEY,
+                    "rpm": run.args.rpm,
+                    "tpm": run.args.tpm,
+                },
+            }
+        ],
+        routing_strategy="usage-based-routing-v2",
+        num_retries=5,
+    )
     run.threads(lambda: router.completion(model=MODEL, messages=MESSAGES, max_tokens=run.args.output_tokens))
 
 
@@ -173,8 +193,9 @@ def _run_wrap_known(run: _Run) -> None:
 
     import llmthrottle as lt
 
-    limiter = lt.Limiter({"requests": f"{run.args.rpm}/min", "tokens": f"{run.args.tpm}/min"},
-                         state=lt.SharedState(run.state_name))
+    limiter = lt.Limiter(
+        {"requests": f"{run.args.rpm}/min", "tokens": f"{run.args.tpm}/min"}, state=lt.SharedState(run.state_name)
+    )
     client = lt.wrap(openai.OpenAI(base_url=run.base_url, api_key=API_KEY), limiter=limiter)
     run.threads(_chat(client, run.args.output_tokens))
 
@@ -188,8 +209,9 @@ def _run_wrap_learned(run: _Run) -> None:
     run.threads(_chat(client, run.args.output_tokens))
 
 
-def _worker(strategy: str, args: argparse.Namespace, base_url: str, state_name: str, ready: Any, go: Any,
-            results: Any) -> None:
+def _worker(
+    strategy: str, args: argparse.Namespace, base_url: str, state_name: str, ready: Any, go: Any, results: Any
+) -> None:
     run = _Run(args, base_url, state_name, ready, go)
     _strategies()[strategy](run)
     results.put((run.latencies, run.failures))
@@ -224,10 +246,15 @@ def _measure(strategy: str, args: argparse.Namespace, base_latency_s: float) -> 
     context = mp.get_context("spawn")
     go, ready, results = context.Event(), context.Semaphore(0), context.Queue()
     state_name = f"bench-provider-{uuid.uuid4().hex[:8]}"
-    with FakeProvider(rpm=args.rpm, tpm=args.tpm, output_tokens=args.output_tokens, ttft_s=args.ttft,
-                      per_token_s=args.per_token) as provider:
-        workers = [context.Process(target=_worker, args=(strategy, args, provider.openai_base_url, state_name, ready,
-                                                          go, results)) for _ in range(args.workers)]
+    with FakeProvider(
+        rpm=args.rpm, tpm=args.tpm, output_tokens=args.output_tokens, ttft_s=args.ttft, per_token_s=args.per_token
+    ) as provider:
+        workers = [
+            context.Process(
+                target=_worker, args=(strategy, args, provider.openai_base_url, state_name, ready, go, results)
+            )
+            for _ in range(args.workers)
+        ]
         for worker in workers:
             worker.start()
         for _ in workers:
@@ -250,9 +277,16 @@ def _measure(strategy: str, args: argparse.Namespace, base_latency_s: float) -> 
     _unlink_state(state_name)
     added = sorted(max(0.0, latency - base_latency_s) for latency in latencies)
     most = args.tpm + args.tpm * args.seconds / 60
-    return {"strategy": strategy, "used": tokens / most, "requests": requests, "rate_limited": rate_limited,
-            "calls": len(latencies), "failures": failures, "p50": _percentile(added, 0.5),
-            "p99": _percentile(added, 0.99)}
+    return {
+        "strategy": strategy,
+        "used": tokens / most,
+        "requests": requests,
+        "rate_limited": rate_limited,
+        "calls": len(latencies),
+        "failures": failures,
+        "p50": _percentile(added, 0.5),
+        "p99": _percentile(added, 0.99),
+    }
 
 
 def _unlink_state(name: str) -> None:
@@ -275,20 +309,30 @@ def main() -> None:
     parser.add_argument("--per-token", type=float, default=0.002, help="the fake's seconds per output token")
     parser.add_argument("--only", default="", help="comma-separated strategy names (default: all)")
     args = parser.parse_args()
-    chosen = [name for name in _strategies() if not args.only or any(part.strip().lower() in name.lower()
-                                                                     for part in args.only.split(","))]
+    chosen = [
+        name
+        for name in _strategies()
+        if not args.only or any(part.strip().lower() in name.lower() for part in args.only.split(","))
+    ]
     base = _provider_latency_s(args)
-    print(f"{args.workers} processes x {args.threads} calls in flight, {args.seconds:g}s each, fake provider at "
-          f"{args.rpm} RPM / {args.tpm} TPM, {args.output_tokens} output tokens, provider latency {base * 1e3:.1f} ms",
-          flush=True)
-    print(f"{'strategy':24s} {'TPM used':>8s} {'requests':>8s} {'429s':>6s} {'429 %':>6s} {'calls ok':>8s} "
-          f"{'failed':>6s} {'p50 wait':>9s} {'p99 wait':>9s}", flush=True)
+    print(
+        f"{args.workers} processes x {args.threads} calls in flight, {args.seconds:g}s each, fake provider at "
+        f"{args.rpm} RPM / {args.tpm} TPM, {args.output_tokens} output tokens, provider latency {base * 1e3:.1f} ms",
+        flush=True,
+    )
+    print(
+        f"{'strategy':24s} {'TPM used':>8s} {'requests':>8s} {'429s':>6s} {'429 %':>6s} {'calls ok':>8s} "
+        f"{'failed':>6s} {'p50 wait':>9s} {'p99 wait':>9s}",
+        flush=True,
+    )
     for name in chosen:
         row = _measure(name, args, base)
         share_429 = row["rate_limited"] / row["requests"] if row["requests"] else 0.0
-        print(f"{name:24s} {row['used']:8.1%} {row['requests']:8d} {row['rate_limited']:6d} {share_429:6.1%} "
-              f"{row['calls']:8d} {row['failures']:6d} {row['p50'] * 1e3:7.1f}ms {row['p99'] * 1e3:7.1f}ms",
-              flush=True)
+        print(
+            f"{name:24s} {row['used']:8.1%} {row['requests']:8d} {row['rate_limited']:6d} {share_429:6.1%} "
+            f"{row['calls']:8d} {row['failures']:6d} {row['p50'] * 1e3:7.1f}ms {row['p99'] * 1e3:7.1f}ms",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -23,12 +23,13 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from redis_servers import RedisServer  # noqa: E402
+from redis_servers import RedisServer
 
 HOT_LIMIT = 10**8  # per second: never denies, so every call is a full decision
 EXACT_RATE, EXACT_BURST = 500, 50
@@ -89,16 +90,24 @@ def limits_moving_window(url: str, prefix: str, rate: int, burst: int) -> Callab
 def throttled_gcra(url: str, prefix: str, rate: int, burst: int) -> Callable[[], bool]:
     from throttled import RateLimiterType, Throttled, rate_limiter, store
 
-    throttle = Throttled(using=RateLimiterType.GCRA.value, quota=rate_limiter.per_sec(rate, burst=burst),
-                         store=store.RedisStore(server=url), key_prefix=prefix.rstrip(":"))
+    throttle = Throttled(
+        using=RateLimiterType.GCRA.value,
+        quota=rate_limiter.per_sec(rate, burst=burst),
+        store=store.RedisStore(server=url),
+        key_prefix=prefix.rstrip(":"),
+    )
     return lambda: not throttle.limit("hot").limited
 
 
 def throttled_token_bucket(url: str, prefix: str, rate: int, burst: int) -> Callable[[], bool]:
     from throttled import RateLimiterType, Throttled, rate_limiter, store
 
-    throttle = Throttled(using=RateLimiterType.TOKEN_BUCKET.value, quota=rate_limiter.per_sec(rate, burst=burst),
-                         store=store.RedisStore(server=url), key_prefix=prefix.rstrip(":"))
+    throttle = Throttled(
+        using=RateLimiterType.TOKEN_BUCKET.value,
+        quota=rate_limiter.per_sec(rate, burst=burst),
+        store=store.RedisStore(server=url),
+        key_prefix=prefix.rstrip(":"),
+    )
     return lambda: not throttle.limit("hot").limited
 
 
@@ -174,8 +183,10 @@ def run_processes(name: str, url: str, processes: int, seconds: float, rate: int
     context = multiprocessing.get_context("spawn")
     start, out = context.Event(), context.Queue()
     prefix = f"b{uuid.uuid4().hex[:8]}:"
-    workers = [context.Process(target=_worker, args=(name, url, prefix, rate, burst, seconds, start, out))
-               for _ in range(processes)]
+    workers = [
+        context.Process(target=_worker, args=(name, url, prefix, rate, burst, seconds, start, out))
+        for _ in range(processes)
+    ]
     for worker in workers:
         worker.start()
     time.sleep(1.5)
@@ -231,12 +242,16 @@ def main() -> None:
             if server is not None:
                 server.stop()
     print(f"\nredis-server on loopback TCP, {os.cpu_count()} cores; hot key, 1 dimension\n")
-    print("| contender | p50 µs | p99 µs | p50 / PING | decisions/s, 1 proc | 4 procs | admitted / allowed | over-admitted |")
+    print(
+        "| contender | p50 µs | p99 µs | p50 / PING | decisions/s, 1 proc | 4 procs | admitted / allowed | over-admitted |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, p50, p99, one, four, exact in rows:
         ratio = f"{p50 / ping_p50:.2f}x" if ping_p50 else "-"
         exact_text = ("-", "-") if exact is None else (f"{exact[0]} / {exact[1]}", str(exact[2]))
-        print(f"| {name} | {p50:.1f} | {p99:.1f} | {ratio} | {one:,.0f} | {four:,.0f} | {exact_text[0]} | {exact_text[1]} |")
+        print(
+            f"| {name} | {p50:.1f} | {p99:.1f} | {ratio} | {one:,.0f} | {four:,.0f} | {exact_text[0]} | {exact_text[1]} |"
+        )
 
 
 if __name__ == "__main__":

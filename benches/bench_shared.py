@@ -60,7 +60,8 @@ import sys
 import tempfile
 import time
 import uuid
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 N_KEYS = 100_000
 KEYS = [f"user-{i:06d}" for i in range(N_KEYS)]
@@ -117,6 +118,7 @@ def _micro(lt: Any, shared: Any, repeats: int, target_ms: float) -> tuple[list[d
         limits = {"requests": "1G/s"} if dims == 1 else {"requests": "1G/s", "tokens": "1G/s"}
         f = lt.Limiter(limits, state=state).try_acquire
         if dims == 1:
+
             def run(keys: list) -> None:
                 for k in keys:
                     f(k)
@@ -161,8 +163,18 @@ def _micro(lt: Any, shared: Any, repeats: int, target_ms: float) -> tuple[list[d
             batches = [[KEYS[(r * n + i) % N_KEYS] for i in range(n)] for r in range(repeats)]
         sample = [ONE_KEY] * 20 if shape == "1 key" else KEYS[:: N_KEYS // 50]
         assert all(check(k) for k in sample), f"{state_name} {dims}d {shape}: a sampled decision was denied"
-        instances.append({"state": state_name, "dims": dims, "shape": shape, "run": run, "check": check,
-                          "batches": batches, "sample": sample, "best": float("inf")})
+        instances.append(
+            {
+                "state": state_name,
+                "dims": dims,
+                "shape": shape,
+                "run": run,
+                "check": check,
+                "batches": batches,
+                "sample": sample,
+                "best": float("inf"),
+            }
+        )
         log(f"  micro ready: {state_name:14} {dims}d {shape:9} ~{per_call:6.0f} ns, n={n}")
     gc.collect()
     gc.freeze()
@@ -184,17 +196,25 @@ def _micro(lt: Any, shared: Any, repeats: int, target_ms: float) -> tuple[list[d
 
 def micro_table(rows: list[dict], stats: dict) -> str:
     floor = next(r["best"] for r in rows if r["state"] == "floor")
-    out = ["| dims | keys | InProcessState ns | SharedState ns | ratio shared / in-process | goal (≤ 1.3×, ≤ 150 ns) |",
-           "|---|---|---:|---:|---:|---|"]
+    out = [
+        "| dims | keys | InProcessState ns | SharedState ns | ratio shared / in-process | goal (≤ 1.3×, ≤ 150 ns) |",
+        "|---|---|---:|---:|---:|---|",
+    ]
     for dims in (1, 2):
         for shape in ("1 key", "100k keys"):
-            local = next(r["best"] for r in rows if (r["state"], r["dims"], r["shape"]) == ("InProcessState", dims, shape))
+            local = next(
+                r["best"] for r in rows if (r["state"], r["dims"], r["shape"]) == ("InProcessState", dims, shape)
+            )
             shm = next(r["best"] for r in rows if (r["state"], r["dims"], r["shape"]) == ("SharedState", dims, shape))
             ok = shm <= 150 and shm <= 1.3 * local
-            out.append(f"| {dims} | {shape} | {local:,.0f} | {shm:,.0f} | {shm / local:.2f}× | {'met' if ok else 'NOT met'} |")
-    out.append(f"\nfloor: a bare pre-bound Python method call in the same loop, {floor:,.0f} ns. "
-               f"Limits: `{{\"requests\": \"1G/s\"}}`, 2 dims adds `\"tokens\": \"1G/s\"` and `tokens=10`. "
-               f"SharedState table: capacity {stats['capacity']:,} keys, {stats['file_bytes'] / 2**20:,.0f} MiB.")
+            out.append(
+                f"| {dims} | {shape} | {local:,.0f} | {shm:,.0f} | {shm / local:.2f}× | {'met' if ok else 'NOT met'} |"
+            )
+    out.append(
+        f"\nfloor: a bare pre-bound Python method call in the same loop, {floor:,.0f} ns. "
+        f'Limits: `{{"requests": "1G/s"}}`, 2 dims adds `"tokens": "1G/s"` and `tokens=10`. '
+        f"SharedState table: capacity {stats['capacity']:,} keys, {stats['file_bytes'] / 2**20:,.0f} MiB."
+    )
     return "\n".join(out)
 
 
@@ -217,8 +237,9 @@ def _backend(lib: str, spec: dict, binding: int) -> tuple[Callable[[str], bool],
             if lib == "pyrate-mp":
                 return spec["mp_buckets"][key]
             if lib == "pyrate-sqlite":
-                return SQLiteBucket.init_from_file(_pyrate_rates(binding), table=_table(key), db_path=spec["db"],
-                                                   use_file_lock=True)
+                return SQLiteBucket.init_from_file(
+                    _pyrate_rates(binding), table=_table(key), db_path=spec["db"], use_file_lock=True
+                )
             return InMemoryBucket(_pyrate_rates(binding))
 
         limiters: dict[str, Any] = {}
@@ -243,15 +264,22 @@ def _backend(lib: str, spec: dict, binding: int) -> tuple[Callable[[str], bool],
     if lib.startswith("tt"):
         import token_throttle as tt
 
-        quota = tt.Quota(metric="requests", limit=binding, per_seconds=3600) if binding else \
-            tt.Quota(metric="requests", limit=10**9, per_seconds=1)
+        quota = (
+            tt.Quota(metric="requests", limit=binding, per_seconds=3600)
+            if binding
+            else tt.Quota(metric="requests", limit=10**9, per_seconds=1)
+        )
         cfg = tt.PerModelConfig(quotas=tt.UsageQuotas([quota]))
-        builder = tt.SyncSqliteBackendBuilder(spec["db"], key_prefix="bench") if lib == "tt-sqlite" \
+        builder = (
+            tt.SyncSqliteBackendBuilder(spec["db"], key_prefix="bench")
+            if lib == "tt-sqlite"
             else tt.SyncMemoryBackendBuilder()
+        )
         lim = tt.SyncRateLimiter(cfg, backend=builder)
         usage = {"requests": 1}
         acquire, refund = lim.acquire_capacity, lim.refund_capacity
         if binding:
+
             def decide(key: str) -> bool:
                 try:  # timeout=0: a denial (no capacity, or the SQLite write lock is busy)
                     acquire(usage, key, timeout=0)
@@ -259,6 +287,7 @@ def _backend(lib: str, spec: dict, binding: int) -> tuple[Callable[[str], bool],
                     return False
                 return True  # kept: the capacity stays consumed
         else:
+
             def decide(key: str) -> bool:
                 # timeout=None: waits for the SQLite write lock (timeout=0 raises
                 # TimeoutError as soon as another process holds it).
@@ -266,8 +295,8 @@ def _backend(lib: str, spec: dict, binding: int) -> tuple[Callable[[str], bool],
                 return True
 
         def close() -> None:
-            import io
             import contextlib
+            import io
 
             with contextlib.redirect_stderr(io.StringIO()):  # "N reservations still in flight"
                 lim.close()
@@ -334,9 +363,14 @@ def _run(lib: str, spec: dict, procs: int, distinct: bool, duration: float, bind
     errors = [r["error"] for r in reports if "error" in r]
     if errors:
         return {"error": errors[0]}
-    return {"rate": sum(r["ok"] / r["elapsed"] for r in reports), "ok": sum(r["ok"] for r in reports),
-            "n": sum(r["n"] for r in reports), "per_process_ok": [r["ok"] for r in reports],
-            "span_ns": max(r["t1"] for r in reports) - min(r["t0"] for r in reports), "limit": binding}
+    return {
+        "rate": sum(r["ok"] / r["elapsed"] for r in reports),
+        "ok": sum(r["ok"] for r in reports),
+        "n": sum(r["n"] for r in reports),
+        "per_process_ok": [r["ok"] for r in reports],
+        "span_ns": max(r["t1"] for r in reports) - min(r["t0"] for r in reports),
+        "limit": binding,
+    }
 
 
 def _setup(lib: str, scratch: str, binding: int, keys: list[str]) -> tuple[dict, Callable[[], None]]:
@@ -366,8 +400,9 @@ def _setup(lib: str, scratch: str, binding: int, keys: list[str]) -> tuple[dict,
             from pyrate_limiter import SQLiteBucket
 
             for key in keys:
-                SQLiteBucket.init_from_file(_pyrate_rates(binding), table=_table(key), db_path=db,
-                                            use_file_lock=True).close()
+                SQLiteBucket.init_from_file(
+                    _pyrate_rates(binding), table=_table(key), db_path=db, use_file_lock=True
+                ).close()
         return {"db": db}, lambda: None
     return {}, lambda: None
 
@@ -394,16 +429,26 @@ def processes(libs: list[str], duration: float) -> dict:
                 finally:
                     cleanup()
                 results["exactness"].setdefault(lib, []).append({"procs": procs, "limit": limit, **r})
-                log(f"  exactness  {lib:22} {procs} procs, {limit}/h: " + (
-                    f"{r['ok']} admitted of {r['n']} tries" if "ok" in r else r["error"]))
+                log(
+                    f"  exactness  {lib:22} {procs} procs, {limit}/h: "
+                    + (f"{r['ok']} admitted of {r['n']} tries" if "ok" in r else r["error"])
+                )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return results
 
 
 def _tt_subprocess(python: str, duration: float, libs: list[str]) -> dict:
-    command = [python, os.path.abspath(__file__), "--processes-only", "--json", "--duration", str(duration),
-               "--only", ",".join(libs)]
+    command = [
+        python,
+        os.path.abspath(__file__),
+        "--processes-only",
+        "--json",
+        "--duration",
+        str(duration),
+        "--only",
+        ",".join(libs),
+    ]
     log(f"  token-throttle: running {' '.join(command)}")
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
@@ -415,7 +460,7 @@ def _tt_subprocess(python: str, duration: float, libs: list[str]) -> dict:
     return data
 
 
-def _fmt_rate(r: Optional[dict]) -> str:
+def _fmt_rate(r: dict | None) -> str:
     if not r:
         return "n/a"
     if "error" in r:
@@ -426,8 +471,11 @@ def _fmt_rate(r: Optional[dict]) -> str:
 
 def throughput_table(results: dict, unavailable: dict, tt_python: str) -> str:
     base = results["throughput"].get("llmthrottle-shared", {})
-    head = "| library | cross-process exact | " + " | ".join(
-        f"{label} (allowed/s) | llmthrottle ÷ this" for label, _, _ in SHAPES) + " | 2 procs ÷ 1 proc (1 key) |"
+    head = (
+        "| library | cross-process exact | "
+        + " | ".join(f"{label} (allowed/s) | llmthrottle ÷ this" for label, _, _ in SHAPES)
+        + " | 2 procs ÷ 1 proc (1 key) |"
+    )
     out = [head, "|---|---|" + "---:|---:|" * len(SHAPES) + "---:|"]
     notes = []
     for lib in ALL_LIBS:
@@ -449,8 +497,10 @@ def throughput_table(results: dict, unavailable: dict, tt_python: str) -> str:
             if r and "error" in r:
                 notes.append(f"- {name} {label}: {r['error']}")
             elif r and r["ok"] < r["n"]:
-                notes.append(f"- {name} {label}: {r['n'] - r['ok']:,} of {r['n']:,} decisions denied "
-                             "although the limit never binds")
+                notes.append(
+                    f"- {name} {label}: {r['n'] - r['ok']:,} of {r['n']:,} decisions denied "
+                    "although the limit never binds"
+                )
         one, two = row.get(SHAPES[0][0]), row.get(SHAPES[1][0])
         scaling = f"{two['rate'] / one['rate']:.2f}×" if one and two and "rate" in one and "rate" in two else "—"
         if lib.startswith("tt") and tt_python:
@@ -462,8 +512,11 @@ def throughput_table(results: dict, unavailable: dict, tt_python: str) -> str:
 
 
 def exactness_table(results: dict, unavailable: dict) -> str:
-    out = ["| library | processes | limit | allowed: limit + refill during the run | admitted (per process) "
-           "| over-admitted | exact |", "|---|---:|---:|---:|---:|---:|---|"]
+    out = [
+        "| library | processes | limit | allowed: limit + refill during the run | admitted (per process) "
+        "| over-admitted | exact |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for lib in ALL_LIBS:
         if lib in unavailable:
             continue
@@ -480,9 +533,14 @@ def exactness_table(results: dict, unavailable: dict) -> str:
                 verdict = f"{r['ok'] / limit:.1f}× the limit"
             else:
                 verdict = "**exact**" if r["ok"] >= limit else f"under by {limit - r['ok']}"
-            split = "+".join(str(x) for x in r["per_process_ok"]) if procs <= 8 and limit < 10**4 else \
-                "+".join(f"{x:,}" for x in r["per_process_ok"])
-            out.append(f"| {name} | {procs} | {limit:,}/h | {allowed:,} | {r['ok']:,} ({split}) | {over:,} | {verdict} |")
+            split = (
+                "+".join(str(x) for x in r["per_process_ok"])
+                if procs <= 8 and limit < 10**4
+                else "+".join(f"{x:,}" for x in r["per_process_ok"])
+            )
+            out.append(
+                f"| {name} | {procs} | {limit:,}/h | {allowed:,} | {r['ok']:,} ({split}) | {over:,} | {verdict} |"
+            )
     return "\n".join(out)
 
 
@@ -490,8 +548,13 @@ def _available(libs: list[str]) -> tuple[list[str], dict]:
     unavailable: dict = {}
     ok = []
     for lib in libs:
-        module = "llmthrottle" if lib.startswith("llmthrottle") else "pyrate_limiter" if lib.startswith("pyrate") \
+        module = (
+            "llmthrottle"
+            if lib.startswith("llmthrottle")
+            else "pyrate_limiter"
+            if lib.startswith("pyrate")
             else "token_throttle"
+        )
         try:
             __import__(module)
             if lib == "pyrate-sqlite":
@@ -508,8 +571,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds of the ns/call table")
     parser.add_argument("--target-ms", type=float, default=20.0, help="length of one timed ns/call loop")
     parser.add_argument("--only", default="", help=f"subset of the process-run libraries: {','.join(ALL_LIBS)}")
-    parser.add_argument("--token-throttle-python", default="",
-                        help="a Python >= 3.12 with token-throttle installed, to run it in a subprocess")
+    parser.add_argument(
+        "--token-throttle-python",
+        default="",
+        help="a Python >= 3.12 with token-throttle installed, to run it in a subprocess",
+    )
     parser.add_argument("--processes-only", action="store_true", help="skip the ns/call table")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     args = parser.parse_args()
@@ -534,13 +600,14 @@ def main() -> None:
                 results[part].update(sub[part])
             for lib in tt_wanted:
                 unavailable.pop(lib, None)
-        except Exception as e:  # noqa: BLE001 - reported as n/a
+        except Exception as e:
             for lib in tt_wanted:
                 unavailable[lib] = f"subprocess failed: {e}"[:300]
     elif tt_wanted:
         for lib in tt_wanted:
-            unavailable[lib] = (f"needs Python >= 3.12 (this is {platform.python_version()}); "
-                                "pass --token-throttle-python")
+            unavailable[lib] = (
+                f"needs Python >= 3.12 (this is {platform.python_version()}); pass --token-throttle-python"
+            )
     for lib in ALL_LIBS:
         if lib not in selected:
             unavailable.setdefault(lib, "not selected (--only)")
@@ -549,18 +616,23 @@ def main() -> None:
         print(json.dumps({**results, "micro": micro_rows, "python": platform.python_version()}))
         return
     load = "/".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"# bench_shared — Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-          f"{platform.machine()}, load average {load} at the end, {time.strftime('%Y-%m-%d %H:%M')}\n")
+    print(
+        f"# bench_shared — Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"{platform.machine()}, load average {load} at the end, {time.strftime('%Y-%m-%d %H:%M')}\n"
+    )
     if micro_rows:
-        print("## ns per allowed `try_acquire` (best of "
-              f"{args.repeats} interleaved rounds, loop overhead included)\n")
+        print(f"## ns per allowed `try_acquire` (best of {args.repeats} interleaved rounds, loop overhead included)\n")
         print(micro_table(micro_rows, stats))
     print(f"\n## Aggregate throughput, limits never bind ({args.duration:g} s per process)\n")
     print(throughput_table(results, unavailable, args.token_throttle_python))
-    print("\nllmthrottle ÷ this: llmthrottle SharedState's allowed decisions/s over this row's "
-          f"(below 1: faster than SharedState). {os.cpu_count()} CPUs: 2 processes can at best double.")
-    print(f"\n## Exactness across processes: a limit per hour on one key, "
-          f"{min(args.duration, 1.0):g} s of tries per process\n")
+    print(
+        "\nllmthrottle ÷ this: llmthrottle SharedState's allowed decisions/s over this row's "
+        f"(below 1: faster than SharedState). {os.cpu_count()} CPUs: 2 processes can at best double."
+    )
+    print(
+        f"\n## Exactness across processes: a limit per hour on one key, "
+        f"{min(args.duration, 1.0):g} s of tries per process\n"
+    )
     print(exactness_table(results, unavailable))
     print(f"\ntotal bench time {time.perf_counter() - started:.0f} s")
 

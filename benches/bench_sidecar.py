@@ -32,14 +32,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from sidecar_helpers import UnixHTTPConnection, start_server  # noqa: E402
+from sidecar_helpers import UnixHTTPConnection, start_server
 
-import llmthrottle as lt  # noqa: E402
-from llmthrottle.client import Sidecar  # noqa: E402
+import llmthrottle as lt
+from llmthrottle.client import Sidecar
 
 CONFIG = """
 [server]
@@ -89,7 +90,7 @@ def sidecar_latency(path: str, count: int) -> dict[str, tuple[float, float]]:
     return out
 
 
-def _async_worker(path: str, seconds: float, commit: bool, result: "multiprocessing.Queue[int]") -> None:
+def _async_worker(path: str, seconds: float, commit: bool, result: multiprocessing.Queue[int]) -> None:
     sidecar = Sidecar(path)
     lim = lt.Limiter(None, state=sidecar)
 
@@ -118,7 +119,7 @@ def _async_worker(path: str, seconds: float, commit: bool, result: "multiprocess
     result.put(uvloop.run(main()))
 
 
-def _batch_worker(path: str, seconds: float, commit: bool, result: "multiprocessing.Queue[int]") -> None:
+def _batch_worker(path: str, seconds: float, commit: bool, result: multiprocessing.Queue[int]) -> None:
     sidecar = Sidecar(path)
     lim = lt.Limiter(None, state=sidecar)
     calls = [("tenant:acme", {"tokens": 10})] * 256
@@ -135,7 +136,7 @@ def _batch_worker(path: str, seconds: float, commit: bool, result: "multiprocess
 
 def throughput(path: str, processes: int, seconds: float, worker: Callable[..., None], commit: bool) -> float:
     context = multiprocessing.get_context("fork")
-    queue: "multiprocessing.Queue[int]" = context.Queue()
+    queue: multiprocessing.Queue[int] = context.Queue()
     workers = [context.Process(target=worker, args=(path, seconds, commit, queue)) for _ in range(processes)]
     for process in workers:
         process.start()
@@ -219,9 +220,27 @@ def redis_reference(count: int) -> dict[str, Any]:
     directory = tempfile.mkdtemp(prefix="lt-redis-")
     sock = os.path.join(directory, "redis.sock")
     port = 6391
-    subprocess.run(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--unixsocket", sock,
-                    "--save", "", "--appendonly", "no", "--daemonize", "yes",
-                    "--pidfile", os.path.join(directory, "redis.pid")], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--unixsocket",
+            sock,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "yes",
+            "--pidfile",
+            os.path.join(directory, "redis.pid"),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
         while not os.path.exists(sock) and time.monotonic() < deadline:
@@ -233,15 +252,19 @@ def redis_reference(count: int) -> dict[str, Any]:
             client.close()
         if shutil.which("redis-benchmark"):
             for pipeline in (1, 16):
-                text = subprocess.run(["redis-benchmark", "-s", sock, "-t", "incr", "-n", "200000", "-P",
-                                       str(pipeline), "-q"], capture_output=True, text=True).stdout
+                text = subprocess.run(
+                    ["redis-benchmark", "-s", sock, "-t", "incr", "-n", "200000", "-P", str(pipeline), "-q"],
+                    capture_output=True,
+                    text=True,
+                ).stdout
                 # The last "\r"-separated segment is the summary: "INCR: 869565.19 requests per second, ..."
                 match = re.search(r"INCR: ([0-9.]+) requests per second", text.rsplit("\r", 1)[-1])
                 out[f"redis-benchmark incr P={pipeline} (unix)"] = float(match.group(1)) if match else None
         return out
     finally:
-        subprocess.run(["redis-cli", "-s", sock, "shutdown", "nosave"], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["redis-cli", "-s", sock, "shutdown", "nosave"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -254,18 +277,31 @@ def main() -> None:
     seconds = 1.0 if args.quick else 3.0
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="lt-bench-") as directory:
-        rows.append(("floor: Unix-socket echo round trip (uvloop server)", "%.1f / %.1f" % echo_floor(directory, count), ""))
+        rows.append(
+            ("floor: Unix-socket echo round trip (uvloop server)", "%.1f / %.1f" % echo_floor(directory, count), "")
+        )
         server = start_server(directory, CONFIG, ("--log-level", "warning"))
         try:
             latency = sidecar_latency(server.socket, count)
             rows.append(("sidecar try_acquire, msgpack, sync (round trip)", "%.1f / %.1f" % latency["acquire"], ""))
             rows.append(("sidecar try_acquire + commit, msgpack, sync", "%.1f / %.1f" % latency["pair"], ""))
             rows.append(("sidecar ping, msgpack, sync", "%.1f / %.1f" % latency["ping"], ""))
-            rows.append(("sidecar /v1/acquire, HTTP/JSON keep-alive", "%.1f / %.1f" % http_latency(server.socket, count // 4), ""))
+            rows.append(
+                (
+                    "sidecar /v1/acquire, HTTP/JSON keep-alive",
+                    "%.1f / %.1f" % http_latency(server.socket, count // 4),
+                    "",
+                )
+            )
             for processes in (1, 4):
                 rate = throughput(server.socket, processes, seconds, _async_worker, False)
-                rows.append((f"sidecar try_acquire_async pipelined ({PIPELINE_DEPTH} in flight), {processes} proc", "",
-                             f"{rate:,.0f}"))
+                rows.append(
+                    (
+                        f"sidecar try_acquire_async pipelined ({PIPELINE_DEPTH} in flight), {processes} proc",
+                        "",
+                        f"{rate:,.0f}",
+                    )
+                )
                 rate = throughput(server.socket, processes, seconds, _async_worker, True)
                 rows.append((f"sidecar acquire+commit_async pipelined, {processes} proc (pairs/s)", "", f"{rate:,.0f}"))
                 rate = throughput(server.socket, processes, seconds, _batch_worker, False)

@@ -20,10 +20,11 @@ from collections.abc import Callable, Sequence
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-import llmthrottle as lt  # noqa: E402
-from llmthrottle._native import _estimator_features  # noqa: E402
-from tokens_corpus import KINDS, build_corpus, mixed_corpus  # noqa: E402
-from tokens_reference import reference_encoding  # noqa: E402
+from tokens_corpus import KINDS, build_corpus, mixed_corpus
+from tokens_reference import reference_encoding
+
+import llmthrottle as lt
+from llmthrottle._native import _estimator_features
 
 ENCODINGS = ("o200k_base", "cl100k_base")
 
@@ -45,14 +46,14 @@ def other_counters(name: str) -> dict[str, Callable[[str], int]]:
 
         tok = openai.o200k_base() if name == "o200k_base" else openai.cl100k_base()
         counters["rs-bpe"] = tok.count
-    except Exception:  # noqa: BLE001 - optional, skip on any import or API difference
+    except Exception:
         pass
     try:
         import bpe_openai  # type: ignore[import-not-found]
 
         enc = bpe_openai.get_encoding(name)
         counters["bpe-openai (PyPI)"] = lambda text: len(enc.encode(text))
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     return counters
 
@@ -77,8 +78,7 @@ def table(total_bytes: int) -> str:
     text = "".join(docs)
     size_mb = len(text.encode()) / 1e6
     lines = [
-        f"Corpus: {size_mb:.1f} MB mixed (prose, code, CJK, other scripts, emoji), one string, "
-        "one thread, best of 3.",
+        f"Corpus: {size_mb:.1f} MB mixed (prose, code, CJK, other scripts, emoji), one string, one thread, best of 3.",
         "",
         "| encoding | implementation | MB/s | vs tiktoken |",
         "|---|---|---:|---:|",

@@ -28,14 +28,16 @@ def main() -> None:
     with FakeProvider(output_tokens=8) as provider, tempfile.TemporaryDirectory() as directory:
         ledger = lt.Ledger(directory)
         limiter = lt.Limiter({"requests": "1M/min", "tokens": "1G/min"})
-        guard = lt.Guard(lt.Limiter({"requests": "1M/min"}, budgets=[lt.Budget("team:*", 10**6, "month")]),
-                         ledger=ledger)
+        guard = lt.Guard(
+            lt.Limiter({"requests": "1M/min"}, budgets=[lt.Budget("team:*", 10**6, "month")]), ledger=ledger
+        )
         base = openai.OpenAI(base_url=provider.openai_base_url, api_key="k", max_retries=0)
         clients = {
             "bare SDK": base,
             "wrap(limiter=)": lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), limiter=limiter),
-            "wrap(guard=, ledger)": lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"),
-                                           guard=guard, keys=["team:a"]),
+            "wrap(guard=, ledger)": lt.wrap(
+                openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard, keys=["team:a"]
+            ),
         }
         times: dict[str, list[float]] = {name: [] for name in clients}
         for _ in range(20):
@@ -50,8 +52,10 @@ def main() -> None:
         for name, samples in times.items():
             samples.sort()
             median, p90 = statistics.median(samples), samples[int(len(samples) * 0.9)]
-            print(f"{name:22s} median {median * 1e6:8.1f} us  p90 {p90 * 1e6:8.1f} us  "
-                  f"added {(median - bare) * 1e6:+7.1f} us ({median / bare:.2f}x)")
+            print(
+                f"{name:22s} median {median * 1e6:8.1f} us  p90 {p90 * 1e6:8.1f} us  "
+                f"added {(median - bare) * 1e6:+7.1f} us ({median / bare:.2f}x)"
+            )
         for client in clients.values():
             client.close()
         ledger.close()

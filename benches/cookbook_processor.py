@@ -23,11 +23,17 @@ import openai
 PAUSE_AFTER_RATE_LIMIT_S = 15.0
 
 
-async def process(requests: Iterator[tuple[Any, dict[str, Any], int]], client: openai.AsyncOpenAI, *,
-                  max_requests_per_minute: float, max_tokens_per_minute: float,
-                  on_done: Callable[[Any, Any, float], Awaitable[None] | None],
-                  on_failed: Callable[[Any, BaseException], None], running: Callable[[], bool] = lambda: True,
-                  max_attempts: int = 5) -> None:
+async def process(
+    requests: Iterator[tuple[Any, dict[str, Any], int]],
+    client: openai.AsyncOpenAI,
+    *,
+    max_requests_per_minute: float,
+    max_tokens_per_minute: float,
+    on_done: Callable[[Any, Any, float], Awaitable[None] | None],
+    on_failed: Callable[[Any, BaseException], None],
+    running: Callable[[], bool] = lambda: True,
+    max_attempts: int = 5,
+) -> None:
     """Sends every `(tag, body, tokens)` of `requests`, calling `on_done(tag, reply, started)`
     or `on_failed(tag, error)` for each; stops early when `running()` turns false."""
     per_s_requests, per_s_tokens = max_requests_per_minute / 60, max_tokens_per_minute / 60

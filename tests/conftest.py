@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from redis_servers import REDIS_SERVER, RedisCluster, RedisServer
 
 

@@ -3,14 +3,12 @@ in its own directory, killed and restarted at will."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
@@ -36,14 +34,15 @@ class RedisServer:
     """One redis-server process. `durable` makes every write reach its append-only file before
     the reply (appendfsync always), so a SIGKILL loses nothing that was answered."""
 
-    def __init__(self, directory: Path, port: Optional[int] = None, *, durable: bool = False,
-                 cluster: bool = False) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, *, durable: bool = False, cluster: bool = False
+    ) -> None:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.durable = durable
         self.cluster = cluster
-        self.process: Optional[subprocess.Popen[bytes]] = None
+        self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
     @property
@@ -52,16 +51,36 @@ class RedisServer:
 
     def start(self) -> None:
         assert REDIS_SERVER, "redis-server is not installed (scripts/setup installs it)"
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-                "--save", "", "--protected-mode", "no", "--loglevel", "warning",
-                "--logfile", str(self.directory / "redis.log")]
+        args = [
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--protected-mode",
+            "no",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str(self.directory / "redis.log"),
+        ]
         if self.durable:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             args += ["--appendonly", "no"]
         if self.cluster:
-            args += ["--cluster-enabled", "yes", "--cluster-config-file", str(self.directory / "nodes.conf"),
-                     "--cluster-node-timeout", "2000"]
+            args += [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(self.directory / "nodes.conf"),
+                "--cluster-node-timeout",
+                "2000",
+            ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -101,13 +120,25 @@ class RedisCluster:
     def __init__(self, directory: Path) -> None:
         self.nodes = [RedisServer(directory / f"node{i}", cluster=True) for i in range(3)]
         assert REDIS_CLI
-        subprocess.run([REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
-                        "--cluster-replicas", "0", "--cluster-yes"], check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                REDIS_CLI,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            info = subprocess.run([REDIS_CLI, "-p", str(self.nodes[0].port), "cluster", "info"], capture_output=True,
-                                  text=True).stdout
+            info = subprocess.run(
+                [REDIS_CLI, "-p", str(self.nodes[0].port), "cluster", "info"], capture_output=True, text=True
+            ).stdout
             if "cluster_state:ok" in info:
                 return
             time.sleep(0.1)

@@ -14,13 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any
 
 import msgpack
-import pytest
 
 from llmthrottle.sidecar.protocol import MAGIC, OK, FrameDecoder, Op, decode_payload, encode_frame
 
@@ -45,8 +42,9 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def http_request(path: str, method: str, url: str, body: Any = None, raw: Optional[bytes] = None
-                 ) -> tuple[int, dict[str, str], Any]:
+def http_request(
+    path: str, method: str, url: str, body: Any = None, raw: bytes | None = None
+) -> tuple[int, dict[str, str], Any]:
     """(status, headers, decoded JSON or text) of one HTTP request on the socket at `path`."""
     connection = UnixHTTPConnection(path)
     try:
@@ -106,7 +104,7 @@ class RawClient:
                     return True
         except (ConnectionResetError, BrokenPipeError):
             return True
-        except socket.timeout:
+        except TimeoutError:
             return False
 
     def close(self) -> None:
@@ -116,8 +114,9 @@ class RawClient:
 class ServerProcess:
     """A running `python -m llmthrottle.sidecar` subprocess."""
 
-    def __init__(self, directory: str, config: Optional[str] = None, args: tuple[str, ...] = (),
-                 env: Optional[dict[str, str]] = None) -> None:
+    def __init__(
+        self, directory: str, config: str | None = None, args: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> None:
         self.directory = directory
         self.socket = os.path.join(directory, "lt.sock")
         self.config_path = os.path.join(directory, "llmthrottle.toml") if config is not None else None
@@ -129,8 +128,12 @@ class ServerProcess:
         self.log_path = os.path.join(directory, "server.log")
         self._log = open(self.log_path, "wb")
         # The embedded default keeps a ledger under $XDG_STATE_HOME: this test's directory.
-        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "XDG_STATE_HOME": directory, **(env or {})})
+        self.proc = subprocess.Popen(
+            command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "XDG_STATE_HOME": directory, **(env or {})},
+        )
         self.wait_healthy()
 
     def write_config(self, text: str) -> None:
@@ -178,7 +181,7 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def still_serving(server: "ServerProcess") -> None:
+def still_serving(server: ServerProcess) -> None:
     """Asserts the server still answers both protocols and has not exited."""
     client = RawClient(server.socket)
     try:
@@ -189,8 +192,9 @@ def still_serving(server: "ServerProcess") -> None:
     assert server.proc.poll() is None
 
 
-def start_server(directory: str, config: Optional[str] = None, args: tuple[str, ...] = (),
-                 env: Optional[dict[str, str]] = None) -> ServerProcess:
+def start_server(
+    directory: str, config: str | None = None, args: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> ServerProcess:
     return ServerProcess(directory, config, args, env)
 
 
@@ -216,5 +220,12 @@ def unique(prefix: str = "k") -> str:
 
 unique.counter = 0  # type: ignore[attr-defined]
 
-__all__ = ["RawClient", "ServerProcess", "TEST_CONFIG", "http_request", "sidecar_server", "start_server",
-           "unique", "msgpack"]
+__all__ = [
+    "RawClient",
+    "ServerProcess",
+    "TEST_CONFIG",
+    "http_request",
+    "start_server",
+    "unique",
+    "msgpack",
+]

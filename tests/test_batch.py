@@ -12,7 +12,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +35,12 @@ def write_reviews(path: Path, count: int, *, bad: bool = False) -> Path:
         writer = csv.writer(file)
         writer.writerow(["id", "text"])
         for n in range(count):
-            writer.writerow([f"r{n}", f"review {n}: the soup was {'cold' if n % 3 else 'excellent'}" + " really" * (n % 7)])
+            writer.writerow(
+                [f"r{n}", f"review {n}: the soup was {'cold' if n % 3 else 'excellent'}" + " really" * (n % 7)]
+            )
         if bad:
-            file.write("r-short\n")                      # one field, the header has two
-            file.write('r-quote,"never closed\n')        # malformed CSV
+            file.write("r-short\n")  # one field, the header has two
+            file.write('r-quote,"never closed\n')  # malformed CSV
     return path
 
 
@@ -55,9 +56,17 @@ def ledger_rows(job_dir: Path) -> list[Any]:
 def test_a_job_runs_every_row_once_priced_as_the_provider_reported(tmp_path: Path) -> None:
     source = write_reviews(tmp_path / "reviews.csv", 120, bad=True)
     with FakeProvider(rpm=6000, tpm=60_000, output_tokens=4, error_rate=0.1, seed=7) as provider:
-        result = batch.run(source, tmp_path / "labels.jsonl", model=MINI, template=TEMPLATE, max_tokens=4,
-                           rpm=6000, tpm=60_000, progress=False,
-                           client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"))
+        result = batch.run(
+            source,
+            tmp_path / "labels.jsonl",
+            model=MINI,
+            template=TEMPLATE,
+            max_tokens=4,
+            rpm=6000,
+            tpm=60_000,
+            progress=False,
+            client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"),
+        )
         assert provider.counters.errors > 0  # some calls met a 500 and were retried
     out = lines(tmp_path / "labels.jsonl")
     assert [row["row"] for row in out] == list(range(122))
@@ -80,12 +89,21 @@ def test_a_job_runs_every_row_once_priced_as_the_provider_reported(tmp_path: Pat
 
 def test_the_forecast_counts_every_request_exactly_before_anything_is_sent(tmp_path: Path) -> None:
     source = write_reviews(tmp_path / "reviews.csv", 50)
-    spec = batch.JobSpec(input=str(source), output=str(tmp_path / "out.jsonl"), model=MINI, template=TEMPLATE,
-                         max_tokens=10, rpm=20, tpm=100_000)
+    spec = batch.JobSpec(
+        input=str(source),
+        output=str(tmp_path / "out.jsonl"),
+        model=MINI,
+        template=TEMPLATE,
+        max_tokens=10,
+        rpm=20,
+        tpm=100_000,
+    )
     plan = batch.plan(spec)
     with open(source, newline="") as file:
-        bodies = [{"model": MINI, "max_tokens": 10, "messages": [{"role": "user", "content": TEMPLATE.format(**row)}]}
-                  for row in csv.DictReader(file)]
+        bodies = [
+            {"model": MINI, "max_tokens": 10, "messages": [{"role": "user", "content": TEMPLATE.format(**row)}]}
+            for row in csv.DictReader(file)
+        ]
     assert plan.input_tokens == sum(lt.estimate(body).input_tokens for body in bodies)
     assert plan.requests == 50 and plan.max_output_tokens == 500
     assert plan.least_micros < plan.expected_micros < plan.most_micros
@@ -97,29 +115,50 @@ def test_a_job_over_its_cost_cap_is_refused_before_anything_is_sent(tmp_path: Pa
     source = write_reviews(tmp_path / "reviews.csv", 40)
     with FakeProvider() as provider:
         with pytest.raises(lt.BudgetExceeded, match="max_cost_usd"):
-            batch.run(source, tmp_path / "out.jsonl", model=MINI, template=TEMPLATE, max_tokens=200,
-                      max_cost_usd=0.0001, progress=False,
-                      client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"))
+            batch.run(
+                source,
+                tmp_path / "out.jsonl",
+                model=MINI,
+                template=TEMPLATE,
+                max_tokens=200,
+                max_cost_usd=0.0001,
+                progress=False,
+                client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"),
+            )
         assert provider.counters.requests == 0
 
 
 def test_the_cost_cap_stops_the_job_before_its_spend_could_pass_it(tmp_path: Path) -> None:
     source = write_reviews(tmp_path / "reviews.csv", 60)
-    spec = batch.JobSpec(input=str(source), output="x.jsonl", model=MINI, template=TEMPLATE, max_tokens=20,
-                         expected_output_tokens=1)
+    spec = batch.JobSpec(
+        input=str(source), output="x.jsonl", model=MINI, template=TEMPLATE, max_tokens=20, expected_output_tokens=1
+    )
     plan = batch.plan(spec)
     cap_micros = plan.most_micros // 2
     with FakeProvider(output_tokens=20) as provider:
-        first = batch.run(source, tmp_path / "out.jsonl", model=MINI, template=TEMPLATE, max_tokens=20,
-                          expected_output_tokens=1, max_cost_usd=cap_micros / 1e6, concurrency=4, progress=False,
-                          client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"))
+        first = batch.run(
+            source,
+            tmp_path / "out.jsonl",
+            model=MINI,
+            template=TEMPLATE,
+            max_tokens=20,
+            expected_output_tokens=1,
+            max_cost_usd=cap_micros / 1e6,
+            concurrency=4,
+            progress=False,
+            client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"),
+        )
         assert first.stopped and "max_cost_usd" in first.stopped
         assert 0 < first.succeeded < 60 and first.pending == 60 - first.succeeded
         assert first.spent_micros <= cap_micros
         sent = provider.counters.requests
         assert sent == first.succeeded
-        second = batch.resume(tmp_path / "out.jsonl.job", max_cost_usd=1.0, progress=False,
-                              client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"))
+        second = batch.resume(
+            tmp_path / "out.jsonl.job",
+            max_cost_usd=1.0,
+            progress=False,
+            client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"),
+        )
         assert provider.counters.requests == 60  # the rows done were not sent again
     assert (second.succeeded, second.pending) == (60, 0)
     assert [row["row"] for row in lines(tmp_path / "out.jsonl")] == list(range(60))
@@ -128,16 +167,27 @@ def test_the_cost_cap_stops_the_job_before_its_spend_could_pass_it(tmp_path: Pat
 def test_request_bodies_and_the_batch_file_envelope_on_anthropic(tmp_path: Path) -> None:
     source = tmp_path / "requests.jsonl"
     good = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
-    source.write_text("\n".join([
-        json.dumps(good),
-        json.dumps({"custom_id": "wrapped-1", "body": {"model": SONNET, **good}}),
-        "{not json",
-        json.dumps([1, 2]),
-        json.dumps({"custom_id": "no-messages", "body": {"max_tokens": 3}}),
-    ]) + "\n")
+    source.write_text(
+        "\n".join(
+            [
+                json.dumps(good),
+                json.dumps({"custom_id": "wrapped-1", "body": {"model": SONNET, **good}}),
+                "{not json",
+                json.dumps([1, 2]),
+                json.dumps({"custom_id": "no-messages", "body": {"max_tokens": 3}}),
+            ]
+        )
+        + "\n"
+    )
     with FakeProvider(output_tokens=6) as provider:
-        result = batch.run(source, tmp_path / "out.csv", model=SONNET, provider="anthropic", progress=False,
-                           client=anthropic.AsyncAnthropic(base_url=provider.anthropic_base_url, api_key="k"))
+        result = batch.run(
+            source,
+            tmp_path / "out.csv",
+            model=SONNET,
+            provider="anthropic",
+            progress=False,
+            client=anthropic.AsyncAnthropic(base_url=provider.anthropic_base_url, api_key="k"),
+        )
     with open(tmp_path / "out.csv", newline="") as file:
         out = list(csv.DictReader(file))
     assert [row["status"] for row in out] == ["ok", "ok", "error", "error", "error"]
@@ -151,11 +201,24 @@ def test_request_bodies_and_the_batch_file_envelope_on_anthropic(tmp_path: Path)
 
 def test_a_missing_template_field_and_a_request_too_large_are_reported_per_row(tmp_path: Path) -> None:
     source = tmp_path / "rows.jsonl"
-    source.write_text("\n".join(json.dumps(row) for row in (
-        {"text": "fine"}, {"other": "no text here"}, {"text": "word " * 3000}, {"text": "also fine"})) + "\n")
+    source.write_text(
+        "\n".join(
+            json.dumps(row)
+            for row in ({"text": "fine"}, {"other": "no text here"}, {"text": "word " * 3000}, {"text": "also fine"})
+        )
+        + "\n"
+    )
     with FakeProvider(tpm=2000) as provider:
-        result = batch.run(source, tmp_path / "out.jsonl", model=MINI, template=TEMPLATE, max_tokens=10, tpm=2000,
-                           progress=False, client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"))
+        result = batch.run(
+            source,
+            tmp_path / "out.jsonl",
+            model=MINI,
+            template=TEMPLATE,
+            max_tokens=10,
+            tpm=2000,
+            progress=False,
+            client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"),
+        )
         assert provider.counters.requests == 2
     out = lines(tmp_path / "out.jsonl")
     assert [row["status"] for row in out] == ["ok", "error", "error", "ok"]
@@ -166,12 +229,23 @@ def test_a_missing_template_field_and_a_request_too_large_are_reported_per_row(t
 def test_failed_rows_are_run_again_with_retry_failed(tmp_path: Path) -> None:
     source = write_reviews(tmp_path / "reviews.csv", 10)
     with FakeProvider(insufficient_quota=True) as broke:
-        first = batch.run(source, tmp_path / "out.jsonl", model=MINI, template=TEMPLATE, max_tokens=5, progress=False,
-                          client=openai.AsyncOpenAI(base_url=broke.openai_base_url, api_key="k"))
+        first = batch.run(
+            source,
+            tmp_path / "out.jsonl",
+            model=MINI,
+            template=TEMPLATE,
+            max_tokens=5,
+            progress=False,
+            client=openai.AsyncOpenAI(base_url=broke.openai_base_url, api_key="k"),
+        )
     assert first.failed == 10 and list(first.failures) == ["HTTP 429 insufficient_quota"]
     with FakeProvider(output_tokens=5) as paid:
-        again = batch.resume(tmp_path / "out.jsonl.job", retry_failed=True, progress=False,
-                             client=openai.AsyncOpenAI(base_url=paid.openai_base_url, api_key="k"))
+        again = batch.resume(
+            tmp_path / "out.jsonl.job",
+            retry_failed=True,
+            progress=False,
+            client=openai.AsyncOpenAI(base_url=paid.openai_base_url, api_key="k"),
+        )
     assert (again.succeeded, again.failed) == (10, 0)
     out = lines(tmp_path / "out.jsonl")
     assert [row["row"] for row in out] == list(range(10)) and all(row["status"] == "ok" for row in out)
@@ -192,12 +266,18 @@ def test_one_runner_per_job_directory(tmp_path: Path) -> None:
         JobDirectory.create(tmp_path / "job", spec)
 
 
-@pytest.mark.parametrize("spec, message", [
-    (dict(max_tokens=0), "max_tokens"), (dict(max_cost_usd=float("nan")), "max_cost_usd"),
-    (dict(provider="gemini"), "provider"), (dict(output="out.txt"), "csv or .jsonl"),
-    (dict(template="{text.__class__}"), "plain field name"), (dict(template="{unclosed"), "malformed"),
-    (dict(template=None, input="rows.csv"), "JSONL request bodies"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (dict(max_tokens=0), "max_tokens"),
+        (dict(max_cost_usd=float("nan")), "max_cost_usd"),
+        (dict(provider="gemini"), "provider"),
+        (dict(output="out.txt"), "csv or .jsonl"),
+        (dict(template="{text.__class__}"), "plain field name"),
+        (dict(template="{unclosed"), "malformed"),
+        (dict(template=None, input="rows.csv"), "JSONL request bodies"),
+    ],
+)
 def test_bad_job_options_are_clear_errors(tmp_path: Path, spec: dict[str, Any], message: str) -> None:
     source = write_reviews(tmp_path / "rows.csv", 1)
     options = {"input": str(source), "output": "out.jsonl", "model": MINI, "template": TEMPLATE, **spec}
@@ -229,11 +309,32 @@ def test_sigkill_at_random_points_then_resume_leaves_every_row_exactly_once(tmp_
     with FakeProvider(rpm=60_000, tpm=2_000_000, output_tokens=3, error_rate=0.05, ttft_s=0.01, seed=3) as provider:
         env = {**os.environ, "OPENAI_API_KEY": "k"}
         common = ["--no-progress"]
-        command = [sys.executable, "-m", "llmthrottle.cli", "batch", "run", str(source), str(output), "--model", MINI,
-                   "--template", TEMPLATE, "--max-tokens", "3", "--base-url", provider.openai_base_url,
-                   "--rpm", "60000", "--tpm", "2000000", "--concurrency", "8", *common]
+        command = [
+            sys.executable,
+            "-m",
+            "llmthrottle.cli",
+            "batch",
+            "run",
+            str(source),
+            str(output),
+            "--model",
+            MINI,
+            "--template",
+            TEMPLATE,
+            "--max-tokens",
+            "3",
+            "--base-url",
+            provider.openai_base_url,
+            "--rpm",
+            "60000",
+            "--tpm",
+            "2000000",
+            "--concurrency",
+            "8",
+            *common,
+        ]
         kills = 0
-        for attempt in range(30):
+        for _attempt in range(30):
             runner = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             try:
                 runner.wait(timeout=chooser.uniform(0.8, 2.5))

@@ -27,8 +27,9 @@ def test_try_acquire_1_dim_1_key(benchmark) -> None:
 
 def test_try_acquire_2_dims_1_key(benchmark) -> None:
     try_acquire = lt.Limiter({"requests": "1G/s", "tokens": "1G/s"}).try_acquire
-    decision = benchmark.pedantic(try_acquire, args=(KEY,), kwargs={"tokens": 10}, iterations=ITERATIONS,
-                                  rounds=ROUNDS, warmup_rounds=5)
+    decision = benchmark.pedantic(
+        try_acquire, args=(KEY,), kwargs={"tokens": 10}, iterations=ITERATIONS, rounds=ROUNDS, warmup_rounds=5
+    )
     assert decision.allowed
 
 

@@ -112,7 +112,9 @@ def test_context_manager_refunds_on_error():
 def test_ledger_records_and_rebuilds_spend_after_restart(tmp_path):
     ledger = lt.Ledger(tmp_path / "ledger")
     guard, clock = make([Budget("team:*", 1.0, "day"), Budget("org:acme", 5.0, "month")], ledger=ledger)
-    guard.call(["team:a", "org:acme"], model=MINI, max_output_tokens=1_000_000, feature="chat").finish(usage(1000, 500_000))
+    guard.call(["team:a", "org:acme"], model=MINI, max_output_tokens=1_000_000, feature="chat").finish(
+        usage(1000, 500_000)
+    )
     guard.call(["team:b", "org:acme"], model=MINI, max_output_tokens=1_000_000).finish(usage(0, 100_000))
     records = list(ledger.records())
     assert [(r.team, r.feature, r.tags.get("org")) for r in records] == [("a", "chat", "acme"), ("b", None, "acme")]
@@ -129,8 +131,9 @@ def test_ledger_records_and_rebuilds_spend_after_restart(tmp_path):
 def test_a_call_whose_usage_meets_a_full_table_is_still_recorded(tmp_path):
     name = f"lt-guard-full-{uuid.uuid4().hex[:12]}"
     state = lt.SharedState(name, capacity=1, path=tmp_path / "table")
-    limiter = lt.Limiter({"requests": "1000/s", "input_tokens": "1M/min"}, budgets=[Budget("team:*", 1.0, "day")],
-                         state=state)
+    limiter = lt.Limiter(
+        {"requests": "1000/s", "input_tokens": "1M/min"}, budgets=[Budget("team:*", 1.0, "day")], state=state
+    )
     ledger = lt.Ledger(tmp_path / "ledger")
     call = Guard(limiter, ledger=ledger).call("team:a", model=MINI, input_tokens=0, max_output_tokens=10)
     with pytest.raises(lt.StateError, match="is full"):  # other keys take every slot
@@ -249,8 +252,10 @@ def test_report_shows_the_policy_files_budgets(tmp_path, capsys):
     ledger.record(model=MINI, cost_micros=100_000, team="b", tags={"org": "acme"})
     ledger.close()
     config = tmp_path / "llmthrottle.toml"
-    config.write_text('[[budgets]]\nscope = "team:*"\nlimit_usd = 1\nperiod = "day"\n'
-                      '[[budgets]]\nscope = "org:acme"\nlimit_usd = 10\nperiod = "month"\n')
+    config.write_text(
+        '[[budgets]]\nscope = "team:*"\nlimit_usd = 1\nperiod = "day"\n'
+        '[[budgets]]\nscope = "org:acme"\nlimit_usd = 10\nperiod = "month"\n'
+    )
     assert main(["report", "--ledger", str(tmp_path / "ledger"), "--config", str(config), "--format", "json"]) == 0
     import json
 
@@ -280,7 +285,11 @@ def test_every_ending_of_a_call_is_recorded_with_its_outcome_and_charge(tmp_path
     ledger.flush()
     records = list(ledger.records())
     assert [(r.outcome, r.cost_micros) for r in records] == [
-        ("ok", 150 + 6), ("unfinished", worst), ("error", 0), ("cancelled", 0)]
+        ("ok", 150 + 6),
+        ("unfinished", worst),
+        ("error", 0),
+        ("cancelled", 0),
+    ]
     assert records[1].input_tokens == 1000 and records[1].output_tokens == 2000
     assert records[2].tags["error"] == "ProviderError"
     assert all(r.team == "a" for r in records)
@@ -293,24 +302,27 @@ _PRICE = st.decimals(min_value="0", max_value="200", places=6, allow_nan=False, 
 
 
 @settings(max_examples=25, deadline=None)
-@given(input_price=_PRICE, output_price=_PRICE,
-       calls=st.lists(st.tuples(st.integers(0, 200_000), st.integers(0, 50_000)), min_size=1, max_size=40))
-def test_budget_spend_equals_the_ledgers_sum_to_the_micro_dollar(tmp_path_factory, input_price, output_price,
-                                                                 calls):
+@given(
+    input_price=_PRICE,
+    output_price=_PRICE,
+    calls=st.lists(st.tuples(st.integers(0, 200_000), st.integers(0, 50_000)), min_size=1, max_size=40),
+)
+def test_budget_spend_equals_the_ledgers_sum_to_the_micro_dollar(tmp_path_factory, input_price, output_price, calls):
     prices = lt.PriceTable.default().with_fallback(input=str(input_price), output=str(output_price))
     limiter = lt.Limiter({"requests": "1M/s"}, budgets=[Budget("team:*", 10**6, "month")], clock=FakeClock())
     with lt.Ledger(tmp_path_factory.mktemp("ledger")) as ledger:
         guard = Guard(limiter, prices=prices, ledger=ledger)
         for prompt, completion in calls:
-            guard.call("team:a", model="house-model", input_tokens=prompt,
-                       max_output_tokens=completion).finish(usage(prompt, completion))
+            guard.call("team:a", model="house-model", input_tokens=prompt, max_output_tokens=completion).finish(
+                usage(prompt, completion)
+            )
         ledger.flush()
         assert round(spent(guard, "team:a") * 1_000_000) == ledger.spend()
 
 
 def test_one_period_grammar_for_budgets_quotas_config_and_reports(tmp_path):
-    from llmthrottle.sidecar.config import parse_config
     from llmthrottle.report import parse_time
+    from llmthrottle.sidecar.config import parse_config
 
     # The same word is the same period for a budget and for a quota.
     for word in ("day", "daily", "d", " DAY "):

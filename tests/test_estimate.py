@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tokens_reference import reference_encoding
 
 import llmthrottle as lt
 from llmthrottle import InvalidRequestBody
 from llmthrottle.request_estimate import image_size_from_bytes, openai_tiles
-from tokens_reference import reference_encoding
 
 # The worked example of the OpenAI cookbook "How to count tokens with tiktoken".
 COOKBOOK_MESSAGES: list[dict[str, Any]] = [
@@ -62,8 +62,12 @@ def cookbook_num_tokens_from_messages(messages: list[dict[str, Any]], encoding_n
 
 @pytest.mark.parametrize(
     ("model", "encoding", "expected"),
-    [("gpt-4o", "o200k_base", 124), ("gpt-4o-mini", "o200k_base", 124),
-     ("gpt-4", "cl100k_base", 129), ("gpt-3.5-turbo", "cl100k_base", 129)],
+    [
+        ("gpt-4o", "o200k_base", 124),
+        ("gpt-4o-mini", "o200k_base", 124),
+        ("gpt-4", "cl100k_base", 129),
+        ("gpt-3.5-turbo", "cl100k_base", 129),
+    ],
 )
 def test_cookbook_example_counts_as_the_cookbook_rule(model: str, encoding: str, expected: int) -> None:
     assert cookbook_num_tokens_from_messages(COOKBOOK_MESSAGES, encoding) == expected
@@ -142,7 +146,9 @@ def test_images_follow_the_openai_tile_rule() -> None:
 def test_image_headers_of_every_supported_format_are_read() -> None:
     assert image_size_from_bytes(_png(640, 480)) == (640, 480)
     assert image_size_from_bytes(b"GIF89a" + struct.pack("<HH", 31, 17) + b"\0" * 8) == (31, 17)
-    vp8x = b"RIFF" + b"\0\0\0\0" + b"WEBP" + b"VP8X" + b"\0" * 8 + (99).to_bytes(3, "little") + (49).to_bytes(3, "little")
+    vp8x = (
+        b"RIFF" + b"\0\0\0\0" + b"WEBP" + b"VP8X" + b"\0" * 8 + (99).to_bytes(3, "little") + (49).to_bytes(3, "little")
+    )
     assert image_size_from_bytes(vp8x) == (100, 50)
     jpeg = b"\xff\xd8" + b"\xff\xe0\x00\x04ab" + b"\xff\xc0\x00\x11\x08" + struct.pack(">HH", 300, 400) + b"\0" * 12
     assert image_size_from_bytes(jpeg) == (400, 300)
@@ -169,9 +175,18 @@ def test_tools_use_the_cookbook_function_approximation() -> None:
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "weather?"}]}
     n = lambda s: len(enc.encode_ordinary(s))  # noqa: E731
     expected_tools = (
-        7 + n("get_current_weather:Get the current weather in a given location") + 3
-        + 3 + n("location:string:The city and state, e.g. San Francisco, CA")
-        + 3 - 3 + 3 + n("celsius") + 3 + n("fahrenheit") + n("unit:string:The unit")
+        7
+        + n("get_current_weather:Get the current weather in a given location")
+        + 3
+        + 3
+        + n("location:string:The city and state, e.g. San Francisco, CA")
+        + 3
+        - 3
+        + 3
+        + n("celsius")
+        + 3
+        + n("fahrenheit")
+        + n("unit:string:The unit")
         + 12
     )
     with_tools = lt.estimate({**body, "tools": [tool]}).input_tokens
@@ -181,12 +196,12 @@ def test_tools_use_the_cookbook_function_approximation() -> None:
 def test_responses_embeddings_and_completions_bodies() -> None:
     enc = reference_encoding("o200k_base")
     n = lambda s: len(enc.encode_ordinary(s))  # noqa: E731
-    result = lt.estimate(
-        {"model": "gpt-4.1", "instructions": "Be brief.", "input": "Hello!", "max_output_tokens": 64}
-    )
+    result = lt.estimate({"model": "gpt-4.1", "instructions": "Be brief.", "input": "Hello!", "max_output_tokens": 64})
     assert result.input_tokens == 3 + (3 + n("system") + n("Be brief.")) + (3 + n("user") + n("Hello!"))
     assert result.max_output_tokens == 64
-    listed = lt.estimate({"model": "gpt-4.1", "input": [{"role": "user", "content": [{"type": "input_text", "text": "Hello!"}]}]})
+    listed = lt.estimate(
+        {"model": "gpt-4.1", "input": [{"role": "user", "content": [{"type": "input_text", "text": "Hello!"}]}]}
+    )
     assert listed.input_tokens == 3 + 3 + n("user") + n("Hello!")
 
     cl = reference_encoding("cl100k_base")
@@ -217,8 +232,10 @@ def test_anthropic_messages_are_approximated_with_o200k() -> None:
         3 + n("assistant") + n("Hello")
     )
     assert result.max_output_tokens == 256
-    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
-                                          "data": base64.b64encode(_png(1000, 750)).decode()}}
+    image = {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": base64.b64encode(_png(1000, 750)).decode()},
+    }
     with_image = lt.estimate({**body, "messages": [{"role": "user", "content": [image]}]}, provider="anthropic")
     assert with_image.input_tokens == 3 + (3 + n("You are terse.")) + 3 + n("user") + 1000
 
@@ -232,14 +249,24 @@ def test_anthropic_messages_are_approximated_with_o200k() -> None:
         ({"model": "gpt-4o", "messages": [{"content": "a"}]}, r"messages\[0\]\.role"),
         ({"model": "gpt-4o", "messages": [{"role": "user", "content": 5}]}, r"messages\[0\]\.content"),
         (
-            {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}, {"role": "user", "content": "y"},
-                                             {"role": "user", "content": ["text"]}]},
+            {
+                "model": "gpt-4o",
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "user", "content": "y"},
+                    {"role": "user", "content": ["text"]},
+                ],
+            },
             r"messages\[2\]\.content\[0\]",
         ),
-        ({"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]},
-         r"messages\[0\]\.content\[0\]\.text"),
-        ({"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "video"}]}]},
-         r"messages\[0\]\.content\[0\]\.type"),
+        (
+            {"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]},
+            r"messages\[0\]\.content\[0\]\.text",
+        ),
+        (
+            {"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "video"}]}]},
+            r"messages\[0\]\.content\[0\]\.type",
+        ),
         ({"model": "gpt-4o", "messages": [], "tools": [{"function": {"name": 1}}]}, r"tools\[0\]\.function\.name"),
         ({"model": "text-embedding-3-small", "input": ["ok", None]}, r"input\[1\]"),
     ],
@@ -265,7 +292,11 @@ def test_other_bad_arguments_are_clear_errors() -> None:
 
 
 def test_an_anthropic_body_is_counted_as_anthropic_without_being_told() -> None:
-    body = {"model": "claude-sonnet-4-5", "max_tokens": 100, "system": "be brief",
-            "messages": [{"role": "user", "content": "hi"}]}
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 100,
+        "system": "be brief",
+        "messages": [{"role": "user", "content": "hi"}],
+    }
     assert lt.estimate(body) == lt.estimate(body, "anthropic")
     assert lt.estimate(body).max_output_tokens == 100

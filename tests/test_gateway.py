@@ -19,11 +19,11 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from redis_servers import free_port
 
 import llmthrottle as lt
 from llmthrottle.gateway import KeyStore, parse_gateway_config
 from llmthrottle.testing import FakeProvider
-from redis_servers import free_port
 
 ADMIN, JWT_SECRET, UPSTREAM_KEY = "admin-secret", "jwt-secret", "upstream-secret"
 ENV = {"LT_TEST_ADMIN": ADMIN, "LT_TEST_JWT": JWT_SECRET, "LT_UPSTREAM_KEY": UPSTREAM_KEY}
@@ -98,8 +98,12 @@ class GatewayProcess:
         self.config_path = directory / "llmthrottle.toml"
         self.config_path.write_text(config)
         self.log = open(directory / "gateway.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "llmthrottle.cli", "gateway", "--config", str(self.config_path)],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **ENV})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llmthrottle.cli", "gateway", "--config", str(self.config_path)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **ENV},
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -146,8 +150,9 @@ def gateway(tmp_path: Path, upstreams: tuple[FakeProvider, FakeProvider]) -> Ite
 
 
 def chat(client: openai.OpenAI, **extra: Any) -> Any:
-    return client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}],
-                                          **{"max_tokens": 20, **extra})
+    return client.chat.completions.create(
+        model="fast", messages=[{"role": "user", "content": "hi"}], **{"max_tokens": 20, **extra}
+    )
 
 
 def jwt(claims: dict[str, Any], secret: str = JWT_SECRET) -> str:
@@ -159,12 +164,12 @@ def jwt(claims: dict[str, Any], secret: str = JWT_SECRET) -> str:
     return f"{signing}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
 
 
-def test_a_virtual_key_calls_through_and_every_call_is_in_the_ledger(gateway: GatewayProcess,
-                                                                       upstreams: Any) -> None:
+def test_a_virtual_key_calls_through_and_every_call_is_in_the_ledger(gateway: GatewayProcess, upstreams: Any) -> None:
     key = gateway.key(tenant="acme", team="support", user="42")
     with gateway.openai(key) as client:
         raw = client.chat.completions.with_raw_response.create(
-            model="fast", messages=[{"role": "user", "content": "hi"}], max_tokens=20)
+            model="fast", messages=[{"role": "user", "content": "hi"}], max_tokens=20
+        )
         reply = raw.parse()
         assert reply.usage.completion_tokens > 0
         assert float(raw.headers["x-llmthrottle-overhead-ms"]) >= 0
@@ -180,8 +185,11 @@ def test_a_virtual_key_calls_through_and_every_call_is_in_the_ledger(gateway: Ga
         records = list(ledger.records())
     assert len(records) == 3
     assert {(r.tenant, r.team, r.user, r.outcome) for r in records} == {("acme", "support", "42", "ok")}
-    assert sorted(r.tags["deployment"] for r in records) == ["claude#0:anthropic/claude-3-5-haiku-latest",
-                                                              "primary", "primary"]
+    assert sorted(r.tags["deployment"] for r in records) == [
+        "claude#0:anthropic/claude-3-5-haiku-latest",
+        "primary",
+        "primary",
+    ]
     assert sorted(r.tags["route"] for r in records) == ["claude", "fast", "fast"]
     assert all(r.cost_micros > 0 for r in records)
 
@@ -200,9 +208,11 @@ def test_keys_and_tokens_that_do_not_let_you_in(gateway: GatewayProcess) -> None
     token = jwt({"sub": "svc", "tenant": "acme", "tier": "pro", "aud": "llmthrottle", "exp": now + 60})
     with gateway.openai(token) as client:
         assert chat(client).usage.total_tokens > 0
-    for claims in ({"tenant": "acme", "aud": "llmthrottle", "exp": now - 120},
-                   {"tenant": "acme", "aud": "someone-else", "exp": now + 60},
-                   {"tenant": "acme", "aud": "llmthrottle", "exp": now + 60, "nbf": now + 600}):
+    for claims in (
+        {"tenant": "acme", "aud": "llmthrottle", "exp": now - 120},
+        {"tenant": "acme", "aud": "someone-else", "exp": now + 60},
+        {"tenant": "acme", "aud": "llmthrottle", "exp": now + 60, "nbf": now + 600},
+    ):
         with gateway.openai(jwt(claims)) as client, pytest.raises(openai.AuthenticationError):
             chat(client)
     forged = jwt({"tenant": "acme", "aud": "llmthrottle", "exp": now + 60}, secret="guess")
@@ -221,8 +231,9 @@ def test_a_tier_limit_is_a_429_the_sdk_can_back_off_from(gateway: GatewayProcess
     assert 1 <= int(headers["retry-after"]) <= 20
     assert headers["x-ratelimit-limit-requests"] == "3" and headers["x-ratelimit-remaining-requests"] == "0"
     assert upstreams[0].counters.requests == 3  # the denied call never left the gateway
-    with anthropic.Anthropic(base_url=gateway.url, api_key=gateway.key(tenant="small", tier="free"),
-                             max_retries=0) as claude:
+    with anthropic.Anthropic(
+        base_url=gateway.url, api_key=gateway.key(tenant="small", tier="free"), max_retries=0
+    ) as claude:
         for _ in range(3):
             claude.messages.create(model="claude", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
         with pytest.raises(anthropic.RateLimitError) as limited_anthropic:
@@ -253,8 +264,9 @@ def test_a_downgrade_budget_sends_its_cheaper_model_at_its_end(gateway: GatewayP
     models = []
     with gateway.openai(key) as client, pytest.raises(openai.RateLimitError, match="budget"):
         for _ in range(100):  # until even the cheaper model no longer fits
-            reply = client.chat.completions.create(model="smart", messages=[{"role": "user", "content": "hi"}],
-                                                   max_tokens=10)
+            reply = client.chat.completions.create(
+                model="smart", messages=[{"role": "user", "content": "hi"}], max_tokens=10
+            )
             models.append(reply.model)
     # $2.50/$10 per 1M tokens first, then $0.15/$0.60 once the budget no longer fits gpt-4o
     assert models[0] == "gpt-4o" and models[-1] == "gpt-4o-mini" and models.count("gpt-4o-mini") > 2
@@ -291,9 +303,12 @@ def test_failover_to_the_next_deployment_and_the_breaker(tmp_path: Path) -> None
 
 def test_the_admin_api_needs_the_admin_key(gateway: GatewayProcess) -> None:
     def admin(method: str, path: str, body: Any = None, key: str = ADMIN) -> tuple[int, Any]:
-        request = urllib.request.Request(f"{gateway.url}{path}", method=method,
-                                         data=None if body is None else json.dumps(body).encode(),
-                                         headers={"authorization": f"Bearer {key}"})
+        request = urllib.request.Request(
+            f"{gateway.url}{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"authorization": f"Bearer {key}"},
+        )
         try:
             with urllib.request.urlopen(request) as answer:
                 return answer.status, json.loads(answer.read())
@@ -323,30 +338,39 @@ def test_bad_requests_get_the_providers_error_shape(gateway: GatewayProcess) -> 
     with gateway.openai(key) as client:
         with pytest.raises(openai.NotFoundError, match="no model"):
             client.chat.completions.create(model="unknown", messages=[{"role": "user", "content": "hi"}])
-    request = urllib.request.Request(f"{gateway.url}/v1/chat/completions", data=b"{not json",
-                                     headers={"authorization": f"Bearer {key}"})
+    request = urllib.request.Request(
+        f"{gateway.url}/v1/chat/completions", data=b"{not json", headers={"authorization": f"Bearer {key}"}
+    )
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(request)
     assert error.value.code == 400 and "error" in json.loads(error.value.read())
 
 
 def test_the_gateway_configuration_is_checked(tmp_path: Path) -> None:
-    good = parse_gateway_config('[models.fast]\ndeployments = [{provider = "openai", model = "m", '
-                                'base_url = "http://x/v1"}]\n[tiers.free]\nrequests = "5/min"\n')
+    good = parse_gateway_config(
+        '[models.fast]\ndeployments = [{provider = "openai", model = "m", '
+        'base_url = "http://x/v1"}]\n[tiers.free]\nrequests = "5/min"\n'
+    )
     assert good.models["fast"][0].base_url == "http://x/v1" and good.tiers == {"free": {"requests": "5/min"}}
-    weighted = parse_gateway_config('[models.fast]\nstrategy = "weighted"\ndeployments = [{provider = "openai", '
-                                    'model = "m", base_url = "http://x/v1", weight = 3}]\n')
+    weighted = parse_gateway_config(
+        '[models.fast]\nstrategy = "weighted"\ndeployments = [{provider = "openai", '
+        'model = "m", base_url = "http://x/v1", weight = 3}]\n'
+    )
     assert weighted.strategies == {"fast": "weighted"} and weighted.models["fast"][0].weight == 3.0
     for text, message in (
         ('[gateway]\nlisten = "nowhere"\n', "host:port"),
         ('[models.fast]\ndeployments = [{provider = "azure", model = "m", base_url = "http://x"}]\n', "provider"),
         ('[models.fast]\ndeployments = [{provider = "openai", model = "m", base_url = "ftp://x"}]\n', "http"),
         ('[tiers.free]\nrequests = "5/fortnight"\n', "tiers.free"),
-        ('[gatway]\n', "did you mean 'gateway'"),
-        ('[models.fast]\nstrategy = "random"\ndeployments = [{provider = "openai", model = "m", base_url = "http://x"}]\n',
-         "strategy"),
-        ('[models.fast]\ndeployments = [{provider = "openai", model = "m", base_url = "http://x", weight = -1}]\n',
-         "weight"),
+        ("[gatway]\n", "did you mean 'gateway'"),
+        (
+            '[models.fast]\nstrategy = "random"\ndeployments = [{provider = "openai", model = "m", base_url = "http://x"}]\n',
+            "strategy",
+        ),
+        (
+            '[models.fast]\ndeployments = [{provider = "openai", model = "m", base_url = "http://x", weight = -1}]\n',
+            "weight",
+        ),
     ):
         with pytest.raises(lt.ConfigError, match=message):
             parse_gateway_config(text, "llmthrottle.toml")
@@ -354,8 +378,9 @@ def test_the_gateway_configuration_is_checked(tmp_path: Path) -> None:
 
 def test_workers_share_one_limit(tmp_path: Path, upstreams: tuple[FakeProvider, FakeProvider]) -> None:
     port = free_port()
-    text = config_text(tmp_path, port, *upstreams).replace('[state]\nkind = "in-process"',
-                                                           f'[state]\nkind = "shared"\nname = "gw-test-{port}"')
+    text = config_text(tmp_path, port, *upstreams).replace(
+        '[state]\nkind = "in-process"', f'[state]\nkind = "shared"\nname = "gw-test-{port}"'
+    )
     text = text.replace("[gateway]\n", "[gateway]\nworkers = 2\n")
     process = GatewayProcess(tmp_path, text, port)
     try:
@@ -384,14 +409,19 @@ def test_sighup_reloads_tiers_and_routes_keeping_the_counters(gateway: GatewayPr
         with pytest.raises(openai.RateLimitError):
             chat(client)
         text = gateway.config_path.read_text()
-        text = text.replace('[tiers.free]\nrequests = "3/min"',
-                            '[tiers.free]\nrequests = {rate = "3/min", burst = 5}')
-        text = text.replace("[models.claude]", '[models.fast2]\ndeployments = [{provider = "openai", model = '
-                            '"gpt-4o-mini", base_url = "http://127.0.0.1:9/v1"}]\n\n[models.claude]')
+        text = text.replace('[tiers.free]\nrequests = "3/min"', '[tiers.free]\nrequests = {rate = "3/min", burst = 5}')
+        text = text.replace(
+            "[models.claude]",
+            '[models.fast2]\ndeployments = [{provider = "openai", model = '
+            '"gpt-4o-mini", base_url = "http://127.0.0.1:9/v1"}]\n\n[models.claude]',
+        )
         gateway.config_path.write_text(text)
         gateway.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
-        while "llmthrottle_gateway_reloads_total 1" not in urllib.request.urlopen(f"{gateway.url}/metrics").read().decode():
+        while (
+            "llmthrottle_gateway_reloads_total 1"
+            not in urllib.request.urlopen(f"{gateway.url}/metrics").read().decode()
+        ):
             assert time.monotonic() < deadline, "the gateway did not reload"
             time.sleep(0.05)
         assert "fast2" in [m.id for m in client.models.list()]
@@ -417,20 +447,31 @@ def test_a_unix_socket_alone(tmp_path: Path, upstreams: tuple[FakeProvider, Fake
     socket_path = tmp_path / "gateway.sock"
     import re
 
-    text = re.sub(r'listen = "[^"]*"', f'listen = ""\nsocket = "{socket_path}"',
-                  config_text(tmp_path, free_port(), *upstreams), count=1)
+    text = re.sub(
+        r'listen = "[^"]*"',
+        f'listen = ""\nsocket = "{socket_path}"',
+        config_text(tmp_path, free_port(), *upstreams),
+        count=1,
+    )
     config = tmp_path / "llmthrottle.toml"
     config.write_text(text)
-    proc = subprocess.Popen([sys.executable, "-m", "llmthrottle.cli", "gateway", "--config", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **ENV})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmthrottle.cli", "gateway", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **ENV},
+    )
     keys = KeyStore(str(tmp_path / "keys.sqlite"))
     key = keys.create(tenant="acme", tier="pro")[0]
     keys.close()
 
     async def call() -> tuple[int, Any]:
         async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(socket_path))) as session:
-            async with session.post("http://gateway/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                                    json={"model": "fast", "messages": [{"role": "user", "content": "hi"}]}) as answer:
+            async with session.post(
+                "http://gateway/v1/chat/completions",
+                headers={"authorization": f"Bearer {key}"},
+                json={"model": "fast", "messages": [{"role": "user", "content": "hi"}]},
+            ) as answer:
                 return answer.status, await answer.json()
 
     try:

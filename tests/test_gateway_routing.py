@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import collections
-from pathlib import Path
 import time
+from pathlib import Path
 
 from llmthrottle.gateway.config import Deployment
 from llmthrottle.gateway.routing import Router
@@ -74,12 +74,16 @@ def test_routes_choose_the_alias_from_the_request() -> None:
         return ValueError(f"{'.'.join(keys)}: {message}")
 
     models = {"cheap": [], "frontier": [], "tools": []}
-    rules = parse_rules([
-        {"model": "auto", "alias": "tools", "tools": True},
-        {"model": "auto", "alias": "frontier", "header": "x-task: hard"},
-        {"model": "auto", "alias": "cheap", "max_input_tokens": 50},
-        {"model": "auto", "alias": "frontier"},
-    ], models, error)
+    rules = parse_rules(
+        [
+            {"model": "auto", "alias": "tools", "tools": True},
+            {"model": "auto", "alias": "frontier", "header": "x-task: hard"},
+            {"model": "auto", "alias": "cheap", "max_input_tokens": 50},
+            {"model": "auto", "alias": "frontier"},
+        ],
+        models,
+        error,
+    )
 
     def body(text: str, **extra: object) -> dict[str, object]:
         return {"model": "auto", "messages": [{"role": "user", "content": text}], **extra}
@@ -91,10 +95,12 @@ def test_routes_choose_the_alias_from_the_request() -> None:
     assert choose_alias(rules, {"model": "cheap", "messages": []}, {}, "openai") == "cheap"  # a plain alias
     import pytest
 
-    for bad, message in (([{"model": "auto", "alias": "nowhere"}], "alias"),
-                         ([{"model": "auto", "alias": "cheap", "max_input_tokens": -1}], "non-negative"),
-                         ([{"model": "auto", "alias": "cheap", "header": "no-colon"}], "name: value"),
-                         ([{"model": "auto", "alias": "cheap", "when": 1}], "unknown keys")):
+    for bad, message in (
+        ([{"model": "auto", "alias": "nowhere"}], "alias"),
+        ([{"model": "auto", "alias": "cheap", "max_input_tokens": -1}], "non-negative"),
+        ([{"model": "auto", "alias": "cheap", "header": "no-colon"}], "name: value"),
+        ([{"model": "auto", "alias": "cheap", "when": 1}], "unknown keys"),
+    ):
         with pytest.raises(ValueError, match=message):
             parse_rules(bad, models, error)
 
@@ -132,8 +138,14 @@ def test_rs256_and_es256_tokens_from_a_jwks_file(tmp_path: Path) -> None:
     for token, message in (
         (jwt.encode(claims, other, algorithm="RS256", headers={"kid": "r1"}), "signature"),
         (jwt.encode(claims, rsa_key, algorithm="RS256", headers={"kid": "nope"}), "kid"),
-        (jwt.encode({**claims, "exp": time.time() - 120}, rsa_key, algorithm="RS256", headers={"kid": "r1"}), "expired"),
-        (jwt.encode(claims, "a-guessed-secret-that-is-long-enough-for-hs256", algorithm="HS256"), "algorithm"),  # no HS256 secret configured
+        (
+            jwt.encode({**claims, "exp": time.time() - 120}, rsa_key, algorithm="RS256", headers={"kid": "r1"}),
+            "expired",
+        ),
+        (
+            jwt.encode(claims, "a-guessed-secret-that-is-long-enough-for-hs256", algorithm="HS256"),
+            "algorithm",
+        ),  # no HS256 secret configured
         (jwt.encode(claims, None, algorithm="none"), "algorithm"),
     ):
         with pytest.raises(Refused, match=message):

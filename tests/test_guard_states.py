@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sidecar_helpers import start_server
 
 import llmthrottle as lt
 from llmthrottle.budget import Budget
-from sidecar_helpers import start_server
 
 MINI = "gpt-4o-mini"  # $0.15 input, $0.60 output per 1M tokens
 BUDGET = Budget("team:*", 0.001, "day")  # 1,000 µ$

@@ -41,11 +41,14 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def start_writer(path: Path, tenant: str, count: int, flush_interval: float = 0.05,
-                 ending: str = "close") -> subprocess.Popen[str]:
+def start_writer(
+    path: Path, tenant: str, count: int, flush_interval: float = 0.05, ending: str = "close"
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(path), tenant, str(count), str(flush_interval),
-         ending], stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-c", WRITER, str(path), tenant, str(count), str(flush_interval), ending],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def journals(path: Path) -> list[str]:
@@ -54,40 +57,81 @@ def journals(path: Path) -> list[str]:
 
 def test_records_round_trip_with_every_field(tmp_path: Path) -> None:
     with Ledger(tmp_path) as ledger:
-        rid = ledger.record(model="claude-sonnet-4-5", provider="anthropic", cost_micros=29_550,
-                            tenant="acme", user="u1", team="search", feature="summarise",
-                            input_tokens=100, output_tokens=500, cached_input_tokens=20_000,
-                            cache_write_tokens=3_000, reasoning_tokens=0, latency_s=1.25,
-                            outcome="ok", tags={"region": "eu", "attempt": 2}, time=1_700_000_000.5)
+        rid = ledger.record(
+            model="claude-sonnet-4-5",
+            provider="anthropic",
+            cost_micros=29_550,
+            tenant="acme",
+            user="u1",
+            team="search",
+            feature="summarise",
+            input_tokens=100,
+            output_tokens=500,
+            cached_input_tokens=20_000,
+            cache_write_tokens=3_000,
+            reasoning_tokens=0,
+            latency_s=1.25,
+            outcome="ok",
+            tags={"region": "eu", "attempt": 2},
+            time=1_700_000_000.5,
+        )
         (record,) = list(ledger.records())
     assert record == UsageRecord(
-        id=rid, time=1_700_000_000.5, model="claude-sonnet-4-5", provider="anthropic",
-        cost_micros=29_550, tenant="acme", user="u1", team="search", feature="summarise",
-        input_tokens=100, output_tokens=500, cached_input_tokens=20_000,
-        cache_write_tokens=3_000, reasoning_tokens=0, latency_s=1.25, outcome="ok",
-        tags={"region": "eu", "attempt": 2})
+        id=rid,
+        time=1_700_000_000.5,
+        model="claude-sonnet-4-5",
+        provider="anthropic",
+        cost_micros=29_550,
+        tenant="acme",
+        user="u1",
+        team="search",
+        feature="summarise",
+        input_tokens=100,
+        output_tokens=500,
+        cached_input_tokens=20_000,
+        cache_write_tokens=3_000,
+        reasoning_tokens=0,
+        latency_s=1.25,
+        outcome="ok",
+        tags={"region": "eu", "attempt": 2},
+    )
     assert journals(tmp_path) == []  # a clean close leaves no journal behind
 
 
 def test_record_cost_takes_tokens_from_the_priced_usage(tmp_path: Path) -> None:
-    c = cost("gpt-4o", {"prompt_tokens": 10_000, "completion_tokens": 2_000,
-                        "prompt_tokens_details": {"cached_tokens": 4_000},
-                        "completion_tokens_details": {"reasoning_tokens": 500}})
+    c = cost(
+        "gpt-4o",
+        {
+            "prompt_tokens": 10_000,
+            "completion_tokens": 2_000,
+            "prompt_tokens_details": {"cached_tokens": 4_000},
+            "completion_tokens_details": {"reasoning_tokens": 500},
+        },
+    )
     with Ledger(tmp_path) as ledger:
         ledger.record_cost(c, tenant="acme", latency_s=0.5)
         (record,) = list(ledger.records())
-    assert (record.input_tokens, record.cached_input_tokens, record.output_tokens,
-            record.reasoning_tokens, record.cost_micros, record.provider) == \
-        (6_000, 4_000, 2_000, 500, 40_000, "openai")
+    assert (
+        record.input_tokens,
+        record.cached_input_tokens,
+        record.output_tokens,
+        record.reasoning_tokens,
+        record.cost_micros,
+        record.provider,
+    ) == (6_000, 4_000, 2_000, 500, 40_000, "openai")
 
 
 def test_spend_filters_time_ranges_lists_tags_and_nulls(tmp_path: Path) -> None:
     with Ledger(tmp_path) as ledger:
         for day in range(10):
             for tenant in ("acme", "globex", None):
-                ledger.record(model="gpt-4o" if day % 2 else "o3", cost_micros=100 + day,
-                              tenant=tenant, tags={"region": "eu" if day < 5 else "us"},
-                              time=1_700_000_000 + day * 86_400)
+                ledger.record(
+                    model="gpt-4o" if day % 2 else "o3",
+                    cost_micros=100 + day,
+                    tenant=tenant,
+                    tags={"region": "eu" if day < 5 else "us"},
+                    time=1_700_000_000 + day * 86_400,
+                )
         assert ledger.spend() == 3 * sum(100 + d for d in range(10))
         assert ledger.spend(tenant="acme") == sum(100 + d for d in range(10))
         assert ledger.spend(tenant=None) == sum(100 + d for d in range(10))
@@ -108,19 +152,21 @@ def test_caller_id_is_an_idempotency_key(tmp_path: Path) -> None:
         assert len(ledger) == 1 and ledger.spend() == 10
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"input_tokens": -1}, "input_tokens"),
-    ({"output_tokens": True}, "output_tokens"),
-    ({"cached_input_tokens": 10**13}, "cached_input_tokens"),
-    ({"cost_micros": 1.5}, "cost_micros"),
-    ({"latency_s": float("nan")}, "latency_s"),
-    ({"tenant": 5}, "tenant"),
-    ({"tags": {"x": float("nan")}}, "Out of range float"),
-    ({"tags": {"x": object()}}, "not JSON serializable"),
-    ({"model": ""}, "model"),
-])
-def test_invalid_records_are_rejected_and_not_stored(tmp_path: Path, kwargs: dict[str, object],
-                                                     message: str) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"input_tokens": -1}, "input_tokens"),
+        ({"output_tokens": True}, "output_tokens"),
+        ({"cached_input_tokens": 10**13}, "cached_input_tokens"),
+        ({"cost_micros": 1.5}, "cost_micros"),
+        ({"latency_s": float("nan")}, "latency_s"),
+        ({"tenant": 5}, "tenant"),
+        ({"tags": {"x": float("nan")}}, "Out of range float"),
+        ({"tags": {"x": object()}}, "not JSON serializable"),
+        ({"model": ""}, "model"),
+    ],
+)
+def test_invalid_records_are_rejected_and_not_stored(tmp_path: Path, kwargs: dict[str, object], message: str) -> None:
     args: dict[str, object] = {"model": "gpt-4o", "cost_micros": 1, **kwargs}
     with Ledger(tmp_path) as ledger:
         with pytest.raises((ValueError, TypeError), match=message):
@@ -133,7 +179,7 @@ def test_concurrent_threads(tmp_path: Path) -> None:
         ids: list[list[str]] = [[] for _ in range(8)]
 
         def write(n: int) -> None:
-            for i in range(2_000):
+            for _ in range(2_000):
                 ids[n].append(ledger.record(model="gpt-4o", cost_micros=1, tenant=f"t{n}"))
 
         threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
@@ -164,8 +210,7 @@ def test_multiple_processes_write_one_ledger(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("flush_interval", [0.01, 1000.0])  # partly flushed / journal only
-def test_sigkill_mid_stream_loses_no_accepted_record_and_duplicates_none(
-        tmp_path: Path, flush_interval: float) -> None:
+def test_sigkill_mid_stream_loses_no_accepted_record_and_duplicates_none(tmp_path: Path, flush_interval: float) -> None:
     accepted: set[str] = set()
     for round_ in range(3):
         writer = start_writer(tmp_path, "killed", -1, flush_interval)
@@ -184,8 +229,7 @@ def test_sigkill_mid_stream_loses_no_accepted_record_and_duplicates_none(
         assert accepted <= set(stored)  # nothing accepted was lost
         # A record may be stored that was accepted but killed before its id was printed.
         assert len(stored) - len(accepted) <= 3
-        assert ledger.spend(tenant="killed") == sum(r.cost_micros for r in
-                                                    ledger.records(tenant="killed"))
+        assert ledger.spend(tenant="killed") == sum(r.cost_micros for r in ledger.records(tenant="killed"))
     assert journals(tmp_path) == []
 
     with Ledger(tmp_path) as again:  # replaying again changes nothing
@@ -207,8 +251,26 @@ def write_raw_journal(path: Path, name: str, frames: list[bytes]) -> None:
 
 def raw_row(rid: str, cost_micros: int) -> bytes:
     import json
-    row = [rid, 1_700_000_000_000_000, "acme", None, None, None, "gpt-4o", None, 1, 1, 0, 0, 0,
-           cost_micros, None, "ok", None]
+
+    row = [
+        rid,
+        1_700_000_000_000_000,
+        "acme",
+        None,
+        None,
+        None,
+        "gpt-4o",
+        None,
+        1,
+        1,
+        0,
+        0,
+        0,
+        cost_micros,
+        None,
+        "ok",
+        None,
+    ]
     return json.dumps(row, separators=(",", ":")).encode()
 
 
@@ -218,14 +280,12 @@ def test_torn_tail_and_corrupt_frames_are_skipped_on_replay(tmp_path: Path) -> N
     corrupt = bytearray(encode_frame(raw_row("bad", 1000)))
     corrupt[20] ^= 0xFF  # flip a payload byte: CRC mismatch
     torn = encode_frame(raw_row("torn", 1000))[:-7]  # crash mid-write
-    write_raw_journal(tmp_path, "journal-999999-1-dead.log",
-                      [*good[:2], bytes(corrupt), *good[2:], torn])
+    write_raw_journal(tmp_path, "journal-999999-1-dead.log", [*good[:2], bytes(corrupt), *good[2:], torn])
     with Ledger(tmp_path) as ledger:
         assert sorted(r.id for r in ledger.records()) == [f"r{i}" for i in range(5)]
         assert ledger.spend() == 50
         stats = ledger.last_replay
-        assert (stats.frames, stats.corrupt_frames, stats.torn_tail_bytes) == \
-            (5, 1, len(torn))
+        assert (stats.frames, stats.corrupt_frames, stats.torn_tail_bytes) == (5, 1, len(torn))
     assert journals(tmp_path) == []
 
 
@@ -234,8 +294,9 @@ def test_replay_resumes_from_checkpoint_and_is_idempotent(tmp_path: Path) -> Non
         ledger.record(model="gpt-4o", cost_micros=10, id="r0")
     # A journal whose first frame was already stored (a crash after the SQLite commit but
     # before the journal was deleted): replay must not double count it.
-    write_raw_journal(tmp_path, "journal-999999-2-dead.log",
-                      [encode_frame(raw_row("r0", 10)), encode_frame(raw_row("r1", 10))])
+    write_raw_journal(
+        tmp_path, "journal-999999-2-dead.log", [encode_frame(raw_row("r0", 10)), encode_frame(raw_row("r1", 10))]
+    )
     with Ledger(tmp_path) as ledger:
         assert ledger.spend() == 20 and len(ledger) == 2
 
@@ -292,16 +353,20 @@ def test_forked_child_gets_its_own_journal(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ nothing can poison it
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"cost_micros": 2**63}, "cost_micros"),
-    ({"cost_micros": 10**12 + 1}, "cost_micros"),
-    ({"input_tokens": 2**63}, "input_tokens"),
-    ({"time": 1e14}, "time"),
-    ({"time": -1e14}, "time"),
-    ({"latency_s": 1e14}, "latency_s"),
-])
-def test_values_the_store_cannot_hold_are_refused_at_record(tmp_path: Path, kwargs: dict[str, object],
-                                                            message: str) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"cost_micros": 2**63}, "cost_micros"),
+        ({"cost_micros": 10**12 + 1}, "cost_micros"),
+        ({"input_tokens": 2**63}, "input_tokens"),
+        ({"time": 1e14}, "time"),
+        ({"time": -1e14}, "time"),
+        ({"latency_s": 1e14}, "latency_s"),
+    ],
+)
+def test_values_the_store_cannot_hold_are_refused_at_record(
+    tmp_path: Path, kwargs: dict[str, object], message: str
+) -> None:
     with Ledger(tmp_path) as ledger:
         with pytest.raises(ValueError, match=message):
             ledger.record(**{"model": "gpt-4o", "cost_micros": 1, **kwargs})  # type: ignore[arg-type]
@@ -314,17 +379,20 @@ def test_values_the_store_cannot_hold_are_refused_at_record(tmp_path: Path, kwar
 
 def test_intact_frames_that_are_not_records_are_quarantined_not_fatal(tmp_path: Path) -> None:
     import json
+
     Ledger(tmp_path).close()
     bad_payloads = [
         b"{not json",
         b"[" * 100_000 + b"]" * 100_000,  # deep nesting
         json.dumps(["short", 1]).encode(),  # wrong number of columns
-        raw_row("huge", 0).replace(b",0,null,\"ok\"", b",%d,null,\"ok\"" % 2**70),  # cost too big
+        raw_row("huge", 0).replace(b',0,null,"ok"', b',%d,null,"ok"' % 2**70),  # cost too big
         b"\xff\xfe",
     ]
-    write_raw_journal(tmp_path, "journal-999999-1-dead.log",
-                      [encode_frame(raw_row("r0", 10)), *map(encode_frame, bad_payloads),
-                       encode_frame(raw_row("r1", 20))])
+    write_raw_journal(
+        tmp_path,
+        "journal-999999-1-dead.log",
+        [encode_frame(raw_row("r0", 10)), *map(encode_frame, bad_payloads), encode_frame(raw_row("r1", 20))],
+    )
     with Ledger(tmp_path) as ledger:
         assert sorted(r.id for r in ledger.records()) == ["r0", "r1"]
         assert ledger.spend() == 30
@@ -349,6 +417,7 @@ def test_a_damaged_newline_loses_only_nothing(tmp_path: Path) -> None:
 
 def test_a_row_sqlite_refuses_is_quarantined_and_the_flusher_goes_on(tmp_path: Path) -> None:
     from llmthrottle.ledger import store
+
     with Ledger(tmp_path, flush_interval=1000.0) as ledger:
         ledger.record(model="gpt-4o", cost_micros=1, id="before")
         # A row past record()'s checks (as a newer writer or a damaged queue could hand over).
@@ -372,10 +441,15 @@ def test_every_ledger_file_is_private(tmp_path: Path) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(payloads=st.lists(st.binary(min_size=1, max_size=60).filter(lambda b: b"\n" not in b), min_size=1, max_size=8),
-       victim=st.integers(0, 7), offset=st.integers(0, 200), byte=st.integers(0, 255))
-def test_damage_to_one_journal_frame_never_loses_another(payloads: list[bytes], victim: int, offset: int,
-                                                         byte: int) -> None:
+@given(
+    payloads=st.lists(st.binary(min_size=1, max_size=60).filter(lambda b: b"\n" not in b), min_size=1, max_size=8),
+    victim=st.integers(0, 7),
+    offset=st.integers(0, 200),
+    byte=st.integers(0, 255),
+)
+def test_damage_to_one_journal_frame_never_loses_another(
+    payloads: list[bytes], victim: int, offset: int, byte: int
+) -> None:
     from llmthrottle.ledger.journal import ReplayStats, iter_frames
 
     frames = [bytearray(encode_frame(p)) for p in payloads]

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 import llmthrottle as lt
 from llmthrottle.testing import FakeClock
 
-
 STATES = ["in-process", "shared", "redis", "redis-cluster"]
 
 
@@ -395,7 +394,9 @@ def test_acquire_async_is_a_coroutine_for_create_task_and_gather() -> None:
 
     async def main() -> list[object]:
         first = await asyncio.create_task(lim.acquire_async("k", timeout=5))
-        rest = await asyncio.gather(lim.acquire_async("k", timeout=5), asyncio.ensure_future(lim.acquire_async("k", timeout=5)))
+        rest = await asyncio.gather(
+            lim.acquire_async("k", timeout=5), asyncio.ensure_future(lim.acquire_async("k", timeout=5))
+        )
         return [first, *rest]
 
     reservations = asyncio.run(main())

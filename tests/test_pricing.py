@@ -39,18 +39,21 @@ def test_openai_chat_cached_tokens_are_inside_prompt_tokens_and_reasoning_inside
     c = cost("gpt-4o", usage)
     # 6,000 uncached * 2.50 + 4,000 cached * 1.25 + 2,000 output * 10 = 15,000 + 5,000 + 20,000
     assert c.total_micros == 40_000
-    assert c.breakdown_micros == {"input": 15_000, "cached_input": 5_000, "cache_write": 0,
-                                  "output": 20_000}
-    assert c.usage == TokenUsage(input_tokens=6_000, cached_input_tokens=4_000,
-                                 output_tokens=2_000, reasoning_tokens=500)
+    assert c.breakdown_micros == {"input": 15_000, "cached_input": 5_000, "cache_write": 0, "output": 20_000}
+    assert c.usage == TokenUsage(
+        input_tokens=6_000, cached_input_tokens=4_000, output_tokens=2_000, reasoning_tokens=500
+    )
     assert c.total_usd == pytest.approx(0.04)
     assert c.provider == "openai"
 
 
 def test_openai_chat_fractional_micros_round_up_once_per_call() -> None:
-    usage = {"prompt_tokens": 1_234, "completion_tokens": 3_000,
-             "prompt_tokens_details": {"cached_tokens": 1_024},
-             "completion_tokens_details": {"reasoning_tokens": 2_500}}
+    usage = {
+        "prompt_tokens": 1_234,
+        "completion_tokens": 3_000,
+        "prompt_tokens_details": {"cached_tokens": 1_024},
+        "completion_tokens_details": {"reasoning_tokens": 2_500},
+    }
     c = cost("o4-mini-2025-04-16", usage)
     # 210 * 1.10 = 231; 1,024 * 0.275 = 281.6; 3,000 * 4.40 = 13,200 -> 13,712.6 -> 13,713
     assert c.breakdown_micros["cached_input"] == Decimal("281.6")
@@ -59,22 +62,28 @@ def test_openai_chat_fractional_micros_round_up_once_per_call() -> None:
 
 
 def test_openai_responses_api_usage() -> None:
-    usage = {"input_tokens": 50_000, "output_tokens": 1_000, "total_tokens": 51_000,
-             "input_tokens_details": {"cached_tokens": 40_000},
-             "output_tokens_details": {"reasoning_tokens": 800}}
+    usage = {
+        "input_tokens": 50_000,
+        "output_tokens": 1_000,
+        "total_tokens": 51_000,
+        "input_tokens_details": {"cached_tokens": 40_000},
+        "output_tokens_details": {"reasoning_tokens": 800},
+    }
     # 10,000 * 1.25 + 40,000 * 0.125 + 1,000 * 10 = 12,500 + 5,000 + 10,000
     assert cost("gpt-5", usage).total_micros == 27_500
 
 
 def test_anthropic_input_tokens_exclude_cache_reads_and_writes_split_by_ttl() -> None:
-    usage = {"input_tokens": 100, "output_tokens": 500,
-             "cache_creation_input_tokens": 3_000, "cache_read_input_tokens": 20_000,
-             "cache_creation": {"ephemeral_5m_input_tokens": 1_000,
-                                "ephemeral_1h_input_tokens": 2_000}}
+    usage = {
+        "input_tokens": 100,
+        "output_tokens": 500,
+        "cache_creation_input_tokens": 3_000,
+        "cache_read_input_tokens": 20_000,
+        "cache_creation": {"ephemeral_5m_input_tokens": 1_000, "ephemeral_1h_input_tokens": 2_000},
+    }
     c = cost("claude-sonnet-4-5-20250929", usage)
     # 100 * 3 + 1,000 * 3.75 + 2,000 * 6 + 20,000 * 0.30 + 500 * 15
-    assert c.breakdown_micros == {"input": 300, "cache_write": 15_750, "cached_input": 6_000,
-                                  "output": 7_500}
+    assert c.breakdown_micros == {"input": 300, "cache_write": 15_750, "cached_input": 6_000, "output": 7_500}
     assert c.total_micros == 29_550
     assert c.tier_above_prompt_tokens is None
 
@@ -98,9 +107,13 @@ def test_tier_threshold_is_strictly_above() -> None:
 
 
 def test_gemini_long_context_tier_and_thoughts_billed_as_output() -> None:
-    usage = {"promptTokenCount": 250_000, "cachedContentTokenCount": 100_000,
-             "candidatesTokenCount": 2_000, "thoughtsTokenCount": 1_000,
-             "totalTokenCount": 253_000}
+    usage = {
+        "promptTokenCount": 250_000,
+        "cachedContentTokenCount": 100_000,
+        "candidatesTokenCount": 2_000,
+        "thoughtsTokenCount": 1_000,
+        "totalTokenCount": 253_000,
+    }
     c = cost("models/gemini-2.5-pro", usage)
     # 150,000 * 2.50 + 100,000 * 0.25 + 3,000 * 15
     assert c.total_micros == 445_000
@@ -108,8 +121,7 @@ def test_gemini_long_context_tier_and_thoughts_billed_as_output() -> None:
 
 
 def test_gemini_short_context_snake_case_sdk_fields() -> None:
-    usage = {"prompt_token_count": 1_000, "candidates_token_count": 100,
-             "thoughts_token_count": 50}
+    usage = {"prompt_token_count": 1_000, "candidates_token_count": 100, "thoughts_token_count": 50}
     assert cost("gemini-2.5-pro", usage).total_micros == 2_750  # 1,000*1.25 + 150*10
 
 
@@ -121,28 +133,38 @@ def test_mistral_uses_openai_chat_shape() -> None:
 def test_sdk_objects_with_model_dump_or_plain_attributes() -> None:
     class Pydanticish:
         def model_dump(self) -> dict[str, object]:
-            return {"prompt_tokens": 1_000, "completion_tokens": 0,
-                    "prompt_tokens_details": None, "completion_tokens_details": None}
+            return {
+                "prompt_tokens": 1_000,
+                "completion_tokens": 0,
+                "prompt_tokens_details": None,
+                "completion_tokens_details": None,
+            }
 
     assert cost("gpt-4o", Pydanticish()).total_micros == 2_500
     attrs = types.SimpleNamespace(
-        input_tokens=10, output_tokens=0, cache_read_input_tokens=1_000,
-        cache_creation_input_tokens=None, cache_creation=None)
+        input_tokens=10,
+        output_tokens=0,
+        cache_read_input_tokens=1_000,
+        cache_creation_input_tokens=None,
+        cache_creation=None,
+    )
     assert cost("claude-3-5-haiku", attrs).total_micros == 88  # 10*0.80 + 1,000*0.08
 
 
 # ------------------------------------------------------------------ rounding
 
 
-@pytest.mark.parametrize(("model", "usage", "micros"), [
-    ("gpt-4o-mini", {"prompt_tokens": 1, "completion_tokens": 0}, 1),    # 0.15 -> 1
-    ("gpt-4o-mini", {"prompt_tokens": 1, "completion_tokens": 1}, 1),    # 0.75 -> 1, not 2
-    ("gpt-4o-mini", {"prompt_tokens": 0, "completion_tokens": 0}, 0),
-    ("gpt-5-nano", {"prompt_tokens": 20, "completion_tokens": 0}, 1),    # exactly 1.0
-    ("gpt-5-nano", {"prompt_tokens": 21, "completion_tokens": 0}, 2),    # 1.05 -> 2
-])
-def test_total_rounds_up_to_the_next_micro_dollar(model: str, usage: dict[str, int],
-                                                  micros: int) -> None:
+@pytest.mark.parametrize(
+    ("model", "usage", "micros"),
+    [
+        ("gpt-4o-mini", {"prompt_tokens": 1, "completion_tokens": 0}, 1),  # 0.15 -> 1
+        ("gpt-4o-mini", {"prompt_tokens": 1, "completion_tokens": 1}, 1),  # 0.75 -> 1, not 2
+        ("gpt-4o-mini", {"prompt_tokens": 0, "completion_tokens": 0}, 0),
+        ("gpt-5-nano", {"prompt_tokens": 20, "completion_tokens": 0}, 1),  # exactly 1.0
+        ("gpt-5-nano", {"prompt_tokens": 21, "completion_tokens": 0}, 2),  # 1.05 -> 2
+    ],
+)
+def test_total_rounds_up_to_the_next_micro_dollar(model: str, usage: dict[str, int], micros: int) -> None:
     assert cost(model, usage).total_micros == micros
 
 
@@ -152,21 +174,28 @@ def test_total_rounds_up_to_the_next_micro_dollar(model: str, usage: dict[str, i
 def test_anthropic_stream_folds_message_start_and_cumulative_message_delta() -> None:
     acc = UsageAccumulator()
     events = [
-        {"type": "message_start", "message": {"model": "claude-sonnet-4-5", "usage": {
-            "input_tokens": 100, "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 20_000, "output_tokens": 1}}},
+        {
+            "type": "message_start",
+            "message": {
+                "model": "claude-sonnet-4-5",
+                "usage": {
+                    "input_tokens": 100,
+                    "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 20_000,
+                    "output_tokens": 1,
+                },
+            },
+        },
         {"type": "content_block_start", "index": 0},
         {"type": "content_block_delta", "index": 0, "delta": {"text": "hi"}},
-        {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
-         "usage": {"output_tokens": 250}},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 250}},
         {"type": "message_delta", "delta": {}, "usage": {"output_tokens": 500}},
         {"type": "message_stop"},
     ]
     for event in events:
         acc.add(event)
     assert acc.model == "claude-sonnet-4-5"
-    assert acc.usage == TokenUsage(input_tokens=100, cached_input_tokens=20_000,
-                                   output_tokens=500)
+    assert acc.usage == TokenUsage(input_tokens=100, cached_input_tokens=20_000, output_tokens=500)
     # 100*3 + 20,000*0.30 + 500*15
     assert cost(acc.model, acc.usage).total_micros == 13_800
 
@@ -174,11 +203,14 @@ def test_anthropic_stream_folds_message_start_and_cumulative_message_delta() -> 
 def test_openai_stream_usage_on_final_chunk_only() -> None:
     acc = UsageAccumulator()
     for text in ("Hel", "lo"):
-        acc.add({"model": "gpt-4o-2024-08-06", "choices": [{"delta": {"content": text}}],
-                 "usage": None})
-    acc.add({"model": "gpt-4o-2024-08-06", "choices": [], "usage": {
-        "prompt_tokens": 1_000, "completion_tokens": 2,
-        "prompt_tokens_details": {"cached_tokens": 0}}})
+        acc.add({"model": "gpt-4o-2024-08-06", "choices": [{"delta": {"content": text}}], "usage": None})
+    acc.add(
+        {
+            "model": "gpt-4o-2024-08-06",
+            "choices": [],
+            "usage": {"prompt_tokens": 1_000, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 0}},
+        }
+    )
     assert acc.events_with_usage == 1
     assert cost(acc.model or "", acc.usage).total_micros == 2_520  # 1,000*2.5 + 2*10
 
@@ -186,15 +218,26 @@ def test_openai_stream_usage_on_final_chunk_only() -> None:
 def test_responses_stream_completed_event_and_gemini_cumulative_chunks() -> None:
     acc = UsageAccumulator()
     acc.add({"type": "response.output_text.delta", "delta": "x"})
-    acc.add({"type": "response.completed", "response": {"model": "gpt-5", "usage": {
-        "input_tokens": 100, "output_tokens": 10, "input_tokens_details": {"cached_tokens": 0}}}})
+    acc.add(
+        {
+            "type": "response.completed",
+            "response": {
+                "model": "gpt-5",
+                "usage": {"input_tokens": 100, "output_tokens": 10, "input_tokens_details": {"cached_tokens": 0}},
+            },
+        }
+    )
     assert acc.usage == TokenUsage(input_tokens=100, output_tokens=10)
 
     gemini = UsageAccumulator()
     for candidates in (5, 12, 20):
-        gemini.add({"candidates": [], "modelVersion": "gemini-2.5-flash",
-                    "usageMetadata": {"promptTokenCount": 40,
-                                      "candidatesTokenCount": candidates}})
+        gemini.add(
+            {
+                "candidates": [],
+                "modelVersion": "gemini-2.5-flash",
+                "usageMetadata": {"promptTokenCount": 40, "candidatesTokenCount": candidates},
+            }
+        )
     assert gemini.usage.output_tokens == 20
     assert gemini.model == "gemini-2.5-flash"
 
@@ -203,31 +246,43 @@ def test_accumulator_without_usage_says_how_to_get_it() -> None:
     acc = UsageAccumulator()
     acc.add({"choices": [{"delta": {"content": "x"}}], "usage": None})
     with pytest.raises(ValueError, match="include_usage"):
-        acc.usage
+        _ = acc.usage
 
 
 # ------------------------------------------------------------------ malformed usage
 
 
-@pytest.mark.parametrize(("usage", "field"), [
-    ({"prompt_tokens": -1, "completion_tokens": 0}, "prompt_tokens"),
-    ({"prompt_tokens": math.nan, "completion_tokens": 0}, "prompt_tokens"),
-    ({"prompt_tokens": 10, "completion_tokens": True}, "completion_tokens"),
-    ({"prompt_tokens": 10**13, "completion_tokens": 0}, "prompt_tokens"),
-    ({"prompt_tokens": "12", "completion_tokens": 0}, "prompt_tokens"),
-    ({"prompt_tokens": 1.5, "completion_tokens": 0}, "prompt_tokens"),
-    ({"prompt_tokens": 10, "completion_tokens": 0,
-      "prompt_tokens_details": {"cached_tokens": 11}}, "cached_tokens"),
-    ({"prompt_tokens": 10, "completion_tokens": 1,
-      "completion_tokens_details": {"reasoning_tokens": 2}}, "reasoning_tokens"),
-    ({"input_tokens": 1, "output_tokens": 1, "cache_read_input_tokens": -5},
-     "cache_read_input_tokens"),
-    ({"input_tokens": 1, "output_tokens": 1, "cache_creation_input_tokens": 10,
-      "cache_creation": {"ephemeral_1h_input_tokens": 11}}, "cache_creation"),
-    ({"promptTokenCount": math.inf, "candidatesTokenCount": 1}, "promptTokenCount"),
-])
-def test_malformed_usage_raises_value_error_naming_the_field(usage: dict[str, object],
-                                                             field: str) -> None:
+@pytest.mark.parametrize(
+    ("usage", "field"),
+    [
+        ({"prompt_tokens": -1, "completion_tokens": 0}, "prompt_tokens"),
+        ({"prompt_tokens": math.nan, "completion_tokens": 0}, "prompt_tokens"),
+        ({"prompt_tokens": 10, "completion_tokens": True}, "completion_tokens"),
+        ({"prompt_tokens": 10**13, "completion_tokens": 0}, "prompt_tokens"),
+        ({"prompt_tokens": "12", "completion_tokens": 0}, "prompt_tokens"),
+        ({"prompt_tokens": 1.5, "completion_tokens": 0}, "prompt_tokens"),
+        (
+            {"prompt_tokens": 10, "completion_tokens": 0, "prompt_tokens_details": {"cached_tokens": 11}},
+            "cached_tokens",
+        ),
+        (
+            {"prompt_tokens": 10, "completion_tokens": 1, "completion_tokens_details": {"reasoning_tokens": 2}},
+            "reasoning_tokens",
+        ),
+        ({"input_tokens": 1, "output_tokens": 1, "cache_read_input_tokens": -5}, "cache_read_input_tokens"),
+        (
+            {
+                "input_tokens": 1,
+                "output_tokens": 1,
+                "cache_creation_input_tokens": 10,
+                "cache_creation": {"ephemeral_1h_input_tokens": 11},
+            },
+            "cache_creation",
+        ),
+        ({"promptTokenCount": math.inf, "candidatesTokenCount": 1}, "promptTokenCount"),
+    ],
+)
+def test_malformed_usage_raises_value_error_naming_the_field(usage: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         cost("gpt-4o", usage)
 
@@ -299,30 +354,32 @@ output = 1.0
 """)
     table = PriceTable.default().with_overrides(path)
     assert table.version.endswith("+acme-1")
-    assert table.cost("gpt-4o", {"prompt_tokens": 1_000, "completion_tokens": 0}).total_micros \
-        == 2_000
-    assert table.cost("acme", {"prompt_tokens": 1_000, "completion_tokens": 1_000}) \
-        .total_micros == 1_500
+    assert table.cost("gpt-4o", {"prompt_tokens": 1_000, "completion_tokens": 0}).total_micros == 2_000
+    assert table.cost("acme", {"prompt_tokens": 1_000, "completion_tokens": 1_000}).total_micros == 1_500
     # the default table is untouched
     assert cost("gpt-4o", {"prompt_tokens": 1_000, "completion_tokens": 0}).total_micros == 2_500
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ('[models."m"]\nprovider = "x"\ninput = 1\noutput = 1\nouput = 2', "model 'm': unknown keys"),
-    ('[models."m"]\nprovider = "x"\ninput = 1', "model 'm': missing required price 'output'"),
-    ('[models."m"]\nprovider = "x"\ninput = 0.0000001\noutput = 1', "more than 6 decimal"),
-    ('[models."m"]\nprovider = "x"\ninput = -1\noutput = 1', "non-negative"),
-    ('[models."m"]\nprovider = "x"\ninput = "abc"\noutput = 1', "not a number"),
-    ('[models."m"]\ninput = 1\noutput = 1', "'provider'"),
-    ('[models."m"]\nprovider = "x"\ninput = 1\noutput = 1\ncached_input = 0.1\n'
-     '[[models."m".tiers]]\nabove_prompt_tokens = 10\ninput = 2\noutput = 2',
-     "model 'm' tier 0: must define exactly the rates"),
-    ('[aliases]\n"a" = "nowhere"', "alias 'a' points to 'nowhere'"),
-    ('[models."m"\n', "invalid TOML"),
-    (f'[models."{"m" * 300}"]\nprovider = "x"\ninput = 1\noutput = 1', "longer than 256"),
-])
-def test_invalid_price_files_name_the_offending_model_and_key(tmp_path: Path, body: str,
-                                                              message: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('[models."m"]\nprovider = "x"\ninput = 1\noutput = 1\nouput = 2', "model 'm': unknown keys"),
+        ('[models."m"]\nprovider = "x"\ninput = 1', "model 'm': missing required price 'output'"),
+        ('[models."m"]\nprovider = "x"\ninput = 0.0000001\noutput = 1', "more than 6 decimal"),
+        ('[models."m"]\nprovider = "x"\ninput = -1\noutput = 1', "non-negative"),
+        ('[models."m"]\nprovider = "x"\ninput = "abc"\noutput = 1', "not a number"),
+        ('[models."m"]\ninput = 1\noutput = 1', "'provider'"),
+        (
+            '[models."m"]\nprovider = "x"\ninput = 1\noutput = 1\ncached_input = 0.1\n'
+            '[[models."m".tiers]]\nabove_prompt_tokens = 10\ninput = 2\noutput = 2',
+            "model 'm' tier 0: must define exactly the rates",
+        ),
+        ('[aliases]\n"a" = "nowhere"', "alias 'a' points to 'nowhere'"),
+        ('[models."m"\n', "invalid TOML"),
+        (f'[models."{"m" * 300}"]\nprovider = "x"\ninput = 1\noutput = 1', "longer than 256"),
+    ],
+)
+def test_invalid_price_files_name_the_offending_model_and_key(tmp_path: Path, body: str, message: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(body)
     with pytest.raises(ConfigError, match=message):

@@ -50,8 +50,11 @@ def guard_for(ledger: Any, budgets: Any = ()) -> Any:
 
 def test_a_wrapped_call_is_priced_and_recorded_as_the_provider_reported(ledger: Any, opened: list[Any]) -> None:
     with FakeProvider() as provider:
-        client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger),
-                         keys=["team:support"])
+        client = lt.wrap(
+            openai.OpenAI(base_url=provider.openai_base_url, api_key="k"),
+            guard=guard_for(ledger),
+            keys=["team:support"],
+        )
         opened.append(client)
         assert isinstance(client, openai.OpenAI)
         with lt.context(user="42", feature="chat"):
@@ -98,8 +101,9 @@ def test_out_of_credit_is_raised_at_once_and_recorded(ledger: Any, opened: list[
 def test_the_deadline_hands_the_429_to_the_caller(ledger: Any, opened: list[Any]) -> None:
     # 100 tokens a minute: the first call leaves room, the second does not fit for ~20 s.
     with FakeProvider(tpm=100, output_tokens=5) as provider:
-        client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger),
-                         deadline_s=2.0)
+        client = lt.wrap(
+            openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger), deadline_s=2.0
+        )
         opened.append(client)
         other = openai.OpenAI(base_url=provider.openai_base_url, api_key="k", max_retries=0)  # another program
         opened.append(other)
@@ -112,8 +116,9 @@ def test_the_deadline_hands_the_429_to_the_caller(ledger: Any, opened: list[Any]
 
 def test_a_limit_announced_as_used_up_pauses_before_anything_is_sent(ledger: Any, opened: list[Any]) -> None:
     with FakeProvider(rpm=1) as provider:
-        client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger),
-                         deadline_s=2.0)
+        client = lt.wrap(
+            openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger), deadline_s=2.0
+        )
         opened.append(client)
         client.chat.completions.create(model=MINI, messages=HELLO)  # announces 0 requests left for ~60 s
         with pytest.raises(lt.RateLimited) as raised:
@@ -143,8 +148,7 @@ def test_one_429_pauses_every_process_on_the_shared_state() -> None:
     try:
         # 600 tokens a minute: after a 58-token call, one of 593 tokens does not fit for about 5 s.
         with FakeProvider(tpm=600, output_tokens=5) as provider:
-            client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), state=state,
-                             deadline_s=0.5)
+            client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), state=state, deadline_s=0.5)
             other = openai.OpenAI(base_url=provider.openai_base_url, api_key="k", max_retries=0)  # another program
             other.chat.completions.create(model=MINI, messages=HELLO, max_tokens=50)
             other.close()
@@ -155,8 +159,14 @@ def test_one_429_pauses_every_process_on_the_shared_state() -> None:
             assert provider.counters.rate_limited == 1
             # ...and 4 other processes on the same state wait out its Retry-After, although their
             # small calls would fit at once, so none earns a 429 of its own.
-            workers = [subprocess.Popen([sys.executable, "-c", PAUSED_WORKER, provider.openai_base_url, name],
-                                        stdout=subprocess.PIPE, text=True) for _ in range(4)]
+            workers = [
+                subprocess.Popen(
+                    [sys.executable, "-c", PAUSED_WORKER, provider.openai_base_url, name],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                for _ in range(4)
+            ]
             finished = [float(worker.communicate(timeout=120)[0]) for worker in workers]
             assert all(worker.returncode == 0 for worker in workers)
             assert provider.counters.rate_limited == 1, provider.counters
@@ -186,7 +196,9 @@ def test_streamed_usage_is_read_without_the_caller_seeing_the_extra_chunk(ledger
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == " tok" * 7
     [record] = records(ledger)
     assert (record.outcome, record.output_tokens) == ("ok", 7)
-    assert record.cost_micros == lt.cost(MINI, {"prompt_tokens": record.input_tokens, "completion_tokens": 7}).total_micros
+    assert (
+        record.cost_micros == lt.cost(MINI, {"prompt_tokens": record.input_tokens, "completion_tokens": 7}).total_micros
+    )
 
 
 def test_a_stream_abandoned_half_way_is_settled_with_what_was_received(ledger: Any, opened: list[Any]) -> None:
@@ -205,7 +217,9 @@ def test_a_stream_abandoned_half_way_is_settled_with_what_was_received(ledger: A
 
 def test_anthropic_messages_sync_and_streaming(ledger: Any, opened: list[Any]) -> None:
     with FakeProvider(output_tokens=9) as provider:
-        client = lt.wrap(anthropic.Anthropic(base_url=provider.anthropic_base_url, api_key="k"), guard=guard_for(ledger))
+        client = lt.wrap(
+            anthropic.Anthropic(base_url=provider.anthropic_base_url, api_key="k"), guard=guard_for(ledger)
+        )
         opened.append(client)
         assert isinstance(client, anthropic.Anthropic)
         message = client.messages.create(model=SONNET, max_tokens=100, messages=HELLO)
@@ -222,13 +236,15 @@ def test_async_clients_are_throttled_too(ledger: Any) -> None:
     async def calls(provider: FakeProvider) -> None:
         client = lt.wrap(openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger))
         assert isinstance(client, openai.AsyncOpenAI)
-        await asyncio.gather(*(client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=5)
-                               for _ in range(4)))
+        await asyncio.gather(
+            *(client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=5) for _ in range(4))
+        )
         stream = await client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=5, stream=True)
         async for _ in stream:
             pass
-        aclient = lt.wrap(anthropic.AsyncAnthropic(base_url=provider.anthropic_base_url, api_key="k"),
-                          guard=guard_for(ledger))
+        aclient = lt.wrap(
+            anthropic.AsyncAnthropic(base_url=provider.anthropic_base_url, api_key="k"), guard=guard_for(ledger)
+        )
         await aclient.messages.create(model=SONNET, max_tokens=5, messages=HELLO)
         await client.close()
         await aclient.close()
@@ -256,20 +272,38 @@ def test_retry_after_is_read_in_the_providers_order() -> None:
         assert retry_after_s(bad) is None
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("6m0s", 360.0), ("1.5s", 1.5), ("20ms", 0.02), ("1h2m3s", 3723.0),
-                                                ("", None), ("5x", None), ("s", None), ("1" * 100, None)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("6m0s", 360.0),
+        ("1.5s", 1.5),
+        ("20ms", 0.02),
+        ("1h2m3s", 3723.0),
+        ("", None),
+        ("5x", None),
+        ("s", None),
+        ("1" * 100, None),
+    ],
+)
 def test_openai_reset_durations(text: str, seconds: Any) -> None:
     assert parse_reset_duration(text) == seconds
 
 
 def test_announced_limits_of_both_providers() -> None:
-    openai_headers = {"x-ratelimit-limit-tokens": "30000", "x-ratelimit-remaining-tokens": "29000",
-                      "x-ratelimit-reset-tokens": "2s", "x-ratelimit-limit-requests": "bogus"}
-    assert [(a.dimension, a.limit, a.remaining, a.reset_s) for a in announced_limits("openai", openai_headers)] == \
-        [("tokens", 30000, 29000, 2.0)]
-    anthropic_headers = {"anthropic-ratelimit-input-tokens-limit": "1000",
-                         "anthropic-ratelimit-input-tokens-remaining": "10",
-                         "anthropic-ratelimit-input-tokens-reset": "1970-01-12T13:46:50Z"}
+    openai_headers = {
+        "x-ratelimit-limit-tokens": "30000",
+        "x-ratelimit-remaining-tokens": "29000",
+        "x-ratelimit-reset-tokens": "2s",
+        "x-ratelimit-limit-requests": "bogus",
+    }
+    assert [(a.dimension, a.limit, a.remaining, a.reset_s) for a in announced_limits("openai", openai_headers)] == [
+        ("tokens", 30000, 29000, 2.0)
+    ]
+    anthropic_headers = {
+        "anthropic-ratelimit-input-tokens-limit": "1000",
+        "anthropic-ratelimit-input-tokens-remaining": "10",
+        "anthropic-ratelimit-input-tokens-reset": "1970-01-12T13:46:50Z",
+    }
     [announced] = announced_limits("anthropic", anthropic_headers, now=1_000_000)
     assert (announced.dimension, announced.remaining, announced.reset_s) == ("input_tokens", 10, pytest.approx(10))
 
@@ -287,8 +321,10 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize(("argv", "extra"), [(["serve", "--socket", "/nonexistent/lt.sock"], "sidecar"),
-                                             (["fake-provider", "--port", "0"], "providers")])
+@pytest.mark.parametrize(
+    ("argv", "extra"),
+    [(["serve", "--socket", "/nonexistent/lt.sock"], "sidecar"), (["fake-provider", "--port", "0"], "providers")],
+)
 def test_a_command_without_its_extra_says_what_to_install(argv: list[str], extra: str) -> None:
     import subprocess
     import sys
@@ -379,8 +415,10 @@ def test_a_token_limit_is_charged_as_each_provider_counts_it(opened: list[Any]) 
     # OpenAI counts the requested max tokens toward TPM, used or not; Anthropic the tokens used.
     # A limit mirroring the provider's must keep the same count, or it admits what gets a 429.
     with FakeProvider(output_tokens=5) as provider:
-        for family, sdk, base_url, model in (("openai", openai.OpenAI, provider.openai_base_url, MINI),
-                                             ("anthropic", anthropic.Anthropic, provider.anthropic_base_url, SONNET)):
+        for family, sdk, base_url, model in (
+            ("openai", openai.OpenAI, provider.openai_base_url, MINI),
+            ("anthropic", anthropic.Anthropic, provider.anthropic_base_url, SONNET),
+        ):
             limiter = lt.Limiter({"tokens": "100k/day"})  # leaks about one token a second
             client = lt.wrap(sdk(base_url=base_url, api_key="k"), limiter=limiter, keys=["team:a"])
             opened.append(client)

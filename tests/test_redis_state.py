@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import signal
 import subprocess
 import sys
@@ -17,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis_servers import RedisServer
 
 import llmthrottle as lt
 from llmthrottle.redis_state.cells import cell_name, group_by_slot
 from llmthrottle.testing import FakeClock
-from redis_servers import RedisServer
+
 
 def fresh_prefix() -> str:
     return f"r{uuid.uuid4().hex[:12]}:"
@@ -75,8 +75,9 @@ def run_fleet(url: str, *, leases: bool, processes: int = 4, seconds: float = 3.
     context = multiprocessing.get_context("spawn")
     start, results = context.Event(), context.Queue()
     prefix = fresh_prefix()
-    workers = [context.Process(target=_hammer, args=(url, prefix, start, seconds, results, leases))
-               for _ in range(processes)]
+    workers = [
+        context.Process(target=_hammer, args=(url, prefix, start, seconds, results, leases)) for _ in range(processes)
+    ]
     for worker in workers:
         worker.start()
     time.sleep(1.0)  # every worker connected and waiting
@@ -195,14 +196,15 @@ def test_bad_requests_fail_before_reaching_redis(state: lt.RedisState) -> None:
     with pytest.raises(lt.ExceedsCapacity):
         lim.try_acquire("k", tokens=5000)
     assert state.client.dbsize() == 0 or not any(
-        key.startswith(state.prefix.encode()) for key in state.client.scan_iter(f"{state.prefix}*"))
+        key.startswith(state.prefix.encode()) for key in state.client.scan_iter(f"{state.prefix}*")
+    )
 
 
 # ---------------------------------------------------------------------------- concurrency holders
 
 
 def _hold_a_slot(url: str, prefix: str) -> None:
-    state = lt.RedisState(url, prefix=prefix, holder_ttl=1.0)
+    state = lt.RedisState(url, prefix=prefix, holder_ttl=3.0)
     lim = lt.Limiter({"concurrency": 1}, state=state)
     held = lim.try_acquire("k")
     assert held
@@ -212,18 +214,20 @@ def _hold_a_slot(url: str, prefix: str) -> None:
 
 def test_a_dead_processs_slots_lapse_and_a_live_ones_are_kept(redis_server: RedisServer) -> None:
     prefix = fresh_prefix()
-    code = ("import sys; sys.path.insert(0, 'tests'); from test_redis_state import _hold_a_slot; "
-            f"_hold_a_slot({redis_server.url!r}, {prefix!r})")
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); from test_redis_state import _hold_a_slot; "
+        f"_hold_a_slot({redis_server.url!r}, {prefix!r})"
+    )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == b"held"
-        state = lt.RedisState(redis_server.url, prefix=prefix, holder_ttl=1.0)
+        state = lt.RedisState(redis_server.url, prefix=prefix, holder_ttl=3.0)
         lim = lt.Limiter({"concurrency": 1}, state=state)
-        time.sleep(2.5)  # longer than the ttl: the child's heartbeat keeps its slot
+        time.sleep(4.0)  # longer than the ttl: the child's heartbeat keeps its slot
         assert not lim.try_acquire("k")
         child.send_signal(signal.SIGKILL)
         child.communicate()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         while not lim.try_acquire("k"):
             assert time.monotonic() < deadline, "the dead holder's slot never lapsed"
             time.sleep(0.1)
@@ -245,8 +249,9 @@ def test_a_dropped_reservation_gives_its_slot_back_with_the_next_call(state: lt.
 # ---------------------------------------------------------------------------- Redis down
 
 
-def test_fail_closed_refuses_and_usage_committed_meanwhile_is_replayed_once(own_server: RedisServer,
-                                                                           caplog: Any) -> None:
+def test_fail_closed_refuses_and_usage_committed_meanwhile_is_replayed_once(
+    own_server: RedisServer, caplog: Any
+) -> None:
     state = lt.RedisState(own_server.url, prefix=fresh_prefix(), retry_interval=0.05, timeout=0.5)
     lim = lt.Limiter({"tokens": {"quota": 100_000, "per": "day"}}, state=state)
     try:
@@ -373,8 +378,10 @@ def test_a_state_travels_to_another_process_by_url(state: lt.RedisState) -> None
 def test_sidecars_on_two_hosts_share_one_set_of_limits(redis_server: RedisServer, tmp_path: Path) -> None:
     from sidecar_helpers import start_server
 
-    config = (f'[state]\nkind = "redis"\nurl = "{redis_server.url}"\nprefix = "{fresh_prefix()}"\n'
-              '[limits."*"]\nrequests = "10/hour"\n')
+    config = (
+        f'[state]\nkind = "redis"\nurl = "{redis_server.url}"\nprefix = "{fresh_prefix()}"\n'
+        '[limits."*"]\nrequests = "10/hour"\n'
+    )
     servers = []
     try:
         for host in ("a", "b"):
@@ -463,8 +470,12 @@ def test_leases_never_over_admit_and_under_use_by_at_most_the_slices_held(redis_
 @pytest.mark.parametrize("wall", [1_769_903_999.5, 1_769_904_000.0, 1_795_391_999.25, 1_798_761_599.0, 1_767_225_600.0])
 def test_calendar_periods_in_lua_end_where_the_engines_do(redis_server: RedisServer, wall: float) -> None:
     """Day, week (Monday), month and fixed periods, at and around their boundaries."""
-    limits = {"day": {"quota": 5, "per": "day"}, "week": {"quota": 5, "per": "week"},
-              "month": {"quota": 5, "per": "month"}, "half": {"quota": 5, "per": "12h"}}
+    limits = {
+        "day": {"quota": 5, "per": "day"},
+        "week": {"quota": 5, "per": "week"},
+        "month": {"quota": 5, "per": "month"},
+        "half": {"quota": 5, "per": "12h"},
+    }
     engine = lt.Limiter(limits, clock=FakeClock(wall=wall))
     state = lt.RedisState(redis_server.url, prefix=fresh_prefix())
     try:

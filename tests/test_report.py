@@ -7,10 +7,11 @@ import io
 import json
 import random
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pytest
 
@@ -31,19 +32,26 @@ def generate(path: Path, n: int = 600, seed: int = 7) -> list[dict[str, Any]]:
     records = []
     with Ledger(path) as ledger:
         for _ in range(n):
-            r: dict[str, Any] = {"tenant": rng.choice(TENANTS), "team": rng.choice(["search", "support"]),
-                 "user": f"u{rng.randrange(12)}", "feature": rng.choice(["chat", "agent"]),
-                 "model": rng.choice(MODELS), "cost_micros": rng.randrange(0, 50_000),
-                 "input_tokens": rng.randrange(5_000), "output_tokens": rng.randrange(800),
-                 "time": BASE + rng.randrange(10) * DAY + rng.randrange(DAY),
-                 "tags": {"region": rng.choice(["eu", "us"])}}
+            r: dict[str, Any] = {
+                "tenant": rng.choice(TENANTS),
+                "team": rng.choice(["search", "support"]),
+                "user": f"u{rng.randrange(12)}",
+                "feature": rng.choice(["chat", "agent"]),
+                "model": rng.choice(MODELS),
+                "cost_micros": rng.randrange(0, 50_000),
+                "input_tokens": rng.randrange(5_000),
+                "output_tokens": rng.randrange(800),
+                "time": BASE + rng.randrange(10) * DAY + rng.randrange(DAY),
+                "tags": {"region": rng.choice(["eu", "us"])},
+            }
             ledger.record(**r)
             records.append(r)
     return records
 
 
-def oracle(records: list[dict[str, Any]], key: str, since: float | None = None,
-           until: float | None = None) -> dict[Any, tuple[int, int]]:
+def oracle(
+    records: list[dict[str, Any]], key: str, since: float | None = None, until: float | None = None
+) -> dict[Any, tuple[int, int]]:
     """(calls, cost) per key value, the slow obvious way."""
     totals: dict[Any, list[int]] = defaultdict(lambda: [0, 0])
     for r in records:
@@ -62,8 +70,7 @@ def ledger_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[di
 
 
 @pytest.mark.parametrize("key", ["tenant", "team", "user", "feature", "model", "region"])
-def test_spend_by_any_key_matches_the_oracle(ledger_data: tuple[Path, list[dict[str, Any]]],
-                                             key: str) -> None:
+def test_spend_by_any_key_matches_the_oracle(ledger_data: tuple[Path, list[dict[str, Any]]], key: str) -> None:
     path, records = ledger_data
     since, until = BASE + 2 * DAY, BASE + 8 * DAY
     with Ledger(path, readonly=True) as ledger:
@@ -81,8 +88,7 @@ def test_daily_trend_top_calls_and_totals(ledger_data: tuple[Path, list[dict[str
     assert [d.key for d in report.daily] == [f"2025-01-{d:02d}" for d in range(1, 11)]
     for day in report.daily:
         start = BASE + (int(day.key[-2:]) - 1) * DAY
-        assert day.cost_micros == sum(r["cost_micros"] for r in records
-                                      if start <= r["time"] < start + DAY)
+        assert day.cost_micros == sum(r["cost_micros"] for r in records if start <= r["time"] < start + DAY)
     expected_top = sorted((r["cost_micros"] for r in records), reverse=True)[:5]
     assert [c.cost_micros for c in report.top_calls] == expected_top
     assert report.total.calls == len(records)
@@ -95,8 +101,7 @@ def test_filters_restrict_every_section(ledger_data: tuple[Path, list[dict[str, 
         report = build_report(ledger, group_by=["model"], filters={"tenant": "acme"})
     acme = [r for r in records if r["tenant"] == "acme"]
     assert report.total.cost_micros == sum(r["cost_micros"] for r in acme)
-    assert {r.key: (r.calls, r.cost_micros) for r in report.groups["model"]} == \
-        oracle(acme, "model")
+    assert {r.key: (r.calls, r.cost_micros) for r in report.groups["model"]} == oracle(acme, "model")
 
 
 def test_days_without_spend_are_zero_filled(tmp_path: Path) -> None:
@@ -105,7 +110,11 @@ def test_days_without_spend_are_zero_filled(tmp_path: Path) -> None:
         ledger.record(model="gpt-4o", cost_micros=7, time=BASE + 3 * DAY)
         report = build_report(ledger)
     assert [(d.key, d.cost_micros) for d in report.daily] == [
-        ("2025-01-01", 5), ("2025-01-02", 0), ("2025-01-03", 0), ("2025-01-04", 7)]
+        ("2025-01-01", 5),
+        ("2025-01-02", 0),
+        ("2025-01-03", 0),
+        ("2025-01-04", 7),
+    ]
 
 
 @dataclass
@@ -126,15 +135,15 @@ def test_budget_status_hook(ledger_data: tuple[Path, list[dict[str, Any]]]) -> N
     with Ledger(path, readonly=True) as ledger:
         report = build_report(ledger, budgets=[budget], now=BASE + 9 * DAY)
     (status,) = report.budgets
-    assert status.spent_micros == sum(r["cost_micros"] for r in records
-                                      if r["tenant"] == "acme" and r["time"] >= BASE + 5 * DAY)
+    assert status.spent_micros == sum(
+        r["cost_micros"] for r in records if r["tenant"] == "acme" and r["time"] >= BASE + 5 * DAY
+    )
     assert status.remaining_micros == 1_000_000 - status.spent_micros
     assert "acme-monthly" in render_html(report) and "acme-monthly" in render(report, "table")
     assert json.loads(render_json(report))["budgets"][0]["limit_usd"] == "1.000000"
 
 
-def test_csv_and_json_parse_and_carry_exact_money(
-        ledger_data: tuple[Path, list[dict[str, Any]]]) -> None:
+def test_csv_and_json_parse_and_carry_exact_money(ledger_data: tuple[Path, list[dict[str, Any]]]) -> None:
     path, records = ledger_data
     with Ledger(path, readonly=True) as ledger:
         report = build_report(ledger, group_by=["tenant"], top=3)
@@ -143,8 +152,7 @@ def test_csv_and_json_parse_and_carry_exact_money(
     assert int(total["cost_micros"]) == sum(r["cost_micros"] for r in records)
     micros = int(total["cost_micros"])
     assert total["cost_usd"] == f"{micros // 10**6}.{micros % 10**6:06d}"
-    assert {r["key"] for r in rows if r["section"] == "by:tenant"} == {"acme", "globex",
-                                                                        "initech", ""}
+    assert {r["key"] for r in rows if r["section"] == "by:tenant"} == {"acme", "globex", "initech", ""}
     assert len([r for r in rows if r["section"] == "top"]) == 3
     assert len([r for r in rows if r["section"] == "day"]) == 10
 
@@ -167,8 +175,7 @@ class _Collector(HTMLParser):
 
 def test_html_is_self_contained_with_svg_charts_and_escaped_text(tmp_path: Path) -> None:
     with Ledger(tmp_path) as ledger:
-        ledger.record(model="gpt-4o", cost_micros=5, tenant="<script>alert(1)</script>",
-                      time=BASE)
+        ledger.record(model="gpt-4o", cost_micros=5, tenant="<script>alert(1)</script>", time=BASE)
         report = build_report(ledger)
     page = render_html(report)
     parser = _Collector()
@@ -178,14 +185,34 @@ def test_html_is_self_contained_with_svg_charts_and_escaped_text(tmp_path: Path)
     assert "&lt;script&gt;" in page
 
 
-def test_cli_report_formats_and_errors(ledger_data: tuple[Path, list[dict[str, Any]]],
-                                       tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_report_formats_and_errors(
+    ledger_data: tuple[Path, list[dict[str, Any]]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path, records = ledger_data
-    assert main(["report", "--ledger", str(path), "--by", "tenant,region", "--format", "json",
-                 "--since", "2025-01-03", "--until", "2025-01-05", "--where", "team=search"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--ledger",
+                str(path),
+                "--by",
+                "tenant,region",
+                "--format",
+                "json",
+                "--since",
+                "2025-01-03",
+                "--until",
+                "2025-01-05",
+                "--where",
+                "team=search",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
-    expected = sum(r["cost_micros"] for r in records if r["team"] == "search"
-                   and BASE + 2 * DAY <= r["time"] < BASE + 4 * DAY)
+    expected = sum(
+        r["cost_micros"] for r in records if r["team"] == "search" and BASE + 2 * DAY <= r["time"] < BASE + 4 * DAY
+    )
     assert data["total"]["cost_micros"] == expected
     assert set(data["groups"]) == {"tenant", "region"}
 

@@ -357,7 +357,9 @@ def _open_at_once(name: str, capacity: int, barrier: Any, results: Any) -> None:
     st = os.stat(state.path)
     lim = lt.Limiter({"requests": "1000/h"}, state=state)
     allowed = bool(lim.try_acquire("x"))
-    results.put((state.created, str(state.path), st.st_ino, state.stats()["file_bytes"], state.stats()["capacity"], allowed))
+    results.put(
+        (state.created, str(state.path), st.st_ino, state.stats()["file_bytes"], state.stats()["capacity"], allowed)
+    )
 
 
 @pytest.mark.slow
@@ -414,8 +416,16 @@ def _script(state: Any) -> list[Any]:
     out: list[Any] = []
 
     def rec(d: Any) -> None:
-        out.append((bool(d), round(d.retry_after, 9), round(d.reset_after, 9), d.limited_by, d.limited_key,
-                    sorted(d.remaining.items())))
+        out.append(
+            (
+                bool(d),
+                round(d.retry_after, 9),
+                round(d.reset_after, 9),
+                d.limited_by,
+                d.limited_key,
+                sorted(d.remaining.items()),
+            )
+        )
 
     def status(*keys: str) -> None:
         out.append([(k, [tuple(s) for s in lim.status(k)]) for k in keys])
@@ -423,7 +433,7 @@ def _script(state: Any) -> list[Any]:
     def error(fn: Any, *args: Any, **kwargs: Any) -> None:
         try:
             fn(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001 - the type and message are what is compared
+        except Exception as e:
             out.append((type(e).__name__, str(e), getattr(e, "retry_after", None), getattr(e, "limited_by", None)))
         else:
             out.append("no error")
@@ -459,7 +469,7 @@ def _script(state: Any) -> list[Any]:
     rec(r)
     r.cancel()
     # Concurrency: three held, the fourth denied until one is settled.
-    held = [lim.try_acquire(f"user:c", requests=0) for _ in range(3)]
+    held = [lim.try_acquire("user:c", requests=0) for _ in range(3)]
     for h in held:
         rec(h)
     rec(lim.try_acquire("user:c", requests=0))
@@ -758,8 +768,9 @@ def test_cli_inspect_shows_keys_and_live_holders(shared_name):
     assert report["stats"]["live"] == 2
     by_kind = {e["kind"]: e for e in report["entries"]}
     assert set(by_kind) == {"rate", "concurrency"}
-    assert all(e["key"] == "tenant:acme" and e["namespace"] == "default" and e["pattern"] == "*"
-               for e in report["entries"])
+    assert all(
+        e["key"] == "tenant:acme" and e["namespace"] == "default" and e["pattern"] == "*" for e in report["entries"]
+    )
     assert by_kind["concurrency"]["in_flight"] == 1
     assert 0 < by_kind["rate"]["drains_in_s"] <= 6.0
     assert report["leases"] == [

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tokens_corpus import KINDS, build_corpus, every_code_point_in_context
+from tokens_reference import assert_parallel_counting_agrees, reference_encode
 
 import llmthrottle as lt
 from llmthrottle import ConfigError, Encoding
-from tokens_corpus import KINDS, build_corpus, every_code_point_in_context
-from tokens_reference import assert_parallel_counting_agrees, reference_encode
 
 ENCODINGS = ["o200k_base", "cl100k_base"]
 
@@ -39,9 +37,7 @@ def test_every_code_point_in_every_context_matches_tiktoken(name: str) -> None:
     for chunk in every_code_point_in_context():
         if enc.encode(chunk) != reference_encode(name, chunk):
             bad = next(
-                line
-                for line in chunk.splitlines(keepends=True)
-                if enc.encode(line) != reference_encode(name, line)
+                line for line in chunk.splitlines(keepends=True) if enc.encode(line) != reference_encode(name, line)
             )
             pytest.fail(f"{name} differs from tiktoken on {bad!r} (U+{ord(bad[1]):04X})")
 
@@ -95,11 +91,31 @@ def test_count_tokens_maps_models_to_encodings() -> None:
     o200k = len(reference_encode("o200k_base", text))
     cl100k = len(reference_encode("cl100k_base", text))
     assert o200k != cl100k
-    for model in ["gpt-4o", "gpt-4o-mini", "gpt-4o-2024-08-06", "gpt-4.1", "gpt-4.1-nano",
-                  "o1", "o1-mini", "o3", "o3-mini", "o4-mini", "gpt-5", "openai/gpt-4o"]:
+    for model in [
+        "gpt-4o",
+        "gpt-4o-mini",
+        "gpt-4o-2024-08-06",
+        "gpt-4.1",
+        "gpt-4.1-nano",
+        "o1",
+        "o1-mini",
+        "o3",
+        "o3-mini",
+        "o4-mini",
+        "gpt-5",
+        "openai/gpt-4o",
+    ]:
         assert lt.count_tokens(text, model=model) == o200k, model
-    for model in ["gpt-4", "gpt-4-turbo", "gpt-4-0613", "gpt-3.5-turbo", "gpt-3.5-turbo-0125",
-                  "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002"]:
+    for model in [
+        "gpt-4",
+        "gpt-4-turbo",
+        "gpt-4-0613",
+        "gpt-3.5-turbo",
+        "gpt-3.5-turbo-0125",
+        "text-embedding-3-small",
+        "text-embedding-3-large",
+        "text-embedding-ada-002",
+    ]:
         assert lt.count_tokens(text, model=model) == cl100k, model
     assert lt.encoding_name_for_model("gpt-4o") == "o200k_base"
     assert lt.count_tokens(text, encoding="cl100k_base") == cl100k

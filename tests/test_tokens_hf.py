@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,15 +21,14 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import llmthrottle as lt
-from llmthrottle import ConfigError, Encoding
 from tokens_corpus import KINDS, build_corpus, every_code_point_in_context
 from tokens_reference import assert_parallel_counting_agrees
 
+import llmthrottle as lt
+from llmthrottle import ConfigError, Encoding
+
 tokenizers = pytest.importorskip("tokenizers")
-from tokenizers import AddedToken, Regex, Tokenizer  # noqa: E402
-from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402  # noqa: E402
 
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -56,17 +54,23 @@ def _training_texts() -> list[str]:
 
 def _llama3(texts: list[str]) -> Tokenizer:
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(LLAMA3_PATTERN), "isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), "isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
-                "<|end_header_id|>", "<|eot_id|>"]
-    tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=3000, special_tokens=specials, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    ))
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=3000,
+            special_tokens=specials,
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     bos = "<|begin_of_text|>"
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
@@ -78,12 +82,17 @@ def _sentencepiece_bpe(texts: list[str]) -> Tokenizer:
     """Trained with Metaspace splitting; the callers set the pipeline of the model they mimic."""
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
-    tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=3000, special_tokens=["<unk>", "<s>", "</s>", *BYTE_TOKENS], show_progress=False,
-    ))
-    tok.decoder = decoders.Sequence([
-        decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)
-    ])
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=3000,
+            special_tokens=["<unk>", "<s>", "</s>", *BYTE_TOKENS],
+            show_progress=False,
+        ),
+    )
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
     )
@@ -106,18 +115,29 @@ def _llama2(texts: list[str]) -> Tokenizer:
 def _qwen2(texts: list[str]) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_PATTERN), "isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PATTERN), "isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=3000, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    ))
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=3000,
+            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     # Qwen3's reasoning markers are added tokens that are not special.
-    tok.add_tokens([AddedToken("<think>", special=False, normalized=False),
-                    AddedToken("</think>", special=False, normalized=False)])
+    tok.add_tokens(
+        [
+            AddedToken("<think>", special=False, normalized=False),
+            AddedToken("</think>", special=False, normalized=False),
+        ]
+    )
     return tok
 
 
@@ -200,11 +220,7 @@ def test_every_code_point_in_every_context_matches_tokenizers(
     theirs = [e.ids for e in ref.encode_batch(chunks, add_special_tokens=False)]
     for chunk, our_ids, their_ids in zip(chunks, ours, theirs):
         if our_ids != their_ids:
-            bad = next(
-                line
-                for line in chunk.splitlines(keepends=True)
-                if enc.encode(line) != reference_ids(ref, line)
-            )
+            bad = next(line for line in chunk.splitlines(keepends=True) if enc.encode(line) != reference_ids(ref, line))
             pytest.fail(f"{shape} differs from tokenizers on {bad!r} (U+{ord(bad[1]):04X})")
 
 
@@ -218,9 +234,7 @@ def test_special_and_added_token_text(pairs: dict[str, tuple[Encoding, Tokenizer
     ids = enc.encode(SPECIAL_TEXT)
     assert ids == reference_ids(ref, SPECIAL_TEXT)
     assert enc.decode(ids) == ref.decode(ids, skip_special_tokens=False)
-    added = {
-        "llama3": "<|eot_id|>", "mistral": "</s>", "llama2": "</s>", "qwen2": "<think>"
-    }[shape]
+    added = {"llama3": "<|eot_id|>", "mistral": "</s>", "llama2": "</s>", "qwen2": "<think>"}[shape]
     assert enc.encode(added) == [ref.token_to_id(added)]
     assert enc.count("hello") == len(ref.encode("hello", add_special_tokens=True).ids) - (
         0 if shape == "qwen2" else 1  # the BOS the template would add
@@ -229,17 +243,30 @@ def test_special_and_added_token_text(pairs: dict[str, tuple[Encoding, Tokenizer
 
 _TRICKY = st.sampled_from(
     list("aZ'sStTdDmMlLrReEvV1 \t\r\n\u00a0\u3000/.,!?-_▁<>|")
-    + ["\u017f", "\u0301", "\u01c5", "日", "한", "😀", "\u200d", "e\u0301", "\u212b", "<think>",
-       "<s>", "</s>", "<|eot_id|>", "<|im_end|>", "<0x41>"]
+    + [
+        "\u017f",
+        "\u0301",
+        "\u01c5",
+        "日",
+        "한",
+        "😀",
+        "\u200d",
+        "e\u0301",
+        "\u212b",
+        "<think>",
+        "<s>",
+        "</s>",
+        "<|eot_id|>",
+        "<|im_end|>",
+        "<0x41>",
+    ]
 )
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 @settings(max_examples=300, deadline=None)
 @given(text=st.one_of(st.text(), st.lists(_TRICKY, max_size=40).map("".join)))
-def test_random_text_matches_tokenizers(
-    pairs: dict[str, tuple[Encoding, Tokenizer]], shape: str, text: str
-) -> None:
+def test_random_text_matches_tokenizers(pairs: dict[str, tuple[Encoding, Tokenizer]], shape: str, text: str) -> None:
     enc, ref = pairs[shape]
     ids = enc.encode(text)
     assert ids == reference_ids(ref, text)
@@ -261,9 +288,7 @@ def test_a_directory_holding_tokenizer_json_loads_and_names_are_paths(
     assert named.n_vocab == Tokenizer.from_file(str(path)).get_vocab_size(with_added_tokens=True)
 
 
-def test_truncation_and_padding_saved_in_the_file_are_ignored(
-    tokenizer_files: dict[str, Path], tmp_path: Path
-) -> None:
+def test_truncation_and_padding_saved_in_the_file_are_ignored(tokenizer_files: dict[str, Path], tmp_path: Path) -> None:
     ref = Tokenizer.from_file(str(tokenizer_files["qwen2"]))
     ref.enable_truncation(max_length=4)
     ref.enable_padding(length=8, pad_id=0, pad_token="<|endoftext|>")
@@ -358,19 +383,16 @@ def test_unreadable_files_are_os_errors(tmp_path: Path) -> None:
     [
         (b"", "not JSON"),
         (b"\xff\xfe binary", "not JSON"),
-        (b"{\"model\": ", "not JSON"),
+        (b'{"model": ', "not JSON"),
         (b"<html>not json</html>", "not JSON"),
         (b"[1, 2, 3]", "not a Hugging Face tokenizer"),
         (b"{}", "not a Hugging Face tokenizer"),
-        (b"{\"name\": \"bert\", \"vocab\": {}}", "not a Hugging Face tokenizer"),
-        (b"{\"model\": {\"type\": \"Quantum\"}}", "not a Hugging Face tokenizer"),
-        (b"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}}",
-         "not a Hugging Face tokenizer"),
+        (b'{"name": "bert", "vocab": {}}', "not a Hugging Face tokenizer"),
+        (b'{"model": {"type": "Quantum"}}', "not a Hugging Face tokenizer"),
+        (b'{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}}', "not a Hugging Face tokenizer"),
     ],
 )
-def test_files_that_are_not_tokenizers_are_config_errors(
-    tmp_path: Path, content: bytes, message: str
-) -> None:
+def test_files_that_are_not_tokenizers_are_config_errors(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "tokenizer.json"
     path.write_bytes(content)
     with pytest.raises(ConfigError, match=message):

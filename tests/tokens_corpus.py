@@ -91,19 +91,40 @@ def code_sources() -> Iterator[str]:
 
 # (start, end) code point ranges of letters in several scripts.
 _SCRIPT_RANGES = [
-    (0x0041, 0x005A), (0x0061, 0x007A), (0x00C0, 0x024F),  # Latin + extended
-    (0x0370, 0x03FF), (0x0400, 0x04FF), (0x0530, 0x058F),  # Greek, Cyrillic, Armenian
-    (0x0590, 0x05FF), (0x0600, 0x06FF), (0x0900, 0x097F),  # Hebrew, Arabic, Devanagari
-    (0x0980, 0x09FF), (0x0B80, 0x0BFF), (0x0E00, 0x0E7F),  # Bengali, Tamil, Thai
-    (0x10A0, 0x10FF), (0x1200, 0x137F), (0x1E00, 0x1EFF),  # Georgian, Ethiopic, Latin ext.
+    (0x0041, 0x005A),
+    (0x0061, 0x007A),
+    (0x00C0, 0x024F),  # Latin + extended
+    (0x0370, 0x03FF),
+    (0x0400, 0x04FF),
+    (0x0530, 0x058F),  # Greek, Cyrillic, Armenian
+    (0x0590, 0x05FF),
+    (0x0600, 0x06FF),
+    (0x0900, 0x097F),  # Hebrew, Arabic, Devanagari
+    (0x0980, 0x09FF),
+    (0x0B80, 0x0BFF),
+    (0x0E00, 0x0E7F),  # Bengali, Tamil, Thai
+    (0x10A0, 0x10FF),
+    (0x1200, 0x137F),
+    (0x1E00, 0x1EFF),  # Georgian, Ethiopic, Latin ext.
 ]
 _CJK_RANGES = [
-    (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x3040, 0x309F),  # CJK, ext A, Hiragana
-    (0x30A0, 0x30FF), (0xAC00, 0xD7A3), (0x20000, 0x2A6DF),  # Katakana, Hangul, ext B
+    (0x4E00, 0x9FFF),
+    (0x3400, 0x4DBF),
+    (0x3040, 0x309F),  # CJK, ext A, Hiragana
+    (0x30A0, 0x30FF),
+    (0xAC00, 0xD7A3),
+    (0x20000, 0x2A6DF),  # Katakana, Hangul, ext B
     (0xFF01, 0xFF5E),  # full-width forms
 ]
-_EMOJI_RANGES = [(0x1F300, 0x1F5FF), (0x1F600, 0x1F64F), (0x1F680, 0x1F6FF), (0x1F900, 0x1F9FF),
-                 (0x2600, 0x26FF), (0x2700, 0x27BF), (0x1FA70, 0x1FAFF)]
+_EMOJI_RANGES = [
+    (0x1F300, 0x1F5FF),
+    (0x1F600, 0x1F64F),
+    (0x1F680, 0x1F6FF),
+    (0x1F900, 0x1F9FF),
+    (0x2600, 0x26FF),
+    (0x2700, 0x27BF),
+    (0x1FA70, 0x1FAFF),
+]
 
 
 def _assigned(ranges: list[tuple[int, int]]) -> list[str]:
@@ -218,9 +239,7 @@ def build_corpus(seed: int = 0, scale: float = 1.0) -> dict[str, list[str]]:
         "prose": take(prose_sources()),
         "code": take(code_sources()),
         "cjk": [_generated_words(rng, cjk, rng.randint(500, 2000), True) for _ in range(n_generated)],
-        "scripts": [
-            _generated_words(rng, scripts, rng.randint(1000, 4000), False) for _ in range(n_generated)
-        ],
+        "scripts": [_generated_words(rng, scripts, rng.randint(1000, 4000), False) for _ in range(n_generated)],
         "emoji": [_emoji_text(rng, emoji, rng.randint(500, 2000)) for _ in range(n_generated)],
         "adversarial": adversarial_documents(rng),
     }

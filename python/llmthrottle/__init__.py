@@ -5,12 +5,16 @@
 >>> d = lim.try_acquire("tenant:acme", tokens=1200)
 """
 
+from typing import TYPE_CHECKING, Any
+
+from . import tokens as _tokens
 from ._native import (
     BudgetExceeded,
     ConfigError,
     Decision,
     ExceedsCapacity,
     InProcessState,
+    InvalidInput,
     LlmthrottleError,
     RateLimited,
     Reservation,
@@ -18,12 +22,9 @@ from ._native import (
     StateError,
     parse_period,
 )
-from typing import TYPE_CHECKING, Any
-
 from .budget import Budget
 from .limiter import AsyncAcquire, Key, Limiter, LimitState
 from .tokens import *  # noqa: F403  (its __all__ is part of ours)
-from . import tokens as _tokens
 
 if TYPE_CHECKING:
     from .client import Sidecar, SidecarUnavailable
@@ -72,7 +73,8 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
 
-__all__ = [
+
+__all__ = [  # noqa: PLE0604  (the tokens module's names are ours too)
     "AsyncAcquire",
     "Budget",
     "BudgetExceeded",
@@ -84,6 +86,7 @@ __all__ = [
     "Guard",
     "GuardedCall",
     "InProcessState",
+    "InvalidInput",
     "Key",
     "Ledger",
     "LimitState",

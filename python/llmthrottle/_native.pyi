@@ -6,12 +6,13 @@ from collections.abc import Sequence
 from typing import Any, Literal, final
 
 class LlmthrottleError(Exception): ...
+
 class RateLimited(LlmthrottleError):
     retry_after: float
     limited_by: str | None
     key: str | None
 
-class ExceedsCapacity(ValueError):
+class ExceedsCapacity(LlmthrottleError, ValueError):
     key: str
     dimension: str
     requested: int | float
@@ -23,7 +24,8 @@ class BudgetExceeded(LlmthrottleError):
     retry_after: float
     downgrade_to: str | None
 
-class ConfigError(ValueError): ...
+class ConfigError(LlmthrottleError, ValueError): ...
+class InvalidInput(LlmthrottleError, ValueError): ...
 class StateError(LlmthrottleError): ...
 
 # --- limiter (crates/llmthrottle-py/src/limiter.rs) ---

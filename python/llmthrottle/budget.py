@@ -9,10 +9,10 @@ org (`keys=["user:1", "team:a", "org:acme"]`) is charged against every budget on
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from collections.abc import Sequence
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from ._native import ConfigError, key_matches, parse_period, period_start
 
@@ -44,12 +44,12 @@ class Budget:
     """
 
     scope: str
-    limit_usd: Union[int, float, Decimal]
+    limit_usd: int | float | Decimal
     period: str = "month"
     on_exceed: OnExceed = "reject"
-    downgrade_to: Optional[str] = None
+    downgrade_to: str | None = None
     thresholds: tuple[float, ...] = field(default=(0.5, 0.8))
-    name: Optional[str] = None
+    name: str | None = None
     # The period as the core's grammar read it: "day", "week", "month" or "duration".
     _kind: str = field(default="month", init=False, repr=False, compare=False)
     _seconds: float = field(default=0.0, init=False, repr=False, compare=False)
@@ -86,12 +86,18 @@ class Budget:
     def to_wire(self) -> dict[str, Any]:
         """The budget as plain values (the sidecar sends its budgets to clients this way);
         `limit_usd` travels as a decimal string, so no dollar is rounded on the way."""
-        return {"scope": self.scope, "limit_usd": str(self.limit_usd), "period": self.period,
-                "on_exceed": self.on_exceed, "downgrade_to": self.downgrade_to,
-                "thresholds": list(self.thresholds), "name": self.name}
+        return {
+            "scope": self.scope,
+            "limit_usd": str(self.limit_usd),
+            "period": self.period,
+            "on_exceed": self.on_exceed,
+            "downgrade_to": self.downgrade_to,
+            "thresholds": list(self.thresholds),
+            "name": self.name,
+        }
 
     @classmethod
-    def from_wire(cls, spec: Any) -> "Budget":
+    def from_wire(cls, spec: Any) -> Budget:
         """The budget `to_wire` described; a malformed description is a ConfigError."""
         if not isinstance(spec, dict) or not isinstance(spec.get("limit_usd"), str):
             raise ConfigError(f"not a budget description: {spec!r:.200}")
@@ -138,7 +144,9 @@ class Budget:
         return (BUDGET_DIMENSION, "rate", f"{amount!r}/{self.period.strip()}", amount)
 
 
-def budget_rules(budgets: "list[Budget] | tuple[Budget, ...]") -> list[tuple[str, list[tuple[str, str, object, object]], int]]:
+def budget_rules(
+    budgets: list[Budget] | tuple[Budget, ...],
+) -> list[tuple[str, list[tuple[str, str, object, object]], int]]:
     """Engine rule tuples for `budgets`, in their layer."""
     seen: set[str] = set()
     rules = []
@@ -152,7 +160,7 @@ def budget_rules(budgets: "list[Budget] | tuple[Budget, ...]") -> list[tuple[str
     return rules
 
 
-def budget_for(budgets: "tuple[Budget, ...]", key: str) -> Optional[Budget]:
+def budget_for(budgets: tuple[Budget, ...], key: str) -> Budget | None:
     """The budget that applies to `key` (the first whose scope matches, as the engine picks)."""
     for budget in budgets:
         if key_matches(budget.scope, key):
@@ -173,7 +181,7 @@ class BudgetView:
         return self.budget.period_start(now)
 
 
-def budget_views(budgets: "Sequence[Budget]", ledger: Any, now: float) -> list[BudgetView]:
+def budget_views(budgets: Sequence[Budget], ledger: Any, now: float) -> list[BudgetView]:
     """The budgets of a policy for a report: one view per key a `field:*` scope has spent
     under this period (from the ledger), one per exact `field:value` scope."""
     views: list[BudgetView] = []

@@ -14,9 +14,9 @@ call in the ledger and fires budget thresholds once per period.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from ._native import BudgetExceeded, InProcessState, Reservation, rolling_undrained
 from .budget import BUDGET_DIMENSION, Budget, budget_for
@@ -27,6 +27,7 @@ from .pricing import Cost, PriceTable
 from .tokens import estimate
 
 __all__ = ["Guard", "GuardedCall", "ThresholdEvent"]
+
 
 @dataclass(frozen=True)
 class ThresholdEvent:
@@ -54,10 +55,10 @@ class Guard:
         self,
         limiter: Limiter,
         *,
-        prices: Optional[PriceTable] = None,
-        ledger: Optional[Ledger] = None,
-        on_threshold: Optional[Callable[[ThresholdEvent], None]] = None,
-        rebuild_from_ledger: Optional[bool] = None,
+        prices: PriceTable | None = None,
+        ledger: Ledger | None = None,
+        on_threshold: Callable[[ThresholdEvent], None] | None = None,
+        rebuild_from_ledger: bool | None = None,
         exact_tokens: bool = True,
     ) -> None:
         self.limiter = limiter
@@ -72,7 +73,7 @@ class Guard:
             self.rebuild_from_ledger()
 
     @staticmethod
-    def _threshold_limiter(limiter: Limiter) -> Optional[Limiter]:
+    def _threshold_limiter(limiter: Limiter) -> Limiter | None:
         """One quota of 1 per budget period and threshold: the first call to cross a threshold
         takes it, so a threshold fires once per period, across every process sharing state."""
         rules: dict[str, dict[str, Any]] = {}
@@ -80,9 +81,9 @@ class Guard:
             # A quota's period is an hour at least: a shorter rolling budget fires each
             # threshold at most once an hour.
             period = budget.period if budget.calendar or budget.window_s >= 3600 else "1h"
-            rules[budget.scope] = {
-                f"t{round(t * 1000)}": {"quota": 1, "per": period} for t in budget.thresholds
-            } or {"t0": {"quota": 1, "per": period}}
+            rules[budget.scope] = {f"t{round(t * 1000)}": {"quota": 1, "per": period} for t in budget.thresholds} or {
+                "t0": {"quota": 1, "per": period}
+            }
         if not rules:
             return None
         return Limiter(
@@ -92,7 +93,7 @@ class Guard:
             clock=limiter._clock,
         )
 
-    def _amounts(self, model: str, input_tokens: int, max_output_tokens: int, provider: Optional[str]) -> dict[str, Any]:
+    def _amounts(self, model: str, input_tokens: int, max_output_tokens: int, provider: str | None) -> dict[str, Any]:
         """The request's amounts in every dimension the limiter knows: tokens and worst-case cost."""
         dims = set(self.limiter.dimensions)
         worst = self.prices.worst_case_cost(model, input_tokens, max_output_tokens, provider)
@@ -107,12 +108,12 @@ class Guard:
 
     def _sizes(
         self,
-        model: Optional[str],
-        body: Optional[Mapping[str, Any]],
-        input_tokens: Optional[int],
-        max_output_tokens: Optional[int],
-        provider: Optional[str],
-    ) -> tuple[str, tuple[int, int, Optional[str]]]:
+        model: str | None,
+        body: Mapping[str, Any] | None,
+        input_tokens: int | None,
+        max_output_tokens: int | None,
+        provider: str | None,
+    ) -> tuple[str, tuple[int, int, str | None]]:
         """The model and (input, output reservation, provider) of a call, counted from `body`
         where the caller did not give them."""
         if body is not None:
@@ -129,14 +130,14 @@ class Guard:
         self,
         keys: Key,
         *,
-        model: Optional[str] = None,
-        body: Optional[Mapping[str, Any]] = None,
-        input_tokens: Optional[int] = None,
-        max_output_tokens: Optional[int] = None,
-        provider: Optional[str] = None,
-        timeout: Optional[float] = None,
+        model: str | None = None,
+        body: Mapping[str, Any] | None = None,
+        input_tokens: int | None = None,
+        max_output_tokens: int | None = None,
+        provider: str | None = None,
+        timeout: float | None = None,
         **tags: Any,
-    ) -> "GuardedCall":
+    ) -> GuardedCall:
         """Waits until the call is admitted (see `Limiter.acquire`) and returns it. The call's
         size is `input_tokens` and `max_output_tokens`, or counted from the request `body`
         (an OpenAI or, with `provider="anthropic"`, Anthropic body). A budget with
@@ -155,14 +156,14 @@ class Guard:
         self,
         keys: Key,
         *,
-        model: Optional[str] = None,
-        body: Optional[Mapping[str, Any]] = None,
-        input_tokens: Optional[int] = None,
-        max_output_tokens: Optional[int] = None,
-        provider: Optional[str] = None,
-        timeout: Optional[float] = None,
+        model: str | None = None,
+        body: Mapping[str, Any] | None = None,
+        input_tokens: int | None = None,
+        max_output_tokens: int | None = None,
+        provider: str | None = None,
+        timeout: float | None = None,
         **tags: Any,
-    ) -> "GuardedCall":
+    ) -> GuardedCall:
         """`call` for asyncio."""
         key_list = [keys] if isinstance(keys, str) else list(keys)
         model, sizes = self._sizes(model, body, input_tokens, max_output_tokens, provider)
@@ -173,7 +174,7 @@ class Guard:
             reservation = await self.limiter.acquire_async(key_list, timeout=timeout, **self._amounts(model, *sizes))
         return GuardedCall(self, reservation, key_list, model, sizes[:2], provider, tags)
 
-    def rebuild_from_ledger(self, now: Optional[float] = None) -> int:
+    def rebuild_from_ledger(self, now: float | None = None) -> int:
         """Charges each budget key with what the ledger recorded in its current period
         (calendar budgets) or what is still undrained of its window (rolling budgets, replayed
         record by record). Returns how many keys were charged. Runs once per limiter, and only
@@ -211,8 +212,10 @@ class Guard:
             name = getattr(record, field, None) if field in KEY_FIELDS else record.tags.get(field)
             if name is not None:
                 events.setdefault(f"{field}:{name}", []).append((record.time, record.cost_micros))
-        return [(key, rolling_undrained(budget.limit_micros, budget.period, sorted(charges), wall))
-                for key, charges in events.items()]
+        return [
+            (key, rolling_undrained(budget.limit_micros, budget.period, sorted(charges), wall))
+            for key, charges in events.items()
+        ]
 
 
 def _downgrade(exceeded: BudgetExceeded, model: str) -> str:
@@ -235,8 +238,14 @@ class GuardedCall:
     """
 
     def __init__(
-        self, guard: Guard, reservation: Reservation, keys: list[str], model: str,
-        reserved_tokens: tuple[int, int], provider: Optional[str], tags: dict[str, Any]
+        self,
+        guard: Guard,
+        reservation: Reservation,
+        keys: list[str],
+        model: str,
+        reserved_tokens: tuple[int, int],
+        provider: str | None,
+        tags: dict[str, Any],
     ) -> None:
         self.guard = guard
         self.reservation = reservation
@@ -244,7 +253,7 @@ class GuardedCall:
         self.model = model
         self.provider = provider
         self.tags = tags
-        self.cost: Optional[Cost] = None
+        self.cost: Cost | None = None
         self._reserved_tokens = reserved_tokens
         self._started = time.monotonic()
 
@@ -260,7 +269,8 @@ class GuardedCall:
         u = cost.usage
         input_tokens = u.input_tokens + u.cached_input_tokens + u.cache_write_tokens
         actual: dict[str, Any] = {
-            "tokens": input_tokens + u.output_tokens if not charge_reserved_output
+            "tokens": input_tokens + u.output_tokens
+            if not charge_reserved_output
             else max(input_tokens, self._reserved_tokens[0]) + max(u.output_tokens, self._reserved_tokens[1]),
             "input_tokens": input_tokens,
             "output_tokens": u.output_tokens,
@@ -285,19 +295,36 @@ class GuardedCall:
         self._fire_thresholds()
         return cost
 
-    def _record(self, outcome: str, cost: Optional[Cost] = None, *, cost_micros: int = 0,
-                tokens: tuple[int, int] = (0, 0), extra_tags: Optional[dict[str, Any]] = None) -> None:
+    def _record(
+        self,
+        outcome: str,
+        cost: Cost | None = None,
+        *,
+        cost_micros: int = 0,
+        tokens: tuple[int, int] = (0, 0),
+        extra_tags: dict[str, Any] | None = None,
+    ) -> None:
         """Records how the call ended: at `cost` when the provider's usage was priced, else at
         `cost_micros` and `tokens`."""
         ledger = self.guard.ledger
         if ledger is None:
             return
         counts = {"input_tokens": tokens[0], "output_tokens": tokens[1]}
-        ledger.record(**call_record(self.keys, outcome=outcome, latency_s=time.monotonic() - self._started,
-                                    tags={**self.tags, **(extra_tags or {})}, cost=cost, model=self.model,
-                                    provider=self.provider, cost_micros=cost_micros, tokens=counts))
+        ledger.record(
+            **call_record(
+                self.keys,
+                outcome=outcome,
+                latency_s=time.monotonic() - self._started,
+                tags={**self.tags, **(extra_tags or {})},
+                cost=cost,
+                model=self.model,
+                provider=self.provider,
+                cost_micros=cost_micros,
+                tokens=counts,
+            )
+        )
 
-    def _refund(self, outcome: str, extra_tags: Optional[dict[str, Any]] = None) -> None:
+    def _refund(self, outcome: str, extra_tags: dict[str, Any] | None = None) -> None:
         if self.reservation.settled:
             return
         self.reservation.cancel()
@@ -311,13 +338,13 @@ class GuardedCall:
     def _amounts_again(self) -> dict[str, Any]:
         return self.guard._amounts(self.model, *self._reserved_tokens, self.provider)
 
-    def retry(self, timeout: Optional[float] = None) -> None:
+    def retry(self, timeout: float | None = None) -> None:
         """Refunds this attempt (the provider refused it without billing) and waits until the
         next one is admitted: every attempt is charged to the limits, as the provider counts it."""
         self.reservation.cancel()
         self.reservation = self.guard.limiter.acquire(self.keys, timeout=timeout, **self._amounts_again())
 
-    async def retry_async(self, timeout: Optional[float] = None) -> None:
+    async def retry_async(self, timeout: float | None = None) -> None:
         """`retry` for asyncio."""
         self.reservation.cancel()
         self.reservation = await self.guard.limiter.acquire_async(self.keys, timeout=timeout, **self._amounts_again())
@@ -352,7 +379,7 @@ class GuardedCall:
                 if fraction >= threshold and guard._marks.try_acquire(key, **{f"t{round(threshold * 1000)}": 1}):
                     guard.on_threshold(ThresholdEvent(budget, key, threshold, float(state.used), float(state.capacity)))
 
-    def __enter__(self) -> "GuardedCall":
+    def __enter__(self) -> GuardedCall:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -363,9 +390,8 @@ class GuardedCall:
         else:
             self._commit_as_reserved()
 
-    async def __aenter__(self) -> "GuardedCall":
+    async def __aenter__(self) -> GuardedCall:
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.__exit__(exc_type, exc, tb)
-

@@ -3,21 +3,36 @@
 from __future__ import annotations
 
 import collections.abc
-
 import time
 from collections.abc import Generator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Optional, TypeVar, Union, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, cast
 
 from . import _native
-from ._native import (BudgetExceeded, Decision, ExceedsCapacity, FakeClock, InProcessState, LlmthrottleError,
-                      RateLimited, Reservation)
+from ._native import (
+    BudgetExceeded,
+    Decision,
+    ExceedsCapacity,
+    FakeClock,
+    InProcessState,
+    LlmthrottleError,
+    RateLimited,
+    Reservation,
+)
 from .budget import BUDGET_DIMENSION, Budget, budget_for
 from .policy import LimitsConfig, RulesConfig, normalize
 
-__all__ = ["Limiter", "LimitState", "Key", "WaitingMixin", "AsyncAcquire", "SettlesOnExit", "OpenReservation",
-           "describe"]
+__all__ = [
+    "Limiter",
+    "LimitState",
+    "Key",
+    "WaitingMixin",
+    "AsyncAcquire",
+    "SettlesOnExit",
+    "OpenReservation",
+    "describe",
+]
 
-Key = Union[str, Sequence[str]]
+Key = str | Sequence[str]
 _Settling = TypeVar("_Settling", bound="SettlesOnExit")
 
 # While a concurrency cap denies (it frees up on a release, not at a known time), waiters poll
@@ -31,10 +46,10 @@ class LimitState(NamedTuple):
 
     dimension: str
     kind: str  # "rate" | "concurrency" | "quota"
-    remaining: Union[int, float]
-    used: Union[int, float]
+    remaining: int | float
+    used: int | float
     reset_after: float
-    capacity: Union[int, float]
+    capacity: int | float
 
 
 class SettlesOnExit:
@@ -62,10 +77,10 @@ class SettlesOnExit:
             raise LlmthrottleError("this reservation was already committed or cancelled")
         self._settled = True  # type: ignore[misc]  # a slot of the class mixing this in
 
-    def __enter__(self: "_Settling") -> "_Settling":
+    def __enter__(self: _Settling) -> _Settling:
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> "Literal[False]":
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         if not self._settled:
             if exc_type is None:
                 self.commit()
@@ -80,8 +95,8 @@ class OpenReservation(SettlesOnExit):
 
     allowed = True
     retry_after = delay = reset_after = 0.0
-    limited_by: Optional[str] = None
-    limited_key: Optional[str] = None
+    limited_by: str | None = None
+    limited_key: str | None = None
 
     def __init__(self, unavailable: str = "sidecar") -> None:
         self.remaining: dict[str, Any] = {}
@@ -112,18 +127,18 @@ def describe(decision: Any) -> str:
     """The repr of a decision: `<Decision denied limited_by='tokens' key='k' retry_after=...>`."""
     text = f"<Decision {'admitted' if decision.allowed else 'denied'}"
     if decision.limited_by is not None:
-        text += (f" limited_by={decision.limited_by!r} key={decision.limited_key!r} "
-                 f"retry_after={decision.retry_after:.6f}")
+        text += (
+            f" limited_by={decision.limited_by!r} key={decision.limited_key!r} retry_after={decision.retry_after:.6f}"
+        )
     if decision.delay > 0:
         text += f" delay={decision.delay:.6f}"
     return text + ">"
 
 
-def _budget_exceeded(decision: Decision, budget: Optional[Budget]) -> BudgetExceeded:
+def _budget_exceeded(decision: Decision, budget: Budget | None) -> BudgetExceeded:
     label = budget.label if budget is not None else "a budget"
     error = BudgetExceeded(
-        f"{label!s} has no room for this call (key {decision.limited_key!r}); "
-        f"it resets in {decision.retry_after:.0f}s"
+        f"{label!s} has no room for this call (key {decision.limited_key!r}); it resets in {decision.retry_after:.0f}s"
     )
     error.budget = budget
     error.key = decision.limited_key
@@ -132,7 +147,7 @@ def _budget_exceeded(decision: Decision, budget: Optional[Budget]) -> BudgetExce
     return error
 
 
-def _over_budget(error: ExceedsCapacity, budget: Optional[Budget]) -> BudgetExceeded:
+def _over_budget(error: ExceedsCapacity, budget: Budget | None) -> BudgetExceeded:
     exceeded = BudgetExceeded(f"{budget.label if budget else 'a budget'}: {error}")
     exceeded.budget = budget
     exceeded.key = error.key
@@ -141,7 +156,7 @@ def _over_budget(error: ExceedsCapacity, budget: Optional[Budget]) -> BudgetExce
     return exceeded
 
 
-def _rate_limited(decision: Decision, timeout: Optional[float]) -> RateLimited:
+def _rate_limited(decision: Decision, timeout: float | None) -> RateLimited:
     waited = "" if timeout is None else f" within {timeout:g}s"
     error = RateLimited(
         f"not admitted{waited}: limited by {decision.limited_by!r} for key "
@@ -160,11 +175,11 @@ class WaitingMixin:
     Shared by every limiter implementation (in-process, shared memory, sidecar client): a
     class needs `try_acquire` and the attributes below."""
 
-    _clock: Optional[FakeClock]
+    _clock: FakeClock | None
     _budgets: tuple[Budget, ...] = ()
     _namespace: str
-    _limits: Optional[LimitsConfig]
-    _rules: Optional[RulesConfig]
+    _limits: LimitsConfig | None
+    _rules: RulesConfig | None
 
     @property
     def namespace(self) -> str:
@@ -176,12 +191,12 @@ class WaitingMixin:
         return self._budgets
 
     @property
-    def limits(self) -> Optional[LimitsConfig]:
+    def limits(self) -> LimitsConfig | None:
         """The limits mapping given for every key (None when configured by `rules`)."""
         return self._limits
 
     @property
-    def rules(self) -> Optional[RulesConfig]:
+    def rules(self) -> RulesConfig | None:
         """The per-pattern rules (None when configured by `limits`)."""
         return self._rules
 
@@ -200,7 +215,7 @@ class WaitingMixin:
     def _now(self) -> float:
         return self._clock.monotonic if self._clock is not None else time.monotonic()
 
-    def _max_wait(self, deadline: Optional[float]) -> float:
+    def _max_wait(self, deadline: float | None) -> float:
         return float("inf") if deadline is None else max(0.0, deadline - self._now())
 
     def _try(self, key: Key, requests: Any, tokens: Any, amounts: dict[str, Any], max_wait: float) -> Decision:
@@ -210,7 +225,9 @@ class WaitingMixin:
         except ExceedsCapacity as error:
             raise self._capacity_error(error) from error
 
-    async def _try_async(self, key: Key, requests: Any, tokens: Any, amounts: dict[str, Any], max_wait: float) -> Decision:
+    async def _try_async(
+        self, key: Key, requests: Any, tokens: Any, amounts: dict[str, Any], max_wait: float
+    ) -> Decision:
         """`_try` for the async loop; a limiter whose decisions cross a socket overrides it."""
         return self._try(key, requests, tokens, amounts, max_wait)
 
@@ -220,7 +237,7 @@ class WaitingMixin:
         # More than a whole budget: no period will ever have room for it.
         return _over_budget(error, budget_for(self.budgets, error.key))
 
-    def _judge(self, decision: Decision, max_wait: float, deadline: Optional[float]) -> tuple[Optional[Reservation], float]:
+    def _judge(self, decision: Decision, max_wait: float, deadline: float | None) -> tuple[Reservation | None, float]:
         """The reservation (maybe with a delay to honour), or None and how long to wait before
         the next try. Raises RateLimited / BudgetExceeded when the deadline cannot be met."""
         if decision:
@@ -240,10 +257,10 @@ class WaitingMixin:
         self,
         key: Key,
         /,
-        requests: Optional[int] = None,
-        tokens: Optional[int] = None,
+        requests: int | None = None,
+        tokens: int | None = None,
         *,
-        timeout: Optional[float] = None,
+        timeout: float | None = None,
         **amounts: Any,
     ) -> Reservation:
         """Waits until the call is admitted and returns its `Reservation` (also a context
@@ -273,19 +290,19 @@ class WaitingMixin:
         self,
         key: Key,
         /,
-        requests: Optional[int] = None,
-        tokens: Optional[int] = None,
+        requests: int | None = None,
+        tokens: int | None = None,
         *,
-        timeout: Optional[float] = None,
+        timeout: float | None = None,
         **amounts: Any,
-    ) -> "AsyncAcquire":
+    ) -> AsyncAcquire:
         """`acquire` for asyncio: `r = await lim.acquire_async(...)`, or
         `async with lim.acquire_async(...) as r:`. Cancelling the task while it waits gives
         the reservation back."""
         return AsyncAcquire(self, key, requests, tokens, timeout, amounts)
 
     async def _acquire_async(
-        self, key: Key, requests: Any, tokens: Any, timeout: Optional[float], amounts: dict[str, Any]
+        self, key: Key, requests: Any, tokens: Any, timeout: float | None, amounts: dict[str, Any]
     ) -> Reservation:
         deadline = None if timeout is None else self._now() + _check_timeout(timeout)
         poll = _POLL_MIN_S
@@ -350,15 +367,15 @@ class Limiter(WaitingMixin, _native.Limiter, metaclass=_LimiterType):
 
     def __new__(
         cls,
-        limits: Optional[LimitsConfig] = None,
+        limits: LimitsConfig | None = None,
         *,
-        rules: Optional[RulesConfig] = None,
+        rules: RulesConfig | None = None,
         budgets: Sequence[Budget] = (),
-        state: Optional[Any] = None,
+        state: Any | None = None,
         namespace: str = "default",
-        clock: Optional[FakeClock] = None,
+        clock: FakeClock | None = None,
         _share: float = 1.0,
-    ) -> "Limiter":
+    ) -> Limiter:
         make = getattr(state, "_make_limiter", None)
         if make is not None:
             # A state that is not in this process (the sidecar) brings its own implementation.
@@ -368,8 +385,9 @@ class Limiter(WaitingMixin, _native.Limiter, metaclass=_LimiterType):
             state = InProcessState()
         # `_share` scales every limit to one host's part of a fleet's (a Redis state's local
         # fallback uses it).
-        self = cast("Limiter", super().__new__(cls, canonical, namespace=namespace, state=state, clock=clock,
-                                               share=_share))
+        self = cast(
+            "Limiter", super().__new__(cls, canonical, namespace=namespace, state=state, clock=clock, share=_share)
+        )
         self._budgets = tuple(budgets)
         self._namespace = namespace
         self._state = state
@@ -390,10 +408,10 @@ class Limiter(WaitingMixin, _native.Limiter, metaclass=_LimiterType):
 
     def set_limits(
         self,
-        limits: Optional[LimitsConfig] = None,
+        limits: LimitsConfig | None = None,
         *,
-        rules: Optional[RulesConfig] = None,
-        budgets: Optional[Sequence[Budget]] = None,
+        rules: RulesConfig | None = None,
+        budgets: Sequence[Budget] | None = None,
     ) -> None:
         """Replaces the limits (and the budgets, when given) at runtime. Counters carry over
         for every limit whose pattern, dimension and kind stay the same: a new burst applies to
@@ -427,11 +445,17 @@ class AsyncAcquire(collections.abc.Coroutine):  # type: ignore[type-arg]
     __slots__ = ("_limiter", "_args", "_reservation", "_coroutine")
 
     def __init__(
-        self, limiter: "WaitingMixin", key: Key, requests: Any, tokens: Any, timeout: Optional[float], amounts: dict[str, Any]
+        self,
+        limiter: WaitingMixin,
+        key: Key,
+        requests: Any,
+        tokens: Any,
+        timeout: float | None,
+        amounts: dict[str, Any],
     ) -> None:
         self._limiter = limiter
         self._args = (key, requests, tokens, timeout, amounts)
-        self._reservation: Optional[Reservation] = None
+        self._reservation: Reservation | None = None
         self._coroutine: Any = None
 
     def _started(self) -> Any:

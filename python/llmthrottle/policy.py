@@ -16,15 +16,14 @@ Rules apply different limits to keys matching glob patterns; the first match win
 from __future__ import annotations
 
 import difflib
-
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 from ._native import ConfigError
 
 __all__ = ["LimitsConfig", "RulesConfig", "normalize"]
 
-LimitValue = Union[str, int, float, Mapping[str, Any], Sequence[Any]]
+LimitValue = str | int | float | Mapping[str, Any] | Sequence[Any]
 LimitsConfig = Mapping[str, LimitValue]
 RulesConfig = Mapping[str, LimitsConfig]
 
@@ -37,9 +36,7 @@ _RATE_KEYS = {"rate", "burst"}
 _QUOTA_KEYS = {"quota", "per"}
 
 
-def normalize(
-    limits: LimitsConfig | None, rules: RulesConfig | None, budgets: Sequence[Any] = ()
-) -> list[Any]:
+def normalize(limits: LimitsConfig | None, rules: RulesConfig | None, budgets: Sequence[Any] = ()) -> list[Any]:
     """Rule tuples for the engine from either a limits mapping (applies to every key) or a
     mapping of key pattern to limits mapping, followed by the budgets' rules in their own layer.
     Raises `ConfigError` naming the offending entry."""

@@ -46,15 +46,15 @@ import math
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Tuple
+from typing import Any, Literal
 
-from ._native import Encoding
+from ._native import Encoding, LlmthrottleError
 from .tokens import encoding_name_for_model, get_encoding
 
 __all__ = ["InvalidRequestBody", "RequestEstimate", "estimate"]
 
-ImageSize = Tuple[int, int]
-ImageSizeLookup = Callable[[str], Optional[ImageSize]]
+ImageSize = tuple[int, int]
+ImageSizeLookup = Callable[[str], ImageSize | None]
 
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 TOKENS_PER_MESSAGE = 3
@@ -62,7 +62,7 @@ TOKENS_PER_NAME = 1
 REPLY_PRIMING = 3
 
 
-class InvalidRequestBody(ValueError):
+class InvalidRequestBody(LlmthrottleError, ValueError):
     """A request body is not shaped as its API expects; the message names the field path."""
 
 
@@ -107,7 +107,11 @@ def estimate(
     """
     if not isinstance(body, Mapping):
         raise InvalidRequestBody(f"request body must be a mapping, not {type(body).__name__}")
-    if isinstance(default_max_output_tokens, bool) or not isinstance(default_max_output_tokens, int) or default_max_output_tokens < 0:
+    if (
+        isinstance(default_max_output_tokens, bool)
+        or not isinstance(default_max_output_tokens, int)
+        or default_max_output_tokens < 0
+    ):
         raise ValueError("default_max_output_tokens must be a non-negative int")
     if model is None:
         model = body.get("model")
@@ -249,15 +253,14 @@ class _Counter:
 
     def tool_calls(self, calls: object, path: str) -> int:
         return sum(
-            self.function_call(call.get("function"), f"{call_path}.function") for call_path, call in _objects(calls, path)
+            self.function_call(call.get("function"), f"{call_path}.function")
+            for call_path, call in _objects(calls, path)
         )
 
     def function_call(self, call: object, path: str) -> int:
         if not isinstance(call, Mapping):
             raise InvalidRequestBody(f"{path} must be an object, not {_type_name(call)}")
-        return self.text(call.get("name"), f"{path}.name") + self.text(
-            call.get("arguments", ""), f"{path}.arguments"
-        )
+        return self.text(call.get("name"), f"{path}.name") + self.text(call.get("arguments", ""), f"{path}.arguments")
 
     def tools(self, body: Mapping[str, Any]) -> int:
         """The cookbook's function-definition approximation (see the module docstring)."""
@@ -386,7 +389,9 @@ class _Counter:
                 elif isinstance(item, list) and all(isinstance(v, int) for v in item):
                     total += len(item)
                 else:
-                    raise InvalidRequestBody(f"input[{i}] must be a string or a list of token ids, not {_type_name(item)}")
+                    raise InvalidRequestBody(
+                        f"input[{i}] must be a string or a list of token ids, not {_type_name(item)}"
+                    )
         else:
             raise InvalidRequestBody(f"input must be a string or a list, not {_type_name(value)}")
         return RequestEstimate(total, 0, self.encoding.name)

@@ -4,8 +4,9 @@
     llmthrottle state reset NAME [--path FILE] [--yes]
 
 `inspect` lists every live key with its level under each limit, and the processes holding
-concurrency slots; without a name it lists the tables under /dev/shm (the sidecar's included). `reset` deletes the table: processes that have it open keep using the old
-one until they restart, so stop the workers first.
+concurrency slots; without a name it lists the tables under /dev/shm (the sidecar's included).
+`reset` deletes the table: processes that have it open keep using the old one until they restart, so
+stop the workers first.
 """
 
 from __future__ import annotations
@@ -60,8 +61,16 @@ def list_tables(as_json: bool) -> int:
     for entry in sorted(os.scandir(_TABLE_DIR), key=lambda e: e.name) if os.path.isdir(_TABLE_DIR) else ():
         if entry.name.startswith(_TABLE_PREFIX) and entry.is_file(follow_symlinks=False):
             info = entry.stat(follow_symlinks=False)
-            tables.append({"name": entry.name[len(_TABLE_PREFIX):], "path": entry.path, "bytes": info.st_size,
-                           "uid": info.st_uid, "mode": f"{info.st_mode & 0o777:04o}", "modified": info.st_mtime})
+            tables.append(
+                {
+                    "name": entry.name[len(_TABLE_PREFIX) :],
+                    "path": entry.path,
+                    "bytes": info.st_size,
+                    "uid": info.st_uid,
+                    "mode": f"{info.st_mode & 0o777:04o}",
+                    "modified": info.st_mtime,
+                }
+            )
     if as_json:
         print(json.dumps(tables, indent=2))
     elif not tables:
@@ -104,8 +113,16 @@ def run(args: argparse.Namespace) -> int:
         for pid, alive, phase, label, key in state.leases()
     ]
     if args.json:
-        print(json.dumps({"stats": {k: str(v) if k == "path" else v for k, v in state.stats().items()},
-                          "entries": entries, "leases": leases}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "stats": {k: str(v) if k == "path" else v for k, v in state.stats().items()},
+                    "entries": entries,
+                    "leases": leases,
+                },
+                indent=2,
+            )
+        )
         return 0
     stats = state.stats()
     print(f"{stats['path']}: {stats['live']} live of {stats['capacity']} keys, {stats['file_bytes']} bytes")

@@ -52,7 +52,7 @@ cores), and its ``estimate`` is the cl100k estimator rescaled to the tokenizer w
 from __future__ import annotations
 
 import functools
-from typing import Final, Union
+from typing import Final
 
 from ._native import ConfigError, Encoding
 
@@ -68,7 +68,7 @@ __all__ = [
     "register_model",
 ]
 
-Text = Union[str, bytes]
+Text = str | bytes
 
 ENCODING_NAMES: Final = ("o200k_base", "cl100k_base")
 
@@ -129,7 +129,7 @@ def get_encoding(name: str) -> Encoding:
     return registered if registered is not None else _builtin_encoding(name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _builtin_encoding(name: str) -> Encoding:
     return Encoding(name)
 

@@ -6,7 +6,6 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
-
 from sidecar_helpers import TEST_CONFIG, ServerProcess, start_server
 
 

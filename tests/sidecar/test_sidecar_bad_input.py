@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import msgpack
 import pytest
+from sidecar_helpers import RawClient, ServerProcess, start_server, still_serving
 
-from llmthrottle.sidecar.protocol import ERROR, MAGIC, OK, Op, encode_frame
-from sidecar_helpers import RawClient, ServerProcess, still_serving, start_server
+from llmthrottle.sidecar.protocol import ERROR, MAGIC, Op, encode_frame
 
 
 def test_garbage_bytes_get_an_http_error(sidecar_server: ServerProcess) -> None:
@@ -41,9 +41,15 @@ def test_garbage_after_the_magic_closes_with_an_error_frame(sidecar_server: Serv
     still_serving(sidecar_server)
 
 
-@pytest.mark.parametrize("payload", [
-    msgpack.packb(5), msgpack.packb([]), msgpack.packb({"a": 1}), msgpack.packb([1, 2, 3]),
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        msgpack.packb(5),
+        msgpack.packb([]),
+        msgpack.packb({"a": 1}),
+        msgpack.packb([1, 2, 3]),
+    ],
+)
 def test_wrong_shapes(sidecar_server: ServerProcess, payload: bytes) -> None:
     client = RawClient(sidecar_server.socket)
     try:
@@ -165,7 +171,7 @@ def test_abuse_without_any_access_adds_at_most_a_summary_line_to_the_log() -> No
                 # A body promised and never sent in full: the peer leaves mid-body.
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 sock.connect(server.socket)
-                sock.sendall(b"POST /v1/acquire HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"ke")
+                sock.sendall(b'POST /v1/acquire HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"ke')
                 sock.close()
                 # A malformed binary frame.
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -6,9 +6,9 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
+from sidecar_helpers import start_server
 
 import llmthrottle as lt
-from sidecar_helpers import start_server
 
 CONFIG = """
 [limits."*"]
@@ -67,7 +67,9 @@ def test_bad_budget_entries_are_refused_with_the_entry_named() -> None:
 def test_metrics_show_spend_and_budget_remaining(server) -> None:
     status, _, body = server.http("POST", "/v1/acquire", {"key": ["team:a", "org:x"], "amounts": {"budget_usd": 0.25}})
     assert status == 200, body
-    status, _, _ = server.http("POST", "/v1/commit", {"reservation_id": body["reservation_id"], "usage": {"budget_usd": 0.2}})
+    status, _, _ = server.http(
+        "POST", "/v1/commit", {"reservation_id": body["reservation_id"], "usage": {"budget_usd": 0.2}}
+    )
     assert status == 200
     status, _, text = server.http("GET", "/metrics")
     assert status == 200
@@ -83,7 +85,9 @@ def test_metrics_show_a_peer_only_the_keys_it_may_use() -> None:
     with tempfile.TemporaryDirectory(prefix="lt-budget-") as directory:
         server = start_server(directory, CONFIG)
         try:
-            _, _, body = server.http("POST", "/v1/acquire", {"key": ["team:a", "org:x"], "amounts": {"budget_usd": 0.25}})
+            _, _, body = server.http(
+                "POST", "/v1/acquire", {"key": ["team:a", "org:x"], "amounts": {"budget_usd": 0.25}}
+            )
             server.http("POST", "/v1/commit", {"reservation_id": body["reservation_id"], "usage": {"budget_usd": 0.2}})
             server.write_config(CONFIG + f'\n[access]\n{uid} = ["team:*"]\n')
             assert server.http("POST", "/v1/reload")[0] == 200

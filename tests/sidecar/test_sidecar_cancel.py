@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import tempfile
 
-import llmthrottle as lt
 from sidecar_helpers import start_server
+
+import llmthrottle as lt
 
 CONFIG = """
 [limits."*"]

@@ -12,10 +12,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from sidecar_helpers import ServerProcess, start_server, unique
 
 import llmthrottle as lt
 from llmthrottle.client import Sidecar, SidecarUnavailable
-from sidecar_helpers import ServerProcess, start_server, unique
 
 LIMITS = {"requests": "10/h", "tokens": "1000/h", "concurrency": 3}
 
@@ -103,8 +103,9 @@ def test_exception_attributes_survive_the_wire(sidecar: Sidecar, sidecar_server:
     attributes = ("key", "dimension", "requested", "capacity")
     assert [tuple(getattr(e, a) for a in attributes) for e in errors] == [("tenant:acme", "tokens", 5000, 1000)] * 2
     # Over HTTP the same attributes come as the answer's details.
-    status, _, body = sidecar_server.http("POST", "/v1/acquire", {"namespace": namespace, "key": "tenant:acme",
-                                                                  "amounts": {"tokens": 5000}})
+    status, _, body = sidecar_server.http(
+        "POST", "/v1/acquire", {"namespace": namespace, "key": "tenant:acme", "amounts": {"tokens": 5000}}
+    )
     assert (status, body["error"]) == (422, "ExceedsCapacity")
     assert body["details"] == {"key": "tenant:acme", "dimension": "tokens", "requested": 5000, "capacity": 1000}
 
@@ -123,6 +124,43 @@ def test_every_error_kind_the_sidecar_answers_with_is_in_the_one_table() -> None
     assert isinstance(denied, AccessDenied) and isinstance(denied, lt.LlmthrottleError)
     assert isinstance(denied, PermissionError)
     assert isinstance(exception_for("NoSuchKind", "?"), lt.LlmthrottleError)
+    # Every row the client can raise is a LlmthrottleError, a builtin the server matched included.
+    for kind in ERRORS:
+        assert isinstance(exception_for(kind, "m"), lt.LlmthrottleError), kind
+    assert isinstance(exception_for("ValueError", "m"), lt.InvalidInput)
+    assert isinstance(exception_for("TypeError", "m"), TypeError)
+
+
+def test_every_exception_the_package_defines_is_a_llmthrottle_error() -> None:
+    import importlib
+    import inspect
+    import pkgutil
+
+    import llmthrottle
+
+    for module_info in pkgutil.walk_packages(llmthrottle.__path__, "llmthrottle."):
+        if module_info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(module_info.name)
+        for name, value in vars(module).items():
+            if (
+                inspect.isclass(value)
+                and issubclass(value, BaseException)
+                and value.__module__.startswith("llmthrottle")
+                and not name.startswith("_")  # private control flow that never leaves its module
+            ):
+                assert issubclass(value, lt.LlmthrottleError), f"{module_info.name}.{name}"
+    # ...and the ones documented as ValueErrors are ValueErrors too.
+    for cls in (lt.ConfigError, lt.ExceedsCapacity, lt.InvalidInput):
+        assert issubclass(cls, lt.LlmthrottleError) and issubclass(cls, ValueError)
+    with pytest.raises(lt.InvalidInput, match="negative"):
+        lt.Limiter({"tokens": "10/s"}).try_acquire("k", tokens=-1)
+
+
+def test_bad_input_through_the_sidecar_is_the_same_exception(sidecar: Sidecar) -> None:
+    lim = lt.Limiter(LIMITS, state=sidecar, namespace=unique("ns"))
+    with pytest.raises(lt.InvalidInput, match="negative"):
+        lim.try_acquire("k", tokens=-1)
 
 
 def test_context_manager_commits_or_cancels(sidecar: Sidecar) -> None:
@@ -146,8 +184,9 @@ def test_acquire_raises_rate_limited_when_it_cannot_wait_long_enough(sidecar: Si
 
 
 def test_multi_key_acquire_is_all_or_nothing(sidecar: Sidecar) -> None:
-    lim = lt.Limiter(rules={"user:*": {"requests": "5/h"}, "team:*": {"requests": "1/h"}}, state=sidecar,
-                     namespace=unique("ns"))
+    lim = lt.Limiter(
+        rules={"user:*": {"requests": "5/h"}, "team:*": {"requests": "1/h"}}, state=sidecar, namespace=unique("ns")
+    )
     assert lim.try_acquire(["user:1", "team:1"])
     denied = lim.try_acquire(["user:2", "team:1"])
     assert not denied and denied.limited_key == "team:1"
@@ -286,7 +325,7 @@ def test_reconnects_and_reregisters_after_a_server_restart() -> None:
             server.stop()
 
 
-def _admit_many(socket_path: str, namespace: str, attempts: int, queue: "multiprocessing.Queue[int]") -> None:
+def _admit_many(socket_path: str, namespace: str, attempts: int, queue: multiprocessing.Queue[int]) -> None:
     sidecar = Sidecar(socket_path)
     lim = lt.Limiter({"requests": "25/h"}, state=sidecar, namespace=namespace)
     admitted = 0
@@ -303,9 +342,10 @@ def _admit_many(socket_path: str, namespace: str, attempts: int, queue: "multipr
 def test_processes_agree_on_one_limit(sidecar_server: ServerProcess) -> None:
     namespace = unique("multi")
     context = multiprocessing.get_context("spawn")
-    queue: "multiprocessing.Queue[int]" = context.Queue()
-    workers = [context.Process(target=_admit_many, args=(sidecar_server.socket, namespace, 40, queue))
-               for _ in range(4)]
+    queue: multiprocessing.Queue[int] = context.Queue()
+    workers = [
+        context.Process(target=_admit_many, args=(sidecar_server.socket, namespace, 40, queue)) for _ in range(4)
+    ]
     for worker in workers:
         worker.start()
     totals = [queue.get(timeout=120) for _ in workers]

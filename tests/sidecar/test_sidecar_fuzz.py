@@ -14,26 +14,38 @@ from typing import Any
 import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sidecar_helpers import RawClient, ServerProcess, still_serving
 
 from llmthrottle.sidecar.errors import ERRORS
 from llmthrottle.sidecar.protocol import ERROR, MAGIC, OK, FrameDecoder, FrameError, Op
-from sidecar_helpers import RawClient, ServerProcess, still_serving
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=40) \
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=40)
     | st.binary(max_size=40)
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5)
-                      | st.dictionaries(st.text(max_size=10), inner, max_size=5), max_leaves=20)
-json_values = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
-                           | st.text(max_size=40),
-                           lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner,
-                                                                                       max_size=5), max_leaves=20)
-ops = st.sampled_from([int(op) for op in (Op.ACQUIRE, Op.COMMIT, Op.CANCEL, Op.STATUS, Op.REGISTER, Op.PEEK,
-                                          Op.PING)]) | st.integers(-5, 300)
-requests = st.builds(lambda rid, op, args: [rid, op, *args], st.integers(0, 2**31) | values, ops,
-                     st.lists(values, max_size=5))
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=20,
+)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=20,
+)
+ops = st.sampled_from(
+    [int(op) for op in (Op.ACQUIRE, Op.COMMIT, Op.CANCEL, Op.STATUS, Op.REGISTER, Op.PEEK, Op.PING)]
+) | st.integers(-5, 300)
+requests = st.builds(
+    lambda rid, op, args: [rid, op, *args], st.integers(0, 2**31) | values, ops, st.lists(values, max_size=5)
+)
 
 
 @FUZZ
@@ -50,8 +62,9 @@ def test_the_frame_decoder_takes_any_bytes(chunks: list[bytes], limit: int) -> N
 
 @FUZZ
 @given(batch=st.lists(requests, min_size=1, max_size=4))
-def test_any_binary_request_gets_an_answer_and_no_internal_error(sidecar_server: ServerProcess,
-                                                                 batch: list[list[Any]]) -> None:
+def test_any_binary_request_gets_an_answer_and_no_internal_error(
+    sidecar_server: ServerProcess, batch: list[list[Any]]
+) -> None:
     client = RawClient(sidecar_server.socket)
     try:
         try:
@@ -93,8 +106,7 @@ def test_any_frame_payload_is_answered_or_closed(sidecar_server: ServerProcess, 
 
 
 @FUZZ
-@given(path=st.sampled_from(["/v1/acquire", "/v1/peek", "/v1/commit", "/v1/cancel", "/v1/register"]),
-       body=json_values)
+@given(path=st.sampled_from(["/v1/acquire", "/v1/peek", "/v1/commit", "/v1/cancel", "/v1/register"]), body=json_values)
 def test_any_json_body_is_answered_without_a_server_error(sidecar_server: ServerProcess, path: str, body: Any) -> None:
     from sidecar_helpers import http_request
 

@@ -9,17 +9,15 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
+from sidecar_helpers import RawClient, start_server
 
 import llmthrottle as lt
 from llmthrottle.sidecar.config import DEFAULT_RULES, load_config, parse_config
 from llmthrottle.sidecar.protocol import ERROR, OK, Op
-from sidecar_helpers import RawClient, start_server
 
 
 def _poll(predicate, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
@@ -35,7 +33,8 @@ def _poll(predicate, what: str, timeout: float = 30.0) -> None:  # type: ignore[
 
 
 def test_config_file_is_parsed() -> None:
-    config = parse_config("""
+    config = parse_config(
+        """
 [server]
 socket = "/tmp/x.sock"
 socket_mode = "0600"
@@ -51,7 +50,9 @@ tokens = "1M/min"
 [access]
 1000 = ["user:*"]
 "*" = ["public:*"]
-""", "llmthrottle.toml")
+""",
+        "llmthrottle.toml",
+    )
     assert (config.socket, config.socket_mode, config.reservation_timeout_s) == ("/tmp/x.sock", 0o600, 30.0)
     assert config.ledger_path == "/tmp/ledger"
     assert config.namespaces == {"default": {"*": {"requests": "500/min"}}, "batch": {"team:*": {"tokens": "1M/min"}}}
@@ -63,23 +64,38 @@ def test_no_file_means_the_embedded_default() -> None:
     assert parse_config("").namespaces == {"default": DEFAULT_RULES}
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[budgetz]\nx = 1\n", r"llmthrottle.toml:1: budgetz: unknown table"),
-    ("[server]\nsocket = 'a'\nsocket_mode = 'rw'\n", r"llmthrottle.toml:3: server.socket_mode: must be an octal"),
-    ("[server]\nport = 80\n", r"llmthrottle.toml:2: server.port: unknown key"),
-    ("[state]\nkind = 'memcached'\n", r"llmthrottle.toml:2: state.kind: must be one of 'in-process', 'shared', 'redis'"),
-    ("[state]\ncapacity = 0\n", r"llmthrottle.toml:2: state.capacity: must be a positive integer, not 0"),
-    ("[state]\nkind = 'in-process'\ncapacity = 100\n", r'state.capacity: sizes a shared table: it needs kind = "shared"'),
-    ('[limits."*"]\nrequests = "5/fortnight"\n', r'llmthrottle.toml:2: limits."\*".requests: .*fortnight'),
-    ('\n[limits."user:*"]\nrequests = 5\n', r'llmthrottle.toml:3: limits."user:\*".requests: .*requests'),
-    ('[limits."*"]\nrequests = "5/s"\nconcurency = 20\n', r"toml:3: .*concurency.*did you mean 'concurrency'"),
-    ("[server]\nmax_reservation = 5\n", r"toml:2: server.max_reservation: unknown key \(did you mean 'max_reservations'\?\)"),
-    ("[servr]\n", r"servr: unknown table \(did you mean 'server'\?\)"),
-    ("[namespaces.x]\nrequests = '5/s'\n", r"llmthrottle.toml:1: namespaces.x: must hold exactly one table"),
-    ("[access]\nnobody_by_that_name_x = ['*']\n", r"llmthrottle.toml:2: access.nobody_by_that_name_x: no such user"),
-    ("[access]\n1000 = 'user:*'\n", r"access.1000: must be a list of key patterns"),
-    ("[server\n", r"invalid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[budgetz]\nx = 1\n", r"llmthrottle.toml:1: budgetz: unknown table"),
+        ("[server]\nsocket = 'a'\nsocket_mode = 'rw'\n", r"llmthrottle.toml:3: server.socket_mode: must be an octal"),
+        ("[server]\nport = 80\n", r"llmthrottle.toml:2: server.port: unknown key"),
+        (
+            "[state]\nkind = 'memcached'\n",
+            r"llmthrottle.toml:2: state.kind: must be one of 'in-process', 'shared', 'redis'",
+        ),
+        ("[state]\ncapacity = 0\n", r"llmthrottle.toml:2: state.capacity: must be a positive integer, not 0"),
+        (
+            "[state]\nkind = 'in-process'\ncapacity = 100\n",
+            r'state.capacity: sizes a shared table: it needs kind = "shared"',
+        ),
+        ('[limits."*"]\nrequests = "5/fortnight"\n', r'llmthrottle.toml:2: limits."\*".requests: .*fortnight'),
+        ('\n[limits."user:*"]\nrequests = 5\n', r'llmthrottle.toml:3: limits."user:\*".requests: .*requests'),
+        ('[limits."*"]\nrequests = "5/s"\nconcurency = 20\n', r"toml:3: .*concurency.*did you mean 'concurrency'"),
+        (
+            "[server]\nmax_reservation = 5\n",
+            r"toml:2: server.max_reservation: unknown key \(did you mean 'max_reservations'\?\)",
+        ),
+        ("[servr]\n", r"servr: unknown table \(did you mean 'server'\?\)"),
+        ("[namespaces.x]\nrequests = '5/s'\n", r"llmthrottle.toml:1: namespaces.x: must hold exactly one table"),
+        (
+            "[access]\nnobody_by_that_name_x = ['*']\n",
+            r"llmthrottle.toml:2: access.nobody_by_that_name_x: no such user",
+        ),
+        ("[access]\n1000 = 'user:*'\n", r"access.1000: must be a list of key patterns"),
+        ("[server\n", r"invalid TOML"),
+    ],
+)
 def test_config_errors_name_the_key_and_line(text: str, message: str) -> None:
     with pytest.raises(lt.ConfigError, match=message):
         parse_config(text, "llmthrottle.toml")
@@ -152,8 +168,10 @@ def test_usage_that_meets_a_full_table_is_still_recorded(directory: str) -> None
     from llmthrottle.sidecar.service import Service
 
     name = f"lt-full-{os.getpid()}-{time.monotonic_ns()}"
-    config = parse_config(f'[state]\nkind = "shared"\nname = "{name}"\ncapacity = 1\n'
-                          '[limits."*"]\nrequests = "1000/min"\ntokens = "1000/min"\n')
+    config = parse_config(
+        f'[state]\nkind = "shared"\nname = "{name}"\ncapacity = 1\n'
+        '[limits."*"]\nrequests = "1000/min"\ntokens = "1000/min"\n'
+    )
     assert config.state_capacity == 1
     service = Service(config, ledger=Ledger(os.path.join(directory, "ledger")))
     try:
@@ -167,7 +185,9 @@ def test_usage_that_meets_a_full_table_is_still_recorded(directory: str) -> None
             service.commit(reservation_id, {"tokens": 5, "model": "m"})
         assert reservation_id not in service.held  # settled: never committed twice
         records = list(service.ledger.records())
-        assert [(r.model, r.tags["key"], r.tags["usage"]) for r in records] == [("m", "k", {"requests": 1, "tokens": 5})]
+        assert [(r.model, r.tags["key"], r.tags["usage"]) for r in records] == [
+            ("m", "k", {"requests": 1, "tokens": 5})
+        ]
     finally:
         service.close()
         lt.SharedState.remove(name)
@@ -186,8 +206,14 @@ def test_sigterm_under_load_loses_no_ledger_record(directory: str) -> None:
             for i in range(10**9):
                 answer = client.call([i, Op.ACQUIRE, "default", f"tenant:{index}", {}, 0.0])
                 assert answer[1] == OK
-                answer = client.call([i, Op.COMMIT, answer[2][7], {"model": "gpt-4o", "tenant": f"t{index}",
-                                                                   "cost_micros": 7, "input_tokens": 3}])
+                answer = client.call(
+                    [
+                        i,
+                        Op.COMMIT,
+                        answer[2][7],
+                        {"model": "gpt-4o", "tenant": f"t{index}", "cost_micros": 7, "input_tokens": 3},
+                    ]
+                )
                 assert answer[1] == OK
                 acknowledged[index] += 1
         except (EOFError, OSError):
@@ -243,8 +269,9 @@ def test_socket_mode_and_stale_socket(directory: str) -> None:
     server = start_server(directory, "[server]\nsocket_mode = '0600'\n")
     try:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-        second = subprocess.run([sys.executable, "-m", "llmthrottle.sidecar", "--socket", path],
-                                capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            [sys.executable, "-m", "llmthrottle.sidecar", "--socket", path], capture_output=True, text=True, timeout=60
+        )
         assert second.returncode == 1
         assert "another llmthrottle server" in second.stderr or "already answering" in second.stderr
         assert server.http("GET", "/health")[0] == 200, "the first server is untouched"
@@ -257,8 +284,9 @@ def test_refuses_to_replace_a_file_that_is_not_a_socket(directory: str) -> None:
     path = os.path.join(directory, "lt.sock")
     with open(path, "w") as file:
         file.write("precious")
-    result = subprocess.run([sys.executable, "-m", "llmthrottle.sidecar", "--socket", path],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "llmthrottle.sidecar", "--socket", path], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 1 and "is not a socket" in result.stderr
     with open(path) as file:
         assert file.read() == "precious"
@@ -329,9 +357,10 @@ def test_a_reservation_can_be_settled_only_by_the_uid_that_made_it(directory: st
         _, mine = service.acquire("default", "tenant:acme", {"requests": 1}, 0, owner=0)
         assert mine is not None
         # Another uid guesses the id: as if it did not exist, and the reservation is untouched.
-        for settle in (lambda: service.cancel(mine, owner=65534),
-                       lambda: service.commit(mine, {"requests": 5, "cost_micros": 10**6,
-                                                     "tenant": "forged"}, owner=65534)):
+        for settle in (
+            lambda: service.cancel(mine, owner=65534),
+            lambda: service.commit(mine, {"requests": 5, "cost_micros": 10**6, "tenant": "forged"}, owner=65534),
+        ):
             with pytest.raises(ServiceError) as refused:
                 settle()
             assert refused.value.kind == "UnknownReservation"
@@ -344,10 +373,12 @@ def test_a_reservation_can_be_settled_only_by_the_uid_that_made_it(directory: st
         service.close()
 
 
-@pytest.mark.parametrize("usage", [{"cost_micros": 2**63}, {"input_tokens": 10**13},
-                                   {"output_tokens": -1}, {"cost_micros": 1.5}])
+@pytest.mark.parametrize(
+    "usage", [{"cost_micros": 2**63}, {"input_tokens": 10**13}, {"output_tokens": -1}, {"cost_micros": 1.5}]
+)
 def test_a_commit_the_ledger_cannot_hold_is_a_bad_request_and_poisons_nothing(
-        directory: str, usage: dict[str, object]) -> None:
+    directory: str, usage: dict[str, object]
+) -> None:
     ledger_dir = os.path.join(directory, "ledger")
     server = start_server(directory, f'[ledger]\npath = "{ledger_dir}"\n[limits."*"]\nrequests = "1M/s"\n')
     client = RawClient(server.socket)
@@ -365,6 +396,7 @@ def test_a_commit_the_ledger_cannot_hold_is_a_bad_request_and_poisons_nothing(
         returncode = server.stop()
     assert returncode == 0
     from llmthrottle.ledger import Ledger
+
     with Ledger(ledger_dir) as ledger:
         assert (len(ledger), ledger.spend()) == (4, 10)
 
@@ -407,14 +439,18 @@ def test_a_commit_with_a_model_and_tokens_but_no_cost_is_priced(directory: str) 
     config = parse_config('[limits."*"]\nrequests = "1000/min"\n')
     service = Service(config, ledger=Ledger(os.path.join(directory, "ledger")))
     try:
-        for usage in ({"model": "gpt-4o-mini", "input_tokens": 1000, "output_tokens": 100},
-                      {"model": "no-such-model", "input_tokens": 5},
-                      {"model": "gpt-4o-mini", "input_tokens": 1000, "cost_micros": 3}):
+        for usage in (
+            {"model": "gpt-4o-mini", "input_tokens": 1000, "output_tokens": 100},
+            {"model": "no-such-model", "input_tokens": 5},
+            {"model": "gpt-4o-mini", "input_tokens": 1000, "cost_micros": 3},
+        ):
             _, reservation_id = service.acquire("default", "tenant:acme", {"requests": 1}, 0)
             service.commit(reservation_id, usage)
         service.ledger.flush()
         priced, unknown, given = service.ledger.records()
-        assert priced.cost_micros == lt.cost("gpt-4o-mini", {"prompt_tokens": 1000, "completion_tokens": 100}).total_micros
+        assert (
+            priced.cost_micros == lt.cost("gpt-4o-mini", {"prompt_tokens": 1000, "completion_tokens": 100}).total_micros
+        )
         assert priced.cost_micros == 210 and "unpriced" not in priced.tags
         assert (unknown.cost_micros, unknown.tags["unpriced"]) == (0, True)
         assert given.cost_micros == 3  # a cost the caller gives is recorded as given
@@ -432,7 +468,9 @@ def test_one_uid_cannot_hold_every_reservation(directory: str) -> None:
         with pytest.raises(ServiceError) as refused:
             service.acquire("default", "public:x", {"requests": 1}, 0, owner=65534)
         assert refused.value.kind == "Overloaded" and "max_reservations_per_uid" in str(refused.value)
-        assert service.acquire("default", "tenant:acme", {"requests": 1}, 0, owner=0)[1] is not None  # others still get in
+        assert (
+            service.acquire("default", "tenant:acme", {"requests": 1}, 0, owner=0)[1] is not None
+        )  # others still get in
         service.cancel(mine[0], owner=65534)
         assert service.acquire("default", "public:y", {"requests": 1}, 0, owner=65534)[1] is not None
     finally:
@@ -451,8 +489,9 @@ def test_serve_prints_the_socket_it_would_use(directory: str) -> None:
     command = [sys.executable, "-m", "llmthrottle.cli", "serve", "--print-socket"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=directory, timeout=60)
     assert (done.returncode, done.stdout.strip()) == (0, f"/tmp/llmthrottle-{os.getuid()}.sock")
-    done = subprocess.run([*command, "--socket", "/run/x/lt.sock"], capture_output=True, text=True, env=env,
-                          cwd=directory, timeout=60)
+    done = subprocess.run(
+        [*command, "--socket", "/run/x/lt.sock"], capture_output=True, text=True, env=env, cwd=directory, timeout=60
+    )
     assert done.stdout.strip() == "/run/x/lt.sock"
 
 
@@ -460,8 +499,9 @@ def test_metrics_count_what_the_ledger_quarantined(directory: str) -> None:
     from llmthrottle.ledger import Ledger
     from llmthrottle.sidecar.service import Service
 
-    service = Service(parse_config('[limits."*"]\nrequests = "1000/min"\n'),
-                      ledger=Ledger(os.path.join(directory, "ledger")))
+    service = Service(
+        parse_config('[limits."*"]\nrequests = "1000/min"\n'), ledger=Ledger(os.path.join(directory, "ledger"))
+    )
     try:
         assert "llmthrottle_ledger_quarantined_total 0" in service.metrics.render()
         service.ledger.quarantine.add("record", "test", b"{}")

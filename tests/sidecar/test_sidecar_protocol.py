@@ -8,9 +8,9 @@ import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sidecar_helpers import RawClient, ServerProcess, unique
 
 from llmthrottle.sidecar.protocol import ERROR, OK, FrameDecoder, FrameError, Op, decode_payload, encode_frame
-from sidecar_helpers import RawClient, ServerProcess, unique
 
 
 @given(st.lists(st.lists(st.integers(-(2**63), 2**64 - 1), max_size=5), min_size=1, max_size=8), st.data())
@@ -95,12 +95,14 @@ def test_errors_keep_the_connection_open(sidecar_server: ServerProcess) -> None:
         assert client.call([4, Op.ACQUIRE, "default", 5, {}, 0.0])[2][0] == "TypeError"
         assert client.call([5, Op.ACQUIRE, "default", "k", [], 0.0])[2][0] == "BadRequest"
         assert client.call([6, Op.ACQUIRE, "default", "k", {"tokens": "many"}, 0.0])[2][0] == "TypeError"
-        assert client.call([7, Op.ACQUIRE, "default", "", {}, 0.0])[2][0] == "ValueError"
-        assert client.call([8, Op.ACQUIRE, "default", "k", {"tokens": -1}, 0.0])[2][0] == "ValueError"
+        assert client.call([7, Op.ACQUIRE, "default", "", {}, 0.0])[2][0] == "InvalidInput"
+        assert client.call([8, Op.ACQUIRE, "default", "k", {"tokens": -1}, 0.0])[2][0] == "InvalidInput"
         assert client.call([9, Op.ACQUIRE, "default", "k", {}, "soon"])[2][0] == "TypeError"
         assert client.call([10, Op.COMMIT, "not-an-id", {}])[2][0] == "UnknownReservation"
-        assert client.call(["x", "y"])[1:3] == [ERROR, ["BadRequest", "a request is [request_id, op, *args] "
-                                                                      "with an integer op"]]
+        assert client.call(["x", "y"])[1:3] == [
+            ERROR,
+            ["BadRequest", "a request is [request_id, op, *args] with an integer op"],
+        ]
         assert client.call([11, Op.PING]) == [11, OK, None]
     finally:
         client.close()
@@ -113,8 +115,12 @@ def test_hello_status_and_register(sidecar_server: ServerProcess) -> None:
         assert hello["server"] == "llmthrottle"
         namespace = unique("ns")
         registered = client.call([2, Op.REGISTER, namespace, {"tokens": "10/h"}, None])[2]
-        assert registered == {"rules": {"*": {"tokens": "10/h"}}, "dimensions": ["tokens"], "budgets": [],
-                              "source": "client"}
+        assert registered == {
+            "rules": {"*": {"tokens": "10/h"}},
+            "dimensions": ["tokens"],
+            "budgets": [],
+            "source": "client",
+        }
         status = client.call([3, Op.STATUS, namespace, "k"])[2]
         assert status[0][:4] == ["tokens", "rate", 10, 0]
     finally:

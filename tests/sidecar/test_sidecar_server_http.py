@@ -21,8 +21,9 @@ def test_acquire_commit_and_status(sidecar_server: ServerProcess) -> None:
     assert decision["allowed"] is True
     assert decision["reserved"] == {"requests": 1, "tokens": 1200, "concurrency": 1}
     assert isinstance(decision["reservation_id"], int)
-    status, _, body = sidecar_server.http("POST", "/v1/commit", {"reservation_id": decision["reservation_id"],
-                                                                 "usage": {"tokens": 900}})
+    status, _, body = sidecar_server.http(
+        "POST", "/v1/commit", {"reservation_id": decision["reservation_id"], "usage": {"tokens": 900}}
+    )
     assert (status, body) == (200, {"ok": True})
     status, _, body = sidecar_server.http("GET", f"/v1/status?key={key}")
     assert status == 200
@@ -33,13 +34,15 @@ def test_acquire_commit_and_status(sidecar_server: ServerProcess) -> None:
 
 def test_cancel_refunds(sidecar_server: ServerProcess) -> None:
     key = unique()
-    _, _, decision = sidecar_server.http("POST", "/v1/acquire", {"namespace": "tight", "key": key,
-                                                                 "amounts": {"tokens": 1000}})
+    _, _, decision = sidecar_server.http(
+        "POST", "/v1/acquire", {"namespace": "tight", "key": key, "amounts": {"tokens": 1000}}
+    )
     assert decision["allowed"]
     status, _, _ = sidecar_server.http("POST", "/v1/cancel", {"reservation_id": decision["reservation_id"]})
     assert status == 200
-    _, _, again = sidecar_server.http("POST", "/v1/acquire", {"namespace": "tight", "key": key,
-                                                              "amounts": {"tokens": 1000}})
+    _, _, again = sidecar_server.http(
+        "POST", "/v1/acquire", {"namespace": "tight", "key": key, "amounts": {"tokens": 1000}}
+    )
     assert again["allowed"], "the cancelled 1000 tokens were refunded"
     sidecar_server.http("POST", "/v1/cancel", {"reservation_id": again["reservation_id"]})
 
@@ -74,7 +77,7 @@ def test_errors_are_json_with_status_codes(sidecar_server: ServerProcess) -> Non
     status, _, body = http("POST", "/v1/acquire", {"namespace": "tight", "key": "a", "amounts": {"tokens": 10**6}})
     assert (status, body["error"]) == (422, "ExceedsCapacity")
     status, _, body = http("POST", "/v1/acquire", {"key": "a", "amounts": {"tokens": -1}})
-    assert (status, body["error"]) == (400, "ValueError")
+    assert (status, body["error"]) == (400, "InvalidInput")
     status, _, body = http("POST", "/v1/acquire", {"key": 5})
     assert (status, body["error"]) == (400, "BadRequest")
     assert "key" in body["message"]
@@ -94,21 +97,24 @@ def test_errors_are_json_with_status_codes(sidecar_server: ServerProcess) -> Non
 
 def test_register_a_namespace_then_use_it(sidecar_server: ServerProcess) -> None:
     namespace = unique("ns")
-    status, _, body = sidecar_server.http("POST", "/v1/register", {"namespace": namespace,
-                                                                   "limits": {"requests": "2/h"}})
+    status, _, body = sidecar_server.http(
+        "POST", "/v1/register", {"namespace": namespace, "limits": {"requests": "2/h"}}
+    )
     assert status == 200
     assert body["source"] == "client"
     assert body["dimensions"] == ["requests"]
     results = [sidecar_server.http("POST", "/v1/acquire", {"namespace": namespace, "key": "k"})[0] for _ in range(3)]
     assert results == [200, 200, 429]
-    status, _, body = sidecar_server.http("POST", "/v1/register", {"namespace": namespace,
-                                                                   "limits": {"requests": "nonsense"}})
+    status, _, body = sidecar_server.http(
+        "POST", "/v1/register", {"namespace": namespace, "limits": {"requests": "nonsense"}}
+    )
     assert (status, body["error"]) == (400, "ConfigError")
 
 
 def test_file_namespace_ignores_registrations(sidecar_server: ServerProcess) -> None:
-    status, _, body = sidecar_server.http("POST", "/v1/register", {"namespace": "tight",
-                                                                   "limits": {"requests": "1000/s"}})
+    status, _, body = sidecar_server.http(
+        "POST", "/v1/register", {"namespace": "tight", "limits": {"requests": "1000/s"}}
+    )
     assert status == 200
     assert body["source"] == "file"
     assert body["rules"]["*"]["requests"] == "5/h"
@@ -119,7 +125,7 @@ def test_metrics_exposition(sidecar_server: ServerProcess) -> None:
     status, headers, text = sidecar_server.http("GET", "/metrics")
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain")
-    assert '# TYPE llmthrottle_decisions_total counter' in text
+    assert "# TYPE llmthrottle_decisions_total counter" in text
     assert 'llmthrottle_decisions_total{namespace="default",outcome="allowed"}' in text
     assert 'llmthrottle_request_seconds_bucket{protocol="http",op="acquire",le="+Inf"}' in text
     assert "llmthrottle_reservations_held" in text

@@ -3,12 +3,12 @@
 use llmthrottle_core::{
     units_per_api_unit, LimitKind, LimitSpec, Period, PolicySpec, QuotaParams, Rate, RateParams, RuleSpec,
 };
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PyString, PyTuple};
 use smallvec::SmallVec;
 
-use crate::errors::{to_py, ConfigError};
+use crate::errors::{to_py, ConfigError, InvalidInput};
 
 /// Largest amount accepted in one call (keeps every product with an interval inside u64).
 pub const MAX_AMOUNT: u64 = 1 << 53;
@@ -56,15 +56,15 @@ fn amount_slow(value: &Bound<'_, PyAny>, dimension: &str, scale: u64) -> PyResul
     if let Ok(int) = value.cast::<PyInt>() {
         let n: i128 = int
             .extract()
-            .map_err(|_| PyValueError::new_err(format!("{dimension} is too large")))?;
+            .map_err(|_| InvalidInput::new_err(format!("{dimension} is too large")))?;
         if n < 0 {
-            return Err(PyValueError::new_err(format!(
+            return Err(InvalidInput::new_err(format!(
                 "{dimension} must not be negative (got {n})"
             )));
         }
         let scaled = (n as u128).saturating_mul(scale as u128);
         if scaled > MAX_AMOUNT as u128 {
-            return Err(PyValueError::new_err(format!(
+            return Err(InvalidInput::new_err(format!(
                 "{dimension}={n} is too large (at most {})",
                 MAX_AMOUNT / scale
             )));
@@ -75,13 +75,13 @@ fn amount_slow(value: &Bound<'_, PyAny>, dimension: &str, scale: u64) -> PyResul
         if let Ok(float) = value.cast::<PyFloat>() {
             let x = float.value();
             if !x.is_finite() || x < 0.0 {
-                return Err(PyValueError::new_err(format!(
+                return Err(InvalidInput::new_err(format!(
                     "{dimension} must be a finite, non-negative number of dollars (got {x})"
                 )));
             }
             let scaled = micro_units(x, scale);
             if scaled > MAX_AMOUNT as f64 {
-                return Err(PyValueError::new_err(format!("{dimension}={x} is too large")));
+                return Err(InvalidInput::new_err(format!("{dimension}={x} is too large")));
             }
             return Ok(scaled as u64);
         }
@@ -96,7 +96,7 @@ fn amount_slow(value: &Bound<'_, PyAny>, dimension: &str, scale: u64) -> PyResul
 /// Seconds as a non-negative float (or int) to nanoseconds; `inf` saturates.
 pub fn seconds_to_ns(seconds: f64, what: &str) -> PyResult<u64> {
     if seconds.is_nan() || seconds < 0.0 {
-        return Err(PyValueError::new_err(format!(
+        return Err(InvalidInput::new_err(format!(
             "{what} must be a non-negative number of seconds (got {seconds})"
         )));
     }
@@ -217,7 +217,7 @@ fn limit_kind(
         "quota" => {
             let limit = amount(a, dimension)?;
             if limit == 0 || limit > llmthrottle_core::quota::MAX_QUOTA {
-                return Err(PyValueError::new_err(format!(
+                return Err(InvalidInput::new_err(format!(
                     "quota must be between 1 and {}",
                     llmthrottle_core::quota::MAX_QUOTA as f64 / scale
                 )));
@@ -229,7 +229,7 @@ fn limit_kind(
                 period,
             }))
         }
-        other => Err(PyValueError::new_err(format!(
+        other => Err(InvalidInput::new_err(format!(
             "unknown limit kind {other:?} (rate, concurrency or quota)"
         ))),
     }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use llmthrottle_core::{units_per_api_unit, Decision as CoreDecision};
-use pyo3::exceptions::PyValueError;
+
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use smallvec::SmallVec;
@@ -13,7 +13,7 @@ use crate::convert;
 
 /// The dimension of concurrency caps: an acquire holds one slot of it, never more.
 const CONCURRENCY: &str = "concurrency";
-use crate::errors::{guard, to_py};
+use crate::errors::{guard, to_py, InvalidInput};
 use crate::limiter::Limiter;
 use crate::state::{dispatch, AnyEngine, AnyReservation};
 
@@ -47,7 +47,7 @@ impl Dimensions {
         };
         let amount = convert::amount(value, name)?;
         if name == CONCURRENCY && amount != 1 {
-            return Err(PyValueError::new_err(format!(
+            return Err(InvalidInput::new_err(format!(
                 "concurrency={amount}: a concurrency cap counts calls in flight, and each admitted call \
                  holds exactly one slot until commit or cancel; leave concurrency= out (or pass 1)"
             )));
@@ -294,7 +294,7 @@ impl Reservation {
 }
 
 pub fn unknown_dimension(name: &str, dimensions: &Dimensions) -> PyErr {
-    pyo3::exceptions::PyValueError::new_err(format!(
+    crate::errors::InvalidInput::new_err(format!(
         "unknown dimension '{name}': this limiter limits {}",
         dimensions
             .names

@@ -3,6 +3,9 @@
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple, PyType};
+use pyo3::PyErrArguments;
 
 create_exception!(
     llmthrottle,
@@ -18,21 +21,9 @@ create_exception!(
 );
 create_exception!(
     llmthrottle,
-    ExceedsCapacity,
-    PyValueError,
-    "The request can never be admitted: it asks for more than a limit's burst allows."
-);
-create_exception!(
-    llmthrottle,
     BudgetExceeded,
     LlmthrottleError,
     "A spending budget has no room for the call's worst-case cost."
-);
-create_exception!(
-    llmthrottle,
-    ConfigError,
-    PyValueError,
-    "A limit, rate string, budget or policy file is malformed."
 );
 create_exception!(
     llmthrottle,
@@ -41,16 +32,59 @@ create_exception!(
     "The limiter state store cannot be used (full table, foreign or incompatible file, I/O error)."
 );
 
+/// Declares an exception class that is both a `LlmthrottleError` (for callers that catch
+/// everything the library raises) and a `ValueError` (for callers that validate input).
+/// `create_exception!` takes one base, so the class is made by calling `type(name, bases,
+/// namespace)` once, and kept.
+macro_rules! value_error {
+    ($name:ident, $doc:literal) => {
+        #[doc = $doc]
+        pub struct $name;
+
+        impl $name {
+            pub fn type_object(py: Python<'_>) -> &Bound<'_, PyType> {
+                static TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+                TYPE.get_or_init(py, || {
+                    make_value_error(py, stringify!($name), $doc).expect("creating an exception class")
+                })
+                .bind(py)
+            }
+
+            pub fn new_err<A: PyErrArguments + Send + Sync + 'static>(args: A) -> PyErr {
+                Python::attach(|py| PyErr::from_type(Self::type_object(py).clone(), args))
+            }
+        }
+    };
+}
+
+value_error!(
+    ExceedsCapacity,
+    "The request can never be admitted: it asks for more than a limit's burst allows."
+);
+value_error!(ConfigError, "A limit, rate string, budget or policy file is malformed.");
+value_error!(
+    InvalidInput,
+    "An argument is out of range: negative, NaN, infinite, too large, or an empty or oversized key."
+);
+
+fn make_value_error(py: Python<'_>, name: &str, doc: &str) -> PyResult<Py<PyType>> {
+    let bases = PyTuple::new(py, [py.get_type::<LlmthrottleError>(), py.get_type::<PyValueError>()])?;
+    let namespace = PyDict::new(py);
+    namespace.set_item("__module__", "llmthrottle")?;
+    namespace.set_item("__doc__", doc)?;
+    let class = py.get_type::<PyType>().call1((name, bases, namespace))?;
+    Ok(class.cast_into::<PyType>()?.unbind())
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("LlmthrottleError", py.get_type::<LlmthrottleError>())?;
     m.add("RateLimited", py.get_type::<RateLimited>())?;
-    m.add("ExceedsCapacity", py.get_type::<ExceedsCapacity>())?;
+    m.add("ExceedsCapacity", ExceedsCapacity::type_object(py))?;
     m.add("BudgetExceeded", py.get_type::<BudgetExceeded>())?;
-    m.add("ConfigError", py.get_type::<ConfigError>())?;
+    m.add("ConfigError", ConfigError::type_object(py))?;
+    m.add("InvalidInput", InvalidInput::type_object(py))?;
     m.add("StateError", py.get_type::<StateError>())?;
-    // ExceedsCapacity and ConfigError are ValueErrors for callers that validate input, and
-    // llmthrottle errors for callers that catch everything the library raises.
     Ok(())
 }
 
@@ -59,7 +93,7 @@ pub fn to_py(error: llmthrottle_core::CoreError) -> PyErr {
     use llmthrottle_core::CoreError;
     match error {
         CoreError::Config(message) => ConfigError::new_err(message),
-        CoreError::InvalidInput(message) => PyValueError::new_err(message),
+        CoreError::InvalidInput(message) => InvalidInput::new_err(message),
         CoreError::ExceedsCapacity {
             ref key,
             ref dimension,

@@ -9,13 +9,13 @@ use std::borrow::Cow;
 
 use std::path::PathBuf;
 
-use pyo3::exceptions::{PyOSError, PyTypeError, PyUnicodeDecodeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyTypeError, PyUnicodeDecodeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyType};
 
 use llmthrottle_tokens::{estimator_features, get_encoding, TokenError, Tokenizer, FEATURE_NAMES};
 
-use crate::errors::ConfigError;
+use crate::errors::{ConfigError, InvalidInput};
 
 /// Below this many bytes, releasing and retaking the GIL costs more than the counting.
 const DETACH_MIN_BYTES: usize = 4096;
@@ -41,7 +41,7 @@ fn to_py_error(err: TokenError) -> PyErr {
         | TokenError::InvalidTokenizer { .. }
         | TokenError::TooLarge { .. }
         | TokenError::ReservedName(_) => ConfigError::new_err(err.to_string()),
-        TokenError::UnknownToken(_) | TokenError::Encode(_) => PyValueError::new_err(err.to_string()),
+        TokenError::UnknownToken(_) | TokenError::Encode(_) => InvalidInput::new_err(err.to_string()),
     }
 }
 

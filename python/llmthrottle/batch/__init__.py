@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, Optional, ParamSpec, TypeVar, Union
+from typing import Any, ParamSpec, TypeVar
 
 from .checkpoint import JobDirectory
 from .forecast import Forecast, forecast
@@ -24,23 +24,51 @@ from .rows import BuildRequest, Row, read_rows
 from .runner import OUTPUT_COLUMNS, BatchResult, ParseReply, Runner
 from .spec import JobSpec, Provider
 
-__all__ = ["OUTPUT_COLUMNS", "BatchResult", "Forecast", "JobSpec", "Row", "plan", "read_rows", "resume",
-           "resume_async", "run", "run_async"]
+__all__ = [
+    "OUTPUT_COLUMNS",
+    "BatchResult",
+    "Forecast",
+    "JobSpec",
+    "Row",
+    "plan",
+    "read_rows",
+    "resume",
+    "resume_async",
+    "run",
+    "run_async",
+]
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 def default_job_dir(output: PathLike) -> Path:
     return Path(f"{output}.job")
 
 
-async def run_async(input: PathLike, output: PathLike, *, model: str, provider: Provider = "openai",
-                    template: Optional[str] = None, system: Optional[str] = None, max_tokens: int = 256,
-                    base_url: Optional[str] = None, rpm: Optional[int] = None, tpm: Optional[int] = None,
-                    max_cost_usd: Optional[float] = None, expected_output_tokens: Optional[int] = None,
-                    concurrency: int = 16, job_dir: Optional[PathLike] = None, client: Any = None,
-                    build: Optional[BuildRequest] = None, parse: Optional[ParseReply] = None, state: Any = None,
-                    progress: bool = True, checkpoint_rows: int = 100, checkpoint_s: float = 5.0) -> BatchResult:
+async def run_async(
+    input: PathLike,
+    output: PathLike,
+    *,
+    model: str,
+    provider: Provider = "openai",
+    template: str | None = None,
+    system: str | None = None,
+    max_tokens: int = 256,
+    base_url: str | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    max_cost_usd: float | None = None,
+    expected_output_tokens: int | None = None,
+    concurrency: int = 16,
+    job_dir: PathLike | None = None,
+    client: Any = None,
+    build: BuildRequest | None = None,
+    parse: ParseReply | None = None,
+    state: Any = None,
+    progress: bool = True,
+    checkpoint_rows: int = 100,
+    checkpoint_s: float = 5.0,
+) -> BatchResult:
     """Runs a new job (see `JobSpec` for the options) and returns how it ended.
 
     `client` is an async SDK client to use (`openai.AsyncOpenAI`, `anthropic.AsyncAnthropic`;
@@ -49,23 +77,45 @@ async def run_async(input: PathLike, output: PathLike, *, model: str, provider: 
     template, `parse(reply) -> value` its result instead of the reply's text. `state` shares the
     job's limits with other processes (`lt.SharedState`). Raises `BudgetExceeded` before
     anything is sent when the expected cost passes `max_cost_usd`."""
-    spec = JobSpec(input=str(input), output=str(output), model=model, provider=provider, template=template,
-                   system=system, max_tokens=max_tokens, base_url=base_url, rpm=rpm, tpm=tpm,
-                   max_cost_usd=max_cost_usd, expected_output_tokens=expected_output_tokens,
-                   concurrency=concurrency, checkpoint_rows=checkpoint_rows, checkpoint_s=checkpoint_s)
+    spec = JobSpec(
+        input=str(input),
+        output=str(output),
+        model=model,
+        provider=provider,
+        template=template,
+        system=system,
+        max_tokens=max_tokens,
+        base_url=base_url,
+        rpm=rpm,
+        tpm=tpm,
+        max_cost_usd=max_cost_usd,
+        expected_output_tokens=expected_output_tokens,
+        concurrency=concurrency,
+        checkpoint_rows=checkpoint_rows,
+        checkpoint_s=checkpoint_s,
+    )
     if not Path(spec.input).is_file():
         raise FileNotFoundError(f"batch input {spec.input!r} does not exist")
     directory = JobDirectory.create(Path(job_dir) if job_dir is not None else default_job_dir(output), spec)
     try:
-        return await Runner(directory, client=client, build=build, parse=parse, state=state,
-                            show_progress=progress).run()
+        return await Runner(
+            directory, client=client, build=build, parse=parse, state=state, show_progress=progress
+        ).run()
     finally:
         directory.close()
 
 
-async def resume_async(job_dir: PathLike, *, retry_failed: bool = False, max_cost_usd: Optional[float] = None,
-                       client: Any = None, build: Optional[BuildRequest] = None, parse: Optional[ParseReply] = None,
-                       state: Any = None, progress: bool = True) -> BatchResult:
+async def resume_async(
+    job_dir: PathLike,
+    *,
+    retry_failed: bool = False,
+    max_cost_usd: float | None = None,
+    client: Any = None,
+    build: BuildRequest | None = None,
+    parse: ParseReply | None = None,
+    state: Any = None,
+    progress: bool = True,
+) -> BatchResult:
     """Finishes the job in `job_dir`: the rows without a result (and with `retry_failed`, the
     failed ones) run, and the output is written again with every row once. `max_cost_usd`
     replaces the job's cap; `build` and `parse` must be given again if the job used them."""
@@ -73,8 +123,15 @@ async def resume_async(job_dir: PathLike, *, retry_failed: bool = False, max_cos
     try:
         if max_cost_usd is not None:
             directory.spec = directory.spec.replace(max_cost_usd=max_cost_usd)
-        return await Runner(directory, client=client, build=build, parse=parse, state=state,
-                            retry_failed=retry_failed, show_progress=progress).run()
+        return await Runner(
+            directory,
+            client=client,
+            build=build,
+            parse=parse,
+            state=state,
+            retry_failed=retry_failed,
+            show_progress=progress,
+        ).run()
     finally:
         directory.close()
 
@@ -96,6 +153,6 @@ run = _blocking(run_async)
 resume = _blocking(resume_async)
 
 
-def plan(spec: JobSpec, build: Optional[BuildRequest] = None) -> Forecast:
+def plan(spec: JobSpec, build: BuildRequest | None = None) -> Forecast:
     """The forecast of a job before it runs (every row counted exactly, nothing sent)."""
     return forecast(spec, read_rows(spec, build))

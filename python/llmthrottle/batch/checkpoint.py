@@ -33,33 +33,36 @@ __all__ = ["JobDirectory", "write_atomically"]
 class JobDirectory:
     """An open job directory (see the module docstring); `results` maps row index to its line."""
 
-    def __init__(self, path: Path, spec: JobSpec, results: dict[int, dict[str, Any]], spent_micros: int,
-                 lock: int) -> None:
+    def __init__(
+        self, path: Path, spec: JobSpec, results: dict[int, dict[str, Any]], spent_micros: int, lock: int
+    ) -> None:
         self.path = path
         self.spec = spec
         self.results = results
         self.spent_micros = spent_micros  # every line's calls, a retried row's earlier lines too
         self._lock = lock
-        self._file = open(path / "results.jsonl", "ab", buffering=0)  # noqa: SIM115 - closed by close()
+        self._file = open(path / "results.jsonl", "ab", buffering=0)
         self._since_checkpoint = 0
         self._checkpoint_at = time.monotonic()
 
     # ------------------------------------------------------------------ opening
 
     @classmethod
-    def create(cls, path: Path, spec: JobSpec) -> "JobDirectory":
+    def create(cls, path: Path, spec: JobSpec) -> JobDirectory:
         """A new job at `path` (empty or absent); an existing job there is a `ConfigError`."""
         path.mkdir(parents=True, exist_ok=True)
         if (path / "job.json").exists():
-            raise ConfigError(f"{path} already holds a job: resume it (llmthrottle batch resume {path}), "
-                              "or choose another job directory")
+            raise ConfigError(
+                f"{path} already holds a job: resume it (llmthrottle batch resume {path}), "
+                "or choose another job directory"
+            )
         lock = _lock(path)
         write_atomically(path / "job.json", spec.to_json())
         (path / "results.jsonl").touch()
         return cls(path, spec, {}, 0, lock)
 
     @classmethod
-    def open(cls, path: Path) -> "JobDirectory":
+    def open(cls, path: Path) -> JobDirectory:
         """The job at `path`, with the results it holds (a partial last line cut off)."""
         try:
             text = (path / "job.json").read_text()
@@ -83,14 +86,20 @@ class JobDirectory:
         self.results[int(result["row"])] = result
         self.spent_micros += int(result.get("cost_micros") or 0)
         self._since_checkpoint += 1
-        if (self._since_checkpoint >= self.spec.checkpoint_rows
-                or time.monotonic() - self._checkpoint_at >= self.spec.checkpoint_s):
+        if (
+            self._since_checkpoint >= self.spec.checkpoint_rows
+            or time.monotonic() - self._checkpoint_at >= self.spec.checkpoint_s
+        ):
             self.checkpoint()
 
     def checkpoint(self) -> None:
         os.fsync(self._file.fileno())
-        summary = {"rows_done": len(self.results), "spent_micros": self.spent_micros, "at": time.time(),
-                   "results_bytes": self._file.tell()}
+        summary = {
+            "rows_done": len(self.results),
+            "spent_micros": self.spent_micros,
+            "at": time.time(),
+            "results_bytes": self._file.tell(),
+        }
         write_atomically(self.path / "checkpoint.json", json.dumps(summary))
         self._since_checkpoint = 0
         self._checkpoint_at = time.monotonic()

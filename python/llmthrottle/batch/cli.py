@@ -28,8 +28,11 @@ def _job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rpm", type=int, help="the provider's requests per minute, when known")
     parser.add_argument("--tpm", type=int, help="the provider's tokens per minute, when known")
     parser.add_argument("--max-cost", type=float, help="refuse the job above this expected cost, stop it at this spend")
-    parser.add_argument("--expected-output-tokens", type=int,
-                        help="the reply length the forecast expects (default: half of --max-tokens)")
+    parser.add_argument(
+        "--expected-output-tokens",
+        type=int,
+        help="the reply length the forecast expects (default: half of --max-tokens)",
+    )
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -51,22 +54,39 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .._native import LlmthrottleError
-    from . import JobSpec, plan, resume, run as run_job
+    from . import JobSpec, plan, resume
+    from . import run as run_job
 
     try:
         if args.batch_command == "resume":
-            result = resume(args.job_dir, retry_failed=args.retry_failed, max_cost_usd=args.max_cost,
-                            progress=not args.no_progress)
+            result = resume(
+                args.job_dir, retry_failed=args.retry_failed, max_cost_usd=args.max_cost, progress=not args.no_progress
+            )
         else:
             template = args.template_file.read_text() if args.template_file else args.template
-            options = dict(model=args.model, provider=args.provider, template=template, system=args.system,
-                           max_tokens=args.max_tokens, base_url=args.base_url, rpm=args.rpm, tpm=args.tpm,
-                           max_cost_usd=args.max_cost, expected_output_tokens=args.expected_output_tokens)
+            options = dict(
+                model=args.model,
+                provider=args.provider,
+                template=template,
+                system=args.system,
+                max_tokens=args.max_tokens,
+                base_url=args.base_url,
+                rpm=args.rpm,
+                tpm=args.tpm,
+                max_cost_usd=args.max_cost,
+                expected_output_tokens=args.expected_output_tokens,
+            )
             if args.batch_command == "forecast":
                 print(plan(JobSpec(input=args.input, output="forecast.jsonl", **options)).describe())
                 return 0
-            result = run_job(args.input, args.output, **options, concurrency=args.concurrency,
-                             job_dir=args.job_dir, progress=not args.no_progress)
+            result = run_job(
+                args.input,
+                args.output,
+                **options,
+                concurrency=args.concurrency,
+                job_dir=args.job_dir,
+                progress=not args.no_progress,
+            )
     except (LlmthrottleError, ValueError, OSError) as error:
         print(f"llmthrottle batch: {error}", file=sys.stderr)
         return 1

@@ -10,7 +10,6 @@ provider), at most once per round of calls, and grows back by one per round of c
 from __future__ import annotations
 
 import asyncio
-from typing import Optional
 
 __all__ = ["AdaptiveConcurrency"]
 
@@ -23,8 +22,8 @@ class AdaptiveConcurrency:
         self.limit = ceiling
         self.in_flight = 0
         self._changed = asyncio.Condition()
-        self._fastest_s: Optional[float] = None
-        self._average_s: Optional[float] = None
+        self._fastest_s: float | None = None
+        self._average_s: float | None = None
         self._clean_in_round = 0
         self._quiet_for = 0  # calls to let by after a decrease before another
 
@@ -33,7 +32,7 @@ class AdaptiveConcurrency:
             await self._changed.wait_for(lambda: self.in_flight < self.limit)
             self.in_flight += 1
 
-    async def release(self, attempts: int, service_s: Optional[float]) -> None:
+    async def release(self, attempts: int, service_s: float | None) -> None:
         """A call ended after `attempts` attempts, `service_s` seconds of it at the provider
         (None: it failed without an answer to time)."""
         async with self._changed:
@@ -41,7 +40,7 @@ class AdaptiveConcurrency:
             self._observe(attempts, service_s)
             self._changed.notify_all()
 
-    def _observe(self, attempts: int, service_s: Optional[float]) -> None:
+    def _observe(self, attempts: int, service_s: float | None) -> None:
         slow = False
         if service_s is not None and service_s > 0:
             self._fastest_s = service_s if self._fastest_s is None else min(self._fastest_s, service_s)

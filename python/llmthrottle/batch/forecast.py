@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Optional
 
 from ..pricing import PriceTable, TokenUsage
 from ..report.model import format_usd
@@ -42,18 +41,24 @@ class Forecast:
     least_micros: int
     expected_micros: int
     most_micros: int
-    seconds: Optional[float]
+    seconds: float | None
 
     def describe(self) -> str:
-        time = "unknown until the provider announces its limits (or pass rpm/tpm)" if self.seconds is None \
+        time = (
+            "unknown until the provider announces its limits (or pass rpm/tpm)"
+            if self.seconds is None
             else _duration(self.seconds)
-        return (f"{self.requests} requests ({self.bad_rows} bad rows of {self.rows}), {self.input_tokens} input tokens; "
-                f"cost {usd(self.least_micros)} least, {usd(self.expected_micros)} expected, "
-                f"{usd(self.most_micros)} most; time {time}")
+        )
+        return (
+            f"{self.requests} requests ({self.bad_rows} bad rows of {self.rows}), {self.input_tokens} input tokens; "
+            f"cost {usd(self.least_micros)} least, {usd(self.expected_micros)} expected, "
+            f"{usd(self.most_micros)} most; time {time}"
+        )
 
 
-def forecast(spec: JobSpec, rows: Iterable[Row], *, expected_output_tokens: Optional[int] = None,
-             prices: Optional[PriceTable] = None) -> Forecast:
+def forecast(
+    spec: JobSpec, rows: Iterable[Row], *, expected_output_tokens: int | None = None, prices: PriceTable | None = None
+) -> Forecast:
     """The forecast of `rows` (those of `spec`'s input still to do). `expected_output_tokens`
     overrides the spec's (a resumed job passes what its finished rows returned)."""
     table = prices or PriceTable.default()
@@ -77,8 +82,18 @@ def forecast(spec: JobSpec, rows: Iterable[Row], *, expected_output_tokens: Opti
         expected += _price(table, row_model, spec, row.input_tokens, row_expected)
         most += _price(table, row_model, spec, row.input_tokens, row.max_output_tokens)
         counted_tokens += row.input_tokens + (row.max_output_tokens if spec.provider == "openai" else row_expected)
-    return Forecast(count, bad, requests, input_tokens, max_output, expected_output, least, expected, most,
-                    _seconds(spec, requests, counted_tokens))
+    return Forecast(
+        count,
+        bad,
+        requests,
+        input_tokens,
+        max_output,
+        expected_output,
+        least,
+        expected,
+        most,
+        _seconds(spec, requests, counted_tokens),
+    )
 
 
 def _price(table: PriceTable, model: str, spec: JobSpec, input_tokens: int, output_tokens: int) -> int:
@@ -86,7 +101,7 @@ def _price(table: PriceTable, model: str, spec: JobSpec, input_tokens: int, outp
     return table.cost(model, usage, spec.provider).total_micros
 
 
-def _seconds(spec: JobSpec, requests: int, tokens: int) -> Optional[float]:
+def _seconds(spec: JobSpec, requests: int, tokens: int) -> float | None:
     """Minutes the limits need beyond their first full minute (a limit admits its whole quota at
     once, then its rate), in seconds; None when no limit is known."""
     if spec.rpm is None and spec.tpm is None:

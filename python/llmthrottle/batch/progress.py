@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Optional, TextIO
+from typing import TextIO
 
 from .forecast import usd
 
@@ -18,8 +18,15 @@ __all__ = ["Progress"]
 class Progress:
     """Counts of a running job and their display (see the module docstring)."""
 
-    def __init__(self, total: int, *, done: int = 0, stream: Optional[TextIO] = None, enabled: bool = True,
-                 every_s: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        total: int,
+        *,
+        done: int = 0,
+        stream: TextIO | None = None,
+        enabled: bool = True,
+        every_s: float | None = None,
+    ) -> None:
         self.total = total
         self.done = done
         self.errors = 0
@@ -46,8 +53,10 @@ class Progress:
         rows_per_s = (self.done - self._done_at_start) / elapsed
         left = self.total - self.done
         eta = "--" if rows_per_s <= 0 else _clock(left / rows_per_s)
-        return (f"{self.done}/{self.total} rows  {rows_per_s:.1f} rows/s  {self.tokens / elapsed * 60:,.0f} tokens/min  "
-                f"{usd(self.spent_micros)}  ETA {eta}  {self.errors} errors")
+        return (
+            f"{self.done}/{self.total} rows  {rows_per_s:.1f} rows/s  {self.tokens / elapsed * 60:,.0f} tokens/min  "
+            f"{usd(self.spent_micros)}  ETA {eta}  {self.errors} errors"
+        )
 
     def show(self) -> None:
         self._shown_at = time.monotonic()

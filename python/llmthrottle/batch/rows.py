@@ -13,7 +13,7 @@ import json
 import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from .._native import ConfigError
 from ..request_estimate import estimate
@@ -32,8 +32,8 @@ class Row:
 
     index: int
     id: str
-    body: Optional[dict[str, Any]]
-    error: Optional[str] = None
+    body: dict[str, Any] | None
+    error: str | None = None
     input_tokens: int = 0
     max_output_tokens: int = 0
 
@@ -54,7 +54,7 @@ def template_fields(template: str) -> list[str]:
     return names
 
 
-def read_rows(spec: JobSpec, build: Optional[BuildRequest] = None) -> Iterator[Row]:
+def read_rows(spec: JobSpec, build: BuildRequest | None = None) -> Iterator[Row]:
     """Every row of the job's input, in order (see the module docstring)."""
     if spec.template is not None:
         template_fields(spec.template)
@@ -73,8 +73,14 @@ def read_rows(spec: JobSpec, build: Optional[BuildRequest] = None) -> Iterator[R
             yield Row(index, row_id, None, _reason(error))
             continue
         too_large = _too_large(spec, counted.input_tokens + counted.max_output_tokens)
-        yield Row(index, row_id, body if too_large is None else None, too_large, counted.input_tokens,
-                  counted.max_output_tokens)
+        yield Row(
+            index,
+            row_id,
+            body if too_large is None else None,
+            too_large,
+            counted.input_tokens,
+            counted.max_output_tokens,
+        )
 
 
 def _reason(error: Exception) -> str:
@@ -83,13 +89,13 @@ def _reason(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _too_large(spec: JobSpec, tokens: int) -> Optional[str]:
+def _too_large(spec: JobSpec, tokens: int) -> str | None:
     if spec.tpm is not None and spec.provider == "openai" and tokens > spec.tpm:
         return f"request too large: {tokens} tokens (input plus max_tokens) against {spec.tpm} tokens per minute"
     return None
 
 
-def _body(spec: JobSpec, fields: dict[str, Any], build: Optional[BuildRequest]) -> dict[str, Any]:
+def _body(spec: JobSpec, fields: dict[str, Any], build: BuildRequest | None) -> dict[str, Any]:
     if build is not None:
         body = build(dict(fields))
         if not isinstance(body, dict):
@@ -97,8 +103,11 @@ def _body(spec: JobSpec, fields: dict[str, Any], build: Optional[BuildRequest]) 
         return {"model": spec.model, **body}
     if spec.template is None:  # the line is the request (or the providers' batch-file envelope)
         envelope = fields.get("body")
-        body = dict(envelope) if isinstance(envelope, dict) else {
-            k: v for k, v in fields.items() if k not in ("custom_id", "id")}
+        body = (
+            dict(envelope)
+            if isinstance(envelope, dict)
+            else {k: v for k, v in fields.items() if k not in ("custom_id", "id")}
+        )
         body.setdefault("model", spec.model)
         body.setdefault("max_tokens", spec.max_tokens)
         return body
@@ -118,7 +127,7 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _csv_records(path: str) -> Iterator[tuple[int, Optional[dict[str, Any]], Optional[str]]]:
+def _csv_records(path: str) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     """(row number, fields or None, problem or None) for each data row of a CSV with a header."""
     with open(path, newline="", encoding="utf-8", errors="replace") as file:
         reader = csv.reader(file, strict=True)
@@ -149,7 +158,7 @@ def _csv_records(path: str) -> Iterator[tuple[int, Optional[dict[str, Any]], Opt
             yield number, dict(zip(header, values)), None
 
 
-def _jsonl_records(path: str) -> Iterator[tuple[int, Optional[dict[str, Any]], Optional[str]]]:
+def _jsonl_records(path: str) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     with open(path, "rb") as file:
         number = 0
         for raw in file:

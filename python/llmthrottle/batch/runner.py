@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .._native import BudgetExceeded, ConfigError, ExceedsCapacity, RateLimited
 from ..guard import Guard
@@ -38,8 +38,19 @@ __all__ = ["BatchResult", "ParseReply", "Runner", "OUTPUT_COLUMNS"]
 
 ParseReply = Callable[[dict[str, Any]], Any]
 
-OUTPUT_COLUMNS = ("row", "id", "status", "result", "input_tokens", "output_tokens", "cost_micros", "cost_usd",
-                  "attempts", "latency_s", "error")
+OUTPUT_COLUMNS = (
+    "row",
+    "id",
+    "status",
+    "result",
+    "input_tokens",
+    "output_tokens",
+    "cost_micros",
+    "cost_usd",
+    "attempts",
+    "latency_s",
+    "error",
+)
 
 
 @dataclass(frozen=True)
@@ -56,12 +67,14 @@ class BatchResult:
     spent_micros: int
     forecast: Forecast
     failures: dict[str, int] = field(default_factory=dict)
-    stopped: Optional[str] = None
+    stopped: str | None = None
 
     def summary(self) -> str:
-        lines = [f"{self.succeeded} of {self.rows} rows succeeded, {self.failed} failed, {self.pending} pending; "
-                 f"spent {usd(self.spent_micros)} (forecast {usd(self.forecast.expected_micros)} expected, "
-                 f"{usd(self.forecast.most_micros)} most); output {self.output}"]
+        lines = [
+            f"{self.succeeded} of {self.rows} rows succeeded, {self.failed} failed, {self.pending} pending; "
+            f"spent {usd(self.spent_micros)} (forecast {usd(self.forecast.expected_micros)} expected, "
+            f"{usd(self.forecast.most_micros)} most); output {self.output}"
+        ]
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
         for cause, count in sorted(self.failures.items(), key=lambda item: -item[1]):
@@ -75,9 +88,18 @@ class BatchResult:
 class Runner:
     """One run of the job in `directory` (created or resumed)."""
 
-    def __init__(self, directory: JobDirectory, *, client: Any = None, build: Optional[BuildRequest] = None,
-                 parse: Optional[ParseReply] = None, state: Any = None, retry_failed: bool = False,
-                 show_progress: bool = True, prices: Optional[PriceTable] = None) -> None:
+    def __init__(
+        self,
+        directory: JobDirectory,
+        *,
+        client: Any = None,
+        build: BuildRequest | None = None,
+        parse: ParseReply | None = None,
+        state: Any = None,
+        retry_failed: bool = False,
+        show_progress: bool = True,
+        prices: PriceTable | None = None,
+    ) -> None:
         self.directory = directory
         self.spec = directory.spec
         self.build = build
@@ -88,14 +110,17 @@ class Runner:
         self._given_client = client
         self._state = state
         self._reserved_micros = 0
-        self._stopped: Optional[str] = None
+        self._stopped: str | None = None
 
     # ------------------------------------------------------------------ the plan
 
     def rows_to_do(self, rows: list[Row]) -> list[Row]:
         done = self.directory.results
-        return [row for row in rows if row.index not in done
-                or (self.retry_failed and done[row.index].get("status") == "error")]
+        return [
+            row
+            for row in rows
+            if row.index not in done or (self.retry_failed and done[row.index].get("status") == "error")
+        ]
 
     def forecast(self, rows: list[Row]) -> Forecast:
         finished = [r for r in self.directory.results.values() if r.get("status") == "ok"]
@@ -107,7 +132,8 @@ class Runner:
         if cap is not None and self.directory.spent_micros + plan.expected_micros > cap:
             raise BudgetExceeded(
                 f"the job's expected cost {usd(plan.expected_micros)} (plus {usd(self.directory.spent_micros)} spent) "
-                f"exceeds max_cost_usd {usd(cap)}: raise the cap, lower max_tokens, or split the input")
+                f"exceeds max_cost_usd {usd(cap)}: raise the cap, lower max_tokens, or split the input"
+            )
 
     # ------------------------------------------------------------------ the run
 
@@ -146,8 +172,12 @@ class Runner:
         client = self._given_client
         if client is None:
             client = _sdk_client(spec)
-        return wrap(client, guard=Guard(limiter, ledger=ledger, prices=self.prices),
-                    keys=[f"batch:{self.directory.path.name}"], state=self._state)
+        return wrap(
+            client,
+            guard=Guard(limiter, ledger=ledger, prices=self.prices),
+            keys=[f"batch:{self.directory.path.name}"],
+            state=self._state,
+        )
 
     async def _run_rows(self, client: Any, todo: list[Row], progress: Progress) -> None:
         concurrency = AdaptiveConcurrency(self.spec.concurrency)
@@ -174,19 +204,27 @@ class Runner:
 
     def _worst_case(self, row: Row) -> int:
         assert row.body is not None
-        return worst_case_cost(str(row.body.get("model") or self.spec.model), row.input_tokens,
-                               row.max_output_tokens, provider=self.spec.provider, prices=self.prices)
+        return worst_case_cost(
+            str(row.body.get("model") or self.spec.model),
+            row.input_tokens,
+            row.max_output_tokens,
+            provider=self.spec.provider,
+            prices=self.prices,
+        )
 
     def _fits(self, worst: int) -> bool:
         cap = self.spec.max_cost_micros
         if cap is None or self.directory.spent_micros + self._reserved_micros + worst <= cap:
             return True
-        self._stopped = (f"max_cost_usd {usd(cap)} reached: {usd(self.directory.spent_micros)} spent, "
-                         "the next row could pass the cap")
+        self._stopped = (
+            f"max_cost_usd {usd(cap)} reached: {usd(self.directory.spent_micros)} spent, "
+            "the next row could pass the cap"
+        )
         return False
 
-    async def _one(self, client: Any, row: Row, worst: int, concurrency: AdaptiveConcurrency,
-                   progress: Progress) -> None:
+    async def _one(
+        self, client: Any, row: Row, worst: int, concurrency: AdaptiveConcurrency, progress: Progress
+    ) -> None:
         started = time.monotonic()
         attempts, service_s = 1, None
         try:
@@ -196,7 +234,7 @@ class Runner:
                     result, error = self.parse(reply), None
                 except (ExceedsCapacity, BudgetExceeded, RateLimited) as refused:
                     result, error = None, f"{type(refused).__name__}: {refused}"
-                except Exception as failed:  # noqa: BLE001 - a row's failure is reported, the job goes on
+                except Exception as failed:
                     result, error = None, _failure(failed)
             if made:
                 attempts = sum(report.attempts for report in made)
@@ -208,15 +246,32 @@ class Runner:
             self._reserved_micros -= worst
             await concurrency.release(attempts, service_s)
 
-    def _finish(self, row: Row, progress: Progress, *, result: Any = None, error: Optional[str] = None,
-                reports: Optional[list[Any]] = None, latency_s: float = 0.0) -> None:
+    def _finish(
+        self,
+        row: Row,
+        progress: Progress,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        reports: list[Any] | None = None,
+        latency_s: float = 0.0,
+    ) -> None:
         reports = reports or []
         cost = sum(report.cost_micros for report in reports)
         last = reports[-1] if reports else None
-        line = {"row": row.index, "id": row.id, "status": "error" if error is not None else "ok", "result": result,
-                "input_tokens": last.input_tokens if last else 0, "output_tokens": last.output_tokens if last else 0,
-                "cost_micros": cost, "cost_usd": cost / 1e6, "attempts": sum(r.attempts for r in reports),
-                "latency_s": round(latency_s, 4), "error": error}
+        line = {
+            "row": row.index,
+            "id": row.id,
+            "status": "error" if error is not None else "ok",
+            "result": result,
+            "input_tokens": last.input_tokens if last else 0,
+            "output_tokens": last.output_tokens if last else 0,
+            "cost_micros": cost,
+            "cost_usd": cost / 1e6,
+            "attempts": sum(r.attempts for r in reports),
+            "latency_s": round(latency_s, 4),
+            "error": error,
+        }
         self.directory.add(line)
         progress.row(failed=error is not None, tokens=line["input_tokens"] + line["output_tokens"], cost_micros=cost)
 
@@ -245,9 +300,18 @@ class Runner:
         failed = [results[row.index] for row in rows if results.get(row.index, {}).get("status") == "error"]
         succeeded = sum(1 for row in rows if results.get(row.index, {}).get("status") == "ok")
         causes = Counter(_cause(str(result.get("error"))) for result in failed)
-        return BatchResult(self.directory.path, output, len(rows), succeeded, len(failed),
-                           len(rows) - succeeded - len(failed), self.directory.spent_micros, plan, dict(causes),
-                           self._stopped)
+        return BatchResult(
+            self.directory.path,
+            output,
+            len(rows),
+            succeeded,
+            len(failed),
+            len(rows) - succeeded - len(failed),
+            self.directory.spent_micros,
+            plan,
+            dict(causes),
+            self._stopped,
+        )
 
 
 def _sdk_client(spec: JobSpec) -> Any:

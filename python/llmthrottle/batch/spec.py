@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from .._native import ConfigError
 
@@ -45,18 +45,18 @@ class JobSpec:
     output: str
     model: str
     provider: Provider = "openai"
-    template: Optional[str] = None
-    system: Optional[str] = None
+    template: str | None = None
+    system: str | None = None
     max_tokens: int = 256
-    base_url: Optional[str] = None
-    rpm: Optional[int] = None
-    tpm: Optional[int] = None
-    max_cost_usd: Optional[float] = None
-    expected_output_tokens: Optional[int] = None
+    base_url: str | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    max_cost_usd: float | None = None
+    expected_output_tokens: int | None = None
     concurrency: int = 16
     checkpoint_rows: int = 100
     checkpoint_s: float = 5.0
-    output_format: Optional[Literal["csv", "jsonl"]] = None
+    output_format: Literal["csv", "jsonl"] | None = None
 
     def __post_init__(self) -> None:
         if self.provider not in ("openai", "anthropic"):
@@ -70,8 +70,9 @@ class JobSpec:
                 _positive_int(name, getattr(self, name))
         for name in ("max_cost_usd", "checkpoint_s"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not math.isfinite(value) or value <= 0):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0
+            ):
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
         if self.output_format not in (None, *_FORMATS):
             raise ConfigError(f"output_format must be 'csv' or 'jsonl', not {self.output_format!r}")
@@ -87,25 +88,27 @@ class JobSpec:
         return self.output_format or Path(self.output).suffix.lower().lstrip(".")
 
     @property
-    def max_cost_micros(self) -> Optional[int]:
+    def max_cost_micros(self) -> int | None:
         return None if self.max_cost_usd is None else round(self.max_cost_usd * 1_000_000)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, where: str) -> "JobSpec":
+    def from_json(cls, text: str, where: str) -> JobSpec:
         try:
             data = json.loads(text)
         except ValueError as error:
             raise ConfigError(f"{where}: not a job specification ({error})") from None
         known = {f.name for f in fields(cls)}
         if not isinstance(data, dict) or not set(data) <= known:
-            raise ConfigError(f"{where}: not a job specification (unknown fields "
-                              f"{sorted(set(data) - known) if isinstance(data, dict) else data!r})")
+            raise ConfigError(
+                f"{where}: not a job specification (unknown fields "
+                f"{sorted(set(data) - known) if isinstance(data, dict) else data!r})"
+            )
         return cls(**data)
 
-    def replace(self, **changes: Any) -> "JobSpec":
+    def replace(self, **changes: Any) -> JobSpec:
         return dataclasses.replace(self, **changes)
 
 

@@ -9,5 +9,11 @@ from .connection import SidecarUnavailable
 from .decision import OpenReservation, SidecarDecision, SidecarReservation
 from .limiter import Sidecar, SidecarLimiter
 
-__all__ = ["Sidecar", "SidecarLimiter", "SidecarUnavailable", "SidecarDecision", "SidecarReservation",
-           "OpenReservation"]
+__all__ = [
+    "Sidecar",
+    "SidecarLimiter",
+    "SidecarUnavailable",
+    "SidecarDecision",
+    "SidecarReservation",
+    "OpenReservation",
+]

@@ -14,12 +14,21 @@ import os
 import socket
 import struct
 import weakref
-from typing import Any, Optional
+from typing import Any
 
 from .._native import StateError
 from ..sidecar.errors import RemoteError, exception_for
-from ..sidecar.protocol import (DEFAULT_MAX_FRAME_BYTES, ERROR, MAGIC, RESERVATION_ID, FrameDecoder, FrameError,
-                                Op, decode_payload, encode_frame)
+from ..sidecar.protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
+    ERROR,
+    MAGIC,
+    RESERVATION_ID,
+    FrameDecoder,
+    FrameError,
+    Op,
+    decode_payload,
+    encode_frame,
+)
 
 __all__ = ["SidecarUnavailable", "RemoteError", "ConnectionPool", "AsyncConnection", "raise_remote"]
 
@@ -42,11 +51,18 @@ def raise_remote(result: Any) -> None:
 
 
 def _hello() -> list[Any]:
-    return [0, Op.HELLO, {"pid": os.getpid(), "client": "llmthrottle-python", "argv0": os.path.basename(
-        os.environ.get("_", "") or "python")}]
+    return [
+        0,
+        Op.HELLO,
+        {
+            "pid": os.getpid(),
+            "client": "llmthrottle-python",
+            "argv0": os.path.basename(os.environ.get("_", "") or "python"),
+        },
+    ]
 
 
-def _set_timeout(sock: socket.socket, timeout: Optional[float]) -> None:
+def _set_timeout(sock: socket.socket, timeout: float | None) -> None:
     """Bounds every blocking send, receive and connect by `timeout` seconds, in the kernel
     (SO_SNDTIMEO/SO_RCVTIMEO): a socket with a Python-level timeout polls before each call,
     a syscall per send and per receive. A call that times out raises an OSError
@@ -144,16 +160,18 @@ class ConnectionPool:
         except (OSError, EOFError, FrameError) as error:
             connection.close()
             if not reused:
-                raise SidecarUnavailable(f"lost the connection to the sidecar at {self.path}: "
-                                         f"{self._describe(error)}") from None
+                raise SidecarUnavailable(
+                    f"lost the connection to the sidecar at {self.path}: {self._describe(error)}"
+                ) from None
             # An idle connection may have died with a previous server process: one fresh try.
             connection = self._connect()
             try:
                 result = use(connection, argument)
             except (OSError, EOFError, FrameError) as error2:
                 connection.close()
-                raise SidecarUnavailable(f"lost the connection to the sidecar at {self.path}: "
-                                         f"{self._describe(error2)}") from None
+                raise SidecarUnavailable(
+                    f"lost the connection to the sidecar at {self.path}: {self._describe(error2)}"
+                ) from None
             except BaseException:
                 connection.close()  # as below: raised in this handler, the one below misses it
                 raise
@@ -170,8 +188,10 @@ class ConnectionPool:
         try:
             return _SyncConnection(self.path, self.timeout)
         except OSError as error:
-            raise SidecarUnavailable(f"cannot connect to the sidecar at {self.path}: "
-                                     f"{self._describe(error)} (is `llmthrottle serve` running?)") from None
+            raise SidecarUnavailable(
+                f"cannot connect to the sidecar at {self.path}: "
+                f"{self._describe(error)} (is `llmthrottle serve` running?)"
+            ) from None
 
     def _describe(self, error: BaseException) -> str:
         if isinstance(error, (BlockingIOError, socket.timeout)):
@@ -196,7 +216,7 @@ class AsyncConnection(asyncio.Protocol):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.transport: Optional[asyncio.Transport] = None
+        self.transport: asyncio.Transport | None = None
         self.closed = False
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._batch: list[list[Any]] = []
@@ -205,13 +225,14 @@ class AsyncConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
 
     @classmethod
-    async def open(cls, path: str, timeout: float) -> "AsyncConnection":
+    async def open(cls, path: str, timeout: float) -> AsyncConnection:
         loop = asyncio.get_running_loop()
         try:
             _, protocol = await asyncio.wait_for(loop.create_unix_connection(lambda: cls(path), path), timeout)
-        except (OSError, asyncio.TimeoutError) as error:
-            raise SidecarUnavailable(f"cannot connect to the sidecar at {path}: "
-                                     f"{getattr(error, 'strerror', None) or error!r}") from None
+        except (TimeoutError, OSError) as error:
+            raise SidecarUnavailable(
+                f"cannot connect to the sidecar at {path}: {getattr(error, 'strerror', None) or error!r}"
+            ) from None
         assert protocol.transport is not None
         protocol.transport.write(MAGIC + encode_frame([_hello()]))
         return protocol
@@ -219,14 +240,14 @@ class AsyncConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
+    def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
                 future.set_exception(SidecarUnavailable(f"lost the connection to the sidecar at {self.path}"))
 
-    def call(self, request: list[Any]) -> "asyncio.Future[Any]":
+    def call(self, request: list[Any]) -> asyncio.Future[Any]:
         """A future for the result of `[op, *args]`, sent with the others of this loop iteration."""
         if self.closed:
             raise SidecarUnavailable(f"the connection to the sidecar at {self.path} is closed")
@@ -244,21 +265,26 @@ class AsyncConnection(asyncio.Protocol):
     # the future is not cancelled and its caller hands it to `abandon`. Cheaper than shielding
     # every call's future against its caller's cancellation.
 
-    def abandon(self, future: "asyncio.Future[Any]") -> None:
+    def abandon(self, future: asyncio.Future[Any]) -> None:
         """The caller of the acquire answered by `future` gave up: what the sidecar admitted
         for it is cancelled there."""
         if not future.cancelled():
             future.add_done_callback(self._give_back_done)  # runs soon when already done
 
-    def _give_back_done(self, future: "asyncio.Future[Any]") -> None:
+    def _give_back_done(self, future: asyncio.Future[Any]) -> None:
         if not future.cancelled() and future.exception() is None:
             self._give_back(future.result())
 
     def _give_back(self, result: Any) -> None:
         """Cancels on the sidecar the reservation of an admitted ACQUIRE_RESULT (the only
         result shaped `[True, ..., reservation_id: int, ...]`) that nobody will settle."""
-        if (type(result) is list and len(result) > RESERVATION_ID and result[0] is True
-                and type(result[RESERVATION_ID]) is int and not self.closed):
+        if (
+            type(result) is list
+            and len(result) > RESERVATION_ID
+            and result[0] is True
+            and type(result[RESERVATION_ID]) is int
+            and not self.closed
+        ):
             self.call([Op.CANCEL, result[RESERVATION_ID]]).add_done_callback(ignore_result)
 
     def _flush(self) -> None:
@@ -266,7 +292,7 @@ class AsyncConnection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             self.connection_lost(None)
             return
-        frames = [encode_frame(batch[i:i + _MAX_BATCH]) for i in range(0, len(batch), _MAX_BATCH)]
+        frames = [encode_frame(batch[i : i + _MAX_BATCH]) for i in range(0, len(batch), _MAX_BATCH)]
         self.transport.write(b"".join(frames))
 
     def data_received(self, data: bytes) -> None:
@@ -299,12 +325,12 @@ class AsyncConnection(asyncio.Protocol):
             self.transport.close()
 
 
-def ignore_result(future: "asyncio.Future[Any]") -> None:
+def ignore_result(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
-_pools: "weakref.WeakSet[ConnectionPool]" = weakref.WeakSet()
+_pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
 
 
 def _after_fork() -> None:

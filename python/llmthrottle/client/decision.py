@@ -25,8 +25,15 @@ class SidecarDecision:
     __slots__ = ("allowed", "retry_after", "delay", "reset_after", "limited_by", "limited_key", "remaining")
 
     def __init__(self, result: list[Any]) -> None:
-        (self.allowed, self.retry_after, self.delay, self.reset_after, self.limited_by, self.limited_key,
-         self.remaining) = result[:7]
+        (
+            self.allowed,
+            self.retry_after,
+            self.delay,
+            self.reset_after,
+            self.limited_by,
+            self.limited_key,
+            self.remaining,
+        ) = result[:7]
 
     def __bool__(self) -> bool:
         return bool(self.allowed)
@@ -50,7 +57,7 @@ class SidecarReservation(SettlesOnExit, SidecarDecision):
     #: record's columns with the commit).
     records_usage = True
 
-    def __init__(self, result: list[Any], limiter: "SidecarLimiter") -> None:
+    def __init__(self, result: list[Any], limiter: SidecarLimiter) -> None:
         super().__init__(result)
         self._id: int = result[RESERVATION_ID]
         self.reserved: dict[str, Any] = result[RESERVATION_ID + 1]
@@ -109,15 +116,19 @@ class SidecarReservation(SettlesOnExit, SidecarDecision):
 
     def _unreachable(self, error: SidecarUnavailable) -> None:
         self._limiter._sidecar._note_unavailable(error, "settle")
-        _log.warning("could not settle reservation %d (%s); the sidecar commits it as reserved when it "
-                     "expires", self._id, error)
+        _log.warning(
+            "could not settle reservation %d (%s); the sidecar commits it as reserved when it expires", self._id, error
+        )
 
     def _remote(self, error: RemoteError) -> None:
         if error.kind != "UnknownReservation":
             self._settled = False
             raise error
-        _log.warning("reservation %d was unknown to the sidecar (expired or from a previous server "
-                     "process): %s", self._id, error.message)
+        _log.warning(
+            "reservation %d was unknown to the sidecar (expired or from a previous server process): %s",
+            self._id,
+            error.message,
+        )
 
     def __del__(self) -> None:
         # Like the engine's Reservation, one dropped unsettled is committed as reserved (its

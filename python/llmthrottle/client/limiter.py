@@ -18,13 +18,13 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 from .._native import ConfigError, ExceedsCapacity
-from ..sidecar.config import default_socket_path
 from ..budget import Budget
-from ..limiter import Key, LimitState, Limiter, WaitingMixin
+from ..limiter import Key, Limiter, LimitState, WaitingMixin
 from ..policy import LimitsConfig, RulesConfig, normalize
+from ..sidecar.config import default_socket_path
 from ..sidecar.protocol import RESERVATION_ID, Op
 from .connection import AsyncConnection, ConnectionPool, RemoteError, SidecarUnavailable, ignore_result
 from .decision import OpenReservation, SidecarDecision, SidecarReservation
@@ -45,8 +45,16 @@ class Sidecar:
     the fallback is logged on `logging.getLogger("llmthrottle")` and counted in `stats`.
     After a failure, the socket is retried at most every `retry_interval` seconds."""
 
-    def __init__(self, path: Optional[str] = None, *, on_unavailable: str = "fail_closed", timeout: float = 2.0,
-                 retry_interval: float = 0.5, local_state: Any = None, max_idle_connections: int = 16) -> None:
+    def __init__(
+        self,
+        path: str | None = None,
+        *,
+        on_unavailable: str = "fail_closed",
+        timeout: float = 2.0,
+        retry_interval: float = 0.5,
+        local_state: Any = None,
+        max_idle_connections: int = 16,
+    ) -> None:
         if on_unavailable not in _MODES:
             raise ConfigError(f"on_unavailable must be one of {', '.join(map(repr, _MODES))}, not {on_unavailable!r}")
         self.path = path or default_socket_path()
@@ -58,19 +66,27 @@ class Sidecar:
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         # The async connection opened last: most programs run one event loop, and this spares
         # each call the lookup in `_async` (see `_open_connection`).
-        self._current: Optional[AsyncConnection] = None
+        self._current: AsyncConnection | None = None
         self._down_until = 0.0
         self._abandoned: list[int] = []
         self._lock = threading.Lock()
         self.stats = {"unavailable": 0, "fallback_decisions": 0, "outages": 0}
 
-    def _make_limiter(self, *, limits: Optional[LimitsConfig], rules: Optional[RulesConfig], namespace: str,
-                      clock: Any, budgets: Sequence[Any] = ()) -> "SidecarLimiter":
+    def _make_limiter(
+        self,
+        *,
+        limits: LimitsConfig | None,
+        rules: RulesConfig | None,
+        namespace: str,
+        clock: Any,
+        budgets: Sequence[Any] = (),
+    ) -> SidecarLimiter:
         """Called by `llmthrottle.Limiter(...)` for `state=Sidecar(...)`."""
         if budgets:
             # Budgets belong to the process that keeps the ledger: the sidecar's policy file.
-            raise ConfigError("budgets cannot be registered through a Sidecar client yet; define them in "
-                              "the sidecar's policy file")
+            raise ConfigError(
+                "budgets cannot be registered through a Sidecar client yet; define them in the sidecar's policy file"
+            )
         if clock is not None:
             raise ConfigError("a FakeClock cannot drive the sidecar's clock; test with the in-process state")
         return SidecarLimiter(self, limits, rules, namespace)
@@ -87,7 +103,7 @@ class Sidecar:
             self._recovered()
         return result
 
-    def _open_connection(self) -> Optional[AsyncConnection]:
+    def _open_connection(self) -> AsyncConnection | None:
         """This event loop's connection when it is the one opened last and still open."""
         connection = self._current
         if connection is not None and not connection.closed and connection.loop is asyncio.get_running_loop():
@@ -154,8 +170,9 @@ class Sidecar:
             self.stats["unavailable"] += 1
             if not self._down_until:
                 self.stats["outages"] += 1
-                _log.warning("llmthrottle sidecar unavailable (%s): %s; on_unavailable=%r", what, error,
-                             self.on_unavailable)
+                _log.warning(
+                    "llmthrottle sidecar unavailable (%s): %s; on_unavailable=%r", what, error, self.on_unavailable
+                )
             self._down_until = time.monotonic() + self.retry_interval
 
     def _recovered(self) -> None:
@@ -186,8 +203,9 @@ class Sidecar:
 
 def _registration_error(error: RemoteError) -> BaseException:
     if error.kind == "UnknownNamespace":
-        return ConfigError(f"{error.message}: give this Limiter limits, or define the namespace in the "
-                           "sidecar's policy file")
+        return ConfigError(
+            f"{error.message}: give this Limiter limits, or define the namespace in the sidecar's policy file"
+        )
     return error
 
 
@@ -197,16 +215,17 @@ class SidecarLimiter(WaitingMixin):
 
     _clock = None  # the sidecar keeps time; WaitingMixin sleeps on the real clock
 
-    def __init__(self, sidecar: Sidecar, limits: Optional[LimitsConfig], rules: Optional[RulesConfig],
-                 namespace: str) -> None:
+    def __init__(
+        self, sidecar: Sidecar, limits: LimitsConfig | None, rules: RulesConfig | None, namespace: str
+    ) -> None:
         if limits is not None or rules is not None:
             normalize(limits, rules)  # the same ConfigError, at the same moment, as in-process
         self._sidecar = sidecar
         self._namespace = namespace
         self._limits = limits
         self._rules = rules
-        self._registered: Optional[dict[str, Any]] = None
-        self._budgets_of: Optional[dict[str, Any]] = None
+        self._registered: dict[str, Any] | None = None
+        self._budgets_of: dict[str, Any] | None = None
         self._fallback: Any = None
 
     @property
@@ -273,16 +292,18 @@ class SidecarLimiter(WaitingMixin):
 
     # ------------------------------------------------------------------ decisions
 
-    def _acquire_request(self, key: Key, requests: Any, tokens: Any, max_wait: float,
-                         amounts: dict[str, Any]) -> list[Any]:
+    def _acquire_request(
+        self, key: Key, requests: Any, tokens: Any, max_wait: float, amounts: dict[str, Any]
+    ) -> list[Any]:
         if requests is not None:
             amounts["requests"] = requests
         if tokens is not None:
             amounts["tokens"] = tokens
         return [Op.ACQUIRE, self._namespace, key, amounts, max_wait]
 
-    def try_acquire(self, key: Key, /, requests: Any = None, tokens: Any = None, *, max_wait: float = 0.0,
-                    **amounts: Any) -> Any:
+    def try_acquire(
+        self, key: Key, /, requests: Any = None, tokens: Any = None, *, max_wait: float = 0.0, **amounts: Any
+    ) -> Any:
         """Decides at once, never blocking on limits (one round trip to the sidecar)."""
         request = self._acquire_request(key, requests, tokens, max_wait, amounts)
         try:
@@ -291,8 +312,9 @@ class SidecarLimiter(WaitingMixin):
             return self._unavailable(error, key, max_wait, amounts)
         return SidecarReservation(result, self) if result[RESERVATION_ID] is not None else SidecarDecision(result)
 
-    async def try_acquire_async(self, key: Key, /, requests: Any = None, tokens: Any = None, *,
-                                max_wait: float = 0.0, **amounts: Any) -> Any:
+    async def try_acquire_async(
+        self, key: Key, /, requests: Any = None, tokens: Any = None, *, max_wait: float = 0.0, **amounts: Any
+    ) -> Any:
         """`try_acquire` without blocking the event loop; concurrent calls are pipelined."""
         request = self._acquire_request(key, requests, tokens, max_wait, amounts)
         try:
@@ -313,7 +335,9 @@ class SidecarLimiter(WaitingMixin):
 
                 raise_remote(response[2])
             result = response[2]
-            out.append(SidecarReservation(result, self) if result[RESERVATION_ID] is not None else SidecarDecision(result))
+            out.append(
+                SidecarReservation(result, self) if result[RESERVATION_ID] is not None else SidecarDecision(result)
+            )
         return out
 
     def peek(self, key: Key, /, requests: Any = None, tokens: Any = None, **amounts: Any) -> SidecarDecision:
@@ -328,7 +352,7 @@ class SidecarLimiter(WaitingMixin):
         """The state of `key` under each limit that applies to it."""
         return [LimitState(*entry) for entry in self._call([Op.STATUS, self._namespace, key])]
 
-    def set_limits(self, limits: Optional[LimitsConfig] = None, *, rules: Optional[RulesConfig] = None) -> None:
+    def set_limits(self, limits: LimitsConfig | None = None, *, rules: RulesConfig | None = None) -> None:
         """Replaces this namespace's limits in the sidecar (counters carry over where a limit's
         pattern, dimension and kind are unchanged). Has no effect on a namespace the sidecar's
         policy file defines."""
@@ -369,7 +393,8 @@ class SidecarLimiter(WaitingMixin):
                 if self._registered is None:
                     raise SidecarUnavailable(
                         f"the sidecar at {self._sidecar.path} is unreachable and this limiter has no limits of "
-                        "its own (Limiter(None, ...)) nor ones learnt from the sidecar: cannot decide locally")
+                        "its own (Limiter(None, ...)) nor ones learnt from the sidecar: cannot decide locally"
+                    )
                 rules = self._registered["rules"]
             self._fallback = Limiter(limits, rules=rules, state=self._sidecar.local_state, namespace=self._namespace)
         return self._fallback

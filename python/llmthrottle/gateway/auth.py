@@ -12,14 +12,15 @@ import hmac
 import json
 import time
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
+from .._native import LlmthrottleError
 from .keys import Caller, KeyStore
 
 __all__ = ["Authenticator", "Refused"]
 
 
-class Refused(Exception):
+class Refused(LlmthrottleError):
     """The caller is not let in: `status` 401 (who are you?) or 403 (not this)."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -28,7 +29,7 @@ class Refused(Exception):
         self.message = message
 
 
-def presented_credential(headers: Mapping[str, str]) -> Optional[str]:
+def presented_credential(headers: Mapping[str, str]) -> str | None:
     authorization = headers.get("authorization", "")
     if authorization[:7].lower() == "bearer ":
         return authorization[7:].strip() or None
@@ -40,13 +41,20 @@ def _b64(part: str) -> bytes:
 
 
 class Authenticator:
-    def __init__(self, keys: KeyStore, *, jwt_secret: Optional[bytes] = None, jwt_audience: Optional[str] = None,
-                 jwks_file: Optional[str] = None, leeway_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        keys: KeyStore,
+        *,
+        jwt_secret: bytes | None = None,
+        jwt_audience: str | None = None,
+        jwks_file: str | None = None,
+        leeway_s: float = 30.0,
+    ) -> None:
         self.keys = keys
         self.jwt_secret = jwt_secret
         self.jwt_audience = jwt_audience
         self.leeway_s = leeway_s
-        self.jwks: Optional[dict[str, Any]] = _load_jwks(jwks_file) if jwks_file is not None else None
+        self.jwks: dict[str, Any] | None = _load_jwks(jwks_file) if jwks_file is not None else None
 
     def caller(self, headers: Mapping[str, str]) -> Caller:
         presented = presented_credential(headers)
@@ -95,23 +103,34 @@ class Authenticator:
             raise Refused(403, "bearer token names no tenant")
         models = claims.get("models")
         subject = claims.get("sub")
-        return Caller(key_id=f"jwt:{subject if isinstance(subject, str) else tenant}", tenant=tenant,
-                      team=_text(claims.get("team")), user=_text(claims.get("user")),
-                      tier=_text(claims.get("tier")) or "default",
-                      models=tuple(models) if isinstance(models, list) else None)
+        return Caller(
+            key_id=f"jwt:{subject if isinstance(subject, str) else tenant}",
+            tenant=tenant,
+            team=_text(claims.get("team")),
+            user=_text(claims.get("user")),
+            tier=_text(claims.get("tier")) or "default",
+            models=tuple(models) if isinstance(models, list) else None,
+        )
 
     def _verify_with_jwks(self, token: str, header: dict[str, Any], algorithm: str) -> None:
         import jwt
 
         assert self.jwks is not None
-        key = self.jwks.get(str(header.get("kid"))) if header.get("kid") is not None else (
-            next(iter(self.jwks.values())) if len(self.jwks) == 1 else None)
+        key = (
+            self.jwks.get(str(header.get("kid")))
+            if header.get("kid") is not None
+            else (next(iter(self.jwks.values())) if len(self.jwks) == 1 else None)
+        )
         if key is None:
             raise Refused(401, "bearer token names no key of the JWKS file (kid)")
         try:
             # Only the signature here: exp, nbf and aud are checked below as for every token.
-            jwt.decode(token, key, algorithms=[algorithm],
-                       options={"verify_exp": False, "verify_nbf": False, "verify_aud": False, "verify_iat": False})
+            jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                options={"verify_exp": False, "verify_nbf": False, "verify_aud": False, "verify_iat": False},
+            )
         except jwt.PyJWTError:
             raise Refused(401, "bearer token signature does not match") from None
 
@@ -136,5 +155,5 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _text(value: Any) -> Optional[str]:
+def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None

@@ -28,8 +28,12 @@ __all__ = ["configure_parser", "run"]
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="the policy file ([gateway], [tiers.*], [models.*], [[budgets]], ...)")
     parser.add_argument("--listen", help="host:port (default: [gateway] listen, else 127.0.0.1:8080)")
-    parser.add_argument("--workers", type=int, help="processes serving the port together (default: [gateway] workers, "
-                        "else 1); they share the [state] table, so limits stay exact across them")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes serving the port together (default: [gateway] workers, "
+        "else 1); they share the [state] table, so limits stay exact across them",
+    )
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop")
     sub = parser.add_subparsers(dest="gateway_command", metavar="keys")
     keys = sub.add_parser("keys", help="create, list, rotate or revoke virtual API keys")
@@ -72,21 +76,29 @@ def run(args: argparse.Namespace) -> int:
             return 2
         config.workers = args.workers
     if config.workers > 1 and config.shared.state_kind == "in-process":
-        print('llmthrottle gateway: several workers need one state: [state] kind = "shared" or "redis"',
-              file=sys.stderr)
+        print(
+            'llmthrottle gateway: several workers need one state: [state] kind = "shared" or "redis"', file=sys.stderr
+        )
         return 2
     where = (f"http://{config.host}:{config.port}" if config.listen_tcp else "") + (
-        f" unix:{config.socket}" if config.socket else "")
-    print(f"llmthrottle gateway on {where.strip()} ({len(config.models)} model aliases, "
-          f"tiers {', '.join(sorted(config.tiers))}, {config.workers} worker(s))", file=sys.stderr, flush=True)
+        f" unix:{config.socket}" if config.socket else ""
+    )
+    print(
+        f"llmthrottle gateway on {where.strip()} ({len(config.models)} model aliases, "
+        f"tiers {', '.join(sorted(config.tiers))}, {config.workers} worker(s))",
+        file=sys.stderr,
+        flush=True,
+    )
     if config.workers == 1:
         return serve(config, args.no_uvloop, reuse_port=False)
     import multiprocessing
     import signal
 
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=serve, args=(config, args.no_uvloop, True, i == 0), name=f"gateway-worker-{i}")
-               for i in range(config.workers)]
+    workers = [
+        context.Process(target=serve, args=(config, args.no_uvloop, True, i == 0), name=f"gateway-worker-{i}")
+        for i in range(config.workers)
+    ]
     for worker in workers:
         worker.start()
 
@@ -128,7 +140,7 @@ async def _unix_site(runner: Any, path: str) -> None:
     os.chmod(path, 0o660)
 
 
-def _reload(gateway: "Gateway") -> None:
+def _reload(gateway: Gateway) -> None:
     """SIGHUP: reads the policy file again; a broken file is reported and the old policy kept."""
     from .._native import ConfigError
     from .config import load_gateway_config
@@ -141,7 +153,7 @@ def _reload(gateway: "Gateway") -> None:
     print("llmthrottle gateway: policy reloaded", file=sys.stderr, flush=True)
 
 
-def serve(config: "GatewayConfig", no_uvloop: bool, reuse_port: bool, first: bool = True) -> int:
+def serve(config: GatewayConfig, no_uvloop: bool, reuse_port: bool, first: bool = True) -> int:
     """Runs one gateway process until SIGTERM or Ctrl-C (the workers bind one port together)."""
     import asyncio
     import signal
@@ -186,7 +198,7 @@ def serve(config: "GatewayConfig", no_uvloop: bool, reuse_port: bool, first: boo
     return 0
 
 
-def _keys(args: argparse.Namespace, config: "GatewayConfig") -> int:
+def _keys(args: argparse.Namespace, config: GatewayConfig) -> int:
     from .keys import KeyStore
 
     store = KeyStore(config.keys_db)
@@ -194,16 +206,30 @@ def _keys(args: argparse.Namespace, config: "GatewayConfig") -> int:
         if args.keys_command == "create":
             models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
             expires = time.time() + args.expires_in if args.expires_in else None
-            secret, key = store.create(tenant=args.tenant, tier=args.tier, team=args.team, user=args.user,
-                                       models=models, expires_at=expires)
+            secret, key = store.create(
+                tenant=args.tenant, tier=args.tier, team=args.team, user=args.user, models=models, expires_at=expires
+            )
             print(secret)
-            print(f"id {key.id} tenant {key.tenant} tier {key.tier}: keep the key above, it is not shown again",
-                  file=sys.stderr)
+            print(
+                f"id {key.id} tenant {key.tenant} tier {key.tier}: keep the key above, it is not shown again",
+                file=sys.stderr,
+            )
         elif args.keys_command == "list":
             for key in store.list():
-                print(json.dumps({"id": key.id, "tenant": key.tenant, "team": key.team, "user": key.user,
-                                  "tier": key.tier, "models": key.models, "expires_at": key.expires_at,
-                                  "revoked": key.revoked_at is not None}))
+                print(
+                    json.dumps(
+                        {
+                            "id": key.id,
+                            "tenant": key.tenant,
+                            "team": key.team,
+                            "user": key.user,
+                            "tier": key.tier,
+                            "models": key.models,
+                            "expires_at": key.expires_at,
+                            "revoked": key.revoked_at is not None,
+                        }
+                    )
+                )
         elif args.keys_command == "rotate":
             try:
                 print(store.rotate(args.key_id))

@@ -38,18 +38,30 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from .._native import ConfigError
-from ..sidecar import config as shared
 from ..limiter import Limiter
 from ..providers.protocol import Family
+from ..sidecar import config as shared
 from .taxonomy import RouteRule, parse_rules
 
 __all__ = ["Deployment", "GatewayConfig", "load_gateway_config", "parse_gateway_config", "parse_listen"]
 
-_GATEWAY_KEYS = ("listen", "socket", "workers", "keys_db", "admin_key_env", "jwt_secret_env", "jwks_file", "jwt_audience", "queue_timeout",
-                 "request_timeout", "breaker_failures", "breaker_cooldown")
+_GATEWAY_KEYS = (
+    "listen",
+    "socket",
+    "workers",
+    "keys_db",
+    "admin_key_env",
+    "jwt_secret_env",
+    "jwks_file",
+    "jwt_audience",
+    "queue_timeout",
+    "request_timeout",
+    "breaker_failures",
+    "breaker_cooldown",
+)
 _DEPLOYMENT_KEYS = ("provider", "model", "base_url", "api_key_env", "name", "weight")
 _STRATEGIES = ("priority", "weighted", "least_cost", "lowest_latency")
 _TABLES = ("gateway", "tiers", "models", "routes", "state", "ledger", "budgets")
@@ -63,7 +75,7 @@ class Deployment:
     provider: Family
     model: str
     base_url: str
-    api_key_env: Optional[str]
+    api_key_env: str | None
     weight: float = 1.0
 
     def api_key(self) -> str:
@@ -86,14 +98,14 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     # also (or, with listen = "", only) serve on this Unix socket, mode 0660
-    socket: Optional[str] = None
+    socket: str | None = None
     listen_tcp: bool = True
     workers: int = 1
     keys_db: str = field(default_factory=default_keys_db)
     admin_key_env: str = "LLMTHROTTLE_ADMIN_KEY"
-    jwt_secret_env: Optional[str] = None
-    jwks_file: Optional[str] = None
-    jwt_audience: Optional[str] = None
+    jwt_secret_env: str | None = None
+    jwks_file: str | None = None
+    jwt_audience: str | None = None
     queue_timeout_s: float = 0.0
     request_timeout_s: float = 600.0
     breaker_failures: int = 5
@@ -107,10 +119,10 @@ class GatewayConfig:
     routes: list[RouteRule] = field(default_factory=list)
     # [state], [ledger] and [[budgets]], parsed as the sidecar parses them
     shared: shared.SidecarConfig = field(default_factory=shared.SidecarConfig)
-    path: Optional[str] = None
+    path: str | None = None
 
 
-def load_gateway_config(path: Optional[str]) -> GatewayConfig:
+def load_gateway_config(path: str | None) -> GatewayConfig:
     """The validated gateway configuration in `path` (the defaults when None)."""
     if path is None:
         return GatewayConfig()
@@ -122,7 +134,7 @@ def load_gateway_config(path: Optional[str]) -> GatewayConfig:
     return parse_gateway_config(text, path)
 
 
-def parse_gateway_config(text: str, path: Optional[str] = None) -> GatewayConfig:
+def parse_gateway_config(text: str, path: str | None = None) -> GatewayConfig:
     where = shared._Where(path, text)
     try:
         data = tomllib.loads(text)
@@ -131,8 +143,9 @@ def parse_gateway_config(text: str, path: Optional[str] = None) -> GatewayConfig
     config = GatewayConfig(path=path)
     for table in data:
         if table not in _TABLES:
-            raise where.error((table,), f"{shared._unknown_key(table, _TABLES, 'table')}; expected one of "
-                                        f"{sorted(_TABLES)}")
+            raise where.error(
+                (table,), f"{shared._unknown_key(table, _TABLES, 'table')}; expected one of {sorted(_TABLES)}"
+            )
     if "state" in data:
         shared._parse_state(config.shared, _table(data, "state", where), where)
     if "ledger" in data:
@@ -147,7 +160,7 @@ def parse_gateway_config(text: str, path: Optional[str] = None) -> GatewayConfig
         for name, limits in _table(data, "tiers", where).items():
             keys = ("tiers", name)
             if not isinstance(limits, dict) or not limits:
-                raise where.error(keys, "must be a table of limits, e.g. requests = \"100/min\"")
+                raise where.error(keys, 'must be a table of limits, e.g. requests = "100/min"')
             try:
                 Limiter(limits)  # the engine's own check of every rate, burst and quota
             except (ConfigError, ValueError) as error:
@@ -156,14 +169,15 @@ def parse_gateway_config(text: str, path: Optional[str] = None) -> GatewayConfig
     for alias, route in (_table(data, "models", where) if "models" in data else {}).items():
         config.models[alias] = _deployments(alias, route, where)
         if isinstance(route, dict) and "strategy" in route:
-            config.strategies[alias] = shared._choice(route["strategy"], _STRATEGIES, ("models", alias, "strategy"),
-                                                      where)
+            config.strategies[alias] = shared._choice(
+                route["strategy"], _STRATEGIES, ("models", alias, "strategy"), where
+            )
     if "routes" in data:
         config.routes = parse_rules(data["routes"], config.models, where.error)
     return config
 
 
-def parse_listen(text: str) -> Optional[tuple[str, int]]:
+def parse_listen(text: str) -> tuple[str, int] | None:
     """(host, port) of "host:port" (an IPv6 host in brackets), or None when malformed."""
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -218,10 +232,17 @@ def _parse_gateway(config: GatewayConfig, table: dict[str, Any], where: shared._
 
 def _deployments(alias: str, route: Any, where: shared._Where) -> list[Deployment]:
     keys = ("models", alias)
-    if not isinstance(route, dict) or not set(route) <= {"deployments", "strategy"} \
-            or not isinstance(route.get("deployments"), list) or not route["deployments"]:
-        raise where.error(keys, "must be a table with deployments = [{provider, model, base_url, api_key_env}, ...] "
-                                f"and optionally strategy = one of {list(_STRATEGIES)}")
+    if (
+        not isinstance(route, dict)
+        or not set(route) <= {"deployments", "strategy"}
+        or not isinstance(route.get("deployments"), list)
+        or not route["deployments"]
+    ):
+        raise where.error(
+            keys,
+            "must be a table with deployments = [{provider, model, base_url, api_key_env}, ...] "
+            f"and optionally strategy = one of {list(_STRATEGIES)}",
+        )
     out = []
     for index, entry in enumerate(route["deployments"]):
         entry_keys = (*keys, "deployments", str(index))
@@ -230,8 +251,12 @@ def _deployments(alias: str, route: Any, where: shared._Where) -> list[Deploymen
         unknown = set(entry) - set(_DEPLOYMENT_KEYS)
         if unknown:
             raise where.error(entry_keys, f"unknown keys {sorted(unknown)}; expected {list(_DEPLOYMENT_KEYS)}")
-        provider: Family = "openai" if shared._choice(entry.get("provider"), ("openai", "anthropic"),
-                                                      (*entry_keys, "provider"), where) == "openai" else "anthropic"
+        provider: Family = (
+            "openai"
+            if shared._choice(entry.get("provider"), ("openai", "anthropic"), (*entry_keys, "provider"), where)
+            == "openai"
+            else "anthropic"
+        )
         model = shared._string(entry.get("model"), (*entry_keys, "model"), where)
         base_url = shared._string(entry.get("base_url"), (*entry_keys, "base_url"), where).rstrip("/")
         if not base_url.startswith(("http://", "https://")):

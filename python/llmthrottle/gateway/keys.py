@@ -16,8 +16,8 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 from .._native import ConfigError
 
@@ -46,10 +46,10 @@ class Caller:
 
     key_id: str
     tenant: str
-    team: Optional[str]
-    user: Optional[str]
+    team: str | None
+    user: str | None
     tier: str
-    models: Optional[tuple[str, ...]]
+    models: tuple[str, ...] | None
 
     def limiter_keys(self) -> list[str]:
         """The keys its calls are limited, budgeted and recorded under."""
@@ -70,13 +70,13 @@ class VirtualKey:
 
     id: str
     tenant: str
-    team: Optional[str]
-    user: Optional[str]
+    team: str | None
+    user: str | None
     tier: str
-    models: Optional[tuple[str, ...]]
-    expires_at: Optional[float]
+    models: tuple[str, ...] | None
+    expires_at: float | None
     created_at: float
-    revoked_at: Optional[float]
+    revoked_at: float | None
 
     def caller(self) -> Caller:
         return Caller(self.id, self.tenant, self.team, self.user, self.tier, self.models)
@@ -86,7 +86,7 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _check_name(value: Optional[str], what: str, required: bool = False) -> Optional[str]:
+def _check_name(value: str | None, what: str, required: bool = False) -> str | None:
     if value is None:
         if required:
             raise ConfigError(f"{what} is required")
@@ -111,10 +111,18 @@ class KeyStore:
         self._db.execute(_SCHEMA)
         self._lock = threading.Lock()
         self._cache_s = cache_s
-        self._cache: dict[str, tuple[float, Optional[Caller]]] = {}
+        self._cache: dict[str, tuple[float, Caller | None]] = {}
 
-    def create(self, *, tenant: str, tier: str, team: Optional[str] = None, user: Optional[str] = None,
-               models: Optional[Sequence[str]] = None, expires_at: Optional[float] = None) -> tuple[str, VirtualKey]:
+    def create(
+        self,
+        *,
+        tenant: str,
+        tier: str,
+        team: str | None = None,
+        user: str | None = None,
+        models: Sequence[str] | None = None,
+        expires_at: float | None = None,
+    ) -> tuple[str, VirtualKey]:
         """Makes a key; returns its plaintext (shown only now) and its record."""
         _check_name(tenant, "tenant", required=True)
         _check_name(tier, "tier", required=True)
@@ -128,19 +136,32 @@ class KeyStore:
         secret = secrets.token_urlsafe(32)
         now = time.time()
         with self._lock:
-            self._db.execute("INSERT INTO keys VALUES (?,?,?,?,?,?,?,?,?,NULL)",
-                             (key_id, _digest(secret), tenant, team, user, tier,
-                              json.dumps(list(models)) if models is not None else None, expires_at, now))
-        record = VirtualKey(key_id, tenant, team, user, tier, tuple(models) if models is not None else None,
-                            expires_at, now, None)
+            self._db.execute(
+                "INSERT INTO keys VALUES (?,?,?,?,?,?,?,?,?,NULL)",
+                (
+                    key_id,
+                    _digest(secret),
+                    tenant,
+                    team,
+                    user,
+                    tier,
+                    json.dumps(list(models)) if models is not None else None,
+                    expires_at,
+                    now,
+                ),
+            )
+        record = VirtualKey(
+            key_id, tenant, team, user, tier, tuple(models) if models is not None else None, expires_at, now, None
+        )
         return f"{_PREFIX}{key_id}_{secret}", record
 
     def rotate(self, key_id: str) -> str:
         """A new secret for the key (the old one stops working at once); its plaintext."""
         secret = secrets.token_urlsafe(32)
         with self._lock:
-            changed = self._db.execute("UPDATE keys SET secret_sha256 = ? WHERE id = ? AND revoked_at IS NULL",
-                                       (_digest(secret), key_id)).rowcount
+            changed = self._db.execute(
+                "UPDATE keys SET secret_sha256 = ? WHERE id = ? AND revoked_at IS NULL", (_digest(secret), key_id)
+            ).rowcount
             self._forget(key_id)
         if not changed:
             raise KeyError(f"no live key {key_id!r}")
@@ -149,18 +170,21 @@ class KeyStore:
     def revoke(self, key_id: str) -> bool:
         """Revokes the key; False if there was no live key of that id."""
         with self._lock:
-            changed = self._db.execute("UPDATE keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                                       (time.time(), key_id)).rowcount
+            changed = self._db.execute(
+                "UPDATE keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), key_id)
+            ).rowcount
             self._forget(key_id)
         return bool(changed)
 
     def list(self) -> list[VirtualKey]:
         with self._lock:
-            rows = self._db.execute("SELECT id, tenant, team, user, tier, models, expires_at, created_at, revoked_at "
-                                    "FROM keys ORDER BY created_at").fetchall()
+            rows = self._db.execute(
+                "SELECT id, tenant, team, user, tier, models, expires_at, created_at, revoked_at "
+                "FROM keys ORDER BY created_at"
+            ).fetchall()
         return [_record(row) for row in rows]
 
-    def caller(self, presented: str) -> Optional[Caller]:
+    def caller(self, presented: str) -> Caller | None:
         """Whose key `presented` is: None when it is malformed, unknown, revoked, expired or
         its secret does not match."""
         now = time.monotonic()
@@ -174,15 +198,18 @@ class KeyStore:
             self._cache[presented] = (now + self._cache_s, caller)
         return caller
 
-    def _look_up(self, presented: str) -> Optional[Caller]:
+    def _look_up(self, presented: str) -> Caller | None:
         if not presented.startswith(_PREFIX) or len(presented) > 200:
             return None
-        key_id, _, secret = presented[len(_PREFIX):].partition("_")
+        key_id, _, secret = presented[len(_PREFIX) :].partition("_")
         if not key_id or not secret:
             return None
         with self._lock:
-            row = self._db.execute("SELECT id, tenant, team, user, tier, models, expires_at, created_at, revoked_at, "
-                                   "secret_sha256 FROM keys WHERE id = ?", (key_id,)).fetchone()
+            row = self._db.execute(
+                "SELECT id, tenant, team, user, tier, models, expires_at, created_at, revoked_at, "
+                "secret_sha256 FROM keys WHERE id = ?",
+                (key_id,),
+            ).fetchone()
         if row is None or not hmac.compare_digest(row[9], _digest(secret)):
             return None
         record = _record(row[:9])
@@ -200,9 +227,14 @@ class KeyStore:
 
 def _record(row: Sequence[object]) -> VirtualKey:
     models = json.loads(str(row[5])) if row[5] is not None else None
-    return VirtualKey(str(row[0]), str(row[1]), row[2] if row[2] is None else str(row[2]),
-                      row[3] if row[3] is None else str(row[3]), str(row[4]),
-                      tuple(models) if models is not None else None,
-                      float(row[6]) if row[6] is not None else None,  # type: ignore[arg-type]
-                      float(row[7]),  # type: ignore[arg-type]
-                      float(row[8]) if row[8] is not None else None)  # type: ignore[arg-type]
+    return VirtualKey(
+        str(row[0]),
+        str(row[1]),
+        row[2] if row[2] is None else str(row[2]),
+        row[3] if row[3] is None else str(row[3]),
+        str(row[4]),
+        tuple(models) if models is not None else None,
+        float(row[6]) if row[6] is not None else None,  # type: ignore[arg-type]
+        float(row[7]),  # type: ignore[arg-type]
+        float(row[8]) if row[8] is not None else None,  # type: ignore[arg-type]
+    )

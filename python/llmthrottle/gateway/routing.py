@@ -18,7 +18,6 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 from .config import Deployment
 
@@ -32,7 +31,7 @@ class Breaker:
     probing: bool = False
     cool_until: float = 0.0
     state_changes: int = 0
-    latency_s: Optional[float] = None  # moving average of successful answers
+    latency_s: float | None = None  # moving average of successful answers
 
     @property
     def state(self) -> str:
@@ -59,7 +58,7 @@ class Router:
     def aliases(self) -> list[str]:
         return list(self.models)
 
-    def candidates(self, alias: str) -> Optional[list[Deployment]]:
+    def candidates(self, alias: str) -> list[Deployment] | None:
         """The deployments to try for `alias`, in order (None: no such alias). Open breakers and
         cooling deployments go last, so a request still has somewhere to go when all are down."""
         deployments = self.models.get(alias)
@@ -87,6 +86,7 @@ class Router:
         if strategy == "least_cost":
             return sorted(deployments, key=self._cost)
         if strategy == "lowest_latency":
+
             def latency(deployment: Deployment) -> float:
                 breaker = self.breakers.get(deployment.name)
                 return -1.0 if breaker is None or breaker.latency_s is None else breaker.latency_s
@@ -102,19 +102,25 @@ class Router:
             from ..pricing import PriceTable, TokenUsage
 
             try:
-                cost = float(PriceTable.default().cost(deployment.model, TokenUsage(input_tokens=1000, output_tokens=1000),
-                                                       deployment.provider).total_micros)
+                cost = float(
+                    PriceTable.default()
+                    .cost(deployment.model, TokenUsage(input_tokens=1000, output_tokens=1000), deployment.provider)
+                    .total_micros
+                )
             except (ConfigError, ValueError):
                 cost = float("inf")
             self._costs[deployment.name] = cost
         return cost
 
-    def succeeded(self, deployment: Deployment, latency_s: Optional[float] = None) -> None:
+    def succeeded(self, deployment: Deployment, latency_s: float | None = None) -> None:
         with self._lock:
             breaker = self.breakers.setdefault(deployment.name, Breaker())
             if latency_s is not None:
-                breaker.latency_s = latency_s if breaker.latency_s is None else (
-                    breaker.latency_s + _LATENCY_WEIGHT * (latency_s - breaker.latency_s))
+                breaker.latency_s = (
+                    latency_s
+                    if breaker.latency_s is None
+                    else (breaker.latency_s + _LATENCY_WEIGHT * (latency_s - breaker.latency_s))
+                )
             if breaker.open_until:
                 breaker.state_changes += 1
             breaker.failures, breaker.open_until, breaker.probing = 0, 0.0, False

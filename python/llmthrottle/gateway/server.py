@@ -4,10 +4,10 @@ deployments of `[models]`, every call through the provider layer.
 A request is authenticated (`auth.py`), its model alias routed (`routing.py`), and sent to each
 candidate deployment in turn through the provider layer's retry loop (`attempts_async`, the one
 `lt.wrap` runs) with a Guard holding the caller's tier limits and the budgets: admission, usage,
-pricing and the ledger are the provider layer's, with one attempt per deployment so that a 5xx, a timeout or a 429 fails over to the
-next one before the first byte reaches the caller. Streams are relayed as they arrive. Denials
-are answered in the caller's provider shape, a 429 with Retry-After and the limiter's
-`x-ratelimit-*`, so SDK clients back off as they would against the provider.
+pricing and the ledger are the provider layer's, with one attempt per deployment so that a 5xx, a
+timeout or a 429 fails over to the next one before the first byte reaches the caller. Streams are
+relayed as they arrive. Denials are answered in the caller's provider shape, a 429 with Retry-After
+and the limiter's `x-ratelimit-*`, so SDK clients back off as they would against the provider.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 import math
 import time
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -50,8 +50,18 @@ _ROUTES: dict[str, tuple[Family, str]] = {
     "/v1/embeddings": ("openai", "/embeddings"),
     "/v1/messages": ("anthropic", "/v1/messages"),
 }
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "upgrade",
-               "proxy-authenticate", "proxy-authorization", "te", "trailer"}
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "content-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+}
 _MAX_BODY = 32 << 20
 
 
@@ -69,8 +79,9 @@ class Gateway:
             if not value:
                 raise ConfigError(f"gateway.jwt_secret_env: environment variable {config.jwt_secret_env} is not set")
             secret = value.encode()
-        self.auth = Authenticator(self.keys, jwt_secret=secret, jwt_audience=config.jwt_audience,
-                                  jwks_file=config.jwks_file)
+        self.auth = Authenticator(
+            self.keys, jwt_secret=secret, jwt_audience=config.jwt_audience, jwks_file=config.jwks_file
+        )
         self.router = Router(config.models, config.breaker_failures, config.breaker_cooldown_s, config.strategies)
         if state is None:
             from ..sidecar.service import _make_state
@@ -86,7 +97,7 @@ class Gateway:
         self.ledger = ledger
         self.guards: dict[str, Guard] = {}
         self._settings: dict[str, Settings] = {}
-        self._upstream: Optional[aiohttp.ClientSession] = None
+        self._upstream: aiohttp.ClientSession | None = None
         self._pause, self._learned = ProviderPause(state), LearnedLimits(state)
         self._apply_tiers(config)
         self.metrics = {"requests": 0, "denied": 0, "upstream_errors": 0, "failovers": 0, "reloads": 0}
@@ -107,19 +118,32 @@ class Gateway:
             guards[tier] = guard
         self.guards = guards
         # One attempt per deployment: failing over is the gateway's retry.
-        self._settings = {tier: Settings(guard=guard, pause=self._pause, learned=self._learned, max_attempts=1,
-                                         deadline_s=config.request_timeout_s,
-                                         admission_timeout_s=config.queue_timeout_s)
-                          for tier, guard in guards.items()}
+        self._settings = {
+            tier: Settings(
+                guard=guard,
+                pause=self._pause,
+                learned=self._learned,
+                max_attempts=1,
+                deadline_s=config.request_timeout_s,
+                admission_timeout_s=config.queue_timeout_s,
+            )
+            for tier, guard in guards.items()
+        }
 
     def reload(self, config: GatewayConfig) -> None:
         """Applies a changed policy file: tiers, budgets, model routes and timeouts (where it
         listens, its keys file and its state need a restart)."""
         self._apply_tiers(config)
         self.router.models, self.router.strategies = config.models, config.strategies
-        self.config = replace(config, host=self.config.host, port=self.config.port, keys_db=self.config.keys_db,
-                              shared=replace(config.shared, state_kind=self.config.shared.state_kind,
-                                             state_name=self.config.shared.state_name))
+        self.config = replace(
+            config,
+            host=self.config.host,
+            port=self.config.port,
+            keys_db=self.config.keys_db,
+            shared=replace(
+                config.shared, state_kind=self.config.shared.state_kind, state_name=self.config.shared.state_name
+            ),
+        )
         self.metrics["reloads"] += 1
 
     # ------------------------------------------------------------------ the app
@@ -154,8 +178,14 @@ class Gateway:
         except Refused as refused:
             return _error("openai", refused.status, refused.message)
         aliases = [a for a in self.router.aliases() if caller.may_use(a)]
-        return web.json_response({"object": "list", "data": [
-            {"id": alias, "object": "model", "created": 0, "owned_by": "llmthrottle"} for alias in aliases]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"id": alias, "object": "model", "created": 0, "owned_by": "llmthrottle"} for alias in aliases
+                ],
+            }
+        )
 
     async def _metrics(self, request: web.Request) -> web.Response:
         lines = [f"llmthrottle_gateway_{name}_total {value}" for name, value in self.metrics.items()]
@@ -165,13 +195,14 @@ class Gateway:
             for counter, value in self.deployment_metrics.get(name, {}).items():
                 lines.append(f'llmthrottle_gateway_deployment_{counter}_total{{deployment="{_label(name)}"}} {value}')
             if breaker.latency_s is not None:
-                lines.append(f'llmthrottle_gateway_latency_seconds{{deployment="{_label(name)}"}} '
-                             f"{breaker.latency_s:.6f}")
+                lines.append(
+                    f'llmthrottle_gateway_latency_seconds{{deployment="{_label(name)}"}} {breaker.latency_s:.6f}'
+                )
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     # ------------------------------------------------------------------ the admin API
 
-    def _admin(self, request: web.Request) -> Optional[web.Response]:
+    def _admin(self, request: web.Request) -> web.Response | None:
         """None when the request carries the admin key; else the refusal."""
         import hmac
         import os
@@ -200,9 +231,14 @@ class Gateway:
                 raise ValueError("not an object")
             if fields.get("tier") is not None and fields["tier"] not in self.guards:
                 raise ConfigError(f"no tier {fields['tier']!r}; tiers: {sorted(self.guards)}")
-            secret, key = self.keys.create(tenant=fields.get("tenant", ""), tier=fields.get("tier") or "default",
-                                           team=fields.get("team"), user=fields.get("user"),
-                                           models=fields.get("models"), expires_at=fields.get("expires_at"))
+            secret, key = self.keys.create(
+                tenant=fields.get("tenant", ""),
+                tier=fields.get("tier") or "default",
+                team=fields.get("team"),
+                user=fields.get("user"),
+                models=fields.get("models"),
+                expires_at=fields.get("expires_at"),
+            )
         except (ValueError, TypeError, ConfigError) as error:
             return _error("openai", 400, f"cannot create the key: {error}")
         return web.json_response({"key": secret, **_key_json(key)}, status=201)
@@ -253,7 +289,7 @@ class Gateway:
         candidates = [d for d in candidates if d.provider == family]
         if not candidates:
             return _error(family, 404, f"model {alias!r} has no {family} deployment")
-        last: Optional[web.StreamResponse] = None
+        last: web.StreamResponse | None = None
         for position, deployment in enumerate(candidates):
             if position:
                 self.metrics["failovers"] += 1
@@ -281,13 +317,24 @@ class Gateway:
             counters["errors"] += report.outcome != "ok"
             counters["cost_micros"] += report.cost_micros
 
-    async def _send(self, request: web.Request, settings: Settings, caller: Caller, deployment: Deployment,
-                    alias: str, body: dict[str, Any], suffix: str,
-                    received: float) -> "web.StreamResponse | tuple[int, dict[str, str], bytes]":
+    async def _send(
+        self,
+        request: web.Request,
+        settings: Settings,
+        caller: Caller,
+        deployment: Deployment,
+        alias: str,
+        body: dict[str, Any],
+        suffix: str,
+        received: float,
+    ) -> web.StreamResponse | tuple[int, dict[str, str], bytes]:
         """The relayed answer, or (status, headers, body) of an upstream failure to fail over from."""
         content = json.dumps({**body, "model": deployment.model}, separators=(",", ":")).encode()
-        headers = {"content-type": "application/json", "accept": request.headers.get("accept", "application/json"),
-                   "accept-encoding": "identity"}
+        headers = {
+            "content-type": "application/json",
+            "accept": request.headers.get("accept", "application/json"),
+            "accept-encoding": "identity",
+        }
         if deployment.provider == "anthropic":
             headers["x-api-key"] = deployment.api_key()
             headers["anthropic-version"] = request.headers.get("anthropic-version", "2023-06-01")
@@ -310,8 +357,11 @@ class Gateway:
             # A budget at its end with on_exceed = "downgrade" admitted the call for its cheaper
             # model: that is the model the deployment is asked for.
             model = plan.call.model if plan.call is not None else deployment.model
-            data = plan.content if model == deployment.model else json.dumps(
-                {**plan.body, "model": model}, separators=(",", ":")).encode()
+            data = (
+                plan.content
+                if model == deployment.model
+                else json.dumps({**plan.body, "model": model}, separators=(",", ":")).encode()
+            )
             return await session.post(url, data=data, headers=headers)
 
         async def drain(answer: aiohttp.ClientResponse) -> bytes:
@@ -321,14 +371,25 @@ class Gateway:
 
         with context(**fields), tagged(deployment=deployment.name, route=alias, tier=caller.tier):
             try:
-                answer, failure = await attempts_async(plan, send, lambda a: (a.status, a.headers), drain,
-                                                       (aiohttp.ClientError, asyncio.TimeoutError, OSError))
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+                answer, failure = await attempts_async(
+                    plan,
+                    send,
+                    lambda a: (a.status, a.headers),
+                    drain,
+                    (aiohttp.ClientError, asyncio.TimeoutError, OSError),
+                )
+            except (TimeoutError, aiohttp.ClientError, OSError) as error:
                 self.metrics["upstream_errors"] += 1
                 self.router.failed(deployment)
-                return 502, {}, json.dumps(error_body(deployment.provider, 502,
-                                                      f"upstream {deployment.name} unreachable: "
-                                                      f"{type(error).__name__}")).encode()
+                return (
+                    502,
+                    {},
+                    json.dumps(
+                        error_body(
+                            deployment.provider, 502, f"upstream {deployment.name} unreachable: {type(error).__name__}"
+                        )
+                    ).encode(),
+                )
         answered = time.perf_counter()
         if failure is not None:
             self.metrics["upstream_errors"] += 1
@@ -351,8 +412,16 @@ class Gateway:
             self._upstream = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
         return self._upstream
 
-    async def _relay(self, request: web.Request, answer: aiohttp.ClientResponse, plan: CallPlan,
-                     data: Optional[bytes], received: float, sent: float, answered: float) -> web.StreamResponse:
+    async def _relay(
+        self,
+        request: web.Request,
+        answer: aiohttp.ClientResponse,
+        plan: CallPlan,
+        data: bytes | None,
+        received: float,
+        sent: float,
+        answered: float,
+    ) -> web.StreamResponse:
         headers = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
         reader = plan.reader()
         if data is None and not plan.streaming:
@@ -392,15 +461,23 @@ class Gateway:
         retry = getattr(denied, "retry_after", None)
         retry_s = retry if isinstance(retry, (int, float)) and math.isfinite(retry) else None
         kind = "budget" if isinstance(denied, BudgetExceeded) else getattr(denied, "limited_by", None) or "requests"
-        message = (f"budget exhausted for {getattr(denied, 'key', None) or caller.tenant}" if kind == "budget"
-                   else f"rate limit reached for {kind} on this key; retry after {retry_s or 0:.2f}s")
+        message = (
+            f"budget exhausted for {getattr(denied, 'key', None) or caller.tenant}"
+            if kind == "budget"
+            else f"rate limit reached for {kind} on this key; retry after {retry_s or 0:.2f}s"
+        )
         headers = self._limit_headers(family, caller)
         if retry_s is not None:
             headers["retry-after"] = str(max(1, math.ceil(retry_s)))
             headers["retry-after-ms"] = str(max(1, math.ceil(retry_s * 1000)))
         status = 429
-        body = error_body(family, status, message, kind="insufficient_quota" if kind == "budget" and family == "openai"
-                          else None, code="insufficient_quota" if kind == "budget" else None)
+        body = error_body(
+            family,
+            status,
+            message,
+            kind="insufficient_quota" if kind == "budget" and family == "openai" else None,
+            code="insufficient_quota" if kind == "budget" else None,
+        )
         return web.json_response(body, status=status, headers=headers)
 
     def _limit_headers(self, family: Family, caller: Caller) -> dict[str, str]:
@@ -436,14 +513,24 @@ def _error(family: Family, status: int, message: str) -> web.Response:
 
 def _error_from_upstream(family: Family, status: int, headers: dict[str, str], data: bytes) -> web.Response:
     """The last deployment's failure, passed on (its body, the headers an SDK reads)."""
-    kept = {k: v for k, v in headers.items() if k.lower().startswith(("retry-after", "x-ratelimit", "anthropic-ratelimit"))}
+    kept = {
+        k: v for k, v in headers.items() if k.lower().startswith(("retry-after", "x-ratelimit", "anthropic-ratelimit"))
+    }
     return web.Response(status=status, body=data, headers={**kept, "content-type": "application/json"})
 
 
 def _key_json(key: Any) -> dict[str, Any]:
-    return {"id": key.id, "tenant": key.tenant, "team": key.team, "user": key.user, "tier": key.tier,
-            "models": list(key.models) if key.models is not None else None, "expires_at": key.expires_at,
-            "created_at": key.created_at, "revoked_at": key.revoked_at}
+    return {
+        "id": key.id,
+        "tenant": key.tenant,
+        "team": key.team,
+        "user": key.user,
+        "tier": key.tier,
+        "models": list(key.models) if key.models is not None else None,
+        "expires_at": key.expires_at,
+        "created_at": key.created_at,
+        "revoked_at": key.revoked_at,
+    }
 
 
 def _label(value: str) -> str:

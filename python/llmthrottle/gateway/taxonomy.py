@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from .._native import ConfigError
 
@@ -32,10 +32,10 @@ _KEYS = ("model", "alias", "max_input_tokens", "min_input_tokens", "tools", "hea
 class RouteRule:
     model: str
     alias: str
-    max_input_tokens: Optional[int] = None
-    min_input_tokens: Optional[int] = None
-    tools: Optional[bool] = None
-    header: Optional[tuple[str, str]] = None
+    max_input_tokens: int | None = None
+    min_input_tokens: int | None = None
+    tools: bool | None = None
+    header: tuple[str, str] | None = None
 
     def needs_tokens(self) -> bool:
         return self.max_input_tokens is not None or self.min_input_tokens is not None
@@ -77,7 +77,7 @@ def parse_rules(entries: Any, aliases: Mapping[str, Any], error: Any) -> list[Ro
 def choose_alias(rules: list[RouteRule], body: Mapping[str, Any], headers: Mapping[str, str], family: Any) -> str:
     """The alias `body` goes to: the first matching rule's, else the model it names."""
     model = str(body.get("model"))
-    input_tokens: Optional[int] = None
+    input_tokens: int | None = None
     for rule in rules:
         if rule.model != model:
             continue

@@ -11,7 +11,7 @@ does not know the model).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..pricing import Cost, PriceTable
@@ -23,24 +23,39 @@ KEY_FIELDS = ("tenant", "user", "team", "feature")
 #: Text columns a caller may give (the sidecar's commit carries them beside its dimensions).
 STRING_FIELDS = ("model", "provider", *KEY_FIELDS, "outcome")
 #: Integer columns: the cost in micro-dollars and the disjoint token kinds.
-COUNT_FIELDS = ("cost_micros", "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
-                "reasoning_tokens")
+COUNT_FIELDS = (
+    "cost_micros",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
 _TOKEN_FIELDS = COUNT_FIELDS[1:]
 #: Every column a caller may set (a sidecar commit may carry any of them).
 RECORD_COLUMNS = frozenset(STRING_FIELDS + COUNT_FIELDS)
 
 
-def call_record(keys: Sequence[str], *, outcome: str, latency_s: Optional[float],
-                tags: Optional[Mapping[str, Any]] = None, cost: Optional["Cost"] = None,
-                model: Optional[str] = None, provider: Optional[str] = None,
-                cost_micros: Optional[int] = None, tokens: Optional[Mapping[str, int]] = None,
-                prices: Optional["PriceTable"] = None, unpriced_micros: int = 0) -> dict[str, Any]:
+def call_record(
+    keys: Sequence[str],
+    *,
+    outcome: str,
+    latency_s: float | None,
+    tags: Mapping[str, Any] | None = None,
+    cost: Cost | None = None,
+    model: str | None = None,
+    provider: str | None = None,
+    cost_micros: int | None = None,
+    tokens: Mapping[str, int] | None = None,
+    prices: PriceTable | None = None,
+    unpriced_micros: int = 0,
+) -> dict[str, Any]:
     """The keyword arguments of `Ledger.record` for one call under `keys`.
 
     `cost` (a priced `Cost`) gives the model, provider, tokens and money. Without it, `model`,
-    `provider` and `tokens` (the token columns by name) are recorded, at `cost_micros` when
-    given, else priced from `prices` (default: the shipped table), else at `unpriced_micros`. Tags named like a key column
-    (`feature="chat"`) fill that column and win over a key of the same field.
+    `provider` and `tokens` (the token columns by name) are recorded, at `cost_micros` when given,
+    else priced from `prices` (default: the shipped table), else at `unpriced_micros`. Tags named
+    like a key column (`feature="chat"`) fill that column and win over a key of the same field.
     """
     extra = dict(tags or {})
     columns: dict[str, Any] = {name: extra.pop(name) for name in KEY_FIELDS if name in extra}
@@ -65,22 +80,33 @@ def call_record(keys: Sequence[str], *, outcome: str, latency_s: Optional[float]
         else:
             if cost_micros is None and model and counts:
                 extra["unpriced"] = True  # a model the price table does not know
-            columns.update(counts, model=model or "unknown", provider=provider,
-                           cost_micros=unpriced_micros if cost_micros is None else cost_micros)
+            columns.update(
+                counts,
+                model=model or "unknown",
+                provider=provider,
+                cost_micros=unpriced_micros if cost_micros is None else cost_micros,
+            )
     return {**columns, "outcome": outcome, "latency_s": latency_s, "tags": extra or None}
 
 
-def cost_columns(cost: "Cost") -> dict[str, Any]:
+def cost_columns(cost: Cost) -> dict[str, Any]:
     """The ledger columns of a priced call: its model, provider, micro-dollars and tokens."""
     usage = cost.usage
-    return {"model": cost.model, "provider": cost.provider, "cost_micros": cost.total_micros,
-            "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-            "cached_input_tokens": usage.cached_input_tokens, "cache_write_tokens": usage.cache_write_tokens,
-            "reasoning_tokens": usage.reasoning_tokens}
+    return {
+        "model": cost.model,
+        "provider": cost.provider,
+        "cost_micros": cost.total_micros,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_input_tokens": usage.cached_input_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+    }
 
 
-def _priced(model: Optional[str], provider: Optional[str], counts: Mapping[str, int],
-            prices: Optional["PriceTable"]) -> Optional["Cost"]:
+def _priced(
+    model: str | None, provider: str | None, counts: Mapping[str, int], prices: PriceTable | None
+) -> Cost | None:
     """The cost of `counts` tokens of `model`, or None when there is nothing to price or the
     table does not know the model."""
     if not model or not counts:
@@ -88,10 +114,13 @@ def _priced(model: Optional[str], provider: Optional[str], counts: Mapping[str, 
     from .._native import ConfigError
     from ..pricing import PriceTable, TokenUsage
 
-    usage = TokenUsage(input_tokens=counts.get("input_tokens", 0), output_tokens=counts.get("output_tokens", 0),
-                       cached_input_tokens=counts.get("cached_input_tokens", 0),
-                       cache_write_5m_tokens=counts.get("cache_write_tokens", 0),
-                       reasoning_tokens=counts.get("reasoning_tokens", 0))
+    usage = TokenUsage(
+        input_tokens=counts.get("input_tokens", 0),
+        output_tokens=counts.get("output_tokens", 0),
+        cached_input_tokens=counts.get("cached_input_tokens", 0),
+        cache_write_5m_tokens=counts.get("cache_write_tokens", 0),
+        reasoning_tokens=counts.get("reasoning_tokens", 0),
+    )
     try:
         return (prices or PriceTable.default()).cost(model, usage, provider)
     except (ConfigError, ValueError):

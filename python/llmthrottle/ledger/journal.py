@@ -18,8 +18,8 @@ from __future__ import annotations
 import fcntl
 import os
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 __all__ = ["Journal", "ReplayStats", "encode_frame", "iter_frames", "read_all", "try_claim"]
 
@@ -54,25 +54,23 @@ def iter_frames(data: bytes, start: int, stats: ReplayStats) -> Iterator[tuple[b
         if newline < 0:
             stats.torn_tail_bytes = end - pos
             return
-        header = data[pos:pos + _HEADER_BYTES]
+        header = data[pos : pos + _HEADER_BYTES]
         try:
             length = int(header[:8], 16)
             crc = int(header[8:], 16)
         except ValueError:
             length, crc = -1, -1
         payload_end = pos + _HEADER_BYTES + length
-        if (length >= 0 and payload_end == newline
-                and zlib.crc32(data[pos + _HEADER_BYTES:payload_end]) == crc):
+        if length >= 0 and payload_end == newline and zlib.crc32(data[pos + _HEADER_BYTES : payload_end]) == crc:
             stats.frames += 1
-            yield data[pos + _HEADER_BYTES:payload_end], newline + 1
+            yield data[pos + _HEADER_BYTES : payload_end], newline + 1
             pos = newline + 1
-        elif (length >= 0 and payload_end < newline
-                and zlib.crc32(data[pos + _HEADER_BYTES:payload_end]) == crc):
+        elif length >= 0 and payload_end < newline and zlib.crc32(data[pos + _HEADER_BYTES : payload_end]) == crc:
             # An intact frame whose own newline was damaged: the next frame starts right after
             # it, so it is not lost with this one.
             stats.frames += 1
             stats.corrupt_frames += 1
-            yield data[pos + _HEADER_BYTES:payload_end], payload_end + 1
+            yield data[pos + _HEADER_BYTES : payload_end], payload_end + 1
             pos = payload_end + 1
         else:
             stats.corrupt_frames += 1
@@ -88,8 +86,7 @@ class Journal:
         self.name = f"{JOURNAL_PREFIX}{stem}{JOURNAL_SUFFIX}"
         self.path = os.path.join(directory, self.name)
         creating = os.path.join(directory, f".creating-{stem}")
-        fd = os.open(creating, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                     0o600)
+        fd = os.open(creating, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(creating, self.path)

@@ -38,12 +38,12 @@ import threading
 import time as _time
 import weakref
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import count
-from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from . import store
 from .call import cost_columns
-from .quarantine import Quarantine
 from .journal import (
     JOURNAL_PREFIX,
     JOURNAL_SUFFIX,
@@ -54,6 +54,7 @@ from .journal import (
     read_all,
     try_claim,
 )
+from .quarantine import Quarantine
 from .store import MAX_COST_MICROS, MAX_LATENCY_US, MAX_TIME_US, MAX_TOKENS, UsageRecord
 
 __all__ = ["Ledger"]
@@ -65,8 +66,7 @@ _DB_NAME = "ledger.sqlite3"
 _REPLAY_BATCH = 5000
 
 
-_COUNT_NAMES = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
-                "reasoning_tokens")
+_COUNT_NAMES = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "reasoning_tokens")
 _KEY_NAMES = ("tenant", "user", "team", "feature", "provider", "outcome")
 
 
@@ -95,9 +95,16 @@ class Ledger:
     durability across power loss at the price of a disk flush per record.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False,
-                 flush_interval: float = 0.05, recover_interval: float = 5.0,
-                 rotate_bytes: int = 64 << 20, sync: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        readonly: bool = False,
+        flush_interval: float = 0.05,
+        recover_interval: float = 5.0,
+        rotate_bytes: int = 64 << 20,
+        sync: bool = False,
+    ) -> None:
         self.path = os.fspath(path)
         self.readonly = readonly
         self._db_path = os.path.join(self.path, _DB_NAME)
@@ -136,21 +143,34 @@ class Ledger:
         self._journal = self._new_journal()
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._flusher = threading.Thread(target=self._flush_loop, name="llmthrottle-ledger",
-                                         daemon=True)
+        self._flusher = threading.Thread(target=self._flush_loop, name="llmthrottle-ledger", daemon=True)
         self._flusher.start()
 
     def _new_journal(self) -> Journal:
         stem = f"{os.getpid()}-{_time.time_ns()}-{secrets.token_hex(3)}"
         return Journal(self.path, stem, self._sync)
 
-    def record(self, *, model: str, cost_micros: int, provider: str | None = None,
-               tenant: str | None = None, user: str | None = None, team: str | None = None,
-               feature: str | None = None, input_tokens: int = 0, output_tokens: int = 0,
-               cached_input_tokens: int = 0, cache_write_tokens: int = 0,
-               reasoning_tokens: int = 0, latency_s: float | None = None,
-               outcome: str | None = "ok", tags: Mapping[str, Any] | None = None,
-               id: str | None = None, time: float | None = None) -> str:
+    def record(
+        self,
+        *,
+        model: str,
+        cost_micros: int,
+        provider: str | None = None,
+        tenant: str | None = None,
+        user: str | None = None,
+        team: str | None = None,
+        feature: str | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cached_input_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        latency_s: float | None = None,
+        outcome: str | None = "ok",
+        tags: Mapping[str, Any] | None = None,
+        id: str | None = None,
+        time: float | None = None,
+    ) -> str:
         """Durably record one call; returns its id.
 
         An `id` given by the caller is an idempotency key: recording the same id twice stores
@@ -161,26 +181,32 @@ class Ledger:
         if type(model) is not str or not model:
             raise ValueError(f"model must be a non-empty str, got {model!r}")
         if type(cost_micros) is not int or not 0 <= cost_micros <= MAX_COST_MICROS:
-            raise ValueError(f"cost_micros must be an integer in [0, {MAX_COST_MICROS}], "
-                             f"got {cost_micros!r}")
+            raise ValueError(f"cost_micros must be an integer in [0, {MAX_COST_MICROS}], got {cost_micros!r}")
         if latency_s is None:
             latency_us = None
-        elif (isinstance(latency_s, (int, float)) and type(latency_s) is not bool
-              and math.isfinite(latency_s) and 0 <= latency_s <= MAX_LATENCY_US / 1e6):
+        elif (
+            isinstance(latency_s, (int, float))
+            and type(latency_s) is not bool
+            and math.isfinite(latency_s)
+            and 0 <= latency_s <= MAX_LATENCY_US / 1e6
+        ):
             latency_us = round(latency_s * 1_000_000)
         else:
-            raise ValueError(f"latency_s must be a number of seconds in [0, "
-                             f"{MAX_LATENCY_US // 10**6}], got {latency_s!r}")
+            raise ValueError(
+                f"latency_s must be a number of seconds in [0, {MAX_LATENCY_US // 10**6}], got {latency_s!r}"
+            )
         if time is None:
             ts_us = _time.time_ns() // 1000
-        elif (isinstance(time, (int, float)) and type(time) is not bool and math.isfinite(time)
-              and abs(time) <= MAX_TIME_US / 1e6):
+        elif (
+            isinstance(time, (int, float))
+            and type(time) is not bool
+            and math.isfinite(time)
+            and abs(time) <= MAX_TIME_US / 1e6
+        ):
             ts_us = round(time * 1_000_000)
         else:
-            raise ValueError(f"time must be unix seconds within ±{MAX_TIME_US // 10**6}, "
-                             f"got {time!r}")
-        counts = (input_tokens, output_tokens, cached_input_tokens, cache_write_tokens,
-                  reasoning_tokens)
+            raise ValueError(f"time must be unix seconds within ±{MAX_TIME_US // 10**6}, got {time!r}")
+        counts = (input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, reasoning_tokens)
         for value in counts:
             if type(value) is not int or not 0 <= value <= MAX_TOKENS:
                 _raise_bad_count(counts)
@@ -189,8 +215,18 @@ class Ledger:
                 _raise_bad_key(tenant, user, team, feature, provider, outcome)
         row = (
             f"{self._id_prefix}{next(self._ids):012x}" if id is None else _id_arg(id),
-            ts_us, tenant, user, team, feature, model, provider, *counts,
-            cost_micros, latency_us, outcome, _encode(dict(tags)) if tags else None,
+            ts_us,
+            tenant,
+            user,
+            team,
+            feature,
+            model,
+            provider,
+            *counts,
+            cost_micros,
+            latency_us,
+            outcome,
+            _encode(dict(tags)) if tags else None,
         )
         frame = encode_frame(_encode(row).encode())
         with self._write_lock:
@@ -204,10 +240,17 @@ class Ledger:
                 self._journal = self._new_journal()
         return row[0]
 
-    def record_cost(self, cost: Any, *, latency_s: float | None = None,
-                    outcome: str | None = "ok", tags: Mapping[str, Any] | None = None,
-                    id: str | None = None, time: float | None = None,
-                    **keys: str | None) -> str:
+    def record_cost(
+        self,
+        cost: Any,
+        *,
+        latency_s: float | None = None,
+        outcome: str | None = "ok",
+        tags: Mapping[str, Any] | None = None,
+        id: str | None = None,
+        time: float | None = None,
+        **keys: str | None,
+    ) -> str:
         """Record a `pricing.Cost` with its tokens; `keys` are tenant, user, team, feature."""
         columns: dict[str, Any] = {**cost_columns(cost), **keys}
         return self.record(**columns, latency_s=latency_s, outcome=outcome, tags=tags, id=id, time=time)
@@ -289,8 +332,12 @@ class Ledger:
             finally:
                 os.close(fd)
         if stats.corrupt_frames or stats.torn_tail_bytes:
-            _log.warning("ledger recovery in %s: %d corrupt frames skipped, %d torn tail bytes",
-                         self.path, stats.corrupt_frames, stats.torn_tail_bytes)
+            _log.warning(
+                "ledger recovery in %s: %d corrupt frames skipped, %d torn tail bytes",
+                self.path,
+                stats.corrupt_frames,
+                stats.torn_tail_bytes,
+            )
         self.last_replay = stats
         return stats
 
@@ -324,25 +371,27 @@ class Ledger:
         with self._read_lock:
             return query(self._reader)
 
-    def spend(self, *, since: float | None = None, until: float | None = None,
-              **filters: Any) -> int:
+    def spend(self, *, since: float | None = None, until: float | None = None, **filters: Any) -> int:
         """Total cost in micro-dollars over [since, until) (unix seconds) of records matching
         every filter: `tenant="acme"`, `model=["gpt-4o", "o3"]`, or any tag name."""
         return self._read(lambda c: store.spend(c, since, until, filters))
 
-    def aggregate(self, group_by: Sequence[str], *, since: float | None = None,
-                  until: float | None = None, **filters: Any) -> list[dict[str, Any]]:
+    def aggregate(
+        self, group_by: Sequence[str], *, since: float | None = None, until: float | None = None, **filters: Any
+    ) -> list[dict[str, Any]]:
         """Calls, tokens and cost per group, most expensive first. Group keys: tenant, user,
         team, feature, model, provider, outcome, `day` (UTC), or any tag name."""
         return self._read(lambda c: store.aggregate(c, list(group_by), since, until, filters))
 
-    def top(self, limit: int = 10, *, since: float | None = None, until: float | None = None,
-            **filters: Any) -> list[UsageRecord]:
+    def top(
+        self, limit: int = 10, *, since: float | None = None, until: float | None = None, **filters: Any
+    ) -> list[UsageRecord]:
         """The most expensive calls."""
         return self._read(lambda c: store.top(c, limit, since, until, filters))
 
-    def records(self, *, since: float | None = None, until: float | None = None,
-                **filters: Any) -> Iterator[UsageRecord]:
+    def records(
+        self, *, since: float | None = None, until: float | None = None, **filters: Any
+    ) -> Iterator[UsageRecord]:
         """Every matching record in time order, read page by page."""
         self.flush()
 
@@ -425,8 +474,7 @@ def _close_all_at_exit() -> None:
         try:
             ledger.close()
         except Exception:
-            _log.exception("closing ledger %s at exit failed; its journal will be replayed",
-                           ledger.path)
+            _log.exception("closing ledger %s at exit failed; its journal will be replayed", ledger.path)
 
 
 os.register_at_fork(after_in_child=_after_fork)

@@ -28,8 +28,10 @@ class Quarantine:
 
     def add(self, source: str, reason: str, payload: bytes | str) -> None:
         text = payload.decode("utf-8", "backslashreplace") if isinstance(payload, bytes) else payload
-        line = json.dumps({"time": time.time(), "source": source, "reason": reason, "payload": text},
-                          ensure_ascii=True) + "\n"
+        line = (
+            json.dumps({"time": time.time(), "source": source, "reason": reason, "payload": text}, ensure_ascii=True)
+            + "\n"
+        )
         with self._lock:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:

@@ -12,27 +12,54 @@ import json
 import os
 import re
 import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
-__all__ = ["COLUMNS", "DIMENSIONS", "MAX_COST_MICROS", "MAX_LATENCY_US", "MAX_TIME_US",
-           "MAX_TOKENS", "UsageRecord", "connect", "group_expression", "valid_row"]
+__all__ = [
+    "COLUMNS",
+    "DIMENSIONS",
+    "MAX_COST_MICROS",
+    "MAX_LATENCY_US",
+    "MAX_TIME_US",
+    "MAX_TOKENS",
+    "UsageRecord",
+    "connect",
+    "group_expression",
+    "valid_row",
+]
 
 SCHEMA_VERSION = 1
 
 # Order of the row tuples journaled and inserted; the journal format depends on it.
-COLUMNS = ("id", "ts_us", "tenant", "user", "team", "feature", "model", "provider",
-           "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
-           "reasoning_tokens", "cost_micros", "latency_us", "outcome", "tags")
+COLUMNS = (
+    "id",
+    "ts_us",
+    "tenant",
+    "user",
+    "team",
+    "feature",
+    "model",
+    "provider",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_micros",
+    "latency_us",
+    "outcome",
+    "tags",
+)
 
 # Keys with their own column; any other key is looked up in the `tags` JSON.
 DIMENSIONS = ("tenant", "user", "team", "feature", "model", "provider", "outcome")
 # Bounds of a stored record. Each keeps the field, and SUM() over millions of records, far inside
 # SQLite's signed 64-bit integers, so no record can make an insert or a query overflow.
 MAX_TOKENS = 10**12
-MAX_COST_MICROS = 10**12          # $1,000,000 for one call
-MAX_TIME_US = 10**11 * 10**6      # unix seconds up to 1e11 (the year 5138)
-MAX_LATENCY_US = 10**9 * 10**6    # about 31 years
+MAX_COST_MICROS = 10**12  # $1,000,000 for one call
+MAX_TIME_US = 10**11 * 10**6  # unix seconds up to 1e11 (the year 5138)
+MAX_LATENCY_US = 10**9 * 10**6  # about 31 years
 
 _TAG_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -56,15 +83,25 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
 
-_INSERT = (f"INSERT OR IGNORE INTO records ({', '.join(COLUMNS)}) "
-           f"VALUES ({', '.join('?' * len(COLUMNS))})")
+_INSERT = f"INSERT OR IGNORE INTO records ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
 _BOUNDS: tuple[tuple[int, int] | None, ...] = (
-    None, (-MAX_TIME_US, MAX_TIME_US), None, None, None, None, None, None,
-    *((0, MAX_TOKENS),) * 5, (0, MAX_COST_MICROS), (0, MAX_LATENCY_US), None, None)
-_NULLABLE = frozenset(("tenant", "user", "team", "feature", "provider", "latency_us", "outcome",
-                       "tags"))
+    None,
+    (-MAX_TIME_US, MAX_TIME_US),
+    None,
+    None,
+    None,
+    None,
+    None,
+    None,
+    *((0, MAX_TOKENS),) * 5,
+    (0, MAX_COST_MICROS),
+    (0, MAX_LATENCY_US),
+    None,
+    None,
+)
+_NULLABLE = frozenset(("tenant", "user", "team", "feature", "provider", "latency_us", "outcome", "tags"))
 
 
 def valid_row(row: Any) -> bool:
@@ -114,22 +151,50 @@ class UsageRecord:
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> UsageRecord:
-        (rid, ts_us, tenant, user, team, feature, model, provider, input_tokens, output_tokens,
-         cached, cache_write, reasoning, cost_micros, latency_us, outcome, tags) = row
-        return cls(id=rid, time=ts_us / 1e6, model=model, cost_micros=cost_micros,
-                   provider=provider, tenant=tenant, user=user, team=team, feature=feature,
-                   input_tokens=input_tokens, output_tokens=output_tokens,
-                   cached_input_tokens=cached, cache_write_tokens=cache_write,
-                   reasoning_tokens=reasoning,
-                   latency_s=None if latency_us is None else latency_us / 1e6,
-                   outcome=outcome, tags=json.loads(tags) if tags else {})
+        (
+            rid,
+            ts_us,
+            tenant,
+            user,
+            team,
+            feature,
+            model,
+            provider,
+            input_tokens,
+            output_tokens,
+            cached,
+            cache_write,
+            reasoning,
+            cost_micros,
+            latency_us,
+            outcome,
+            tags,
+        ) = row
+        return cls(
+            id=rid,
+            time=ts_us / 1e6,
+            model=model,
+            cost_micros=cost_micros,
+            provider=provider,
+            tenant=tenant,
+            user=user,
+            team=team,
+            feature=feature,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached_input_tokens=cached,
+            cache_write_tokens=cache_write,
+            reasoning_tokens=reasoning,
+            latency_s=None if latency_us is None else latency_us / 1e6,
+            outcome=outcome,
+            tags=json.loads(tags) if tags else {},
+        )
 
 
 def connect(path: str, *, readonly: bool = False, sync: bool = False) -> sqlite3.Connection:
     """A connection in WAL mode: readers never block the writer, nor the writer readers."""
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
-                               isolation_level=None)
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
     else:
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
         # Owner-only like the journals, set by path before WAL mode makes the -wal and -shm files
@@ -149,15 +214,16 @@ def connect(path: str, *, readonly: bool = False, sync: bool = False) -> sqlite3
     return conn
 
 
-def insert(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]],
-           checkpoints: Mapping[str, int]) -> None:
+def insert(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]], checkpoints: Mapping[str, int]) -> None:
     """Store rows and advance journal checkpoints in one transaction."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.executemany(_INSERT, rows)
         conn.executemany(
             "INSERT INTO checkpoints VALUES (?, ?) ON CONFLICT(journal) "
-            "DO UPDATE SET offset = max(offset, excluded.offset)", checkpoints.items())
+            "DO UPDATE SET offset = max(offset, excluded.offset)",
+            checkpoints.items(),
+        )
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -186,8 +252,7 @@ def group_expression(key: str) -> tuple[str, list[Any]]:
     return "json_extract(tags, ?)", [f'$."{name}"']
 
 
-def where_clause(since: float | None, until: float | None,
-                 filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
+def where_clause(since: float | None, until: float | None, filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
     """WHERE clause for a time range [since, until) in unix seconds and equality filters
     (a value may be None, or a list/tuple/set meaning any of)."""
     parts: list[str] = []
@@ -218,22 +283,34 @@ def where_clause(since: float | None, until: float | None,
     return (" WHERE " + " AND ".join(parts)) if parts else "", params
 
 
-def spend(conn: sqlite3.Connection, since: float | None, until: float | None,
-          filters: Mapping[str, Any]) -> int:
+def spend(conn: sqlite3.Connection, since: float | None, until: float | None, filters: Mapping[str, Any]) -> int:
     where, params = where_clause(since, until, filters)
-    row = conn.execute(f"SELECT COALESCE(SUM(cost_micros), 0) FROM records{where}",
-                       params).fetchone()
+    row = conn.execute(f"SELECT COALESCE(SUM(cost_micros), 0) FROM records{where}", params).fetchone()
     return int(row[0])
 
 
-_SUMS = ("COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cached_input_tokens), "
-         "SUM(cache_write_tokens), SUM(reasoning_tokens), SUM(cost_micros)")
-AGGREGATE_FIELDS = ("calls", "input_tokens", "output_tokens", "cached_input_tokens",
-                    "cache_write_tokens", "reasoning_tokens", "cost_micros")
+_SUMS = (
+    "COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cached_input_tokens), "
+    "SUM(cache_write_tokens), SUM(reasoning_tokens), SUM(cost_micros)"
+)
+AGGREGATE_FIELDS = (
+    "calls",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_micros",
+)
 
 
-def aggregate(conn: sqlite3.Connection, group_by: Sequence[str], since: float | None,
-              until: float | None, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
+def aggregate(
+    conn: sqlite3.Connection,
+    group_by: Sequence[str],
+    since: float | None,
+    until: float | None,
+    filters: Mapping[str, Any],
+) -> list[dict[str, Any]]:
     """One dict per group: the group keys, then AGGREGATE_FIELDS; most expensive first."""
     select: list[str] = []
     params: list[Any] = []
@@ -249,23 +326,28 @@ def aggregate(conn: sqlite3.Connection, group_by: Sequence[str], since: float | 
         sql += f" GROUP BY {group_positions} ORDER BY {len(select) + 7} DESC, {group_positions}"
     result = []
     for row in conn.execute(sql, params + where_params):
-        entry: dict[str, Any] = dict(zip(group_by, row[:len(group_by)]))
-        entry.update(zip(AGGREGATE_FIELDS, (int(v or 0) for v in row[len(group_by):])))
+        entry: dict[str, Any] = dict(zip(group_by, row[: len(group_by)]))
+        entry.update(zip(AGGREGATE_FIELDS, (int(v or 0) for v in row[len(group_by) :])))
         result.append(entry)
     return result
 
 
-def top(conn: sqlite3.Connection, limit: int, since: float | None, until: float | None,
-        filters: Mapping[str, Any]) -> list[UsageRecord]:
+def top(
+    conn: sqlite3.Connection, limit: int, since: float | None, until: float | None, filters: Mapping[str, Any]
+) -> list[UsageRecord]:
     where, params = where_clause(since, until, filters)
-    sql = (f"SELECT {', '.join(COLUMNS)} FROM records{where} "
-           "ORDER BY cost_micros DESC, ts_us LIMIT ?")
+    sql = f"SELECT {', '.join(COLUMNS)} FROM records{where} ORDER BY cost_micros DESC, ts_us LIMIT ?"
     return [UsageRecord.from_row(r) for r in conn.execute(sql, [*params, limit])]
 
 
-def page(conn: sqlite3.Connection, after: tuple[int, str] | None, size: int,
-         since: float | None, until: float | None,
-         filters: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+def page(
+    conn: sqlite3.Connection,
+    after: tuple[int, str] | None,
+    size: int,
+    since: float | None,
+    until: float | None,
+    filters: Mapping[str, Any],
+) -> list[tuple[Any, ...]]:
     """A page of rows in (time, id) order, strictly after `after` (keyset pagination, so a long
     iteration never holds a read transaction or a lock between pages)."""
     where, params = where_clause(since, until, filters)
@@ -276,11 +358,12 @@ def page(conn: sqlite3.Connection, after: tuple[int, str] | None, size: int,
     return conn.execute(sql, [*params, size]).fetchall()
 
 
-def iterate(conn_factory: Any, since: float | None, until: float | None,
-            filters: Mapping[str, Any], page_size: int = 1000) -> Iterator[UsageRecord]:
+def iterate(
+    conn_factory: Any, since: float | None, until: float | None, filters: Mapping[str, Any], page_size: int = 1000
+) -> Iterator[UsageRecord]:
     after: tuple[int, str] | None = None
     while True:
-        rows = conn_factory(lambda conn: page(conn, after, page_size, since, until, filters))
+        rows = conn_factory(lambda conn, after=after: page(conn, after, page_size, since, until, filters))
         for row in rows:
             yield UsageRecord.from_row(row)
         if len(rows) < page_size:

@@ -29,17 +29,23 @@ __all__ = [
 ]
 
 
-def cost(model: str, usage: Any, provider: str | None = None, *,
-         prices: PriceTable | None = None) -> Cost:
+def cost(model: str, usage: Any, provider: str | None = None, *, prices: PriceTable | None = None) -> Cost:
     """Price one call. `usage` is the provider's usage (dict or SDK object), a `TokenUsage`, or a
     `UsageAccumulator`'s `.usage`. Unknown models raise `ConfigError` unless `prices` has a
     fallback; malformed usage raises `ValueError` naming the field."""
     return (prices or PriceTable.default()).cost(model, usage, provider)
 
 
-def worst_case_cost(model: str, input_tokens: int, max_output_tokens: int, *,
-                    provider: str | None = None, cache_write: str | None = None,
-                    prices: PriceTable | None = None) -> int:
+def worst_case_cost(
+    model: str,
+    input_tokens: int,
+    max_output_tokens: int,
+    *,
+    provider: str | None = None,
+    cache_write: str | None = None,
+    prices: PriceTable | None = None,
+) -> int:
     """The most a call can cost, in micro-dollars, before it is sent (for budget admission)."""
     return (prices or PriceTable.default()).worst_case_cost(
-        model, input_tokens, max_output_tokens, provider=provider, cache_write=cache_write)
+        model, input_tokens, max_output_tokens, provider=provider, cache_write=cache_write
+    )

@@ -12,12 +12,13 @@ import difflib
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from importlib import resources
 from types import MappingProxyType
-from typing import Any, Mapping, Union
+from typing import Any, Union
 
 from .._native import ConfigError
 from .usage import TokenUsage, _check_count, normalize_usage
@@ -36,11 +37,11 @@ _PICOS_PER_MICRO = 1_000_000
 _MAX_MODEL_NAME = 256
 _SUFFIXES = (
     re.compile(r"-\d{4}-\d{2}-\d{2}$"),  # OpenAI: gpt-4o-2024-08-06
-    re.compile(r"[-@]\d{8}$"),           # Anthropic: claude-sonnet-4-5-20250929, Vertex @20240620
-    re.compile(r"-\d{2}-\d{4}$"),        # Gemini previews: -09-2025
-    re.compile(r"-\d{2}-\d{2}$"),        # Gemini previews: -05-20
-    re.compile(r"-\d{4}$"),              # OpenAI legacy -0613, Mistral -2411
-    re.compile(r"-\d{3}$"),              # Gemini stable revisions: -001
+    re.compile(r"[-@]\d{8}$"),  # Anthropic: claude-sonnet-4-5-20250929, Vertex @20240620
+    re.compile(r"-\d{2}-\d{4}$"),  # Gemini previews: -09-2025
+    re.compile(r"-\d{2}-\d{2}$"),  # Gemini previews: -05-20
+    re.compile(r"-\d{4}$"),  # OpenAI legacy -0613, Mistral -2411
+    re.compile(r"-\d{3}$"),  # Gemini stable revisions: -001
     re.compile(r"-latest$"),
 )
 _NAMESPACE_PREFIX = re.compile(r"^(?:models/|[a-z][a-z0-9_-]*/)")
@@ -112,8 +113,7 @@ class PriceTable:
     models: Mapping[str, ModelPrice]
     aliases: Mapping[str, str] = field(default_factory=dict)
     fallback: ModelPrice | None = None
-    _cache: dict[tuple[str, str | None], ModelPrice] = field(
-        default_factory=dict, repr=False, compare=False)
+    _cache: dict[tuple[str, str | None], ModelPrice] = field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------------ building
 
@@ -150,9 +150,12 @@ class PriceTable:
         models = {name: _parse_model(name, spec, source) for name, spec in raw_models.items()}
         aliases = data.get("aliases", {})
         _require_table(aliases, f"{source}: [aliases]")
-        table = cls(version=str(meta.get("version", "unversioned")),
-                    as_of=str(meta.get("as_of", "unknown")),
-                    models=MappingProxyType(models), aliases=MappingProxyType(dict(aliases)))
+        table = cls(
+            version=str(meta.get("version", "unversioned")),
+            as_of=str(meta.get("as_of", "unknown")),
+            models=MappingProxyType(models),
+            aliases=MappingProxyType(dict(aliases)),
+        )
         table._check_aliases(source)
         return table
 
@@ -169,29 +172,43 @@ class PriceTable:
         models = {**self.models, **other.models}
         aliases = {k: v for k, v in self.aliases.items() if k not in other.models}
         aliases.update(other.aliases)
-        table = PriceTable(version=f"{self.version}+{other.version}", as_of=self.as_of,
-                           models=MappingProxyType(models), aliases=MappingProxyType(aliases),
-                           fallback=other.fallback or self.fallback)
+        table = PriceTable(
+            version=f"{self.version}+{other.version}",
+            as_of=self.as_of,
+            models=MappingProxyType(models),
+            aliases=MappingProxyType(aliases),
+            fallback=other.fallback or self.fallback,
+        )
         table._check_aliases("<overrides>")
         return table
 
-    def with_fallback(self, *, input: Any, output: Any, cached_input: Any = None,
-                      cache_write_5m: Any = None, cache_write_1h: Any = None,
-                      provider: str = "unknown") -> PriceTable:
+    def with_fallback(
+        self,
+        *,
+        input: Any,
+        output: Any,
+        cached_input: Any = None,
+        cache_write_5m: Any = None,
+        cache_write_1h: Any = None,
+        provider: str = "unknown",
+    ) -> PriceTable:
         """A new table that prices unknown models at these dollars-per-1M-token rates instead
         of raising ConfigError. Costs priced this way have `fallback=True`."""
-        spec = {"provider": provider, "input": input, "output": output,
-                "cached_input": cached_input, "cache_write_5m": cache_write_5m,
-                "cache_write_1h": cache_write_1h}
+        spec = {
+            "provider": provider,
+            "input": input,
+            "output": output,
+            "cached_input": cached_input,
+            "cache_write_5m": cache_write_5m,
+            "cache_write_1h": cache_write_1h,
+        }
         spec = {k: v for k, v in spec.items() if v is not None}
-        return replace(self, fallback=_parse_model("<fallback>", spec, "with_fallback"),
-                       _cache={})
+        return replace(self, fallback=_parse_model("<fallback>", spec, "with_fallback"), _cache={})
 
     def _check_aliases(self, source: str) -> None:
         for alias, target in self.aliases.items():
             if not isinstance(target, str) or target not in self.models:
-                raise ConfigError(f"{source}: alias {alias!r} points to {target!r}, "
-                                  "which is not a model in the table")
+                raise ConfigError(f"{source}: alias {alias!r} points to {target!r}, which is not a model in the table")
             if alias in self.models:
                 raise ConfigError(f"{source}: alias {alias!r} is also a model name")
 
@@ -215,8 +232,10 @@ class PriceTable:
                 raise ConfigError(self._unknown_message(model))
             found = self.fallback
         elif provider is not None and found.provider != provider:
-            raise ConfigError(f"model {model!r} is priced as provider {found.provider!r} in "
-                              f"price table {self.version}, but provider={provider!r} was given")
+            raise ConfigError(
+                f"model {model!r} is priced as provider {found.provider!r} in "
+                f"price table {self.version}, but provider={provider!r} was given"
+            )
         if len(self._cache) >= 4096:  # model names may come from requests: stay bounded
             self._cache.clear()
         self._cache[key] = found
@@ -250,13 +269,18 @@ class PriceTable:
         return price
 
     def _unknown_message(self, model: str) -> str:
-        near = (difflib.get_close_matches(model.lower(), [*self.models, *self.aliases], n=3)
-                if len(model) <= _MAX_MODEL_NAME else [])
+        near = (
+            difflib.get_close_matches(model.lower(), [*self.models, *self.aliases], n=3)
+            if len(model) <= _MAX_MODEL_NAME
+            else []
+        )
         hint = f" (did you mean {', '.join(map(repr, near))}?)" if near else ""
         shown = model if len(model) <= _MAX_MODEL_NAME else f"{model[:_MAX_MODEL_NAME]}..."
-        return (f"no price for model {shown!r} in price table {self.version} "
-                f"(as of {self.as_of}){hint}; add it with PriceTable.with_overrides() or set a "
-                "fallback price with PriceTable.with_fallback()")
+        return (
+            f"no price for model {shown!r} in price table {self.version} "
+            f"(as of {self.as_of}){hint}; add it with PriceTable.with_overrides() or set a "
+            "fallback price with PriceTable.with_fallback()"
+        )
 
     # ------------------------------------------------------------------ pricing
 
@@ -271,10 +295,10 @@ class PriceTable:
             # A model without a cache-read price is charged the full input rate: over-, never
             # under-charging.
             "cached_input": tokens.cached_input_tokens * cached_rate,
-            "cache_write": (_write_picos(price, tokens.cache_write_5m_tokens,
-                                         rates.cache_write_5m, "cache_write_5m")
-                            + _write_picos(price, tokens.cache_write_1h_tokens,
-                                           rates.cache_write_1h, "cache_write_1h")),
+            "cache_write": (
+                _write_picos(price, tokens.cache_write_5m_tokens, rates.cache_write_5m, "cache_write_5m")
+                + _write_picos(price, tokens.cache_write_1h_tokens, rates.cache_write_1h, "cache_write_1h")
+            ),
             "output": tokens.output_tokens * rates.output,
         }
         total_picos = sum(picos.values())
@@ -284,15 +308,20 @@ class PriceTable:
             provider=provider or price.provider,
             usage=tokens,
             total_micros=-(-total_picos // _PICOS_PER_MICRO),
-            breakdown_micros=MappingProxyType(
-                {k: Decimal(v).scaleb(-6) for k, v in picos.items()}),
+            breakdown_micros=MappingProxyType({k: Decimal(v).scaleb(-6) for k, v in picos.items()}),
             tier_above_prompt_tokens=tier,
             price_table_version=self.version,
             fallback=price is self.fallback,
         )
 
-    def worst_case_cost(self, model: str, input_tokens: int, max_output_tokens: int,
-                        provider: str | None = None, cache_write: str | None = None) -> int:
+    def worst_case_cost(
+        self,
+        model: str,
+        input_tokens: int,
+        max_output_tokens: int,
+        provider: str | None = None,
+        cache_write: str | None = None,
+    ) -> int:
         """Upper bound in micro-dollars of a call before it is sent, for budget admission.
 
         Input is priced uncached (a cache hit only makes it cheaper); with
@@ -319,8 +348,10 @@ def _write_picos(price: ModelPrice, tokens: int, rate: int | None, name: str) ->
     if tokens == 0:
         return 0
     if rate is None:
-        raise ConfigError(f"usage reports {tokens} {name} tokens but model {price.name!r} has no "
-                          f"{name} price; add it to the price table")
+        raise ConfigError(
+            f"usage reports {tokens} {name} tokens but model {price.name!r} has no "
+            f"{name} price; add it to the price table"
+        )
     return tokens * rate
 
 
@@ -332,13 +363,11 @@ def _require_table(value: Any, where: str) -> None:
 def _parse_model(name: str, spec: Any, source: str) -> ModelPrice:
     where = f"{source}: model {name!r}"
     if len(name) > _MAX_MODEL_NAME:
-        raise ConfigError(f"{source}: model name {name[:40]!r}... is longer than "
-                          f"{_MAX_MODEL_NAME} characters")
+        raise ConfigError(f"{source}: model name {name[:40]!r}... is longer than {_MAX_MODEL_NAME} characters")
     _require_table(spec, where)
     unknown = set(spec) - _MODEL_KEYS
     if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)} (allowed: "
-                          f"{sorted(_MODEL_KEYS)})")
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)} (allowed: {sorted(_MODEL_KEYS)})")
     provider = spec.get("provider")
     if not isinstance(provider, str) or not provider:
         raise ConfigError(f"{where}: 'provider' must be a non-empty string")
@@ -362,8 +391,7 @@ def _parse_model(name: str, spec: Any, source: str) -> ModelPrice:
         # long-context cache reads at the short-context price.
         missing = [k for k in _RATE_KEYS if (k in spec) != (k in tier)]
         if missing:
-            raise ConfigError(f"{tier_where}: must define exactly the rates of the base "
-                              f"entry; mismatched: {missing}")
+            raise ConfigError(f"{tier_where}: must define exactly the rates of the base entry; mismatched: {missing}")
         if tiers and above <= tiers[-1][0]:
             raise ConfigError(f"{tier_where}: tiers must be sorted by above_prompt_tokens")
         tiers.append((above, _parse_rates(tier, tier_where)))
@@ -374,8 +402,7 @@ def _parse_rates(spec: Mapping[str, Any], where: str) -> Rates:
     for required in ("input", "output"):
         if required not in spec:
             raise ConfigError(f"{where}: missing required price {required!r}")
-    values = {k: _micros_per_million(spec[k], f"{where}: {k!r}")
-              for k in _RATE_KEYS if k in spec}
+    values = {k: _micros_per_million(spec[k], f"{where}: {k!r}") for k in _RATE_KEYS if k in spec}
     return Rates(**values)
 
 

@@ -15,8 +15,9 @@ Providers count the same tokens differently, and getting that wrong mis-bills ev
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["TokenUsage", "UsageAccumulator", "normalize_usage"]
 
@@ -24,8 +25,7 @@ __all__ = ["TokenUsage", "UsageAccumulator", "normalize_usage"]
 MAX_TOKENS = 10**12
 
 _OPENAI_CHAT_KEYS = ("prompt_tokens", "completion_tokens")
-_GEMINI_KEYS = ("promptTokenCount", "prompt_token_count", "candidatesTokenCount",
-                "candidates_token_count")
+_GEMINI_KEYS = ("promptTokenCount", "prompt_token_count", "candidatesTokenCount", "candidates_token_count")
 _ANTHROPIC_ONLY_KEYS = ("cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation")
 _RESPONSES_ONLY_KEYS = ("input_tokens_details", "output_tokens_details")
 
@@ -45,13 +45,20 @@ class TokenUsage:
     reasoning_tokens: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("input_tokens", "cached_input_tokens", "cache_write_5m_tokens",
-                     "cache_write_1h_tokens", "output_tokens", "reasoning_tokens"):
+        for name in (
+            "input_tokens",
+            "cached_input_tokens",
+            "cache_write_5m_tokens",
+            "cache_write_1h_tokens",
+            "output_tokens",
+            "reasoning_tokens",
+        ):
             _check_count(getattr(self, name), name)
         if self.reasoning_tokens > self.output_tokens:
             raise ValueError(
                 f"reasoning_tokens ({self.reasoning_tokens}) exceeds output_tokens "
-                f"({self.output_tokens}); reasoning tokens are part of the output")
+                f"({self.output_tokens}); reasoning tokens are part of the output"
+            )
 
     @property
     def cache_write_tokens(self) -> int:
@@ -70,8 +77,7 @@ def _check_count(value: Any, field: str) -> int:
     if type(value) is bool or not isinstance(value, int):
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"usage field {field!r} must be an integer token count, got {value!r}")
-        raise ValueError(f"usage field {field!r} must be an integer token count, "
-                         f"got {type(value).__name__} {value!r}")
+        raise ValueError(f"usage field {field!r} must be an integer token count, got {type(value).__name__} {value!r}")
     if value < 0:
         raise ValueError(f"usage field {field!r} must not be negative, got {value}")
     if value > MAX_TOKENS:
@@ -154,7 +160,8 @@ def detect_shape(usage: Mapping[str, Any], provider: str | None = None) -> str:
     raise ValueError(
         "usage has no recognised token fields: expected OpenAI (prompt_tokens/completion_tokens "
         "or input_tokens/output_tokens), Anthropic (input_tokens, cache_read_input_tokens, ...) "
-        f"or Gemini (promptTokenCount/candidatesTokenCount); got keys {sorted(usage)!r}")
+        f"or Gemini (promptTokenCount/candidatesTokenCount); got keys {sorted(usage)!r}"
+    )
 
 
 def normalize_usage(usage: Any, provider: str | None = None) -> TokenUsage:
@@ -167,34 +174,42 @@ def normalize_usage(usage: Any, provider: str | None = None) -> TokenUsage:
         return usage
     mapping = _as_mapping(usage)
     if mapping is None:
-        raise ValueError("usage is None: the response carried no usage (for OpenAI streams, "
-                         "request it with stream_options={'include_usage': True})")
+        raise ValueError(
+            "usage is None: the response carried no usage (for OpenAI streams, "
+            "request it with stream_options={'include_usage': True})"
+        )
     shape = detect_shape(mapping, provider)
     if shape == "openai_chat":
-        return _split_openai(mapping, "prompt_tokens", "completion_tokens",
-                             "prompt_tokens_details", "completion_tokens_details")
+        return _split_openai(
+            mapping, "prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details"
+        )
     if shape == "openai_responses":
-        return _split_openai(mapping, "input_tokens", "output_tokens",
-                             "input_tokens_details", "output_tokens_details")
+        return _split_openai(mapping, "input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
     if shape == "anthropic":
         return _split_anthropic(mapping)
     return _split_gemini(mapping)
 
 
-def _split_openai(usage: Mapping[str, Any], prompt_key: str, output_key: str,
-                  prompt_details: str, output_details: str) -> TokenUsage:
+def _split_openai(
+    usage: Mapping[str, Any], prompt_key: str, output_key: str, prompt_details: str, output_details: str
+) -> TokenUsage:
     prompt = _count(usage, prompt_key)
     cached = _count(usage, prompt_details, "cached_tokens")
     if cached > prompt:
-        raise ValueError(f"usage field '{prompt_details}.cached_tokens' ({cached}) exceeds "
-                         f"{prompt_key!r} ({prompt}), which includes cached tokens")
+        raise ValueError(
+            f"usage field '{prompt_details}.cached_tokens' ({cached}) exceeds "
+            f"{prompt_key!r} ({prompt}), which includes cached tokens"
+        )
     output = _count(usage, output_key)
     reasoning = _count(usage, output_details, "reasoning_tokens")
     if reasoning > output:
-        raise ValueError(f"usage field '{output_details}.reasoning_tokens' ({reasoning}) "
-                         f"exceeds {output_key!r} ({output}), which includes reasoning tokens")
-    return TokenUsage(input_tokens=prompt - cached, cached_input_tokens=cached,
-                      output_tokens=output, reasoning_tokens=reasoning)
+        raise ValueError(
+            f"usage field '{output_details}.reasoning_tokens' ({reasoning}) "
+            f"exceeds {output_key!r} ({output}), which includes reasoning tokens"
+        )
+    return TokenUsage(
+        input_tokens=prompt - cached, cached_input_tokens=cached, output_tokens=output, reasoning_tokens=reasoning
+    )
 
 
 def _split_anthropic(usage: Mapping[str, Any]) -> TokenUsage:
@@ -207,8 +222,8 @@ def _split_anthropic(usage: Mapping[str, Any]) -> TokenUsage:
         split = write_5m + write_1h
         if split > write_total:
             raise ValueError(
-                f"usage field 'cache_creation' splits {split} tokens but "
-                f"'cache_creation_input_tokens' is {write_total}")
+                f"usage field 'cache_creation' splits {split} tokens but 'cache_creation_input_tokens' is {write_total}"
+            )
         # Older API versions report only the total; the default TTL is 5 minutes.
         write_5m += write_total - split
     return TokenUsage(
@@ -231,13 +246,19 @@ def _split_gemini(usage: Mapping[str, Any]) -> TokenUsage:
     prompt = _gemini_count(usage, "promptTokenCount", "prompt_token_count")
     cached = _gemini_count(usage, "cachedContentTokenCount", "cached_content_token_count")
     if cached > prompt:
-        raise ValueError(f"usage field 'cachedContentTokenCount' ({cached}) exceeds "
-                         f"'promptTokenCount' ({prompt}), which includes cached tokens")
+        raise ValueError(
+            f"usage field 'cachedContentTokenCount' ({cached}) exceeds "
+            f"'promptTokenCount' ({prompt}), which includes cached tokens"
+        )
     tool_prompt = _gemini_count(usage, "toolUsePromptTokenCount", "tool_use_prompt_token_count")
     candidates = _gemini_count(usage, "candidatesTokenCount", "candidates_token_count")
     thoughts = _gemini_count(usage, "thoughtsTokenCount", "thoughts_token_count")
-    return TokenUsage(input_tokens=prompt - cached + tool_prompt, cached_input_tokens=cached,
-                      output_tokens=candidates + thoughts, reasoning_tokens=thoughts)
+    return TokenUsage(
+        input_tokens=prompt - cached + tool_prompt,
+        cached_input_tokens=cached,
+        output_tokens=candidates + thoughts,
+        reasoning_tokens=thoughts,
+    )
 
 
 class UsageAccumulator:
@@ -285,8 +306,10 @@ class UsageAccumulator:
     def usage(self) -> TokenUsage:
         """The call's usage so far; raises ValueError if no event carried any."""
         if not self._fields:
-            raise ValueError("no stream event carried usage (for OpenAI streams request it with "
-                             "stream_options={'include_usage': True})")
+            raise ValueError(
+                "no stream event carried usage (for OpenAI streams request it with "
+                "stream_options={'include_usage': True})"
+            )
         return normalize_usage(self._fields, self.provider)
 
 

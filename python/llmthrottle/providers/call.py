@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any
 
 from .._native import RateLimited
 from ..guard import Guard, GuardedCall
@@ -32,14 +32,14 @@ from .reports import CallReport, listening, report
 
 __all__ = ["CallPlan", "Settings"]
 
-KeysOption = Union[None, Sequence[str], Callable[[dict[str, Any]], Sequence[str]]]
+KeysOption = Sequence[str] | Callable[[dict[str, Any]], Sequence[str]] | None
 
 
 @dataclass(frozen=True)
 class Settings:
     """How a wrapped client treats its calls (see `llmthrottle.wrap`)."""
 
-    guard: Optional[Guard]
+    guard: Guard | None
     pause: ProviderPause
     learned: LearnedLimits
     keys: KeysOption = None
@@ -51,14 +51,21 @@ class Settings:
     include_stream_usage: bool = True
     # None: a call waits for admission as long as its deadline allows; the gateway answers 429
     # instead of queueing past its own limit.
-    admission_timeout_s: Optional[float] = None
+    admission_timeout_s: float | None = None
 
 
 class CallPlan:
     """The state of one request; `None` from `start` means "not an LLM call: pass it on"."""
 
-    def __init__(self, settings: Settings, endpoint: Endpoint, body: dict[str, Any], content: bytes,
-                 hide_usage_chunk: bool, pause_key: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        content: bytes,
+        hide_usage_chunk: bool,
+        pause_key: str,
+    ) -> None:
         self.settings = settings
         self.pause_key = pause_key
         self.endpoint = endpoint
@@ -70,17 +77,18 @@ class CallPlan:
         self.deadline = self.started + settings.deadline_s
         self.attempts = 0
         self.waited_s = 0.0
-        self.call: Optional[GuardedCall] = None
-        self.first_byte_s: Optional[float] = None
+        self.call: GuardedCall | None = None
+        self.first_byte_s: float | None = None
         self.settled = False
         self.reported = False
-        self.status: Optional[int] = None
-        self.last_failure: Optional[str] = None
+        self.status: int | None = None
+        self.last_failure: str | None = None
         self.learned_reservation: Any = None
 
     @classmethod
-    def start(cls, settings: Settings, method: str, host: str, path: str, headers: Any,
-              content: bytes) -> Optional["CallPlan"]:
+    def start(
+        cls, settings: Settings, method: str, host: str, path: str, headers: Any, content: bytes
+    ) -> CallPlan | None:
         endpoint = endpoint_of(method, path)
         if endpoint is None:
             return None
@@ -91,8 +99,12 @@ class CallPlan:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             return None
         hide = False
-        if (settings.include_stream_usage and endpoint.kind == "chat" and body.get("stream")
-                and not (body.get("stream_options") or {}).get("include_usage")):
+        if (
+            settings.include_stream_usage
+            and endpoint.kind == "chat"
+            and body.get("stream")
+            and not (body.get("stream_options") or {}).get("include_usage")
+        ):
             body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
             content = json.dumps(body, separators=(",", ":")).encode()
             hide = True
@@ -115,8 +127,12 @@ class CallPlan:
         return self.remaining_s() if limit is None else min(limit, self.remaining_s())
 
     def admit_arguments(self) -> dict[str, Any]:
-        return {"body": self.body, "provider": self.endpoint.family, "timeout": self.admission_timeout(),
-                **context_tags()}
+        return {
+            "body": self.body,
+            "provider": self.endpoint.family,
+            "timeout": self.admission_timeout(),
+            **context_tags(),
+        }
 
     # ------------------------------------------------------------------ attempts
 
@@ -126,8 +142,10 @@ class CallPlan:
         wait = self.settings.pause.wait_s(self.pause_key)
         if wait > self.remaining_s():
             self.fail("rate_limited", paused_s=round(wait, 3))
-            error = RateLimited(f"the provider asked every caller of {self.body['model']!r} on this key to wait "
-                                f"{wait:.1f}s, past this call's deadline ({self.settings.deadline_s:g}s)")
+            error = RateLimited(
+                f"the provider asked every caller of {self.body['model']!r} on this key to wait "
+                f"{wait:.1f}s, past this call's deadline ({self.settings.deadline_s:g}s)"
+            )
             error.retry_after, error.limited_by, error.key = wait, "provider", self.pause_key
             raise error
         return wait
@@ -142,7 +160,7 @@ class CallPlan:
             if limit.remaining == 0 and limit.reset_s:
                 self.settings.pause.pause(self.pause_key, limit.reset_s)
 
-    def learned_admission(self) -> Optional[tuple[Any, dict[str, int]]]:
+    def learned_admission(self) -> tuple[Any, dict[str, int]] | None:
         """(limiter, amounts) to admit this attempt against the limits the provider announced,
         or None while none are known. A previous attempt's admission is given back first."""
         self.release_learned()
@@ -177,11 +195,14 @@ class CallPlan:
             return
         limiter = self.settings.learned.known(self.pause_key)
         dimensions = limiter.dimensions if limiter is not None else ()
-        amounts = LearnedLimits.amounts(limiter, self.endpoint.family, tokens.prompt_tokens, tokens.output_tokens) \
-            if limiter is not None else {}
+        amounts = (
+            LearnedLimits.amounts(limiter, self.endpoint.family, tokens.prompt_tokens, tokens.output_tokens)
+            if limiter is not None
+            else {}
+        )
         reservation.commit(**{k: v for k, v in amounts.items() if k in dimensions})
 
-    def next_wait(self, status: int, headers: Any, body: bytes) -> Optional[float]:
+    def next_wait(self, status: int, headers: Any, body: bytes) -> float | None:
         """After an error answer: seconds to wait before the next attempt, or None to give the
         answer to the caller (not retryable, attempts or deadline used up)."""
         kind = self.last_failure = failure_kind(self.endpoint, status, body)
@@ -201,7 +222,7 @@ class CallPlan:
             return None
         return 0.0 if kind == "rate_limited" else wait
 
-    def transport_error_wait(self) -> Optional[float]:
+    def transport_error_wait(self) -> float | None:
         if self.attempts >= self.settings.max_attempts:
             return None
         ceiling = min(self.settings.backoff_cap_s, self.settings.backoff_base_s * 2 ** (self.attempts - 1))
@@ -228,7 +249,7 @@ class CallPlan:
         status = tags.get("status")
         self._report(outcome, None, None, status if isinstance(status, int) else None)
 
-    def _report(self, outcome: str, usage: Any, cost: Optional[Cost], status: Optional[int]) -> None:
+    def _report(self, outcome: str, usage: Any, cost: Cost | None, status: int | None) -> None:
         """Hands the call's `CallReport` to the enclosing `lt.calls()` blocks, once."""
         if self.reported:
             return
@@ -245,13 +266,22 @@ class CallPlan:
             tokens = cost.usage if cost is not None else normalize_usage(usage, family) if usage is not None else None
         except (ValueError, TypeError):
             tokens = None
-        report(CallReport(
-            model=self.body["model"], provider=family, outcome=outcome,
-            input_tokens=tokens.prompt_tokens if tokens is not None else 0,
-            output_tokens=tokens.output_tokens if tokens is not None else 0,
-            cost_micros=cost.total_micros if cost is not None else 0, priced=cost is not None,
-            attempts=self.attempts, waited_s=round(self.waited_s, 6), latency_s=time.monotonic() - self.started,
-            ttft_s=self.first_byte_s if self.streaming else None, status=status))
+        report(
+            CallReport(
+                model=self.body["model"],
+                provider=family,
+                outcome=outcome,
+                input_tokens=tokens.prompt_tokens if tokens is not None else 0,
+                output_tokens=tokens.output_tokens if tokens is not None else 0,
+                cost_micros=cost.total_micros if cost is not None else 0,
+                priced=cost is not None,
+                attempts=self.attempts,
+                waited_s=round(self.waited_s, 6),
+                latency_s=time.monotonic() - self.started,
+                ttft_s=self.first_byte_s if self.streaming else None,
+                status=status,
+            )
+        )
 
     def reader(self) -> UsageReader:
         return UsageReader(self.endpoint, self.streaming, self.hide_usage_chunk)
@@ -265,8 +295,11 @@ class CallPlan:
         input_tokens = self.reserved_tokens()[0]
         if reader.usage is not None and type(reader.usage.get("input_tokens")) is int:
             input_tokens = reader.usage["input_tokens"]  # Anthropic's message_start told it
-        usage = ({"input_tokens": input_tokens, "output_tokens": received} if self.endpoint.family == "anthropic"
-                 else {"prompt_tokens": input_tokens, "completion_tokens": received})
+        usage = (
+            {"input_tokens": input_tokens, "output_tokens": received}
+            if self.endpoint.family == "anthropic"
+            else {"prompt_tokens": input_tokens, "completion_tokens": received}
+        )
         return usage, "ok" if reader.complete else "cancelled"
 
     def settle(self, reader: UsageReader) -> None:
@@ -275,13 +308,14 @@ class CallPlan:
             return
         usage, outcome = self._final_usage(reader)
         self._settle_learned(usage)
-        cost: Optional[Cost] = None
+        cost: Cost | None = None
         if self.call is not None and not self.settled:
             self.settled = True
             self.call.tags.update(self._tags())
             try:
-                cost = self.call.finish(usage, outcome=outcome,
-                                         charge_reserved_output=self.endpoint.counts_reserved_output)
+                cost = self.call.finish(
+                    usage, outcome=outcome, charge_reserved_output=self.endpoint.counts_reserved_output
+                )
             finally:
                 self._report(outcome, usage, cost if cost is not None else self.call.cost, self.status)
         self._report(outcome, usage, None, self.status)

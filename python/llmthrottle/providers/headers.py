@@ -10,13 +10,18 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Optional
 
-__all__ = ["Announcement", "announced_limits", "format_reset_duration", "parse_reset_duration", "retry_after_s",
-           "rfc3339_in"]
+__all__ = [
+    "Announcement",
+    "announced_limits",
+    "format_reset_duration",
+    "parse_reset_duration",
+    "retry_after_s",
+    "rfc3339_in",
+]
 
 
-def _seconds(text: Optional[str], scale: float = 1.0) -> Optional[float]:
+def _seconds(text: str | None, scale: float = 1.0) -> float | None:
     if text is None:
         return None
     try:
@@ -26,7 +31,7 @@ def _seconds(text: Optional[str], scale: float = 1.0) -> Optional[float]:
     return value if math.isfinite(value) and value >= 0 else None
 
 
-def retry_after_s(headers: Mapping[str, str], *, now: Optional[float] = None) -> Optional[float]:
+def retry_after_s(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
     """Seconds the provider asks to wait, read in the providers' order: `retry-after-ms`,
     `retry-after` (seconds or an HTTP date), Azure's `x-ms-retry-after-ms`; None when absent
     or unreadable."""
@@ -44,7 +49,7 @@ def retry_after_s(headers: Mapping[str, str], *, now: Optional[float] = None) ->
             moment = None
         if moment is not None:
             if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=dt.timezone.utc)
+                moment = moment.replace(tzinfo=dt.UTC)
             return max(0.0, moment.timestamp() - (time.time() if now is None else now))
     return _seconds(headers.get("x-ms-retry-after-ms"), 1e-3)
 
@@ -60,14 +65,14 @@ def format_reset_duration(seconds: float) -> str:
 
 def rfc3339_in(seconds: float) -> str:
     """The instant `seconds` from now in Anthropic's reset form (RFC 3339, UTC)."""
-    moment = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)
+    moment = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
-def parse_reset_duration(text: str) -> Optional[float]:
+def parse_reset_duration(text: str) -> float | None:
     """OpenAI's reset durations (`6m0s`, `1.5s`, `20ms`, `1h2m3s`) in seconds; None if malformed."""
     text = text.strip()
     if not text or len(text) > 64:
@@ -82,13 +87,13 @@ def parse_reset_duration(text: str) -> Optional[float]:
     return total if position == len(text) else None
 
 
-def _rfc3339_in_s(text: str, now: float) -> Optional[float]:
+def _rfc3339_in_s(text: str, now: float) -> float | None:
     try:
         moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
+        moment = moment.replace(tzinfo=dt.UTC)
     return max(0.0, moment.timestamp() - now)
 
 
@@ -100,21 +105,25 @@ class Announcement:
     dimension: str
     limit: int
     remaining: int
-    reset_s: Optional[float]
+    reset_s: float | None
 
 
-def _int(text: Optional[str]) -> Optional[int]:
+def _int(text: str | None) -> int | None:
     if text is None or not text.strip().isdigit() or len(text) > 18:
         return None
     return int(text)
 
 
 _OPENAI = (("requests", "requests"), ("tokens", "tokens"))
-_ANTHROPIC = (("requests", "requests"), ("tokens", "tokens"), ("input-tokens", "input_tokens"),
-              ("output-tokens", "output_tokens"))
+_ANTHROPIC = (
+    ("requests", "requests"),
+    ("tokens", "tokens"),
+    ("input-tokens", "input_tokens"),
+    ("output-tokens", "output_tokens"),
+)
 
 
-def announced_limits(family: str, headers: Mapping[str, str], *, now: Optional[float] = None) -> list[Announcement]:
+def announced_limits(family: str, headers: Mapping[str, str], *, now: float | None = None) -> list[Announcement]:
     """The limits a response of `family` ("openai" or "anthropic") announced in its headers."""
     now = time.time() if now is None else now
     found = []
@@ -124,12 +133,16 @@ def announced_limits(family: str, headers: Mapping[str, str], *, now: Optional[f
             remaining = _int(headers.get(f"anthropic-ratelimit-{name}-remaining"))
             reset = headers.get(f"anthropic-ratelimit-{name}-reset")
             if limit is not None and remaining is not None:
-                found.append(Announcement(dimension, limit, remaining, None if reset is None else _rfc3339_in_s(reset, now)))
+                found.append(
+                    Announcement(dimension, limit, remaining, None if reset is None else _rfc3339_in_s(reset, now))
+                )
     else:
         for name, dimension in _OPENAI:
             limit = _int(headers.get(f"x-ratelimit-limit-{name}"))
             remaining = _int(headers.get(f"x-ratelimit-remaining-{name}"))
             reset = headers.get(f"x-ratelimit-reset-{name}")
             if limit is not None and remaining is not None:
-                found.append(Announcement(dimension, limit, remaining, None if reset is None else parse_reset_duration(reset)))
+                found.append(
+                    Announcement(dimension, limit, remaining, None if reset is None else parse_reset_duration(reset))
+                )
     return found

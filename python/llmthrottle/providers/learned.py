@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 from ..limiter import Limiter
 from .headers import Announcement
@@ -43,8 +43,11 @@ class LearnedLimits:
             limiter = Limiter(rates, state=self._state, namespace=namespace)
             # Start where the provider is: what it says is used already (by this call, and by
             # whoever else shares the key) is charged, so the first calls do not overshoot.
-            used = {a.dimension: a.limit - a.remaining for a in announced
-                    if a.dimension in _DIMENSIONS and 0 <= a.remaining < a.limit}
+            used = {
+                a.dimension: a.limit - a.remaining
+                for a in announced
+                if a.dimension in _DIMENSIONS and 0 <= a.remaining < a.limit
+            }
             if used:
                 limiter.charge(key, **used)
         else:
@@ -52,7 +55,7 @@ class LearnedLimits:
             limiter.set_limits(rates)
         self._limiters[key] = (limits, limiter)
 
-    def known(self, key: str) -> Optional[Limiter]:
+    def known(self, key: str) -> Limiter | None:
         entry = self._limiters.get(key)
         return entry[1] if entry is not None else None
 
@@ -60,8 +63,7 @@ class LearnedLimits:
     def amounts(limiter: Limiter, family: str, input_tokens: int, output_tokens: int) -> dict[str, int]:
         """A call's amounts in the dimensions `limiter` limits (OpenAI counts input plus the
         output reservation toward TPM; Anthropic counts input and output apart)."""
-        every = {"tokens": input_tokens + output_tokens, "input_tokens": input_tokens,
-                 "output_tokens": output_tokens}
+        every = {"tokens": input_tokens + output_tokens, "input_tokens": input_tokens, "output_tokens": output_tokens}
         if family == "anthropic":
             every["tokens"] = input_tokens
         return {name: value for name, value in every.items() if name in limiter.dimensions}

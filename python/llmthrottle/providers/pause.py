@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from typing import Any, Optional, cast
+from typing import Any, cast
 
 from .._native import Reservation
 from ..limiter import Limiter
@@ -30,7 +30,7 @@ def _account(authorization: str) -> str:
     return hashlib.sha256(authorization.encode()).hexdigest()[:12]
 
 
-def pause_key(host: str, authorization: Optional[str], model: str) -> str:
+def pause_key(host: str, authorization: str | None, model: str) -> str:
     """The scope a provider's limits apply to: host, API key (hashed) and model."""
     return f"{host}|{_account(authorization or '')}|{model}"[:250]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 __all__ = ["Endpoint", "UsageReader", "endpoint_of", "error_body", "failure_kind"]
 
@@ -35,7 +35,7 @@ _ENDPOINTS = (
 )
 
 
-def endpoint_of(method: str, path: str) -> Optional[Endpoint]:
+def endpoint_of(method: str, path: str) -> Endpoint | None:
     """The endpoint a request is a call to, or None for anything else (listing models, files...).
     Azure's deployment paths (`/openai/deployments/x/chat/completions`) are OpenAI's."""
     if method != "POST":
@@ -46,24 +46,51 @@ def endpoint_of(method: str, path: str) -> Optional[Endpoint]:
     return None
 
 
-_OPENAI_KINDS = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
-                 404: "invalid_request_error", 429: "rate_limit_exceeded", 500: "server_error", 502: "server_error",
-                 503: "server_error", 504: "server_error"}
-_ANTHROPIC_KINDS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
-                    502: "api_error", 503: "api_error", 504: "api_error", 529: "overloaded_error"}
+_OPENAI_KINDS = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    429: "rate_limit_exceeded",
+    500: "server_error",
+    502: "server_error",
+    503: "server_error",
+    504: "server_error",
+}
+_ANTHROPIC_KINDS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "api_error",
+    504: "api_error",
+    529: "overloaded_error",
+}
 _OPENAI_CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}
 
 
-def error_body(family: Family, status: int, message: str, *, kind: Optional[str] = None,
-               code: Optional[str] = None) -> dict[str, Any]:
+def error_body(
+    family: Family, status: int, message: str, *, kind: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     """An error in `family`'s shape (what its SDK parses into its exception), the type and
     code defaulting to what the provider sends for `status`."""
     if family == "anthropic":
-        return {"type": "error", "error": {"type": kind or _ANTHROPIC_KINDS.get(status, "api_error"),
-                                           "message": message}}
-    return {"error": {"message": message, "type": kind or _OPENAI_KINDS.get(status, "invalid_request_error"),
-                      "param": None, "code": code if code is not None else _OPENAI_CODES.get(status)}}
+        return {
+            "type": "error",
+            "error": {"type": kind or _ANTHROPIC_KINDS.get(status, "api_error"), "message": message},
+        }
+    return {
+        "error": {
+            "message": message,
+            "type": kind or _OPENAI_KINDS.get(status, "invalid_request_error"),
+            "param": None,
+            "code": code if code is not None else _OPENAI_CODES.get(status),
+        }
+    }
 
 
 def _error_fields(body: bytes) -> tuple[str, str]:
@@ -102,7 +129,7 @@ class UsageReader:
         self.endpoint = endpoint
         self.streaming = streaming
         self.hide_usage_chunk = hide_usage_chunk
-        self.usage: Optional[dict[str, Any]] = None
+        self.usage: dict[str, Any] | None = None
         self.complete = False
         self.text_parts: list[str] = []
         self.received_any = False
@@ -120,8 +147,8 @@ class UsageReader:
             end = self._buffer.find(b"\n\n")
             if end < 0:
                 break
-            event = bytes(self._buffer[:end + 2])
-            del self._buffer[:end + 2]
+            event = bytes(self._buffer[: end + 2])
+            del self._buffer[: end + 2]
             if self._event(event):
                 out += event
         return bytes(out)

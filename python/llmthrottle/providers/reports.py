@@ -16,7 +16,6 @@ import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
 
 __all__ = ["CallReport", "calls", "report"]
 
@@ -42,8 +41,8 @@ class CallReport:
     attempts: int
     waited_s: float
     latency_s: float
-    ttft_s: Optional[float]
-    status: Optional[int]
+    ttft_s: float | None
+    status: int | None
 
 
 _SINKS: contextvars.ContextVar[tuple[list[CallReport], ...]] = contextvars.ContextVar("llmthrottle_calls", default=())

@@ -3,7 +3,7 @@ llmthrottle (admission at worst case, retries as the provider asks, usage priced
 
 from __future__ import annotations
 
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 import httpx2
 
@@ -19,9 +19,18 @@ __all__ = ["wrap"]
 _Client = TypeVar("_Client")
 
 
-def wrap(client: _Client, *, guard: Optional[Guard] = None, limiter: Optional[Limiter] = None,
-         state: Any = None, keys: KeysOption = None, max_attempts: int = 6, deadline_s: float = 600.0,
-         max_retry_after_s: float = 120.0, include_stream_usage: bool = True) -> _Client:
+def wrap(
+    client: _Client,
+    *,
+    guard: Guard | None = None,
+    limiter: Limiter | None = None,
+    state: Any = None,
+    keys: KeysOption = None,
+    max_attempts: int = 6,
+    deadline_s: float = 600.0,
+    max_retry_after_s: float = 120.0,
+    include_stream_usage: bool = True,
+) -> _Client:
     """A client of the same type as `client` (`openai.OpenAI`, `openai.AsyncOpenAI`,
     `openai.AzureOpenAI`, `anthropic.Anthropic`, `anthropic.AsyncAnthropic`) whose LLM calls
     (chat completions, responses, embeddings, messages; streaming or not) go through llmthrottle:
@@ -50,9 +59,16 @@ def wrap(client: _Client, *, guard: Optional[Guard] = None, limiter: Optional[Li
         guard = Guard(limiter)
     if state is None and guard is not None:
         state = guard.limiter.state
-    settings = Settings(guard=guard, pause=ProviderPause(state), learned=LearnedLimits(state), keys=keys,
-                        max_attempts=max_attempts, deadline_s=deadline_s, max_retry_after_s=max_retry_after_s,
-                        include_stream_usage=include_stream_usage)
+    settings = Settings(
+        guard=guard,
+        pause=ProviderPause(state),
+        learned=LearnedLimits(state),
+        keys=keys,
+        max_attempts=max_attempts,
+        deadline_s=deadline_s,
+        max_retry_after_s=max_retry_after_s,
+        include_stream_usage=include_stream_usage,
+    )
     with_options = getattr(client, "with_options", None)
     http_client = getattr(client, "_client", None)
     if with_options is None or not isinstance(http_client, (httpx2.Client, httpx2.AsyncClient)):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 import httpx2
 
@@ -28,15 +28,17 @@ def _rebuilt(request: httpx2.Request, plan: CallPlan, content: bytes) -> httpx2.
     if plan.content is content:
         request.headers["accept-encoding"] = "identity"
         return request
-    headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in ("content-length", "accept-encoding")]
+    headers = [
+        (k, v) for k, v in request.headers.multi_items() if k.lower() not in ("content-length", "accept-encoding")
+    ]
     headers.append(("accept-encoding", "identity"))
-    return httpx2.Request(request.method, request.url, headers=headers, content=plan.content,
-                          extensions=request.extensions)
+    return httpx2.Request(
+        request.method, request.url, headers=headers, content=plan.content, extensions=request.extensions
+    )
 
 
 def _error_response(response: httpx2.Response, body: bytes) -> httpx2.Response:
-    return httpx2.Response(response.status_code, headers=response.headers, content=body,
-                           extensions=response.extensions)
+    return httpx2.Response(response.status_code, headers=response.headers, content=body, extensions=response.extensions)
 
 
 def passed(plan: CallPlan, reader: UsageReader, chunk: bytes) -> bytes:
@@ -94,8 +96,9 @@ class _AsyncObservedStream(httpx2.AsyncByteStream):
 
 
 def _observed(response: httpx2.Response, stream: Any) -> httpx2.Response:
-    return httpx2.Response(response.status_code, headers=response.headers, stream=stream,
-                           extensions=response.extensions)
+    return httpx2.Response(
+        response.status_code, headers=response.headers, stream=stream, extensions=response.extensions
+    )
 
 
 class ThrottledTransport(httpx2.BaseTransport):
@@ -107,8 +110,9 @@ class ThrottledTransport(httpx2.BaseTransport):
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         content = request.read()
-        plan = CallPlan.start(self.settings, request.method, request.url.host, request.url.path, request.headers,
-                              content)
+        plan = CallPlan.start(
+            self.settings, request.method, request.url.host, request.url.path, request.headers, content
+        )
         if plan is None:
             return self.inner.handle_request(request)
         request = _rebuilt(request, plan, content)
@@ -124,8 +128,9 @@ class ThrottledTransport(httpx2.BaseTransport):
                         plan.call.retry(timeout=plan.remaining_s())
                 learned = plan.learned_admission()
                 if learned is not None:
-                    plan.learned_reservation = learned[0].acquire(plan.pause_key, timeout=plan.admission_timeout(),
-                                                                  **learned[1])
+                    plan.learned_reservation = learned[0].acquire(
+                        plan.pause_key, timeout=plan.admission_timeout(), **learned[1]
+                    )
                 plan.attempts += 1
                 try:
                     response = self.inner.handle_request(request)
@@ -168,8 +173,9 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         content = await request.aread()
-        plan = CallPlan.start(self.settings, request.method, request.url.host, request.url.path, request.headers,
-                              content)
+        plan = CallPlan.start(
+            self.settings, request.method, request.url.host, request.url.path, request.headers, content
+        )
         if plan is None:
             return await self.inner.handle_async_request(request)
         request = _rebuilt(request, plan, content)
@@ -183,8 +189,9 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
             await response.aclose()
             return body
 
-        response, body = await attempts_async(plan, send, lambda r: (r.status_code, r.headers), drain,
-                                              (httpx2.TransportError,))
+        response, body = await attempts_async(
+            plan, send, lambda r: (r.status_code, r.headers), drain, (httpx2.TransportError,)
+        )
         if body is None:
             return _observed(response, _AsyncObservedStream(response.stream, plan, plan.reader()))
         return _error_response(response, body)
@@ -196,9 +203,13 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
 _Answer = TypeVar("_Answer")
 
 
-async def attempts_async(plan: CallPlan, send: Callable[[], Awaitable[_Answer]],
-                         status_of: Callable[[_Answer], tuple[int, Any]], drain: Callable[[_Answer], Awaitable[bytes]],
-                         transport_errors: tuple[type[BaseException], ...]) -> tuple[_Answer, Optional[bytes]]:
+async def attempts_async(
+    plan: CallPlan,
+    send: Callable[[], Awaitable[_Answer]],
+    status_of: Callable[[_Answer], tuple[int, Any]],
+    drain: Callable[[_Answer], Awaitable[bytes]],
+    transport_errors: tuple[type[BaseException], ...],
+) -> tuple[_Answer, bytes | None]:
     """The one retry loop for asyncio, whatever moves the bytes (the SDK's httpx transport, the
     gateway's aiohttp client): each attempt waits out any provider pause, is admitted by the
     guard and the learned limits, sent, and read. Returns `(answer, None)` for an answer below
@@ -218,7 +229,8 @@ async def attempts_async(plan: CallPlan, send: Callable[[], Awaitable[_Answer]],
             learned = plan.learned_admission()
             if learned is not None:
                 plan.learned_reservation = await learned[0].acquire_async(
-                    plan.pause_key, timeout=plan.admission_timeout(), **learned[1])
+                    plan.pause_key, timeout=plan.admission_timeout(), **learned[1]
+                )
             plan.attempts += 1
             try:
                 answer = await send()

@@ -12,8 +12,8 @@ limit's identity (namespace, layer, pattern, kind, dimension: the engine's label
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 __all__ = ["cell_name", "check_prefix", "group_by_slot", "group_steps", "marker_name"]
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 from .script import Step
 
@@ -58,7 +57,7 @@ class LeaseBook:
         cap = self.cap(step)
         return min(cap, max(amount, self._sizes.get(step.cell, amount)))
 
-    def take_local(self, steps: list[Step], now: float) -> Optional[list[Lease]]:
+    def take_local(self, steps: list[Step], now: float) -> list[Lease] | None:
         """Draws every step's amount from its lease, all or nothing (under `lock`); None when
         a lease is missing, expired or short."""
         leases = self.leases
@@ -81,7 +80,7 @@ class LeaseBook:
         self.local_decisions += 1
         return taken
 
-    def replace(self, lease: Lease) -> Optional[Lease]:
+    def replace(self, lease: Lease) -> Lease | None:
         """Installs a new slice; returns the one it replaces (to be given back), and adapts the
         next slice's size to how this one's predecessor was used."""
         old = self.leases.get(lease.cell)

@@ -15,9 +15,9 @@ import asyncio
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Optional, Union
+from typing import Any
 
-from ..limiter import Key, LimitState, Limiter, OpenReservation, SettlesOnExit, WaitingMixin, describe
+from ..limiter import Key, Limiter, LimitState, OpenReservation, SettlesOnExit, WaitingMixin, describe
 from .cells import cell_name, group_by_slot, group_steps
 from .leases import Lease
 from .script import KIND_CODES, Step, build
@@ -53,13 +53,13 @@ def _marks(steps: Sequence[Step], reply: Sequence[Any]) -> list[str]:
     return out
 
 
-def _api(value: int, scale: int) -> Union[int, float]:
+def _api(value: int, scale: int) -> int | float:
     return value if scale == 1 else value / scale
 
 
-def _least(values: Iterable[tuple[Plan, int]]) -> dict[str, Union[int, float]]:
+def _least(values: Iterable[tuple[Plan, int]]) -> dict[str, int | float]:
     """For each dimension, the least of `values` (in the API's units): what is left over keys."""
-    out: dict[str, Union[int, float]] = {}
+    out: dict[str, int | float] = {}
     for plan, value in values:
         amount = _api(value, plan[4])
         if out.get(plan[3], amount) >= amount:
@@ -67,9 +67,9 @@ def _least(values: Iterable[tuple[Plan, int]]) -> dict[str, Union[int, float]]:
     return out
 
 
-def _reserved(plans: Iterable[Plan]) -> dict[str, Union[int, float]]:
+def _reserved(plans: Iterable[Plan]) -> dict[str, int | float]:
     """For each dimension, the largest amount reserved over keys (in the API's units)."""
-    out: dict[str, Union[int, float]] = {}
+    out: dict[str, int | float] = {}
     for plan in plans:
         amount = _api(plan[9], plan[4])
         if amount > out.get(plan[3], 0):
@@ -82,9 +82,16 @@ class RedisDecision:
 
     __slots__ = ("allowed", "retry_after", "delay", "reset_after", "limited_by", "limited_key", "remaining")
 
-    def __init__(self, allowed: bool, retry_after: float = 0.0, delay: float = 0.0, reset_after: float = 0.0,
-                 limited_by: Optional[str] = None, limited_key: Optional[str] = None,
-                 remaining: Optional[dict[str, Union[int, float]]] = None) -> None:
+    def __init__(
+        self,
+        allowed: bool,
+        retry_after: float = 0.0,
+        delay: float = 0.0,
+        reset_after: float = 0.0,
+        limited_by: str | None = None,
+        limited_key: str | None = None,
+        remaining: dict[str, int | float] | None = None,
+    ) -> None:
         self.allowed = allowed
         self.retry_after = retry_after
         self.delay = delay
@@ -109,8 +116,14 @@ class RedisReservation(SettlesOnExit, RedisDecision):
 
     __slots__ = ("_limiter", "_keys", "_groups", "_replies", "_holder", "_settled")
 
-    def __init__(self, limiter: "RedisLimiter", keys: tuple[str, ...], groups: list[list[tuple[Plan, Step]]],
-                 replies: list[Any], holder: str) -> None:
+    def __init__(
+        self,
+        limiter: RedisLimiter,
+        keys: tuple[str, ...],
+        groups: list[list[tuple[Plan, Step]]],
+        replies: list[Any],
+        holder: str,
+    ) -> None:
         # Only what waiting needs is read now; the rest of the replies is read when asked for.
         self.allowed = True
         self.retry_after = 0.0
@@ -134,7 +147,7 @@ class RedisReservation(SettlesOnExit, RedisDecision):
         return [(plan, step.cell, mark) for plan, step, _, _, mark in self._per_step()]
 
     @property
-    def remaining(self) -> dict[str, Union[int, float]]:  # type: ignore[override]
+    def remaining(self) -> dict[str, int | float]:  # type: ignore[override]
         """For each dimension charged: what is left, the least over keys."""
         return _least((plan, left) for plan, _, left, _, _ in self._per_step())
 
@@ -144,7 +157,7 @@ class RedisReservation(SettlesOnExit, RedisDecision):
         return max((reset for _, _, _, reset, _ in self._per_step()), default=0) / 1e9
 
     @property
-    def reserved(self) -> dict[str, Union[int, float]]:
+    def reserved(self) -> dict[str, int | float]:
         """The amount reserved in each dimension (the largest over keys)."""
         return _reserved(plan for group in self._groups for plan, _ in group)
 
@@ -195,11 +208,12 @@ class LeasedReservation(SettlesOnExit):
     __slots__ = ("_limiter", "_keys", "_steps", "_leases", "_settled")
     allowed = True
     retry_after = delay = reset_after = 0.0
-    limited_by: Optional[str] = None
-    limited_key: Optional[str] = None
+    limited_by: str | None = None
+    limited_key: str | None = None
 
-    def __init__(self, limiter: "RedisLimiter", keys: tuple[str, ...], steps: list[tuple[Plan, Step]],
-                 leases: list[Lease]) -> None:
+    def __init__(
+        self, limiter: RedisLimiter, keys: tuple[str, ...], steps: list[tuple[Plan, Step]], leases: list[Lease]
+    ) -> None:
         self._limiter = limiter
         self._keys = keys
         self._steps = steps
@@ -210,11 +224,11 @@ class LeasedReservation(SettlesOnExit):
         return True
 
     @property
-    def remaining(self) -> dict[str, Union[int, float]]:
+    def remaining(self) -> dict[str, int | float]:
         return _least((plan, lease.left) for (plan, _), lease in zip(self._steps, self._leases))
 
     @property
-    def reserved(self) -> dict[str, Union[int, float]]:
+    def reserved(self) -> dict[str, int | float]:
         return _reserved(plan for plan, _ in self._steps)
 
     def commit(self, **usage: Any) -> None:
@@ -258,7 +272,7 @@ class LeasedReservation(SettlesOnExit):
         return "<Decision admitted (from this process's lease)>"
 
 
-def _covers(lease: Optional[Lease], step: Step, now: float) -> bool:
+def _covers(lease: Lease | None, step: Step, now: float) -> bool:
     return lease is not None and lease.left >= step.amount and not lease.expired(now)
 
 
@@ -266,12 +280,13 @@ def _covers(lease: Optional[Lease], step: Step, now: float) -> bool:
 class RedisLimiter(WaitingMixin):
     """A `Limiter` whose counters live in Redis (see `RedisState`)."""
 
-    def __init__(self, state: RedisState, limits: Any, rules: Any, budgets: Sequence[Any], namespace: str,
-                 clock: Any) -> None:
+    def __init__(
+        self, state: RedisState, limits: Any, rules: Any, budgets: Sequence[Any], namespace: str, clock: Any
+    ) -> None:
         self._state = state
         # The engine's planner (and the in-process fallback) for this policy.
         self._planner = Limiter(limits, rules=rules, budgets=budgets, namespace=namespace, clock=clock)
-        self._local: Optional[Limiter] = None
+        self._local: Limiter | None = None
         # (key, amounts) -> what _prepare computes: a hot key's decisions skip the planner.
         self._plans: dict[Any, tuple[tuple[str, ...], list[tuple[Plan, Step]], bool, list[Step]]] = {}
         # id(steps of a cached plan) -> its groups and calls, for the plain case (no wait, no
@@ -307,8 +322,9 @@ class RedisLimiter(WaitingMixin):
         for plan in plans:
             kind = KIND_CODES[plan[5]]
             extra = "1" if kind == "r" and plan[2] == 0 else "0"
-            out.append((plan, Step(cell_name(prefix, keys[plan[0]], plan[1]), kind, plan[6], plan[7], plan[8],
-                                   plan[9], extra)))
+            out.append(
+                (plan, Step(cell_name(prefix, keys[plan[0]], plan[1]), kind, plan[6], plan[7], plan[8], plan[9], extra))
+            )
         return out
 
     def _groups(self, steps: list[tuple[Plan, Step]]) -> list[list[tuple[Plan, Step]]]:
@@ -343,14 +359,22 @@ class RedisLimiter(WaitingMixin):
 
     # ------------------------------------------------------------------ decisions
 
-    def try_acquire(self, key: Key, /, requests: Any = None, tokens: Any = None, *, max_wait: float = 0.0,
-                    **amounts: Any) -> Any:
+    def try_acquire(
+        self, key: Key, /, requests: Any = None, tokens: Any = None, *, max_wait: float = 0.0, **amounts: Any
+    ) -> Any:
         """Decides at once, never blocking on limits: one script call per Cluster slot the
         request's cells span (one in all on a standalone server), or none when this process
         holds a lease with room (`RedisState(leases=True)`)."""
         book = self._state.leases
-        if (book is not None and not amounts and max_wait == 0.0 and type(max_wait) is float and type(key) is str
-                and type(requests) in _PLAIN and type(tokens) in _PLAIN):
+        if (
+            book is not None
+            and not amounts
+            and max_wait == 0.0
+            and type(max_wait) is float
+            and type(key) is str
+            and type(requests) in _PLAIN
+            and type(tokens) in _PLAIN
+        ):
             # The local hot path: a request planned before, every step drawn from a live lease.
             cached = self._plans.get((key, requests, tokens))
             if cached is not None and cached[2]:
@@ -383,8 +407,9 @@ class RedisLimiter(WaitingMixin):
                 return decision
         raise AssertionError("unreachable")
 
-    async def try_acquire_async(self, key: Key, /, requests: Any = None, tokens: Any = None, *,
-                                max_wait: float = 0.0, **amounts: Any) -> Any:
+    async def try_acquire_async(
+        self, key: Key, /, requests: Any = None, tokens: Any = None, *, max_wait: float = 0.0, **amounts: Any
+    ) -> Any:
         """`try_acquire` without blocking the event loop."""
         keys, steps, max_wait_ns, leasable = self._prepare(key, requests, tokens, max_wait, amounts)
         if leasable and max_wait_ns == 0 and self._state.leases is not None:
@@ -403,8 +428,9 @@ class RedisLimiter(WaitingMixin):
             return self._unavailable(error, key, requests, tokens, max_wait, amounts)
         return self._decision(keys, groups, results, holder)
 
-    def _acquire_calls(self, steps: list[tuple[Plan, Step]],
-                       max_wait_ns: int) -> tuple[str, list[list[tuple[Plan, Step]]], list[Any]]:
+    def _acquire_calls(
+        self, steps: list[tuple[Plan, Step]], max_wait_ns: int
+    ) -> tuple[str, list[list[tuple[Plan, Step]]], list[Any]]:
         """The holder of the request's concurrency slots, its steps by slot, and one acquire
         call per slot (in slot order: racing requests take shared slots in the same order)."""
         plain = self._calls.get(id(steps)) if max_wait_ns == 0 else None
@@ -413,14 +439,24 @@ class RedisLimiter(WaitingMixin):
         holder = self._state.new_holder() if any(step.kind == "c" for _, step in steps) else ""
         groups = self._groups(steps)
         now = self._instant()
-        calls = [build("acquire", [step for _, step in group], now=now, max_wait_ns=max_wait_ns, holder=holder,
-                       holder_ttl_ms=self._state.holder_ttl_ms) for group in groups]
+        calls = [
+            build(
+                "acquire",
+                [step for _, step in group],
+                now=now,
+                max_wait_ns=max_wait_ns,
+                holder=holder,
+                holder_ttl_ms=self._state.holder_ttl_ms,
+            )
+            for group in groups
+        ]
         if not holder and not now and max_wait_ns == 0 and len(self._calls) < _PLAN_CACHE:
             self._calls[id(steps)] = (groups, calls)
         return holder, groups, calls
 
-    def _prepare(self, key: Key, requests: Any, tokens: Any, max_wait: float,
-                 amounts: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[Plan, Step]], int, bool]:
+    def _prepare(
+        self, key: Key, requests: Any, tokens: Any, max_wait: float, amounts: dict[str, Any]
+    ) -> tuple[tuple[str, ...], list[tuple[Plan, Step]], int, bool]:
         """The request's keys, its steps, the wait allowed in ns, and whether leases may serve it
         (every step a rate limit)."""
         if max_wait == 0.0 and type(max_wait) in (float, int):
@@ -432,8 +468,14 @@ class RedisLimiter(WaitingMixin):
         if not amounts and type(key) is str and type(requests) in _PLAIN and type(tokens) in _PLAIN:
             cache_key: Any = (key, requests, tokens)  # the hot path: no bool can pass for an int here
         else:
-            cache_key = (key if isinstance(key, str) else tuple(key), requests, type(requests), tokens, type(tokens),
-                         tuple((name, value, type(value)) for name, value in amounts.items()) if amounts else ())
+            cache_key = (
+                key if isinstance(key, str) else tuple(key),
+                requests,
+                type(requests),
+                tokens,
+                type(tokens),
+                tuple((name, value, type(value)) for name, value in amounts.items()) if amounts else (),
+            )
         cached = self._plans.get(cache_key)
         if cached is None:
             plans = self._planner._plan(key, requests, tokens, **amounts)
@@ -456,15 +498,15 @@ class RedisLimiter(WaitingMixin):
         if steps:
             self._state.settle(self._settle_calls(steps, holder))
 
-    def _decision(self, keys: tuple[str, ...], groups: list[list[tuple[Plan, Step]]], results: list[Any],
-                  holder: str) -> RedisDecision:
+    def _decision(
+        self, keys: tuple[str, ...], groups: list[list[tuple[Plan, Step]]], results: list[Any], holder: str
+    ) -> RedisDecision:
         last: list[Any] = results[-1] if results else [1, b"0", 0]
         if int(last[0]) != 1:
             self._give_back(groups[:-1], results[:-1], holder)
             group = groups[len(results) - 1]
             plan = group[int(last[2]) - 1][0]
-            return RedisDecision(False, retry_after=int(last[1]) / 1e9, limited_by=plan[3],
-                                 limited_key=keys[plan[0]])
+            return RedisDecision(False, retry_after=int(last[1]) / 1e9, limited_by=plan[3], limited_key=keys[plan[0]])
         if holder:
             held = [step for group in groups for _, step in group if step.kind == "c"]
             self._state.hold(holder, held)
@@ -472,8 +514,9 @@ class RedisLimiter(WaitingMixin):
 
     # ------------------------------------------------------------------ leases
 
-    def _from_leases(self, keys: tuple[str, ...], steps: list[tuple[Plan, Step]],
-                     refill: bool = True) -> Optional[LeasedReservation]:
+    def _from_leases(
+        self, keys: tuple[str, ...], steps: list[tuple[Plan, Step]], refill: bool = True
+    ) -> LeasedReservation | None:
         """An admission drawn from this process's leases, taking new slices where they run
         short (when `refill`); None when a slice cannot be had (the request is then decided in
         Redis)."""
@@ -510,7 +553,7 @@ class RedisLimiter(WaitingMixin):
             self._state.return_leases(every=False)
         return LeasedReservation(self, keys, steps, taken)
 
-    def _take_slices(self, slices: list[Step]) -> Optional[list[str]]:
+    def _take_slices(self, slices: list[Step]) -> list[str] | None:
         """Charges every slice in Redis, all or nothing; their marks, or None when denied or
         Redis is unreachable (the request then takes the ordinary path)."""
         groups = group_steps(slices, self._state.cluster)
@@ -529,7 +572,9 @@ class RedisLimiter(WaitingMixin):
             pass
         if len(admitted) == len(groups):
             return [marks[step.cell] for step in slices]
-        refunds = [step._replace(amount=-step.amount, extra=marks[step.cell]) for group, _ in admitted for step in group]
+        refunds = [
+            step._replace(amount=-step.amount, extra=marks[step.cell]) for group, _ in admitted for step in group
+        ]
         if refunds:
             self._state.settle(self._settle_calls(refunds, ""))
         return None
@@ -539,21 +584,25 @@ class RedisLimiter(WaitingMixin):
         keys, steps, _, _ = self._prepare(key, requests, tokens, 0.0, amounts)
         now = self._instant()
         answers: list[tuple[Plan, Step, int, int, str]] = []
-        worst: Optional[RedisDecision] = None
+        worst: RedisDecision | None = None
         for group in self._groups(steps):
             reply = self._state.run(build("peek", [step for _, step in group], now=now))
             if int(reply[0]) != 1:
                 plan = group[int(reply[2]) - 1][0]
-                denial = RedisDecision(False, retry_after=int(reply[1]) / 1e9, limited_by=plan[3],
-                                       limited_key=keys[plan[0]])
+                denial = RedisDecision(
+                    False, retry_after=int(reply[1]) / 1e9, limited_by=plan[3], limited_key=keys[plan[0]]
+                )
                 if worst is None or denial.retry_after > worst.retry_after:
                     worst = denial
                 continue
             answers += _answers(group, reply)
         if worst is not None:
             return worst
-        return RedisDecision(True, reset_after=max((answer[3] for answer in answers), default=0) / 1e9,
-                             remaining=_least((answer[0], answer[2]) for answer in answers))
+        return RedisDecision(
+            True,
+            reset_after=max((answer[3] for answer in answers), default=0) / 1e9,
+            remaining=_least((answer[0], answer[2]) for answer in answers),
+        )
 
     def charge(self, key: Key, /, **amounts: Any) -> None:
         """Charges usage that already happened to every limit of `key`, even past the limits
@@ -570,13 +619,21 @@ class RedisLimiter(WaitingMixin):
         reply = self._state.run(build("status", [step for _, step in steps], now=self._instant()))
         out = []
         for index, (plan, _) in enumerate(steps):
-            remaining, used, reset = (int(value) for value in reply[3 * index: 3 * index + 3])
+            remaining, used, reset = (int(value) for value in reply[3 * index : 3 * index + 3])
             capacity = plan[8] if plan[5] == "rate" else plan[6]
-            out.append(LimitState(plan[3], plan[5], _api(remaining, plan[4]), _api(used, plan[4]), reset / 1e9,
-                                  _api(capacity, plan[4])))
+            out.append(
+                LimitState(
+                    plan[3],
+                    plan[5],
+                    _api(remaining, plan[4]),
+                    _api(used, plan[4]),
+                    reset / 1e9,
+                    _api(capacity, plan[4]),
+                )
+            )
         return out
 
-    def set_limits(self, limits: Any = None, *, rules: Any = None, budgets: Optional[Sequence[Any]] = None) -> None:
+    def set_limits(self, limits: Any = None, *, rules: Any = None, budgets: Sequence[Any] | None = None) -> None:
         """Replaces the limits (and the budgets, when given). The counters in Redis carry over
         for every limit whose pattern, dimension and kind stay the same, on every host."""
         self._planner.set_limits(limits, rules=rules, budgets=budgets)
@@ -599,8 +656,9 @@ class RedisLimiter(WaitingMixin):
 
     # ------------------------------------------------------------------ unavailability
 
-    def _unavailable(self, error: RedisUnavailable, key: Key, requests: Any, tokens: Any, max_wait: float,
-                     amounts: dict[str, Any]) -> Any:
+    def _unavailable(
+        self, error: RedisUnavailable, key: Key, requests: Any, tokens: Any, max_wait: float, amounts: dict[str, Any]
+    ) -> Any:
         mode = self._state.on_unavailable
         if mode == "fail_closed":
             raise RedisUnavailable(f"{error} (on_unavailable='fail_closed': the call is not admitted)") from None
@@ -614,9 +672,18 @@ class RedisLimiter(WaitingMixin):
         to this host's share."""
         if self._local is None:
             fraction = self._state.local_fraction
-            self._local = self._planner if fraction == 1.0 else Limiter(
-                self._limits, rules=self._rules, budgets=self._budgets, namespace=self._namespace,
-                clock=self._clock, _share=fraction)
+            self._local = (
+                self._planner
+                if fraction == 1.0
+                else Limiter(
+                    self._limits,
+                    rules=self._rules,
+                    budgets=self._budgets,
+                    namespace=self._namespace,
+                    clock=self._clock,
+                    _share=fraction,
+                )
+            )
         return self._local
 
     def __repr__(self) -> str:

@@ -9,8 +9,9 @@ SCRIPT FLUSH).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple
 
 __all__ = ["SOURCE", "Step", "Call", "KIND_CODES"]
 
@@ -38,8 +39,17 @@ class Call(NamedTuple):
     args: list[Any]
 
 
-def build(mode: str, steps: Sequence[Step], *, now: str = "", max_wait_ns: int = 0, holder: str = "",
-          holder_ttl_ms: int = 0, marker: Optional[str] = None, operation: str = "") -> Call:
+def build(
+    mode: str,
+    steps: Sequence[Step],
+    *,
+    now: str = "",
+    max_wait_ns: int = 0,
+    holder: str = "",
+    holder_ttl_ms: int = 0,
+    marker: str | None = None,
+    operation: str = "",
+) -> Call:
     keys = [step.cell for step in steps]
     args: list[Any] = [mode, operation, now, max_wait_ns, holder, holder_ttl_ms]
     for step in steps:

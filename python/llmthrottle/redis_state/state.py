@@ -23,7 +23,7 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 from .._native import ConfigError, StateError
 from . import script
@@ -60,28 +60,48 @@ class RedisState:
     (or cluster) and `prefix`.
 
     `url_or_client` is a URL (`redis://host:6379/0`, `rediss://...`, `unix:///path`) or a
-    `redis.Redis` / `redis.cluster.RedisCluster` client; `cluster=True` opens a URL as a
-    Cluster. `leases=True` lets this process take slices of a hot rate limit (at most
-    `lease_fraction` of its burst, for at most `lease_ttl` seconds) and decide from them locally
-    (see `llmthrottle.redis_state.leases`). A decision waits at most `timeout` seconds for Redis; after a failure, Redis is
-    tried again at most every `retry_interval` seconds and `on_unavailable` decides meanwhile.
-    A concurrency slot is held in Redis for `holder_ttl` seconds and extended by a heartbeat
-    while its reservation is open, so the slots of a process that died lapse on their own.
+    `redis.Redis` / `redis.cluster.RedisCluster` client; `cluster=True` opens a URL as a Cluster.
+    `leases=True` lets this process take slices of a hot rate limit (at most `lease_fraction` of its
+    burst, for at most `lease_ttl` seconds) and decide from them locally (see
+    `llmthrottle.redis_state.leases`). A decision waits at most `timeout` seconds for Redis; after a
+    failure, Redis is tried again at most every `retry_interval` seconds and `on_unavailable`
+    decides meanwhile. A concurrency slot is held in Redis for `holder_ttl` seconds and extended by
+    a heartbeat while its reservation is open, so the slots of a process that died lapse on their
+    own.
     """
 
-    def __init__(self, url_or_client: Any = "redis://localhost:6379/0", *, prefix: str = "llmthrottle:",
-                 cluster: bool = False, timeout: float = 0.5, on_unavailable: str = "fail_closed",
-                 local_fraction: float = 1.0, retry_interval: float = 1.0, holder_ttl: float = 30.0,
-                 leases: bool = False, lease_fraction: float = 0.1, lease_ttl: float = 1.0,
-                 **client_options: Any) -> None:
+    def __init__(
+        self,
+        url_or_client: Any = "redis://localhost:6379/0",
+        *,
+        prefix: str = "llmthrottle:",
+        cluster: bool = False,
+        timeout: float = 0.5,
+        on_unavailable: str = "fail_closed",
+        local_fraction: float = 1.0,
+        retry_interval: float = 1.0,
+        holder_ttl: float = 30.0,
+        leases: bool = False,
+        lease_fraction: float = 0.1,
+        lease_ttl: float = 1.0,
+        **client_options: Any,
+    ) -> None:
         if on_unavailable not in _MODES:
             raise ConfigError(f"on_unavailable must be one of {', '.join(map(repr, _MODES))}, not {on_unavailable!r}")
         for name, value in (("timeout", timeout), ("retry_interval", retry_interval), ("holder_ttl", holder_ttl)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
                 raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
-        if isinstance(local_fraction, bool) or not isinstance(local_fraction, (int, float)) or not 0 < local_fraction <= 1:
+        if (
+            isinstance(local_fraction, bool)
+            or not isinstance(local_fraction, (int, float))
+            or not 0 < local_fraction <= 1
+        ):
             raise ConfigError(f"local_fraction must be in (0, 1], not {local_fraction!r}")
-        if isinstance(lease_fraction, bool) or not isinstance(lease_fraction, (int, float)) or not 0 < lease_fraction <= 1:
+        if (
+            isinstance(lease_fraction, bool)
+            or not isinstance(lease_fraction, (int, float))
+            or not 0 < lease_fraction <= 1
+        ):
             raise ConfigError(f"lease_fraction must be in (0, 1], not {lease_fraction!r}")
         if isinstance(lease_ttl, bool) or not isinstance(lease_ttl, (int, float)) or not 0 < lease_ttl <= 3600:
             raise ConfigError(f"lease_ttl must be a positive number of seconds (at most 3600), not {lease_ttl!r}")
@@ -96,7 +116,7 @@ class RedisState:
         self.timeout = float(timeout)
         self.retry_interval = float(retry_interval)
         self.holder_ttl_ms = int(holder_ttl * 1000)
-        self._url: Optional[str] = url_or_client if isinstance(url_or_client, str) else None
+        self._url: str | None = url_or_client if isinstance(url_or_client, str) else None
         self._options = dict(client_options)
         self._sync = self._open(url_or_client, cluster)
         self.cluster = _is_cluster(self._sync)
@@ -117,11 +137,17 @@ class RedisState:
         self._abandoned: list[tuple[str, list[script.Step]]] = []
         self._holder_ids = itertools.count()
         self._process = uuid.uuid4().hex[:12]
-        self._heartbeat: Optional[threading.Thread] = None
+        self._heartbeat: threading.Thread | None = None
         self._closed = threading.Event()
         self.leases = LeaseBook(float(lease_fraction), float(lease_ttl)) if leases else None
-        self.stats = {"unavailable": 0, "fallback_decisions": 0, "outages": 0, "replayed": 0, "pending": 0,
-                      "dropped": 0}
+        self.stats = {
+            "unavailable": 0,
+            "fallback_decisions": 0,
+            "outages": 0,
+            "replayed": 0,
+            "pending": 0,
+            "dropped": 0,
+        }
         this = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(this))
 
@@ -146,8 +172,12 @@ class RedisState:
         from redis.retry import Retry
 
         # One attempt per decision: the timeout bounds it, and on_unavailable takes over.
-        return {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout,
-                "retry": Retry(NoBackoff(), 0), **self._options}
+        return {
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.timeout,
+            "retry": Retry(NoBackoff(), 0),
+            **self._options,
+        }
 
     async def _async_client(self) -> Any:
         """This event loop's asyncio client. None when the state was given a client object, or
@@ -161,7 +191,9 @@ class RedisState:
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
 
-            client = redis.asyncio.Redis.from_url(self._url, **{**self._client_options(), "retry": Retry(NoBackoff(), 0)})
+            client = redis.asyncio.Redis.from_url(
+                self._url, **{**self._client_options(), "retry": Retry(NoBackoff(), 0)}
+            )
             # The loop closes its async generators before it closes (asyncio.run does): this one
             # then closes the client's connections while the loop can still run them.
             closer = _close_on_shutdown(client)
@@ -174,8 +206,7 @@ class RedisState:
         """The synchronous redis-py client."""
         return self._sync
 
-    def _make_limiter(self, *, limits: Any, rules: Any, budgets: Sequence[Any], namespace: str,
-                      clock: Any) -> Any:
+    def _make_limiter(self, *, limits: Any, rules: Any, budgets: Sequence[Any], namespace: str, clock: Any) -> Any:
         """Called by `llmthrottle.Limiter(...)` for `state=RedisState(...)`."""
         from .limiter import RedisLimiter
 
@@ -216,8 +247,11 @@ class RedisState:
         with self._lock:
             if self._outages.pop(where, None) is None:
                 return
-        _log.warning("llmthrottle: Redis%s reachable again; replaying %d settlement(s)",
-                     f" node {where}" if where else "", len(self._pending))
+        _log.warning(
+            "llmthrottle: Redis%s reachable again; replaying %d settlement(s)",
+            f" node {where}" if where else "",
+            len(self._pending),
+        )
         self.replay()
 
     def run(self, call: script.Call) -> Any:
@@ -287,9 +321,16 @@ class RedisState:
             self._outages[where] = time.monotonic() + self.retry_interval
             if new:
                 self.stats["outages"] += 1
-                _log.warning("llmthrottle: Redis%s unavailable (%s: %s); on_unavailable=%r",
-                             f" node {where}" if where else "", type(error).__name__, error, self.on_unavailable)
-        return RedisUnavailable(f"Redis{f' node {where}' if where else ''} unavailable: {type(error).__name__}: {error}")
+                _log.warning(
+                    "llmthrottle: Redis%s unavailable (%s: %s); on_unavailable=%r",
+                    f" node {where}" if where else "",
+                    type(error).__name__,
+                    error,
+                    self.on_unavailable,
+                )
+        return RedisUnavailable(
+            f"Redis{f' node {where}' if where else ''} unavailable: {type(error).__name__}: {error}"
+        )
 
     # ------------------------------------------------------------------ settlements
 
@@ -306,7 +347,9 @@ class RedisState:
         operation = uuid.uuid4().hex
         from .cells import marker_name
 
-        replay = script.Call([*call.keys, marker_name(call.keys[0], operation)], [call.args[0], operation, *call.args[2:]])
+        replay = script.Call(
+            [*call.keys, marker_name(call.keys[0], operation)], [call.args[0], operation, *call.args[2:]]
+        )
         with self._lock:
             if len(self._pending) == self._pending.maxlen:
                 self.stats["dropped"] += 1
@@ -369,8 +412,7 @@ class RedisState:
         while self._abandoned:
             taken.append(self._abandoned.pop())  # atomic: a finaliser may append from any thread
         for holder, steps in taken:
-            self.settle([script.build("settle", group, holder=holder)
-                         for group in group_steps(steps, self.cluster)])
+            self.settle([script.build("settle", group, holder=holder) for group in group_steps(steps, self.cluster)])
 
     def _beat(self) -> None:
         while not self._closed.wait(self.holder_ttl_ms / 3000):
@@ -461,20 +503,53 @@ class RedisState:
     def __reduce__(self) -> Any:
         if self._url is None:
             raise TypeError("a RedisState built on a client object cannot be pickled; build it from a URL")
-        lease_options = {} if self.leases is None else {"leases": True, "lease_fraction": self.leases.fraction,
-                                                       "lease_ttl": self.leases.ttl}
-        return (_rebuild, (self._url, self.prefix, self.cluster, self.timeout, self.on_unavailable, self.local_fraction,
-                           self.retry_interval, self.holder_ttl_ms / 1000, {**lease_options, **self._options}))
+        lease_options = (
+            {}
+            if self.leases is None
+            else {"leases": True, "lease_fraction": self.leases.fraction, "lease_ttl": self.leases.ttl}
+        )
+        return (
+            _rebuild,
+            (
+                self._url,
+                self.prefix,
+                self.cluster,
+                self.timeout,
+                self.on_unavailable,
+                self.local_fraction,
+                self.retry_interval,
+                self.holder_ttl_ms / 1000,
+                {**lease_options, **self._options},
+            ),
+        )
 
     def __repr__(self) -> str:
         where = self._url or type(self._sync).__name__
         return f"RedisState({where!r}, prefix={self.prefix!r}, on_unavailable={self.on_unavailable!r})"
 
 
-def _rebuild(url: str, prefix: str, cluster: bool, timeout: float, on_unavailable: str, local_fraction: float,
-             retry_interval: float, holder_ttl: float, options: dict[str, Any]) -> RedisState:
-    return RedisState(url, prefix=prefix, cluster=cluster, timeout=timeout, on_unavailable=on_unavailable,
-                      local_fraction=local_fraction, retry_interval=retry_interval, holder_ttl=holder_ttl, **options)
+def _rebuild(
+    url: str,
+    prefix: str,
+    cluster: bool,
+    timeout: float,
+    on_unavailable: str,
+    local_fraction: float,
+    retry_interval: float,
+    holder_ttl: float,
+    options: dict[str, Any],
+) -> RedisState:
+    return RedisState(
+        url,
+        prefix=prefix,
+        cluster=cluster,
+        timeout=timeout,
+        on_unavailable=on_unavailable,
+        local_fraction=local_fraction,
+        retry_interval=retry_interval,
+        holder_ttl=holder_ttl,
+        **options,
+    )
 
 
 async def _close_on_shutdown(client: Any) -> Any:
@@ -484,7 +559,7 @@ async def _close_on_shutdown(client: Any) -> Any:
         await client.aclose()
 
 
-def _after_fork(state: "weakref.ref[RedisState]") -> None:
+def _after_fork(state: weakref.ref[RedisState]) -> None:
     alive = state()
     if alive is not None:
         alive._after_fork()

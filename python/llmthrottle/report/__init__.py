@@ -12,8 +12,9 @@ import argparse
 import os
 import sys
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from .._native import ConfigError, parse_period, period_start
 from ..ledger import Ledger
@@ -29,13 +30,28 @@ from .model import (
 )
 from .text import render_csv, render_json, render_table
 
-__all__ = ["BudgetStatus", "GroupRow", "Report", "ReportableBudget", "build_report",
-           "configure_parser", "format_usd", "render", "render_csv", "render_html",
-           "render_json", "render_table", "run"]
+__all__ = [
+    "BudgetStatus",
+    "GroupRow",
+    "Report",
+    "ReportableBudget",
+    "build_report",
+    "configure_parser",
+    "format_usd",
+    "render",
+    "render_csv",
+    "render_html",
+    "render_json",
+    "render_table",
+    "run",
+]
 
 RENDERERS: dict[str, Callable[[Report], str]] = {
-    "table": render_table, "csv": render_csv, "json": render_json, "html": render_html}
-
+    "table": render_table,
+    "csv": render_csv,
+    "json": render_json,
+    "html": render_html,
+}
 
 
 def render(report: Report, fmt: str) -> str:
@@ -62,9 +78,10 @@ def parse_time(text: str, now: float | None = None) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"invalid time {text!r}: use 2025-01-31, 2025-01-31T12:00, a duration such as 30d, 12h or 2w, "
-            "or day, week or month for the start of the current one") from None
+            "or day, week or month for the start of the current one"
+        ) from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 
@@ -77,27 +94,37 @@ def _where(text: str) -> tuple[str, str]:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--ledger", default=os.environ.get("LLMTHROTTLE_LEDGER"),
-                        help="ledger directory (default: $LLMTHROTTLE_LEDGER)")
+    parser.add_argument(
+        "--ledger", default=os.environ.get("LLMTHROTTLE_LEDGER"), help="ledger directory (default: $LLMTHROTTLE_LEDGER)"
+    )
     parser.add_argument("--since", type=parse_time, help="start: ISO date/time or 30d, 12h, 2w")
     parser.add_argument("--until", type=parse_time, help="end (exclusive), same forms")
-    parser.add_argument("--by", default=",".join(DEFAULT_GROUPS),
-                        help="comma-separated keys to group by: tenant, team, user, feature, "
-                             "model, provider, outcome or any tag (default: %(default)s)")
-    parser.add_argument("--where", type=_where, action="append", default=[],
-                        metavar="KEY=VALUE", help="only records with this key (repeatable)")
+    parser.add_argument(
+        "--by",
+        default=",".join(DEFAULT_GROUPS),
+        help="comma-separated keys to group by: tenant, team, user, feature, "
+        "model, provider, outcome or any tag (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--where",
+        type=_where,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only records with this key (repeatable)",
+    )
     parser.add_argument("--top", type=int, default=10, help="most expensive calls to list")
     parser.add_argument("--format", choices=sorted(RENDERERS), default="table")
     parser.add_argument("-o", "--output", help="write to this file instead of stdout")
     parser.add_argument("--config", help="a policy file (llmthrottle.toml): show the status of its budgets")
-    parser.add_argument("--read-only", action="store_true",
-                        help="do not replay journals of dead writers before reporting")
+    parser.add_argument(
+        "--read-only", action="store_true", help="do not replay journals of dead writers before reporting"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.ledger:
-        print("llmthrottle report: --ledger DIR is required (or set LLMTHROTTLE_LEDGER)",
-              file=sys.stderr)
+        print("llmthrottle report: --ledger DIR is required (or set LLMTHROTTLE_LEDGER)", file=sys.stderr)
         return 2
     if not os.path.isdir(args.ledger):
         print(f"llmthrottle report: no ledger directory at {args.ledger}", file=sys.stderr)
@@ -118,8 +145,15 @@ def run(args: argparse.Namespace) -> int:
             from ..budget import budget_views
 
             views = budget_views(budgets, ledger, time.time()) if budgets else None
-            report = build_report(ledger, since=args.since, until=args.until, group_by=group_by,
-                                  top=args.top, filters=filters, budgets=views)
+            report = build_report(
+                ledger,
+                since=args.since,
+                until=args.until,
+                group_by=group_by,
+                top=args.top,
+                filters=filters,
+                budgets=views,
+            )
     except (ValueError, FileNotFoundError) as e:
         print(f"llmthrottle report: {e}", file=sys.stderr)
         return 2

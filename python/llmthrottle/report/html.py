@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from html import escape
-from typing import Sequence
 
 from .model import GroupRow, Report
 
@@ -68,26 +68,27 @@ def trend_chart(days: Sequence[GroupRow], width: int = 1040, height: int = 240) 
     plot_w, plot_h = width - left - 10, height - bottom - top
     peak = _nice_max(max(d.cost_micros for d in days))
     slot = plot_w / len(days)
-    parts = [f'<svg viewBox="0 0 {width} {height}" width="100%" role="img" '
-             'aria-label="Spend per day">']
+    parts = [f'<svg viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="Spend per day">']
     for i in range(5):
         value = peak * i // 4
         y = top + plot_h - plot_h * i / 4
-        parts.append(f'<line x1="{left}" x2="{width - 10}" y1="{y:.1f}" y2="{y:.1f}" '
-                     'stroke="#eceef2"/>')
+        parts.append(f'<line x1="{left}" x2="{width - 10}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eceef2"/>')
         axis = f"${value / 1e6:,.2f}" if peak >= 1_000_000 else f"${value / 1e6:.4f}"
-        parts.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">'
-                     f'{escape(axis)}</text>')
+        parts.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{escape(axis)}</text>')
     label_every = max(1, len(days) // 12)
     for i, day in enumerate(days):
         h = plot_h * day.cost_micros / peak
         x = left + i * slot + slot * 0.15
-        parts.append(f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{slot * 0.7:.1f}" '
-                     f'height="{h:.1f}" rx="2" fill="{_ACCENT}"><title>{escape(str(day.key))}: '
-                     f'{escape(_money(day.cost_micros))}, {day.calls:,} calls</title></rect>')
+        parts.append(
+            f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{slot * 0.7:.1f}" '
+            f'height="{h:.1f}" rx="2" fill="{_ACCENT}"><title>{escape(str(day.key))}: '
+            f"{escape(_money(day.cost_micros))}, {day.calls:,} calls</title></rect>"
+        )
         if i % label_every == 0:
-            parts.append(f'<text x="{x + slot * 0.35:.1f}" y="{height - 8}" '
-                         f'text-anchor="middle">{escape(str(day.key)[5:])}</text>')
+            parts.append(
+                f'<text x="{x + slot * 0.35:.1f}" y="{height - 8}" '
+                f'text-anchor="middle">{escape(str(day.key)[5:])}</text>'
+            )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -107,12 +108,15 @@ def bar_chart(rows: Sequence[GroupRow], limit: int = 10, width: int = 500) -> st
         w = max(1.0, bar_w * row.cost_micros / peak)
         label = _label(row.key)
         short = label if len(label) <= 22 else label[:21] + "…"
-        parts.append(f'<text x="{label_w - 8}" y="{y + 15}" text-anchor="end">'
-                     f'<title>{escape(label)}</title>{escape(short)}</text>')
-        parts.append(f'<rect x="{label_w}" y="{y + 4}" width="{w:.1f}" height="{row_h - 8}" '
-                     f'rx="3" fill="{_ACCENT}" opacity="{1 - 0.05 * i:.2f}"/>')
-        parts.append(f'<text x="{label_w + w + 6:.1f}" y="{y + 15}">'
-                     f'{escape(_money(row.cost_micros))}</text>')
+        parts.append(
+            f'<text x="{label_w - 8}" y="{y + 15}" text-anchor="end">'
+            f"<title>{escape(label)}</title>{escape(short)}</text>"
+        )
+        parts.append(
+            f'<rect x="{label_w}" y="{y + 4}" width="{w:.1f}" height="{row_h - 8}" '
+            f'rx="3" fill="{_ACCENT}" opacity="{1 - 0.05 * i:.2f}"/>'
+        )
+        parts.append(f'<text x="{label_w + w + 6:.1f}" y="{y + 15}">{escape(_money(row.cost_micros))}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -121,10 +125,14 @@ def _group_table(key: str, rows: Sequence[GroupRow], limit: int = 15) -> str:
     body = "".join(
         f"<tr><td>{escape(_label(r.key))}</td><td>{r.calls:,}</td><td>{r.input_tokens:,}</td>"
         f"<td>{r.cached_input_tokens:,}</td><td>{r.output_tokens:,}</td>"
-        f"<td>{escape(_money(r.cost_micros))}</td></tr>" for r in rows[:limit])
-    more = (f'<p class="muted">and {len(rows) - limit} more</p>' if len(rows) > limit else "")
-    return (f"<table><tr><th>{escape(key)}</th><th>calls</th><th>input</th><th>cached</th>"
-            f"<th>output</th><th>cost</th></tr>{body}</table>{more}")
+        f"<td>{escape(_money(r.cost_micros))}</td></tr>"
+        for r in rows[:limit]
+    )
+    more = f'<p class="muted">and {len(rows) - limit} more</p>' if len(rows) > limit else ""
+    return (
+        f"<table><tr><th>{escape(key)}</th><th>calls</th><th>input</th><th>cached</th>"
+        f"<th>output</th><th>cost</th></tr>{body}</table>{more}"
+    )
 
 
 def _budgets(report: Report) -> str:
@@ -139,7 +147,8 @@ def _budgets(report: Report) -> str:
             f"<span class='muted'>{escape(_money(s.spent_micros))} of "
             f"{escape(_money(s.limit_micros))} ({fraction:.0%})</span>"
             f"<div class='bar'><i class='{css}' style='width:{min(fraction, 1) * 100:.1f}%'>"
-            "</i></div></div>")
+            "</i></div></div>"
+        )
     return f"<section><h2>Budgets</h2>{''.join(items)}</section>"
 
 
@@ -147,15 +156,19 @@ def _top_calls(report: Report) -> str:
     if not report.top_calls:
         return ""
     rows = "".join(
-        f"<tr><td>{datetime.fromtimestamp(r.time, timezone.utc):%Y-%m-%d %H:%M}</td>"
+        f"<tr><td>{datetime.fromtimestamp(r.time, UTC):%Y-%m-%d %H:%M}</td>"
         f"<td class='l'>{escape(r.model)}</td><td class='l'>{escape(_label(r.tenant))}</td>"
         f"<td class='l'>{escape(_label(r.feature))}</td><td>{r.input_tokens:,}</td>"
         f"<td>{r.output_tokens:,}</td><td>{escape(_money(r.cost_micros))}</td>"
-        f"<td class='l mono'>{escape(r.id)}</td></tr>" for r in report.top_calls)
-    return ("<section><h2>Most expensive calls</h2><table><tr><th>time (UTC)</th>"
-            "<th style='text-align:left'>model</th><th style='text-align:left'>tenant</th>"
-            "<th style='text-align:left'>feature</th><th>input</th><th>output</th><th>cost</th>"
-            f"<th style='text-align:left'>id</th></tr>{rows}</table></section>")
+        f"<td class='l mono'>{escape(r.id)}</td></tr>"
+        for r in report.top_calls
+    )
+    return (
+        "<section><h2>Most expensive calls</h2><table><tr><th>time (UTC)</th>"
+        "<th style='text-align:left'>model</th><th style='text-align:left'>tenant</th>"
+        "<th style='text-align:left'>feature</th><th>input</th><th>output</th><th>cost</th>"
+        f"<th style='text-align:left'>id</th></tr>{rows}</table></section>"
+    )
 
 
 def render_html(report: Report) -> str:
@@ -163,25 +176,29 @@ def render_html(report: Report) -> str:
     total = report.total
     tokens = total.input_tokens + total.cached_input_tokens + total.output_tokens
     average = total.cost_micros // total.calls if total.calls else 0
-    filters = (" · " + ", ".join(f"{k}={v}" for k, v in report.filters.items())
-               if report.filters else "")
-    cards = "".join(f"<div class='card'><span class='muted'>{escape(name)}</span>"
-                    f"<b>{escape(value)}</b></div>" for name, value in (
-                        ("Total spend", _money(total.cost_micros)),
-                        ("Calls", f"{total.calls:,}"),
-                        ("Tokens", f"{tokens:,}"),
-                        ("Average per call", _money(average))))
+    filters = " · " + ", ".join(f"{k}={v}" for k, v in report.filters.items()) if report.filters else ""
+    cards = "".join(
+        f"<div class='card'><span class='muted'>{escape(name)}</span><b>{escape(value)}</b></div>"
+        for name, value in (
+            ("Total spend", _money(total.cost_micros)),
+            ("Calls", f"{total.calls:,}"),
+            ("Tokens", f"{tokens:,}"),
+            ("Average per call", _money(average)),
+        )
+    )
     groups = "".join(
-        f"<section><h2>Spend by {escape(key)}</h2>{bar_chart(rows)}{_group_table(key, rows)}"
-        "</section>" for key, rows in report.groups.items())
+        f"<section><h2>Spend by {escape(key)}</h2>{bar_chart(rows)}{_group_table(key, rows)}</section>"
+        for key, rows in report.groups.items()
+    )
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
         f"<title>LLM spend report</title><style>{_CSS}</style></head><body><main>"
         "<h1>LLM spend report</h1>"
         f"<div class='muted'>{escape(report.period_label())}{escape(filters)} · generated "
-        f"{datetime.fromtimestamp(report.generated_at, timezone.utc):%Y-%m-%d %H:%M} UTC</div>"
+        f"{datetime.fromtimestamp(report.generated_at, UTC):%Y-%m-%d %H:%M} UTC</div>"
         f"<div class='cards'>{cards}</div>{_budgets(report)}"
         f"<section><h2>Spend per day (UTC)</h2>{trend_chart(report.daily)}</section>"
         f"<div class='grid'>{groups}</div>{_top_calls(report)}"
-        "</main></body></html>\n")
+        "</main></body></html>\n"
+    )

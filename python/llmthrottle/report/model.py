@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
-from typing import Any, Mapping, Protocol, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Protocol
 
 from ..ledger import Ledger, UsageRecord
 
-__all__ = ["BudgetStatus", "GroupRow", "Report", "ReportableBudget", "build_report",
-           "format_usd"]
+__all__ = ["BudgetStatus", "GroupRow", "Report", "ReportableBudget", "build_report", "format_usd"]
 
 DEFAULT_GROUPS = ("tenant", "team", "user", "feature", "model")
 
@@ -36,11 +36,17 @@ class GroupRow:
     cost_micros: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "calls": self.calls, "input_tokens": self.input_tokens,
-                "cached_input_tokens": self.cached_input_tokens,
-                "cache_write_tokens": self.cache_write_tokens,
-                "output_tokens": self.output_tokens, "reasoning_tokens": self.reasoning_tokens,
-                "cost_micros": self.cost_micros, "cost_usd": format_usd(self.cost_micros)}
+        return {
+            "key": self.key,
+            "calls": self.calls,
+            "input_tokens": self.input_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "output_tokens": self.output_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "cost_micros": self.cost_micros,
+            "cost_usd": format_usd(self.cost_micros),
+        }
 
 
 class ReportableBudget(Protocol):
@@ -74,11 +80,16 @@ class BudgetStatus:
         return self.spent_micros / self.limit_micros if self.limit_micros else float("inf")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "scope": dict(self.scope), "limit_micros": self.limit_micros,
-                "spent_micros": self.spent_micros, "remaining_micros": self.remaining_micros,
-                "limit_usd": format_usd(self.limit_micros),
-                "spent_usd": format_usd(self.spent_micros),
-                "period_start": _iso(self.period_start)}
+        return {
+            "name": self.name,
+            "scope": dict(self.scope),
+            "limit_micros": self.limit_micros,
+            "spent_micros": self.spent_micros,
+            "remaining_micros": self.remaining_micros,
+            "limit_usd": format_usd(self.limit_micros),
+            "spent_usd": format_usd(self.spent_micros),
+            "period_start": _iso(self.period_start),
+        }
 
 
 @dataclass(frozen=True)
@@ -102,16 +113,23 @@ class Report:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def _rows(entries: list[dict[str, Any]], key: str | None) -> list[GroupRow]:
-    return [GroupRow(key=e.get(key) if key else "total", calls=e["calls"],
-                     input_tokens=e["input_tokens"], output_tokens=e["output_tokens"],
-                     cached_input_tokens=e["cached_input_tokens"],
-                     cache_write_tokens=e["cache_write_tokens"],
-                     reasoning_tokens=e["reasoning_tokens"], cost_micros=e["cost_micros"])
-            for e in entries]
+    return [
+        GroupRow(
+            key=e.get(key) if key else "total",
+            calls=e["calls"],
+            input_tokens=e["input_tokens"],
+            output_tokens=e["output_tokens"],
+            cached_input_tokens=e["cached_input_tokens"],
+            cache_write_tokens=e["cache_write_tokens"],
+            reasoning_tokens=e["reasoning_tokens"],
+            cost_micros=e["cost_micros"],
+        )
+        for e in entries
+    ]
 
 
 def _fill_days(rows: list[GroupRow]) -> list[GroupRow]:
@@ -127,10 +145,17 @@ def _fill_days(rows: list[GroupRow]) -> list[GroupRow]:
     return filled
 
 
-def build_report(ledger: Ledger, *, since: float | None = None, until: float | None = None,
-                 group_by: Sequence[str] = DEFAULT_GROUPS, top: int = 10,
-                 budgets: Sequence[ReportableBudget] | None = None, now: float | None = None,
-                 filters: Mapping[str, Any] | None = None) -> Report:
+def build_report(
+    ledger: Ledger,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    group_by: Sequence[str] = DEFAULT_GROUPS,
+    top: int = 10,
+    budgets: Sequence[ReportableBudget] | None = None,
+    now: float | None = None,
+    filters: Mapping[str, Any] | None = None,
+) -> Report:
     """Spend over [since, until) (unix seconds) by each key of `group_by`, per UTC day, the
     `top` most expensive calls and, when given, the status of each budget."""
     filters = dict(filters or {})
@@ -142,10 +167,23 @@ def build_report(ledger: Ledger, *, since: float | None = None, until: float | N
     statuses = []
     for budget in budgets or ():
         start = budget.period_start(now)
-        statuses.append(BudgetStatus(
-            name=budget.name, limit_micros=budget.limit_micros, period_start=start,
-            spent_micros=ledger.spend(since=start, **dict(budget.scope)),
-            scope=dict(budget.scope)))
-    return Report(since=since, until=until, generated_at=now, filters=filters, total=total,
-                  groups=groups, daily=_fill_days(daily),
-                  top_calls=ledger.top(top, **query) if top > 0 else [], budgets=statuses)
+        statuses.append(
+            BudgetStatus(
+                name=budget.name,
+                limit_micros=budget.limit_micros,
+                period_start=start,
+                spent_micros=ledger.spend(since=start, **dict(budget.scope)),
+                scope=dict(budget.scope),
+            )
+        )
+    return Report(
+        since=since,
+        until=until,
+        generated_at=now,
+        filters=filters,
+        total=total,
+        groups=groups,
+        daily=_fill_days(daily),
+        top_calls=ledger.top(top, **query) if top > 0 else [],
+        budgets=statuses,
+    )

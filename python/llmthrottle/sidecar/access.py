@@ -16,14 +16,14 @@ import re
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ["Peer", "AccessPolicy", "peer_credentials"]
 
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 
 
-def peer_credentials(sock: Optional[socket.socket]) -> tuple[int, int, int]:
+def peer_credentials(sock: socket.socket | None) -> tuple[int, int, int]:
     """(pid, uid, gid) of the process at the other end of a Unix socket; (-1, -1, -1) when the
     kernel cannot tell (not a Unix socket)."""
     if sock is None:
@@ -45,9 +45,9 @@ class Peer:
     gid: int
     may_use: Any  # Callable[[str], bool], or None when unrestricted
     may_admin: bool
-    info: Optional[dict[str, Any]] = None
+    info: dict[str, Any] | None = None
 
-    def check_key(self, key: Any) -> Optional[str]:
+    def check_key(self, key: Any) -> str | None:
         """None when allowed, else the first key this peer may not use."""
         may_use = self.may_use
         if may_use is None:
@@ -65,7 +65,7 @@ class Peer:
 class AccessPolicy:
     """Compiled `[access]` table (None: no restriction)."""
 
-    def __init__(self, access: Optional[dict[int, list[str]]], default: Optional[list[str]]) -> None:
+    def __init__(self, access: dict[int, list[str]] | None, default: list[str] | None) -> None:
         self.enabled = access is not None or default is not None
         self._by_uid = {uid: _compile(patterns) for uid, patterns in (access or {}).items()}
         self._admins = {uid for uid, patterns in (access or {}).items() if "*" in patterns}

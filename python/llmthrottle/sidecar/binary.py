@@ -12,12 +12,13 @@ import asyncio
 import logging
 import os
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from .access import Peer
+from .errors import ServiceError, details_of, kind_of
 from .protocol import ERROR, OK, FrameDecoder, FrameError, Op, encode_frame, unpackb
 from .quiet_log import client_mistakes
-from .errors import ServiceError, details_of, kind_of
 from .service import Service
 
 __all__ = ["BinaryConnection"]
@@ -31,10 +32,12 @@ _NAMES = Op.NAMES
 class BinaryConnection(asyncio.Protocol):
     """One client connection speaking the binary protocol (after the magic bytes)."""
 
-    def __init__(self, service: Service, peer: Peer, max_frame_bytes: int, on_close: Callable[["BinaryConnection"], None]) -> None:
+    def __init__(
+        self, service: Service, peer: Peer, max_frame_bytes: int, on_close: Callable[[BinaryConnection], None]
+    ) -> None:
         self.service = service
         self.peer = peer
-        self.transport: Optional[asyncio.Transport] = None
+        self.transport: asyncio.Transport | None = None
         self.last_active = _monotonic()
         self._decoder = FrameDecoder(max_frame_bytes)
         self._on_close = on_close
@@ -55,7 +58,7 @@ class BinaryConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
+    def connection_lost(self, exc: BaseException | None) -> None:
         # Reservations of this connection stay held until settled or expired (see service.py).
         self._on_close(self)
 
@@ -92,7 +95,7 @@ class BinaryConnection(asyncio.Protocol):
             out.append(encode_frame([handle(batch[0])] if len(batch) == 1 else [handle(r) for r in batch]))
         self.transport.write(b"".join(out) if len(out) > 1 else out[0])  # type: ignore[union-attr]
 
-    def _fail(self, reason: str, answered: Optional[list[bytes]] = None) -> None:
+    def _fail(self, reason: str, answered: list[bytes] | None = None) -> None:
         """A broken byte stream cannot be resynchronised: answer with an error frame (id None)
         and close, after the answers to the frames before it. Other connections are unaffected."""
         self._metrics.bad_frames += 1
@@ -106,8 +109,11 @@ class BinaryConnection(asyncio.Protocol):
         if type(request) is not list or len(request) < 2 or type(request[1]) is not int:
             self._metrics.error("binary", "BadRequest")
             request_id = request[0] if type(request) is list and request else None
-            return [request_id if _is_id(request_id) else None, ERROR,
-                    ["BadRequest", "a request is [request_id, op, *args] with an integer op"]]
+            return [
+                request_id if _is_id(request_id) else None,
+                ERROR,
+                ["BadRequest", "a request is [request_id, op, *args] with an integer op"],
+            ]
         op = request[1]
         handler = self._handlers.get(op)
         try:
@@ -136,8 +142,7 @@ class BinaryConnection(asyncio.Protocol):
             denied_key = peer.check_key(key)
             if denied_key is not None:
                 raise ServiceError("AccessDenied", f"uid {peer.uid} may not use key {denied_key!r}")
-        decision, reservation_id = self.service.acquire(namespace, key, amounts, max_wait,
-                                                          peer.uid)
+        decision, reservation_id = self.service.acquire(namespace, key, amounts, max_wait, peer.uid)
         return acquire_result(decision, reservation_id)
 
     def _commit(self, request: list[Any]) -> None:
@@ -174,13 +179,31 @@ class BinaryConnection(asyncio.Protocol):
         return {"server": "llmthrottle", "version": 1, "pid": os.getpid(), "uid": self.peer.uid}
 
 
-def acquire_result(decision: Any, reservation_id: Optional[int]) -> list[Any]:
+def acquire_result(decision: Any, reservation_id: int | None) -> list[Any]:
     """The wire form of a decision (see protocol.py's ACQUIRE_RESULT)."""
     if reservation_id is not None:
-        return [True, 0.0, decision.delay, decision.reset_after, None, None, decision.remaining,
-                reservation_id, decision.reserved]
-    return [decision.allowed, decision.retry_after, decision.delay, decision.reset_after,
-            decision.limited_by, decision.limited_key, decision.remaining, None, None]
+        return [
+            True,
+            0.0,
+            decision.delay,
+            decision.reset_after,
+            None,
+            None,
+            decision.remaining,
+            reservation_id,
+            decision.reserved,
+        ]
+    return [
+        decision.allowed,
+        decision.retry_after,
+        decision.delay,
+        decision.reset_after,
+        decision.limited_by,
+        decision.limited_key,
+        decision.remaining,
+        None,
+        None,
+    ]
 
 
 def _args(request: list[Any], count: int) -> list[Any]:

@@ -35,18 +35,24 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     """The `llmthrottle serve` options; each overrides the policy file's [server] setting."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--config", metavar="PATH", help="policy file (llmthrottle.toml); see above for the default")
-    parser.add_argument("--socket", metavar="PATH",
-                        help="Unix socket to listen on (default: $LLMTHROTTLE_SOCKET, $XDG_RUNTIME_DIR/llmthrottle.sock "
-                             "or /tmp/llmthrottle-UID.sock)")
+    parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="Unix socket to listen on (default: $LLMTHROTTLE_SOCKET, $XDG_RUNTIME_DIR/llmthrottle.sock "
+        "or /tmp/llmthrottle-UID.sock)",
+    )
     parser.add_argument("--socket-mode", metavar="OCTAL", help='permissions of the socket file (default "0660")')
     parser.add_argument("--socket-group", metavar="GROUP", help="group owning the socket file (default: yours)")
     parser.add_argument("--ledger", metavar="DIR", help="record every committed call in this ledger directory")
     parser.add_argument("--log-format", choices=("text", "json"), help="json: one JSON object per line")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--check", action="store_true", help="validate the policy file and exit")
-    parser.add_argument("--print-socket", action="store_true",
-                        help="print the socket path the server would listen on and exit (for scripts: "
-                             "curl --unix-socket \"$(llmthrottle serve --print-socket)\" ...)")
+    parser.add_argument(
+        "--print-socket",
+        action="store_true",
+        help="print the socket path the server would listen on and exit (for scripts: "
+        'curl --unix-socket "$(llmthrottle serve --print-socket)" ...)',
+    )
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop")
 
 

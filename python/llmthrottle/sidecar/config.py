@@ -39,15 +39,14 @@ are errors, so a typo never silently drops a limit.
 from __future__ import annotations
 
 import difflib
-
 import hashlib
 import os
 import pwd
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 from .._native import ConfigError, parse_period
 from ..policy import RulesConfig
@@ -96,7 +95,7 @@ def default_state_name(socket: str) -> str:
     return f"sidecar-{digest}"
 
 
-def find_config_file() -> Optional[str]:
+def find_config_file() -> str | None:
     """`$LLMTHROTTLE_CONFIG`, else ./llmthrottle.toml, else /etc/llmthrottle/llmthrottle.toml,
     else None (the embedded default policy)."""
     explicit = os.environ.get("LLMTHROTTLE_CONFIG")
@@ -111,7 +110,7 @@ class SidecarConfig:
 
     socket: str = field(default_factory=default_socket_path)
     socket_mode: int = 0o660
-    socket_group: Optional[str] = None
+    socket_group: str | None = None
     reservation_timeout_s: float = 600.0
     idle_timeout_s: float = 300.0
     max_frame_bytes: int = 1 << 20
@@ -123,31 +122,31 @@ class SidecarConfig:
     log_level: str = "info"
     state_kind: str = "shared"
     # None: one table per socket path (default_state_name)
-    state_name: Optional[str] = None
+    state_name: str | None = None
     # None: SharedState's default; only for kind = "shared"
-    state_capacity: Optional[int] = None
+    state_capacity: int | None = None
     # None: SharedState's default (16,384 concurrency units held at once, all processes)
-    state_lease_capacity: Optional[int] = None
+    state_lease_capacity: int | None = None
     # kind = "redis": the URL and RedisState's keyword options (prefix, cluster, timeout, ...)
-    state_url: Optional[str] = None
+    state_url: str | None = None
     state_redis_options: dict[str, Any] = field(default_factory=dict)
     # None: no ledger ([ledger] enabled = false)
-    ledger_path: Optional[str] = field(default_factory=default_ledger_path)
+    ledger_path: str | None = field(default_factory=default_ledger_path)
     # namespace -> key pattern -> limits mapping (the llmthrottle.policy forms)
     namespaces: dict[str, RulesConfig] = field(default_factory=lambda: {"default": DEFAULT_RULES})
     # namespace -> budgets (from [[budgets]] entries)
     budgets: dict[str, list[Any]] = field(default_factory=dict)
     # uid -> allowed key patterns; None: no restriction beyond the socket's permissions
-    access: Optional[dict[int, list[str]]] = None
+    access: dict[int, list[str]] | None = None
     # patterns for peers whose uid is not listed (the `"*"` entry of [access])
-    access_default: Optional[list[str]] = None
-    path: Optional[str] = None
+    access_default: list[str] | None = None
+    path: str | None = None
 
 
 class _Where:
     """Turns a key path into "file:line: key.path" for error messages."""
 
-    def __init__(self, path: Optional[str], text: str) -> None:
+    def __init__(self, path: str | None, text: str) -> None:
         self.path = path or "<config>"
         self.lines = text.splitlines()
 
@@ -157,7 +156,7 @@ class _Where:
         place = f"{self.path}:{line}" if line else self.path
         return ConfigError(f"{place}: {dotted}: {message}" if dotted else f"{place}: {message}")
 
-    def _line_of(self, keys: tuple[str, ...]) -> Optional[int]:
+    def _line_of(self, keys: tuple[str, ...]) -> int | None:
         # Best effort: the line of `key =` under the header of its table, or of the header.
         for split in range(len(keys), -1, -1):
             table, rest = keys[:split], keys[split:]
@@ -184,7 +183,7 @@ def _key_regex(key: str) -> str:
     return r"(?:" + re.escape(key) + r"|\"" + re.escape(key) + r"\"|'" + re.escape(key) + r"')"
 
 
-def _header_line(lines: list[str], table: tuple[str, ...]) -> Optional[int]:
+def _header_line(lines: list[str], table: tuple[str, ...]) -> int | None:
     dotted = r"\s*\.\s*".join(_key_regex(k) for k in table)
     pattern = re.compile(r"^\s*\[\s*" + dotted + r"\s*\]")
     for number, text in enumerate(lines):
@@ -199,7 +198,7 @@ def _header_line(lines: list[str], table: tuple[str, ...]) -> Optional[int]:
     return None
 
 
-def load_config(path: Optional[str]) -> SidecarConfig:
+def load_config(path: str | None) -> SidecarConfig:
     """The validated configuration in `path`, or the embedded default when `path` is None."""
     if path is None:
         return SidecarConfig()
@@ -211,7 +210,7 @@ def load_config(path: Optional[str]) -> SidecarConfig:
     return parse_config(raw.decode("utf-8", errors="replace"), path)
 
 
-def parse_config(text: str, path: Optional[str] = None) -> SidecarConfig:
+def parse_config(text: str, path: str | None = None) -> SidecarConfig:
     """Validates TOML `text` (the content of `path`) into a `SidecarConfig`."""
     where = _Where(path, text)
     try:
@@ -236,8 +235,19 @@ def parse_config(text: str, path: Optional[str] = None) -> SidecarConfig:
     return config
 
 
-_SERVER_KEYS = ("socket", "socket_mode", "socket_group", "reservation_timeout", "idle_timeout", "max_frame_bytes",
-                "max_connections", "max_reservations", "max_reservations_per_uid", "log_format", "log_level")
+_SERVER_KEYS = (
+    "socket",
+    "socket_mode",
+    "socket_group",
+    "reservation_timeout",
+    "idle_timeout",
+    "max_frame_bytes",
+    "max_connections",
+    "max_reservations",
+    "max_reservations_per_uid",
+    "log_format",
+    "log_level",
+)
 
 
 def _unknown_key(name: str, known: Any, what: str = "key") -> str:
@@ -281,8 +291,15 @@ def _parse_server(config: SidecarConfig, table: dict[str, Any], where: _Where) -
             raise where.error(keys, _unknown_key(key, _SERVER_KEYS))
 
 
-_REDIS_OPTIONS = {"prefix": str, "cluster": bool, "timeout": float, "on_unavailable": str, "local_fraction": float,
-                  "retry_interval": float, "holder_ttl": float}
+_REDIS_OPTIONS = {
+    "prefix": str,
+    "cluster": bool,
+    "timeout": float,
+    "on_unavailable": str,
+    "local_fraction": float,
+    "retry_interval": float,
+    "holder_ttl": float,
+}
 _STATE_KEYS = ("kind", "name", "capacity", "lease_capacity", "url", *_REDIS_OPTIONS)
 
 
@@ -338,7 +355,7 @@ def _parse_namespaces(config: SidecarConfig, table: dict[str, Any], where: _Wher
     for name, namespace in table.items():
         keys = ("namespaces", name)
         if not isinstance(namespace, dict) or set(namespace) != {"limits"}:
-            raise where.error(keys, 'must hold exactly one table, `limits` (pattern -> limits)')
+            raise where.error(keys, "must hold exactly one table, `limits` (pattern -> limits)")
         if name == "default" and "default" in config.namespaces:
             raise where.error(keys, "namespace default is already defined by [limits]")
         config.namespaces[name] = _rules(namespace["limits"], (*keys, "limits"), where)

@@ -10,13 +10,30 @@ e.dimension` works the same in-process and over the socket.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
-from .._native import (BudgetExceeded, ConfigError, ExceedsCapacity, LlmthrottleError, RateLimited,
-                       StateError)
+from .._native import (
+    BudgetExceeded,
+    ConfigError,
+    ExceedsCapacity,
+    InvalidInput,
+    LlmthrottleError,
+    RateLimited,
+    StateError,
+)
 
-__all__ = ["ERRORS", "AccessDenied", "ErrorKind", "RemoteError", "ServiceError", "details_of",
-           "exception_for", "http_status", "kind_of"]
+__all__ = [
+    "ERRORS",
+    "AccessDenied",
+    "ErrorKind",
+    "InvalidType",
+    "RemoteError",
+    "ServiceError",
+    "details_of",
+    "exception_for",
+    "http_status",
+    "kind_of",
+]
 
 
 class ServiceError(LlmthrottleError):
@@ -29,6 +46,10 @@ class ServiceError(LlmthrottleError):
 
 class AccessDenied(LlmthrottleError, PermissionError):
     """The peer's uid may not use a key (see the sidecar's `[access]` rules)."""
+
+
+class InvalidType(LlmthrottleError, TypeError):
+    """The sidecar refused an argument of the wrong type (a `TypeError` where it was raised)."""
 
 
 class RemoteError(LlmthrottleError):
@@ -47,28 +68,34 @@ class ErrorKind:
     name: str
     http_status: int
     #: What the client raises; None: `RemoteError` with this kind.
-    exception: Optional[type[BaseException]]
+    exception: type[BaseException] | None
     #: Attributes of the exception that travel with the answer.
     attributes: tuple[str, ...] = ()
+    #: What the client raises when it is not `exception` itself (a builtin the server matched).
+    raised_as: type[BaseException] | None = None
 
 
 # Most specific first: `kind_of` takes the first row whose exception the error is.
-ERRORS: dict[str, ErrorKind] = {kind.name: kind for kind in (
-    ErrorKind("RateLimited", 429, RateLimited, ("retry_after", "limited_by", "key")),
-    ErrorKind("ExceedsCapacity", 422, ExceedsCapacity, ("key", "dimension", "requested", "capacity")),
-    ErrorKind("BudgetExceeded", 429, BudgetExceeded, ("budget", "key", "retry_after", "downgrade_to")),
-    ErrorKind("ConfigError", 400, ConfigError),
-    ErrorKind("StateError", 503, StateError),
-    ErrorKind("AccessDenied", 403, AccessDenied),
-    ErrorKind("UnknownNamespace", 404, None),  # not in the policy file and never registered
-    ErrorKind("UnknownReservation", 404, None),  # settled, expired, another uid's, or a previous server's
-    ErrorKind("BadRequest", 400, None),  # malformed request: wrong shape, unknown op
-    ErrorKind("Overloaded", 503, None),  # a server-side cap was reached (reservations held)
-    ErrorKind("LlmthrottleError", 409, LlmthrottleError),
-    ErrorKind("ValueError", 400, ValueError),
-    ErrorKind("TypeError", 400, TypeError),
-    ErrorKind("InternalError", 500, None),
-)}
+ERRORS: dict[str, ErrorKind] = {
+    kind.name: kind
+    for kind in (
+        ErrorKind("RateLimited", 429, RateLimited, ("retry_after", "limited_by", "key")),
+        ErrorKind("ExceedsCapacity", 422, ExceedsCapacity, ("key", "dimension", "requested", "capacity")),
+        ErrorKind("BudgetExceeded", 429, BudgetExceeded, ("budget", "key", "retry_after", "downgrade_to")),
+        ErrorKind("ConfigError", 400, ConfigError),
+        ErrorKind("StateError", 503, StateError),
+        ErrorKind("AccessDenied", 403, AccessDenied),
+        ErrorKind("UnknownNamespace", 404, None),  # not in the policy file and never registered
+        ErrorKind("UnknownReservation", 404, None),  # settled, expired, another uid's, or a previous server's
+        ErrorKind("BadRequest", 400, None),  # malformed request: wrong shape, unknown op
+        ErrorKind("Overloaded", 503, None),  # a server-side cap was reached (reservations held)
+        ErrorKind("InvalidInput", 400, InvalidInput),
+        ErrorKind("LlmthrottleError", 409, LlmthrottleError),
+        ErrorKind("ValueError", 400, ValueError, raised_as=InvalidInput),
+        ErrorKind("TypeError", 400, TypeError, raised_as=InvalidType),
+        ErrorKind("InternalError", 500, None),
+    )
+}
 _BY_CLASS = [(kind.exception, name) for name, kind in ERRORS.items() if kind.exception is not None]
 
 
@@ -109,7 +136,7 @@ def exception_for(kind: Any, message: Any, details: Any = None) -> BaseException
     row = ERRORS.get(kind) if isinstance(kind, str) else None
     if row is None or row.exception is None:
         return RemoteError(str(kind), str(message))
-    error = row.exception(str(message))
+    error = (row.raised_as or row.exception)(str(message))
     if isinstance(details, dict):
         for name in row.attributes:
             if name in details:

@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Optional
+from typing import Any
 
 import aiohttp
 import aiohttp.http_exceptions
@@ -24,20 +24,30 @@ from aiohttp import web
 
 from .access import AccessPolicy, Peer, peer_credentials
 from .binary import acquire_result
+from .errors import ServiceError, details_of, http_status, kind_of
 from .openapi import openapi_spec
 from .quiet_log import client_mistakes
-from .errors import ServiceError, details_of, http_status, kind_of
 from .service import Service
 
 __all__ = ["make_app"]
 
-_ACQUIRE_FIELDS = ("allowed", "retry_after", "delay", "reset_after", "limited_by", "limited_key",
-                   "remaining", "reservation_id", "reserved")
+_ACQUIRE_FIELDS = (
+    "allowed",
+    "retry_after",
+    "delay",
+    "reset_after",
+    "limited_by",
+    "limited_key",
+    "remaining",
+    "reservation_id",
+    "reserved",
+)
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
-def make_app(service: Service, access: Callable[[], AccessPolicy], reload: Callable[[], dict[str, Any]],
-             max_body_bytes: int) -> web.Application:
+def make_app(
+    service: Service, access: Callable[[], AccessPolicy], reload: Callable[[], dict[str, Any]], max_body_bytes: int
+) -> web.Application:
     """The aiohttp application. `access` returns the current policy (it changes on reload);
     `reload` re-reads the policy file and returns a summary."""
     started = time.monotonic()
@@ -48,7 +58,9 @@ def make_app(service: Service, access: Callable[[], AccessPolicy], reload: Calla
         sock = transport.get_extra_info("socket") if transport is not None else None
         return access().peer(*peer_credentials(sock))
 
-    def handler(op: str, run: Callable[[web.Request, Any], Awaitable[web.Response]]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def handler(
+        op: str, run: Callable[[web.Request, Any], Awaitable[web.Response]]
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
             begin = time.perf_counter()
             try:
@@ -82,8 +94,7 @@ def make_app(service: Service, access: Callable[[], AccessPolicy], reload: Calla
             raise ServiceError("AccessDenied", f"uid {peer.uid} may not use key {denied!r}")
         amounts = _field(body, "amounts", dict, {})
         max_wait = _field(body, "max_wait", (int, float), 0.0)
-        decision, reservation_id = service.acquire(_namespace(body), key, amounts, float(max_wait),
-                                                     peer.uid)
+        decision, reservation_id = service.acquire(_namespace(body), key, amounts, float(max_wait), peer.uid)
         answer = dict(zip(_ACQUIRE_FIELDS, acquire_result(decision, reservation_id)))
         if reservation_id is None:
             retry = max(1, math.ceil(answer["retry_after"]))
@@ -98,8 +109,7 @@ def make_app(service: Service, access: Callable[[], AccessPolicy], reload: Calla
         return _json(dict(zip(_ACQUIRE_FIELDS, acquire_result(decision, None))))
 
     async def commit(request: web.Request, body: Any) -> web.Response:
-        service.commit(_reservation_id(body), _field(body, "usage", dict, {}),
-                       peer_of(request).uid)
+        service.commit(_reservation_id(body), _field(body, "usage", dict, {}), peer_of(request).uid)
         return _json({"ok": True})
 
     async def cancel(request: web.Request, body: Any) -> web.Response:
@@ -118,21 +128,38 @@ def make_app(service: Service, access: Callable[[], AccessPolicy], reload: Calla
         return _json({"namespace": namespace, "key": key, "limits": limits})
 
     async def register(request: web.Request, body: Any) -> web.Response:
-        return _json(service.register(_namespace(body), _field(body, "limits", dict, None),
-                                      _field(body, "rules", dict, None), may_admin=peer_of(request).may_admin))
+        return _json(
+            service.register(
+                _namespace(body),
+                _field(body, "limits", dict, None),
+                _field(body, "rules", dict, None),
+                may_admin=peer_of(request).may_admin,
+            )
+        )
 
     async def reload_policy(request: web.Request, body: Any) -> web.Response:
         if not peer_of(request).may_admin:
-            raise ServiceError("AccessDenied", "reloading the policy needs [access] pattern \"*\"")
+            raise ServiceError("AccessDenied", 'reloading the policy needs [access] pattern "*"')
         return _json(reload())
 
     async def health(request: web.Request, body: Any) -> web.Response:
-        return _json({"status": "ok", "pid": os.getpid(), "uptime_s": round(time.monotonic() - started, 3),
-                      "namespaces": sorted(service.limiters), "held_reservations": len(service.held)})
+        return _json(
+            {
+                "status": "ok",
+                "pid": os.getpid(),
+                "uptime_s": round(time.monotonic() - started, 3),
+                "namespaces": sorted(service.limiters),
+                "held_reservations": len(service.held),
+            }
+        )
 
     async def prometheus(request: web.Request, body: Any) -> web.Response:
-        return web.Response(text=metrics.render(may_see=peer_of(request).may_use), content_type="text/plain",
-                            headers={"X-Content-Type-Options": "nosniff"}, charset="utf-8")
+        return web.Response(
+            text=metrics.render(may_see=peer_of(request).may_use),
+            content_type="text/plain",
+            headers={"X-Content-Type-Options": "nosniff"},
+            charset="utf-8",
+        )
 
     async def openapi(request: web.Request, body: Any) -> web.Response:
         return _json(openapi_spec())
@@ -191,7 +218,7 @@ def _namespace(body: Any) -> str:
     return str(_field(body, "namespace", str, "default"))
 
 
-def _reservation_id(body: Any) -> Optional[int]:
+def _reservation_id(body: Any) -> int | None:
     value = _field(body, "reservation_id", (int, str))
     try:
         return int(value)
@@ -199,5 +226,5 @@ def _reservation_id(body: Any) -> Optional[int]:
         raise ServiceError("BadRequest", f"reservation_id must be an integer, not {value!r}") from None
 
 
-def _json(body: Any, status: int = 200, headers: Optional[dict[str, str]] = None) -> web.Response:
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(text=_dumps(body), status=status, content_type="application/json", headers=headers)

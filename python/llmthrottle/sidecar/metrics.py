@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ["Metrics", "Histogram"]
 
 # Request latency buckets in seconds: the sidecar answers in tens of microseconds.
 _LATENCY_BUCKETS_S = (
-    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.05,
+    0.25,
+    1.0,
 )
 
 
@@ -66,9 +78,9 @@ class Metrics:
         self.held_reservations: Callable[[], int] = lambda: 0
         self.ledger_quarantined: Callable[[], int] = lambda: 0
         # A callable giving (namespace, budget, key, remaining_usd) for recently used budget keys.
-        self.budget_remaining: Optional[Callable[[], Iterable[tuple[str, str, str, float]]]] = None
+        self.budget_remaining: Callable[[], Iterable[tuple[str, str, str, float]]] | None = None
 
-    def decision(self, namespace: str, allowed: bool, limited_by: Optional[str]) -> None:
+    def decision(self, namespace: str, allowed: bool, limited_by: str | None) -> None:
         # On the hot path: two dict operations. Amounts are counted when committed (settle).
         key = (namespace, allowed)
         self.decisions[key] = self.decisions.get(key, 0) + 1
@@ -89,7 +101,6 @@ class Metrics:
                 k = (namespace, dimension)
                 committed[k] = committed.get(k, 0) + amount
 
-
     def request(self, protocol: str, op: str, seconds: float) -> None:
         self.histogram(protocol, op).observe(seconds)
 
@@ -106,7 +117,7 @@ class Metrics:
         key = (protocol, kind)
         self.errors[key] = self.errors.get(key, 0) + 1
 
-    def render(self, may_see: Optional[Callable[[str], bool]] = None) -> str:
+    def render(self, may_see: Callable[[str], bool] | None = None) -> str:
         """The Prometheus text. Series labelled with a key are shown only for keys `may_see`
         allows (None: every key, for a peer the access rules do not restrict)."""
         out: list[str] = []
@@ -116,40 +127,94 @@ class Metrics:
             out.append(f"# TYPE {name} {kind}")
             out.extend(f"{name}{labels} {_number(value)}" for labels, value in samples)
 
-        family("llmthrottle_decisions_total", "counter", "Acquire decisions by outcome.",
-               ((_labels([("namespace", ns), ("outcome", "allowed" if a else "denied")]), v)
-                for (ns, a), v in sorted(self.decisions.items())))
-        family("llmthrottle_denials_total", "counter", "Denied acquires by the limit that denied them.",
-               ((_labels([("namespace", ns), ("limited_by", d)]), v) for (ns, d), v in sorted(self.denials.items())))
-        family("llmthrottle_committed_total", "counter", "Amounts committed as used, by dimension.",
-               ((_labels([("namespace", ns), ("dimension", d)]), v) for (ns, d), v in sorted(self.committed.items())))
-        family("llmthrottle_tokens_total", "counter", "Tokens committed as used.",
-               ((_labels([("namespace", ns)]), v) for (ns, d), v in sorted(self.committed.items()) if d == "tokens"))
-        family("llmthrottle_spend_usd_total", "counter", "Dollars committed (budget_usd, else cost_usd).",
-               ((_labels([("namespace", ns)]), v) for ns, v in sorted(self.spend_usd.items())))
-        family("llmthrottle_reservations_settled_total", "counter", "Reservations settled, by outcome.",
-               ((_labels([("namespace", ns), ("outcome", o)]), v) for (ns, o), v in sorted(self.settled.items())))
-        family("llmthrottle_reservations_held", "gauge", "Reservations admitted and not yet settled.",
-               [("", self.held_reservations())])
-        family("llmthrottle_ledger_quarantined_total", "counter",
-               "Ledger records put aside in quarantine.jsonl because the store refused them.",
-               [("", self.ledger_quarantined())])
+        family(
+            "llmthrottle_decisions_total",
+            "counter",
+            "Acquire decisions by outcome.",
+            (
+                (_labels([("namespace", ns), ("outcome", "allowed" if a else "denied")]), v)
+                for (ns, a), v in sorted(self.decisions.items())
+            ),
+        )
+        family(
+            "llmthrottle_denials_total",
+            "counter",
+            "Denied acquires by the limit that denied them.",
+            ((_labels([("namespace", ns), ("limited_by", d)]), v) for (ns, d), v in sorted(self.denials.items())),
+        )
+        family(
+            "llmthrottle_committed_total",
+            "counter",
+            "Amounts committed as used, by dimension.",
+            ((_labels([("namespace", ns), ("dimension", d)]), v) for (ns, d), v in sorted(self.committed.items())),
+        )
+        family(
+            "llmthrottle_tokens_total",
+            "counter",
+            "Tokens committed as used.",
+            ((_labels([("namespace", ns)]), v) for (ns, d), v in sorted(self.committed.items()) if d == "tokens"),
+        )
+        family(
+            "llmthrottle_spend_usd_total",
+            "counter",
+            "Dollars committed (budget_usd, else cost_usd).",
+            ((_labels([("namespace", ns)]), v) for ns, v in sorted(self.spend_usd.items())),
+        )
+        family(
+            "llmthrottle_reservations_settled_total",
+            "counter",
+            "Reservations settled, by outcome.",
+            ((_labels([("namespace", ns), ("outcome", o)]), v) for (ns, o), v in sorted(self.settled.items())),
+        )
+        family(
+            "llmthrottle_reservations_held",
+            "gauge",
+            "Reservations admitted and not yet settled.",
+            [("", self.held_reservations())],
+        )
+        family(
+            "llmthrottle_ledger_quarantined_total",
+            "counter",
+            "Ledger records put aside in quarantine.jsonl because the store refused them.",
+            [("", self.ledger_quarantined())],
+        )
         budgets = list(self.budget_remaining()) if self.budget_remaining is not None else []
         if may_see is not None:
             budgets = [entry for entry in budgets if may_see(entry[2])]
-        family("llmthrottle_budget_remaining_usd", "gauge", "Dollars left in each budget, per key.",
-               ((_labels([("namespace", ns), ("budget", b), ("key", k)]), v) for ns, b, k, v in budgets))
-        family("llmthrottle_request_errors_total", "counter", "Requests answered with an error, by kind.",
-               ((_labels([("protocol", p), ("kind", k)]), v) for (p, k), v in sorted(self.errors.items())))
-        family("llmthrottle_connections_opened_total", "counter", "Connections accepted.",
-               [("", self.connections_opened)])
+        family(
+            "llmthrottle_budget_remaining_usd",
+            "gauge",
+            "Dollars left in each budget, per key.",
+            ((_labels([("namespace", ns), ("budget", b), ("key", k)]), v) for ns, b, k, v in budgets),
+        )
+        family(
+            "llmthrottle_request_errors_total",
+            "counter",
+            "Requests answered with an error, by kind.",
+            ((_labels([("protocol", p), ("kind", k)]), v) for (p, k), v in sorted(self.errors.items())),
+        )
+        family(
+            "llmthrottle_connections_opened_total", "counter", "Connections accepted.", [("", self.connections_opened)]
+        )
         family("llmthrottle_connections_open", "gauge", "Connections open now.", [("", self.connections_open)])
-        family("llmthrottle_connections_refused_total", "counter", "Connections refused (max_connections).",
-               [("", self.connections_refused)])
-        family("llmthrottle_bad_frames_total", "counter", "Binary connections closed for a malformed frame.",
-               [("", self.bad_frames)])
-        family("llmthrottle_policy_reloads_total", "counter", "Policy reloads by result.",
-               ((_labels([("result", r)]), v) for r, v in sorted(self.reloads.items())))
+        family(
+            "llmthrottle_connections_refused_total",
+            "counter",
+            "Connections refused (max_connections).",
+            [("", self.connections_refused)],
+        )
+        family(
+            "llmthrottle_bad_frames_total",
+            "counter",
+            "Binary connections closed for a malformed frame.",
+            [("", self.bad_frames)],
+        )
+        family(
+            "llmthrottle_policy_reloads_total",
+            "counter",
+            "Policy reloads by result.",
+            ((_labels([("result", r)]), v) for r, v in sorted(self.reloads.items())),
+        )
         name = "llmthrottle_request_seconds"
         out.append(f"# HELP {name} Time to handle one request inside the server.")
         out.append(f"# TYPE {name} histogram")

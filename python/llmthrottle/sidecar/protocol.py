@@ -23,6 +23,8 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
+from .._native import LlmthrottleError
+
 __all__ = [
     "MAGIC",
     "OK",
@@ -61,8 +63,7 @@ class Op:
     PEEK = 6  # [namespace, key | [keys], amounts: map] -> ACQUIRE_RESULT (reservation_id None)
     PING = 7  # [] -> None
 
-    NAMES = {0: "hello", 1: "acquire", 2: "commit", 3: "cancel", 4: "status", 5: "register",
-             6: "peek", 7: "ping"}
+    NAMES = {0: "hello", 1: "acquire", 2: "commit", 3: "cancel", 4: "status", 5: "register", 6: "peek", 7: "ping"}
 
 
 # ACQUIRE_RESULT = [allowed, retry_after, delay, reset_after, limited_by, limited_key,
@@ -70,7 +71,7 @@ class Op:
 RESERVATION_ID = 7  # where an ACQUIRE_RESULT holds its reservation_id
 
 
-class FrameError(Exception):
+class FrameError(LlmthrottleError, ValueError):
     """The byte stream is not a valid frame sequence; the connection must be closed."""
 
 

@@ -28,14 +28,14 @@ import signal
 import socket
 import stat
 import time
-from typing import Any, Optional, Union
+from typing import Any
 
 from aiohttp import web
 
-from .._native import ConfigError
-from .config import SidecarConfig, load_config
+from .._native import ConfigError, LlmthrottleError
 from .access import AccessPolicy, peer_credentials
 from .binary import BinaryConnection
+from .config import SidecarConfig, load_config
 from .http_api import make_app
 from .metrics import Metrics
 from .protocol import MAGIC
@@ -48,15 +48,24 @@ _SWEEP_INTERVAL_S = 1.0
 # Reservations expired per turn of the event loop: a mass expiry never stalls it for long.
 _EXPIRE_SLICE = 2000
 # Settings a reload reads but cannot apply to a running server: they wait for a restart.
-_RESTART_ONLY = ("socket", "socket_mode", "socket_group", "state_kind", "state_name", "state_capacity", "state_url",
-                 "state_redis_options", "ledger_path")
+_RESTART_ONLY = (
+    "socket",
+    "socket_mode",
+    "socket_group",
+    "state_kind",
+    "state_name",
+    "state_capacity",
+    "state_url",
+    "state_redis_options",
+    "ledger_path",
+)
 
 
-class ServerAlreadyRunning(RuntimeError):
+class ServerAlreadyRunning(LlmthrottleError, RuntimeError):
     """Another server answers on the socket (or holds its lock)."""
 
 
-def bind_unix_socket(path: str, mode: int, group: Optional[str]) -> tuple[socket.socket, int]:
+def bind_unix_socket(path: str, mode: int, group: str | None) -> tuple[socket.socket, int]:
     """A listening-ready socket bound at `path` with `mode` and `group`, and the fd of the lock
     file `path + ".lock"` held for the server's lifetime.
 
@@ -79,7 +88,7 @@ def bind_unix_socket(path: str, mode: int, group: Optional[str]) -> tuple[socket
             probe.settimeout(1.0)
             try:
                 probe.connect(path)
-            except (ConnectionRefusedError, FileNotFoundError, socket.timeout):
+            except (TimeoutError, ConnectionRefusedError, FileNotFoundError):
                 _log.info("removing stale socket %s (nothing answers on it)", path)
                 os.unlink(path)
             else:
@@ -128,9 +137,9 @@ class _Sniffer(asyncio.Protocol):
 
     __slots__ = ("server", "transport", "buffer", "last_active")
 
-    def __init__(self, server: "SidecarServer") -> None:
+    def __init__(self, server: SidecarServer) -> None:
         self.server = server
-        self.transport: Optional[asyncio.Transport] = None
+        self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.last_active = time.monotonic()
 
@@ -144,7 +153,7 @@ class _Sniffer(asyncio.Protocol):
             return
         server.sniffing.add(self)
 
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
+    def connection_lost(self, exc: BaseException | None) -> None:
         self.server.sniffing.discard(self)
 
     def data_received(self, data: bytes) -> None:
@@ -154,7 +163,7 @@ class _Sniffer(asyncio.Protocol):
             if len(buffer) < len(MAGIC):
                 self.buffer = buffer  # a prefix of the magic: wait for the rest
                 return
-            self._hand_over(self.server.binary_connection(self.transport), buffer[len(MAGIC):])
+            self._hand_over(self.server.binary_connection(self.transport), buffer[len(MAGIC) :])
         else:
             self._hand_over(self.server.http_connection(), buffer)
 
@@ -171,7 +180,7 @@ class _Sniffer(asyncio.Protocol):
 class SidecarServer:
     """Owns the socket, the service and the lifecycle. `await run()` serves until stopped."""
 
-    def __init__(self, config: SidecarConfig, config_path: Optional[str] = None, *, tune_gc: bool = False) -> None:
+    def __init__(self, config: SidecarConfig, config_path: str | None = None, *, tune_gc: bool = False) -> None:
         """`tune_gc`: the process is the server's own (`llmthrottle serve`): tune its cyclic
         garbage collector for serving (see `_tune_gc`) once started."""
         self.config = config
@@ -182,12 +191,12 @@ class SidecarServer:
         self.sniffing: set[_Sniffer] = set()
         self.binary: set[BinaryConnection] = set()
         self.stopping = False
-        self.service: Optional[Service] = None
-        self._runner: Optional[web.AppRunner] = None
-        self._listener: Optional[asyncio.AbstractServer] = None
-        self._stopped: Optional[asyncio.Event] = None
-        self._lock_fd: Optional[int] = None
-        self._sweeper: Optional[asyncio.TimerHandle] = None
+        self.service: Service | None = None
+        self._runner: web.AppRunner | None = None
+        self._listener: asyncio.AbstractServer | None = None
+        self._stopped: asyncio.Event | None = None
+        self._lock_fd: int | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ connections
 
@@ -231,8 +240,13 @@ class SidecarServer:
             raise
         app = make_app(self.service, lambda: self.access, self.reload, self.config.max_frame_bytes)
         app.logger.setLevel(logging.WARNING)  # aiohttp's own per-request logs are noise here
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                                     keepalive_timeout=self.config.idle_timeout_s, tcp_keepalive=False)
+        self._runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            keepalive_timeout=self.config.idle_timeout_s,
+            tcp_keepalive=False,
+        )
         await self._runner.setup()
         self._listener = await loop.create_unix_server(lambda: _Sniffer(self), sock=sock, backlog=4096)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -241,8 +255,14 @@ class SidecarServer:
         self._sweeper = loop.call_later(_SWEEP_INTERVAL_S, self._sweep)
         if self.tune_gc:
             _tune_gc()
-        _log.info("serving on %s (pid %d, policy %s, state %s, ledger %s)", self.config.socket, os.getpid(),
-                  self.config_path or "built-in default", self.config.state_kind, self.config.ledger_path or "none")
+        _log.info(
+            "serving on %s (pid %d, policy %s, state %s, ledger %s)",
+            self.config.socket,
+            os.getpid(),
+            self.config_path or "built-in default",
+            self.config.state_kind,
+            self.config.ledger_path or "none",
+        )
 
     async def run(self) -> None:
         """Starts, serves until SIGTERM/SIGINT or `stop()`, then shuts down gracefully."""
@@ -298,7 +318,7 @@ class SidecarServer:
             if self.service.expire(limit=_EXPIRE_SLICE) == _EXPIRE_SLICE:
                 next_sweep_s = 0.0  # more are due: the next slice after other work had a turn
             deadline = time.monotonic() - self.config.idle_timeout_s
-            idle: list[Union[_Sniffer, BinaryConnection]] = [c for c in self.binary if c.last_active < deadline]
+            idle: list[_Sniffer | BinaryConnection] = [c for c in self.binary if c.last_active < deadline]
             idle.extend(s for s in self.sniffing if s.last_active < deadline)
             for connection in idle:
                 if connection.transport is not None:

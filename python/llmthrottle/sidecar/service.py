@@ -16,15 +16,15 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any, Optional
+from typing import Any
 
 from .._native import ConfigError, Reservation
 from ..budget import BUDGET_DIMENSION, budget_for
-from .config import SidecarConfig
 from ..ledger.call import COUNT_FIELDS, KEY_FIELDS, RECORD_COLUMNS, STRING_FIELDS, call_record
 from ..ledger.store import MAX_COST_MICROS, MAX_TOKENS
 from ..limiter import Limiter
 from ..policy import normalize
+from .config import SidecarConfig
 from .errors import ServiceError
 from .metrics import Metrics
 
@@ -45,8 +45,9 @@ class _Held:
 
     __slots__ = ("reservation", "namespace", "key", "deadline", "admitted_at", "owner")
 
-    def __init__(self, reservation: Reservation, namespace: str, key: Any, deadline: float,
-                 admitted_at: float, owner: Optional[int]) -> None:
+    def __init__(
+        self, reservation: Reservation, namespace: str, key: Any, deadline: float, admitted_at: float, owner: int | None
+    ) -> None:
         self.owner = owner
         self.reservation = reservation
         self.namespace = namespace
@@ -58,7 +59,7 @@ class _Held:
 class Service:
     """The engine behind the socket. Not thread-safe: the event loop is its only caller."""
 
-    def __init__(self, config: SidecarConfig, *, ledger: Any = None, metrics: Optional[Metrics] = None) -> None:
+    def __init__(self, config: SidecarConfig, *, ledger: Any = None, metrics: Metrics | None = None) -> None:
         self.config = config
         self.ledger = ledger
         self.metrics = metrics or Metrics()
@@ -68,7 +69,7 @@ class Service:
         self.file_namespaces: set[str] = set()
         self.held: dict[int, _Held] = {}
         # Unsettled reservations per owner (uid): bounded by server.max_reservations_per_uid.
-        self._held_per_owner: dict[Optional[int], int] = {}
+        self._held_per_owner: dict[int | None, int] = {}
         # Ids are unique across restarts of the server (a random start), so a client holding a
         # reservation from a previous server process gets UnknownReservation, never another's.
         self._next_id = secrets.randbits(40) << 12  # < 2**52: exact in JSON numbers too
@@ -114,7 +115,7 @@ class Service:
                 Limiter(rules=canonical)  # still tell the client when its own limits are invalid
         elif limits is not None or rules is not None:
             if not may_admin:
-                raise ServiceError("AccessDenied", "this uid may not define limits ([access] needs \"*\")")
+                raise ServiceError("AccessDenied", 'this uid may not define limits ([access] needs "*")')
             limiter = self.limiters.get(namespace)
             if limiter is None:
                 self.limiters[namespace] = Limiter(rules=canonical, state=self.state, namespace=namespace)
@@ -132,14 +133,17 @@ class Service:
     def limiter(self, namespace: Any) -> Limiter:
         limiter = self.limiters.get(namespace)
         if limiter is None:
-            raise ServiceError("UnknownNamespace", f"namespace {namespace!r} is not defined by the "
-                               "policy file and no client registered limits for it")
+            raise ServiceError(
+                "UnknownNamespace",
+                f"namespace {namespace!r} is not defined by the policy file and no client registered limits for it",
+            )
         return limiter
 
     # ------------------------------------------------------------------ decisions
 
-    def acquire(self, namespace: Any, key: Any, amounts: Any, max_wait: Any,
-                owner: Optional[int] = None) -> tuple[Any, Optional[int]]:
+    def acquire(
+        self, namespace: Any, key: Any, amounts: Any, max_wait: Any, owner: int | None = None
+    ) -> tuple[Any, int | None]:
         """The decision and, when admitted, the reservation id to settle it with."""
         limiter = self.limiters.get(namespace)
         if limiter is None:
@@ -154,21 +158,25 @@ class Service:
         held = self.held
         if len(held) >= self._max_reservations:
             decision.cancel()
-            raise ServiceError("Overloaded", f"{len(held)} reservations are held unsettled "
-                               "(server.max_reservations); commit or cancel them")
+            raise ServiceError(
+                "Overloaded",
+                f"{len(held)} reservations are held unsettled (server.max_reservations); commit or cancel them",
+            )
         mine = self._held_per_owner.get(owner, 0)
         if mine >= self._max_per_uid:
             decision.cancel()
-            raise ServiceError("Overloaded", f"this uid holds {mine} reservations unsettled "
-                               "(server.max_reservations_per_uid); commit or cancel them")
+            raise ServiceError(
+                "Overloaded",
+                f"this uid holds {mine} reservations unsettled "
+                "(server.max_reservations_per_uid); commit or cancel them",
+            )
         reservation_id = self._next_id = self._next_id + 1
         now = _monotonic()
-        held[reservation_id] = _Held(decision, namespace, key, now + self._reservation_timeout_s, now,
-                                     owner)
+        held[reservation_id] = _Held(decision, namespace, key, now + self._reservation_timeout_s, now, owner)
         self._held_per_owner[owner] = mine + 1
         return decision, reservation_id
 
-    def commit(self, reservation_id: Any, usage: Any, owner: Optional[int] = None) -> None:
+    def commit(self, reservation_id: Any, usage: Any, owner: int | None = None) -> None:
         """Reconciles with real usage. Usage names the limiter's dimensions, plus optional
         ledger fields (model, provider, tenant, user, team, feature, cost_micros, token kinds);
         every commit is recorded in the ledger when one is configured. Only the `owner` (uid)
@@ -177,10 +185,8 @@ class Service:
             raise ServiceError("BadRequest", "usage must be a map")
         for name in COUNT_FIELDS:
             value = usage.get(name)
-            if value is not None and (type(value) is not int
-                                      or not 0 <= value <= _LEDGER_MAXIMA[name]):
-                raise ServiceError("BadRequest", f"usage.{name} must be an integer in "
-                                   f"[0, {_LEDGER_MAXIMA[name]}]")
+            if value is not None and (type(value) is not int or not 0 <= value <= _LEDGER_MAXIMA[name]):
+                raise ServiceError("BadRequest", f"usage.{name} must be an integer in [0, {_LEDGER_MAXIMA[name]}]")
         held = self._take(reservation_id, owner)
         dimensions = self.limiters[held.namespace].dimensions
         amounts = {k: v for k, v in usage.items() if k in dimensions}
@@ -188,9 +194,11 @@ class Service:
             if len(amounts) < len(usage):
                 unknown = [k for k in usage if k not in dimensions and k not in RECORD_COLUMNS]
                 if unknown:
-                    raise ValueError(f"unknown dimension {unknown[0]!r}: this limiter limits "
-                                     f"{', '.join(map(repr, dimensions))} (ledger fields: "
-                                     f"{', '.join(sorted(RECORD_COLUMNS))})")
+                    raise ValueError(
+                        f"unknown dimension {unknown[0]!r}: this limiter limits "
+                        f"{', '.join(map(repr, dimensions))} (ledger fields: "
+                        f"{', '.join(sorted(RECORD_COLUMNS))})"
+                    )
             held.reservation.commit(**amounts)
         finally:
             if not held.reservation.settled:
@@ -225,14 +233,14 @@ class Service:
                 if state.dimension == BUDGET_DIMENSION:
                     yield namespace, budget.label, key, float(state.remaining)
 
-    def cancel(self, reservation_id: Any, owner: Optional[int] = None) -> None:
+    def cancel(self, reservation_id: Any, owner: int | None = None) -> None:
         held = self._take(reservation_id, owner)
         held.reservation.cancel()
         self.metrics.settle(held.namespace, "cancelled", {})
         if self.ledger is not None:
             self._record(held, {}, {}, "cancelled")  # refunded: recorded at $0
 
-    def _take(self, reservation_id: Any, owner: Optional[int]) -> _Held:
+    def _take(self, reservation_id: Any, owner: int | None) -> _Held:
         held = self.held.get(reservation_id) if isinstance(reservation_id, int) else None
         if held is not None and held.owner == owner:
             del self.held[reservation_id]
@@ -241,18 +249,21 @@ class Service:
             # Another uid's reservation is answered as if it did not exist.
             held = None
         if held is None:
-            raise ServiceError("UnknownReservation", f"reservation {reservation_id!r} is unknown: already "
-                               "settled, expired (server.reservation_timeout), or from a previous server")
+            raise ServiceError(
+                "UnknownReservation",
+                f"reservation {reservation_id!r} is unknown: already "
+                "settled, expired (server.reservation_timeout), or from a previous server",
+            )
         return held
 
-    def _released(self, owner: Optional[int]) -> None:
+    def _released(self, owner: int | None) -> None:
         left = self._held_per_owner.get(owner, 0) - 1
         if left > 0:
             self._held_per_owner[owner] = left
         else:
             self._held_per_owner.pop(owner, None)
 
-    def expire(self, now: Optional[float] = None, limit: Optional[int] = None) -> int:
+    def expire(self, now: float | None = None, limit: int | None = None) -> int:
         """Commits as reserved the reservations past their deadline, at most `limit` of them
         (so that a mass expiry is spread over several turns of the event loop); returns how
         many. `held` is in admission order and every deadline is admission + the same timeout,
@@ -276,8 +287,9 @@ class Service:
             if self.ledger is not None:
                 self._record(held, {}, {}, "expired")
         if expired:
-            _log.info("committed %d reservations not settled within %gs", len(expired),
-                      self.config.reservation_timeout_s)
+            _log.info(
+                "committed %d reservations not settled within %gs", len(expired), self.config.reservation_timeout_s
+            )
         return len(expired)
 
     def status(self, namespace: Any, key: Any) -> list[list[Any]]:
@@ -295,10 +307,8 @@ class Service:
     def _record(self, held: _Held, usage: dict[str, Any], amounts: dict[str, Any], outcome: str) -> None:
         given: dict[str, Any] = {}
         if not RECORD_COLUMNS.isdisjoint(usage):  # usage is often dimensions alone
-            given = {name: value for name in STRING_FIELDS
-                     if isinstance(value := usage.get(name), str) and value}
-            given.update((name, value) for name in COUNT_FIELDS
-                         if type(value := usage.get(name)) is int and value >= 0)
+            given = {name: value for name in STRING_FIELDS if isinstance(value := usage.get(name), str) and value}
+            given.update((name, value) for name in COUNT_FIELDS if type(value := usage.get(name)) is int and value >= 0)
         tags: dict[str, Any] = {name: given.pop(name) for name in KEY_FIELDS if name in given}
         tags["namespace"] = held.namespace
         reserved = dict(held.reservation.reserved)
@@ -307,10 +317,17 @@ class Service:
         cost = amounts.get("cost_usd", 0)  # a dollars dimension, when the caller limits one
         unpriced = round(cost * 1_000_000) if isinstance(cost, (int, float)) and cost >= 0 else 0
         keys = [held.key] if isinstance(held.key, str) else list(held.key)
-        record = call_record(keys, outcome=given.get("outcome", outcome),
-                             latency_s=max(0.0, time.monotonic() - held.admitted_at), tags=tags,
-                             model=given.get("model"), provider=given.get("provider"),
-                             cost_micros=given.get("cost_micros"), tokens=given, unpriced_micros=unpriced)
+        record = call_record(
+            keys,
+            outcome=given.get("outcome", outcome),
+            latency_s=max(0.0, time.monotonic() - held.admitted_at),
+            tags=tags,
+            model=given.get("model"),
+            provider=given.get("provider"),
+            cost_micros=given.get("cost_micros"),
+            tokens=given,
+            unpriced_micros=unpriced,
+        )
         try:
             self.ledger.record(**record)
         except Exception:
@@ -321,8 +338,6 @@ class Service:
         the process, shared-memory counters persist and release concurrency of dead holders)."""
         if self.ledger is not None:
             self.ledger.close()
-
-
 
 
 def _as_rules(limits: Any, rules: Any) -> dict[str, Any]:
@@ -346,9 +361,14 @@ def _make_state(config: SidecarConfig) -> Any:
 
     shared = getattr(llmthrottle, "SharedState", None)
     if shared is None:
-        raise ConfigError('state.kind = "shared" needs llmthrottle.SharedState, which this build '
-                          'does not have; use kind = "in-process"')
+        raise ConfigError(
+            'state.kind = "shared" needs llmthrottle.SharedState, which this build '
+            'does not have; use kind = "in-process"'
+        )
     from .config import default_state_name
 
-    return shared(config.state_name or default_state_name(config.socket), capacity=config.state_capacity,
-                  lease_capacity=config.state_lease_capacity)
+    return shared(
+        config.state_name or default_state_name(config.socket),
+        capacity=config.state_capacity,
+        lease_capacity=config.state_lease_capacity,
+    )

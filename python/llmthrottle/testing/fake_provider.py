@@ -1,6 +1,7 @@
 """A fake LLM provider on loopback: OpenAI chat completions (streaming and not), responses and
-embeddings, and Anthropic messages (streaming and not), with each provider's rate-limit semantics. The test double for everything in
-llmthrottle that talks to a provider, used with the real `openai` and `anthropic` SDKs.
+embeddings, and Anthropic messages (streaming and not), with each provider's rate-limit semantics.
+The test double for everything in llmthrottle that talks to a provider, used with the real `openai`
+and `anthropic` SDKs.
 
     with FakeProvider(rpm=60, tpm=20_000) as provider:
         client = openai.OpenAI(base_url=provider.openai_base_url, api_key="test")
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
 import json
 import math
 import random
@@ -39,7 +39,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from aiohttp import web
 
@@ -116,11 +116,23 @@ class FakeProvider:
     529; `insufficient_quota` refuses every OpenAI request as out of credit.
     """
 
-    def __init__(self, *, rpm: Optional[int] = None, tpm: Optional[int] = None,
-                 itpm: Optional[int] = None, otpm: Optional[int] = None, output_tokens: int = 16,
-                 ttft_s: float = 0.0, per_token_s: float = 0.0, error_rate: float = 0.0,
-                 overload_rate: float = 0.0, insufficient_quota: bool = False,
-                 host: str = "127.0.0.1", port: int = 0, seed: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        *,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        itpm: int | None = None,
+        otpm: int | None = None,
+        output_tokens: int = 16,
+        ttft_s: float = 0.0,
+        per_token_s: float = 0.0,
+        error_rate: float = 0.0,
+        overload_rate: float = 0.0,
+        insufficient_quota: bool = False,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        seed: int | None = None,
+    ) -> None:
         for name, value in (("rpm", rpm), ("tpm", tpm), ("itpm", itpm), ("otpm", otpm)):
             if value is not None and (type(value) is not int or value <= 0):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
@@ -133,14 +145,16 @@ class FakeProvider:
         self.insufficient_quota = insufficient_quota
         self.counters = _Counters()
         self._random = random.Random(seed)
-        self._buckets = {name: _Bucket(value) for name, value in
-                         (("requests", rpm), ("tokens", tpm), ("input", itpm), ("output", otpm))
-                         if value is not None}
+        self._buckets = {
+            name: _Bucket(value)
+            for name, value in (("requests", rpm), ("tokens", tpm), ("input", itpm), ("output", otpm))
+            if value is not None
+        }
         self._lock = threading.Lock()
         self._host, self._port = host, port
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._runner: Optional[web.AppRunner] = None
-        self._thread: Optional[threading.Thread] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
         self.port = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -157,7 +171,7 @@ class FakeProvider:
     def anthropic_base_url(self) -> str:
         return self.base_url
 
-    def start(self) -> "FakeProvider":
+    def start(self) -> FakeProvider:
         """Serves on a thread of its own; returns once the port is bound."""
         ready = threading.Event()
         failure: list[BaseException] = []
@@ -196,7 +210,7 @@ class FakeProvider:
             self._thread.join(10)
             self._loop = None
 
-    def __enter__(self) -> "FakeProvider":
+    def __enter__(self) -> FakeProvider:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -225,9 +239,12 @@ class FakeProvider:
         except ValueError:
             body = None
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-            raise web.HTTPBadRequest(text=json.dumps({"error": {"message": "body must be a JSON object with a model",
-                                                               "type": "invalid_request_error"}}),
-                                     content_type="application/json")
+            raise web.HTTPBadRequest(
+                text=json.dumps(
+                    {"error": {"message": "body must be a JSON object with a model", "type": "invalid_request_error"}}
+                ),
+                content_type="application/json",
+            )
         return body
 
     def _count(self, status: int) -> None:
@@ -238,8 +255,9 @@ class FakeProvider:
         """Charges every bucket when all of them have room; else charges none and returns the
         bucket that waits longest and how long (0.0: admitted)."""
         with self._lock:
-            waits = {name: self._buckets[name].wait_for(amount) for name, amount in charges.items()
-                     if name in self._buckets}
+            waits = {
+                name: self._buckets[name].wait_for(amount) for name, amount in charges.items() if name in self._buckets
+            }
             limited = max(waits, key=lambda name: waits[name], default="")
             wait = waits.get(limited, 0.0)
             if wait > 0:
@@ -260,7 +278,7 @@ class FakeProvider:
             self.counters.errors += 1
         return True
 
-    def _reply_tokens(self, requested: Optional[int]) -> int:
+    def _reply_tokens(self, requested: int | None) -> int:
         return self.output_tokens if requested is None else max(0, min(self.output_tokens, requested))
 
     async def _pace(self, tokens: int) -> None:
@@ -280,8 +298,9 @@ class FakeProvider:
                 headers[f"x-ratelimit-reset-{name}"] = format_reset_duration(bucket.reset_s())
         return headers
 
-    def _openai_error(self, status: int, message: str, kind: str, code: Optional[str],
-                      headers: Optional[dict[str, str]] = None) -> web.Response:
+    def _openai_error(
+        self, status: int, message: str, kind: str, code: str | None, headers: dict[str, str] | None = None
+    ) -> web.Response:
         self._count(status)
         body = error_body("openai", status, message, kind=kind, code=code)
         return web.json_response(body, status=status, headers={**self._openai_headers(), **(headers or {})})
@@ -293,26 +312,46 @@ class FakeProvider:
         refused, input_tokens, output_tokens = await self._openai_admit(body, requested, True)
         if refused is not None:
             return refused
-        usage = {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
-                 "total_tokens": input_tokens + output_tokens}
+        usage = {
+            "prompt_tokens": input_tokens,
+            "completion_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+        }
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         headers = self._openai_headers()
         if not body.get("stream"):
             await self._pace(output_tokens)
             self._count(200)
-            return web.json_response({
-                "id": ident, "object": "chat.completion", "created": created, "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": " tok" * output_tokens},
-                             "finish_reason": "stop" if output_tokens < (requested or 1 << 62) else "length"}],
-                "usage": usage,
-            }, headers=headers)
+            return web.json_response(
+                {
+                    "id": ident,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": body["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": " tok" * output_tokens},
+                            "finish_reason": "stop" if output_tokens < (requested or 1 << 62) else "length",
+                        }
+                    ],
+                    "usage": usage,
+                },
+                headers=headers,
+            )
         response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
         await response.prepare(request)
         self._count(200)
 
-        def chunk(delta: dict[str, Any], finish: Optional[str], **extra: Any) -> bytes:
-            data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": body["model"],
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        def chunk(delta: dict[str, Any], finish: str | None, **extra: Any) -> bytes:
+            data = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": body["model"],
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra,
+            }
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -325,38 +364,66 @@ class FakeProvider:
             await response.write(chunk({"content": " tok"}, None))
         await response.write(chunk({}, "stop"))
         if include_usage:
-            data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": body["model"],
-                    "choices": [], "usage": usage}
+            data = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": body["model"],
+                "choices": [],
+                "usage": usage,
+            }
             await response.write(b"data: " + json.dumps(data).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
 
-    async def _openai_admit(self, body: dict[str, Any], requested: Optional[int],
-                            replies: bool) -> tuple[Optional[web.Response], int, int]:
+    async def _openai_admit(
+        self, body: dict[str, Any], requested: int | None, replies: bool
+    ) -> tuple[web.Response | None, int, int]:
         """Counts and admits an OpenAI request, charging input plus the requested output (or the
         reply's length) toward TPM: (the refusal, or None; input tokens; output tokens to send)."""
         with self._lock:
             self.counters.requests += 1
         if self.insufficient_quota:
-            return (self._openai_error(429, "You exceeded your current quota, please check your plan and billing "
-                                       "details.", "insufficient_quota", "insufficient_quota"), 0, 0)
+            return (
+                self._openai_error(
+                    429,
+                    "You exceeded your current quota, please check your plan and billing details.",
+                    "insufficient_quota",
+                    "insufficient_quota",
+                ),
+                0,
+                0,
+            )
         if self._server_error_now():
-            return (self._openai_error(500, "The server had an error while processing your request.", "server_error",
-                                       None), 0, 0)
+            return (
+                self._openai_error(500, "The server had an error while processing your request.", "server_error", None),
+                0,
+                0,
+            )
         input_tokens = estimate(body, "openai").input_tokens
         output_tokens = self._reply_tokens(requested) if replies else 0
         charge = input_tokens + (requested if requested is not None else output_tokens)
         limited, wait = self._admit({"requests": 1, "tokens": charge}, input_tokens)
         if wait > 0:
             bucket = self._buckets[limited]
-            return (self._openai_error(
-                429, f"Rate limit reached for {body['model']} on {limited} per min (TPM/RPM): Limit "
-                f"{bucket.capacity}, Used {bucket.capacity - bucket.remaining()}, "
-                f"Requested {charge if limited == 'tokens' else 1}. Please try again in {format_reset_duration(wait)}.",
-                limited, "rate_limit_exceeded",
-                {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(max(1, math.ceil(wait * 1000)))}),
-                input_tokens, 0)
+            return (
+                self._openai_error(
+                    429,
+                    f"Rate limit reached for {body['model']} on {limited} per min (TPM/RPM): Limit "
+                    f"{bucket.capacity}, Used {bucket.capacity - bucket.remaining()}, "
+                    f"Requested {charge if limited == 'tokens' else 1}. "
+                    f"Please try again in {format_reset_duration(wait)}.",
+                    limited,
+                    "rate_limit_exceeded",
+                    {
+                        "retry-after": str(max(1, math.ceil(wait))),
+                        "retry-after-ms": str(max(1, math.ceil(wait * 1000))),
+                    },
+                ),
+                input_tokens,
+                0,
+            )
         with self._lock:
             self.counters.output_tokens += output_tokens
         return None, input_tokens, output_tokens
@@ -365,21 +432,40 @@ class FakeProvider:
         body = await self._body(request)
         requested = body.get("max_output_tokens")
         refused, input_tokens, output_tokens = await self._openai_admit(
-            body, requested if type(requested) is int else None, True)
+            body, requested if type(requested) is int else None, True
+        )
         if refused is not None:
             return refused
         ident, message_id = f"resp_{uuid.uuid4().hex[:24]}", f"msg_{uuid.uuid4().hex[:12]}"
 
-        def whole(status: str, text: str, usage: Optional[dict[str, Any]]) -> dict[str, Any]:
-            return {"id": ident, "object": "response", "created_at": int(time.time()), "model": body["model"],
-                    "status": status,
-                    "output": [{"type": "message", "id": message_id, "role": "assistant", "status": status,
-                                "content": [{"type": "output_text", "text": text, "annotations": []}]}] if text else [],
-                    "usage": usage}
+        def whole(status: str, text: str, usage: dict[str, Any] | None) -> dict[str, Any]:
+            return {
+                "id": ident,
+                "object": "response",
+                "created_at": int(time.time()),
+                "model": body["model"],
+                "status": status,
+                "output": [
+                    {
+                        "type": "message",
+                        "id": message_id,
+                        "role": "assistant",
+                        "status": status,
+                        "content": [{"type": "output_text", "text": text, "annotations": []}],
+                    }
+                ]
+                if text
+                else [],
+                "usage": usage,
+            }
 
-        usage = {"input_tokens": input_tokens, "output_tokens": output_tokens,
-                 "total_tokens": input_tokens + output_tokens,
-                 "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}
+        usage = {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        }
         if not body.get("stream"):
             await self._pace(output_tokens)
             self._count(200)
@@ -402,8 +488,14 @@ class FakeProvider:
         for _ in range(output_tokens):
             if self.per_token_s:
                 await asyncio.sleep(self.per_token_s)
-            await event("response.output_text.delta", item_id=message_id, output_index=0, content_index=0,
-                        delta=" tok", logprobs=[])
+            await event(
+                "response.output_text.delta",
+                item_id=message_id,
+                output_index=0,
+                content_index=0,
+                delta=" tok",
+                logprobs=[],
+            )
         await event("response.completed", response=whole("completed", " tok" * output_tokens, usage))
         await response.write_eof()
         return response
@@ -416,11 +508,15 @@ class FakeProvider:
         inputs = body.get("input")
         count = len(inputs) if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int) else 1
         self._count(200)
-        return web.json_response({
-            "object": "list", "model": body["model"],
-            "data": [{"object": "embedding", "index": i, "embedding": [0.0] * 8} for i in range(count)],
-            "usage": {"prompt_tokens": input_tokens, "total_tokens": input_tokens},
-        }, headers=self._openai_headers())
+        return web.json_response(
+            {
+                "object": "list",
+                "model": body["model"],
+                "data": [{"object": "embedding", "index": i, "embedding": [0.0] * 8} for i in range(count)],
+                "usage": {"prompt_tokens": input_tokens, "total_tokens": input_tokens},
+            },
+            headers=self._openai_headers(),
+        )
 
     # ------------------------------------------------------------------ Anthropic
 
@@ -434,8 +530,9 @@ class FakeProvider:
                 headers[f"anthropic-ratelimit-{name}-reset"] = rfc3339_in(bucket.reset_s())
         return headers
 
-    def _anthropic_error(self, status: int, kind: str, message: str,
-                         headers: Optional[dict[str, str]] = None) -> web.Response:
+    def _anthropic_error(
+        self, status: int, kind: str, message: str, headers: dict[str, str] | None = None
+    ) -> web.Response:
         self._count(status)
         body = error_body("anthropic", status, message, kind=kind)
         return web.json_response(body, status=status, headers={**self._anthropic_headers(), **(headers or {})})
@@ -453,9 +550,13 @@ class FakeProvider:
         limited, wait = self._admit({"requests": 1, "input": input_tokens, "output": 0}, input_tokens)
         if wait > 0:
             what = {"requests": "requests", "input": "input tokens", "output": "output tokens"}[limited]
-            return self._anthropic_error(429, "rate_limit_error", f"This request would exceed the rate limit for "
-                                         f"your organization of {self._buckets[limited].capacity} {what} per minute.",
-                                         {"retry-after": str(max(1, math.ceil(wait)))})
+            return self._anthropic_error(
+                429,
+                "rate_limit_error",
+                f"This request would exceed the rate limit for "
+                f"your organization of {self._buckets[limited].capacity} {what} per minute.",
+                {"retry-after": str(max(1, math.ceil(wait)))},
+            )
         requested = body.get("max_tokens")
         output_tokens = self._reply_tokens(requested if type(requested) is int else None)
         with self._lock:
@@ -464,16 +565,20 @@ class FakeProvider:
             self.counters.output_tokens += output_tokens
         ident = f"msg_{uuid.uuid4().hex[:24]}"
         headers = self._anthropic_headers()
-        message = {"id": ident, "type": "message", "role": "assistant", "model": body["model"],
-                   "stop_sequence": None}
+        message = {"id": ident, "type": "message", "role": "assistant", "model": body["model"], "stop_sequence": None}
         stop = "end_turn" if output_tokens < (requested if type(requested) is int else 1 << 62) else "max_tokens"
         if not body.get("stream"):
             await self._pace(output_tokens)
             self._count(200)
-            return web.json_response({**message, "content": [{"type": "text", "text": " tok" * output_tokens}],
-                                      "stop_reason": stop,
-                                      "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}},
-                                     headers=headers)
+            return web.json_response(
+                {
+                    **message,
+                    "content": [{"type": "text", "text": " tok" * output_tokens}],
+                    "stop_reason": stop,
+                    "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+                },
+                headers=headers,
+            )
         response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
         await response.prepare(request)
         self._count(200)
@@ -483,16 +588,27 @@ class FakeProvider:
 
         if self.ttft_s:
             await asyncio.sleep(self.ttft_s)
-        await event("message_start", {"message": {**message, "content": [], "stop_reason": None,
-                                                  "usage": {"input_tokens": input_tokens, "output_tokens": 1}}})
+        await event(
+            "message_start",
+            {
+                "message": {
+                    **message,
+                    "content": [],
+                    "stop_reason": None,
+                    "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+                }
+            },
+        )
         await event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
         for _ in range(output_tokens):
             if self.per_token_s:
                 await asyncio.sleep(self.per_token_s)
             await event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": " tok"}})
         await event("content_block_stop", {"index": 0})
-        await event("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None},
-                                      "usage": {"output_tokens": output_tokens}})
+        await event(
+            "message_delta",
+            {"delta": {"stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": output_tokens}},
+        )
         await event("message_stop", {})
         await response.write_eof()
         return response

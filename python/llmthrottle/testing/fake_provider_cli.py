@@ -15,8 +15,12 @@ __all__ = ["configure_parser", "run"]
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8089, help="port to bind (default: %(default)s)")
-    for name, what in (("rpm", "requests per minute"), ("tpm", "OpenAI tokens per minute"),
-                       ("itpm", "Anthropic input tokens per minute"), ("otpm", "Anthropic output tokens per minute")):
+    for name, what in (
+        ("rpm", "requests per minute"),
+        ("tpm", "OpenAI tokens per minute"),
+        ("itpm", "Anthropic input tokens per minute"),
+        ("otpm", "Anthropic output tokens per minute"),
+    ):
         parser.add_argument(f"--{name}", type=int, default=None, help=f"{what} (default: unlimited)")
     parser.add_argument("--output-tokens", type=int, default=16, help="tokens in every reply (default: %(default)s)")
     parser.add_argument("--ttft", type=float, default=0.0, help="seconds before the first token")
@@ -29,13 +33,26 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .fake_provider import FakeProvider
 
-    provider = FakeProvider(rpm=args.rpm, tpm=args.tpm, itpm=args.itpm, otpm=args.otpm,
-                            output_tokens=args.output_tokens, ttft_s=args.ttft, per_token_s=args.per_token,
-                            error_rate=args.error_rate, overload_rate=args.overload_rate,
-                            insufficient_quota=args.insufficient_quota, host=args.host, port=args.port)
+    provider = FakeProvider(
+        rpm=args.rpm,
+        tpm=args.tpm,
+        itpm=args.itpm,
+        otpm=args.otpm,
+        output_tokens=args.output_tokens,
+        ttft_s=args.ttft,
+        per_token_s=args.per_token,
+        error_rate=args.error_rate,
+        overload_rate=args.overload_rate,
+        insufficient_quota=args.insufficient_quota,
+        host=args.host,
+        port=args.port,
+    )
     provider.start()
-    print(f"fake provider on {provider.base_url}: OpenAI base_url {provider.openai_base_url}, "
-          f"Anthropic base_url {provider.anthropic_base_url} (Ctrl-C stops)", flush=True)
+    print(
+        f"fake provider on {provider.base_url}: OpenAI base_url {provider.openai_base_url}, "
+        f"Anthropic base_url {provider.anthropic_base_url} (Ctrl-C stops)",
+        flush=True,
+    )
     try:
         while True:
             time.sleep(3600)

@@ -71,7 +71,7 @@ def test_an_answer_for_a_cancelled_acquire_is_given_back_whenever_it_arrives() -
         def is_closing(self) -> bool:
             return False
 
-    admitted = [True, 0.0, 0.0, 0.0, None, None, {}, 4242, {"requests": 1}]
+    admitted = [True, 0.0, 0.0, 0.0, None, None, {}, "42" * 16, {"requests": 1}]
 
     async def main() -> None:
         connection = AsyncConnection("unused")
@@ -80,7 +80,7 @@ def test_an_answer_for_a_cancelled_acquire_is_given_back_whenever_it_arrives() -
         future = connection.call([Op.ACQUIRE, "default", "k", {}, 0.0])
         future.cancel()
         connection.data_received(encode_frame([[1, OK, admitted]]))
-        assert connection._batch[-1][1:] == [Op.CANCEL, 4242]
+        assert connection._batch[-1][1:] == [Op.CANCEL, "42" * 16]
         # A cancelled call of another op (or a denied acquire) gives nothing back.
         for result in (None, [False, 1.0, 0.0, 1.0, "requests", "k", {}, None, None], [[1]] * 9):
             other = connection.call([Op.PING])
@@ -90,10 +90,10 @@ def test_an_answer_for_a_cancelled_acquire_is_given_back_whenever_it_arrives() -
             assert len(connection._batch) == before
         # 2. Answered first, then the caller is cancelled before it resumed.
         answered = connection.call([Op.ACQUIRE, "default", "k", {}, 0.0])
-        connection.data_received(encode_frame([[connection._next_id, OK, [*admitted[:7], 4343, {}]]]))
-        assert answered.result()[7] == 4343
+        connection.data_received(encode_frame([[connection._next_id, OK, [*admitted[:7], "43" * 16, {}]]]))
+        assert answered.result()[7] == "43" * 16
         connection.abandon(answered)
         await asyncio.sleep(0)
-        assert connection._batch[-1][1:] == [Op.CANCEL, 4343]
+        assert connection._batch[-1][1:] == [Op.CANCEL, "43" * 16]
 
     asyncio.run(main())

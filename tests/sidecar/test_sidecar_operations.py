@@ -373,6 +373,28 @@ def test_a_reservation_can_be_settled_only_by_the_uid_that_made_it(directory: st
         service.close()
 
 
+def test_a_commit_writes_only_ledger_columns_its_peer_may_use_as_keys(directory: str) -> None:
+    from llmthrottle.ledger import Ledger
+    from llmthrottle.sidecar.access import AccessPolicy
+    from llmthrottle.sidecar.service import Service, ServiceError
+
+    config = parse_config('[limits."*"]\nrequests = "1000/min"\n')
+    service = Service(config, ledger=Ledger(os.path.join(directory, "ledger")))
+    peer = AccessPolicy({65534: ["public:*", "team:public"]}, None).peer(1, 65534, 65534)
+    try:
+        _, mine = service.acquire("default", "public:x", {"requests": 1}, 0, owner=65534)
+        for forged in ({"tenant": "acme"}, {"team": "payments"}, {"user": "root"}):
+            with pytest.raises(ServiceError) as refused:
+                service.commit(mine, {"requests": 1, "model": "m", **forged}, owner=65534, peer=peer)
+            assert refused.value.kind == "AccessDenied"
+            assert mine in service.held  # untouched: its owner may still commit it
+        service.commit(mine, {"requests": 1, "model": "m", "team": "public"}, owner=65534, peer=peer)
+        service.ledger.flush()
+        assert [(r.tenant, r.team) for r in service.ledger.records()] == [(None, "public")]
+    finally:
+        service.close()
+
+
 @pytest.mark.parametrize(
     "usage", [{"cost_micros": 2**63}, {"input_tokens": 10**13}, {"output_tokens": -1}, {"cost_micros": 1.5}]
 )

@@ -20,7 +20,7 @@ def test_acquire_commit_and_status(sidecar_server: ServerProcess) -> None:
     assert status == 200
     assert decision["allowed"] is True
     assert decision["reserved"] == {"requests": 1, "tokens": 1200, "concurrency": 1}
-    assert isinstance(decision["reservation_id"], int)
+    assert isinstance(decision["reservation_id"], str) and len(decision["reservation_id"]) == 32
     status, _, body = sidecar_server.http(
         "POST", "/v1/commit", {"reservation_id": decision["reservation_id"], "usage": {"tokens": 900}}
     )
@@ -83,8 +83,10 @@ def test_errors_are_json_with_status_codes(sidecar_server: ServerProcess) -> Non
     assert "key" in body["message"]
     status, _, body = http("POST", "/v1/acquire", {})
     assert (status, body["error"]) == (400, "BadRequest")
-    status, _, body = http("POST", "/v1/commit", {"reservation_id": 12345})
+    status, _, body = http("POST", "/v1/commit", {"reservation_id": "0" * 32})
     assert (status, body["error"]) == (404, "UnknownReservation")
+    status, _, body = http("POST", "/v1/commit", {"reservation_id": 12345})
+    assert (status, body["error"]) == (400, "BadRequest")
     from sidecar_helpers import http_request
 
     status, _, body = http_request(sidecar_server.socket, "POST", "/v1/acquire", raw=b"{not json")

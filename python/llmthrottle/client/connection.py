@@ -277,12 +277,12 @@ class AsyncConnection(asyncio.Protocol):
 
     def _give_back(self, result: Any) -> None:
         """Cancels on the sidecar the reservation of an admitted ACQUIRE_RESULT (the only
-        result shaped `[True, ..., reservation_id: int, ...]`) that nobody will settle."""
+        result shaped `[True, ..., reservation_id: str, ...]`) that nobody will settle."""
         if (
             type(result) is list
             and len(result) > RESERVATION_ID
             and result[0] is True
-            and type(result[RESERVATION_ID]) is int
+            and type(result[RESERVATION_ID]) is str
             and not self.closed
         ):
             self.call([Op.CANCEL, result[RESERVATION_ID]]).add_done_callback(ignore_result)

@@ -59,13 +59,13 @@ class SidecarReservation(SettlesOnExit, SidecarDecision):
 
     def __init__(self, result: list[Any], limiter: SidecarLimiter) -> None:
         super().__init__(result)
-        self._id: int = result[RESERVATION_ID]
+        self._id: str = result[RESERVATION_ID]
         self.reserved: dict[str, Any] = result[RESERVATION_ID + 1]
         self._limiter = limiter
         self._settled = False
 
     @property
-    def reservation_id(self) -> int:
+    def reservation_id(self) -> str:
         return self._id
 
     def commit(self, **usage: Any) -> None:
@@ -117,7 +117,7 @@ class SidecarReservation(SettlesOnExit, SidecarDecision):
     def _unreachable(self, error: SidecarUnavailable) -> None:
         self._limiter._sidecar._note_unavailable(error, "settle")
         _log.warning(
-            "could not settle reservation %d (%s); the sidecar commits it as reserved when it expires", self._id, error
+            "could not settle reservation %s (%s); the sidecar commits it as reserved when it expires", self._id, error
         )
 
     def _remote(self, error: RemoteError) -> None:
@@ -125,7 +125,7 @@ class SidecarReservation(SettlesOnExit, SidecarDecision):
             self._settled = False
             raise error
         _log.warning(
-            "reservation %d was unknown to the sidecar (expired or from a previous server process): %s",
+            "reservation %s was unknown to the sidecar (expired or from a previous server process): %s",
             self._id,
             error.message,
         )

@@ -68,7 +68,7 @@ class Sidecar:
         # each call the lookup in `_async` (see `_open_connection`).
         self._current: AsyncConnection | None = None
         self._down_until = 0.0
-        self._abandoned: list[int] = []
+        self._abandoned: list[str] = []
         self._lock = threading.Lock()
         self.stats = {"unavailable": 0, "fallback_decisions": 0, "outages": 0}
 
@@ -152,7 +152,7 @@ class Sidecar:
                 connection.abandon(future)
             raise
 
-    def _take_abandoned(self) -> list[int]:
+    def _take_abandoned(self) -> list[str]:
         taken = []
         while self._abandoned:
             taken.append(self._abandoned.pop())  # atomic: __del__ may append from any thread

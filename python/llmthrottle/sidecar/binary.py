@@ -147,7 +147,7 @@ class BinaryConnection(asyncio.Protocol):
 
     def _commit(self, request: list[Any]) -> None:
         _, _, reservation_id, usage = _args(request, 4)
-        self.service.commit(reservation_id, usage, self.peer.uid)
+        self.service.commit(reservation_id, usage, self.peer.uid, self.peer)
 
     def _cancel(self, request: list[Any]) -> None:
         _, _, reservation_id = _args(request, 3)
@@ -179,7 +179,7 @@ class BinaryConnection(asyncio.Protocol):
         return {"server": "llmthrottle", "version": 1, "pid": os.getpid(), "uid": self.peer.uid}
 
 
-def acquire_result(decision: Any, reservation_id: int | None) -> list[Any]:
+def acquire_result(decision: Any, reservation_id: str | None) -> list[Any]:
     """The wire form of a decision (see protocol.py's ACQUIRE_RESULT)."""
     if reservation_id is not None:
         return [

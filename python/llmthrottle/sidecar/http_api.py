@@ -109,7 +109,8 @@ def make_app(
         return _json(dict(zip(_ACQUIRE_FIELDS, acquire_result(decision, None))))
 
     async def commit(request: web.Request, body: Any) -> web.Response:
-        service.commit(_reservation_id(body), _field(body, "usage", dict, {}), peer_of(request).uid)
+        peer = peer_of(request)
+        service.commit(_reservation_id(body), _field(body, "usage", dict, {}), peer.uid, peer)
         return _json({"ok": True})
 
     async def cancel(request: web.Request, body: Any) -> web.Response:
@@ -218,12 +219,9 @@ def _namespace(body: Any) -> str:
     return str(_field(body, "namespace", str, "default"))
 
 
-def _reservation_id(body: Any) -> int | None:
-    value = _field(body, "reservation_id", (int, str))
-    try:
-        return int(value)
-    except ValueError:
-        raise ServiceError("BadRequest", f"reservation_id must be an integer, not {value!r}") from None
+def _reservation_id(body: Any) -> str:
+    value: str = _field(body, "reservation_id", str)
+    return value
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

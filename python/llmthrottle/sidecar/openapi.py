@@ -26,7 +26,10 @@ _DECISION = {
         "limited_by": {"type": ["string", "null"]},
         "limited_key": {"type": ["string", "null"]},
         "remaining": {"type": "object", "additionalProperties": {"type": "number"}},
-        "reservation_id": {"type": ["integer", "null"], "description": "Commit or cancel it (admitted only)."},
+        "reservation_id": {
+            "type": ["string", "null"],
+            "description": "Commit or cancel it (admitted only): 32 hex digits, 128 bits no other peer can guess.",
+        },
         "reserved": {"type": ["object", "null"], "additionalProperties": {"type": "number"}},
     },
 }
@@ -59,7 +62,7 @@ _OK = _answer("Done", {"type": "object", "properties": {"ok": {"type": "boolean"
 
 def openapi_spec() -> dict[str, Any]:
     """The API description (a fresh dict each call)."""
-    reservation = {"reservation_id": {"type": "integer"}}
+    reservation = {"reservation_id": {"type": "string"}}
     return {
         "openapi": "3.1.0",
         "info": {

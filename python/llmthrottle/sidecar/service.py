@@ -11,6 +11,8 @@ flight when the connection dropped still consumed what it reserved.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import secrets
 import time
@@ -24,6 +26,7 @@ from ..ledger.call import COUNT_FIELDS, KEY_FIELDS, RECORD_COLUMNS, STRING_FIELD
 from ..ledger.store import MAX_COST_MICROS, MAX_TOKENS
 from ..limiter import Limiter
 from ..policy import normalize
+from .access import Peer
 from .config import SidecarConfig
 from .errors import ServiceError
 from .metrics import Metrics
@@ -67,12 +70,14 @@ class Service:
         self.limiters: dict[str, Limiter] = {}
         # Namespaces the policy file defines; they ignore client registrations.
         self.file_namespaces: set[str] = set()
-        self.held: dict[int, _Held] = {}
+        self.held: dict[str, _Held] = {}
         # Unsettled reservations per owner (uid): bounded by server.max_reservations_per_uid.
         self._held_per_owner: dict[int | None, int] = {}
-        # Ids are unique across restarts of the server (a random start), so a client holding a
-        # reservation from a previous server process gets UnknownReservation, never another's.
-        self._next_id = secrets.randbits(40) << 12  # < 2**52: exact in JSON numbers too
+        # Ids are 128 bits no peer can guess: a counter under a keyed BLAKE2b (a pseudo-random
+        # function, one hash instead of a getrandom call per reservation), with a key drawn
+        # for each server process, so ids never repeat across restarts either.
+        self._id_key = secrets.token_bytes(32)
+        self._id_counter = itertools.count()
         self.metrics.held_reservations = lambda: len(self.held)
         if ledger is not None:
             self.metrics.ledger_quarantined = lambda: ledger.quarantine.count
@@ -143,7 +148,7 @@ class Service:
 
     def acquire(
         self, namespace: Any, key: Any, amounts: Any, max_wait: Any, owner: int | None = None
-    ) -> tuple[Any, int | None]:
+    ) -> tuple[Any, str | None]:
         """The decision and, when admitted, the reservation id to settle it with."""
         limiter = self.limiters.get(namespace)
         if limiter is None:
@@ -170,19 +175,27 @@ class Service:
                 f"this uid holds {mine} reservations unsettled "
                 "(server.max_reservations_per_uid); commit or cancel them",
             )
-        reservation_id = self._next_id = self._next_id + 1
+        reservation_id = hashlib.blake2b(
+            next(self._id_counter).to_bytes(8, "little"), key=self._id_key, digest_size=16
+        ).hexdigest()
         now = _monotonic()
         held[reservation_id] = _Held(decision, namespace, key, now + self._reservation_timeout_s, now, owner)
         self._held_per_owner[owner] = mine + 1
         return decision, reservation_id
 
-    def commit(self, reservation_id: Any, usage: Any, owner: int | None = None) -> None:
+    def commit(self, reservation_id: Any, usage: Any, owner: int | None = None, peer: Peer | None = None) -> None:
         """Reconciles with real usage. Usage names the limiter's dimensions, plus optional
         ledger fields (model, provider, tenant, user, team, feature, cost_micros, token kinds);
         every commit is recorded in the ledger when one is configured. Only the `owner` (uid)
-        that acquired a reservation may settle it."""
+        that acquired a reservation may settle it, and a `peer` restricted by `[access]` may
+        name only ledger columns it could use as keys (`team="a"` needs key `team:a`)."""
         if not isinstance(usage, dict):
             raise ServiceError("BadRequest", "usage must be a map")
+        if peer is not None and peer.may_use is not None:
+            for name in KEY_FIELDS:
+                value = usage.get(name)
+                if value is not None and peer.check_key(f"{name}:{value}") is not None:
+                    raise ServiceError("AccessDenied", f"uid {peer.uid} may not record {name}={value!r:.100}")
         for name in COUNT_FIELDS:
             value = usage.get(name)
             if value is not None and (type(value) is not int or not 0 <= value <= _LEDGER_MAXIMA[name]):
@@ -241,7 +254,7 @@ class Service:
             self._record(held, {}, {}, "cancelled")  # refunded: recorded at $0
 
     def _take(self, reservation_id: Any, owner: int | None) -> _Held:
-        held = self.held.get(reservation_id) if isinstance(reservation_id, int) else None
+        held = self.held.get(reservation_id) if isinstance(reservation_id, str) else None
         if held is not None and held.owner == owner:
             del self.held[reservation_id]
             self._released(owner)
@@ -269,7 +282,7 @@ class Service:
         many. `held` is in admission order and every deadline is admission + the same timeout,
         so the expired ones are a prefix."""
         now = time.monotonic() if now is None else now
-        expired: list[int] = []
+        expired: list[str] = []
         for reservation_id, held in self.held.items():
             if held.deadline > now or (limit is not None and len(expired) >= limit):
                 break
@@ -280,7 +293,7 @@ class Service:
             try:
                 held.reservation.commit()
             except Exception:
-                _log.exception("expiring reservation %d failed", reservation_id)
+                _log.exception("expiring reservation %s failed", reservation_id)
                 if not held.reservation.settled:
                     continue
             self.metrics.settle(held.namespace, "expired", dict(held.reservation.reserved))

@@ -440,6 +440,28 @@ def test_every_ledger_file_is_private(tmp_path: Path) -> None:
     assert set(modes.values()) == {0o600}, modes
 
 
+def test_group_access_shares_every_ledger_file_with_the_group_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        with Ledger(tmp_path / "l", group_access=True) as ledger:
+            ledger.record(model="gpt-4o", cost_micros=1)
+            ledger.quarantine.add("test", "a reason", b"payload")
+            ledger.flush()
+            modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "l").iterdir()}
+            journals = [name for name in modes if name.endswith(".log")]
+        assert {"ledger.sqlite3", "ledger.sqlite3-wal", "quarantine.jsonl"} <= set(modes) and journals
+        assert set(modes.values()) == {0o660}, modes
+        assert (tmp_path / "l").stat().st_mode & 0o777 == 0o770
+    finally:
+        os.umask(old)
+    from llmthrottle import ConfigError
+    from llmthrottle.sidecar.config import parse_config
+
+    assert parse_config("[ledger]\ngroup_access = true\n").ledger_group_access is True
+    with pytest.raises(ConfigError, match="group_access: must be true or false"):
+        parse_config('[ledger]\ngroup_access = "yes"\n')
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     payloads=st.lists(st.binary(min_size=1, max_size=60).filter(lambda b: b"\n" not in b), min_size=1, max_size=8),

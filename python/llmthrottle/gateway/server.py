@@ -93,7 +93,7 @@ class Gateway:
         if ledger is None and config.shared.ledger_path is not None:
             from ..ledger import Ledger
 
-            ledger = Ledger(config.shared.ledger_path)
+            ledger = Ledger(config.shared.ledger_path, group_access=config.shared.ledger_group_access)
         self.ledger = ledger
         self.guards: dict[str, Guard] = {}
         self._settings: dict[str, Settings] = {}

@@ -82,12 +82,14 @@ class Journal:
 
     __slots__ = ("path", "name", "fd", "size", "checkpointed", "_sync")
 
-    def __init__(self, directory: str, stem: str, sync: bool) -> None:
+    def __init__(self, directory: str, stem: str, sync: bool, mode: int = 0o600) -> None:
         self.name = f"{JOURNAL_PREFIX}{stem}{JOURNAL_SUFFIX}"
         self.path = os.path.join(directory, self.name)
         creating = os.path.join(directory, f".creating-{stem}")
         fd = os.open(creating, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
+            if mode != 0o600:
+                os.fchmod(fd, mode)  # past the umask, which would drop the group's bits
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(creating, self.path)
         except BaseException:

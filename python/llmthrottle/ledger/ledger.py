@@ -104,8 +104,12 @@ class Ledger:
         recover_interval: float = 5.0,
         rotate_bytes: int = 64 << 20,
         sync: bool = False,
+        group_access: bool = False,
     ) -> None:
         self.path = os.fspath(path)
+        # Every file the ledger makes is private to its owner, or with `group_access` shared
+        # with the directory's group (0660), for writers of several uids in one group.
+        self.file_mode = 0o660 if group_access else 0o600
         self.readonly = readonly
         self._db_path = os.path.join(self.path, _DB_NAME)
         self._flush_interval = flush_interval
@@ -115,15 +119,18 @@ class Ledger:
         self._closed = False
         self._read_lock = threading.Lock()
         self.last_replay = ReplayStats()
-        self.quarantine = Quarantine(self.path)
+        self.quarantine = Quarantine(self.path, self.file_mode)
         if readonly:
             if not os.path.exists(self._db_path):
                 raise FileNotFoundError(f"no ledger at {self.path} ({_DB_NAME} missing)")
             self._reader = store.connect(self._db_path, readonly=True)
             return
-        os.makedirs(self.path, exist_ok=True)
-        self._writer = store.connect(self._db_path, sync=sync)
-        self._reader = store.connect(self._db_path, sync=sync)
+        if not os.path.isdir(self.path):
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            if group_access:
+                os.chmod(self.path, 0o770)  # past the umask: the group's writers must get in
+        self._writer = store.connect(self._db_path, sync=sync, mode=self.file_mode)
+        self._reader = store.connect(self._db_path, sync=sync, mode=self.file_mode)
         self._start_writing()
         self.recover()
         _open_ledgers.add(self)
@@ -148,7 +155,7 @@ class Ledger:
 
     def _new_journal(self) -> Journal:
         stem = f"{os.getpid()}-{_time.time_ns()}-{secrets.token_hex(3)}"
-        return Journal(self.path, stem, self._sync)
+        return Journal(self.path, stem, self._sync, self.file_mode)
 
     def record(
         self,

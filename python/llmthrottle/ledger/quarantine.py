@@ -19,10 +19,12 @@ QUARANTINE_NAME = "quarantine.jsonl"
 
 
 class Quarantine:
-    """Appends put-aside records to one side file (0600) and counts them."""
+    """Appends put-aside records to one side file (the ledger's mode, 0600 by default) and
+    counts them."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, mode: int = 0o600) -> None:
         self.path = os.path.join(directory, QUARANTINE_NAME)
+        self.mode = mode
         self.count = 0
         self._lock = threading.Lock()
 
@@ -35,6 +37,8 @@ class Quarantine:
         with self._lock:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
+                if self.mode != 0o600:
+                    os.fchmod(fd, self.mode)  # past the umask
                 os.write(fd, line.encode())
             finally:
                 os.close(fd)

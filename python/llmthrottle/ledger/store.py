@@ -191,19 +191,19 @@ class UsageRecord:
         )
 
 
-def connect(path: str, *, readonly: bool = False, sync: bool = False) -> sqlite3.Connection:
+def connect(path: str, *, readonly: bool = False, sync: bool = False, mode: int = 0o600) -> sqlite3.Connection:
     """A connection in WAL mode: readers never block the writer, nor the writer readers."""
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
     else:
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
-        # Owner-only like the journals, set by path before WAL mode makes the -wal and -shm files
+        # The journals' mode (owner-only by default), set by path before WAL mode makes the -wal and -shm files
         # (SQLite gives them the database file's mode). Never by opening the file ourselves:
         # closing any descriptor of it would drop the POSIX locks SQLite holds on it in this
         # process, which corrupts the database under concurrent writers.
         for name in (path, f"{path}-wal", f"{path}-shm"):
             try:
-                os.chmod(name, 0o600)
+                os.chmod(name, mode)
             except FileNotFoundError:
                 pass
         conn.execute("PRAGMA journal_mode=WAL")

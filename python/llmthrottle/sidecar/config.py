@@ -23,6 +23,7 @@
     # local_fraction = 1.0                        #   this host's share when "local"
     [ledger]
     path = "/var/lib/llmthrottle/ledger"          # a llmthrottle.ledger.Ledger directory
+    group_access = false                          # true: files 0660, for writers in one group
     [limits."*"]                                  # namespace "default": pattern -> limits
     requests = "500/min"
     [namespaces.batch.limits."team:*"]            # namespace "batch"
@@ -132,6 +133,8 @@ class SidecarConfig:
     state_redis_options: dict[str, Any] = field(default_factory=dict)
     # None: no ledger ([ledger] enabled = false)
     ledger_path: str | None = field(default_factory=default_ledger_path)
+    # True: the ledger's files are 0660 (shared with its directory's group), else 0600
+    ledger_group_access: bool = False
     # namespace -> key pattern -> limits mapping (the llmthrottle.policy forms)
     namespaces: dict[str, RulesConfig] = field(default_factory=lambda: {"default": DEFAULT_RULES})
     # namespace -> budgets (from [[budgets]] entries)
@@ -338,13 +341,15 @@ def _parse_ledger(config: SidecarConfig, table: dict[str, Any], where: _Where) -
     for key, value in table.items():
         if key == "path":
             config.ledger_path = _string(value, ("ledger", key), where)
-        elif key == "enabled":
+        elif key in ("enabled", "group_access"):
             if not isinstance(value, bool):
                 raise where.error(("ledger", key), "must be true or false")
-            if not value:
+            if key == "group_access":
+                config.ledger_group_access = value
+            elif not value:
                 config.ledger_path = None
         else:
-            raise where.error(("ledger", key), _unknown_key(key, ("path", "enabled")))
+            raise where.error(("ledger", key), _unknown_key(key, ("path", "enabled", "group_access")))
 
 
 def _parse_limits(config: SidecarConfig, table: dict[str, Any], where: _Where) -> None:

@@ -58,6 +58,7 @@ _RESTART_ONLY = (
     "state_url",
     "state_redis_options",
     "ledger_path",
+    "ledger_group_access",
 )
 
 
@@ -230,7 +231,7 @@ class SidecarServer:
             if self.config.ledger_path is not None:
                 from ..ledger import Ledger
 
-                ledger = Ledger(self.config.ledger_path)
+                ledger = Ledger(self.config.ledger_path, group_access=self.config.ledger_group_access)
             self.service = Service(self.config, ledger=ledger, metrics=self.metrics)
         except BaseException:
             sock.close()

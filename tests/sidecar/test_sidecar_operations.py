@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import pytest
 from sidecar_helpers import RawClient, start_server
@@ -497,6 +498,30 @@ def test_one_uid_cannot_hold_every_reservation(directory: str) -> None:
         assert service.acquire("default", "public:y", {"requests": 1}, 0, owner=65534)[1] is not None
     finally:
         service.close()
+
+
+def test_one_uid_cannot_hold_every_concurrency_lease(directory: str) -> None:
+    from llmthrottle.sidecar.service import Service, ServiceError
+
+    name = f"slots-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    config = parse_config(
+        f'[state]\nkind = "shared"\nname = "{name}"\nlease_capacity = 40\n'
+        '[limits."*"]\nrequests = "1M/min"\nconcurrency = 1000\n'
+    )
+    service = Service(config)  # a quarter of 40 leases: 10 slots per uid
+    try:
+        mine = [service.acquire("default", f"public:{n}", {}, 0, owner=65534)[1] for n in range(8)]
+        mine.append(service.acquire("default", ["public:a", "public:b"], {}, 0, owner=65534)[1])  # 2 slots
+        with pytest.raises(ServiceError) as refused:
+            service.acquire("default", "public:x", {}, 0, owner=65534)
+        assert refused.value.kind == "Overloaded" and "max_slots_per_uid" in str(refused.value)
+        assert service.acquire("default", "tenant:acme", {}, 0, owner=0)[1] is not None  # others still get in
+        service.cancel(mine[-1], owner=65534)  # its two slots come back
+        assert service.acquire("default", ["public:c", "public:d"], {}, 0, owner=65534)[1] is not None
+    finally:
+        service.close()
+        lt.SharedState.remove(name)
+    assert parse_config("[server]\nmax_slots_per_uid = 7\n").max_slots_per_uid == 7
 
 
 def test_the_lease_table_is_sized_in_the_config() -> None:

@@ -119,6 +119,9 @@ class SidecarConfig:
     max_reservations: int = 100_000
     # Unsettled reservations one uid may hold: no tenant can take every slot from the others.
     max_reservations_per_uid: int = 10_000
+    # Concurrency slots one uid's reservations may hold; None: a quarter of the shared table's
+    # lease capacity (no cap for states without a lease table), so no tenant takes them all.
+    max_slots_per_uid: int | None = None
     log_format: str = "text"
     log_level: str = "info"
     state_kind: str = "shared"
@@ -248,6 +251,7 @@ _SERVER_KEYS = (
     "max_connections",
     "max_reservations",
     "max_reservations_per_uid",
+    "max_slots_per_uid",
     "log_format",
     "log_level",
 )
@@ -286,6 +290,8 @@ def _parse_server(config: SidecarConfig, table: dict[str, Any], where: _Where) -
             config.max_reservations = int(_positive(value, keys, where, integer=True))
         elif key == "max_reservations_per_uid":
             config.max_reservations_per_uid = int(_positive(value, keys, where, integer=True))
+        elif key == "max_slots_per_uid":
+            config.max_slots_per_uid = int(_positive(value, keys, where, integer=True))
         elif key == "log_format":
             config.log_format = _choice(value, ("text", "json"), keys, where)
         elif key == "log_level":

@@ -46,12 +46,21 @@ _LEDGER_MAXIMA = {name: MAX_COST_MICROS if name == "cost_micros" else MAX_TOKENS
 class _Held:
     """A reservation waiting for commit or cancel."""
 
-    __slots__ = ("reservation", "namespace", "key", "deadline", "admitted_at", "owner")
+    __slots__ = ("reservation", "namespace", "key", "deadline", "admitted_at", "owner", "slots")
 
     def __init__(
-        self, reservation: Reservation, namespace: str, key: Any, deadline: float, admitted_at: float, owner: int | None
+        self,
+        reservation: Reservation,
+        namespace: str,
+        key: Any,
+        deadline: float,
+        admitted_at: float,
+        owner: int | None,
+        slots: int,
     ) -> None:
         self.owner = owner
+        # Concurrency slots (shared-table leases) it holds, at most: one per key it names.
+        self.slots = slots
         self.reservation = reservation
         self.namespace = namespace
         self.key = key
@@ -71,8 +80,9 @@ class Service:
         # Namespaces the policy file defines; they ignore client registrations.
         self.file_namespaces: set[str] = set()
         self.held: dict[str, _Held] = {}
-        # Unsettled reservations per owner (uid): bounded by server.max_reservations_per_uid.
-        self._held_per_owner: dict[int | None, int] = {}
+        # Per owner (uid): [unsettled reservations, concurrency slots they hold], bounded by
+        # server.max_reservations_per_uid and server.max_slots_per_uid.
+        self._per_owner: dict[int | None, list[int]] = {}
         # Ids are 128 bits no peer can guess: a counter under a keyed BLAKE2b (a pseudo-random
         # function, one hash instead of a getrandom call per reservation), with a key drawn
         # for each server process, so ids never repeat across restarts either.
@@ -105,6 +115,7 @@ class Service:
         # Read on every acquire: plain attributes rather than two lookups through config.
         self._max_reservations = config.max_reservations
         self._max_per_uid = config.max_reservations_per_uid
+        self._max_slots_per_uid = config.max_slots_per_uid or _quarter_of_the_leases(self.state)
         self._reservation_timeout_s = config.reservation_timeout_s
 
     def register(self, namespace: Any, limits: Any, rules: Any, *, may_admin: bool) -> dict[str, Any]:
@@ -167,20 +178,24 @@ class Service:
                 "Overloaded",
                 f"{len(held)} reservations are held unsettled (server.max_reservations); commit or cancel them",
             )
-        mine = self._held_per_owner.get(owner, 0)
-        if mine >= self._max_per_uid:
+        mine = self._per_owner.get(owner)
+        slots = (len(key) if isinstance(key, list) else 1) if "concurrency" in decision.reserved else 0
+        if mine is not None and (mine[0] >= self._max_per_uid or mine[1] + slots > self._max_slots_per_uid):
             decision.cancel()
+            which = "reservations" if mine[0] >= self._max_per_uid else "concurrency slots"
+            setting = "max_reservations_per_uid" if mine[0] >= self._max_per_uid else "max_slots_per_uid"
             raise ServiceError(
                 "Overloaded",
-                f"this uid holds {mine} reservations unsettled "
-                "(server.max_reservations_per_uid); commit or cancel them",
+                f"this uid holds {mine[0 if which == 'reservations' else 1]} {which} unsettled "
+                f"(server.{setting}); commit or cancel them",
             )
         reservation_id = hashlib.blake2b(
             next(self._id_counter).to_bytes(8, "little"), key=self._id_key, digest_size=16
         ).hexdigest()
         now = _monotonic()
-        held[reservation_id] = _Held(decision, namespace, key, now + self._reservation_timeout_s, now, owner)
-        self._held_per_owner[owner] = mine + 1
+        entry = _Held(decision, namespace, key, now + self._reservation_timeout_s, now, owner, slots)
+        held[reservation_id] = entry
+        self._hold(entry)
         return decision, reservation_id
 
     def commit(self, reservation_id: Any, usage: Any, owner: int | None = None, peer: Peer | None = None) -> None:
@@ -216,7 +231,7 @@ class Service:
         finally:
             if not held.reservation.settled:
                 self.held[reservation_id] = held  # a bad amount: the caller may commit again
-                self._held_per_owner[held.owner] = self._held_per_owner.get(held.owner, 0) + 1
+                self._hold(held)
             else:
                 # Settled, even when it raised because some usage found no room to be charged
                 # (a full shared table): the call happened, so it is counted and recorded.
@@ -257,7 +272,7 @@ class Service:
         held = self.held.get(reservation_id) if isinstance(reservation_id, str) else None
         if held is not None and held.owner == owner:
             del self.held[reservation_id]
-            self._released(owner)
+            self._released(held)
         else:
             # Another uid's reservation is answered as if it did not exist.
             held = None
@@ -269,12 +284,17 @@ class Service:
             )
         return held
 
-    def _released(self, owner: int | None) -> None:
-        left = self._held_per_owner.get(owner, 0) - 1
-        if left > 0:
-            self._held_per_owner[owner] = left
-        else:
-            self._held_per_owner.pop(owner, None)
+    def _hold(self, held: _Held) -> None:
+        counts = self._per_owner.setdefault(held.owner, [0, 0])
+        counts[0] += 1
+        counts[1] += held.slots
+
+    def _released(self, held: _Held) -> None:
+        counts = self._per_owner[held.owner]
+        counts[0] -= 1
+        counts[1] -= held.slots
+        if counts[0] <= 0:
+            del self._per_owner[held.owner]
 
     def expire(self, now: float | None = None, limit: int | None = None) -> int:
         """Commits as reserved the reservations past their deadline, at most `limit` of them
@@ -289,7 +309,7 @@ class Service:
             expired.append(reservation_id)
         for reservation_id in expired:
             held = self.held.pop(reservation_id)
-            self._released(held.owner)
+            self._released(held)
             try:
                 held.reservation.commit()
             except Exception:
@@ -359,6 +379,14 @@ def _as_rules(limits: Any, rules: Any) -> dict[str, Any]:
     if rules is not None:
         return dict(rules)
     return {"*": dict(limits)}
+
+
+def _quarter_of_the_leases(state: Any) -> float:
+    """The default cap on one uid's concurrency slots: a quarter of the shared table's leases.
+    A state without a fixed lease table (in process, Redis) has none to starve: no cap."""
+    stats = getattr(state, "stats", None)
+    leases = stats().get("lease_capacity") if callable(stats) else None
+    return max(1, leases // 4) if isinstance(leases, int) else float("inf")
 
 
 def _make_state(config: SidecarConfig) -> Any:

@@ -399,6 +399,44 @@ def test_sidecars_on_two_hosts_share_one_set_of_limits(redis_server: RedisServer
             server.stop()
 
 
+def test_a_sidecar_on_a_silent_redis_keeps_answering_everything_else(own_server: RedisServer, tmp_path: Path) -> None:
+    import socket as socket_module
+
+    from sidecar_helpers import RawClient, start_server
+
+    from llmthrottle.sidecar.protocol import OK, Op
+
+    config = (
+        f'[state]\nkind = "redis"\nurl = "{own_server.url}"\nprefix = "{fresh_prefix()}"\ntimeout = 5\n'
+        '[limits."*"]\nrequests = "100/s"\n'
+    )
+    server = start_server(str(tmp_path), config)
+    deciding, other = RawClient(server.socket), RawClient(server.socket)
+    try:
+        assert deciding.call([1, Op.ACQUIRE, "default", "k", {}, 0.0])[1] == OK  # Redis answers
+        assert own_server.process is not None
+        own_server.process.send_signal(signal.SIGSTOP)  # alive but silent
+        try:
+            deciding.send([[2, Op.ACQUIRE, "default", "k", {}, 0.0]])  # waits on Redis...
+            # ...while the event loop answers other connections: a ping, health, metrics.
+            assert other.call([7, Op.PING]) == [7, OK, None]
+            assert server.http("GET", "/health")[0] == 200
+            assert server.http("GET", "/metrics")[0] == 200
+            deciding.sock.settimeout(0.2)
+            with pytest.raises(socket_module.timeout):
+                deciding.read_frame()  # the decision is still waiting on Redis
+        finally:
+            own_server.process.send_signal(signal.SIGCONT)
+        deciding.sock.settimeout(30)
+        [answer] = deciding.read_frame()
+        assert answer[0] == 2  # answered once Redis spoke again (or with StateError at the timeout)
+        assert other.call([8, Op.ACQUIRE, "default", "k", {}, 0.0])[1] == OK
+    finally:
+        deciding.close()
+        other.close()
+        server.stop()
+
+
 def test_the_policy_files_redis_settings_are_checked(tmp_path: Path) -> None:
     from llmthrottle.sidecar.config import load_config
 

@@ -70,6 +70,9 @@ class RedisState:
     own.
     """
 
+    #: Each decision is a network round trip: the sidecar runs them off its event loop.
+    decides_remotely = True
+
     def __init__(
         self,
         url_or_client: Any = "redis://localhost:6379/0",

@@ -29,6 +29,9 @@ _monotonic = time.monotonic
 _NAMES = Op.NAMES
 
 
+# Ops that reach the limiter state (a round trip when the state is remote).
+_STATE_OPS = frozenset((Op.ACQUIRE, Op.COMMIT, Op.CANCEL, Op.STATUS, Op.PEEK))
+
 class BinaryConnection(asyncio.Protocol):
     """One client connection speaking the binary protocol (after the magic bytes)."""
 
@@ -41,6 +44,8 @@ class BinaryConnection(asyncio.Protocol):
         self.last_active = _monotonic()
         self._decoder = FrameDecoder(max_frame_bytes)
         self._on_close = on_close
+        # Frames being answered on a remote state's threads (see data_received).
+        self.answering: set[asyncio.Future[bytes]] = set()
         self._metrics = service.metrics
         # op -> its latency histogram in the metrics, looked up once per connection
         self._latency: dict[int, Any] = {}
@@ -83,6 +88,7 @@ class BinaryConnection(asyncio.Protocol):
             return
         handle = self._handle
         out: list[bytes] = []
+        executor = self.service.executor
         for payload in payloads:
             try:
                 batch = unpackb(payload)
@@ -92,8 +98,26 @@ class BinaryConnection(asyncio.Protocol):
             if type(batch) is not list or not batch:
                 self._fail("a frame must hold a non-empty array of requests", out)
                 return
+            if executor is not None and any(type(r) is list and len(r) > 1 and r[1] in _STATE_OPS for r in batch):
+                # A remote state: a frame that needs it is answered from the state's threads
+                # when its round trips are done (answers carry their request ids, so order is
+                # free); pings and the rest are answered here at once.
+                answering = asyncio.get_running_loop().run_in_executor(executor, self._answer, batch)
+                self.answering.add(answering)
+                answering.add_done_callback(self._write_answer)
+                continue
             out.append(encode_frame([handle(batch[0])] if len(batch) == 1 else [handle(r) for r in batch]))
-        self.transport.write(b"".join(out) if len(out) > 1 else out[0])  # type: ignore[union-attr]
+        if out:
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])  # type: ignore[union-attr]
+
+    def _answer(self, batch: list[Any]) -> bytes:
+        return encode_frame([self._handle(request) for request in batch])
+
+    def _write_answer(self, done: asyncio.Future[bytes]) -> None:
+        self.answering.discard(done)
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and not done.cancelled():
+            transport.write(done.result())
 
     def _fail(self, reason: str, answered: list[bytes] | None = None) -> None:
         """A broken byte stream cannot be resynchronised: answer with an error frame (id None)

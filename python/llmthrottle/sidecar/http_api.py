@@ -94,7 +94,9 @@ def make_app(
             raise ServiceError("AccessDenied", f"uid {peer.uid} may not use key {denied!r}")
         amounts = _field(body, "amounts", dict, {})
         max_wait = _field(body, "max_wait", (int, float), 0.0)
-        decision, reservation_id = service.acquire(_namespace(body), key, amounts, float(max_wait), peer.uid)
+        decision, reservation_id = await service.run(
+            service.acquire, _namespace(body), key, amounts, float(max_wait), peer.uid
+        )
         answer = dict(zip(_ACQUIRE_FIELDS, acquire_result(decision, reservation_id)))
         if reservation_id is None:
             retry = max(1, math.ceil(answer["retry_after"]))
@@ -105,16 +107,16 @@ def make_app(
         key = _field(body, "key", (str, list))
         if peer_of(request).check_key(key) is not None:
             raise ServiceError("AccessDenied", f"this uid may not use key {key!r}")
-        decision = service.peek(_namespace(body), key, _field(body, "amounts", dict, {}))
+        decision = await service.run(service.peek, _namespace(body), key, _field(body, "amounts", dict, {}))
         return _json(dict(zip(_ACQUIRE_FIELDS, acquire_result(decision, None))))
 
     async def commit(request: web.Request, body: Any) -> web.Response:
         peer = peer_of(request)
-        service.commit(_reservation_id(body), _field(body, "usage", dict, {}), peer.uid, peer)
+        await service.run(service.commit, _reservation_id(body), _field(body, "usage", dict, {}), peer.uid, peer)
         return _json({"ok": True})
 
     async def cancel(request: web.Request, body: Any) -> web.Response:
-        service.cancel(_reservation_id(body), peer_of(request).uid)
+        await service.run(service.cancel, _reservation_id(body), peer_of(request).uid)
         return _json({"ok": True})
 
     async def status(request: web.Request, body: Any) -> web.Response:
@@ -125,7 +127,7 @@ def make_app(
             raise ServiceError("AccessDenied", f"this uid may not use key {key!r}")
         namespace = request.query.get("namespace", "default")
         names = ("dimension", "kind", "remaining", "used", "reset_after", "capacity")
-        limits = [dict(zip(names, entry)) for entry in service.status(namespace, key)]
+        limits = [dict(zip(names, entry)) for entry in await service.run(service.status, namespace, key)]
         return _json({"namespace": namespace, "key": key, "limits": limits})
 
     async def register(request: web.Request, body: Any) -> web.Response:

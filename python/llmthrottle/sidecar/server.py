@@ -198,6 +198,7 @@ class SidecarServer:
         self._stopped: asyncio.Event | None = None
         self._lock_fd: int | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._expiring: asyncio.Future[int] | None = None
 
     # ------------------------------------------------------------------ connections
 
@@ -288,8 +289,13 @@ class SidecarServer:
             self._sweeper.cancel()
         if self._listener is not None:
             self._listener.close()
-        # Binary requests are answered inside data_received, so none is half-done here;
-        # close() still sends what is buffered before closing.
+        # Binary requests are answered inside data_received (on a remote state, on its threads:
+        # those answers are awaited), so none is half-done here; close() still sends what is
+        # buffered before closing.
+        answering = [future for connection in self.binary for future in connection.answering]
+        if answering:
+            await asyncio.wait(answering, timeout=30)
+            await asyncio.sleep(0)  # their answers are written by callbacks of the loop
         for connection in list(self.binary):
             if connection.transport is not None:
                 connection.transport.close()
@@ -316,7 +322,14 @@ class SidecarServer:
         assert self.service is not None
         next_sweep_s = _SWEEP_INTERVAL_S
         try:
-            if self.service.expire(limit=_EXPIRE_SLICE) == _EXPIRE_SLICE:
+            if self.service.executor is not None:
+                # A remote state: each expiry is a round trip, so they run on its threads, one
+                # slice at a time.
+                if self._expiring is None or self._expiring.done():
+                    self._expiring = asyncio.get_running_loop().run_in_executor(
+                        self.service.executor, self.service.expire, None, _EXPIRE_SLICE
+                    )
+            elif self.service.expire(limit=_EXPIRE_SLICE) == _EXPIRE_SLICE:
                 next_sweep_s = 0.0  # more are due: the next slice after other work had a turn
             deadline = time.monotonic() - self.config.idle_timeout_s
             idle: list[_Sniffer | BinaryConnection] = [c for c in self.binary if c.last_active < deadline]

@@ -11,14 +11,17 @@ flight when the connection dropped still consumed what it reserved.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import logging
 import secrets
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from .._native import ConfigError, Reservation
 from ..budget import BUDGET_DIMENSION, budget_for
@@ -35,6 +38,9 @@ __all__ = ["Service", "ServiceError"]
 
 _log = logging.getLogger("llmthrottle.sidecar")
 _monotonic = time.monotonic
+_T = TypeVar("_T")
+# Decisions in flight at once on a remote state (each waits for its round trip, not the CPU).
+_REMOTE_THREADS = 16
 
 # How many (namespace, key) budget gauges /metrics shows at most.
 _BUDGET_KEYS_SHOWN = 10_000
@@ -76,6 +82,17 @@ class Service:
         self.ledger = ledger
         self.metrics = metrics or Metrics()
         self.state = _make_state(config)
+        # A state decided elsewhere (Redis) costs a network round trip per decision: requests
+        # then run on a pool of threads, never on the event loop, so one slow reply holds up
+        # no other connection. The lock keeps the reservations' bookkeeping whole; the round
+        # trips run outside it, in parallel. Local states decide in the loop, as before.
+        self.remote = bool(getattr(self.state, "decides_remotely", False))
+        self.executor = (
+            ThreadPoolExecutor(max_workers=_REMOTE_THREADS, thread_name_prefix="llmthrottle-state")
+            if self.remote
+            else None
+        )
+        self._lock = threading.RLock()
         self.limiters: dict[str, Limiter] = {}
         # Namespaces the policy file defines; they ignore client registrations.
         self.file_namespaces: set[str] = set()
@@ -168,8 +185,13 @@ class Service:
             raise ServiceError("BadRequest", "amounts must be a map of dimension to amount")
         decision = limiter.try_acquire(key, max_wait=max_wait, **amounts)  # type: ignore[union-attr]
         if not isinstance(decision, Reservation):
-            self.metrics.decision(namespace, False, decision.limited_by)
+            with self._lock:
+                self.metrics.decision(namespace, False, decision.limited_by)
             return decision, None
+        with self._lock:
+            return self._hold_new(decision, namespace, key, owner)
+
+    def _hold_new(self, decision: Reservation, namespace: str, key: Any, owner: int | None) -> tuple[Any, str | None]:
         self.metrics.decision(namespace, True, None)
         held = self.held
         if len(held) >= self._max_reservations:
@@ -229,16 +251,17 @@ class Service:
                     )
             held.reservation.commit(**amounts)
         finally:
-            if not held.reservation.settled:
-                self.held[reservation_id] = held  # a bad amount: the caller may commit again
-                self._hold(held)
-            else:
-                # Settled, even when it raised because some usage found no room to be charged
-                # (a full shared table): the call happened, so it is counted and recorded.
-                self.metrics.settle(held.namespace, "committed", amounts or dict(held.reservation.reserved))
-                self._note_budget_keys(held.namespace, held.key)
-                if self.ledger is not None:
-                    self._record(held, usage, amounts, "ok")
+            with self._lock:
+                if not held.reservation.settled:
+                    self.held[reservation_id] = held  # a bad amount: the caller may commit again
+                    self._hold(held)
+                else:
+                    # Settled, even when it raised because some usage found no room to be charged
+                    # (a full shared table): the call happened, so it is counted and recorded.
+                    self.metrics.settle(held.namespace, "committed", amounts or dict(held.reservation.reserved))
+                    self._note_budget_keys(held.namespace, held.key)
+            if held.reservation.settled and self.ledger is not None:
+                self._record(held, usage, amounts, "ok")
 
     def _note_budget_keys(self, namespace: str, keys: Any) -> None:
         budgets = self.limiters[namespace].budgets
@@ -264,18 +287,20 @@ class Service:
     def cancel(self, reservation_id: Any, owner: int | None = None) -> None:
         held = self._take(reservation_id, owner)
         held.reservation.cancel()
-        self.metrics.settle(held.namespace, "cancelled", {})
+        with self._lock:
+            self.metrics.settle(held.namespace, "cancelled", {})
         if self.ledger is not None:
             self._record(held, {}, {}, "cancelled")  # refunded: recorded at $0
 
     def _take(self, reservation_id: Any, owner: int | None) -> _Held:
-        held = self.held.get(reservation_id) if isinstance(reservation_id, str) else None
-        if held is not None and held.owner == owner:
-            del self.held[reservation_id]
-            self._released(held)
-        else:
-            # Another uid's reservation is answered as if it did not exist.
-            held = None
+        with self._lock:
+            held = self.held.get(reservation_id) if isinstance(reservation_id, str) else None
+            if held is not None and held.owner == owner:
+                del self.held[reservation_id]
+                self._released(held)
+            else:
+                # Another uid's reservation is answered as if it did not exist.
+                held = None
         if held is None:
             raise ServiceError(
                 "UnknownReservation",
@@ -302,21 +327,24 @@ class Service:
         many. `held` is in admission order and every deadline is admission + the same timeout,
         so the expired ones are a prefix."""
         now = time.monotonic() if now is None else now
-        expired: list[str] = []
-        for reservation_id, held in self.held.items():
-            if held.deadline > now or (limit is not None and len(expired) >= limit):
-                break
-            expired.append(reservation_id)
-        for reservation_id in expired:
-            held = self.held.pop(reservation_id)
-            self._released(held)
+        expired: list[tuple[str, _Held]] = []
+        with self._lock:
+            for reservation_id, held in self.held.items():
+                if held.deadline > now or (limit is not None and len(expired) >= limit):
+                    break
+                expired.append((reservation_id, held))
+            for reservation_id, held in expired:
+                del self.held[reservation_id]
+                self._released(held)
+        for reservation_id, held in expired:
             try:
                 held.reservation.commit()
             except Exception:
                 _log.exception("expiring reservation %s failed", reservation_id)
                 if not held.reservation.settled:
                     continue
-            self.metrics.settle(held.namespace, "expired", dict(held.reservation.reserved))
+            with self._lock:
+                self.metrics.settle(held.namespace, "expired", dict(held.reservation.reserved))
             if self.ledger is not None:
                 self._record(held, {}, {}, "expired")
         if expired:
@@ -366,9 +394,18 @@ class Service:
         except Exception:
             _log.exception("ledger record failed for namespace %r key %r", held.namespace, held.key)
 
+    async def run(self, method: Callable[..., _T], *args: Any) -> _T:
+        """`method(*args)`: in the event loop for a local state, on the state's threads for a
+        remote one."""
+        if self.executor is None:
+            return method(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, method, *args)
+
     def close(self) -> None:
         """Flushes the ledger (reservations stay where they are: in-process state dies with
         the process, shared-memory counters persist and release concurrency of dead holders)."""
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
         if self.ledger is not None:
             self.ledger.close()
 

@@ -430,3 +430,80 @@ def test_a_token_limit_is_charged_as_each_provider_counts_it(opened: list[Any]) 
                 counted = message.usage.input_tokens + message.usage.output_tokens
             [state] = limiter.status("team:a")
             assert state.used == pytest.approx(counted, abs=1), family
+
+
+def test_a_request_over_max_request_tokens_is_refused_before_it_is_sent(ledger: Any, opened: list[Any]) -> None:
+    long = [{"role": "user", "content": "word " * 400}]
+    with FakeProvider() as provider:
+        client = lt.wrap(
+            openai.OpenAI(base_url=provider.openai_base_url, api_key="k"),
+            guard=guard_for(ledger),
+            max_request_tokens=200,
+        )
+        opened.append(client)
+        with pytest.raises(lt.RequestTooLarge, match="max_request_tokens=200") as refused:
+            client.chat.completions.create(model=MINI, messages=long, max_tokens=10)
+        assert refused.value.requested > 400 and refused.value.limit == 200
+        assert isinstance(refused.value, ValueError) and isinstance(refused.value, lt.LlmthrottleError)
+        client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=10)  # a small one goes
+        assert provider.counters.requests == 1
+    assert [r.outcome for r in records(ledger)] == ["ok"]  # the refused one never reached the provider
+    with pytest.raises(lt.ConfigError, match="max_request_tokens"):
+        lt.wrap(openai.OpenAI(base_url="http://127.0.0.1:9", api_key="k"), max_request_tokens=0)
+
+
+def test_trim_to_fit_drops_the_oldest_turns_until_the_request_fits(opened: list[Any]) -> None:
+    turns = [{"role": "system", "content": "be brief"}]
+    for n in range(6):
+        turns += [{"role": "user", "content": f"question {n} " * 60}, {"role": "assistant", "content": "answer " * 60}]
+    turns.append({"role": "user", "content": "and the last one?"})
+    with FakeProvider() as provider:
+        client = lt.wrap(
+            openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), max_request_tokens=400, trim_to_fit=True
+        )
+        opened.append(client)
+        reply = client.chat.completions.create(model=MINI, messages=turns, max_tokens=20)
+        assert reply.usage is not None and reply.usage.prompt_tokens + 20 <= 400
+        assert lt.estimate({"model": MINI, "messages": turns, "max_tokens": 20}).total > 400  # it had to trim
+        claude = lt.wrap(
+            anthropic.Anthropic(base_url=provider.anthropic_base_url, api_key="k"),
+            max_request_tokens=400,
+            trim_to_fit=True,
+        )
+        opened.append(claude)
+        message = claude.messages.create(
+            model="claude-3-5-haiku-latest", max_tokens=20, system="be brief", messages=turns[1:]
+        )
+        assert message.usage.input_tokens + 20 <= 400
+
+
+def test_trimming_keeps_system_messages_the_last_turn_and_anthropics_user_first_order() -> None:
+    from llmthrottle.providers.size import RequestTooLarge, fit_request
+
+    filler = "lorem ipsum " * 50
+    openai_turns = [
+        {"role": "system", "content": "rules"},
+        {"role": "user", "content": filler},
+        {"role": "developer", "content": "more rules"},
+        {"role": "assistant", "content": filler},
+        {"role": "user", "content": "last"},
+    ]
+    body = {"model": MINI, "messages": openai_turns, "max_tokens": 5}
+    fitted = fit_request(body, "openai", "chat", 60, trim=True)
+    assert [m["role"] for m in fitted["messages"]] == ["system", "developer", "user"]
+    assert fitted["messages"][-1]["content"] == "last" and body["messages"] == openai_turns  # not mutated
+    assert fit_request(body, "openai", "chat", 10_000, trim=True) is body
+    claude_turns = [
+        {"role": "user", "content": filler},
+        {"role": "assistant", "content": "short"},
+        {"role": "user", "content": "next"},
+        {"role": "assistant", "content": filler},
+        {"role": "user", "content": "last"},
+    ]
+    claude = {"model": "claude-3-5-haiku-latest", "max_tokens": 5, "messages": claude_turns}
+    fitted = fit_request(claude, "anthropic", "messages", 120, trim=True)
+    assert fitted["messages"][0]["role"] == "user" and fitted["messages"][-1]["content"] == "last"
+    with pytest.raises(RequestTooLarge, match="even with its oldest turns dropped"):
+        fit_request({"model": MINI, "messages": [{"role": "user", "content": filler}]}, "openai", "chat", 20, trim=True)
+    with pytest.raises(RequestTooLarge, match="trim_to_fit=True"):
+        fit_request({"model": "text-embedding-3-small", "input": filler}, "openai", "embeddings", 20, trim=False)

@@ -1,10 +1,11 @@
 """The provider layer: what llmthrottle knows of each provider's API (`protocol`, `headers`),
 one call's lifecycle (`call`), the httpx transports that carry it (`transport`), and
 `sdk.wrap`, which installs them in an SDK client; `attribution.context` attributes calls to keys,
-`reports.calls` tells the caller what each call cost."""
+`reports.calls` tells the caller what each call cost, `size` caps a request's tokens."""
 
 from .attribution import context
 from .reports import CallReport, calls
 from .sdk import wrap
+from .size import RequestTooLarge
 
-__all__ = ["CallReport", "calls", "context", "wrap"]
+__all__ = ["CallReport", "RequestTooLarge", "calls", "context", "wrap"]

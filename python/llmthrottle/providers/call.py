@@ -29,6 +29,7 @@ from .learned import LearnedLimits
 from .pause import ProviderPause, pause_key
 from .protocol import Endpoint, UsageReader, endpoint_of, failure_kind
 from .reports import CallReport, listening, report
+from .size import fit_request
 
 __all__ = ["CallPlan", "Settings"]
 
@@ -52,6 +53,9 @@ class Settings:
     # None: a call waits for admission as long as its deadline allows; the gateway answers 429
     # instead of queueing past its own limit.
     admission_timeout_s: float | None = None
+    # The per-request token cap (see size.py): None, no cap.
+    max_request_tokens: int | None = None
+    trim_to_fit: bool = False
 
 
 class CallPlan:
@@ -98,7 +102,7 @@ class CallPlan:
             return None  # the provider will refuse it; nothing to count
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             return None
-        hide = False
+        original, hide = body, False
         if (
             settings.include_stream_usage
             and endpoint.kind == "chat"
@@ -106,8 +110,11 @@ class CallPlan:
             and not (body.get("stream_options") or {}).get("include_usage")
         ):
             body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
-            content = json.dumps(body, separators=(",", ":")).encode()
             hide = True
+        if settings.max_request_tokens is not None:
+            body = fit_request(body, endpoint.family, endpoint.kind, settings.max_request_tokens, settings.trim_to_fit)
+        if hide or body is not original:
+            content = json.dumps(body, separators=(",", ":")).encode()
         account = headers.get("authorization") or headers.get("x-api-key") or headers.get("api-key")
         return cls(settings, endpoint, body, content, hide, pause_key(host, account, body["model"]))
 

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import httpx2
 
+from .._native import ConfigError
 from ..guard import Guard
 from ..limiter import Limiter
 from .call import KeysOption, Settings
@@ -30,6 +31,8 @@ def wrap(
     deadline_s: float = 600.0,
     max_retry_after_s: float = 120.0,
     include_stream_usage: bool = True,
+    max_request_tokens: int | None = None,
+    trim_to_fit: bool = False,
 ) -> _Client:
     """A client of the same type as `client` (`openai.OpenAI`, `openai.AsyncOpenAI`,
     `openai.AzureOpenAI`, `anthropic.Anthropic`, `anthropic.AsyncAnthropic`) whose LLM calls
@@ -50,11 +53,18 @@ def wrap(
       minute per provider, API key and model), shared by every process on the same `state`;
     - paused, with every process on the same `state` (default: the guard's, else this process),
       when the provider answers 429 or announces a limit used up, until the provider's reset: one
-      worker's 429 never becomes every worker's.
+      worker's 429 never becomes every worker's;
+    - capped, with `max_request_tokens`: a request whose input plus output reservation counts
+      more is refused before it is sent (`lt.RequestTooLarge`), or with `trim_to_fit=True` loses
+      its oldest conversation turns (never system messages, never the last one) until it fits.
 
     The returned client shares `client`'s connection pool; use it, not the original, for calls
     that should be throttled.
     """
+    if max_request_tokens is not None and (
+        isinstance(max_request_tokens, bool) or not isinstance(max_request_tokens, int) or max_request_tokens < 1
+    ):
+        raise ConfigError(f"max_request_tokens must be a positive int, not {max_request_tokens!r}")
     if guard is None and limiter is not None:
         guard = Guard(limiter)
     if state is None and guard is not None:
@@ -68,6 +78,8 @@ def wrap(
         deadline_s=deadline_s,
         max_retry_after_s=max_retry_after_s,
         include_stream_usage=include_stream_usage,
+        max_request_tokens=max_request_tokens,
+        trim_to_fit=trim_to_fit,
     )
     with_options = getattr(client, "with_options", None)
     http_client = getattr(client, "_client", None)

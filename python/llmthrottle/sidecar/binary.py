@@ -32,6 +32,7 @@ _NAMES = Op.NAMES
 # Ops that reach the limiter state (a round trip when the state is remote).
 _STATE_OPS = frozenset((Op.ACQUIRE, Op.COMMIT, Op.CANCEL, Op.STATUS, Op.PEEK))
 
+
 class BinaryConnection(asyncio.Protocol):
     """One client connection speaking the binary protocol (after the magic bytes)."""
 

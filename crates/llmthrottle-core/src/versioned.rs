@@ -24,6 +24,8 @@ struct Version<T> {
 // SAFETY: readers get `&T` from any thread (T: Sync); `store` moves a T in from any thread and
 // every T is dropped by whichever thread drops the `Versioned` (T: Send).
 unsafe impl<T: Send + Sync> Sync for Versioned<T> {}
+// SAFETY: moving a `Versioned` to another thread moves every boxed T with it (T: Send); the
+// raw `current` pointer points into those boxes and moves with them.
 unsafe impl<T: Send + Sync> Send for Versioned<T> {}
 
 impl<T> Versioned<T> {

@@ -386,7 +386,9 @@ print(before, after)
 
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["None", "True"]
+    # Built with `layout-tricks` (the default) the first admission teaches the layout; built
+    # without them (scripts/no-tricks), every result is PyO3's from the start.
+    assert result.stdout.split() in (["None", "True"], ["False", "False"])
 
 
 def test_acquire_async_is_a_coroutine_for_create_task_and_gather() -> None:

@@ -128,7 +128,8 @@ mod tests {
 
     #[test]
     fn civil_round_trip() {
-        for days in -800_000..800_000i64 {
+        // Every day of ±2,000 years natively; a spread sample of them under miri.
+        for days in (-800_000..800_000i64).step_by(if cfg!(miri) { 997 } else { 1 }) {
             let (y, m, d) = civil_from_days(days);
             assert_eq!(days_from_civil(y, m, d), days);
         }

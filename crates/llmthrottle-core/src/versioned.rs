@@ -11,8 +11,11 @@ use std::sync::Mutex;
 
 pub struct Versioned<T> {
     current: AtomicPtr<Version<T>>,
-    /// Owns every version; boxed, so a version's address never changes when the list grows.
-    versions: Mutex<Vec<Box<Version<T>>>>,
+    /// Owns every version, as pointers from `Box::into_raw` freed by `drop`: a version's
+    /// address never changes when the list grows. (Not `Box`es: moving a `Box` asserts it is
+    /// the only pointer to its version, which `current` and every reader's `&T` are not; miri
+    /// reports that as undefined behaviour under Stacked Borrows.)
+    versions: Mutex<Vec<*mut Version<T>>>,
 }
 
 struct Version<T> {
@@ -24,14 +27,15 @@ struct Version<T> {
 // SAFETY: readers get `&T` from any thread (T: Sync); `store` moves a T in from any thread and
 // every T is dropped by whichever thread drops the `Versioned` (T: Send).
 unsafe impl<T: Send + Sync> Sync for Versioned<T> {}
+// SAFETY: moving a `Versioned` to another thread moves every boxed T with it (T: Send); the
+// raw `current` pointer points into those boxes and moves with them.
 unsafe impl<T: Send + Sync> Send for Versioned<T> {}
 
 impl<T> Versioned<T> {
     pub fn new(value: T) -> Self {
-        let mut first = Box::new(Version { index: 0, value });
-        let current = AtomicPtr::new(&mut *first as *mut Version<T>);
+        let first = Box::into_raw(Box::new(Version { index: 0, value }));
         Self {
-            current,
+            current: AtomicPtr::new(first),
             versions: Mutex::new(vec![first]),
         }
     }
@@ -57,16 +61,17 @@ impl<T> Versioned<T> {
             return Some(&latest.value);
         }
         let versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: the box is owned by `versions`, which frees nothing before `self` is dropped.
+        // SAFETY: every pointer in `versions` is a live allocation that only `drop` frees, and
+        // `self` outlives the returned borrow; versions are never written after `store`.
         versions
             .get(index as usize)
-            .map(|version| unsafe { &*(&version.value as *const T) })
+            .map(|&version| unsafe { &(*version).value })
     }
 
     #[inline]
     fn latest(&self) -> &Version<T> {
-        // SAFETY: `current` always points into a box owned by `versions`, which frees nothing
-        // before `self` is dropped, and `self` outlives the returned borrow.
+        // SAFETY: `current` always points at a version owned by `versions`, which only `drop`
+        // frees, and `self` outlives the returned borrow.
         unsafe { &*self.current.load(Ordering::Acquire) }
     }
 
@@ -74,14 +79,25 @@ impl<T> Versioned<T> {
     pub fn store(&self, value: T) {
         let mut versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
         let index = u32::try_from(versions.len()).expect("fewer than 2^32 versions");
-        let mut boxed = Box::new(Version { index, value });
-        self.current.store(&mut *boxed as *mut Version<T>, Ordering::Release);
-        versions.push(boxed);
+        let version = Box::into_raw(Box::new(Version { index, value }));
+        versions.push(version);
+        self.current.store(version, Ordering::Release);
     }
 
     /// How many versions are held (the first and every replacement).
     pub fn versions(&self) -> usize {
         self.versions.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl<T> Drop for Versioned<T> {
+    fn drop(&mut self) {
+        let versions = self.versions.get_mut().unwrap_or_else(|e| e.into_inner());
+        for version in versions.drain(..) {
+            // SAFETY: each came from `Box::into_raw` and is freed once, here; `&mut self` means
+            // no reader holds a borrow of any version.
+            drop(unsafe { Box::from_raw(version) });
+        }
     }
 }
 
@@ -111,13 +127,13 @@ mod tests {
         let reader = {
             let value = value.clone();
             std::thread::spawn(move || {
-                for _ in 0..100_000 {
+                for _ in 0..if cfg!(miri) { 300 } else { 100_000 } {
                     let v = value.load();
                     assert!(v.iter().all(|x| *x == v[0]), "a torn version");
                 }
             })
         };
-        for i in 1..1_000u64 {
+        for i in 1..if cfg!(miri) { 30 } else { 1_000u64 } {
             value.store(vec![i; 64]);
         }
         reader.join().unwrap();

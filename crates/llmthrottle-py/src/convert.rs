@@ -21,9 +21,12 @@ pub fn amount(value: &Bound<'_, PyAny>, dimension: &str) -> PyResult<u64> {
     let scale = units_per_api_unit(dimension);
     // The common case without a detour through 128-bit conversion: an exact int that fits;
     // anything else (and every error) takes the general path below.
-    // SAFETY: `value` is a live object and the GIL is held.
+    // SAFETY: `value` is a live object (the `Bound` holds a reference) and the GIL is held;
+    // the check reads only its type.
     if unsafe { pyo3::ffi::PyLong_CheckExact(value.as_ptr()) } != 0 {
         let mut overflow = 0;
+        // SAFETY: `value` is an exact int (checked just above), the GIL is held, and
+        // `overflow` is a live local the call writes.
         let n = unsafe { pyo3::ffi::PyLong_AsLongLongAndOverflow(value.as_ptr(), &mut overflow) };
         if overflow == 0 && n >= 0 {
             if let Some(scaled) = (n as u64).checked_mul(scale).filter(|s| *s <= MAX_AMOUNT) {

@@ -89,10 +89,16 @@ unsafe fn parse_and_decide<'py>(
     nargsf: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<Py<PyAny>> {
-    // SAFETY (whole function): the caller's contract; arguments are borrowed references
-    // that outlive this call.
+    // SAFETY: the method descriptor was made for the native `Limiter` type (see `install`),
+    // and the interpreter checks that `self` is an instance of it before calling; `slf` is a
+    // borrowed reference that the caller keeps alive through the call.
     let slf = unsafe { Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<Limiter>() };
+    // SAFETY: `PyVectorcall_NARGS` only masks the offset flag out of `nargsf`; it reads no
+    // memory.
     let nargs = unsafe { ffi::PyVectorcall_NARGS(nargsf as usize) } as usize;
+    // SAFETY: `args` holds `nargs` positional values followed by one per keyword name, all
+    // borrowed references that live through the call; every caller passes `i` below
+    // `nargs + len(kwnames)` (checked against `nargs` and the keyword count below).
     let arg = |i: usize| unsafe { Bound::from_borrowed_ptr(py, *args.add(i)) };
     if nargs == 0 {
         return Err(PyTypeError::new_err(
@@ -113,12 +119,15 @@ unsafe fn parse_and_decide<'py>(
     let keywords = if kwnames.is_null() {
         0
     } else {
+        // SAFETY: a non-NULL `kwnames` of a vectorcall is a tuple of str, borrowed for the call.
         unsafe { ffi::PyTuple_GET_SIZE(kwnames) as usize }
     };
     // Keywords that name neither `requests`, `tokens` nor `max_wait`: other dimensions, as
     // (name, value); the common calls have none.
     let mut named: smallvec::SmallVec<[(Bound<'py, PyAny>, Bound<'py, PyAny>); 4]> = smallvec::SmallVec::new();
     for k in 0..keywords {
+        // SAFETY: `k` is below the tuple's size, read just above, and the tuple (which owns
+        // its items) outlives the call.
         let name = unsafe { Bound::from_borrowed_ptr(py, ffi::PyTuple_GET_ITEM(kwnames, k as _)) };
         let value = arg(nargs + k);
         let known = keyword(&name);
@@ -171,15 +180,18 @@ fn keyword(name: &Bound<'_, PyAny>) -> Keyword {
     if interned == pyo3::intern!(py, "max_wait").as_ptr() {
         return Keyword::MaxWait;
     }
-    // SAFETY: keyword names are str objects; the GIL is held.
     let mut len: ffi::Py_ssize_t = 0;
+    // SAFETY: keyword names are str objects (the interpreter rejects any other in a call);
+    // the GIL is held, and `len` is a live local the call writes.
     let data = unsafe { ffi::PyUnicode_AsUTF8AndSize(name.as_ptr(), &mut len) };
     if data.is_null() {
         // Not valid UTF-8: no dimension has such a name; let the lookup report it.
+        // SAFETY: the GIL is held; clearing the error the failed conversion set is all it does.
         unsafe { ffi::PyErr_Clear() };
         return Keyword::Other;
     }
-    // SAFETY: the interpreter keeps the UTF-8 form alive as long as the name.
+    // SAFETY: `data` is non-NULL and points at `len` bytes of UTF-8 that the interpreter
+    // caches in the str object, alive as long as `name`, which outlives this borrow.
     match unsafe { std::slice::from_raw_parts(data as *const u8, len as usize) } {
         b"requests" => Keyword::Requests,
         b"tokens" => Keyword::Tokens,

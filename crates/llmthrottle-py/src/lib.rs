@@ -8,17 +8,23 @@ use pyo3::prelude::*;
 mod convert;
 mod decision;
 mod errors;
+#[cfg(feature = "layout-tricks")]
 mod fastcall;
+#[cfg(feature = "layout-tricks")]
 mod in_place;
 mod limiter;
 mod state;
 mod tokens;
+
+#[cfg(test)]
+mod tests;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     state::register(m)?;
     limiter::register(m)?;
+    #[cfg(feature = "layout-tricks")]
     in_place::register(m)?;
     tokens::register(m)?;
     Ok(())

@@ -12,6 +12,7 @@ use smallvec::SmallVec;
 use crate::convert;
 use crate::decision::{Decision, Dimensions, Reservation};
 use crate::errors::{guard, to_py};
+#[cfg(feature = "layout-tricks")]
 use crate::in_place::{self, Fresh};
 use crate::state::{dispatch, AnyEngine, AnyReservation, FakeClock, InProcessState, SharedState};
 
@@ -62,8 +63,8 @@ impl Limiter {
         Ok(())
     }
 
-    /// `try_acquire` once its arguments are parsed: called by the entry point in `fastcall.rs`,
-    /// which also keeps panics out of Python.
+    /// `try_acquire` once its arguments are parsed: called by the entry point in `fastcall.rs`
+    /// (or the plain method without `layout-tricks`), which also keeps panics out of Python.
     #[inline]
     pub(crate) fn decide(
         slf: &Bound<'_, Self>,
@@ -126,6 +127,7 @@ impl Limiter {
 
     /// Runs `decide` on an empty decision and reservation (`empty`, of the engine's store) and
     /// returns the `Reservation` when it admits, a plain `Decision` when it denies.
+    #[cfg(feature = "layout-tricks")]
     #[inline(always)]
     fn answer(
         slf: &Bound<'_, Self>,
@@ -146,9 +148,21 @@ impl Limiter {
         Ok(Bound::new(py, Self::decision(slf, denied, keys))?.into_any().unbind())
     }
 
+    /// Without the layout tricks, every result is built by PyO3.
+    #[cfg(not(feature = "layout-tricks"))]
+    #[inline(always)]
+    fn answer(
+        slf: &Bound<'_, Self>,
+        keys: &Bound<'_, PyAny>,
+        empty: impl Fn() -> AnyReservation + Copy,
+        decide: impl FnOnce(&mut CoreDecision, &mut AnyReservation) -> llmthrottle_core::Result<bool>,
+    ) -> PyResult<Py<PyAny>> {
+        Self::answer_moved(slf, keys, empty, decide)
+    }
+
     /// `answer` building the result on the stack and moving it into the object, until the
     /// layout for building in place is known (or where it cannot be used).
-    #[cold]
+    #[cfg_attr(feature = "layout-tricks", cold)]
     fn answer_moved(
         slf: &Bound<'_, Self>,
         keys: &Bound<'_, PyAny>,
@@ -165,6 +179,7 @@ impl Limiter {
             inner: std::sync::Mutex::new(reservation),
         });
         let object = Bound::new(py, init)?;
+        #[cfg(feature = "layout-tricks")]
         in_place::learn(&object);
         Ok(object.into_any().unbind())
     }
@@ -234,6 +249,52 @@ impl Limiter {
         let owned = convert::keys(key)?;
         let strs = convert::key_strs(&owned)?;
         guard(|| dispatch!(&self.engine, AnyEngine, e => e.charge_usage(&strs, &actual)).map_err(to_py))
+    }
+
+    /// Decides at once, never blocking. Returns a `Reservation` (a truthy `Decision`) when
+    /// admitted, a falsy `Decision` when not. `key` is a str or a list of str (all-or-nothing
+    /// over every key). Amounts: `requests` (default 1), `tokens`, and any other dimension by
+    /// name. With `max_wait` > 0, a request that fits within that many seconds is admitted
+    /// now, behind earlier ones, and its `delay` says how long to wait before the call.
+    //
+    // The portable entry point, for builds without `layout-tricks`; with them, `fastcall.rs`
+    // installs its own in this method's place (keep the two docstrings alike). `max_wait`
+    // comes through `**amounts` so that an explicit `max_wait=None` is refused as there.
+    #[cfg(not(feature = "layout-tricks"))]
+    #[pyo3(
+        signature = (key, /, requests=None, tokens=None, **amounts),
+        text_signature = "($self, key, /, requests=None, tokens=None, *, max_wait=0.0, **amounts)"
+    )]
+    fn try_acquire(
+        slf: &Bound<'_, Self>,
+        key: &Bound<'_, PyAny>,
+        requests: Option<&Bound<'_, PyAny>>,
+        tokens: Option<&Bound<'_, PyAny>>,
+        amounts: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        guard(|| {
+            let mut max_wait_ns = 0;
+            let mut named: SmallVec<[(Bound<'_, PyAny>, Bound<'_, PyAny>); 4]> = SmallVec::new();
+            for (name, value) in amounts.into_iter().flat_map(|d| d.iter()) {
+                if name
+                    .cast::<PyString>()
+                    .is_ok_and(|s| s.to_str().is_ok_and(|s| s == "max_wait"))
+                {
+                    max_wait_ns = convert::seconds_to_ns(value.extract::<f64>()?, "max_wait")?;
+                } else {
+                    named.push((name, value));
+                }
+            }
+            let mut amounts = Amounts::new();
+            Self::amounts(
+                slf.get().dimensions.load(),
+                requests,
+                tokens,
+                named.into_iter(),
+                &mut amounts,
+            )?;
+            Self::decide(slf, key, &amounts, max_wait_ns)
+        })
     }
 
     /// What `try_acquire` would decide now, without charging anything.
@@ -466,8 +527,19 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(period_start, m)?)?;
     m.add_function(wrap_pyfunction!(rolling_undrained, m)?)?;
     m.add_class::<Limiter>()?;
+    #[cfg(feature = "layout-tricks")]
     crate::fastcall::install(&m.py().get_type::<Limiter>())?;
+    #[cfg(not(feature = "layout-tricks"))]
+    m.add_function(wrap_pyfunction!(_results_built_in_place, m)?)?;
     m.add_class::<Decision>()?;
     m.add_class::<Reservation>()?;
     Ok(())
+}
+
+/// Without `layout-tricks` no result is ever built in place (see `in_place.rs` for the other
+/// answers).
+#[cfg(not(feature = "layout-tricks"))]
+#[pyfunction]
+fn _results_built_in_place() -> Option<bool> {
+    Some(false)
 }

@@ -394,6 +394,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "maps a real file (open, mmap, flock), which miri cannot")]
     fn a_table_from_an_earlier_boot_is_replaced() {
         let path = std::env::temp_dir().join(format!("llmthrottle-boot-test-{}", std::process::id()));
         let (first, created) = open(&spec(&path)).unwrap();

@@ -7,17 +7,30 @@
 //! The words are also read and written one at a time, by 64-bit atomics: on x86-64 a locked
 //! 16-byte compare-and-swap is atomic with respect to those (the two words share a cache line:
 //! a slot starts one). Rust has no stable 128-bit atomic, so the instruction is written here.
+//!
+//! `portable-atomic`'s `AtomicU128` was weighed and not taken, because of what it does where the
+//! instruction is not a compile-time target feature (it is not, for `x86_64-unknown-linux-gnu`
+//! wheels): it detects the instruction at run time and, without it, falls back to a table of
+//! locks (its default `fallback` feature) kept in each process's own memory. A lock private to
+//! a process excludes nothing in another process mapping the same table, and a lock placed in
+//! the mapping would be left held by a process killed inside it (invariant 5 of `table.rs`).
+//! Without `fallback` the type does not exist on that target at all; requiring the feature at
+//! compile time would drop CPUs the rest of llmthrottle supports. `is_lock_free()` could gate
+//! it as `supported()` gates this, at the cost of a dependency and an indirect call per update
+//! on the hot path, for the same one instruction. So: this function, `supported()` detected at
+//! run time, and the pinned path (64-bit atomics only) wherever it is false, under miri too.
 
 use super::table::SlotHead;
 
 /// True when this CPU has the instruction (every x86-64 CPU of the last fifteen years does).
+/// Never under miri, which runs no inline assembly: there every update takes the pinned path.
 #[inline]
 pub(crate) fn supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     {
         std::arch::is_x86_feature_detected!("cmpxchg16b")
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     {
         false
     }
@@ -34,7 +47,7 @@ pub(crate) unsafe fn compare_exchange(
     expected: [u64; 2],
     new: [u64; 2],
 ) -> Result<(), [u64; 2]> {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     {
         let (state, cell): (u64, u64);
         // SAFETY: the caller's contract, and `supported()`. `rbx` cannot be named as an
@@ -60,7 +73,7 @@ pub(crate) unsafe fn compare_exchange(
             Err([state, cell])
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     {
         let _ = (head, expected, new);
         unreachable!("compare_exchange without supported()")

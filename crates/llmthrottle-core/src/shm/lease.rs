@@ -358,6 +358,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "spawns a process for a dead pid and asks the kernel about it (kill), which miri cannot"
+    )]
     fn held_units_of_a_dead_process_come_back_at_once() {
         let records: Vec<AtomicU64> = (0..16).map(|_| AtomicU64::new(0)).collect();
         let leases = leases(&records);
@@ -380,6 +384,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "spawns a process for a dead pid and asks the kernel about it (kill), which miri cannot"
+    )]
     fn orphans_are_reset_only_when_no_live_process_holds_the_cell() {
         let records: Vec<AtomicU64> = (0..16).map(|_| AtomicU64::new(0)).collect();
         let leases = leases(&records);
@@ -410,6 +418,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "spawns a process for a dead pid and asks the kernel about it (kill), which miri cannot"
+    )]
     fn an_orphan_that_never_raised_the_count_costs_nothing() {
         let records: Vec<AtomicU64> = (0..4).map(|_| AtomicU64::new(0)).collect();
         let leases = leases(&records);

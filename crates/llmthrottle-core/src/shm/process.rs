@@ -140,6 +140,10 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "spawns a process and asks the kernel about it (kill), which miri cannot"
+    )]
     fn liveness() {
         assert!(is_alive(pid()));
         assert!(!is_alive(0));

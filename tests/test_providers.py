@@ -507,3 +507,72 @@ def test_trimming_keeps_system_messages_the_last_turn_and_anthropics_user_first_
         fit_request({"model": MINI, "messages": [{"role": "user", "content": filler}]}, "openai", "chat", 20, trim=True)
     with pytest.raises(RequestTooLarge, match="trim_to_fit=True"):
         fit_request({"model": "text-embedding-3-small", "input": filler}, "openai", "embeddings", 20, trim=False)
+
+
+def test_the_response_cache_answers_an_identical_request_without_the_provider(ledger: Any, opened: list[Any]) -> None:
+    cache = lt.ResponseCache(ttl_s=60)
+    with FakeProvider() as provider:
+
+        def client_for(key: str) -> Any:
+            client = lt.wrap(
+                openai.OpenAI(base_url=provider.openai_base_url, api_key=key), guard=guard_for(ledger), cache=cache
+            )
+            opened.append(client)
+            return client
+
+        client = client_for("k")
+        first = client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=10)
+        with lt.calls() as made:
+            again = client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=10)
+        assert again.id == first.id and again.choices[0].message.content == first.choices[0].message.content
+        assert provider.counters.requests == 1 and (cache.hits, len(cache)) == (1, 1)
+        assert [(c.outcome, c.cost_micros) for c in made] == [("cache_hit", 0)]
+        # A different body, another API key or a stream is a miss that reaches the provider.
+        client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=11)
+        client_for("other-key").chat.completions.create(model=MINI, messages=HELLO, max_tokens=10)
+        list(client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=10, stream=True))
+        assert provider.counters.requests == 4
+
+        async def async_hit() -> str:
+            wrapped = lt.wrap(openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"), cache=cache)
+            try:
+                return (await wrapped.chat.completions.create(model=MINI, messages=HELLO, max_tokens=10)).id
+            finally:
+                await wrapped.close()
+
+        assert asyncio.run(async_hit()) == first.id and provider.counters.requests == 4
+    outcomes = [(r.outcome, r.cost_micros) for r in records(ledger)]
+    assert outcomes[1] == ("cache_hit", 0) and outcomes.count(("cache_hit", 0)) == 1
+    assert outcomes[0][0] == "ok" and outcomes[0][1] > 0
+
+
+def test_the_response_cache_keeps_only_successes_within_its_bounds() -> None:
+    from llmthrottle.providers.cache import CachedReply
+
+    cache = lt.ResponseCache(ttl_s=60, max_entries=2, max_bytes=10)
+    for name in ("a", "b", "c"):
+        cache.put(name, CachedReply(200, "application/json", b"12345"))
+    assert cache.get("a") is None and cache.get("c") is not None  # bytes bound: 10, two of five
+    cache.put("big", CachedReply(200, "application/json", b"x" * 11))
+    assert cache.get("big") is None  # larger than the whole cache
+    short = lt.ResponseCache(ttl_s=0.05)
+    short.put("k", CachedReply(200, "application/json", b"{}"))
+    time.sleep(0.1)
+    assert short.get("k") is None and len(short) == 0  # expired entries go
+    key = lt.ResponseCache.key("scope", "chat", {"b": 1, "a": [1, 2]})
+    assert key == lt.ResponseCache.key("scope", "chat", {"a": [1, 2], "b": 1})  # key order does not matter
+    assert key != lt.ResponseCache.key("other", "chat", {"a": [1, 2], "b": 1})
+    for bad in ({"ttl_s": 0}, {"max_entries": 0}, {"max_bytes": -1}, {"ttl_s": float("nan")}):
+        with pytest.raises(lt.ConfigError):
+            lt.ResponseCache(**bad)
+
+
+def test_error_replies_are_not_cached(opened: list[Any]) -> None:
+    cache = lt.ResponseCache()
+    with FakeProvider(insufficient_quota=True) as provider:
+        client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), cache=cache)
+        opened.append(client)
+        for _ in range(2):
+            with pytest.raises(openai.RateLimitError):
+                client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=10)
+        assert provider.counters.requests == 2 and len(cache) == 0

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .guard import Guard, GuardedCall, ThresholdEvent
     from .ledger import Ledger, UsageRecord
     from .pricing import Cost, PriceTable, TokenUsage, UsageAccumulator, cost, worst_case_cost
-    from .providers import CallReport, RequestTooLarge, calls, context, wrap
+    from .providers import CallReport, RequestTooLarge, ResponseCache, calls, context, wrap
     from .redis_state import RedisState, RedisUnavailable
 
 # Imported on first use: a worker that only limits never pays for asyncio, the sidecar client,
@@ -55,6 +55,7 @@ _LAZY = {
     "calls": ".providers",
     "CallReport": ".providers",
     "RequestTooLarge": ".providers",
+    "ResponseCache": ".providers",
     "RedisState": ".redis_state",
     "RedisUnavailable": ".redis_state",
 }
@@ -99,6 +100,7 @@ __all__ = [  # noqa: PLE0604  (the tokens module's names are ours too)
     "RedisUnavailable",
     "RequestTooLarge",
     "Reservation",
+    "ResponseCache",
     "SharedState",
     "Sidecar",
     "SidecarUnavailable",

@@ -152,6 +152,27 @@ class Guard:
             reservation = self.limiter.acquire(key_list, timeout=timeout, **self._amounts(model, *sizes))
         return GuardedCall(self, reservation, key_list, model, sizes[:2], provider, tags)
 
+    def record_unadmitted(
+        self,
+        keys: Key,
+        *,
+        model: str,
+        provider: str | None = None,
+        outcome: str,
+        latency_s: float | None = None,
+        **tags: Any,
+    ) -> None:
+        """Records, at $0 and without admitting it, a call answered without reaching a provider
+        (outcome `cache_hit`: served by the response cache), built like every other record."""
+        if self.ledger is None:
+            return
+        key_list = [keys] if isinstance(keys, str) else list(keys)
+        self.ledger.record(
+            **call_record(
+                key_list, outcome=outcome, latency_s=latency_s, tags=tags, model=model, provider=provider, cost_micros=0
+            )
+        )
+
     async def call_async(
         self,
         keys: Key,

@@ -4,8 +4,9 @@ one call's lifecycle (`call`), the httpx transports that carry it (`transport`),
 `reports.calls` tells the caller what each call cost, `size` caps a request's tokens."""
 
 from .attribution import context
+from .cache import ResponseCache
 from .reports import CallReport, calls
 from .sdk import wrap
 from .size import RequestTooLarge
 
-__all__ = ["CallReport", "RequestTooLarge", "calls", "context", "wrap"]
+__all__ = ["CallReport", "RequestTooLarge", "ResponseCache", "calls", "context", "wrap"]

@@ -24,6 +24,7 @@ from ..pricing.usage import normalize_usage
 from ..request_estimate import estimate
 from ..tokens import count_tokens
 from .attribution import context_keys, context_tags
+from .cache import CachedReply, ResponseCache
 from .headers import announced_limits, retry_after_s
 from .learned import LearnedLimits
 from .pause import ProviderPause, pause_key
@@ -56,6 +57,8 @@ class Settings:
     # The per-request token cap (see size.py): None, no cap.
     max_request_tokens: int | None = None
     trim_to_fit: bool = False
+    # The exact response cache (see cache.py): None, no cache.
+    cache: ResponseCache | None = None
 
 
 class CallPlan:
@@ -88,6 +91,12 @@ class CallPlan:
         self.status: int | None = None
         self.last_failure: str | None = None
         self.learned_reservation: Any = None
+        self.content_type = "application/json"
+        self.cache_key = (
+            settings.cache.key(pause_key, endpoint.kind, body)
+            if settings.cache is not None and not self.streaming
+            else None
+        )
 
     @classmethod
     def start(
@@ -161,6 +170,7 @@ class CallPlan:
         """Reads an answer's status and the limits it announced: they become the provider key's
         learned limits, and one used up pauses every worker until its reset."""
         self.status = status
+        self.content_type = headers.get("content-type") or self.content_type
         announced = announced_limits(self.endpoint.family, headers)
         self.settings.learned.observe(self.pause_key, announced)
         for limit in announced:
@@ -235,6 +245,34 @@ class CallPlan:
         ceiling = min(self.settings.backoff_cap_s, self.settings.backoff_base_s * 2 ** (self.attempts - 1))
         wait = random.uniform(0, ceiling)
         return wait if wait <= self.remaining_s() else None
+
+    # ------------------------------------------------------------------ the response cache
+
+    def cached_reply(self) -> CachedReply | None:
+        """The reply kept for this exact request, recorded as a `cache_hit` at $0; None on a
+        miss (or without a cache)."""
+        cache = self.settings.cache
+        hit = cache.get(self.cache_key) if cache is not None and self.cache_key is not None else None
+        if hit is None:
+            return None
+        self.settled = True
+        guard = self.settings.guard
+        if guard is not None:
+            guard.record_unadmitted(
+                self.keys(),
+                model=self.body["model"],
+                provider=self.endpoint.family,
+                outcome="cache_hit",
+                latency_s=time.monotonic() - self.started,
+                **context_tags(),
+            )
+        self._report("cache_hit", None, None, hit.status)
+        return hit
+
+    def _keep_reply(self, reader: UsageReader) -> None:
+        cache = self.settings.cache
+        if cache is not None and self.cache_key is not None and reader.complete and (self.status or 0) < 400:
+            cache.put(self.cache_key, CachedReply(self.status or 200, self.content_type, reader.body))
 
     # ------------------------------------------------------------------ settling
 
@@ -315,6 +353,7 @@ class CallPlan:
             return
         usage, outcome = self._final_usage(reader)
         self._settle_learned(usage)
+        self._keep_reply(reader)
         cost: Cost | None = None
         if self.call is not None and not self.settled:
             self.settled = True

@@ -133,6 +133,8 @@ class UsageReader:
         self.complete = False
         self.text_parts: list[str] = []
         self.received_any = False
+        # A whole (non-streaming) reply's bytes, once it ended (for the response cache).
+        self.body = b""
         self._buffer = bytearray()
 
     def feed(self, chunk: bytes) -> bytes:
@@ -158,6 +160,7 @@ class UsageReader:
         rest = bytes(self._buffer)
         self._buffer.clear()
         if not self.streaming:
+            self.body = rest
             try:
                 decoded = json.loads(rest)
             except (ValueError, RecursionError):

@@ -10,6 +10,7 @@ import httpx2
 from .._native import ConfigError
 from ..guard import Guard
 from ..limiter import Limiter
+from .cache import ResponseCache
 from .call import KeysOption, Settings
 from .learned import LearnedLimits
 from .pause import ProviderPause
@@ -33,6 +34,7 @@ def wrap(
     include_stream_usage: bool = True,
     max_request_tokens: int | None = None,
     trim_to_fit: bool = False,
+    cache: ResponseCache | None = None,
 ) -> _Client:
     """A client of the same type as `client` (`openai.OpenAI`, `openai.AsyncOpenAI`,
     `openai.AzureOpenAI`, `anthropic.Anthropic`, `anthropic.AsyncAnthropic`) whose LLM calls
@@ -56,7 +58,10 @@ def wrap(
       worker's 429 never becomes every worker's;
     - capped, with `max_request_tokens`: a request whose input plus output reservation counts
       more is refused before it is sent (`lt.RequestTooLarge`), or with `trim_to_fit=True` loses
-      its oldest conversation turns (never system messages, never the last one) until it fits.
+      its oldest conversation turns (never system messages, never the last one) until it fits;
+    - answered from `cache` (an `lt.ResponseCache`), when given, for a non-streaming request
+      identical to one already answered with the same model and API key: not sent, not admitted,
+      recorded at $0 with outcome `cache_hit`.
 
     The returned client shares `client`'s connection pool; use it, not the original, for calls
     that should be throttled.
@@ -80,6 +85,7 @@ def wrap(
         include_stream_usage=include_stream_usage,
         max_request_tokens=max_request_tokens,
         trim_to_fit=trim_to_fit,
+        cache=cache,
     )
     with_options = getattr(client, "with_options", None)
     http_client = getattr(client, "_client", None)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import httpx2
 
+from .cache import CachedReply
 from .call import CallPlan, Settings
 from .protocol import UsageReader
 
@@ -34,6 +35,15 @@ def _rebuilt(request: httpx2.Request, plan: CallPlan, content: bytes) -> httpx2.
     headers.append(("accept-encoding", "identity"))
     return httpx2.Request(
         request.method, request.url, headers=headers, content=plan.content, extensions=request.extensions
+    )
+
+
+def _cached_response(hit: CachedReply, request: httpx2.Request) -> httpx2.Response:
+    return httpx2.Response(
+        hit.status,
+        headers={"content-type": hit.content_type, "x-llmthrottle-cache": "hit"},
+        content=hit.content,
+        request=request,
     )
 
 
@@ -115,6 +125,9 @@ class ThrottledTransport(httpx2.BaseTransport):
         )
         if plan is None:
             return self.inner.handle_request(request)
+        hit = plan.cached_reply()
+        if hit is not None:
+            return _cached_response(hit, request)
         request = _rebuilt(request, plan, content)
         guard = self.settings.guard
         try:
@@ -178,6 +191,9 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
         )
         if plan is None:
             return await self.inner.handle_async_request(request)
+        hit = plan.cached_reply()
+        if hit is not None:
+            return _cached_response(hit, request)
         request = _rebuilt(request, plan, content)
         inner = self.inner
 

@@ -58,6 +58,12 @@ deployments = [
   {{provider = "openai", model = "gpt-4o", base_url = "{primary.openai_base_url}", api_key_env = "LT_UPSTREAM_KEY"}},
 ]
 
+[models.cached]
+cache_ttl = 300
+deployments = [
+  {{provider = "openai", model = "gpt-4o-mini", base_url = "{primary.openai_base_url}", api_key_env = "LT_UPSTREAM_KEY"}},
+]
+
 [models.claude]
 deployments = [
   {{provider = "anthropic", model = "claude-3-5-haiku-latest", base_url = "{secondary.anthropic_base_url}", api_key_env = "LT_UPSTREAM_KEY"}},
@@ -175,7 +181,7 @@ def test_a_virtual_key_calls_through_and_every_call_is_in_the_ledger(gateway: Ga
         assert float(raw.headers["x-llmthrottle-overhead-ms"]) >= 0
         text = "".join(chunk.choices[0].delta.content or "" for chunk in chat(client, stream=True) if chunk.choices)
         assert text
-        assert [m.id for m in client.models.list()] == ["fast", "smart", "claude"]
+        assert [m.id for m in client.models.list()] == ["fast", "smart", "cached", "claude"]
     assert upstreams[0].counters.requests == 2
     with anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0) as claude:
         message = claude.messages.create(model="claude", max_tokens=20, messages=[{"role": "user", "content": "hi"}])
@@ -498,3 +504,28 @@ def test_responses_stream_through_the_gateway_and_are_priced(gateway: GatewayPro
     with lt.Ledger(gateway.directory / "ledger") as ledger:
         records = list(ledger.records())
     assert len(records) == 2 and all(r.output_tokens > 0 and r.cost_micros > 0 for r in records)
+
+
+def test_an_alias_with_cache_ttl_answers_a_tenants_repeated_request_from_memory(
+    gateway: GatewayProcess, upstreams: Any
+) -> None:
+    primary, _ = upstreams
+    with gateway.openai(gateway.key(tenant="acme")) as acme, gateway.openai(gateway.key(tenant="globex")) as globex:
+        _ask_twice_and_once_more(acme, globex, primary)
+    with lt.Ledger(gateway.directory / "ledger", readonly=True) as ledger:
+        deadline = time.monotonic() + 20
+        while not (hits := [r for r in ledger.records() if r.outcome == "cache_hit"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert [(r.tenant, r.cost_micros, r.tags.get("route")) for r in hits] == [("acme", 0, "cached")]
+
+
+def _ask_twice_and_once_more(acme: openai.OpenAI, globex: openai.OpenAI, primary: FakeProvider) -> None:
+    question = [{"role": "user", "content": "what is the capital of France?"}]
+    first = acme.chat.completions.with_raw_response.create(model="cached", messages=question, max_tokens=20)
+    before = primary.counters.requests
+    again = acme.chat.completions.with_raw_response.create(model="cached", messages=question, max_tokens=20)
+    assert again.headers.get("x-llmthrottle-cache") == "hit" and primary.counters.requests == before
+    assert again.parse().id == first.parse().id
+    # Another tenant's identical request is its own: it reaches the provider.
+    other = globex.chat.completions.with_raw_response.create(model="cached", messages=question, max_tokens=20)
+    assert other.headers.get("x-llmthrottle-cache") is None and primary.counters.requests == before + 1

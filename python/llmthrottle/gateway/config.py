@@ -18,6 +18,8 @@
     [models.fast]                              # an alias and its deployments, tried in order
     strategy = "priority"                      # or "weighted" (by weight =), "least_cost",
                                                # "lowest_latency"
+    cache_ttl = 300                            # optional: identical non-streaming requests of
+                                               # one tenant answered from memory for 300 s
     deployments = [
       {provider = "openai", model = "gpt-4o-mini", base_url = "https://api.openai.com/v1",
        api_key_env = "OPENAI_API_KEY"},
@@ -115,6 +117,8 @@ class GatewayConfig:
     # alias -> deployments in the order they are listed, and how to order them per request
     models: dict[str, list[Deployment]] = field(default_factory=dict)
     strategies: dict[str, str] = field(default_factory=dict)
+    # alias -> seconds its replies are kept by the exact response cache (absent: no cache)
+    cache_ttls: dict[str, float] = field(default_factory=dict)
     # [[routes]]: rules choosing the alias from the request (see taxonomy.py)
     routes: list[RouteRule] = field(default_factory=list)
     # [state], [ledger] and [[budgets]], parsed as the sidecar parses them
@@ -172,6 +176,8 @@ def parse_gateway_config(text: str, path: str | None = None) -> GatewayConfig:
             config.strategies[alias] = shared._choice(
                 route["strategy"], _STRATEGIES, ("models", alias, "strategy"), where
             )
+        if isinstance(route, dict) and "cache_ttl" in route:
+            config.cache_ttls[alias] = shared._positive(route["cache_ttl"], ("models", alias, "cache_ttl"), where)
     if "routes" in data:
         config.routes = parse_rules(data["routes"], config.models, where.error)
     return config
@@ -234,14 +240,14 @@ def _deployments(alias: str, route: Any, where: shared._Where) -> list[Deploymen
     keys = ("models", alias)
     if (
         not isinstance(route, dict)
-        or not set(route) <= {"deployments", "strategy"}
+        or not set(route) <= {"deployments", "strategy", "cache_ttl"}
         or not isinstance(route.get("deployments"), list)
         or not route["deployments"]
     ):
         raise where.error(
             keys,
             "must be a table with deployments = [{provider, model, base_url, api_key_env}, ...] "
-            f"and optionally strategy = one of {list(_STRATEGIES)}",
+            f"and optionally strategy = one of {list(_STRATEGIES)} and cache_ttl = seconds",
         )
     out = []
     for index, entry in enumerate(route["deployments"]):

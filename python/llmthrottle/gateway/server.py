@@ -27,6 +27,7 @@ from .._native import BudgetExceeded, ConfigError, ExceedsCapacity, RateLimited
 from ..guard import Guard
 from ..limiter import Limiter
 from ..providers.attribution import context, tagged
+from ..providers.cache import ResponseCache
 from ..providers.call import CallPlan, Settings
 from ..providers.headers import format_reset_duration, retry_after_s, rfc3339_in
 from ..providers.learned import LearnedLimits
@@ -128,6 +129,12 @@ class Gateway:
                 admission_timeout_s=config.queue_timeout_s,
             )
             for tier, guard in guards.items()
+        }
+        # One exact response cache per alias with a cache_ttl, kept across reloads that keep it.
+        old = getattr(self, "_caches", {})
+        self._caches = {
+            alias: old[alias] if alias in old and old[alias].ttl_s == ttl else ResponseCache(ttl_s=ttl)
+            for alias, ttl in config.cache_ttls.items()
         }
 
     def reload(self, config: GatewayConfig) -> None:
@@ -286,6 +293,9 @@ class Gateway:
         settings = self._settings.get(caller.tier)
         if settings is None:
             return _error(family, 403, f"tier {caller.tier!r} is not configured on this gateway")
+        cache = self._caches.get(alias)
+        if cache is not None:
+            settings = replace(settings, cache=cache)
         candidates = [d for d in candidates if d.provider == family]
         if not candidates:
             return _error(family, 404, f"model {alias!r} has no {family} deployment")
@@ -343,7 +353,7 @@ class Gateway:
         else:
             headers["authorization"] = f"Bearer {deployment.api_key()}"
         url = URL(deployment.base_url + suffix)
-        plan = CallPlan.start(settings, "POST", url.host or "", url.path, headers, content)
+        plan = CallPlan.start(settings, "POST", url.host or "", url.path, headers, content, cache_scope=caller.tenant)
         assert plan is not None  # every route is an LLM endpoint with a model
         session = self._session()
         fields = {"tenant": caller.tenant, "key": caller.key_id}
@@ -370,6 +380,12 @@ class Gateway:
             return data
 
         with context(**fields), tagged(deployment=deployment.name, route=alias, tier=caller.tier):
+            hit = plan.cached_reply()
+            if hit is not None:
+                answer_headers = {"content-type": hit.content_type, "x-llmthrottle-cache": "hit"}
+                cached = web.Response(status=hit.status, body=hit.content, headers=answer_headers)
+                cached.headers["x-llmthrottle-overhead-ms"] = f"{(time.perf_counter() - received) * 1000:.3f}"
+                return cached
             try:
                 answer, failure = await attempts_async(
                     plan,

@@ -72,6 +72,7 @@ class CallPlan:
         content: bytes,
         hide_usage_chunk: bool,
         pause_key: str,
+        cache_scope: str = "",
     ) -> None:
         self.settings = settings
         self.pause_key = pause_key
@@ -93,15 +94,24 @@ class CallPlan:
         self.learned_reservation: Any = None
         self.content_type = "application/json"
         self.cache_key = (
-            settings.cache.key(pause_key, endpoint.kind, body)
+            settings.cache.key(f"{cache_scope}|{pause_key}", endpoint.kind, body)
             if settings.cache is not None and not self.streaming
             else None
         )
 
     @classmethod
     def start(
-        cls, settings: Settings, method: str, host: str, path: str, headers: Any, content: bytes
+        cls,
+        settings: Settings,
+        method: str,
+        host: str,
+        path: str,
+        headers: Any,
+        content: bytes,
+        cache_scope: str = "",
     ) -> CallPlan | None:
+        """The plan of an LLM request, or None for anything else. `cache_scope` narrows whose
+        identical requests share a cached reply (the gateway's tenant)."""
         endpoint = endpoint_of(method, path)
         if endpoint is None:
             return None
@@ -125,7 +135,7 @@ class CallPlan:
         if hide or body is not original:
             content = json.dumps(body, separators=(",", ":")).encode()
         account = headers.get("authorization") or headers.get("x-api-key") or headers.get("api-key")
-        return cls(settings, endpoint, body, content, hide, pause_key(host, account, body["model"]))
+        return cls(settings, endpoint, body, content, hide, pause_key(host, account, body["model"]), cache_scope)
 
     # ------------------------------------------------------------------ admission
 

@@ -20,6 +20,7 @@ import pytest
 import llmthrottle as lt
 import llmthrottle.batch as batch
 from llmthrottle.batch.concurrency import AdaptiveConcurrency
+from llmthrottle.pricing import batch_price_micros
 from llmthrottle.testing import FakeProvider
 
 openai = pytest.importorskip("openai")
@@ -368,3 +369,102 @@ def test_a_job_the_tokenizer_or_limits_cannot_take_is_refused_before_it_starts(t
     with pytest.raises(lt.ConfigError, match="max_tokens"):
         batch.run(source, tmp_path / "o.jsonl", model=MINI, template=TEMPLATE, max_tokens=10**20, progress=False)
     assert not (tmp_path / "o.jsonl.job").exists()  # nothing to resume, nothing left behind
+
+
+@pytest.mark.parametrize("provider_name", ["openai", "anthropic"])
+def test_a_job_that_is_not_urgent_goes_through_the_providers_batch_api_at_half_price(
+    tmp_path: Path, provider_name: str
+) -> None:
+    source = write_reviews(tmp_path / "reviews.csv", 40, bad=True)
+    model = MINI if provider_name == "openai" else SONNET
+    with FakeProvider(rpm=5, output_tokens=4, error_rate=0.1, seed=11, batch_delay_s=0.3) as provider:
+        client: Any = (
+            openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k")
+            if provider_name == "openai"
+            else anthropic.AsyncAnthropic(base_url=provider.anthropic_base_url, api_key="k")
+        )
+        expected = batch.plan(
+            batch.JobSpec(
+                input=str(source),
+                output="x.jsonl",
+                model=model,
+                provider=provider_name,
+                template=TEMPLATE,
+                max_tokens=4,
+                batch_api=True,
+            )
+        )
+        result = batch.run(
+            source,
+            tmp_path / "labels.jsonl",
+            model=model,
+            provider=provider_name,
+            template=TEMPLATE,
+            max_tokens=4,
+            progress=False,
+            client=client,
+            batch_api=True,
+            batch_poll_s=0.05,
+        )
+        # One batch, outside the rpm=5 limit: no synchronous call was made.
+        assert (provider.counters.batches, provider.counters.batch_requests) == (1, 40)
+        assert provider.counters.requests == 0
+    out = lines(tmp_path / "labels.jsonl")
+    assert [row["row"] for row in out] == list(range(42))
+    good = [row for row in out[:40] if row["status"] == "ok"]
+    failed = [row for row in out[:40] if row["status"] == "error"]
+    assert good and failed and all("batch" in row["error"] for row in failed)  # the injected 500s
+    for row in good:
+        usage = (
+            {"prompt_tokens": row["input_tokens"], "completion_tokens": row["output_tokens"]}
+            if provider_name == "openai"
+            else {"input_tokens": row["input_tokens"], "output_tokens": row["output_tokens"]}
+        )
+        assert row["cost_micros"] == batch_price_micros(lt.cost(model, usage).total_micros) > 0
+    assert result.spent_micros == sum(row["cost_micros"] for row in out)
+    recorded = ledger_rows(tmp_path / "labels.jsonl.job")
+    assert sum(r.cost_micros for r in recorded) == result.spent_micros
+    assert {r.tags["batch"] for r in recorded} == {
+        json.loads((tmp_path / "labels.jsonl.job" / "batches.json").read_text())[0]["id"]
+    }
+    # The forecast prices the batch at half price too: every full reply (the fake answers
+    # max_tokens) costs the forecast's most, within a micro-dollar of rounding per row.
+    ok_cost, share = sum(row["cost_micros"] for row in good), len(good) / 40
+    assert expected.least_micros * share - len(good) <= ok_cost <= expected.most_micros * share + len(good)
+
+
+def test_a_resumed_batch_job_polls_the_batch_it_submitted_instead_of_paying_twice(tmp_path: Path) -> None:
+    from llmthrottle.batch.checkpoint import JobDirectory
+    from llmthrottle.batch.provider_batch import ProviderBatches
+
+    source = write_reviews(tmp_path / "reviews.csv", 10)
+    with FakeProvider(output_tokens=3, batch_delay_s=0.2) as provider:
+        spec = batch.JobSpec(
+            input=str(source),
+            output=str(tmp_path / "out.jsonl"),
+            model=MINI,
+            template=TEMPLATE,
+            max_tokens=3,
+            batch_api=True,
+            batch_poll_s=0.05,
+        )
+        job = tmp_path / "out.jsonl.job"
+        directory = JobDirectory.create(job, spec)
+        rows = list(batch.read_rows(spec))
+
+        async def submit_then_die() -> None:
+            client = openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k")
+            try:
+                runner = ProviderBatches(directory, client, None, None, lt.PriceTable.default(), None)  # type: ignore[arg-type]
+                batch_id = await runner._submit(rows)
+                directory.note_batch(batch_id, [row.index for row in rows])
+            finally:
+                await client.close()
+
+        asyncio.run(submit_then_die())  # the runner is killed after the provider took the batch
+        directory.close()
+        result = batch.resume(
+            job, client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"), progress=False
+        )
+        assert (provider.counters.batches, provider.counters.batch_requests) == (1, 10)
+    assert result.succeeded == 10 and [row["row"] for row in lines(tmp_path / "out.jsonl")] == list(range(10))

@@ -68,6 +68,8 @@ async def run_async(
     progress: bool = True,
     checkpoint_rows: int = 100,
     checkpoint_s: float = 5.0,
+    batch_api: bool = False,
+    batch_poll_s: float = 30.0,
 ) -> BatchResult:
     """Runs a new job (see `JobSpec` for the options) and returns how it ended.
 
@@ -93,6 +95,8 @@ async def run_async(
         concurrency=concurrency,
         checkpoint_rows=checkpoint_rows,
         checkpoint_s=checkpoint_s,
+        batch_api=batch_api,
+        batch_poll_s=batch_poll_s,
     )
     if not Path(spec.input).is_file():
         raise FileNotFoundError(f"batch input {spec.input!r} does not exist")

@@ -4,6 +4,9 @@
     results.jsonl     one line per finished row, appended and flushed as each row ends
     checkpoint.json   rows done and spend, written atomically (after an fsync of the results)
                       every `checkpoint_rows` rows or `checkpoint_s` seconds
+    batches.json      the provider batches submitted (`batch_api` jobs): id and rows, written
+                      atomically as soon as the provider answers, so a resume polls them
+                      instead of paying twice
     ledger/           the usage ledger of every call the job made
     lock              held (flock) by the runner
 
@@ -114,6 +117,28 @@ class JobDirectory:
     @property
     def ledger_path(self) -> Path:
         return self.path / "ledger"
+
+    @property
+    def batches(self) -> list[dict[str, Any]]:
+        """The provider batches submitted for this job: `{"id", "rows"}` each."""
+        try:
+            data = json.loads((self.path / "batches.json").read_text())
+        except FileNotFoundError:
+            return []
+        except ValueError:
+            raise ConfigError(f"{self.path / 'batches.json'} is damaged") from None
+        return list(data) if isinstance(data, list) else []
+
+    def note_batch(self, batch_id: str, rows: list[int]) -> None:
+        """Records a submitted provider batch (durable before anything else happens)."""
+        entry = {"id": batch_id, "rows": rows, "collected": False}
+        write_atomically(self.path / "batches.json", json.dumps([*self.batches, entry]))
+
+    def note_collected(self, batch_id: str) -> None:
+        """Marks a provider batch's results as taken into the results (after an fsync of them)."""
+        self.checkpoint()
+        batches = [{**b, "collected": True} if b.get("id") == batch_id else b for b in self.batches]
+        write_atomically(self.path / "batches.json", json.dumps(batches))
 
 
 def _lock(path: Path) -> int:

@@ -33,6 +33,14 @@ def _job_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="the reply length the forecast expects (default: half of --max-tokens)",
     )
+    parser.add_argument(
+        "--batch-api",
+        action="store_true",
+        help="not urgent: send the rows through the provider's batch API (half price, done within 24 h)",
+    )
+    parser.add_argument(
+        "--batch-poll", type=float, default=30.0, help="seconds between polls of a provider batch (default: 30)"
+    )
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
                 tpm=args.tpm,
                 max_cost_usd=args.max_cost,
                 expected_output_tokens=args.expected_output_tokens,
+                batch_api=args.batch_api,
+                batch_poll_s=args.batch_poll,
             )
             if args.batch_command == "forecast":
                 print(plan(JobSpec(input=args.input, output="forecast.jsonl", **options)).describe())

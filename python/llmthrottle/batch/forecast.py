@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..pricing import PriceTable, TokenUsage
+from ..pricing import PriceTable, TokenUsage, batch_price_micros
 from ..report.model import format_usd
 from .rows import Row
 from .spec import JobSpec
@@ -98,14 +98,15 @@ def forecast(
 
 def _price(table: PriceTable, model: str, spec: JobSpec, input_tokens: int, output_tokens: int) -> int:
     usage = TokenUsage(input_tokens=input_tokens, output_tokens=output_tokens)
-    return table.cost(model, usage, spec.provider).total_micros
+    micros = table.cost(model, usage, spec.provider).total_micros
+    return batch_price_micros(micros) if spec.batch_api else micros
 
 
 def _seconds(spec: JobSpec, requests: int, tokens: int) -> float | None:
     """Minutes the limits need beyond their first full minute (a limit admits its whole quota at
     once, then its rate), in seconds; None when no limit is known."""
-    if spec.rpm is None and spec.tpm is None:
-        return None
+    if spec.batch_api or (spec.rpm is None and spec.tpm is None):
+        return None  # a provider batch finishes within its completion window, at its own pace
     needed = [0.0]
     if spec.rpm is not None:
         needed.append(max(0, requests - spec.rpm) / spec.rpm * 60)

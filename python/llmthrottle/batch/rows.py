@@ -19,7 +19,7 @@ from .._native import ConfigError
 from ..request_estimate import estimate
 from .spec import JobSpec
 
-__all__ = ["BuildRequest", "Row", "read_rows", "template_fields"]
+__all__ = ["BuildRequest", "Row", "read_rows", "result_line", "template_fields"]
 
 BuildRequest = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -36,6 +36,33 @@ class Row:
     error: str | None = None
     input_tokens: int = 0
     max_output_tokens: int = 0
+
+
+def result_line(
+    row: Row,
+    *,
+    result: Any = None,
+    error: str | None = None,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    cost_micros: int = 0,
+    attempts: int = 0,
+    latency_s: float = 0.0,
+) -> dict[str, Any]:
+    """A finished row as the job's results and output hold it (`OUTPUT_COLUMNS`)."""
+    return {
+        "row": row.index,
+        "id": row.id,
+        "status": "error" if error is not None else "ok",
+        "result": result,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cost_micros": cost_micros,
+        "cost_usd": cost_micros / 1e6,
+        "attempts": attempts,
+        "latency_s": round(latency_s, 4),
+        "error": error,
+    }
 
 
 def template_fields(template: str) -> list[str]:

@@ -25,13 +25,14 @@ from .._native import BudgetExceeded, ConfigError, ExceedsCapacity, RateLimited
 from ..guard import Guard
 from ..ledger import Ledger
 from ..limiter import Limiter
-from ..pricing import PriceTable, worst_case_cost
+from ..pricing import PriceTable, batch_price_micros, worst_case_cost
 from ..providers import calls, wrap
 from .checkpoint import JobDirectory, write_atomically
 from .concurrency import AdaptiveConcurrency
 from .forecast import Forecast, forecast, usd
 from .progress import Progress
-from .rows import BuildRequest, Row, read_rows
+from .provider_batch import ProviderBatches
+from .rows import BuildRequest, Row, read_rows, result_line
 from .spec import JobSpec
 
 __all__ = ["BatchResult", "ParseReply", "Runner", "OUTPUT_COLUMNS"]
@@ -145,7 +146,9 @@ class Runner:
         progress = Progress(len(rows), done=len(rows) - len(todo), enabled=self.show_progress)
         ledger = Ledger(self.directory.ledger_path)
         try:
-            if any(row.body is not None for row in todo):
+            if self.spec.batch_api:
+                await self._run_provider_batches(rows, todo, ledger, progress)
+            elif any(row.body is not None for row in todo):
                 client = self._client(ledger)
                 try:
                     await self._run_rows(client, todo, progress)
@@ -159,6 +162,32 @@ class Runner:
             self.directory.checkpoint()
         output = self.write_output(rows)
         return self._result(rows, plan, output)
+
+    async def _run_provider_batches(self, rows: list[Row], todo: list[Row], ledger: Ledger, progress: Progress) -> None:
+        """A job that is not urgent: its rows through the provider's batch API (see
+        provider_batch.py), under the same cost cap, at the batch price."""
+        by_index = {row.index: row for row in rows}
+        submitted = {index for batch in self.directory.batches if not batch.get("collected") for index in batch["rows"]}
+        submit: list[Row] = []
+        for row in todo:
+            if row.index in submitted:
+                continue
+            if row.body is None:
+                self._finish(row, progress, error=row.error or "bad row")
+                continue
+            worst = batch_price_micros(self._worst_case(row))
+            if not self._fits(worst):
+                break
+            self._reserved_micros += worst
+            submit.append(row)
+        client = self._given_client or _sdk_client(self.spec)
+        try:
+            await ProviderBatches(self.directory, client, ledger, progress, self.prices, self.parse).run(
+                by_index, submit
+            )
+        finally:
+            self._reserved_micros = 0
+            await client.close()
 
     def _client(self, ledger: Ledger) -> Any:
         spec = self.spec
@@ -259,19 +288,16 @@ class Runner:
         reports = reports or []
         cost = sum(report.cost_micros for report in reports)
         last = reports[-1] if reports else None
-        line = {
-            "row": row.index,
-            "id": row.id,
-            "status": "error" if error is not None else "ok",
-            "result": result,
-            "input_tokens": last.input_tokens if last else 0,
-            "output_tokens": last.output_tokens if last else 0,
-            "cost_micros": cost,
-            "cost_usd": cost / 1e6,
-            "attempts": sum(r.attempts for r in reports),
-            "latency_s": round(latency_s, 4),
-            "error": error,
-        }
+        line = result_line(
+            row,
+            result=result,
+            error=error,
+            input_tokens=last.input_tokens if last else 0,
+            output_tokens=last.output_tokens if last else 0,
+            cost_micros=cost,
+            attempts=sum(r.attempts for r in reports),
+            latency_s=latency_s,
+        )
         self.directory.add(line)
         progress.row(failed=error is not None, tokens=line["input_tokens"] + line["output_tokens"], cost_micros=cost)
 

@@ -39,6 +39,9 @@ class JobSpec:
       `max_tokens`; a resumed job uses what its finished rows returned).
     - `concurrency`: the most calls in flight (adapted down on 429s and rising latency).
     - `checkpoint_rows`, `checkpoint_s`: how often progress is made durable.
+    - `batch_api`: the job is not urgent: its rows go to the provider's batch API (OpenAI
+      `/v1/batches`, Anthropic Message Batches) at half price, finished within the provider's
+      window (24 h) rather than at the rate limits; `batch_poll_s` is how often it is asked.
     """
 
     input: str
@@ -57,6 +60,8 @@ class JobSpec:
     checkpoint_rows: int = 100
     checkpoint_s: float = 5.0
     output_format: Literal["csv", "jsonl"] | None = None
+    batch_api: bool = False
+    batch_poll_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.provider not in ("openai", "anthropic"):
@@ -68,7 +73,9 @@ class JobSpec:
         for name in ("rpm", "tpm", "expected_output_tokens"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
-        for name in ("max_cost_usd", "checkpoint_s"):
+        if not isinstance(self.batch_api, bool):
+            raise ConfigError(f"batch_api must be true or false, got {self.batch_api!r}")
+        for name in ("max_cost_usd", "checkpoint_s", "batch_poll_s"):
             value = getattr(self, name)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0

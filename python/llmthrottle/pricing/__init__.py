@@ -23,10 +23,17 @@ __all__ = [
     "Rates",
     "TokenUsage",
     "UsageAccumulator",
+    "batch_price_micros",
     "cost",
     "normalize_usage",
     "worst_case_cost",
 ]
+
+
+def batch_price_micros(list_price_micros: int) -> int:
+    """What a call sent through a provider's batch API costs: half the list price (OpenAI's
+    Batch API and Anthropic's Message Batches both bill 50%), a half micro-dollar rounded up."""
+    return (list_price_micros + 1) // 2
 
 
 def cost(model: str, usage: Any, provider: str | None = None, *, prices: PriceTable | None = None) -> Cost:

@@ -46,6 +46,7 @@ from aiohttp import web
 from ..providers.headers import format_reset_duration, rfc3339_in
 from ..providers.protocol import error_body
 from ..request_estimate import estimate
+from .fake_batches import FakeBatches
 
 __all__ = ["FakeProvider"]
 
@@ -104,6 +105,48 @@ class _Counters:
     output_tokens: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
     charged: dict[str, int] = field(default_factory=dict)  # per limit, what admitted requests took
+    batches: int = 0  # provider batches created (fake_batches.py)
+    batch_requests: int = 0  # requests answered inside them
+
+
+def chat_completion(
+    ident: str, created: int, model: str, input_tokens: int, output_tokens: int, requested: int | None
+) -> dict[str, Any]:
+    """A whole OpenAI chat completion of `output_tokens` tokens."""
+    return {
+        "id": ident,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": " tok" * output_tokens},
+                "finish_reason": "stop" if output_tokens < (requested or 1 << 62) else "length",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": input_tokens,
+            "completion_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+        },
+    }
+
+
+def anthropic_message(
+    ident: str, model: str, input_tokens: int, output_tokens: int, requested: int | None
+) -> dict[str, Any]:
+    """A whole Anthropic message of `output_tokens` tokens."""
+    return {
+        "id": ident,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "stop_sequence": None,
+        "content": [{"type": "text", "text": " tok" * output_tokens}],
+        "stop_reason": "end_turn" if output_tokens < (requested or 1 << 62) else "max_tokens",
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+    }
 
 
 class FakeProvider:
@@ -113,7 +156,8 @@ class FakeProvider:
     (`rpm` applies to both); None means unlimited. `output_tokens` is the length of every reply
     (capped by the request's max tokens); `ttft_s` and `per_token_s` pace streams and replies;
     `error_rate` answers that share of requests with a 500, `overload_rate` (Anthropic) with a
-    529; `insufficient_quota` refuses every OpenAI request as out of credit.
+    529; `insufficient_quota` refuses every OpenAI request as out of credit. The batch APIs
+    (`fake_batches.py`) finish a batch `batch_delay_s` after it was created.
     """
 
     def __init__(
@@ -129,6 +173,7 @@ class FakeProvider:
         error_rate: float = 0.0,
         overload_rate: float = 0.0,
         insufficient_quota: bool = False,
+        batch_delay_s: float = 0.2,
         host: str = "127.0.0.1",
         port: int = 0,
         seed: int | None = None,
@@ -144,6 +189,7 @@ class FakeProvider:
         self.error_rate, self.overload_rate = error_rate, overload_rate
         self.insufficient_quota = insufficient_quota
         self.counters = _Counters()
+        self.batch_api = FakeBatches(self, batch_delay_s)
         self._random = random.Random(seed)
         self._buckets = {
             name: _Bucket(value)
@@ -223,6 +269,7 @@ class FakeProvider:
         app.router.add_post("/v1/embeddings", self._openai_embeddings)
         app.router.add_post("/v1/messages", self._anthropic_messages)
         app.router.add_get("/fake/counters", self._counters)
+        self.batch_api.install(app)
         return app
 
     async def _counters(self, request: web.Request) -> web.Response:
@@ -323,21 +370,7 @@ class FakeProvider:
             await self._pace(output_tokens)
             self._count(200)
             return web.json_response(
-                {
-                    "id": ident,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": body["model"],
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": " tok" * output_tokens},
-                            "finish_reason": "stop" if output_tokens < (requested or 1 << 62) else "length",
-                        }
-                    ],
-                    "usage": usage,
-                },
-                headers=headers,
+                chat_completion(ident, created, body["model"], input_tokens, output_tokens, requested), headers=headers
             )
         response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -571,12 +604,9 @@ class FakeProvider:
             await self._pace(output_tokens)
             self._count(200)
             return web.json_response(
-                {
-                    **message,
-                    "content": [{"type": "text", "text": " tok" * output_tokens}],
-                    "stop_reason": stop,
-                    "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
-                },
+                anthropic_message(
+                    ident, body["model"], input_tokens, output_tokens, requested if type(requested) is int else None
+                ),
                 headers=headers,
             )
         response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})

@@ -103,3 +103,49 @@ fn period_starts_saturate_at_the_end_of_time() {
         assert_eq!(period.remaining_ns(u64::MAX), 0, "{period:?}");
     }
 }
+
+/// table_file: two concurrency cells whose units only orphaned lease records hold, each count
+/// near u64::MAX (a damaged file): the reaper gave back both counts and their sum overflowed.
+#[test]
+fn reaping_damaged_counts_saturates() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::Arc;
+    let path = std::env::temp_dir().join(format!("llmthrottle-fuzz-reap-{}", std::process::id()));
+    let store = Arc::new(SharedStore::open("t", 16, Some(path.clone()), FileMode::Owner).unwrap());
+    let policy = harness::policy();
+    let engine = Engine::new(Arc::clone(&store), Arc::new(FakeClock::default()), &policy).unwrap();
+    let held: Vec<_> = ["user:a", "user:b"]
+        .iter()
+        .map(|key| engine.acquire(&[key], &[1, 0, 0, 0], 0).unwrap().1.unwrap())
+        .collect();
+    let dead = {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as u64;
+        child.wait().unwrap();
+        pid
+    };
+    // Every lease record becomes PENDING (phase 1) of a dead pid, and its cell a huge count. A
+    // record is `phase << 61 | long << 60 | pid << 32 | slot`; a short slot is 64 bytes, its cell
+    // the second word.
+    let region = |name: &str| store.regions().into_iter().find(|(n, _)| *n == name).unwrap().1;
+    let (leases, short) = (region("leases"), region("short"));
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let mut records = 0;
+    for at in (leases.start..leases.end).step_by(8) {
+        let mut word = [0u8; 8];
+        file.read_exact_at(&mut word, at).unwrap();
+        let word = u64::from_ne_bytes(word);
+        if word == 0 || word >> 60 & 1 == 1 {
+            continue;
+        }
+        records += 1;
+        let orphaned = 1 << 61 | dead << 32 | word & 0xFFFF_FFFF;
+        file.write_all_at(&orphaned.to_ne_bytes(), at).unwrap();
+        let cell = short.start + (word & 0xFFFF_FFFF) * 64 + 8;
+        file.write_all_at(&(u64::MAX - 1).to_ne_bytes(), cell).unwrap();
+    }
+    assert!(records >= 2, "two keys' concurrency units, one record each or more");
+    assert_eq!(store.reap(), u64::MAX);
+    drop(held);
+    std::fs::remove_file(&path).unwrap();
+}

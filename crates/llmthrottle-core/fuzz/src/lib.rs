@@ -199,7 +199,7 @@ pub fn table_file(data: &[u8]) {
         let clock = Arc::new(FakeClock::default());
         inspect(&store);
         if let Ok(engine) = Engine::new(Arc::clone(&store), clock.clone(), &policy()) {
-            // Every kind of step, then the same after the cells expired.
+            // A fixed mix of steps (see `step`): acquisitions, settling, status, peek, usage.
             let mut script = Input::new(&[
                 0, 0x0F, 7, 1, 0, 0x0F, 9, 2, 4, 0, 5, 6, 3, 0, 1, 7, 4, 0, 0x0F, 9, 2, 11, 8,
             ]);

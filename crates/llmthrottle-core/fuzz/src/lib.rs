@@ -86,8 +86,8 @@ pub fn policy() -> PolicySpec {
 }
 
 /// A directory for the table files: `LLMTHROTTLE_FUZZ_DIR` (scripts/fuzz-table makes one and
-/// removes it), else one of this process's own on tmpfs when the host has one (a file is written
-/// per input).
+/// removes it), else `llmthrottle-fuzz` on tmpfs when the host has one (a file is written per
+/// input, named by pid, and removed after it).
 fn scratch_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -99,7 +99,7 @@ fn scratch_dir() -> &'static Path {
         } else {
             std::env::temp_dir()
         };
-        let dir = base.join(format!("llmthrottle-fuzz-{}", std::process::id()));
+        let dir = base.join("llmthrottle-fuzz");
         std::fs::create_dir_all(&dir).expect("scratch directory for table files");
         dir
     })
@@ -107,7 +107,8 @@ fn scratch_dir() -> &'static Path {
 
 fn scratch_path(tag: &str) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    scratch_dir().join(format!("{tag}-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    scratch_dir().join(format!("{tag}-{}-{n}", std::process::id()))
 }
 
 /// A file only its owner can write: the store refuses one writable beyond the mode it asks for.

@@ -82,7 +82,9 @@ impl Period {
             Period::Day => index.saturating_mul(NS_PER_DAY),
             Period::Week => (index.saturating_mul(7)).saturating_sub(3).saturating_mul(NS_PER_DAY),
             Period::Month => {
-                let year = (index / 12) as i64;
+                // Held far above the last year whose start fits in u64 ns (2554), so that the
+                // date arithmetic cannot overflow; the product below saturates anyway.
+                let year = (index / 12).min(1 << 32) as i64;
                 let month = (index % 12) as u32 + 1;
                 (days_from_civil(year, month, 1).max(0) as u64).saturating_mul(NS_PER_DAY)
             }
@@ -92,7 +94,8 @@ impl Period {
 
     /// Nanoseconds from `wall_ns` until the current period ends.
     pub fn remaining_ns(self, wall_ns: u64) -> u64 {
-        self.start_ns(self.index(wall_ns) + 1).saturating_sub(wall_ns)
+        self.start_ns(self.index(wall_ns).saturating_add(1))
+            .saturating_sub(wall_ns)
     }
 }
 

@@ -925,6 +925,38 @@ fn a_damaged_table_is_never_followed_out_of_bounds() {
     }
 }
 
+/// A table file with holes (made sparse by `truncate` or a sparse copy) passes every check, and
+/// its first write to a hole allocates a page: on a full tmpfs, a SIGBUS in every process using
+/// it. Attaching allocates the holes, or fails with an error when there is no room for them.
+#[test]
+fn attaching_a_sparse_table_file_allocates_its_holes() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let made = unique_path("dense");
+    drop(open_at(&made).unwrap());
+    let table = std::fs::read(&made).unwrap();
+    std::fs::remove_file(&made).unwrap();
+    // The same table, but only its header written: an empty registry, leases and slots are zeros.
+    let path = unique_path("sparse");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(table.len() as u64).unwrap();
+    file.write_all_at(&table[..4096], 0).unwrap();
+    let allocated = |path: &std::path::Path| std::fs::metadata(path).unwrap().blocks() * 512;
+    assert!(allocated(&path) < table.len() as u64, "the file system kept the holes");
+    let store = Arc::new(open_at(&path).unwrap());
+    assert!(!store.created());
+    assert!(
+        allocated(&path) >= table.len() as u64,
+        "every page is allocated once attached"
+    );
+    let engine = Engine::new(
+        store,
+        Arc::new(SystemClock),
+        &spec(vec![("*", vec![("requests", rate("10/s", None))])]),
+    );
+    assert!(engine.unwrap().acquire(&["k"], &[1], 0).unwrap().0.allowed);
+    std::fs::remove_file(&path).unwrap();
+}
+
 #[test]
 fn tables_another_user_could_change_are_refused() {
     use std::os::unix::fs::PermissionsExt;

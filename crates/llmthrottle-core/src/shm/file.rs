@@ -241,7 +241,36 @@ fn attach(fd: Fd, spec: &FileSpec<'_>, host: &Host) -> Result<Option<Mapping>> {
         }
     };
     drop(head);
+    reserve_holes(&fd, layout.file_bytes, path)?;
     Ok(Some(map(&fd, layout.file_bytes as usize, path)?))
+}
+
+/// Allocates every page of an attached table that is still a hole (a file made sparse by hand,
+/// by `truncate` or by a sparse copy): a hole gets its page on the first write to it, and a full
+/// tmpfs then kills the writer with SIGBUS instead of returning an error. The creator reserved
+/// its pages the same way. `fallocate` and not `posix_fallocate`: glibc's fallback for a file
+/// system without it writes zero bytes over what it read, racing with the processes using the
+/// table; where the call is missing, nothing better can be done.
+fn reserve_holes(fd: &Fd, file_bytes: u64, path: &Path) -> Result<()> {
+    loop {
+        // SAFETY: fd is open; mode 0 only allocates, never changes the size or the contents.
+        if unsafe { libc::fallocate(fd.0, 0, 0, file_bytes as libc::off_t) } == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP | libc::ENOSYS) => return Ok(()),
+            Some(libc::ENOSPC) => {
+                return Err(CoreError::State(format!(
+                    "cannot attach shared table {}: it has unallocated pages and the file system has no \
+                     space left for them (free space, e.g. in /dev/shm, or run `llmthrottle state reset NAME`)",
+                    path.display()
+                )))
+            }
+            _ => return Err(os_error("reserve the pages of", path)),
+        }
+    }
 }
 
 /// Removes the file at `path` if it is still the one open as `fd`. Every replacer locks the old

@@ -193,7 +193,7 @@ impl Leases {
                 known
             }
         };
-        let (mut given, mut orphans, mut busy) = (0, 0, 0);
+        let (mut given, mut orphans, mut busy) = (0u64, 0, 0);
         for r in 0..self.len {
             let record = self.record(r);
             let w = record.load(SeqCst);
@@ -227,7 +227,9 @@ impl Leases {
             }
         }
         if orphans > 0 && busy == 0 {
-            given += self.reset(at, slots);
+            // Saturating here and in `reap_all`: a reset gives back whatever count the cell held,
+            // and a damaged cell can hold any number.
+            given = given.saturating_add(self.reset(at, slots));
         }
         given
     }
@@ -301,7 +303,10 @@ impl Leases {
         }
         suspects.sort();
         suspects.dedup();
-        suspects.iter().map(|&at| self.reap(at, slots)).sum()
+        suspects
+            .iter()
+            .map(|&at| self.reap(at, slots))
+            .fold(0, u64::saturating_add)
     }
 
     /// Every non-free record: (pid, phase name, slot).

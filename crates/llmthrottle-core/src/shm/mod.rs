@@ -353,6 +353,24 @@ impl SharedStore {
         }
     }
 
+    /// The file's regions as byte ranges: the header (and within it the fields naming the host
+    /// it was made on), the limit registry, the lease records and the two slot tables. For tools
+    /// that examine, or deliberately damage, a table file (the fuzz targets in `fuzz/`).
+    #[doc(hidden)]
+    pub fn regions(&self) -> Vec<(&'static str, std::ops::Range<u64>)> {
+        let header = self.shared.mapping.header();
+        let host_start = std::mem::offset_of!(header::Header, boot_id) as u64;
+        let host_end = std::mem::offset_of!(header::Header, pid_namespace) as u64 + 8;
+        vec![
+            ("header", 0..header.scope_offset),
+            ("header.host", host_start..host_end),
+            ("scopes", header.scope_offset..header.lease_offset),
+            ("leases", header.lease_offset..header.short_offset),
+            ("short", header.short_offset..header.long_offset),
+            ("long", header.long_offset..header.file_bytes),
+        ]
+    }
+
     /// Every live entry of every limit.
     pub fn entries(&self) -> Vec<SharedEntry> {
         let shared = &self.shared;

@@ -45,6 +45,7 @@ from llmthrottle.client import Sidecar
 CONFIG = """
 [server]
 max_reservations = 5000000
+max_reservations_per_uid = 5000000  # the pipelined rows leave their reservations to expire
 [limits."*"]
 requests = "100M/s"
 tokens = "1G/s"

@@ -12,10 +12,8 @@ flight when the connection dropped still consumed what it reserved.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import itertools
 import logging
-import secrets
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -92,7 +90,7 @@ class Service:
             if self.remote
             else None
         )
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self.limiters: dict[str, Limiter] = {}
         # Namespaces the policy file defines; they ignore client registrations.
         self.file_namespaces: set[str] = set()
@@ -100,11 +98,10 @@ class Service:
         # Per owner (uid): [unsettled reservations, concurrency slots they hold], bounded by
         # server.max_reservations_per_uid and server.max_slots_per_uid.
         self._per_owner: dict[int | None, list[int]] = {}
-        # Ids are 128 bits no peer can guess: a counter under a keyed BLAKE2b (a pseudo-random
-        # function, one hash instead of a getrandom call per reservation), with a key drawn
-        # for each server process, so ids never repeat across restarts either.
-        self._id_key = secrets.token_bytes(32)
-        self._id_counter = itertools.count()
+        # Ids are 128 random bits no peer can guess (nor repeat across restarts), cut from a
+        # pool the kernel refills 256 ids at a time: one getrandom call per 256 reservations.
+        self._id_pool = b""
+        self._id_at = 0
         self.metrics.held_reservations = lambda: len(self.held)
         if ledger is not None:
             self.metrics.ledger_quarantined = lambda: ledger.quarantine.count
@@ -184,41 +181,51 @@ class Service:
         if not isinstance(amounts, dict):
             raise ServiceError("BadRequest", "amounts must be a map of dimension to amount")
         decision = limiter.try_acquire(key, max_wait=max_wait, **amounts)  # type: ignore[union-attr]
-        if not isinstance(decision, Reservation):
-            with self._lock:
-                self.metrics.decision(namespace, False, decision.limited_by)
-            return decision, None
         with self._lock:
-            return self._hold_new(decision, namespace, key, owner)
+            if not isinstance(decision, Reservation):
+                self.metrics.decision(namespace, False, decision.limited_by)
+                return decision, None
+            self.metrics.decision(namespace, True, None)
+            held = self.held
+            if len(held) >= self._max_reservations:
+                decision.cancel()
+                raise ServiceError(
+                    "Overloaded",
+                    f"{len(held)} reservations are held unsettled (server.max_reservations); commit or cancel them",
+                )
+            # Concurrency slots are counted only where they are capped (a shared lease table).
+            slots = 0
+            if self._max_slots_per_uid != _UNCAPPED and "concurrency" in decision.reserved:
+                slots = len(key) if isinstance(key, list) else 1
+            mine = self._per_owner.get(owner)
+            if mine is not None and (mine[0] >= self._max_per_uid or mine[1] + slots > self._max_slots_per_uid):
+                decision.cancel()
+                self._refuse_owner(mine)
+            at = self._id_at
+            if at >= len(self._id_pool):
+                self._id_pool, at = os.urandom(4096), 0
+            self._id_at = at + 16
+            reservation_id = self._id_pool[at : at + 16].hex()
+            now = _monotonic()
+            held[reservation_id] = _Held(decision, namespace, key, now + self._reservation_timeout_s, now, owner, slots)
+            if mine is None:
+                self._per_owner[owner] = [1, slots]
+            else:
+                mine[0] += 1
+                mine[1] += slots
+            return decision, reservation_id
 
-    def _hold_new(self, decision: Reservation, namespace: str, key: Any, owner: int | None) -> tuple[Any, str | None]:
-        self.metrics.decision(namespace, True, None)
-        held = self.held
-        if len(held) >= self._max_reservations:
-            decision.cancel()
+    def _refuse_owner(self, mine: list[int]) -> None:
+        if mine[0] >= self._max_per_uid:
             raise ServiceError(
                 "Overloaded",
-                f"{len(held)} reservations are held unsettled (server.max_reservations); commit or cancel them",
+                f"this uid holds {mine[0]} reservations unsettled (server.max_reservations_per_uid); "
+                "commit or cancel them",
             )
-        mine = self._per_owner.get(owner)
-        slots = (len(key) if isinstance(key, list) else 1) if "concurrency" in decision.reserved else 0
-        if mine is not None and (mine[0] >= self._max_per_uid or mine[1] + slots > self._max_slots_per_uid):
-            decision.cancel()
-            which = "reservations" if mine[0] >= self._max_per_uid else "concurrency slots"
-            setting = "max_reservations_per_uid" if mine[0] >= self._max_per_uid else "max_slots_per_uid"
-            raise ServiceError(
-                "Overloaded",
-                f"this uid holds {mine[0 if which == 'reservations' else 1]} {which} unsettled "
-                f"(server.{setting}); commit or cancel them",
-            )
-        reservation_id = hashlib.blake2b(
-            next(self._id_counter).to_bytes(8, "little"), key=self._id_key, digest_size=16
-        ).hexdigest()
-        now = _monotonic()
-        entry = _Held(decision, namespace, key, now + self._reservation_timeout_s, now, owner, slots)
-        held[reservation_id] = entry
-        self._hold(entry)
-        return decision, reservation_id
+        raise ServiceError(
+            "Overloaded",
+            f"this uid holds {mine[1]} concurrency slots unsettled (server.max_slots_per_uid); commit or cancel them",
+        )
 
     def commit(self, reservation_id: Any, usage: Any, owner: int | None = None, peer: Peer | None = None) -> None:
         """Reconciles with real usage. Usage names the limiter's dimensions, plus optional
@@ -310,9 +317,12 @@ class Service:
         return held
 
     def _hold(self, held: _Held) -> None:
-        counts = self._per_owner.setdefault(held.owner, [0, 0])
-        counts[0] += 1
-        counts[1] += held.slots
+        counts = self._per_owner.get(held.owner)
+        if counts is None:
+            self._per_owner[held.owner] = [1, held.slots]
+        else:
+            counts[0] += 1
+            counts[1] += held.slots
 
     def _released(self, held: _Held) -> None:
         counts = self._per_owner[held.owner]
@@ -418,12 +428,15 @@ def _as_rules(limits: Any, rules: Any) -> dict[str, Any]:
     return {"*": dict(limits)}
 
 
+_UNCAPPED = float("inf")
+
+
 def _quarter_of_the_leases(state: Any) -> float:
     """The default cap on one uid's concurrency slots: a quarter of the shared table's leases.
     A state without a fixed lease table (in process, Redis) has none to starve: no cap."""
     stats = getattr(state, "stats", None)
     leases = stats().get("lease_capacity") if callable(stats) else None
-    return max(1, leases // 4) if isinstance(leases, int) else float("inf")
+    return max(1, leases // 4) if isinstance(leases, int) else _UNCAPPED
 
 
 def _make_state(config: SidecarConfig) -> Any:

@@ -73,7 +73,7 @@ def call_record(
     if cost is not None:
         columns.update(cost_columns(cost))
     else:
-        counts = {name: tokens[name] for name in _TOKEN_FIELDS if tokens and tokens.get(name)}
+        counts = {name: tokens[name] for name in _TOKEN_FIELDS if tokens.get(name)} if tokens else {}
         priced = _priced(model, provider, counts, prices) if cost_micros is None else None
         if priced is not None:
             columns.update(cost_columns(priced))
@@ -86,7 +86,8 @@ def call_record(
                 provider=provider,
                 cost_micros=unpriced_micros if cost_micros is None else cost_micros,
             )
-    return {**columns, "outcome": outcome, "latency_s": latency_s, "tags": extra or None}
+    columns["outcome"], columns["latency_s"], columns["tags"] = outcome, latency_s, extra or None
+    return columns
 
 
 def cost_columns(cost: Cost) -> dict[str, Any]:

@@ -369,3 +369,26 @@ def test_a_rolling_rebuild_keeps_spend_above_the_limit(tmp_path):
     clock.advance(1.4 * 3600)  # $1.40 more drained: $9.60 owed, $0.40 free
     fresh.acquire("user:u", budget_usd=0.39, timeout=0).commit()
     ledger.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(micros=st.integers(0, 10**12))
+def test_a_cost_reaches_a_budget_as_exact_micro_dollars_with_no_float(micros: int) -> None:
+    from llmthrottle.budget import exact_dollars
+
+    text = exact_dollars(micros)
+    assert "e" not in text and len(text.split(".")[1]) == 6
+    limiter = lt.Limiter({"requests": "1/s"}, budgets=[Budget("t:*", 10**7)])
+    assert limiter._usage(budget_usd=text) == [("budget_usd", micros)]
+
+
+def test_a_guard_reserves_and_charges_the_exact_micro_dollars() -> None:
+    # 123 µ$ was once reserved as 124 µ$ (a float rounded up): now it travels as "0.000123".
+    prices = lt.PriceTable.default().with_fallback(input="0.123", output="0")
+    guard, _ = make([Budget("team:*", 1)], prices=prices)
+    call = guard.call("team:a", model="house-model", input_tokens=1000, max_output_tokens=0)
+    assert round(spent(guard, "team:a") * 1_000_000) == 123
+    call.finish(usage(1000, 0))
+    assert round(spent(guard, "team:a") * 1_000_000) == 123
+    with pytest.raises(lt.InvalidInput, match="decimal number of dollars"):
+        guard.limiter.try_acquire("team:a", budget_usd="1e-3")

@@ -16,7 +16,16 @@ from typing import Any, Literal
 
 from ._native import ConfigError, key_matches, parse_period, period_start
 
-__all__ = ["Budget", "BudgetView", "BUDGET_DIMENSION", "BUDGET_LAYER", "budget_for", "budget_rules", "budget_views"]
+__all__ = [
+    "Budget",
+    "BudgetView",
+    "BUDGET_DIMENSION",
+    "BUDGET_LAYER",
+    "budget_for",
+    "budget_rules",
+    "budget_views",
+    "exact_dollars",
+]
 
 #: The dimension budgets are kept in (dollars at the API, micro-dollars inside).
 BUDGET_DIMENSION = "budget_usd"
@@ -142,6 +151,12 @@ class Budget:
         if self.calendar:
             return (BUDGET_DIMENSION, "quota", amount, self._kind)
         return (BUDGET_DIMENSION, "rate", f"{amount!r}/{self.period.strip()}", amount)
+
+
+def exact_dollars(micros: int) -> str:
+    """`micros` micro-dollars as the exact decimal string a dollars dimension takes
+    (`"0.000123"`): how a cost reaches a budget with no float on the way."""
+    return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
 
 
 def budget_rules(

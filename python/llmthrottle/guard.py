@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ._native import BudgetExceeded, InProcessState, Reservation, rolling_undrained
-from .budget import BUDGET_DIMENSION, Budget, budget_for
+from .budget import BUDGET_DIMENSION, Budget, budget_for, exact_dollars
 from .ledger import Ledger
 from .ledger.call import KEY_FIELDS, RECORD_COLUMNS, call_record
 from .limiter import Key, Limiter
@@ -101,8 +101,8 @@ class Guard:
             "tokens": input_tokens + max_output_tokens,
             "input_tokens": input_tokens,
             "output_tokens": max_output_tokens,
-            "cost_usd": worst / 1e6,
-            BUDGET_DIMENSION: worst / 1e6,
+            "cost_usd": exact_dollars(worst),
+            BUDGET_DIMENSION: exact_dollars(worst),
         }
         return {name: value for name, value in candidates.items() if name in dims}
 
@@ -207,7 +207,7 @@ class Guard:
         for budget in self.limiter.budgets:
             for key, micros in self._ledger_spend(budget, wall):
                 if micros > 0 and budget_for(self.limiter.budgets, key) is budget:
-                    self.limiter.charge(key, **{BUDGET_DIMENSION: micros / 1e6})
+                    self.limiter.charge(key, **{BUDGET_DIMENSION: exact_dollars(micros)})
                     charged += 1
         self.limiter._ledger_rebuilt = True  # type: ignore[attr-defined]
         return charged
@@ -295,8 +295,8 @@ class GuardedCall:
             else max(input_tokens, self._reserved_tokens[0]) + max(u.output_tokens, self._reserved_tokens[1]),
             "input_tokens": input_tokens,
             "output_tokens": u.output_tokens,
-            "cost_usd": cost.total_micros / 1e6,
-            BUDGET_DIMENSION: cost.total_micros / 1e6,
+            "cost_usd": exact_dollars(cost.total_micros),
+            BUDGET_DIMENSION: exact_dollars(cost.total_micros),
         }
         dims = set(guard.limiter.dimensions)
         commit = {k: v for k, v in actual.items() if k in dims}

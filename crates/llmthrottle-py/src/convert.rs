@@ -51,6 +51,52 @@ fn micro_units(x: f64, scale: u64) -> f64 {
     }
 }
 
+/// An exact decimal string of API units (`"0.000123"` dollars) in engine units, with no float
+/// on the way: how a cost in integer micro-dollars reaches a budget exactly. Digits below the
+/// engine's unit round up, as a cost is never under-counted.
+fn exact_units(text: &str, dimension: &str, scale: u64) -> PyResult<u64> {
+    let bad = || {
+        InvalidInput::new_err(format!(
+            "{dimension}={text:?} is not a decimal number of dollars such as \"0.000123\""
+        ))
+    };
+    let (whole, fraction) = text.trim().split_once('.').unwrap_or((text.trim(), ""));
+    if (whole.is_empty() && fraction.is_empty())
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    let too_large = || InvalidInput::new_err(format!("{dimension}={text} is too large"));
+    let mut units: u64 = 0;
+    for digit in whole.bytes() {
+        units = units
+            .checked_mul(10)
+            .and_then(|u| u.checked_add(u64::from(digit - b'0')))
+            .filter(|u| *u <= MAX_AMOUNT)
+            .ok_or_else(too_large)?;
+    }
+    units = units
+        .checked_mul(scale)
+        .filter(|u| *u <= MAX_AMOUNT)
+        .ok_or_else(too_large)?;
+    let mut place = scale;
+    for digit in fraction.bytes() {
+        let digit = u64::from(digit - b'0');
+        if place > 1 {
+            place /= 10;
+            units += digit * place;
+        } else if digit > 0 {
+            units += 1; // below the engine's unit: round up, once
+            break;
+        }
+    }
+    if units > MAX_AMOUNT {
+        return Err(too_large());
+    }
+    Ok(units)
+}
+
 #[cold]
 fn amount_slow(value: &Bound<'_, PyAny>, dimension: &str, scale: u64) -> PyResult<u64> {
     if value.is_instance_of::<PyBool>() {
@@ -75,6 +121,9 @@ fn amount_slow(value: &Bound<'_, PyAny>, dimension: &str, scale: u64) -> PyResul
         return Ok(scaled as u64);
     }
     if scale > 1 {
+        if let Ok(text) = value.cast::<PyString>() {
+            return exact_units(text.to_str()?, dimension, scale);
+        }
         if let Ok(float) = value.cast::<PyFloat>() {
             let x = float.value();
             if !x.is_finite() || x < 0.0 {
@@ -89,7 +138,11 @@ fn amount_slow(value: &Bound<'_, PyAny>, dimension: &str, scale: u64) -> PyResul
             return Ok(scaled as u64);
         }
     }
-    let kind = if scale > 1 { "a number of dollars" } else { "an int" };
+    let kind = if scale > 1 {
+        "a number of dollars or an exact decimal string such as \"0.000123\""
+    } else {
+        "an int"
+    };
     Err(PyTypeError::new_err(format!(
         "{dimension} must be {kind}, not {}",
         value.get_type().name()?

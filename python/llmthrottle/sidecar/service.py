@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from .._native import ConfigError, Reservation
@@ -385,8 +387,7 @@ class Service:
         reserved = dict(held.reservation.reserved)
         if amounts or reserved:
             tags["usage"] = {**reserved, **amounts}
-        cost = amounts.get("cost_usd", 0)  # a dollars dimension, when the caller limits one
-        unpriced = round(cost * 1_000_000) if isinstance(cost, (int, float)) and cost >= 0 else 0
+        unpriced = _micros(amounts.get("cost_usd", 0))  # a dollars dimension, when the caller limits one
         keys = [held.key] if isinstance(held.key, str) else list(held.key)
         record = call_record(
             keys,
@@ -429,6 +430,19 @@ def _as_rules(limits: Any, rules: Any) -> dict[str, Any]:
 
 
 _UNCAPPED = float("inf")
+
+
+def _micros(dollars: Any) -> int:
+    """Micro-dollars of a dollars amount as the engine took it: a number, or an exact decimal
+    string (a fraction of a micro-dollar rounds up); 0 for anything else."""
+    if isinstance(dollars, str):
+        try:
+            return max(0, math.ceil(Decimal(dollars) * 1_000_000))
+        except (ArithmeticError, ValueError):
+            return 0
+    if isinstance(dollars, (int, float)) and not isinstance(dollars, bool) and 0 <= dollars < 1e12:
+        return round(dollars * 1_000_000)
+    return 0
 
 
 def _quarter_of_the_leases(state: Any) -> float:

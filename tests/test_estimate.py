@@ -300,3 +300,9 @@ def test_an_anthropic_body_is_counted_as_anthropic_without_being_told() -> None:
     }
     assert lt.estimate(body) == lt.estimate(body, "anthropic")
     assert lt.estimate(body).max_output_tokens == 100
+    # Anthropic publishes no tokenizer: the count says it is approximate; an OpenAI count
+    # is exact unless the fast estimator made it.
+    assert lt.estimate(body).approximate is True
+    openai_body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    assert lt.estimate(openai_body).approximate is False
+    assert lt.estimate(openai_body, exact=False).approximate is True

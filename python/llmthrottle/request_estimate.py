@@ -69,11 +69,14 @@ class InvalidRequestBody(LlmthrottleError, ValueError):
 @dataclass(frozen=True)
 class RequestEstimate:
     """Tokens a request will use: ``input_tokens`` billed as input, ``max_output_tokens`` to
-    reserve for the answer, and the encoding that counted them."""
+    reserve for the answer, and the encoding that counted them. ``approximate`` is True when the
+    count is not the provider's own: an Anthropic body (counted with o200k_base, Anthropic
+    publishes no tokenizer) or ``exact=False`` (the fast estimator)."""
 
     input_tokens: int
     max_output_tokens: int
     encoding: str
+    approximate: bool = False
 
     @property
     def total(self) -> int:
@@ -121,7 +124,7 @@ def estimate(
         provider = "anthropic" if (model or "").startswith("claude") else "openai"
     lookup = image_size or (lambda url: None)
     if provider == "anthropic":
-        return _Counter(get_encoding("o200k_base"), model or "", lookup, exact).anthropic(
+        return _Counter(get_encoding("o200k_base"), model or "", lookup, exact, approximate=True).anthropic(
             body, default_max_output_tokens
         )
     if provider != "openai":
@@ -167,8 +170,11 @@ def _objects(items: object, path: str) -> Iterator[tuple[str, Mapping[str, Any]]
 class _Counter:
     """Counts one body with one encoding; each method walks one API's body shape."""
 
-    def __init__(self, encoding: Encoding, model: str, image_size: ImageSizeLookup, exact: bool = True) -> None:
+    def __init__(
+        self, encoding: Encoding, model: str, image_size: ImageSizeLookup, exact: bool = True, approximate: bool = False
+    ) -> None:
         self.encoding = encoding
+        self.approximate = approximate or not exact
         self.count = encoding.count if exact else encoding.estimate
         self.model = model
         self.image_size = image_size
@@ -187,7 +193,7 @@ class _Counter:
                     raise InvalidRequestBody(f"{key} must be a non-negative integer, not {value!r}")
                 reserve = value
                 break
-        return RequestEstimate(input_tokens, reserve, self.encoding.name)
+        return RequestEstimate(input_tokens, reserve, self.encoding.name, self.approximate)
 
     # --- OpenAI chat completions -------------------------------------------------------------
 
@@ -394,7 +400,7 @@ class _Counter:
                     )
         else:
             raise InvalidRequestBody(f"input must be a string or a list, not {_type_name(value)}")
-        return RequestEstimate(total, 0, self.encoding.name)
+        return RequestEstimate(total, 0, self.encoding.name, self.approximate)
 
     def completions(self, body: Mapping[str, Any], default: int) -> RequestEstimate:
         prompt = body.get("prompt")

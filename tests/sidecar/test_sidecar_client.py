@@ -153,6 +153,9 @@ def test_every_exception_the_package_defines_is_a_llmthrottle_error() -> None:
     # ...and the ones documented as ValueErrors are ValueErrors too.
     for cls in (lt.ConfigError, lt.ExceedsCapacity, lt.InvalidInput):
         assert issubclass(cls, lt.LlmthrottleError) and issubclass(cls, ValueError)
+    assert issubclass(lt.InvalidType, lt.LlmthrottleError) and issubclass(lt.InvalidType, TypeError)
+    with pytest.raises(lt.InvalidType, match="tokens"):
+        lt.Limiter({"tokens": "10/s"}).try_acquire("k", tokens="many")
     with pytest.raises(lt.InvalidInput, match="negative"):
         lt.Limiter({"tokens": "10/s"}).try_acquire("k", tokens=-1)
 

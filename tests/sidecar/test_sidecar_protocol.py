@@ -92,9 +92,9 @@ def test_errors_keep_the_connection_open(sidecar_server: ServerProcess) -> None:
         assert client.call([1, 99])[1:] == [ERROR, ["BadRequest", "unknown op 99"]]
         assert client.call([2, Op.ACQUIRE, "default"])[2][0] == "BadRequest"  # too few arguments
         assert client.call([3, Op.ACQUIRE, "nope", "k", {}, 0.0])[2][0] == "UnknownNamespace"
-        assert client.call([4, Op.ACQUIRE, "default", 5, {}, 0.0])[2][0] == "TypeError"
+        assert client.call([4, Op.ACQUIRE, "default", 5, {}, 0.0])[2][0] == "InvalidType"
         assert client.call([5, Op.ACQUIRE, "default", "k", [], 0.0])[2][0] == "BadRequest"
-        assert client.call([6, Op.ACQUIRE, "default", "k", {"tokens": "many"}, 0.0])[2][0] == "TypeError"
+        assert client.call([6, Op.ACQUIRE, "default", "k", {"tokens": "many"}, 0.0])[2][0] == "InvalidType"
         assert client.call([7, Op.ACQUIRE, "default", "", {}, 0.0])[2][0] == "InvalidInput"
         assert client.call([8, Op.ACQUIRE, "default", "k", {"tokens": -1}, 0.0])[2][0] == "InvalidInput"
         assert client.call([9, Op.ACQUIRE, "default", "k", {}, "soon"])[2][0] == "TypeError"

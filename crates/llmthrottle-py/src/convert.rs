@@ -3,12 +3,11 @@
 use llmthrottle_core::{
     units_per_api_unit, LimitKind, LimitSpec, Period, PolicySpec, QuotaParams, Rate, RateParams, RuleSpec,
 };
-use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PyString, PyTuple};
 use smallvec::SmallVec;
 
-use crate::errors::{to_py, ConfigError, InvalidInput};
+use crate::errors::{to_py, ConfigError, InvalidInput, InvalidType};
 
 /// Largest amount accepted in one call (keeps every product with an interval inside u64).
 pub const MAX_AMOUNT: u64 = 1 << 53;
@@ -100,7 +99,7 @@ fn exact_units(text: &str, dimension: &str, scale: u64) -> PyResult<u64> {
 #[cold]
 fn amount_slow(value: &Bound<'_, PyAny>, dimension: &str, scale: u64) -> PyResult<u64> {
     if value.is_instance_of::<PyBool>() {
-        return Err(PyTypeError::new_err(format!("{dimension} must be a number, not bool")));
+        return Err(InvalidType::new_err(format!("{dimension} must be a number, not bool")));
     }
     if let Ok(int) = value.cast::<PyInt>() {
         let n: i128 = int
@@ -143,7 +142,7 @@ fn amount_slow(value: &Bound<'_, PyAny>, dimension: &str, scale: u64) -> PyResul
     } else {
         "an int"
     };
-    Err(PyTypeError::new_err(format!(
+    Err(InvalidType::new_err(format!(
         "{dimension} must be {kind}, not {}",
         value.get_type().name()?
     )))
@@ -169,7 +168,7 @@ pub fn keys<'py>(value: &'py Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyStr
     } else if let Ok(tuple) = value.cast::<PyTuple>() {
         tuple.iter().collect()
     } else {
-        return Err(PyTypeError::new_err(format!(
+        return Err(InvalidType::new_err(format!(
             "key must be a str or a list/tuple of str, not {}",
             value.get_type().name()?
         )));
@@ -178,7 +177,7 @@ pub fn keys<'py>(value: &'py Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyStr
         .into_iter()
         .map(|item| {
             item.cast_into::<PyString>().map_err(|e| {
-                PyTypeError::new_err(format!(
+                InvalidType::new_err(format!(
                     "every key must be a str, not {}",
                     e.into_inner()
                         .get_type()

@@ -1,7 +1,7 @@
 //! The Python exception hierarchy, created here and mapped from `llmthrottle_core::CoreError`.
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
@@ -33,11 +33,11 @@ create_exception!(
 );
 
 /// Declares an exception class that is both a `LlmthrottleError` (for callers that catch
-/// everything the library raises) and a `ValueError` (for callers that validate input).
-/// `create_exception!` takes one base, so the class is made by calling `type(name, bases,
-/// namespace)` once, and kept.
-macro_rules! value_error {
-    ($name:ident, $doc:literal) => {
+/// everything the library raises) and a builtin (`ValueError` or `TypeError`, for callers that
+/// validate input). `create_exception!` takes one base, so the class is made by calling
+/// `type(name, bases, namespace)` once, and kept.
+macro_rules! two_based_error {
+    ($name:ident, $builtin:ty, $doc:literal) => {
         #[doc = $doc]
         pub struct $name;
 
@@ -45,7 +45,8 @@ macro_rules! value_error {
             pub fn type_object(py: Python<'_>) -> &Bound<'_, PyType> {
                 static TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
                 TYPE.get_or_init(py, || {
-                    make_value_error(py, stringify!($name), $doc).expect("creating an exception class")
+                    make_two_based(py, stringify!($name), py.get_type::<$builtin>(), $doc)
+                        .expect("creating an exception class")
                 })
                 .bind(py)
             }
@@ -57,18 +58,30 @@ macro_rules! value_error {
     };
 }
 
-value_error!(
+two_based_error!(
     ExceedsCapacity,
+    PyValueError,
     "The request can never be admitted: it asks for more than a limit's burst allows."
 );
-value_error!(ConfigError, "A limit, rate string, budget or policy file is malformed.");
-value_error!(
+two_based_error!(
+    ConfigError,
+    PyValueError,
+    "A limit, rate string, budget or policy file is malformed."
+);
+two_based_error!(
     InvalidInput,
+    PyValueError,
     "An argument is out of range: negative, NaN, infinite, too large, or an empty or oversized key."
 );
 
-fn make_value_error(py: Python<'_>, name: &str, doc: &str) -> PyResult<Py<PyType>> {
-    let bases = PyTuple::new(py, [py.get_type::<LlmthrottleError>(), py.get_type::<PyValueError>()])?;
+two_based_error!(
+    InvalidType,
+    PyTypeError,
+    "An argument of the wrong type: an amount that is not a number, a key that is not a string."
+);
+
+fn make_two_based(py: Python<'_>, name: &str, builtin: Bound<'_, PyType>, doc: &str) -> PyResult<Py<PyType>> {
+    let bases = PyTuple::new(py, [py.get_type::<LlmthrottleError>(), builtin])?;
     let namespace = PyDict::new(py);
     namespace.set_item("__module__", "llmthrottle")?;
     namespace.set_item("__doc__", doc)?;
@@ -84,6 +97,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BudgetExceeded", py.get_type::<BudgetExceeded>())?;
     m.add("ConfigError", ConfigError::type_object(py))?;
     m.add("InvalidInput", InvalidInput::type_object(py))?;
+    m.add("InvalidType", InvalidType::type_object(py))?;
     m.add("StateError", py.get_type::<StateError>())?;
     Ok(())
 }

@@ -225,7 +225,7 @@ impl Limiter {
                         Engine::new(shared.get().store.clone(), clock, &spec).map_err(to_py)?,
                     ))
                 } else {
-                    return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                    return Err(crate::errors::InvalidType::new_err(format!(
                         "state must be InProcessState or SharedState, not {}",
                         state.get_type().name()?
                     )));

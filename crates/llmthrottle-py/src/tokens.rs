@@ -9,13 +9,13 @@ use std::borrow::Cow;
 
 use std::path::PathBuf;
 
-use pyo3::exceptions::{PyOSError, PyTypeError, PyUnicodeDecodeError};
+use pyo3::exceptions::{PyOSError, PyUnicodeDecodeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyType};
 
 use llmthrottle_tokens::{estimator_features, get_encoding, TokenError, Tokenizer, FEATURE_NAMES};
 
-use crate::errors::{ConfigError, InvalidInput};
+use crate::errors::{ConfigError, InvalidInput, InvalidType};
 
 /// Below this many bytes, releasing and retaking the GIL costs more than the counting.
 const DETACH_MIN_BYTES: usize = 4096;
@@ -68,7 +68,7 @@ fn text_arg<'a, 'py>(obj: &'a Bound<'py, PyAny>, what: &str) -> PyResult<Cow<'a,
             )),
         };
     }
-    Err(PyTypeError::new_err(format!(
+    Err(InvalidType::new_err(format!(
         "{what} must be str or bytes (UTF-8), not {}",
         obj.get_type().name()?
     )))
@@ -132,7 +132,7 @@ impl PyEncoding {
     /// Exact counts of many texts, counted on all cores with the GIL released.
     fn count_batch(&self, py: Python<'_>, texts: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
         if texts.is_instance_of::<PyString>() || texts.is_instance_of::<PyBytes>() {
-            return Err(PyTypeError::new_err(
+            return Err(InvalidType::new_err(
                 "texts must be a sequence of str, not a single str",
             ));
         }

@@ -17,6 +17,7 @@ from .._native import (
     ConfigError,
     ExceedsCapacity,
     InvalidInput,
+    InvalidType,
     LlmthrottleError,
     RateLimited,
     StateError,
@@ -46,10 +47,6 @@ class ServiceError(LlmthrottleError):
 
 class AccessDenied(LlmthrottleError, PermissionError):
     """The peer's uid may not use a key (see the sidecar's `[access]` rules)."""
-
-
-class InvalidType(LlmthrottleError, TypeError):
-    """The sidecar refused an argument of the wrong type (a `TypeError` where it was raised)."""
 
 
 class RemoteError(LlmthrottleError):
@@ -90,6 +87,7 @@ ERRORS: dict[str, ErrorKind] = {
         ErrorKind("BadRequest", 400, None),  # malformed request: wrong shape, unknown op
         ErrorKind("Overloaded", 503, None),  # a server-side cap was reached (reservations held)
         ErrorKind("InvalidInput", 400, InvalidInput),
+        ErrorKind("InvalidType", 400, InvalidType),
         ErrorKind("LlmthrottleError", 409, LlmthrottleError),
         ErrorKind("ValueError", 400, ValueError, raised_as=InvalidInput),
         ErrorKind("TypeError", 400, TypeError, raised_as=InvalidType),

@@ -151,3 +151,30 @@ def test_rs256_and_es256_tokens_from_a_jwks_file(tmp_path: Path) -> None:
         with pytest.raises(Refused, match=message):
             auth.caller(bearer(token))
     store.close()
+
+
+def test_the_keys_cli_creates_lists_rotates_and_revokes_with_json_for_scripts(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    config = tmp_path / "llmthrottle.toml"
+    config.write_text(f'[gateway]\nkeys_db = "{tmp_path}/keys.sqlite"\n')
+
+    def keys(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "llmthrottle.cli", "gateway", "keys", *args, "--config", str(config)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    made = keys("create", "--tenant", "acme", "--tier", "pro", "--models", "fast,smart", "--json")
+    assert made.returncode == 0, made.stderr
+    created = json.loads(made.stdout)
+    assert created["key"].startswith("ltk_") and (created["tenant"], created["tier"]) == ("acme", "pro")
+    assert created["models"] == ["fast", "smart"] and created["revoked"] is False
+    listed = [json.loads(line) for line in keys("list").stdout.splitlines()]
+    assert [k["id"] for k in listed] == [created["id"]] and "key" not in listed[0]  # never the secret
+    rotated = json.loads(keys("rotate", created["id"], "--json").stdout)
+    assert rotated["id"] == created["id"] and rotated["key"] != created["key"]
+    assert keys("revoke", created["id"]).returncode == 0
+    assert keys("rotate", created["id"]).returncode == 1  # revoked: no live key
+    plain = keys("create", "--tenant", "globex")
+    assert plain.stdout.strip().startswith("ltk_") and "not shown again" in plain.stderr

@@ -49,6 +49,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     for action in ("rotate", "revoke"):
         one = keys_sub.add_parser(action, help=f"{action} a key by its id")
         one.add_argument("key_id")
+    for action in ("create", "rotate"):
+        keys_sub.choices[action].add_argument(
+            "--json", action="store_true", help='print {"key": ..., "id": ..., ...} on one line, for scripts'
+        )
     for sub_parser in keys_sub.choices.values():
         sub_parser.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
@@ -198,6 +202,20 @@ def serve(config: GatewayConfig, no_uvloop: bool, reuse_port: bool, first: bool 
     return 0
 
 
+def _described(key: Any) -> dict[str, Any]:
+    """A key as `keys list` and `--json` print it (never its secret)."""
+    return {
+        "id": key.id,
+        "tenant": key.tenant,
+        "team": key.team,
+        "user": key.user,
+        "tier": key.tier,
+        "models": key.models,
+        "expires_at": key.expires_at,
+        "revoked": key.revoked_at is not None,
+    }
+
+
 def _keys(args: argparse.Namespace, config: GatewayConfig) -> int:
     from .keys import KeyStore
 
@@ -209,30 +227,21 @@ def _keys(args: argparse.Namespace, config: GatewayConfig) -> int:
             secret, key = store.create(
                 tenant=args.tenant, tier=args.tier, team=args.team, user=args.user, models=models, expires_at=expires
             )
-            print(secret)
-            print(
-                f"id {key.id} tenant {key.tenant} tier {key.tier}: keep the key above, it is not shown again",
-                file=sys.stderr,
-            )
+            if args.json:
+                print(json.dumps({"key": secret, **_described(key)}))
+            else:
+                print(secret)
+                print(
+                    f"id {key.id} tenant {key.tenant} tier {key.tier}: keep the key above, it is not shown again",
+                    file=sys.stderr,
+                )
         elif args.keys_command == "list":
             for key in store.list():
-                print(
-                    json.dumps(
-                        {
-                            "id": key.id,
-                            "tenant": key.tenant,
-                            "team": key.team,
-                            "user": key.user,
-                            "tier": key.tier,
-                            "models": key.models,
-                            "expires_at": key.expires_at,
-                            "revoked": key.revoked_at is not None,
-                        }
-                    )
-                )
+                print(json.dumps(_described(key)))
         elif args.keys_command == "rotate":
             try:
-                print(store.rotate(args.key_id))
+                secret = store.rotate(args.key_id)
+                print(json.dumps({"key": secret, "id": args.key_id}) if args.json else secret)
             except KeyError:
                 print(f"llmthrottle gateway keys: no live key {args.key_id!r}", file=sys.stderr)
                 return 1

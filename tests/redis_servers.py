@@ -134,12 +134,15 @@ class RedisCluster:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 20
+        # Ready when every node (not only the first) sees every slot served: a node that has not
+        # heard of the others yet answers CLUSTERDOWN.
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            info = subprocess.run(
-                [REDIS_CLI, "-p", str(self.nodes[0].port), "cluster", "info"], capture_output=True, text=True
-            ).stdout
-            if "cluster_state:ok" in info:
+            infos = [
+                subprocess.run([REDIS_CLI, "-p", str(n.port), "cluster", "info"], capture_output=True, text=True).stdout
+                for n in self.nodes
+            ]
+            if all("cluster_state:ok" in info and "cluster_slots_ok:16384" in info for info in infos):
                 return
             time.sleep(0.1)
         raise RuntimeError("the Redis cluster did not become ready")

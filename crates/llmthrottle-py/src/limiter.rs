@@ -520,8 +520,16 @@ fn rolling_undrained(limit: u64, window: &str, events: Vec<(f64, u64)>, now_s: f
     Ok(gcra::undrained(tat, convert::seconds_to_ns(now_s, "now_s")?, &params))
 }
 
+/// `value` of `dimension` in the engine's units, as a limit charges it: micro-dollars for a
+/// `*_usd` dimension (from a number or an exact decimal string), the amount itself otherwise.
+#[pyfunction]
+fn engine_units(dimension: &str, value: &Bound<'_, PyAny>) -> PyResult<u64> {
+    convert::amount(value, dimension)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(key_matches, m)?)?;
+    m.add_function(wrap_pyfunction!(engine_units, m)?)?;
     m.add_function(wrap_pyfunction!(parse_duration, m)?)?;
     m.add_function(wrap_pyfunction!(parse_period, m)?)?;
     m.add_function(wrap_pyfunction!(period_start, m)?)?;

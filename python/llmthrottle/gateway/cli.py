@@ -202,20 +202,6 @@ def serve(config: GatewayConfig, no_uvloop: bool, reuse_port: bool, first: bool 
     return 0
 
 
-def _described(key: Any) -> dict[str, Any]:
-    """A key as `keys list` and `--json` print it (never its secret)."""
-    return {
-        "id": key.id,
-        "tenant": key.tenant,
-        "team": key.team,
-        "user": key.user,
-        "tier": key.tier,
-        "models": key.models,
-        "expires_at": key.expires_at,
-        "revoked": key.revoked_at is not None,
-    }
-
-
 def _keys(args: argparse.Namespace, config: GatewayConfig) -> int:
     from .keys import KeyStore
 
@@ -228,7 +214,7 @@ def _keys(args: argparse.Namespace, config: GatewayConfig) -> int:
                 tenant=args.tenant, tier=args.tier, team=args.team, user=args.user, models=models, expires_at=expires
             )
             if args.json:
-                print(json.dumps({"key": secret, **_described(key)}))
+                print(json.dumps({"key": secret, **key.describe()}))
             else:
                 print(secret)
                 print(
@@ -237,7 +223,7 @@ def _keys(args: argparse.Namespace, config: GatewayConfig) -> int:
                 )
         elif args.keys_command == "list":
             for key in store.list():
-                print(json.dumps(_described(key)))
+                print(json.dumps(key.describe()))
         elif args.keys_command == "rotate":
             try:
                 secret = store.rotate(args.key_id)

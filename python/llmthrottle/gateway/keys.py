@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .._native import ConfigError
 
@@ -80,6 +81,21 @@ class VirtualKey:
 
     def caller(self) -> Caller:
         return Caller(self.id, self.tenant, self.team, self.user, self.tier, self.models)
+
+    def describe(self) -> dict[str, Any]:
+        """The key as the admin API and the `keys` CLI show it (never its secret)."""
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "team": self.team,
+            "user": self.user,
+            "tier": self.tier,
+            "models": list(self.models) if self.models is not None else None,
+            "expires_at": self.expires_at,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+            "revoked": self.revoked_at is not None,
+        }
 
 
 def _digest(secret: str) -> str:

@@ -136,6 +136,12 @@ class Gateway:
             alias: old[alias] if alias in old and old[alias].ttl_s == ttl else ResponseCache(ttl_s=ttl)
             for alias, ttl in config.cache_ttls.items()
         }
+        # The settings of a (tier, alias) whose alias keeps a cache, made once here.
+        self._cached_settings = {
+            (tier, alias): replace(settings, cache=cache)
+            for tier, settings in self._settings.items()
+            for alias, cache in self._caches.items()
+        }
 
     def reload(self, config: GatewayConfig) -> None:
         """Applies a changed policy file: tiers, budgets, model routes and timeouts (where it
@@ -226,7 +232,7 @@ class Gateway:
         refused = self._admin(request)
         if refused is not None:
             return refused
-        return web.json_response({"keys": [_key_json(key) for key in self.keys.list()]})
+        return web.json_response({"keys": [key.describe() for key in self.keys.list()]})
 
     async def _admin_create(self, request: web.Request) -> web.Response:
         refused = self._admin(request)
@@ -248,7 +254,7 @@ class Gateway:
             )
         except (ValueError, TypeError, ConfigError) as error:
             return _error("openai", 400, f"cannot create the key: {error}")
-        return web.json_response({"key": secret, **_key_json(key)}, status=201)
+        return web.json_response({"key": secret, **key.describe()}, status=201)
 
     async def _admin_revoke(self, request: web.Request) -> web.Response:
         refused = self._admin(request)
@@ -293,9 +299,7 @@ class Gateway:
         settings = self._settings.get(caller.tier)
         if settings is None:
             return _error(family, 403, f"tier {caller.tier!r} is not configured on this gateway")
-        cache = self._caches.get(alias)
-        if cache is not None:
-            settings = replace(settings, cache=cache)
+        settings = self._cached_settings.get((caller.tier, alias), settings)
         candidates = [d for d in candidates if d.provider == family]
         if not candidates:
             return _error(family, 404, f"model {alias!r} has no {family} deployment")
@@ -533,20 +537,6 @@ def _error_from_upstream(family: Family, status: int, headers: dict[str, str], d
         k: v for k, v in headers.items() if k.lower().startswith(("retry-after", "x-ratelimit", "anthropic-ratelimit"))
     }
     return web.Response(status=status, body=data, headers={**kept, "content-type": "application/json"})
-
-
-def _key_json(key: Any) -> dict[str, Any]:
-    return {
-        "id": key.id,
-        "tenant": key.tenant,
-        "team": key.team,
-        "user": key.user,
-        "tier": key.tier,
-        "models": list(key.models) if key.models is not None else None,
-        "expires_at": key.expires_at,
-        "created_at": key.created_at,
-        "revoked_at": key.revoked_at,
-    }
 
 
 def _label(value: str) -> str:

@@ -40,12 +40,20 @@ def fit_request(body: dict[str, Any], family: str, kind: str, limit: int, trim: 
         field = "input" if kind == "responses" else "messages"
         turns = body.get(field)
         if isinstance(turns, list):
-            trimmed = list(turns)
-            while (dropped := _drop_oldest(trimmed, family)) is not None:
-                trimmed = dropped
-                candidate = {**body, field: trimmed}
-                if _tokens(candidate, family, kind) <= limit:
-                    return candidate
+            # Each drop only shortens the request, so the fewest drops that fit are found by
+            # bisection: a few counts of the body rather than one per dropped turn.
+            candidates = [turns]
+            while (dropped := _drop_oldest(candidates[-1], family)) is not None:
+                candidates.append(dropped)
+            low, high = 1, len(candidates) - 1
+            if high >= 1 and _tokens({**body, field: candidates[high]}, family, kind) <= limit:
+                while low < high:
+                    middle = (low + high) // 2
+                    if _tokens({**body, field: candidates[middle]}, family, kind) <= limit:
+                        high = middle
+                    else:
+                        low = middle + 1
+                return {**body, field: candidates[low]}
     how = "even with its oldest turns dropped" if trim else "(trim_to_fit=True drops the oldest turns)"
     raise RequestTooLarge(
         f"the request to {body.get('model')!r} counts {requested} tokens (input plus output reservation), "

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from decimal import Decimal
 from typing import Any, TypeVar
 
-from .._native import ConfigError, Reservation
+from .._native import ConfigError, LlmthrottleError, Reservation, engine_units
 from ..budget import BUDGET_DIMENSION, budget_for
 from ..ledger.call import COUNT_FIELDS, KEY_FIELDS, RECORD_COLUMNS, STRING_FIELDS, call_record
 from ..ledger.store import MAX_COST_MICROS, MAX_TOKENS
@@ -209,12 +207,10 @@ class Service:
             self._id_at = at + 16
             reservation_id = self._id_pool[at : at + 16].hex()
             now = _monotonic()
-            held[reservation_id] = _Held(decision, namespace, key, now + self._reservation_timeout_s, now, owner, slots)
-            if mine is None:
-                self._per_owner[owner] = [1, slots]
-            else:
-                mine[0] += 1
-                mine[1] += slots
+            entry = held[reservation_id] = _Held(
+                decision, namespace, key, now + self._reservation_timeout_s, now, owner, slots
+            )
+            self._hold(entry)
             return decision, reservation_id
 
     def _refuse_owner(self, mine: list[int]) -> None:
@@ -387,7 +383,10 @@ class Service:
         reserved = dict(held.reservation.reserved)
         if amounts or reserved:
             tags["usage"] = {**reserved, **amounts}
-        unpriced = _micros(amounts.get("cost_usd", 0))  # a dollars dimension, when the caller limits one
+        try:  # a dollars dimension, when the caller limits one: micro-dollars as the engine took it
+            unpriced = engine_units("cost_usd", amounts.get("cost_usd", 0))
+        except (LlmthrottleError, TypeError):
+            unpriced = 0
         keys = [held.key] if isinstance(held.key, str) else list(held.key)
         record = call_record(
             keys,
@@ -430,19 +429,6 @@ def _as_rules(limits: Any, rules: Any) -> dict[str, Any]:
 
 
 _UNCAPPED = float("inf")
-
-
-def _micros(dollars: Any) -> int:
-    """Micro-dollars of a dollars amount as the engine took it: a number, or an exact decimal
-    string (a fraction of a micro-dollar rounds up); 0 for anything else."""
-    if isinstance(dollars, str):
-        try:
-            return max(0, math.ceil(Decimal(dollars) * 1_000_000))
-        except (ArithmeticError, ValueError):
-            return 0
-    if isinstance(dollars, (int, float)) and not isinstance(dollars, bool) and 0 <= dollars < 1e12:
-        return round(dollars * 1_000_000)
-    return 0
 
 
 def _quarter_of_the_leases(state: Any) -> float:

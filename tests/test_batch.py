@@ -468,3 +468,46 @@ def test_a_resumed_batch_job_polls_the_batch_it_submitted_instead_of_paying_twic
         )
         assert (provider.counters.batches, provider.counters.batch_requests) == (1, 10)
     assert result.succeeded == 10 and [row["row"] for row in lines(tmp_path / "out.jsonl")] == list(range(10))
+
+
+def test_a_damaged_line_in_a_batchs_results_leaves_only_its_row_to_run_again(tmp_path: Path) -> None:
+    from llmthrottle.batch.checkpoint import JobDirectory
+    from llmthrottle.batch.provider_batch import ProviderBatches
+
+    source = write_reviews(tmp_path / "reviews.csv", 6)
+    with FakeProvider(output_tokens=3, batch_delay_s=0.0) as provider:
+        spec = batch.JobSpec(
+            input=str(source),
+            output=str(tmp_path / "out.jsonl"),
+            model=MINI,
+            template=TEMPLATE,
+            max_tokens=3,
+            batch_api=True,
+            batch_poll_s=0.05,
+        )
+        job = tmp_path / "out.jsonl.job"
+        directory = JobDirectory.create(job, spec)
+        rows = list(batch.read_rows(spec))
+
+        async def submit() -> str:
+            client = openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k")
+            try:
+                runner = ProviderBatches(directory, client, None, None, lt.PriceTable.default(), None)  # type: ignore[arg-type]
+                batch_id = await runner._submit(rows)
+                directory.note_batch(batch_id, [row.index for row in rows])
+                await client.batches.retrieve(batch_id)  # the fake answers the batch when first looked at
+                return batch_id
+            finally:
+                await client.close()
+
+        fake = provider.batch_api.batches[asyncio.run(submit())]
+        directory.close()
+        assert fake.output_file_id is not None
+        lines_of = provider.batch_api.files[fake.output_file_id].decode().splitlines()
+        lines_of[2] = lines_of[2][:20]  # row 2's result cut short
+        provider.batch_api.files[fake.output_file_id] = ("\n".join([*lines_of, "not json", "{}"]) + "\n").encode()
+        client = openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k")
+        result = batch.resume(job, client=client, progress=False)
+        assert (result.succeeded, result.failed, result.pending) == (5, 0, 1)
+        assert provider.counters.batches == 1  # the rest was not paid for twice
+    assert 2 not in {row["row"] for row in lines(tmp_path / "out.jsonl")}

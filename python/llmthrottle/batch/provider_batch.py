@@ -100,27 +100,43 @@ class ProviderBatches:
         out: list[tuple[int, dict[str, Any] | None, str | None]] = []
         if self.spec.provider == "anthropic":
             async for entry in await self.client.messages.batches.results(batch_id):
+                try:
+                    index = int(entry.custom_id)
+                except (ValueError, TypeError):
+                    continue  # not one of this job's rows
                 result = entry.result
                 if result.type == "succeeded":
-                    out.append((int(entry.custom_id), result.message.model_dump(), None))
+                    out.append((index, result.message.model_dump(), None))
                 else:
                     detail = getattr(getattr(result, "error", None), "error", None)
-                    out.append((int(entry.custom_id), None, f"batch {result.type}: {getattr(detail, 'message', '')}"))
+                    out.append((index, None, f"batch {result.type}: {getattr(detail, 'message', '')}"))
             return out
         for file_id in (batch.output_file_id, batch.error_file_id):
             if not file_id:
                 continue
             content = await self.client.files.content(file_id)
             for line in content.text.splitlines():
-                if not line.strip():
+                # A line that is not a result (damaged, or not ours) is passed over: its row has
+                # no result, so a resume sends it again.
+                try:
+                    entry = json.loads(line)
+                    index = int(entry["custom_id"])
+                    response, error = entry.get("response") or {}, entry.get("error")
+                    status = int(response.get("status_code", 200))
+                except (ValueError, TypeError, KeyError, AttributeError):
                     continue
-                entry = json.loads(line)
-                response, error = entry.get("response") or {}, entry.get("error")
-                if error or response.get("status_code", 200) >= 400:
-                    message = (error or {}).get("message") or json.dumps(response.get("body"))[:300]
-                    out.append((int(entry["custom_id"]), None, f"batch HTTP {response.get('status_code')}: {message}"))
+                if error or status >= 400:
+                    message = (error.get("message") if isinstance(error, dict) else None) or str(response.get("body"))
+                    out.append((index, None, f"batch HTTP {status}: {message[:300]}"))
                 else:
-                    out.append((int(entry["custom_id"]), response.get("body"), None))
+                    body = response.get("body")
+                    out.append(
+                        (
+                            index,
+                            body if isinstance(body, dict) else None,
+                            None if isinstance(body, dict) else "batch: no reply body",
+                        )
+                    )
         if batch.status != "completed" and not out:
             raise RuntimeError(f"provider batch {batch_id} ended {batch.status} without results")
         return out

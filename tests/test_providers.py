@@ -308,6 +308,33 @@ def test_announced_limits_of_both_providers() -> None:
     assert (announced.dimension, announced.remaining, announced.reset_s) == ("input_tokens", 10, pytest.approx(10))
 
 
+def test_announced_limits_read_httpx_headers_in_any_case() -> None:
+    import httpx2
+
+    headers = httpx2.Headers(
+        [
+            ("Content-Type", "application/json"),
+            ("X-RateLimit-Limit-Requests", "500"),
+            ("x-ratelimit-remaining-requests", "0"),
+            ("X-RATELIMIT-RESET-REQUESTS", "6m0s"),
+        ]
+    )
+    assert announced_limits("openai", headers) == [("requests", 500, 0, 360.0)]
+    assert announced_limits("anthropic", headers) == []
+
+
+def test_a_provider_key_that_is_not_paused_admits_every_attempt_at_once() -> None:
+    """Looking at a pause takes nothing: thousands of attempts a second on one provider key go
+    out at once, and only a recorded pause holds them."""
+    from llmthrottle.providers.pause import ProviderPause
+
+    pause = ProviderPause()
+    assert all(pause.wait_s("api.example|k|gpt-4o") == 0.0 for _ in range(5000))
+    pause.pause("api.example|k|gpt-4o", 2.0)
+    assert 1.5 < pause.wait_s("api.example|k|gpt-4o") <= 2.0
+    assert pause.wait_s("api.example|k|gpt-4o-mini") == 0.0
+
+
 MISSING_AIOHTTP = """
 import builtins, sys
 real = builtins.__import__

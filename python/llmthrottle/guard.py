@@ -96,14 +96,16 @@ class Guard:
     def _amounts(self, model: str, input_tokens: int, max_output_tokens: int, provider: str | None) -> dict[str, Any]:
         """The request's amounts in every dimension the limiter knows: tokens and worst-case cost."""
         dims = set(self.limiter.dimensions)
-        worst = self.prices.worst_case_cost(model, input_tokens, max_output_tokens, provider)
         candidates: dict[str, Any] = {
             "tokens": input_tokens + max_output_tokens,
             "input_tokens": input_tokens,
             "output_tokens": max_output_tokens,
-            "cost_usd": exact_dollars(worst),
-            BUDGET_DIMENSION: exact_dollars(worst),
         }
+        if "cost_usd" in dims or BUDGET_DIMENSION in dims:  # priced only where money is limited
+            worst = exact_dollars(self.prices.worst_case_cost(model, input_tokens, max_output_tokens, provider))
+            candidates["cost_usd"] = candidates[BUDGET_DIMENSION] = worst
+        else:
+            self.prices.resolve(model, provider)  # a model without a price is refused before it is sent
         return {name: value for name, value in candidates.items() if name in dims}
 
     def _sizes(

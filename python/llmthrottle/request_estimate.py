@@ -207,6 +207,10 @@ class _Counter:
         return self.done(total, body, ("max_completion_tokens", "max_tokens"), default)
 
     def chat_message(self, message: object, path: str) -> int:
+        if type(message) is dict and len(message) == 2:  # the common {"role", "content"} of two strings
+            role, content = message.get("role"), message.get("content")
+            if type(role) is str and type(content) is str:
+                return TOKENS_PER_MESSAGE + self.count(role) + self.count(content)
         if not isinstance(message, Mapping):
             raise InvalidRequestBody(f"{path} must be an object, not {_type_name(message)}")
         if "role" not in message:

@@ -12,7 +12,7 @@ import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -101,6 +101,28 @@ class Cost:
     def total_usd(self) -> float:
         """For display only: never add these floats up, add `total_micros`."""
         return self.total_micros / 1_000_000
+
+
+class _Breakdown(Mapping[str, Decimal]):
+    """A cost's share per bucket in Decimal micro-dollars, converted from pico-dollars when read:
+    most costs are charged and recorded by their total alone."""
+
+    __slots__ = ("_picos",)
+
+    def __init__(self, picos: dict[str, int]) -> None:
+        self._picos = picos
+
+    def __getitem__(self, bucket: str) -> Decimal:
+        return Decimal(self._picos[bucket]).scaleb(-6)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._picos)
+
+    def __len__(self) -> int:
+        return len(self._picos)
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
 
 
 @dataclass(frozen=True)
@@ -308,7 +330,7 @@ class PriceTable:
             provider=provider or price.provider,
             usage=tokens,
             total_micros=-(-total_picos // _PICOS_PER_MICRO),
-            breakdown_micros=MappingProxyType({k: Decimal(v).scaleb(-6) for k, v in picos.items()}),
+            breakdown_micros=_Breakdown(picos),
             tier_above_prompt_tokens=tier,
             price_table_version=self.version,
             fallback=price is self.fallback,

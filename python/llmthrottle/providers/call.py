@@ -25,7 +25,7 @@ from ..request_estimate import estimate
 from ..tokens import count_tokens
 from .attribution import context_keys, context_tags
 from .cache import CachedReply, ResponseCache
-from .headers import announced_limits, retry_after_s
+from .headers import announced_limits, credential, retry_after_s
 from .learned import LearnedLimits
 from .pause import ProviderPause, pause_key
 from .protocol import Endpoint, UsageReader, endpoint_of, failure_kind
@@ -92,7 +92,8 @@ class CallPlan:
         self.status: int | None = None
         self.last_failure: str | None = None
         self.learned_reservation: Any = None
-        self.content_type = "application/json"
+        self.answer_headers: Any = None
+        self._estimated: tuple[int, int] | None = None
         self.cache_key = (
             settings.cache.key(f"{cache_scope}|{pause_key}", endpoint.kind, body)
             if settings.cache is not None and not self.streaming
@@ -134,8 +135,9 @@ class CallPlan:
             body = fit_request(body, endpoint.family, endpoint.kind, settings.max_request_tokens, settings.trim_to_fit)
         if hide or body is not original:
             content = json.dumps(body, separators=(",", ":")).encode()
-        account = headers.get("authorization") or headers.get("x-api-key") or headers.get("api-key")
-        return cls(settings, endpoint, body, content, hide, pause_key(host, account, body["model"]), cache_scope)
+        return cls(
+            settings, endpoint, body, content, hide, pause_key(host, credential(headers), body["model"]), cache_scope
+        )
 
     # ------------------------------------------------------------------ admission
 
@@ -179,8 +181,7 @@ class CallPlan:
     def observe(self, status: int, headers: Any) -> None:
         """Reads an answer's status and the limits it announced: they become the provider key's
         learned limits, and one used up pauses every worker until its reset."""
-        self.status = status
-        self.content_type = headers.get("content-type") or self.content_type
+        self.status, self.answer_headers = status, headers
         announced = announced_limits(self.endpoint.family, headers)
         self.settings.learned.observe(self.pause_key, announced)
         for limit in announced:
@@ -200,8 +201,10 @@ class CallPlan:
     def reserved_tokens(self) -> tuple[int, int]:
         if self.call is not None:
             return self.call._reserved_tokens
-        counted = estimate(self.body, self.endpoint.family)
-        return counted.input_tokens, counted.max_output_tokens
+        if self._estimated is None:  # once per call, not per attempt
+            counted = estimate(self.body, self.endpoint.family)
+            self._estimated = counted.input_tokens, counted.max_output_tokens
+        return self._estimated
 
     def release_learned(self) -> None:
         if self.learned_reservation is not None:
@@ -282,7 +285,9 @@ class CallPlan:
     def _keep_reply(self, reader: UsageReader) -> None:
         cache = self.settings.cache
         if cache is not None and self.cache_key is not None and reader.complete and (self.status or 0) < 400:
-            cache.put(self.cache_key, CachedReply(self.status or 200, self.content_type, reader.body))
+            headers = self.answer_headers
+            content_type = (headers.get("content-type") if headers is not None else None) or "application/json"
+            cache.put(self.cache_key, CachedReply(self.status or 200, content_type, reader.body))
 
     # ------------------------------------------------------------------ settling
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import functools
 import math
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "Announcement",
     "announced_limits",
+    "credential",
     "format_reset_duration",
     "parse_reset_duration",
     "retry_after_s",
@@ -72,8 +74,10 @@ def rfc3339_in(seconds: float) -> str:
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_reset_duration(text: str) -> float | None:
-    """OpenAI's reset durations (`6m0s`, `1.5s`, `20ms`, `1h2m3s`) in seconds; None if malformed."""
+    """OpenAI's reset durations (`6m0s`, `1.5s`, `20ms`, `1h2m3s`) in seconds; None if malformed.
+    Cached: a provider repeats a handful of these on every response."""
     text = text.strip()
     if not text or len(text) > 64:
         return None
@@ -87,18 +91,25 @@ def parse_reset_duration(text: str) -> float | None:
     return total if position == len(text) else None
 
 
-def _rfc3339_in_s(text: str, now: float) -> float | None:
+@functools.lru_cache(maxsize=1024)
+def _rfc3339_timestamp(text: str) -> float | None:
+    """An RFC 3339 instant as a POSIX timestamp (UTC when no offset is given); None if malformed.
+    Cached: a provider repeats the same reset instant on every response within its second."""
     try:
         moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
-    return max(0.0, moment.timestamp() - now)
+    return moment.timestamp()
 
 
-@dataclass(frozen=True)
-class Announcement:
+def _rfc3339_in_s(text: str, now: float) -> float | None:
+    moment = _rfc3339_timestamp(text)
+    return None if moment is None else max(0.0, moment - now)
+
+
+class Announcement(NamedTuple):
     """One limit a response announced: `dimension` is `requests`, `tokens`, `input_tokens` or
     `output_tokens`; `reset_s` is how long until the limit is whole again."""
 
@@ -114,35 +125,81 @@ def _int(text: str | None) -> int | None:
     return int(text)
 
 
-_OPENAI = (("requests", "requests"), ("tokens", "tokens"))
-_ANTHROPIC = (
-    ("requests", "requests"),
-    ("tokens", "tokens"),
-    ("input-tokens", "input_tokens"),
-    ("output-tokens", "output_tokens"),
+def _names(prefix: str, parts: tuple[tuple[str, str], ...], order: tuple[str, str, str]) -> tuple[tuple[str, ...], ...]:
+    """(dimension, limit header, remaining header, reset header) for each announced limit."""
+    return tuple((dimension, *(prefix + order_part.format(name) for order_part in order)) for name, dimension in parts)
+
+
+# Header names spelled out once, not formatted on every response.
+_OPENAI = _names(
+    "x-ratelimit-", (("requests", "requests"), ("tokens", "tokens")), ("limit-{}", "remaining-{}", "reset-{}")
 )
+_ANTHROPIC = _names(
+    "anthropic-ratelimit-",
+    (
+        ("requests", "requests"),
+        ("tokens", "tokens"),
+        ("input-tokens", "input_tokens"),
+        ("output-tokens", "output_tokens"),
+    ),
+    ("{}-limit", "{}-remaining", "{}-reset"),
+)
+
+
+def _announcing(headers: Mapping[str, str], prefix: str) -> dict[str, str]:
+    """The headers whose (lower-case) names start with `prefix`, in one pass: a response
+    carries a dozen or more headers, and looking each limit up by name would scan them all
+    every time (httpx decodes every header on each lookup)."""
+    raw = getattr(headers, "raw", None)
+    if raw is not None:  # httpx: the header bytes as received
+        wanted = prefix.encode()
+        size = len(wanted)
+        return {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in raw
+            if name[:size].lower() == wanted
+        }
+    return {name.lower(): value for name, value in headers.items() if name[: len(prefix)].lower() == prefix}
+
+
+_CREDENTIALS = (b"authorization", b"x-api-key", b"api-key")
+
+
+def credential(headers: Mapping[str, str]) -> str | None:
+    """The API key a request presents: `authorization` (OpenAI, Azure's Entra tokens),
+    `x-api-key` (Anthropic) or `api-key` (Azure), in that order; None without one."""
+    raw = getattr(headers, "raw", None)
+    if raw is None:
+        return headers.get("authorization") or headers.get("x-api-key") or headers.get("api-key")
+    found: dict[bytes, bytes] = {}
+    for name, value in raw:  # httpx: one pass over the bytes instead of one scan per name
+        lowered = name.lower()
+        if lowered in _CREDENTIALS and lowered not in found:
+            found[lowered] = value
+    for name in _CREDENTIALS:
+        if found.get(name):
+            return found[name].decode("latin-1")
+    return None
 
 
 def announced_limits(family: str, headers: Mapping[str, str], *, now: float | None = None) -> list[Announcement]:
     """The limits a response of `family` ("openai" or "anthropic") announced in its headers."""
-    now = time.time() if now is None else now
-    found = []
-    if family == "anthropic":
-        for name, dimension in _ANTHROPIC:
-            limit = _int(headers.get(f"anthropic-ratelimit-{name}-limit"))
-            remaining = _int(headers.get(f"anthropic-ratelimit-{name}-remaining"))
-            reset = headers.get(f"anthropic-ratelimit-{name}-reset")
-            if limit is not None and remaining is not None:
-                found.append(
-                    Announcement(dimension, limit, remaining, None if reset is None else _rfc3339_in_s(reset, now))
-                )
-    else:
-        for name, dimension in _OPENAI:
-            limit = _int(headers.get(f"x-ratelimit-limit-{name}"))
-            remaining = _int(headers.get(f"x-ratelimit-remaining-{name}"))
-            reset = headers.get(f"x-ratelimit-reset-{name}")
-            if limit is not None and remaining is not None:
-                found.append(
-                    Announcement(dimension, limit, remaining, None if reset is None else parse_reset_duration(reset))
-                )
+    anthropic = family == "anthropic"
+    seen = _announcing(headers, "anthropic-ratelimit-" if anthropic else "x-ratelimit-")
+    found: list[Announcement] = []
+    if not seen:
+        return found
+    for dimension, limit_name, remaining_name, reset_name in _ANTHROPIC if anthropic else _OPENAI:
+        limit = _int(seen.get(limit_name))
+        remaining = _int(seen.get(remaining_name))
+        if limit is None or remaining is None:
+            continue
+        reset = seen.get(reset_name)
+        if reset is None:
+            reset_s = None
+        elif anthropic:
+            reset_s = _rfc3339_in_s(reset, time.time() if now is None else now)
+        else:
+            reset_s = parse_reset_duration(reset)
+        found.append(Announcement(dimension, limit, remaining, reset_s))
     return found

@@ -31,7 +31,8 @@ class LearnedLimits:
         self._limiters: dict[str, tuple[tuple[tuple[str, int], ...], Limiter]] = {}
 
     def observe(self, key: str, announced: Sequence[Announcement]) -> None:
-        limits = tuple(sorted((a.dimension, a.limit) for a in announced if a.dimension in _DIMENSIONS and a.limit > 0))
+        # In the order the headers parser gives them, which is fixed per provider.
+        limits = tuple((a.dimension, a.limit) for a in announced if a.dimension in _DIMENSIONS and a.limit > 0)
         if not limits:
             return
         current = self._limiters.get(key)
@@ -63,7 +64,10 @@ class LearnedLimits:
     def amounts(limiter: Limiter, family: str, input_tokens: int, output_tokens: int) -> dict[str, int]:
         """A call's amounts in the dimensions `limiter` limits (OpenAI counts input plus the
         output reservation toward TPM; Anthropic counts input and output apart)."""
-        every = {"tokens": input_tokens + output_tokens, "input_tokens": input_tokens, "output_tokens": output_tokens}
-        if family == "anthropic":
-            every["tokens"] = input_tokens
-        return {name: value for name, value in every.items() if name in limiter.dimensions}
+        dimensions = limiter.dimensions
+        every = {
+            "tokens": input_tokens if family == "anthropic" else input_tokens + output_tokens,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+        }
+        return {name: value for name, value in every.items() if name in dimensions}

@@ -4,9 +4,14 @@ reset, so one worker's 429 never becomes N workers' 429s.
 
 The pause is a limit like any other, on the state the calls are limited on (in-process,
 `SharedState`, the sidecar): a `pause_ms` dimension refilling at 1,000 per second with a burst
-of one. Each attempt takes one millisecond of it; a 429 that says "retry after R seconds"
-charges R·1000 more, which puts the key's next admission R seconds out. A call therefore waits
-exactly as long as the longest pause any worker recorded, and no lock or message is needed.
+of one. An attempt only looks (`peek`): it takes nothing, so a paused key costs its callers
+no throughput. A 429 that says "retry after R seconds" charges R·1000 beyond the burst, which
+puts the key's next admission R seconds out. A call therefore waits exactly as long as the
+longest pause any worker recorded, and no lock or message is needed.
+
+Tried and dropped: each attempt taking one millisecond of the limit (a `try_acquire`), which
+spaced the workers' first attempts after a pause, but capped every provider key at 1,000
+attempts a second on a state: a gateway at 1,000 rps to one deployment queued behind it.
 """
 
 from __future__ import annotations
@@ -42,12 +47,9 @@ class ProviderPause:
         self.limiter = Limiter(_LIMITS, state=state, namespace=_NAMESPACE)
 
     def wait_s(self, key: str) -> float:
-        """0.0 when `key` may be tried now (and takes its millisecond), else seconds to wait."""
-        decision = self.limiter.try_acquire(key, pause_ms=1)
-        if decision:  # a Reservation (or the sidecar's), whatever the state
-            cast(Reservation, decision).commit()
-            return 0.0
-        return max(0.001, float(decision.retry_after))
+        """0.0 when `key` may be tried now, else seconds to wait."""
+        decision = self.limiter.peek(key, pause_ms=1)
+        return 0.0 if decision else max(0.001, float(decision.retry_after))
 
     def pause(self, key: str, seconds: float) -> None:
         """No attempt on `key` anywhere on this state for `seconds` (at most an hour)."""

@@ -106,9 +106,10 @@ class _AsyncObservedStream(httpx2.AsyncByteStream):
 
 
 def _observed(response: httpx2.Response, stream: Any) -> httpx2.Response:
-    return httpx2.Response(
-        response.status_code, headers=response.headers, stream=stream, extensions=response.extensions
-    )
+    """The same response, its body read through `stream` (a new Response would cost more than
+    the rest of the wrapper's work on the way back)."""
+    response.stream = stream
+    return response
 
 
 class ThrottledTransport(httpx2.BaseTransport):

@@ -127,9 +127,10 @@ def _get(usage: Mapping[str, Any], *path: str) -> Any:
     """Value at a nested path, None where any step is missing or null."""
     node: Any = usage
     for key in path:
-        node = _as_mapping(node)
-        if node is None:
-            return None
+        if type(node) is not dict:  # a dict, as parsed from a reply, needs no conversion
+            node = _as_mapping(node)
+            if node is None:
+                return None
         node = node.get(key)
     return node
 

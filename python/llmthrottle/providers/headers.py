@@ -70,13 +70,17 @@ def rfc3339_in(seconds: float) -> str:
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_PLAIN_SECONDS = re.compile(r"\d+(?:\.\d+)?")
 
 
 def parse_reset_duration(text: str) -> float | None:
-    """OpenAI's reset durations (`6m0s`, `1.5s`, `20ms`, `1h2m3s`) in seconds; None if malformed."""
+    """An `x-ratelimit-reset-*` value in seconds: OpenAI's durations (`6m0s`, `1.5s`, `20ms`,
+    `1h2m3s`) or Azure's plain seconds (`45`); None if malformed."""
     text = text.strip()
     if not text or len(text) > 64:
         return None
+    if _PLAIN_SECONDS.fullmatch(text):
+        return float(text)
     total, position = 0.0, 0
     for match in _DURATION_PART.finditer(text):
         if match.start() != position:
@@ -99,13 +103,15 @@ def _rfc3339_in_s(text: str, now: float) -> float | None:
 
 @dataclass(frozen=True)
 class Announcement:
-    """One limit a response announced: `dimension` is `requests`, `tokens`, `input_tokens` or
-    `output_tokens`; `reset_s` is how long until the limit is whole again."""
+    """One limit a response announced: `limit` per `window_s` seconds of `dimension`
+    (`requests`, `tokens`, `input_tokens` or `output_tokens`), `remaining` of it now; `reset_s`
+    is how long until the limit is whole again."""
 
     dimension: str
     limit: int
     remaining: int
     reset_s: float | None
+    window_s: float = 60.0
 
 
 def _int(text: str | None) -> int | None:
@@ -114,7 +120,10 @@ def _int(text: str | None) -> int | None:
     return int(text)
 
 
-_OPENAI = (("requests", "requests"), ("tokens", "tokens"))
+# (header name, dimension, window in seconds). Azure announces its requests per 10 seconds
+# (a 120 RPM deployment says `x-ratelimit-limit-requests: 20`), its tokens per minute.
+_OPENAI = (("requests", "requests", 60.0), ("tokens", "tokens", 60.0))
+_AZURE = (("requests", "requests", 10.0), ("tokens", "tokens", 60.0))
 _ANTHROPIC = (
     ("requests", "requests"),
     ("tokens", "tokens"),
@@ -123,11 +132,12 @@ _ANTHROPIC = (
 )
 
 
-def announced_limits(family: str, headers: Mapping[str, str], *, now: float | None = None) -> list[Announcement]:
-    """The limits a response of `family` ("openai" or "anthropic") announced in its headers."""
+def announced_limits(provider: str, headers: Mapping[str, str], *, now: float | None = None) -> list[Announcement]:
+    """The limits a response of `provider` ("openai", "azure" or "anthropic") announced in its
+    headers. A value that is not a count (Azure sometimes sends -1) announces nothing."""
     now = time.time() if now is None else now
     found = []
-    if family == "anthropic":
+    if provider == "anthropic":
         for name, dimension in _ANTHROPIC:
             limit = _int(headers.get(f"anthropic-ratelimit-{name}-limit"))
             remaining = _int(headers.get(f"anthropic-ratelimit-{name}-remaining"))
@@ -137,12 +147,18 @@ def announced_limits(family: str, headers: Mapping[str, str], *, now: float | No
                     Announcement(dimension, limit, remaining, None if reset is None else _rfc3339_in_s(reset, now))
                 )
     else:
-        for name, dimension in _OPENAI:
+        for name, dimension, window_s in _AZURE if provider == "azure" else _OPENAI:
             limit = _int(headers.get(f"x-ratelimit-limit-{name}"))
             remaining = _int(headers.get(f"x-ratelimit-remaining-{name}"))
             reset = headers.get(f"x-ratelimit-reset-{name}")
             if limit is not None and remaining is not None:
                 found.append(
-                    Announcement(dimension, limit, remaining, None if reset is None else parse_reset_duration(reset))
+                    Announcement(
+                        dimension,
+                        limit,
+                        remaining,
+                        None if reset is None else parse_reset_duration(reset),
+                        window_s,
+                    )
                 )
     return found

@@ -61,12 +61,18 @@ def require_known(model: str, deployment: str, prices: PriceTable) -> None:
     llmthrottle can count and price (a guard admits a call at its worst-case cost)."""
     try:
         encoding_name_for_model(model)
-        prices.resolve(model, "openai")
-    except ConfigError as error:
-        raise ConfigError(
-            f"the Azure deployment {deployment!r} is counted and priced as the model {model!r}: {error}. "
-            f"Name the model it runs: lt.wrap(client, ..., model_of={{{deployment!r}: 'gpt-4o'}})"
-        ) from None
+    except ConfigError:
+        reason = "has no tokenizer"
+    else:
+        try:
+            prices.resolve(model, "openai")
+            return
+        except ConfigError:
+            reason = "has no price in the guard's price table"
+    raise ConfigError(
+        f"the Azure deployment {deployment!r} is counted and priced as the model {model!r}, which {reason}: "
+        f"name the model it runs with lt.wrap(client, ..., model_of={{{deployment!r}: 'gpt-4o'}})"
+    )
 
 
 def priced_model(reply_model: str, prices: PriceTable | None) -> str | None:

@@ -68,8 +68,8 @@ def wrap(
 
     Azure OpenAI (`openai.AzureOpenAI`, `openai.AsyncAzureOpenAI`, or `openai.OpenAI` on an
     Azure `/openai/v1` URL) is throttled per deployment: the provider's limits and pauses are
-    the deployment's, shared by every caller of it (Entra ID tokens included), and its requests
-    are counted as the model the request names. A deployment named otherwise than its model is
+    kept per deployment and api-key (every Entra ID token sharing one), and its requests are
+    counted as the model the request names. A deployment named otherwise than its model is
     mapped with `model_of={"chat-prod": "gpt-4o"}`; each reply is priced and recorded as the
     model Azure says answered, tagged `azure_deployment`.
 

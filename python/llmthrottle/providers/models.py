@@ -91,11 +91,10 @@ def request_model(endpoint: Endpoint, body: dict[str, Any], settings: Settings) 
     else the body's); `model` is what the call is counted and priced as."""
     wire_model = body.get("model")
     if endpoint.azure_deployment is None:
-        return (
-            (wire_model, counted_model(wire_model, wire_model, settings.model_of), wire_model)
-            if isinstance(wire_model, str)
-            else None
-        )
+        if not isinstance(wire_model, str):
+            return None
+        model_of = settings.model_of
+        return wire_model, model_of.get(wire_model, wire_model) if model_of else wire_model, wire_model
     named = wire_model if isinstance(wire_model, str) and wire_model else None
     name = endpoint.azure_deployment or named
     if not name:

@@ -25,7 +25,7 @@ import json
 import math
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 
@@ -35,7 +35,9 @@ from ..request_estimate import estimate
 if TYPE_CHECKING:
     from .fake_provider import FakeProvider, _Bucket
 
-__all__ = ["FakeAzure"]
+__all__ = ["FakeAzure", "deployment_map"]
+
+_Kind = Literal["chat", "embeddings", "responses"]
 
 _OPERATIONS = {"chat": "ChatCompletions_Create", "embeddings": "Embeddings_Create", "responses": "Responses_Create"}
 
@@ -54,13 +56,14 @@ class FakeAzure:
         self._buckets: dict[str, dict[str, _Bucket]] = {}
 
     def install(self, app: web.Application) -> None:
-        for kind, path in (("chat", "chat/completions"), ("embeddings", "embeddings")):
+        paths: tuple[tuple[_Kind, str], ...] = (("chat", "chat/completions"), ("embeddings", "embeddings"))
+        for kind, path in paths:
             app.router.add_post(f"/openai/deployments/{{deployment}}/{path}", self._handler(kind, in_path=True))
             app.router.add_post(f"/openai/v1/{path}", self._handler(kind, v1=True))
         app.router.add_post("/openai/responses", self._handler("responses"))
         app.router.add_post("/openai/v1/responses", self._handler("responses", v1=True))
 
-    def _handler(self, kind: str, *, in_path: bool = False, v1: bool = False) -> Any:
+    def _handler(self, kind: _Kind, *, in_path: bool = False, v1: bool = False) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
             return await self._serve(request, kind, in_path, v1)
 
@@ -100,7 +103,7 @@ class FakeAzure:
 
     # ------------------------------------------------------------------ a request
 
-    async def _serve(self, request: web.Request, kind: str, in_path: bool, v1: bool) -> web.StreamResponse:
+    async def _serve(self, request: web.Request, kind: _Kind, in_path: bool, v1: bool) -> web.StreamResponse:
         provider = self.provider
         if not v1 and "api-version" not in request.query:
             return self._error(404, "Resource not found")
@@ -135,11 +138,14 @@ class FakeAzure:
         buckets = self._deployment_buckets(deployment)
         if provider._server_error_now():
             return self._error(500, "The server had an error while processing your request.", "InternalServerError")
-        requested = body.get("max_output_tokens") if kind == "responses" else body.get("max_completion_tokens")
-        if kind == "chat" and requested is None:
-            requested = body.get("max_tokens")
-        requested = requested if type(requested) is int and kind != "embeddings" else None
-        input_tokens = estimate(body, "openai", model, endpoint=kind, fallback="o200k_base").input_tokens  # type: ignore[arg-type]
+        if kind == "chat":
+            from .fake_provider import chat_max_tokens
+
+            requested = chat_max_tokens(body)
+        else:
+            asked = body.get("max_output_tokens")
+            requested = asked if type(asked) is int and kind == "responses" else None
+        input_tokens = estimate(body, "openai", model, endpoint=kind, fallback="o200k_base").input_tokens
         output_tokens = provider._reply_tokens(requested) if kind != "embeddings" else 0
         # Azure counts a request's tokens when it arrives: its input and the output it may use.
         charge = input_tokens + (requested if requested is not None else output_tokens)

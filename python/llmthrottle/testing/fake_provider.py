@@ -42,7 +42,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,39 +57,52 @@ from .fake_batches import FakeBatches
 __all__ = ["FakeProvider"]
 
 
+_NS_PER_MINUTE = 60_000_000_000
+
+
 class _Bucket:
     """`capacity` units (default: `per_minute`) that refill at `per_minute` per minute; may go
-    into debt."""
+    into debt.
 
-    def __init__(self, per_minute: int, capacity: int | None = None) -> None:
+    Exact, as a provider's count is: the level is kept in integer units x nanoseconds-per-minute,
+    so a refill of `elapsed_ns * per_minute` loses nothing. A float level (tried first) fell
+    short by ~1e-15 of a unit at the very instant a GCRA limiter set to the same rate admits,
+    so a wrapper with the limits known met 429s no exact provider would send."""
+
+    def __init__(
+        self, per_minute: int, capacity: int | None = None, clock_ns: Callable[[], int] = time.monotonic_ns
+    ) -> None:
         self.capacity = per_minute if capacity is None else capacity
-        self.level = float(self.capacity)
-        self._rate_per_s = per_minute / 60.0
-        self._at = time.monotonic()
+        self._per_minute = per_minute
+        self._full = self.capacity * _NS_PER_MINUTE
+        self._level = self._full
+        self._clock_ns = clock_ns
+        self._at = clock_ns()
 
     def _refill(self) -> None:
-        now = time.monotonic()
-        self.level = min(float(self.capacity), self.level + (now - self._at) * self._rate_per_s)
-        self._at = now
+        now = self._clock_ns()
+        if now > self._at:
+            self._level = min(self._full, self._level + (now - self._at) * self._per_minute)
+            self._at = now
 
-    def wait_for(self, amount: float) -> float:
+    def wait_for(self, amount: int) -> float:
         """Seconds until `amount` fits (0: it fits now)."""
         self._refill()
-        missing = max(amount, 0.0) - self.level
-        return 0.0 if missing <= 0 else missing / self._rate_per_s
+        missing = max(amount, 0) * _NS_PER_MINUTE - self._level
+        return 0.0 if missing <= 0 else -(-missing // self._per_minute) / 1e9
 
-    def take(self, amount: float) -> None:
+    def take(self, amount: int) -> None:
         self._refill()
-        self.level -= amount
+        self._level -= amount * _NS_PER_MINUTE
 
     def remaining(self) -> int:
         self._refill()
-        return max(0, math.floor(self.level))
+        return max(0, self._level // _NS_PER_MINUTE)
 
     def reset_s(self) -> float:
         """Seconds until the bucket is full again."""
         self._refill()
-        return max(0.0, (self.capacity - self.level) / self._rate_per_s)
+        return (self._full - self._level) / self._per_minute / 1e9
 
 
 @web.middleware

@@ -319,7 +319,7 @@ def test_announced_limits_read_httpx_headers_in_any_case() -> None:
             ("X-RATELIMIT-RESET-REQUESTS", "6m0s"),
         ]
     )
-    assert announced_limits("openai", headers) == [("requests", 500, 0, 360.0)]
+    assert announced_limits("openai", headers) == [("requests", 500, 0, 360.0, 60.0)]
     assert announced_limits("anthropic", headers) == []
 
 

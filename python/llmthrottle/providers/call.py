@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +25,10 @@ from ..request_estimate import estimate
 from ..tokens import count_tokens
 from .attribution import context_keys, context_tags
 from .cache import CachedReply, ResponseCache
-from .headers import announced_limits, credential, retry_after_s
+from .headers import announced_limits, retry_after_s
 from .learned import LearnedLimits
-from .pause import ProviderPause, pause_key
+from .models import as_sent, priced_model, request_model
+from .pause import ProviderPause, limit_scope
 from .protocol import Endpoint, UsageReader, endpoint_of, failure_kind
 from .reports import CallReport, listening, report
 from .size import fit_request
@@ -59,6 +60,8 @@ class Settings:
     trim_to_fit: bool = False
     # The exact response cache (see cache.py): None, no cache.
     cache: ResponseCache | None = None
+    # The model each request name (an Azure deployment) stands for (see models.py).
+    model_of: Mapping[str, str] | None = None
 
 
 class CallPlan:
@@ -94,6 +97,7 @@ class CallPlan:
         self.learned_reservation: Any = None
         self.answer_headers: Any = None
         self._estimated: tuple[int, int] | None = None
+        self.azure_deployment: str | None = None
         self.cache_key = (
             settings.cache.key(f"{cache_scope}|{pause_key}", endpoint.kind, body)
             if settings.cache is not None and not self.streaming
@@ -113,15 +117,21 @@ class CallPlan:
     ) -> CallPlan | None:
         """The plan of an LLM request, or None for anything else. `cache_scope` narrows whose
         identical requests share a cached reply (the gateway's tenant)."""
-        endpoint = endpoint_of(method, path)
+        endpoint = endpoint_of(method, path, host)
         if endpoint is None:
             return None
         try:
             body = json.loads(content) if content else None
         except (ValueError, RecursionError):
             return None  # the provider will refuse it; nothing to count
-        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        if not isinstance(body, dict):
             return None
+        named = request_model(endpoint, body, settings)
+        if named is None:
+            return None
+        name, model, wire_model = named
+        if model != wire_model:
+            body = {**body, "model": model}  # counted and priced as `model`; sent as it came
         original, hide = body, False
         if (
             settings.include_stream_usage
@@ -134,10 +144,12 @@ class CallPlan:
         if settings.max_request_tokens is not None:
             body = fit_request(body, endpoint.family, endpoint.kind, settings.max_request_tokens, settings.trim_to_fit)
         if hide or body is not original:
-            content = json.dumps(body, separators=(",", ":")).encode()
-        return cls(
-            settings, endpoint, body, content, hide, pause_key(host, credential(headers), body["model"]), cache_scope
-        )
+            content = json.dumps(as_sent(body, wire_model), separators=(",", ":")).encode()
+        key, cache_scope = limit_scope(endpoint, host, headers, name, cache_scope)
+        plan = cls(settings, endpoint, body, content, hide, key, cache_scope)
+        if endpoint.azure_deployment is not None:
+            plan.azure_deployment = name
+        return plan
 
     # ------------------------------------------------------------------ admission
 
@@ -155,12 +167,15 @@ class CallPlan:
         return self.remaining_s() if limit is None else min(limit, self.remaining_s())
 
     def admit_arguments(self) -> dict[str, Any]:
-        return {
+        arguments: dict[str, Any] = {
             "body": self.body,
             "provider": self.endpoint.family,
             "timeout": self.admission_timeout(),
             **context_tags(),
         }
+        if self.azure_deployment is not None:
+            arguments["azure_deployment"] = self.azure_deployment
+        return arguments
 
     # ------------------------------------------------------------------ attempts
 
@@ -182,7 +197,7 @@ class CallPlan:
         """Reads an answer's status and the limits it announced: they become the provider key's
         learned limits, and one used up pauses every worker until its reset."""
         self.status, self.answer_headers = status, headers
-        announced = announced_limits(self.endpoint.family, headers)
+        announced = announced_limits(self.endpoint.provider, headers)
         self.settings.learned.observe(self.pause_key, announced)
         for limit in announced:
             if limit.remaining == 0 and limit.reset_s:
@@ -202,7 +217,12 @@ class CallPlan:
         if self.call is not None:
             return self.call._reserved_tokens
         if self._estimated is None:  # once per call, not per attempt
-            counted = estimate(self.body, self.endpoint.family)
+            # Learned limits are the provider's own count, approximated: a model name llmthrottle
+            # has no tokenizer for (an Azure deployment's, say) is counted with o200k_base.
+            kind = self.endpoint.kind
+            counted = estimate(
+                self.body, self.endpoint.family, endpoint=None if kind == "messages" else kind, fallback="o200k_base"
+            )
             self._estimated = counted.input_tokens, counted.max_output_tokens
         return self._estimated
 
@@ -343,6 +363,16 @@ class CallPlan:
             )
         )
 
+    def _answered_by(self, model: str) -> None:
+        """Azure named the model that answered: the call is priced and recorded as it, when the
+        price table knows it."""
+        guard = self.settings.guard
+        served = priced_model(model, guard.prices if guard is not None else None)
+        if served is not None and served != self.body["model"]:
+            self.body = {**self.body, "model": served}
+            if self.call is not None:
+                self.call.model = served
+
     def reader(self) -> UsageReader:
         return UsageReader(self.endpoint, self.streaming, self.hide_usage_chunk)
 
@@ -369,6 +399,8 @@ class CallPlan:
         usage, outcome = self._final_usage(reader)
         self._settle_learned(usage)
         self._keep_reply(reader)
+        if reader.model is not None:
+            self._answered_by(reader.model)
         cost: Cost | None = None
         if self.call is not None and not self.settled:
             self.settled = True

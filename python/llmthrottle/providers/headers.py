@@ -72,15 +72,19 @@ def rfc3339_in(seconds: float) -> str:
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_PLAIN_SECONDS = re.compile(r"\d+(?:\.\d+)?")
 
 
 @functools.lru_cache(maxsize=1024)
 def parse_reset_duration(text: str) -> float | None:
-    """OpenAI's reset durations (`6m0s`, `1.5s`, `20ms`, `1h2m3s`) in seconds; None if malformed.
-    Cached: a provider repeats a handful of these on every response."""
+    """An `x-ratelimit-reset-*` value in seconds: OpenAI's durations (`6m0s`, `1.5s`, `20ms`,
+    `1h2m3s`) or Azure's plain seconds (`45`); None if malformed. Cached: a provider repeats a
+    handful of these on every response."""
     text = text.strip()
     if not text or len(text) > 64:
         return None
+    if _PLAIN_SECONDS.fullmatch(text):
+        return float(text)
     total, position = 0.0, 0
     for match in _DURATION_PART.finditer(text):
         if match.start() != position:
@@ -110,13 +114,15 @@ def _rfc3339_in_s(text: str, now: float) -> float | None:
 
 
 class Announcement(NamedTuple):
-    """One limit a response announced: `dimension` is `requests`, `tokens`, `input_tokens` or
-    `output_tokens`; `reset_s` is how long until the limit is whole again."""
+    """One limit a response announced: `limit` per `window_s` seconds of `dimension`
+    (`requests`, `tokens`, `input_tokens` or `output_tokens`), `remaining` of it now; `reset_s`
+    is how long until the limit is whole again."""
 
     dimension: str
     limit: int
     remaining: int
     reset_s: float | None
+    window_s: float = 60.0
 
 
 def _int(text: str | None) -> int | None:
@@ -125,22 +131,35 @@ def _int(text: str | None) -> int | None:
     return int(text)
 
 
-def _names(prefix: str, parts: tuple[tuple[str, str], ...], order: tuple[str, str, str]) -> tuple[tuple[str, ...], ...]:
-    """(dimension, limit header, remaining header, reset header) for each announced limit."""
-    return tuple((dimension, *(prefix + order_part.format(name) for order_part in order)) for name, dimension in parts)
+def _names(
+    prefix: str, parts: tuple[tuple[str, str, float], ...], order: tuple[str, str, str]
+) -> tuple[tuple[str, float, str, str, str], ...]:
+    """(dimension, window in seconds, limit header, remaining header, reset header) for each
+    announced limit: header names spelled out once, not formatted on every response."""
+    return tuple(
+        (
+            dimension,
+            window_s,
+            prefix + order[0].format(name),
+            prefix + order[1].format(name),
+            prefix + order[2].format(name),
+        )
+        for name, dimension, window_s in parts
+    )
 
 
-# Header names spelled out once, not formatted on every response.
-_OPENAI = _names(
-    "x-ratelimit-", (("requests", "requests"), ("tokens", "tokens")), ("limit-{}", "remaining-{}", "reset-{}")
-)
+_X_RATELIMIT = ("limit-{}", "remaining-{}", "reset-{}")
+_OPENAI = _names("x-ratelimit-", (("requests", "requests", 60.0), ("tokens", "tokens", 60.0)), _X_RATELIMIT)
+# Azure announces its requests per 10 seconds (a 120 RPM deployment says
+# `x-ratelimit-limit-requests: 20`), its tokens per minute.
+_AZURE = _names("x-ratelimit-", (("requests", "requests", 10.0), ("tokens", "tokens", 60.0)), _X_RATELIMIT)
 _ANTHROPIC = _names(
     "anthropic-ratelimit-",
     (
-        ("requests", "requests"),
-        ("tokens", "tokens"),
-        ("input-tokens", "input_tokens"),
-        ("output-tokens", "output_tokens"),
+        ("requests", "requests", 60.0),
+        ("tokens", "tokens", 60.0),
+        ("input-tokens", "input_tokens", 60.0),
+        ("output-tokens", "output_tokens", 60.0),
     ),
     ("{}-limit", "{}-remaining", "{}-reset"),
 )
@@ -182,14 +201,16 @@ def credential(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def announced_limits(family: str, headers: Mapping[str, str], *, now: float | None = None) -> list[Announcement]:
-    """The limits a response of `family` ("openai" or "anthropic") announced in its headers."""
-    anthropic = family == "anthropic"
+def announced_limits(provider: str, headers: Mapping[str, str], *, now: float | None = None) -> list[Announcement]:
+    """The limits a response of `provider` ("openai", "azure" or "anthropic") announced in its
+    headers. A value that is not a count (Azure sometimes sends -1) announces nothing."""
+    anthropic = provider == "anthropic"
     seen = _announcing(headers, "anthropic-ratelimit-" if anthropic else "x-ratelimit-")
     found: list[Announcement] = []
     if not seen:
         return found
-    for dimension, limit_name, remaining_name, reset_name in _ANTHROPIC if anthropic else _OPENAI:
+    names = _ANTHROPIC if anthropic else _AZURE if provider == "azure" else _OPENAI
+    for dimension, window_s, limit_name, remaining_name, reset_name in names:
         limit = _int(seen.get(limit_name))
         remaining = _int(seen.get(remaining_name))
         if limit is None or remaining is None:
@@ -201,5 +222,5 @@ def announced_limits(family: str, headers: Mapping[str, str], *, now: float | No
             reset_s = _rfc3339_in_s(reset, time.time() if now is None else now)
         else:
             reset_s = parse_reset_duration(reset)
-        found.append(Announcement(dimension, limit, remaining, reset_s))
+        found.append(Announcement(dimension, limit, remaining, reset_s, window_s))
     return found

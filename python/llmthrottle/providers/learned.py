@@ -1,5 +1,6 @@
-"""Limits learned from the provider's headers: the requests and tokens per minute a response
-announces for its (provider, API key, model) become a limiter on the wrapper's state, so every
+"""Limits learned from the provider's headers: the requests and tokens per minute (Azure's
+requests per 10 seconds) a response announces for its (provider, API key, model or deployment)
+become a limiter on the wrapper's state, so every
 worker sharing that state spends the provider's quota together instead of discovering it by
 429s. Announced limits apply whether or not limits were configured: llmthrottle never sends more
 than the provider said it takes. A later announcement of other numbers replaces them.
@@ -19,7 +20,7 @@ from .headers import Announcement
 
 __all__ = ["LearnedLimits"]
 
-# The dimensions a provider announces; all are per minute.
+# The dimensions a provider announces, each over the window the announcement names.
 _DIMENSIONS = ("requests", "tokens", "input_tokens", "output_tokens")
 
 
@@ -28,17 +29,22 @@ class LearnedLimits:
 
     def __init__(self, state: Any = None) -> None:
         self._state = state
-        self._limiters: dict[str, tuple[tuple[tuple[str, int], ...], Limiter]] = {}
+        self._limiters: dict[str, tuple[tuple[tuple[str, int, float], ...], Limiter]] = {}
 
     def observe(self, key: str, announced: Sequence[Announcement]) -> None:
         # In the order the headers parser gives them, which is fixed per provider.
-        limits = tuple((a.dimension, a.limit) for a in announced if a.dimension in _DIMENSIONS and a.limit > 0)
+        limits = tuple(
+            (a.dimension, a.limit, a.window_s) for a in announced if a.dimension in _DIMENSIONS and a.limit > 0
+        )
         if not limits:
             return
         current = self._limiters.get(key)
         if current is not None and current[0] == limits:
             return
-        rates = {dimension: f"{limit}/min" for dimension, limit in limits}
+        rates = {
+            dimension: f"{limit}/min" if window_s == 60.0 else f"{limit}/{window_s:g}s"
+            for dimension, limit, window_s in limits
+        }
         if current is None:
             namespace = "llmthrottle.learned." + hashlib.sha256(key.encode()).hexdigest()[:16]
             limiter = Limiter(rates, state=self._state, namespace=namespace)

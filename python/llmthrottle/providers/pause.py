@@ -22,8 +22,10 @@ from typing import Any, cast
 
 from .._native import Reservation
 from ..limiter import Limiter
+from .headers import credential
+from .protocol import Endpoint
 
-__all__ = ["ProviderPause", "pause_key"]
+__all__ = ["ProviderPause", "azure_account", "limit_scope", "pause_key"]
 
 _NAMESPACE = "llmthrottle.provider-pause"
 _LIMITS = {"pause_ms": {"rate": "1000/s", "burst": 1}}
@@ -38,6 +40,28 @@ def _account(authorization: str) -> str:
 def pause_key(host: str, authorization: str | None, model: str) -> str:
     """The scope a provider's limits apply to: host, API key (hashed) and model."""
     return f"{host}|{_account(authorization or '')}|{model}"[:250]
+
+
+def azure_account(headers: Any) -> str | None:
+    """The credential an Azure OpenAI request's limits are scoped by, beside its host and
+    deployment. Azure counts a deployment's limits whoever calls, so an Entra ID token (a JWT,
+    renewed every hour and different in every process) is left out: every worker shares the
+    deployment's limits and pauses. An `api-key` (or a static key sent as a bearer) is kept, as
+    API Management may give each subscription key limits of its own."""
+    key = headers.get("api-key")
+    if key:
+        return str(key)
+    bearer = headers.get("authorization")
+    return None if not bearer or bearer[7:10] == "eyJ" else str(bearer)  # "Bearer eyJ...": a JWT
+
+
+def limit_scope(endpoint: Endpoint, host: str, headers: Any, name: str, cache_scope: str) -> tuple[str, str]:
+    """(the key of the provider's limits and pauses, the cache scope) of a request naming the
+    model or deployment `name`: a cached reply is only ever the same caller's."""
+    presented = credential(headers)
+    if endpoint.azure_deployment is None:
+        return pause_key(host, presented, name), cache_scope
+    return pause_key(host, azure_account(headers), name), f"{cache_scope}|{_account(presented or '')}"
 
 
 class ProviderPause:

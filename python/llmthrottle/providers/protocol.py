@@ -8,22 +8,33 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["Endpoint", "UsageReader", "endpoint_of", "error_body", "failure_kind"]
+__all__ = ["AZURE_HOSTS", "Endpoint", "UsageReader", "endpoint_of", "error_body", "failure_kind"]
 
 Family = Literal["openai", "anthropic"]
+Provider = Literal["openai", "azure", "anthropic"]
+Kind = Literal["chat", "responses", "embeddings", "messages"]
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """An LLM endpoint: the provider family and the kind of call."""
+    """An LLM endpoint: the provider family (whose request and usage shapes it speaks) and the
+    kind of call. `azure_deployment` is set for Azure OpenAI, which speaks OpenAI's shapes: the
+    deployment the path names, or "" when the body's `model` names it (the `/openai/v1` API)."""
 
     family: Family
-    kind: Literal["chat", "responses", "embeddings", "messages"]
+    kind: Kind
+    azure_deployment: str | None = None
+
+    @property
+    def provider(self) -> Provider:
+        """Whose rate-limit headers and error bodies the answers carry."""
+        return "azure" if self.azure_deployment is not None else self.family
 
     @property
     def counts_reserved_output(self) -> bool:
         """Whether the provider's token limit counts the requested max output, used or not
-        (OpenAI), rather than the output produced (Anthropic)."""
+        (OpenAI, and Azure, which counts a request's max_tokens when it arrives), rather than the
+        output produced (Anthropic)."""
         return self.family == "openai"
 
 
@@ -34,16 +45,40 @@ _ENDPOINTS = (
     ("/messages", Endpoint("anthropic", "messages")),
 )
 
+# Azure OpenAI's hosts (a resource's own, Azure AI Foundry's, API Management's): their
+# `/openai/v1` paths are Azure's, where elsewhere (Groq, Bedrock) the same paths are OpenAI's.
+AZURE_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com", ".azure-api.net")
+_DEPLOYMENTS = "/openai/deployments/"
 
-def endpoint_of(method: str, path: str) -> Endpoint | None:
+
+def endpoint_of(method: str, path: str, host: str = "") -> Endpoint | None:
     """The endpoint a request is a call to, or None for anything else (listing models, files...).
-    Azure's deployment paths (`/openai/deployments/x/chat/completions`) are OpenAI's."""
+
+    Azure OpenAI's requests are OpenAI's with the deployment in the path
+    (`/openai/deployments/{deployment}/chat/completions`, `.../embeddings`), or in the body's
+    `model` (`/openai/responses`, and any path on an Azure host, such as `/openai/v1/...`)."""
     if method != "POST":
         return None
     for suffix, endpoint in _ENDPOINTS:
         if path.endswith(suffix):
-            return endpoint
+            return endpoint if endpoint.family != "openai" else _openai_or_azure(endpoint, path, suffix, host)
     return None
+
+
+def _openai_or_azure(endpoint: Endpoint, path: str, suffix: str, host: str) -> Endpoint:
+    at = path.find(_DEPLOYMENTS)
+    if at >= 0:
+        deployment = path[at + len(_DEPLOYMENTS) : len(path) - len(suffix)]
+        return _azure(endpoint, deployment) if deployment and "/" not in deployment else endpoint
+    # Elsewhere `/openai/v1/...` is OpenAI's own shape (Groq, Bedrock, proxies): only Azure's
+    # hosts, and the path its SDK builds for the Responses API, say Azure.
+    if path == "/openai/responses" or host.endswith(AZURE_HOSTS):
+        return _azure(endpoint, "")
+    return endpoint
+
+
+def _azure(endpoint: Endpoint, deployment: str) -> Endpoint:
+    return Endpoint(endpoint.family, endpoint.kind, deployment)
 
 
 _OPENAI_KINDS = {
@@ -74,11 +109,14 @@ _OPENAI_CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limi
 
 
 def error_body(
-    family: Family, status: int, message: str, *, kind: str | None = None, code: str | None = None
+    provider: Provider, status: int, message: str, *, kind: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
-    """An error in `family`'s shape (what its SDK parses into its exception), the type and
-    code defaulting to what the provider sends for `status`."""
-    if family == "anthropic":
+    """An error in `provider`'s shape (what its SDK parses into its exception), the type and
+    code defaulting to what the provider sends for `status`. Azure's has a code (the status
+    as a string, or a name such as `DeploymentNotFound`) and a message, no type."""
+    if provider == "azure":
+        return {"error": {"code": code or str(status), "message": message}}
+    if provider == "anthropic":
         return {
             "type": "error",
             "error": {"type": kind or _ANTHROPIC_KINDS.get(status, "api_error"), "message": message},
@@ -133,6 +171,9 @@ class UsageReader:
         self.complete = False
         self.text_parts: list[str] = []
         self.received_any = False
+        # Azure: the model the reply names (a deployment's name says nothing of its model).
+        self.model: str | None = None
+        self._wants_model = endpoint.azure_deployment is not None
         # A whole (non-streaming) reply's bytes, once it ended (for the response cache).
         self.body = b""
         self._buffer = bytearray()
@@ -168,6 +209,8 @@ class UsageReader:
             if isinstance(decoded, dict) and isinstance(decoded.get("usage"), dict):
                 self.usage = decoded["usage"]
                 self.complete = True
+                if self._wants_model:
+                    self._note_model(decoded)
             return b""
         if rest.strip():
             return rest if self._event(rest) else b""
@@ -197,12 +240,19 @@ class UsageReader:
         if isinstance(response, dict) and isinstance(response.get("usage"), dict):
             self.usage = response["usage"]
             self.complete = decoded.get("type") == "response.completed" or self.complete
+        if self._wants_model:
+            self._note_model(response if isinstance(response, dict) else decoded)
         for choice in decoded.get("choices") or ():
             delta = choice.get("delta") if isinstance(choice, dict) else None
             content = delta.get("content") if isinstance(delta, dict) else None
             if isinstance(content, str):
                 self.text_parts.append(content)
         return not (self.hide_usage_chunk and decoded.get("choices") == [] and isinstance(usage, dict))
+
+    def _note_model(self, reply: dict[str, Any]) -> None:
+        model = reply.get("model")
+        if isinstance(model, str) and model and len(model) <= 200:  # Azure's first chunk names ""
+            self.model = model
 
     def _anthropic(self, event: dict[str, Any]) -> None:
         kind = event.get("type")

@@ -3,6 +3,7 @@ llmthrottle (admission at worst case, retries as the provider asks, usage priced
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import httpx2
@@ -13,6 +14,7 @@ from ..limiter import Limiter
 from .cache import ResponseCache
 from .call import KeysOption, Settings
 from .learned import LearnedLimits
+from .models import check_model_of
 from .pause import ProviderPause
 from .transport import AsyncThrottledTransport, ThrottledTransport
 
@@ -35,6 +37,7 @@ def wrap(
     max_request_tokens: int | None = None,
     trim_to_fit: bool = False,
     cache: ResponseCache | None = None,
+    model_of: Mapping[str, str] | None = None,
 ) -> _Client:
     """A client of the same type as `client` (`openai.OpenAI`, `openai.AsyncOpenAI`,
     `openai.AzureOpenAI`, `anthropic.Anthropic`, `anthropic.AsyncAnthropic`) whose LLM calls
@@ -63,6 +66,13 @@ def wrap(
       identical to one already answered with the same model and API key: not sent, not admitted,
       recorded at $0 with outcome `cache_hit`.
 
+    Azure OpenAI (`openai.AzureOpenAI`, `openai.AsyncAzureOpenAI`, or `openai.OpenAI` on an
+    Azure `/openai/v1` URL) is throttled per deployment: the provider's limits and pauses are
+    kept per deployment and api-key (every Entra ID token sharing one), and its requests are
+    counted as the model the request names. A deployment named otherwise than its model is
+    mapped with `model_of={"chat-prod": "gpt-4o"}`; each reply is priced and recorded as the
+    model Azure says answered, tagged `azure_deployment`.
+
     The returned client shares `client`'s connection pool; use it, not the original, for calls
     that should be throttled.
     """
@@ -70,6 +80,7 @@ def wrap(
         isinstance(max_request_tokens, bool) or not isinstance(max_request_tokens, int) or max_request_tokens < 1
     ):
         raise ConfigError(f"max_request_tokens must be a positive int, not {max_request_tokens!r}")
+    model_of = check_model_of(model_of)
     if guard is None and limiter is not None:
         guard = Guard(limiter)
     if state is None and guard is not None:
@@ -86,6 +97,7 @@ def wrap(
         max_request_tokens=max_request_tokens,
         trim_to_fit=trim_to_fit,
         cache=cache,
+        model_of=model_of,
     )
     with_options = getattr(client, "with_options", None)
     http_client = getattr(client, "_client", None)

@@ -21,6 +21,10 @@ second), charged as each provider charges:
   (resets in RFC 3339); a 429 is a `rate_limit_error` with `retry-after`; overload is a 529
   `overloaded_error`.
 
+- Azure OpenAI (`fake_azure.py`): deployment paths and the `/openai/v1` API on the same
+  server, `api-key` or Entra ID auth, limits per deployment (requests per 10 seconds), Azure's
+  headers and error bodies: `openai.AzureOpenAI(azure_endpoint=provider.azure_endpoint, ...)`.
+
 `GET /fake/counters` answers what the fake has seen (requests, 429s, errors, tokens, what each
 limit was charged), for a test or benchmark in another process.
 
@@ -38,6 +42,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,43 +51,58 @@ from aiohttp import web
 from ..providers.headers import format_reset_duration, rfc3339_in
 from ..providers.protocol import error_body
 from ..request_estimate import estimate
+from .fake_azure import FakeAzure
 from .fake_batches import FakeBatches
 
 __all__ = ["FakeProvider"]
 
 
-class _Bucket:
-    """`capacity` units that refill at `capacity` per minute; may go into debt."""
+_NS_PER_MINUTE = 60_000_000_000
 
-    def __init__(self, per_minute: int) -> None:
-        self.capacity = per_minute
-        self.level = float(per_minute)
-        self._rate_per_s = per_minute / 60.0
-        self._at = time.monotonic()
+
+class _Bucket:
+    """`capacity` units (default: `per_minute`) that refill at `per_minute` per minute; may go
+    into debt.
+
+    Exact, as a provider's count is: the level is kept in integer units x nanoseconds-per-minute,
+    so a refill of `elapsed_ns * per_minute` loses nothing. A float level (tried first) fell
+    short by ~1e-15 of a unit at the very instant a GCRA limiter set to the same rate admits,
+    so a wrapper with the limits known met 429s no exact provider would send."""
+
+    def __init__(
+        self, per_minute: int, capacity: int | None = None, clock_ns: Callable[[], int] = time.monotonic_ns
+    ) -> None:
+        self.capacity = per_minute if capacity is None else capacity
+        self._per_minute = per_minute
+        self._full = self.capacity * _NS_PER_MINUTE
+        self._level = self._full
+        self._clock_ns = clock_ns
+        self._at = clock_ns()
 
     def _refill(self) -> None:
-        now = time.monotonic()
-        self.level = min(float(self.capacity), self.level + (now - self._at) * self._rate_per_s)
-        self._at = now
+        now = self._clock_ns()
+        if now > self._at:
+            self._level = min(self._full, self._level + (now - self._at) * self._per_minute)
+            self._at = now
 
-    def wait_for(self, amount: float) -> float:
+    def wait_for(self, amount: int) -> float:
         """Seconds until `amount` fits (0: it fits now)."""
         self._refill()
-        missing = max(amount, 0.0) - self.level
-        return 0.0 if missing <= 0 else missing / self._rate_per_s
+        missing = max(amount, 0) * _NS_PER_MINUTE - self._level
+        return 0.0 if missing <= 0 else -(-missing // self._per_minute) / 1e9
 
-    def take(self, amount: float) -> None:
+    def take(self, amount: int) -> None:
         self._refill()
-        self.level -= amount
+        self._level -= amount * _NS_PER_MINUTE
 
     def remaining(self) -> int:
         self._refill()
-        return max(0, math.floor(self.level))
+        return max(0, self._level // _NS_PER_MINUTE)
 
     def reset_s(self) -> float:
         """Seconds until the bucket is full again."""
         self._refill()
-        return max(0.0, (self.capacity - self.level) / self._rate_per_s)
+        return (self._full - self._level) / self._per_minute / 1e9
 
 
 @web.middleware
@@ -107,6 +127,7 @@ class _Counters:
     charged: dict[str, int] = field(default_factory=dict)  # per limit, what admitted requests took
     batches: int = 0  # provider batches created (fake_batches.py)
     batch_requests: int = 0  # requests answered inside them
+    last_retry_after_ms: int = 0  # what the last 429 told its caller to wait
 
 
 def chat_completion(
@@ -133,6 +154,12 @@ def chat_completion(
     }
 
 
+def chat_max_tokens(body: dict[str, Any]) -> int | None:
+    """The output a chat request asks for at most (`max_completion_tokens`, else `max_tokens`)."""
+    requested = body.get("max_completion_tokens", body.get("max_tokens"))
+    return requested if type(requested) is int else None
+
+
 def anthropic_message(
     ident: str, model: str, input_tokens: int, output_tokens: int, requested: int | None
 ) -> dict[str, Any]:
@@ -157,7 +184,10 @@ class FakeProvider:
     (capped by the request's max tokens); `ttft_s` and `per_token_s` pace streams and replies;
     `error_rate` answers that share of requests with a 500, `overload_rate` (Anthropic) with a
     529; `insufficient_quota` refuses every OpenAI request as out of credit. The batch APIs
-    (`fake_batches.py`) finish a batch `batch_delay_s` after it was created.
+    (`fake_batches.py`) finish a batch `batch_delay_s` after it was created. Azure OpenAI
+    (`fake_azure.py`) serves `azure_deployments` (deployment name to the model it runs; None: any
+    deployment, running the model of its name), accepting any `api-key` unless `azure_api_key`
+    is set, with `rpm`/`tpm` per deployment.
     """
 
     def __init__(
@@ -174,6 +204,8 @@ class FakeProvider:
         overload_rate: float = 0.0,
         insufficient_quota: bool = False,
         batch_delay_s: float = 0.2,
+        azure_deployments: Mapping[str, str] | None = None,
+        azure_api_key: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         seed: int | None = None,
@@ -190,6 +222,7 @@ class FakeProvider:
         self.insufficient_quota = insufficient_quota
         self.counters = _Counters()
         self.batch_api = FakeBatches(self, batch_delay_s)
+        self.azure_api = FakeAzure(self, azure_deployments, azure_api_key)
         self._random = random.Random(seed)
         self._buckets = {
             name: _Bucket(value)
@@ -216,6 +249,16 @@ class FakeProvider:
     @property
     def anthropic_base_url(self) -> str:
         return self.base_url
+
+    @property
+    def azure_endpoint(self) -> str:
+        """What `openai.AzureOpenAI(azure_endpoint=...)` takes."""
+        return self.base_url
+
+    @property
+    def azure_v1_base_url(self) -> str:
+        """Azure's `/openai/v1` API, for `openai.OpenAI(base_url=...)`."""
+        return f"{self.base_url}/openai/v1"
 
     def start(self) -> FakeProvider:
         """Serves on a thread of its own; returns once the port is bound."""
@@ -270,6 +313,7 @@ class FakeProvider:
         app.router.add_post("/v1/messages", self._anthropic_messages)
         app.router.add_get("/fake/counters", self._counters)
         self.batch_api.install(app)
+        self.azure_api.install(app)
         return app
 
     async def _counters(self, request: web.Request) -> web.Response:
@@ -298,21 +342,22 @@ class FakeProvider:
         with self._lock:
             self.counters.by_status[status] = self.counters.by_status.get(status, 0) + 1
 
-    def _admit(self, charges: dict[str, int], input_tokens: int) -> tuple[str, float]:
-        """Charges every bucket when all of them have room; else charges none and returns the
-        bucket that waits longest and how long (0.0: admitted)."""
+    def _admit(
+        self, charges: dict[str, int], input_tokens: int, buckets: dict[str, _Bucket] | None = None
+    ) -> tuple[str, float]:
+        """Charges every bucket (of `buckets`, default the fake's own) when all of them have room;
+        else charges none and returns the bucket that waits longest and how long (0.0: admitted)."""
+        buckets = self._buckets if buckets is None else buckets
         with self._lock:
-            waits = {
-                name: self._buckets[name].wait_for(amount) for name, amount in charges.items() if name in self._buckets
-            }
+            waits = {name: buckets[name].wait_for(amount) for name, amount in charges.items() if name in buckets}
             limited = max(waits, key=lambda name: waits[name], default="")
             wait = waits.get(limited, 0.0)
             if wait > 0:
                 self.counters.rate_limited += 1
                 return limited, wait
             for name, amount in charges.items():
-                if name in self._buckets:
-                    self._buckets[name].take(amount)
+                if name in buckets:
+                    buckets[name].take(amount)
                 self.counters.charged[name] = self.counters.charged.get(name, 0) + amount
             self.counters.input_tokens += input_tokens
             return limited, 0.0
@@ -354,42 +399,67 @@ class FakeProvider:
 
     async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
-        requested = body.get("max_completion_tokens", body.get("max_tokens"))
-        requested = requested if type(requested) is int else None
+        requested = chat_max_tokens(body)
         refused, input_tokens, output_tokens = await self._openai_admit(body, requested, True)
         if refused is not None:
             return refused
+        return await self.chat_reply(
+            request, body, body["model"], requested, input_tokens, output_tokens, self._openai_headers()
+        )
+
+    async def chat_reply(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        model: str,
+        requested: int | None,
+        input_tokens: int,
+        output_tokens: int,
+        headers: dict[str, str],
+        azure: bool = False,
+    ) -> web.StreamResponse:
+        """An admitted chat completion's answer from `model`, whole or streamed. `azure` adds
+        Azure's content-filter results (in a stream, a first chunk with no choices)."""
         usage = {
             "prompt_tokens": input_tokens,
             "completion_tokens": output_tokens,
             "total_tokens": input_tokens + output_tokens,
         }
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        headers = self._openai_headers()
+        filtered = {"prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]} if azure else {}
         if not body.get("stream"):
             await self._pace(output_tokens)
             self._count(200)
-            return web.json_response(
-                chat_completion(ident, created, body["model"], input_tokens, output_tokens, requested), headers=headers
-            )
+            whole = chat_completion(ident, created, model, input_tokens, output_tokens, requested)
+            if azure:
+                whole["choices"][0]["content_filter_results"] = {}
+            return web.json_response({**whole, **filtered}, headers=headers)
         response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
         await response.prepare(request)
         self._count(200)
 
-        def chunk(delta: dict[str, Any], finish: str | None, **extra: Any) -> bytes:
-            data = {
-                "id": ident,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": body["model"],
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                **extra,
-            }
+        def event(data: dict[str, Any]) -> bytes:
             return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            if azure:
+                choice["content_filter_results"] = {}
+            return event(
+                {
+                    "id": ident,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [choice],
+                }
+            )
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if self.ttft_s:
             await asyncio.sleep(self.ttft_s)
+        if azure:  # Azure's stream opens with the prompt's filter results, in an unnamed chunk
+            await response.write(event({"choices": [], "created": 0, "id": "", "model": "", "object": "", **filtered}))
         await response.write(chunk({"role": "assistant", "content": ""}, None))
         for _ in range(output_tokens):
             if self.per_token_s:
@@ -397,15 +467,18 @@ class FakeProvider:
             await response.write(chunk({"content": " tok"}, None))
         await response.write(chunk({}, "stop"))
         if include_usage:
-            data = {
-                "id": ident,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": body["model"],
-                "choices": [],
-                "usage": usage,
-            }
-            await response.write(b"data: " + json.dumps(data).encode() + b"\n\n")
+            await response.write(
+                event(
+                    {
+                        "id": ident,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
+            )
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
@@ -440,6 +513,8 @@ class FakeProvider:
         limited, wait = self._admit({"requests": 1, "tokens": charge}, input_tokens)
         if wait > 0:
             bucket = self._buckets[limited]
+            with self._lock:
+                self.counters.last_retry_after_ms = max(1, math.ceil(wait * 1000))
             return (
                 self._openai_error(
                     429,
@@ -469,6 +544,20 @@ class FakeProvider:
         )
         if refused is not None:
             return refused
+        return await self.responses_reply(
+            request, body, body["model"], input_tokens, output_tokens, self._openai_headers()
+        )
+
+    async def responses_reply(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        """An admitted Responses API request's answer from `model`, whole or streamed."""
         ident, message_id = f"resp_{uuid.uuid4().hex[:24]}", f"msg_{uuid.uuid4().hex[:12]}"
 
         def whole(status: str, text: str, usage: dict[str, Any] | None) -> dict[str, Any]:
@@ -476,7 +565,7 @@ class FakeProvider:
                 "id": ident,
                 "object": "response",
                 "created_at": int(time.time()),
-                "model": body["model"],
+                "model": model,
                 "status": status,
                 "output": [
                     {
@@ -502,9 +591,9 @@ class FakeProvider:
         if not body.get("stream"):
             await self._pace(output_tokens)
             self._count(200)
-            return web.json_response(whole("completed", " tok" * output_tokens, usage), headers=self._openai_headers())
+            return web.json_response(whole("completed", " tok" * output_tokens, usage), headers=headers)
         # The Responses API's stream: typed events, the usage in the final response.completed.
-        response = web.StreamResponse(headers={**self._openai_headers(), "Content-Type": "text/event-stream"})
+        response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
         await response.prepare(request)
         self._count(200)
         sequence = 0
@@ -538,17 +627,23 @@ class FakeProvider:
         refused, input_tokens, _ = await self._openai_admit(body, None, False)
         if refused is not None:
             return refused
+        return self.embeddings_reply(body, body["model"], input_tokens, self._openai_headers())
+
+    def embeddings_reply(
+        self, body: dict[str, Any], model: str, input_tokens: int, headers: dict[str, str]
+    ) -> web.Response:
+        """An admitted embeddings request's answer from `model`: one vector per input."""
         inputs = body.get("input")
         count = len(inputs) if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int) else 1
         self._count(200)
         return web.json_response(
             {
                 "object": "list",
-                "model": body["model"],
+                "model": model,
                 "data": [{"object": "embedding", "index": i, "embedding": [0.0] * 8} for i in range(count)],
                 "usage": {"prompt_tokens": input_tokens, "total_tokens": input_tokens},
             },
-            headers=self._openai_headers(),
+            headers=headers,
         )
 
     # ------------------------------------------------------------------ Anthropic

@@ -1,12 +1,14 @@
-"""`llmthrottle fake-provider`: the fake OpenAI/Anthropic API of `llmthrottle.testing.FakeProvider`
-on a fixed port, until Ctrl-C.
+"""`llmthrottle fake-provider`: the fake OpenAI/Anthropic/Azure OpenAI API of
+`llmthrottle.testing.FakeProvider` on a fixed port, until Ctrl-C.
 
     llmthrottle fake-provider --port 8089 --rpm 60 --tpm 20000
+    llmthrottle fake-provider --azure-deployment chat-prod=gpt-4o-2024-08-06 --azure-api-key k
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 __all__ = ["configure_parser", "run"]
@@ -28,10 +30,26 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered 500")
     parser.add_argument("--overload-rate", type=float, default=0.0, help="share of Anthropic requests answered 529")
     parser.add_argument("--insufficient-quota", action="store_true", help="refuse OpenAI requests as out of credit")
+    parser.add_argument(
+        "--azure-deployment",
+        action="append",
+        default=[],
+        metavar="NAME=MODEL",
+        help="an Azure OpenAI deployment and the model it runs (repeatable; default: any deployment, "
+        "running the model of its name)",
+    )
+    parser.add_argument("--azure-api-key", default=None, help="the only Azure api-key accepted (default: any)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from .fake_azure import deployment_map
     from .fake_provider import FakeProvider
+
+    try:
+        deployments = deployment_map(args.azure_deployment) if args.azure_deployment else None
+    except ValueError as error:
+        print(f"llmthrottle fake-provider: {error}", file=sys.stderr)
+        return 2
 
     provider = FakeProvider(
         rpm=args.rpm,
@@ -44,13 +62,16 @@ def run(args: argparse.Namespace) -> int:
         error_rate=args.error_rate,
         overload_rate=args.overload_rate,
         insufficient_quota=args.insufficient_quota,
+        azure_deployments=deployments,
+        azure_api_key=args.azure_api_key,
         host=args.host,
         port=args.port,
     )
     provider.start()
     print(
         f"fake provider on {provider.base_url}: OpenAI base_url {provider.openai_base_url}, "
-        f"Anthropic base_url {provider.anthropic_base_url} (Ctrl-C stops)",
+        f"Anthropic base_url {provider.anthropic_base_url}, Azure azure_endpoint {provider.azure_endpoint} "
+        "(Ctrl-C stops)",
         flush=True,
     )
     try:

@@ -219,27 +219,34 @@ class RedisServer:
             self.process = None
 
 
-def cli(port: int, *args: str) -> str:
+def cli(port: int, *args: str, password: str | None = None) -> str:
     """One redis-cli command against the server on `port`: its output."""
     assert REDIS_CLI
-    return subprocess.run([REDIS_CLI, "-p", str(port), *args], capture_output=True, text=True, timeout=10).stdout
+    login = ["--no-auth-warning", "-a", password] if password else []
+    command = [REDIS_CLI, "-p", str(port), *login, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=10).stdout
 
 
 class RedisCluster:
     """Three masters, each with `replicas` replicas (none by default): every slot served, keys
     spread over three processes. `node_timeout_ms` is how long a master may be silent before
-    its replica takes over."""
+    its replica takes over; `password` is every node's requirepass (and masterauth)."""
 
-    def __init__(self, directory: Path, *, replicas: int = 0, node_timeout_ms: int = 2000) -> None:
+    def __init__(
+        self, directory: Path, *, replicas: int = 0, node_timeout_ms: int = 2000, password: str | None = None
+    ) -> None:
+        login = ["--requirepass", password, "--masterauth", password] if password else []
         self.nodes = [
-            RedisServer(directory / f"node{i}", cluster=True, node_timeout_ms=node_timeout_ms)
+            RedisServer(directory / f"node{i}", cluster=True, node_timeout_ms=node_timeout_ms, config=login)
             for i in range(3 * (1 + replicas))
         ]
         self.replicas = replicas
+        self.password = password
         assert REDIS_CLI
         subprocess.run(
             [
                 REDIS_CLI,
+                *(["--no-auth-warning", "-a", password] if password else []),
                 "--cluster",
                 "create",
                 *(f"127.0.0.1:{n.port}" for n in self.nodes),
@@ -260,26 +267,30 @@ class RedisCluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             running = [n for n in self.nodes if n.process is not None]
-            infos = [cli(n.port, "cluster", "info") for n in running]
+            infos = [self.cli(n, "cluster", "info") for n in running]
             if all("cluster_state:ok" in info and "cluster_slots_ok:16384" in info for info in infos):
-                roles = [cli(n.port, "info", "replication") for n in running]
+                roles = [self.cli(n, "info", "replication") for n in running]
                 if all("role:master" in r or "master_link_status:up" in r for r in roles):
                     return
             time.sleep(0.1)
         raise RuntimeError("the Redis cluster did not become ready")
+
+    def cli(self, node: RedisServer, *args: str) -> str:
+        """One redis-cli command against `node`: its output."""
+        return cli(node.port, *args, password=self.password)
 
     def node(self, port: int) -> RedisServer:
         return next(n for n in self.nodes if n.port == port)
 
     def masters(self) -> list[RedisServer]:
         """The running nodes that serve slots now."""
-        return [n for n in self.nodes if n.process is not None and cli(n.port, "role").startswith("master")]
+        return [n for n in self.nodes if n.process is not None and self.cli(n, "role").startswith("master")]
 
     def replica_of(self, master: RedisServer) -> RedisServer:
         """A running replica of `master`."""
         for node in self.nodes:
             if node.process is not None and node is not master:
-                role = cli(node.port, "role").split()
+                role = self.cli(node, "role").split()
                 if role[:1] == ["slave"] and role[2:3] == [str(master.port)]:
                     return node
         raise LookupError(f"no replica of the master on port {master.port}")

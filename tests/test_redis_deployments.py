@@ -79,6 +79,36 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer,
 # ---------------------------------------------------------------------------- AUTH
 
 
+URLS = {
+    "user": f"redis://lt:{SECRET}@127.0.0.1:1/0",
+    "tls": f"rediss://:{SECRET}@127.0.0.1:1/0?ssl_check_hostname=false",
+    "escaped": f"redis://lt:p%40{SECRET}@127.0.0.1:1/0",
+}
+
+
+@pytest.mark.parametrize(
+    "url, cluster",
+    [
+        *((url, False) for url in URLS.values()),
+        (f"unix:///tmp/nowhere.sock?db=0&password={SECRET}", False),
+        *((url, True) for url in URLS.values()),
+    ],
+    ids=[*URLS, "unix-query", *(f"cluster-{name}" for name in URLS)],
+)
+def test_a_state_is_built_without_a_word_to_redis_and_never_shows_its_password(url: str, cluster: bool) -> None:
+    state = lt.RedisState(url, prefix=fresh_prefix(), cluster=cluster, on_unavailable="fail_open")
+    lim = lt.Limiter({"requests": "1/hour"}, state=state)
+    assert lim.try_acquire("k") and lim.try_acquire("k")  # nothing answers: fail_open admits
+    assert state.stats["outages"] == 1 and not state.ping()
+    closed = lt.RedisState(url, prefix=fresh_prefix(), cluster=cluster)
+    with pytest.raises(lt.RedisUnavailable) as caught:
+        lt.Limiter({"requests": "1/hour"}, state=closed).try_acquire("k")
+    for shown in (repr(state), repr(lim), str(caught.value)):
+        assert SECRET not in shown and "***" in shown
+    state.close()
+    closed.close()
+
+
 def test_a_password_or_an_acl_user_in_the_url_opens_redis(secured: RedisServer) -> None:
     prefix = fresh_prefix()
     by_password = lt.RedisState(url_of(secured, f":{SECRET}"), prefix=prefix)
@@ -272,13 +302,22 @@ def test_a_replica_is_unavailable_by_the_policy_until_it_is_promoted(tmp_path: P
 
 @pytest.mark.slow
 def test_a_cluster_failover_keeps_the_counts(tmp_path: Path, caplog: Any) -> None:
-    """A Cluster with a replica per master. A graceful failover (CLUSTER FAILOVER) is seamless:
-    no call refused, no count lost. After a master is killed, its slots are unavailable until
-    its replica is promoted (the whole cluster answers CLUSTERDOWN meanwhile, as Redis does with
-    cluster-require-full-coverage); then every key decides again on the counters replicated
-    before the crash, and usage settled during the outage is replayed there, once."""
-    cluster = RedisCluster(tmp_path, replicas=1)
-    state = lt.RedisState(cluster.url, prefix=fresh_prefix(), cluster=True, timeout=0.5, retry_interval=0.1)
+    """A Cluster with a replica per master, behind a password. A graceful failover (CLUSTER
+    FAILOVER) is seamless: no call refused, no count lost. After a master is killed, its slots
+    are unavailable until its replica is promoted (the whole cluster answers CLUSTERDOWN
+    meanwhile, as Redis does with cluster-require-full-coverage); then every key decides again
+    on the counters replicated before the crash, and usage settled during the outage is
+    replayed there, once."""
+    cluster = RedisCluster(tmp_path, replicas=1, password=SECRET)
+    any_node = f"127.0.0.1:{cluster.nodes[0].port}/0"
+    # Built without a word to Redis; refused at the first call, like a standalone server.
+    refused = lt.RedisState(f"redis://:wrong-{SECRET}@{any_node}", prefix=fresh_prefix(), cluster=True)
+    with pytest.raises(lt.RedisUnavailable, match="refused to authenticate") as caught:
+        lt.Limiter({"requests": "5/hour"}, state=refused).try_acquire("k")
+    assert SECRET not in str(caught.value) and not refused.ping()
+    refused.close()
+    url = f"redis://:{SECRET}@{any_node}"
+    state = lt.RedisState(url, prefix=fresh_prefix(), cluster=True, timeout=0.5, retry_interval=0.1)
     # A burst of 1000 that drains one unit in 2.4 hours: what is counted stays put during the test.
     lim = lt.Limiter({"requests": {"rate": "10/day", "burst": 1000}}, state=state)
     keys = [f"k{i}" for i in range(24)]
@@ -307,8 +346,8 @@ def test_a_cluster_failover_keeps_the_counts(tmp_path: Path, caplog: Any) -> Non
         # A graceful failover: the replica catches up, then takes over its master's slots.
         old = master_of(keys[0])
         promoted = cluster.replica_of(old)
-        assert cli(promoted.port, "cluster", "failover").strip() == "OK"
-        wait_for(lambda: cli(promoted.port, "role").startswith("master"), "the replica took over")
+        assert cluster.cli(promoted, "cluster", "failover").strip() == "OK"
+        wait_for(lambda: cluster.cli(promoted, "role").startswith("master"), "the replica took over")
         assert decide_all() == 0  # not one call refused
         assert counted() == dict(admitted)
         # A crash: the new master is killed; the old one, its replica now, is promoted.
@@ -316,7 +355,7 @@ def test_a_cluster_failover_keeps_the_counts(tmp_path: Path, caplog: Any) -> Non
         assert doomed
         reservation = lim.try_acquire(doomed[0])
         admitted[doomed[0]] += 1
-        assert cli(promoted.port, "wait", "1", "5000").strip() == "1"  # its replica has it all
+        assert cluster.cli(promoted, "wait", "1", "5000").strip() == "1"  # its replica has it all
         with caplog.at_level(logging.WARNING, logger="llmthrottle"):
             promoted.kill()
             reservation.commit(requests=3)  # 2 more than reserved, while its node is down
@@ -325,7 +364,7 @@ def test_a_cluster_failover_keeps_the_counts(tmp_path: Path, caplog: Any) -> Non
             while decide_all():  # refused until the replica is promoted
                 assert time.monotonic() < deadline, "the cluster never failed over"
                 time.sleep(0.1)
-        assert cli(old.port, "role").startswith("master")
+        assert cluster.cli(old, "role").startswith("master")
         assert state.pending == 0  # replayed on the promoted replica
         admitted[doomed[0]] += 2
         assert counted() == dict(admitted)  # nothing acknowledged before the crash was lost

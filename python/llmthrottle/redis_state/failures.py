@@ -12,7 +12,7 @@ Errors about one cell (damaged bytes, a key of another type) are not: they raise
 from __future__ import annotations
 
 import ssl
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 __all__ = ["unavailable_errors", "explain", "redact"]
 
@@ -20,9 +20,16 @@ __all__ = ["unavailable_errors", "explain", "redact"]
 def unavailable_errors() -> tuple[type[BaseException], ...]:
     """The redis-py exceptions that mean the server cannot be used now."""
     import redis
-    from redis.exceptions import ClusterDownError, NoPermissionError, ReadOnlyError, TryAgainError
+    from redis.exceptions import (
+        ClusterDownError,
+        NoPermissionError,
+        ReadOnlyError,
+        RedisClusterException,
+        TryAgainError,
+    )
 
-    # AuthenticationError is a ConnectionError.
+    # AuthenticationError is a ConnectionError; RedisClusterException is a Cluster no node of
+    # which could be reached (to read the slot map) or that does not cover a slot.
     return (
         redis.ConnectionError,
         redis.TimeoutError,
@@ -30,8 +37,17 @@ def unavailable_errors() -> tuple[type[BaseException], ...]:
         TryAgainError,
         ReadOnlyError,
         NoPermissionError,
+        RedisClusterException,
         OSError,
     )
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """`error` and what it was raised from (redis-py wraps socket and TLS errors)."""
+    chain = [error]
+    while len(chain) < 8 and (chain[-1].__cause__ or chain[-1].__context__) is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
+    return chain
 
 
 def explain(error: BaseException) -> str:
@@ -39,9 +55,10 @@ def explain(error: BaseException) -> str:
     from redis.exceptions import AuthenticationError, NoPermissionError, ReadOnlyError
 
     detail = f"{type(error).__name__}: {error}"
-    if isinstance(error, AuthenticationError):
+    causes = _causes(error)
+    if any(isinstance(cause, AuthenticationError) for cause in causes):
         return f"the server refused to authenticate this client (see the user and password of the URL) - {detail}"
-    if isinstance(error.__cause__, ssl.SSLCertVerificationError):
+    if any(isinstance(cause, ssl.SSLCertVerificationError) for cause in causes):
         return f"the server's TLS certificate is not trusted (see ssl_ca_certs) - {detail}"
     if isinstance(error, ReadOnlyError):
         return f"the server is a read-only replica: llmthrottle writes to the primary - {detail}"
@@ -54,14 +71,19 @@ def redact(url: str) -> str:
     """`url` with its password (in the user part, or a `password=` argument) replaced by ***."""
     try:
         parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            user, _, host = netloc.rpartition("@")
-            netloc = f"{user.partition(':')[0]}:***@{host}"
-        query = parts.query
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any("password" in name.lower() for name, _ in pairs):
-            query = urlencode([(name, "***" if "password" in name.lower() else value) for name, value in pairs])
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        password = parts.password
     except ValueError:  # not a URL redis-py could open either: show nothing of it
         return "<a URL that does not parse>"
+    shown = url
+    if password is not None:
+        user, _, host = parts.netloc.rpartition("@")
+        shown = shown.replace(f"//{parts.netloc}", f"//{user.partition(':')[0]}:***@{host}", 1)
+    base, question, rest = shown.partition("?")
+    if question:
+        query, hash_mark, fragment = rest.partition("#")
+        pairs = [
+            f"{pair.partition('=')[0]}=***" if "password" in unquote(pair.partition("=")[0]).lower() else pair
+            for pair in query.split("&")
+        ]
+        shown = f"{base}?{'&'.join(pairs)}{hash_mark}{fragment}"
+    return shown

@@ -127,8 +127,11 @@ class RedisState:
         # How errors and logs name the server: never with its password.
         self._name = "Redis" if self._url is None else f"Redis at {redact(self._url)}"
         self._options = dict(client_options)
-        self._sync = self._open(url_or_client, cluster)
-        self.cluster = _is_cluster(self._sync)
+        # A Cluster's client reads the slot map from a node when it is built: that waits for the
+        # first call, so that building a state never waits on Redis nor fails for it.
+        self.cluster = bool(cluster) if self._url is not None else _is_cluster(url_or_client)
+        self._sync: Any = None if self._url is not None and self.cluster else self._open(url_or_client, False)
+        self._connecting = threading.Lock()
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._sha = hashlib.sha1(script.SOURCE.encode()).hexdigest()
         self._errors = unavailable_errors()
@@ -214,9 +217,23 @@ class RedisState:
             entry = self._async[loop] = (client, closer)
         return entry[0]
 
+    def _cluster_client(self) -> Any:
+        """The Cluster's client, built by the first call that needs it (raises redis-py's
+        errors while no node can be reached)."""
+        with self._connecting:
+            if self._sync is None:
+                self._sync = self._open(self._url, True)
+        return self._sync
+
     @property
     def client(self) -> Any:
-        """The synchronous redis-py client."""
+        """The synchronous redis-py client (raises RedisUnavailable when a Cluster's cannot be
+        built yet)."""
+        if self._sync is None:
+            try:
+                self._cluster_client()
+            except self._errors as error:
+                raise self._failed(error, "?") from None
         return self._sync
 
     def _make_limiter(self, *, limits: Any, rules: Any, budgets: Sequence[Any], namespace: str, clock: Any) -> Any:
@@ -232,12 +249,15 @@ class RedisState:
         return bool(self._outages)
 
     def _describe(self, where: str) -> str:
-        return f"Redis node {where}" if where else self._name
+        """ "" is a standalone server, "?" a Cluster as a whole, anything else one of its nodes."""
+        return self._name if where in ("", "?") else f"Redis node {where}"
 
     def _node_of(self, call: script.Call) -> str:
         """Where a call goes: "" on a standalone server, its node's name on a Cluster."""
         if not self.cluster:
             return ""
+        if self._sync is None:
+            return "?"
         try:
             return str(self._sync.get_node_from_key(call.keys[0]).name)
         except Exception:  # no node known for the slot: the cluster as a whole
@@ -290,7 +310,7 @@ class RedisState:
         except Exception:  # the client's view of the cluster is being refreshed: next time
             return
         for where in [where for where in self._outages if where not in serving]:
-            self._recovered(where, replaced=True)
+            self._recovered(where, replaced=where != "?")
 
     def run(self, call: script.Call) -> Any:
         """Runs one script call; raises RedisUnavailable when Redis cannot answer."""
@@ -310,6 +330,8 @@ class RedisState:
         except self._response_error as error:
             raise _refused(error) from None
         if self._outages or self._probing:
+            if self.cluster:
+                where = self._node_of(call)  # who answered: the call may have refreshed the slot map
             if where in self._outages or where in self._probing:
                 self._recovered(where)
             elif self.cluster:
@@ -321,7 +343,8 @@ class RedisState:
         no pool to check out from and no retry loop around it (the timeout bounds it, and
         `on_unavailable` decides after a failure). A Cluster's client routes it instead."""
         if self.cluster:
-            return self._sync.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
+            client = self._sync if self._sync is not None else self._cluster_client()
+            return client.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
         local = self._thread
         connection = getattr(local, "connection", None)
         if connection is None or local.pid != os.getpid():
@@ -477,6 +500,7 @@ class RedisState:
     def _after_fork(self) -> None:
         # The parent's holders and heartbeat stay the parent's.
         self._lock = threading.Lock()
+        self._connecting = threading.Lock()
         self._holders = {}
         self._heartbeat = None
         self._process = uuid.uuid4().hex[:12]
@@ -527,7 +551,8 @@ class RedisState:
     def ping(self) -> bool:
         """True when Redis answers."""
         try:
-            return bool(self._sync.ping())
+            client = self._sync if self._sync is not None else self._cluster_client()
+            return bool(client.ping())
         except self._errors:
             return False
 
@@ -542,7 +567,8 @@ class RedisState:
         self._closed.set()
         for connection in list(self._connections):
             connection.disconnect()
-        self._sync.close()
+        if self._sync is not None:
+            self._sync.close()
 
     def __reduce__(self) -> Any:
         if self._url is None:

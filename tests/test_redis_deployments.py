@@ -30,7 +30,7 @@ SECRET = f"pw-{uuid.uuid4().hex}"
 
 
 def fresh_prefix() -> str:
-    return f"d{uuid.uuid4().hex[:12]}:"
+    return f"lt:{uuid.uuid4().hex[:12]}:"
 
 
 def url_of(server: RedisServer, credentials: str = "", query: str = "") -> str:
@@ -45,11 +45,12 @@ def wait_for(condition: Any, what: str, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-# Who may log in: `default` with requirepass; `lt`, an ACL user with every permission; `outsider`,
-# an ACL user whose keys are not llmthrottle's.
+# Who may log in: `default` with requirepass; `lt`, an ACL user with every permission; `minimal`,
+# with only what the README says llmthrottle needs; `outsider`, whose keys are not llmthrottle's.
 USERS = [
     "--requirepass", SECRET,
     "--user", "lt", "on", f">{SECRET}", "~*", "&*", "+@all",
+    "--user", "minimal", "on", f">{SECRET}", "~lt:*", "+@scripting", "+@read", "+@write", "+@connection", "+time",
     "--user", "outsider", "on", f">{SECRET}", "~other:*", "+@all",
 ]  # fmt: skip
 
@@ -114,6 +115,7 @@ def test_a_password_or_an_acl_user_in_the_url_opens_redis(secured: RedisServer) 
     by_password = lt.RedisState(url_of(secured, f":{SECRET}"), prefix=prefix)
     by_user = lt.RedisState(url_of(secured, f"lt:{SECRET}"), prefix=prefix, leases=True, lease_fraction=0.5)
     copy = pickle.loads(pickle.dumps(by_user))  # another process gets the credentials with the URL
+    minimal = lt.RedisState(url_of(secured, f"minimal:{SECRET}"), prefix=prefix, holder_ttl=1)
     limits = {"requests": "5/hour", "tokens": {"rate": "1000/day", "burst": 1000}}
     one, two, three = (lt.Limiter(limits, state=state) for state in (by_password, by_user, copy))
     try:
@@ -121,13 +123,24 @@ def test_a_password_or_an_acl_user_in_the_url_opens_redis(secured: RedisServer) 
         assert asyncio.run(one.try_acquire_async("k", tokens=0))
         assert three.try_acquire("k", tokens=0)
         assert one.status("k")[0].used == 4  # one set of counters, whoever logged in
+        # The least an ACL user needs: every kind of limit, settling, a concurrency heartbeat.
+        least = lt.Limiter(
+            {"requests": "5/hour", "cost_usd": {"quota": 1, "per": "day"}, "concurrency": 1}, state=minimal
+        )
+        held = least.try_acquire("least", cost_usd=0.5)
+        assert held and not least.try_acquire("least")
+        time.sleep(1.2)  # the heartbeat extends the slot past its 1 s ttl
+        assert not least.try_acquire("least")
+        held.commit(cost_usd=0.25)
+        assert [state.used for state in least.status("least")] == [1, 0.25, 0]
+        assert minimal.stats["unavailable"] == 0
         leased = two.try_acquire("leased", tokens=10)  # a lease is taken and spent by the ACL user
         assert isinstance(leased, lt.redis_state.LeasedReservation)
         assert one.status("leased")[1].used >= 10
         for shown in (repr(by_password), repr(by_user), repr(one), repr(two)):
             assert SECRET not in shown and "***" in shown
     finally:
-        for state in (by_password, by_user, copy):
+        for state in (by_password, by_user, copy, minimal):
             state.close()
 
 

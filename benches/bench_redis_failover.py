@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from redis_servers import RedisCluster, RedisServer, cli
+from redis_servers import RedisCluster, RedisServer
 
 LIMITS = {"requests": {"quota": 10**12, "per": "day"}}  # never denies; counts exactly
 
@@ -103,10 +103,10 @@ def one_round(cluster: RedisCluster, processes: int, seconds: float, graceful: b
     time.sleep(seconds)
     started = time.monotonic()
     if graceful:
-        cli(replica.port, "cluster", "failover")
+        cluster.failover(replica)
     else:
         master.kill()
-    while not cli(replica.port, "role").startswith("master"):
+    while not cluster.cli(replica, "role").startswith("master"):
         time.sleep(0.02)
     promoted_after = time.monotonic() - started
     time.sleep(seconds)

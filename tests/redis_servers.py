@@ -163,6 +163,8 @@ class RedisServer:
             "",
             "--protected-mode",
             "no",
+            "--repl-diskless-sync-delay",  # a replica's first sync starts at once, not after 5 s
+            "0",
             "--loglevel",
             "warning",
             "--logfile",
@@ -261,9 +263,10 @@ class RedisCluster:
         self.wait_until_ready()
 
     def wait_until_ready(self, timeout: float = 30) -> None:
-        """Returns once every running node (not only the first) sees every slot served, and
-        every replica is linked to its master: a node that has not heard of the others yet
-        answers CLUSTERDOWN."""
+        """Returns once every running node (not only the first) sees every slot served and
+        every other running node in its role, and every replica is linked to its master: a
+        node that has not heard of the others yet answers CLUSTERDOWN, and a master that has
+        not heard of its replica yet ignores its CLUSTER FAILOVER."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             running = [n for n in self.nodes if n.process is not None]
@@ -271,9 +274,36 @@ class RedisCluster:
             if all("cluster_state:ok" in info and "cluster_slots_ok:16384" in info for info in infos):
                 roles = [self.cli(n, "info", "replication") for n in running]
                 if all("role:master" in r or "master_link_status:up" in r for r in roles):
-                    return
+                    replicas = sum("role:slave" in r for r in roles)
+                    if all(self._sees(n, running, replicas) for n in running):
+                        return
             time.sleep(0.1)
         raise RuntimeError("the Redis cluster did not become ready")
+
+    def _sees(self, node: RedisServer, running: list[RedisServer], replicas: int) -> bool:
+        """True when `node` knows every running node, none as failing, and `replicas` of them
+        as replicas."""
+        flags = {}
+        for line in self.cli(node, "cluster", "nodes").splitlines():
+            fields = line.split()
+            if len(fields) > 2:
+                flags[fields[1].split("@")[0].rpartition(":")[2]] = fields[2]
+        seen = [flags.get(str(n.port), "fail") for n in running]
+        if any(bad in flag for flag in seen for bad in ("fail", "handshake", "noaddr")):
+            return False
+        return sum("slave" in flag for flag in seen) == replicas
+
+    def failover(self, replica: RedisServer) -> None:
+        """A graceful failover: `replica` catches up with its master and takes its slots (asked
+        again if a loaded machine let the manual failover time out)."""
+        for _ in range(3):
+            self.cli(replica, "cluster", "failover")
+            deadline = time.monotonic() + 8  # Redis gives a manual failover 5 s
+            while time.monotonic() < deadline:
+                if self.cli(replica, "role").startswith("master"):
+                    return
+                time.sleep(0.05)
+        raise RuntimeError(f"the replica on port {replica.port} never took over")
 
     def cli(self, node: RedisServer, *args: str) -> str:
         """One redis-cli command against `node`: its output."""

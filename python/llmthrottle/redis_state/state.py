@@ -249,7 +249,8 @@ class RedisState:
         return bool(self._outages)
 
     def _describe(self, where: str) -> str:
-        """ "" is a standalone server, "?" a Cluster as a whole, anything else one of its nodes."""
+        """How errors and logs name `where`: the URL for a standalone server ("") or a Cluster
+        as a whole ("?"), the node's address for one node of a Cluster."""
         return self._name if where in ("", "?") else f"Redis node {where}"
 
     def _node_of(self, call: script.Call) -> str:

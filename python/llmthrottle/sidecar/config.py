@@ -19,9 +19,9 @@
                                                   #   sharing one server share the limits;
                                                   #   "rediss://user:password@cache:6380/0"
                                                   #   for TLS and an ACL user
-    # ssl_ca_certs = "/etc/llmthrottle/ca.pem"   # TLS: the CA that signed the server's
-    # ssl_certfile = "/etc/llmthrottle/client.pem"  # certificate; a client certificate and
-    # ssl_keyfile = "/etc/llmthrottle/client.key"   # key when the server asks for one
+    # ssl_ca_certs = "/etc/redis/ca.pem"          # TLS: the CA that signed the server's
+    # ssl_certfile = "/etc/redis/client.pem"      #   certificate; a client certificate and
+    # ssl_keyfile = "/etc/redis/client.key"       #   its key when the server asks for one
     # prefix = "llmthrottle:"
     # cluster = false
     # timeout = 0.5

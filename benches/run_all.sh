@@ -17,4 +17,5 @@ echo "## Ledger";                      python benches/bench_ledger.py
 echo "## Tokens";                      python benches/bench_tokens.py
 echo "## Sidecar";                     python benches/bench_sidecar.py
 echo "## Redis vs peers";              python benches/bench_redis.py
+echo "## Redis Cluster failover";      python benches/bench_redis_failover.py
 echo "## Gateway vs LiteLLM";          python benches/bench_gateway.py --seconds 10

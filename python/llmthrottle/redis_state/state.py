@@ -28,6 +28,7 @@ from typing import Any
 from .._native import ConfigError, StateError
 from . import script
 from .cells import check_prefix, group_steps
+from .failures import explain, redact, unavailable_errors
 from .leases import Lease, LeaseBook
 
 __all__ = ["RedisState", "RedisUnavailable"]
@@ -48,19 +49,18 @@ def _refused(error: BaseException) -> StateError:
     return StateError(f"Redis refused llmthrottle's script: {error}")
 
 
-def _redis_errors() -> tuple[type[BaseException], ...]:
-    import redis
-    from redis.exceptions import ClusterDownError, TryAgainError
-
-    return (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError, OSError)
-
-
 class RedisState:
     """Limiter state in Redis, shared by every process on every host that uses the same server
     (or cluster) and `prefix`.
 
     `url_or_client` is a URL (`redis://host:6379/0`, `rediss://...`, `unix:///path`) or a
     `redis.Redis` / `redis.cluster.RedisCluster` client; `cluster=True` opens a URL as a Cluster.
+    A URL carries the credentials (`redis://:password@host` for `requirepass`,
+    `redis://user:password@host` for an ACL user); other keywords go to redis-py, such as TLS's
+    `ssl_ca_certs=`, `ssl_certfile=` and `ssl_keyfile=` for `rediss://`. Nothing connects until
+    the first call: a server that cannot be reached, refuses the credentials, is not trusted, or
+    is a read-only replica is unavailable (see `on_unavailable`), with an error and one log
+    line that name it without its password.
     `leases=True` lets this process take slices of a hot rate limit (at most `lease_fraction` of its
     burst, for at most `lease_ttl` seconds) and decide from them locally (see
     `llmthrottle.redis_state.leases`). A decision waits at most `timeout` seconds for Redis; after a
@@ -114,18 +114,27 @@ class RedisState:
             self.prefix = check_prefix(prefix)
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+            path = client_options.get(name)
+            if path is not None and not (isinstance(path, (str, os.PathLike)) and os.path.isfile(path)):
+                raise ConfigError(f"{name} must be the path of an existing PEM file, not {path!r}")
         self.on_unavailable = on_unavailable
         self.local_fraction = float(local_fraction)
         self.timeout = float(timeout)
         self.retry_interval = float(retry_interval)
         self.holder_ttl_ms = int(holder_ttl * 1000)
         self._url: str | None = url_or_client if isinstance(url_or_client, str) else None
+        # How errors and logs name the server: never with its password.
+        self._name = "Redis" if self._url is None else f"Redis at {redact(self._url)}"
         self._options = dict(client_options)
-        self._sync = self._open(url_or_client, cluster)
-        self.cluster = _is_cluster(self._sync)
+        # A Cluster's client reads the slot map from a node when it is built: that waits for the
+        # first call, so that building a state never waits on Redis nor fails for it.
+        self.cluster = bool(cluster) if self._url is not None else _is_cluster(url_or_client)
+        self._sync: Any = None if self._url is not None and self.cluster else self._open(url_or_client, False)
+        self._connecting = threading.Lock()
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._sha = hashlib.sha1(script.SOURCE.encode()).hexdigest()
-        self._errors = _redis_errors()
+        self._errors = unavailable_errors()
         from redis.exceptions import NoScriptError, ResponseError
 
         self._no_script, self._response_error = NoScriptError, ResponseError
@@ -135,6 +144,10 @@ class RedisState:
         # Where Redis is down ("" standalone; a node's name on a Cluster) -> when to try again.
         # On a Cluster one dead node fails only the keys of its slots.
         self._outages: dict[str, float] = {}
+        # Standalone servers that answered a ping after an outage, not yet a script: a server
+        # that answers pings but refuses the script (a read-only replica) stays down, quietly.
+        self._probing: set[str] = set()
+        self._reasons: dict[str, str] = {}  # where -> why it was last unavailable
         self._pending: deque[tuple[str, script.Call]] = deque(maxlen=_MAX_PENDING)
         self._holders: dict[str, list[script.Step]] = {}
         self._abandoned: list[tuple[str, list[script.Step]]] = []
@@ -204,9 +217,23 @@ class RedisState:
             entry = self._async[loop] = (client, closer)
         return entry[0]
 
+    def _cluster_client(self) -> Any:
+        """The Cluster's client, built by the first call that needs it (raises redis-py's
+        errors while no node can be reached)."""
+        with self._connecting:
+            if self._sync is None:
+                self._sync = self._open(self._url, True)
+        return self._sync
+
     @property
     def client(self) -> Any:
-        """The synchronous redis-py client."""
+        """The synchronous redis-py client (raises RedisUnavailable when a Cluster's cannot be
+        built yet)."""
+        if self._sync is None:
+            try:
+                self._cluster_client()
+            except self._errors as error:
+                raise self._failed(error, "?") from None
         return self._sync
 
     def _make_limiter(self, *, limits: Any, rules: Any, budgets: Sequence[Any], namespace: str, clock: Any) -> Any:
@@ -221,10 +248,17 @@ class RedisState:
     def _down(self) -> bool:
         return bool(self._outages)
 
+    def _describe(self, where: str) -> str:
+        """How errors and logs name `where`: the URL for a standalone server ("") or a Cluster
+        as a whole ("?"), the node's address for one node of a Cluster."""
+        return self._name if where in ("", "?") else f"Redis node {where}"
+
     def _node_of(self, call: script.Call) -> str:
         """Where a call goes: "" on a standalone server, its node's name on a Cluster."""
         if not self.cluster:
             return ""
+        if self._sync is None:
+            return "?"
         try:
             return str(self._sync.get_node_from_key(call.keys[0]).name)
         except Exception:  # no node known for the slot: the cluster as a whole
@@ -238,24 +272,46 @@ class RedisState:
         if until is None:
             return
         if time.monotonic() < until:
-            raise RedisUnavailable(f"Redis{f' node {where}' if where else ''} was unreachable moments ago")
+            reason = self._reasons.get(where)
+            raise RedisUnavailable(f"{self._describe(where)} was unavailable moments ago ({reason})")
         if not self.cluster:
             try:
                 self._sync.ping()
             except self._errors as error:
                 raise self._failed(error, where) from None
-            self._recovered(where)
+            with self._lock:
+                if self._outages.pop(where, None) is None:
+                    return
+                self._probing.add(where)
+            self.replay()  # the first script Redis runs (a replay, or this call) confirms it
 
-    def _recovered(self, where: str) -> None:
+    def _recovered(self, where: str, *, replaced: bool = False) -> None:
+        """A script ran where Redis was down: one log line, and what was kept is replayed (on
+        a standalone server the replay ran already, between the ping and this call)."""
         with self._lock:
-            if self._outages.pop(where, None) is None:
+            probing = where in self._probing
+            self._probing.discard(where)
+            if self._outages.pop(where, None) is None and not probing:
                 return
         _log.warning(
-            "llmthrottle: Redis%s reachable again; replaying %d settlement(s)",
-            f" node {where}" if where else "",
+            "llmthrottle: %s %s; %d settlement(s) to replay",
+            self._describe(where),
+            "serves no slot any more (a replica took over)" if replaced else "reachable again",
             len(self._pending),
         )
-        self.replay()
+        if not probing:
+            self.replay()
+
+    def _forget_replaced_nodes(self) -> None:
+        """A Cluster node that was down and no longer masters any slot was failed over: its
+        slots answer from the promoted replica, so its outage ends (what was kept for it is
+        replayed there)."""
+        try:
+            serving = {node.name for node in self._sync.get_primaries()}
+        except Exception:  # the client's view of the cluster is being refreshed: next time
+            return
+        for where in [where for where in self._outages if where not in serving]:
+            self._recovered(where, replaced=where != "?")
 
     def run(self, call: script.Call) -> Any:
         """Runs one script call; raises RedisUnavailable when Redis cannot answer."""
@@ -274,8 +330,13 @@ class RedisState:
             raise self._failed(error, where) from None
         except self._response_error as error:
             raise _refused(error) from None
-        if self._outages and where in self._outages:
-            self._recovered(where)
+        if self._outages or self._probing:
+            if self.cluster:
+                where = self._node_of(call)  # who answered: the call may have refreshed the slot map
+            if where in self._outages or where in self._probing:
+                self._recovered(where)
+            elif self.cluster:
+                self._forget_replaced_nodes()
         return result
 
     def _evalsha(self, call: script.Call) -> Any:
@@ -283,7 +344,8 @@ class RedisState:
         no pool to check out from and no retry loop around it (the timeout bounds it, and
         `on_unavailable` decides after a failure). A Cluster's client routes it instead."""
         if self.cluster:
-            return self._sync.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
+            client = self._sync if self._sync is not None else self._cluster_client()
+            return client.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
         local = self._thread
         connection = getattr(local, "connection", None)
         if connection is None or local.pid != os.getpid():
@@ -308,32 +370,35 @@ class RedisState:
             self._check_available("")
         try:
             try:
-                return await client.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
+                result = await client.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
             except self._no_script:
                 await client.script_load(script.SOURCE)
-                return await client.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
+                result = await client.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
         except self._errors as error:
             raise self._failed(error) from None
         except self._response_error as error:
             raise _refused(error) from None
+        if self._probing:
+            self._recovered("")
+        return result
 
     def _failed(self, error: BaseException, where: str = "") -> RedisUnavailable:
+        reason = explain(error)
         with self._lock:
             self.stats["unavailable"] += 1
-            new = where not in self._outages
+            new = where not in self._outages and where not in self._probing
+            self._probing.discard(where)
             self._outages[where] = time.monotonic() + self.retry_interval
+            self._reasons[where] = reason
             if new:
                 self.stats["outages"] += 1
                 _log.warning(
-                    "llmthrottle: Redis%s unavailable (%s: %s); on_unavailable=%r",
-                    f" node {where}" if where else "",
-                    type(error).__name__,
-                    error,
+                    "llmthrottle: %s unavailable (%s); on_unavailable=%r",
+                    self._describe(where),
+                    reason,
                     self.on_unavailable,
                 )
-        return RedisUnavailable(
-            f"Redis{f' node {where}' if where else ''} unavailable: {type(error).__name__}: {error}"
-        )
+        return RedisUnavailable(f"{self._describe(where)} unavailable: {reason}")
 
     # ------------------------------------------------------------------ settlements
 
@@ -436,6 +501,7 @@ class RedisState:
     def _after_fork(self) -> None:
         # The parent's holders and heartbeat stay the parent's.
         self._lock = threading.Lock()
+        self._connecting = threading.Lock()
         self._holders = {}
         self._heartbeat = None
         self._process = uuid.uuid4().hex[:12]
@@ -486,7 +552,8 @@ class RedisState:
     def ping(self) -> bool:
         """True when Redis answers."""
         try:
-            return bool(self._sync.ping())
+            client = self._sync if self._sync is not None else self._cluster_client()
+            return bool(client.ping())
         except self._errors:
             return False
 
@@ -501,7 +568,8 @@ class RedisState:
         self._closed.set()
         for connection in list(self._connections):
             connection.disconnect()
-        self._sync.close()
+        if self._sync is not None:
+            self._sync.close()
 
     def __reduce__(self) -> Any:
         if self._url is None:
@@ -527,7 +595,7 @@ class RedisState:
         )
 
     def __repr__(self) -> str:
-        where = self._url or type(self._sync).__name__
+        where = redact(self._url) if self._url is not None else type(self._sync).__name__
         return f"RedisState({where!r}, prefix={self.prefix!r}, on_unavailable={self.on_unavailable!r})"
 
 

@@ -16,7 +16,13 @@
     name = "llmthrottle"
     capacity = 65536                              # keys x limits the shared table holds
     # url = "redis://cache:6379/0"                # kind = "redis": sidecars on several hosts
-    # prefix = "llmthrottle:"                     #   sharing one server share the limits
+                                                  #   sharing one server share the limits;
+                                                  #   "rediss://user:password@cache:6380/0"
+                                                  #   for TLS and an ACL user
+    # ssl_ca_certs = "/etc/redis/ca.pem"          # TLS: the CA that signed the server's
+    # ssl_certfile = "/etc/redis/client.pem"      #   certificate; a client certificate and
+    # ssl_keyfile = "/etc/redis/client.key"       #   its key when the server asks for one
+    # prefix = "llmthrottle:"
     # cluster = false
     # timeout = 0.5
     # on_unavailable = "fail_closed"              #   or "fail_open", "local"
@@ -308,6 +314,9 @@ _REDIS_OPTIONS = {
     "local_fraction": float,
     "retry_interval": float,
     "holder_ttl": float,
+    "ssl_ca_certs": str,
+    "ssl_certfile": str,
+    "ssl_keyfile": str,
 }
 _STATE_KEYS = ("kind", "name", "capacity", "lease_capacity", "url", *_REDIS_OPTIONS)
 

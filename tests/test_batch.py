@@ -22,31 +22,24 @@ import llmthrottle.batch as batch
 from llmthrottle.batch.concurrency import AdaptiveConcurrency
 from llmthrottle.pricing import batch_price_micros
 from llmthrottle.testing import FakeProvider
+from llmthrottle.testing.batch_jobs import (
+    TEMPLATE,
+    batch_command,
+    check_job,
+    fake_counters,
+    kill_in_flight,
+    read_jsonl,
+    write_reviews,
+)
 
 openai = pytest.importorskip("openai")
 anthropic = pytest.importorskip("anthropic")
 
 MINI = "gpt-4o-mini"
 SONNET = "claude-sonnet-4-5"
-TEMPLATE = "Label the sentiment of this review: {text}"
 
 
-def write_reviews(path: Path, count: int, *, bad: bool = False) -> Path:
-    with open(path, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["id", "text"])
-        for n in range(count):
-            writer.writerow(
-                [f"r{n}", f"review {n}: the soup was {'cold' if n % 3 else 'excellent'}" + " really" * (n % 7)]
-            )
-        if bad:
-            file.write("r-short\n")  # one field, the header has two
-            file.write('r-quote,"never closed\n')  # malformed CSV
-    return path
-
-
-def lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+lines = read_jsonl
 
 
 def ledger_rows(job_dir: Path) -> list[Any]:
@@ -350,16 +343,12 @@ def test_sigkill_at_random_points_then_resume_leaves_every_row_exactly_once(tmp_
             break
         else:
             pytest.fail("the job never finished")
+        requests_seen = provider.counters.requests
     assert kills >= 1
-    rows = lines(output)
-    assert [row["row"] for row in rows] == list(range(KILL_ROWS + 2))
-    assert sum(1 for row in rows if row["status"] == "ok") == KILL_ROWS
-    for row in rows[:KILL_ROWS]:
-        usage = {"prompt_tokens": row["input_tokens"], "completion_tokens": row["output_tokens"]}
-        assert row["cost_micros"] == lt.cost(MINI, usage).total_micros
-    # Calls in flight at a kill were billed and are in the ledger, though their rows ran again.
-    recorded = [r for r in ledger_rows(job_dir) if r.outcome == "ok"]
-    assert len(recorded) >= KILL_ROWS
+    # Every row once, priced as reported; every request the provider saw is in the ledger (calls
+    # in flight at a kill as unfinished, though their rows ran again).
+    check = check_job(output, job_dir, rows=KILL_ROWS, bad_rows=2, model=MINI, requests_seen=requests_seen)
+    assert check.problems == []
 
 
 def test_a_job_the_tokenizer_or_limits_cannot_take_is_refused_before_it_starts(tmp_path: Path) -> None:
@@ -511,3 +500,43 @@ def test_a_damaged_line_in_a_batchs_results_leaves_only_its_row_to_run_again(tmp
         assert (result.succeeded, result.failed, result.pending) == (5, 0, 1)
         assert provider.counters.batches == 1  # the rest was not paid for twice
     assert 2 not in {row["row"] for row in lines(tmp_path / "out.jsonl")}
+
+
+def test_a_call_in_flight_at_a_sigkill_is_in_the_ledger_and_the_spend_and_its_row_runs_again(tmp_path: Path) -> None:
+    source = write_reviews(tmp_path / "reviews.csv", 16)
+    output, job_dir = tmp_path / "labels.jsonl", tmp_path / "labels.jsonl.job"
+    # Replies take a second, so the second wave of calls is still in flight when the kill lands.
+    with FakeProvider(output_tokens=3, ttft_s=1.0) as provider:
+        run = batch_command(
+            "run", str(source), str(output), "--model", MINI, "--template", TEMPLATE, "--max-tokens", "8",
+            "--base-url", provider.openai_base_url, "--concurrency", "4", "--no-progress",
+        )  # fmt: skip
+        runner = subprocess.Popen(run, env={**os.environ, "OPENAI_API_KEY": "k"}, stdout=subprocess.PIPE)
+        in_flight = kill_in_flight(runner, provider.base_url, job_dir, after_requests=5)
+        assert 1 <= in_flight <= 4
+        provider.ttft_s = 0.0
+        result = batch.resume(
+            job_dir, client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"), progress=False
+        )
+        requests_seen = fake_counters(provider.base_url)["requests"]
+    # Every request the provider counted is one ledger record (no retries here); each row once.
+    recorded = ledger_rows(job_dir)
+    assert len(recorded) == requests_seen == 16 + in_flight
+    check = check_job(output, job_dir, rows=16, bad_rows=0, model=MINI, requests_seen=requests_seen)
+    assert check.problems == []
+    unfinished = [r for r in recorded if r.outcome == "unfinished"]
+    assert len(unfinished) == in_flight == result.unfinished.calls
+    rows = {row.index: row for row in batch.read_rows(batch.JobSpec(
+        input=str(source), output=str(output), model=MINI, template=TEMPLATE, max_tokens=8))}  # fmt: skip
+    for record in unfinished:  # at the worst case the call was admitted for, with its tokens
+        row = rows[record.tags["row"]]
+        assert record.cost_micros == lt.worst_case_cost(MINI, row.input_tokens, 8) > 0
+        assert (record.input_tokens, record.output_tokens) == (row.input_tokens, 8)
+    # The job's spend holds them, so a cost cap counts them; the summary says so.
+    assert result.spent_micros == sum(r.cost_micros for r in recorded) == check.output_micros + check.unfinished_micros
+    assert result.unfinished.micros == check.unfinished_micros
+    assert f"{in_flight} calls in flight" in result.summary()
+    # The resumed run's own calls have their records: settling again finds nothing unfinished.
+    again = batch.resume(job_dir, client=openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k"))
+    assert again.unfinished == result.unfinished and len(ledger_rows(job_dir)) == len(recorded)
+    assert (job_dir / "intents.jsonl").read_bytes() == b""

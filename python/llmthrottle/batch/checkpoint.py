@@ -2,8 +2,10 @@
 
     job.json          the JobSpec (written once, atomically)
     results.jsonl     one line per finished row, appended and flushed as each row ends
-    checkpoint.json   rows done and spend, written atomically (after an fsync of the results)
-                      every `checkpoint_rows` rows or `checkpoint_s` seconds
+    intents.jsonl     one line before each request leaves (see intents.py), so a request in
+                      flight at a kill is still recorded in the ledger on resume
+    checkpoint.json   rows done and spend, written atomically (after an fsync of the results
+                      and the intents) every `checkpoint_rows` rows or `checkpoint_s` seconds
     batches.json      the provider batches submitted (`batch_api` jobs): id and rows, written
                       atomically as soon as the provider answers, so a resume polls them
                       instead of paying twice
@@ -13,7 +15,8 @@
 Why this survives a SIGKILL at any instant: a result line is one `write` of a complete line, so
 after a kill the file holds whole lines and at most one partial last line, which `open` cuts
 off. A row is done when its line is in the file; a row in flight at the kill has no line and
-runs again on resume (its first call was billed, and it is in the ledger). When a row appears
+runs again on resume (its first call may have been billed: its intent line puts it in the
+ledger, at its worst case, and in the job's spend). When a row appears
 twice (a failed row retried with `retry_failed`), its last line is its result, so the output
 holds every row exactly once.
 """
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .._native import ConfigError
+from .intents import IntentLog
 from .spec import JobSpec
 
 __all__ = ["JobDirectory", "write_atomically"]
@@ -45,6 +49,7 @@ class JobDirectory:
         self.spent_micros = spent_micros  # every line's calls, a retried row's earlier lines too
         self._lock = lock
         self._file = open(path / "results.jsonl", "ab", buffering=0)
+        self.intents = IntentLog(path / "intents.jsonl")
         self._since_checkpoint = 0
         self._checkpoint_at = time.monotonic()
 
@@ -97,6 +102,7 @@ class JobDirectory:
 
     def checkpoint(self) -> None:
         os.fsync(self._file.fileno())
+        self.intents.sync()
         summary = {
             "rows_done": len(self.results),
             "spent_micros": self.spent_micros,
@@ -112,11 +118,17 @@ class JobDirectory:
             self.checkpoint()
         finally:
             self._file.close()
+            self.intents.close()
             os.close(self._lock)
 
     @property
     def ledger_path(self) -> Path:
         return self.path / "ledger"
+
+    @property
+    def keys(self) -> list[str]:
+        """The keys of every call the job makes (its limits and ledger records)."""
+        return [f"batch:{self.path.name}"]
 
     @property
     def batches(self) -> list[dict[str, Any]]:

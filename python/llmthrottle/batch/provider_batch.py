@@ -50,7 +50,7 @@ class ProviderBatches:
         self.progress = progress
         self.prices = prices
         self.parse = parse
-        self.keys = [f"batch:{directory.path.name}"]
+        self.keys = directory.keys
 
     async def run(self, rows: dict[int, Row], submit: list[Row]) -> None:
         """Collects the batches submitted earlier, then submits `submit` and collects those."""

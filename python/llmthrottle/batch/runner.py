@@ -14,6 +14,7 @@ import asyncio
 import csv
 import io
 import json
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,9 +28,12 @@ from ..ledger import Ledger
 from ..limiter import Limiter
 from ..pricing import PriceTable, batch_price_micros, worst_case_cost
 from ..providers import calls, wrap
+from ..providers.attribution import tagged
+from ..providers.sending import before_each_send
 from .checkpoint import JobDirectory, write_atomically
 from .concurrency import AdaptiveConcurrency
 from .forecast import Forecast, forecast, usd
+from .intents import CALL_TAG, Unfinished, settle_unfinished, unfinished_so_far
 from .progress import Progress
 from .provider_batch import ProviderBatches
 from .rows import BuildRequest, Row, read_rows, result_line
@@ -57,7 +61,8 @@ OUTPUT_COLUMNS = (
 @dataclass(frozen=True)
 class BatchResult:
     """How a run of a job ended. `failures` counts failed rows by cause; `pending` rows were not
-    run (the cost cap stopped the job, or it was interrupted)."""
+    run (the cost cap stopped the job, or it was interrupted); `unfinished` counts the calls that
+    were in flight when an earlier run died, recorded at their worst case (in `spent_micros`)."""
 
     job_dir: Path
     output: Path
@@ -69,6 +74,7 @@ class BatchResult:
     forecast: Forecast
     failures: dict[str, int] = field(default_factory=dict)
     stopped: str | None = None
+    unfinished: Unfinished = Unfinished()
 
     def summary(self) -> str:
         lines = [
@@ -76,6 +82,11 @@ class BatchResult:
             f"spent {usd(self.spent_micros)} (forecast {usd(self.forecast.expected_micros)} expected, "
             f"{usd(self.forecast.most_micros)} most); output {self.output}"
         ]
+        if self.unfinished.calls:
+            lines.append(
+                f"{self.unfinished.calls} calls in flight when an earlier run stopped are in the spend as unfinished, "
+                f"at their worst case ({usd(self.unfinished.micros)}); their rows ran again"
+            )
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
         for cause, count in sorted(self.failures.items(), key=lambda item: -item[1]):
@@ -141,27 +152,34 @@ class Runner:
     async def run(self) -> BatchResult:
         rows = list(read_rows(self.spec, self.build))
         todo = self.rows_to_do(rows)
-        plan = self.forecast(todo)
-        self.refuse_over_cap(plan)
-        progress = Progress(len(rows), done=len(rows) - len(todo), enabled=self.show_progress)
         ledger = Ledger(self.directory.ledger_path)
         try:
-            if self.spec.batch_api:
-                await self._run_provider_batches(rows, todo, ledger, progress)
-            elif any(row.body is not None for row in todo):
-                client = self._client(ledger)
-                try:
-                    await self._run_rows(client, todo, progress)
-                finally:
-                    await client.close()
-            else:
-                await self._run_rows(None, todo, progress)  # only bad rows: reported, nothing sent
+            # Calls in flight when an earlier run died are billed as unfinished; the ledger holds
+            # every call the job made, so it is the job's spend.
+            settle_unfinished(self.directory.intents, ledger, self.directory.keys)
+            self.directory.spent_micros = ledger.spend()
+            plan = self.forecast(todo)
+            self.refuse_over_cap(plan)
+            progress = Progress(len(rows), done=len(rows) - len(todo), enabled=self.show_progress)
+            try:
+                if self.spec.batch_api:
+                    await self._run_provider_batches(rows, todo, ledger, progress)
+                elif any(row.body is not None for row in todo):
+                    client = self._client(ledger)
+                    try:
+                        await self._run_rows(client, todo, progress)
+                    finally:
+                        await client.close()
+                else:
+                    await self._run_rows(None, todo, progress)  # only bad rows: reported, nothing sent
+            finally:
+                progress.close()
+            unfinished = unfinished_so_far(ledger)
         finally:
-            progress.close()
             ledger.close()
             self.directory.checkpoint()
         output = self.write_output(rows)
-        return self._result(rows, plan, output)
+        return self._result(rows, plan, output, unfinished)
 
     async def _run_provider_batches(self, rows: list[Row], todo: list[Row], ledger: Ledger, progress: Progress) -> None:
         """A job that is not urgent: its rows through the provider's batch API (see
@@ -204,7 +222,7 @@ class Runner:
         return wrap(
             client,
             guard=Guard(limiter, ledger=ledger, prices=self.prices),
-            keys=[f"batch:{self.directory.path.name}"],
+            keys=self.directory.keys,
             state=self._state,
         )
 
@@ -231,10 +249,13 @@ class Runner:
             for task in tasks:
                 task.cancel()
 
+    def _model(self, row: Row) -> str:
+        return str((row.body or {}).get("model") or self.spec.model)
+
     def _worst_case(self, row: Row) -> int:
         assert row.body is not None
         return worst_case_cost(
-            str(row.body.get("model") or self.spec.model),
+            self._model(row),
             row.input_tokens,
             row.max_output_tokens,
             provider=self.spec.provider,
@@ -256,8 +277,23 @@ class Runner:
     ) -> None:
         started = time.monotonic()
         attempts, service_s = 1, None
+        call = secrets.token_hex(8)
+        model = self._model(row)
+
+        def sending(attempt: int) -> None:  # the write-ahead intent (intents.py)
+            self.directory.intents.sending(
+                row.index,
+                call,
+                attempt,
+                model=model,
+                provider=self.spec.provider,
+                input_tokens=row.input_tokens,
+                max_output_tokens=row.max_output_tokens,
+                worst_micros=worst,
+            )
+
         try:
-            with calls() as made:
+            with calls() as made, tagged(**{CALL_TAG: call, "row": row.index}), before_each_send(sending):
                 try:
                     reply = await client.post(_path(self.spec.provider), body=row.body, cast_to=object)
                     result, error = self.parse(reply), None
@@ -321,7 +357,7 @@ class Runner:
         write_atomically(path, text.getvalue())
         return path
 
-    def _result(self, rows: list[Row], plan: Forecast, output: Path) -> BatchResult:
+    def _result(self, rows: list[Row], plan: Forecast, output: Path, unfinished: Unfinished) -> BatchResult:
         results = self.directory.results
         failed = [results[row.index] for row in rows if results.get(row.index, {}).get("status") == "error"]
         succeeded = sum(1 for row in rows if results.get(row.index, {}).get("status") == "ok")
@@ -337,6 +373,7 @@ class Runner:
             plan,
             dict(causes),
             self._stopped,
+            unfinished,
         )
 
 

@@ -445,8 +445,7 @@ def test_a_resumed_batch_job_polls_the_batch_it_submitted_instead_of_paying_twic
             client = openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k")
             try:
                 runner = ProviderBatches(directory, client, None, None, lt.PriceTable.default(), None)  # type: ignore[arg-type]
-                batch_id = await runner._submit(rows)
-                directory.note_batch(batch_id, [row.index for row in rows])
+                await runner._submit("feedc0de", rows)
             finally:
                 await client.close()
 
@@ -482,8 +481,7 @@ def test_a_damaged_line_in_a_batchs_results_leaves_only_its_row_to_run_again(tmp
             client = openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k")
             try:
                 runner = ProviderBatches(directory, client, None, None, lt.PriceTable.default(), None)  # type: ignore[arg-type]
-                batch_id = await runner._submit(rows)
-                directory.note_batch(batch_id, [row.index for row in rows])
+                batch_id = await runner._submit("feedc0de", rows)
                 await client.batches.retrieve(batch_id)  # the fake answers the batch when first looked at
                 return batch_id
             finally:
@@ -540,3 +538,124 @@ def test_a_call_in_flight_at_a_sigkill_is_in_the_ledger_and_the_spend_and_its_ro
     again = batch.resume(job_dir, client=openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k"))
     assert again.unfinished == result.unfinished and len(ledger_rows(job_dir)) == len(recorded)
     assert (job_dir / "intents.jsonl").read_bytes() == b""
+
+
+# The runner dies the instant the provider has answered the batch's creation, before its id is
+# written: a real SIGKILL, in the one window batches.json cannot close by itself.
+_KILLED_AFTER_CREATE = """
+import os, signal, sys
+from llmthrottle.batch.checkpoint import JobDirectory
+JobDirectory.note_batch = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+from llmthrottle.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("provider_name", ["openai", "anthropic"])
+def test_a_batch_created_just_before_a_kill_is_found_by_its_token_and_paid_once(
+    tmp_path: Path, provider_name: str
+) -> None:
+    source = write_reviews(tmp_path / "reviews.csv", 12, bad=True)
+    output, job_dir = tmp_path / "labels.jsonl", tmp_path / "labels.jsonl.job"
+    model = MINI if provider_name == "openai" else SONNET
+    with FakeProvider(output_tokens=3, batch_delay_s=0.2) as provider:
+        base_url = provider.openai_base_url if provider_name == "openai" else provider.anthropic_base_url
+        env = {**os.environ, "OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k"}
+        arguments = ["run", str(source), str(output), "--model", model, "--provider", provider_name,
+                     "--template", TEMPLATE, "--max-tokens", "3", "--base-url", base_url, "--batch-api",
+                     "--batch-poll", "0.05", "--no-progress"]  # fmt: skip
+        died = subprocess.run([sys.executable, "-c", _KILLED_AFTER_CREATE, "batch", *arguments], env=env)
+        assert died.returncode == -signal.SIGKILL
+        assert provider.counters.batches == 1
+        (intent,) = json.loads((job_dir / "batches.json").read_text())
+        assert intent["id"] is None and intent["token"]
+
+        def client() -> Any:
+            if provider_name == "openai":
+                return openai.AsyncOpenAI(base_url=base_url, api_key="k")
+            return anthropic.AsyncAnthropic(base_url=base_url, api_key="k")
+
+        # Another job's batch of as many requests, created since: not adopted by mistake.
+        options: dict[str, Any] = dict(model=model, provider=provider_name, template=TEMPLATE, max_tokens=3)
+        other = batch.run(write_reviews(tmp_path / "other.csv", 12, bad=True), tmp_path / "other.jsonl",
+                          **options, batch_api=True, batch_poll_s=0.05, progress=False, client=client())  # fmt: skip
+        assert other.succeeded == 12
+        result = batch.resume(job_dir, progress=False, client=client())
+        # One batch for this job in all (and one for the other): found by its token, not sent again.
+        assert (provider.counters.batches, provider.counters.batch_requests) == (2, 24)
+    assert (result.succeeded, result.failed) == (12, 2)
+    (adopted,) = json.loads((job_dir / "batches.json").read_text())
+    assert adopted["token"] == intent["token"]
+    assert provider.batch_api.batches[adopted["id"]].requests[0][0].startswith(f"{intent['token']}_")
+    check = check_job(
+        output, job_dir, rows=12, bad_rows=2, model=model, requests_seen=12, provider=provider_name, batch_api=True
+    )
+    assert check.problems == []  # every row once, at half price, each request of the batch in the ledger
+    assert check.ledger_micros == check.output_micros > 0
+
+
+def test_a_batch_whose_creation_never_reached_the_provider_is_submitted_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmthrottle.batch import provider_batch
+
+    source = write_reviews(tmp_path / "reviews.csv", 8)
+    output, job_dir = tmp_path / "out.jsonl", tmp_path / "out.jsonl.job"
+
+    async def unreachable(self: Any, token: str, chunk: list[Any]) -> str:
+        raise ConnectionError("the runner died before the create left")
+
+    monkeypatch.setattr(provider_batch, "CREATE_GRACE_S", 0.0)
+    with FakeProvider(output_tokens=3, batch_delay_s=0.0) as provider:
+        with monkeypatch.context() as patched:
+            patched.setattr(provider_batch.ProviderBatches, "_create", unreachable)
+            with pytest.raises(ConnectionError):
+                batch.run(source, output, model=MINI, template=TEMPLATE, max_tokens=3, progress=False,
+                          batch_api=True, batch_poll_s=0.05,
+                          client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"))  # fmt: skip
+        assert [b["id"] for b in json.loads((job_dir / "batches.json").read_text())] == [None]
+        result = batch.resume(
+            job_dir, progress=False, client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k")
+        )
+        assert (provider.counters.batches, provider.counters.batch_requests) == (1, 8)
+    assert result.succeeded == 8 and [row["row"] for row in lines(output)] == list(range(8))
+    assert [b["collected"] for b in json.loads((job_dir / "batches.json").read_text())] == [True]
+
+
+def test_the_fake_lists_batches_newest_first_in_pages_as_the_sdks_read_them(tmp_path: Path) -> None:
+    async def scenario(provider: FakeProvider) -> None:
+        oa = openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k")
+        an = anthropic.AsyncAnthropic(base_url=provider.anthropic_base_url, api_key="k")
+        try:
+            made_openai, made_anthropic = [], []
+            for n in range(5):
+                line = {
+                    "custom_id": f"r{n}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {"model": MINI, "messages": []},
+                }
+                upload = await oa.files.create(file=("b.jsonl", json.dumps(line).encode()), purpose="batch")
+                created = await oa.batches.create(
+                    input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+                )
+                made_openai.append(created.id)
+                params: Any = {"model": SONNET, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+                made_anthropic.append(
+                    (await an.messages.batches.create(requests=[{"custom_id": f"r{n}", "params": params}])).id
+                )
+            listed_openai = [b.id async for b in oa.batches.list(limit=2)]
+            listed_anthropic = [b.id async for b in an.messages.batches.list(limit=2)]
+            assert listed_openai == made_openai[::-1] and listed_anthropic == made_anthropic[::-1]
+            newer = await an.messages.batches.list(before_id=made_anthropic[1], limit=2)
+            assert [b.id for b in newer.data] == made_anthropic[3:1:-1] and newer.has_more
+            with pytest.raises(anthropic.BadRequestError, match="custom_id"):
+                await an.messages.batches.create(requests=[{"custom_id": "row:1", "params": params}])
+            with pytest.raises(openai.BadRequestError, match="limit"):
+                await oa.batches.list(limit=101)
+        finally:
+            await oa.close()
+            await an.close()
+
+    with FakeProvider(batch_delay_s=0.0) as provider:
+        asyncio.run(scenario(provider))

@@ -6,9 +6,10 @@
                       flight at a kill is still recorded in the ledger on resume
     checkpoint.json   rows done and spend, written atomically (after an fsync of the results
                       and the intents) every `checkpoint_rows` rows or `checkpoint_s` seconds
-    batches.json      the provider batches submitted (`batch_api` jobs): id and rows, written
-                      atomically as soon as the provider answers, so a resume polls them
-                      instead of paying twice
+    batches.json      the provider batches of a `batch_api` job: before each is created, its
+                      token, rows and time; its id as soon as the provider answers; all written
+                      atomically, so a resume polls them (or finds by its token a batch whose
+                      id was never written) instead of paying twice
     ledger/           the usage ledger of every call the job made
     lock              held (flock) by the runner
 
@@ -132,7 +133,8 @@ class JobDirectory:
 
     @property
     def batches(self) -> list[dict[str, Any]]:
-        """The provider batches submitted for this job: `{"id", "rows"}` each."""
+        """The provider batches of this job: `{"token", "at", "rows", "id", "collected"}` each,
+        `id` None while the provider's answer to its creation is not known."""
         try:
             data = json.loads((self.path / "batches.json").read_text())
         except FileNotFoundError:
@@ -141,10 +143,21 @@ class JobDirectory:
             raise ConfigError(f"{self.path / 'batches.json'} is damaged") from None
         return list(data) if isinstance(data, list) else []
 
-    def note_batch(self, batch_id: str, rows: list[int]) -> None:
-        """Records a submitted provider batch (durable before anything else happens)."""
-        entry = {"id": batch_id, "rows": rows, "collected": False}
+    def note_batch_intent(self, token: str, rows: list[int]) -> None:
+        """Records, before it is created, a provider batch carrying `token` (durable first)."""
+        entry = {"token": token, "at": time.time(), "rows": rows, "id": None, "collected": False}
         write_atomically(self.path / "batches.json", json.dumps([*self.batches, entry]))
+
+    def note_batch(self, token: str, batch_id: str) -> None:
+        """Records the id the provider gave the batch carrying `token` (durable before anything
+        else happens)."""
+        batches = [{**b, "id": batch_id} if b.get("token") == token else b for b in self.batches]
+        write_atomically(self.path / "batches.json", json.dumps(batches))
+
+    def forget_batch(self, token: str) -> None:
+        """Drops the intent of a batch the provider never created: its rows are to do again."""
+        batches = [b for b in self.batches if b.get("token") != token]
+        write_atomically(self.path / "batches.json", json.dumps(batches))
 
     def note_collected(self, batch_id: str) -> None:
         """Marks a provider batch's results as taken into the results (after an fsync of them)."""

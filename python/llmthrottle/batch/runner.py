@@ -183,26 +183,29 @@ class Runner:
 
     async def _run_provider_batches(self, rows: list[Row], todo: list[Row], ledger: Ledger, progress: Progress) -> None:
         """A job that is not urgent: its rows through the provider's batch API (see
-        provider_batch.py), under the same cost cap, at the batch price."""
+        provider_batch.py), under the same cost cap (the rows of batches already submitted
+        reserved first), at the batch price."""
         by_index = {row.index: row for row in rows}
-        submitted = {index for batch in self.directory.batches if not batch.get("collected") for index in batch["rows"]}
-        submit: list[Row] = []
-        for row in todo:
-            if row.index in submitted:
-                continue
-            if row.body is None:
-                self._finish(row, progress, error=row.error or "bad row")
-                continue
-            worst = batch_price_micros(self._worst_case(row))
-            if not self._fits(worst):
-                break
-            self._reserved_micros += worst
-            submit.append(row)
         client = self._given_client or _sdk_client(self.spec)
         try:
-            await ProviderBatches(self.directory, client, ledger, progress, self.prices, self.parse).run(
-                by_index, submit
-            )
+            batches = ProviderBatches(self.directory, client, ledger, progress, self.prices, self.parse)
+            await batches.find_lost()
+            submitted = {i for batch in self.directory.batches if not batch.get("collected") for i in batch["rows"]}
+            submit: list[Row] = []
+            capped = False
+            for row in todo:
+                if row.body is None:
+                    self._finish(row, progress, error=row.error or "bad row")
+                    continue
+                worst = batch_price_micros(self._worst_case(row))
+                if row.index in submitted:
+                    self._reserved_micros += worst
+                elif not capped:
+                    capped = not self._fits(worst)  # once the cap is reached, no more rows go
+                    if not capped:
+                        self._reserved_micros += worst
+                        submit.append(row)
+            await batches.run(by_index, submit)
         finally:
             self._reserved_micros = 0
             await client.close()

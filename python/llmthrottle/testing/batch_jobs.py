@@ -129,14 +129,24 @@ class JobCheck:
 
 
 def check_job(
-    output: Path, job_dir: Path, *, rows: int, bad_rows: int, model: str, requests_seen: int, provider: str = "openai"
+    output: Path,
+    job_dir: Path,
+    *,
+    rows: int,
+    bad_rows: int,
+    model: str,
+    requests_seen: int,
+    provider: str = "openai",
+    batch_api: bool = False,
 ) -> JobCheck:
     """Checks a finished job: each of its `rows + bad_rows` rows once in the output, in order, the
-    good ones `ok` at `lt.cost` of their usage; every request the provider saw (`requests_seen`)
+    good ones `ok` at `lt.cost` of their usage (half of it through the providers' batch APIs,
+    `batch_api`); every request the provider saw (`requests_seen`)
     in the ledger (a call's record counts its attempts), any surplus only calls recorded as
     unfinished (written ahead, then killed before they left); the ledger's spend at least the
     output's plus the unfinished calls'."""
     import llmthrottle as lt
+    from llmthrottle.pricing import batch_price_micros
 
     check = JobCheck(requests_seen=requests_seen)
     lines = read_jsonl(output)
@@ -158,7 +168,8 @@ def check_job(
             if provider == "anthropic"
             else {"prompt_tokens": line["input_tokens"], "completion_tokens": line["output_tokens"]}
         )
-        if line["status"] == "ok" and line["cost_micros"] != lt.cost(model, usage).total_micros:
+        priced = lt.cost(model, usage).total_micros
+        if line["status"] == "ok" and line["cost_micros"] != (batch_price_micros(priced) if batch_api else priced):
             check.problems.append(f"row {line['row']} cost {line['cost_micros']}, not lt.cost of its usage")
     check.output_micros = sum(int(line["cost_micros"]) for line in lines)
     with lt.Ledger(job_dir / "ledger") as ledger:

@@ -659,3 +659,40 @@ def test_the_fake_lists_batches_newest_first_in_pages_as_the_sdks_read_them(tmp_
 
     with FakeProvider(batch_delay_s=0.0) as provider:
         asyncio.run(scenario(provider))
+
+
+def test_pilot_rows_measure_the_replies_the_forecast_and_the_go_no_go_expect(tmp_path: Path) -> None:
+    source = write_reviews(tmp_path / "reviews.csv", 60)
+    options: dict[str, Any] = dict(model=MINI, template=TEMPLATE, max_tokens=100, concurrency=4)
+    # Replies of 8 tokens where half of max_tokens would be 50: the assumed forecast is far off.
+    assumed = batch.plan(batch.JobSpec(input=str(source), output="x.jsonl", **options))
+    assert assumed.reply_tokens == 50 and "assumed" in assumed.reply_basis
+    with FakeProvider(output_tokens=8) as provider:
+        cap_usd = (assumed.expected_micros - 1) / 1e6  # just under the assumed forecast
+        with pytest.raises(lt.BudgetExceeded, match="expected cost"):
+            batch.run(source, tmp_path / "refused.jsonl", **options, max_cost_usd=cap_usd, progress=False,
+                      client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"))  # fmt: skip
+        assert provider.counters.requests == 0
+        result = batch.run(source, tmp_path / "labels.jsonl", **options, max_cost_usd=cap_usd, pilot=5,
+                           progress=False, client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"))  # fmt: skip
+        assert provider.counters.requests == 60  # the pilot rows were kept, not sent again
+    assert result.succeeded == 60 and [row["row"] for row in lines(tmp_path / "labels.jsonl")] == list(range(60))
+    assert result.forecast.reply_tokens == 8 and "5 rows" in result.forecast.reply_basis
+    assert abs(result.forecast.expected_micros / result.spent_micros - 1) <= 0.10
+    assert abs(assumed.expected_micros / result.spent_micros - 1) > 0.10
+    assert "replies of 8 tokens" in result.summary()
+
+
+def test_a_job_whose_pilot_forecasts_too_much_stops_after_the_pilot_and_keeps_it(tmp_path: Path) -> None:
+    source = write_reviews(tmp_path / "reviews.csv", 30)
+    options: dict[str, Any] = dict(model=MINI, template=TEMPLATE, max_tokens=40, expected_output_tokens=1)
+    optimistic = batch.plan(batch.JobSpec(input=str(source), output="x.jsonl", **options))
+    with FakeProvider(output_tokens=40) as provider:
+        with pytest.raises(lt.BudgetExceeded, match="expected cost"):
+            batch.run(source, tmp_path / "out.jsonl", **options, max_cost_usd=optimistic.expected_micros * 1.2 / 1e6,
+                      pilot=4, progress=False, client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"))  # fmt: skip
+        assert provider.counters.requests == 4
+        again = batch.resume(tmp_path / "out.jsonl.job", max_cost_usd=1.0, progress=False,
+                             client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"))  # fmt: skip
+        assert provider.counters.requests == 30
+    assert again.succeeded == 30 and again.forecast.reply_tokens == 40

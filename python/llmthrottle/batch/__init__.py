@@ -59,6 +59,7 @@ async def run_async(
     tpm: int | None = None,
     max_cost_usd: float | None = None,
     expected_output_tokens: int | None = None,
+    pilot: int = 0,
     concurrency: int = 16,
     job_dir: PathLike | None = None,
     client: Any = None,
@@ -78,7 +79,9 @@ async def run_async(
     wrapped, and closed at the end. `build(fields) -> body` makes a row's request instead of the
     template, `parse(reply) -> value` its result instead of the reply's text. `state` shares the
     job's limits with other processes (`lt.SharedState`). Raises `BudgetExceeded` before
-    anything is sent when the expected cost passes `max_cost_usd`."""
+    anything is sent when the expected cost passes `max_cost_usd`; with `pilot=N`, the first N
+    rows are sent first and the expected cost is judged on the length of their replies (the
+    job directory then keeps them for a resume with a higher cap)."""
     spec = JobSpec(
         input=str(input),
         output=str(output),
@@ -92,6 +95,7 @@ async def run_async(
         tpm=tpm,
         max_cost_usd=max_cost_usd,
         expected_output_tokens=expected_output_tokens,
+        pilot=pilot,
         concurrency=concurrency,
         checkpoint_rows=checkpoint_rows,
         checkpoint_s=checkpoint_s,

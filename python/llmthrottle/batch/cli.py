@@ -48,6 +48,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     start = sub.add_parser("run", help="run a new job")
     _job_options(start)
     start.add_argument("output", help="the results: .jsonl or .csv")
+    start.add_argument(
+        "--pilot",
+        type=int,
+        default=0,
+        metavar="N",
+        help="send the first N rows before the go/no-go and forecast the rest from their replies' length",
+    )
     start.add_argument("--concurrency", type=int, default=16, help="most calls in flight (default: %(default)s)")
     start.add_argument("--job-dir", type=Path, help="the job's directory (default: OUTPUT.job)")
     start.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -93,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
                 args.input,
                 args.output,
                 **options,
+                pilot=args.pilot,
                 concurrency=args.concurrency,
                 job_dir=args.job_dir,
                 progress=not args.no_progress,

@@ -79,7 +79,8 @@ class BatchResult:
     def summary(self) -> str:
         lines = [
             f"{self.succeeded} of {self.rows} rows succeeded, {self.failed} failed, {self.pending} pending; "
-            f"spent {usd(self.spent_micros)} (forecast {usd(self.forecast.expected_micros)} expected, "
+            f"spent {usd(self.spent_micros)} (forecast {usd(self.forecast.expected_micros)} expected with "
+            f"replies of {self.forecast.reply_tokens} tokens, {self.forecast.reply_basis}; "
             f"{usd(self.forecast.most_micros)} most); output {self.output}"
         ]
         if self.unfinished.calls:
@@ -134,16 +135,24 @@ class Runner:
             if row.index not in done or (self.retry_failed and done[row.index].get("status") == "error")
         ]
 
-    def forecast(self, rows: list[Row]) -> Forecast:
-        finished = [r for r in self.directory.results.values() if r.get("status") == "ok"]
-        expected = round(sum(int(r["output_tokens"]) for r in finished) / len(finished)) if finished else None
-        return forecast(self.spec, rows, expected_output_tokens=expected or None, prices=self.prices)
+    def _succeeded(self) -> list[dict[str, Any]]:
+        return [r for r in self.directory.results.values() if r.get("status") == "ok"]
 
-    def refuse_over_cap(self, plan: Forecast) -> None:
+    def forecast(self, rows: list[Row]) -> Forecast:
+        """The forecast of `rows`, expecting replies as long as the job's replies so far."""
+        finished = self._succeeded()
+        measured = (
+            (round(sum(int(r["output_tokens"]) for r in finished) / len(finished)), len(finished)) if finished else None
+        )
+        return forecast(self.spec, rows, measured=measured, prices=self.prices)
+
+    def refuse_over_cap(self, micros: int, which: str) -> None:
+        """Raises `BudgetExceeded` when the forecast's `which` cost, `micros`, plus the spend
+        passes the cap."""
         cap = self.spec.max_cost_micros
-        if cap is not None and self.directory.spent_micros + plan.expected_micros > cap:
+        if cap is not None and self.directory.spent_micros + micros > cap:
             raise BudgetExceeded(
-                f"the job's expected cost {usd(plan.expected_micros)} (plus {usd(self.directory.spent_micros)} spent) "
+                f"the job's {which} cost {usd(micros)} (plus {usd(self.directory.spent_micros)} spent) "
                 f"exceeds max_cost_usd {usd(cap)}: raise the cap, lower max_tokens, or split the input"
             )
 
@@ -159,21 +168,33 @@ class Runner:
             settle_unfinished(self.directory.intents, ledger, self.directory.keys)
             self.directory.spent_micros = ledger.spend()
             plan = self.forecast(todo)
-            self.refuse_over_cap(plan)
+            pilot = self._pilot_rows(todo)
+            # With pilot rows to send, the go/no-go waits for their replies; only a job whose
+            # empty replies would pass the cap is refused before them.
+            if pilot:
+                self.refuse_over_cap(plan.least_micros, "least")
+            else:
+                self.refuse_over_cap(plan.expected_micros, "expected")
             progress = Progress(len(rows), done=len(rows) - len(todo), enabled=self.show_progress)
+            sending = any(row.body is not None for row in todo)
+            client = (self._given_client or _sdk_client(self.spec)) if sending else None
+            wrapped = self._wrapped(client, ledger) if client is not None else None
             try:
+                if pilot:
+                    await self._run_rows(wrapped, pilot, progress)
+                    plan = self.forecast(todo)  # this run's rows, with the pilot's replies measured
+                    todo = self.rows_to_do(rows)
+                    rest = self.forecast(todo)
+                    progress.note(f"after {len(pilot)} pilot rows, the rest: {rest.describe()}")
+                    self.refuse_over_cap(rest.expected_micros, "expected")
                 if self.spec.batch_api:
-                    await self._run_provider_batches(rows, todo, ledger, progress)
-                elif any(row.body is not None for row in todo):
-                    client = self._client(ledger)
-                    try:
-                        await self._run_rows(client, todo, progress)
-                    finally:
-                        await client.close()
-                else:
-                    await self._run_rows(None, todo, progress)  # only bad rows: reported, nothing sent
+                    await self._run_provider_batches(rows, todo, client, ledger, progress)
+                else:  # with only bad rows, there is nothing to send
+                    await self._run_rows(wrapped, todo, progress)
             finally:
                 progress.close()
+                if client is not None:
+                    await client.close()
             unfinished = unfinished_so_far(ledger)
         finally:
             ledger.close()
@@ -181,18 +202,26 @@ class Runner:
         output = self.write_output(rows)
         return self._result(rows, plan, output, unfinished)
 
-    async def _run_provider_batches(self, rows: list[Row], todo: list[Row], ledger: Ledger, progress: Progress) -> None:
+    def _pilot_rows(self, todo: list[Row]) -> list[Row]:
+        """The rows to send before the go/no-go: the first of those to do, until the job has
+        `pilot` replies to measure."""
+        wanted = self.spec.pilot - len(self._succeeded())
+        return [row for row in todo if row.body is not None][: max(0, wanted)]
+
+    async def _run_provider_batches(
+        self, rows: list[Row], todo: list[Row], client: Any, ledger: Ledger, progress: Progress
+    ) -> None:
         """A job that is not urgent: its rows through the provider's batch API (see
         provider_batch.py), under the same cost cap (the rows of batches already submitted
         reserved first), at the batch price."""
         by_index = {row.index: row for row in rows}
-        client = self._given_client or _sdk_client(self.spec)
-        try:
-            batches = ProviderBatches(self.directory, client, ledger, progress, self.prices, self.parse)
+        batches = ProviderBatches(self.directory, client, ledger, progress, self.prices, self.parse)
+        if client is not None:
             await batches.find_lost()
-            submitted = {i for batch in self.directory.batches if not batch.get("collected") for i in batch["rows"]}
-            submit: list[Row] = []
-            capped = False
+        submitted = {i for batch in self.directory.batches if not batch.get("collected") for i in batch["rows"]}
+        submit: list[Row] = []
+        capped = False
+        try:
             for row in todo:
                 if row.body is None:
                     self._finish(row, progress, error=row.error or "bad row")
@@ -205,12 +234,13 @@ class Runner:
                     if not capped:
                         self._reserved_micros += worst
                         submit.append(row)
-            await batches.run(by_index, submit)
+            if client is not None:
+                await batches.run(by_index, submit)
         finally:
             self._reserved_micros = 0
-            await client.close()
 
-    def _client(self, ledger: Ledger) -> Any:
+    def _wrapped(self, client: Any, ledger: Ledger) -> Any:
+        """`client` through the provider layer: the job's limits, retries, pricing and ledger."""
         spec = self.spec
         limits: dict[str, Any] = {}
         if spec.rpm is not None:
@@ -219,9 +249,6 @@ class Runner:
             limits["tokens"] = f"{spec.tpm}/min"
         # A Guard needs a limiter; with no rate known, the job's own concurrency is the one limit.
         limiter = Limiter(limits or {"concurrency": spec.concurrency}, state=self._state)
-        client = self._given_client
-        if client is None:
-            client = _sdk_client(spec)
         return wrap(
             client,
             guard=Guard(limiter, ledger=ledger, prices=self.prices),

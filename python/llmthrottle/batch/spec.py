@@ -37,6 +37,9 @@ class JobSpec:
       its spend could pass it.
     - `expected_output_tokens`: the reply length the forecast expects (default: half of
       `max_tokens`; a resumed job uses what its finished rows returned).
+    - `pilot`: how many rows to send first, before the go/no-go: the expected cost and time are
+      then forecast from the mean length of their replies (their results are kept, not sent
+      again). 0: no pilot.
     - `concurrency`: the most calls in flight (adapted down on 429s and rising latency).
     - `checkpoint_rows`, `checkpoint_s`: how often progress is made durable.
     - `batch_api`: the job is not urgent: its rows go to the provider's batch API (OpenAI
@@ -56,6 +59,7 @@ class JobSpec:
     tpm: int | None = None
     max_cost_usd: float | None = None
     expected_output_tokens: int | None = None
+    pilot: int = 0
     concurrency: int = 16
     checkpoint_rows: int = 100
     checkpoint_s: float = 5.0
@@ -73,6 +77,8 @@ class JobSpec:
         for name in ("rpm", "tpm", "expected_output_tokens"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
+        if self.pilot != 0:
+            _positive_int("pilot", self.pilot)
         if not isinstance(self.batch_api, bool):
             raise ConfigError(f"batch_api must be true or false, got {self.batch_api!r}")
         for name in ("max_cost_usd", "checkpoint_s", "batch_poll_s"):

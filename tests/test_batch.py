@@ -696,3 +696,70 @@ def test_a_job_whose_pilot_forecasts_too_much_stops_after_the_pilot_and_keeps_it
                              client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"))  # fmt: skip
         assert provider.counters.requests == 30
     assert again.succeeded == 30 and again.forecast.reply_tokens == 40
+
+
+_LABELS_MODULE = """
+def build(fields):
+    return {"messages": [{"role": "user", "content": "Rate this: " + fields["text"]}], "max_tokens": 20}
+
+
+def parse(reply):
+    return {"label": reply["choices"][0]["message"]["content"].strip().upper(), "model": reply["model"]}
+
+
+not_callable = 3
+"""
+
+
+def test_build_and_parse_named_on_the_command_line_are_kept_for_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mylabels.py").write_text(_LABELS_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = write_reviews(tmp_path / "reviews.csv", 24)
+    output, job_dir = tmp_path / "out.jsonl", tmp_path / "out.jsonl.job"
+    env = {**os.environ, "OPENAI_API_KEY": "k", "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    # A cap of half the job stops it part way; the resume must build and parse as the run did.
+    half = batch.plan(batch.JobSpec(input=str(source), output="x.jsonl", model=MINI, build="mylabels:build"))
+    assert half.requests == 24 and half.max_output_tokens == 24 * 20
+    with FakeProvider(output_tokens=20) as provider:  # every reply its worst case: the cap bites
+        common = ["--base-url", provider.openai_base_url, "--no-progress"]
+        run = [str(source), str(output), "--model", MINI, "--build", "mylabels:build", "--parse", "mylabels:parse",
+               "--max-cost", str(half.most_micros / 2 / 1e6), "--expected-output-tokens", "1", "--concurrency", "2",
+               *common]  # fmt: skip
+        first = subprocess.run(batch_command("run", *run), env=env, capture_output=True, text=True)
+        assert first.returncode == 3 and "max_cost_usd" in first.stdout, first.stderr
+        stored = json.loads((job_dir / "job.json").read_text())
+        assert (stored["build"], stored["parse"], stored["template"]) == ("mylabels:build", "mylabels:parse", None)
+        done = len(lines(output))
+        assert 0 < done < 24
+        again = subprocess.run(
+            batch_command("resume", str(job_dir), "--max-cost", "1", "--no-progress"), env=env, capture_output=True
+        )
+        assert again.returncode == 0, again.stderr
+        assert provider.counters.requests == 24
+    out = lines(output)
+    assert [row["row"] for row in out] == list(range(24))
+    assert all(row["result"] == {"label": " ".join(["TOK"] * 20), "model": MINI} for row in out)
+
+
+@pytest.mark.parametrize(
+    "option, name, message",
+    [
+        ("--build", "nosuchmodule_xyz:build", "cannot import 'nosuchmodule_xyz'"),
+        ("--build", "mylabels:missing", "has no attribute 'missing'"),
+        ("--parse", "mylabels:not_callable", "is a int, not a function"),
+        ("--parse", "mylabels.parse", "package.module:function"),
+    ],
+)
+def test_a_build_or_parse_name_that_does_not_import_is_refused_before_the_job_starts(
+    tmp_path: Path, option: str, name: str, message: str
+) -> None:
+    (tmp_path / "mylabels.py").write_text(_LABELS_MODULE)
+    source = write_reviews(tmp_path / "reviews.csv", 2)
+    env = {**os.environ, "OPENAI_API_KEY": "k", "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    run = [str(source), str(tmp_path / "out.jsonl"), "--model", MINI, "--template", TEMPLATE, option, name]
+    refused = subprocess.run(batch_command("run", *run, "--base-url", "http://127.0.0.1:9/v1"), env=env,
+                             capture_output=True, text=True)  # fmt: skip
+    assert refused.returncode == 1 and message in refused.stderr, refused.stderr
+    assert not (tmp_path / "out.jsonl.job").exists()

@@ -22,6 +22,11 @@ def _job_options(parser: argparse.ArgumentParser) -> None:
     template = parser.add_mutually_exclusive_group()
     template.add_argument("--template", help="the user message, with {field} from each row")
     template.add_argument("--template-file", type=Path, help="a file holding the template")
+    parser.add_argument(
+        "--build",
+        metavar="MODULE:FUNCTION",
+        help="makes each row's request body from its fields, instead of a template",
+    )
     parser.add_argument("--system", help="a system prompt for every row")
     parser.add_argument("--max-tokens", type=int, default=256, help="reply length cap (default: %(default)s)")
     parser.add_argument("--base-url", help="the provider's API base URL (a gateway, the fake provider)")
@@ -48,6 +53,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     start = sub.add_parser("run", help="run a new job")
     _job_options(start)
     start.add_argument("output", help="the results: .jsonl or .csv")
+    start.add_argument(
+        "--parse", metavar="MODULE:FUNCTION", help="makes each row's result from the reply, instead of its text"
+    )
     start.add_argument(
         "--pilot",
         type=int,
@@ -92,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
                 expected_output_tokens=args.expected_output_tokens,
                 batch_api=args.batch_api,
                 batch_poll_s=args.batch_poll,
+                build=args.build,
             )
             if args.batch_command == "forecast":
                 print(plan(JobSpec(input=args.input, output="forecast.jsonl", **options)).describe())
@@ -100,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
                 args.input,
                 args.output,
                 **options,
+                parse=args.parse,
                 pilot=args.pilot,
                 concurrency=args.concurrency,
                 job_dir=args.job_dir,

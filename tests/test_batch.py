@@ -29,6 +29,7 @@ from llmthrottle.testing.batch_jobs import (
     fake_counters,
     kill_in_flight,
     read_jsonl,
+    run_with_random_kills,
     write_reviews,
 )
 
@@ -301,49 +302,16 @@ def test_sigkill_at_random_points_then_resume_leaves_every_row_exactly_once(tmp_
     output, job_dir = tmp_path / "labels.jsonl", tmp_path / "labels.jsonl.job"
     chooser = random.Random(KILL_ROWS)
     with FakeProvider(rpm=60_000, tpm=2_000_000, output_tokens=3, error_rate=0.05, ttft_s=0.01, seed=3) as provider:
+        run = batch_command(
+            "run", str(source), str(output), "--model", MINI, "--template", TEMPLATE, "--max-tokens", "3",
+            "--base-url", provider.openai_base_url, "--rpm", "60000", "--tpm", "2000000", "--concurrency", "8",
+            "--no-progress",
+        )  # fmt: skip
         env = {**os.environ, "OPENAI_API_KEY": "k"}
-        common = ["--no-progress"]
-        command = [
-            sys.executable,
-            "-m",
-            "llmthrottle.cli",
-            "batch",
-            "run",
-            str(source),
-            str(output),
-            "--model",
-            MINI,
-            "--template",
-            TEMPLATE,
-            "--max-tokens",
-            "3",
-            "--base-url",
-            provider.openai_base_url,
-            "--rpm",
-            "60000",
-            "--tpm",
-            "2000000",
-            "--concurrency",
-            "8",
-            *common,
-        ]
-        kills = 0
-        for _attempt in range(30):
-            runner = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            try:
-                runner.wait(timeout=chooser.uniform(0.8, 2.5))
-            except subprocess.TimeoutExpired:
-                runner.send_signal(signal.SIGKILL)
-                runner.communicate()  # reaps it and closes its pipes
-                kills += 1
-                command = [sys.executable, "-m", "llmthrottle.cli", "batch", "resume", str(job_dir), *common]
-                continue
-            out, err = runner.communicate()
-            assert runner.returncode == 3, (out, err)  # finished, with the two bad rows failed
-            break
-        else:
-            pytest.fail("the job never finished")
+        ended = run_with_random_kills(run, job_dir, env, provider.base_url, chooser)
+        assert ended.returncode == 3, (ended.stdout, ended.stderr)  # finished, with the two bad rows failed
         requests_seen = provider.counters.requests
+    kills = ended.kills
     assert kills >= 1
     # Every row once, priced as reported; every request the provider saw is in the ledger (calls
     # in flight at a kill as unfinished, though their rows ran again).

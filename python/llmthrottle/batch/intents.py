@@ -119,6 +119,7 @@ def settle_unfinished(intents: IntentLog, ledger: Ledger, keys: list[str]) -> in
     docstring), then empties the log; returns how many were recorded."""
     pending = intents.calls()
     if not pending:
+        intents.start_afresh()  # at most a line cut short, whose request never left
         return 0
     # A call's record is written after its first intent line (a minute's margin for the clock).
     since = min(float(intent.get("at") or 0) for intent in pending.values()) - 60

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -23,12 +24,14 @@ from typing import Any
 __all__ = [
     "TEMPLATE",
     "JobCheck",
+    "KilledRuns",
     "batch_command",
     "check_job",
     "fake_counters",
     "intent_lines",
     "kill_in_flight",
     "read_jsonl",
+    "run_with_random_kills",
     "wait_until",
     "write_reviews",
 ]
@@ -112,6 +115,57 @@ def kill_in_flight(
     runner.communicate()
     seen, answered = stable[-1]
     return seen - answered
+
+
+@dataclass(frozen=True)
+class KilledRuns:
+    """How `run_with_random_kills` ended: the SIGKILLs it sent and the finishing run's exit."""
+
+    kills: int
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_with_random_kills(
+    command: list[str],
+    job_dir: Path,
+    env: dict[str, str],
+    base_url: str,
+    chooser: random.Random,
+    *,
+    kill_within_s: tuple[float, float] = (0.05, 0.6),
+    max_runs: int = 50,
+) -> KilledRuns:
+    """Runs `command` (a `batch run`) and SIGKILLs it at a random instant, `kill_within_s` after
+    it sent its first request (start-up takes seconds on a loaded machine, so the clock starts
+    then), then `batch resume`s the job the same way until a run ends by itself."""
+    kills = 0
+    for _ in range(max_runs):
+        before = fake_counters(base_url)["requests"]
+        runner = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until(
+                lambda runner=runner, before=before: (  # type: ignore[misc]
+                    runner.poll() is not None or fake_counters(base_url)["requests"] > before
+                ),
+                300,
+                "the runner's first request",
+            )
+            runner.wait(timeout=chooser.uniform(*kill_within_s))
+        except subprocess.TimeoutExpired:
+            runner.send_signal(signal.SIGKILL)
+            runner.communicate()  # reaps it and closes its pipes
+            kills += 1
+            command = batch_command("resume", str(job_dir), "--no-progress")
+            continue
+        except BaseException:
+            runner.kill()
+            runner.communicate()
+            raise
+        out, err = runner.communicate()
+        return KilledRuns(kills, runner.returncode, out, err)
+    raise RuntimeError(f"the job did not finish in {max_runs} runs")
 
 
 @dataclass

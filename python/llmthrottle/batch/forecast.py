@@ -14,6 +14,7 @@ forecast and the spend add up the same way.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -46,6 +47,20 @@ class Forecast:
     seconds: float | None
     reply_tokens: int = 0  # the reply length the expected figures assume
     reply_basis: str = ""  # where that length comes from
+
+    def with_done(self, done: list[Row], micros: int) -> Forecast:
+        """This forecast (of the rows still to do) plus rows already sent, `done`, at what they
+        cost, `micros`: the forecast of a whole run after its pilot rows."""
+        return dataclasses.replace(
+            self,
+            rows=self.rows + len(done),
+            requests=self.requests + len(done),
+            input_tokens=self.input_tokens + sum(row.input_tokens for row in done),
+            max_output_tokens=self.max_output_tokens + sum(row.max_output_tokens for row in done),
+            least_micros=self.least_micros + micros,
+            expected_micros=self.expected_micros + micros,
+            most_micros=self.most_micros + micros,
+        )
 
     def describe(self) -> str:
         time = (

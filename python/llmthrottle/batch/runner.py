@@ -178,15 +178,20 @@ class Runner:
             progress = Progress(len(rows), done=len(rows) - len(todo), enabled=self.show_progress)
             sending = any(row.body is not None for row in todo)
             client = (self._given_client or _sdk_client(self.spec)) if sending else None
-            wrapped = self._wrapped(client, ledger) if client is not None else None
+            # Rows go one by one through the provider layer, unless the provider's batch API takes
+            # them all (but the pilot's).
+            one_by_one = client is not None and (bool(pilot) or not self.spec.batch_api)
+            wrapped = self._wrapped(client, ledger) if one_by_one else None
             try:
                 if pilot:
+                    spent_before = self.directory.spent_micros
                     await self._run_rows(wrapped, pilot, progress)
-                    plan = self.forecast(todo)  # this run's rows, with the pilot's replies measured
-                    todo = self.rows_to_do(rows)
-                    rest = self.forecast(todo)
+                    sent = {row.index for row in pilot}
+                    todo = [row for row in self.rows_to_do(rows) if row.index not in sent]
+                    rest = self.forecast(todo)  # with the pilot's replies measured
                     progress.note(f"after {len(pilot)} pilot rows, the rest: {rest.describe()}")
                     self.refuse_over_cap(rest.expected_micros, "expected")
+                    plan = rest.with_done(pilot, self.directory.spent_micros - spent_before)
                 if self.spec.batch_api:
                     await self._run_provider_batches(rows, todo, client, ledger, progress)
                 else:  # with only bad rows, there is nothing to send

@@ -731,3 +731,14 @@ def test_a_build_or_parse_name_that_does_not_import_is_refused_before_the_job_st
                              capture_output=True, text=True)  # fmt: skip
     assert refused.returncode == 1 and message in refused.stderr, refused.stderr
     assert not (tmp_path / "out.jsonl.job").exists()
+
+
+def test_a_damaged_intent_line_is_refused_naming_the_file_and_line(tmp_path: Path) -> None:
+    from llmthrottle.batch.checkpoint import JobDirectory
+
+    source = write_reviews(tmp_path / "reviews.csv", 2)
+    spec = batch.JobSpec(input=str(source), output=str(tmp_path / "o.jsonl"), model=MINI, template=TEMPLATE)
+    JobDirectory.create(tmp_path / "job", spec).close()
+    (tmp_path / "job" / "intents.jsonl").write_text('{"row": 0, "call": "c1"}\n{"row": 1, "ca')  # a cut last line
+    with pytest.raises(lt.ConfigError, match=r"intents\.jsonl: line 1 is not an intent"):
+        batch.resume(tmp_path / "job", progress=False)

@@ -4,6 +4,8 @@
         --template 'Label the sentiment of: {text}' --max-tokens 5 --max-cost 2.00
     llmthrottle batch resume labels.jsonl.job --retry-failed
     llmthrottle batch forecast reviews.csv --model gpt-4o-mini --template '...' --rpm 500 --tpm 200000
+    llmthrottle batch run reviews.csv labels.jsonl --model gpt-4o-mini --pilot 50 --max-cost 2.00 \
+        --build mypackage.labels:request --parse mypackage.labels:label
 """
 
 from __future__ import annotations

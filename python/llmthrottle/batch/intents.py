@@ -81,7 +81,7 @@ class IntentLog:
     def close(self) -> None:
         self._file.close()
 
-    def calls(self) -> dict[str, dict[str, Any]]:
+    def by_call(self) -> dict[str, dict[str, Any]]:
         """Each call's last intent line (the attempt most recently sent), by call id."""
         try:
             data = self.path.read_bytes()
@@ -92,8 +92,10 @@ class IntentLog:
         for number, line in enumerate(data[:whole].splitlines(), 1):
             try:
                 intent = json.loads(line)
+                whole_line = all(type(intent[name]) is int for name in ("row", "attempt", "worst_micros"))
+                if not whole_line or not isinstance(intent["model"], str):
+                    raise ValueError(line)
                 found[str(intent["call"])] = intent
-                int(intent["row"]), int(intent["attempt"]), int(intent["worst_micros"]), str(intent["model"])
             except (ValueError, KeyError, TypeError):
                 raise ConfigError(
                     f"{self.path}: line {number} is not an intent; the job directory is damaged"
@@ -117,7 +119,7 @@ class Unfinished:
 def settle_unfinished(intents: IntentLog, ledger: Ledger, keys: list[str]) -> int:
     """Records every call of `intents` that has no ledger record as `unfinished` (see the module
     docstring), then empties the log; returns how many were recorded."""
-    pending = intents.calls()
+    pending = intents.by_call()
     if not pending:
         intents.start_afresh()  # at most a line cut short, whose request never left
         return 0

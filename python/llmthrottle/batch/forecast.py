@@ -87,7 +87,10 @@ def forecast(
     then assume instead of the spec's."""
     table = prices or PriceTable.default()
     if measured is not None:
-        expected_length, basis = max(0, measured[0]), f"the mean of {measured[1]} rows sent"
+        expected_length, basis = (
+            max(0, measured[0]),
+            f"the mean of {measured[1]} row{'s' if measured[1] != 1 else ''} sent",
+        )
     elif spec.expected_output_tokens is not None:
         expected_length, basis = spec.expected_output_tokens, "as given"
     else:

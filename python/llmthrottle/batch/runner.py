@@ -189,7 +189,7 @@ class Runner:
                     sent = {row.index for row in pilot}
                     todo = [row for row in self.rows_to_do(rows) if row.index not in sent]
                     rest = self.forecast(todo)  # with the pilot's replies measured
-                    progress.note(f"after {len(pilot)} pilot rows, the rest: {rest.describe()}")
+                    progress.note(f"after the pilot ({len(pilot)} sent), the rest: {rest.describe()}")
                     self.refuse_over_cap(rest.expected_micros, "expected")
                     plan = rest.with_done(pilot, self.directory.spent_micros - spent_before)
                 if self.spec.batch_api:

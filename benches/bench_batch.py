@@ -2,12 +2,15 @@
 beside the openai-cookbook parallel processor's approach (cookbook_processor.py, at 75% of the
 limits, the top of its advice), in one run, each against a fresh fake provider in its own process.
 
-    python benches/bench_batch.py [--rows 10000] [--rpm 10000] [--tpm 150000]
+    python benches/bench_batch.py [--rows 10000] [--rpm 10000] [--tpm 150000] [--pilot 100]
+    python benches/bench_batch.py --rows 1000 --max-tokens 64     # quicker; replies far from 32
 
 For each: seconds, rows/s, the share of the provider's token capacity used (tokens the fake
 admitted over burst + rate x seconds), 429s, rows in the output (lost or duplicated), and for
-llmthrottle the forecast (least / expected / most) against the cost actually spent. Goals:
->= 95% of TPM used, 0 rows lost or duplicated, forecast within 10% of the actual cost.
+llmthrottle the error of its pilot-based forecast of the expected cost (`--pilot` rows sent
+before the go/no-go, their replies measured) against the cost actually spent, then its forecast
+without a pilot (least / expected / most, the expected assuming replies of half of max_tokens).
+Goals: >= 95% of TPM used, 0 rows lost or duplicated, forecast within 10% of the actual cost.
 """
 
 from __future__ import annotations
@@ -115,13 +118,21 @@ def _llmthrottle(args: argparse.Namespace, source: Path, directory: Path) -> dic
             rpm=args.rpm,
             tpm=args.tpm,
             concurrency=args.concurrency,
+            pilot=args.pilot,
             progress=False,
             client=openai.AsyncOpenAI(base_url=fake.base_url, api_key="k"),
         )
         seconds = time.monotonic() - started
         counters = fake.counters()
     ids = [json.loads(line)["id"] for line in output.read_text().splitlines()]
-    return {"seconds": seconds, "counters": counters, "ids": ids, "spent": result.spent_micros, "plan": plan}
+    return {
+        "seconds": seconds,
+        "counters": counters,
+        "ids": ids,
+        "spent": result.spent_micros,
+        "plan": plan,
+        "piloted": result.forecast,
+    }
 
 
 def _cookbook(args: argparse.Namespace, source: Path, directory: Path) -> dict[str, Any]:
@@ -168,7 +179,7 @@ def _cookbook(args: argparse.Namespace, source: Path, directory: Path) -> dict[s
         seconds = time.monotonic() - started
         counters = fake.counters()
     ids = [json.loads(line)["id"] for line in output.read_text().splitlines()]
-    return {"seconds": seconds, "counters": counters, "ids": ids, "spent": spent, "plan": None}
+    return {"seconds": seconds, "counters": counters, "ids": ids, "spent": spent, "plan": None, "piloted": None}
 
 
 def main() -> None:
@@ -180,6 +191,7 @@ def main() -> None:
     parser.add_argument("--output-tokens", type=int, default=5, help="the fake's reply length")
     parser.add_argument("--ttft", type=float, default=0.05, help="the fake's seconds per reply")
     parser.add_argument("--concurrency", type=int, default=32, help="llmthrottle batch's most calls in flight")
+    parser.add_argument("--pilot", type=int, default=100, help="llmthrottle batch's pilot rows (0: none)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
@@ -192,7 +204,7 @@ def main() -> None:
         )
         print(
             f"{'runner':22s} {'seconds':>8s} {'rows/s':>7s} {'TPM used':>8s} {'429s':>6s} {'rows out':>8s} "
-            f"{'lost':>5s} {'twice':>5s} {'spent':>10s}",
+            f"{'lost':>5s} {'twice':>5s} {'spent':>10s} {'forecast error (pilot)':>22s}",
             flush=True,
         )
         expected = {f"r{n}" for n in range(args.rows)}
@@ -201,17 +213,19 @@ def main() -> None:
             counters, ids, seconds = measured["counters"], measured["ids"], measured["seconds"]
             most = args.tpm + args.tpm * seconds / 60
             used = counters["charged"].get("tokens", 0) / most
+            piloted = measured["piloted"]
+            error = "-" if piloted is None else f"{piloted.expected_micros / measured['spent'] - 1:+.1%}"
             print(
                 f"{name:22s} {seconds:8.1f} {len(ids) / seconds:7.1f} {used:8.1%} {counters['rate_limited']:6d} "
                 f"{len(ids):8d} {len(expected - set(ids)):5d} {len(ids) - len(set(ids)):5d} "
-                f"${measured['spent'] / 1e6:9.4f}",
+                f"${measured['spent'] / 1e6:9.4f} {error:>22s}",
                 flush=True,
             )
             plan = measured["plan"]
             if plan is not None:
                 spent = measured["spent"]
                 print(
-                    f"{'':22s} forecast: least ${plan.least_micros / 1e6:.4f} ({plan.least_micros / spent - 1:+.1%}), "
+                    f"{'':22s} forecast without a pilot: least ${plan.least_micros / 1e6:.4f} ({plan.least_micros / spent - 1:+.1%}), "
                     f"expected ${plan.expected_micros / 1e6:.4f} ({plan.expected_micros / spent - 1:+.1%}), "
                     f"most ${plan.most_micros / 1e6:.4f} ({plan.most_micros / spent - 1:+.1%}) of the actual",
                     flush=True,

@@ -22,31 +22,25 @@ import llmthrottle.batch as batch
 from llmthrottle.batch.concurrency import AdaptiveConcurrency
 from llmthrottle.pricing import batch_price_micros
 from llmthrottle.testing import FakeProvider
+from llmthrottle.testing.batch_jobs import (
+    TEMPLATE,
+    batch_command,
+    check_job,
+    fake_counters,
+    kill_in_flight,
+    read_jsonl,
+    run_with_random_kills,
+    write_reviews,
+)
 
 openai = pytest.importorskip("openai")
 anthropic = pytest.importorskip("anthropic")
 
 MINI = "gpt-4o-mini"
 SONNET = "claude-sonnet-4-5"
-TEMPLATE = "Label the sentiment of this review: {text}"
 
 
-def write_reviews(path: Path, count: int, *, bad: bool = False) -> Path:
-    with open(path, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["id", "text"])
-        for n in range(count):
-            writer.writerow(
-                [f"r{n}", f"review {n}: the soup was {'cold' if n % 3 else 'excellent'}" + " really" * (n % 7)]
-            )
-        if bad:
-            file.write("r-short\n")  # one field, the header has two
-            file.write('r-quote,"never closed\n')  # malformed CSV
-    return path
-
-
-def lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+lines = read_jsonl
 
 
 def ledger_rows(job_dir: Path) -> list[Any]:
@@ -308,58 +302,21 @@ def test_sigkill_at_random_points_then_resume_leaves_every_row_exactly_once(tmp_
     output, job_dir = tmp_path / "labels.jsonl", tmp_path / "labels.jsonl.job"
     chooser = random.Random(KILL_ROWS)
     with FakeProvider(rpm=60_000, tpm=2_000_000, output_tokens=3, error_rate=0.05, ttft_s=0.01, seed=3) as provider:
+        run = batch_command(
+            "run", str(source), str(output), "--model", MINI, "--template", TEMPLATE, "--max-tokens", "3",
+            "--base-url", provider.openai_base_url, "--rpm", "60000", "--tpm", "2000000", "--concurrency", "8",
+            "--no-progress",
+        )  # fmt: skip
         env = {**os.environ, "OPENAI_API_KEY": "k"}
-        common = ["--no-progress"]
-        command = [
-            sys.executable,
-            "-m",
-            "llmthrottle.cli",
-            "batch",
-            "run",
-            str(source),
-            str(output),
-            "--model",
-            MINI,
-            "--template",
-            TEMPLATE,
-            "--max-tokens",
-            "3",
-            "--base-url",
-            provider.openai_base_url,
-            "--rpm",
-            "60000",
-            "--tpm",
-            "2000000",
-            "--concurrency",
-            "8",
-            *common,
-        ]
-        kills = 0
-        for _attempt in range(30):
-            runner = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            try:
-                runner.wait(timeout=chooser.uniform(0.8, 2.5))
-            except subprocess.TimeoutExpired:
-                runner.send_signal(signal.SIGKILL)
-                runner.communicate()  # reaps it and closes its pipes
-                kills += 1
-                command = [sys.executable, "-m", "llmthrottle.cli", "batch", "resume", str(job_dir), *common]
-                continue
-            out, err = runner.communicate()
-            assert runner.returncode == 3, (out, err)  # finished, with the two bad rows failed
-            break
-        else:
-            pytest.fail("the job never finished")
+        ended = run_with_random_kills(run, job_dir, env, provider.base_url, chooser)
+        assert ended.returncode == 3, (ended.stdout, ended.stderr)  # finished, with the two bad rows failed
+        requests_seen = provider.counters.requests
+    kills = ended.kills
     assert kills >= 1
-    rows = lines(output)
-    assert [row["row"] for row in rows] == list(range(KILL_ROWS + 2))
-    assert sum(1 for row in rows if row["status"] == "ok") == KILL_ROWS
-    for row in rows[:KILL_ROWS]:
-        usage = {"prompt_tokens": row["input_tokens"], "completion_tokens": row["output_tokens"]}
-        assert row["cost_micros"] == lt.cost(MINI, usage).total_micros
-    # Calls in flight at a kill were billed and are in the ledger, though their rows ran again.
-    recorded = [r for r in ledger_rows(job_dir) if r.outcome == "ok"]
-    assert len(recorded) >= KILL_ROWS
+    # Every row once, priced as reported; every request the provider saw is in the ledger (calls
+    # in flight at a kill as unfinished, though their rows ran again).
+    check = check_job(output, job_dir, rows=KILL_ROWS, bad_rows=2, model=MINI, requests_seen=requests_seen)
+    assert check.problems == []
 
 
 def test_a_job_the_tokenizer_or_limits_cannot_take_is_refused_before_it_starts(tmp_path: Path) -> None:
@@ -456,8 +413,7 @@ def test_a_resumed_batch_job_polls_the_batch_it_submitted_instead_of_paying_twic
             client = openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k")
             try:
                 runner = ProviderBatches(directory, client, None, None, lt.PriceTable.default(), None)  # type: ignore[arg-type]
-                batch_id = await runner._submit(rows)
-                directory.note_batch(batch_id, [row.index for row in rows])
+                await runner._submit("feedc0de", rows)
             finally:
                 await client.close()
 
@@ -493,8 +449,7 @@ def test_a_damaged_line_in_a_batchs_results_leaves_only_its_row_to_run_again(tmp
             client = openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k")
             try:
                 runner = ProviderBatches(directory, client, None, None, lt.PriceTable.default(), None)  # type: ignore[arg-type]
-                batch_id = await runner._submit(rows)
-                directory.note_batch(batch_id, [row.index for row in rows])
+                batch_id = await runner._submit("feedc0de", rows)
                 await client.batches.retrieve(batch_id)  # the fake answers the batch when first looked at
                 return batch_id
             finally:
@@ -511,3 +466,279 @@ def test_a_damaged_line_in_a_batchs_results_leaves_only_its_row_to_run_again(tmp
         assert (result.succeeded, result.failed, result.pending) == (5, 0, 1)
         assert provider.counters.batches == 1  # the rest was not paid for twice
     assert 2 not in {row["row"] for row in lines(tmp_path / "out.jsonl")}
+
+
+def test_a_call_in_flight_at_a_sigkill_is_in_the_ledger_and_the_spend_and_its_row_runs_again(tmp_path: Path) -> None:
+    source = write_reviews(tmp_path / "reviews.csv", 16)
+    output, job_dir = tmp_path / "labels.jsonl", tmp_path / "labels.jsonl.job"
+    # Replies take a second, so the second wave of calls is still in flight when the kill lands.
+    with FakeProvider(output_tokens=3, ttft_s=1.0) as provider:
+        run = batch_command(
+            "run", str(source), str(output), "--model", MINI, "--template", TEMPLATE, "--max-tokens", "8",
+            "--base-url", provider.openai_base_url, "--concurrency", "4", "--no-progress",
+        )  # fmt: skip
+        runner = subprocess.Popen(run, env={**os.environ, "OPENAI_API_KEY": "k"}, stdout=subprocess.PIPE)
+        in_flight = kill_in_flight(runner, provider.base_url, job_dir, after_requests=5)
+        assert 1 <= in_flight <= 4
+        provider.ttft_s = 0.0
+        result = batch.resume(
+            job_dir, client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"), progress=False
+        )
+        requests_seen = fake_counters(provider.base_url)["requests"]
+    # Every request the provider counted is one ledger record (no retries here); each row once.
+    recorded = ledger_rows(job_dir)
+    assert len(recorded) == requests_seen == 16 + in_flight
+    check = check_job(output, job_dir, rows=16, bad_rows=0, model=MINI, requests_seen=requests_seen)
+    assert check.problems == []
+    unfinished = [r for r in recorded if r.outcome == "unfinished"]
+    assert len(unfinished) == in_flight == result.unfinished.calls
+    rows = {row.index: row for row in batch.read_rows(batch.JobSpec(
+        input=str(source), output=str(output), model=MINI, template=TEMPLATE, max_tokens=8))}  # fmt: skip
+    for record in unfinished:  # at the worst case the call was admitted for, with its tokens
+        row = rows[record.tags["row"]]
+        assert record.cost_micros == lt.worst_case_cost(MINI, row.input_tokens, 8) > 0
+        assert (record.input_tokens, record.output_tokens) == (row.input_tokens, 8)
+    # The job's spend holds them, so a cost cap counts them; the summary says so.
+    assert result.spent_micros == sum(r.cost_micros for r in recorded) == check.output_micros + check.unfinished_micros
+    assert result.unfinished.micros == check.unfinished_micros
+    assert f"{in_flight} calls in flight" in result.summary()
+    # The resumed run's own calls have their records: settling again finds nothing unfinished.
+    again = batch.resume(job_dir, client=openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k"))
+    assert again.unfinished == result.unfinished and len(ledger_rows(job_dir)) == len(recorded)
+    assert (job_dir / "intents.jsonl").read_bytes() == b""
+
+
+# The runner dies the instant the provider has answered the batch's creation, before its id is
+# written: a real SIGKILL, in the one window batches.json cannot close by itself.
+_KILLED_AFTER_CREATE = """
+import os, signal, sys
+from llmthrottle.batch.checkpoint import JobDirectory
+JobDirectory.note_batch = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+from llmthrottle.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("provider_name", ["openai", "anthropic"])
+def test_a_batch_created_just_before_a_kill_is_found_by_its_token_and_paid_once(
+    tmp_path: Path, provider_name: str
+) -> None:
+    source = write_reviews(tmp_path / "reviews.csv", 12, bad=True)
+    output, job_dir = tmp_path / "labels.jsonl", tmp_path / "labels.jsonl.job"
+    model = MINI if provider_name == "openai" else SONNET
+    with FakeProvider(output_tokens=3, batch_delay_s=0.2) as provider:
+        base_url = provider.openai_base_url if provider_name == "openai" else provider.anthropic_base_url
+        env = {**os.environ, "OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k"}
+        arguments = ["run", str(source), str(output), "--model", model, "--provider", provider_name,
+                     "--template", TEMPLATE, "--max-tokens", "3", "--base-url", base_url, "--batch-api",
+                     "--batch-poll", "0.05", "--no-progress"]  # fmt: skip
+        died = subprocess.run([sys.executable, "-c", _KILLED_AFTER_CREATE, "batch", *arguments], env=env)
+        assert died.returncode == -signal.SIGKILL
+        assert provider.counters.batches == 1
+        (intent,) = json.loads((job_dir / "batches.json").read_text())
+        assert intent["id"] is None and intent["token"]
+
+        def client() -> Any:
+            if provider_name == "openai":
+                return openai.AsyncOpenAI(base_url=base_url, api_key="k")
+            return anthropic.AsyncAnthropic(base_url=base_url, api_key="k")
+
+        # Another job's batch of as many requests, created since: not adopted by mistake.
+        options: dict[str, Any] = dict(model=model, provider=provider_name, template=TEMPLATE, max_tokens=3)
+        other = batch.run(write_reviews(tmp_path / "other.csv", 12, bad=True), tmp_path / "other.jsonl",
+                          **options, batch_api=True, batch_poll_s=0.05, progress=False, client=client())  # fmt: skip
+        assert other.succeeded == 12
+        result = batch.resume(job_dir, progress=False, client=client())
+        # One batch for this job in all (and one for the other): found by its token, not sent again.
+        assert (provider.counters.batches, provider.counters.batch_requests) == (2, 24)
+    assert (result.succeeded, result.failed) == (12, 2)
+    (adopted,) = json.loads((job_dir / "batches.json").read_text())
+    assert adopted["token"] == intent["token"]
+    assert provider.batch_api.batches[adopted["id"]].requests[0][0].startswith(f"{intent['token']}_")
+    check = check_job(
+        output, job_dir, rows=12, bad_rows=2, model=model, requests_seen=12, provider=provider_name, batch_api=True
+    )
+    assert check.problems == []  # every row once, at half price, each request of the batch in the ledger
+    assert check.ledger_micros == check.output_micros > 0
+
+
+def test_a_batch_whose_creation_never_reached_the_provider_is_submitted_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmthrottle.batch import provider_batch
+
+    source = write_reviews(tmp_path / "reviews.csv", 8)
+    output, job_dir = tmp_path / "out.jsonl", tmp_path / "out.jsonl.job"
+
+    async def unreachable(self: Any, token: str, chunk: list[Any]) -> str:
+        raise ConnectionError("the runner died before the create left")
+
+    monkeypatch.setattr(provider_batch, "CREATE_GRACE_S", 0.0)
+    with FakeProvider(output_tokens=3, batch_delay_s=0.0) as provider:
+        with monkeypatch.context() as patched:
+            patched.setattr(provider_batch.ProviderBatches, "_create", unreachable)
+            with pytest.raises(ConnectionError):
+                batch.run(source, output, model=MINI, template=TEMPLATE, max_tokens=3, progress=False,
+                          batch_api=True, batch_poll_s=0.05,
+                          client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"))  # fmt: skip
+        assert [b["id"] for b in json.loads((job_dir / "batches.json").read_text())] == [None]
+        result = batch.resume(
+            job_dir, progress=False, client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k")
+        )
+        assert (provider.counters.batches, provider.counters.batch_requests) == (1, 8)
+    assert result.succeeded == 8 and [row["row"] for row in lines(output)] == list(range(8))
+    assert [b["collected"] for b in json.loads((job_dir / "batches.json").read_text())] == [True]
+
+
+def test_the_fake_lists_batches_newest_first_in_pages_as_the_sdks_read_them(tmp_path: Path) -> None:
+    async def scenario(provider: FakeProvider) -> None:
+        oa = openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k")
+        an = anthropic.AsyncAnthropic(base_url=provider.anthropic_base_url, api_key="k")
+        try:
+            made_openai, made_anthropic = [], []
+            for n in range(5):
+                line = {
+                    "custom_id": f"r{n}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {"model": MINI, "messages": []},
+                }
+                upload = await oa.files.create(file=("b.jsonl", json.dumps(line).encode()), purpose="batch")
+                created = await oa.batches.create(
+                    input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+                )
+                made_openai.append(created.id)
+                params: Any = {"model": SONNET, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+                made_anthropic.append(
+                    (await an.messages.batches.create(requests=[{"custom_id": f"r{n}", "params": params}])).id
+                )
+            listed_openai = [b.id async for b in oa.batches.list(limit=2)]
+            listed_anthropic = [b.id async for b in an.messages.batches.list(limit=2)]
+            assert listed_openai == made_openai[::-1] and listed_anthropic == made_anthropic[::-1]
+            newer = await an.messages.batches.list(before_id=made_anthropic[1], limit=2)
+            assert [b.id for b in newer.data] == made_anthropic[3:1:-1] and newer.has_more
+            with pytest.raises(anthropic.BadRequestError, match="custom_id"):
+                await an.messages.batches.create(requests=[{"custom_id": "row:1", "params": params}])
+            with pytest.raises(openai.BadRequestError, match="limit"):
+                await oa.batches.list(limit=101)
+        finally:
+            await oa.close()
+            await an.close()
+
+    with FakeProvider(batch_delay_s=0.0) as provider:
+        asyncio.run(scenario(provider))
+
+
+def test_pilot_rows_measure_the_replies_the_forecast_and_the_go_no_go_expect(tmp_path: Path) -> None:
+    source = write_reviews(tmp_path / "reviews.csv", 60)
+    options: dict[str, Any] = dict(model=MINI, template=TEMPLATE, max_tokens=100, concurrency=4)
+    # Replies of 8 tokens where half of max_tokens would be 50: the assumed forecast is far off.
+    assumed = batch.plan(batch.JobSpec(input=str(source), output="x.jsonl", **options))
+    assert assumed.reply_tokens == 50 and "assumed" in assumed.reply_basis
+    with FakeProvider(output_tokens=8) as provider:
+        cap_usd = (assumed.expected_micros - 1) / 1e6  # just under the assumed forecast
+        with pytest.raises(lt.BudgetExceeded, match="expected cost"):
+            batch.run(source, tmp_path / "refused.jsonl", **options, max_cost_usd=cap_usd, progress=False,
+                      client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"))  # fmt: skip
+        assert provider.counters.requests == 0
+        result = batch.run(source, tmp_path / "labels.jsonl", **options, max_cost_usd=cap_usd, pilot=5,
+                           progress=False, client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"))  # fmt: skip
+        assert provider.counters.requests == 60  # the pilot rows were kept, not sent again
+    assert result.succeeded == 60 and [row["row"] for row in lines(tmp_path / "labels.jsonl")] == list(range(60))
+    assert result.forecast.reply_tokens == 8 and "5 rows" in result.forecast.reply_basis
+    assert abs(result.forecast.expected_micros / result.spent_micros - 1) <= 0.10
+    assert abs(assumed.expected_micros / result.spent_micros - 1) > 0.10
+    assert "replies of 8 tokens" in result.summary()
+
+
+def test_a_job_whose_pilot_forecasts_too_much_stops_after_the_pilot_and_keeps_it(tmp_path: Path) -> None:
+    source = write_reviews(tmp_path / "reviews.csv", 30)
+    options: dict[str, Any] = dict(model=MINI, template=TEMPLATE, max_tokens=40, expected_output_tokens=1)
+    optimistic = batch.plan(batch.JobSpec(input=str(source), output="x.jsonl", **options))
+    with FakeProvider(output_tokens=40) as provider:
+        with pytest.raises(lt.BudgetExceeded, match="expected cost"):
+            batch.run(source, tmp_path / "out.jsonl", **options, max_cost_usd=optimistic.expected_micros * 1.2 / 1e6,
+                      pilot=4, progress=False, client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"))  # fmt: skip
+        assert provider.counters.requests == 4
+        again = batch.resume(tmp_path / "out.jsonl.job", max_cost_usd=1.0, progress=False,
+                             client=openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"))  # fmt: skip
+        assert provider.counters.requests == 30
+    assert again.succeeded == 30 and again.forecast.reply_tokens == 40
+
+
+_LABELS_MODULE = """
+def build(fields):
+    return {"messages": [{"role": "user", "content": "Rate this: " + fields["text"]}], "max_tokens": 20}
+
+
+def parse(reply):
+    return {"label": reply["choices"][0]["message"]["content"].strip().upper(), "model": reply["model"]}
+
+
+not_callable = 3
+"""
+
+
+def test_build_and_parse_named_on_the_command_line_are_kept_for_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mylabels.py").write_text(_LABELS_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = write_reviews(tmp_path / "reviews.csv", 24)
+    output, job_dir = tmp_path / "out.jsonl", tmp_path / "out.jsonl.job"
+    env = {**os.environ, "OPENAI_API_KEY": "k", "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    # A cap of half the job stops it part way; the resume must build and parse as the run did.
+    half = batch.plan(batch.JobSpec(input=str(source), output="x.jsonl", model=MINI, build="mylabels:build"))
+    assert half.requests == 24 and half.max_output_tokens == 24 * 20
+    with FakeProvider(output_tokens=20) as provider:  # every reply its worst case: the cap bites
+        common = ["--base-url", provider.openai_base_url, "--no-progress"]
+        run = [str(source), str(output), "--model", MINI, "--build", "mylabels:build", "--parse", "mylabels:parse",
+               "--max-cost", str(half.most_micros / 2 / 1e6), "--expected-output-tokens", "1", "--concurrency", "2",
+               *common]  # fmt: skip
+        first = subprocess.run(batch_command("run", *run), env=env, capture_output=True, text=True)
+        assert first.returncode == 3 and "max_cost_usd" in first.stdout, first.stderr
+        stored = json.loads((job_dir / "job.json").read_text())
+        assert (stored["build"], stored["parse"], stored["template"]) == ("mylabels:build", "mylabels:parse", None)
+        done = len(lines(output))
+        assert 0 < done < 24
+        again = subprocess.run(
+            batch_command("resume", str(job_dir), "--max-cost", "1", "--no-progress"), env=env, capture_output=True
+        )
+        assert again.returncode == 0, again.stderr
+        assert provider.counters.requests == 24
+    out = lines(output)
+    assert [row["row"] for row in out] == list(range(24))
+    assert all(row["result"] == {"label": " ".join(["TOK"] * 20), "model": MINI} for row in out)
+
+
+@pytest.mark.parametrize(
+    "option, name, message",
+    [
+        ("--build", "nosuchmodule_xyz:build", "cannot import 'nosuchmodule_xyz'"),
+        ("--build", "mylabels:missing", "has no attribute 'missing'"),
+        ("--parse", "mylabels:not_callable", "is a int, not a function"),
+        ("--parse", "mylabels.parse", "package.module:function"),
+    ],
+)
+def test_a_build_or_parse_name_that_does_not_import_is_refused_before_the_job_starts(
+    tmp_path: Path, option: str, name: str, message: str
+) -> None:
+    (tmp_path / "mylabels.py").write_text(_LABELS_MODULE)
+    source = write_reviews(tmp_path / "reviews.csv", 2)
+    env = {**os.environ, "OPENAI_API_KEY": "k", "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    run = [str(source), str(tmp_path / "out.jsonl"), "--model", MINI, "--template", TEMPLATE, option, name]
+    refused = subprocess.run(batch_command("run", *run, "--base-url", "http://127.0.0.1:9/v1"), env=env,
+                             capture_output=True, text=True)  # fmt: skip
+    assert refused.returncode == 1 and message in refused.stderr, refused.stderr
+    assert not (tmp_path / "out.jsonl.job").exists()
+
+
+def test_a_damaged_intent_line_is_refused_naming_the_file_and_line(tmp_path: Path) -> None:
+    from llmthrottle.batch.checkpoint import JobDirectory
+
+    source = write_reviews(tmp_path / "reviews.csv", 2)
+    spec = batch.JobSpec(input=str(source), output=str(tmp_path / "o.jsonl"), model=MINI, template=TEMPLATE)
+    JobDirectory.create(tmp_path / "job", spec).close()
+    (tmp_path / "job" / "intents.jsonl").write_text('{"row": 0, "call": "c1"}\n{"row": 1, "ca')  # a cut last line
+    with pytest.raises(lt.ConfigError, match=r"intents\.jsonl: line 1 is not an intent"):
+        batch.resume(tmp_path / "job", progress=False)

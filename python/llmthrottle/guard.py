@@ -21,7 +21,7 @@ from typing import Any, Literal
 from ._native import BudgetExceeded, InProcessState, Reservation, rolling_undrained
 from .budget import BUDGET_DIMENSION, Budget, budget_for, exact_dollars
 from .ledger import Ledger
-from .ledger.call import KEY_FIELDS, RECORD_COLUMNS, call_record
+from .ledger.call import KEY_FIELDS, RECORD_COLUMNS, call_record, unfinished_record
 from .limiter import Key, Limiter
 from .pricing import Cost, PriceTable
 from .tokens import estimate
@@ -318,21 +318,11 @@ class GuardedCall:
         self._fire_thresholds()
         return cost
 
-    def _record(
-        self,
-        outcome: str,
-        cost: Cost | None = None,
-        *,
-        cost_micros: int = 0,
-        tokens: tuple[int, int] = (0, 0),
-        extra_tags: dict[str, Any] | None = None,
-    ) -> None:
-        """Records how the call ended: at `cost` when the provider's usage was priced, else at
-        `cost_micros` and `tokens`."""
+    def _record(self, outcome: str, cost: Cost | None = None, *, extra_tags: dict[str, Any] | None = None) -> None:
+        """Records how the call ended: at `cost` when the provider's usage was priced, else at $0."""
         ledger = self.guard.ledger
         if ledger is None:
             return
-        counts = {"input_tokens": tokens[0], "output_tokens": tokens[1]}
         ledger.record(
             **call_record(
                 self.keys,
@@ -342,8 +332,7 @@ class GuardedCall:
                 cost=cost,
                 model=self.model,
                 provider=self.provider,
-                cost_micros=cost_micros,
-                tokens=counts,
+                cost_micros=0,
             )
         )
 
@@ -383,8 +372,19 @@ class GuardedCall:
         try:
             self.reservation.commit()
         finally:
-            if self.reservation.settled:
-                self._record("unfinished", cost_micros=worst, tokens=self._reserved_tokens)
+            ledger = self.guard.ledger
+            if self.reservation.settled and ledger is not None:
+                ledger.record(
+                    **unfinished_record(
+                        self.keys,
+                        model=self.model,
+                        provider=self.provider,
+                        reserved_tokens=self._reserved_tokens,
+                        worst_case_micros=worst,
+                        latency_s=time.monotonic() - self._started,
+                        tags=self.tags,
+                    )
+                )
 
     def _fire_thresholds(self) -> None:
         guard = self.guard

@@ -2,18 +2,22 @@
 
     job.json          the JobSpec (written once, atomically)
     results.jsonl     one line per finished row, appended and flushed as each row ends
-    checkpoint.json   rows done and spend, written atomically (after an fsync of the results)
-                      every `checkpoint_rows` rows or `checkpoint_s` seconds
-    batches.json      the provider batches submitted (`batch_api` jobs): id and rows, written
-                      atomically as soon as the provider answers, so a resume polls them
-                      instead of paying twice
+    intents.jsonl     one line before each request leaves (see intents.py), so a request in
+                      flight at a kill is still recorded in the ledger on resume
+    checkpoint.json   rows done and spend, written atomically (after an fsync of the results
+                      and the intents) every `checkpoint_rows` rows or `checkpoint_s` seconds
+    batches.json      the provider batches of a `batch_api` job: before each is created, its
+                      token, rows and time; its id as soon as the provider answers; all written
+                      atomically, so a resume polls them (or finds by its token a batch whose
+                      id was never written) instead of paying twice
     ledger/           the usage ledger of every call the job made
     lock              held (flock) by the runner
 
 Why this survives a SIGKILL at any instant: a result line is one `write` of a complete line, so
 after a kill the file holds whole lines and at most one partial last line, which `open` cuts
 off. A row is done when its line is in the file; a row in flight at the kill has no line and
-runs again on resume (its first call was billed, and it is in the ledger). When a row appears
+runs again on resume (its first call may have been billed: its intent line puts it in the
+ledger, at its worst case, and in the job's spend). When a row appears
 twice (a failed row retried with `retry_failed`), its last line is its result, so the output
 holds every row exactly once.
 """
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .._native import ConfigError
+from .intents import IntentLog
 from .spec import JobSpec
 
 __all__ = ["JobDirectory", "write_atomically"]
@@ -45,6 +50,7 @@ class JobDirectory:
         self.spent_micros = spent_micros  # every line's calls, a retried row's earlier lines too
         self._lock = lock
         self._file = open(path / "results.jsonl", "ab", buffering=0)
+        self.intents = IntentLog(path / "intents.jsonl")
         self._since_checkpoint = 0
         self._checkpoint_at = time.monotonic()
 
@@ -97,6 +103,7 @@ class JobDirectory:
 
     def checkpoint(self) -> None:
         os.fsync(self._file.fileno())
+        self.intents.sync()
         summary = {
             "rows_done": len(self.results),
             "spent_micros": self.spent_micros,
@@ -112,6 +119,7 @@ class JobDirectory:
             self.checkpoint()
         finally:
             self._file.close()
+            self.intents.close()
             os.close(self._lock)
 
     @property
@@ -119,8 +127,14 @@ class JobDirectory:
         return self.path / "ledger"
 
     @property
+    def keys(self) -> list[str]:
+        """The keys of every call the job makes (its limits and ledger records)."""
+        return [f"batch:{self.path.name}"]
+
+    @property
     def batches(self) -> list[dict[str, Any]]:
-        """The provider batches submitted for this job: `{"id", "rows"}` each."""
+        """The provider batches of this job: `{"token", "at", "rows", "id", "collected"}` each,
+        `id` None while the provider's answer to its creation is not known."""
         try:
             data = json.loads((self.path / "batches.json").read_text())
         except FileNotFoundError:
@@ -129,10 +143,21 @@ class JobDirectory:
             raise ConfigError(f"{self.path / 'batches.json'} is damaged") from None
         return list(data) if isinstance(data, list) else []
 
-    def note_batch(self, batch_id: str, rows: list[int]) -> None:
-        """Records a submitted provider batch (durable before anything else happens)."""
-        entry = {"id": batch_id, "rows": rows, "collected": False}
+    def note_batch_intent(self, token: str, rows: list[int]) -> None:
+        """Records, before it is created, a provider batch carrying `token` (durable first)."""
+        entry = {"token": token, "at": time.time(), "rows": rows, "id": None, "collected": False}
         write_atomically(self.path / "batches.json", json.dumps([*self.batches, entry]))
+
+    def note_batch(self, token: str, batch_id: str) -> None:
+        """Records the id the provider gave the batch carrying `token` (durable before anything
+        else happens)."""
+        batches = [{**b, "id": batch_id} if b.get("token") == token else b for b in self.batches]
+        write_atomically(self.path / "batches.json", json.dumps(batches))
+
+    def forget_batch(self, token: str) -> None:
+        """Drops the intent of a batch the provider never created: its rows are to do again."""
+        batches = [b for b in self.batches if b.get("token") != token]
+        write_atomically(self.path / "batches.json", json.dumps(batches))
 
     def note_collected(self, batch_id: str) -> None:
         """Marks a provider batch's results as taken into the results (after an fsync of them)."""

@@ -4,6 +4,8 @@
         --template 'Label the sentiment of: {text}' --max-tokens 5 --max-cost 2.00
     llmthrottle batch resume labels.jsonl.job --retry-failed
     llmthrottle batch forecast reviews.csv --model gpt-4o-mini --template '...' --rpm 500 --tpm 200000
+    llmthrottle batch run reviews.csv labels.jsonl --model gpt-4o-mini --pilot 50 --max-cost 2.00 \
+        --build mypackage.labels:request --parse mypackage.labels:label
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ def _job_options(parser: argparse.ArgumentParser) -> None:
     template = parser.add_mutually_exclusive_group()
     template.add_argument("--template", help="the user message, with {field} from each row")
     template.add_argument("--template-file", type=Path, help="a file holding the template")
+    parser.add_argument(
+        "--build",
+        metavar="MODULE:FUNCTION",
+        help="makes each row's request body from its fields, instead of a template",
+    )
     parser.add_argument("--system", help="a system prompt for every row")
     parser.add_argument("--max-tokens", type=int, default=256, help="reply length cap (default: %(default)s)")
     parser.add_argument("--base-url", help="the provider's API base URL (a gateway, the fake provider)")
@@ -48,6 +55,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     start = sub.add_parser("run", help="run a new job")
     _job_options(start)
     start.add_argument("output", help="the results: .jsonl or .csv")
+    start.add_argument(
+        "--parse", metavar="MODULE:FUNCTION", help="makes each row's result from the reply, instead of its text"
+    )
+    start.add_argument(
+        "--pilot",
+        type=int,
+        default=0,
+        metavar="N",
+        help="send the first N rows before the go/no-go and forecast the rest from their replies' length",
+    )
     start.add_argument("--concurrency", type=int, default=16, help="most calls in flight (default: %(default)s)")
     start.add_argument("--job-dir", type=Path, help="the job's directory (default: OUTPUT.job)")
     start.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -85,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
                 expected_output_tokens=args.expected_output_tokens,
                 batch_api=args.batch_api,
                 batch_poll_s=args.batch_poll,
+                build=args.build,
             )
             if args.batch_command == "forecast":
                 print(plan(JobSpec(input=args.input, output="forecast.jsonl", **options)).describe())
@@ -93,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
                 args.input,
                 args.output,
                 **options,
+                parse=args.parse,
+                pilot=args.pilot,
                 concurrency=args.concurrency,
                 job_dir=args.job_dir,
                 progress=not args.no_progress,

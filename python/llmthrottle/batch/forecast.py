@@ -3,7 +3,9 @@ of every request (`lt.estimate`), priced at three reply lengths, and the time th
 limits need to admit it all.
 
 - least: every reply empty (the input alone);
-- expected: every reply `expected_output_tokens` long (capped by the row's max tokens);
+- expected: every reply as long as the replies measured so far (the job's pilot rows, or the
+  rows a resumed job has finished), else `expected_output_tokens`, else half of `max_tokens`
+  (capped by each row's max tokens);
 - most: every reply as long as its max tokens allow.
 
 Each row is priced as its own call (rounded up once, as the ledger will charge it), so the
@@ -12,6 +14,7 @@ forecast and the spend add up the same way.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -42,6 +45,22 @@ class Forecast:
     expected_micros: int
     most_micros: int
     seconds: float | None
+    reply_tokens: int = 0  # the reply length the expected figures assume
+    reply_basis: str = ""  # where that length comes from
+
+    def with_done(self, done: list[Row], micros: int) -> Forecast:
+        """This forecast (of the rows still to do) plus rows already sent, `done`, at what they
+        cost, `micros`: the forecast of a whole run after its pilot rows."""
+        return dataclasses.replace(
+            self,
+            rows=self.rows + len(done),
+            requests=self.requests + len(done),
+            input_tokens=self.input_tokens + sum(row.input_tokens for row in done),
+            max_output_tokens=self.max_output_tokens + sum(row.max_output_tokens for row in done),
+            least_micros=self.least_micros + micros,
+            expected_micros=self.expected_micros + micros,
+            most_micros=self.most_micros + micros,
+        )
 
     def describe(self) -> str:
         time = (
@@ -51,18 +70,31 @@ class Forecast:
         )
         return (
             f"{self.requests} requests ({self.bad_rows} bad rows of {self.rows}), {self.input_tokens} input tokens; "
-            f"cost {usd(self.least_micros)} least, {usd(self.expected_micros)} expected, "
-            f"{usd(self.most_micros)} most; time {time}"
+            f"cost {usd(self.least_micros)} least, {usd(self.expected_micros)} expected "
+            f"(replies of {self.reply_tokens} tokens, {self.reply_basis}), {usd(self.most_micros)} most; time {time}"
         )
 
 
 def forecast(
-    spec: JobSpec, rows: Iterable[Row], *, expected_output_tokens: int | None = None, prices: PriceTable | None = None
+    spec: JobSpec,
+    rows: Iterable[Row],
+    *,
+    measured: tuple[int, int] | None = None,
+    prices: PriceTable | None = None,
 ) -> Forecast:
-    """The forecast of `rows` (those of `spec`'s input still to do). `expected_output_tokens`
-    overrides the spec's (a resumed job passes what its finished rows returned)."""
+    """The forecast of `rows` (those of `spec`'s input still to do). `measured` is (the mean
+    reply length, over how many rows) of the replies the job has had, which the expected figures
+    then assume instead of the spec's."""
     table = prices or PriceTable.default()
-    expected_length = expected_output_tokens or spec.expected_output_tokens or max(1, spec.max_tokens // 2)
+    if measured is not None:
+        expected_length, basis = (
+            max(0, measured[0]),
+            f"the mean of {measured[1]} row{'s' if measured[1] != 1 else ''} sent",
+        )
+    elif spec.expected_output_tokens is not None:
+        expected_length, basis = spec.expected_output_tokens, "as given"
+    else:
+        expected_length, basis = max(1, spec.max_tokens // 2), "assumed: half of max_tokens"
     count = bad = requests = input_tokens = max_output = expected_output = 0
     least = expected = most = 0
     counted_tokens = 0  # toward the provider's token limit, as it counts them at admission
@@ -93,6 +125,8 @@ def forecast(
         expected,
         most,
         _seconds(spec, requests, counted_tokens),
+        expected_length,
+        basis,
     )
 
 

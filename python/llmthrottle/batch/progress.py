@@ -58,6 +58,12 @@ class Progress:
             f"{usd(self.spent_micros)}  ETA {eta}  {self.errors} errors"
         )
 
+    def note(self, text: str) -> None:
+        """A line of its own (the forecast after the pilot rows), when progress is shown."""
+        if self._enabled:
+            self._stream.write(("\r\x1b[2K" if self._tty else "") + text + "\n")
+            self._stream.flush()
+
     def show(self) -> None:
         self._shown_at = time.monotonic()
         if self._tty:

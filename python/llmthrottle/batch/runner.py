@@ -14,6 +14,7 @@ import asyncio
 import csv
 import io
 import json
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,9 +28,12 @@ from ..ledger import Ledger
 from ..limiter import Limiter
 from ..pricing import PriceTable, batch_price_micros, worst_case_cost
 from ..providers import calls, wrap
+from ..providers.attribution import tagged
+from ..providers.sending import before_each_send
 from .checkpoint import JobDirectory, write_atomically
 from .concurrency import AdaptiveConcurrency
 from .forecast import Forecast, forecast, usd
+from .intents import CALL_TAG, Unfinished, settle_unfinished, unfinished_so_far
 from .progress import Progress
 from .provider_batch import ProviderBatches
 from .rows import BuildRequest, Row, read_rows, result_line
@@ -57,7 +61,8 @@ OUTPUT_COLUMNS = (
 @dataclass(frozen=True)
 class BatchResult:
     """How a run of a job ended. `failures` counts failed rows by cause; `pending` rows were not
-    run (the cost cap stopped the job, or it was interrupted)."""
+    run (the cost cap stopped the job, or it was interrupted); `unfinished` counts the calls that
+    were in flight when an earlier run died, recorded at their worst case (in `spent_micros`)."""
 
     job_dir: Path
     output: Path
@@ -69,13 +74,20 @@ class BatchResult:
     forecast: Forecast
     failures: dict[str, int] = field(default_factory=dict)
     stopped: str | None = None
+    unfinished: Unfinished = Unfinished()
 
     def summary(self) -> str:
         lines = [
             f"{self.succeeded} of {self.rows} rows succeeded, {self.failed} failed, {self.pending} pending; "
-            f"spent {usd(self.spent_micros)} (forecast {usd(self.forecast.expected_micros)} expected, "
+            f"spent {usd(self.spent_micros)} (forecast {usd(self.forecast.expected_micros)} expected with "
+            f"replies of {self.forecast.reply_tokens} tokens, {self.forecast.reply_basis}; "
             f"{usd(self.forecast.most_micros)} most); output {self.output}"
         ]
+        if self.unfinished.calls:
+            lines.append(
+                f"{self.unfinished.calls} calls in flight when an earlier run stopped are in the spend as unfinished, "
+                f"at their worst case ({usd(self.unfinished.micros)}); their rows ran again"
+            )
         if self.stopped:
             lines.append(f"stopped: {self.stopped}")
         for cause, count in sorted(self.failures.items(), key=lambda item: -item[1]):
@@ -123,16 +135,24 @@ class Runner:
             if row.index not in done or (self.retry_failed and done[row.index].get("status") == "error")
         ]
 
-    def forecast(self, rows: list[Row]) -> Forecast:
-        finished = [r for r in self.directory.results.values() if r.get("status") == "ok"]
-        expected = round(sum(int(r["output_tokens"]) for r in finished) / len(finished)) if finished else None
-        return forecast(self.spec, rows, expected_output_tokens=expected or None, prices=self.prices)
+    def _succeeded(self) -> list[dict[str, Any]]:
+        return [r for r in self.directory.results.values() if r.get("status") == "ok"]
 
-    def refuse_over_cap(self, plan: Forecast) -> None:
+    def forecast(self, rows: list[Row]) -> Forecast:
+        """The forecast of `rows`, expecting replies as long as the job's replies so far."""
+        finished = self._succeeded()
+        measured = (
+            (round(sum(int(r["output_tokens"]) for r in finished) / len(finished)), len(finished)) if finished else None
+        )
+        return forecast(self.spec, rows, measured=measured, prices=self.prices)
+
+    def refuse_over_cap(self, micros: int, which: str) -> None:
+        """Raises `BudgetExceeded` when the forecast's `which` cost, `micros`, plus the spend
+        passes the cap."""
         cap = self.spec.max_cost_micros
-        if cap is not None and self.directory.spent_micros + plan.expected_micros > cap:
+        if cap is not None and self.directory.spent_micros + micros > cap:
             raise BudgetExceeded(
-                f"the job's expected cost {usd(plan.expected_micros)} (plus {usd(self.directory.spent_micros)} spent) "
+                f"the job's {which} cost {usd(micros)} (plus {usd(self.directory.spent_micros)} spent) "
                 f"exceeds max_cost_usd {usd(cap)}: raise the cap, lower max_tokens, or split the input"
             )
 
@@ -141,55 +161,91 @@ class Runner:
     async def run(self) -> BatchResult:
         rows = list(read_rows(self.spec, self.build))
         todo = self.rows_to_do(rows)
-        plan = self.forecast(todo)
-        self.refuse_over_cap(plan)
-        progress = Progress(len(rows), done=len(rows) - len(todo), enabled=self.show_progress)
         ledger = Ledger(self.directory.ledger_path)
         try:
-            if self.spec.batch_api:
-                await self._run_provider_batches(rows, todo, ledger, progress)
-            elif any(row.body is not None for row in todo):
-                client = self._client(ledger)
-                try:
-                    await self._run_rows(client, todo, progress)
-                finally:
-                    await client.close()
+            # Calls in flight when an earlier run died are billed as unfinished; the ledger holds
+            # every call the job made, so it is the job's spend.
+            settle_unfinished(self.directory.intents, ledger, self.directory.keys)
+            self.directory.spent_micros = ledger.spend()
+            plan = self.forecast(todo)
+            pilot = self._pilot_rows(todo)
+            # With pilot rows to send, the go/no-go waits for their replies; only a job whose
+            # empty replies would pass the cap is refused before them.
+            if pilot:
+                self.refuse_over_cap(plan.least_micros, "least")
             else:
-                await self._run_rows(None, todo, progress)  # only bad rows: reported, nothing sent
+                self.refuse_over_cap(plan.expected_micros, "expected")
+            progress = Progress(len(rows), done=len(rows) - len(todo), enabled=self.show_progress)
+            sending = any(row.body is not None for row in todo)
+            client = (self._given_client or _sdk_client(self.spec)) if sending else None
+            # Rows go one by one through the provider layer, unless the provider's batch API takes
+            # them all (but the pilot's).
+            one_by_one = client is not None and (bool(pilot) or not self.spec.batch_api)
+            wrapped = self._wrapped(client, ledger) if one_by_one else None
+            try:
+                if pilot:
+                    spent_before = self.directory.spent_micros
+                    await self._run_rows(wrapped, pilot, progress)
+                    sent = {row.index for row in pilot}
+                    todo = [row for row in self.rows_to_do(rows) if row.index not in sent]
+                    rest = self.forecast(todo)  # with the pilot's replies measured
+                    progress.note(f"after the pilot ({len(pilot)} sent), the rest: {rest.describe()}")
+                    self.refuse_over_cap(rest.expected_micros, "expected")
+                    plan = rest.with_done(pilot, self.directory.spent_micros - spent_before)
+                if self.spec.batch_api:
+                    await self._run_provider_batches(rows, todo, client, ledger, progress)
+                else:  # with only bad rows, there is nothing to send
+                    await self._run_rows(wrapped, todo, progress)
+            finally:
+                progress.close()
+                if client is not None:
+                    await client.close()
+            unfinished = unfinished_so_far(ledger)
         finally:
-            progress.close()
             ledger.close()
             self.directory.checkpoint()
         output = self.write_output(rows)
-        return self._result(rows, plan, output)
+        return self._result(rows, plan, output, unfinished)
 
-    async def _run_provider_batches(self, rows: list[Row], todo: list[Row], ledger: Ledger, progress: Progress) -> None:
+    def _pilot_rows(self, todo: list[Row]) -> list[Row]:
+        """The rows to send before the go/no-go: the first of those to do, until the job has
+        `pilot` replies to measure."""
+        wanted = self.spec.pilot - len(self._succeeded())
+        return [row for row in todo if row.body is not None][: max(0, wanted)]
+
+    async def _run_provider_batches(
+        self, rows: list[Row], todo: list[Row], client: Any, ledger: Ledger, progress: Progress
+    ) -> None:
         """A job that is not urgent: its rows through the provider's batch API (see
-        provider_batch.py), under the same cost cap, at the batch price."""
+        provider_batch.py), under the same cost cap (the rows of batches already submitted
+        reserved first), at the batch price."""
         by_index = {row.index: row for row in rows}
-        submitted = {index for batch in self.directory.batches if not batch.get("collected") for index in batch["rows"]}
+        batches = ProviderBatches(self.directory, client, ledger, progress, self.prices, self.parse)
+        if client is not None:
+            await batches.find_lost()
+        submitted = {i for batch in self.directory.batches if not batch.get("collected") for i in batch["rows"]}
         submit: list[Row] = []
-        for row in todo:
-            if row.index in submitted:
-                continue
-            if row.body is None:
-                self._finish(row, progress, error=row.error or "bad row")
-                continue
-            worst = batch_price_micros(self._worst_case(row))
-            if not self._fits(worst):
-                break
-            self._reserved_micros += worst
-            submit.append(row)
-        client = self._given_client or _sdk_client(self.spec)
+        capped = False
         try:
-            await ProviderBatches(self.directory, client, ledger, progress, self.prices, self.parse).run(
-                by_index, submit
-            )
+            for row in todo:
+                if row.body is None:
+                    self._finish(row, progress, error=row.error or "bad row")
+                    continue
+                worst = batch_price_micros(self._worst_case(row))
+                if row.index in submitted:
+                    self._reserved_micros += worst
+                elif not capped:
+                    capped = not self._fits(worst)  # once the cap is reached, no more rows go
+                    if not capped:
+                        self._reserved_micros += worst
+                        submit.append(row)
+            if client is not None:
+                await batches.run(by_index, submit)
         finally:
             self._reserved_micros = 0
-            await client.close()
 
-    def _client(self, ledger: Ledger) -> Any:
+    def _wrapped(self, client: Any, ledger: Ledger) -> Any:
+        """`client` through the provider layer: the job's limits, retries, pricing and ledger."""
         spec = self.spec
         limits: dict[str, Any] = {}
         if spec.rpm is not None:
@@ -198,13 +254,10 @@ class Runner:
             limits["tokens"] = f"{spec.tpm}/min"
         # A Guard needs a limiter; with no rate known, the job's own concurrency is the one limit.
         limiter = Limiter(limits or {"concurrency": spec.concurrency}, state=self._state)
-        client = self._given_client
-        if client is None:
-            client = _sdk_client(spec)
         return wrap(
             client,
             guard=Guard(limiter, ledger=ledger, prices=self.prices),
-            keys=[f"batch:{self.directory.path.name}"],
+            keys=self.directory.keys,
             state=self._state,
         )
 
@@ -231,10 +284,13 @@ class Runner:
             for task in tasks:
                 task.cancel()
 
+    def _model(self, row: Row) -> str:
+        return str((row.body or {}).get("model") or self.spec.model)
+
     def _worst_case(self, row: Row) -> int:
         assert row.body is not None
         return worst_case_cost(
-            str(row.body.get("model") or self.spec.model),
+            self._model(row),
             row.input_tokens,
             row.max_output_tokens,
             provider=self.spec.provider,
@@ -256,8 +312,23 @@ class Runner:
     ) -> None:
         started = time.monotonic()
         attempts, service_s = 1, None
+        call = secrets.token_hex(8)
+        model = self._model(row)
+
+        def sending(attempt: int) -> None:  # the write-ahead intent (intents.py)
+            self.directory.intents.sending(
+                row.index,
+                call,
+                attempt,
+                model=model,
+                provider=self.spec.provider,
+                input_tokens=row.input_tokens,
+                max_output_tokens=row.max_output_tokens,
+                worst_micros=worst,
+            )
+
         try:
-            with calls() as made:
+            with calls() as made, tagged(**{CALL_TAG: call, "row": row.index}), before_each_send(sending):
                 try:
                     reply = await client.post(_path(self.spec.provider), body=row.body, cast_to=object)
                     result, error = self.parse(reply), None
@@ -321,7 +392,7 @@ class Runner:
         write_atomically(path, text.getvalue())
         return path
 
-    def _result(self, rows: list[Row], plan: Forecast, output: Path) -> BatchResult:
+    def _result(self, rows: list[Row], plan: Forecast, output: Path, unfinished: Unfinished) -> BatchResult:
         results = self.directory.results
         failed = [results[row.index] for row in rows if results.get(row.index, {}).get("status") == "error"]
         succeeded = sum(1 for row in rows if results.get(row.index, {}).get("status") == "ok")
@@ -337,6 +408,7 @@ class Runner:
             plan,
             dict(causes),
             self._stopped,
+            unfinished,
         )
 
 

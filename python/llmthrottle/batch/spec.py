@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .._native import ConfigError
+from .callables import check_name
 
 __all__ = ["JobSpec", "Provider"]
 
@@ -37,8 +38,14 @@ class JobSpec:
       its spend could pass it.
     - `expected_output_tokens`: the reply length the forecast expects (default: half of
       `max_tokens`; a resumed job uses what its finished rows returned).
+    - `pilot`: how many rows to send first, before the go/no-go: the expected cost and time are
+      then forecast from the mean length of their replies (their results are kept, not sent
+      again). 0: no pilot.
     - `concurrency`: the most calls in flight (adapted down on 429s and rising latency).
     - `checkpoint_rows`, `checkpoint_s`: how often progress is made durable.
+    - `build`, `parse`: a function named `package.module:function` that makes a row's request
+      body from its fields (instead of the template), or a row's result from the reply (instead
+      of its text); kept with the job, so `resume` uses them again.
     - `batch_api`: the job is not urgent: its rows go to the provider's batch API (OpenAI
       `/v1/batches`, Anthropic Message Batches) at half price, finished within the provider's
       window (24 h) rather than at the rate limits; `batch_poll_s` is how often it is asked.
@@ -56,10 +63,13 @@ class JobSpec:
     tpm: int | None = None
     max_cost_usd: float | None = None
     expected_output_tokens: int | None = None
+    pilot: int = 0
     concurrency: int = 16
     checkpoint_rows: int = 100
     checkpoint_s: float = 5.0
     output_format: Literal["csv", "jsonl"] | None = None
+    build: str | None = None
+    parse: str | None = None
     batch_api: bool = False
     batch_poll_s: float = 30.0
 
@@ -73,6 +83,8 @@ class JobSpec:
         for name in ("rpm", "tpm", "expected_output_tokens"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
+        if self.pilot != 0:
+            _positive_int("pilot", self.pilot)
         if not isinstance(self.batch_api, bool):
             raise ConfigError(f"batch_api must be true or false, got {self.batch_api!r}")
         for name in ("max_cost_usd", "checkpoint_s", "batch_poll_s"):
@@ -85,8 +97,11 @@ class JobSpec:
             raise ConfigError(f"output_format must be 'csv' or 'jsonl', not {self.output_format!r}")
         if self.format_of_output() not in _FORMATS:
             raise ConfigError(f"output {self.output!r} must end in .csv or .jsonl (or give output_format)")
-        if self.template is None and self.format_of_input() != "jsonl":
-            raise ConfigError(f"input {self.input!r} without a template must be JSONL request bodies")
+        for name in ("build", "parse"):
+            if getattr(self, name) is not None:
+                check_name(name, getattr(self, name))
+        if self.template is None and self.build is None and self.format_of_input() != "jsonl":
+            raise ConfigError(f"input {self.input!r} without a template or build must be JSONL request bodies")
 
     def format_of_input(self) -> str:
         return "csv" if Path(self.input).suffix.lower() == ".csv" else "jsonl"

@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..pricing import Cost, PriceTable
 
-__all__ = ["COUNT_FIELDS", "KEY_FIELDS", "RECORD_COLUMNS", "STRING_FIELDS", "call_record", "cost_columns"]
+__all__ = [
+    "COUNT_FIELDS",
+    "KEY_FIELDS",
+    "RECORD_COLUMNS",
+    "STRING_FIELDS",
+    "UNFINISHED",
+    "call_record",
+    "cost_columns",
+    "unfinished_record",
+]
 
 #: Ledger columns filled from `<field>:<value>` keys or from tags of the same name.
 KEY_FIELDS = ("tenant", "user", "team", "feature")
@@ -34,6 +43,8 @@ COUNT_FIELDS = (
 _TOKEN_FIELDS = COUNT_FIELDS[1:]
 #: Every column a caller may set (a sidecar commit may carry any of them).
 RECORD_COLUMNS = frozenset(STRING_FIELDS + COUNT_FIELDS)
+#: The outcome of a call sent whose end was never seen.
+UNFINISHED = "unfinished"
 
 
 def call_record(
@@ -88,6 +99,33 @@ def call_record(
             )
     columns["outcome"], columns["latency_s"], columns["tags"] = outcome, latency_s, extra or None
     return columns
+
+
+def unfinished_record(
+    keys: Sequence[str],
+    *,
+    model: str,
+    provider: str | None,
+    reserved_tokens: tuple[int, int],
+    worst_case_micros: int,
+    latency_s: float | None,
+    tags: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The record of a call that was sent but whose reply was never read: left without its
+    reply (Guard), or in flight when its process died (the batch runner's intents). The provider
+    may have billed it in full, so it is recorded as `UNFINISHED` at the worst case it was
+    admitted for (`worst_case_micros`: its input plus its whole output reservation, priced) and
+    with the tokens it reserved (input, output)."""
+    return call_record(
+        keys,
+        outcome=UNFINISHED,
+        latency_s=latency_s,
+        tags=tags,
+        model=model,
+        provider=provider,
+        cost_micros=worst_case_micros,
+        tokens={"input_tokens": reserved_tokens[0], "output_tokens": reserved_tokens[1]},
+    )
 
 
 def cost_columns(cost: Cost) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from .models import as_sent, priced_model, request_model
 from .pause import ProviderPause, limit_scope
 from .protocol import Endpoint, UsageReader, endpoint_of, failure_kind
 from .reports import CallReport, listening, report
+from .sending import announce_send
 from .size import fit_request
 
 __all__ = ["CallPlan", "Settings"]
@@ -178,6 +179,12 @@ class CallPlan:
         return arguments
 
     # ------------------------------------------------------------------ attempts
+
+    def sending(self) -> None:
+        """Counts the attempt about to be sent (admitted, its bytes not yet gone) and tells the
+        enclosing `before_each_send` blocks, whose write-ahead work must end before it leaves."""
+        self.attempts += 1
+        announce_send(self.attempts)
 
     def pause_wait_s(self) -> float:
         """Seconds to wait before trying (a pause some worker recorded for this provider key);

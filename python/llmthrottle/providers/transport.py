@@ -145,7 +145,7 @@ class ThrottledTransport(httpx2.BaseTransport):
                     plan.learned_reservation = learned[0].acquire(
                         plan.pause_key, timeout=plan.admission_timeout(), **learned[1]
                     )
-                plan.attempts += 1
+                plan.sending()
                 try:
                     response = self.inner.handle_request(request)
                 except httpx2.TransportError as error:
@@ -248,7 +248,7 @@ async def attempts_async(
                 plan.learned_reservation = await learned[0].acquire_async(
                     plan.pause_key, timeout=plan.admission_timeout(), **learned[1]
                 )
-            plan.attempts += 1
+            plan.sending()
             try:
                 answer = await send()
             except transport_errors as error:

@@ -1,14 +1,21 @@
 """The fake provider's batch APIs: OpenAI's Files and Batches (`POST /v1/files`, `POST /v1/batches`,
-`GET /v1/batches/{id}`, `GET /v1/files/{id}/content`) and Anthropic's Message Batches
-(`POST /v1/messages/batches`, `GET /v1/messages/batches/{id}`, `.../results`), in the shapes
-their SDKs parse. A batch is `in_progress` for `batch_delay_s`, then answers every request as the
-fake's synchronous endpoints would (reply length, input counted by `lt.estimate`), outside the
-rate limits (batches have their own queue); `error_rate` fails that share of its requests.
+`GET /v1/batches` (listed), `GET /v1/batches/{id}`, `GET /v1/files/{id}/content`) and Anthropic's
+Message Batches (`POST /v1/messages/batches`, `GET /v1/messages/batches` (listed),
+`GET /v1/messages/batches/{id}`, `.../results`), in the shapes their SDKs parse. A batch is
+`in_progress` for `batch_delay_s`, then answers every request as the fake's synchronous endpoints
+would (reply length, input counted by `lt.estimate`), outside the rate limits (batches have their
+own queue); `error_rate` fails that share of its requests.
+
+Lists are newest first and paged as the real APIs page them: OpenAI by `after` (the last id of
+the previous page) and `limit` (1..100, default 20); Anthropic by `after_id` (older) or
+`before_id` (newer) and `limit` (1..1000, default 20), with `first_id`, `last_id`, `has_more`.
+An Anthropic `custom_id` must match `^[a-zA-Z0-9_-]{1,64}$`, as the real API requires.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,6 +29,8 @@ if TYPE_CHECKING:
     from .fake_provider import FakeProvider
 
 __all__ = ["FakeBatches"]
+
+_ANTHROPIC_CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
 @dataclass
@@ -49,8 +58,10 @@ class FakeBatches:
         app.router.add_post("/v1/files", self._upload)
         app.router.add_get("/v1/files/{id}/content", self._file_content)
         app.router.add_post("/v1/batches", self._openai_create)
+        app.router.add_get("/v1/batches", self._openai_list)
         app.router.add_get("/v1/batches/{id}", self._openai_retrieve)
         app.router.add_post("/v1/messages/batches", self._anthropic_create)
+        app.router.add_get("/v1/messages/batches", self._anthropic_list)
         app.router.add_get("/v1/messages/batches/{id}", self._anthropic_retrieve)
         app.router.add_get("/v1/messages/batches/{id}/results", self._anthropic_results)
 
@@ -152,6 +163,21 @@ class FakeBatches:
             )
         return web.json_response(self._openai_view(batch, {}))
 
+    async def _openai_list(self, request: web.Request) -> web.Response:
+        page = self._page(request, "openai", 100, before=None, after=request.query.get("after"))
+        if isinstance(page, web.Response):
+            return page
+        data = [self._openai_view(batch, {}) for batch in page[0]]
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": page[1],
+            }
+        )
+
     def _openai_view(self, batch: _Batch, given: dict[str, Any]) -> dict[str, Any]:
         ended = self._ended(batch)
         failed = sum(1 for r in batch.results or () if r["response"]["status_code"] >= 400)
@@ -179,7 +205,27 @@ class FakeBatches:
     async def _anthropic_create(self, request: web.Request) -> web.Response:
         body = await request.json()
         requests = [(str(entry["custom_id"]), entry["params"]) for entry in body.get("requests") or ()]
+        for custom_id, _ in requests:
+            if not _ANTHROPIC_CUSTOM_ID.match(custom_id):
+                message = f"requests: custom_id {custom_id!r} must match ^[a-zA-Z0-9_-]{{1,64}}$"
+                error = {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+                return web.json_response(error, status=400)
         return web.json_response(self._anthropic_view(self._new("msgbatch", "anthropic", requests), request))
+
+    async def _anthropic_list(self, request: web.Request) -> web.Response:
+        query = request.query
+        page = self._page(request, "anthropic", 1000, before=query.get("before_id"), after=query.get("after_id"))
+        if isinstance(page, web.Response):
+            return page
+        data = [self._anthropic_view(batch, request) for batch in page[0]]
+        return web.json_response(
+            {
+                "data": data,
+                "has_more": page[1],
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
+        )
 
     async def _anthropic_retrieve(self, request: web.Request) -> web.Response:
         batch = self.batches.get(request.match_info["id"])
@@ -222,6 +268,27 @@ class FakeBatches:
         }
 
     # ------------------------------------------------------------------ shared
+
+    def _page(
+        self, request: web.Request, family: str, most: int, *, before: str | None, after: str | None
+    ) -> tuple[list[_Batch], bool] | web.Response:
+        """One page of `family`'s batches, newest first: those after `after` (older), or the
+        `limit` just before `before` (newer); and whether more lie beyond the page."""
+        raw = request.query.get("limit", "20")
+        if not raw.isdigit() or not 1 <= int(raw) <= most:
+            message = f"limit must be an integer from 1 to {most}"
+            if family == "openai":
+                return web.json_response({"error": {"message": message, "type": "invalid_request_error"}}, status=400)
+            error = {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+            return web.json_response(error, status=400)
+        limit = int(raw)
+        newest_first = [batch for batch in reversed(self.batches.values()) if batch.family == family]
+        ids = [batch.id for batch in newest_first]
+        if before is not None:
+            end = ids.index(before) if before in ids else 0
+            return newest_first[max(0, end - limit) : end], end - limit > 0
+        start = ids.index(after) + 1 if after is not None and after in ids else (len(ids) if after else 0)
+        return newest_first[start : start + limit], start + limit < len(ids)
 
     def _new(self, prefix: str, family: str, requests: list[tuple[str, dict[str, Any]]]) -> _Batch:
         now = time.time()

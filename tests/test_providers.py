@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import llmthrottle as lt
 from llmthrottle.providers.headers import announced_limits, parse_reset_duration, retry_after_s
@@ -603,3 +606,36 @@ def test_error_replies_are_not_cached(opened: list[Any]) -> None:
             with pytest.raises(openai.RateLimitError):
                 client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=10)
         assert provider.counters.requests == 2 and len(cache) == 0
+
+
+_JSON_KEYS = st.sampled_from(["usage", "model", "id", "content", "input", "metadata", 'he said "usage":', "}"])
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12) | st.sampled_from(['"usage":{', "}]{["]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_JSON_KEYS, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    members=st.dictionaries(_JSON_KEYS, _JSON_VALUES, max_size=5),
+    usage=st.one_of(st.none(), st.dictionaries(st.sampled_from(["input_tokens", "output_tokens"]), st.integers(0, 9))),
+    position=st.integers(0, 5),
+    spaced=st.booleans(),
+)
+def test_a_replys_usage_read_without_parsing_it_whole_is_its_root_usage(
+    members: dict[str, Any], usage: dict[str, int] | None, position: int, spaced: bool
+) -> None:
+    """The shortcut that reads `usage` off the end of a reply either declines (the reply is
+    then parsed whole) or gives exactly the root object's `usage`, wherever else the word
+    appears: in strings, in nested objects, as a value."""
+    from llmthrottle.providers.protocol import _root_usage
+
+    items = [(k, v) for k, v in members.items() if k != "usage"]
+    if usage is not None:
+        items.insert(min(position, len(items)), ("usage", usage))
+    body = json.dumps(dict(items), separators=(", ", " : ") if spaced else (",", ":")).encode()
+    found = _root_usage(body)
+    assert found is None or found == json.loads(body)["usage"]
+    if usage is not None and items[-1][0] == "usage":
+        assert found == usage  # the providers' own order: usage last, read without a parse

@@ -5,6 +5,7 @@ a byte-fed reader, so the sync and async transports share every rule."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -158,6 +159,44 @@ def failure_kind(endpoint: Endpoint, status: int, body: bytes) -> Literal["rate_
     return "fatal"
 
 
+_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"')
+_SPACE = re.compile(r"[ \t\r\n]*+")
+_DECODER = json.JSONDecoder()
+
+
+def _root_usage(body: bytes) -> dict[str, Any] | None:
+    """The `usage` object of a whole JSON reply, read without parsing the rest of it, or None
+    when that cannot be proved right (the caller then parses the whole reply).
+
+    Providers put `usage` last or nearly so. Its last occurrence as a key (a quoted `"usage"`
+    followed by a colon cannot be inside a string, whose quotes are escaped) is read, and is the
+    root object's own member when what follows it, strings aside, closes exactly one object and
+    opens none. Parsing a reply of a few kilobytes costs more than the rest of the wrapper's
+    work on the way back, and the SDK parses it again anyway."""
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        return None
+    if not text.lstrip().startswith("{"):
+        return None
+    at = text.rfind('"usage"')
+    while at >= 0:
+        value_at = _SPACE.match(text, at + 7).end()  # type: ignore[union-attr]
+        if text.startswith(":", value_at):
+            break
+        at = text.rfind('"usage"', 0, at)
+    else:
+        return None
+    try:
+        usage, end = _DECODER.raw_decode(text, _SPACE.match(text, value_at + 1).end())  # type: ignore[union-attr]
+    except (ValueError, RecursionError):
+        return None
+    rest = _STRING.sub("", text[end:]).rstrip()
+    if not isinstance(usage, dict) or not rest.endswith("}") or rest.count("}") != 1 or "{" in rest or "[" in rest:
+        return None
+    return usage
+
+
 class UsageReader:
     """Reads the usage of a reply as its bytes pass through, untouched except for one thing:
     with `hide_usage_chunk`, an OpenAI stream's final usage-only chunk (added by llmthrottle,
@@ -202,6 +241,11 @@ class UsageReader:
         self._buffer.clear()
         if not self.streaming:
             self.body = rest
+            if not self._wants_model:
+                usage = _root_usage(rest)
+                if usage is not None:
+                    self.usage, self.complete = usage, True
+                    return b""
             try:
                 decoded = json.loads(rest)
             except (ValueError, RecursionError):

@@ -6,8 +6,10 @@ candidate deployment in turn through the provider layer's retry loop (`attempts_
 `lt.wrap` runs) with a Guard holding the caller's tier limits and the budgets: admission, usage,
 pricing and the ledger are the provider layer's, with one attempt per deployment so that a 5xx, a
 timeout or a 429 fails over to the next one before the first byte reaches the caller. Streams are
-relayed as they arrive. Denials are answered in the caller's provider shape, a 429 with Retry-After
-and the limiter's `x-ratelimit-*`, so SDK clients back off as they would against the provider.
+relayed as they arrive. An alias may list deployments of either API family: a chat request sent
+to the other family's deployment is translated there and back (`translate/`). Denials are
+answered in the caller's provider shape, a 429 with Retry-After and the limiter's
+`x-ratelimit-*`, so SDK clients back off as they would against the provider.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ from ..providers.pause import ProviderPause
 from ..providers.protocol import Family, error_body
 from ..providers.reports import CallReport, calls
 from ..providers.transport import attempts_async, ended, passed
+from ..request_estimate import InvalidRequestBody
 from .auth import Authenticator, Refused
 from .config import Deployment, GatewayConfig
 from .keys import Caller, KeyStore
 from .routing import Router
 from .taxonomy import choose_alias
+from .translate import Translation, Untranslatable
 
 __all__ = ["Gateway"]
 
@@ -63,6 +67,8 @@ _HOP_BY_HOP = {
     "te",
     "trailer",
 }
+# The endpoints whose requests can be translated to the other family's chat endpoint.
+_TRANSLATABLE = frozenset(("/v1/chat/completions", "/v1/messages"))
 _MAX_BODY = 32 << 20
 
 
@@ -300,33 +306,59 @@ class Gateway:
         if settings is None:
             return _error(family, 403, f"tier {caller.tier!r} is not configured on this gateway")
         settings = self._cached_settings.get((caller.tier, alias), settings)
-        candidates = [d for d in candidates if d.provider == family]
+        translatable = request.path in _TRANSLATABLE
+        candidates = [d for d in candidates if d.provider == family or translatable]
         if not candidates:
             return _error(family, 404, f"model {alias!r} has no {family} deployment")
         last: web.StreamResponse | None = None
-        for position, deployment in enumerate(candidates):
-            if position:
+        untranslatable: web.Response | None = None  # the first deployment the request could not be translated for
+        tried = 0
+        for deployment in candidates:
+            translation, sent_body, path = None, body, suffix
+            if deployment.provider != family:
+                translation = Translation.of(family, deployment.provider, body)
+                try:
+                    sent_body, path = translation.request(body), translation.path
+                except Untranslatable as error:
+                    untranslatable = untranslatable or _error(
+                        family,
+                        400,
+                        f"model {alias!r}: this request cannot be sent to its {deployment.provider} "
+                        f"deployment {deployment.name!r}: {error}",
+                    )
+                    continue
+            if tried:
                 self.metrics["failovers"] += 1
+            tried += 1
             try:
                 with calls() as made:
-                    answer = await self._send(request, settings, caller, deployment, alias, body, suffix, received)
+                    answer = await self._send(
+                        request, settings, caller, deployment, alias, sent_body, path, received, translation
+                    )
             except (RateLimited, BudgetExceeded) as denied:
                 self.metrics["denied"] += 1
                 return self._denied(family, caller, denied)
             except ExceedsCapacity as too_big:
                 return _error(family, 400, f"the request can never fit this key's limits: {too_big}")
+            except InvalidRequestBody as malformed:
+                return _error(family, 400, str(malformed))
             finally:
                 self._account(deployment, made)
             if isinstance(answer, web.StreamResponse):
                 return answer
-            last = _error_from_upstream(family, *answer)
-        assert last is not None
+            last = _error_from_upstream(*answer)
+        if last is None:
+            assert untranslatable is not None
+            return untranslatable
         return last
 
     def _account(self, deployment: Deployment, made: list[CallReport]) -> None:
-        """Per-deployment counters for /metrics, from the provider layer's report of each call."""
+        """Per-deployment counters for /metrics, from the provider layer's report of each call
+        (a call refused before it was sent never reached the deployment)."""
         counters = self.deployment_metrics.setdefault(deployment.name, {"calls": 0, "errors": 0, "cost_micros": 0})
         for report in made:
+            if not report.attempts and report.outcome != "cache_hit":
+                continue
             counters["calls"] += 1
             counters["errors"] += report.outcome != "ok"
             counters["cost_micros"] += report.cost_micros
@@ -341,8 +373,12 @@ class Gateway:
         body: dict[str, Any],
         suffix: str,
         received: float,
+        translation: Translation | None,
     ) -> web.StreamResponse | tuple[int, dict[str, str], bytes]:
-        """The relayed answer, or (status, headers, body) of an upstream failure to fail over from."""
+        """The relayed answer, or (status, headers, body) of an upstream failure to fail over from
+        (the body in the caller's shape). `body` is in the deployment's API: `translation` turns
+        what comes back into the caller's."""
+        family: Family = translation.caller if translation is not None else deployment.provider
         content = json.dumps({**body, "model": deployment.model}, separators=(",", ":")).encode()
         headers = {
             "content-type": "application/json",
@@ -387,7 +423,9 @@ class Gateway:
             hit = plan.cached_reply()
             if hit is not None:
                 answer_headers = {"content-type": hit.content_type, "x-llmthrottle-cache": "hit"}
-                cached = web.Response(status=hit.status, body=hit.content, headers=answer_headers)
+                # The cache keeps the deployment's reply, whichever API asked.
+                status, content = _in_callers_api(translation, hit.status, hit.content)
+                cached = web.Response(status=status, body=content, headers=answer_headers)
                 cached.headers["x-llmthrottle-overhead-ms"] = f"{(time.perf_counter() - received) * 1000:.3f}"
                 return cached
             try:
@@ -401,27 +439,22 @@ class Gateway:
             except (TimeoutError, aiohttp.ClientError, OSError) as error:
                 self.metrics["upstream_errors"] += 1
                 self.router.failed(deployment)
-                return (
-                    502,
-                    {},
-                    json.dumps(
-                        error_body(
-                            deployment.provider, 502, f"upstream {deployment.name} unreachable: {type(error).__name__}"
-                        )
-                    ).encode(),
-                )
+                message = f"upstream {deployment.name} unreachable: {type(error).__name__}"
+                return 502, {}, json.dumps(error_body(family, 502, message)).encode()
         answered = time.perf_counter()
         if failure is not None:
             self.metrics["upstream_errors"] += 1
+            if translation is not None:
+                failure = translation.error(answer.status, failure)
             if answer.status == 429:
                 self.router.cool_down(deployment, retry_after_s(answer.headers) or 1.0)
             elif answer.status >= 500:
                 self.router.failed(deployment)
-            else:
-                return await self._relay(request, answer, plan, failure, received, sent, answered)  # the caller's
+            else:  # the caller's own mistake: no other deployment would answer better
+                return await self._relay(request, answer, plan, failure, received, sent, answered, None)
             return answer.status, dict(answer.headers), failure
         self.router.succeeded(deployment, answered - sent)
-        return await self._relay(request, answer, plan, None, received, sent, answered)
+        return await self._relay(request, answer, plan, None, received, sent, answered, translation)
 
     def _session(self) -> aiohttp.ClientSession:
         """This process's client to the deployments (made in the serving event loop)."""
@@ -441,7 +474,10 @@ class Gateway:
         received: float,
         sent: float,
         answered: float,
+        translation: Translation | None,
     ) -> web.StreamResponse:
+        """The answer to the caller: `data`, an error body already read, or the deployment's
+        reply as it arrives (in the caller's API through `translation`)."""
         headers = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
         reader = plan.reader()
         if data is None and not plan.streaming:
@@ -450,12 +486,15 @@ class Gateway:
                 whole = await answer.read()
             finally:
                 answer.release()
-            body = passed(plan, reader, whole) + ended(plan, reader)
-            out: web.StreamResponse = web.Response(status=answer.status, headers=headers, body=body)
+            status, body = _in_callers_api(
+                translation, answer.status, passed(plan, reader, whole) + ended(plan, reader)
+            )
+            out: web.StreamResponse = web.Response(status=status, headers=headers, body=body)
             out.headers["x-llmthrottle-overhead-ms"] = _overhead_ms(received, sent, answered)
             return out
         out = web.StreamResponse(status=answer.status, headers=headers)
         out.headers["x-llmthrottle-overhead-ms"] = _overhead_ms(received, sent, answered)
+        stream = translation.stream() if translation is not None and data is None else None
         try:
             await out.prepare(request)
             if data is not None:
@@ -465,9 +504,13 @@ class Gateway:
                 # with what was received when either side goes away half-way.
                 async for chunk in answer.content.iter_any():
                     kept = passed(plan, reader, chunk)
+                    if stream is not None:
+                        kept = stream.feed(kept)
                     if kept:
                         await out.write(kept)
                 tail = ended(plan, reader)
+                if stream is not None:
+                    tail = stream.feed(tail) + stream.finish()
                 if tail:
                     await out.write(tail)
             await out.write_eof()
@@ -527,11 +570,22 @@ def _overhead_ms(received: float, sent: float, answered: float) -> str:
     return f"{((sent - received) + (time.perf_counter() - answered)) * 1000:.3f}"
 
 
+def _in_callers_api(translation: Translation | None, status: int, body: bytes) -> tuple[int, bytes]:
+    """A whole successful reply of the deployment as the caller's API writes it (a reply that
+    cannot be written so is a 502: the call was made and is in the ledger)."""
+    if translation is None:
+        return status, body
+    try:
+        return status, translation.reply(body)
+    except Untranslatable as error:
+        return 502, json.dumps(error_body(translation.caller, 502, str(error))).encode()
+
+
 def _error(family: Family, status: int, message: str) -> web.Response:
     return web.json_response(error_body(family, status, message), status=status)
 
 
-def _error_from_upstream(family: Family, status: int, headers: dict[str, str], data: bytes) -> web.Response:
+def _error_from_upstream(status: int, headers: dict[str, str], data: bytes) -> web.Response:
     """The last deployment's failure, passed on (its body, the headers an SDK reads)."""
     kept = {
         k: v for k, v in headers.items() if k.lower().startswith(("retry-after", "x-ratelimit", "anthropic-ratelimit"))

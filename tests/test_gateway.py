@@ -305,6 +305,14 @@ def test_bad_requests_get_the_providers_error_shape(gateway: GatewayProcess) -> 
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(request)
     assert error.value.code == 400 and "error" in json.loads(error.value.read())
+    malformed = urllib.request.Request(
+        f"{gateway.url}/v1/chat/completions",
+        data=json.dumps({"model": "fast", "messages": "hi"}).encode(),
+        headers={"authorization": f"Bearer {key}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(malformed)
+    assert error.value.code == 400 and "messages must be a list" in json.loads(error.value.read())["error"]["message"]
 
 
 def test_the_gateway_configuration_is_checked(tmp_path: Path) -> None:

@@ -39,8 +39,11 @@ class GatewayProcess:
                         break
             except OSError:
                 pass
-            assert self.proc.poll() is None, (directory / "gateway.log").read_text()
-            assert time.monotonic() < deadline, "the gateway did not start"
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                self.proc.wait()
+                self.log.close()
+                raise AssertionError(f"the gateway did not start: {(directory / 'gateway.log').read_text()}")
             time.sleep(0.05)
         self.keys = KeyStore(str(directory / "keys.sqlite"), cache_s=0)
 

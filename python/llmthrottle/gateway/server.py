@@ -39,6 +39,7 @@ from ..providers.reports import CallReport, calls
 from ..providers.transport import attempts_async, ended, passed
 from ..request_estimate import InvalidRequestBody
 from .auth import Authenticator, Refused
+from .budget_queue import BudgetQueue, Hold
 from .config import Deployment, GatewayConfig
 from .keys import Caller, KeyStore
 from .routing import Router
@@ -106,6 +107,7 @@ class Gateway:
         self._settings: dict[str, Settings] = {}
         self._upstream: aiohttp.ClientSession | None = None
         self._pause, self._learned = ProviderPause(state), LearnedLimits(state)
+        self.budget_queue = BudgetQueue(config.budget_queue_max)
         self._apply_tiers(config)
         self.metrics = {"requests": 0, "denied": 0, "upstream_errors": 0, "failovers": 0, "reloads": 0}
         self.deployment_metrics: dict[str, dict[str, int]] = {}
@@ -154,6 +156,7 @@ class Gateway:
         listens, its keys file and its state need a restart)."""
         self._apply_tiers(config)
         self.router.models, self.router.strategies = config.models, config.strategies
+        self.budget_queue.max_waiting = config.budget_queue_max
         self.config = replace(
             config,
             host=self.config.host,
@@ -208,6 +211,10 @@ class Gateway:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         lines = [f"llmthrottle_gateway_{name}_total {value}" for name, value in self.metrics.items()]
+        queue = self.budget_queue
+        lines.append(f"llmthrottle_gateway_budget_held_total {queue.held_total}")
+        lines.append(f"llmthrottle_gateway_budget_queue_full_total {queue.full_total}")
+        lines.append(f"llmthrottle_gateway_budget_waiting {queue.waiting}")
         for name, breaker in self.router.breakers.items():
             state = {"closed": 0, "half_open": 1, "open": 2}[breaker.state]
             lines.append(f'llmthrottle_gateway_breaker_state{{deployment="{_label(name)}"}} {state}')
@@ -310,6 +317,28 @@ class Gateway:
         candidates = [d for d in candidates if d.provider == family or translatable]
         if not candidates:
             return _error(family, 404, f"model {alias!r} has no {family} deployment")
+        hold = self.budget_queue.hold(
+            self.config.budget_queue_timeouts.get(alias, self.config.budget_queue_timeout_s), lambda: _gone(request)
+        )
+        with hold:
+            return await self._through(
+                request, hold, settings, caller, candidates, alias, family, body, suffix, received
+            )
+
+    async def _through(
+        self,
+        request: web.Request,
+        hold: Hold,
+        settings: Settings,
+        caller: Caller,
+        candidates: list[Deployment],
+        alias: str,
+        family: Family,
+        body: dict[str, Any],
+        suffix: str,
+        received: float,
+    ) -> web.StreamResponse:
+        """The answer of the first deployment that gives one (failing over past the others)."""
         last: web.StreamResponse | None = None
         untranslatable: web.Response | None = None  # the first deployment the request could not be translated for
         tried = 0
@@ -331,10 +360,9 @@ class Gateway:
                 self.metrics["failovers"] += 1
             tried += 1
             try:
-                with calls() as made:
-                    answer = await self._send(
-                        request, settings, caller, deployment, alias, sent_body, path, received, translation
-                    )
+                answer = await self._send_held(
+                    hold, request, settings, caller, deployment, alias, sent_body, path, received, translation
+                )
             except (RateLimited, BudgetExceeded) as denied:
                 self.metrics["denied"] += 1
                 return self._denied(family, caller, denied)
@@ -342,8 +370,6 @@ class Gateway:
                 return _error(family, 400, f"the request can never fit this key's limits: {too_big}")
             except InvalidRequestBody as malformed:
                 return _error(family, 400, str(malformed))
-            finally:
-                self._account(deployment, made)
             if isinstance(answer, web.StreamResponse):
                 return answer
             last = _error_from_upstream(*answer)
@@ -351,6 +377,33 @@ class Gateway:
             assert untranslatable is not None
             return untranslatable
         return last
+
+    async def _send_held(
+        self,
+        hold: Hold,
+        request: web.Request,
+        settings: Settings,
+        caller: Caller,
+        deployment: Deployment,
+        alias: str,
+        body: dict[str, Any],
+        suffix: str,
+        received: float,
+        translation: Translation | None,
+    ) -> web.StreamResponse | tuple[int, dict[str, str], bytes]:
+        """`_send`, asked again while a `queue` budget holds the request (see budget_queue.py)."""
+        while True:
+            made: list[CallReport] = []
+            try:
+                with calls() as made:
+                    return await self._send(
+                        request, settings, caller, deployment, alias, body, suffix, received, translation
+                    )
+            except BudgetExceeded as denied:
+                if not await hold.wait(denied):
+                    raise
+            finally:
+                self._account(deployment, made)
 
     def _account(self, deployment: Deployment, made: list[CallReport]) -> None:
         """Per-deployment counters for /metrics, from the provider layer's report of each call
@@ -563,6 +616,12 @@ class Gateway:
                 headers[f"anthropic-ratelimit-{name}-remaining"] = str(remaining)
                 headers[f"anthropic-ratelimit-{name}-reset"] = rfc3339_in(limit.reset_after)
         return headers
+
+
+def _gone(request: web.Request) -> bool:
+    """Whether the caller of `request` went away."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _overhead_ms(received: float, sent: float, answered: float) -> str:

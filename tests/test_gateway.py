@@ -345,6 +345,33 @@ def test_the_gateway_configuration_is_checked(tmp_path: Path) -> None:
             parse_gateway_config(text, "llmthrottle.toml")
 
 
+def test_a_deployment_whose_credential_is_not_in_the_environment_stops_the_gateway_at_start(tmp_path: Path) -> None:
+    config = tmp_path / "llmthrottle.toml"
+    config.write_text(
+        f'[gateway]\nkeys_db = "{tmp_path}/keys.sqlite"\n[models.fast]\ndeployments = [{{provider = "openai", '
+        'model = "m", base_url = "http://127.0.0.1:9/v1", api_key_env = "LT_TEST_NO_SUCH_VARIABLE"}]\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LT_TEST_NO_SUCH_VARIABLE"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llmthrottle.cli",
+            "gateway",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "environment variable LT_TEST_NO_SUCH_VARIABLE is not set" in done.stderr
+
+
 def test_workers_share_one_limit(tmp_path: Path, upstreams: tuple[FakeProvider, FakeProvider]) -> None:
     port = free_port()
     text = config_text(tmp_path, port, *upstreams).replace(

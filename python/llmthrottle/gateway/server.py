@@ -105,7 +105,9 @@ class Gateway:
         self.ledger = ledger
         self.guards: dict[str, Guard] = {}
         self._settings: dict[str, Settings] = {}
-        self._upstream: aiohttp.ClientSession | None = None
+        self._client: aiohttp.ClientSession | None = None
+        self._upstreams: dict[tuple[Deployment, str], tuple[URL, dict[str, str]]] = {}
+        _check_credentials(config)
         self._pause, self._learned = ProviderPause(state), LearnedLimits(state)
         self.budget_queue = BudgetQueue(config.budget_queue_max)
         self._apply_tiers(config)
@@ -154,6 +156,8 @@ class Gateway:
     def reload(self, config: GatewayConfig) -> None:
         """Applies a changed policy file: tiers, budgets, model routes and timeouts (where it
         listens, its keys file and its state need a restart)."""
+        _check_credentials(config)
+        self._upstreams = {}  # credentials are read again
         self._apply_tiers(config)
         self.router.models, self.router.strategies = config.models, config.strategies
         self.budget_queue.max_waiting = config.budget_queue_max
@@ -185,8 +189,8 @@ class Gateway:
         return app
 
     async def _close(self, app: web.Application) -> None:
-        if self._upstream is not None:
-            await self._upstream.close()
+        if self._client is not None:
+            await self._client.close()
         if self.ledger is not None:
             self.ledger.close()
         self.keys.close()
@@ -433,19 +437,12 @@ class Gateway:
         what comes back into the caller's."""
         family: Family = translation.caller if translation is not None else deployment.provider
         content = json.dumps({**body, "model": deployment.model}, separators=(",", ":")).encode()
-        headers = {
-            "content-type": "application/json",
-            "accept": request.headers.get("accept", "application/json"),
-            "accept-encoding": "identity",
-        }
+        url, headers = self._upstream(deployment, suffix)
+        headers = {**headers, "accept": request.headers.get("accept", "application/json")}
         if deployment.provider == "anthropic":
-            headers["x-api-key"] = deployment.api_key()
             headers["anthropic-version"] = request.headers.get("anthropic-version", "2023-06-01")
             if "anthropic-beta" in request.headers:
                 headers["anthropic-beta"] = request.headers["anthropic-beta"]
-        else:
-            headers["authorization"] = f"Bearer {deployment.api_key()}"
-        url = URL(deployment.base_url + suffix)
         plan = CallPlan.start(settings, "POST", url.host or "", url.path, headers, content, cache_scope=caller.tenant)
         assert plan is not None  # every route is an LLM endpoint with a model
         session = self._session()
@@ -511,12 +508,28 @@ class Gateway:
 
     def _session(self) -> aiohttp.ClientSession:
         """This process's client to the deployments (made in the serving event loop)."""
-        if self._upstream is None:
-            # Connections are kept, not churned: no cap on how many, a minute of keep-alive.
+        if self._client is None:
+            # Connections are kept, not churned: no cap on how many, a minute of keep-alive. A
+            # cookie an upstream sets is no caller's: none is kept.
             connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60.0)
             timeout = aiohttp.ClientTimeout(total=self.config.request_timeout_s)
-            self._upstream = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
-        return self._upstream
+            self._client = aiohttp.ClientSession(
+                connector=connector, timeout=timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+            )
+        return self._client
+
+    def _upstream(self, deployment: Deployment, suffix: str) -> tuple[URL, dict[str, str]]:
+        """The URL of `suffix` at `deployment` and the headers every request to it carries
+        (its credential), made once per policy."""
+        found = self._upstreams.get((deployment, suffix))
+        if found is None:
+            headers = {"content-type": "application/json", "accept-encoding": "identity"}
+            if deployment.provider == "anthropic":
+                headers["x-api-key"] = deployment.api_key()
+            else:
+                headers["authorization"] = f"Bearer {deployment.api_key()}"
+            found = self._upstreams[(deployment, suffix)] = (URL(deployment.base_url + suffix), headers)
+        return found
 
     async def _relay(
         self,
@@ -616,6 +629,14 @@ class Gateway:
                 headers[f"anthropic-ratelimit-{name}-remaining"] = str(remaining)
                 headers[f"anthropic-ratelimit-{name}-reset"] = rfc3339_in(limit.reset_after)
         return headers
+
+
+def _check_credentials(config: GatewayConfig) -> None:
+    """Every deployment's credential is in the environment (a ConfigError naming the first
+    that is not), so that a missing one stops the gateway at start, not each call at a 500."""
+    for deployments in config.models.values():
+        for deployment in deployments:
+            deployment.api_key()
 
 
 def _gone(request: web.Request) -> bool:

@@ -28,7 +28,9 @@
       {provider = "openai", model = "gpt-4o-mini", base_url = "https://api.openai.com/v1",
        api_key_env = "OPENAI_API_KEY"},
     ]
-    [models.claude]                            # base_url as each provider's SDK takes it
+    [models.claude]                            # base_url as each provider's SDK takes it; an
+                                               # alias may mix providers (chat requests are
+                                               # translated, see translate/)
     deployments = [
       {provider = "anthropic", model = "claude-3-5-haiku-latest", base_url = "https://api.anthropic.com",
        api_key_env = "ANTHROPIC_API_KEY"},

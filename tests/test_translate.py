@@ -431,3 +431,100 @@ def test_an_upstream_error_mid_stream_is_written_as_the_caller_api_writes_one() 
     name, data = back.split(b"\n")[:2]
     assert name == b"event: error"
     assert json.loads(data[len(b"data: ") :]) == {"type": "error", "error": {"type": "api_error", "message": "boom"}}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False, width=16) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "type",
+                    "role",
+                    "content",
+                    "text",
+                    "name",
+                    "id",
+                    "input",
+                    "function",
+                    "arguments",
+                    "tool_calls",
+                    "tool_call_id",
+                    "tool_use_id",
+                    "image_url",
+                    "url",
+                    "source",
+                    "parameters",
+                ]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+fields = st.sampled_from(
+    [
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "stop",
+        "stop_sequences",
+        "max_tokens",
+        "temperature",
+        "metadata",
+        "user",
+        "n",
+        "stream",
+        "parallel_tool_calls",
+        "response_format",
+        "top_k",
+    ]
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    fields,
+    st.one_of(st.integers(-3, 3), st.text(max_size=3), json_values),
+    st.lists(json_values, max_size=3),
+    st.sampled_from(["openai", "anthropic"]),
+)
+def test_any_request_is_translated_or_refused_with_untranslatable(
+    field: str, value: Any, turns: list[Any], caller: str
+) -> None:
+    """Whatever a caller sends (one field at a time, and turns of any shape), the translation
+    answers with a request or refuses it by name: never another exception (a 500)."""
+    translate = openai_to_anthropic if caller == "openai" else anthropic_to_openai
+    hello = {"role": "user", "content": "hi"}
+    for body in ({"messages": [hello], field: value}, {"messages": [hello, *turns]}):
+        try:
+            out = translate({"model": "m", "max_tokens": 5, **body})
+        except Untranslatable:
+            continue
+        assert isinstance(out, dict) and out["model"] == "m"
+        json.dumps(out)  # what is sent is JSON
+
+
+@settings(max_examples=500, deadline=None)
+@given(json_values, st.sampled_from(["openai", "anthropic"]))
+def test_any_reply_or_stream_is_translated_or_refused_never_crashes(reply: Any, caller: str) -> None:
+    """A deployment's reply of any shape becomes the caller's, or a 502 (Untranslatable); its
+    stream's events of any shape are passed or dropped."""
+    upstream = "anthropic" if caller == "openai" else "openai"
+    translation = Translation(caller, upstream, include_usage=True)  # type: ignore[arg-type]
+    data = json.dumps(reply).encode()
+    try:
+        json.loads(translation.reply(data))
+    except Untranslatable:
+        pass
+    stream = translation.stream()
+    kinds = ["message_start", "content_block_start", "content_block_delta", "message_delta", "message_stop", "error"]
+    events = [json.dumps({"type": kind, **(reply if isinstance(reply, dict) else {})}) for kind in kinds]
+    events += [json.dumps(reply), json.dumps({"choices": [reply], "usage": reply}), "[DONE]"]
+    out = stream.feed("".join(f"data: {event}\n\n" for event in events).encode()) + stream.finish()
+    for line in out.split(b"\n"):
+        if line.startswith(b"data: ") and line != b"data: [DONE]":
+            json.loads(line[6:])

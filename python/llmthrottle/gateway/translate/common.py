@@ -8,7 +8,7 @@ from typing import Any
 
 from ..._native import LlmthrottleError
 
-__all__ = ["Untranslatable", "dumps", "json_object", "member", "text_parts"]
+__all__ = ["Untranslatable", "dumps", "items", "json_object", "member", "text_parts"]
 
 
 class Untranslatable(LlmthrottleError, ValueError):
@@ -19,6 +19,11 @@ class Untranslatable(LlmthrottleError, ValueError):
 def dumps(value: Any) -> str:
     """JSON as both providers write it on the wire: compact, unicode kept."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def items(value: Any) -> list[Any]:
+    """`value` when it is a list, else an empty one: for reading optional lists of a reply."""
+    return value if isinstance(value, list) else []
 
 
 def member(value: Any, name: str) -> dict[str, Any]:

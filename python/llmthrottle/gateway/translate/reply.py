@@ -16,7 +16,7 @@ from typing import Any
 
 from ...pricing.usage import TokenUsage, normalize_usage
 from ...providers.protocol import Family, error_body
-from .common import Untranslatable, dumps, json_object, member
+from .common import Untranslatable, dumps, items, json_object, member
 
 __all__ = [
     "anthropic_message",
@@ -47,13 +47,17 @@ _STOP_OF_FINISH = {
 
 
 def finish_reason(stop: Any) -> str | None:
-    """OpenAI's `finish_reason` for Anthropic's `stop_reason`."""
-    return None if stop is None else _FINISH_OF_STOP.get(stop, "stop")
+    """OpenAI's `finish_reason` for Anthropic's `stop_reason` (an unknown one is a stop)."""
+    if stop is None:
+        return None
+    return _FINISH_OF_STOP.get(stop, "stop") if isinstance(stop, str) else "stop"
 
 
 def stop_reason(finish: Any) -> str | None:
-    """Anthropic's `stop_reason` for OpenAI's `finish_reason`."""
-    return None if finish is None else _STOP_OF_FINISH.get(finish, "end_turn")
+    """Anthropic's `stop_reason` for OpenAI's `finish_reason` (an unknown one is an end_turn)."""
+    if finish is None:
+        return None
+    return _STOP_OF_FINISH.get(finish, "end_turn") if isinstance(finish, str) else "end_turn"
 
 
 def _tokens(usage: Any, family: Family) -> TokenUsage:
@@ -90,7 +94,7 @@ def openai_completion(message: Mapping[str, Any]) -> dict[str, Any]:
     """An Anthropic message as an OpenAI chat completion."""
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
-    for block in message.get("content") or ():
+    for block in items(message.get("content")):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             texts.append(str(block.get("text", "")))
@@ -133,7 +137,7 @@ def anthropic_message(completion: Mapping[str, Any]) -> dict[str, Any]:
     for text in (answer.get("content"), answer.get("refusal")):
         if isinstance(text, str) and text:
             content.append({"type": "text", "text": text})
-    for index, call in enumerate(answer.get("tool_calls") or ()):
+    for index, call in enumerate(items(answer.get("tool_calls"))):
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):
             continue

@@ -83,6 +83,12 @@ _ANTHROPIC_MAPPED = frozenset(
 _DATA_URL = re.compile(r"data:(?P<media>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)", re.DOTALL)
 
 
+def _list(value: Any, name: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise Untranslatable(f"{name} must be a list")
+    return value
+
+
 def _check_fields(
     body: Mapping[str, Any],
     mapped: frozenset[str],
@@ -149,7 +155,7 @@ def openai_to_anthropic(body: Mapping[str, Any]) -> dict[str, Any]:
         if body.get(name) is not None:
             out[name] = body[name]
     if body.get("tools"):
-        out["tools"] = [_anthropic_tool(tool, f"tools[{i}]") for i, tool in enumerate(body["tools"])]
+        out["tools"] = [_anthropic_tool(tool, f"tools[{i}]") for i, tool in enumerate(_list(body["tools"], "tools"))]
     choice = _anthropic_tool_choice(body.get("tool_choice"))
     if body.get("parallel_tool_calls") is False:
         choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
@@ -292,7 +298,7 @@ def anthropic_to_openai(body: Mapping[str, Any]) -> dict[str, Any]:
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
     if body.get("tools"):
-        out["tools"] = [_openai_tool(tool, f"tools[{i}]") for i, tool in enumerate(body["tools"])]
+        out["tools"] = [_openai_tool(tool, f"tools[{i}]") for i, tool in enumerate(_list(body["tools"], "tools"))]
     choice = body.get("tool_choice")
     if choice is not None:
         out.update(_openai_tool_choice(choice))

@@ -20,7 +20,7 @@ import json
 import time
 from typing import Any
 
-from .common import Untranslatable, dumps, member
+from .common import Untranslatable, dumps, items, member
 from .reply import anthropic_usage, finish_reason, openai_usage, stop_reason
 
 __all__ = ["AnthropicToOpenAIStream", "OpenAIToAnthropicStream", "StreamTranslator"]
@@ -97,7 +97,7 @@ class AnthropicToOpenAIStream(StreamTranslator):
         if kind == "content_block_start":
             block = member(event, "content_block")
             if block.get("type") == "tool_use":
-                number = self._tool_calls[event.get("index", -1)] = len(self._tool_calls)
+                number = self._tool_calls[_index(event)] = len(self._tool_calls)
                 call = {"index": number, "id": block.get("id"), "type": "function"}
                 return self._chunk({"tool_calls": [{**call, "function": {"name": block.get("name"), "arguments": ""}}]})
             if block.get("type") == "text" and block.get("text"):
@@ -107,7 +107,7 @@ class AnthropicToOpenAIStream(StreamTranslator):
             delta = member(event, "delta")
             if delta.get("type") == "text_delta":
                 return self._chunk({"content": delta.get("text", "")})
-            call_number = self._tool_calls.get(event.get("index", -1))
+            call_number = self._tool_calls.get(_index(event))
             if delta.get("type") == "input_json_delta" and call_number is not None:
                 arguments = delta.get("partial_json", "")
                 return self._chunk({"tool_calls": [{"index": call_number, "function": {"arguments": arguments}}]})
@@ -200,7 +200,7 @@ class OpenAIToAnthropicStream(StreamTranslator):
         out = b"" if self.started else self._start(chunk)
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
+        for choice in items(chunk.get("choices")):
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = member(choice, "delta")
@@ -212,7 +212,7 @@ class OpenAIToAnthropicStream(StreamTranslator):
                         else self._open_block({"type": "text", "text": ""})
                     )
                     self._delta(index, {"type": "text_delta", "text": text})
-            for call in delta.get("tool_calls") or ():
+            for call in items(delta.get("tool_calls")):
                 self._tool_delta(call)
             if choice.get("finish_reason") is not None:
                 self.stop = stop_reason(choice["finish_reason"])
@@ -225,7 +225,7 @@ class OpenAIToAnthropicStream(StreamTranslator):
     def _tool_delta(self, call: Any) -> None:
         if not isinstance(call, dict):
             return
-        key = call.get("index", 0)
+        key = _index(call, 0)
         function = member(call, "function")
         index = self._tool_blocks.get(key)
         if index is None:
@@ -253,3 +253,9 @@ class OpenAIToAnthropicStream(StreamTranslator):
             + self._emit("message_delta", {"delta": delta, "usage": usage})
             + self._emit("message_stop", {})
         )
+
+
+def _index(event: dict[str, Any], default: int = -1) -> int:
+    """The block or tool call an event is about (`default` when it names none)."""
+    index = event.get("index", default)
+    return index if isinstance(index, int) else default

@@ -71,6 +71,16 @@ def test_rolling_budget_drains_over_its_window():
     assert spent(guard, "team:a") == pytest.approx(0.1)
 
 
+def test_a_rolling_budget_of_a_few_micro_dollars_is_a_budget_like_any_other():
+    # 0.00003 is "3e-05" to repr: the rate must still read as 30 micro-dollars per 3 seconds.
+    clock = FakeClock()
+    lim = lt.Limiter({"requests": "100/s"}, budgets=[Budget("user:*", 0.00003, "3s")], clock=clock)
+    lim.acquire("user:1", budget_usd="0.000020").commit()
+    assert not lim.try_acquire("user:1", budget_usd="0.000020")
+    clock.advance(1.0)  # 10 micro-dollars drained
+    assert lim.try_acquire("user:1", budget_usd="0.000020")
+
+
 def test_queue_waits_for_the_next_period_within_the_timeout():
     guard, clock = make([Budget("team:*", 0.5, "day", on_exceed="queue")])
     guard.call("team:a", model=MINI, max_output_tokens=800_000).finish(usage(0, 800_000))

@@ -19,14 +19,12 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from gateway_helpers import ADMIN, ENV, JWT_SECRET, GatewayProcess
 from redis_servers import free_port
 
 import llmthrottle as lt
 from llmthrottle.gateway import KeyStore, parse_gateway_config
 from llmthrottle.testing import FakeProvider
-
-ADMIN, JWT_SECRET, UPSTREAM_KEY = "admin-secret", "jwt-secret", "upstream-secret"
-ENV = {"LT_TEST_ADMIN": ADMIN, "LT_TEST_JWT": JWT_SECRET, "LT_UPSTREAM_KEY": UPSTREAM_KEY}
 
 
 def config_text(directory: Path, port: int, primary: FakeProvider, secondary: FakeProvider) -> str:
@@ -96,49 +94,6 @@ path = "{directory}/ledger"
 [state]
 kind = "in-process"
 """
-
-
-class GatewayProcess:
-    def __init__(self, directory: Path, config: str, port: int) -> None:
-        self.directory, self.port = directory, port
-        self.config_path = directory / "llmthrottle.toml"
-        self.config_path.write_text(config)
-        self.log = open(directory / "gateway.log", "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmthrottle.cli", "gateway", "--config", str(self.config_path)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **ENV},
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert self.proc.poll() is None, (directory / "gateway.log").read_text()
-            assert time.monotonic() < deadline, "the gateway did not start"
-            time.sleep(0.05)
-        self.keys = KeyStore(str(directory / "keys.sqlite"), cache_s=0)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def key(self, **fields: Any) -> str:
-        return self.keys.create(**{"tier": "pro", **fields})[0]
-
-    def openai(self, key: str) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.keys.close()
-            self.proc.terminate()
-            self.proc.communicate(timeout=30)
-            self.log.close()
 
 
 @pytest.fixture
@@ -350,6 +305,14 @@ def test_bad_requests_get_the_providers_error_shape(gateway: GatewayProcess) -> 
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(request)
     assert error.value.code == 400 and "error" in json.loads(error.value.read())
+    malformed = urllib.request.Request(
+        f"{gateway.url}/v1/chat/completions",
+        data=json.dumps({"model": "fast", "messages": "hi"}).encode(),
+        headers={"authorization": f"Bearer {key}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(malformed)
+    assert error.value.code == 400 and "messages must be a list" in json.loads(error.value.read())["error"]["message"]
 
 
 def test_the_gateway_configuration_is_checked(tmp_path: Path) -> None:
@@ -380,6 +343,33 @@ def test_the_gateway_configuration_is_checked(tmp_path: Path) -> None:
     ):
         with pytest.raises(lt.ConfigError, match=message):
             parse_gateway_config(text, "llmthrottle.toml")
+
+
+def test_a_deployment_whose_credential_is_not_in_the_environment_stops_the_gateway_at_start(tmp_path: Path) -> None:
+    config = tmp_path / "llmthrottle.toml"
+    config.write_text(
+        f'[gateway]\nkeys_db = "{tmp_path}/keys.sqlite"\n[models.fast]\ndeployments = [{{provider = "openai", '
+        'model = "m", base_url = "http://127.0.0.1:9/v1", api_key_env = "LT_TEST_NO_SUCH_VARIABLE"}]\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LT_TEST_NO_SUCH_VARIABLE"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llmthrottle.cli",
+            "gateway",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "environment variable LT_TEST_NO_SUCH_VARIABLE is not set" in done.stderr
 
 
 def test_workers_share_one_limit(tmp_path: Path, upstreams: tuple[FakeProvider, FakeProvider]) -> None:

@@ -150,7 +150,9 @@ class Budget:
         amount = float(self.limit_usd)
         if self.calendar:
             return (BUDGET_DIMENSION, "quota", amount, self._kind)
-        return (BUDGET_DIMENSION, "rate", f"{amount!r}/{self.period.strip()}", amount)
+        # The rate's amount in plain decimals: a float's repr of a small budget ("3e-05") is no
+        # number to the rate grammar.
+        return (BUDGET_DIMENSION, "rate", f"{exact_dollars(self.limit_micros)}/{self.period.strip()}", amount)
 
 
 def exact_dollars(micros: int) -> str:

@@ -10,6 +10,9 @@
     jwks_file = "/etc/llmthrottle/jwks.json"   # RS256/ES256 bearer tokens (optional, needs PyJWT)
     jwt_audience = "llmthrottle"
     queue_timeout = 0                          # seconds a call may wait for its tier's limits
+    budget_queue_timeout = 0                   # seconds a request may be held by a budget with
+                                               # on_exceed = "queue" (0: answer 429 at once)
+    budget_queue_max = 1000                    # requests a worker holds so at most; past it, 429
     [tiers.free]                               # limits per virtual key of the tier
     requests = "5/min"
     [tiers.pro]
@@ -20,11 +23,14 @@
                                                # "lowest_latency"
     cache_ttl = 300                            # optional: identical non-streaming requests of
                                                # one tenant answered from memory for 300 s
+    budget_queue_timeout = 30                  # optional: this alias's own budget_queue_timeout
     deployments = [
       {provider = "openai", model = "gpt-4o-mini", base_url = "https://api.openai.com/v1",
        api_key_env = "OPENAI_API_KEY"},
     ]
-    [models.claude]                            # base_url as each provider's SDK takes it
+    [models.claude]                            # base_url as each provider's SDK takes it; an
+                                               # alias may mix providers (chat requests are
+                                               # translated, see translate/)
     deployments = [
       {provider = "anthropic", model = "claude-3-5-haiku-latest", base_url = "https://api.anthropic.com",
        api_key_env = "ANTHROPIC_API_KEY"},
@@ -60,11 +66,14 @@ _GATEWAY_KEYS = (
     "jwks_file",
     "jwt_audience",
     "queue_timeout",
+    "budget_queue_timeout",
+    "budget_queue_max",
     "request_timeout",
     "breaker_failures",
     "breaker_cooldown",
 )
 _DEPLOYMENT_KEYS = ("provider", "model", "base_url", "api_key_env", "name", "weight")
+_ALIAS_KEYS = ("deployments", "strategy", "cache_ttl", "budget_queue_timeout")
 _STRATEGIES = ("priority", "weighted", "least_cost", "lowest_latency")
 _TABLES = ("gateway", "tiers", "models", "routes", "state", "ledger", "budgets")
 
@@ -109,6 +118,11 @@ class GatewayConfig:
     jwks_file: str | None = None
     jwt_audience: str | None = None
     queue_timeout_s: float = 0.0
+    # How long a request may be held at the end of a budget with on_exceed = "queue" (0: not at
+    # all), per alias where given; and how many requests one worker holds at most.
+    budget_queue_timeout_s: float = 0.0
+    budget_queue_timeouts: dict[str, float] = field(default_factory=dict)
+    budget_queue_max: int = 1000
     request_timeout_s: float = 600.0
     breaker_failures: int = 5
     breaker_cooldown_s: float = 30.0
@@ -178,6 +192,10 @@ def parse_gateway_config(text: str, path: str | None = None) -> GatewayConfig:
             )
         if isinstance(route, dict) and "cache_ttl" in route:
             config.cache_ttls[alias] = shared._positive(route["cache_ttl"], ("models", alias, "cache_ttl"), where)
+        if isinstance(route, dict) and "budget_queue_timeout" in route:
+            config.budget_queue_timeouts[alias] = _seconds(
+                route["budget_queue_timeout"], ("models", alias, "budget_queue_timeout"), where
+            )
     if "routes" in data:
         config.routes = parse_rules(data["routes"], config.models, where.error)
     return config
@@ -226,6 +244,10 @@ def _parse_gateway(config: GatewayConfig, table: dict[str, Any], where: shared._
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise where.error(keys, f"must be a number of seconds >= 0, not {value!r}")
             config.queue_timeout_s = float(value)
+        elif key == "budget_queue_timeout":
+            config.budget_queue_timeout_s = _seconds(value, keys, where)
+        elif key == "budget_queue_max":
+            config.budget_queue_max = int(shared._positive(value, keys, where, integer=True))
         elif key == "request_timeout":
             config.request_timeout_s = shared._positive(value, keys, where)
         elif key == "breaker_failures":
@@ -236,18 +258,26 @@ def _parse_gateway(config: GatewayConfig, table: dict[str, Any], where: shared._
             raise where.error(keys, shared._unknown_key(key, _GATEWAY_KEYS))
 
 
+def _seconds(value: Any, keys: tuple[str, ...], where: shared._Where) -> float:
+    """A duration in seconds that may be 0 (off), never negative or infinite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e9:
+        raise where.error(keys, f"must be a number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
 def _deployments(alias: str, route: Any, where: shared._Where) -> list[Deployment]:
     keys = ("models", alias)
     if (
         not isinstance(route, dict)
-        or not set(route) <= {"deployments", "strategy", "cache_ttl"}
+        or not set(route) <= set(_ALIAS_KEYS)
         or not isinstance(route.get("deployments"), list)
         or not route["deployments"]
     ):
         raise where.error(
             keys,
             "must be a table with deployments = [{provider, model, base_url, api_key_env}, ...] "
-            f"and optionally strategy = one of {list(_STRATEGIES)} and cache_ttl = seconds",
+            f"and optionally strategy = one of {list(_STRATEGIES)}, cache_ttl = seconds and "
+            "budget_queue_timeout = seconds",
         )
     out = []
     for index, entry in enumerate(route["deployments"]):

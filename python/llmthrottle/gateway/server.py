@@ -6,22 +6,22 @@ candidate deployment in turn through the provider layer's retry loop (`attempts_
 `lt.wrap` runs) with a Guard holding the caller's tier limits and the budgets: admission, usage,
 pricing and the ledger are the provider layer's, with one attempt per deployment so that a 5xx, a
 timeout or a 429 fails over to the next one before the first byte reaches the caller. Streams are
-relayed as they arrive. Denials are answered in the caller's provider shape, a 429 with Retry-After
-and the limiter's `x-ratelimit-*`, so SDK clients back off as they would against the provider.
+relayed as they arrive. An alias may list deployments of either API family: a chat request sent
+to the other family's deployment is translated there and back (`translate/`). Denials are
+answered in the caller's provider shape, a 429 with Retry-After and the limiter's
+`x-ratelimit-*`, so SDK clients back off as they would against the provider.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from dataclasses import replace
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from .._native import BudgetExceeded, ConfigError, ExceedsCapacity, RateLimited
 from ..guard import Guard
@@ -29,17 +29,23 @@ from ..limiter import Limiter
 from ..providers.attribution import context, tagged
 from ..providers.cache import ResponseCache
 from ..providers.call import CallPlan, Settings
-from ..providers.headers import format_reset_duration, retry_after_s, rfc3339_in
+from ..providers.headers import retry_after_s
 from ..providers.learned import LearnedLimits
 from ..providers.pause import ProviderPause
 from ..providers.protocol import Family, error_body
 from ..providers.reports import CallReport, calls
 from ..providers.transport import attempts_async, ended, passed
+from ..request_estimate import InvalidRequestBody
+from . import answers
+from .admin import AdminAPI
 from .auth import Authenticator, Refused
+from .budget_queue import BudgetQueue, Hold
 from .config import Deployment, GatewayConfig
 from .keys import Caller, KeyStore
 from .routing import Router
 from .taxonomy import choose_alias
+from .translate import Translation, Untranslatable
+from .upstream import Upstreams
 
 __all__ = ["Gateway"]
 
@@ -63,6 +69,8 @@ _HOP_BY_HOP = {
     "te",
     "trailer",
 }
+# The endpoints whose requests can be translated to the other family's chat endpoint.
+_TRANSLATABLE = frozenset(("/v1/chat/completions", "/v1/messages"))
 _MAX_BODY = 32 << 20
 
 
@@ -71,6 +79,7 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, *, state: Any = None, ledger: Any = None) -> None:
         self.config = config
+        self.upstreams = Upstreams(config)
         self.keys = KeyStore(config.keys_db)
         secret = None
         if config.jwt_secret_env is not None:
@@ -98,8 +107,8 @@ class Gateway:
         self.ledger = ledger
         self.guards: dict[str, Guard] = {}
         self._settings: dict[str, Settings] = {}
-        self._upstream: aiohttp.ClientSession | None = None
         self._pause, self._learned = ProviderPause(state), LearnedLimits(state)
+        self.budget_queue = BudgetQueue(config.budget_queue_max)
         self._apply_tiers(config)
         self.metrics = {"requests": 0, "denied": 0, "upstream_errors": 0, "failovers": 0, "reloads": 0}
         self.deployment_metrics: dict[str, dict[str, int]] = {}
@@ -146,8 +155,10 @@ class Gateway:
     def reload(self, config: GatewayConfig) -> None:
         """Applies a changed policy file: tiers, budgets, model routes and timeouts (where it
         listens, its keys file and its state need a restart)."""
+        self.upstreams = self.upstreams.replaced(config)  # credentials read again
         self._apply_tiers(config)
         self.router.models, self.router.strategies = config.models, config.strategies
+        self.budget_queue.max_waiting = config.budget_queue_max
         self.config = replace(
             config,
             host=self.config.host,
@@ -166,18 +177,14 @@ class Gateway:
         for path in _ROUTES:
             app.router.add_post(path, self._proxy)
         app.router.add_get("/v1/models", self._models)
-        app.router.add_get("/admin/keys", self._admin_list)
-        app.router.add_post("/admin/keys", self._admin_create)
-        app.router.add_post("/admin/keys/{key_id}/revoke", self._admin_revoke)
-        app.router.add_post("/admin/keys/{key_id}/rotate", self._admin_rotate)
+        AdminAPI(self).install(app)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         app.on_cleanup.append(self._close)
         return app
 
     async def _close(self, app: web.Application) -> None:
-        if self._upstream is not None:
-            await self._upstream.close()
+        await self.upstreams.close()
         if self.ledger is not None:
             self.ledger.close()
         self.keys.close()
@@ -189,7 +196,7 @@ class Gateway:
         try:
             caller = self.auth.caller(request.headers)
         except Refused as refused:
-            return _error("openai", refused.status, refused.message)
+            return answers.error("openai", refused.status, refused.message)
         aliases = [a for a in self.router.aliases() if caller.may_use(a)]
         return web.json_response(
             {
@@ -202,6 +209,10 @@ class Gateway:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         lines = [f"llmthrottle_gateway_{name}_total {value}" for name, value in self.metrics.items()]
+        queue = self.budget_queue
+        lines.append(f"llmthrottle_gateway_budget_held_total {queue.held_total}")
+        lines.append(f"llmthrottle_gateway_budget_queue_full_total {queue.full_total}")
+        lines.append(f"llmthrottle_gateway_budget_waiting {queue.waiting}")
         for name, breaker in self.router.breakers.items():
             state = {"closed": 0, "half_open": 1, "open": 2}[breaker.state]
             lines.append(f'llmthrottle_gateway_breaker_state{{deployment="{_label(name)}"}} {state}')
@@ -213,67 +224,6 @@ class Gateway:
                 )
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
-    # ------------------------------------------------------------------ the admin API
-
-    def _admin(self, request: web.Request) -> web.Response | None:
-        """None when the request carries the admin key; else the refusal."""
-        import hmac
-        import os
-
-        expected = os.environ.get(self.config.admin_key_env)
-        if not expected:
-            return _error("openai", 403, f"the admin API is off: set {self.config.admin_key_env}")
-        presented = request.headers.get("authorization", "")[7:].strip()
-        if not hmac.compare_digest(presented.encode(), expected.encode()):
-            return _error("openai", 401, "the admin API needs Authorization: Bearer <admin key>")
-        return None
-
-    async def _admin_list(self, request: web.Request) -> web.Response:
-        refused = self._admin(request)
-        if refused is not None:
-            return refused
-        return web.json_response({"keys": [key.describe() for key in self.keys.list()]})
-
-    async def _admin_create(self, request: web.Request) -> web.Response:
-        refused = self._admin(request)
-        if refused is not None:
-            return refused
-        try:
-            fields = json.loads(await request.read())
-            if not isinstance(fields, dict):
-                raise ValueError("not an object")
-            if fields.get("tier") is not None and fields["tier"] not in self.guards:
-                raise ConfigError(f"no tier {fields['tier']!r}; tiers: {sorted(self.guards)}")
-            secret, key = self.keys.create(
-                tenant=fields.get("tenant", ""),
-                tier=fields.get("tier") or "default",
-                team=fields.get("team"),
-                user=fields.get("user"),
-                models=fields.get("models"),
-                expires_at=fields.get("expires_at"),
-            )
-        except (ValueError, TypeError, ConfigError) as error:
-            return _error("openai", 400, f"cannot create the key: {error}")
-        return web.json_response({"key": secret, **key.describe()}, status=201)
-
-    async def _admin_revoke(self, request: web.Request) -> web.Response:
-        refused = self._admin(request)
-        if refused is not None:
-            return refused
-        if not self.keys.revoke(request.match_info["key_id"]):
-            return _error("openai", 404, "no live key of that id")
-        return web.json_response({"revoked": request.match_info["key_id"]})
-
-    async def _admin_rotate(self, request: web.Request) -> web.Response:
-        refused = self._admin(request)
-        if refused is not None:
-            return refused
-        try:
-            secret = self.keys.rotate(request.match_info["key_id"])
-        except KeyError:
-            return _error("openai", 404, "no live key of that id")
-        return web.json_response({"key": secret, "id": request.match_info["key_id"]})
-
     # ------------------------------------------------------------------ proxying
 
     async def _proxy(self, request: web.Request) -> web.StreamResponse:
@@ -283,50 +233,124 @@ class Gateway:
         try:
             caller = self.auth.caller(request.headers)
         except Refused as refused:
-            return _error(family, refused.status, refused.message)
+            return answers.error(family, refused.status, refused.message)
         try:
             body = json.loads(await request.read())
         except (ValueError, RecursionError):
-            return _error(family, 400, "the request body is not JSON")
+            return answers.error(family, 400, "the request body is not JSON")
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-            return _error(family, 400, "the request names no model")
+            return answers.error(family, 400, "the request names no model")
         alias = choose_alias(self.config.routes, body, request.headers, family) if self.config.routes else body["model"]
         candidates = self.router.candidates(alias)
         if candidates is None:
-            return _error(family, 404, f"no model {alias!r} on this gateway")
+            return answers.error(family, 404, f"no model {alias!r} on this gateway")
         if not caller.may_use(alias):
-            return _error(family, 403, f"this key may not use model {alias!r}")
+            return answers.error(family, 403, f"this key may not use model {alias!r}")
         settings = self._settings.get(caller.tier)
         if settings is None:
-            return _error(family, 403, f"tier {caller.tier!r} is not configured on this gateway")
+            return answers.error(family, 403, f"tier {caller.tier!r} is not configured on this gateway")
         settings = self._cached_settings.get((caller.tier, alias), settings)
-        candidates = [d for d in candidates if d.provider == family]
+        translatable = request.path in _TRANSLATABLE
+        candidates = [d for d in candidates if d.provider == family or translatable]
         if not candidates:
-            return _error(family, 404, f"model {alias!r} has no {family} deployment")
+            return answers.error(family, 404, f"model {alias!r} has no {family} deployment")
+        hold = self.budget_queue.hold(
+            self.config.budget_queue_timeouts.get(alias, self.config.budget_queue_timeout_s), lambda: _gone(request)
+        )
+        with hold:
+            return await self._through(
+                request, hold, settings, caller, candidates, alias, family, body, suffix, received
+            )
+
+    async def _through(
+        self,
+        request: web.Request,
+        hold: Hold,
+        settings: Settings,
+        caller: Caller,
+        candidates: list[Deployment],
+        alias: str,
+        family: Family,
+        body: dict[str, Any],
+        suffix: str,
+        received: float,
+    ) -> web.StreamResponse:
+        """The answer of the first deployment that gives one (failing over past the others)."""
         last: web.StreamResponse | None = None
-        for position, deployment in enumerate(candidates):
-            if position:
+        untranslatable: web.Response | None = None  # the first deployment the request could not be translated for
+        tried = 0
+        for deployment in candidates:
+            translation, sent_body, path = None, body, suffix
+            if deployment.provider != family:
+                translation = Translation.of(family, deployment.provider, body)
+                try:
+                    sent_body, path = translation.request(body), translation.path
+                except Untranslatable as error:
+                    untranslatable = untranslatable or answers.error(
+                        family,
+                        400,
+                        f"model {alias!r}: this request cannot be sent to its {deployment.provider} "
+                        f"deployment {deployment.name!r}: {error}",
+                    )
+                    continue
+            if tried:
                 self.metrics["failovers"] += 1
+            tried += 1
             try:
-                with calls() as made:
-                    answer = await self._send(request, settings, caller, deployment, alias, body, suffix, received)
-            except (RateLimited, BudgetExceeded) as denied:
+                answer = await self._send_held(
+                    hold, request, settings, caller, deployment, alias, sent_body, path, received, translation
+                )
+            except (RateLimited, BudgetExceeded) as refusal:
                 self.metrics["denied"] += 1
-                return self._denied(family, caller, denied)
+                guard = self.guards.get(caller.tier)  # gone only if a reload dropped the tier meanwhile
+                limits = {} if guard is None else answers.limit_headers(family, guard.limiter, f"key:{caller.key_id}")
+                return answers.denied(family, refusal, caller.tenant, limits)
             except ExceedsCapacity as too_big:
-                return _error(family, 400, f"the request can never fit this key's limits: {too_big}")
-            finally:
-                self._account(deployment, made)
+                return answers.error(family, 400, f"the request can never fit this key's limits: {too_big}")
+            except InvalidRequestBody as malformed:
+                return answers.error(family, 400, str(malformed))
             if isinstance(answer, web.StreamResponse):
                 return answer
-            last = _error_from_upstream(family, *answer)
-        assert last is not None
+            last = answers.from_upstream(*answer)
+        if last is None:
+            assert untranslatable is not None
+            return untranslatable
         return last
 
+    async def _send_held(
+        self,
+        hold: Hold,
+        request: web.Request,
+        settings: Settings,
+        caller: Caller,
+        deployment: Deployment,
+        alias: str,
+        body: dict[str, Any],
+        suffix: str,
+        received: float,
+        translation: Translation | None,
+    ) -> web.StreamResponse | tuple[int, dict[str, str], bytes]:
+        """`_send`, asked again while a `queue` budget holds the request (see budget_queue.py)."""
+        while True:
+            made: list[CallReport] = []
+            try:
+                with calls() as made:
+                    return await self._send(
+                        request, settings, caller, deployment, alias, body, suffix, received, translation
+                    )
+            except BudgetExceeded as denied:
+                if not await hold.wait(denied):
+                    raise
+            finally:
+                self._account(deployment, made)
+
     def _account(self, deployment: Deployment, made: list[CallReport]) -> None:
-        """Per-deployment counters for /metrics, from the provider layer's report of each call."""
+        """Per-deployment counters for /metrics, from the provider layer's report of each call
+        (a call refused before it was sent never reached the deployment)."""
         counters = self.deployment_metrics.setdefault(deployment.name, {"calls": 0, "errors": 0, "cost_micros": 0})
         for report in made:
+            if not report.attempts and report.outcome != "cache_hit":
+                continue
             counters["calls"] += 1
             counters["errors"] += report.outcome != "ok"
             counters["cost_micros"] += report.cost_micros
@@ -341,25 +365,22 @@ class Gateway:
         body: dict[str, Any],
         suffix: str,
         received: float,
+        translation: Translation | None,
     ) -> web.StreamResponse | tuple[int, dict[str, str], bytes]:
-        """The relayed answer, or (status, headers, body) of an upstream failure to fail over from."""
+        """The relayed answer, or (status, headers, body) of an upstream failure to fail over from
+        (the body in the caller's shape). `body` is in the deployment's API: `translation` turns
+        what comes back into the caller's."""
+        family: Family = translation.caller if translation is not None else deployment.provider
         content = json.dumps({**body, "model": deployment.model}, separators=(",", ":")).encode()
-        headers = {
-            "content-type": "application/json",
-            "accept": request.headers.get("accept", "application/json"),
-            "accept-encoding": "identity",
-        }
+        url, headers = self.upstreams.target(deployment, suffix)
+        headers = {**headers, "accept": request.headers.get("accept", "application/json")}
         if deployment.provider == "anthropic":
-            headers["x-api-key"] = deployment.api_key()
             headers["anthropic-version"] = request.headers.get("anthropic-version", "2023-06-01")
             if "anthropic-beta" in request.headers:
                 headers["anthropic-beta"] = request.headers["anthropic-beta"]
-        else:
-            headers["authorization"] = f"Bearer {deployment.api_key()}"
-        url = URL(deployment.base_url + suffix)
         plan = CallPlan.start(settings, "POST", url.host or "", url.path, headers, content, cache_scope=caller.tenant)
         assert plan is not None  # every route is an LLM endpoint with a model
-        session = self._session()
+        session = self.upstreams.client()
         fields = {"tenant": caller.tenant, "key": caller.key_id}
         if caller.team:
             fields["team"] = caller.team
@@ -387,7 +408,9 @@ class Gateway:
             hit = plan.cached_reply()
             if hit is not None:
                 answer_headers = {"content-type": hit.content_type, "x-llmthrottle-cache": "hit"}
-                cached = web.Response(status=hit.status, body=hit.content, headers=answer_headers)
+                # The cache keeps the deployment's reply, whichever API asked.
+                status, content = _in_callers_api(translation, hit.status, hit.content)
+                cached = web.Response(status=status, body=content, headers=answer_headers)
                 cached.headers["x-llmthrottle-overhead-ms"] = f"{(time.perf_counter() - received) * 1000:.3f}"
                 return cached
             try:
@@ -401,36 +424,22 @@ class Gateway:
             except (TimeoutError, aiohttp.ClientError, OSError) as error:
                 self.metrics["upstream_errors"] += 1
                 self.router.failed(deployment)
-                return (
-                    502,
-                    {},
-                    json.dumps(
-                        error_body(
-                            deployment.provider, 502, f"upstream {deployment.name} unreachable: {type(error).__name__}"
-                        )
-                    ).encode(),
-                )
+                message = f"upstream {deployment.name} unreachable: {type(error).__name__}"
+                return 502, {}, json.dumps(error_body(family, 502, message)).encode()
         answered = time.perf_counter()
         if failure is not None:
             self.metrics["upstream_errors"] += 1
+            if translation is not None:
+                failure = translation.error(answer.status, failure)
             if answer.status == 429:
                 self.router.cool_down(deployment, retry_after_s(answer.headers) or 1.0)
             elif answer.status >= 500:
                 self.router.failed(deployment)
-            else:
-                return await self._relay(request, answer, plan, failure, received, sent, answered)  # the caller's
+            else:  # the caller's own mistake: no other deployment would answer better
+                return await self._relay(request, answer, plan, failure, received, sent, answered, None)
             return answer.status, dict(answer.headers), failure
         self.router.succeeded(deployment, answered - sent)
-        return await self._relay(request, answer, plan, None, received, sent, answered)
-
-    def _session(self) -> aiohttp.ClientSession:
-        """This process's client to the deployments (made in the serving event loop)."""
-        if self._upstream is None:
-            # Connections are kept, not churned: no cap on how many, a minute of keep-alive.
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60.0)
-            timeout = aiohttp.ClientTimeout(total=self.config.request_timeout_s)
-            self._upstream = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
-        return self._upstream
+        return await self._relay(request, answer, plan, None, received, sent, answered, translation)
 
     async def _relay(
         self,
@@ -441,7 +450,10 @@ class Gateway:
         received: float,
         sent: float,
         answered: float,
+        translation: Translation | None,
     ) -> web.StreamResponse:
+        """The answer to the caller: `data`, an error body already read, or the deployment's
+        reply as it arrives (in the caller's API through `translation`)."""
         headers = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
         reader = plan.reader()
         if data is None and not plan.streaming:
@@ -450,12 +462,15 @@ class Gateway:
                 whole = await answer.read()
             finally:
                 answer.release()
-            body = passed(plan, reader, whole) + ended(plan, reader)
-            out: web.StreamResponse = web.Response(status=answer.status, headers=headers, body=body)
-            out.headers["x-llmthrottle-overhead-ms"] = _overhead_ms(received, sent, answered)
+            status, body = _in_callers_api(
+                translation, answer.status, passed(plan, reader, whole) + ended(plan, reader)
+            )
+            out: web.StreamResponse = web.Response(status=status, headers=headers, body=body)
+            out.headers["x-llmthrottle-overhead-ms"] = answers.overhead_ms(received, sent, answered)
             return out
         out = web.StreamResponse(status=answer.status, headers=headers)
-        out.headers["x-llmthrottle-overhead-ms"] = _overhead_ms(received, sent, answered)
+        out.headers["x-llmthrottle-overhead-ms"] = answers.overhead_ms(received, sent, answered)
+        stream = translation.stream() if translation is not None and data is None else None
         try:
             await out.prepare(request)
             if data is not None:
@@ -465,9 +480,13 @@ class Gateway:
                 # with what was received when either side goes away half-way.
                 async for chunk in answer.content.iter_any():
                     kept = passed(plan, reader, chunk)
+                    if stream is not None:
+                        kept = stream.feed(kept)
                     if kept:
                         await out.write(kept)
                 tail = ended(plan, reader)
+                if stream is not None:
+                    tail = stream.feed(tail) + stream.finish()
                 if tail:
                     await out.write(tail)
             await out.write_eof()
@@ -477,66 +496,22 @@ class Gateway:
                 plan.settle(reader)  # a no-op once the stream ended
         return out
 
-    def _denied(self, family: Family, caller: Caller, denied: Exception) -> web.Response:
-        retry = getattr(denied, "retry_after", None)
-        retry_s = retry if isinstance(retry, (int, float)) and math.isfinite(retry) else None
-        kind = "budget" if isinstance(denied, BudgetExceeded) else getattr(denied, "limited_by", None) or "requests"
-        message = (
-            f"budget exhausted for {getattr(denied, 'key', None) or caller.tenant}"
-            if kind == "budget"
-            else f"rate limit reached for {kind} on this key; retry after {retry_s or 0:.2f}s"
-        )
-        headers = self._limit_headers(family, caller)
-        if retry_s is not None:
-            headers["retry-after"] = str(max(1, math.ceil(retry_s)))
-            headers["retry-after-ms"] = str(max(1, math.ceil(retry_s * 1000)))
-        status = 429
-        body = error_body(
-            family,
-            status,
-            message,
-            kind="insufficient_quota" if kind == "budget" and family == "openai" else None,
-            code="insufficient_quota" if kind == "budget" else None,
-        )
-        return web.json_response(body, status=status, headers=headers)
 
-    def _limit_headers(self, family: Family, caller: Caller) -> dict[str, str]:
-        """The caller's tier limits as the provider would announce them."""
-        headers: dict[str, str] = {}
-        guard = self.guards.get(caller.tier)
-        if guard is None:
-            return headers
-        for limit in guard.limiter.status(f"key:{caller.key_id}"):
-            if limit.kind != "rate" or limit.dimension not in ("requests", "tokens"):
-                continue
-            capacity, remaining = int(limit.capacity), max(0, int(limit.remaining))
-            if family == "openai":
-                headers[f"x-ratelimit-limit-{limit.dimension}"] = str(capacity)
-                headers[f"x-ratelimit-remaining-{limit.dimension}"] = str(remaining)
-                headers[f"x-ratelimit-reset-{limit.dimension}"] = format_reset_duration(limit.reset_after)
-            else:
-                name = "requests" if limit.dimension == "requests" else "tokens"
-                headers[f"anthropic-ratelimit-{name}-limit"] = str(capacity)
-                headers[f"anthropic-ratelimit-{name}-remaining"] = str(remaining)
-                headers[f"anthropic-ratelimit-{name}-reset"] = rfc3339_in(limit.reset_after)
-        return headers
+def _gone(request: web.Request) -> bool:
+    """Whether the caller of `request` went away."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
-def _overhead_ms(received: float, sent: float, answered: float) -> str:
-    """The gateway's own time: before the request left, and since the answer came back."""
-    return f"{((sent - received) + (time.perf_counter() - answered)) * 1000:.3f}"
-
-
-def _error(family: Family, status: int, message: str) -> web.Response:
-    return web.json_response(error_body(family, status, message), status=status)
-
-
-def _error_from_upstream(family: Family, status: int, headers: dict[str, str], data: bytes) -> web.Response:
-    """The last deployment's failure, passed on (its body, the headers an SDK reads)."""
-    kept = {
-        k: v for k, v in headers.items() if k.lower().startswith(("retry-after", "x-ratelimit", "anthropic-ratelimit"))
-    }
-    return web.Response(status=status, body=data, headers={**kept, "content-type": "application/json"})
+def _in_callers_api(translation: Translation | None, status: int, body: bytes) -> tuple[int, bytes]:
+    """A whole successful reply of the deployment as the caller's API writes it (a reply that
+    cannot be written so is a 502: the call was made and is in the ledger)."""
+    if translation is None:
+        return status, body
+    try:
+        return status, translation.reply(body)
+    except Untranslatable as error:
+        return 502, json.dumps(error_body(translation.caller, 502, str(error))).encode()
 
 
 def _label(value: str) -> str:

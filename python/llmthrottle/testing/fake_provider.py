@@ -29,7 +29,8 @@ second), charged as each provider charges:
 limit was charged), for a test or benchmark in another process.
 
 Input tokens are counted with `llmthrottle.estimate`, so the fake and the library agree on
-what a request costs; the reply is `output_tokens` tokens of filler text.
+what a request costs; the reply is `output_tokens` tokens of filler text, or, for a request that
+offers tools, a call of one of them (`fake_tools.py`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from ..providers.protocol import error_body
 from ..request_estimate import estimate
 from .fake_azure import FakeAzure
 from .fake_batches import FakeBatches
+from .fake_tools import ToolCall, tool_call_for
 
 __all__ = ["FakeProvider"]
 
@@ -131,21 +133,25 @@ class _Counters:
 
 
 def chat_completion(
-    ident: str, created: int, model: str, input_tokens: int, output_tokens: int, requested: int | None
+    ident: str,
+    created: int,
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    requested: int | None,
+    tool_call: ToolCall | None = None,
 ) -> dict[str, Any]:
-    """A whole OpenAI chat completion of `output_tokens` tokens."""
+    """A whole OpenAI chat completion of `output_tokens` tokens (or a call of a tool)."""
+    message: dict[str, Any] = {"role": "assistant", "content": " tok" * output_tokens}
+    finish = "stop" if output_tokens < (requested or 1 << 62) else "length"
+    if tool_call is not None:
+        message, finish = {"role": "assistant", "content": None, "tool_calls": [tool_call.openai()]}, "tool_calls"
     return {
         "id": ident,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": " tok" * output_tokens},
-                "finish_reason": "stop" if output_tokens < (requested or 1 << 62) else "length",
-            }
-        ],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": {
             "prompt_tokens": input_tokens,
             "completion_tokens": output_tokens,
@@ -161,18 +167,32 @@ def chat_max_tokens(body: dict[str, Any]) -> int | None:
 
 
 def anthropic_message(
-    ident: str, model: str, input_tokens: int, output_tokens: int, requested: int | None
+    ident: str,
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    requested: int | None,
+    tool_call: ToolCall | None = None,
 ) -> dict[str, Any]:
-    """A whole Anthropic message of `output_tokens` tokens."""
+    """A whole Anthropic message of `output_tokens` tokens (or a call of a tool)."""
+    content = [{"type": "text", "text": " tok" * output_tokens}]
+    stop = "end_turn" if output_tokens < (requested or 1 << 62) else "max_tokens"
+    if tool_call is not None:
+        content, stop = [tool_call.anthropic()], "tool_use"
     return {
         "id": ident,
         "type": "message",
         "role": "assistant",
         "model": model,
         "stop_sequence": None,
-        "content": [{"type": "text", "text": " tok" * output_tokens}],
-        "stop_reason": "end_turn" if output_tokens < (requested or 1 << 62) else "max_tokens",
-        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+        "content": content,
+        "stop_reason": stop,
+        "usage": {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        },
     }
 
 
@@ -427,10 +447,11 @@ class FakeProvider:
         }
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         filtered = {"prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]} if azure else {}
+        tool_call = tool_call_for(body, "openai")
         if not body.get("stream"):
             await self._pace(output_tokens)
             self._count(200)
-            whole = chat_completion(ident, created, model, input_tokens, output_tokens, requested)
+            whole = chat_completion(ident, created, model, input_tokens, output_tokens, requested, tool_call)
             if azure:
                 whole["choices"][0]["content_filter_results"] = {}
             return web.json_response({**whole, **filtered}, headers=headers)
@@ -461,11 +482,19 @@ class FakeProvider:
         if azure:  # Azure's stream opens with the prompt's filter results, in an unnamed chunk
             await response.write(event({"choices": [], "created": 0, "id": "", "model": "", "object": "", **filtered}))
         await response.write(chunk({"role": "assistant", "content": ""}, None))
-        for _ in range(output_tokens):
+        if tool_call is not None:
+            call = tool_call.openai()
+            await response.write(
+                chunk({"tool_calls": [{"index": 0, **call, "function": {**call["function"], "arguments": ""}}]}, None)
+            )
+            await response.write(
+                chunk({"tool_calls": [{"index": 0, "function": {"arguments": tool_call.arguments_json}}]}, None)
+            )
+        for _ in range(output_tokens if tool_call is None else 0):
             if self.per_token_s:
                 await asyncio.sleep(self.per_token_s)
             await response.write(chunk({"content": " tok"}, None))
-        await response.write(chunk({}, "stop"))
+        await response.write(chunk({}, "stop" if tool_call is None else "tool_calls"))
         if include_usage:
             await response.write(
                 event(
@@ -695,12 +724,18 @@ class FakeProvider:
         headers = self._anthropic_headers()
         message = {"id": ident, "type": "message", "role": "assistant", "model": body["model"], "stop_sequence": None}
         stop = "end_turn" if output_tokens < (requested if type(requested) is int else 1 << 62) else "max_tokens"
+        tool_call = tool_call_for(body, "anthropic")
         if not body.get("stream"):
             await self._pace(output_tokens)
             self._count(200)
             return web.json_response(
                 anthropic_message(
-                    ident, body["model"], input_tokens, output_tokens, requested if type(requested) is int else None
+                    ident,
+                    body["model"],
+                    input_tokens,
+                    output_tokens,
+                    requested if type(requested) is int else None,
+                    tool_call,
                 ),
                 headers=headers,
             )
@@ -720,12 +755,23 @@ class FakeProvider:
                     **message,
                     "content": [],
                     "stop_reason": None,
-                    "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+                    "usage": {
+                        "input_tokens": input_tokens,
+                        "output_tokens": 1,
+                        "cache_creation_input_tokens": 0,
+                        "cache_read_input_tokens": 0,
+                    },
                 }
             },
         )
-        await event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
-        for _ in range(output_tokens):
+        if tool_call is not None:
+            stop = "tool_use"
+            await event("content_block_start", {"index": 0, "content_block": {**tool_call.anthropic(), "input": {}}})
+            delta = {"type": "input_json_delta", "partial_json": tool_call.arguments_json}
+            await event("content_block_delta", {"index": 0, "delta": delta})
+        else:
+            await event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+        for _ in range(output_tokens if tool_call is None else 0):
             if self.per_token_s:
                 await asyncio.sleep(self.per_token_s)
             await event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": " tok"}})

@@ -1,13 +1,17 @@
-"""Fixtures shared by the test modules: real Redis servers, started once per session."""
+"""Fixtures shared by the test modules: real Redis servers, started once per session; a ledger
+of its own and the SDK clients a test opened, per test."""
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis_servers import REDIS_SERVER, RedisCluster, RedisServer
+
+import llmthrottle as lt
 
 
 def _need_redis() -> None:
@@ -33,3 +37,19 @@ def redis_cluster() -> Iterator[RedisCluster]:
         cluster = RedisCluster(Path(directory))
         yield cluster
         cluster.stop()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Any]:
+    """A ledger of its own for a test."""
+    with lt.Ledger(tmp_path / "ledger") as ledger:
+        yield ledger
+
+
+@pytest.fixture
+def opened() -> Iterator[list[Any]]:
+    """Clients a test made, closed after it (they hold sockets)."""
+    clients: list[Any] = []
+    yield clients
+    for client in clients:
+        client.close()

@@ -7,13 +7,12 @@ import asyncio
 import email.utils
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from provider_helpers import records
 
 import llmthrottle as lt
 from llmthrottle.providers.headers import announced_limits, parse_reset_duration, retry_after_s
@@ -25,26 +24,6 @@ anthropic = pytest.importorskip("anthropic")
 MINI = "gpt-4o-mini"
 SONNET = "claude-sonnet-4-5"
 HELLO = [{"role": "user", "content": "hello there"}]
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Any]:
-    with lt.Ledger(tmp_path / "ledger") as ledger:
-        yield ledger
-
-
-@pytest.fixture
-def opened() -> Iterator[list[Any]]:
-    """Clients a test made, closed after it (they hold sockets)."""
-    clients: list[Any] = []
-    yield clients
-    for client in clients:
-        client.close()
-
-
-def records(ledger: Any) -> list[Any]:
-    ledger.flush()
-    return list(ledger.records())
 
 
 def guard_for(ledger: Any, budgets: Any = ()) -> Any:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from provider_helpers import records
 
 import llmthrottle as lt
 from llmthrottle.providers.headers import announced_limits, parse_reset_duration
@@ -25,25 +25,6 @@ SECRET = "azure-secret-key-0123456789"
 HELLO = [{"role": "user", "content": "hello there"}]
 # What each deployment runs, as Azure names it in its replies.
 DEPLOYMENTS = {"chat-prod": "gpt-4o-mini-2024-07-18", "embed": "text-embedding-3-small", "gpt-4o": "gpt-4o-2024-08-06"}
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Any]:
-    with lt.Ledger(tmp_path / "ledger") as ledger:
-        yield ledger
-
-
-@pytest.fixture
-def opened() -> Iterator[list[Any]]:
-    clients: list[Any] = []
-    yield clients
-    for client in clients:
-        client.close()
-
-
-def records(ledger: Any) -> list[Any]:
-    ledger.flush()
-    return list(ledger.records())
 
 
 def guard_for(ledger: Any) -> Any:

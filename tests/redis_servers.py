@@ -35,13 +35,20 @@ class RedisServer:
     the reply (appendfsync always), so a SIGKILL loses nothing that was answered."""
 
     def __init__(
-        self, directory: Path, port: int | None = None, *, durable: bool = False, cluster: bool = False
+        self,
+        directory: Path,
+        port: int | None = None,
+        *,
+        durable: bool = False,
+        cluster: bool = False,
+        options: tuple[str, ...] = (),
     ) -> None:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.durable = durable
         self.cluster = cluster
+        self.options = options  # more command-line options, e.g. ("--rename-command", "FCALL", "")
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -81,6 +88,7 @@ class RedisServer:
                 "--cluster-node-timeout",
                 "2000",
             ]
+        args += self.options
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -20,7 +20,7 @@ from typing import Any
 from ..limiter import Key, Limiter, LimitState, OpenReservation, SettlesOnExit, WaitingMixin, describe
 from .cells import cell_name, group_by_slot, group_steps
 from .leases import Lease
-from .script import KIND_CODES, Step, build
+from .script import KIND_CODES, Step, build, numbers
 from .state import RedisState, RedisUnavailable
 
 __all__ = ["RedisLimiter", "RedisDecision", "RedisReservation", "LeasedReservation"]
@@ -36,20 +36,20 @@ def _answers(group: Sequence[tuple[Plan, Step]], reply: Sequence[Any]) -> Iterat
     reply."""
     marks = _marks([step for _, step in group], reply)
     for index, ((plan, step), mark) in enumerate(zip(group, marks)):
-        yield plan, step, reply[5 + 3 * index], reply[6 + 3 * index], mark
+        yield plan, step, reply[4 + 3 * index], reply[5 + 3 * index], mark
 
 
 def _marks(steps: Sequence[Step], reply: Sequence[Any]) -> list[str]:
     """Each step's mark, as a refund needs it: a rate charge's end (the server's instant in the
     reply plus the charge's cost), a quota charge's period index."""
-    now_ns = int(reply[3]) * 1_000_000_000 + int(reply[4])
+    now_ns = reply[2] * 1_000_000_000 + reply[3]
     out = []
     for index, step in enumerate(steps):
         if step.kind == "r":
             end = now_ns + step.amount * step.a
             out.append(f"{end // 1_000_000_000}:{end % 1_000_000_000}")
         else:
-            out.append(str(reply[7 + 3 * index]) if step.kind == "q" else "")
+            out.append(str(reply[6 + 3 * index]) if step.kind == "q" else "")
     return out
 
 
@@ -128,7 +128,7 @@ class RedisReservation(SettlesOnExit, RedisDecision):
         self.allowed = True
         self.retry_after = 0.0
         self.limited_by = self.limited_key = None
-        self.delay = max((int(reply[1]) for reply in replies), default=0) / 1e9
+        self.delay = (replies[0][1] if len(replies) == 1 else max((reply[1] for reply in replies), default=0)) / 1e9
         self._limiter = limiter
         self._keys = keys
         self._groups = groups
@@ -394,8 +394,8 @@ class RedisLimiter(WaitingMixin):
             results = []
             try:
                 for call in calls:
-                    results.append(self._state.run(call))
-                    if int(results[-1][0]) != 1:
+                    results.append(numbers(self._state.run(call)))
+                    if results[-1][0] != 1:
                         break
             except RedisUnavailable as error:
                 self._give_back(groups, results, holder)
@@ -420,8 +420,8 @@ class RedisLimiter(WaitingMixin):
         results = []
         try:
             for call in calls:
-                results.append(await self._state.run_async(call))
-                if int(results[-1][0]) != 1:
+                results.append(numbers(await self._state.run_async(call)))
+                if results[-1][0] != 1:
                     break
         except RedisUnavailable as error:
             self._give_back(groups, results, holder)
@@ -492,7 +492,7 @@ class RedisLimiter(WaitingMixin):
         """Refunds the slots a denied (or interrupted) request already charged."""
         steps = []
         for group, reply in zip(groups, results):
-            if int(reply[0]) == 1:
+            if reply[0] == 1:
                 for plan, step, _, _, mark in _answers(group, reply):
                     steps.append(RedisReservation._refund(plan, step.cell, mark, plan[9]))
         if steps:
@@ -501,12 +501,12 @@ class RedisLimiter(WaitingMixin):
     def _decision(
         self, keys: tuple[str, ...], groups: list[list[tuple[Plan, Step]]], results: list[Any], holder: str
     ) -> RedisDecision:
-        last: list[Any] = results[-1] if results else [1, b"0", 0]
-        if int(last[0]) != 1:
+        last = results[-1] if results else [1, 0, 0]
+        if last[0] != 1:
             self._give_back(groups[:-1], results[:-1], holder)
             group = groups[len(results) - 1]
-            plan = group[int(last[2]) - 1][0]
-            return RedisDecision(False, retry_after=int(last[1]) / 1e9, limited_by=plan[3], limited_key=keys[plan[0]])
+            plan = group[last[2] - 1][0]
+            return RedisDecision(False, retry_after=last[1] / 1e9, limited_by=plan[3], limited_key=keys[plan[0]])
         if holder:
             held = [step for group in groups for _, step in group if step.kind == "c"]
             self._state.hold(holder, held)
@@ -562,8 +562,8 @@ class RedisLimiter(WaitingMixin):
         admitted: list[tuple[list[Step], Any]] = []
         try:
             for group in groups:
-                reply = self._state.run(build("acquire", group, now=now))
-                if int(reply[0]) != 1:
+                reply = numbers(self._state.run(build("acquire", group, now=now)))
+                if reply[0] != 1:
                     break
                 admitted.append((group, reply))
                 for step, mark in zip(group, _marks(group, reply)):
@@ -586,12 +586,10 @@ class RedisLimiter(WaitingMixin):
         answers: list[tuple[Plan, Step, int, int, str]] = []
         worst: RedisDecision | None = None
         for group in self._groups(steps):
-            reply = self._state.run(build("peek", [step for _, step in group], now=now))
-            if int(reply[0]) != 1:
-                plan = group[int(reply[2]) - 1][0]
-                denial = RedisDecision(
-                    False, retry_after=int(reply[1]) / 1e9, limited_by=plan[3], limited_key=keys[plan[0]]
-                )
+            reply = numbers(self._state.run(build("peek", [step for _, step in group], now=now)))
+            if reply[0] != 1:
+                plan = group[reply[2] - 1][0]
+                denial = RedisDecision(False, retry_after=reply[1] / 1e9, limited_by=plan[3], limited_key=keys[plan[0]])
                 if worst is None or denial.retry_after > worst.retry_after:
                     worst = denial
                 continue

@@ -13,7 +13,6 @@ down is kept and replayed once, idempotently, when it answers again.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import logging
 import os
@@ -29,6 +28,7 @@ from .._native import ConfigError, StateError
 from . import script
 from .cells import check_prefix, group_steps
 from .leases import Lease, LeaseBook
+from .transport import Transport
 
 __all__ = ["RedisState", "RedisUnavailable"]
 
@@ -123,14 +123,14 @@ class RedisState:
         self._options = dict(client_options)
         self._sync = self._open(url_or_client, cluster)
         self.cluster = _is_cluster(self._sync)
-        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
-        self._sha = hashlib.sha1(script.SOURCE.encode()).hexdigest()
-        self._errors = _redis_errors()
-        from redis.exceptions import NoScriptError, ResponseError
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ResponseError
 
-        self._no_script, self._response_error = NoScriptError, ResponseError
-        self._thread = threading.local()
-        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        async_options = {**self._client_options(), "retry": Retry(NoBackoff(), 0)}
+        self._transport = Transport(self._sync, self.cluster, self._url, async_options)
+        self._errors = _redis_errors()
+        self._response_error = ResponseError
         self._lock = threading.Lock()
         # Where Redis is down ("" standalone; a node's name on a Cluster) -> when to try again.
         # On a Cluster one dead node fails only the keys of its slots.
@@ -181,28 +181,6 @@ class RedisState:
             "retry": Retry(NoBackoff(), 0),
             **self._options,
         }
-
-    async def _async_client(self) -> Any:
-        """This event loop's asyncio client. None when the state was given a client object, or
-        is a Cluster: those calls run the synchronous client in a thread."""
-        if self._url is None or self.cluster:
-            return None
-        loop = asyncio.get_running_loop()
-        entry = self._async.get(loop)
-        if entry is None:
-            import redis.asyncio
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-
-            client = redis.asyncio.Redis.from_url(
-                self._url, **{**self._client_options(), "retry": Retry(NoBackoff(), 0)}
-            )
-            # The loop closes its async generators before it closes (asyncio.run does): this one
-            # then closes the client's connections while the loop can still run them.
-            closer = _close_on_shutdown(client)
-            await closer.__anext__()
-            entry = self._async[loop] = (client, closer)
-        return entry[0]
 
     @property
     def client(self) -> Any:
@@ -265,11 +243,7 @@ class RedisState:
         if self._abandoned:
             self._release_abandoned()
         try:
-            try:
-                result = self._evalsha(call)
-            except self._no_script:
-                self._sync.script_load(script.SOURCE)
-                result = self._evalsha(call)
+            result = self._transport.send(call)
         except self._errors as error:
             raise self._failed(error, where) from None
         except self._response_error as error:
@@ -278,40 +252,15 @@ class RedisState:
             self._recovered(where)
         return result
 
-    def _evalsha(self, call: script.Call) -> Any:
-        """EVALSHA on this thread's own connection: a decision is one write and one read, with
-        no pool to check out from and no retry loop around it (the timeout bounds it, and
-        `on_unavailable` decides after a failure). A Cluster's client routes it instead."""
-        if self.cluster:
-            return self._sync.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
-        local = self._thread
-        connection = getattr(local, "connection", None)
-        if connection is None or local.pid != os.getpid():
-            connection = local.connection = self._sync.connection_pool.make_connection()
-            local.pid = os.getpid()
-            self._connections.add(connection)
-        try:
-            connection.send_command("EVALSHA", self._sha, len(call.keys), *call.keys, *call.args)
-            return connection.read_response()
-        except self._response_error:
-            raise
-        except BaseException:
-            connection.disconnect()  # a reply may still be on its way: never read it as another's
-            raise
-
     async def run_async(self, call: script.Call) -> Any:
-        """`run` for asyncio (a client object given by the caller runs in a thread)."""
-        client = await self._async_client()
-        if client is None:
+        """`run` for asyncio (a client object given by the caller, or a Cluster, runs `run` in a
+        thread)."""
+        if not self._transport.runs_async:
             return await asyncio.to_thread(self.run, call)
         if self._outages:
             self._check_available("")
         try:
-            try:
-                return await client.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
-            except self._no_script:
-                await client.script_load(script.SOURCE)
-                return await client.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
+            return await self._transport.send_async(call)
         except self._errors as error:
             raise self._failed(error) from None
         except self._response_error as error:
@@ -439,8 +388,7 @@ class RedisState:
         self._holders = {}
         self._heartbeat = None
         self._process = uuid.uuid4().hex[:12]
-        self._async = weakref.WeakKeyDictionary()
-        self._thread = threading.local()
+        self._transport.after_fork()
 
     # ------------------------------------------------------------------ leases
 
@@ -499,9 +447,7 @@ class RedisState:
             except Exception:  # closing must not fail: unused slices only under-use the limit
                 pass
         self._closed.set()
-        for connection in list(self._connections):
-            connection.disconnect()
-        self._sync.close()
+        self._transport.close()
 
     def __reduce__(self) -> Any:
         if self._url is None:
@@ -553,13 +499,6 @@ def _rebuild(
         holder_ttl=holder_ttl,
         **options,
     )
-
-
-async def _close_on_shutdown(client: Any) -> Any:
-    try:
-        yield
-    finally:
-        await client.aclose()
 
 
 def _after_fork(state: weakref.ref[RedisState]) -> None:

@@ -340,7 +340,7 @@ def test_a_replayed_settlement_is_applied_at_most_once(own_server: RedisServer) 
     try:
         own_server.kill()
         lim.charge("k", tokens=700)
-        call = state._pending[0][1]
+        call = state._queue.items[0][1]
         own_server.start()
         time.sleep(0.1)
         assert state.replay() == 1

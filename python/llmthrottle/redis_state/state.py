@@ -20,7 +20,6 @@ import threading
 import time
 import uuid
 import weakref
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +27,7 @@ from .._native import ConfigError, StateError
 from . import script
 from .cells import check_prefix, group_steps
 from .leases import Lease, LeaseBook
+from .replay import ReplayQueue
 from .transport import Transport
 
 __all__ = ["RedisState", "RedisUnavailable"]
@@ -87,6 +87,7 @@ class RedisState:
         leases: bool = False,
         lease_fraction: float = 0.1,
         lease_ttl: float = 1.0,
+        replay_dir: str | os.PathLike[str] | None = None,
         **client_options: Any,
     ) -> None:
         if on_unavailable not in _MODES:
@@ -110,6 +111,8 @@ class RedisState:
             raise ConfigError(f"lease_ttl must be a positive number of seconds (at most 3600), not {lease_ttl!r}")
         if holder_ttl < 1:
             raise ConfigError("holder_ttl must be at least 1 second (the heartbeat runs every holder_ttl / 3)")
+        if replay_dir is not None and not isinstance(replay_dir, (str, os.PathLike)):
+            raise ConfigError(f"replay_dir must be a directory's path, not {replay_dir!r}")
         try:
             self.prefix = check_prefix(prefix)
         except ValueError as error:
@@ -135,7 +138,8 @@ class RedisState:
         # Where Redis is down ("" standalone; a node's name on a Cluster) -> when to try again.
         # On a Cluster one dead node fails only the keys of its slots.
         self._outages: dict[str, float] = {}
-        self._pending: deque[tuple[str, script.Call]] = deque(maxlen=_MAX_PENDING)
+        self._queue = ReplayQueue(_MAX_PENDING, replay_dir)
+        self._replaying = threading.Lock()
         self._holders: dict[str, list[script.Step]] = {}
         self._abandoned: list[tuple[str, list[script.Step]]] = []
         self._holder_ids = itertools.count()
@@ -153,6 +157,7 @@ class RedisState:
         }
         this = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(this))
+        self._adopt()
 
     # ------------------------------------------------------------------ connections
 
@@ -231,8 +236,9 @@ class RedisState:
         _log.warning(
             "llmthrottle: Redis%s reachable again; replaying %d settlement(s)",
             f" node {where}" if where else "",
-            len(self._pending),
+            len(self._queue),
         )
+        self._adopt()  # what processes that died during the outage kept, too
         self.replay()
 
     def run(self, call: script.Call) -> Any:
@@ -242,6 +248,10 @@ class RedisState:
             self._check_available(where)
         if self._abandoned:
             self._release_abandoned()
+        if self._queue.items:
+            self.replay()  # kept settlements go first (a nested call, from the replay, goes on)
+            if self._outages:
+                self._check_available(where)  # the replay found it down: no second wait
         try:
             result = self._transport.send(call)
         except self._errors as error:
@@ -296,43 +306,62 @@ class RedisState:
                 self._keep(call)
 
     def _keep(self, call: script.Call) -> None:
-        operation = uuid.uuid4().hex
-        from .cells import marker_name
+        self._queue.keep(call)
+        self.stats["pending"], self.stats["dropped"] = len(self._queue), self._queue.dropped
 
-        replay = script.Call(
-            [*call.keys, marker_name(call.keys[0], operation)], [call.args[0], operation, *call.args[2:]]
-        )
-        with self._lock:
-            if len(self._pending) == self._pending.maxlen:
-                self.stats["dropped"] += 1
-            self._pending.append((operation, replay))
-            self.stats["pending"] = len(self._pending)
+    def _adopt(self) -> None:
+        """Takes over what processes that died left in `replay_dir` (replayed with the next
+        call to Redis)."""
+        taken = self._queue.adopt()
+        if taken:
+            self.stats["pending"], self.stats["dropped"] = len(self._queue), self._queue.dropped
+            _log.warning(
+                "llmthrottle: took over %d settlement(s) that stopped processes left in %s", taken, self.replay_dir
+            )
 
     def replay(self) -> int:
-        """Sends the settlements kept while Redis was down, each applied at most once (a marker
-        in Redis remembers it for a day). Returns how many were sent."""
-        sent = 0
-        while self._pending:
-            with self._lock:
-                if not self._pending:
+        """Sends the settlements kept while Redis was down (and those taken over from the
+        journals of processes that died), oldest first, each applied at most once (a marker
+        in Redis remembers it for a day). Stops at the first that Redis cannot take yet.
+        Returns how many were sent."""
+        if not self._replaying.acquire(blocking=False):
+            return 0  # another thread is replaying, or this is a call the replay makes
+        sent = refused = 0
+        first_refusal = ""
+        try:
+            while (kept := self._queue.head()) is not None:
+                operation, call = kept
+                try:
+                    self.run(call)
+                except RedisUnavailable:
                     break
-                operation, call = self._pending[0]
-            try:
-                self.run(call)
-            except RedisUnavailable:
-                break
-            with self._lock:
-                if self._pending and self._pending[0][0] == operation:
-                    self._pending.popleft()
-                self.stats["pending"] = len(self._pending)
-                self.stats["replayed"] += 1
-            sent += 1
+                except StateError as error:  # a damaged cell: it would be refused forever
+                    refused += 1
+                    first_refusal = first_refusal or str(error)
+                else:
+                    sent += 1
+                self._queue.done(operation)
+            self._queue.settled()
+        finally:
+            self._replaying.release()
+        with self._lock:
+            self._queue.dropped += refused
+            self.stats["replayed"] += sent
+            self.stats["pending"], self.stats["dropped"] = len(self._queue), self._queue.dropped
+        if refused:
+            _log.warning("llmthrottle: Redis refused %d kept settlement(s), dropped: %s", refused, first_refusal)
         return sent
 
     @property
     def pending(self) -> int:
         """Settlements waiting for Redis."""
-        return len(self._pending)
+        return len(self._queue)
+
+    @property
+    def replay_dir(self) -> str | None:
+        """Where kept settlements are journaled (None: in memory only)."""
+        journal = self._queue.journal
+        return None if journal is None else str(journal.directory)
 
     # ------------------------------------------------------------------ concurrency holders
 
@@ -379,7 +408,7 @@ class RedisState:
                     break
             if self._abandoned and not self._down:
                 self._release_abandoned()  # what Redis cannot take is kept for replay
-            if self._pending:
+            if self._queue.items:
                 self.replay()
 
     def _after_fork(self) -> None:
@@ -389,6 +418,8 @@ class RedisState:
         self._heartbeat = None
         self._process = uuid.uuid4().hex[:12]
         self._transport.after_fork()
+        self._queue.after_fork()
+        self._replaying = threading.Lock()
 
     # ------------------------------------------------------------------ leases
 
@@ -447,16 +478,19 @@ class RedisState:
             except Exception:  # closing must not fail: unused slices only under-use the limit
                 pass
         self._closed.set()
+        self._queue.close()
         self._transport.close()
 
     def __reduce__(self) -> Any:
         if self._url is None:
             raise TypeError("a RedisState built on a client object cannot be pickled; build it from a URL")
-        lease_options = (
+        lease_options: dict[str, Any] = (
             {}
             if self.leases is None
             else {"leases": True, "lease_fraction": self.leases.fraction, "lease_ttl": self.leases.ttl}
         )
+        if self.replay_dir is not None:
+            lease_options["replay_dir"] = self.replay_dir
         return (
             _rebuild,
             (

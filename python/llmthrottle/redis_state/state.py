@@ -124,14 +124,11 @@ class RedisState:
         self.holder_ttl_ms = int(holder_ttl * 1000)
         self._url: str | None = url_or_client if isinstance(url_or_client, str) else None
         self._options = dict(client_options)
-        self._sync = self._open(url_or_client, cluster)
-        self.cluster = _is_cluster(self._sync)
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
+        self._transport = Transport.open(url_or_client, cluster, self.timeout, self._options)
+        self._sync = self._transport.client
+        self.cluster = self._transport.cluster
         from redis.exceptions import ResponseError
 
-        async_options = {**self._client_options(), "retry": Retry(NoBackoff(), 0)}
-        self._transport = Transport(self._sync, self.cluster, self._url, async_options)
         self._errors = _redis_errors()
         self._response_error = ResponseError
         self._lock = threading.Lock()
@@ -158,34 +155,6 @@ class RedisState:
         this = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(this))
         self._adopt()
-
-    # ------------------------------------------------------------------ connections
-
-    def _open(self, url_or_client: Any, cluster: bool) -> Any:
-        import redis
-
-        if not isinstance(url_or_client, str):
-            if not hasattr(url_or_client, "evalsha"):
-                raise ConfigError(f"RedisState takes a URL or a redis client, not {type(url_or_client).__name__}")
-            return url_or_client
-        options = self._client_options()
-        if cluster:
-            from redis.cluster import RedisCluster
-
-            return RedisCluster.from_url(url_or_client, **options)
-        return redis.Redis.from_url(url_or_client, **options)
-
-    def _client_options(self) -> dict[str, Any]:
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        # One attempt per decision: the timeout bounds it, and on_unavailable takes over.
-        return {
-            "socket_timeout": self.timeout,
-            "socket_connect_timeout": self.timeout,
-            "retry": Retry(NoBackoff(), 0),
-            **self._options,
-        }
 
     @property
     def client(self) -> Any:
@@ -484,66 +453,30 @@ class RedisState:
     def __reduce__(self) -> Any:
         if self._url is None:
             raise TypeError("a RedisState built on a client object cannot be pickled; build it from a URL")
-        lease_options: dict[str, Any] = (
-            {}
-            if self.leases is None
-            else {"leases": True, "lease_fraction": self.leases.fraction, "lease_ttl": self.leases.ttl}
-        )
-        if self.replay_dir is not None:
-            lease_options["replay_dir"] = self.replay_dir
-        return (
-            _rebuild,
-            (
-                self._url,
-                self.prefix,
-                self.cluster,
-                self.timeout,
-                self.on_unavailable,
-                self.local_fraction,
-                self.retry_interval,
-                self.holder_ttl_ms / 1000,
-                {**lease_options, **self._options},
-            ),
-        )
+        options: dict[str, Any] = {
+            "prefix": self.prefix,
+            "cluster": self.cluster,
+            "timeout": self.timeout,
+            "on_unavailable": self.on_unavailable,
+            "local_fraction": self.local_fraction,
+            "retry_interval": self.retry_interval,
+            "holder_ttl": self.holder_ttl_ms / 1000,
+            "replay_dir": self.replay_dir,
+        }
+        if self.leases is not None:
+            options.update(leases=True, lease_fraction=self.leases.fraction, lease_ttl=self.leases.ttl)
+        return (_rebuild, (self._url, {**options, **self._options}))
 
     def __repr__(self) -> str:
         where = self._url or type(self._sync).__name__
         return f"RedisState({where!r}, prefix={self.prefix!r}, on_unavailable={self.on_unavailable!r})"
 
 
-def _rebuild(
-    url: str,
-    prefix: str,
-    cluster: bool,
-    timeout: float,
-    on_unavailable: str,
-    local_fraction: float,
-    retry_interval: float,
-    holder_ttl: float,
-    options: dict[str, Any],
-) -> RedisState:
-    return RedisState(
-        url,
-        prefix=prefix,
-        cluster=cluster,
-        timeout=timeout,
-        on_unavailable=on_unavailable,
-        local_fraction=local_fraction,
-        retry_interval=retry_interval,
-        holder_ttl=holder_ttl,
-        **options,
-    )
+def _rebuild(url: str, options: dict[str, Any]) -> RedisState:
+    return RedisState(url, **options)
 
 
 def _after_fork(state: weakref.ref[RedisState]) -> None:
     alive = state()
     if alive is not None:
         alive._after_fork()
-
-
-def _is_cluster(client: Any) -> bool:
-    try:
-        from redis.cluster import RedisCluster
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(client, RedisCluster)

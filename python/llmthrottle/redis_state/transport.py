@@ -28,6 +28,29 @@ __all__ = ["Transport"]
 class Transport:
     """Sends script calls; raises redis-py's errors (the state decides what they mean)."""
 
+    @classmethod
+    def open(cls, url_or_client: Any, cluster: bool, timeout: float, options: dict[str, Any]) -> Transport:
+        """A transport on a URL (a Cluster when `cluster`) or on a redis-py client object. A URL's
+        clients make one attempt per call, bounded by `timeout` (on_unavailable takes over)."""
+        import redis
+        from redis.asyncio.retry import Retry as AsyncRetry
+        from redis.backoff import NoBackoff
+        from redis.cluster import RedisCluster
+        from redis.retry import Retry
+
+        from .._native import ConfigError
+
+        once = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": Retry(NoBackoff(), 0)}
+        options = {**once, **options}
+        async_options = {**options, "retry": AsyncRetry(NoBackoff(), 0)}
+        if not isinstance(url_or_client, str):
+            if not hasattr(url_or_client, "evalsha"):
+                raise ConfigError(f"RedisState takes a URL or a redis client, not {type(url_or_client).__name__}")
+            return cls(url_or_client, isinstance(url_or_client, RedisCluster), None, async_options)
+        if cluster:
+            return cls(RedisCluster.from_url(url_or_client, **options), True, url_or_client, async_options)
+        return cls(redis.Redis.from_url(url_or_client, **options), False, url_or_client, async_options)
+
     def __init__(self, client: Any, cluster: bool, url: str | None, async_options: dict[str, Any]) -> None:
         from redis.exceptions import NoPermissionError, NoScriptError, ResponseError
 

@@ -2,12 +2,19 @@
 
     lim = lt.Limiter({"requests": "500/min"}, state=lt.RedisState("redis://cache:6379/0"))
 
-Every decision is one script call (one round trip) per slot it touches, timed by the server's
-clock. What a decision does while Redis cannot be reached within `timeout` is
-`on_unavailable`'s: `"fail_closed"` raises `RedisUnavailable` (the default), `"fail_open"`
-admits without counting, `"local"` decides with an in-process limiter of the same limits scaled
-by `local_fraction` (each host's share of the fleet's limits). Usage settled while Redis is
-down is kept and replayed once, idempotently, when it answers again.
+Every decision is one call of decide.lua (one round trip) per slot it touches, timed by the
+server's clock (see transport.py for how it is sent). What a decision does while Redis cannot
+be reached within `timeout` is `on_unavailable`'s: `"fail_closed"` raises `RedisUnavailable`
+(the default), `"fail_open"` admits without counting, `"local"` decides with an in-process
+limiter of the same limits scaled by `local_fraction` (each host's share of the fleet's limits).
+
+Usage settled while Redis is down (commits, cancels, charges) is kept and replayed once,
+idempotently, when it answers again, before the next call (replay.py). It is kept in memory, and
+with `replay_dir` also in a journal on disk, written before `commit`/`cancel`/`charge` return:
+a process that dies before Redis is back leaves its journal to the next process that starts on
+the same directory (or sees Redis come back), which replays it. One window is left: a
+settlement whose reply was lost after the server applied it (a timeout or a reset mid-reply) is
+kept and replayed once more, so it can count twice.
 """
 
 from __future__ import annotations
@@ -67,7 +74,8 @@ class RedisState:
     failure, Redis is tried again at most every `retry_interval` seconds and `on_unavailable`
     decides meanwhile. A concurrency slot is held in Redis for `holder_ttl` seconds and extended by
     a heartbeat while its reservation is open, so the slots of a process that died lapse on their
-    own.
+    own. `replay_dir` (a directory on a local disk, made 0700) journals the usage kept while Redis
+    is down, so it outlives this process (see `llmthrottle.redis_state.replay`).
     """
 
     #: Each decision is a network round trip: the sidecar runs them off its event loop.

@@ -212,3 +212,42 @@ def test_replay_dir_is_checked(tmp_path: Path, redis_server: RedisServer) -> Non
     policy.write_text(f'[state]\nkind = "shared"\nreplay_dir = "{tmp_path / "r"}"\n')
     with pytest.raises(lt.ConfigError, match='needs kind = "redis"'):
         load_config(str(policy))
+
+
+def test_a_forked_child_journals_apart_and_leaves_the_parents_journal_alone(
+    own_server: RedisServer, tmp_path: Path
+) -> None:
+    """A child inherits the parent's open, locked journal: it writes its own, and when it dies
+    only its own is taken over (the parent's lock outlives the child's copy of the file)."""
+    import os
+
+    directory = tmp_path / "replay"
+    prefix = fresh_prefix()
+    state = lt.RedisState(own_server.url, prefix=prefix, replay_dir=directory, retry_interval=0.05)
+    lim = lt.Limiter(QUOTA, state=state)
+    own_server.kill()
+    lim.charge("k", tokens=100)
+    [parents] = directory.glob("*.journal")
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            lim.charge("k", tokens=20)
+            code = 0 if len(list(directory.glob("*.journal"))) == 2 else 2
+        finally:
+            os._exit(code)  # dies without closing anything
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(parents.read_bytes().splitlines()) == 1
+    own_server.start()
+    successor = lt.RedisState(own_server.url, prefix=prefix, replay_dir=directory)
+    try:
+        assert successor.pending == 1  # the child's charge; the parent lives and holds its own
+        assert parents.exists()
+        assert lt.Limiter(QUOTA, state=successor).status("k")[0].used == 20
+        time.sleep(0.1)  # past retry_interval: the parent tries Redis again, and replays its own
+        assert lim.status("k")[0].used == 120
+        assert list(directory.iterdir()) == []
+    finally:
+        successor.close()
+        state.close()

@@ -5,7 +5,8 @@ A call is a list of steps for cells in one slot; each step is `(cell, kind, a, b
 extra)` as decide.lua documents. decide.lua is sent two ways (transport.py picks one):
 `LIBRARY`, a Redis 7 function library whose helpers are defined once, on the first call after
 it is loaded, and `SOURCE`, the same code as a script for EVALSHA, which defines them anew on
-every call (about 2 µs of the server's time per decision on this project's bench VM). The
+every call (2-3 µs more of the server's time per decision on this project's bench VM, and
+about 3 µs more p50 from a client, in `benches/bench_redis.py --baseline`). The
 library's name carries a digest of the code, so hosts that run different versions of
 llmthrottle on one server each call their own; an old version's library stays on the server
 (functions persist with its data) until `FUNCTION DELETE llmthrottle_<digest>` removes it.
@@ -13,8 +14,8 @@ llmthrottle on one server each call their own; an old version's library stays on
 What the bench measured, and why the code is as it is: an array reply costs redis-py a parse
 per element in Python (about 9 µs for 8 numbers), so acquire and peek answer one string;
 packing the command cost about 10 µs, so a cached call keeps its packed bytes; in the script,
-SET with an expiry (about 1 µs) and TIME (about 0.6 µs) are the dearest steps, and only the
-arguments a step uses are converted.
+SET with an expiry (about 1 µs; PXAT instead of PX saved nothing) and TIME (about 0.6 µs) are
+the dearest steps, and only the arguments a step uses are converted.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections import deque
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = ["ReplayQueue"]
 _log = logging.getLogger("llmthrottle")
 
 Kept = tuple[str, Call]  # (operation id, the call that replays it, marker included)
+_STALE_TEMPORARY_S = 60.0
 
 
 class ReplayQueue:
@@ -98,6 +100,7 @@ class ReplayQueue:
             return 0
         with self.lock:
             taken = self.journal.adopt()
+            self.dropped += max(0, len(self.items) + len(taken) - self.limit)
             self.items.extend(taken)
         return len(taken)
 
@@ -263,7 +266,9 @@ def _take(fd: int, path: Path) -> list[Kept] | None:
     except FileNotFoundError:
         return None
     if path.suffix == ".tmp":
-        return []  # a rewrite its writer never finished: its journal has every line
+        # A rewrite its writer never finished (its journal has every line), unless it is one
+        # being written this moment (created, and not yet locked).
+        return [] if time.time() - os.fstat(fd).st_mtime > _STALE_TEMPORARY_S else None
     chunks = []
     while chunk := os.read(fd, 1 << 20):
         chunks.append(chunk)

@@ -251,3 +251,24 @@ def test_a_forked_child_journals_apart_and_leaves_the_parents_journal_alone(
     finally:
         successor.close()
         state.close()
+
+
+def test_an_async_decision_replays_what_was_taken_over_first(own_server: RedisServer, tmp_path: Path) -> None:
+    import asyncio
+
+    directory = tmp_path / "replay"
+    prefix = fresh_prefix()
+    writer = lt.RedisState(own_server.url, prefix=prefix, replay_dir=directory, retry_interval=600)
+    own_server.kill()
+    lt.Limiter(QUOTA, state=writer).charge("k", tokens=700)
+    writer.close()  # as a process that died: its journal stays
+    own_server.start()
+    state = lt.RedisState(own_server.url, prefix=prefix, replay_dir=directory)
+    try:
+        lim = lt.Limiter(QUOTA, state=state)
+        assert state.pending == 1
+        decision = asyncio.run(lim.try_acquire_async("k", tokens=100))
+        assert decision and decision.remaining == {"tokens": 100_000 - 700 - 100}
+        assert state.pending == 0 and list(directory.iterdir()) == []
+    finally:
+        state.close()

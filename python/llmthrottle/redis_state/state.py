@@ -246,6 +246,10 @@ class RedisState:
             return await asyncio.to_thread(self.run, call)
         if self._outages:
             self._check_available("")
+        if self._queue.items:
+            await asyncio.to_thread(self.replay)  # kept settlements first, off the event loop
+            if self._outages:
+                self._check_available("")
         try:
             return await self._transport.send_async(call)
         except self._errors as error:

@@ -2,23 +2,32 @@
 (without and with leases) beside the Redis-backed limiters of limits, throttled-py and
 pyrate-limiter, with redis-py's PING and INCR as the floor.
 
-    python benches/bench_redis.py [--quick] [--url redis://host:6379/0]
+    python benches/bench_redis.py [--quick] [--url redis://host:6379/0] [--baseline REF ...]
 
 Without --url a redis-server is started on a free loopback port (and stopped after). Prints a
 markdown table: per-decision p50/p99 from one process (every contender measured in interleaved
-rounds, so the machine's noise falls on all alike), throughput from 1 and 4 processes
+rounds, so the machine's noise falls on all alike), the server's own time per decision (the
+microseconds `INFO commandstats` counts for the commands one decision sends, after CONFIG
+RESETSTAT: with --url this resets that server's statistics; see `server_time`), throughput from 1 and 4 processes
 (every process hammering one hot key), and each limiter's exactness: 4 processes on a limit of
 500/s with a burst of 50 for a few seconds, admitted against the most the limit allows
 (burst + rate * T); an over-admitted count above 0 is a limiter that let more through than its
 limit. Goals (DESIGN.md): one round trip per decision (p50 <= 1.2x PING) and ahead of every
 peer; with leases >= 1M decisions/s per host; 0 over-admitted everywhere.
+
+`--baseline REF` adds "llmthrottle RedisState @REF": the `redis_state` package as of that git
+commit, run beside this checkout's in the same rounds (the rest of llmthrottle is this
+checkout's), so a change to it is measured side by side with what it replaces.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import multiprocessing
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,10 +64,11 @@ def redis_incr(url: str, prefix: str, rate: int, burst: int) -> Callable[[], boo
     return lambda: client.incr(key) > 0
 
 
-def _llmthrottle(url: str, prefix: str, rate: int, burst: int, leases: bool) -> Callable[[], bool]:
+def _llmthrottle(url: str, prefix: str, rate: int, burst: int, leases: bool, ref: str = "") -> Callable[[], bool]:
     import llmthrottle as lt
 
-    state = lt.RedisState(url, prefix=prefix, leases=leases)
+    make_state = baseline(ref).RedisState if ref else lt.RedisState
+    state = make_state(url, prefix=prefix, leases=leases)
     limiter = lt.Limiter({"requests": {"rate": f"{rate}/s", "burst": burst}}, state=state)
     return lambda: bool(limiter.try_acquire("hot"))
 
@@ -122,6 +132,48 @@ def pyrate_redis(url: str, prefix: str, rate: int, burst: int) -> Callable[[], b
     return lambda: bool(limiter.try_acquire("hot", blocking=False))
 
 
+def baseline(ref: str) -> Any:
+    """`llmthrottle.redis_state` as of git `ref`, loaded beside this checkout's as
+    `llmthrottle._redis_state_<ref>` (its relative imports reach this checkout's llmthrottle)."""
+    import llmthrottle
+
+    name = "llmthrottle._redis_state_" + re.sub(r"\W", "_", ref)
+    if name in sys.modules:
+        return sys.modules[name]
+    root = Path(__file__).resolve().parent.parent
+    folder = "python/llmthrottle/redis_state"
+    listed = subprocess.run(
+        ["git", "-C", str(root), "ls-tree", "--name-only", f"{ref}:{folder}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    target = Path(tempfile.mkdtemp(prefix="lt-bench-baseline-")) / "redis_state"
+    target.mkdir()
+    for file in listed:
+        text = subprocess.run(
+            ["git", "-C", str(root), "show", f"{ref}:{folder}/{file}"], check=True, capture_output=True
+        )
+        (target / file).write_bytes(text.stdout)
+    spec = importlib.util.spec_from_file_location(
+        name, target / "__init__.py", submodule_search_locations=[str(target)]
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    assert llmthrottle  # the parent package, imported first
+    return module
+
+
+def contender(name: str) -> Callable[..., Callable[[], bool]]:
+    """The factory of a contender, by its name (a baseline's name carries its git ref)."""
+    if " @" in name:
+        ref = name.split(" @", 1)[1]
+        return lambda url, prefix, rate, burst: _llmthrottle(url, prefix, rate, burst, leases=False, ref=ref)
+    return CONTENDERS[name]
+
+
 CONTENDERS: dict[str, Callable[..., Callable[[], bool]]] = {
     "redis-py PING (floor)": redis_ping,
     "redis-py INCR (floor)": redis_incr,
@@ -142,7 +194,7 @@ LIMITERS = [name for name in CONTENDERS if "floor" not in name]
 def latencies(names: list[str], url: str, count: int, rounds: int = 20) -> dict[str, tuple[float, float]]:
     """p50/p99 of one decision for each contender, measured in interleaved rounds (a slice of
     each in turn), so that the machine's slow and fast moments fall on all of them alike."""
-    deciders = {name: CONTENDERS[name](url, f"b{uuid.uuid4().hex[:8]}:", HOT_LIMIT, HOT_LIMIT) for name in names}
+    deciders = {name: contender(name)(url, f"b{uuid.uuid4().hex[:8]}:", HOT_LIMIT, HOT_LIMIT) for name in names}
     for decide in deciders.values():
         for _ in range(min(count, 1000)):
             decide()
@@ -163,8 +215,31 @@ def latencies(names: list[str], url: str, count: int, rounds: int = 20) -> dict[
     return result
 
 
+def server_time(names: list[str], url: str, count: int) -> dict[str, float]:
+    """The server's own µs per decision of each contender, over `count` decisions after
+    CONFIG RESETSTAT, as INFO commandstats counts them: the script commands' (EVAL, EVALSHA,
+    FCALL, whose time holds the commands the script calls) for a contender that sends any,
+    every command's otherwise."""
+    import redis
+
+    admin = redis.Redis.from_url(url)
+    scripts = ("cmdstat_eval", "cmdstat_evalsha", "cmdstat_fcall", "cmdstat_eval_ro", "cmdstat_evalsha_ro")
+    out = {}
+    for name in names:
+        decide = contender(name)(url, f"b{uuid.uuid4().hex[:8]}:", HOT_LIMIT, HOT_LIMIT)
+        for _ in range(100):
+            decide()
+        admin.config_resetstat()
+        for _ in range(count):
+            decide()
+        stats = {command: entry for command, entry in admin.info("commandstats").items() if command != "cmdstat_config"}
+        counted = [stats[command] for command in scripts if command in stats] or list(stats.values())
+        out[name] = sum(float(entry["usec"]) for entry in counted) / count
+    return out
+
+
 def _worker(name: str, url: str, prefix: str, rate: int, burst: int, seconds: float, start: Any, out: Any) -> None:
-    decide = CONTENDERS[name](url, prefix, rate, burst)
+    decide = contender(name)(url, prefix, rate, burst)
     decide()  # connected, scripts loaded
     start.wait()
     calls = admitted = 0
@@ -217,9 +292,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer samples, shorter runs (a CI smoke run)")
     parser.add_argument("--url", help="an existing Redis (default: start one here)")
     parser.add_argument("--only", nargs="*", help="contender names to run (substring match)")
+    parser.add_argument(
+        "--baseline", action="append", default=[], metavar="REF", help="also run redis_state as of this git ref"
+    )
+    parser.add_argument("--no-throughput", action="store_true", help="latency and server time only")
     args = parser.parse_args()
     count, seconds = (2000, 1.0) if args.quick else (20000, 3.0)
     names = [n for n in CONTENDERS if not args.only or any(o.lower() in n.lower() for o in args.only)]
+    at = names.index("llmthrottle RedisState") + 1 if "llmthrottle RedisState" in names else len(names)
+    names[at:at] = [f"llmthrottle RedisState @{ref}" for ref in args.baseline]
     server = None
     with tempfile.TemporaryDirectory(prefix="lt-bench-redis-") as directory:
         if args.url:
@@ -230,27 +311,34 @@ def main() -> None:
         try:
             rows = []
             measured = latencies(names, url, count)
+            on_server = server_time(names, url, count // 4)
             ping_p50 = measured.get("redis-py PING (floor)", (None, None))[0]
             for name in names:
                 p50, p99 = measured[name]
+                if args.no_throughput:
+                    rows.append((name, p50, p99, on_server[name], None, None, None))
+                    continue
                 one = throughput(name, url, 1, seconds)
                 four = throughput(name, url, 4, seconds)
-                exact = exactness(name, url, seconds) if name in LIMITERS else None
-                rows.append((name, p50, p99, one, four, exact))
+                exact = exactness(name, url, seconds) if name in LIMITERS or " @" in name else None
+                rows.append((name, p50, p99, on_server[name], one, four, exact))
                 print(f"  measured {name}", file=sys.stderr, flush=True)
         finally:
             if server is not None:
                 server.stop()
     print(f"\nredis-server on loopback TCP, {os.cpu_count()} cores; hot key, 1 dimension\n")
     print(
-        "| contender | p50 µs | p99 µs | p50 / PING | decisions/s, 1 proc | 4 procs | admitted / allowed | over-admitted |"
+        "| contender | p50 µs | p99 µs | p50 / PING | server µs | decisions/s, 1 proc | 4 procs"
+        " | admitted / allowed | over-admitted |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for name, p50, p99, one, four, exact in rows:
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, p50, p99, server_us, one, four, exact in rows:
         ratio = f"{p50 / ping_p50:.2f}x" if ping_p50 else "-"
         exact_text = ("-", "-") if exact is None else (f"{exact[0]} / {exact[1]}", str(exact[2]))
+        rates = ("-", "-") if one is None else (f"{one:,.0f}", f"{four:,.0f}")
         print(
-            f"| {name} | {p50:.1f} | {p99:.1f} | {ratio} | {one:,.0f} | {four:,.0f} | {exact_text[0]} | {exact_text[1]} |"
+            f"| {name} | {p50:.1f} | {p99:.1f} | {ratio} | {server_us:.2f} | {rates[0]} | {rates[1]}"
+            f" | {exact_text[0]} | {exact_text[1]} |"
         )
 
 

@@ -134,6 +134,7 @@ def test_a_password_or_an_acl_user_in_the_url_opens_redis(secured: RedisServer) 
         held.commit(cost_usd=0.25)
         assert [state.used for state in least.status("least")] == [1, 0.25, 0]
         assert minimal.stats["unavailable"] == 0
+        assert minimal._transport.head[0] == "FCALL"  # the README's ACL lets the function run
         leased = two.try_acquire("leased", tokens=10)  # a lease is taken and spent by the ACL user
         assert isinstance(leased, lt.redis_state.LeasedReservation)
         assert one.status("leased")[1].used >= 10
@@ -192,6 +193,7 @@ def test_an_acl_user_without_llmthrottles_keys_is_unavailable(secured: RedisServ
         closed = lt.Limiter({"requests": "2/hour"}, state=lt.RedisState(url_of(secured, f"outsider:{SECRET}")))
         with pytest.raises(lt.RedisUnavailable, match="ACL denies"):
             closed.try_acquire("k")
+        assert state._transport.head[0] == "FCALL"  # the keys were refused, not the function
         closed.state.close()
     finally:
         state.close()
@@ -273,7 +275,8 @@ def test_a_replica_is_unavailable_by_the_policy_until_it_is_promoted(tmp_path: P
     """A standalone replica (`replicaof`) answers pings and reads, and refuses the script's
     writes: every decision there is unavailable (one log line, not one per retry), until the
     replica is promoted; it then decides on the counters the primary had replicated, and what
-    was settled meanwhile is replayed."""
+    was settled meanwhile is replayed. The replica refuses the function (FCALL) before it runs:
+    the calls go there as EVALSHA, and FCALL again once it is promoted."""
     primary = RedisServer(tmp_path / "primary")
     replica = RedisServer(tmp_path / "replica", config=["--replicaof", "127.0.0.1", str(primary.port)])
     prefix = fresh_prefix()
@@ -302,7 +305,9 @@ def test_a_replica_is_unavailable_by_the_policy_until_it_is_promoted(tmp_path: P
             assert not any("reachable again" in line for line in lines)
             cli(replica.port, "replicaof", "no", "one")  # promoted, as Sentinel would
             time.sleep(0.06)
+            fcalls_before = fcall_count(replica.port)
             assert closed.try_acquire("k")
+            assert fcall_count(replica.port) > fcalls_before  # the fast path again on the primary
             assert closed.status("k")[0].used == 3 + 2 + 1  # replicated, replayed, decided
             assert states[0].pending == 0
             assert sum("reachable again" in r.getMessage() for r in caplog.records) == 1
@@ -311,6 +316,14 @@ def test_a_replica_is_unavailable_by_the_policy_until_it_is_promoted(tmp_path: P
             state.close()
         replica.stop()
         primary.stop()
+
+
+def fcall_count(port: int) -> int:
+    """How many FCALLs the server on `port` ran (refused ones not counted)."""
+    for line in cli(port, "info", "commandstats").splitlines():
+        if line.startswith("cmdstat_fcall:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
 
 
 @pytest.mark.slow

@@ -125,12 +125,70 @@ def test_keys_sharing_a_hash_tag_are_one_script_and_others_are_spread(redis_clus
 # ---------------------------------------------------------------------------- scripts, cells, clock
 
 
-def test_a_flushed_script_is_loaded_again(state: lt.RedisState) -> None:
+def test_a_flushed_function_library_is_loaded_again(state: lt.RedisState) -> None:
+    """Decisions are FCALLs of llmthrottle's library (Redis 7): a server that lost it (FUNCTION
+    FLUSH, or a restart without persistence) gets it again, from sync and async calls alike."""
+    import asyncio
+
+    from llmthrottle.redis_state.script import LIBRARY_NAME
+
     lim = lt.Limiter({"requests": "5/min"}, state=state)
     assert lim.try_acquire("k")
-    state.client.script_flush()
+    assert state.client.function_list(LIBRARY_NAME)
+    calls_before = state.client.info("commandstats")["cmdstat_fcall"]["calls"]
+    state.client.function_flush()
     assert lim.try_acquire("k")
-    assert lim.status("k")[0].used == 2
+    state.client.function_flush()
+    assert asyncio.run(lim.try_acquire_async("k"))
+    assert lim.status("k")[0].used == 3
+    assert state.client.info("commandstats")["cmdstat_fcall"]["calls"] > calls_before
+    assert state.client.function_list(LIBRARY_NAME)
+
+
+@pytest.mark.parametrize("refused_by", ["acl", "server"])
+def test_without_functions_the_script_is_used_and_loaded_again(
+    redis_server: RedisServer, tmp_path: Path, refused_by: str
+) -> None:
+    """A user whose ACL refuses FUNCTION and FCALL, or a server without them (Redis 6; here a
+    Redis 7 whose FCALL is renamed away), gets EVALSHA of the same code, loaded again after
+    SCRIPT FLUSH."""
+    import asyncio
+
+    import redis
+
+    server = redis_server
+    if refused_by == "server":
+        server = RedisServer(tmp_path / "redis", config=("--rename-command", "FCALL", ""))
+    admin = redis.Redis.from_url(server.url)
+    url = server.url
+    if refused_by == "acl":
+        user = f"u{uuid.uuid4().hex[:8]}"
+        admin.acl_setuser(
+            user,
+            enabled=True,
+            passwords=["+secret"],
+            keys=["*"],
+            categories=["+@all"],
+            commands=["-function", "-fcall"],
+        )
+        url = f"redis://{user}:secret@127.0.0.1:{server.port}/0"
+    state = lt.RedisState(url, prefix=fresh_prefix())
+    evalsha_before = admin.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    try:
+        lim = lt.Limiter({"requests": "5/min"}, state=state)
+        assert lim.try_acquire("k")
+        admin.script_flush()
+        assert lim.try_acquire("k")
+        admin.script_flush()
+        assert asyncio.run(lim.try_acquire_async("k"))
+        assert lim.status("k")[0].used == 3
+        assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] - evalsha_before >= 4
+    finally:
+        state.close()
+        if refused_by == "acl":
+            admin.acl_deluser(user)
+        else:
+            server.stop()
 
 
 def test_a_damaged_cell_is_a_state_error_and_touches_nothing_else(state: lt.RedisState) -> None:
@@ -282,7 +340,7 @@ def test_a_replayed_settlement_is_applied_at_most_once(own_server: RedisServer) 
     try:
         own_server.kill()
         lim.charge("k", tokens=700)
-        call = state._pending[0][1]
+        call = state._queue.items[0][1]
         own_server.start()
         time.sleep(0.1)
         assert state.replay() == 1

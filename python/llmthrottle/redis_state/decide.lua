@@ -22,42 +22,37 @@
 --   extra: acquire: 1 when the step may wait (rate limits of layer 0); settle: the charge's
 --   mark (a rate charge's end instant, a quota charge's period index).
 -- Modes:
---   acquire  -> {1, delay_ns, 0, now_s, now_ns, remaining, reset_ns, quota_index, ...per step}
---               or {0, retry_ns, step}
+--   acquire  -> "1 delay_ns now_s now_ns" then " remaining reset_ns quota_index" per step,
+--               or "0 retry_ns step" (one string: the client reads it in one piece and splits
+--               it only when asked, where an array costs a parse per element)
 --   peek     -> the same, charging nothing
 --   settle   -> amount > 0 charges it unconditionally, < 0 refunds it (against extra),
---               a concurrency step releases the holder; {1}, or {2} when the operation was
+--               a concurrency step releases the holder; 1, or 2 when the operation was
 --               already applied (a replay)
 --   status   -> {remaining, used, reset_ns, ...per step}
 --   extend   -> concurrency steps: the hold of the holder in extra is extended by holder_ttl_ms
-pcall(redis.replicate_commands) -- Redis < 5 needs it for TIME before writes; later ones ignore it
+--
+-- Speed: a decision is a few redis.call()s (TIME, GET, SET) and as little Lua between them as
+-- can be: only the arguments a step uses are converted, no table per step, one formatted reply.
+-- The helpers are defined once above the entry point, which script.py closes with the EVAL
+-- call (tried as a Redis 7 FUNCTION library too: see script.py for the figures).
+
+local floor, format, find, sub, tonum = math.floor, string.format, string.find, string.sub, tonumber
+local call = redis.call
+local now_s, now_ns = 0, 0 -- the decision's instant, set first by every entry
 
 -- A cell's "a:b" value as two numbers; a value llmthrottle did not write stops the script (the
 -- caller sees a StateError naming the cell). A decision reads every cell before it writes one,
 -- so a damaged cell denies nothing else and charges nothing.
 local function pair(text, key)
-  local i = string.find(text, ':', 1, true)
-  local a = i and tonumber(string.sub(text, 1, i - 1))
-  local b = i and tonumber(string.sub(text, i + 1))
+  local i = find(text, ':', 1, true)
+  local a = i and tonum(sub(text, 1, i - 1))
+  local b = i and tonum(sub(text, i + 1))
   if not (a and b) then
     error({err = 'llmthrottle: cell ' .. tostring(key) .. ' holds a value llmthrottle did not write'})
   end
   return a, b
 end
-
-local mode, operation, given_now = ARGV[1], ARGV[2], ARGV[3]
-local max_wait = tonumber(ARGV[4])
-local holder, holder_ttl = ARGV[5], tonumber(ARGV[6])
-
-local now_s, now_ns
-if given_now == '' then
-  local t = redis.call('TIME')
-  now_s, now_ns = tonumber(t[1]), tonumber(t[2]) * 1000
-else
-  now_s, now_ns = pair(given_now, 'now')
-end
-local now_ms = now_s * 1000 + math.floor(now_ns / 1e6)
-local floor = math.floor
 
 -- A stored instant as nanoseconds from now.
 local function rel(text, key)
@@ -69,13 +64,14 @@ end
 local function instant(r)
   local total = now_ns + r
   local seconds = floor(total / 1e9)
-  local nanos = math.min(math.max(total - seconds * 1e9, 0), 999999999)
-  return string.format('%d:%d', now_s + seconds, nanos)
+  local nanos = total - seconds * 1e9
+  if nanos < 0 then nanos = 0 elseif nanos > 999999999 then nanos = 999999999 end
+  return format('%d:%d', now_s + seconds, nanos)
 end
 
 -- A rate cell's TAT relative to now, never before now.
 local function tat_of(key)
-  local value = redis.call('GET', key)
+  local value = call('GET', key)
   if not value then return 0 end
   local tat = rel(value, key)
   if tat < 0 then return 0 end
@@ -84,9 +80,9 @@ end
 
 local function store_tat(key, tat)
   if tat <= 0 then
-    redis.call('DEL', key)
+    call('DEL', key)
   else
-    redis.call('SET', key, instant(tat), 'PX', floor(tat / 1e6) + 1)
+    call('SET', key, instant(tat), 'PX', floor(tat / 1e6) + 1)
   end
 end
 
@@ -136,170 +132,204 @@ local function period(code, fixed_ns)
 end
 
 local function quota_of(key, index)
-  local value = redis.call('GET', key)
-  if not value then return 0, nil end
+  local value = call('GET', key)
+  if not value then return 0 end
   local stored, used = pair(value, key)
-  if stored ~= index then return 0, stored end
-  return used, stored
+  if stored ~= index then return 0 end
+  return used
 end
 
 local MAX_QUOTA = 281474976710654 -- quota.rs: a cell holds at most 2^48 - 2
 
+local function now_ms()
+  return now_s * 1000 + floor(now_ns / 1e6)
+end
+
 local function holders(key)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
-  return redis.call('ZCARD', key)
+  call('ZREMRANGEBYSCORE', key, '-inf', now_ms())
+  return call('ZCARD', key)
 end
 
-local steps = (#ARGV - 6) / 6
-local function step(i)
-  local base = 6 + (i - 1) * 6
-  return ARGV[base + 1], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4]),
-    tonumber(ARGV[base + 5]), ARGV[base + 6]
-end
-
-if operation ~= '' then
-  if not redis.call('SET', KEYS[steps + 1], '1', 'NX', 'PX', 86400000) then
-    return {2}
+-- The reply's format for `steps` admitted steps.
+local formats = {}
+local function admitted_format(steps)
+  local text = formats[steps]
+  if not text then
+    text = '1 %d %d %d' .. string.rep(' %d %d %d', steps)
+    formats[steps] = text
   end
+  return text
 end
 
-if mode == 'acquire' or mode == 'peek' then
-  -- Numbers go back as integer replies (exact: all below 2^53); a rate charge's mark (its
-  -- end, now + cost) is left to the caller, who has the amount and the instant returned here.
-  local charging = mode == 'acquire'
-  local verdicts = {}
-  local denied, worst, worst_step = false, -1, 0
-  local delay = 0
+-- acquire and peek: a rate charge's mark (its end, now + cost) is left to the caller, who has
+-- the amount and the instant returned here.
+local function acquire(keys, argv, steps, charging)
+  local max_wait = charging and tonum(argv[4]) or 0
+  local worst, worst_step, delay, denied = -1, 0, 0, false
+  local values, fields = {}, {} -- per step: what to write; per step: remaining, reset, mark
+  -- (a quota's reset is the time left in its period, which is also its cell's expiry)
+  local n = 0
   for i = 1, steps do
-    local kind, a, b, c, amount, extra = step(i)
-    local key = KEYS[i]
-    -- verdict: {admitted, retry_ns when denied at no wait, state to write, remaining, reset,
-    --           mark, kind, ns left in a quota's period}
-    local v
+    local base = i * 6
+    local kind, key = argv[base + 1], keys[i]
+    local a, amount = tonum(argv[base + 2]), tonum(argv[base + 5])
+    local left, reset, mark, retry
     if kind == 'r' then
+      local b = tonum(argv[base + 3])
       local tat = tat_of(key)
       local new = tat + amount * a
       local allow_at = new - b
       local wait = 0
-      if charging and extra == '1' then wait = max_wait end
+      if charging and argv[base + 6] == '1' then wait = max_wait end
       if allow_at <= wait then
-        local left
-        if charging then left = floor(math.max(b - new, 0) / a)
-        else left = math.max(floor(math.max(b - tat, 0) / a) - amount, 0) end
-        v = {true, allow_at > 0 and allow_at or nil, new, left, new, 0, kind}
-        if allow_at > delay then delay = allow_at end
+        if charging then
+          left = b - new
+          left = left > 0 and floor(left / a) or 0
+        else
+          left = b - tat
+          left = (left > 0 and floor(left / a) or 0) - amount
+          if left < 0 then left = 0 end
+        end
+        values[i], reset, mark = new, new, 0
+        if allow_at > 0 then
+          retry = allow_at
+          if allow_at > delay then delay = allow_at end
+        end
       else
-        v = {false, allow_at}
+        denied, retry = true, allow_at
       end
     elseif kind == 'q' then
-      local index, left_ns = period(b, c)
+      local index, left_ns = period(tonum(argv[base + 3]), tonum(argv[base + 4]))
       local used = quota_of(key, index)
       if used + amount <= a then
-        local reset = left_ns
+        values[i], left, reset, mark = format('%d:%d', index, used + amount), a - used - amount, left_ns, index
         if not charging and used == 0 then reset = 0 end
-        v = {true, nil, used + amount, a - used - amount, reset, index, kind, left_ns}
       else
-        v = {false, left_ns}
+        denied, retry = true, left_ns
       end
     else
       local count = holders(key)
       if count < a then
-        v = {true, nil, count + 1, a - count - 1, 0, 0, kind}
+        values[i], left, reset, mark = count + 1, a - count - 1, 0, 0
       else
-        v = {false, 0}
+        denied, retry = true, 0
       end
     end
-    verdicts[i] = v
-    if not v[1] then denied = true end
-    if v[2] ~= nil and v[2] > worst then worst, worst_step = v[2], i end
+    if retry and retry > worst then worst, worst_step = retry, i end
+    fields[n + 1], fields[n + 2], fields[n + 3] = left, reset, mark
+    n = n + 3
   end
   if denied then
-    return {0, worst, worst_step}
+    return format('0 %d %d', worst, worst_step)
   end
-  local reply = {1, delay, 0, now_s, now_ns}
-  for i = 1, steps do
-    local v = verdicts[i]
-    if charging then
-      local key, kind = KEYS[i], v[7]
+  if charging then
+    for i = 1, steps do
+      local base = i * 6
+      local kind, key = argv[base + 1], keys[i]
       if kind == 'r' then
-        store_tat(key, v[3])
+        store_tat(key, values[i])
       elseif kind == 'q' then
-        redis.call('SET', key, string.format('%d:%d', v[6], v[3]), 'PX', floor(v[8] / 1e6) + 60000)
+        call('SET', key, values[i], 'PX', floor(fields[i * 3 - 1] / 1e6) + 60000)
       else
-        redis.call('ZADD', key, now_ms + holder_ttl, holder)
-        redis.call('PEXPIRE', key, holder_ttl + 1000)
+        local ttl = tonum(argv[6])
+        call('ZADD', key, now_ms() + ttl, argv[5])
+        call('PEXPIRE', key, ttl + 1000)
       end
     end
-    reply[#reply + 1] = v[4]
-    reply[#reply + 1] = v[5]
-    reply[#reply + 1] = v[6]
   end
-  return reply
+  return format(admitted_format(steps), delay, now_s, now_ns, unpack(fields, 1, n))
 end
 
-if mode == 'settle' then
+local function settle(keys, argv, steps)
   for i = 1, steps do
-    local kind, a, b, c, amount, extra = step(i)
-    local key = KEYS[i]
+    local base = i * 6
+    local kind, key, amount = argv[base + 1], keys[i], tonum(argv[base + 5])
     if kind == 'c' then
-      redis.call('ZREM', key, holder)
+      call('ZREM', key, argv[5])
     elseif kind == 'r' then
+      local a = tonum(argv[base + 2])
       if amount > 0 then
         store_tat(key, tat_of(key) + amount * a)
-      elseif redis.call('EXISTS', key) == 1 then
+      elseif call('EXISTS', key) == 1 then
         -- Only the part of the charge that has not drained yet comes back (gcra.rs: refund).
-        local undrained = math.min(-amount * a, rel(extra, 'mark'))
-        if undrained > 0 then store_tat(key, rel(redis.call('GET', key), key) - undrained) end
+        local undrained = -amount * a
+        local until_end = rel(argv[base + 6], 'mark')
+        if until_end < undrained then undrained = until_end end
+        if undrained > 0 then store_tat(key, rel(call('GET', key), key) - undrained) end
       end
     else
-      local index, left_ns = period(b, c)
+      local index, left_ns = period(tonum(argv[base + 3]), tonum(argv[base + 4]))
       local used = quota_of(key, index)
       if amount > 0 then
-        redis.call('SET', key, string.format('%d:%d', index, math.min(used + amount, MAX_QUOTA)),
-          'PX', floor(left_ns / 1e6) + 60000)
-      elseif index == tonumber(extra) and used > 0 then
+        local total = used + amount
+        if total > MAX_QUOTA then total = MAX_QUOTA end
+        call('SET', key, format('%d:%d', index, total), 'PX', floor(left_ns / 1e6) + 60000)
+      elseif index == tonum(argv[base + 6]) and used > 0 then
         -- A refund after the period rolled over is a no-op (quota.rs: refund).
-        redis.call('SET', key, string.format('%d:%d', index, math.max(used + amount, 0)), 'KEEPTTL')
+        local total = used + amount
+        if total < 0 then total = 0 end
+        call('SET', key, format('%d:%d', index, total), 'KEEPTTL')
       end
     end
   end
-  return {1}
+  return 1
 end
 
-if mode == 'status' then
+local function status(keys, argv, steps)
   local reply = {}
   for i = 1, steps do
-    local kind, a, b, c, amount, extra = step(i)
-    local key = KEYS[i]
+    local base = i * 6
+    local kind, key, a = argv[base + 1], keys[i], tonum(argv[base + 2])
     local remaining, used, reset
     if kind == 'r' then
+      local b, c = tonum(argv[base + 3]), tonum(argv[base + 4])
       local tat = tat_of(key)
       remaining = floor(math.max(b - tat, 0) / a)
       used, reset = c - remaining, tat
     elseif kind == 'q' then
-      local index, left_ns = period(b, c)
+      local index, left_ns = period(tonum(argv[base + 3]), tonum(argv[base + 4]))
       used = quota_of(key, index)
       remaining, reset = math.max(a - used, 0), used > 0 and left_ns or 0
     else
       used = holders(key)
       remaining, reset = math.max(a - used, 0), 0
     end
-    reply[#reply + 1] = string.format('%d', remaining)
-    reply[#reply + 1] = string.format('%d', used)
-    reply[#reply + 1] = string.format('%d', reset)
+    reply[#reply + 1] = format('%d', remaining)
+    reply[#reply + 1] = format('%d', used)
+    reply[#reply + 1] = format('%d', reset)
   end
   return reply
 end
 
-if mode == 'extend' then
+local function extend(keys, argv, steps)
+  local ttl = tonum(argv[6])
   for i = 1, steps do
-    local key = KEYS[i]
-    local kind, a, b, c, amount, extra = step(i)
-    if redis.call('ZADD', key, 'XX', 'CH', now_ms + holder_ttl, extra) == 1 then
-      redis.call('PEXPIRE', key, holder_ttl + 1000)
+    local key = keys[i]
+    if call('ZADD', key, 'XX', 'CH', now_ms() + ttl, argv[i * 6 + 6]) == 1 then
+      call('PEXPIRE', key, ttl + 1000)
     end
   end
-  return {1}
+  return 1
 end
 
-return redis.error_reply('llmthrottle: unknown mode ' .. tostring(mode))
+-- The entry point: the instant, the replay marker, then the mode.
+local function decide(keys, argv)
+  local given_now = argv[3]
+  if given_now == '' then
+    local t = call('TIME')
+    now_s, now_ns = tonum(t[1]), tonum(t[2]) * 1000
+  else
+    now_s, now_ns = pair(given_now, 'now')
+  end
+  local steps = (#argv - 6) / 6
+  if argv[2] ~= '' and not call('SET', keys[steps + 1], '1', 'NX', 'PX', 86400000) then
+    return 2
+  end
+  local mode = argv[1]
+  if mode == 'acquire' then return acquire(keys, argv, steps, true) end
+  if mode == 'peek' then return acquire(keys, argv, steps, false) end
+  if mode == 'settle' then return settle(keys, argv, steps) end
+  if mode == 'status' then return status(keys, argv, steps) end
+  if mode == 'extend' then return extend(keys, argv, steps) end
+  return redis.error_reply('llmthrottle: unknown mode ' .. tostring(mode))
+end

@@ -11,265 +11,32 @@ about to be given back).
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from ..limiter import Key, Limiter, LimitState, OpenReservation, SettlesOnExit, WaitingMixin, describe
+from ..limiter import Key, Limiter, LimitState, OpenReservation, WaitingMixin
 from .cells import cell_name, group_by_slot, group_steps
 from .leases import Lease
-from .script import KIND_CODES, Step, build
+from .reservations import (
+    LeasedReservation,
+    Plan,
+    RedisDecision,
+    RedisReservation,
+    admitted_steps,
+    api_units,
+    charge_marks,
+    least,
+)
+from .script import KIND_CODES, Step, build, numbers
 from .state import RedisState, RedisUnavailable
 
 __all__ = ["RedisLimiter", "RedisDecision", "RedisReservation", "LeasedReservation"]
 
-# A planned step: (key_index, label, layer, dimension, units_per_api_unit, kind, a, b, c, amount)
+# (key, amounts) -> what _prepare computes is cached for this many requests
 _PLAN_CACHE = 4096
 _PLAIN = (int, type(None))
-Plan = tuple[int, str, int, str, int, str, int, int, int, int]
-
-
-def _answers(group: Sequence[tuple[Plan, Step]], reply: Sequence[Any]) -> Iterator[tuple[Plan, Step, int, int, str]]:
-    """(plan, step, remaining, reset_ns, mark) of each step of an admitting acquire or peek
-    reply."""
-    marks = _marks([step for _, step in group], reply)
-    for index, ((plan, step), mark) in enumerate(zip(group, marks)):
-        yield plan, step, reply[5 + 3 * index], reply[6 + 3 * index], mark
-
-
-def _marks(steps: Sequence[Step], reply: Sequence[Any]) -> list[str]:
-    """Each step's mark, as a refund needs it: a rate charge's end (the server's instant in the
-    reply plus the charge's cost), a quota charge's period index."""
-    now_ns = int(reply[3]) * 1_000_000_000 + int(reply[4])
-    out = []
-    for index, step in enumerate(steps):
-        if step.kind == "r":
-            end = now_ns + step.amount * step.a
-            out.append(f"{end // 1_000_000_000}:{end % 1_000_000_000}")
-        else:
-            out.append(str(reply[7 + 3 * index]) if step.kind == "q" else "")
-    return out
-
-
-def _api(value: int, scale: int) -> int | float:
-    return value if scale == 1 else value / scale
-
-
-def _least(values: Iterable[tuple[Plan, int]]) -> dict[str, int | float]:
-    """For each dimension, the least of `values` (in the API's units): what is left over keys."""
-    out: dict[str, int | float] = {}
-    for plan, value in values:
-        amount = _api(value, plan[4])
-        if out.get(plan[3], amount) >= amount:
-            out[plan[3]] = amount
-    return out
-
-
-def _reserved(plans: Iterable[Plan]) -> dict[str, int | float]:
-    """For each dimension, the largest amount reserved over keys (in the API's units)."""
-    out: dict[str, int | float] = {}
-    for plan in plans:
-        amount = _api(plan[9], plan[4])
-        if amount > out.get(plan[3], 0):
-            out[plan[3]] = amount
-    return out
-
-
-class RedisDecision:
-    """What Redis decided. Truthy when the call was admitted."""
-
-    __slots__ = ("allowed", "retry_after", "delay", "reset_after", "limited_by", "limited_key", "remaining")
-
-    def __init__(
-        self,
-        allowed: bool,
-        retry_after: float = 0.0,
-        delay: float = 0.0,
-        reset_after: float = 0.0,
-        limited_by: str | None = None,
-        limited_key: str | None = None,
-        remaining: dict[str, int | float] | None = None,
-    ) -> None:
-        self.allowed = allowed
-        self.retry_after = retry_after
-        self.delay = delay
-        self.reset_after = reset_after
-        self.limited_by = limited_by
-        self.limited_key = limited_key
-        self.remaining = remaining if remaining is not None else {}
-
-    def __bool__(self) -> bool:
-        return self.allowed
-
-    def __repr__(self) -> str:
-        return describe(self)
-
-
-class RedisReservation(SettlesOnExit, RedisDecision):
-    """An admitted call whose charges are held in Redis. `commit(**usage)` reconciles it with
-    real usage, `cancel()` refunds it; as a context manager it cancels when the block raises
-    and commits as reserved otherwise. Dropped unsettled, it keeps its charges and its
-    concurrency slots are released with the state's next call (or lapse after `holder_ttl`
-    if that never comes)."""
-
-    __slots__ = ("_limiter", "_keys", "_groups", "_replies", "_holder", "_settled")
-
-    def __init__(
-        self,
-        limiter: RedisLimiter,
-        keys: tuple[str, ...],
-        groups: list[list[tuple[Plan, Step]]],
-        replies: list[Any],
-        holder: str,
-    ) -> None:
-        # Only what waiting needs is read now; the rest of the replies is read when asked for.
-        self.allowed = True
-        self.retry_after = 0.0
-        self.limited_by = self.limited_key = None
-        self.delay = max((int(reply[1]) for reply in replies), default=0) / 1e9
-        self._limiter = limiter
-        self._keys = keys
-        self._groups = groups
-        self._replies = replies
-        self._holder = holder
-        self._settled = False
-
-    def _per_step(self) -> Iterator[tuple[Plan, Step, Any, Any, Any]]:
-        """(plan, step, remaining, reset_ns, mark) of every step, as Redis answered."""
-        for group, reply in zip(self._groups, self._replies):
-            yield from _answers(group, reply)
-
-    @property
-    def _charges(self) -> list[tuple[Plan, str, str]]:
-        """(plan, cell, mark) of every charge."""
-        return [(plan, step.cell, mark) for plan, step, _, _, mark in self._per_step()]
-
-    @property
-    def remaining(self) -> dict[str, int | float]:  # type: ignore[override]
-        """For each dimension charged: what is left, the least over keys."""
-        return _least((plan, left) for plan, _, left, _, _ in self._per_step())
-
-    @property
-    def reset_after(self) -> float:  # type: ignore[override]
-        """Seconds until every limit the call touched is back to full."""
-        return max((reset for _, _, _, reset, _ in self._per_step()), default=0) / 1e9
-
-    @property
-    def reserved(self) -> dict[str, int | float]:
-        """The amount reserved in each dimension (the largest over keys)."""
-        return _reserved(plan for group in self._groups for plan, _ in group)
-
-    def _begin(self) -> None:
-        super()._begin()
-        if self._holder:
-            self._limiter._state.release(self._holder)
-
-    def commit(self, **usage: Any) -> None:
-        """Reconciles with real usage, e.g. `commit(tokens=913)`: less than reserved is
-        refunded, more is charged (even past the limit: it was used). Unnamed dimensions keep
-        what was reserved."""
-        steps = self._limiter._commit_steps(self, usage)
-        self._begin()
-        self._limiter._state.settle(self._limiter._settle_calls(steps, self._holder))
-
-    def cancel(self) -> None:
-        """The call never happened: refunds everything and releases concurrency slots."""
-        self._begin()
-        steps = [self._refund(plan, cell, mark, plan[9]) for plan, cell, mark in self._charges]
-        self._limiter._state.settle(self._limiter._settle_calls(steps, self._holder))
-
-    async def commit_async(self, **usage: Any) -> None:
-        """`commit` without blocking the event loop."""
-        await asyncio.to_thread(self.commit, **usage)
-
-    async def cancel_async(self) -> None:
-        """`cancel` without blocking the event loop."""
-        await asyncio.to_thread(self.cancel)
-
-    @staticmethod
-    def _refund(plan: Plan, cell: str, mark: str, amount: int) -> Step:
-        return Step(cell, KIND_CODES[plan[5]], plan[6], plan[7], plan[8], -amount, mark)
-
-    def __del__(self) -> None:
-        # Like the engine's Reservation, one dropped unsettled keeps its charges and gives its
-        # concurrency slots back (with the state's next call: a finaliser does no I/O).
-        if not getattr(self, "_settled", True) and self._holder:
-            self._limiter._state.abandon(self._holder)
-
-
-class LeasedReservation(SettlesOnExit):
-    """An admission drawn from this process's leases (the Reservation API): settling it gives
-    unused units back to the lease while it lasts and charges usage above the reservation in
-    Redis. `remaining` is what is left of this process's slices; nothing is held in flight, so
-    one dropped unsettled simply keeps its charge."""
-
-    __slots__ = ("_limiter", "_keys", "_steps", "_leases", "_settled")
-    allowed = True
-    retry_after = delay = reset_after = 0.0
-    limited_by: str | None = None
-    limited_key: str | None = None
-
-    def __init__(
-        self, limiter: RedisLimiter, keys: tuple[str, ...], steps: list[tuple[Plan, Step]], leases: list[Lease]
-    ) -> None:
-        self._limiter = limiter
-        self._keys = keys
-        self._steps = steps
-        self._leases = leases
-        self._settled = False
-
-    def __bool__(self) -> bool:
-        return True
-
-    @property
-    def remaining(self) -> dict[str, int | float]:
-        return _least((plan, lease.left) for (plan, _), lease in zip(self._steps, self._leases))
-
-    @property
-    def reserved(self) -> dict[str, int | float]:
-        return _reserved(plan for plan, _ in self._steps)
-
-    def commit(self, **usage: Any) -> None:
-        """Reconciles with real usage (see `RedisReservation.commit`)."""
-        limiter = self._limiter
-        actual = dict(limiter._planner._usage(**usage))
-        self._begin()
-        extra: list[Step] = []
-        unused: list[tuple[Lease, int]] = []
-        for (plan, _), lease in zip(self._steps, self._leases):
-            used = actual.get(plan[3])
-            if used is None or used == plan[9]:
-                continue
-            if used < plan[9]:
-                unused.append((lease, plan[9] - used))
-            else:
-                extra.append(lease.step._replace(amount=used - plan[9], extra=""))
-        limiter._state.unuse(unused)
-        charged = {plan[3] for plan, _ in self._steps}
-        uncharged = {name: usage[name] for name in usage if name not in charged and actual.get(name)}
-        if uncharged:
-            forced = limiter._planner._plan_usage(self._keys, **uncharged)
-            extra += [step for _, step in limiter._steps(forced, self._keys)]
-        if extra:
-            limiter._state.settle(limiter._settle_calls(extra, ""))
-
-    def cancel(self) -> None:
-        """The call never happened: its units go back to the lease."""
-        self._begin()
-        self._limiter._state.unuse([(lease, plan[9]) for (plan, _), lease in zip(self._steps, self._leases)])
-
-    async def commit_async(self, **usage: Any) -> None:
-        """`commit` without blocking the event loop."""
-        await asyncio.to_thread(self.commit, **usage)
-
-    async def cancel_async(self) -> None:
-        """`cancel` (local: nothing to wait for)."""
-        self.cancel()
-
-    def __repr__(self) -> str:
-        return "<Decision admitted (from this process's lease)>"
 
 
 def _covers(lease: Lease | None, step: Step, now: float) -> bool:
@@ -394,8 +161,8 @@ class RedisLimiter(WaitingMixin):
             results = []
             try:
                 for call in calls:
-                    results.append(self._state.run(call))
-                    if int(results[-1][0]) != 1:
+                    results.append(numbers(self._state.run(call)))
+                    if results[-1][0] != 1:
                         break
             except RedisUnavailable as error:
                 self._give_back(groups, results, holder)
@@ -420,8 +187,8 @@ class RedisLimiter(WaitingMixin):
         results = []
         try:
             for call in calls:
-                results.append(await self._state.run_async(call))
-                if int(results[-1][0]) != 1:
+                results.append(numbers(await self._state.run_async(call)))
+                if results[-1][0] != 1:
                     break
         except RedisUnavailable as error:
             self._give_back(groups, results, holder)
@@ -492,8 +259,8 @@ class RedisLimiter(WaitingMixin):
         """Refunds the slots a denied (or interrupted) request already charged."""
         steps = []
         for group, reply in zip(groups, results):
-            if int(reply[0]) == 1:
-                for plan, step, _, _, mark in _answers(group, reply):
+            if reply[0] == 1:
+                for plan, step, _, _, mark in admitted_steps(group, reply):
                     steps.append(RedisReservation._refund(plan, step.cell, mark, plan[9]))
         if steps:
             self._state.settle(self._settle_calls(steps, holder))
@@ -501,12 +268,12 @@ class RedisLimiter(WaitingMixin):
     def _decision(
         self, keys: tuple[str, ...], groups: list[list[tuple[Plan, Step]]], results: list[Any], holder: str
     ) -> RedisDecision:
-        last: list[Any] = results[-1] if results else [1, b"0", 0]
-        if int(last[0]) != 1:
+        last = results[-1] if results else [1, 0, 0]
+        if last[0] != 1:
             self._give_back(groups[:-1], results[:-1], holder)
             group = groups[len(results) - 1]
-            plan = group[int(last[2]) - 1][0]
-            return RedisDecision(False, retry_after=int(last[1]) / 1e9, limited_by=plan[3], limited_key=keys[plan[0]])
+            plan = group[last[2] - 1][0]
+            return RedisDecision(False, retry_after=last[1] / 1e9, limited_by=plan[3], limited_key=keys[plan[0]])
         if holder:
             held = [step for group in groups for _, step in group if step.kind == "c"]
             self._state.hold(holder, held)
@@ -562,11 +329,11 @@ class RedisLimiter(WaitingMixin):
         admitted: list[tuple[list[Step], Any]] = []
         try:
             for group in groups:
-                reply = self._state.run(build("acquire", group, now=now))
-                if int(reply[0]) != 1:
+                reply = numbers(self._state.run(build("acquire", group, now=now)))
+                if reply[0] != 1:
                     break
                 admitted.append((group, reply))
-                for step, mark in zip(group, _marks(group, reply)):
+                for step, mark in zip(group, charge_marks(group, reply)):
                     marks[step.cell] = mark
         except RedisUnavailable:
             pass
@@ -586,22 +353,20 @@ class RedisLimiter(WaitingMixin):
         answers: list[tuple[Plan, Step, int, int, str]] = []
         worst: RedisDecision | None = None
         for group in self._groups(steps):
-            reply = self._state.run(build("peek", [step for _, step in group], now=now))
-            if int(reply[0]) != 1:
-                plan = group[int(reply[2]) - 1][0]
-                denial = RedisDecision(
-                    False, retry_after=int(reply[1]) / 1e9, limited_by=plan[3], limited_key=keys[plan[0]]
-                )
+            reply = numbers(self._state.run(build("peek", [step for _, step in group], now=now)))
+            if reply[0] != 1:
+                plan = group[reply[2] - 1][0]
+                denial = RedisDecision(False, retry_after=reply[1] / 1e9, limited_by=plan[3], limited_key=keys[plan[0]])
                 if worst is None or denial.retry_after > worst.retry_after:
                     worst = denial
                 continue
-            answers += _answers(group, reply)
+            answers += admitted_steps(group, reply)
         if worst is not None:
             return worst
         return RedisDecision(
             True,
             reset_after=max((answer[3] for answer in answers), default=0) / 1e9,
-            remaining=_least((answer[0], answer[2]) for answer in answers),
+            remaining=least((answer[0], answer[2]) for answer in answers),
         )
 
     def charge(self, key: Key, /, **amounts: Any) -> None:
@@ -625,10 +390,10 @@ class RedisLimiter(WaitingMixin):
                 LimitState(
                     plan[3],
                     plan[5],
-                    _api(remaining, plan[4]),
-                    _api(used, plan[4]),
+                    api_units(remaining, plan[4]),
+                    api_units(used, plan[4]),
                     reset / 1e9,
-                    _api(capacity, plan[4]),
+                    api_units(capacity, plan[4]),
                 )
             )
         return out

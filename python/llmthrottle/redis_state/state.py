@@ -2,18 +2,24 @@
 
     lim = lt.Limiter({"requests": "500/min"}, state=lt.RedisState("redis://cache:6379/0"))
 
-Every decision is one script call (one round trip) per slot it touches, timed by the server's
-clock. What a decision does while Redis cannot be reached within `timeout` is
-`on_unavailable`'s: `"fail_closed"` raises `RedisUnavailable` (the default), `"fail_open"`
-admits without counting, `"local"` decides with an in-process limiter of the same limits scaled
-by `local_fraction` (each host's share of the fleet's limits). Usage settled while Redis is
-down is kept and replayed once, idempotently, when it answers again.
+Every decision is one call of decide.lua (one round trip) per slot it touches, timed by the
+server's clock (see transport.py for how it is sent). What a decision does while Redis cannot
+be reached within `timeout` is `on_unavailable`'s: `"fail_closed"` raises `RedisUnavailable`
+(the default), `"fail_open"` admits without counting, `"local"` decides with an in-process
+limiter of the same limits scaled by `local_fraction` (each host's share of the fleet's limits).
+
+Usage settled while Redis is down (commits, cancels, charges) is kept and replayed once,
+idempotently, when it answers again, before the next call (replay.py). It is kept in memory, and
+with `replay_dir` also in a journal on disk, written before `commit`/`cancel`/`charge` return:
+a process that dies before Redis is back leaves its journal to the next process that starts on
+the same directory (or sees Redis come back), which replays it. One window is left: a
+settlement whose reply was lost after the server applied it (a timeout or a reset mid-reply) is
+kept and replayed once more, so it can count twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import logging
 import os
@@ -21,7 +27,6 @@ import threading
 import time
 import uuid
 import weakref
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +35,8 @@ from . import script
 from .cells import check_prefix, group_steps
 from .failures import explain, redact, unavailable_errors
 from .leases import Lease, LeaseBook
+from .replay import ReplayQueue
+from .transport import Transport
 
 __all__ = ["RedisState", "RedisUnavailable"]
 
@@ -67,7 +74,8 @@ class RedisState:
     failure, Redis is tried again at most every `retry_interval` seconds and `on_unavailable`
     decides meanwhile. A concurrency slot is held in Redis for `holder_ttl` seconds and extended by
     a heartbeat while its reservation is open, so the slots of a process that died lapse on their
-    own.
+    own. `replay_dir` (a directory on a local disk, made 0700) journals the usage kept while Redis
+    is down, so it outlives this process (see `llmthrottle.redis_state.replay`).
     """
 
     #: Each decision is a network round trip: the sidecar runs them off its event loop.
@@ -87,6 +95,7 @@ class RedisState:
         leases: bool = False,
         lease_fraction: float = 0.1,
         lease_ttl: float = 1.0,
+        replay_dir: str | os.PathLike[str] | None = None,
         **client_options: Any,
     ) -> None:
         if on_unavailable not in _MODES:
@@ -110,14 +119,12 @@ class RedisState:
             raise ConfigError(f"lease_ttl must be a positive number of seconds (at most 3600), not {lease_ttl!r}")
         if holder_ttl < 1:
             raise ConfigError("holder_ttl must be at least 1 second (the heartbeat runs every holder_ttl / 3)")
+        if replay_dir is not None and not isinstance(replay_dir, (str, os.PathLike)):
+            raise ConfigError(f"replay_dir must be a directory's path, not {replay_dir!r}")
         try:
             self.prefix = check_prefix(prefix)
         except ValueError as error:
             raise ConfigError(str(error)) from None
-        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
-            path = client_options.get(name)
-            if path is not None and not (isinstance(path, (str, os.PathLike)) and os.path.isfile(path)):
-                raise ConfigError(f"{name} must be the path of an existing PEM file, not {path!r}")
         self.on_unavailable = on_unavailable
         self.local_fraction = float(local_fraction)
         self.timeout = float(timeout)
@@ -127,19 +134,13 @@ class RedisState:
         # How errors and logs name the server: never with its password.
         self._name = "Redis" if self._url is None else f"Redis at {redact(self._url)}"
         self._options = dict(client_options)
-        # A Cluster's client reads the slot map from a node when it is built: that waits for the
-        # first call, so that building a state never waits on Redis nor fails for it.
-        self.cluster = bool(cluster) if self._url is not None else _is_cluster(url_or_client)
-        self._sync: Any = None if self._url is not None and self.cluster else self._open(url_or_client, False)
-        self._connecting = threading.Lock()
-        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
-        self._sha = hashlib.sha1(script.SOURCE.encode()).hexdigest()
-        self._errors = unavailable_errors()
-        from redis.exceptions import NoScriptError, ResponseError
+        # A Cluster's client is made at its first call (see transport.py).
+        self._transport = Transport.open(url_or_client, cluster, self.timeout, self._options)
+        self.cluster = self._transport.cluster
+        from redis.exceptions import ResponseError
 
-        self._no_script, self._response_error = NoScriptError, ResponseError
-        self._thread = threading.local()
-        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._errors = unavailable_errors()
+        self._response_error = ResponseError
         self._lock = threading.Lock()
         # Where Redis is down ("" standalone; a node's name on a Cluster) -> when to try again.
         # On a Cluster one dead node fails only the keys of its slots.
@@ -148,7 +149,8 @@ class RedisState:
         # that answers pings but refuses the script (a read-only replica) stays down, quietly.
         self._probing: set[str] = set()
         self._reasons: dict[str, str] = {}  # where -> why it was last unavailable
-        self._pending: deque[tuple[str, script.Call]] = deque(maxlen=_MAX_PENDING)
+        self._queue = ReplayQueue(_MAX_PENDING, replay_dir)
+        self._replaying = threading.Lock()
         self._holders: dict[str, list[script.Step]] = {}
         self._abandoned: list[tuple[str, list[script.Step]]] = []
         self._holder_ids = itertools.count()
@@ -166,75 +168,16 @@ class RedisState:
         }
         this = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(this))
-
-    # ------------------------------------------------------------------ connections
-
-    def _open(self, url_or_client: Any, cluster: bool) -> Any:
-        import redis
-
-        if not isinstance(url_or_client, str):
-            if not hasattr(url_or_client, "evalsha"):
-                raise ConfigError(f"RedisState takes a URL or a redis client, not {type(url_or_client).__name__}")
-            return url_or_client
-        options = self._client_options()
-        if cluster:
-            from redis.cluster import RedisCluster
-
-            return RedisCluster.from_url(url_or_client, **options)
-        return redis.Redis.from_url(url_or_client, **options)
-
-    def _client_options(self) -> dict[str, Any]:
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        # One attempt per decision: the timeout bounds it, and on_unavailable takes over.
-        return {
-            "socket_timeout": self.timeout,
-            "socket_connect_timeout": self.timeout,
-            "retry": Retry(NoBackoff(), 0),
-            **self._options,
-        }
-
-    async def _async_client(self) -> Any:
-        """This event loop's asyncio client. None when the state was given a client object, or
-        is a Cluster: those calls run the synchronous client in a thread."""
-        if self._url is None or self.cluster:
-            return None
-        loop = asyncio.get_running_loop()
-        entry = self._async.get(loop)
-        if entry is None:
-            import redis.asyncio
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-
-            client = redis.asyncio.Redis.from_url(
-                self._url, **{**self._client_options(), "retry": Retry(NoBackoff(), 0)}
-            )
-            # The loop closes its async generators before it closes (asyncio.run does): this one
-            # then closes the client's connections while the loop can still run them.
-            closer = _close_on_shutdown(client)
-            await closer.__anext__()
-            entry = self._async[loop] = (client, closer)
-        return entry[0]
-
-    def _cluster_client(self) -> Any:
-        """The Cluster's client, built by the first call that needs it (raises redis-py's
-        errors while no node can be reached)."""
-        with self._connecting:
-            if self._sync is None:
-                self._sync = self._open(self._url, True)
-        return self._sync
+        self._adopt()
 
     @property
     def client(self) -> Any:
         """The synchronous redis-py client (raises RedisUnavailable when a Cluster's cannot be
-        built yet)."""
-        if self._sync is None:
-            try:
-                self._cluster_client()
-            except self._errors as error:
-                raise self._failed(error, "?") from None
-        return self._sync
+        made yet)."""
+        try:
+            return self._transport.client
+        except self._errors as error:
+            raise self._failed(error, "?") from None
 
     def _make_limiter(self, *, limits: Any, rules: Any, budgets: Sequence[Any], namespace: str, clock: Any) -> Any:
         """Called by `llmthrottle.Limiter(...)` for `state=RedisState(...)`."""
@@ -257,17 +200,18 @@ class RedisState:
         """Where a call goes: "" on a standalone server, its node's name on a Cluster."""
         if not self.cluster:
             return ""
-        if self._sync is None:
+        if not self._transport.made:
             return "?"
         try:
-            return str(self._sync.get_node_from_key(call.keys[0]).name)
+            return str(self._transport.client.get_node_from_key(call.keys[0]).name)
         except Exception:  # no node known for the slot: the cluster as a whole
             return "?"
 
     def _check_available(self, where: str) -> None:
         """Raises RedisUnavailable while `where` is known to be down. Once `retry_interval` has
-        passed it is tried again: a standalone server is pinged and, when it answers, what was
-        kept is replayed before going on; on a Cluster the call itself is the probe."""
+        passed it is tried again: a standalone server is pinged and, when it answers, what
+        processes that died meanwhile left in `replay_dir` is taken over, and the caller replays
+        what was kept before going on; on a Cluster the call itself is the probe."""
         until = self._outages.get(where)
         if until is None:
             return
@@ -276,18 +220,19 @@ class RedisState:
             raise RedisUnavailable(f"{self._describe(where)} was unavailable moments ago ({reason})")
         if not self.cluster:
             try:
-                self._sync.ping()
+                self._transport.client.ping()
             except self._errors as error:
                 raise self._failed(error, where) from None
             with self._lock:
                 if self._outages.pop(where, None) is None:
                     return
-                self._probing.add(where)
-            self.replay()  # the first script Redis runs (a replay, or this call) confirms it
+                self._probing.add(where)  # the first script Redis runs (a replay, or the call) confirms it
+            self._adopt()
 
     def _recovered(self, where: str, *, replaced: bool = False) -> None:
         """A script ran where Redis was down: one log line, and what was kept is replayed (on
-        a standalone server the replay ran already, between the ping and this call)."""
+        a standalone server the call that pinged it replays first, and this is that replay's
+        first script, or the call's own)."""
         with self._lock:
             probing = where in self._probing
             self._probing.discard(where)
@@ -297,9 +242,10 @@ class RedisState:
             "llmthrottle: %s %s; %d settlement(s) to replay",
             self._describe(where),
             "serves no slot any more (a replica took over)" if replaced else "reachable again",
-            len(self._pending),
+            len(self._queue),
         )
         if not probing:
+            self._adopt()  # what processes that died during the outage kept, too
             self.replay()
 
     def _forget_replaced_nodes(self) -> None:
@@ -307,7 +253,7 @@ class RedisState:
         slots answer from the promoted replica, so its outage ends (what was kept for it is
         replayed there)."""
         try:
-            serving = {node.name for node in self._sync.get_primaries()}
+            serving = {node.name for node in self._transport.client.get_primaries()}
         except Exception:  # the client's view of the cluster is being refreshed: next time
             return
         for where in [where for where in self._outages if where not in serving]:
@@ -320,12 +266,12 @@ class RedisState:
             self._check_available(where)
         if self._abandoned:
             self._release_abandoned()
+        if self._queue.items:
+            self.replay()  # kept settlements go first (a nested call, from the replay, goes on)
+            if self._outages:
+                self._check_available(where)  # the replay found it down: no second wait
         try:
-            try:
-                result = self._evalsha(call)
-            except self._no_script:
-                self._sync.script_load(script.SOURCE)
-                result = self._evalsha(call)
+            result = self._transport.send(call)
         except self._errors as error:
             raise self._failed(error, where) from None
         except self._response_error as error:
@@ -339,41 +285,19 @@ class RedisState:
                 self._forget_replaced_nodes()
         return result
 
-    def _evalsha(self, call: script.Call) -> Any:
-        """EVALSHA on this thread's own connection: a decision is one write and one read, with
-        no pool to check out from and no retry loop around it (the timeout bounds it, and
-        `on_unavailable` decides after a failure). A Cluster's client routes it instead."""
-        if self.cluster:
-            client = self._sync if self._sync is not None else self._cluster_client()
-            return client.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
-        local = self._thread
-        connection = getattr(local, "connection", None)
-        if connection is None or local.pid != os.getpid():
-            connection = local.connection = self._sync.connection_pool.make_connection()
-            local.pid = os.getpid()
-            self._connections.add(connection)
-        try:
-            connection.send_command("EVALSHA", self._sha, len(call.keys), *call.keys, *call.args)
-            return connection.read_response()
-        except self._response_error:
-            raise
-        except BaseException:
-            connection.disconnect()  # a reply may still be on its way: never read it as another's
-            raise
-
     async def run_async(self, call: script.Call) -> Any:
-        """`run` for asyncio (a client object given by the caller runs in a thread)."""
-        client = await self._async_client()
-        if client is None:
+        """`run` for asyncio (a client object given by the caller, or a Cluster, runs `run` in a
+        thread)."""
+        if not self._transport.runs_async:
             return await asyncio.to_thread(self.run, call)
         if self._outages:
             self._check_available("")
+        if self._queue.items:
+            await asyncio.to_thread(self.replay)  # kept settlements first, off the event loop
+            if self._outages:
+                self._check_available("")
         try:
-            try:
-                result = await client.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
-            except self._no_script:
-                await client.script_load(script.SOURCE)
-                result = await client.evalsha(self._sha, len(call.keys), *call.keys, *call.args)
+            result = await self._transport.send_async(call)
         except self._errors as error:
             raise self._failed(error) from None
         except self._response_error as error:
@@ -412,43 +336,62 @@ class RedisState:
                 self._keep(call)
 
     def _keep(self, call: script.Call) -> None:
-        operation = uuid.uuid4().hex
-        from .cells import marker_name
+        self._queue.keep(call)
+        self.stats["pending"], self.stats["dropped"] = len(self._queue), self._queue.dropped
 
-        replay = script.Call(
-            [*call.keys, marker_name(call.keys[0], operation)], [call.args[0], operation, *call.args[2:]]
-        )
-        with self._lock:
-            if len(self._pending) == self._pending.maxlen:
-                self.stats["dropped"] += 1
-            self._pending.append((operation, replay))
-            self.stats["pending"] = len(self._pending)
+    def _adopt(self) -> None:
+        """Takes over what processes that died left in `replay_dir` (replayed with the next
+        call to Redis)."""
+        taken = self._queue.adopt()
+        if taken:
+            self.stats["pending"], self.stats["dropped"] = len(self._queue), self._queue.dropped
+            _log.warning(
+                "llmthrottle: took over %d settlement(s) that stopped processes left in %s", taken, self.replay_dir
+            )
 
     def replay(self) -> int:
-        """Sends the settlements kept while Redis was down, each applied at most once (a marker
-        in Redis remembers it for a day). Returns how many were sent."""
-        sent = 0
-        while self._pending:
-            with self._lock:
-                if not self._pending:
+        """Sends the settlements kept while Redis was down (and those taken over from the
+        journals of processes that died), oldest first, each applied at most once (a marker
+        in Redis remembers it for a day). Stops at the first that Redis cannot take yet.
+        Returns how many were sent."""
+        if not self._replaying.acquire(blocking=False):
+            return 0  # another thread is replaying, or this is a call the replay makes
+        sent = refused = 0
+        first_refusal = ""
+        try:
+            while (kept := self._queue.head()) is not None:
+                operation, call = kept
+                try:
+                    self.run(call)
+                except RedisUnavailable:
                     break
-                operation, call = self._pending[0]
-            try:
-                self.run(call)
-            except RedisUnavailable:
-                break
-            with self._lock:
-                if self._pending and self._pending[0][0] == operation:
-                    self._pending.popleft()
-                self.stats["pending"] = len(self._pending)
-                self.stats["replayed"] += 1
-            sent += 1
+                except StateError as error:  # a damaged cell: it would be refused forever
+                    refused += 1
+                    first_refusal = first_refusal or str(error)
+                else:
+                    sent += 1
+                self._queue.done(operation)
+            self._queue.settled()
+        finally:
+            self._replaying.release()
+        with self._lock:
+            self._queue.dropped += refused
+            self.stats["replayed"] += sent
+            self.stats["pending"], self.stats["dropped"] = len(self._queue), self._queue.dropped
+        if refused:
+            _log.warning("llmthrottle: Redis refused %d kept settlement(s), dropped: %s", refused, first_refusal)
         return sent
 
     @property
     def pending(self) -> int:
         """Settlements waiting for Redis."""
-        return len(self._pending)
+        return len(self._queue)
+
+    @property
+    def replay_dir(self) -> str | None:
+        """Where kept settlements are journaled (None: in memory only)."""
+        journal = self._queue.journal
+        return None if journal is None else str(journal.directory)
 
     # ------------------------------------------------------------------ concurrency holders
 
@@ -495,18 +438,18 @@ class RedisState:
                     break
             if self._abandoned and not self._down:
                 self._release_abandoned()  # what Redis cannot take is kept for replay
-            if self._pending:
+            if self._queue.items:
                 self.replay()
 
     def _after_fork(self) -> None:
         # The parent's holders and heartbeat stay the parent's.
         self._lock = threading.Lock()
-        self._connecting = threading.Lock()
         self._holders = {}
         self._heartbeat = None
         self._process = uuid.uuid4().hex[:12]
-        self._async = weakref.WeakKeyDictionary()
-        self._thread = threading.local()
+        self._transport.after_fork()
+        self._queue.after_fork()
+        self._replaying = threading.Lock()
 
     # ------------------------------------------------------------------ leases
 
@@ -552,8 +495,7 @@ class RedisState:
     def ping(self) -> bool:
         """True when Redis answers."""
         try:
-            client = self._sync if self._sync is not None else self._cluster_client()
-            return bool(client.ping())
+            return bool(self._transport.client.ping())
         except self._errors:
             return False
 
@@ -566,79 +508,36 @@ class RedisState:
             except Exception:  # closing must not fail: unused slices only under-use the limit
                 pass
         self._closed.set()
-        for connection in list(self._connections):
-            connection.disconnect()
-        if self._sync is not None:
-            self._sync.close()
+        self._queue.close()
+        self._transport.close()
 
     def __reduce__(self) -> Any:
         if self._url is None:
             raise TypeError("a RedisState built on a client object cannot be pickled; build it from a URL")
-        lease_options = (
-            {}
-            if self.leases is None
-            else {"leases": True, "lease_fraction": self.leases.fraction, "lease_ttl": self.leases.ttl}
-        )
-        return (
-            _rebuild,
-            (
-                self._url,
-                self.prefix,
-                self.cluster,
-                self.timeout,
-                self.on_unavailable,
-                self.local_fraction,
-                self.retry_interval,
-                self.holder_ttl_ms / 1000,
-                {**lease_options, **self._options},
-            ),
-        )
+        options: dict[str, Any] = {
+            "prefix": self.prefix,
+            "cluster": self.cluster,
+            "timeout": self.timeout,
+            "on_unavailable": self.on_unavailable,
+            "local_fraction": self.local_fraction,
+            "retry_interval": self.retry_interval,
+            "holder_ttl": self.holder_ttl_ms / 1000,
+            "replay_dir": self.replay_dir,
+        }
+        if self.leases is not None:
+            options.update(leases=True, lease_fraction=self.leases.fraction, lease_ttl=self.leases.ttl)
+        return (_rebuild, (self._url, {**options, **self._options}))
 
     def __repr__(self) -> str:
-        where = redact(self._url) if self._url is not None else type(self._sync).__name__
+        where = redact(self._url) if self._url is not None else type(self._transport.client).__name__
         return f"RedisState({where!r}, prefix={self.prefix!r}, on_unavailable={self.on_unavailable!r})"
 
 
-def _rebuild(
-    url: str,
-    prefix: str,
-    cluster: bool,
-    timeout: float,
-    on_unavailable: str,
-    local_fraction: float,
-    retry_interval: float,
-    holder_ttl: float,
-    options: dict[str, Any],
-) -> RedisState:
-    return RedisState(
-        url,
-        prefix=prefix,
-        cluster=cluster,
-        timeout=timeout,
-        on_unavailable=on_unavailable,
-        local_fraction=local_fraction,
-        retry_interval=retry_interval,
-        holder_ttl=holder_ttl,
-        **options,
-    )
-
-
-async def _close_on_shutdown(client: Any) -> Any:
-    try:
-        yield
-    finally:
-        await client.aclose()
+def _rebuild(url: str, options: dict[str, Any]) -> RedisState:
+    return RedisState(url, **options)
 
 
 def _after_fork(state: weakref.ref[RedisState]) -> None:
     alive = state()
     if alive is not None:
         alive._after_fork()
-
-
-def _is_cluster(client: Any) -> bool:
-    try:
-        from redis.cluster import RedisCluster
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(client, RedisCluster)

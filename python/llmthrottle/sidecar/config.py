@@ -27,6 +27,7 @@
     # timeout = 0.5
     # on_unavailable = "fail_closed"              #   or "fail_open", "local"
     # local_fraction = 1.0                        #   this host's share when "local"
+    # replay_dir = "/var/lib/llmthrottle/replay"  #   usage Redis could not take, kept on disk
     [ledger]
     path = "/var/lib/llmthrottle/ledger"          # a llmthrottle.ledger.Ledger directory
     group_access = false                          # true: files 0660, for writers in one group
@@ -317,6 +318,7 @@ _REDIS_OPTIONS = {
     "ssl_ca_certs": str,
     "ssl_certfile": str,
     "ssl_keyfile": str,
+    "replay_dir": str,
 }
 _STATE_KEYS = ("kind", "name", "capacity", "lease_capacity", "url", *_REDIS_OPTIONS)
 

@@ -272,3 +272,20 @@ def test_an_async_decision_replays_what_was_taken_over_first(own_server: RedisSe
         assert state.pending == 0 and list(directory.iterdir()) == []
     finally:
         state.close()
+
+
+def test_a_deeply_nested_journal_line_is_passed_over_like_any_damaged_line(tmp_path: Path, caplog: Any) -> None:
+    """A line of stray bytes nested past the JSON parser's depth is damaged, not a crash of the
+    process taking the journal over."""
+    writer = ReplayQueue(limit=10, directory=tmp_path)
+    writer.keep(Call(["cell"], ["settle", "", "", 0, "", 0, "q", 100, 0, 0, 7, ""]))
+    assert writer.journal is not None
+    path = writer.journal.path
+    writer.close()  # left for the next process, one call kept
+    path.write_bytes(b"[" * 200_000 + b"\n" + path.read_bytes())
+    successor = ReplayQueue(limit=10, directory=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="llmthrottle"):
+        assert successor.adopt() == 1
+    assert [call.keys[0] for _, call in successor.items] == ["cell"]
+    assert any("1 damaged" in record.getMessage() for record in caplog.records)
+    successor.close()

@@ -301,7 +301,7 @@ def _decode(line: bytes) -> Kept | None:
     last key is the marker of its operation."""
     try:
         record = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # stray bytes may nest past the parser's depth
         return None
     if not isinstance(record, dict):
         return None

@@ -293,3 +293,21 @@ def test_azures_rate_limit_headers() -> None:
     assert as_openai.window_s == 60.0  # OpenAI's requests are per minute
     assert parse_reset_duration("45") == 45.0 and parse_reset_duration("1.5") == 1.5
     assert parse_reset_duration("-1") is None and parse_reset_duration("1.") is None
+
+
+def test_a_reply_model_only_the_fallback_price_knows_leaves_the_call_priced_as_mapped(
+    ledger: Any, opened: list[Any]
+) -> None:
+    """A guard whose table has a fallback price resolves every name: a model Azure names that the
+    table does not know keeps the call priced as the model `model_of` maps the deployment to."""
+    prices = lt.PriceTable.default().with_fallback(input=50, output=50)
+    deployments = {"custom": "acme-distilled-7b"}
+    with FakeProvider(azure_deployments=deployments, azure_api_key=SECRET) as provider:
+        guard = lt.Guard(lt.Limiter({"requests": "1000/s"}), prices=prices, ledger=ledger)
+        client = lt.wrap(azure(provider), guard=guard, model_of={"custom": "gpt-4o-mini"})
+        opened.append(client)
+        reply = client.chat.completions.create(model="custom", messages=HELLO, max_tokens=20)
+    assert reply.model == "acme-distilled-7b"
+    [record] = records(ledger)
+    assert record.model == "gpt-4o-mini"
+    assert record.cost_micros == prices.cost("gpt-4o-mini", reply.usage.model_dump()).total_micros

@@ -77,12 +77,14 @@ def require_known(model: str, deployment: str, prices: PriceTable) -> None:
 
 def priced_model(reply_model: str, prices: PriceTable | None) -> str | None:
     """The model an Azure reply names, when `prices` (default: the shipped table) prices it;
-    None when it does not (the call stays priced as it was counted)."""
+    None when it does not, or only at the table's fallback price (the call stays priced as it
+    was counted: a fallback says nothing of what the model costs)."""
+    table = prices or PriceTable.default()
     try:
-        (prices or PriceTable.default()).resolve(reply_model, "openai")
+        price = table.resolve(reply_model, "openai")
     except ConfigError:
         return None
-    return reply_model
+    return None if price is table.fallback else reply_model
 
 
 def request_model(endpoint: Endpoint, body: dict[str, Any], settings: Settings) -> tuple[str, str, Any] | None:

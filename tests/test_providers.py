@@ -305,6 +305,18 @@ def test_announced_limits_read_httpx_headers_in_any_case() -> None:
     assert announced_limits("anthropic", headers) == []
 
 
+def test_a_limit_header_that_is_not_an_ascii_count_announces_nothing() -> None:
+    """Header bytes are read as latin-1, where `²` is a digit to str.isdigit but no number to
+    int(): such a value is passed over, not raised from the wrapped call."""
+    import httpx2
+
+    for raw in (b"\xb2", b"1\xb2", b"\xb9\xb3"):  # ², 1², ¹³
+        headers = httpx2.Headers([(b"x-ratelimit-limit-requests", raw), (b"x-ratelimit-remaining-requests", b"3")])
+        assert announced_limits("openai", headers) == []
+        plain = {"x-ratelimit-limit-requests": raw.decode("latin-1"), "x-ratelimit-remaining-requests": "3"}
+        assert announced_limits("openai", plain) == []
+
+
 def test_a_provider_key_that_is_not_paused_admits_every_attempt_at_once() -> None:
     """Looking at a pause takes nothing: thousands of attempts a second on one provider key go
     out at once, and only a recorded pause holds them."""

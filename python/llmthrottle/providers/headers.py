@@ -126,9 +126,11 @@ class Announcement(NamedTuple):
 
 
 def _int(text: str | None) -> int | None:
-    if text is None or not text.strip().isdigit() or len(text) > 18:
+    if text is None or len(text) > 18:
         return None
-    return int(text)
+    text = text.strip()
+    # str.isdigit alone admits digits int() refuses (`²`, a latin-1 header byte).
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def _names(

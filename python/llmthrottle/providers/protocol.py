@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["AZURE_HOSTS", "Endpoint", "UsageReader", "endpoint_of", "error_body", "failure_kind"]
+__all__ = ["AZURE_HOSTS", "Endpoint", "UsageReader", "endpoint_of", "error_body", "event_data", "failure_kind"]
 
 Family = Literal["openai", "anthropic"]
 Provider = Literal["openai", "azure", "anthropic"]
@@ -197,6 +197,12 @@ def _root_usage(body: bytes) -> dict[str, Any] | None:
     return usage
 
 
+def event_data(event: bytes) -> bytes:
+    """The data of one server-sent event (its `data:` lines' values, joined), as both providers
+    write their streams: what the usage reader and the gateway's stream translation parse."""
+    return b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+
+
 class UsageReader:
     """Reads the usage of a reply as its bytes pass through, untouched except for one thing:
     with `hide_usage_chunk`, an OpenAI stream's final usage-only chunk (added by llmthrottle,
@@ -262,7 +268,7 @@ class UsageReader:
 
     def _event(self, event: bytes) -> bool:
         """Reads one server-sent event; whether to pass it on."""
-        data = b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+        data = event_data(event)
         if not data:
             return True
         if data == b"[DONE]":

@@ -20,6 +20,7 @@ import json
 import time
 from typing import Any
 
+from ...providers.protocol import event_data
 from .common import Untranslatable, dumps, items, member
 from .reply import anthropic_usage, finish_reason, openai_usage, stop_reason
 
@@ -48,7 +49,7 @@ class StreamTranslator:
         return self._parse(rest) if rest.strip() else b""
 
     def _parse(self, event: bytes) -> bytes:
-        data = b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+        data = event_data(event)
         if not data:
             return b""
         if data == b"[DONE]":

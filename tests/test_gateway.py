@@ -263,12 +263,14 @@ def test_failover_to_the_next_deployment_and_the_breaker(tmp_path: Path) -> None
 
 
 def test_the_admin_api_needs_the_admin_key(gateway: GatewayProcess) -> None:
-    def admin(method: str, path: str, body: Any = None, key: str = ADMIN) -> tuple[int, Any]:
+    def admin(
+        method: str, path: str, body: Any = None, key: str = ADMIN, scheme: str = "Bearer", raw: bytes | None = None
+    ) -> tuple[int, Any]:
         request = urllib.request.Request(
             f"{gateway.url}{path}",
             method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"authorization": f"Bearer {key}"},
+            data=raw if raw is not None else None if body is None else json.dumps(body).encode(),
+            headers={"authorization": f"{scheme} {key}"},
         )
         try:
             with urllib.request.urlopen(request) as answer:
@@ -277,6 +279,8 @@ def test_the_admin_api_needs_the_admin_key(gateway: GatewayProcess) -> None:
             return error.code, json.loads(error.read())
 
     assert admin("GET", "/admin/keys", key="wrong")[0] == 401
+    assert admin("GET", "/admin/keys", scheme="Basic ")[0] == 401  # the key, but not as a bearer token
+    assert admin("POST", "/admin/keys", raw=b"[" * 100_000)[0] == 400  # nested past the parser's depth
     status, made = admin("POST", "/admin/keys", {"tenant": "acme", "tier": "pro"})
     assert status == 201 and made["key"].startswith("ltk_")
     assert admin("POST", "/admin/keys", {"tenant": "acme", "tier": "platinum"})[0] == 400

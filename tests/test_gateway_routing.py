@@ -5,6 +5,9 @@ from __future__ import annotations
 import collections
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from llmthrottle.gateway.config import Deployment
 from llmthrottle.gateway.routing import Router
@@ -178,3 +181,21 @@ def test_the_keys_cli_creates_lists_rotates_and_revokes_with_json_for_scripts(tm
     assert keys("rotate", created["id"]).returncode == 1  # revoked: no live key
     plain = keys("create", "--tenant", "globex")
     assert plain.stdout.strip().startswith("ltk_") and "not shown again" in plain.stderr
+
+
+@pytest.mark.parametrize(
+    "text, address",
+    [
+        ("127.0.0.1:8080", ("127.0.0.1", 8080)),
+        ("[::1]:9000", ("::1", 9000)),
+        ("127.0.0.1:\u00b2", None),  # a superscript two is a digit to str.isdigit, not a port
+        ("127.0.0.1:0", None),
+        ("127.0.0.1:65536", None),
+        (":8080", None),
+        ("127.0.0.1", None),
+    ],
+)
+def test_a_listen_address_is_a_host_and_a_port_in_ascii_digits(text: str, address: Any) -> None:
+    from llmthrottle.gateway.config import parse_listen
+
+    assert parse_listen(text) == address

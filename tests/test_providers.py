@@ -630,3 +630,22 @@ def test_a_replys_usage_read_without_parsing_it_whole_is_its_root_usage(
     assert found is None or found == json.loads(body)["usage"]
     if usage is not None and items[-1][0] == "usage":
         assert found == usage  # the providers' own order: usage last, read without a parse
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+def test_a_stream_is_read_event_by_event_whatever_its_line_endings(newline: bytes) -> None:
+    """Server-sent events end with a blank line, whichever line ending the server (or a proxy
+    before it) writes: each event passes on as it arrives, and the usage is read."""
+    from llmthrottle.providers.protocol import Endpoint, UsageReader
+
+    events = [
+        b'data: {"choices":[{"delta":{"content":"hi"}}]}',
+        b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}',
+        b"data: [DONE]",
+    ]
+    stream = b"".join(event + newline + newline for event in events)
+    reader = UsageReader(Endpoint("openai", "chat"), streaming=True)
+    passed = [reader.feed(stream[at : at + 7]) for at in range(0, len(stream), 7)]
+    assert b"".join(passed) + reader.finish() == stream
+    assert any(passed[: len(passed) // 2])  # the first event went on long before the stream ended
+    assert reader.usage == {"prompt_tokens": 3, "completion_tokens": 1} and reader.complete

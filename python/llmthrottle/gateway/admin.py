@@ -38,8 +38,9 @@ class AdminAPI:
         expected = os.environ.get(variable)
         if not expected:
             return error("openai", 403, f"the admin API is off: set {variable}")
-        presented = request.headers.get("authorization", "")[7:].strip()
-        if not hmac.compare_digest(presented.encode(), expected.encode()):
+        authorization = request.headers.get("authorization", "")
+        presented = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
+        if not presented or not hmac.compare_digest(presented.encode(), expected.encode()):
             return error("openai", 401, "the admin API needs Authorization: Bearer <admin key>")
         return None
 
@@ -68,7 +69,7 @@ class AdminAPI:
                 models=fields.get("models"),
                 expires_at=fields.get("expires_at"),
             )
-        except (ValueError, TypeError, ConfigError) as refusal:
+        except (ValueError, TypeError, RecursionError, ConfigError) as refusal:
             return error("openai", 400, f"cannot create the key: {refusal}")
         return web.json_response({"key": secret, **key.describe()}, status=201)
 

@@ -204,7 +204,7 @@ def parse_gateway_config(text: str, path: str | None = None) -> GatewayConfig:
 def parse_listen(text: str) -> tuple[str, int] | None:
     """(host, port) of "host:port" (an IPv6 host in brackets), or None when malformed."""
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
         return None
     return host.strip("[]"), int(port)
 

@@ -109,6 +109,8 @@ def _rfc3339_timestamp(text: str) -> float | None:
 
 
 def _rfc3339_in_s(text: str, now: float) -> float | None:
+    if len(text) > 64:  # no instant is this long; the cache keeps only what could be one
+        return None
     moment = _rfc3339_timestamp(text)
     return None if moment is None else max(0.0, moment - now)
 

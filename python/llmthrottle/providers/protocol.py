@@ -197,10 +197,21 @@ def _root_usage(body: bytes) -> dict[str, Any] | None:
     return usage
 
 
+# A server-sent event ends with a blank line; lines end with CRLF, LF or CR (proxies differ).
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
+def event_end(buffer: bytes | bytearray) -> tuple[int, int] | None:
+    """(where the blank line that ends the first whole event in `buffer` starts, where it ends),
+    or None while no event is whole."""
+    found = _EVENT_END.search(buffer)
+    return None if found is None else found.span()
+
+
 def event_data(event: bytes) -> bytes:
     """The data of one server-sent event (its `data:` lines' values, joined), as both providers
     write their streams: what the usage reader and the gateway's stream translation parse."""
-    return b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+    return b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
 
 
 class UsageReader:
@@ -231,12 +242,9 @@ class UsageReader:
             return chunk
         self._buffer += chunk
         out = bytearray()
-        while True:
-            end = self._buffer.find(b"\n\n")
-            if end < 0:
-                break
-            event = bytes(self._buffer[: end + 2])
-            del self._buffer[: end + 2]
+        while (span := event_end(self._buffer)) is not None:
+            event = bytes(self._buffer[: span[1]])
+            del self._buffer[: span[1]]
             if self._event(event):
                 out += event
         return bytes(out)

@@ -20,7 +20,7 @@ import json
 import time
 from typing import Any
 
-from ...providers.protocol import event_data
+from ...providers.protocol import event_data, event_end
 from .common import Untranslatable, dumps, items, member
 from .reply import anthropic_usage, finish_reason, openai_usage, stop_reason
 
@@ -37,9 +37,9 @@ class StreamTranslator:
         """The caller's bytes for this piece of the upstream's stream."""
         self._buffer += chunk
         out = bytearray()
-        while (end := self._buffer.find(b"\n\n")) >= 0:
-            event = bytes(self._buffer[:end])
-            del self._buffer[: end + 2]
+        while (span := event_end(self._buffer)) is not None:
+            event = bytes(self._buffer[: span[0]])
+            del self._buffer[: span[1]]
             out += self._parse(event)
         return bytes(out)
 

@@ -649,3 +649,31 @@ def test_a_stream_is_read_event_by_event_whatever_its_line_endings(newline: byte
     assert b"".join(passed) + reader.finish() == stream
     assert any(passed[: len(passed) // 2])  # the first event went on long before the stream ended
     assert reader.usage == {"prompt_tokens": 3, "completion_tokens": 1} and reader.complete
+
+
+def test_a_call_interrupted_on_its_way_is_charged_and_recorded_at_its_worst_case(ledger: Any) -> None:
+    """A timeout around the call cancels it while the provider is answering: the provider may
+    bill it and its usage will never be known, so it is charged to the limits and recorded at
+    the reservation's worst case (`unfinished`), never refunded at $0. A call cancelled before
+    it left is refunded."""
+    limiter = lt.Limiter({"tokens": "100k/min"}, budgets=[lt.Budget("team:*", 10, "day")])
+
+    async def scenario(provider: FakeProvider) -> None:
+        client = lt.wrap(
+            openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"),
+            guard=lt.Guard(limiter, ledger=ledger),
+            keys=["team:a"],
+        )
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=50), 0.5)
+        await client.close()
+
+    with FakeProvider(ttft_s=3.0) as provider:
+        asyncio.run(scenario(provider))
+        assert provider.counters.requests == 1
+    [record] = records(ledger)
+    counted = lt.estimate({"model": MINI, "messages": HELLO, "max_tokens": 50})
+    worst = lt.worst_case_cost(MINI, counted.input_tokens, counted.max_output_tokens)
+    assert (record.outcome, record.cost_micros, record.tags["error"]) == ("unfinished", worst, "CancelledError")
+    [budget] = [s for s in limiter.status("team:a") if s.dimension == "budget_usd"]
+    assert round(budget.used * 1_000_000) == worst  # charged to the budget, not refunded

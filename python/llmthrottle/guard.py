@@ -366,6 +366,15 @@ class GuardedCall:
         recorded as ``cancelled`` at $0."""
         self._refund("cancelled")
 
+    def unfinished(self, **tags: Any) -> None:
+        """The call may have been billed but its usage will never be known (it was on its way to
+        the provider when the caller interrupted it): charged and recorded at the reservation,
+        outcome ``unfinished``, as when the ``with`` block is left without `finish`."""
+        if self.reservation.settled:
+            return
+        self.tags.update(tags)
+        self._commit_as_reserved()
+
     def _commit_as_reserved(self) -> None:
         input_tokens, max_output_tokens = self._reserved_tokens
         worst = self.guard.prices.worst_case_cost(self.model, input_tokens, max_output_tokens, self.provider)

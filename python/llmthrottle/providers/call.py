@@ -96,6 +96,8 @@ class CallPlan:
         self.status: int | None = None
         self.last_failure: str | None = None
         self.learned_reservation: Any = None
+        # An attempt has left and no answer came back yet: the provider may be billing it.
+        self.in_flight = False
         self.answer_headers: Any = None
         self._estimated: tuple[int, int] | None = None
         self.azure_deployment: str | None = None
@@ -185,6 +187,7 @@ class CallPlan:
         enclosing `before_each_send` blocks, whose write-ahead work must end before it leaves."""
         self.attempts += 1
         announce_send(self.attempts)
+        self.in_flight = True
 
     def pause_wait_s(self) -> float:
         """Seconds to wait before trying (a pause some worker recorded for this provider key);
@@ -203,7 +206,7 @@ class CallPlan:
     def observe(self, status: int, headers: Any) -> None:
         """Reads an answer's status and the limits it announced: they become the provider key's
         learned limits, and one used up pauses every worker until its reset."""
-        self.status, self.answer_headers = status, headers
+        self.status, self.answer_headers, self.in_flight = status, headers, False
         announced = announced_limits(self.endpoint.provider, headers)
         self.settings.learned.observe(self.pause_key, announced)
         for limit in announced:
@@ -280,6 +283,9 @@ class CallPlan:
         return 0.0 if kind == "rate_limited" else wait
 
     def transport_error_wait(self) -> float | None:
+        """After a transport error (the attempt is taken as never billed): seconds to wait
+        before the next attempt, or None to give up."""
+        self.in_flight = False
         if self.attempts >= self.settings.max_attempts:
             return None
         ceiling = min(self.settings.backoff_cap_s, self.settings.backoff_base_s * 2 ** (self.attempts - 1))
@@ -328,7 +334,24 @@ class CallPlan:
         """The outcome of a call whose last answer is handed to the caller as an error."""
         return "rate_limited" if self.last_failure == "rate_limited" else "error"
 
+    def interrupted(self, error: BaseException) -> None:
+        """The call stopped on `error`. While no attempt is on its way (or a transport error
+        ended it) it is refunded and recorded at $0, outcome `error`. An attempt the caller
+        interrupted on its way (Ctrl-C, a cancelled task, a timeout around the call) may be
+        billed by the provider, whose usage will never be known: it is charged and recorded at
+        its worst case, outcome `unfinished` (over-counting, never under-counting)."""
+        if not self.in_flight:
+            self.fail("error", error=type(error).__name__)
+            return
+        self.in_flight = False
+        self._settle_learned(None)  # the provider counted it: keep the learned limits' charge
+        if self.call is not None and not self.settled:
+            self.settled = True
+            self.call.unfinished(**self._tags(), error=type(error).__name__)
+        self._report("unfinished", None, None, None)
+
     def fail(self, outcome: str, **tags: Any) -> None:
+        self.in_flight = False
         self.release_learned()
         if self.call is not None and not self.settled:
             self.settled = True

@@ -166,7 +166,7 @@ class ThrottledTransport(httpx2.BaseTransport):
                     return _error_response(response, body)
                 self._wait(plan, wait)
         except BaseException as error:
-            plan.fail("error", error=type(error).__name__)
+            plan.interrupted(error)
             raise
 
     @staticmethod
@@ -269,7 +269,7 @@ async def attempts_async(
                 return answer, body
             await _wait_async(plan, wait)
     except BaseException as error:
-        plan.fail("error", error=type(error).__name__)
+        plan.interrupted(error)
         raise
 
 

@@ -306,3 +306,69 @@ def test_an_anthropic_body_is_counted_as_anthropic_without_being_told() -> None:
     openai_body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
     assert lt.estimate(openai_body).approximate is False
     assert lt.estimate(openai_body, exact=False).approximate is True
+
+
+_TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    messages=st.lists(
+        st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system"]), "content": _TEXT}), max_size=6
+    ),
+    reserve=st.one_of(st.none(), st.integers(min_value=0, max_value=10**9)),
+    system=st.one_of(st.none(), _TEXT),
+    provider=st.sampled_from(["openai", "anthropic"]),
+)
+def test_a_plain_body_is_counted_natively_as_the_python_walk_counts_it(
+    messages: list[dict[str, str]], reserve: int | None, system: str | None, provider: str
+) -> None:
+    """String messages without tools are counted in one native call; the Python walk over the
+    same body (given as a read-only mapping, which the native path declines) is its oracle."""
+    import types
+
+    model = "gpt-4o" if provider == "openai" else "claude-sonnet-4-5"
+    body: dict[str, Any] = {"model": model, "messages": messages}
+    if reserve is not None:
+        body["max_tokens"] = reserve
+    if system is not None and provider == "anthropic":
+        body["system"] = system
+    native = lt.get_encoding("o200k_base").plain_chat_estimate(
+        body,
+        tokens_per_message=3,
+        reply_priming=3,
+        system_key="system" if provider == "anthropic" else None,
+        output_keys=("max_tokens",),
+        default_max_output_tokens=4096,
+    )
+    assert native is not None
+    walked = lt.estimate(types.MappingProxyType(body), provider)  # type: ignore[arg-type]
+    assert lt.estimate(body, provider) == walked
+    assert native == (walked.input_tokens, walked.max_output_tokens)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"messages": [{"role": "user", "content": "hi", "name": "ann"}]},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
+        {"messages": [{"role": "assistant", "content": None}]},
+        {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f"}}]},
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": True},
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1},
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2.0},
+        {"messages": [{"role": "user", "content": "\ud800"}]},
+        {"messages": "hi"},
+        {"prompt": "hi"},
+    ],
+)
+def test_any_other_body_is_left_to_the_python_walk(body: dict[str, Any]) -> None:
+    counted = lt.get_encoding("o200k_base").plain_chat_estimate(
+        body,
+        tokens_per_message=3,
+        reply_priming=3,
+        system_key=None,
+        output_keys=("max_completion_tokens", "max_tokens"),
+        default_max_output_tokens=4096,
+    )
+    assert counted is None

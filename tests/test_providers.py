@@ -4,6 +4,7 @@ project's fake provider: admission, retries as the provider asks, usage priced a
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import email.utils
 import json
 import time
@@ -269,6 +270,33 @@ def test_retry_after_is_read_in_the_providers_order() -> None:
 )
 def test_openai_reset_durations(text: str, seconds: Any) -> None:
     assert parse_reset_duration(text) == seconds
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.datetimes(min_value=dt.datetime(1900, 1, 1), max_value=dt.datetime(2400, 12, 31)),
+    st.sampled_from(["Z", "+00:00", "-05:30", "+0930", ""]),
+    st.sampled_from(["seconds", "milliseconds", "microseconds", "minutes"]),
+)
+def test_anthropic_reset_instants_read_as_python_reads_them(moment: dt.datetime, offset: str, timespec: str) -> None:
+    """Anthropic's RFC 3339 resets are read by the native header reader; Python's own ISO
+    parser is the reference, for every date, offset and precision an instant may carry."""
+    text = moment.isoformat(timespec=timespec) + offset
+    expected = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if expected.tzinfo is None:
+        expected = expected.replace(tzinfo=dt.UTC)
+    assert lt._native.parse_rfc3339(text) == pytest.approx(expected.timestamp(), abs=1e-6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=0, max_value=100_000, allow_nan=False))
+def test_reset_durations_written_by_the_fake_provider_read_back(seconds: float) -> None:
+    from llmthrottle.providers.headers import format_reset_duration
+
+    written = format_reset_duration(seconds)
+    read = parse_reset_duration(written)
+    assert read is not None
+    assert read == pytest.approx(seconds, rel=5e-3, abs=1e-3), written
 
 
 def test_announced_limits_of_both_providers() -> None:

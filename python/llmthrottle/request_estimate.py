@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ._native import Encoding, LlmthrottleError
-from .tokens import encoding_name_for_model, get_encoding
+from .tokens import encoding_for_model, get_encoding
 
 __all__ = ["InvalidRequestBody", "RequestEstimate", "estimate"]
 
@@ -60,6 +60,9 @@ DEFAULT_MAX_OUTPUT_TOKENS = 4096
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 REPLY_PRIMING = 3
+# Where each API's body says how many tokens the reply may use, in order of precedence.
+_CHAT_OUTPUT = ("max_completion_tokens", "max_tokens")
+_ANTHROPIC_OUTPUT = ("max_tokens",)
 
 
 class InvalidRequestBody(LlmthrottleError, ValueError):
@@ -108,13 +111,12 @@ def estimate(
     responses, ``prompt`` -> completions) unless ``endpoint`` is given. ``fallback`` names the
     encoding for an OpenAI-compatible model the library does not know.
     """
-    if not isinstance(body, Mapping):
+    if type(body) is not dict and not isinstance(body, Mapping):
         raise InvalidRequestBody(f"request body must be a mapping, not {type(body).__name__}")
     if (
-        isinstance(default_max_output_tokens, bool)
-        or not isinstance(default_max_output_tokens, int)
-        or default_max_output_tokens < 0
-    ):
+        type(default_max_output_tokens) is not int
+        and (isinstance(default_max_output_tokens, bool) or not isinstance(default_max_output_tokens, int))
+    ) or default_max_output_tokens < 0:
         raise ValueError("default_max_output_tokens must be a non-negative int")
     if model is None:
         model = body.get("model")
@@ -122,7 +124,7 @@ def estimate(
             raise InvalidRequestBody(f"model must be a string, not {type(model).__name__}")
     if provider is None:  # an Anthropic model's body is Anthropic's, whatever else it holds
         provider = "anthropic" if (model or "").startswith("claude") else "openai"
-    lookup = image_size or (lambda url: None)
+    lookup = image_size or _no_image_size
     if provider == "anthropic":
         return _Counter(get_encoding("o200k_base"), model or "", lookup, exact, approximate=True).anthropic(
             body, default_max_output_tokens
@@ -131,7 +133,7 @@ def estimate(
         raise ValueError(f"provider must be 'openai' or 'anthropic', not {provider!r}")
     if model is None:
         raise InvalidRequestBody("model is missing: pass model= or put it in the body")
-    counter = _Counter(get_encoding(encoding_name_for_model(model, fallback=fallback)), model, lookup, exact)
+    counter = _Counter(encoding_for_model(model, fallback=fallback), model, lookup, exact)
     if endpoint is None:
         if "messages" in body:
             endpoint = "chat"
@@ -150,6 +152,10 @@ def estimate(
     if endpoint == "completions":
         return counter.completions(body, default_max_output_tokens)
     raise ValueError(f"unknown endpoint {endpoint!r}")
+
+
+def _no_image_size(url: str) -> ImageSize | None:
+    return None
 
 
 def _type_name(value: object) -> str:
@@ -175,6 +181,7 @@ class _Counter:
     ) -> None:
         self.encoding = encoding
         self.approximate = approximate or not exact
+        self.exact = exact
         self.count = encoding.count if exact else encoding.estimate
         self.model = model
         self.image_size = image_size
@@ -197,14 +204,36 @@ class _Counter:
 
     # --- OpenAI chat completions -------------------------------------------------------------
 
+    def plain(
+        self, body: Mapping[str, Any], system_key: str | None, output_keys: tuple[str, ...], default: int
+    ) -> RequestEstimate | None:
+        """The estimate of a body in the plainest shape (string messages, no tools), counted
+        natively in one call with the same rules; None for any other body, walked below."""
+        if not self.exact:
+            return None
+        counted = self.encoding.plain_chat_estimate(
+            body,
+            tokens_per_message=TOKENS_PER_MESSAGE,
+            reply_priming=REPLY_PRIMING,
+            system_key=system_key,
+            output_keys=output_keys,
+            default_max_output_tokens=default,
+        )
+        return (
+            None if counted is None else RequestEstimate(counted[0], counted[1], self.encoding.name, self.approximate)
+        )
+
     def chat(self, body: Mapping[str, Any], default: int) -> RequestEstimate:
+        plain = self.plain(body, None, _CHAT_OUTPUT, default)
+        if plain is not None:
+            return plain
         messages = body.get("messages")
         if not isinstance(messages, list):
             raise InvalidRequestBody(f"messages must be a list, not {_type_name(messages)}")
         total = sum(self.chat_message(m, f"messages[{i}]") for i, m in enumerate(messages))
         total += REPLY_PRIMING
         total += self.tools(body)
-        return self.done(total, body, ("max_completion_tokens", "max_tokens"), default)
+        return self.done(total, body, _CHAT_OUTPUT, default)
 
     def chat_message(self, message: object, path: str) -> int:
         if type(message) is dict and len(message) == 2:  # the common {"role", "content"} of two strings
@@ -414,11 +443,14 @@ class _Counter:
             total = sum(self.text(p, f"prompt[{i}]") for i, p in enumerate(prompt))
         else:
             raise InvalidRequestBody(f"prompt must be a string or a list, not {_type_name(prompt)}")
-        return self.done(total, body, ("max_tokens",), default)
+        return self.done(total, body, _ANTHROPIC_OUTPUT, default)
 
     # --- Anthropic messages --------------------------------------------------------------------
 
     def anthropic(self, body: Mapping[str, Any], default: int) -> RequestEstimate:
+        plain = self.plain(body, "system", _ANTHROPIC_OUTPUT, default)
+        if plain is not None:
+            return plain
         total = REPLY_PRIMING
         system = body.get("system")
         if system is not None:
@@ -432,7 +464,7 @@ class _Counter:
         if tools is not None:
             for _, tool in _objects(tools, "tools"):
                 total += self.count(json.dumps(tool, separators=(",", ":"), ensure_ascii=False))
-        return self.done(total, body, ("max_tokens",), default)
+        return self.done(total, body, _ANTHROPIC_OUTPUT, default)
 
     def anthropic_content(self, content: object, path: str) -> int:
         if isinstance(content, str):

@@ -150,6 +150,7 @@ def register_model(model: str, encoding: Encoding | str) -> None:
     _REGISTERED_MODELS[model.strip()] = encoding
     if encoding.name not in ENCODING_NAMES:
         _REGISTERED_ENCODINGS[encoding.name] = encoding
+    _FOR_MODEL.clear()
 
 
 def encoding_name_for_model(model: str, *, fallback: str | None = None) -> str:
@@ -182,13 +183,27 @@ def encoding_name_for_model(model: str, *, fallback: str | None = None) -> str:
     )
 
 
+# (model, fallback) -> its Encoding: every estimate asks, and the answer only changes when a
+# model or an encoding is registered (which empties it). Bounded: model names may come from
+# callers.
+_FOR_MODEL: dict[tuple[str, str | None], Encoding] = {}
+_FOR_MODEL_MAX = 1024
+
+
 def encoding_for_model(model: str, *, fallback: str | None = None) -> Encoding:
     """The ``Encoding`` of a registered or OpenAI model; see ``encoding_name_for_model``."""
-    if isinstance(model, str):
+    if type(model) is str:
+        known = _FOR_MODEL.get((model, fallback))
+        if known is not None:
+            return known
         registered = _REGISTERED_MODELS.get(model.strip())
         if registered is not None:
             return registered
-    return get_encoding(encoding_name_for_model(model, fallback=fallback))
+    encoding = get_encoding(encoding_name_for_model(model, fallback=fallback))
+    if len(_FOR_MODEL) >= _FOR_MODEL_MAX:
+        _FOR_MODEL.clear()
+    _FOR_MODEL[(model, fallback)] = encoding
+    return encoding
 
 
 def count_tokens(

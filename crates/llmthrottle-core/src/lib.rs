@@ -6,6 +6,7 @@
 //! The [`Engine`] applies a [`PolicySpec`] to requests over several keys and dimensions,
 //! all or nothing, and hands back a [`Reservation`] to reconcile with real usage.
 
+pub mod announced;
 pub mod calendar;
 pub mod clock;
 pub mod engine;

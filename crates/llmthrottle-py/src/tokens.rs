@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 use pyo3::exceptions::{PyOSError, PyUnicodeDecodeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString, PyType};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple, PyType};
+use smallvec::SmallVec;
 
 use llmthrottle_tokens::{estimator_features, get_encoding, TokenError, Tokenizer, FEATURE_NAMES};
 
@@ -113,6 +114,97 @@ impl PyEncoding {
     #[getter]
     fn n_vocab(&self) -> usize {
         self.inner.vocab_size()
+    }
+
+    /// `(input tokens, output reservation)` of a chat body in its plainest and most common
+    /// shape, counted in one call: a `messages` list of `{"role": str, "content": str}` objects,
+    /// optionally a string `system_key` field, no `tools` or `functions`. Each message costs
+    /// `tokens_per_message` plus its two texts, the system text likewise, and `reply_priming`
+    /// is added once; the reservation is the first of `output_keys` present, else
+    /// `default_max_output_tokens`. None for any other body: the caller walks it in Python,
+    /// where every shape and every error is handled (and which is this method's test oracle).
+    #[allow(clippy::too_many_arguments)] // Python keyword arguments, named at every call
+    #[pyo3(signature = (body, *, tokens_per_message, reply_priming, system_key, output_keys, default_max_output_tokens))]
+    fn plain_chat_estimate(
+        &self,
+        py: Python<'_>,
+        body: &Bound<'_, PyAny>,
+        tokens_per_message: usize,
+        reply_priming: usize,
+        system_key: Option<&str>,
+        output_keys: &Bound<'_, PyTuple>,
+        default_max_output_tokens: u64,
+    ) -> PyResult<Option<(usize, u64)>> {
+        let Ok(body) = body.cast::<PyDict>() else {
+            return Ok(None);
+        };
+        for key in ["tools", "functions"] {
+            if body.get_item(key)?.is_some_and(|value| !value.is_none()) {
+                return Ok(None);
+            }
+        }
+        let mut strings: SmallVec<[Bound<'_, PyString>; 8]> = SmallVec::new();
+        let mut framing = reply_priming;
+        if let Some(key) = system_key {
+            if let Some(system) = body.get_item(key)?.filter(|value| !value.is_none()) {
+                let Ok(system) = system.cast_into::<PyString>() else {
+                    return Ok(None);
+                };
+                framing += tokens_per_message;
+                strings.push(system);
+            }
+        }
+        let Some(messages) = body.get_item("messages")? else {
+            return Ok(None);
+        };
+        let Ok(messages) = messages.cast_into::<PyList>() else {
+            return Ok(None);
+        };
+        for message in messages.iter() {
+            let Ok(message) = message.cast_into::<PyDict>() else {
+                return Ok(None);
+            };
+            if message.len() != 2 {
+                return Ok(None);
+            }
+            for field in ["role", "content"] {
+                let Some(Ok(text)) = message.get_item(field)?.map(|value| value.cast_into::<PyString>()) else {
+                    return Ok(None);
+                };
+                strings.push(text);
+            }
+            framing += tokens_per_message;
+        }
+        let mut reserve = default_max_output_tokens;
+        for key in output_keys.iter() {
+            let Some(value) = body.get_item(key)?.filter(|value| !value.is_none()) else {
+                continue;
+            };
+            if value.is_instance_of::<PyBool>() || !value.is_instance_of::<PyInt>() {
+                return Ok(None);
+            }
+            let Ok(value) = value.extract::<u64>() else {
+                return Ok(None);
+            };
+            reserve = value;
+            break;
+        }
+        let mut texts: SmallVec<[&str; 8]> = SmallVec::with_capacity(strings.len());
+        for string in &strings {
+            let Ok(text) = string.to_str() else {
+                return Ok(None); // lone surrogates: repaired on the Python path
+            };
+            texts.push(text);
+        }
+        let bytes = texts.iter().map(|text| text.len()).sum();
+        let inner = &self.inner;
+        let counted = run(py, bytes, || {
+            texts
+                .iter()
+                .try_fold(0usize, |total, text| Ok::<_, TokenError>(total + inner.count(text)?))
+        })
+        .map_err(to_py_error)?;
+        Ok(Some((framing + counted, reserve)))
     }
 
     /// Exact number of tokens of `text`.

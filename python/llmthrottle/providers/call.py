@@ -426,6 +426,17 @@ class CallPlan:
         """The body ended or was abandoned: reconcile, price, record, report."""
         if self.reported and self.learned_reservation is None and (self.call is None or self.settled):
             return
+        if (
+            self.call is None
+            and self.settings.cache is None
+            and (self.learned_reservation is None or self.endpoint.counts_reserved_output)
+            and not listening()
+        ):
+            # Nothing prices, keeps or reports this call, and the learned limits keep what they
+            # reserved (the provider counts it so): the reply is never read for its usage.
+            self._settle_learned(None)
+            self.reported = True
+            return
         usage, outcome = self._final_usage(reader)
         self._settle_learned(usage)
         self._keep_reply(reader)

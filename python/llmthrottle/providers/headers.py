@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
-import functools
 import math
-import re
 import time
 from collections.abc import Mapping
 from typing import NamedTuple
+
+from .. import _native
 
 __all__ = [
     "Announcement",
@@ -71,48 +71,10 @@ def rfc3339_in(seconds: float) -> str:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_PLAIN_SECONDS = re.compile(r"\d+(?:\.\d+)?")
-
-
-@functools.lru_cache(maxsize=1024)
 def parse_reset_duration(text: str) -> float | None:
     """An `x-ratelimit-reset-*` value in seconds: OpenAI's durations (`6m0s`, `1.5s`, `20ms`,
-    `1h2m3s`) or Azure's plain seconds (`45`); None if malformed. Cached: a provider repeats a
-    handful of these on every response."""
-    text = text.strip()
-    if not text or len(text) > 64:
-        return None
-    if _PLAIN_SECONDS.fullmatch(text):
-        return float(text)
-    total, position = 0.0, 0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != position:
-            return None
-        position = match.end()
-        value = float(match.group(1))
-        total += value * {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2)]
-    return total if position == len(text) else None
-
-
-@functools.lru_cache(maxsize=1024)
-def _rfc3339_timestamp(text: str) -> float | None:
-    """An RFC 3339 instant as a POSIX timestamp (UTC when no offset is given); None if malformed.
-    Cached: a provider repeats the same reset instant on every response within its second."""
-    try:
-        moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.timestamp()
-
-
-def _rfc3339_in_s(text: str, now: float) -> float | None:
-    if len(text) > 64:  # no instant is this long; the cache keeps only what could be one
-        return None
-    moment = _rfc3339_timestamp(text)
-    return None if moment is None else max(0.0, moment - now)
+    `1h2m3s`) or Azure's plain seconds (`45`); None if malformed."""
+    return _native.parse_reset_duration(text)
 
 
 class Announcement(NamedTuple):
@@ -127,62 +89,12 @@ class Announcement(NamedTuple):
     window_s: float = 60.0
 
 
-def _int(text: str | None) -> int | None:
-    if text is None or len(text) > 18:
-        return None
-    text = text.strip()
-    # str.isdigit alone admits digits int() refuses (`²`, a latin-1 header byte).
-    return int(text) if text.isascii() and text.isdigit() else None
-
-
-def _names(
-    prefix: str, parts: tuple[tuple[str, str, float], ...], order: tuple[str, str, str]
-) -> tuple[tuple[str, float, str, str, str], ...]:
-    """(dimension, window in seconds, limit header, remaining header, reset header) for each
-    announced limit: header names spelled out once, not formatted on every response."""
-    return tuple(
-        (
-            dimension,
-            window_s,
-            prefix + order[0].format(name),
-            prefix + order[1].format(name),
-            prefix + order[2].format(name),
-        )
-        for name, dimension, window_s in parts
-    )
-
-
-_X_RATELIMIT = ("limit-{}", "remaining-{}", "reset-{}")
-_OPENAI = _names("x-ratelimit-", (("requests", "requests", 60.0), ("tokens", "tokens", 60.0)), _X_RATELIMIT)
-# Azure announces its requests per 10 seconds (a 120 RPM deployment says
-# `x-ratelimit-limit-requests: 20`), its tokens per minute.
-_AZURE = _names("x-ratelimit-", (("requests", "requests", 10.0), ("tokens", "tokens", 60.0)), _X_RATELIMIT)
-_ANTHROPIC = _names(
-    "anthropic-ratelimit-",
-    (
-        ("requests", "requests", 60.0),
-        ("tokens", "tokens", 60.0),
-        ("input-tokens", "input_tokens", 60.0),
-        ("output-tokens", "output_tokens", 60.0),
-    ),
-    ("{}-limit", "{}-remaining", "{}-reset"),
-)
-
-
-def _announcing(headers: Mapping[str, str], prefix: str) -> dict[str, str]:
-    """The headers whose (lower-case) names start with `prefix`, in one pass: a response
-    carries a dozen or more headers, and looking each limit up by name would scan them all
-    every time (httpx decodes every header on each lookup)."""
+def _header_pairs(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    """(name, value) bytes: httpx's header bytes as received, or any mapping's as latin-1."""
     raw = getattr(headers, "raw", None)
-    if raw is not None:  # httpx: the header bytes as received
-        wanted = prefix.encode()
-        size = len(wanted)
-        return {
-            name.decode("latin-1").lower(): value.decode("latin-1")
-            for name, value in raw
-            if name[:size].lower() == wanted
-        }
-    return {name.lower(): value for name, value in headers.items() if name[: len(prefix)].lower() == prefix}
+    if raw is not None:
+        return raw  # type: ignore[no-any-return]
+    return [(name.encode("latin-1", "replace"), value.encode("latin-1", "replace")) for name, value in headers.items()]
 
 
 _CREDENTIALS = (b"authorization", b"x-api-key", b"api-key")
@@ -207,24 +119,8 @@ def credential(headers: Mapping[str, str]) -> str | None:
 
 def announced_limits(provider: str, headers: Mapping[str, str], *, now: float | None = None) -> list[Announcement]:
     """The limits a response of `provider` ("openai", "azure" or "anthropic") announced in its
-    headers. A value that is not a count (Azure sometimes sends -1) announces nothing."""
-    anthropic = provider == "anthropic"
-    seen = _announcing(headers, "anthropic-ratelimit-" if anthropic else "x-ratelimit-")
-    found: list[Announcement] = []
-    if not seen:
-        return found
-    names = _ANTHROPIC if anthropic else _AZURE if provider == "azure" else _OPENAI
-    for dimension, window_s, limit_name, remaining_name, reset_name in names:
-        limit = _int(seen.get(limit_name))
-        remaining = _int(seen.get(remaining_name))
-        if limit is None or remaining is None:
-            continue
-        reset = seen.get(reset_name)
-        if reset is None:
-            reset_s = None
-        elif anthropic:
-            reset_s = _rfc3339_in_s(reset, time.time() if now is None else now)
-        else:
-            reset_s = parse_reset_duration(reset)
-        found.append(Announcement(dimension, limit, remaining, reset_s, window_s))
-    return found
+    headers (names and formats: `llmthrottle_core::announced`). A value that is not a count
+    (Azure sometimes sends -1) announces nothing; `now` (POSIX seconds) reads Anthropic's reset
+    instants."""
+    found = _native.announced_limits(_header_pairs(headers), provider, time.time() if now is None else now)
+    return [Announcement(*limit) for limit in found]

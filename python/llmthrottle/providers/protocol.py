@@ -223,16 +223,41 @@ class UsageReader:
         self.endpoint = endpoint
         self.streaming = streaming
         self.hide_usage_chunk = hide_usage_chunk
-        self.usage: dict[str, Any] | None = None
-        self.complete = False
+        self._usage: dict[str, Any] | None = None
+        self._complete = False
         self.text_parts: list[str] = []
         self.received_any = False
         # Azure: the model the reply names (a deployment's name says nothing of its model).
-        self.model: str | None = None
+        self._model: str | None = None
         self._wants_model = endpoint.azure_deployment is not None
-        # A whole (non-streaming) reply's bytes, once it ended (for the response cache).
+        # A whole (non-streaming) reply's bytes, once it ended (for the response cache). They
+        # are read for usage only when asked: a call nobody prices or reports never parses them.
         self.body = b""
+        self._whole_unread = False
         self._buffer = bytearray()
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        """The reply's usage object as the provider wrote it (merged across an Anthropic
+        stream's events); None until read."""
+        if self._whole_unread:
+            self._read_whole()
+        return self._usage
+
+    @property
+    def complete(self) -> bool:
+        """Whether the reply ended as the provider meant it to (a whole reply with its usage,
+        a stream with its last event)."""
+        if self._whole_unread:
+            self._read_whole()
+        return self._complete
+
+    @property
+    def model(self) -> str | None:
+        """The model an Azure reply names, when it names one."""
+        if self._whole_unread:
+            self._read_whole()
+        return self._model
 
     def feed(self, chunk: bytes) -> bytes:
         if chunk:
@@ -254,25 +279,29 @@ class UsageReader:
         rest = bytes(self._buffer)
         self._buffer.clear()
         if not self.streaming:
-            self.body = rest
-            if not self._wants_model:
-                usage = _root_usage(rest)
-                if usage is not None:
-                    self.usage, self.complete = usage, True
-                    return b""
-            try:
-                decoded = json.loads(rest)
-            except (ValueError, RecursionError):
-                decoded = None
-            if isinstance(decoded, dict) and isinstance(decoded.get("usage"), dict):
-                self.usage = decoded["usage"]
-                self.complete = True
-                if self._wants_model:
-                    self._note_model(decoded)
+            self.body, self._whole_unread = rest, True
             return b""
         if rest.strip():
             return rest if self._event(rest) else b""
         return rest
+
+    def _read_whole(self) -> None:
+        self._whole_unread = False
+        body = self.body
+        if not self._wants_model:
+            usage = _root_usage(body)
+            if usage is not None:
+                self._usage, self._complete = usage, True
+                return
+        try:
+            decoded = json.loads(body)
+        except (ValueError, RecursionError):
+            decoded = None
+        if isinstance(decoded, dict) and isinstance(decoded.get("usage"), dict):
+            self._usage = decoded["usage"]
+            self._complete = True
+            if self._wants_model:
+                self._note_model(decoded)
 
     def _event(self, event: bytes) -> bool:
         """Reads one server-sent event; whether to pass it on."""
@@ -280,7 +309,7 @@ class UsageReader:
         if not data:
             return True
         if data == b"[DONE]":
-            self.complete = True
+            self._complete = True
             return True
         try:
             decoded = json.loads(data)
@@ -293,11 +322,11 @@ class UsageReader:
             return True
         usage = decoded.get("usage")
         if isinstance(usage, dict):
-            self.usage = usage
+            self._usage = usage
         response = decoded.get("response")  # the Responses API's final event holds the usage
         if isinstance(response, dict) and isinstance(response.get("usage"), dict):
-            self.usage = response["usage"]
-            self.complete = decoded.get("type") == "response.completed" or self.complete
+            self._usage = response["usage"]
+            self._complete = decoded.get("type") == "response.completed" or self._complete
         if self._wants_model:
             self._note_model(response if isinstance(response, dict) else decoded)
         for choice in decoded.get("choices") or ():
@@ -310,21 +339,21 @@ class UsageReader:
     def _note_model(self, reply: dict[str, Any]) -> None:
         model = reply.get("model")
         if isinstance(model, str) and model and len(model) <= 200:  # Azure's first chunk names ""
-            self.model = model
+            self._model = model
 
     def _anthropic(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "message_start":
             usage = (event.get("message") or {}).get("usage")
             if isinstance(usage, dict):
-                self.usage = dict(usage)
+                self._usage = dict(usage)
         elif kind == "message_delta":
             usage = event.get("usage")
             if isinstance(usage, dict):
-                self.usage = {**(self.usage or {}), **usage}
+                self._usage = {**(self._usage or {}), **usage}
         elif kind == "content_block_delta":
             text = (event.get("delta") or {}).get("text")
             if isinstance(text, str):
                 self.text_parts.append(text)
         elif kind == "message_stop":
-            self.complete = True
+            self._complete = True

@@ -1,16 +1,21 @@
-"""The latency the gateway adds, beside direct calls and LiteLLM's proxy, in one run.
+"""The latency the gateway adds, beside direct calls, a bare aiohttp proxy and LiteLLM's proxy.
 
-    python benches/bench_gateway.py [--seconds 30] [--rates 100 500 1000] [--no-litellm]
+    python benches/bench_gateway.py [--seconds 30] [--rates 100 500 1000] [--no-bare] [--no-litellm]
 
 One fake upstream (`llmthrottle fake-provider`, its own process, a fixed `--upstream-latency`
-before every reply) serves three ways in: direct, through `llmthrottle gateway` (a virtual key
-in a tier with limits it never reaches, the ledger on), and through LiteLLM's proxy (`litellm
---config`, installed with `pip install 'litellm[proxy]'`, its master key: its virtual keys need
-a Postgres database this machine does not run). A load generator in another process sends
-chat completions open-loop at each rate for `--seconds` and records every latency. Reported
-per rate: p50/p99 latency, the added p50/p99 (the same percentile minus direct's), errors, the
-rate actually sustained, and the proxy's resident memory afterwards. Goals (DESIGN.md): added
-p50 <= 0.3 ms and p99 <= 1 ms at 1,000 rps on 2 cores, >= 10x below LiteLLM, 0 errors.
+before every reply) serves four ways in: direct; through a bare pass-through proxy
+(benches/bare_proxy.py: the gateway's stack, aiohttp on uvloop with as many workers as the
+gateway sharing one port, one client per worker set up as the gateway's, and none of
+llmthrottle: the floor of what the stack alone adds); through `llmthrottle gateway` (a virtual
+key in a tier with limits it never reaches, the ledger on); and through LiteLLM's proxy
+(`litellm --config`, installed with `pip install 'litellm[proxy]'`, its master key: its virtual
+keys need a Postgres database this machine does not run). A load generator in another process
+sends chat completions open-loop at each rate for `--seconds` and records every latency.
+Reported per rate: p50/p99 latency, the added p50/p99 (the same percentile minus direct's),
+errors, the rate actually sustained, and the proxy's resident memory afterwards (all its
+processes); then, per rate, the gateway's added p50/p99 minus the bare proxy's: what llmthrottle
+itself adds on top of its stack. Goals (DESIGN.md): added p50 <= 0.3 ms and p99 <= 1 ms at 1,000
+rps on 2 cores, >= 10x below LiteLLM, 0 errors.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 from redis_servers import free_port
+
+BARE = "bare aiohttp proxy"
+GATEWAY = "llmthrottle gateway"
 
 
 def body(model: str) -> bytes:
@@ -143,7 +151,7 @@ def load(url: str, key: str, model: str, rate: float, seconds: float) -> dict[st
     out = context.Queue()
     worker = context.Process(target=_load_process, args=(url, key, model, rate, seconds, out))
     worker.start()
-    result = out.get(timeout=seconds + 300)
+    result: dict[str, Any] = out.get(timeout=seconds + 300)
     worker.join(30)
     return result
 
@@ -158,6 +166,25 @@ def start_upstream(port: int, latency: float) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
     )
     wait_healthy(f"http://127.0.0.1:{port}/fake/counters", proc, "the fake provider")
+    return proc
+
+
+def start_bare(port: int, upstream_origin: str, workers: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("bare_proxy.py")),
+            "--port",
+            str(port),
+            "--upstream",
+            upstream_origin,
+            "--workers",
+            str(workers),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_healthy(f"http://127.0.0.1:{port}/health", proc, "the bare proxy")
     return proc
 
 
@@ -234,38 +261,49 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--rates", type=float, nargs="+", default=[100, 500, 1000])
     parser.add_argument("--upstream-latency", type=float, default=0.02, help="seconds before every upstream reply")
+    parser.add_argument("--no-bare", action="store_true", help="leave out the bare aiohttp proxy")
     parser.add_argument("--no-litellm", action="store_true")
-    parser.add_argument("--workers", type=int, default=2, help="gateway worker processes (default: %(default)s)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="gateway (and bare proxy) worker processes (default: %(default)s)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lt-bench-gateway-") as raw:
         directory = Path(raw)
         upstream_port = free_port()
         upstream = start_upstream(upstream_port, args.upstream_latency)
-        upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
-        contenders: dict[str, tuple[str, str, subprocess.Popen[bytes] | None]] = {
-            "direct": (f"{upstream_url}/chat/completions", "test", None)
+        upstream_origin = f"http://127.0.0.1:{upstream_port}"
+        upstream_url = f"{upstream_origin}/v1"
+        # name: (URL, key, model, the proxy's process)
+        contenders: dict[str, tuple[str, str, str, subprocess.Popen[bytes] | None]] = {
+            "direct": (f"{upstream_url}/chat/completions", "test", "gpt-4o-mini", None)
         }
         procs = [upstream]
         try:
+            if not args.no_bare:
+                bare_port = free_port()
+                bare = start_bare(bare_port, upstream_origin, args.workers)
+                procs.append(bare)
+                contenders[BARE] = (f"http://127.0.0.1:{bare_port}/v1/chat/completions", "test", "gpt-4o-mini", bare)
             gateway_port = free_port()
             gateway, key = start_gateway(directory, gateway_port, upstream_url, args.workers)
             procs.append(gateway)
-            contenders["llmthrottle gateway"] = (f"http://127.0.0.1:{gateway_port}/v1/chat/completions", key, gateway)
+            contenders[GATEWAY] = (f"http://127.0.0.1:{gateway_port}/v1/chat/completions", key, "fast", gateway)
             if not args.no_litellm:
-                started = start_litellm(directory, free_port(), upstream_url)
+                litellm_port = free_port()
+                started = start_litellm(directory, litellm_port, upstream_url)
                 if started is not None:
                     procs.append(started[0])
-                    port = started[0].args[4]  # type: ignore[index]
                     contenders["LiteLLM proxy"] = (
-                        f"http://127.0.0.1:{port}/v1/chat/completions",
+                        f"http://127.0.0.1:{litellm_port}/v1/chat/completions",
                         started[1],
+                        "fast",
                         started[0],
                     )
             rows = []
             for rate in args.rates:
                 results = {}
-                for name, (url, secret, proc) in contenders.items():
-                    results[name] = load(url, secret, "gpt-4o-mini" if name == "direct" else "fast", rate, args.seconds)
+                for name, (url, secret, model, proc) in contenders.items():
+                    results[name] = load(url, secret, model, rate, args.seconds)
                     results[name]["rss"] = resident_mb(proc.pid) if proc is not None else None
                     print(f"  {name} at {rate:g} rps: {results[name]}", file=sys.stderr, flush=True)
                 rows.append((rate, results))
@@ -298,6 +336,14 @@ def main() -> None:
             print(
                 f"| {rate:g} | {name} | {result['p50']:.2f} | {result['p99']:.2f} | {added[0]} | {added[1]} | "
                 f"{result['errors']} | {result['sustained']:.0f} | {rss} |"
+            )
+    if BARE in contenders:
+        print(f"\nllmthrottle's own share: the gateway's added latency minus the {BARE}'s")
+        for rate, results in rows:
+            gateway_result, bare_result = results[GATEWAY], results[BARE]
+            print(
+                f"- {rate:g} rps: p50 {gateway_result['p50'] - bare_result['p50']:.2f} ms, "
+                f"p99 {gateway_result['p99'] - bare_result['p99']:.2f} ms"
             )
 
 

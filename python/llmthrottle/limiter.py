@@ -271,9 +271,11 @@ class WaitingMixin:
         period instead, within the timeout)."""
         deadline = None if timeout is None else self._now() + _check_timeout(timeout)
         poll = _POLL_MIN_S
+        max_wait = self._max_wait(deadline)
+        decision = self._try(key, requests, tokens, amounts, max_wait)
+        if decision and not decision.delay:  # admitted at once, as most calls are
+            return decision  # type: ignore[return-value]
         while True:
-            max_wait = self._max_wait(deadline)
-            decision = self._try(key, requests, tokens, amounts, max_wait)
             reservation, wait = self._judge(decision, max_wait, deadline)
             if reservation is not None:
                 if wait > 0:
@@ -285,6 +287,8 @@ class WaitingMixin:
                 return reservation
             self._sleep(min(wait, poll) if wait > _POLL_MIN_S else wait)
             poll = min(poll * 2, _POLL_MAX_S)
+            max_wait = self._max_wait(deadline)
+            decision = self._try(key, requests, tokens, amounts, max_wait)
 
     def acquire_async(
         self,

@@ -17,6 +17,7 @@ pub mod local;
 pub mod policy;
 pub mod quota;
 pub mod rate;
+pub mod reply;
 pub mod reservation;
 pub mod shm;
 pub mod store;

@@ -10,10 +10,10 @@ mod decision;
 mod errors;
 #[cfg(feature = "layout-tricks")]
 mod fastcall;
-mod headers;
 #[cfg(feature = "layout-tricks")]
 mod in_place;
 mod limiter;
+mod provider;
 mod state;
 mod tokens;
 
@@ -28,6 +28,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     #[cfg(feature = "layout-tricks")]
     in_place::register(m)?;
     tokens::register(m)?;
-    headers::register(m)?;
+    provider::register(m)?;
     Ok(())
 }

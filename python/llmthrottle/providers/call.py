@@ -25,7 +25,7 @@ from ..request_estimate import estimate
 from ..tokens import count_tokens
 from .attribution import context_keys, context_tags
 from .cache import CachedReply, ResponseCache
-from .headers import announced_limits, retry_after_s
+from .headers import announced_tuples, retry_after_s
 from .learned import LearnedLimits
 from .models import as_sent, priced_model, request_model
 from .pause import ProviderPause, limit_scope
@@ -67,6 +67,33 @@ class Settings:
 
 class CallPlan:
     """The state of one request; `None` from `start` means "not an LLM call: pass it on"."""
+
+    # One is made per call: slots keep it small and its attributes quick to reach.
+    __slots__ = (
+        "_estimated",
+        "answer_headers",
+        "attempts",
+        "azure_deployment",
+        "body",
+        "cache_key",
+        "call",
+        "content",
+        "deadline",
+        "endpoint",
+        "first_byte_s",
+        "hide_usage_chunk",
+        "in_flight",
+        "last_failure",
+        "learned_reservation",
+        "pause_key",
+        "reported",
+        "settings",
+        "settled",
+        "started",
+        "status",
+        "streaming",
+        "waited_s",
+    )
 
     def __init__(
         self,
@@ -207,21 +234,31 @@ class CallPlan:
         """Reads an answer's status and the limits it announced: they become the provider key's
         learned limits, and one used up pauses every worker until its reset."""
         self.status, self.answer_headers, self.in_flight = status, headers, False
-        announced = announced_limits(self.endpoint.provider, headers)
+        announced = announced_tuples(self.endpoint.provider, headers)
+        if not announced:
+            return
         self.settings.learned.observe(self.pause_key, announced)
-        for limit in announced:
-            if limit.remaining == 0 and limit.reset_s:
-                self.settings.pause.pause(self.pause_key, limit.reset_s)
+        for _dimension, _limit, remaining, reset_s, _window_s in announced:
+            if remaining == 0 and reset_s:
+                self.settings.pause.pause(self.pause_key, reset_s)
 
     def learned_admission(self) -> tuple[Any, dict[str, int]] | None:
-        """(limiter, amounts) to admit this attempt against the limits the provider announced,
-        or None while none are known. A previous attempt's admission is given back first."""
+        """Admits this attempt against the limits the provider announced. None when that is done:
+        admitted at once (the reservation is kept), or no limits are known yet. Otherwise the
+        (limiter, amounts) the caller waits on with `acquire`. A previous attempt's admission is
+        given back first."""
         self.release_learned()
         limiter = self.settings.learned.known(self.pause_key)
         if limiter is None:
             return None
         input_tokens, output_tokens = self.reserved_tokens()
-        return limiter, LearnedLimits.amounts(limiter, self.endpoint.family, input_tokens, output_tokens)
+        amounts = LearnedLimits.amounts(limiter, self.endpoint.family, input_tokens, output_tokens)
+        # Most attempts fit at once: one decision, without the waiting loop around it.
+        decision = limiter.try_acquire(self.pause_key, **amounts)
+        if decision:
+            self.learned_reservation = decision
+            return None
+        return limiter, amounts
 
     def reserved_tokens(self) -> tuple[int, int]:
         if self.call is not None:

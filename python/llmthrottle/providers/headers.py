@@ -15,6 +15,7 @@ from .. import _native
 __all__ = [
     "Announcement",
     "announced_limits",
+    "announced_tuples",
     "credential",
     "format_reset_duration",
     "parse_reset_duration",
@@ -122,5 +123,12 @@ def announced_limits(provider: str, headers: Mapping[str, str], *, now: float | 
     headers (names and formats: `llmthrottle_core::announced`). A value that is not a count
     (Azure sometimes sends -1) announces nothing; `now` (POSIX seconds) reads Anthropic's reset
     instants."""
-    found = _native.announced_limits(_header_pairs(headers), provider, time.time() if now is None else now)
-    return [Announcement(*limit) for limit in found]
+    return [Announcement(*limit) for limit in announced_tuples(provider, headers, now=now)]
+
+
+def announced_tuples(
+    provider: str, headers: Mapping[str, str], *, now: float | None = None
+) -> list[tuple[str, int, int, float | None, float]]:
+    """`announced_limits` as plain tuples, in the same field order: what a wrapped call reads
+    on every reply."""
+    return _native.announced_limits(_header_pairs(headers), provider, time.time() if now is None else now)

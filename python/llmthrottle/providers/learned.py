@@ -18,6 +18,10 @@ from typing import Any
 from ..limiter import Limiter
 from .headers import Announcement
 
+# An announced limit as `headers.announced_limits` gives it, or as the plain tuple of the same
+# fields that `headers.announced_tuples` gives.
+Announced = Announcement | tuple[str, int, int, float | None, float]
+
 __all__ = ["LearnedLimits"]
 
 # The dimensions a provider announces, each over the window the announcement names.
@@ -31,10 +35,12 @@ class LearnedLimits:
         self._state = state
         self._limiters: dict[str, tuple[tuple[tuple[str, int, float], ...], Limiter]] = {}
 
-    def observe(self, key: str, announced: Sequence[Announcement]) -> None:
+    def observe(self, key: str, announced: Sequence[Announced]) -> None:
         # In the order the headers parser gives them, which is fixed per provider.
         limits = tuple(
-            (a.dimension, a.limit, a.window_s) for a in announced if a.dimension in _DIMENSIONS and a.limit > 0
+            (dimension, limit, window_s)
+            for dimension, limit, _remaining, _reset_s, window_s in announced
+            if dimension in _DIMENSIONS and limit > 0
         )
         if not limits:
             return
@@ -51,9 +57,9 @@ class LearnedLimits:
             # Start where the provider is: what it says is used already (by this call, and by
             # whoever else shares the key) is charged, so the first calls do not overshoot.
             used = {
-                a.dimension: a.limit - a.remaining
-                for a in announced
-                if a.dimension in _DIMENSIONS and 0 <= a.remaining < a.limit
+                dimension: limit - remaining
+                for dimension, limit, remaining, _reset_s, _window_s in announced
+                if dimension in _DIMENSIONS and 0 <= remaining < limit
             }
             if used:
                 limiter.charge(key, **used)

@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .. import _native
+
 __all__ = ["AZURE_HOSTS", "Endpoint", "UsageReader", "endpoint_of", "error_body", "event_data", "failure_kind"]
 
 Family = Literal["openai", "anthropic"]
@@ -159,42 +161,19 @@ def failure_kind(endpoint: Endpoint, status: int, body: bytes) -> Literal["rate_
     return "fatal"
 
 
-_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"')
-_SPACE = re.compile(r"[ \t\r\n]*+")
-_DECODER = json.JSONDecoder()
-
-
 def _root_usage(body: bytes) -> dict[str, Any] | None:
     """The `usage` object of a whole JSON reply, read without parsing the rest of it, or None
-    when that cannot be proved right (the caller then parses the whole reply).
-
-    Providers put `usage` last or nearly so. Its last occurrence as a key (a quoted `"usage"`
-    followed by a colon cannot be inside a string, whose quotes are escaped) is read, and is the
-    root object's own member when what follows it, strings aside, closes exactly one object and
-    opens none. Parsing a reply of a few kilobytes costs more than the rest of the wrapper's
-    work on the way back, and the SDK parses it again anyway."""
-    try:
-        text = body.decode()
-    except UnicodeDecodeError:
-        return None
-    if not text.lstrip().startswith("{"):
-        return None
-    at = text.rfind('"usage"')
-    while at >= 0:
-        value_at = _SPACE.match(text, at + 7).end()  # type: ignore[union-attr]
-        if text.startswith(":", value_at):
-            break
-        at = text.rfind('"usage"', 0, at)
-    else:
+    when that cannot be proved right (the caller then parses the whole reply): see
+    `llmthrottle_core::reply` for the proof. Parsing a reply of a few kilobytes costs more than
+    the rest of the wrapper's work on the way back, and the SDK parses it again anyway."""
+    span = _native.root_usage_span(body)
+    if span is None:
         return None
     try:
-        usage, end = _DECODER.raw_decode(text, _SPACE.match(text, value_at + 1).end())  # type: ignore[union-attr]
+        usage = json.loads(body[span[0] : span[1]])
     except (ValueError, RecursionError):
         return None
-    rest = _STRING.sub("", text[end:]).rstrip()
-    if not isinstance(usage, dict) or not rest.endswith("}") or rest.count("}") != 1 or "{" in rest or "[" in rest:
-        return None
-    return usage
+    return usage if isinstance(usage, dict) else None
 
 
 # A server-sent event ends with a blank line; lines end with CRLF, LF or CR (proxies differ).
@@ -218,6 +197,21 @@ class UsageReader:
     """Reads the usage of a reply as its bytes pass through, untouched except for one thing:
     with `hide_usage_chunk`, an OpenAI stream's final usage-only chunk (added by llmthrottle,
     not asked for by the caller) is dropped. `feed` returns the bytes to pass on."""
+
+    __slots__ = (
+        "_buffer",
+        "_complete",
+        "_model",
+        "_usage",
+        "_wants_model",
+        "_whole_unread",
+        "body",
+        "endpoint",
+        "hide_usage_chunk",
+        "received_any",
+        "streaming",
+        "text_parts",
+    )
 
     def __init__(self, endpoint: Endpoint, streaming: bool, hide_usage_chunk: bool = False) -> None:
         self.endpoint = endpoint

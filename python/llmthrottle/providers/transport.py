@@ -141,7 +141,7 @@ class ThrottledTransport(httpx2.BaseTransport):
                     elif plan.attempts > 0:
                         plan.call.retry(timeout=plan.remaining_s())
                 learned = plan.learned_admission()
-                if learned is not None:
+                if learned is not None:  # no room at once: wait in line, within the deadline
                     plan.learned_reservation = learned[0].acquire(
                         plan.pause_key, timeout=plan.admission_timeout(), **learned[1]
                     )
@@ -244,7 +244,7 @@ async def attempts_async(
                 elif plan.attempts > 0:
                     await plan.call.retry_async(timeout=plan.remaining_s())
             learned = plan.learned_admission()
-            if learned is not None:
+            if learned is not None:  # no room at once: wait in line, within the deadline
                 plan.learned_reservation = await learned[0].acquire_async(
                     plan.pause_key, timeout=plan.admission_timeout(), **learned[1]
                 )

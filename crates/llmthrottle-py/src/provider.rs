@@ -1,5 +1,6 @@
-//! Python face of `llmthrottle_core::announced`: the limits a provider's response headers
-//! announce, read from the header bytes as received.
+//! Python face of what llmthrottle reads of a provider's replies (`llmthrottle_core::announced`,
+//! `llmthrottle_core::reply`): the limits its headers announce, and where a whole reply's
+//! `usage` is.
 
 use llmthrottle_core::announced::{self, HeaderFamily, LimitHeaders};
 use pyo3::prelude::*;
@@ -62,9 +63,17 @@ fn parse_rfc3339(text: &str) -> Option<f64> {
     announced::parse_rfc3339(text.as_bytes())
 }
 
+/// The byte range of the root object's `usage` object in a whole JSON reply, or None when it
+/// cannot be proved without parsing the reply (see `llmthrottle_core::reply`).
+#[pyfunction]
+fn root_usage_span(body: &[u8]) -> Option<(usize, usize)> {
+    llmthrottle_core::reply::root_usage_span(body)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(announced_limits, m)?)?;
     m.add_function(wrap_pyfunction!(parse_reset_duration, m)?)?;
     m.add_function(wrap_pyfunction!(parse_rfc3339, m)?)?;
+    m.add_function(wrap_pyfunction!(root_usage_span, m)?)?;
     Ok(())
 }

@@ -188,3 +188,12 @@ def test_the_budget_queue_settings_are_checked() -> None:
     ):
         with pytest.raises(lt.ConfigError, match="budget_queue"):
             parse_gateway_config(text, "llmthrottle.toml")
+
+
+@pytest.mark.parametrize("value", ["-1", "inf", "nan", '"5s"', "true", "1e12"])
+def test_the_tier_queue_timeout_is_a_finite_number_of_seconds(value: str) -> None:
+    """`queue_timeout` (how long a call may wait for its tier's limits) is read by the same
+    rule as the budget queue's: an infinite or enormous wait would hold a caller forever."""
+    assert parse_gateway_config("[gateway]\nqueue_timeout = 2.5\n").queue_timeout_s == 2.5
+    with pytest.raises(lt.ConfigError, match="queue_timeout"):
+        parse_gateway_config(f"[gateway]\nqueue_timeout = {value}\n", "llmthrottle.toml")

@@ -241,9 +241,7 @@ def _parse_gateway(config: GatewayConfig, table: dict[str, Any], where: shared._
         elif key == "jwt_audience":
             config.jwt_audience = shared._string(value, keys, where)
         elif key == "queue_timeout":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise where.error(keys, f"must be a number of seconds >= 0, not {value!r}")
-            config.queue_timeout_s = float(value)
+            config.queue_timeout_s = _seconds(value, keys, where)
         elif key == "budget_queue_timeout":
             config.budget_queue_timeout_s = _seconds(value, keys, where)
         elif key == "budget_queue_max":

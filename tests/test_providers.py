@@ -333,6 +333,23 @@ def test_announced_limits_read_httpx_headers_in_any_case() -> None:
     assert announced_limits("anthropic", headers) == []
 
 
+def test_the_credential_a_request_presents_is_read_in_the_providers_order() -> None:
+    """`authorization` before `x-api-key` before `api-key`, in any case; the first header of a
+    name counts, and an empty one is passed over. Plain mappings are read alike."""
+    import httpx2
+
+    from llmthrottle.providers.headers import credential
+
+    def raw(*pairs: tuple[bytes, bytes]) -> Any:
+        return httpx2.Headers(list(pairs))
+
+    assert credential(raw((b"Api-Key", b"a"), (b"X-API-KEY", b"x"), (b"user-agent", b"u"))) == "x"
+    assert credential(raw((b"api-key", b"a"), (b"AUTHORIZATION", b"Bearer t"))) == "Bearer t"
+    assert credential(raw((b"authorization", b""), (b"x-api-key", b"k1"), (b"x-api-key", b"k2"))) == "k1"
+    assert credential(raw((b"content-type", b"application/json"))) is None
+    assert credential({"x-api-key": "k"}) == "k"
+
+
 def test_a_limit_header_that_is_not_an_ascii_count_announces_nothing() -> None:
     """Header bytes are read as latin-1, where `²` is a digit to str.isdigit but no number to
     int(): such a value is passed over, not raised from the wrapped call."""

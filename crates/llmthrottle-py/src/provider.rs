@@ -18,18 +18,16 @@ fn family(provider: &str) -> PyResult<HeaderFamily> {
     })
 }
 
-/// (dimension, limit, remaining, reset in seconds or None, window in seconds) for each limit
-/// `headers` announce: a list of `(name, value)` bytes pairs, as httpx's `Headers.raw` and
-/// aiohttp's `raw_headers` give them. `now_unix_s` reads Anthropic's reset instants.
-#[pyfunction]
-fn announced_limits(headers: &Bound<'_, PyAny>, provider: &str, now_unix_s: f64) -> PyResult<Vec<Found>> {
-    let family = family(provider)?;
-    let pairs: Vec<Bound<'_, PyAny>> = match headers.cast::<PyList>() {
+type BytePair<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>);
+
+/// `headers` as (name, value) bytes pairs: a list (or any iterable) of 2-tuples of bytes.
+fn byte_pairs<'py>(headers: &Bound<'py, PyAny>) -> PyResult<Vec<BytePair<'py>>> {
+    let pairs: Vec<Bound<'py, PyAny>> = match headers.cast::<PyList>() {
         Ok(list) => list.iter().collect(),
         Err(_) => headers.try_iter()?.collect::<PyResult<_>>()?,
     };
     let not_pair = || InvalidType::new_err("headers must be (name, value) pairs of bytes");
-    let mut named: Vec<(Bound<'_, PyBytes>, Bound<'_, PyBytes>)> = Vec::with_capacity(pairs.len());
+    let mut named = Vec::with_capacity(pairs.len());
     for pair in &pairs {
         let pair = pair.cast::<PyTuple>().map_err(|_| not_pair())?;
         if pair.len() != 2 {
@@ -39,6 +37,41 @@ fn announced_limits(headers: &Bound<'_, PyAny>, provider: &str, now_unix_s: f64)
         let value = pair.get_item(1)?.cast_into::<PyBytes>().map_err(|_| not_pair())?;
         named.push((name, value));
     }
+    Ok(named)
+}
+
+/// The value of the first of `names` (lower-case bytes, in order of preference) that `headers`
+/// carry with a value that is not empty; names are matched in any case, and the first header
+/// of a name counts. None when there is none.
+#[pyfunction]
+fn preferred_header<'py>(
+    headers: &Bound<'py, PyAny>,
+    names: &Bound<'py, PyTuple>,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    let wanted: Vec<Bound<'py, PyBytes>> = names
+        .iter()
+        .map(|name| name.cast_into::<PyBytes>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| InvalidType::new_err("names must be bytes"))?;
+    let mut found: Vec<Option<Bound<'py, PyBytes>>> = vec![None; wanted.len()];
+    for (name, value) in byte_pairs(headers)? {
+        let name = name.as_bytes();
+        if let Some(slot) = wanted.iter().position(|w| name.eq_ignore_ascii_case(w.as_bytes())) {
+            if found[slot].is_none() {
+                found[slot] = Some(value);
+            }
+        }
+    }
+    Ok(found.into_iter().flatten().find(|value| !value.as_bytes().is_empty()))
+}
+
+/// (dimension, limit, remaining, reset in seconds or None, window in seconds) for each limit
+/// `headers` announce: a list of `(name, value)` bytes pairs, as httpx's `Headers.raw` and
+/// aiohttp's `raw_headers` give them. `now_unix_s` reads Anthropic's reset instants.
+#[pyfunction]
+fn announced_limits(headers: &Bound<'_, PyAny>, provider: &str, now_unix_s: f64) -> PyResult<Vec<Found>> {
+    let family = family(provider)?;
+    let named = byte_pairs(headers)?;
     let mut seen = LimitHeaders::default();
     for (name, value) in &named {
         seen.see(family, name.as_bytes(), value.as_bytes());
@@ -75,5 +108,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_reset_duration, m)?)?;
     m.add_function(wrap_pyfunction!(parse_rfc3339, m)?)?;
     m.add_function(wrap_pyfunction!(root_usage_span, m)?)?;
+    m.add_function(wrap_pyfunction!(preferred_header, m)?)?;
     Ok(())
 }

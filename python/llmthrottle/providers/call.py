@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._json import loads
 from .._native import RateLimited
 from ..guard import Guard, GuardedCall
 from ..pricing import cost as price_of
@@ -151,7 +152,7 @@ class CallPlan:
         if endpoint is None:
             return None
         try:
-            body = json.loads(content) if content else None
+            body = loads(content) if content else None
         except (ValueError, RecursionError):
             return None  # the provider will refuse it; nothing to count
         if not isinstance(body, dict):

@@ -107,15 +107,8 @@ def credential(headers: Mapping[str, str]) -> str | None:
     raw = getattr(headers, "raw", None)
     if raw is None:
         return headers.get("authorization") or headers.get("x-api-key") or headers.get("api-key")
-    found: dict[bytes, bytes] = {}
-    for name, value in raw:  # httpx: one pass over the bytes instead of one scan per name
-        lowered = name.lower()
-        if lowered in _CREDENTIALS and lowered not in found:
-            found[lowered] = value
-    for name in _CREDENTIALS:
-        if found.get(name):
-            return found[name].decode("latin-1")
-    return None
+    value = _native.preferred_header(raw, _CREDENTIALS)  # httpx: one pass over the header bytes
+    return None if value is None else value.decode("latin-1")
 
 
 def announced_limits(provider: str, headers: Mapping[str, str], *, now: float | None = None) -> list[Announcement]:

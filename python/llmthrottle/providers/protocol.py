@@ -4,12 +4,12 @@ a byte-fed reader, so the sync and async transports share every rule."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from .. import _native
+from .._json import loads
 
 __all__ = ["AZURE_HOSTS", "Endpoint", "UsageReader", "endpoint_of", "error_body", "event_data", "failure_kind"]
 
@@ -137,7 +137,7 @@ def error_body(
 def _error_fields(body: bytes) -> tuple[str, str]:
     """(type, code) of an error body, '' when absent."""
     try:
-        decoded = json.loads(body)
+        decoded = loads(body)
     except (ValueError, RecursionError):
         return "", ""
     error = decoded.get("error") if isinstance(decoded, dict) else None
@@ -170,7 +170,7 @@ def _root_usage(body: bytes) -> dict[str, Any] | None:
     if span is None:
         return None
     try:
-        usage = json.loads(body[span[0] : span[1]])
+        usage = loads(body[span[0] : span[1]])
     except (ValueError, RecursionError):
         return None
     return usage if isinstance(usage, dict) else None
@@ -288,7 +288,7 @@ class UsageReader:
                 self._usage, self._complete = usage, True
                 return
         try:
-            decoded = json.loads(body)
+            decoded = loads(body)
         except (ValueError, RecursionError):
             decoded = None
         if isinstance(decoded, dict) and isinstance(decoded.get("usage"), dict):
@@ -306,7 +306,7 @@ class UsageReader:
             self._complete = True
             return True
         try:
-            decoded = json.loads(data)
+            decoded = loads(data)
         except (ValueError, RecursionError):
             return True
         if not isinstance(decoded, dict):

@@ -1,5 +1,7 @@
 """What providers say in their response headers: how long to wait before retrying, and the
-limits they announce. One parser per format, shared by every way in (wrap, gateway, batch)."""
+limits they announce. One parser per format, shared by every way in (wrap, gateway, batch); the
+limit headers' names and formats are read natively (`llmthrottle_core::announced`), as every
+reply of every call carries them."""
 
 from __future__ import annotations
 

@@ -400,9 +400,12 @@ class Gateway:
             fields["team"] = caller.team
         if caller.user:
             fields["user"] = caller.user
-        sent = time.perf_counter()
+        # When the request left, once admitted: the wait for the tier's limits is the gateway's
+        # time (in x-llmthrottle-overhead-ms), not the deployment's (in its moving latency).
+        sent = 0.0
 
         async def send() -> aiohttp.ClientResponse:
+            nonlocal sent
             # A budget at its end with on_exceed = "downgrade" admitted the call for its cheaper
             # model: that is the model the deployment is asked for.
             model = plan.call.model if plan.call is not None else deployment.model
@@ -411,6 +414,7 @@ class Gateway:
                 if model == deployment.model
                 else json.dumps({**plan.body, "model": model}, separators=(",", ":")).encode()
             )
+            sent = time.perf_counter()
             return await session.post(url, data=data, headers=headers)
 
         async def drain(answer: aiohttp.ClientResponse) -> bytes:

@@ -70,12 +70,19 @@ class Router:
         held: list[Deployment] = []
         with self._lock:
             for deployment in deployments:
-                breaker = self.breakers.setdefault(deployment.name, Breaker())
+                breaker = self._breaker(deployment)
                 blocked = breaker.cool_until > now or breaker.open_until > now or breaker.probing
                 if not blocked and breaker.open_until:  # half-open: this request is the probe
                     breaker.probing = True
                 (held if blocked else ready).append(deployment)
         return ready + held
+
+    def _breaker(self, deployment: Deployment) -> Breaker:
+        """`deployment`'s breaker, made at its first use (once: not a new one per request)."""
+        breaker = self.breakers.get(deployment.name)
+        if breaker is None:
+            breaker = self.breakers[deployment.name] = Breaker()
+        return breaker
 
     def _ordered(self, alias: str, deployments: list[Deployment]) -> list[Deployment]:
         strategy = self.strategies.get(alias, "priority")
@@ -114,7 +121,7 @@ class Router:
 
     def succeeded(self, deployment: Deployment, latency_s: float | None = None) -> None:
         with self._lock:
-            breaker = self.breakers.setdefault(deployment.name, Breaker())
+            breaker = self._breaker(deployment)
             if latency_s is not None:
                 breaker.latency_s = (
                     latency_s
@@ -127,7 +134,7 @@ class Router:
 
     def failed(self, deployment: Deployment) -> None:
         with self._lock:
-            breaker = self.breakers.setdefault(deployment.name, Breaker())
+            breaker = self._breaker(deployment)
             breaker.failures += 1
             if breaker.probing or breaker.failures >= self.failures_to_open:
                 if breaker.open_until <= time.monotonic():
@@ -137,6 +144,6 @@ class Router:
 
     def cool_down(self, deployment: Deployment, seconds: float) -> None:
         with self._lock:
-            breaker = self.breakers.setdefault(deployment.name, Breaker())
+            breaker = self._breaker(deployment)
             breaker.cool_until = max(breaker.cool_until, time.monotonic() + min(seconds, 600.0))
             breaker.probing = False

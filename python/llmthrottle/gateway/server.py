@@ -35,7 +35,7 @@ from ..providers.pause import ProviderPause
 from ..providers.protocol import Family, error_body
 from ..providers.reports import CallReport, calls
 from ..providers.transport import attempts_async, ended, passed
-from ..request_estimate import InvalidRequestBody
+from ..request_estimate import InvalidRequestBody, estimate
 from . import answers
 from .admin import AdminAPI
 from .auth import Authenticator, Refused
@@ -72,6 +72,8 @@ _HOP_BY_HOP = {
 # The endpoints whose requests can be translated to the other family's chat endpoint.
 _TRANSLATABLE = frozenset(("/v1/chat/completions", "/v1/messages"))
 _MAX_BODY = 32 << 20
+# A request as small as any, which `Gateway.warm` counts for each deployment.
+_WARM_BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 
 
 class Gateway:
@@ -152,6 +154,17 @@ class Gateway:
             for alias, cache in self._caches.items()
         }
 
+    def warm(self) -> None:
+        """Loads now what the first request to each deployment would otherwise load on the
+        event loop, stopping every request in flight meanwhile: its model's tokenizer (tens of
+        milliseconds), counted as admission counts a request."""
+        for deployments in self.config.models.values():
+            for deployment in deployments:
+                try:
+                    estimate(_WARM_BODY, deployment.provider, deployment.model)
+                except (ConfigError, ValueError):
+                    pass  # a model without a tokenizer has none to load
+
     def reload(self, config: GatewayConfig) -> None:
         """Applies a changed policy file: tiers, budgets, model routes and timeouts (where it
         listens, its keys file and its state need a restart)."""
@@ -168,6 +181,7 @@ class Gateway:
                 config.shared, state_kind=self.config.shared.state_kind, state_name=self.config.shared.state_name
             ),
         )
+        self.warm()
         self.metrics["reloads"] += 1
 
     # ------------------------------------------------------------------ the app
@@ -386,9 +400,12 @@ class Gateway:
             fields["team"] = caller.team
         if caller.user:
             fields["user"] = caller.user
-        sent = time.perf_counter()
+        # When the request left, once admitted: the wait for the tier's limits is the gateway's
+        # time (in x-llmthrottle-overhead-ms), not the deployment's (in its moving latency).
+        sent = 0.0
 
         async def send() -> aiohttp.ClientResponse:
+            nonlocal sent
             # A budget at its end with on_exceed = "downgrade" admitted the call for its cheaper
             # model: that is the model the deployment is asked for.
             model = plan.call.model if plan.call is not None else deployment.model
@@ -397,6 +414,7 @@ class Gateway:
                 if model == deployment.model
                 else json.dumps({**plan.body, "model": model}, separators=(",", ":")).encode()
             )
+            sent = time.perf_counter()
             return await session.post(url, data=data, headers=headers)
 
         async def drain(answer: aiohttp.ClientResponse) -> bytes:

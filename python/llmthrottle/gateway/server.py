@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from .._json import loads
 from .._native import BudgetExceeded, ConfigError, ExceedsCapacity, RateLimited
 from ..guard import Guard
 from ..limiter import Limiter
@@ -249,7 +250,7 @@ class Gateway:
         except Refused as refused:
             return answers.error(family, refused.status, refused.message)
         try:
-            body = json.loads(await request.read())
+            body = loads(await request.read())
         except (ValueError, RecursionError):
             return answers.error(family, 400, "the request body is not JSON")
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
@@ -385,14 +386,17 @@ class Gateway:
         (the body in the caller's shape). `body` is in the deployment's API: `translation` turns
         what comes back into the caller's."""
         family: Family = translation.caller if translation is not None else deployment.provider
-        content = json.dumps({**body, "model": deployment.model}, separators=(",", ":")).encode()
+        outgoing = {**body, "model": deployment.model}
+        content = json.dumps(outgoing, separators=(",", ":")).encode()
         url, headers = self.upstreams.target(deployment, suffix)
         headers = {**headers, "accept": request.headers.get("accept", "application/json")}
         if deployment.provider == "anthropic":
             headers["anthropic-version"] = request.headers.get("anthropic-version", "2023-06-01")
             if "anthropic-beta" in request.headers:
                 headers["anthropic-beta"] = request.headers["anthropic-beta"]
-        plan = CallPlan.start(settings, "POST", url.host or "", url.path, headers, content, cache_scope=caller.tenant)
+        plan = CallPlan.start(
+            settings, "POST", url.host or "", url.path, headers, content, cache_scope=caller.tenant, parsed=outgoing
+        )
         assert plan is not None  # every route is an LLM endpoint with a model
         session = self.upstreams.client()
         fields = {"tenant": caller.tenant, "key": caller.key_id}

@@ -145,14 +145,16 @@ class CallPlan:
         headers: Any,
         content: bytes,
         cache_scope: str = "",
+        parsed: dict[str, Any] | None = None,
     ) -> CallPlan | None:
         """The plan of an LLM request, or None for anything else. `cache_scope` narrows whose
-        identical requests share a cached reply (the gateway's tenant)."""
+        identical requests share a cached reply (the gateway's tenant); `parsed` is `content`
+        already read as JSON, by a caller that wrote `content` from it."""
         endpoint = endpoint_of(method, path, host)
         if endpoint is None:
             return None
         try:
-            body = loads(content) if content else None
+            body = parsed if parsed is not None else loads(content) if content else None
         except (ValueError, RecursionError):
             return None  # the provider will refuse it; nothing to count
         if not isinstance(body, dict):

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..._json import loads
 from ...providers.protocol import Family
 from .common import Untranslatable
 from .reply import anthropic_message, error_as, openai_completion
@@ -62,7 +63,7 @@ class Translation:
     def reply(self, data: bytes) -> bytes:
         """A whole successful reply in the caller's API (raises Untranslatable)."""
         try:
-            decoded = json.loads(data)
+            decoded = loads(data)
         except (ValueError, RecursionError):
             raise Untranslatable("the deployment's reply is not JSON") from None
         if not isinstance(decoded, dict):

@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from ..._json import loads
 from ...pricing.usage import TokenUsage, normalize_usage
 from ...providers.protocol import Family, error_body
 from .common import Untranslatable, dumps, items, json_object, member
@@ -167,7 +168,7 @@ def error_as(family: Family, status: int, data: bytes) -> bytes:
     message kept."""
     message = ""
     try:
-        decoded = json.loads(data)
+        decoded = loads(data)
     except (ValueError, RecursionError):
         decoded = None
     error = decoded.get("error") if isinstance(decoded, dict) else None

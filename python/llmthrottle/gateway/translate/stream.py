@@ -16,10 +16,10 @@ An upstream error event is passed on as the caller's API writes one mid-stream.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
+from ..._json import loads
 from ...providers.protocol import event_data, event_end
 from .common import Untranslatable, dumps, items, member
 from .reply import anthropic_usage, finish_reason, openai_usage, stop_reason
@@ -55,7 +55,7 @@ class StreamTranslator:
         if data == b"[DONE]":
             return self._done()
         try:
-            decoded = json.loads(data)
+            decoded = loads(data)
         except (ValueError, RecursionError):
             return b""
         return self._translate(decoded) if isinstance(decoded, dict) else b""

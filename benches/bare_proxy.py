@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import signal
 import sys
 
 import aiohttp
 from aiohttp import web
+
+from llmthrottle.gateway.cli import supervise
 
 # The gateway's: its request body cap (server.py), its upstream timeout (config.py's default).
 _MAX_BODY = 32 << 20
@@ -112,28 +113,8 @@ def main() -> int:
     if args.workers == 1:
         serve(args.host, args.port, args.upstream, reuse_port=False)
         return 0
-    context = multiprocessing.get_context("spawn")
-    workers = [
-        context.Process(target=serve, args=(args.host, args.port, args.upstream, True), name=f"bare-proxy-{i}")
-        for i in range(args.workers)
-    ]
-    for worker in workers:
-        worker.start()
-
-    def stop(signum: int, frame: object) -> None:
-        for worker in workers:
-            if worker.is_alive():
-                worker.terminate()
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        for worker in workers:
-            worker.join()
-    except KeyboardInterrupt:
-        stop(signal.SIGINT, None)
-        for worker in workers:
-            worker.join()
-    return 0
+    # Started and stopped as the gateway's workers are.
+    return supervise(serve, [(args.host, args.port, args.upstream, True)] * args.workers, "bare-proxy")
 
 
 if __name__ == "__main__":

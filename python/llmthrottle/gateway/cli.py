@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -95,14 +96,19 @@ def run(args: argparse.Namespace) -> int:
     )
     if config.workers == 1:
         return serve(config, args.no_uvloop, reuse_port=False)
+    return supervise(serve, [(config, args.no_uvloop, True, i == 0) for i in range(config.workers)], "gateway-worker")
+
+
+def supervise(target: Callable[..., Any], arguments: Sequence[tuple[Any, ...]], name: str) -> int:
+    """Runs `target(*entry)` in one spawned process per entry of `arguments` (the workers sharing
+    a port) until they all end. SIGTERM stops them; SIGHUP is passed on to each (a gateway worker
+    reloads its policy); Ctrl-C stops them and waits."""
     import multiprocessing
+    import os
     import signal
 
     context = multiprocessing.get_context("spawn")
-    workers = [
-        context.Process(target=serve, args=(config, args.no_uvloop, True, i == 0), name=f"gateway-worker-{i}")
-        for i in range(config.workers)
-    ]
+    workers = [context.Process(target=target, args=entry, name=f"{name}-{i}") for i, entry in enumerate(arguments)]
     for worker in workers:
         worker.start()
 
@@ -112,8 +118,6 @@ def run(args: argparse.Namespace) -> int:
                 worker.terminate()
 
     def reload(signum: int, frame: object) -> None:
-        import os
-
         for worker in workers:
             if worker.pid is not None and worker.is_alive():
                 os.kill(worker.pid, signal.SIGHUP)

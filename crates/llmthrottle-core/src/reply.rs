@@ -57,9 +57,10 @@ fn string_end(body: &[u8], at: usize) -> Option<usize> {
     None
 }
 
-/// The index just past the object or array opening at `at`, strings skipped.
+/// The index just past the object or array opening at `at`, strings skipped; None when it
+/// never closes, or closes with the other bracket.
 fn object_end(body: &[u8], at: usize) -> Option<usize> {
-    let mut depth = 0usize;
+    let mut open: Vec<u8> = Vec::new();
     let mut i = at;
     while i < body.len() {
         match body[i] {
@@ -67,10 +68,13 @@ fn object_end(body: &[u8], at: usize) -> Option<usize> {
                 i = string_end(body, i)?;
                 continue;
             }
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth = depth.checked_sub(1)?;
-                if depth == 0 {
+            b'{' => open.push(b'}'),
+            b'[' => open.push(b']'),
+            close @ (b'}' | b']') => {
+                if open.pop()? != close {
+                    return None;
+                }
+                if open.is_empty() {
                     return Some(i + 1);
                 }
             }
@@ -138,6 +142,8 @@ mod tests {
             r#"["usage",{"usage":{}}]"#,
             r#"{"usage":{"a":"unterminated}"#,
             r#"{"usage":{"a":1}"#,
+            r#"{"usage":{"a":[1}]}"#,
+            "{\"usage\":{\u{1}]'}",
         ] {
             assert_eq!(usage_of(body), None, "{body}");
         }

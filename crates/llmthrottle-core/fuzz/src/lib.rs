@@ -510,3 +510,36 @@ pub fn write_seeds(dir: &Path) {
         std::fs::write(dir.join(seed.name), seed.bytes).expect("write a seed");
     }
 }
+
+/// What llmthrottle reads of a provider's replies, from bytes any server may send: the limit
+/// headers (each line `name:value`), their reset formats, and where a whole reply's `usage` is.
+pub fn provider_reply(data: &[u8]) {
+    use llmthrottle_core::announced::{self, HeaderFamily, LimitHeaders};
+
+    for family in [HeaderFamily::OpenAi, HeaderFamily::Azure, HeaderFamily::Anthropic] {
+        let mut seen = LimitHeaders::default();
+        for line in data.split(|&b| b == b'\n') {
+            let at = line.iter().position(|&b| b == b':').unwrap_or(line.len());
+            seen.see(family, &line[..at], line.get(at + 1..).unwrap_or_default());
+        }
+        for now in [0.0, 1.8e9, f64::MAX] {
+            for limit in seen.announced(family, now) {
+                assert!(limit.window_s > 0.0);
+                if let Some(reset) = limit.reset_s {
+                    assert!(reset >= 0.0 && !reset.is_nan(), "{limit:?}");
+                }
+            }
+        }
+    }
+    if let Some(seconds) = announced::parse_reset_duration(data) {
+        assert!(seconds >= 0.0 && seconds.is_finite(), "{seconds}");
+    }
+    if let Some(instant) = announced::parse_rfc3339(data) {
+        assert!(instant.is_finite(), "{instant}");
+    }
+    if let Some((start, end)) = llmthrottle_core::reply::root_usage_span(data) {
+        assert!(start < end && end <= data.len());
+        assert_eq!((data[start], data[end - 1]), (b'{', b'}'));
+        assert!(std::str::from_utf8(data).is_ok());
+    }
+}

@@ -5,7 +5,8 @@ in one run so that machine noise hits all alike.
 
     python benches/bench_wrap.py [--calls N]
 
-For each client it prints the median wall time per call and the median CPU time the calling
+Then the same for `openai.AsyncOpenAI`, bare and wrapped, on one event loop. For each client it
+prints the median wall time per call and the median CPU time the calling
 thread spent per call, and what each adds over the bare SDK. The CPU time is the figure to
 read on a busy machine: the wrapper adds work, not waiting, and another process's load does not
 count in this thread's CPU time (goal: <= 50 us added per call).
@@ -14,6 +15,7 @@ count in this thread's CPU time (goal: <= 50 us added per call).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import statistics
@@ -67,6 +69,39 @@ def _start_provider(port: int) -> subprocess.Popen[bytes]:
     raise SystemExit("the fake provider did not start")
 
 
+def _print_rows(wall: dict[str, list[float]], cpu: dict[str, list[float]], bare: str) -> None:
+    """One line per client: its medians, and what it adds over `bare`."""
+    bare_wall, bare_cpu = statistics.median(wall[bare]), statistics.median(cpu[bare])
+    for name in wall:
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        print(
+            f"{name:24s} {w * 1e6:8.1f}us {(w - bare_wall) * 1e6:+7.1f}us {c * 1e6:8.1f}us "
+            f"{(c - bare_cpu) * 1e6:+7.1f}us ({c / bare_cpu:.2f}x)"
+        )
+
+
+async def _async_calls(base_url: str, calls: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """The same call through a bare `openai.AsyncOpenAI` and a wrapped one, interleaved, one at a
+    time on one event loop (the loop's own work counts alike in both)."""
+
+    def sdk() -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0)
+
+    clients = {"bare AsyncOpenAI": sdk(), "wrap(AsyncOpenAI)": lt.wrap(sdk())}
+    wall: dict[str, list[float]] = {name: [] for name in clients}
+    cpu: dict[str, list[float]] = {name: [] for name in clients}
+    for round_ in range(50 + calls):
+        for name, client in clients.items():
+            started, started_cpu = time.perf_counter(), time.thread_time()
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=8)
+            if round_ >= 50:  # the first rounds warm up
+                cpu[name].append(time.thread_time() - started_cpu)
+                wall[name].append(time.perf_counter() - started)
+    for client in clients.values():
+        await client.close()
+    return wall, cpu
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=1000, help="timed calls per client (default: %(default)s)")
@@ -102,20 +137,16 @@ def main() -> None:
                     client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=8)
                     cpu[name].append(time.thread_time() - started_cpu)
                     wall[name].append(time.perf_counter() - started)
-            bare_wall, bare_cpu = statistics.median(wall["bare SDK"]), statistics.median(cpu["bare SDK"])
             print(
                 f"{args.calls} calls per client, interleaved; fake provider in pid {provider.pid}, load {os.getloadavg()[0]:.2f}"
             )
-            print(f"{'client':22s} {'wall p50':>10s} {'added':>9s} {'CPU p50':>10s} {'added':>9s}")
-            for name in clients:
-                w, c = statistics.median(wall[name]), statistics.median(cpu[name])
-                print(
-                    f"{name:22s} {w * 1e6:8.1f}us {(w - bare_wall) * 1e6:+7.1f}us {c * 1e6:8.1f}us "
-                    f"{(c - bare_cpu) * 1e6:+7.1f}us ({c / bare_cpu:.2f}x)"
-                )
+            print(f"{'client':24s} {'wall p50':>10s} {'added':>9s} {'CPU p50':>10s} {'added':>9s}")
+            _print_rows(wall, cpu, "bare SDK")
             for client in clients.values():
                 client.close()
             ledger.close()
+            async_wall, async_cpu = asyncio.run(_async_calls(base_url, args.calls))
+            _print_rows(async_wall, async_cpu, "bare AsyncOpenAI")
     finally:
         provider.terminate()
         provider.wait()

@@ -19,6 +19,15 @@ def _need_redis() -> None:
         pytest.skip("redis-server is not installed (scripts/setup installs it from Debian's packages)")
 
 
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A durable redis-server of the test's own, to kill and restart."""
+    _need_redis()
+    server = RedisServer(tmp_path / "redis", durable=True)
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A standalone redis-server for the whole session (tests isolate themselves by prefix)."""

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +25,6 @@ QUOTA = {"tokens": {"quota": 100_000, "per": "day"}}
 
 def fresh_prefix() -> str:
     return f"j{uuid.uuid4().hex[:12]}:"
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A durable server of this test's own, to kill and restart."""
-    from redis_servers import REDIS_SERVER
-
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
-    server = RedisServer(tmp_path / "redis", durable=True)
-    yield server
-    server.stop()
 
 
 def _keep_usage_then_wait(url: str, prefix: str, directory: str) -> None:

@@ -34,18 +34,6 @@ def state(redis_server: RedisServer) -> Iterator[lt.RedisState]:
     state.close()
 
 
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A durable server of this test's own, to kill and restart."""
-    from redis_servers import REDIS_SERVER
-
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
-    server = RedisServer(tmp_path / "redis", durable=True)
-    yield server
-    server.stop()
-
-
 def cells_of(limiter: Any, key: str, **amounts: Any) -> list[str]:
     plans = limiter._planner._plan(key, **amounts)
     return [cell_name(limiter.state.prefix, key, plan[1]) for plan in plans]

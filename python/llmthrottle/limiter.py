@@ -310,9 +310,11 @@ class WaitingMixin:
     ) -> Reservation:
         deadline = None if timeout is None else self._now() + _check_timeout(timeout)
         poll = _POLL_MIN_S
+        max_wait = self._max_wait(deadline)
+        decision = await self._try_async(key, requests, tokens, amounts, max_wait)
+        if decision and not decision.delay:  # admitted at once, as most calls are
+            return decision  # type: ignore[return-value]
         while True:
-            max_wait = self._max_wait(deadline)
-            decision = await self._try_async(key, requests, tokens, amounts, max_wait)
             reservation, wait = self._judge(decision, max_wait, deadline)
             if reservation is not None:
                 if wait > 0:
@@ -324,6 +326,8 @@ class WaitingMixin:
                 return reservation
             await self._sleep_async(min(wait, poll) if wait > _POLL_MIN_S else wait)
             poll = min(poll * 2, _POLL_MAX_S)
+            max_wait = self._max_wait(deadline)
+            decision = await self._try_async(key, requests, tokens, amounts, max_wait)
 
     async def _sleep_async(self, seconds: float) -> None:
         if self._clock is not None:

@@ -31,39 +31,19 @@ pub struct Announced {
     pub window_s: f64,
 }
 
-/// (dimension, window in seconds, limit header, remaining header, reset header), lower case.
-type Names = (&'static str, f64, &'static str, &'static str, &'static str);
+/// (dimension, limit header, remaining header, reset header), lower case.
+type Names = (&'static str, &'static str, &'static str, &'static str);
 
+// Azure OpenAI sends OpenAI's names.
 const OPENAI: [Names; 2] = [
     (
         "requests",
-        60.0,
         "x-ratelimit-limit-requests",
         "x-ratelimit-remaining-requests",
         "x-ratelimit-reset-requests",
     ),
     (
         "tokens",
-        60.0,
-        "x-ratelimit-limit-tokens",
-        "x-ratelimit-remaining-tokens",
-        "x-ratelimit-reset-tokens",
-    ),
-];
-
-// Azure announces its requests per 10 seconds (a 120 RPM deployment says
-// `x-ratelimit-limit-requests: 20`), its tokens per minute.
-const AZURE: [Names; 2] = [
-    (
-        "requests",
-        10.0,
-        "x-ratelimit-limit-requests",
-        "x-ratelimit-remaining-requests",
-        "x-ratelimit-reset-requests",
-    ),
-    (
-        "tokens",
-        60.0,
         "x-ratelimit-limit-tokens",
         "x-ratelimit-remaining-tokens",
         "x-ratelimit-reset-tokens",
@@ -73,28 +53,24 @@ const AZURE: [Names; 2] = [
 const ANTHROPIC: [Names; 4] = [
     (
         "requests",
-        60.0,
         "anthropic-ratelimit-requests-limit",
         "anthropic-ratelimit-requests-remaining",
         "anthropic-ratelimit-requests-reset",
     ),
     (
         "tokens",
-        60.0,
         "anthropic-ratelimit-tokens-limit",
         "anthropic-ratelimit-tokens-remaining",
         "anthropic-ratelimit-tokens-reset",
     ),
     (
         "input_tokens",
-        60.0,
         "anthropic-ratelimit-input-tokens-limit",
         "anthropic-ratelimit-input-tokens-remaining",
         "anthropic-ratelimit-input-tokens-reset",
     ),
     (
         "output_tokens",
-        60.0,
         "anthropic-ratelimit-output-tokens-limit",
         "anthropic-ratelimit-output-tokens-remaining",
         "anthropic-ratelimit-output-tokens-reset",
@@ -114,9 +90,19 @@ impl HeaderFamily {
 
     fn names(self) -> &'static [Names] {
         match self {
-            Self::OpenAi => &OPENAI,
-            Self::Azure => &AZURE,
+            Self::OpenAi | Self::Azure => &OPENAI,
             Self::Anthropic => &ANTHROPIC,
+        }
+    }
+
+    /// The window a limit of `dimension` is announced over: Azure announces its requests per
+    /// 10 seconds (a 120 RPM deployment says `x-ratelimit-limit-requests: 20`), every other
+    /// limit is per minute.
+    fn window_s(self, dimension: &str) -> f64 {
+        if self == Self::Azure && dimension == "requests" {
+            10.0
+        } else {
+            60.0
         }
     }
 
@@ -142,7 +128,7 @@ impl<'a> LimitHeaders<'a> {
             return;
         }
         for (position, names) in family.names().iter().enumerate() {
-            for (field, wanted) in [names.2, names.3, names.4].iter().enumerate() {
+            for (field, wanted) in [names.1, names.2, names.3].iter().enumerate() {
                 if name.eq_ignore_ascii_case(wanted.as_bytes()) {
                     self.values[3 * position + field] = Some(value);
                     return;
@@ -154,7 +140,7 @@ impl<'a> LimitHeaders<'a> {
     /// The limits announced, in the family's order; `now_unix_s` reads Anthropic's instants.
     pub fn announced(&self, family: HeaderFamily, now_unix_s: f64) -> Vec<Announced> {
         let mut found = Vec::new();
-        for (position, &(dimension, window_s, ..)) in family.names().iter().enumerate() {
+        for (position, &(dimension, ..)) in family.names().iter().enumerate() {
             let (Some(limit), Some(remaining)) = (
                 self.values[3 * position].and_then(parse_count),
                 self.values[3 * position + 1].and_then(parse_count),
@@ -170,7 +156,7 @@ impl<'a> LimitHeaders<'a> {
                 limit,
                 remaining,
                 reset_s,
-                window_s,
+                window_s: family.window_s(dimension),
             });
         }
         found

@@ -22,22 +22,20 @@ type BytePair<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>);
 
 /// `headers` as (name, value) bytes pairs: a list (or any iterable) of 2-tuples of bytes.
 fn byte_pairs<'py>(headers: &Bound<'py, PyAny>) -> PyResult<Vec<BytePair<'py>>> {
-    let pairs: Vec<Bound<'py, PyAny>> = match headers.cast::<PyList>() {
-        Ok(list) => list.iter().collect(),
-        Err(_) => headers.try_iter()?.collect::<PyResult<_>>()?,
-    };
     let not_pair = || InvalidType::new_err("headers must be (name, value) pairs of bytes");
-    let mut named = Vec::with_capacity(pairs.len());
-    for pair in &pairs {
-        let pair = pair.cast::<PyTuple>().map_err(|_| not_pair())?;
+    let pair_of = |pair: Bound<'py, PyAny>| -> PyResult<BytePair<'py>> {
+        let pair = pair.cast_into::<PyTuple>().map_err(|_| not_pair())?;
         if pair.len() != 2 {
             return Err(not_pair());
         }
         let name = pair.get_item(0)?.cast_into::<PyBytes>().map_err(|_| not_pair())?;
         let value = pair.get_item(1)?.cast_into::<PyBytes>().map_err(|_| not_pair())?;
-        named.push((name, value));
+        Ok((name, value))
+    };
+    match headers.cast::<PyList>() {
+        Ok(list) => list.iter().map(pair_of).collect(),
+        Err(_) => headers.try_iter()?.map(|pair| pair_of(pair?)).collect(),
     }
-    Ok(named)
 }
 
 /// The value of the first of `names` (lower-case bytes, in order of preference) that `headers`

@@ -14,7 +14,7 @@ from tokens_reference import reference_encoding
 
 import llmthrottle as lt
 from llmthrottle import InvalidRequestBody
-from llmthrottle.request_estimate import image_size_from_bytes, openai_tiles
+from llmthrottle.request_estimate import estimate_counts, image_size_from_bytes, openai_tiles
 
 # The worked example of the OpenAI cookbook "How to count tokens with tiktoken".
 COOKBOOK_MESSAGES: list[dict[str, Any]] = [
@@ -334,17 +334,14 @@ def test_a_plain_body_is_counted_natively_as_the_python_walk_counts_it(
     if system is not None and provider == "anthropic":
         body["system"] = system
     native = lt.get_encoding("o200k_base").plain_chat_estimate(
-        body,
-        tokens_per_message=3,
-        reply_priming=3,
-        system_key="system" if provider == "anthropic" else None,
-        output_keys=("max_tokens",),
-        default_max_output_tokens=4096,
+        body, 3, 3, "system" if provider == "anthropic" else None, ("max_tokens",), 4096
     )
     assert native is not None
     walked = lt.estimate(types.MappingProxyType(body), provider)  # type: ignore[arg-type]
     assert lt.estimate(body, provider) == walked
     assert native == (walked.input_tokens, walked.max_output_tokens)
+    # What a wrapped call reserves takes the same native count.
+    assert estimate_counts(body, provider, "chat" if provider == "openai" else None) == native
 
 
 @pytest.mark.parametrize(
@@ -364,11 +361,15 @@ def test_a_plain_body_is_counted_natively_as_the_python_walk_counts_it(
 )
 def test_any_other_body_is_left_to_the_python_walk(body: dict[str, Any]) -> None:
     counted = lt.get_encoding("o200k_base").plain_chat_estimate(
-        body,
-        tokens_per_message=3,
-        reply_priming=3,
-        system_key=None,
-        output_keys=("max_completion_tokens", "max_tokens"),
-        default_max_output_tokens=4096,
+        body, 3, 3, None, ("max_completion_tokens", "max_tokens"), 4096
     )
     assert counted is None
+    # What a wrapped call reserves is then the walk's answer, or its error.
+    body = {"model": "gpt-4o", **body}
+    try:
+        walked = lt.estimate(body, "openai", endpoint="chat")
+    except ValueError as error:
+        with pytest.raises(type(error)):
+            estimate_counts(body, "openai", "chat")
+    else:
+        assert estimate_counts(body, "openai", "chat") == (walked.input_tokens, walked.max_output_tokens)

@@ -362,14 +362,24 @@ def test_a_limit_header_that_is_not_an_ascii_count_announces_nothing() -> None:
         assert announced_limits("openai", plain) == []
 
 
-def test_a_provider_key_that_is_not_paused_admits_every_attempt_at_once() -> None:
+@pytest.mark.parametrize("own_state", [True, False], ids=["own state", "given state"])
+def test_a_provider_key_that_is_not_paused_admits_every_attempt_at_once(
+    own_state: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Looking at a pause takes nothing: thousands of attempts a second on one provider key go
-    out at once, and only a recorded pause holds them."""
-    from llmthrottle.providers.pause import ProviderPause
+    out at once, and only a recorded pause holds them. On a state of its own the pause skips
+    the look for keys it never paused, up to a bound past which it always looks."""
+    from llmthrottle.providers import pause as pauses
 
-    pause = ProviderPause()
+    monkeypatch.setattr(pauses, "_MAX_OWN_KEYS", 2)
+    pause = pauses.ProviderPause(None if own_state else lt.InProcessState())
     assert all(pause.wait_s("api.example|k|gpt-4o") == 0.0 for _ in range(5000))
     pause.pause("api.example|k|gpt-4o", 2.0)
+    assert 1.5 < pause.wait_s("api.example|k|gpt-4o") <= 2.0
+    assert pause.wait_s("api.example|k|gpt-4o-mini") == 0.0
+    for model in ("a", "b", "c"):  # past the bound
+        pause.pause(f"api.example|k|{model}", 1.0)
+    assert all(0.5 < pause.wait_s(f"api.example|k|{model}") <= 1.0 for model in ("a", "b", "c"))
     assert 1.5 < pause.wait_s("api.example|k|gpt-4o") <= 2.0
     assert pause.wait_s("api.example|k|gpt-4o-mini") == 0.0
 

@@ -154,6 +154,42 @@ def estimate(
     raise ValueError(f"unknown endpoint {endpoint!r}")
 
 
+def _plain_counts(
+    encoding: Encoding, body: Mapping[str, Any], system_key: str | None, output_keys: tuple[str, ...], default: int
+) -> tuple[int, int] | None:
+    """(input, output reservation) of a body in the plainest shape (string messages, an optional
+    string `system_key`, no tools), counted natively in one call with the rules walked below;
+    None for any other body."""
+    # By position: every wrapped call asks, and keywords cost more to match.
+    return encoding.plain_chat_estimate(body, TOKENS_PER_MESSAGE, REPLY_PRIMING, system_key, output_keys, default)
+
+
+def estimate_counts(
+    body: Mapping[str, Any],
+    provider: Literal["openai", "anthropic"],
+    endpoint: Literal["chat", "responses", "embeddings"] | None,
+    fallback: str | None = None,
+) -> tuple[int, int]:
+    """`estimate(body, provider, endpoint=endpoint, fallback=fallback)` as (input tokens, output
+    reservation): what a wrapped call reserves on every request, so the plainest bodies skip
+    the checks and objects of the general walk (they are counted by the same rules)."""
+    model = body.get("model") if type(body) is dict else None
+    if type(model) is str:
+        if provider == "anthropic":
+            counted = _plain_counts(
+                get_encoding("o200k_base"), body, "system", _ANTHROPIC_OUTPUT, DEFAULT_MAX_OUTPUT_TOKENS
+            )
+        elif endpoint == "chat":
+            encoding = encoding_for_model(model, fallback=fallback)
+            counted = _plain_counts(encoding, body, None, _CHAT_OUTPUT, DEFAULT_MAX_OUTPUT_TOKENS)
+        else:
+            counted = None
+        if counted is not None:
+            return counted
+    walked = estimate(body, provider, endpoint=endpoint, fallback=fallback)
+    return walked.input_tokens, walked.max_output_tokens
+
+
 def _no_image_size(url: str) -> ImageSize | None:
     return None
 
@@ -207,18 +243,11 @@ class _Counter:
     def plain(
         self, body: Mapping[str, Any], system_key: str | None, output_keys: tuple[str, ...], default: int
     ) -> RequestEstimate | None:
-        """The estimate of a body in the plainest shape (string messages, no tools), counted
-        natively in one call with the same rules; None for any other body, walked below."""
+        """The estimate of a body in the plainest shape (see `_plain_counts`); None for any
+        other body, walked below."""
         if not self.exact:
             return None
-        counted = self.encoding.plain_chat_estimate(
-            body,
-            tokens_per_message=TOKENS_PER_MESSAGE,
-            reply_priming=REPLY_PRIMING,
-            system_key=system_key,
-            output_keys=output_keys,
-            default_max_output_tokens=default,
-        )
+        counted = _plain_counts(self.encoding, body, system_key, output_keys, default)
         return (
             None if counted is None else RequestEstimate(counted[0], counted[1], self.encoding.name, self.approximate)
         )

@@ -2,9 +2,9 @@
 //! `llmthrottle_core::reply`): the limits its headers announce, and where a whole reply's
 //! `usage` is.
 
-use llmthrottle_core::announced::{self, HeaderFamily, LimitHeaders};
+use llmthrottle_core::announced::{self, Announced, HeaderFamily, LimitHeaders};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use crate::errors::{InvalidInput, InvalidType};
 
@@ -20,16 +20,23 @@ fn family(provider: &str) -> PyResult<HeaderFamily> {
 
 type BytePair<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>);
 
-/// `headers` as (name, value) bytes pairs: a list (or any iterable) of 2-tuples of bytes.
+/// `headers` as (name, value) bytes pairs: a list (or any iterable) of 2-tuples of bytes, or of
+/// the (name as sent, lower-case name, value) triples httpx's `Headers` keeps (read without
+/// building its `raw` list: every wrapped call reads its request's and its reply's headers).
 fn byte_pairs<'py>(headers: &Bound<'py, PyAny>) -> PyResult<Vec<BytePair<'py>>> {
     let not_pair = || InvalidType::new_err("headers must be (name, value) pairs of bytes");
     let pair_of = |pair: Bound<'py, PyAny>| -> PyResult<BytePair<'py>> {
         let pair = pair.cast_into::<PyTuple>().map_err(|_| not_pair())?;
-        if pair.len() != 2 {
-            return Err(not_pair());
-        }
-        let name = pair.get_item(0)?.cast_into::<PyBytes>().map_err(|_| not_pair())?;
-        let value = pair.get_item(1)?.cast_into::<PyBytes>().map_err(|_| not_pair())?;
+        let (name_at, value_at) = match pair.len() {
+            2 => (0, 1),
+            3 => (1, 2),
+            _ => return Err(not_pair()),
+        };
+        let name = pair.get_item(name_at)?.cast_into::<PyBytes>().map_err(|_| not_pair())?;
+        let value = pair
+            .get_item(value_at)?
+            .cast_into::<PyBytes>()
+            .map_err(|_| not_pair())?;
         Ok((name, value))
     };
     match headers.cast::<PyList>() {
@@ -38,47 +45,66 @@ fn byte_pairs<'py>(headers: &Bound<'py, PyAny>) -> PyResult<Vec<BytePair<'py>>> 
     }
 }
 
-/// The value of the first of `names` (lower-case bytes, in order of preference) that `headers`
-/// carry with a value that is not empty; names are matched in any case, and the first header
-/// of a name counts. None when there is none.
-#[pyfunction]
-fn preferred_header<'py>(
-    headers: &Bound<'py, PyAny>,
-    names: &Bound<'py, PyTuple>,
-) -> PyResult<Option<Bound<'py, PyBytes>>> {
-    let wanted: Vec<Bound<'py, PyBytes>> = names
-        .iter()
-        .map(|name| name.cast_into::<PyBytes>())
-        .collect::<Result<_, _>>()
-        .map_err(|_| InvalidType::new_err("names must be bytes"))?;
-    let mut found: Vec<Option<Bound<'py, PyBytes>>> = vec![None; wanted.len()];
-    for (name, value) in byte_pairs(headers)? {
-        let name = name.as_bytes();
-        if let Some(slot) = wanted.iter().position(|w| name.eq_ignore_ascii_case(w.as_bytes())) {
-            if found[slot].is_none() {
-                found[slot] = Some(value);
-            }
-        }
-    }
-    Ok(found.into_iter().flatten().find(|value| !value.as_bytes().is_empty()))
-}
-
 /// (dimension, limit, remaining, reset in seconds or None, window in seconds) for each limit
-/// `headers` announce: a list of `(name, value)` bytes pairs, as httpx's `Headers.raw` and
-/// aiohttp's `raw_headers` give them. `now_unix_s` reads Anthropic's reset instants.
+/// `headers` announce (header bytes as `byte_pairs` takes them). `now_unix_s` reads Anthropic's
+/// reset instants.
 #[pyfunction]
 fn announced_limits(headers: &Bound<'_, PyAny>, provider: &str, now_unix_s: f64) -> PyResult<Vec<Found>> {
+    Ok(announced_in(headers, provider, now_unix_s)?
+        .into_iter()
+        .map(as_found)
+        .collect())
+}
+
+fn announced_in(headers: &Bound<'_, PyAny>, provider: &str, now_unix_s: f64) -> PyResult<Vec<Announced>> {
     let family = family(provider)?;
     let named = byte_pairs(headers)?;
     let mut seen = LimitHeaders::default();
     for (name, value) in &named {
         seen.see(family, name.as_bytes(), value.as_bytes());
     }
-    Ok(seen
-        .announced(family, now_unix_s)
-        .into_iter()
-        .map(|a| (a.dimension, a.limit, a.remaining, a.reset_s, a.window_s))
-        .collect())
+    Ok(seen.announced(family, now_unix_s))
+}
+
+fn as_found(a: Announced) -> Found {
+    (a.dimension, a.limit, a.remaining, a.reset_s, a.window_s)
+}
+
+/// `announced_limits`, or None when `headers` announce just the `known` limits
+/// (`(dimension, limit, window_s)` of each limit above 0, in the order `announced_limits` gives
+/// them) with none of them used up: most replies of a provider key say nothing new, and a
+/// wrapped call reads every reply.
+#[pyfunction]
+fn announced_news(
+    headers: &Bound<'_, PyAny>,
+    provider: &str,
+    now_unix_s: f64,
+    known: &Bound<'_, PyTuple>,
+) -> PyResult<Option<Vec<Found>>> {
+    let found = announced_in(headers, provider, now_unix_s)?;
+    if !found.is_empty() && !found.iter().any(|a| a.remaining == 0) && same_limits(&found, known) {
+        return Ok(None);
+    }
+    Ok(Some(found.into_iter().map(as_found).collect()))
+}
+
+/// Whether the limits above 0 in `found` are `known`'s `(dimension, limit, window_s)`, in order.
+fn same_limits(found: &[Announced], known: &Bound<'_, PyTuple>) -> bool {
+    let mut limits = found.iter().filter(|a| a.limit > 0);
+    for entry in known.iter() {
+        let Some(a) = limits.next() else {
+            return false;
+        };
+        let Ok((dimension, limit, window_s)) = entry.extract::<(Bound<'_, PyString>, u64, f64)>() else {
+            return false;
+        };
+        #[allow(clippy::float_cmp)] // the same parse of the same text: equal, not close
+        let same = dimension.to_str().is_ok_and(|d| d == a.dimension) && limit == a.limit && window_s == a.window_s;
+        if !same {
+            return false;
+        }
+    }
+    limits.next().is_none()
 }
 
 /// An `x-ratelimit-reset-*` value in seconds (`6m0s`, `1.5s`, `20ms`, Azure's `45`); None if
@@ -103,9 +129,9 @@ fn root_usage_span(body: &[u8]) -> Option<(usize, usize)> {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(announced_limits, m)?)?;
+    m.add_function(wrap_pyfunction!(announced_news, m)?)?;
     m.add_function(wrap_pyfunction!(parse_reset_duration, m)?)?;
     m.add_function(wrap_pyfunction!(parse_rfc3339, m)?)?;
     m.add_function(wrap_pyfunction!(root_usage_span, m)?)?;
-    m.add_function(wrap_pyfunction!(preferred_header, m)?)?;
     Ok(())
 }

@@ -123,8 +123,8 @@ impl PyEncoding {
     /// is added once; the reservation is the first of `output_keys` present, else
     /// `default_max_output_tokens`. None for any other body: the caller walks it in Python,
     /// where every shape and every error is handled (and which is this method's test oracle).
-    #[allow(clippy::too_many_arguments)] // Python keyword arguments, named at every call
-    #[pyo3(signature = (body, *, tokens_per_message, reply_priming, system_key, output_keys, default_max_output_tokens))]
+    #[allow(clippy::too_many_arguments)] // the body's rules, given by position: every call asks
+    #[pyo3(signature = (body, tokens_per_message, reply_priming, system_key, output_keys, default_max_output_tokens, /))]
     fn plain_chat_estimate(
         &self,
         py: Python<'_>,

@@ -22,11 +22,11 @@ from ..guard import Guard, GuardedCall
 from ..pricing import cost as price_of
 from ..pricing.table import Cost
 from ..pricing.usage import normalize_usage
-from ..request_estimate import estimate
+from ..request_estimate import estimate_counts
 from ..tokens import count_tokens
 from .attribution import context_keys, context_tags
 from .cache import CachedReply, ResponseCache
-from .headers import announced_tuples, retry_after_s
+from .headers import announced_news, retry_after_s
 from .learned import LearnedLimits
 from .models import as_sent, priced_model, request_model
 from .pause import ProviderPause, limit_scope
@@ -87,6 +87,7 @@ class CallPlan:
         "last_failure",
         "learned_reservation",
         "pause_key",
+        "reads_reply",
         "reported",
         "settings",
         "settled",
@@ -105,8 +106,10 @@ class CallPlan:
         hide_usage_chunk: bool,
         pause_key: str,
         cache_scope: str = "",
+        reads_reply: bool = True,
     ) -> None:
         self.settings = settings
+        self.reads_reply = reads_reply
         self.pause_key = pause_key
         self.endpoint = endpoint
         self.body = body
@@ -165,9 +168,20 @@ class CallPlan:
         name, model, wire_model = named
         if model != wire_model:
             body = {**body, "model": model}  # counted and priced as `model`; sent as it came
+        # Whether anything reads the reply: the guard prices it, the cache keeps it, an
+        # `lt.calls()` block reports it, or learned limits reconcile its output (Anthropic counts
+        # the output produced). When nothing does, the reply reaches the caller as the SDK asked
+        # for it, unread, and the call is settled when the answer comes.
+        reads_reply = (
+            settings.guard is not None
+            or settings.cache is not None
+            or not endpoint.counts_reserved_output
+            or listening()
+        )
         original, hide = body, False
         if (
-            settings.include_stream_usage
+            reads_reply
+            and settings.include_stream_usage
             and endpoint.kind == "chat"
             and body.get("stream")
             and not (body.get("stream_options") or {}).get("include_usage")
@@ -179,7 +193,7 @@ class CallPlan:
         if hide or body is not original:
             content = json.dumps(as_sent(body, wire_model), separators=(",", ":")).encode()
         key, cache_scope = limit_scope(endpoint, host, headers, name, cache_scope)
-        plan = cls(settings, endpoint, body, content, hide, key, cache_scope)
+        plan = cls(settings, endpoint, body, content, hide, key, cache_scope, reads_reply)
         if endpoint.azure_deployment is not None:
             plan.azure_deployment = name
         return plan
@@ -223,7 +237,7 @@ class CallPlan:
         """Seconds to wait before trying (a pause some worker recorded for this provider key);
         0.0: go. Raises RateLimited when the pause outlasts the call's deadline."""
         wait = self.settings.pause.wait_s(self.pause_key)
-        if wait > self.remaining_s():
+        if wait and wait > self.remaining_s():
             self.fail("rate_limited", paused_s=round(wait, 3))
             error = RateLimited(
                 f"the provider asked every caller of {self.body['model']!r} on this key to wait "
@@ -237,10 +251,11 @@ class CallPlan:
         """Reads an answer's status and the limits it announced: they become the provider key's
         learned limits, and one used up pauses every worker until its reset."""
         self.status, self.answer_headers, self.in_flight = status, headers, False
-        announced = announced_tuples(self.endpoint.provider, headers)
+        learned = self.settings.learned
+        announced = announced_news(self.endpoint.provider, headers, learned.limits_of(self.pause_key))
         if not announced:
             return
-        self.settings.learned.observe(self.pause_key, announced)
+        learned.observe(self.pause_key, announced)
         for _dimension, _limit, remaining, reset_s, _window_s in announced:
             if remaining == 0 and reset_s:
                 self.settings.pause.pause(self.pause_key, reset_s)
@@ -250,18 +265,19 @@ class CallPlan:
         admitted at once (the reservation is kept), or no limits are known yet. Otherwise the
         (limiter, amounts) the caller waits on with `acquire`. A previous attempt's admission is
         given back first."""
-        self.release_learned()
-        limiter = self.settings.learned.known(self.pause_key)
-        if limiter is None:
+        if self.learned_reservation is not None:
+            self.release_learned()
+        learned = self.settings.learned.of(self.pause_key)
+        if learned is None:
             return None
         input_tokens, output_tokens = self.reserved_tokens()
-        amounts = LearnedLimits.amounts(limiter, self.endpoint.family, input_tokens, output_tokens)
+        family = self.endpoint.family
         # Most attempts fit at once: one decision, without the waiting loop around it.
-        decision = limiter.try_acquire(self.pause_key, **amounts)
+        decision = learned.try_acquire(self.pause_key, family, input_tokens, output_tokens)
         if decision:
             self.learned_reservation = decision
             return None
-        return limiter, amounts
+        return learned.limiter, learned.amounts(family, input_tokens, output_tokens)
 
     def reserved_tokens(self) -> tuple[int, int]:
         if self.call is not None:
@@ -270,10 +286,9 @@ class CallPlan:
             # Learned limits are the provider's own count, approximated: a model name llmthrottle
             # has no tokenizer for (an Azure deployment's, say) is counted with o200k_base.
             kind = self.endpoint.kind
-            counted = estimate(
-                self.body, self.endpoint.family, endpoint=None if kind == "messages" else kind, fallback="o200k_base"
+            self._estimated = estimate_counts(
+                self.body, self.endpoint.family, None if kind == "messages" else kind, "o200k_base"
             )
-            self._estimated = counted.input_tokens, counted.max_output_tokens
         return self._estimated
 
     def release_learned(self) -> None:
@@ -293,14 +308,11 @@ class CallPlan:
         except (ValueError, TypeError):
             reservation.commit()  # unreadable usage: keep the worst case
             return
-        limiter = self.settings.learned.known(self.pause_key)
-        dimensions = limiter.dimensions if limiter is not None else ()
-        amounts = (
-            LearnedLimits.amounts(limiter, self.endpoint.family, tokens.prompt_tokens, tokens.output_tokens)
-            if limiter is not None
-            else {}
-        )
-        reservation.commit(**{k: v for k, v in amounts.items() if k in dimensions})
+        learned = self.settings.learned.of(self.pause_key)
+        if learned is None:
+            reservation.commit()
+            return
+        reservation.commit(**learned.amounts(self.endpoint.family, tokens.prompt_tokens, tokens.output_tokens))
 
     def next_wait(self, status: int, headers: Any, body: bytes) -> float | None:
         """After an error answer: seconds to wait before the next attempt, or None to give the
@@ -462,6 +474,15 @@ class CallPlan:
         )
         return usage, "ok" if reader.complete else "cancelled"
 
+    def settle_unread(self) -> None:
+        """Settles a call whose reply nothing reads (`reads_reply` is False, or nothing came to
+        read it since): the learned limits keep what they reserved, as the provider counts it."""
+        # Only OpenAI's family gets here holding a learned reservation, and it keeps its whole
+        # charge: a reservation let go unsettled keeps what it took (learned limits hold no
+        # concurrency to give back), so no call into the engine is needed to commit it.
+        self.learned_reservation = None
+        self.reported = True
+
     def settle(self, reader: UsageReader) -> None:
         """The body ended or was abandoned: reconcile, price, record, report."""
         if self.reported and self.learned_reservation is None and (self.call is None or self.settled):
@@ -472,10 +493,7 @@ class CallPlan:
             and (self.learned_reservation is None or self.endpoint.counts_reserved_output)
             and not listening()
         ):
-            # Nothing prices, keeps or reports this call, and the learned limits keep what they
-            # reserved (the provider counts it so): the reply is never read for its usage.
-            self._settle_learned(None)
-            self.reported = True
+            self.settle_unread()
             return
         usage, outcome = self._final_usage(reader)
         self._settle_learned(usage)

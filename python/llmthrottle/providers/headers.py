@@ -9,7 +9,7 @@ import datetime as dt
 import email.utils
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from .. import _native
@@ -17,6 +17,7 @@ from .. import _native
 __all__ = [
     "Announcement",
     "announced_limits",
+    "announced_news",
     "announced_tuples",
     "credential",
     "format_reset_duration",
@@ -92,25 +93,37 @@ class Announcement(NamedTuple):
     window_s: float = 60.0
 
 
-def _header_pairs(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
-    """(name, value) bytes: httpx's header bytes as received, or any mapping's as latin-1."""
-    raw = getattr(headers, "raw", None)
-    if raw is not None:
-        return raw  # type: ignore[no-any-return]
+def _header_pairs(headers: Mapping[str, str]) -> Sequence[tuple[bytes, bytes] | tuple[bytes, bytes, bytes]]:
+    """The header bytes the native readers take: httpx's as it keeps them ((name as sent,
+    lower-case name, value) triples, read in place), or any mapping's (name, value) as latin-1."""
+    kept = getattr(headers, "_list", None)
+    if type(kept) is list:
+        return kept
     return [(name.encode("latin-1", "replace"), value.encode("latin-1", "replace")) for name, value in headers.items()]
 
 
 _CREDENTIALS = (b"authorization", b"x-api-key", b"api-key")
+_CREDENTIAL_NAMES = frozenset(_CREDENTIALS)
 
 
 def credential(headers: Mapping[str, str]) -> str | None:
     """The API key a request presents: `authorization` (OpenAI, Azure's Entra tokens),
-    `x-api-key` (Anthropic) or `api-key` (Azure), in that order; None without one."""
-    raw = getattr(headers, "raw", None)
-    if raw is None:
+    `x-api-key` (Anthropic) or `api-key` (Azure), in that order, in any case; the first header
+    of a name counts, and an empty one is passed over. None without one."""
+    kept = getattr(headers, "_list", None)
+    if type(kept) is not list:
         return headers.get("authorization") or headers.get("x-api-key") or headers.get("api-key")
-    value = _native.preferred_header(raw, _CREDENTIALS)  # httpx: one pass over the header bytes
-    return None if value is None else value.decode("latin-1")
+    # httpx's (name as sent, lower-case name, value) triples, read in place. A loop here costs
+    # less than a call into the native module, on a path every call takes with cold caches.
+    first: dict[bytes, bytes] = {}
+    for _sent, name, value in kept:
+        if name in _CREDENTIAL_NAMES and name not in first:
+            first[name] = value
+    for name in _CREDENTIALS:
+        value = first.get(name)
+        if value:
+            return value.decode("latin-1")
+    return None
 
 
 def announced_limits(provider: str, headers: Mapping[str, str], *, now: float | None = None) -> list[Announcement]:
@@ -127,3 +140,12 @@ def announced_tuples(
     """`announced_limits` as plain tuples, in the same field order: what a wrapped call reads
     on every reply."""
     return _native.announced_limits(_header_pairs(headers), provider, time.time() if now is None else now)
+
+
+def announced_news(
+    provider: str, headers: Mapping[str, str], known: tuple[tuple[str, int, float], ...]
+) -> list[tuple[str, int, int, float | None, float]] | None:
+    """`announced_tuples`, or None when `headers` announce just the `known` limits
+    (`(dimension, limit, window_s)` of each limit above 0, in the same order) and none of them
+    is used up: most replies say nothing new of their provider key's limits."""
+    return _native.announced_news(_header_pairs(headers), provider, time.time(), known)

@@ -22,10 +22,46 @@ from .headers import Announcement
 # fields that `headers.announced_tuples` gives.
 Announced = Announcement | tuple[str, int, int, float | None, float]
 
-__all__ = ["LearnedLimits"]
+__all__ = ["Learned", "LearnedLimits"]
 
 # The dimensions a provider announces, each over the window the announcement names.
 _DIMENSIONS = ("requests", "tokens", "input_tokens", "output_tokens")
+
+
+class Learned:
+    """What is known of one provider key: the `(dimension, limit, window_s)` announced and the
+    limiter that keeps them."""
+
+    __slots__ = ("_by_position", "dimensions", "limiter", "limits")
+
+    def __init__(self, limits: tuple[tuple[str, int, float], ...], limiter: Limiter) -> None:
+        self.limits = limits
+        self.limiter = limiter
+        # Read on every call: kept, not asked of the limiter.
+        self.dimensions = frozenset(limiter.dimensions)
+        # Requests and tokens are what most providers announce: those two go to `try_acquire`
+        # by position, with no keyword dict to build.
+        self._by_position = self.dimensions <= {"requests", "tokens"}
+
+    def amounts(self, family: str, input_tokens: int, output_tokens: int) -> dict[str, int]:
+        """A call's amounts in the dimensions limited (OpenAI counts input plus the output
+        reservation toward TPM; Anthropic counts input and output apart); requests count 1."""
+        dimensions = self.dimensions
+        amounts: dict[str, int] = {}
+        if "tokens" in dimensions:
+            amounts["tokens"] = input_tokens if family == "anthropic" else input_tokens + output_tokens
+        if "input_tokens" in dimensions:
+            amounts["input_tokens"] = input_tokens
+        if "output_tokens" in dimensions:
+            amounts["output_tokens"] = output_tokens
+        return amounts
+
+    def try_acquire(self, key: str, family: str, input_tokens: int, output_tokens: int) -> Any:
+        """The limiter's decision on a call now (its `amounts`), without waiting."""
+        if self._by_position:
+            tokens = input_tokens if family == "anthropic" else input_tokens + output_tokens
+            return self.limiter.try_acquire(key, None, tokens if "tokens" in self.dimensions else None)
+        return self.limiter.try_acquire(key, **self.amounts(family, input_tokens, output_tokens))
 
 
 class LearnedLimits:
@@ -33,7 +69,7 @@ class LearnedLimits:
 
     def __init__(self, state: Any = None) -> None:
         self._state = state
-        self._limiters: dict[str, tuple[tuple[tuple[str, int, float], ...], Limiter]] = {}
+        self._learned: dict[str, Learned] = {}
 
     def observe(self, key: str, announced: Sequence[Announced]) -> None:
         # In the order the headers parser gives them, which is fixed per provider.
@@ -44,8 +80,8 @@ class LearnedLimits:
         )
         if not limits:
             return
-        current = self._limiters.get(key)
-        if current is not None and current[0] == limits:
+        current = self._learned.get(key)
+        if current is not None and current.limits == limits:
             return
         rates = {
             dimension: f"{limit}/min" if window_s == 60.0 else f"{limit}/{window_s:g}s"
@@ -64,22 +100,20 @@ class LearnedLimits:
             if used:
                 limiter.charge(key, **used)
         else:
-            limiter = current[1]
+            limiter = current.limiter
             limiter.set_limits(rates)
-        self._limiters[key] = (limits, limiter)
+        self._learned[key] = Learned(limits, limiter)
+
+    def limits_of(self, key: str) -> tuple[tuple[str, int, float], ...]:
+        """The `(dimension, limit, window_s)` learned for `key`, as `observe` keeps them; ()
+        when none are."""
+        learned = self._learned.get(key)
+        return learned.limits if learned is not None else ()
 
     def known(self, key: str) -> Limiter | None:
-        entry = self._limiters.get(key)
-        return entry[1] if entry is not None else None
+        learned = self._learned.get(key)
+        return learned.limiter if learned is not None else None
 
-    @staticmethod
-    def amounts(limiter: Limiter, family: str, input_tokens: int, output_tokens: int) -> dict[str, int]:
-        """A call's amounts in the dimensions `limiter` limits (OpenAI counts input plus the
-        output reservation toward TPM; Anthropic counts input and output apart)."""
-        dimensions = limiter.dimensions
-        every = {
-            "tokens": input_tokens if family == "anthropic" else input_tokens + output_tokens,
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-        }
-        return {name: value for name, value in every.items() if name in dimensions}
+    def of(self, key: str) -> Learned | None:
+        """What is known of `key`, None when no limits are."""
+        return self._learned.get(key)

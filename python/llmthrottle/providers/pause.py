@@ -30,6 +30,7 @@ __all__ = ["ProviderPause", "azure_account", "limit_scope", "pause_key"]
 _NAMESPACE = "llmthrottle.provider-pause"
 _LIMITS = {"pause_ms": {"rate": "1000/s", "burst": 1}}
 _MAX_PAUSE_S = 3600.0
+_MAX_OWN_KEYS = 10_000
 
 
 @functools.lru_cache(maxsize=256)
@@ -59,8 +60,8 @@ def limit_scope(endpoint: Endpoint, host: str, headers: Any, name: str, cache_sc
     """(the key of the provider's limits and pauses, the cache scope) of a request naming the
     model or deployment `name`: a cached reply is only ever the same caller's."""
     presented = credential(headers)
-    if endpoint.azure_deployment is None:
-        return pause_key(host, presented, name), cache_scope
+    if endpoint.azure_deployment is None:  # pause_key's, in place: every call asks
+        return f"{host}|{_account(presented or '')}|{name}"[:250], cache_scope
     return pause_key(host, azure_account(headers), name), f"{cache_scope}|{_account(presented or '')}"
 
 
@@ -69,14 +70,26 @@ class ProviderPause:
 
     def __init__(self, state: Any = None) -> None:
         self.limiter = Limiter(_LIMITS, state=state, namespace=_NAMESPACE)
+        # On a state of its own (None: made here, seen by nobody else) only this object pauses a
+        # key, so a key it never paused needs no look: every attempt asks, and most keys are
+        # never paused. Bounded: past _MAX_OWN_KEYS paused keys, every attempt looks.
+        self._own_paused: set[str] | None = set() if state is None else None
 
     def wait_s(self, key: str) -> float:
         """0.0 when `key` may be tried now, else seconds to wait."""
+        own = self._own_paused
+        if own is not None and key not in own:
+            return 0.0
         decision = self.limiter.peek(key, pause_ms=1)
         return 0.0 if decision else max(0.001, float(decision.retry_after))
 
     def pause(self, key: str, seconds: float) -> None:
         """No attempt on `key` anywhere on this state for `seconds` (at most an hour)."""
+        own = self._own_paused
+        if own is not None:
+            own.add(key)  # before the charge: a look that misses the key saw no pause yet
+            if len(own) > _MAX_OWN_KEYS:
+                self._own_paused = None
         seen = self.limiter.peek(key, pause_ms=1)
         already = 0.0 if seen else float(seen.retry_after)
         # Pauses overlap, they do not add up: only the part beyond the current pause is charged.

@@ -5,7 +5,7 @@ a byte-fed reader, so the sync and async transports share every rule."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .. import _native
@@ -22,23 +22,23 @@ Kind = Literal["chat", "responses", "embeddings", "messages"]
 class Endpoint:
     """An LLM endpoint: the provider family (whose request and usage shapes it speaks) and the
     kind of call. `azure_deployment` is set for Azure OpenAI, which speaks OpenAI's shapes: the
-    deployment the path names, or "" when the body's `model` names it (the `/openai/v1` API)."""
+    deployment the path names, or "" when the body's `model` names it (the `/openai/v1` API).
+
+    `provider` is whose rate-limit headers and error bodies the answers carry.
+    `counts_reserved_output` is whether the provider's token limit counts the requested max
+    output, used or not (OpenAI, and Azure, which counts a request's max_tokens when it
+    arrives), rather than the output produced (Anthropic). Both are read on every call: they
+    are kept, not computed."""
 
     family: Family
     kind: Kind
     azure_deployment: str | None = None
+    provider: Provider = field(init=False, repr=False, compare=False)
+    counts_reserved_output: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def provider(self) -> Provider:
-        """Whose rate-limit headers and error bodies the answers carry."""
-        return "azure" if self.azure_deployment is not None else self.family
-
-    @property
-    def counts_reserved_output(self) -> bool:
-        """Whether the provider's token limit counts the requested max output, used or not
-        (OpenAI, and Azure, which counts a request's max_tokens when it arrives), rather than the
-        output produced (Anthropic)."""
-        return self.family == "openai"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "provider", "azure" if self.azure_deployment is not None else self.family)
+        object.__setattr__(self, "counts_reserved_output", self.family == "openai")
 
 
 _ENDPOINTS = (
@@ -54,12 +54,30 @@ AZURE_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.a
 _DEPLOYMENTS = "/openai/deployments/"
 
 
+# (method, path, host) -> its endpoint: a client asks the same few, on every call. Bounded:
+# paths may come from callers.
+_SEEN: dict[tuple[str, str, str], Endpoint | None] = {}
+_SEEN_MAX = 1024
+
+
 def endpoint_of(method: str, path: str, host: str = "") -> Endpoint | None:
     """The endpoint a request is a call to, or None for anything else (listing models, files...).
 
     Azure OpenAI's requests are OpenAI's with the deployment in the path
     (`/openai/deployments/{deployment}/chat/completions`, `.../embeddings`), or in the body's
     `model` (`/openai/responses`, and any path on an Azure host, such as `/openai/v1/...`)."""
+    asked = (method, path, host)
+    try:
+        return _SEEN[asked]
+    except KeyError:
+        pass
+    if len(_SEEN) >= _SEEN_MAX:
+        _SEEN.clear()
+    found = _SEEN[asked] = _endpoint_of(method, path, host)
+    return found
+
+
+def _endpoint_of(method: str, path: str, host: str) -> Endpoint | None:
     if method != "POST":
         return None
     for suffix, endpoint in _ENDPOINTS:

@@ -9,6 +9,7 @@ attempt is admitted and counted.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -25,7 +26,8 @@ __all__ = ["AsyncThrottledTransport", "ThrottledTransport", "attempts_async", "p
 def _rebuilt(request: httpx2.Request, plan: CallPlan, content: bytes) -> httpx2.Request:
     """The request asking for an uncompressed reply (so that its bytes can be read as they pass),
     with the body the plan rewrote, if it did. Building a new request costs more than the rest
-    of the wrapper's work, so an unchanged one is only given the header."""
+    of the wrapper's work, so an unchanged one is only given the header. Not called for a
+    request sent as it came, whose reply the plan does not read."""
     if plan.content is content:
         request.headers["accept-encoding"] = "identity"
         return request
@@ -105,10 +107,16 @@ class _AsyncObservedStream(httpx2.AsyncByteStream):
             self._plan.settle(self._reader)
 
 
-def _observed(response: httpx2.Response, stream: Any) -> httpx2.Response:
-    """The same response, its body read through `stream` (a new Response would cost more than
-    the rest of the wrapper's work on the way back)."""
-    response.stream = stream
+def _observed(
+    response: httpx2.Response, plan: CallPlan, stream: type[_ObservedStream | _AsyncObservedStream]
+) -> httpx2.Response:
+    """The same response, its body read through `stream` when the plan reads it, else settled
+    now and left as it came (a new Response would cost more than the rest of the wrapper's work
+    on the way back)."""
+    if plan.reads_reply:
+        response.stream = stream(response.stream, plan, plan.reader())
+    else:
+        plan.settle_unread()
     return response
 
 
@@ -126,10 +134,10 @@ class ThrottledTransport(httpx2.BaseTransport):
         )
         if plan is None:
             return self.inner.handle_request(request)
-        hit = plan.cached_reply()
-        if hit is not None:
+        if plan.cache_key is not None and (hit := plan.cached_reply()) is not None:
             return _cached_response(hit, request)
-        request = _rebuilt(request, plan, content)
+        if plan.reads_reply or plan.content is not content:
+            request = _rebuilt(request, plan, content)
         guard = self.settings.guard
         try:
             while True:
@@ -157,7 +165,7 @@ class ThrottledTransport(httpx2.BaseTransport):
                     continue
                 plan.observe(response.status_code, response.headers)
                 if response.status_code < 400:
-                    return _observed(response, _ObservedStream(response.stream, plan, plan.reader()))
+                    return _observed(response, plan, _ObservedStream)
                 body = response.read()
                 response.close()
                 wait = plan.next_wait(response.status_code, response.headers, body)
@@ -178,6 +186,16 @@ class ThrottledTransport(httpx2.BaseTransport):
         self.inner.close()
 
 
+def _status_of(response: httpx2.Response) -> tuple[int, httpx2.Headers]:
+    return response.status_code, response.headers
+
+
+async def _drained(response: httpx2.Response) -> bytes:
+    body = await response.aread()
+    await response.aclose()
+    return body
+
+
 class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
     """Wraps the SDK's transport (`inner`) for asyncio clients."""
 
@@ -192,25 +210,19 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
         )
         if plan is None:
             return await self.inner.handle_async_request(request)
-        hit = plan.cached_reply()
-        if hit is not None:
+        if plan.cache_key is not None and (hit := plan.cached_reply()) is not None:
             return _cached_response(hit, request)
-        request = _rebuilt(request, plan, content)
-        inner = self.inner
-
-        async def send() -> httpx2.Response:
-            return await inner.handle_async_request(request)
-
-        async def drain(response: httpx2.Response) -> bytes:
-            body = await response.aread()
-            await response.aclose()
-            return body
-
+        if plan.reads_reply or plan.content is not content:
+            request = _rebuilt(request, plan, content)
         response, body = await attempts_async(
-            plan, send, lambda r: (r.status_code, r.headers), drain, (httpx2.TransportError,)
+            plan,
+            functools.partial(self.inner.handle_async_request, request),
+            _status_of,
+            _drained,
+            (httpx2.TransportError,),
         )
         if body is None:
-            return _observed(response, _AsyncObservedStream(response.stream, plan, plan.reader()))
+            return _observed(response, plan, _AsyncObservedStream)
         return _error_response(response, body)
 
     async def aclose(self) -> None:

@@ -184,6 +184,39 @@ def test_streamed_usage_is_read_without_the_caller_seeing_the_extra_chunk(ledger
     )
 
 
+def test_a_reply_nothing_reads_reaches_the_caller_as_the_sdk_asked_for_it(opened: list[Any]) -> None:
+    """`lt.wrap` alone on OpenAI, whose token limit counts the output reservation (kept whole):
+    nothing reads the reply, so the request leaves as the SDK built it, with no usage chunk
+    asked for and its own accept-encoding. Inside `lt.calls()` the usage is asked for and read,
+    and the extra chunk still never reaches the caller."""
+    import httpx2
+
+    class Recording(httpx2.HTTPTransport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sent: list[tuple[dict[str, Any], str | None]] = []
+
+        def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+            self.sent.append((json.loads(request.content), request.headers.get("accept-encoding")))
+            return super().handle_request(request)
+
+    with FakeProvider(output_tokens=5, insufficient_quota=False) as provider:
+        recording = Recording()
+        sdk = openai.OpenAI(
+            base_url=provider.openai_base_url, api_key="k", http_client=httpx2.Client(transport=recording)
+        )
+        client = lt.wrap(sdk)
+        opened.extend([client, sdk])
+        alone = list(client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=20, stream=True))
+        with lt.calls() as made:
+            listened = list(client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=20, stream=True))
+    (first, first_encoding), (second, second_encoding) = recording.sent
+    assert "stream_options" not in first and first_encoding != "identity"
+    assert second["stream_options"] == {"include_usage": True} and second_encoding == "identity"
+    assert alone and listened and all(chunk.usage is None for chunk in alone + listened)
+    assert [(call.outcome, call.output_tokens) for call in made] == [("ok", 5)]
+
+
 def test_a_stream_abandoned_half_way_is_settled_with_what_was_received(ledger: Any, opened: list[Any]) -> None:
     with FakeProvider(output_tokens=200) as provider:
         client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger))
@@ -316,6 +349,36 @@ def test_announced_limits_of_both_providers() -> None:
     }
     [announced] = announced_limits("anthropic", anthropic_headers, now=1_000_000)
     assert (announced.dimension, announced.remaining, announced.reset_s) == ("input_tokens", 10, pytest.approx(10))
+
+
+def test_a_reply_is_read_into_python_only_when_it_announces_something_new() -> None:
+    """Every reply announces its key's limits; one that repeats what is known, with nothing used
+    up, comes back as None (the call learns nothing from it), whatever else it says."""
+    import httpx2
+
+    from llmthrottle.providers.headers import announced_news, announced_tuples
+
+    def reply(tokens_limit: str, tokens_left: str) -> httpx2.Headers:
+        return httpx2.Headers(
+            [
+                ("X-RateLimit-Limit-Requests", "500"),
+                ("x-ratelimit-remaining-requests", "499"),
+                ("x-ratelimit-reset-requests", "120ms"),
+                ("x-ratelimit-limit-tokens", tokens_limit),
+                ("x-ratelimit-remaining-tokens", tokens_left),
+                ("x-ratelimit-reset-tokens", "6m0s"),
+            ]
+        )
+
+    known = (("requests", 500, 60.0), ("tokens", 30000, 60.0))
+    assert announced_news("openai", reply("30000", "29000"), known) is None
+    assert announced_news("openai", {"x-ratelimit-limit-tokens": "30000"}, ()) == []  # half a pair: nothing
+    for news in (reply("40000", "29000"), reply("30000", "0")):  # a new limit; a limit used up
+        assert announced_news("openai", news, known) == announced_tuples("openai", news)
+    for other in ((), known[:1], (*known, ("input_tokens", 1, 60.0)), (("tokens", 30000, 60.0), known[0])):
+        assert announced_news("openai", reply("30000", "29000"), other) == announced_tuples(
+            "openai", reply("30000", "29000")
+        )
 
 
 def test_announced_limits_read_httpx_headers_in_any_case() -> None:

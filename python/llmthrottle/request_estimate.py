@@ -126,14 +126,17 @@ def estimate(
         provider = "anthropic" if (model or "").startswith("claude") else "openai"
     lookup = image_size or _no_image_size
     if provider == "anthropic":
-        return _Counter(get_encoding("o200k_base"), model or "", lookup, exact, approximate=True).anthropic(
-            body, default_max_output_tokens
-        )
+        encoding = get_encoding("o200k_base")
+        plain = _plain_counts(encoding, body, "system", _ANTHROPIC_OUTPUT, default_max_output_tokens) if exact else None
+        if plain is not None:
+            return RequestEstimate(plain[0], plain[1], encoding.name, approximate=True)
+        counter = _Counter(encoding, model or "", lookup, exact, approximate=True)
+        return counter.anthropic(body, default_max_output_tokens)
     if provider != "openai":
         raise ValueError(f"provider must be 'openai' or 'anthropic', not {provider!r}")
     if model is None:
         raise InvalidRequestBody("model is missing: pass model= or put it in the body")
-    counter = _Counter(encoding_for_model(model, fallback=fallback), model, lookup, exact)
+    encoding = encoding_for_model(model, fallback=fallback)
     if endpoint is None:
         if "messages" in body:
             endpoint = "chat"
@@ -143,6 +146,11 @@ def estimate(
             endpoint = "completions"
         else:
             raise InvalidRequestBody("body has none of messages, input or prompt")
+    if endpoint == "chat" and exact:
+        plain = _plain_counts(encoding, body, None, _CHAT_OUTPUT, default_max_output_tokens)
+        if plain is not None:
+            return RequestEstimate(plain[0], plain[1], encoding.name)
+    counter = _Counter(encoding, model, lookup, exact)
     if endpoint == "chat":
         return counter.chat(body, default_max_output_tokens)
     if endpoint == "responses":
@@ -158,8 +166,8 @@ def _plain_counts(
     encoding: Encoding, body: Mapping[str, Any], system_key: str | None, output_keys: tuple[str, ...], default: int
 ) -> tuple[int, int] | None:
     """(input, output reservation) of a body in the plainest shape (string messages, an optional
-    string `system_key`, no tools), counted natively in one call with the rules walked below;
-    None for any other body."""
+    string `system_key`, no tools), counted natively in one call with the rules `_Counter` walks
+    (its test oracle); None for any other body."""
     # By position: every wrapped call asks, and keywords cost more to match.
     return encoding.plain_chat_estimate(body, TOKENS_PER_MESSAGE, REPLY_PRIMING, system_key, output_keys, default)
 
@@ -240,22 +248,7 @@ class _Counter:
 
     # --- OpenAI chat completions -------------------------------------------------------------
 
-    def plain(
-        self, body: Mapping[str, Any], system_key: str | None, output_keys: tuple[str, ...], default: int
-    ) -> RequestEstimate | None:
-        """The estimate of a body in the plainest shape (see `_plain_counts`); None for any
-        other body, walked below."""
-        if not self.exact:
-            return None
-        counted = _plain_counts(self.encoding, body, system_key, output_keys, default)
-        return (
-            None if counted is None else RequestEstimate(counted[0], counted[1], self.encoding.name, self.approximate)
-        )
-
     def chat(self, body: Mapping[str, Any], default: int) -> RequestEstimate:
-        plain = self.plain(body, None, _CHAT_OUTPUT, default)
-        if plain is not None:
-            return plain
         messages = body.get("messages")
         if not isinstance(messages, list):
             raise InvalidRequestBody(f"messages must be a list, not {_type_name(messages)}")
@@ -477,9 +470,6 @@ class _Counter:
     # --- Anthropic messages --------------------------------------------------------------------
 
     def anthropic(self, body: Mapping[str, Any], default: int) -> RequestEstimate:
-        plain = self.plain(body, "system", _ANTHROPIC_OUTPUT, default)
-        if plain is not None:
-            return plain
         total = REPLY_PRIMING
         system = body.get("system")
         if system is not None:

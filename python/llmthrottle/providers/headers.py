@@ -137,8 +137,7 @@ def announced_limits(provider: str, headers: Mapping[str, str], *, now: float | 
 def announced_tuples(
     provider: str, headers: Mapping[str, str], *, now: float | None = None
 ) -> list[tuple[str, int, int, float | None, float]]:
-    """`announced_limits` as plain tuples, in the same field order: what a wrapped call reads
-    on every reply."""
+    """`announced_limits` as plain tuples, in the same field order."""
     return _native.announced_limits(_header_pairs(headers), provider, time.time() if now is None else now)
 
 

@@ -28,6 +28,12 @@ __all__ = ["Learned", "LearnedLimits"]
 _DIMENSIONS = ("requests", "tokens", "input_tokens", "output_tokens")
 
 
+def _tokens(family: str, input_tokens: int, output_tokens: int) -> int:
+    """What a call counts toward a provider's `tokens` limit: Anthropic's counts the input (its
+    output has limits of its own), OpenAI's the input plus the output reservation."""
+    return input_tokens if family == "anthropic" else input_tokens + output_tokens
+
+
 class Learned:
     """What is known of one provider key: the `(dimension, limit, window_s)` announced and the
     limiter that keeps them."""
@@ -44,12 +50,12 @@ class Learned:
         self._by_position = self.dimensions <= {"requests", "tokens"}
 
     def amounts(self, family: str, input_tokens: int, output_tokens: int) -> dict[str, int]:
-        """A call's amounts in the dimensions limited (OpenAI counts input plus the output
-        reservation toward TPM; Anthropic counts input and output apart); requests count 1."""
+        """A call's amounts in the dimensions limited (tokens as `_tokens` counts them; Anthropic's
+        input and output apart); requests count 1."""
         dimensions = self.dimensions
         amounts: dict[str, int] = {}
         if "tokens" in dimensions:
-            amounts["tokens"] = input_tokens if family == "anthropic" else input_tokens + output_tokens
+            amounts["tokens"] = _tokens(family, input_tokens, output_tokens)
         if "input_tokens" in dimensions:
             amounts["input_tokens"] = input_tokens
         if "output_tokens" in dimensions:
@@ -59,8 +65,8 @@ class Learned:
     def try_acquire(self, key: str, family: str, input_tokens: int, output_tokens: int) -> Any:
         """The limiter's decision on a call now (its `amounts`), without waiting."""
         if self._by_position:
-            tokens = input_tokens if family == "anthropic" else input_tokens + output_tokens
-            return self.limiter.try_acquire(key, None, tokens if "tokens" in self.dimensions else None)
+            tokens = _tokens(family, input_tokens, output_tokens) if "tokens" in self.dimensions else None
+            return self.limiter.try_acquire(key, None, tokens)
         return self.limiter.try_acquire(key, **self.amounts(family, input_tokens, output_tokens))
 
 

@@ -60,8 +60,8 @@ def limit_scope(endpoint: Endpoint, host: str, headers: Any, name: str, cache_sc
     """(the key of the provider's limits and pauses, the cache scope) of a request naming the
     model or deployment `name`: a cached reply is only ever the same caller's."""
     presented = credential(headers)
-    if endpoint.azure_deployment is None:  # pause_key's, in place: every call asks
-        return f"{host}|{_account(presented or '')}|{name}"[:250], cache_scope
+    if endpoint.azure_deployment is None:
+        return pause_key(host, presented, name), cache_scope
     return pause_key(host, azure_account(headers), name), f"{cache_scope}|{_account(presented or '')}"
 
 

@@ -1,15 +1,17 @@
 """What `lt.wrap` adds to a call: the same chat request through a bare `openai.OpenAI` and
 through wrapped clients (alone, learning the limits from the headers; with a limiter; with a
-guard, budgets and a ledger), against `llmthrottle fake-provider` in its own process, interleaved
-in one run so that machine noise hits all alike.
+guard, budgets and a ledger), then the same for `anthropic.Anthropic` (wrapped alone) and for
+`openai.AsyncOpenAI` (on one event loop), against `llmthrottle fake-provider` in its own process.
 
     python benches/bench_wrap.py [--calls N]
 
-Then the same for `openai.AsyncOpenAI`, bare and wrapped, on one event loop. For each client it
-prints the median wall time per call and the median CPU time the calling
-thread spent per call, and what each adds over the bare SDK. The CPU time is the figure to
-read on a busy machine: the wrapper adds work, not waiting, and another process's load does not
-count in this thread's CPU time (goal: <= 50 us added per call).
+Each wrapped call is timed right after a bare call of the same SDK, and is compared with the
+bare calls that came just before it: each pair runs in the same state of the machine and of its
+caches (a wrapped call timed after another wrapped client would flatter or wrong it). For each
+client it prints the median wall time per call and the median CPU time the calling thread spent
+per call, and what each adds over its bare calls. The CPU time is the figure to read on a busy
+machine: the wrapper adds work, not waiting, and another process's load does not count in this
+thread's CPU time (goal: <= 50 us added per call).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from typing import Any
 
+import anthropic
 import openai
 
 import llmthrottle as lt
@@ -69,37 +73,68 @@ def _start_provider(port: int) -> subprocess.Popen[bytes]:
     raise SystemExit("the fake provider did not start")
 
 
-def _print_rows(wall: dict[str, list[float]], cpu: dict[str, list[float]], bare: str) -> None:
-    """One line per client: its medians, and what it adds over `bare`."""
-    bare_wall, bare_cpu = statistics.median(wall[bare]), statistics.median(cpu[bare])
-    for name in wall:
-        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+Samples = dict[str, tuple[list[float], list[float]]]  # per client: (wall, CPU) seconds per call
+
+
+def _timed(samples: Samples, name: str, started: float, started_cpu: float) -> None:
+    wall, cpu = samples.setdefault(name, ([], []))
+    cpu.append(time.thread_time() - started_cpu)
+    wall.append(time.perf_counter() - started)
+
+
+def _print_rows(bare: str, before: Samples, wrapped: Samples) -> None:
+    """The bare client's line, then one per wrapped client: its medians, and what it adds over
+    the bare calls made just before its own."""
+    every_bare = ([w for wall, _ in before.values() for w in wall], [c for _, cpu in before.values() for c in cpu])
+    rows = [(bare, every_bare, every_bare)] + [(name, before[name], wrapped[name]) for name in wrapped]
+    for name, (bare_wall, bare_cpu), (wall, cpu) in rows:
+        bw, bc = statistics.median(bare_wall), statistics.median(bare_cpu)
+        w, c = statistics.median(wall), statistics.median(cpu)
         print(
-            f"{name:24s} {w * 1e6:8.1f}us {(w - bare_wall) * 1e6:+7.1f}us {c * 1e6:8.1f}us "
-            f"{(c - bare_cpu) * 1e6:+7.1f}us ({c / bare_cpu:.2f}x)"
+            f"{name:24s} {w * 1e6:8.1f}us {(w - bw) * 1e6:+7.1f}us {c * 1e6:8.1f}us {(c - bc) * 1e6:+7.1f}us ({c / bc:.2f}x)"
         )
 
 
-async def _async_calls(base_url: str, calls: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """The same call through a bare `openai.AsyncOpenAI` and a wrapped one, interleaved, one at a
-    time on one event loop (the loop's own work counts alike in both)."""
+def _paired(bare: Any, clients: dict[str, Any], call: Any, calls: int) -> tuple[Samples, Samples]:
+    """`calls` rounds of (a bare call, then each wrapped client's) for blocking clients, after 50
+    rounds of warming up: the bare samples taken right before each client, and the client's."""
+    before: Samples = {}
+    wrapped: Samples = {}
+    for round_ in range(50 + calls):
+        for name, client in clients.items():
+            started, started_cpu = time.perf_counter(), time.thread_time()
+            call(bare)
+            if round_ >= 50:
+                _timed(before, name, started, started_cpu)
+            started, started_cpu = time.perf_counter(), time.thread_time()
+            call(client)
+            if round_ >= 50:
+                _timed(wrapped, name, started, started_cpu)
+    return before, wrapped
+
+
+async def _async_calls(base_url: str, calls: int) -> tuple[Samples, Samples]:
+    """`_paired` for a bare `openai.AsyncOpenAI` and a wrapped one, one call at a time on one
+    event loop (the loop's own work counts alike in both)."""
 
     def sdk() -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0)
 
-    clients = {"bare AsyncOpenAI": sdk(), "wrap(AsyncOpenAI)": lt.wrap(sdk())}
-    wall: dict[str, list[float]] = {name: [] for name in clients}
-    cpu: dict[str, list[float]] = {name: [] for name in clients}
+    bare, client = sdk(), lt.wrap(sdk())
+    before: Samples = {}
+    wrapped: Samples = {}
     for round_ in range(50 + calls):
-        for name, client in clients.items():
-            started, started_cpu = time.perf_counter(), time.thread_time()
-            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=8)
-            if round_ >= 50:  # the first rounds warm up
-                cpu[name].append(time.thread_time() - started_cpu)
-                wall[name].append(time.perf_counter() - started)
-    for client in clients.values():
-        await client.close()
-    return wall, cpu
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        await bare.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=8)
+        if round_ >= 50:
+            _timed(before, "wrap(AsyncOpenAI)", started, started_cpu)
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=8)
+        if round_ >= 50:
+            _timed(wrapped, "wrap(AsyncOpenAI)", started, started_cpu)
+    await bare.close()
+    await client.close()
+    return before, wrapped
 
 
 def main() -> None:
@@ -120,33 +155,37 @@ def main() -> None:
             def sdk() -> openai.OpenAI:
                 return openai.OpenAI(base_url=base_url, api_key="k", max_retries=0)
 
+            def chat(client: Any) -> None:
+                client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=8)
+
+            bare = sdk()
             clients = {
-                "bare SDK": sdk(),
                 "wrap()": lt.wrap(sdk()),
                 "wrap(limiter=)": lt.wrap(sdk(), limiter=limiter),
                 "wrap(guard=, ledger)": lt.wrap(sdk(), guard=guard, keys=["team:a"]),
             }
-            wall: dict[str, list[float]] = {name: [] for name in clients}
-            cpu: dict[str, list[float]] = {name: [] for name in clients}
-            for _ in range(50):
-                for client in clients.values():
-                    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=8)
-            for _ in range(args.calls):
-                for name, client in clients.items():
-                    started, started_cpu = time.perf_counter(), time.thread_time()
-                    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=8)
-                    cpu[name].append(time.thread_time() - started_cpu)
-                    wall[name].append(time.perf_counter() - started)
+            before, wrapped = _paired(bare, clients, chat, args.calls)
             print(
-                f"{args.calls} calls per client, interleaved; fake provider in pid {provider.pid}, load {os.getloadavg()[0]:.2f}"
+                f"{args.calls} calls per client, each after a bare one; fake provider in pid {provider.pid}, "
+                f"load {os.getloadavg()[0]:.2f}"
             )
             print(f"{'client':24s} {'wall p50':>10s} {'added':>9s} {'CPU p50':>10s} {'added':>9s}")
-            _print_rows(wall, cpu, "bare SDK")
-            for client in clients.values():
+            _print_rows("bare SDK", before, wrapped)
+            for client in [bare, *clients.values()]:
                 client.close()
             ledger.close()
-            async_wall, async_cpu = asyncio.run(_async_calls(base_url, args.calls))
-            _print_rows(async_wall, async_cpu, "bare AsyncOpenAI")
+
+        def claude() -> anthropic.Anthropic:
+            return anthropic.Anthropic(base_url=f"http://127.0.0.1:{port}", api_key="k", max_retries=0)
+
+        def message(client: Any) -> None:
+            client.messages.create(model="claude-sonnet-4-5", messages=MESSAGES, max_tokens=8)
+
+        bare_claude, wrapped_claude = claude(), lt.wrap(claude())
+        _print_rows("bare Anthropic", *_paired(bare_claude, {"wrap(Anthropic)": wrapped_claude}, message, args.calls))
+        bare_claude.close()
+        wrapped_claude.close()
+        _print_rows("bare AsyncOpenAI", *asyncio.run(_async_calls(base_url, args.calls)))
     finally:
         provider.terminate()
         provider.wait()

@@ -53,7 +53,9 @@ def wrap(
     - reconciled with the usage in the reply (for OpenAI streams `stream_options.include_usage`
       is added, and the extra chunk hidden, unless `include_stream_usage=False`), priced and
       recorded in the guard's ledger with its outcome, attempts and seconds waited; a stream
-      abandoned half-way is settled with its input and what was received;
+      abandoned half-way is settled with its input and what was received. A reply nothing
+      reads (no guard, cache or `lt.calls()` block, and an OpenAI limit that counts the output
+      reservation whole) reaches the caller as the SDK asked for it, unread;
     - admitted against the limits the provider announced in its headers (requests and tokens per
       minute per provider, API key and model), shared by every process on the same `state`;
     - paused, with every process on the same `state` (default: the guard's, else this process),

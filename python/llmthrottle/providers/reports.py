@@ -51,7 +51,8 @@ _SINKS: contextvars.ContextVar[tuple[list[CallReport], ...]] = contextvars.Conte
 @contextmanager
 def calls() -> Iterator[list[CallReport]]:
     """A list that receives a `CallReport` for every wrapped call settled inside the block;
-    nested blocks each receive the calls made inside them."""
+    nested blocks each receive the calls made inside them. A call made outside every block by
+    a client with no guard or cache is left unread (see `lt.wrap`), so no block reports it."""
     made: list[CallReport] = []
     token = _SINKS.set((*_SINKS.get(), made))
     try:

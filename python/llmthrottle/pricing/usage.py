@@ -24,6 +24,14 @@ __all__ = ["TokenUsage", "UsageAccumulator", "normalize_usage"]
 # A single request above a trillion tokens is a bug upstream, not a bill to pay.
 MAX_TOKENS = 10**12
 
+_FIELDS = (
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+)
 _OPENAI_CHAT_KEYS = ("prompt_tokens", "completion_tokens")
 _GEMINI_KEYS = ("promptTokenCount", "prompt_token_count", "candidatesTokenCount", "candidates_token_count")
 _ANTHROPIC_ONLY_KEYS = ("cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation")
@@ -45,15 +53,10 @@ class TokenUsage:
     reasoning_tokens: int = 0
 
     def __post_init__(self) -> None:
-        for name in (
-            "input_tokens",
-            "cached_input_tokens",
-            "cache_write_5m_tokens",
-            "cache_write_1h_tokens",
-            "output_tokens",
-            "reasoning_tokens",
-        ):
-            _check_count(getattr(self, name), name)
+        for name in _FIELDS:
+            value = getattr(self, name)
+            if type(value) is not int or not 0 <= value <= MAX_TOKENS:  # every call's usage is read here
+                _check_count(value, name)
         if self.reasoning_tokens > self.output_tokens:
             raise ValueError(
                 f"reasoning_tokens ({self.reasoning_tokens}) exceeds output_tokens "
@@ -137,11 +140,18 @@ def _get(usage: Mapping[str, Any], *path: str) -> Any:
 
 def _count(usage: Mapping[str, Any], *path: str) -> int:
     value = _get(usage, *path)
-    return 0 if value is None else _check_count(value, ".".join(path))
+    if value is None:
+        return 0
+    if type(value) is int and 0 <= value <= MAX_TOKENS:  # the common case, checked in place
+        return value
+    return _check_count(value, ".".join(path))
 
 
 def _has(usage: Mapping[str, Any], keys: tuple[str, ...]) -> bool:
-    return any(usage.get(k) is not None for k in keys)
+    for key in keys:
+        if usage.get(key) is not None:
+            return True
+    return False
 
 
 def detect_shape(usage: Mapping[str, Any], provider: str | None = None) -> str:

@@ -126,8 +126,8 @@ def estimate(
         provider = "anthropic" if (model or "").startswith("claude") else "openai"
     lookup = image_size or _no_image_size
     if provider == "anthropic":
-        encoding = get_encoding("o200k_base")
-        plain = _plain_counts(encoding, body, "system", _ANTHROPIC_OUTPUT, default_max_output_tokens) if exact else None
+        encoding = _encoding(provider, model or "", fallback)
+        plain = _plain_counts(encoding, body, provider, None, default_max_output_tokens) if exact else None
         if plain is not None:
             return RequestEstimate(plain[0], plain[1], encoding.name, approximate=True)
         counter = _Counter(encoding, model or "", lookup, exact, approximate=True)
@@ -136,7 +136,7 @@ def estimate(
         raise ValueError(f"provider must be 'openai' or 'anthropic', not {provider!r}")
     if model is None:
         raise InvalidRequestBody("model is missing: pass model= or put it in the body")
-    encoding = encoding_for_model(model, fallback=fallback)
+    encoding = _encoding(provider, model, fallback)
     if endpoint is None:
         if "messages" in body:
             endpoint = "chat"
@@ -146,8 +146,8 @@ def estimate(
             endpoint = "completions"
         else:
             raise InvalidRequestBody("body has none of messages, input or prompt")
-    if endpoint == "chat" and exact:
-        plain = _plain_counts(encoding, body, None, _CHAT_OUTPUT, default_max_output_tokens)
+    if exact:
+        plain = _plain_counts(encoding, body, provider, endpoint, default_max_output_tokens)
         if plain is not None:
             return RequestEstimate(plain[0], plain[1], encoding.name)
     counter = _Counter(encoding, model, lookup, exact)
@@ -162,12 +162,27 @@ def estimate(
     raise ValueError(f"unknown endpoint {endpoint!r}")
 
 
+def _encoding(provider: str, model: str, fallback: str | None) -> Encoding:
+    """What a body is counted with: an OpenAI model's encoding, o200k_base for Anthropic's (see
+    the module docstring)."""
+    if provider == "anthropic":
+        return get_encoding("o200k_base")
+    return encoding_for_model(model, fallback=fallback)
+
+
 def _plain_counts(
-    encoding: Encoding, body: Mapping[str, Any], system_key: str | None, output_keys: tuple[str, ...], default: int
+    encoding: Encoding, body: Mapping[str, Any], provider: str, endpoint: str | None, default: int
 ) -> tuple[int, int] | None:
-    """(input, output reservation) of a body in the plainest shape (string messages, an optional
-    string `system_key`, no tools), counted natively in one call with the rules `_Counter` walks
-    (its test oracle); None for any other body."""
+    """(input, output reservation) of an Anthropic messages or OpenAI chat body in the plainest
+    shape (string messages, an optional string system, no tools), counted natively in one call
+    with the rules `_Counter` walks (its test oracle); None for any other body or endpoint."""
+    output_keys: tuple[str, ...]
+    if provider == "anthropic":
+        system_key, output_keys = "system", _ANTHROPIC_OUTPUT
+    elif endpoint == "chat":
+        system_key, output_keys = None, _CHAT_OUTPUT
+    else:
+        return None
     # By position: every wrapped call asks, and keywords cost more to match.
     return encoding.plain_chat_estimate(body, TOKENS_PER_MESSAGE, REPLY_PRIMING, system_key, output_keys, default)
 
@@ -182,16 +197,9 @@ def estimate_counts(
     reservation): what a wrapped call reserves on every request, so the plainest bodies skip
     the checks and objects of the general walk (they are counted by the same rules)."""
     model = body.get("model") if type(body) is dict else None
-    if type(model) is str:
-        if provider == "anthropic":
-            counted = _plain_counts(
-                get_encoding("o200k_base"), body, "system", _ANTHROPIC_OUTPUT, DEFAULT_MAX_OUTPUT_TOKENS
-            )
-        elif endpoint == "chat":
-            encoding = encoding_for_model(model, fallback=fallback)
-            counted = _plain_counts(encoding, body, None, _CHAT_OUTPUT, DEFAULT_MAX_OUTPUT_TOKENS)
-        else:
-            counted = None
+    if type(model) is str and (provider == "anthropic" or endpoint == "chat"):
+        encoding = _encoding(provider, model, fallback)
+        counted = _plain_counts(encoding, body, provider, endpoint, DEFAULT_MAX_OUTPUT_TOKENS)
         if counted is not None:
             return counted
     walked = estimate(body, provider, endpoint=endpoint, fallback=fallback)
@@ -225,7 +233,6 @@ class _Counter:
     ) -> None:
         self.encoding = encoding
         self.approximate = approximate or not exact
-        self.exact = exact
         self.count = encoding.count if exact else encoding.estimate
         self.model = model
         self.image_size = image_size

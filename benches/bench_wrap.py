@@ -59,6 +59,10 @@ def _start_provider(port: int) -> subprocess.Popen[bytes]:
             "100000000",
             "--tpm",
             "10000000000",
+            "--itpm",
+            "1000000000",
+            "--otpm",
+            "1000000000",
         ],
         stdout=subprocess.DEVNULL,
     )

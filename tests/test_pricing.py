@@ -15,6 +15,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmthrottle._native import ConfigError
 from llmthrottle.pricing import (
@@ -25,6 +27,7 @@ from llmthrottle.pricing import (
     normalize_usage,
     worst_case_cost,
 )
+from llmthrottle.pricing.usage import limited_input_tokens, limited_tokens
 
 # ------------------------------------------------------------------ provider shapes
 
@@ -405,3 +408,67 @@ def test_worst_case_cost_for_admission() -> None:
     assert worst_case_cost("claude-sonnet-4-5", 300_000, 1_000) == 1_822_500
     with pytest.raises(ValueError, match="max_output_tokens"):
         worst_case_cost("gpt-4o", 1, -1)
+
+
+# ------------------------------------------------------------------ counts for token limits
+
+_COUNT_VALUES = st.one_of(
+    st.none(),
+    st.integers(min_value=-3, max_value=10**12 + 3),
+    st.sampled_from([True, 1.0, float("nan"), "7", 2**70]),
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "input_tokens",
+                "output_tokens",
+                "cache_read_input_tokens",
+                "cache_creation_input_tokens",
+                "prompt_tokens",
+                "completion_tokens",
+                "promptTokenCount",
+            ]
+        ),
+        _COUNT_VALUES,
+    ),
+    st.one_of(
+        st.none(),
+        st.dictionaries(st.sampled_from(["ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"]), _COUNT_VALUES),
+        st.just(7),
+    ),
+    st.sampled_from(["anthropic", "openai", None]),
+    st.sampled_from(["claude-sonnet-4-5", "claude-3-haiku-20240307", "gpt-4o"]),
+)
+@settings(max_examples=400, deadline=None)
+def test_the_counts_token_limits_read_are_normalize_usages(
+    fields: dict[str, object], by_ttl: object, provider: str | None, model: str
+) -> None:
+    """`limited_tokens` reads Anthropic's usage without building a `TokenUsage`: it gives the
+    input and output tokens rate limits count of that usage, or refuses it, exactly as
+    `limited_input_tokens` of `normalize_usage`."""
+    usage = dict(fields)
+    if by_ttl is not None:
+        usage["cache_creation"] = by_ttl
+    try:
+        tokens = normalize_usage(usage, provider)
+    except (ValueError, TypeError) as error:
+        with pytest.raises(type(error)):
+            limited_tokens(usage, provider, model)
+        return
+    assert limited_tokens(usage, provider, model) == (
+        limited_input_tokens(tokens, provider, model),
+        tokens.output_tokens,
+    )
+
+
+def test_anthropic_input_limits_leave_cache_reads_out_but_on_claude_3() -> None:
+    """Anthropic's ITPM counts the input after the last cache breakpoint and cache writes;
+    cache reads only on Claude 3 models. OpenAI's TPM counts every prompt token."""
+    usage = {"input_tokens": 10, "cache_read_input_tokens": 5000, "cache_creation_input_tokens": 40, "output_tokens": 7}
+    assert limited_tokens(usage, "anthropic", "claude-sonnet-4-5") == (50, 7)
+    assert limited_tokens(usage, "anthropic", "claude-3-5-haiku-latest") == (5050, 7)
+    cached = {"prompt_tokens": 5000, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 4000}}
+    assert limited_tokens(cached, "openai", "gpt-4o") == (5000, 7)

@@ -447,6 +447,27 @@ def test_a_provider_key_that_is_not_paused_admits_every_attempt_at_once(
     assert pause.wait_s("api.example|k|gpt-4o-mini") == 0.0
 
 
+def test_every_wrapped_client_on_one_in_process_state_sees_its_pauses() -> None:
+    """Clients given the same limiter share its in-process state: a pause one records holds
+    the others, although none of them looks at the state for keys never paused. What is kept
+    beside the state does not keep it alive."""
+    import gc
+    import weakref
+
+    from llmthrottle.providers import pause as pauses
+
+    state = lt.InProcessState()
+    first, second = pauses.ProviderPause(state), pauses.ProviderPause(state)
+    assert second.wait_s("api.example|k|gpt-4o") == 0.0
+    first.pause("api.example|k|gpt-4o", 2.0)
+    assert 1.5 < second.wait_s("api.example|k|gpt-4o") <= 2.0
+    assert pauses.ProviderPause(state).wait_s("api.example|k|gpt-4o") > 1.5
+    kept = weakref.ref(state)
+    del state, first, second
+    gc.collect()
+    assert kept() is None
+
+
 MISSING_AIOHTTP = """
 import builtins, sys
 real = builtins.__import__

@@ -24,6 +24,7 @@ from .ledger import Ledger
 from .ledger.call import KEY_FIELDS, RECORD_COLUMNS, call_record, unfinished_record
 from .limiter import Key, Limiter
 from .pricing import Cost, PriceTable
+from .pricing.usage import limited_input_tokens
 from .tokens import estimate
 
 __all__ = ["Guard", "GuardedCall", "ThresholdEvent"]
@@ -286,11 +287,13 @@ class GuardedCall:
         thresholds crossed for the first time this period fire. With `charge_reserved_output`
         (a provider whose token limit counts the requested max tokens, used or not: OpenAI) the
         `tokens` dimension keeps the output reservation, so a limit set to the provider's never
-        admits what the provider would refuse."""
+        admits what the provider would refuse. Input tokens are counted as the provider's rate
+        limits count them: an Anthropic call's cache reads are left out (see
+        `llmthrottle.pricing.usage.limits_count_cache_reads`)."""
         guard = self.guard
         cost = guard.prices.cost(self.model, usage, self.provider)
         u = cost.usage
-        input_tokens = u.input_tokens + u.cached_input_tokens + u.cache_write_tokens
+        input_tokens = limited_input_tokens(u, cost.provider, self.model)
         actual: dict[str, Any] = {
             "tokens": input_tokens + u.output_tokens
             if not charge_reserved_output

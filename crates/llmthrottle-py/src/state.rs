@@ -50,8 +50,10 @@ macro_rules! dispatch {
 pub(crate) use dispatch;
 
 /// Limiter state kept in this process's memory (the default): fast, but every process has
-/// its own. Share one instance between limiters to let them share state.
-#[pyclass(module = "llmthrottle", name = "InProcessState", frozen)]
+/// its own. Share one instance between limiters to let them share state. Weakly referenceable:
+/// what the Python layer keeps beside a state (the provider pauses recorded on it) lives as
+/// long as the state.
+#[pyclass(module = "llmthrottle", name = "InProcessState", frozen, weakref)]
 pub struct InProcessState {
     pub store: Arc<LocalStore>,
 }

@@ -19,7 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TokenUsage", "UsageAccumulator", "normalize_usage"]
+__all__ = [
+    "TokenUsage",
+    "UsageAccumulator",
+    "limited_input_tokens",
+    "limited_tokens",
+    "limits_count_cache_reads",
+    "normalize_usage",
+]
 
 # A single request above a trillion tokens is a bug upstream, not a bill to pay.
 MAX_TOKENS = 10**12
@@ -139,7 +146,7 @@ def _get(usage: Mapping[str, Any], *path: str) -> Any:
 
 
 def _count(usage: Mapping[str, Any], *path: str) -> int:
-    value = _get(usage, *path)
+    value = usage.get(path[0]) if len(path) == 1 else _get(usage, *path)
     if value is None:
         return 0
     if type(value) is int and 0 <= value <= MAX_TOKENS:  # the common case, checked in place
@@ -183,12 +190,7 @@ def normalize_usage(usage: Any, provider: str | None = None) -> TokenUsage:
     """
     if isinstance(usage, TokenUsage):
         return usage
-    mapping = _as_mapping(usage)
-    if mapping is None:
-        raise ValueError(
-            "usage is None: the response carried no usage (for OpenAI streams, "
-            "request it with stream_options={'include_usage': True})"
-        )
+    mapping = _usage_mapping(usage)
     shape = detect_shape(mapping, provider)
     if shape == "openai_chat":
         return _split_openai(
@@ -197,8 +199,53 @@ def normalize_usage(usage: Any, provider: str | None = None) -> TokenUsage:
     if shape == "openai_responses":
         return _split_openai(mapping, "input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
     if shape == "anthropic":
-        return _split_anthropic(mapping)
+        input_tokens, cache_read, write_5m, write_1h, output = _anthropic_parts(mapping)
+        return TokenUsage(
+            input_tokens=input_tokens,
+            cached_input_tokens=cache_read,
+            cache_write_5m_tokens=write_5m,
+            cache_write_1h_tokens=write_1h,
+            output_tokens=output,
+        )
     return _split_gemini(mapping)
+
+
+def limits_count_cache_reads(provider: str | None, model: str) -> bool:
+    """Whether the provider's input token rate limit counts cache reads: OpenAI's TPM counts
+    every prompt token, cached or not; Anthropic's ITPM leaves cache reads out (only the input
+    after the last cache breakpoint and cache writes count), except on its Claude 3 models."""
+    return provider != "anthropic" or model.startswith("claude-3")
+
+
+def limited_input_tokens(tokens: TokenUsage, provider: str | None, model: str) -> int:
+    """The input tokens of `tokens` the provider's rate limits count (see
+    `limits_count_cache_reads`)."""
+    if limits_count_cache_reads(provider, model):
+        return tokens.prompt_tokens
+    return tokens.prompt_tokens - tokens.cached_input_tokens
+
+
+def limited_tokens(usage: Any, provider: str | None, model: str) -> tuple[int, int]:
+    """(input, output) tokens of `usage` as the provider's token rate limits count them
+    (`limited_input_tokens` of `normalize_usage(usage, provider)`, and its output). An
+    Anthropic reply, whose output learned limits reconcile on every call, is read without
+    building its `TokenUsage`."""
+    if type(usage) is dict and provider == "anthropic" and detect_shape(usage, provider) == "anthropic":
+        input_tokens, cache_read, write_5m, write_1h, output = _anthropic_parts(usage)
+        counted = input_tokens + write_5m + write_1h
+        return counted + cache_read if limits_count_cache_reads(provider, model) else counted, output
+    tokens = normalize_usage(usage, provider)
+    return limited_input_tokens(tokens, provider, model), tokens.output_tokens
+
+
+def _usage_mapping(usage: Any) -> Mapping[str, Any]:
+    mapping = usage if type(usage) is dict else _as_mapping(usage)  # a parsed reply is a dict
+    if mapping is None:
+        raise ValueError(
+            "usage is None: the response carried no usage (for OpenAI streams, "
+            "request it with stream_options={'include_usage': True})"
+        )
+    return mapping
 
 
 def _split_openai(
@@ -223,12 +270,17 @@ def _split_openai(
     )
 
 
-def _split_anthropic(usage: Mapping[str, Any]) -> TokenUsage:
+def _anthropic_parts(usage: Mapping[str, Any]) -> tuple[int, int, int, int, int]:
+    """(input, cache reads, 5-minute cache writes, 1-hour cache writes, output) of Anthropic's
+    usage, each checked."""
     write_total = usage.get("cache_creation_input_tokens")
     if write_total is not None:
         write_total = _check_count(write_total, "cache_creation_input_tokens")
-    write_5m = _count(usage, "cache_creation", "ephemeral_5m_input_tokens")
-    write_1h = _count(usage, "cache_creation", "ephemeral_1h_input_tokens")
+    if usage.get("cache_creation") is None:
+        write_5m = write_1h = 0
+    else:
+        write_5m = _count(usage, "cache_creation", "ephemeral_5m_input_tokens")
+        write_1h = _count(usage, "cache_creation", "ephemeral_1h_input_tokens")
     if write_total is not None:
         split = write_5m + write_1h
         if split > write_total:
@@ -237,12 +289,12 @@ def _split_anthropic(usage: Mapping[str, Any]) -> TokenUsage:
             )
         # Older API versions report only the total; the default TTL is 5 minutes.
         write_5m += write_total - split
-    return TokenUsage(
-        input_tokens=_count(usage, "input_tokens"),
-        cached_input_tokens=_count(usage, "cache_read_input_tokens"),
-        cache_write_5m_tokens=write_5m,
-        cache_write_1h_tokens=write_1h,
-        output_tokens=_count(usage, "output_tokens"),
+    return (
+        _count(usage, "input_tokens"),
+        _count(usage, "cache_read_input_tokens"),
+        write_5m,
+        write_1h,
+        _count(usage, "output_tokens"),
     )
 
 

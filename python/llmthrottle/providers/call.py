@@ -21,7 +21,7 @@ from .._native import RateLimited
 from ..guard import Guard, GuardedCall
 from ..pricing import cost as price_of
 from ..pricing.table import Cost
-from ..pricing.usage import normalize_usage
+from ..pricing.usage import limited_tokens, normalize_usage
 from ..request_estimate import estimate_counts
 from ..tokens import count_tokens
 from .attribution import context_keys, context_tags
@@ -215,11 +215,18 @@ class CallPlan:
 
     def admit_arguments(self) -> dict[str, Any]:
         arguments: dict[str, Any] = {
-            "body": self.body,
             "provider": self.endpoint.family,
             "timeout": self.admission_timeout(),
             **context_tags(),
         }
+        guard = self.settings.guard
+        if guard is not None and guard.exact_tokens:
+            # Counted once, by the endpoint the request was sent to, for the guard and the
+            # learned limits alike.
+            input_tokens, output_tokens = self.reserved_tokens()
+            arguments.update(model=self.body["model"], input_tokens=input_tokens, max_output_tokens=output_tokens)
+        else:
+            arguments["body"] = self.body
         if self.azure_deployment is not None:
             arguments["azure_deployment"] = self.azure_deployment
         return arguments
@@ -284,10 +291,14 @@ class CallPlan:
             return self.call._reserved_tokens
         if self._estimated is None:  # once per call, not per attempt
             # Learned limits are the provider's own count, approximated: a model name llmthrottle
-            # has no tokenizer for (an Azure deployment's, say) is counted with o200k_base.
+            # has no tokenizer for (an Azure deployment's, say) is counted with o200k_base. A
+            # guard counts as `lt.estimate` does, which refuses such a model.
             kind = self.endpoint.kind
             self._estimated = estimate_counts(
-                self.body, self.endpoint.family, None if kind == "messages" else kind, "o200k_base"
+                self.body,
+                self.endpoint.family,
+                None if kind == "messages" else kind,
+                None if self.settings.guard is not None else "o200k_base",
             )
         return self._estimated
 
@@ -303,16 +314,15 @@ class CallPlan:
         if self.endpoint.counts_reserved_output:
             reservation.commit()  # the provider counts the output reservation, used or not
             return
-        try:
-            tokens = normalize_usage(usage, self.endpoint.family)
-        except (ValueError, TypeError):
-            reservation.commit()  # unreadable usage: keep the worst case
-            return
         learned = self.settings.learned.of(self.pause_key)
+        try:
+            input_tokens, output_tokens = limited_tokens(usage, self.endpoint.family, self.body["model"])
+        except (ValueError, TypeError):
+            learned = None  # unreadable usage: keep the worst case
         if learned is None:
             reservation.commit()
             return
-        reservation.commit(**learned.amounts(self.endpoint.family, tokens.prompt_tokens, tokens.output_tokens))
+        reservation.commit(**learned.amounts(self.endpoint.family, input_tokens, output_tokens))
 
     def next_wait(self, status: int, headers: Any, body: bytes) -> float | None:
         """After an error answer: seconds to wait before the next attempt, or None to give the
@@ -497,8 +507,9 @@ class CallPlan:
             return
         usage, outcome = self._final_usage(reader)
         self._settle_learned(usage)
-        self._keep_reply(reader)
-        if reader.model is not None:
+        if self.cache_key is not None:
+            self._keep_reply(reader)
+        if self.endpoint.azure_deployment is not None and reader.model is not None:
             self._answered_by(reader.model)
         cost: Cost | None = None
         if self.call is not None and not self.settled:

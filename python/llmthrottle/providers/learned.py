@@ -34,6 +34,16 @@ def _tokens(family: str, input_tokens: int, output_tokens: int) -> int:
     return input_tokens if family == "anthropic" else input_tokens + output_tokens
 
 
+def _summary_dimension(limits: tuple[tuple[str, int, float], ...]) -> str | None:
+    """The announced dimension that only restates others: Anthropic's `tokens` beside its
+    `input_tokens` and `output_tokens` is whichever of their limits is most restrictive at the
+    moment (often the output limit), not a limit of its own; charged with a call's input it
+    would hold the input to the output limit. Its limits are kept (announcements are compared
+    whole) but not enforced; a `remaining` of 0 in it still pauses the key."""
+    announced = {dimension for dimension, _limit, _window_s in limits}
+    return "tokens" if "tokens" in announced and announced & {"input_tokens", "output_tokens"} else None
+
+
 class Learned:
     """What is known of one provider key: the `(dimension, limit, window_s)` announced and the
     limiter that keeps them."""
@@ -89,9 +99,11 @@ class LearnedLimits:
         current = self._learned.get(key)
         if current is not None and current.limits == limits:
             return
+        summary = _summary_dimension(limits)
         rates = {
             dimension: f"{limit}/min" if window_s == 60.0 else f"{limit}/{window_s:g}s"
             for dimension, limit, window_s in limits
+            if dimension != summary
         }
         if current is None:
             namespace = "llmthrottle.learned." + hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -101,7 +113,7 @@ class LearnedLimits:
             used = {
                 dimension: limit - remaining
                 for dimension, limit, remaining, _reset_s, _window_s in announced
-                if dimension in _DIMENSIONS and 0 <= remaining < limit
+                if dimension in rates and 0 <= remaining < limit
             }
             if used:
                 limiter.charge(key, **used)

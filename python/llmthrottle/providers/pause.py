@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
+import weakref
 from typing import Any, cast
 
-from .._native import Reservation
+from .._native import InProcessState, Reservation
 from ..limiter import Limiter
 from .headers import credential
 from .protocol import Endpoint
@@ -65,31 +67,63 @@ def limit_scope(endpoint: Endpoint, host: str, headers: Any, name: str, cache_sc
     return pause_key(host, azure_account(headers), name), f"{cache_scope}|{_account(presented or '')}"
 
 
+class _PausedKeys:
+    """The keys ever paused on a state that only this process reaches (an `InProcessState`, or
+    none): every attempt asks, and most keys are never paused, so a key not among them needs no
+    look. `keys` is None once more than _MAX_OWN_KEYS were paused: then every attempt looks."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self) -> None:
+        self.keys: set[str] | None = set()
+
+    def add(self, key: str) -> None:
+        keys = self.keys
+        if keys is not None:
+            keys.add(key)
+            if len(keys) > _MAX_OWN_KEYS:
+                self.keys = None
+
+
+# Every ProviderPause on one in-process state (wrapped clients given the same limiter, say)
+# shares its paused keys, for as long as the state lives.
+_ON_STATE: weakref.WeakKeyDictionary[InProcessState, _PausedKeys] = weakref.WeakKeyDictionary()
+_ON_STATE_LOCK = threading.Lock()
+
+
+def _paused_keys(state: Any) -> _PausedKeys | None:
+    """The paused keys of `state`, or None for a state other processes reach (whose pauses
+    are only known by looking)."""
+    if state is None:
+        return _PausedKeys()  # a state made here, seen by nobody else
+    if type(state) is not InProcessState:
+        return None
+    with _ON_STATE_LOCK:
+        paused = _ON_STATE.get(state)
+        if paused is None:
+            paused = _ON_STATE[state] = _PausedKeys()
+        return paused
+
+
 class ProviderPause:
     """Pauses shared through `state` (None: this process only)."""
 
     def __init__(self, state: Any = None) -> None:
         self.limiter = Limiter(_LIMITS, state=state, namespace=_NAMESPACE)
-        # On a state of its own (None: made here, seen by nobody else) only this object pauses a
-        # key, so a key it never paused needs no look: every attempt asks, and most keys are
-        # never paused. Bounded: past _MAX_OWN_KEYS paused keys, every attempt looks.
-        self._own_paused: set[str] | None = set() if state is None else None
+        self._paused = _paused_keys(state)
 
     def wait_s(self, key: str) -> float:
         """0.0 when `key` may be tried now, else seconds to wait."""
-        own = self._own_paused
-        if own is not None and key not in own:
+        paused = self._paused
+        if paused is not None and (keys := paused.keys) is not None and key not in keys:
             return 0.0
         decision = self.limiter.peek(key, pause_ms=1)
         return 0.0 if decision else max(0.001, float(decision.retry_after))
 
     def pause(self, key: str, seconds: float) -> None:
         """No attempt on `key` anywhere on this state for `seconds` (at most an hour)."""
-        own = self._own_paused
-        if own is not None:
-            own.add(key)  # before the charge: a look that misses the key saw no pause yet
-            if len(own) > _MAX_OWN_KEYS:
-                self._own_paused = None
+        if self._paused is not None:
+            self._paused.add(key)  # before the charge: a look that misses the key saw no pause yet
         seen = self.limiter.peek(key, pause_ms=1)
         already = 0.0 if seen else float(seen.retry_after)
         # Pauses overlap, they do not add up: only the part beyond the current pause is charged.

@@ -15,8 +15,9 @@ second), charged as each provider charges:
   Headers `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (resets as `6m0s`, `20ms`);
   a 429 carries `retry-after` and `retry-after-ms` and `code: rate_limit_exceeded`, or
   `insufficient_quota` when the account is out of credit.
-- Anthropic: one request; input tokens toward ITPM at admission; output tokens toward OTPM as
-  generated (a request is refused while OTPM is in debt). Headers
+- Anthropic: one request; input tokens toward ITPM at admission, cache reads left out
+  (prompt caching: `fake_prompt_cache.py`); output tokens toward OTPM as generated (a request
+  is refused while OTPM is in debt). Headers
   `anthropic-ratelimit-{requests,input-tokens,output-tokens,tokens}-{limit,remaining,reset}`
   (resets in RFC 3339); a 429 is a `rate_limit_error` with `retry-after`; overload is a 529
   `overloaded_error`.
@@ -49,11 +50,13 @@ from typing import Any
 
 from aiohttp import web
 
+from ..pricing.usage import limits_count_cache_reads
 from ..providers.headers import format_reset_duration, rfc3339_in
 from ..providers.protocol import error_body
 from ..request_estimate import estimate
 from .fake_azure import FakeAzure
 from .fake_batches import FakeBatches
+from .fake_prompt_cache import CacheSplit, PromptCache
 from .fake_tools import ToolCall, tool_call_for
 
 __all__ = ["FakeProvider"]
@@ -173,8 +176,10 @@ def anthropic_message(
     output_tokens: int,
     requested: int | None,
     tool_call: ToolCall | None = None,
+    cache: CacheSplit | None = None,
 ) -> dict[str, Any]:
-    """A whole Anthropic message of `output_tokens` tokens (or a call of a tool)."""
+    """A whole Anthropic message of `output_tokens` tokens (or a call of a tool); `cache` says
+    how its `input_tokens` met the prompt cache (None: none of them did)."""
     content = [{"type": "text", "text": " tok" * output_tokens}]
     stop = "end_turn" if output_tokens < (requested or 1 << 62) else "max_tokens"
     if tool_call is not None:
@@ -187,12 +192,7 @@ def anthropic_message(
         "stop_sequence": None,
         "content": content,
         "stop_reason": stop,
-        "usage": {
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-        },
+        "usage": {**(cache or CacheSplit(input_tokens)).usage(), "output_tokens": output_tokens},
     }
 
 
@@ -243,6 +243,7 @@ class FakeProvider:
         self.counters = _Counters()
         self.batch_api = FakeBatches(self, batch_delay_s)
         self.azure_api = FakeAzure(self, azure_deployments, azure_api_key)
+        self.prompt_cache = PromptCache()
         self._random = random.Random(seed)
         self._buckets = {
             name: _Bucket(value)
@@ -685,6 +686,14 @@ class FakeProvider:
                 headers[f"anthropic-ratelimit-{name}-limit"] = str(bucket.capacity)
                 headers[f"anthropic-ratelimit-{name}-remaining"] = str(bucket.remaining())
                 headers[f"anthropic-ratelimit-{name}-reset"] = rfc3339_in(bucket.reset_s())
+        # `tokens` restates the most restrictive token limit at the moment: the bucket nearest
+        # to empty.
+        token_buckets = [bucket for name, bucket in self._buckets.items() if name in ("input", "output")]
+        if token_buckets:
+            tightest = min(token_buckets, key=lambda bucket: bucket.remaining() / bucket.capacity)
+            headers["anthropic-ratelimit-tokens-limit"] = str(tightest.capacity)
+            headers["anthropic-ratelimit-tokens-remaining"] = str(tightest.remaining())
+            headers["anthropic-ratelimit-tokens-reset"] = rfc3339_in(tightest.reset_s())
         return headers
 
     def _anthropic_error(
@@ -703,8 +712,12 @@ class FakeProvider:
         if self._server_error_now():
             return self._anthropic_error(500, "api_error", "Internal server error")
         input_tokens = estimate(body, "anthropic").input_tokens
+        cache = self.prompt_cache.split(body, f"{request.headers.get('x-api-key', '')}|{body['model']}", input_tokens)
+        counted = cache.uncached + cache.written
+        if limits_count_cache_reads("anthropic", body["model"]):
+            counted += cache.read
         # Output tokens are charged as generated: a request waits only while OTPM is in debt.
-        limited, wait = self._admit({"requests": 1, "input": input_tokens, "output": 0}, input_tokens)
+        limited, wait = self._admit({"requests": 1, "input": counted, "output": 0}, input_tokens)
         if wait > 0:
             what = {"requests": "requests", "input": "input tokens", "output": "output tokens"}[limited]
             return self._anthropic_error(
@@ -736,6 +749,7 @@ class FakeProvider:
                     output_tokens,
                     requested if type(requested) is int else None,
                     tool_call,
+                    cache,
                 ),
                 headers=headers,
             )
@@ -755,12 +769,7 @@ class FakeProvider:
                     **message,
                     "content": [],
                     "stop_reason": None,
-                    "usage": {
-                        "input_tokens": input_tokens,
-                        "output_tokens": 1,
-                        "cache_creation_input_tokens": 0,
-                        "cache_read_input_tokens": 0,
-                    },
+                    "usage": {**cache.usage(), "output_tokens": 1},
                 }
             },
         )

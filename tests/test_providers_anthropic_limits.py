@@ -1,0 +1,66 @@
+"""Anthropic's rate limits as the wrapper learns and keeps them, with the real `anthropic` SDK
+against the fake provider: its `tokens` headers restate the input and output limits, and its
+input limit leaves prompt-cache reads out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import llmthrottle as lt
+from llmthrottle.testing import FakeProvider
+
+anthropic = pytest.importorskip("anthropic")
+
+SONNET = "claude-sonnet-4-5"
+
+
+def test_the_tokens_headers_restate_the_tightest_token_limit_and_hold_nothing_back(opened: list[Any]) -> None:
+    """After a call that used most of the output limit, `anthropic-ratelimit-tokens-*` announce
+    that limit. Taken as a limit of its own and charged with the input, it would refuse a
+    2,000-token prompt against a 500-token limit; the wrapper keeps only the input and output
+    limits it restates."""
+    with FakeProvider(itpm=100_000, otpm=500, output_tokens=100) as provider:
+        client = lt.wrap(anthropic.Anthropic(base_url=provider.anthropic_base_url, api_key="k"), deadline_s=5)
+        opened.append(client)
+        prompt = [{"role": "user", "content": "word " * 2000}]
+        for _ in range(3):
+            raw = client.messages.with_raw_response.create(model=SONNET, messages=prompt, max_tokens=100)
+            assert raw.parse().usage.input_tokens > 2000
+        assert raw.headers["anthropic-ratelimit-tokens-limit"] == "500"
+        assert raw.headers["anthropic-ratelimit-output-tokens-limit"] == "500"
+        assert provider.counters.rate_limited == 0
+
+
+def _cached_system() -> list[dict[str, Any]]:
+    return [{"type": "text", "text": "policy " * 3000, "cache_control": {"type": "ephemeral"}}]
+
+
+@pytest.mark.parametrize("limits", ["learned", "known"])
+def test_prompt_cache_reads_do_not_count_toward_the_input_limit(limits: str, opened: list[Any]) -> None:
+    """A 3,000-token system prompt, cached: the provider counts it toward its 10,000 input
+    tokens a minute once, when written, and never when read. Counted on every call, eight calls
+    would need two minutes; with the reads given back they all go at once (the deadline of 5 s
+    would refuse a wait)."""
+    with FakeProvider(itpm=10_000, output_tokens=8) as provider:
+        sdk = anthropic.Anthropic(base_url=provider.anthropic_base_url, api_key="k")
+        if limits == "known":
+            client = lt.wrap(sdk, limiter=lt.Limiter({"input_tokens": "10000/min"}), deadline_s=5)
+        else:
+            client = lt.wrap(sdk, deadline_s=5)
+        opened.append(client)
+        usages = [
+            client.messages.create(
+                model=SONNET,
+                system=_cached_system(),
+                messages=[{"role": "user", "content": f"question {turn}"}],
+                max_tokens=8,
+            ).usage
+            for turn in range(8)
+        ]
+        assert usages[0].cache_creation_input_tokens > 2900 and usages[0].cache_read_input_tokens == 0
+        assert all(u.cache_read_input_tokens == usages[0].cache_creation_input_tokens for u in usages[1:])
+        assert all(u.cache_creation_input_tokens == 0 and 0 < u.input_tokens < 20 for u in usages[1:])
+        assert provider.counters.rate_limited == 0
+        assert provider.counters.charged["input"] < 3200

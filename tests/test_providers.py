@@ -69,6 +69,35 @@ def test_a_429_waits_out_retry_after_and_the_caller_sees_only_the_success(ledger
     assert last.outcome == "ok" and last.tags["attempts"] >= 2 and last.tags["waited_s"] >= 1.0
 
 
+def test_an_async_call_that_waits_for_nothing_hands_its_failures_to_the_retry_loop() -> None:
+    """Without a guard, an asyncio call's first attempt leaves from the transport itself; a 429,
+    a transport error or a cancellation on it is handled as on any attempt of the loop: waited
+    out and retried, retried up to `max_attempts`, or charged and reported as `unfinished`."""
+
+    async def scenario(provider: FakeProvider, slow_provider: FakeProvider) -> list[Any]:
+        other = openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k", max_retries=0)
+        await other.chat.completions.create(model=MINI, messages=HELLO, max_tokens=40)  # TPM used up
+        limited = lt.wrap(openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"))
+        unreachable = lt.wrap(openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k"), max_attempts=3)
+        slow = lt.wrap(openai.AsyncOpenAI(base_url=slow_provider.openai_base_url, api_key="k"))
+        with lt.calls() as made:
+            await limited.chat.completions.create(model=MINI, messages=HELLO, max_tokens=10)
+            with pytest.raises(openai.APIConnectionError):
+                await unreachable.chat.completions.create(model=MINI, messages=HELLO, max_tokens=10)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(slow.chat.completions.create(model=MINI, messages=HELLO, max_tokens=10), 0.5)
+        for client in (other, limited, unreachable, slow):
+            await client.close()
+        return made
+
+    with FakeProvider(tpm=60, output_tokens=5) as provider, FakeProvider(ttft_s=3.0) as slow_provider:
+        retried, refused, cancelled = asyncio.run(scenario(provider, slow_provider))
+        assert provider.counters.rate_limited >= 1 and slow_provider.counters.requests == 1
+    assert (retried.outcome, retried.status) == ("ok", 200) and retried.attempts >= 2 and retried.waited_s >= 1.0
+    assert (refused.outcome, refused.attempts) == ("error", 3)
+    assert (cancelled.outcome, cancelled.attempts) == ("unfinished", 1)
+
+
 def test_out_of_credit_is_raised_at_once_and_recorded(ledger: Any, opened: list[Any]) -> None:
     with FakeProvider(insufficient_quota=True) as provider:
         client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger))
@@ -423,6 +452,47 @@ def test_a_limit_header_that_is_not_an_ascii_count_announces_nothing() -> None:
         assert announced_limits("openai", headers) == []
         plain = {"x-ratelimit-limit-requests": raw.decode("latin-1"), "x-ratelimit-remaining-requests": "3"}
         assert announced_limits("openai", plain) == []
+
+
+def test_a_limit_used_up_waits_for_the_refill_a_call_needs_not_for_the_whole_reset() -> None:
+    """OpenAI's reset is when a limit is whole again, a minute away for an empty one. A reply
+    saying nothing is left pauses every worker for the refill a call like this one needs, and
+    the learned limits, told the provider is empty, pace the calls after it."""
+    import httpx2
+
+    from llmthrottle.providers.call import CallPlan, Settings
+    from llmthrottle.providers.learned import LearnedLimits
+    from llmthrottle.providers.pause import ProviderPause
+
+    settings = Settings(guard=None, pause=ProviderPause(), learned=LearnedLimits())
+    body = json.dumps({"model": MINI, "messages": HELLO, "max_tokens": 600}).encode()
+    plan = CallPlan.start(
+        settings, "POST", "api.openai.com", "/v1/chat/completions", httpx2.Headers({"authorization": "Bearer k"}), body
+    )
+    assert plan is not None
+    input_tokens, output_tokens = plan.reserved_tokens()
+    needs_s = 60.0 * (input_tokens + output_tokens) / 6000
+
+    def reply(remaining_tokens: int, reset: str) -> Any:
+        return httpx2.Headers(
+            {
+                "x-ratelimit-limit-requests": "100",
+                "x-ratelimit-remaining-requests": "50",
+                "x-ratelimit-reset-requests": "30s",
+                "x-ratelimit-limit-tokens": "6000",
+                "x-ratelimit-remaining-tokens": str(remaining_tokens),
+                "x-ratelimit-reset-tokens": reset,
+            }
+        )
+
+    plan.observe(200, reply(5000, "10s"))  # learned, with room to spare
+    assert settings.pause.wait_s(plan.pause_key) == 0.0
+    plan.observe(200, reply(0, "60s"))  # another program on the key used the rest
+    assert needs_s * 0.9 < settings.pause.wait_s(plan.pause_key) <= needs_s
+    learned = settings.learned.known(plan.pause_key)
+    assert learned is not None
+    waited = learned.peek(plan.pause_key, tokens=input_tokens + output_tokens)
+    assert not waited and needs_s * 0.9 < waited.retry_after <= needs_s * 1.01
 
 
 @pytest.mark.parametrize("own_state", [True, False], ids=["own state", "given state"])

@@ -41,8 +41,8 @@ def _cached_system() -> list[dict[str, Any]]:
 def test_prompt_cache_reads_do_not_count_toward_the_input_limit(limits: str, opened: list[Any]) -> None:
     """A 3,000-token system prompt, cached: the provider counts it toward its 10,000 input
     tokens a minute once, when written, and never when read. Counted on every call, eight calls
-    would need two minutes; with the reads given back they all go at once (the deadline of 5 s
-    would refuse a wait)."""
+    (three of them streamed) would need two minutes; with the reads given back they all go at
+    once (the deadline of 5 s would refuse a wait)."""
     with FakeProvider(itpm=10_000, output_tokens=8) as provider:
         sdk = anthropic.Anthropic(base_url=provider.anthropic_base_url, api_key="k")
         if limits == "known":
@@ -57,8 +57,17 @@ def test_prompt_cache_reads_do_not_count_toward_the_input_limit(limits: str, ope
                 messages=[{"role": "user", "content": f"question {turn}"}],
                 max_tokens=8,
             ).usage
-            for turn in range(8)
+            for turn in range(5)
         ]
+        for turn in range(3):
+            with client.messages.stream(
+                model=SONNET,
+                system=_cached_system(),
+                messages=[{"role": "user", "content": f"more {turn}"}],
+                max_tokens=8,
+            ) as stream:
+                streamed = stream.get_final_message().usage
+            assert streamed.cache_read_input_tokens == usages[0].cache_creation_input_tokens
         assert usages[0].cache_creation_input_tokens > 2900 and usages[0].cache_read_input_tokens == 0
         assert all(u.cache_read_input_tokens == usages[0].cache_creation_input_tokens for u in usages[1:])
         assert all(u.cache_creation_input_tokens == 0 and 0 < u.input_tokens < 20 for u in usages[1:])

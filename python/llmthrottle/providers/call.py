@@ -240,6 +240,18 @@ class CallPlan:
         announce_send(self.attempts)
         self.in_flight = True
 
+    def admitted_at_once(self) -> bool:
+        """Admits and counts the first attempt of a call that waits for nothing: no guard to
+        ask, no provider pause, room in the learned limits now. False (nothing done, or the
+        learned limits' decision kept for the loop to wait on): the call goes through the
+        retry loop from its start."""
+        if self.settings.guard is not None or self.settings.pause.wait_s(self.pause_key) > 0:
+            return False
+        if self.learned_admission() is not None:
+            return False
+        self.sending()
+        return True
+
     def pause_wait_s(self) -> float:
         """Seconds to wait before trying (a pause some worker recorded for this provider key);
         0.0: go. Raises RateLimited when the pause outlasts the call's deadline."""
@@ -256,16 +268,34 @@ class CallPlan:
 
     def observe(self, status: int, headers: Any) -> None:
         """Reads an answer's status and the limits it announced: they become the provider key's
-        learned limits, and one used up pauses every worker until its reset."""
+        learned limits, and one used up pauses every worker for the refill a call needs."""
         self.status, self.answer_headers, self.in_flight = status, headers, False
         learned = self.settings.learned
         announced = announced_news(self.endpoint.provider, headers, learned.limits_of(self.pause_key))
         if not announced:
             return
         learned.observe(self.pause_key, announced)
-        for _dimension, _limit, remaining, reset_s, _window_s in announced:
+        for dimension, limit, remaining, reset_s, _window_s in announced:
             if remaining == 0 and reset_s:
-                self.settings.pause.pause(self.pause_key, reset_s)
+                self.settings.pause.pause(self.pause_key, self._refill_s(dimension, limit, reset_s))
+
+    def _refill_s(self, dimension: str, limit: int, reset_s: float) -> float:
+        """Nothing is left of `dimension` at the provider, whole again in `reset_s` (up to a
+        window away): the learned limits are told so, and every worker on the state, those
+        that learned no limits yet too, waits for the refill a call like this one needs. A limit
+        the learned limits do not keep waits for the reset itself."""
+        learned = self.settings.learned.exhausted(self.pause_key, dimension)
+        if learned is None or limit <= 0:
+            return reset_s
+        if dimension == learned.summary:
+            return 0.0  # the limits it restates are read on their own
+        if dimension == "requests":
+            return reset_s / limit
+        try:
+            amount = learned.amounts(self.endpoint.family, *self.reserved_tokens()).get(dimension, limit)
+        except ValueError:  # a body the estimate refuses: the provider will refuse it too
+            amount = limit
+        return reset_s * min(1.0, amount / limit)
 
     def learned_admission(self) -> tuple[Any, dict[str, int]] | None:
         """Admits this attempt against the limits the provider announced. None when that is done:

@@ -39,7 +39,7 @@ def _summary_dimension(limits: tuple[tuple[str, int, float], ...]) -> str | None
     `input_tokens` and `output_tokens` is whichever of their limits is most restrictive at the
     moment (often the output limit), not a limit of its own; charged with a call's input it
     would hold the input to the output limit. Its limits are kept (announcements are compared
-    whole) but not enforced; a `remaining` of 0 in it still pauses the key."""
+    whole) but not enforced; its `remaining` of 0 is news the limits it restates tell too."""
     announced = {dimension for dimension, _limit, _window_s in limits}
     return "tokens" if "tokens" in announced and announced & {"input_tokens", "output_tokens"} else None
 
@@ -48,11 +48,12 @@ class Learned:
     """What is known of one provider key: the `(dimension, limit, window_s)` announced and the
     limiter that keeps them."""
 
-    __slots__ = ("_by_position", "dimensions", "limiter", "limits")
+    __slots__ = ("_by_position", "dimensions", "limiter", "limits", "summary")
 
     def __init__(self, limits: tuple[tuple[str, int, float], ...], limiter: Limiter) -> None:
         self.limits = limits
         self.limiter = limiter
+        self.summary = _summary_dimension(limits)
         # Read on every call: kept, not asked of the limiter.
         self.dimensions = frozenset(limiter.dimensions)
         # Requests and tokens are what most providers announce: those two go to `try_acquire`
@@ -121,6 +122,18 @@ class LearnedLimits:
             limiter = current.limiter
             limiter.set_limits(rates)
         self._learned[key] = Learned(limits, limiter)
+
+    def exhausted(self, key: str, dimension: str) -> Learned | None:
+        """The provider says nothing is left of `dimension` for `key`: the learned limit that
+        keeps it is told so (charged what it still thought was left), so that calls wait for
+        the refill they need, as at the provider. What is known of `key`, None when nothing."""
+        learned = self._learned.get(key)
+        if learned is None or dimension not in learned.dimensions:
+            return learned
+        left = sum(s.remaining for s in learned.limiter.status(key) if s.dimension == dimension and s.kind == "rate")
+        if left >= 1:
+            learned.limiter.charge(key, **{dimension: int(left)})
+        return learned
 
     def limits_of(self, key: str) -> tuple[tuple[str, int, float], ...]:
         """The `(dimension, limit, window_s)` learned for `key`, as `observe` keeps them; ()

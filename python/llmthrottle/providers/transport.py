@@ -214,12 +214,27 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
             return _cached_response(hit, request)
         if plan.reads_reply or plan.content is not content:
             request = _rebuilt(request, plan, content)
+        first: httpx2.Response | httpx2.TransportError | None = None
+        if plan.admitted_at_once():
+            # Most calls: sent from this frame, without the loop's coroutine around the wait.
+            try:
+                first = await self.inner.handle_async_request(request)
+            except httpx2.TransportError as error:
+                first = error
+            except BaseException as error:
+                plan.interrupted(error)
+                raise
+            else:
+                plan.observe(first.status_code, first.headers)
+                if first.status_code < 400:
+                    return _observed(first, plan, _AsyncObservedStream)
         response, body = await attempts_async(
             plan,
             functools.partial(self.inner.handle_async_request, request),
             _status_of,
             _drained,
             (httpx2.TransportError,),
+            first,
         )
         if body is None:
             return _observed(response, plan, _AsyncObservedStream)
@@ -238,42 +253,55 @@ async def attempts_async(
     status_of: Callable[[_Answer], tuple[int, Any]],
     drain: Callable[[_Answer], Awaitable[bytes]],
     transport_errors: tuple[type[BaseException], ...],
+    first: _Answer | BaseException | None = None,
 ) -> tuple[_Answer, bytes | None]:
     """The one retry loop for asyncio, whatever moves the bytes (the SDK's httpx transport, the
     gateway's aiohttp client): each attempt waits out any provider pause, is admitted by the
     guard and the learned limits, sent, and read. Returns `(answer, None)` for an answer below
     400, to be streamed through `plan.reader()`, or `(answer, body)` for the final error answer,
     already drained. Raises what admission raises (RateLimited, BudgetExceeded) and the last
-    transport error when no retry is left."""
+    transport error when no retry is left.
+
+    `first` is how an attempt the caller admitted and sent itself ended (`plan.admitted_at_once`):
+    its error answer, already observed, or its transport error. The loop takes over from it."""
     guard = plan.settings.guard
+    outcome = first
     try:
         while True:
-            while (paused := plan.pause_wait_s()) > 0:
-                await _wait_async(plan, paused)
-            if guard is not None:
-                if plan.call is None:
-                    plan.call = await guard.call_async(plan.keys(), **plan.admit_arguments())
-                elif plan.attempts > 0:
-                    await plan.call.retry_async(timeout=plan.remaining_s())
-            learned = plan.learned_admission()
-            if learned is not None:  # no room at once: wait in line, within the deadline
-                plan.learned_reservation = await learned[0].acquire_async(
-                    plan.pause_key, timeout=plan.admission_timeout(), **learned[1]
-                )
-            plan.sending()
-            try:
-                answer = await send()
-            except transport_errors as error:
+            if outcome is None:
+                while (paused := plan.pause_wait_s()) > 0:
+                    await _wait_async(plan, paused)
+                if guard is not None:
+                    if plan.call is None:
+                        plan.call = await guard.call_async(plan.keys(), **plan.admit_arguments())
+                    elif plan.attempts > 0:
+                        await plan.call.retry_async(timeout=plan.remaining_s())
+                learned = plan.learned_admission()
+                if learned is not None:  # no room at once: wait in line, within the deadline
+                    plan.learned_reservation = await learned[0].acquire_async(
+                        plan.pause_key, timeout=plan.admission_timeout(), **learned[1]
+                    )
+                plan.sending()
+                try:
+                    answer = await send()
+                except transport_errors as error:
+                    outcome = error
+                else:
+                    status, headers = status_of(answer)
+                    plan.observe(status, headers)
+                    if status < 400:
+                        return answer, None
+                    outcome = answer
+            if isinstance(outcome, BaseException):
                 wait = plan.transport_error_wait()
                 if wait is None:
-                    plan.fail("error", error=type(error).__name__)
-                    raise
+                    plan.fail("error", error=type(outcome).__name__)
+                    raise outcome
+                outcome = None
                 await _wait_async(plan, wait)
                 continue
+            answer, outcome = outcome, None
             status, headers = status_of(answer)
-            plan.observe(status, headers)
-            if status < 400:
-                return answer, None
             body = await drain(answer)
             wait = plan.next_wait(status, headers, body)
             if wait is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from provider_helpers import records
 
 import llmthrottle as lt
 from llmthrottle.testing import FakeProvider
@@ -73,3 +74,32 @@ def test_prompt_cache_reads_do_not_count_toward_the_input_limit(limits: str, ope
         assert all(u.cache_creation_input_tokens == 0 and 0 < u.input_tokens < 20 for u in usages[1:])
         assert provider.counters.rate_limited == 0
         assert provider.counters.charged["input"] < 3200
+
+
+def test_a_stream_abandoned_after_a_cache_read_is_settled_with_it(ledger: Any, opened: list[Any]) -> None:
+    """A stream left after its first events still told, in `message_start`, what it read from
+    the prompt cache and what it wrote: the record keeps both beside the output received."""
+    with FakeProvider(output_tokens=200) as provider:
+        client = lt.wrap(
+            anthropic.Anthropic(base_url=provider.anthropic_base_url, api_key="k"),
+            guard=lt.Guard(lt.Limiter({"requests": "1000/s"}), ledger=ledger),
+        )
+        opened.append(client)
+        system = _cached_system()
+        for turn in range(2):
+            stream = client.messages.create(
+                model=SONNET,
+                system=system,
+                messages=[{"role": "user", "content": f"question {turn}"}],
+                max_tokens=500,
+                stream=True,
+            )
+            for n, _ in enumerate(stream):
+                if n == 5:
+                    break
+            stream.close()
+    written, read = records(ledger)
+    assert written.outcome == read.outcome == "cancelled"
+    assert written.cache_write_tokens > 2900 and written.cached_input_tokens == 0
+    assert read.cached_input_tokens == written.cache_write_tokens and read.cache_write_tokens == 0
+    assert 0 < read.output_tokens < 200 and 0 < read.input_tokens < 20

@@ -26,6 +26,7 @@ from tokens_reference import assert_parallel_counting_agrees
 
 import llmthrottle as lt
 from llmthrottle import ConfigError, Encoding
+from llmthrottle.request_estimate import estimate_counts
 
 tokenizers = pytest.importorskip("tokenizers")
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402  # noqa: E402
@@ -344,15 +345,21 @@ def test_registered_models_count_with_their_tokenizer(
     # Request bodies of a registered model are counted with its tokenizer too.
     body = {"model": "mistral-small", "messages": [{"role": "user", "content": text * 50}]}
     assert lt.estimate(body).input_tokens >= enc.count(text * 50)
-    # Registered names win over the OpenAI table; registering again replaces.
+    # Registered names win over the OpenAI table; registering again replaces, in what a wrapped
+    # call counts too.
+    gpt_body = {"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}
+    before = estimate_counts(gpt_body, "openai", "chat")
     lt.register_model("gpt-4o", enc)
     assert lt.encoding_for_model("gpt-4o") is enc
+    assert estimate_counts(gpt_body, "openai", "chat")[0] == lt.estimate(gpt_body).input_tokens != before[0]
     with pytest.raises(TypeError, match="Encoding"):
         lt.register_model("x", 3)  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         lt.register_model("", enc)
     with pytest.raises(ConfigError, match="p50k_base"):
         lt.register_model("x", "p50k_base")
+    for memo in tokens._MODEL_MEMOS:  # the registrations are undone: so is what they taught
+        memo.clear()
 
 
 # --- bad input ---------------------------------------------------------------------------

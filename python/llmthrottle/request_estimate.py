@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ._native import Encoding, LlmthrottleError
-from .tokens import encoding_for_model, get_encoding
+from .tokens import _clear_on_register, encoding_for_model, get_encoding
 
 __all__ = ["InvalidRequestBody", "RequestEstimate", "estimate"]
 
@@ -170,21 +170,48 @@ def _encoding(provider: str, model: str, fallback: str | None) -> Encoding:
     return encoding_for_model(model, fallback=fallback)
 
 
+def _plain_shape(provider: str, endpoint: str | None) -> tuple[str | None, tuple[str, ...]] | None:
+    """(system key, output keys) of the plainest body shape (string messages, an optional
+    string system, no tools), which `Encoding.plain_chat_estimate` counts in one call with the
+    rules `_Counter` walks (its test oracle): Anthropic messages and OpenAI chat; None for any
+    other endpoint."""
+    if provider == "anthropic":
+        return "system", _ANTHROPIC_OUTPUT
+    if endpoint == "chat":
+        return None, _CHAT_OUTPUT
+    return None
+
+
 def _plain_counts(
     encoding: Encoding, body: Mapping[str, Any], provider: str, endpoint: str | None, default: int
 ) -> tuple[int, int] | None:
-    """(input, output reservation) of an Anthropic messages or OpenAI chat body in the plainest
-    shape (string messages, an optional string system, no tools), counted natively in one call
-    with the rules `_Counter` walks (its test oracle); None for any other body or endpoint."""
-    output_keys: tuple[str, ...]
-    if provider == "anthropic":
-        system_key, output_keys = "system", _ANTHROPIC_OUTPUT
-    elif endpoint == "chat":
-        system_key, output_keys = None, _CHAT_OUTPUT
-    else:
+    """(input, output reservation) of a body in the plainest shape, counted natively; None for
+    any other body or endpoint."""
+    shape = _plain_shape(provider, endpoint)
+    if shape is None:
         return None
     # By position: every wrapped call asks, and keywords cost more to match.
-    return encoding.plain_chat_estimate(body, TOKENS_PER_MESSAGE, REPLY_PRIMING, system_key, output_keys, default)
+    return encoding.plain_chat_estimate(body, TOKENS_PER_MESSAGE, REPLY_PRIMING, shape[0], shape[1], default)
+
+
+PlainCount = tuple[Encoding, str | None, tuple[str, ...]]
+
+# (provider, endpoint, model, fallback) -> what `estimate_counts` counts a plain body of it with
+# (`_encoding`, then `_plain_shape`), None for an endpoint without one: a wrapped call asks on
+# every request, where looking each up costs more than counting a short prompt. Emptied with the
+# tokens module's own memo when a model is registered; bounded: model names come from callers.
+_PLAIN: dict[tuple[str, str | None, str, str | None], PlainCount | None] = {}
+_PLAIN_MAX = 1024
+_clear_on_register(_PLAIN)
+
+
+def _plain_count(provider: str, endpoint: str | None, model: str, fallback: str | None) -> PlainCount | None:
+    shape = _plain_shape(provider, endpoint)
+    found = None if shape is None else (_encoding(provider, model, fallback), *shape)
+    if len(_PLAIN) >= _PLAIN_MAX:
+        _PLAIN.clear()
+    _PLAIN[(provider, endpoint, model, fallback)] = found
+    return found
 
 
 def estimate_counts(
@@ -197,11 +224,15 @@ def estimate_counts(
     reservation): what a wrapped call reserves on every request, so the plainest bodies skip
     the checks and objects of the general walk (they are counted by the same rules)."""
     model = body.get("model") if type(body) is dict else None
-    if type(model) is str and (provider == "anthropic" or endpoint == "chat"):
-        encoding = _encoding(provider, model, fallback)
-        counted = _plain_counts(encoding, body, provider, endpoint, DEFAULT_MAX_OUTPUT_TOKENS)
-        if counted is not None:
-            return counted
+    if type(model) is str:
+        key = (provider, endpoint, model, fallback)
+        plain = _PLAIN[key] if key in _PLAIN else _plain_count(*key)
+        if plain is not None:
+            counted = plain[0].plain_chat_estimate(
+                body, TOKENS_PER_MESSAGE, REPLY_PRIMING, plain[1], plain[2], DEFAULT_MAX_OUTPUT_TOKENS
+            )
+            if counted is not None:
+                return counted
     walked = estimate(body, provider, endpoint=endpoint, fallback=fallback)
     return walked.input_tokens, walked.max_output_tokens
 

@@ -52,7 +52,7 @@ cores), and its ``estimate`` is the cl100k estimator rescaled to the tokenizer w
 from __future__ import annotations
 
 import functools
-from typing import Final
+from typing import Any, Final
 
 from ._native import ConfigError, Encoding
 
@@ -150,7 +150,8 @@ def register_model(model: str, encoding: Encoding | str) -> None:
     _REGISTERED_MODELS[model.strip()] = encoding
     if encoding.name not in ENCODING_NAMES:
         _REGISTERED_ENCODINGS[encoding.name] = encoding
-    _FOR_MODEL.clear()
+    for memo in _MODEL_MEMOS:
+        memo.clear()
 
 
 def encoding_name_for_model(model: str, *, fallback: str | None = None) -> str:
@@ -188,6 +189,14 @@ def encoding_name_for_model(model: str, *, fallback: str | None = None) -> str:
 # callers.
 _FOR_MODEL: dict[tuple[str, str | None], Encoding] = {}
 _FOR_MODEL_MAX = 1024
+# Every memo of what models are counted with, emptied by `register_model`.
+_MODEL_MEMOS: list[dict[Any, Any]] = [_FOR_MODEL]
+
+
+def _clear_on_register(memo: dict[Any, Any]) -> None:
+    """Has `register_model` empty `memo`, a memo of what models are counted with (kept
+    elsewhere: it may name an encoding a registration replaces)."""
+    _MODEL_MEMOS.append(memo)
 
 
 def encoding_for_model(model: str, *, fallback: str | None = None) -> Encoding:

@@ -504,14 +504,14 @@ class CallPlan:
         if reader.complete and reader.usage is not None:
             return reader.usage, "ok"
         received = count_tokens("".join(reader.text_parts), encoding="o200k_base") if reader.text_parts else 0
-        input_tokens = self.reserved_tokens()[0]
-        if reader.usage is not None and type(reader.usage.get("input_tokens")) is int:
-            input_tokens = reader.usage["input_tokens"]  # Anthropic's message_start told it
-        usage = (
-            {"input_tokens": input_tokens, "output_tokens": received}
-            if self.endpoint.family == "anthropic"
-            else {"prompt_tokens": input_tokens, "completion_tokens": received}
-        )
+        told = reader.usage
+        if self.endpoint.family == "anthropic":
+            if told is not None and type(told.get("input_tokens")) is int:
+                # Anthropic's message_start told the input, cache reads and writes included.
+                return {**told, "output_tokens": received}, "ok" if reader.complete else "cancelled"
+            usage = {"input_tokens": self.reserved_tokens()[0], "output_tokens": received}
+        else:
+            usage = {"prompt_tokens": self.reserved_tokens()[0], "completion_tokens": received}
         return usage, "ok" if reader.complete else "cancelled"
 
     def settle_unread(self) -> None:

@@ -11,7 +11,11 @@ run on one machine:
   requests retried;
 - LiteLLM's Router with the deployment's rpm/tpm set (usage-based routing), one per process;
 - `lt.wrap` with the limits known (a Limiter on one SharedState for every process);
-- `lt.wrap` alone (limits learned from the provider's headers, on one SharedState).
+- `lt.wrap` alone (limits learned from the provider's headers, on one SharedState);
+- `lt.wrap` alone on the `anthropic` SDK, every call sending the same 3,000-token system prompt
+  marked for prompt caching, against input and output limits (ITPM = --tpm, OTPM = a fifth of
+  it): cache reads do not count toward ITPM, so the output limit binds, and its share used is
+  what the row reports. No other strategy is run against these limits.
 
     pip install litellm tenacity
     python benches/bench_provider.py [--workers 4] [--threads 8] [--seconds 30] [--tpm 60000] [--rpm 3000]
@@ -52,7 +56,14 @@ def _strategies() -> dict[str, Callable[..., None]]:
         "LiteLLM Router": _run_litellm,
         "lt.wrap, limits known": _run_wrap_known,
         "lt.wrap, learned": _run_wrap_learned,
+        ANTHROPIC_ROW: _run_wrap_learned_anthropic,
     }
+
+
+# Run against Anthropic's input and output limits; its "used" is the output limit's share.
+ANTHROPIC_ROW = "lt.wrap Anthropic, cached"
+ANTHROPIC_MODEL = "claude-sonnet-4-5"
+CACHED_SYSTEM = [{"type": "text", "text": "Rules of the house. " * 750, "cache_control": {"type": "ephemeral"}}]
 
 
 # ---------------------------------------------------------------------------- one worker process
@@ -209,6 +220,19 @@ def _run_wrap_learned(run: _Run) -> None:
     run.threads(_chat(client, run.args.output_tokens))
 
 
+def _run_wrap_learned_anthropic(run: _Run) -> None:
+    import anthropic
+
+    import llmthrottle as lt
+
+    client = lt.wrap(anthropic.Anthropic(base_url=run.base_url, api_key=API_KEY), state=lt.SharedState(run.state_name))
+    run.threads(
+        lambda: client.messages.create(
+            model=ANTHROPIC_MODEL, system=CACHED_SYSTEM, messages=MESSAGES, max_tokens=run.args.output_tokens
+        )
+    )
+
+
 def _worker(
     strategy: str, args: argparse.Namespace, base_url: str, state_name: str, ready: Any, go: Any, results: Any
 ) -> None:
@@ -246,13 +270,14 @@ def _measure(strategy: str, args: argparse.Namespace, base_latency_s: float) -> 
     context = mp.get_context("spawn")
     go, ready, results = context.Event(), context.Semaphore(0), context.Queue()
     state_name = f"bench-provider-{uuid.uuid4().hex[:8]}"
+    anthropic_row = strategy == ANTHROPIC_ROW
+    limits = {"itpm": args.tpm, "otpm": args.tpm // 5} if anthropic_row else {"tpm": args.tpm}
     with FakeProvider(
-        rpm=args.rpm, tpm=args.tpm, output_tokens=args.output_tokens, ttft_s=args.ttft, per_token_s=args.per_token
+        rpm=args.rpm, output_tokens=args.output_tokens, ttft_s=args.ttft, per_token_s=args.per_token, **limits
     ) as provider:
+        base_url = provider.anthropic_base_url if anthropic_row else provider.openai_base_url
         workers = [
-            context.Process(
-                target=_worker, args=(strategy, args, provider.openai_base_url, state_name, ready, go, results)
-            )
+            context.Process(target=_worker, args=(strategy, args, base_url, state_name, ready, go, results))
             for _ in range(args.workers)
         ]
         for worker in workers:
@@ -263,7 +288,7 @@ def _measure(strategy: str, args: argparse.Namespace, base_latency_s: float) -> 
         time.sleep(args.seconds)
         with provider._lock:
             requests, rate_limited = provider.counters.requests, provider.counters.rate_limited
-            tokens = provider.counters.charged.get("tokens", 0)
+            tokens = provider.counters.output_tokens if anthropic_row else provider.counters.charged.get("tokens", 0)
         latencies: list[float] = []
         failures = 0
         for _ in workers:
@@ -276,7 +301,8 @@ def _measure(strategy: str, args: argparse.Namespace, base_latency_s: float) -> 
                 worker.kill()
     _unlink_state(state_name)
     added = sorted(max(0.0, latency - base_latency_s) for latency in latencies)
-    most = args.tpm + args.tpm * args.seconds / 60
+    limit = args.tpm // 5 if anthropic_row else args.tpm
+    most = limit + limit * args.seconds / 60
     return {
         "strategy": strategy,
         "used": tokens / most,

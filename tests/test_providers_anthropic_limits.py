@@ -103,3 +103,30 @@ def test_a_stream_abandoned_after_a_cache_read_is_settled_with_it(ledger: Any, o
     assert written.cache_write_tokens > 2900 and written.cached_input_tokens == 0
     assert read.cached_input_tokens == written.cache_write_tokens and read.cache_write_tokens == 0
     assert 0 < read.output_tokens < 200 and 0 < read.input_tokens < 20
+
+
+def test_a_moving_summary_sets_no_limits_again() -> None:
+    """Anthropic's `tokens` headers follow whichever limit is tightest; when only they move, the
+    announcement is new but the limits kept are not, and the limiter keeping them is left as
+    it is."""
+    from llmthrottle.providers.learned import LearnedLimits
+
+    def announced(tokens_limit: int) -> list[tuple[str, int, int, float | None, float]]:
+        return [
+            ("requests", 50, 49, 1.0, 60.0),
+            ("tokens", tokens_limit, tokens_limit - 10, 1.0, 60.0),
+            ("input_tokens", 40_000, 39_990, 1.0, 60.0),
+            ("output_tokens", 8_000, 7_990, 1.0, 60.0),
+        ]
+
+    learned = LearnedLimits()
+    learned.observe("k", announced(40_000))
+    first = learned.of("k")
+    assert first is not None and first.dimensions == {"requests", "input_tokens", "output_tokens"}
+    set_again: list[Any] = []
+    first.limiter.set_limits = set_again.append  # type: ignore[method-assign, assignment]
+    learned.observe("k", announced(8_000))
+    assert set_again == []
+    moved = learned.of("k")
+    assert moved is not None and moved.limiter is first.limiter and moved.rates == first.rates
+    assert ("tokens", 8_000, 60.0) in moved.limits  # what the next reply is compared with

@@ -45,14 +45,15 @@ def _summary_dimension(limits: tuple[tuple[str, int, float], ...]) -> str | None
 
 
 class Learned:
-    """What is known of one provider key: the `(dimension, limit, window_s)` announced and the
-    limiter that keeps them."""
+    """What is known of one provider key: the `(dimension, limit, window_s)` announced, the
+    rates enforced of them and the limiter that keeps them."""
 
-    __slots__ = ("_by_position", "dimensions", "limiter", "limits", "summary")
+    __slots__ = ("_by_position", "dimensions", "limiter", "limits", "rates", "summary")
 
-    def __init__(self, limits: tuple[tuple[str, int, float], ...], limiter: Limiter) -> None:
+    def __init__(self, limits: tuple[tuple[str, int, float], ...], limiter: Limiter, rates: dict[str, str]) -> None:
         self.limits = limits
         self.limiter = limiter
+        self.rates = rates
         self.summary = _summary_dimension(limits)
         # Read on every call: kept, not asked of the limiter.
         self.dimensions = frozenset(limiter.dimensions)
@@ -106,6 +107,11 @@ class LearnedLimits:
             for dimension, limit, window_s in limits
             if dimension != summary
         }
+        if current is not None and current.rates == rates:
+            # Only what a summary restates moved (Anthropic's tightest limit changed, which it
+            # may do every few replies): the limits kept are the same, nothing to set again.
+            self._learned[key] = Learned(limits, current.limiter, rates)
+            return
         if current is None:
             namespace = "llmthrottle.learned." + hashlib.sha256(key.encode()).hexdigest()[:16]
             limiter = Limiter(rates, state=self._state, namespace=namespace)
@@ -121,7 +127,7 @@ class LearnedLimits:
         else:
             limiter = current.limiter
             limiter.set_limits(rates)
-        self._learned[key] = Learned(limits, limiter)
+        self._learned[key] = Learned(limits, limiter, rates)
 
     def exhausted(self, key: str, dimension: str) -> Learned | None:
         """The provider says nothing is left of `dimension` for `key`: the learned limit that

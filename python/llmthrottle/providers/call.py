@@ -507,8 +507,11 @@ class CallPlan:
         told = reader.usage
         if self.endpoint.family == "anthropic":
             if told is not None and type(told.get("input_tokens")) is int:
-                # Anthropic's message_start told the input, cache reads and writes included.
-                return {**told, "output_tokens": received}, "ok" if reader.complete else "cancelled"
+                # Anthropic's message_start told the input, cache reads and writes included; a
+                # message_delta, the output so far (tool calls too, which the text does not show).
+                counted = told.get("output_tokens")
+                output = max(received, counted) if type(counted) is int else received
+                return {**told, "output_tokens": output}, "ok" if reader.complete else "cancelled"
             usage = {"input_tokens": self.reserved_tokens()[0], "output_tokens": received}
         else:
             usage = {"prompt_tokens": self.reserved_tokens()[0], "completion_tokens": received}

@@ -489,9 +489,9 @@ def test_a_limit_used_up_waits_for_the_refill_a_call_needs_not_for_the_whole_res
     assert settings.pause.wait_s(plan.pause_key) == 0.0
     plan.observe(200, reply(0, "60s"))  # another program on the key used the rest
     assert needs_s * 0.9 < settings.pause.wait_s(plan.pause_key) <= needs_s
-    learned = settings.learned.known(plan.pause_key)
+    learned = settings.learned.of(plan.pause_key)
     assert learned is not None
-    waited = learned.peek(plan.pause_key, tokens=input_tokens + output_tokens)
+    waited = learned.limiter.peek(plan.pause_key, tokens=input_tokens + output_tokens)
     assert not waited and needs_s * 0.9 < waited.retry_after <= needs_s * 1.01
 
 

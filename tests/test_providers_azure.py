@@ -144,8 +144,9 @@ def test_limits_are_learned_from_azure_headers_requests_per_ten_seconds(opened: 
         assert (announced["tokens"].limit, announced["tokens"].window_s) == (1200, 60.0)
         learned = LearnedLimits()
         learned.observe("deployment", list(announced.values()))
-        limiter = learned.known("deployment")
-        assert limiter is not None
+        known = learned.of("deployment")
+        assert known is not None
+        limiter = known.limiter
         admitted = [bool(limiter.try_acquire("deployment", requests=1)) for _ in range(10)]
         refused = limiter.try_acquire("deployment", requests=1)
         # Nine left of the ten (the fake counted the first), then one more each second, not each 6 s.

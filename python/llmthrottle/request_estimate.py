@@ -202,6 +202,7 @@ PlainCount = tuple[Encoding, str | None, tuple[str, ...]]
 # tokens module's own memo when a model is registered; bounded: model names come from callers.
 _PLAIN: dict[tuple[str, str | None, str, str | None], PlainCount | None] = {}
 _PLAIN_MAX = 1024
+_UNSEEN: Any = object()
 _clear_on_register(_PLAIN)
 
 
@@ -226,7 +227,9 @@ def estimate_counts(
     model = body.get("model") if type(body) is dict else None
     if type(model) is str:
         key = (provider, endpoint, model, fallback)
-        plain = _PLAIN[key] if key in _PLAIN else _plain_count(*key)
+        plain: PlainCount | None = _PLAIN.get(key, _UNSEEN)
+        if plain is _UNSEEN:
+            plain = _plain_count(*key)
         if plain is not None:
             counted = plain[0].plain_chat_estimate(
                 body, TOKENS_PER_MESSAGE, REPLY_PRIMING, plain[1], plain[2], DEFAULT_MAX_OUTPUT_TOKENS

@@ -147,10 +147,6 @@ class LearnedLimits:
         learned = self._learned.get(key)
         return learned.limits if learned is not None else ()
 
-    def known(self, key: str) -> Limiter | None:
-        learned = self._learned.get(key)
-        return learned.limiter if learned is not None else None
-
     def of(self, key: str) -> Learned | None:
         """What is known of `key`, None when no limits are."""
         return self._learned.get(key)

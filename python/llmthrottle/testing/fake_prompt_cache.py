@@ -120,6 +120,8 @@ class PromptCache:
             hit = self._expiry.get(digest, 0.0) > now
             if not hit and len(self._expiry) >= _MAX_ENTRIES:
                 self._expiry = {key: until for key, until in self._expiry.items() if until > now}
+                if len(self._expiry) >= _MAX_ENTRIES:
+                    self._expiry.clear()  # bounded: a cache may forget, never grow without end
             self._expiry[digest] = now + (3600.0 if one_hour else 300.0)
         rest = input_tokens - prefix_tokens
         if hit:

@@ -73,6 +73,8 @@ def test_longest_key_is_accepted(lim):
         ({"requests": {"rate": "5/s", "burst": 0}}, "burst"),
         ({"requests": {"rate": "5/s", "burst": "x"}}, "burst"),
         ({"requests": {"rate": "5/s", "bust": 1}}, "expected"),
+        ({"requests": {"rate": "5/s", "refund": "all"}}, "refund must be 'undrained' or 'whole'"),
+        ({"requests": {"rate": "5/s", "refund": ["whole"]}}, "refund must be"),
         ({"requests": []}, "empty list"),
         ({"concurrency": 0}, "positive int"),
         ({"concurrency": "5"}, "positive int"),

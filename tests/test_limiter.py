@@ -166,6 +166,35 @@ def test_acquire_waits_in_line_and_times_out_fast(limiter):
     assert clock.monotonic - start == pytest.approx(0.1)
 
 
+@pytest.mark.parametrize(("queue", "waited"), [(True, 1.0), (False, 0.0005)])
+def test_a_call_that_holds_no_place_in_line_is_admitted_by_a_refund(limiter, queue, waited):
+    """The bucket is empty; a call of 10 waits. In line it holds its place, 1 s away, and the
+    whole refund made while it waits does not move it up; without a place (`queue=False`) it
+    tries again after its first short poll and gets in on that refund."""
+    lim, clock = limiter({"t": {"rate": "10/s", "refund": "whole"}})
+    ahead = lim.try_acquire("k", t=10)
+    sleep = lim._sleep
+
+    def refund_while_waiting(seconds):
+        sleep(seconds)
+        if not ahead.settled:
+            ahead.commit(t=0)
+
+    lim._sleep = refund_while_waiting
+    start = clock.monotonic
+    reservation = lim.acquire("k", t=10, timeout=5, queue=queue)
+    assert clock.monotonic - start == pytest.approx(waited)
+    assert reservation.reserved == {"t": 10}
+    # Without a place in line, a call that cannot be admitted within its timeout still fails fast.
+    lim._sleep = sleep
+    while lim.try_acquire("k", t=1):
+        pass
+    start = clock.monotonic
+    with pytest.raises(lt.RateLimited):
+        lim.acquire("k", t=10, timeout=0.5, queue=False)
+    assert clock.monotonic == start
+
+
 def test_acquire_waits_for_a_concurrency_slot_in_real_time():
     lim = lt.Limiter({"concurrency": 1})
     held = lim.acquire("k")
@@ -316,6 +345,60 @@ def test_matches_a_reference_token_bucket(limiter, rate, burst, steps):
         if tokens_ns >= need:
             assert d.allowed
             tokens_ns -= need
+        else:
+            assert not d.allowed
+            assert round(d.retry_after * 1e9) == pytest.approx(need - tokens_ns, abs=2)
+
+
+@pytest.mark.parametrize(("refund", "used_after"), [("undrained", 12), ("whole", 0)])
+def test_refunds_of_calls_in_flight_together(limiter, refund, used_after):
+    """Three calls of 20 in flight at once at 60/s, none used anything. By default each refund
+    gives back what of its charge has not drained as if it were alone (14 of 20: 6 units drained
+    in 0.1 s), so 12 stay used that nothing used; whole refunds give everything back."""
+    lim, clock = limiter({"tokens": {"rate": "60/s", "refund": refund}})
+    calls = [lim.try_acquire("k", tokens=20) for _ in range(3)]
+    assert all(calls)
+    clock.advance(0.1)
+    for call in calls:
+        call.commit(tokens=0)
+    assert lim.status("k")[0].used == used_after
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rate=st.integers(1, 50),
+    burst=st.integers(1, 20),
+    steps=st.lists(
+        st.tuples(st.integers(0, 2_000), st.integers(1, 20), st.integers(0, 20), st.booleans()),
+        min_size=1,
+        max_size=60,
+    ),
+)
+def test_whole_refunds_match_a_reference_token_bucket(limiter, rate, burst, steps):
+    """With `"refund": "whole"` every decision matches a token bucket refilled at `rate`/s up to
+    `burst`, into which a commit puts back what its call did not use (never past full)."""
+    lim, clock = limiter({"tokens": {"rate": f"{rate}/s", "burst": burst, "refund": "whole"}})
+    emission = math.ceil(1e9 / rate)
+    capacity = burst * emission
+    tokens_ns = capacity
+    held = []
+    for gap_ms, n, used, settle in steps:
+        before = clock.wall_ns
+        clock.advance(gap_ms / 1000)
+        tokens_ns = min(capacity, tokens_ns + clock.wall_ns - before)
+        if settle and held:
+            call, reserved = held.pop(0)
+            used = min(used, reserved)
+            call.commit(tokens=used)
+            tokens_ns = min(capacity, tokens_ns + (reserved - used) * emission)
+            continue
+        n = 1 + (n - 1) % burst
+        d = lim.try_acquire("k", requests=0, tokens=n)
+        need = n * emission
+        if tokens_ns >= need:
+            assert d.allowed
+            tokens_ns -= need
+            held.append((d, n))
         else:
             assert not d.allowed
             assert round(d.retry_after * 1e9) == pytest.approx(need - tokens_ns, abs=2)

@@ -261,18 +261,21 @@ class WaitingMixin:
         tokens: int | None = None,
         *,
         timeout: float | None = None,
+        queue: bool = True,
         **amounts: Any,
     ) -> Reservation:
         """Waits until the call is admitted and returns its `Reservation` (also a context
-        manager: cancelled if the block raises). Rate limits queue the call in arrival order;
-        a concurrency cap is waited on until a slot frees. Raises `RateLimited` at once when
-        the call cannot be admitted within `timeout` seconds (None: wait as long as needed), and
-        `BudgetExceeded` when a budget has no room (a `"queue"` budget waits for its next
-        period instead, within the timeout)."""
+        manager: cancelled if the block raises). Rate limits queue the call in arrival order
+        (`queue=False`: it holds no place in line and tries again until there is room, so
+        that refunds made meanwhile shorten its wait, as with limits whose refunds come back
+        whole); a concurrency cap is waited on until a slot frees. Raises `RateLimited` at once
+        when the call cannot be admitted within `timeout` seconds (None: wait as long as
+        needed), and `BudgetExceeded` when a budget has no room (a `"queue"` budget waits for
+        its next period instead, within the timeout)."""
         deadline = None if timeout is None else self._now() + _check_timeout(timeout)
         poll = _POLL_MIN_S
         max_wait = self._max_wait(deadline)
-        decision = self._try(key, requests, tokens, amounts, max_wait)
+        decision = self._try(key, requests, tokens, amounts, max_wait if queue else 0.0)
         if decision and not decision.delay:  # admitted at once, as most calls are
             return decision  # type: ignore[return-value]
         while True:
@@ -288,7 +291,7 @@ class WaitingMixin:
             self._sleep(min(wait, poll) if wait > _POLL_MIN_S else wait)
             poll = min(poll * 2, _POLL_MAX_S)
             max_wait = self._max_wait(deadline)
-            decision = self._try(key, requests, tokens, amounts, max_wait)
+            decision = self._try(key, requests, tokens, amounts, max_wait if queue else 0.0)
 
     def acquire_async(
         self,
@@ -298,20 +301,21 @@ class WaitingMixin:
         tokens: int | None = None,
         *,
         timeout: float | None = None,
+        queue: bool = True,
         **amounts: Any,
     ) -> AsyncAcquire:
         """`acquire` for asyncio: `r = await lim.acquire_async(...)`, or
         `async with lim.acquire_async(...) as r:`. Cancelling the task while it waits gives
         the reservation back."""
-        return AsyncAcquire(self, key, requests, tokens, timeout, amounts)
+        return AsyncAcquire(self, key, requests, tokens, timeout, amounts, queue)
 
     async def _acquire_async(
-        self, key: Key, requests: Any, tokens: Any, timeout: float | None, amounts: dict[str, Any]
+        self, key: Key, requests: Any, tokens: Any, timeout: float | None, amounts: dict[str, Any], queue: bool = True
     ) -> Reservation:
         deadline = None if timeout is None else self._now() + _check_timeout(timeout)
         poll = _POLL_MIN_S
         max_wait = self._max_wait(deadline)
-        decision = await self._try_async(key, requests, tokens, amounts, max_wait)
+        decision = await self._try_async(key, requests, tokens, amounts, max_wait if queue else 0.0)
         if decision and not decision.delay:  # admitted at once, as most calls are
             return decision  # type: ignore[return-value]
         while True:
@@ -327,7 +331,7 @@ class WaitingMixin:
             await self._sleep_async(min(wait, poll) if wait > _POLL_MIN_S else wait)
             poll = min(poll * 2, _POLL_MAX_S)
             max_wait = self._max_wait(deadline)
-            decision = await self._try_async(key, requests, tokens, amounts, max_wait)
+            decision = await self._try_async(key, requests, tokens, amounts, max_wait if queue else 0.0)
 
     async def _sleep_async(self, seconds: float) -> None:
         if self._clock is not None:
@@ -460,9 +464,10 @@ class AsyncAcquire(collections.abc.Coroutine):  # type: ignore[type-arg]
         tokens: Any,
         timeout: float | None,
         amounts: dict[str, Any],
+        queue: bool = True,
     ) -> None:
         self._limiter = limiter
-        self._args = (key, requests, tokens, timeout, amounts)
+        self._args = (key, requests, tokens, timeout, amounts, queue)
         self._reservation: Reservation | None = None
         self._coroutine: Any = None
 

@@ -4,9 +4,15 @@ A limits mapping names a dimension and its limit::
 
     {"requests": "500/min",                       # a rate: N/unit, burst = N
      "tokens": {"rate": "30k/min", "burst": 5000}, # a rate with its own burst
+     "output_tokens": {"rate": "8k/min", "refund": "whole"},  # refunds come back whole
      "input_tokens": ["1k/s", "30k/min"],         # several limits on one dimension
      "cost_usd": {"quota": 100, "per": "month"},  # a calendar quota (resets on the boundary)
      "concurrency": 20}                           # calls in flight
+
+A refund (a commit below the reservation) gives back by default only what of its own charge has
+not drained yet, which never admits more than `burst + rate * T`; with several calls in flight it
+comes back short. `"refund": "whole"` gives it back whole, as far as the bucket has room: the
+semantics of a provider's token bucket, for a limit that mirrors one.
 
 Rules apply different limits to keys matching glob patterns; the first match wins::
 
@@ -28,11 +34,13 @@ LimitsConfig = Mapping[str, LimitValue]
 RulesConfig = Mapping[str, LimitsConfig]
 
 # (dimension, kind, a, b): ("tokens", "rate", "30k/min", 5000) | ("concurrency", "concurrency",
-# 20, None) | ("cost_usd", "quota", 100, "month")
-LimitTuple = tuple[str, str, Any, Any]
+# 20, None) | ("cost_usd", "quota", 100, "month"); a rate whose refunds come back whole has a
+# fifth field: ("output_tokens", "rate", "8k/min", None, "whole")
+LimitTuple = tuple[str, str, Any, Any] | tuple[str, str, Any, Any, str]
 RuleTuple = tuple[str, list[LimitTuple]]
 
-_RATE_KEYS = {"rate", "burst"}
+_RATE_KEYS = {"rate", "burst", "refund"}
+_REFUNDS = ("undrained", "whole")
 _QUOTA_KEYS = {"quota", "per"}
 
 
@@ -96,6 +104,11 @@ def _limit(dimension: str, value: Any, path: str) -> LimitTuple:
                 raise ConfigError(f"{path}: burst must be a number, not {burst!r}")
             if not isinstance(value["rate"], str):
                 raise ConfigError(f"{path}: rate must be a string such as '500/min'")
+            refund = value.get("refund", "undrained")
+            if refund not in _REFUNDS:
+                raise ConfigError(f"{path}: refund must be 'undrained' or 'whole', not {refund!r}")
+            if refund == "whole":
+                return (dimension, "rate", value["rate"], burst, "whole")
             return (dimension, "rate", value["rate"], burst)
         if keys == _QUOTA_KEYS:
             amount, per = value["quota"], value["per"]
@@ -105,7 +118,7 @@ def _limit(dimension: str, value: Any, path: str) -> LimitTuple:
                 raise ConfigError(f"{path}: per must be day, week, month or a duration such as '12h'")
             return (dimension, "quota", amount, per)
         raise ConfigError(
-            f"{path}: expected {{'rate': ..., 'burst': ...}} or {{'quota': ..., 'per': ...}}, "
+            f"{path}: expected {{'rate': ..., 'burst': ..., 'refund': ...}} or {{'quota': ..., 'per': ...}}, "
             f"got keys {sorted(map(str, keys))}"
         )
     hint = ""

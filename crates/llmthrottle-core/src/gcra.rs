@@ -16,6 +16,9 @@ pub struct RateParams {
     pub emission_ns: u64,
     pub burst: u64,
     pub tolerance_ns: u64,
+    /// How a refund comes back (see [`refund`]): false, only what of its own charge has not
+    /// drained; true, whole, as far as the bucket has room (a provider's token bucket).
+    pub whole_refunds: bool,
 }
 
 /// Largest tolerance accepted: keeps `now + tolerance + cost` far from `u64::MAX`.
@@ -53,7 +56,16 @@ impl RateParams {
             emission_ns,
             burst,
             tolerance_ns,
+            whole_refunds: false,
         })
+    }
+
+    /// The same limit with refunds that come back whole (see [`refund`]).
+    pub fn with_whole_refunds(self) -> RateParams {
+        RateParams {
+            whole_refunds: true,
+            ..self
+        }
     }
 
     /// Cost of `n` units in nanoseconds (saturating: only forced charges exceed the burst).
@@ -104,15 +116,24 @@ pub fn reset_after(tat: u64, now: u64) -> u64 {
     tat.saturating_sub(now)
 }
 
-/// Gives back the last `n` units of a charge that would be fully drained at `charge_end`
-/// (the time it was made plus its cost).
+/// Gives back `n` units of a charge that would be fully drained at `charge_end` (the time it
+/// was made plus its cost).
 ///
-/// Only the part of the charge that has not drained yet (`charge_end - now`) is returned:
-/// a unit that already drained freed its capacity, and returning it again would over-admit.
-/// This also makes a refund against a cell that expired (and was perhaps reused) a no-op.
+/// By default only the part of the charge that has not drained yet (`charge_end - now`) comes
+/// back: a unit that already drained freed its capacity, and returning it again would
+/// over-admit. This also makes a refund against a cell that expired (and was perhaps reused) a
+/// no-op. It is exact for one charge at a time; with several in flight each is assumed to have
+/// drained alone, so refunds under concurrency come back short (never long).
+///
+/// With `whole_refunds` the refund comes back whole, as far as the bucket has room (what is
+/// undrained of every charge, `tat - now`): the semantics of a provider's token bucket, which
+/// charges a call's estimate and adjusts it to the real usage at the end. A limit that mirrors
+/// such a provider keeps pace with it; past the provider, a refund of a charge that already
+/// drained may admit up to its size more than `burst + rate * T`.
 #[inline]
 pub fn refund(tat: u64, now: u64, n: u64, charge_end: u64, p: &RateParams) -> u64 {
-    let undrained = p.cost_ns(n).min(charge_end.saturating_sub(now));
+    let bound = if p.whole_refunds { tat } else { charge_end };
+    let undrained = p.cost_ns(n).min(bound.saturating_sub(now));
     tat.saturating_sub(undrained)
 }
 
@@ -195,6 +216,23 @@ mod tests {
         );
         // Long expired: nothing to give back.
         assert_eq!(refund(7, now, 3, charge_end - 10_000_000_000, &p), 7);
+    }
+
+    #[test]
+    fn whole_refunds_come_back_as_far_as_the_bucket_has_room() {
+        let p = params("1/s", Some(10)).with_whole_refunds();
+        let now = 100_000_000_000;
+        // Eight charges of three made together: the last one's own end is long past its
+        // made-alone end, and still all of it comes back.
+        let tat = now + 24_000_000_000;
+        let made_alone_end = now + 3_000_000_000;
+        assert_eq!(
+            refund(tat, now + 2_000_000_000, 3, made_alone_end, &p),
+            tat - 3_000_000_000
+        );
+        // Never past a full bucket.
+        assert_eq!(refund(now + 1_000_000_000, now, 3, made_alone_end, &p), now);
+        assert_eq!(refund(7, now, 3, made_alone_end, &p), 7);
     }
 
     #[test]

@@ -196,8 +196,9 @@ pub fn key_strs<'a>(keys: &'a [Bound<'_, PyString>]) -> PyResult<SmallVec<[&'a s
 }
 
 /// Builds the core policy from the canonical tuples made by `llmthrottle.policy`:
-/// `[(pattern, [(dimension, "rate", rate_str, burst|None) | (dimension, "concurrency", max, None)
-///   | (dimension, "quota", limit, period_str)], layer)]` (`layer` optional, default 0).
+/// `[(pattern, [(dimension, "rate", rate_str, burst|None[, "whole"]) | (dimension, "concurrency",
+///   max, None) | (dimension, "quota", limit, period_str)], layer)]` (`layer` optional, default
+///   0; a rate's fifth field, "whole", makes its refunds come back whole).
 /// `share` (0 < share <= 1) scales every limit down to one host's part of a fleet's limits
 /// (rates, bursts, caps and quotas; each at least 1).
 pub fn policy_spec(namespace: &str, rules: &Bound<'_, PyAny>, share: f64) -> PyResult<PolicySpec> {
@@ -208,7 +209,7 @@ pub fn policy_spec(namespace: &str, rules: &Bound<'_, PyAny>, share: f64) -> PyR
         namespace: namespace.to_owned(),
         rules: Vec::new(),
     };
-    type Limits<'py> = Vec<(String, String, Bound<'py, PyAny>, Bound<'py, PyAny>)>;
+    type Limits<'py> = Vec<Bound<'py, PyTuple>>;
     for rule in rules.try_iter()? {
         let rule = rule?;
         let shape = || ConfigError::new_err("each rule must be (pattern, [(dimension, kind, a, b), ...], layer)");
@@ -224,13 +225,20 @@ pub fn policy_spec(namespace: &str, rules: &Bound<'_, PyAny>, share: f64) -> PyR
             limits: Vec::new(),
             layer,
         };
-        for (dimension, kind, a, b) in limits {
+        for limit in limits {
+            let fields = limit.len();
+            if !(4..=5).contains(&fields) {
+                return Err(shape());
+            }
+            let (dimension, kind): (String, String) = (limit.get_item(0)?.extract()?, limit.get_item(1)?.extract()?);
+            let (a, b) = (limit.get_item(2)?, limit.get_item(3)?);
+            let refund = if fields == 5 { Some(limit.get_item(4)?) } else { None };
             let context = |e: PyErr| {
                 Python::attach(|py| {
                     ConfigError::new_err(format!("limit {dimension:?} of {pattern:?}: {}", e.value(py)))
                 })
             };
-            let kind = limit_kind(&dimension, &kind, &a, &b, share).map_err(context)?;
+            let kind = limit_kind(&dimension, &kind, &a, &b, refund.as_ref(), share).map_err(context)?;
             rule_spec.limits.push(LimitSpec { dimension, kind });
         }
         spec.rules.push(rule_spec);
@@ -243,6 +251,7 @@ fn limit_kind(
     kind: &str,
     a: &Bound<'_, PyAny>,
     b: &Bound<'_, PyAny>,
+    refund: Option<&Bound<'_, PyAny>>,
     share: f64,
 ) -> PyResult<LimitKind> {
     let scale = units_per_api_unit(dimension) as f64;
@@ -263,8 +272,18 @@ fn limit_kind(
             } else {
                 Some(part(amount(b, dimension)?))
             };
-            Ok(LimitKind::Rate(RateParams::new(rate, burst).map_err(to_py)?))
+            let params = RateParams::new(rate, burst).map_err(to_py)?;
+            match refund.map(|r| r.extract::<String>()).transpose()?.as_deref() {
+                None | Some("undrained") => Ok(LimitKind::Rate(params)),
+                Some("whole") => Ok(LimitKind::Rate(params.with_whole_refunds())),
+                Some(other) => Err(InvalidInput::new_err(format!(
+                    "refund must be \"undrained\" or \"whole\", not {other:?}"
+                ))),
+            }
         }
+        _ if refund.is_some() => Err(InvalidInput::new_err(format!(
+            "only a rate has a refund rule, not a {kind}"
+        ))),
         "concurrency" => {
             let max = part(amount(a, dimension)?);
             Ok(LimitKind::Concurrency { max })

@@ -364,7 +364,8 @@ impl Limiter {
     /// The steps `try_acquire` would charge, checked as it checks them (ExceedsCapacity, bad
     /// keys or amounts), for a state that decides outside this process (Redis): a list of
     /// `(key_index, label, layer, dimension, units_per_api_unit, kind, a, b, c, amount)` where
-    /// kind is `"rate"` (a, b, c = emission_ns, tolerance_ns, burst), `"concurrency"` (a = max)
+    /// kind is `"rate"` (a, b, c = emission_ns, tolerance_ns, burst; `"whole_rate"` when its
+    /// refunds come back whole), `"concurrency"` (a = max)
     /// or `"quota"` (a = limit, b = period: 0 day, 1 week, 2 month, 3 every c nanoseconds).
     #[pyo3(signature = (key, /, requests=None, tokens=None, **amounts))]
     fn _plan<'py>(
@@ -437,6 +438,7 @@ fn planned_tuples<'py>(
         .map(|step| {
             let name = &dimensions.names[step.dimension];
             let (kind, a, b, c) = match step.kind {
+                LimitKind::Rate(p) if p.whole_refunds => ("whole_rate", p.emission_ns, p.tolerance_ns, p.burst),
                 LimitKind::Rate(p) => ("rate", p.emission_ns, p.tolerance_ns, p.burst),
                 LimitKind::Concurrency { max } => ("concurrency", max, 0, 0),
                 LimitKind::Quota(q) => match q.period {

@@ -16,7 +16,8 @@
 --
 -- KEYS: one cell per step, then (with an operation id) the operation's marker.
 -- ARGV: mode, operation id, now ('' for TIME), max_wait_ns, holder, holder_ttl_ms, then six
---   per step: kind (r rate, q quota, c concurrency), a, b, c, amount, extra.
+--   per step: kind (r rate, w rate whose refunds come back whole, q quota, c concurrency), a, b,
+--   c, amount, extra.
 --   rate: a = emission_ns, b = tolerance_ns, c = burst; quota: a = limit, b = period (0 day,
 --   1 week, 2 month, 3 every c ns); concurrency: a = max.
 --   extra: acquire: 1 when the step may wait (rate limits of layer 0); settle: the charge's
@@ -174,7 +175,7 @@ local function acquire(keys, argv, steps, charging)
     local kind, key = argv[base + 1], keys[i]
     local a, amount = tonum(argv[base + 2]), tonum(argv[base + 5])
     local left, reset, mark, retry
-    if kind == 'r' then
+    if kind == 'r' or kind == 'w' then
       local b = tonum(argv[base + 3])
       local tat = tat_of(key)
       local new = tat + amount * a
@@ -226,7 +227,7 @@ local function acquire(keys, argv, steps, charging)
     for i = 1, steps do
       local base = i * 6
       local kind, key = argv[base + 1], keys[i]
-      if kind == 'r' then
+      if kind == 'r' or kind == 'w' then
         store_tat(key, values[i])
       elseif kind == 'q' then
         call('SET', key, values[i], 'PX', floor(fields[i * 3 - 1] / 1e6) + 60000)
@@ -246,16 +247,18 @@ local function settle(keys, argv, steps)
     local kind, key, amount = argv[base + 1], keys[i], tonum(argv[base + 5])
     if kind == 'c' then
       call('ZREM', key, argv[5])
-    elseif kind == 'r' then
+    elseif kind == 'r' or kind == 'w' then
       local a = tonum(argv[base + 2])
       if amount > 0 then
         store_tat(key, tat_of(key) + amount * a)
       elseif call('EXISTS', key) == 1 then
-        -- Only the part of the charge that has not drained yet comes back (gcra.rs: refund).
+        -- Only the part of the charge that has not drained yet comes back, or with whole
+        -- refunds as much as the bucket has room for (gcra.rs: refund).
         local undrained = -amount * a
-        local until_end = rel(argv[base + 6], 'mark')
-        if until_end < undrained then undrained = until_end end
-        if undrained > 0 then store_tat(key, rel(call('GET', key), key) - undrained) end
+        local tat = rel(call('GET', key), key)
+        local bound = kind == 'w' and tat or rel(argv[base + 6], 'mark')
+        if bound < undrained then undrained = bound end
+        if undrained > 0 then store_tat(key, tat - undrained) end
       end
     else
       local index, left_ns = period(tonum(argv[base + 3]), tonum(argv[base + 4]))
@@ -281,7 +284,7 @@ local function status(keys, argv, steps)
     local base = i * 6
     local kind, key, a = argv[base + 1], keys[i], tonum(argv[base + 2])
     local remaining, used, reset
-    if kind == 'r' then
+    if kind == 'r' or kind == 'w' then
       local b, c = tonum(argv[base + 3]), tonum(argv[base + 4])
       local tat = tat_of(key)
       remaining = floor(math.max(b - tat, 0) / a)

@@ -3,8 +3,9 @@ decisions stay local.
 
 A lease is an ordinary admission of `size` units, charged in Redis when it is taken; decisions
 then draw on it here until it is spent or `lease_ttl` passes, and what is left then goes back
-with the engine's refund (only the part that has not drained yet). So leases can only under-use
-a limit, never over-admit: at any moment the units charged in Redis but not yet used are at
+with the limit's refund (by default only the part that has not drained yet; whole for a limit
+whose refunds come back whole). So leases can only under-use a limit, never over-admit: at any
+moment the units charged in Redis but not yet used are at
 most the slices held, each at most `lease_fraction` of the burst, by every process that holds
 one. A slice is sized by demand: the first is the request's own amount, each slice spent before
 its time is twice the last, each returned with units left is half, within [amount, cap].

@@ -29,7 +29,7 @@ from .reservations import (
     charge_marks,
     least,
 )
-from .script import KIND_CODES, Step, build, numbers
+from .script import KIND_CODES, RATE_CODES, Step, build, numbers
 from .state import RedisState, RedisUnavailable
 
 __all__ = ["RedisLimiter", "RedisDecision", "RedisReservation", "LeasedReservation"]
@@ -88,7 +88,7 @@ class RedisLimiter(WaitingMixin):
         out = []
         for plan in plans:
             kind = KIND_CODES[plan[5]]
-            extra = "1" if kind == "r" and plan[2] == 0 else "0"
+            extra = "1" if kind in RATE_CODES and plan[2] == 0 else "0"
             out.append(
                 (plan, Step(cell_name(prefix, keys[plan[0]], plan[1]), kind, plan[6], plan[7], plan[8], plan[9], extra))
             )
@@ -251,7 +251,7 @@ class RedisLimiter(WaitingMixin):
             if len(self._plans) >= _PLAN_CACHE:
                 self._plans.clear()
                 self._calls.clear()
-            leasable = bool(steps) and all(step.kind == "r" for _, step in steps)
+            leasable = bool(steps) and all(step.kind in RATE_CODES for _, step in steps)
             cached = self._plans[cache_key] = (keys, steps, leasable, [step for _, step in steps])
         return cached[0], cached[1], max_wait_ns, cached[2]
 
@@ -385,15 +385,15 @@ class RedisLimiter(WaitingMixin):
         out = []
         for index, (plan, _) in enumerate(steps):
             remaining, used, reset = (int(value) for value in reply[3 * index : 3 * index + 3])
-            capacity = plan[8] if plan[5] == "rate" else plan[6]
+            rate = KIND_CODES[plan[5]] in RATE_CODES
             out.append(
                 LimitState(
                     plan[3],
-                    plan[5],
+                    "rate" if rate else plan[5],
                     api_units(remaining, plan[4]),
                     api_units(used, plan[4]),
                     reset / 1e9,
-                    api_units(capacity, plan[4]),
+                    api_units(plan[8] if rate else plan[6], plan[4]),
                 )
             )
         return out

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..limiter import SettlesOnExit, describe
 from .leases import Lease
-from .script import KIND_CODES, Step
+from .script import KIND_CODES, RATE_CODES, Step
 
 if TYPE_CHECKING:
     from .limiter import RedisLimiter
@@ -45,7 +45,7 @@ def charge_marks(steps: Sequence[Step], reply: Sequence[Any]) -> list[str]:
     now_ns = reply[2] * 1_000_000_000 + reply[3]
     out = []
     for index, step in enumerate(steps):
-        if step.kind == "r":
+        if step.kind in RATE_CODES:
             end = now_ns + step.amount * step.a
             out.append(f"{end // 1_000_000_000}:{end % 1_000_000_000}")
         else:

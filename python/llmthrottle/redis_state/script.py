@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any, NamedTuple
 
-__all__ = ["LIBRARY", "LIBRARY_NAME", "SOURCE", "Step", "Call", "KIND_CODES", "numbers"]
+__all__ = ["LIBRARY", "LIBRARY_NAME", "SOURCE", "Step", "Call", "KIND_CODES", "RATE_CODES", "numbers"]
 
 _CODE = resources.files(__package__).joinpath("decide.lua").read_text(encoding="utf-8")
 
@@ -48,14 +48,16 @@ redis.register_function('{LIBRARY_NAME}', function(keys, argv)
 end)
 """
 
-KIND_CODES = {"rate": "r", "quota": "q", "concurrency": "c"}
+KIND_CODES = {"rate": "r", "whole_rate": "w", "quota": "q", "concurrency": "c"}
+# The codes of rate limits (with either refund rule).
+RATE_CODES = frozenset({"r", "w"})
 
 
 class Step(NamedTuple):
     """One cell of a call, with the limit's parameters (see decide.lua)."""
 
     cell: str
-    kind: str  # "r" | "q" | "c"
+    kind: str  # "r" | "w" | "q" | "c"
     a: int
     b: int
     c: int

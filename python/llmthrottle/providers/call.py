@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from .._json import loads
 from .._native import RateLimited
@@ -26,8 +27,8 @@ from ..request_estimate import estimate_counts
 from ..tokens import count_tokens
 from .attribution import context_keys, context_tags
 from .cache import CachedReply, ResponseCache
-from .headers import announced_news, retry_after_s
-from .learned import LearnedLimits
+from .headers import announced_news, announced_tuples, retry_after_s
+from .learned import TEACH, LearnedLimits
 from .models import as_sent, priced_model, request_model
 from .pause import ProviderPause, limit_scope
 from .protocol import Endpoint, UsageReader, endpoint_of, failure_kind
@@ -94,6 +95,7 @@ class CallPlan:
         "started",
         "status",
         "streaming",
+        "teaching",
         "waited_s",
     )
 
@@ -127,6 +129,7 @@ class CallPlan:
         self.status: int | None = None
         self.last_failure: str | None = None
         self.learned_reservation: Any = None
+        self.teaching = False
         # An attempt has left and no answer came back yet: the provider may be billing it.
         self.in_flight = False
         self.answer_headers: Any = None
@@ -247,7 +250,7 @@ class CallPlan:
         retry loop from its start."""
         if self.settings.guard is not None or self.settings.pause.wait_s(self.pause_key) > 0:
             return False
-        if self.learned_admission() is not None:
+        if self.first_reply() is not None or self.learned_admission() is not None:
             return False
         self.sending()
         return True
@@ -271,10 +274,31 @@ class CallPlan:
         learned limits, and one used up pauses every worker for the refill a call needs."""
         self.status, self.answer_headers, self.in_flight = status, headers, False
         learned = self.settings.learned
-        announced = announced_news(self.endpoint.provider, headers, learned.limits_of(self.pause_key))
+        known = learned.limits_of(self.pause_key)
+        announced = announced_news(self.endpoint.provider, headers, known)
+        if announced:
+            learned.observe(self.pause_key, announced)
+        self._taught(True)
+        reservation = self.learned_reservation
+        if status >= 400 or reservation is None:
+            # A refusal (charged nothing by the provider), or a call sent before the limits were
+            # known (uncounted here): the provider's count is taken where it is above the
+            # learned limits' own. A refused attempt's reservation is given back only then, so
+            # that the room it held never shows as free to the other callers, even for a moment.
+            if known or announced:
+                if reservation is None and status < 400:
+                    # Sent before the limits were known: charged here first. The provider's
+                    # count includes it, but the learned limits' reservations it has not seen
+                    # yet can hide it from `catch_up`.
+                    try:
+                        learned.charge_unreserved(self.pause_key, self.endpoint.family, *self.reserved_tokens())
+                    except ValueError:  # a body the estimate refuses: nothing to charge
+                        pass
+                held = reservation.reserved if reservation is not None else {}
+                learned.catch_up(self.pause_key, announced or announced_tuples(self.endpoint.provider, headers), held)
+            self.release_learned()
         if not announced:
             return
-        learned.observe(self.pause_key, announced)
         for dimension, limit, remaining, reset_s, _window_s in announced:
             if remaining == 0 and reset_s:
                 self.settings.pause.pause(self.pause_key, self._refill_s(dimension, limit, reset_s))
@@ -297,11 +321,35 @@ class CallPlan:
             amount = limit
         return reset_s * min(1.0, amount / limit)
 
+    def first_reply(self) -> threading.Event | None:
+        """Before an attempt on a provider key nothing is known of: the first call goes, and its
+        reply teaches the limits; the others wait for that reply (the Event returned, with
+        `first_reply_s` left at most). None: go."""
+        if self.teaching:
+            return None
+        found = self.settings.learned.first_reply(self.pause_key)
+        if found is None:
+            return None
+        if found is TEACH:
+            self.teaching = True
+            return None
+        return None if self.remaining_s() <= 0 else cast(threading.Event, found)
+
+    def first_reply_s(self) -> float:
+        """How long to wait for the first reply of this call's provider key, at most."""
+        return min(self.settings.learned.first_reply_s(self.pause_key), self.remaining_s())
+
+    def _taught(self, answered: bool) -> None:
+        if self.teaching:
+            self.teaching = False
+            self.settings.learned.taught(self.pause_key, answered)
+
     def learned_admission(self) -> tuple[Any, dict[str, int]] | None:
         """Admits this attempt against the limits the provider announced. None when that is done:
         admitted at once (the reservation is kept), or no limits are known yet. Otherwise the
-        (limiter, amounts) the caller waits on with `acquire`. A previous attempt's admission is
-        given back first."""
+        (limiter, amounts) the caller waits on with `acquire(..., queue=False)`: a place held in
+        line would not move up as the calls ahead give back what they did not use. A previous
+        attempt's admission is given back first."""
         if self.learned_reservation is not None:
             self.release_learned()
         learned = self.settings.learned.of(self.pause_key)
@@ -436,6 +484,7 @@ class CallPlan:
             self.fail("error", error=type(error).__name__)
             return
         self.in_flight = False
+        self._taught(False)
         self._settle_learned(None)  # the provider counted it: keep the learned limits' charge
         if self.call is not None and not self.settled:
             self.settled = True
@@ -444,6 +493,7 @@ class CallPlan:
 
     def fail(self, outcome: str, **tags: Any) -> None:
         self.in_flight = False
+        self._taught(False)
         self.release_learned()
         if self.call is not None and not self.settled:
             self.settled = True

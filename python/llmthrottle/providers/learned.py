@@ -6,13 +6,19 @@ worker sharing that state spends the provider's quota together instead of discov
 than the provider said it takes. A later announcement of other numbers replaces them.
 
 Each call is admitted at its worst case (input plus its output reservation) and reconciled with
-its real usage when it settles, as any reservation is.
+its real usage when it settles, as any reservation is. What a call did not use comes back whole
+(`"refund": "whole"`), as at the provider, whose buckets charge a call's estimate and adjust it
+to the real usage at the end: with the engine's default refund, which gives back only what of a
+charge has not drained as if it were alone, every call in flight would keep a share of the
+limit that nothing used.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..limiter import Limiter
@@ -22,7 +28,15 @@ from .headers import Announcement
 # fields that `headers.announced_tuples` gives.
 Announced = Announcement | tuple[str, int, int, float | None, float]
 
-__all__ = ["Learned", "LearnedLimits"]
+__all__ = ["TEACH", "Learned", "LearnedLimits"]
+
+# What `LearnedLimits.first_reply` tells the call that goes first to a provider key nothing is
+# known of: its reply teaches the limits, and it says so with `taught`.
+TEACH = object()
+# How long the other calls wait for that reply, at most.
+_FIRST_REPLY_S = 10.0
+# Provider keys remembered as announcing no limits, at most (then forgotten, and asked again).
+_MAX_SILENT = 10_000
 
 # The dimensions a provider announces, each over the window the announcement names.
 _DIMENSIONS = ("requests", "tokens", "input_tokens", "output_tokens")
@@ -44,13 +58,30 @@ def _summary_dimension(limits: tuple[tuple[str, int, float], ...]) -> str | None
     return "tokens" if "tokens" in announced and announced & {"input_tokens", "output_tokens"} else None
 
 
+def _catch_up(limiter: Limiter, key: str, remaining: dict[str, int]) -> None:
+    """Charges `key` what the provider says is used and the limiter does not count yet: each
+    dimension of `remaining` is left with at most that much (below 0: in debt by as much). What
+    the limiter counts already (another worker's charges, or its own reservations) is not
+    charged twice."""
+    if not remaining:
+        return
+    more = {}
+    for status in limiter.status(key):
+        if status.kind == "rate" and status.dimension in remaining:
+            excess = int(status.remaining) - remaining[status.dimension]
+            if excess >= 1:
+                more[status.dimension] = excess
+    if more:
+        limiter.charge(key, **more)
+
+
 class Learned:
     """What is known of one provider key: the `(dimension, limit, window_s)` announced, the
     rates enforced of them and the limiter that keeps them."""
 
     __slots__ = ("_by_position", "dimensions", "limiter", "limits", "rates", "summary")
 
-    def __init__(self, limits: tuple[tuple[str, int, float], ...], limiter: Limiter, rates: dict[str, str]) -> None:
+    def __init__(self, limits: tuple[tuple[str, int, float], ...], limiter: Limiter, rates: dict[str, Any]) -> None:
         self.limits = limits
         self.limiter = limiter
         self.rates = rates
@@ -88,6 +119,46 @@ class LearnedLimits:
     def __init__(self, state: Any = None) -> None:
         self._state = state
         self._learned: dict[str, Learned] = {}
+        # Provider keys whose first reply is awaited: when each wait ends at the latest.
+        self._teaching: dict[str, tuple[threading.Event, float]] = {}
+        # Provider keys whose first reply announced no limits: nothing to wait for again.
+        self._silent: set[str] = set()
+        self._lock = threading.Lock()
+
+    def first_reply(self, key: str) -> threading.Event | object | None:
+        """Before a call to `key`, of which nothing is known yet: the first call goes (TEACH: it
+        must call `taught` when its answer comes or it ends) and the others wait for its reply
+        (an Event, set by `taught`), so that no burst leaves before the limits are known: calls
+        sent blind are counted only from the replies that come back. None: go (the limits are
+        known, or the provider announced none)."""
+        if key in self._learned or key in self._silent:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            teaching = self._teaching.get(key)
+            if teaching is not None and now < teaching[1]:
+                return teaching[0]
+            # No call is teaching the key, or the one that was has not answered in time.
+            self._teaching[key] = (threading.Event(), now + _FIRST_REPLY_S)
+            return TEACH
+
+    def first_reply_s(self, key: str) -> float:
+        """Seconds left to wait for the first reply of `key` (0.0: none is awaited)."""
+        teaching = self._teaching.get(key)
+        return 0.0 if teaching is None or teaching[0].is_set() else max(0.0, teaching[1] - time.monotonic())
+
+    def taught(self, key: str, answered: bool) -> None:
+        """The call that went first to `key` has its answer (`answered`: its limits, if it
+        announced any, are observed already) or ended without one (the next call goes first
+        instead): the calls waiting for it go."""
+        with self._lock:
+            teaching = self._teaching.pop(key, None)
+            if answered and key not in self._learned:
+                if len(self._silent) >= _MAX_SILENT:
+                    self._silent.clear()
+                self._silent.add(key)
+        if teaching is not None:
+            teaching[0].set()
 
     def observe(self, key: str, announced: Sequence[Announced]) -> None:
         # In the order the headers parser gives them, which is fixed per provider.
@@ -102,8 +173,8 @@ class LearnedLimits:
         if current is not None and current.limits == limits:
             return
         summary = _summary_dimension(limits)
-        rates = {
-            dimension: f"{limit}/min" if window_s == 60.0 else f"{limit}/{window_s:g}s"
+        rates: dict[str, Any] = {
+            dimension: {"rate": f"{limit}/min" if window_s == 60.0 else f"{limit}/{window_s:g}s", "refund": "whole"}
             for dimension, limit, window_s in limits
             if dimension != summary
         }
@@ -115,19 +186,44 @@ class LearnedLimits:
         if current is None:
             namespace = "llmthrottle.learned." + hashlib.sha256(key.encode()).hexdigest()[:16]
             limiter = Limiter(rates, state=self._state, namespace=namespace)
-            # Start where the provider is: what it says is used already (by this call, and by
-            # whoever else shares the key) is charged, so the first calls do not overshoot.
-            used = {
-                dimension: limit - remaining
-                for dimension, limit, remaining, _reset_s, _window_s in announced
-                if dimension in rates and 0 <= remaining < limit
-            }
-            if used:
-                limiter.charge(key, **used)
         else:
             limiter = current.limiter
             limiter.set_limits(rates)
         self._learned[key] = Learned(limits, limiter, rates)
+        if current is None:
+            # Start where the provider is: what it says is used already (by this call, and by
+            # whoever else shares the key) is charged, so the first calls do not overshoot. A
+            # worker that learns the limits after another on the same state finds them counted.
+            self.catch_up(key, announced)
+
+    def catch_up(self, key: str, announced: Sequence[Announced], held: Mapping[str, Any] | None = None) -> None:
+        """Takes the provider's count where it is above the learned limits' own: each learned
+        limit of `key` is left with at most the `remaining` announced, less what `held` (a
+        reservation about to be given back, which the provider did not count) holds of it.
+        What they count already (another worker's charges, or reservations the provider has not
+        seen yet) is not charged twice."""
+        learned = self._learned.get(key)
+        if learned is not None:
+            held = held or {}
+            _catch_up(
+                learned.limiter,
+                key,
+                {
+                    dimension: remaining - int(held.get(dimension, 0))
+                    for dimension, limit, remaining, _reset_s, _window_s in announced
+                    if dimension in learned.rates and 0 <= remaining < limit
+                },
+            )
+
+    def charge_unreserved(self, key: str, family: str, input_tokens: int, output_tokens: int) -> None:
+        """Charges `key`'s learned limits a call the provider counted that they never reserved
+        (it left before they were known), at its worst case."""
+        learned = self._learned.get(key)
+        if learned is not None:
+            amounts: dict[str, int] = learned.amounts(family, input_tokens, output_tokens)
+            if "requests" in learned.dimensions:
+                amounts["requests"] = 1
+            learned.limiter.charge(key, **amounts)
 
     def exhausted(self, key: str, dimension: str) -> Learned | None:
         """The provider says nothing is left of `dimension` for `key`: the learned limit that
@@ -136,9 +232,7 @@ class LearnedLimits:
         learned = self._learned.get(key)
         if learned is None or dimension not in learned.dimensions:
             return learned
-        left = sum(s.remaining for s in learned.limiter.status(key) if s.dimension == dimension and s.kind == "rate")
-        if left >= 1:
-            learned.limiter.charge(key, **{dimension: int(left)})
+        _catch_up(learned.limiter, key, {dimension: 0})
         return learned
 
     def limits_of(self, key: str) -> tuple[tuple[str, int, float], ...]:

@@ -22,6 +22,9 @@ from .protocol import UsageReader
 
 __all__ = ["AsyncThrottledTransport", "ThrottledTransport", "attempts_async", "passed", "ended"]
 
+# How often an asyncio call waiting for the first reply of a provider key looks again.
+_FIRST_REPLY_POLL_S = 0.005
+
 
 def _rebuilt(request: httpx2.Request, plan: CallPlan, content: bytes) -> httpx2.Request:
     """The request asking for an uncompressed reply (so that its bytes can be read as they pass),
@@ -143,15 +146,20 @@ class ThrottledTransport(httpx2.BaseTransport):
             while True:
                 while (paused := plan.pause_wait_s()) > 0:
                     self._wait(plan, paused)
+                if (taught := plan.first_reply()) is not None:  # the limits are being learned
+                    started = time.monotonic()
+                    taught.wait(plan.first_reply_s())
+                    plan.waited_s += time.monotonic() - started
+                    continue
                 if guard is not None:
                     if plan.call is None:
                         plan.call = guard.call(plan.keys(), **plan.admit_arguments())
                     elif plan.attempts > 0:
                         plan.call.retry(timeout=plan.remaining_s())
                 learned = plan.learned_admission()
-                if learned is not None:  # no room at once: wait in line, within the deadline
+                if learned is not None:  # no room at once: wait for room, within the deadline
                     plan.learned_reservation = learned[0].acquire(
-                        plan.pause_key, timeout=plan.admission_timeout(), **learned[1]
+                        plan.pause_key, timeout=plan.admission_timeout(), queue=False, **learned[1]
                     )
                 plan.sending()
                 try:
@@ -271,15 +279,19 @@ async def attempts_async(
             if outcome is None:
                 while (paused := plan.pause_wait_s()) > 0:
                     await _wait_async(plan, paused)
+                if (taught := plan.first_reply()) is not None:  # the limits are being learned
+                    while not taught.is_set() and (left := plan.first_reply_s()) > 0:
+                        await _wait_async(plan, min(left, _FIRST_REPLY_POLL_S))
+                    continue
                 if guard is not None:
                     if plan.call is None:
                         plan.call = await guard.call_async(plan.keys(), **plan.admit_arguments())
                     elif plan.attempts > 0:
                         await plan.call.retry_async(timeout=plan.remaining_s())
                 learned = plan.learned_admission()
-                if learned is not None:  # no room at once: wait in line, within the deadline
+                if learned is not None:  # no room at once: wait for room, within the deadline
                     plan.learned_reservation = await learned[0].acquire_async(
-                        plan.pause_key, timeout=plan.admission_timeout(), **learned[1]
+                        plan.pause_key, timeout=plan.admission_timeout(), queue=False, **learned[1]
                     )
                 plan.sending()
                 try:

@@ -107,10 +107,22 @@ def test_calls_sent_before_the_limits_were_known_are_counted_by_their_replies(op
         assert _tokens_used(learned, key, "tokens") >= 3_500  # two calls of 2,000, less what drained
 
 
-def _in_flight_after(provider: Any, seconds: float) -> int:
+def _arrived_after(provider: Any, seconds: float) -> int:
     time.sleep(seconds)
     with provider._lock:
         return int(provider.counters.requests)
+
+
+def _calls_started(client: Any, count: int) -> list[threading.Thread]:
+    """`count` threads, started, each making one chat call of 5 tokens."""
+    messages = [{"role": "user", "content": "hi"}]
+    threads = [
+        threading.Thread(target=lambda: client.chat.completions.create(model="gpt-4o", messages=messages, max_tokens=5))
+        for _ in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    return threads
 
 
 def test_calls_to_a_key_nothing_is_known_of_wait_for_the_first_reply(opened: list[Any]) -> None:
@@ -122,16 +134,8 @@ def test_calls_to_a_key_nothing_is_known_of_wait_for_the_first_reply(opened: lis
     with FakeProvider(tpm=100_000, output_tokens=5, per_token_s=0.1) as provider:
         client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"))
         opened.append(client)
-        messages = [{"role": "user", "content": "hi"}]
-        threads = [
-            threading.Thread(
-                target=lambda: client.chat.completions.create(model="gpt-4o", messages=messages, max_tokens=5)
-            )
-            for _ in range(8)
-        ]
-        for thread in threads:
-            thread.start()
-        assert _in_flight_after(provider, 0.25) <= 1  # the first answers after 0.5 s
+        threads = _calls_started(client, 8)
+        assert _arrived_after(provider, 0.25) <= 1  # the first answers after 0.5 s
         for thread in threads:
             thread.join()
         assert provider.counters.requests == 8 and provider.counters.rate_limited == 0
@@ -173,14 +177,7 @@ def test_a_provider_that_announces_no_limits_is_not_waited_for_again(opened: lis
         opened.append(client)
         messages = [{"role": "user", "content": "hi"}]
         client.chat.completions.create(model="gpt-4o", messages=messages, max_tokens=5)
-        threads = [
-            threading.Thread(
-                target=lambda: client.chat.completions.create(model="gpt-4o", messages=messages, max_tokens=5)
-            )
-            for _ in range(4)
-        ]
-        for thread in threads:
-            thread.start()
-        assert _in_flight_after(provider, 0.4) == 5  # each takes 0.5 s
+        threads = _calls_started(client, 4)
+        assert _arrived_after(provider, 0.4) == 5  # each takes 0.5 s
         for thread in threads:
             thread.join()

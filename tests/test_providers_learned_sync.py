@@ -181,3 +181,21 @@ def test_a_provider_that_announces_no_limits_is_not_waited_for_again(opened: lis
         assert _arrived_after(provider, 0.4) == 5  # each takes 0.5 s
         for thread in threads:
             thread.join()
+
+
+def test_a_first_reply_that_is_an_error_leaves_the_next_call_to_learn_from() -> None:
+    """A first call answered by a server error, with no limits in its headers, teaches nothing:
+    the next call goes first instead, and only a reply that succeeds without limits marks the
+    provider key as announcing none."""
+    from llmthrottle.providers.learned import TEACH
+
+    learned = LearnedLimits()
+    key = "openai|k|gpt-4o"
+    assert learned.first_reply(key) is TEACH
+    waiting = learned.first_reply(key)
+    assert isinstance(waiting, threading.Event) and not waiting.is_set()
+    learned.taught(key, answered=False)
+    assert waiting.is_set()
+    assert learned.first_reply(key) is TEACH
+    learned.taught(key, answered=True)
+    assert learned.first_reply(key) is None

@@ -278,7 +278,7 @@ class CallPlan:
         announced = announced_news(self.endpoint.provider, headers, known)
         if announced:
             learned.observe(self.pause_key, announced)
-        self._taught(True)
+        self._taught(status < 400)
         reservation = self.learned_reservation
         if status >= 400 or reservation is None:
             # A refusal (charged nothing by the provider), or a call sent before the limits were

@@ -149,8 +149,8 @@ class LearnedLimits:
 
     def taught(self, key: str, answered: bool) -> None:
         """The call that went first to `key` has its answer (`answered`: its limits, if it
-        announced any, are observed already) or ended without one (the next call goes first
-        instead): the calls waiting for it go."""
+        announced any, are observed already) or ended without one, or with an error that says
+        nothing of them (the next call goes first instead): the calls waiting for it go."""
         with self._lock:
             teaching = self._teaching.pop(key, None)
             if answered and key not in self._learned:

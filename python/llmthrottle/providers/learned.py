@@ -11,6 +11,12 @@ its real usage when it settles, as any reservation is. What a call did not use c
 to the real usage at the end: with the engine's default refund, which gives back only what of a
 charge has not drained as if it were alone, every call in flight would keep a share of the
 limit that nothing used.
+
+They are kept in step with the provider's own count (its `remaining`): a refusal's count is taken
+(the refused attempt's reservation given back only then), and a call sent before the limits were
+known, which they never reserved, is charged when its reply comes. Until a key's limits are
+known, one call per process goes and the others wait for its reply (`first_reply`), so that the
+calls sent blind are few.
 """
 
 from __future__ import annotations

@@ -194,21 +194,18 @@ def _plain_counts(
     return encoding.plain_chat_estimate(body, TOKENS_PER_MESSAGE, REPLY_PRIMING, shape[0], shape[1], default)
 
 
-PlainCount = tuple[Encoding, str | None, tuple[str, ...]]
-
-# (provider, endpoint, model, fallback) -> what `estimate_counts` counts a plain body of it with
-# (`_encoding`, then `_plain_shape`), None for an endpoint without one: a wrapped call asks on
-# every request, where looking each up costs more than counting a short prompt. Emptied with the
-# tokens module's own memo when a model is registered; bounded: model names come from callers.
-_PLAIN: dict[tuple[str, str | None, str, str | None], PlainCount | None] = {}
+# (provider, endpoint, model, fallback) -> the encoding `estimate_counts` counts a plain body of
+# it with (`_encoding`), None for an endpoint without a plain shape: a wrapped call asks on every
+# request, where looking the encoding up costs more than counting a short prompt. Emptied with
+# the tokens module's own memo when a model is registered; bounded: model names come from callers.
+_PLAIN: dict[tuple[str, str | None, str, str | None], Encoding | None] = {}
 _PLAIN_MAX = 1024
 _UNSEEN: Any = object()
 _clear_on_register(_PLAIN)
 
 
-def _plain_count(provider: str, endpoint: str | None, model: str, fallback: str | None) -> PlainCount | None:
-    shape = _plain_shape(provider, endpoint)
-    found = None if shape is None else (_encoding(provider, model, fallback), *shape)
+def _plain_encoding(provider: str, endpoint: str | None, model: str, fallback: str | None) -> Encoding | None:
+    found = None if _plain_shape(provider, endpoint) is None else _encoding(provider, model, fallback)
     if len(_PLAIN) >= _PLAIN_MAX:
         _PLAIN.clear()
     _PLAIN[(provider, endpoint, model, fallback)] = found
@@ -227,13 +224,11 @@ def estimate_counts(
     model = body.get("model") if type(body) is dict else None
     if type(model) is str:
         key = (provider, endpoint, model, fallback)
-        plain: PlainCount | None = _PLAIN.get(key, _UNSEEN)
-        if plain is _UNSEEN:
-            plain = _plain_count(*key)
-        if plain is not None:
-            counted = plain[0].plain_chat_estimate(
-                body, TOKENS_PER_MESSAGE, REPLY_PRIMING, plain[1], plain[2], DEFAULT_MAX_OUTPUT_TOKENS
-            )
+        encoding: Encoding | None = _PLAIN.get(key, _UNSEEN)
+        if encoding is _UNSEEN:
+            encoding = _plain_encoding(*key)
+        if encoding is not None:
+            counted = _plain_counts(encoding, body, provider, endpoint, DEFAULT_MAX_OUTPUT_TOKENS)
             if counted is not None:
                 return counted
     walked = estimate(body, provider, endpoint=endpoint, fallback=fallback)

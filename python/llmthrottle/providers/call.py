@@ -344,12 +344,19 @@ class CallPlan:
             self.teaching = False
             self.settings.learned.taught(self.pause_key, answered)
 
+    @property
+    def waits_in_line(self) -> bool:
+        """Whether a call waiting on the learned limits holds a place in line (in arrival order):
+        where the provider counts the whole reservation, as OpenAI's does. Where calls give back
+        what they did not use (Anthropic's output), a place in line would not move up as the
+        calls ahead give it back, so the call holds none and tries again until there is room."""
+        return self.endpoint.counts_reserved_output
+
     def learned_admission(self) -> tuple[Any, dict[str, int]] | None:
         """Admits this attempt against the limits the provider announced. None when that is done:
         admitted at once (the reservation is kept), or no limits are known yet. Otherwise the
-        (limiter, amounts) the caller waits on with `acquire(..., queue=False)`: a place held in
-        line would not move up as the calls ahead give back what they did not use. A previous
-        attempt's admission is given back first."""
+        (limiter, amounts) the caller waits on with `acquire(..., queue=self.waits_in_line)`. A
+        previous attempt's admission is given back first."""
         if self.learned_reservation is not None:
             self.release_learned()
         learned = self.settings.learned.of(self.pause_key)

@@ -159,7 +159,7 @@ class ThrottledTransport(httpx2.BaseTransport):
                 learned = plan.learned_admission()
                 if learned is not None:  # no room at once: wait for room, within the deadline
                     plan.learned_reservation = learned[0].acquire(
-                        plan.pause_key, timeout=plan.admission_timeout(), queue=False, **learned[1]
+                        plan.pause_key, timeout=plan.admission_timeout(), queue=plan.waits_in_line, **learned[1]
                     )
                 plan.sending()
                 try:
@@ -291,7 +291,7 @@ async def attempts_async(
                 learned = plan.learned_admission()
                 if learned is not None:  # no room at once: wait for room, within the deadline
                     plan.learned_reservation = await learned[0].acquire_async(
-                        plan.pause_key, timeout=plan.admission_timeout(), queue=False, **learned[1]
+                        plan.pause_key, timeout=plan.admission_timeout(), queue=plan.waits_in_line, **learned[1]
                     )
                 plan.sending()
                 try:

@@ -430,6 +430,9 @@ _COUNT_VALUES = st.one_of(
                 "prompt_tokens",
                 "completion_tokens",
                 "promptTokenCount",
+                "candidates_token_count",
+                "input_tokens_details",
+                "service_tier",
             ]
         ),
         _COUNT_VALUES,

@@ -43,6 +43,8 @@ _OPENAI_CHAT_KEYS = ("prompt_tokens", "completion_tokens")
 _GEMINI_KEYS = ("promptTokenCount", "prompt_token_count", "candidatesTokenCount", "candidates_token_count")
 _ANTHROPIC_ONLY_KEYS = ("cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation")
 _RESPONSES_ONLY_KEYS = ("input_tokens_details", "output_tokens_details")
+# A usage with none of these, with input_tokens and given as Anthropic's, is of Anthropic's shape.
+_OTHER_SHAPES_KEYS = frozenset(_OPENAI_CHAT_KEYS + _GEMINI_KEYS + _RESPONSES_ONLY_KEYS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +149,18 @@ def _get(usage: Mapping[str, Any], *path: str) -> Any:
 
 def _count(usage: Mapping[str, Any], *path: str) -> int:
     value = usage.get(path[0]) if len(path) == 1 else _get(usage, *path)
+    if type(value) is int and 0 <= value <= MAX_TOKENS:  # the common case, checked in place
+        return value
+    return _counted(value, ".".join(path))
+
+
+def _counted(value: Any, field: str) -> int:
+    """`value` (of the usage field `field`) as a token count, checked; None counts 0."""
     if value is None:
         return 0
     if type(value) is int and 0 <= value <= MAX_TOKENS:  # the common case, checked in place
         return value
-    return _check_count(value, ".".join(path))
+    return _check_count(value, field)
 
 
 def _has(usage: Mapping[str, Any], keys: tuple[str, ...]) -> bool:
@@ -230,7 +239,12 @@ def limited_tokens(usage: Any, provider: str | None, model: str) -> tuple[int, i
     (`limited_input_tokens` of `normalize_usage(usage, provider)`, and its output). An
     Anthropic reply, whose output learned limits reconcile on every call, is read without
     building its `TokenUsage`."""
-    if type(usage) is dict and provider == "anthropic" and detect_shape(usage, provider) == "anthropic":
+    if (
+        type(usage) is dict
+        and provider == "anthropic"
+        and usage.get("input_tokens") is not None
+        and usage.keys().isdisjoint(_OTHER_SHAPES_KEYS)
+    ):  # `detect_shape` would say "anthropic", asked fewer questions
         input_tokens, cache_read, write_5m, write_1h, output = _anthropic_parts(usage)
         counted = input_tokens + write_5m + write_1h
         return counted + cache_read if limits_count_cache_reads(provider, model) else counted, output
@@ -273,28 +287,33 @@ def _split_openai(
 def _anthropic_parts(usage: Mapping[str, Any]) -> tuple[int, int, int, int, int]:
     """(input, cache reads, 5-minute cache writes, 1-hour cache writes, output) of Anthropic's
     usage, each checked."""
-    write_total = usage.get("cache_creation_input_tokens")
-    if write_total is not None:
-        write_total = _check_count(write_total, "cache_creation_input_tokens")
-    if usage.get("cache_creation") is None:
+    get = usage.get
+    split = get("cache_creation")
+    if split is None:
         write_5m = write_1h = 0
+    elif type(split) is dict:  # as parsed from a reply: read in place (every call's usage is)
+        write_5m = _counted(split.get("ephemeral_5m_input_tokens"), "cache_creation.ephemeral_5m_input_tokens")
+        write_1h = _counted(split.get("ephemeral_1h_input_tokens"), "cache_creation.ephemeral_1h_input_tokens")
     else:
         write_5m = _count(usage, "cache_creation", "ephemeral_5m_input_tokens")
         write_1h = _count(usage, "cache_creation", "ephemeral_1h_input_tokens")
+    write_total = get("cache_creation_input_tokens")
     if write_total is not None:
-        split = write_5m + write_1h
-        if split > write_total:
+        write_total = _counted(write_total, "cache_creation_input_tokens")
+        split_total = write_5m + write_1h
+        if split_total > write_total:
             raise ValueError(
-                f"usage field 'cache_creation' splits {split} tokens but 'cache_creation_input_tokens' is {write_total}"
+                f"usage field 'cache_creation' splits {split_total} tokens but 'cache_creation_input_tokens' "
+                f"is {write_total}"
             )
         # Older API versions report only the total; the default TTL is 5 minutes.
-        write_5m += write_total - split
+        write_5m += write_total - split_total
     return (
-        _count(usage, "input_tokens"),
-        _count(usage, "cache_read_input_tokens"),
+        _counted(get("input_tokens"), "input_tokens"),
+        _counted(get("cache_read_input_tokens"), "cache_read_input_tokens"),
         write_5m,
         write_1h,
-        _count(usage, "output_tokens"),
+        _counted(get("output_tokens"), "output_tokens"),
     )
 
 

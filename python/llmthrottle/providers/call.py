@@ -2,9 +2,11 @@
 the sync and async transports share. The transports only move bytes and wait.
 
 A call is admitted at its worst case (the body as the provider counts it) before the first
-attempt, and again before every retry (the provider counts every attempt). Its reply is read as
-it passes to the caller; when the body ends the call is reconciled with the usage in it, priced
-and recorded. A stream the caller abandons is settled with the input and what was received.
+attempt, and again before every retry (the provider counts every attempt). A stream is read as
+it passes to the caller; a whole reply is read (decoded, as the SDK reads it) before the caller
+gets it. When the body ends the call is reconciled with the usage in it, priced and recorded. A
+stream the caller abandons is settled with the input and what was received; a whole reply cut
+off after its status (the provider billed it) is charged and recorded at its worst case.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .headers import announced_news, announced_tuples, retry_after_s
 from .learned import TEACH, LearnedLimits
 from .models import as_sent, priced_model, request_model
 from .pause import ProviderPause, limit_scope
-from .protocol import Endpoint, UsageReader, endpoint_of, failure_kind
+from .protocol import Endpoint, UsageReader, endpoint_of, failure_kind, whole_usage
 from .reports import CallReport, listening, report
 from .sending import announce_send
 from .size import fit_request
@@ -498,6 +500,13 @@ class CallPlan:
             self.call.unfinished(**self._tags(), error=type(error).__name__)
         self._report("unfinished", None, None, None)
 
+    def cut_off(self, error: BaseException) -> None:
+        """A whole reply stopped on `error` after its status came: the provider answered, so it
+        billed the call, whose usage will never be known. Charged and recorded at its worst
+        case (`unfinished`), as an attempt interrupted on its way is."""
+        self.in_flight = True
+        self.interrupted(error)
+
     def fail(self, outcome: str, **tags: Any) -> None:
         self.in_flight = False
         self._taught(False)
@@ -582,6 +591,20 @@ class CallPlan:
         # concurrency to give back), so no call into the engine is needed to commit it.
         self.learned_reservation = None
         self.reported = True
+
+    def settle_whole(self, body: bytes) -> None:
+        """A whole (non-streaming) reply was read: reconcile, price, record, report."""
+        if self.call is None and self.cache_key is None and self.azure_deployment is None and not listening():
+            # Only the learned limits read it (Anthropic's output reconciled): its usage is all
+            # that is needed, without a reader.
+            usage = whole_usage(body)
+            if usage is not None:
+                self.reported = True
+                self._settle_learned(usage)
+                return
+        reader = self.reader()
+        reader.take_whole(body)
+        self.settle(reader)
 
     def settle(self, reader: UsageReader) -> None:
         """The body ended or was abandoned: reconcile, price, record, report."""

@@ -6,12 +6,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from .. import _native
 from .._json import loads
 
-__all__ = ["AZURE_HOSTS", "Endpoint", "UsageReader", "endpoint_of", "error_body", "event_data", "failure_kind"]
+__all__ = [
+    "AZURE_HOSTS",
+    "Endpoint",
+    "UsageReader",
+    "endpoint_of",
+    "error_body",
+    "event_data",
+    "failure_kind",
+    "whole_usage",
+]
 
 Family = Literal["openai", "anthropic"]
 Provider = Literal["openai", "azure", "anthropic"]
@@ -194,6 +203,24 @@ def _root_usage(body: bytes) -> dict[str, Any] | None:
     return usage if isinstance(usage, dict) else None
 
 
+def _whole_reply(body: bytes) -> dict[str, Any] | None:
+    """A whole JSON reply, parsed, when it is an object with a `usage` object; else None."""
+    try:
+        decoded = loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return decoded if isinstance(decoded, dict) and isinstance(decoded.get("usage"), dict) else None
+
+
+def whole_usage(body: bytes) -> dict[str, Any] | None:
+    """The `usage` object of a whole JSON reply; None when it has none (cut off, not JSON)."""
+    usage = _root_usage(body)
+    if usage is not None:
+        return usage
+    reply = _whole_reply(body)
+    return None if reply is None else cast(dict[str, Any], reply["usage"])
+
+
 # A server-sent event ends with a blank line; lines end with CRLF, LF or CR (proxies differ).
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
@@ -291,29 +318,27 @@ class UsageReader:
         rest = bytes(self._buffer)
         self._buffer.clear()
         if not self.streaming:
-            self.body, self._whole_unread = rest, True
+            self.take_whole(rest)
             return b""
         if rest.strip():
             return rest if self._event(rest) else b""
         return rest
 
+    def take_whole(self, body: bytes) -> None:
+        """The bytes of a whole (non-streaming) reply, read in one piece: the reply has ended."""
+        self.body, self._whole_unread = body, True
+
     def _read_whole(self) -> None:
         self._whole_unread = False
-        body = self.body
-        if not self._wants_model:
-            usage = _root_usage(body)
-            if usage is not None:
-                self._usage, self._complete = usage, True
-                return
-        try:
-            decoded = loads(body)
-        except (ValueError, RecursionError):
-            decoded = None
-        if isinstance(decoded, dict) and isinstance(decoded.get("usage"), dict):
-            self._usage = decoded["usage"]
-            self._complete = True
-            if self._wants_model:
-                self._note_model(decoded)
+        if self._wants_model:
+            reply = _whole_reply(self.body)
+            if reply is not None:
+                self._usage, self._complete = reply["usage"], True
+                self._note_model(reply)
+            return
+        usage = whole_usage(self.body)
+        if usage is not None:
+            self._usage, self._complete = usage, True
 
     def _event(self, event: bytes) -> bool:
         """Reads one server-sent event; whether to pass it on."""

@@ -53,7 +53,8 @@ def wrap(
     - reconciled with the usage in the reply (for OpenAI streams `stream_options.include_usage`
       is added, and the extra chunk hidden, unless `include_stream_usage=False`), priced and
       recorded in the guard's ledger with its outcome, attempts and seconds waited; a stream
-      abandoned half-way is settled with its input and what was received. A reply nothing
+      abandoned half-way is settled with its input and what was received, and a whole reply
+      cut off after its status (billed by the provider) at its worst case. A reply nothing
       reads (no guard, cache or `lt.calls()` block, and an OpenAI limit that counts the output
       reservation whole) reaches the caller as the SDK asked for it, unread;
     - admitted against the limits the provider announced in its headers (requests and tokens per

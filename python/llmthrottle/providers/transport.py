@@ -26,18 +26,25 @@ __all__ = ["AsyncThrottledTransport", "ThrottledTransport", "attempts_async", "p
 _FIRST_REPLY_POLL_S = 0.005
 
 
+def _reads_stream(plan: CallPlan) -> bool:
+    """Whether the reply's bytes are read as they pass (a stream the plan reads), which needs
+    them uncompressed. A whole reply is read decoded, as the SDK would read it."""
+    return plan.streaming and plan.reads_reply
+
+
 def _rebuilt(request: httpx2.Request, plan: CallPlan, content: bytes) -> httpx2.Request:
-    """The request asking for an uncompressed reply (so that its bytes can be read as they pass),
-    with the body the plan rewrote, if it did. Building a new request costs more than the rest
-    of the wrapper's work, so an unchanged one is only given the header. Not called for a
-    request sent as it came, whose reply the plan does not read."""
+    """The request with the body the plan rewrote, if it did, asking for an uncompressed reply
+    when its stream is read. Building a new request costs more than the rest of the wrapper's
+    work, so an unchanged body is only given the header. Called only when one of the two is
+    needed."""
+    reads_stream = _reads_stream(plan)
     if plan.content is content:
         request.headers["accept-encoding"] = "identity"
         return request
-    headers = [
-        (k, v) for k, v in request.headers.multi_items() if k.lower() not in ("content-length", "accept-encoding")
-    ]
-    headers.append(("accept-encoding", "identity"))
+    dropped = ("content-length", "accept-encoding") if reads_stream else ("content-length",)
+    headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in dropped]
+    if reads_stream:
+        headers.append(("accept-encoding", "identity"))
     return httpx2.Request(
         request.method, request.url, headers=headers, content=plan.content, extensions=request.extensions
     )
@@ -110,16 +117,37 @@ class _AsyncObservedStream(httpx2.AsyncByteStream):
             self._plan.settle(self._reader)
 
 
-def _observed(
-    response: httpx2.Response, plan: CallPlan, stream: type[_ObservedStream | _AsyncObservedStream]
-) -> httpx2.Response:
-    """The same response, its body read through `stream` when the plan reads it, else settled
-    now and left as it came (a new Response would cost more than the rest of the wrapper's work
-    on the way back)."""
-    if plan.reads_reply:
-        response.stream = stream(response.stream, plan, plan.reader())
-    else:
+def _observed(response: httpx2.Response, plan: CallPlan) -> httpx2.Response:
+    """The same response (a new Response would cost more than the rest of the wrapper's work on
+    the way back): a stream read through `_ObservedStream` as it passes, a whole reply read
+    here and settled, or, when the plan reads nothing, settled now and left as it came."""
+    if not plan.reads_reply:
         plan.settle_unread()
+    elif plan.streaming:
+        response.stream = _ObservedStream(response.stream, plan, plan.reader())
+    else:
+        try:
+            body = response.read()
+        except BaseException as error:
+            plan.cut_off(error)
+            raise
+        plan.settle_whole(body)
+    return response
+
+
+async def _observed_async(response: httpx2.Response, plan: CallPlan) -> httpx2.Response:
+    """`_observed` for asyncio clients."""
+    if not plan.reads_reply:
+        plan.settle_unread()
+    elif plan.streaming:
+        response.stream = _AsyncObservedStream(response.stream, plan, plan.reader())
+    else:
+        try:
+            body = await response.aread()
+        except BaseException as error:
+            plan.cut_off(error)
+            raise
+        plan.settle_whole(body)
     return response
 
 
@@ -139,7 +167,7 @@ class ThrottledTransport(httpx2.BaseTransport):
             return self.inner.handle_request(request)
         if plan.cache_key is not None and (hit := plan.cached_reply()) is not None:
             return _cached_response(hit, request)
-        if plan.reads_reply or plan.content is not content:
+        if plan.content is not content or _reads_stream(plan):
             request = _rebuilt(request, plan, content)
         guard = self.settings.guard
         try:
@@ -173,7 +201,7 @@ class ThrottledTransport(httpx2.BaseTransport):
                     continue
                 plan.observe(response.status_code, response.headers)
                 if response.status_code < 400:
-                    return _observed(response, plan, _ObservedStream)
+                    return _observed(response, plan)
                 body = response.read()
                 response.close()
                 wait = plan.next_wait(response.status_code, response.headers, body)
@@ -220,7 +248,7 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
             return await self.inner.handle_async_request(request)
         if plan.cache_key is not None and (hit := plan.cached_reply()) is not None:
             return _cached_response(hit, request)
-        if plan.reads_reply or plan.content is not content:
+        if plan.content is not content or _reads_stream(plan):
             request = _rebuilt(request, plan, content)
         first: httpx2.Response | httpx2.TransportError | None = None
         if plan.admitted_at_once():
@@ -235,7 +263,7 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
             else:
                 plan.observe(first.status_code, first.headers)
                 if first.status_code < 400:
-                    return _observed(first, plan, _AsyncObservedStream)
+                    return await _observed_async(first, plan)
         response, body = await attempts_async(
             plan,
             functools.partial(self.inner.handle_async_request, request),
@@ -245,7 +273,7 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
             first,
         )
         if body is None:
-            return _observed(response, plan, _AsyncObservedStream)
+            return await _observed_async(response, plan)
         return _error_response(response, body)
 
     async def aclose(self) -> None:

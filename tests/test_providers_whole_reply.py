@@ -1,0 +1,189 @@
+"""A whole (non-streaming) reply through `lt.wrap`: read by the wrapper before the caller gets
+it, decoded as the SDK reads it (so the provider may compress it), and, when it is cut off after
+its status, charged and recorded at its worst case. Served by a real HTTP server on loopback
+that answers every request with one canned reply, compressed or cut short on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from provider_helpers import records
+
+import llmthrottle as lt
+
+openai = pytest.importorskip("openai")
+anthropic = pytest.importorskip("anthropic")
+
+MINI = "gpt-4o-mini"
+SONNET = "claude-sonnet-4-5"
+HELLO = [{"role": "user", "content": "hello there"}]
+
+CHAT_REPLY = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 0,
+    "model": MINI,
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+}
+MESSAGE_REPLY = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": SONNET,
+    "content": [{"type": "text", "text": "hi"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 11, "output_tokens": 7},
+}
+
+
+class CannedServer(http.server.ThreadingHTTPServer):
+    """Answers every POST with `reply` (gzip-compressed when `compress` and asked for; cut off
+    after `cut_after` bytes of a longer announced body when set), and keeps each request's
+    accept-encoding."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.reply: dict[str, Any] = CHAT_REPLY
+        self.compress = False
+        self.cut_after: int | None = None
+        self.encodings: list[str | None] = []
+        self.headers: dict[str, str] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: CannedServer
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        asked = self.headers.get("accept-encoding")
+        self.server.encodings.append(asked)
+        body = json.dumps(self.server.reply).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        for name, value in self.server.headers.items():
+            self.send_header(name, value)
+        if self.server.compress and "gzip" in (asked or ""):
+            body = gzip.compress(body)
+            self.send_header("content-encoding", "gzip")
+        cut = self.server.cut_after
+        self.send_header("content-length", str(len(body)))
+        if cut is not None:
+            self.send_header("connection", "close")
+        self.end_headers()
+        self.wfile.write(body if cut is None else body[:cut])
+        self.wfile.flush()
+        if cut is not None:
+            self.close_connection = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[CannedServer]:
+    canned = CannedServer()
+    thread = threading.Thread(target=canned.serve_forever, daemon=True)
+    thread.start()
+    yield canned
+    canned.shutdown()
+    canned.server_close()
+
+
+def _guard(ledger: Any, limiter: Any = None) -> Any:
+    return lt.Guard(limiter or lt.Limiter({"requests": "1000/s"}), ledger=ledger)
+
+
+def test_a_compressed_whole_reply_is_read_as_the_sdk_reads_it(
+    server: CannedServer, ledger: Any, opened: list[Any]
+) -> None:
+    """A whole reply is read decoded: the request keeps the SDK's accept-encoding (only a stream
+    read as it passes asks for identity), and a gzip reply is priced from its usage."""
+    server.compress = True
+    client = lt.wrap(openai.OpenAI(base_url=f"{server.url}/v1", api_key="k"), guard=_guard(ledger))
+    opened.append(client)
+    reply = client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=20)
+    assert reply.usage is not None and reply.usage.completion_tokens == 7
+    assert "gzip" in (server.encodings[0] or "")
+    [record] = records(ledger)
+    assert (record.outcome, record.input_tokens, record.output_tokens) == ("ok", 11, 7)
+    assert record.cost_micros == lt.cost(MINI, CHAT_REPLY["usage"]).total_micros
+
+
+def test_an_anthropic_whole_reply_gives_back_what_it_did_not_use(server: CannedServer, opened: list[Any]) -> None:
+    """`lt.wrap` alone: the output limit learned from the headers is reconciled with each
+    reply's usage, read by the wrapper from a compressed whole reply. The first call, sent
+    before the limits were known, is charged its worst case (500); the second reserves 500 and
+    keeps the 7 it used."""
+    server.reply, server.compress = MESSAGE_REPLY, True
+    server.headers = {
+        "anthropic-ratelimit-requests-limit": "1000",
+        "anthropic-ratelimit-requests-remaining": "999",
+        "anthropic-ratelimit-requests-reset": "2099-01-01T00:00:00Z",
+        "anthropic-ratelimit-output-tokens-limit": "2000",
+        "anthropic-ratelimit-output-tokens-remaining": "2000",
+        "anthropic-ratelimit-output-tokens-reset": "2099-01-01T00:00:00Z",
+    }
+    client = lt.wrap(anthropic.Anthropic(base_url=server.url, api_key="k"))
+    opened.append(client)
+    for _ in range(2):
+        assert client.messages.create(model=SONNET, messages=HELLO, max_tokens=500).usage.output_tokens == 7
+    learned = client._client._transport.settings.learned
+    [(key, known)] = learned._learned.items()
+    [output] = [s for s in known.limiter.status(key) if s.dimension == "output_tokens"]
+    assert 2_000 - output.remaining == pytest.approx(507, abs=30)  # 1,000 without the refund
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_whole_reply_cut_off_after_its_status_is_recorded_at_its_worst_case(
+    server: CannedServer, ledger: Any, asynchronous: bool
+) -> None:
+    """The provider answered (and billed the call) but the body never arrived whole: the
+    caller gets the connection error, and the call is charged to the budget and recorded at
+    its worst case, outcome `unfinished`, never refunded at $0."""
+    server.cut_after = 20
+    limiter = lt.Limiter({"requests": "1000/s"}, budgets=[lt.Budget("team:*", 10, "day")])
+    guard = _guard(ledger, limiter)
+    if asynchronous:
+
+        async def call() -> None:
+            client = lt.wrap(
+                openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="k", max_retries=0),
+                guard=guard,
+                keys=["team:a"],
+            )
+            try:
+                await client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=50)
+            finally:
+                await client.close()
+
+        with pytest.raises(openai.APIConnectionError):
+            asyncio.run(call())
+    else:
+        client = lt.wrap(
+            openai.OpenAI(base_url=f"{server.url}/v1", api_key="k", max_retries=0), guard=guard, keys=["team:a"]
+        )
+        with pytest.raises(openai.APIConnectionError):
+            client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=50)
+        client.close()
+    [record] = records(ledger)
+    counted = lt.estimate({"model": MINI, "messages": HELLO, "max_tokens": 50})
+    worst = lt.worst_case_cost(MINI, counted.input_tokens, counted.max_output_tokens)
+    assert (record.outcome, record.cost_micros, record.tags["attempts"]) == ("unfinished", worst, 1)
+    [budget] = [s for s in limiter.status("team:a") if s.dimension == "budget_usd"]
+    assert round(budget.used * 1_000_000) == worst

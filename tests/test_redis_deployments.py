@@ -271,6 +271,16 @@ def test_sidecars_reach_redis_over_tls_as_an_acl_user_and_never_log_the_password
 # ---------------------------------------------------------------------------- replicas
 
 
+def _replication_offset(info: str, field: str) -> int:
+    """`field` of a server's INFO replication (`info`), an offset in bytes. WAIT cannot stand in
+    for it: on a connection of its own, which wrote nothing, it does not wait."""
+    for line in info.splitlines():
+        name, _, value = line.strip().partition(":")
+        if name == field:
+            return int(value)
+    raise AssertionError(f"no {field} in INFO replication")
+
+
 def test_a_replica_is_unavailable_by_the_policy_until_it_is_promoted(tmp_path: Path, caplog: Any) -> None:
     """A standalone replica (`replicaof`) answers pings and reads, and refuses the script's
     writes: every decision there is unavailable (one log line, not one per retry), until the
@@ -290,7 +300,11 @@ def test_a_replica_is_unavailable_by_the_policy_until_it_is_promoted(tmp_path: P
     try:
         wait_for(lambda: "master_link_status:up" in cli(replica.port, "info", "replication"), "the replica is linked")
         assert all(lt.Limiter(limits, state=on_primary).try_acquire("k") for _ in range(3))
-        assert cli(primary.port, "wait", "1", "5000").strip() == "1"  # the replica has the 3
+        written = _replication_offset(cli(primary.port, "info", "replication"), "master_repl_offset")
+        wait_for(
+            lambda: _replication_offset(cli(replica.port, "info", "replication"), "slave_repl_offset") >= written,
+            "the replica has the 3",
+        )
         assert closed.status("k")[0].used == 3  # reads are served by the replica
         with caplog.at_level(logging.WARNING, logger="llmthrottle"):
             for _ in range(4):  # across several retry intervals
@@ -380,7 +394,11 @@ def test_a_cluster_failover_keeps_the_counts(tmp_path: Path, caplog: Any) -> Non
         assert doomed
         reservation = lim.try_acquire(doomed[0])
         admitted[doomed[0]] += 1
-        assert cluster.cli(promoted, "wait", "1", "5000").strip() == "1"  # its replica has it all
+        written = _replication_offset(cluster.cli(promoted, "info", "replication"), "master_repl_offset")
+        wait_for(
+            lambda: _replication_offset(cluster.cli(old, "info", "replication"), "slave_repl_offset") >= written,
+            "its replica has it all",
+        )
         with caplog.at_level(logging.WARNING, logger="llmthrottle"):
             promoted.kill()
             reservation.commit(requests=3)  # 2 more than reserved, while its node is down

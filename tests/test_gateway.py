@@ -14,12 +14,13 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anthropic
 import openai
 import pytest
 from gateway_helpers import ADMIN, ENV, JWT_SECRET, GatewayProcess
+from provider_helpers import CHAT_REPLY, canned_server
 from redis_servers import free_port
 
 import llmthrottle as lt
@@ -27,7 +28,17 @@ from llmthrottle.gateway import KeyStore, parse_gateway_config
 from llmthrottle.testing import FakeProvider
 
 
-def config_text(directory: Path, port: int, primary: FakeProvider, secondary: FakeProvider) -> str:
+class Upstream(Protocol):
+    """A provider the gateway's deployments point at (a `FakeProvider`, or a canned one)."""
+
+    @property
+    def openai_base_url(self) -> str: ...
+
+    @property
+    def anthropic_base_url(self) -> str: ...
+
+
+def config_text(directory: Path, port: int, primary: Upstream, secondary: Upstream) -> str:
     return f"""
 [gateway]
 listen = "127.0.0.1:{port}"
@@ -260,6 +271,31 @@ def test_failover_to_the_next_deployment_and_the_breaker(tmp_path: Path) -> None
         with lt.Ledger(tmp_path / "ledger") as ledger:
             outcomes = sorted((r.tags.get("deployment"), r.outcome) for r in ledger.records())
         assert outcomes == [("primary", "error")] * 2 + [("secondary", "ok")] * 4
+
+
+def test_a_reply_cut_off_or_without_usage_is_recorded_at_its_worst_case_and_not_sent_again(tmp_path: Path) -> None:
+    """A deployment that answered was billed: a reply cut off after its status is a 502 to the
+    caller, not failed over to the next deployment (which would bill the call twice), and a
+    reply whose usage cannot be read is passed on; both are recorded at their worst case."""
+    with canned_server() as broken, FakeProvider() as healthy:
+        port = free_port()
+        process = GatewayProcess(tmp_path, config_text(tmp_path, port, broken, healthy), port)
+        try:
+            with process.openai(process.key(tenant="acme")) as client:
+                broken.cut_after = 20
+                with pytest.raises(openai.APIStatusError) as cut:
+                    chat(client)
+                assert cut.value.status_code == 502 and "cut off" in cut.value.message
+                broken.cut_after, broken.reply = None, {k: v for k, v in CHAT_REPLY.items() if k != "usage"}
+                assert chat(client).usage is None
+            assert healthy.counters.requests == 0
+        finally:
+            process.stop()
+        with lt.Ledger(tmp_path / "ledger") as ledger:
+            records = list(ledger.records())
+    counted = lt.estimate({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20})
+    worst = lt.worst_case_cost("gpt-4o-mini", counted.input_tokens, counted.max_output_tokens)
+    assert [(r.tags["deployment"], r.outcome, r.cost_micros) for r in records] == [("primary", "unfinished", worst)] * 2
 
 
 def test_the_admin_api_needs_the_admin_key(gateway: GatewayProcess) -> None:

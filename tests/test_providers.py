@@ -853,7 +853,7 @@ def test_a_stream_is_read_event_by_event_whatever_its_line_endings(newline: byte
         b"data: [DONE]",
     ]
     stream = b"".join(event + newline + newline for event in events)
-    reader = UsageReader(Endpoint("openai", "chat"), streaming=True)
+    reader = UsageReader(Endpoint("openai", "chat"))
     passed = [reader.feed(stream[at : at + 7]) for at in range(0, len(stream), 7)]
     assert b"".join(passed) + reader.finish() == stream
     assert any(passed[: len(passed) // 2])  # the first event went on long before the stream ended

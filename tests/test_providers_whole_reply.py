@@ -6,103 +6,24 @@ that answers every request with one canned reply, compressed or cut short on dem
 from __future__ import annotations
 
 import asyncio
-import gzip
-import http.server
-import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from provider_helpers import records
+from provider_helpers import CHAT_REPLY, MESSAGE_REPLY, MINI, SONNET, CannedServer, canned_server, records
 
 import llmthrottle as lt
 
 openai = pytest.importorskip("openai")
 anthropic = pytest.importorskip("anthropic")
 
-MINI = "gpt-4o-mini"
-SONNET = "claude-sonnet-4-5"
 HELLO = [{"role": "user", "content": "hello there"}]
-
-CHAT_REPLY = {
-    "id": "chatcmpl-1",
-    "object": "chat.completion",
-    "created": 0,
-    "model": MINI,
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
-}
-MESSAGE_REPLY = {
-    "id": "msg_1",
-    "type": "message",
-    "role": "assistant",
-    "model": SONNET,
-    "content": [{"type": "text", "text": "hi"}],
-    "stop_reason": "end_turn",
-    "stop_sequence": None,
-    "usage": {"input_tokens": 11, "output_tokens": 7},
-}
-
-
-class CannedServer(http.server.ThreadingHTTPServer):
-    """Answers every POST with `reply` (gzip-compressed when `compress` and asked for; cut off
-    after `cut_after` bytes of a longer announced body when set), and keeps each request's
-    accept-encoding."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.reply: dict[str, Any] = CHAT_REPLY
-        self.compress = False
-        self.cut_after: int | None = None
-        self.encodings: list[str | None] = []
-        self.headers: dict[str, str] = {}
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: CannedServer
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length") or 0))
-        asked = self.headers.get("accept-encoding")
-        self.server.encodings.append(asked)
-        body = json.dumps(self.server.reply).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        for name, value in self.server.headers.items():
-            self.send_header(name, value)
-        if self.server.compress and "gzip" in (asked or ""):
-            body = gzip.compress(body)
-            self.send_header("content-encoding", "gzip")
-        cut = self.server.cut_after
-        self.send_header("content-length", str(len(body)))
-        if cut is not None:
-            self.send_header("connection", "close")
-        self.end_headers()
-        self.wfile.write(body if cut is None else body[:cut])
-        self.wfile.flush()
-        if cut is not None:
-            self.close_connection = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture
 def server() -> Iterator[CannedServer]:
-    canned = CannedServer()
-    thread = threading.Thread(target=canned.serve_forever, daemon=True)
-    thread.start()
-    yield canned
-    canned.shutdown()
-    canned.server_close()
+    with canned_server() as canned:
+        yield canned
 
 
 def _guard(ledger: Any, limiter: Any = None) -> Any:
@@ -187,3 +108,39 @@ def test_a_whole_reply_cut_off_after_its_status_is_recorded_at_its_worst_case(
     assert (record.outcome, record.cost_micros, record.tags["attempts"]) == ("unfinished", worst, 1)
     [budget] = [s for s in limiter.status("team:a") if s.dimension == "budget_usd"]
     assert round(budget.used * 1_000_000) == worst
+
+
+def test_a_reply_without_usage_is_recorded_at_its_worst_case(server: CannedServer, ledger: Any) -> None:
+    """A successful reply whose usage cannot be read (no `usage` object) was billed for what it
+    does not say: charged to the budget and recorded at its worst case, outcome `unfinished`,
+    never at its input alone."""
+    server.reply = {name: value for name, value in CHAT_REPLY.items() if name != "usage"}
+    limiter = lt.Limiter({"requests": "1000/s"}, budgets=[lt.Budget("team:*", 10, "day")])
+    with lt.wrap(
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="k", max_retries=0), guard=_guard(ledger, limiter)
+    ) as client:
+        reply = client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=50)
+    assert reply.usage is None
+    [record] = records(ledger)
+    counted = lt.estimate({"model": MINI, "messages": HELLO, "max_tokens": 50})
+    worst = lt.worst_case_cost(MINI, counted.input_tokens, counted.max_output_tokens)
+    assert (record.outcome, record.cost_micros, record.tags["usage"]) == ("unfinished", worst, "unreadable")
+
+
+def test_an_anthropic_reply_without_usage_keeps_its_whole_output_reservation(server: CannedServer) -> None:
+    """`lt.wrap` alone: a reply whose usage cannot be read gives nothing back to the output
+    limit learned from the headers (the provider counted what it does not say): two calls of
+    500 keep 1,000 (the usage-reading twin above keeps 507)."""
+    server.reply = b'{"id": "msg_1", "type": "message", "content": []}'
+    server.headers = {
+        "anthropic-ratelimit-output-tokens-limit": "2000",
+        "anthropic-ratelimit-output-tokens-remaining": "2000",
+        "anthropic-ratelimit-output-tokens-reset": "2099-01-01T00:00:00Z",
+    }
+    with lt.wrap(anthropic.Anthropic(base_url=server.url, api_key="k")) as client:
+        for _ in range(2):
+            client.messages.create(model=SONNET, messages=HELLO, max_tokens=500)
+        learned = client._client._transport.settings.learned
+    [(key, known)] = learned._learned.items()
+    [output] = [s for s in known.limiter.status(key) if s.dimension == "output_tokens"]
+    assert 2_000 - output.remaining == pytest.approx(1_000, abs=30)

@@ -477,19 +477,28 @@ class Gateway:
         """The answer to the caller: `data`, an error body already read, or the deployment's
         reply as it arrives (in the caller's API through `translation`)."""
         headers = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
-        reader = plan.reader()
         if data is None and not plan.streaming:
             # A whole reply: read it, settle the call, and answer in one write.
             try:
                 whole = await answer.read()
+            except (TimeoutError, aiohttp.ClientError, OSError) as error:
+                # Cut off after its status: billed, so charged at its worst case, and not sent
+                # again to another deployment.
+                plan.cut_off(error)
+                self.metrics["upstream_errors"] += 1
+                family = translation.caller if translation is not None else plan.endpoint.family
+                return answers.error(family, 502, f"the deployment's reply was cut off: {type(error).__name__}")
+            except BaseException as error:  # the caller went away: the handler was cancelled
+                plan.cut_off(error)
+                raise
             finally:
                 answer.release()
-            status, body = _in_callers_api(
-                translation, answer.status, passed(plan, reader, whole) + ended(plan, reader)
-            )
+            plan.settle_whole(whole)
+            status, body = _in_callers_api(translation, answer.status, whole)
             out: web.StreamResponse = web.Response(status=status, headers=headers, body=body)
             out.headers["x-llmthrottle-overhead-ms"] = answers.overhead_ms(received, sent, answered)
             return out
+        reader = plan.reader()
         out = web.StreamResponse(status=answer.status, headers=headers)
         out.headers["x-llmthrottle-overhead-ms"] = answers.overhead_ms(received, sent, answered)
         stream = translation.stream() if translation is not None and data is None else None

@@ -492,13 +492,19 @@ class CallPlan:
         if not self.in_flight:
             self.fail("error", error=type(error).__name__)
             return
+        self._at_worst_case(None, error=type(error).__name__)
+
+    def _at_worst_case(self, status: int | None, **tags: Any) -> None:
+        """The provider may have billed the call, and its usage will never be known: charged
+        and recorded at its worst case, outcome `unfinished` (over-counting, never
+        under-counting); the learned limits keep their charge, as the provider counted it."""
         self.in_flight = False
         self._taught(False)
-        self._settle_learned(None)  # the provider counted it: keep the learned limits' charge
+        self._settle_learned(None)
         if self.call is not None and not self.settled:
             self.settled = True
-            self.call.unfinished(**self._tags(), error=type(error).__name__)
-        self._report("unfinished", None, None, None)
+            self.call.unfinished(**self._tags(), **tags)
+        self._report("unfinished", None, None, status)
 
     def cut_off(self, error: BaseException) -> None:
         """A whole reply stopped on `error` after its status came: the provider answered, so it
@@ -562,11 +568,11 @@ class CallPlan:
                 self.call.model = served
 
     def reader(self) -> UsageReader:
-        return UsageReader(self.endpoint, self.streaming, self.hide_usage_chunk)
+        return UsageReader(self.endpoint, self.hide_usage_chunk)
 
     def _final_usage(self, reader: UsageReader) -> tuple[Any, str]:
-        """The usage to settle with and the outcome: the reply's own, or for a reply abandoned
-        (or without usage) the input as estimated plus what was received."""
+        """The usage to settle with and the outcome: the reply's own, or for a stream abandoned
+        (or ended without usage) the input as estimated plus what was received."""
         if reader.complete and reader.usage is not None:
             return reader.usage, "ok"
         received = count_tokens("".join(reader.text_parts), encoding="o200k_base") if reader.text_parts else 0
@@ -593,7 +599,8 @@ class CallPlan:
         self.reported = True
 
     def settle_whole(self, body: bytes) -> None:
-        """A whole (non-streaming) reply was read: reconcile, price, record, report."""
+        """A whole (non-streaming) reply was read: reconcile, price, record, report. A reply
+        whose usage cannot be read is charged and recorded at its worst case."""
         if self.call is None and self.cache_key is None and self.azure_deployment is None and not listening():
             # Only the learned limits read it (Anthropic's output reconciled): its usage is all
             # that is needed, without a reader.
@@ -617,6 +624,11 @@ class CallPlan:
             and not listening()
         ):
             self.settle_unread()
+            return
+        if not self.streaming and not reader.complete:
+            # A whole reply without readable usage (not JSON, no `usage` object): the provider
+            # billed it for what it does not say.
+            self._at_worst_case(self.status, usage="unreadable")
             return
         usage, outcome = self._final_usage(reader)
         self._settle_learned(usage)

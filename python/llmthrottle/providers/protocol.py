@@ -239,9 +239,10 @@ def event_data(event: bytes) -> bytes:
 
 
 class UsageReader:
-    """Reads the usage of a reply as its bytes pass through, untouched except for one thing:
-    with `hide_usage_chunk`, an OpenAI stream's final usage-only chunk (added by llmthrottle,
-    not asked for by the caller) is dropped. `feed` returns the bytes to pass on."""
+    """Reads the usage of a reply: a stream's as its bytes pass through (`feed`, then `finish`),
+    untouched except for one thing: with `hide_usage_chunk`, an OpenAI stream's final
+    usage-only chunk (added by llmthrottle, not asked for by the caller) is dropped; or a whole
+    reply's, read in one piece (`take_whole`). `feed` returns the bytes to pass on."""
 
     __slots__ = (
         "_buffer",
@@ -253,19 +254,15 @@ class UsageReader:
         "body",
         "endpoint",
         "hide_usage_chunk",
-        "received_any",
-        "streaming",
         "text_parts",
     )
 
-    def __init__(self, endpoint: Endpoint, streaming: bool, hide_usage_chunk: bool = False) -> None:
+    def __init__(self, endpoint: Endpoint, hide_usage_chunk: bool = False) -> None:
         self.endpoint = endpoint
-        self.streaming = streaming
         self.hide_usage_chunk = hide_usage_chunk
         self._usage: dict[str, Any] | None = None
         self._complete = False
         self.text_parts: list[str] = []
-        self.received_any = False
         # Azure: the model the reply names (a deployment's name says nothing of its model).
         self._model: str | None = None
         self._wants_model = endpoint.azure_deployment is not None
@@ -299,11 +296,8 @@ class UsageReader:
         return self._model
 
     def feed(self, chunk: bytes) -> bytes:
-        if chunk:
-            self.received_any = True
-        if not self.streaming:
-            self._buffer += chunk
-            return chunk
+        """One chunk of a stream: the bytes to pass on (whole events only; the rest is held
+        back until its event ends)."""
         self._buffer += chunk
         out = bytearray()
         while (span := event_end(self._buffer)) is not None:
@@ -314,12 +308,9 @@ class UsageReader:
         return bytes(out)
 
     def finish(self) -> bytes:
-        """The end of the body: the bytes still held back."""
+        """The end of a stream: the bytes still held back."""
         rest = bytes(self._buffer)
         self._buffer.clear()
-        if not self.streaming:
-            self.take_whole(rest)
-            return b""
         if rest.strip():
             return rest if self._event(rest) else b""
         return rest

@@ -110,6 +110,20 @@ def test_out_of_credit_is_raised_at_once_and_recorded(ledger: Any, opened: list[
     assert (record.outcome, record.cost_micros, record.tags["status"]) == ("error", 0, 429)
 
 
+def test_the_sdks_own_retries_never_retry_what_the_wrapper_gave_up_on(opened: list[Any]) -> None:
+    """One retry loop, never two: the client given to `lt.wrap` shares its transport (its SDK
+    retries on), and a wrapped client may turn them back on, yet an answer the wrapper hands
+    back is not sent again by the SDK."""
+    with FakeProvider(insufficient_quota=True) as provider:
+        original = openai.OpenAI(base_url=provider.openai_base_url, api_key="k", max_retries=2)
+        wrapped = lt.wrap(original)
+        opened += [original, wrapped]
+        for client in (original, wrapped.with_options(max_retries=3)):
+            with pytest.raises(openai.RateLimitError):
+                client.chat.completions.create(model=MINI, messages=HELLO)
+        assert provider.counters.requests == 2
+
+
 def test_the_deadline_hands_the_429_to_the_caller(ledger: Any, opened: list[Any]) -> None:
     # 100 tokens a minute: the first call leaves room, the second does not fit for ~20 s.
     with FakeProvider(tpm=100, output_tokens=5) as provider:

@@ -76,8 +76,12 @@ def wrap(
     mapped with `model_of={"chat-prod": "gpt-4o"}`; each reply is priced and recorded as the
     model Azure says answered, tagged `azure_deployment`.
 
-    The returned client shares `client`'s connection pool; use it, not the original, for calls
-    that should be throttled.
+    The returned client shares `client`'s connection pool and transport: calls made through
+    `client` itself are throttled too, and no error answer llmthrottle hands back is retried by
+    the SDK (it says `x-should-retry: false`), whatever `max_retries` a client sharing the
+    transport was given. A connection error that ends llmthrottle's retries is still retried by
+    an SDK whose own retries are on, each time through llmthrottle's loop again: use the
+    returned client, whose retries are off.
     """
     if max_request_tokens is not None and (
         isinstance(max_request_tokens, bool) or not isinstance(max_request_tokens, int) or max_request_tokens < 1

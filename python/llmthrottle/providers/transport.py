@@ -60,7 +60,13 @@ def _cached_response(hit: CachedReply, request: httpx2.Request) -> httpx2.Respon
 
 
 def _error_response(response: httpx2.Response, body: bytes) -> httpx2.Response:
-    return httpx2.Response(response.status_code, headers=response.headers, content=body, extensions=response.extensions)
+    """The error answer handed to the SDK once the retry loop gave up, marked so that the SDK
+    does not retry it (`x-should-retry: false`, which both SDKs obey): one loop, never two, even
+    on a client whose own retries are on (the client given to `lt.wrap`, which shares its
+    transport, or one made with `with_options(max_retries=...)`)."""
+    headers = response.headers.copy()
+    headers["x-should-retry"] = "false"
+    return httpx2.Response(response.status_code, headers=headers, content=body, extensions=response.extensions)
 
 
 def passed(plan: CallPlan, reader: UsageReader, chunk: bytes) -> bytes:

@@ -41,8 +41,9 @@ MESSAGE_REPLY = {
 
 class CannedServer(http.server.ThreadingHTTPServer):
     """A provider on loopback that answers every POST with `reply` (a JSON object, or bytes sent
-    as they are; gzip-compressed when `compress` and asked for; cut off after `cut_after` bytes
-    of a longer announced body when set), and keeps each request's accept-encoding."""
+    as they are, as `content_type`; gzip-compressed when `compress` and asked for; cut off after
+    `cut_after` bytes of a longer announced body when set), and keeps each request's
+    accept-encoding (one entry per request)."""
 
     daemon_threads = True
 
@@ -51,6 +52,7 @@ class CannedServer(http.server.ThreadingHTTPServer):
         self.reply: dict[str, Any] | bytes = CHAT_REPLY
         self.compress = False
         self.cut_after: int | None = None
+        self.content_type = "application/json"
         self.encodings: list[str | None] = []
         self.headers: dict[str, str] = {}
 
@@ -78,7 +80,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         reply = self.server.reply
         body = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
         self.send_response(200)
-        self.send_header("content-type", "application/json")
+        self.send_header("content-type", self.server.content_type)
         for name, value in self.server.headers.items():
             self.send_header(name, value)
         if self.server.compress and "gzip" in (asked or ""):

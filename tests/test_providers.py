@@ -874,6 +874,48 @@ def test_a_stream_is_read_event_by_event_whatever_its_line_endings(newline: byte
     assert reader.usage == {"prompt_tokens": 3, "completion_tokens": 1} and reader.complete
 
 
+_LINE_ENDS = [b"\n", b"\r\n", b"\r"]
+
+
+@st.composite
+def _event_streams(draw: Any) -> tuple[list[bytes], bytes, list[int]]:
+    """Events of `data:` lines with any line end after any line, as a stream that mixes them
+    may (a CR is never followed by a line end that starts with LF: the two would be one CRLF):
+    each event's data, the stream, and where each event's blank line ends in it."""
+    payload = st.text(alphabet='ab{}:"[] ,', min_size=1, max_size=12).map(lambda text: f"<{text}>".encode())
+    events, stream, ends, previous = [], b"", [], b""
+    for lines in draw(st.lists(st.lists(payload, min_size=1, max_size=3), min_size=1, max_size=5)):
+        for line in [*(b"data: " + data for data in lines), b""]:
+            allowed = [end for end in _LINE_ENDS if not (previous == b"\r" and end.startswith(b"\n"))]
+            previous = draw(st.sampled_from(allowed))
+            stream += line + previous
+        events.append(b"".join(lines))
+        ends.append(len(stream))
+    return events, stream, ends
+
+
+@settings(max_examples=300, deadline=None)
+@given(_event_streams(), st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=40))
+def test_a_stream_is_split_into_its_events_whatever_its_line_ends_and_pieces(
+    written: tuple[list[bytes], bytes, list[int]], sizes: list[int]
+) -> None:
+    """Each event comes out whole, in order, by the piece that ends it, whatever line ends the
+    server (or proxies before it) mixed and however the bytes were split; nothing is lost or
+    repeated."""
+    from llmthrottle.providers.protocol import EventSplitter, event_data
+
+    events, stream, ends = written
+    splitter, out, at, index = EventSplitter(), [], 0, 0
+    while at < len(stream):
+        size = sizes[index % len(sizes)]
+        out += splitter.feed(stream[at : at + size])
+        at, index = at + size, index + 1
+        assert len([e for e in out if event_data(e)]) >= sum(1 for end in ends if end <= at)
+    rest = splitter.rest()
+    assert b"".join(out) + rest == stream
+    assert [event_data(e) for e in out if event_data(e)] == events and not rest.strip()
+
+
 def test_a_call_interrupted_on_its_way_is_charged_and_recorded_at_its_worst_case(ledger: Any) -> None:
     """A timeout around the call cancels it while the provider is answering: the provider may
     bill it and its usage will never be known, so it is charged to the limits and recorded at

@@ -585,6 +585,10 @@ class CallPlan:
                 output = max(received, counted) if type(counted) is int else received
                 return {**told, "output_tokens": output}, "ok" if reader.complete else "cancelled"
             usage = {"input_tokens": self.reserved_tokens()[0], "output_tokens": received}
+        elif told is not None:
+            # An OpenAI stream's usage comes last, after everything it counts: a stream cut off
+            # after it (no `[DONE]`) is settled with it.
+            return told, "ok" if reader.complete else "cancelled"
         else:
             usage = {"prompt_tokens": self.reserved_tokens()[0], "completion_tokens": received}
         return usage, "ok" if reader.complete else "cancelled"
@@ -632,8 +636,6 @@ class CallPlan:
             return
         usage, outcome = self._final_usage(reader)
         self._settle_learned(usage)
-        if self.cache_key is not None:
-            self._keep_reply(reader)
         if self.endpoint.azure_deployment is not None and reader.model is not None:
             self._answered_by(reader.model)
         cost: Cost | None = None
@@ -644,6 +646,16 @@ class CallPlan:
                 cost = self.call.finish(
                     usage, outcome=outcome, charge_reserved_output=self.endpoint.counts_reserved_output
                 )
+            except (ValueError, TypeError) as error:
+                if self.call.reservation.settled:
+                    raise  # charged and recorded: what failed came after
+                # Usage the price table cannot read (a count out of range, a cache write the
+                # model has no price for): billed for what it does not say.
+                self.settled = False
+                self._at_worst_case(self.status, usage="unreadable", error=type(error).__name__)
+                return
             finally:
                 self._report(outcome, usage, cost if cost is not None else self.call.cost, self.status)
+        if self.cache_key is not None:
+            self._keep_reply(reader)
         self._report(outcome, usage, None, self.status)

@@ -14,6 +14,7 @@ from .._json import loads
 __all__ = [
     "AZURE_HOSTS",
     "Endpoint",
+    "EventSplitter",
     "UsageReader",
     "endpoint_of",
     "error_body",
@@ -221,21 +222,55 @@ def whole_usage(body: bytes) -> dict[str, Any] | None:
     return None if reply is None else cast(dict[str, Any], reply["usage"])
 
 
-# A server-sent event ends with a blank line; lines end with CRLF, LF or CR (proxies differ).
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+# A server-sent event ends with a blank line: two line ends in a row, each CRLF, LF or CR
+# (proxies differ, and one stream may mix them). A CR right before an LF begins a CRLF: never a
+# line end of its own.
+_EVENT_END = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r(?!\n))")
+# A search for the end of an event resumes this far back from where the last one stopped: the
+# longest blank line ("\r\n\r\n") but its last byte.
+_END_OVERLAP = 3
 
 
-def event_end(buffer: bytes | bytearray) -> tuple[int, int] | None:
-    """(where the blank line that ends the first whole event in `buffer` starts, where it ends),
-    or None while no event is whole."""
-    found = _EVENT_END.search(buffer)
-    return None if found is None else found.span()
+class EventSplitter:
+    """Splits a server-sent event stream, fed in pieces of any size, into whole events. Each
+    search for an event's end resumes where the last one stopped, so an event that arrives in
+    many pieces costs its length once, not once per piece."""
+
+    __slots__ = ("_buffer", "_searched")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._searched = 0
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The events `chunk` completes, each with the blank line that ends it."""
+        buffer = self._buffer
+        buffer += chunk
+        events = []
+        while (found := _EVENT_END.search(buffer, self._searched)) is not None:
+            end = found.end()
+            events.append(bytes(buffer[:end]))
+            del buffer[:end]
+            self._searched = 0
+        self._searched = max(0, len(buffer) - _END_OVERLAP)
+        return events
+
+    def rest(self) -> bytes:
+        """The bytes of an event that never ended (the stream did)."""
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        self._searched = 0
+        return rest
 
 
 def event_data(event: bytes) -> bytes:
     """The data of one server-sent event (its `data:` lines' values, joined), as both providers
     write their streams: what the usage reader and the gateway's stream translation parse."""
     return b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+
+
+# The events that end a Responses API stream, each with the usage the provider billed.
+_RESPONSE_ENDS = ("response.completed", "response.incomplete", "response.failed")
 
 
 class UsageReader:
@@ -245,8 +280,8 @@ class UsageReader:
     reply's, read in one piece (`take_whole`). `feed` returns the bytes to pass on."""
 
     __slots__ = (
-        "_buffer",
         "_complete",
+        "_events",
         "_model",
         "_usage",
         "_wants_model",
@@ -270,7 +305,7 @@ class UsageReader:
         # are read for usage only when asked: a call nobody prices or reports never parses them.
         self.body = b""
         self._whole_unread = False
-        self._buffer = bytearray()
+        self._events = EventSplitter()
 
     @property
     def usage(self) -> dict[str, Any] | None:
@@ -298,19 +333,11 @@ class UsageReader:
     def feed(self, chunk: bytes) -> bytes:
         """One chunk of a stream: the bytes to pass on (whole events only; the rest is held
         back until its event ends)."""
-        self._buffer += chunk
-        out = bytearray()
-        while (span := event_end(self._buffer)) is not None:
-            event = bytes(self._buffer[: span[1]])
-            del self._buffer[: span[1]]
-            if self._event(event):
-                out += event
-        return bytes(out)
+        return b"".join(event for event in self._events.feed(chunk) if self._event(event))
 
     def finish(self) -> bytes:
         """The end of a stream: the bytes still held back."""
-        rest = bytes(self._buffer)
-        self._buffer.clear()
+        rest = self._events.rest()
         if rest.strip():
             return rest if self._event(rest) else b""
         return rest
@@ -348,15 +375,24 @@ class UsageReader:
         if self.endpoint.family == "anthropic":
             self._anthropic(decoded)
             return True
+        kind = decoded.get("type")
+        if isinstance(kind, str) and kind.startswith("response."):  # the Responses API's events
+            response = decoded.get("response")
+            if isinstance(response, dict):
+                # Its last event holds the usage, however the response ended.
+                if isinstance(response.get("usage"), dict):
+                    self._usage = response["usage"]
+                    self._complete = kind in _RESPONSE_ENDS or self._complete
+                if self._wants_model:
+                    self._note_model(response)
+            elif kind == "response.output_text.delta" and isinstance(decoded.get("delta"), str):
+                self.text_parts.append(decoded["delta"])
+            return True
         usage = decoded.get("usage")
         if isinstance(usage, dict):
             self._usage = usage
-        response = decoded.get("response")  # the Responses API's final event holds the usage
-        if isinstance(response, dict) and isinstance(response.get("usage"), dict):
-            self._usage = response["usage"]
-            self._complete = decoded.get("type") == "response.completed" or self._complete
         if self._wants_model:
-            self._note_model(response if isinstance(response, dict) else decoded)
+            self._note_model(decoded)
         for choice in decoded.get("choices") or ():
             delta = choice.get("delta") if isinstance(choice, dict) else None
             content = delta.get("content") if isinstance(delta, dict) else None

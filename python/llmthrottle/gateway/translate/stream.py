@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from ..._json import loads
-from ...providers.protocol import event_data, event_end
+from ...providers.protocol import EventSplitter, event_data
 from .common import Untranslatable, dumps, items, member
 from .reply import anthropic_usage, finish_reason, openai_usage, stop_reason
 
@@ -31,21 +31,15 @@ class StreamTranslator:
     """Splits the upstream's bytes into server-sent events and translates each one."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._events = EventSplitter()
 
     def feed(self, chunk: bytes) -> bytes:
         """The caller's bytes for this piece of the upstream's stream."""
-        self._buffer += chunk
-        out = bytearray()
-        while (span := event_end(self._buffer)) is not None:
-            event = bytes(self._buffer[: span[0]])
-            del self._buffer[: span[1]]
-            out += self._parse(event)
-        return bytes(out)
+        return b"".join(self._parse(event) for event in self._events.feed(chunk))
 
     def finish(self) -> bytes:
         """The end of the upstream's stream: what is still held back."""
-        rest, self._buffer = bytes(self._buffer), bytearray()
+        rest = self._events.rest()
         return self._parse(rest) if rest.strip() else b""
 
     def _parse(self, event: bytes) -> bytes:

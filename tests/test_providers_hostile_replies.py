@@ -1,0 +1,141 @@
+"""Replies a provider (or a proxy before it) gets wrong, through `lt.wrap` with the real SDKs: a
+usage object with counts no price table can read, a stream cut off after its usage, a
+Responses stream that ended short of `response.completed`. The call still reaches the caller,
+and it is in the ledger at the usage the provider reported, or at its worst case when none can
+be read. Served by a real HTTP server on loopback (`provider_helpers.CannedServer`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from provider_helpers import CHAT_REPLY, MINI, CannedServer, canned_server, records
+
+import llmthrottle as lt
+
+openai = pytest.importorskip("openai")
+
+HELLO = [{"role": "user", "content": "hello there"}]
+REPORTED = {"prompt_tokens": 5000, "completion_tokens": 900}
+
+
+@pytest.fixture
+def server() -> Iterator[CannedServer]:
+    with canned_server() as canned:
+        yield canned
+
+
+def _events(*payloads: Any) -> bytes:
+    return b"".join(b"data: " + (p if isinstance(p, bytes) else json.dumps(p).encode()) + b"\n\n" for p in payloads)
+
+
+def _guard(ledger: Any) -> Any:
+    return lt.Guard(lt.Limiter({"requests": "1000/s"}), ledger=ledger)
+
+
+def _worst_case(max_tokens: int) -> int:
+    counted = lt.estimate({"model": MINI, "messages": HELLO, "max_tokens": max_tokens})
+    return lt.worst_case_cost(MINI, counted.input_tokens, counted.max_output_tokens)
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -5, "completion_tokens": 7},
+        {"prompt_tokens": "11", "completion_tokens": 7},
+        {"prompt_tokens": 11, "completion_tokens": 10**30},
+        {"prompt_tokens": 11, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 12}},
+        {},
+    ],
+)
+def test_a_reply_whose_usage_cannot_be_priced_reaches_the_caller_and_is_charged_its_worst_case(
+    server: CannedServer, ledger: Any, usage: dict[str, Any]
+) -> None:
+    """The provider answered, and billed the call for what its usage does not say: the caller
+    gets the reply, the budget is charged and the ledger records the call at its worst case
+    (`unfinished`), and the reply is not kept by the response cache (the next identical
+    request is sent)."""
+    server.reply = {**CHAT_REPLY, "usage": usage}
+    limiter = lt.Limiter({"requests": "1000/s"}, budgets=[lt.Budget("team:*", 10, "day")])
+    guard = lt.Guard(limiter, ledger=ledger)
+    with lt.wrap(
+        openai.OpenAI(base_url=server.openai_base_url, api_key="k", max_retries=0),
+        guard=guard,
+        keys=["team:a"],
+        cache=lt.ResponseCache(),
+    ) as client:
+        for _ in range(2):
+            assert client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=20).choices
+    assert len(server.encodings) == 2
+    worst = _worst_case(20)
+    assert [(r.outcome, r.cost_micros, r.tags["usage"]) for r in records(ledger)] == [
+        ("unfinished", worst, "unreadable")
+    ] * 2
+    [budget] = [s for s in limiter.status("team:a") if s.dimension == "budget_usd"]
+    assert round(budget.used * 1_000_000) == 2 * worst
+
+
+def test_a_stream_whose_usage_cannot_be_priced_is_charged_its_worst_case(server: CannedServer, ledger: Any) -> None:
+    server.content_type = "text/event-stream"
+    server.reply = _events(
+        {"choices": [{"index": 0, "delta": {"content": "hi"}}]},
+        {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": -7}},
+        b"[DONE]",
+    )
+    with lt.wrap(
+        openai.OpenAI(base_url=server.openai_base_url, api_key="k", max_retries=0),
+        guard=_guard(ledger),
+    ) as client:
+        text = "".join(
+            c.choices[0].delta.content or ""
+            for c in client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=20, stream=True)
+            if c.choices
+        )
+    assert text == "hi"
+    [record] = records(ledger)
+    assert (record.outcome, record.cost_micros) == ("unfinished", _worst_case(20))
+
+
+def test_a_stream_cut_off_after_its_usage_is_settled_with_it(server: CannedServer, ledger: Any) -> None:
+    """OpenAI writes a stream's usage after everything it counts: a stream that ends without
+    `[DONE]` after it is charged what the provider reported, not the input estimate."""
+    server.content_type = "text/event-stream"
+    server.reply = _events({"choices": [{"index": 0, "delta": {"content": "hi"}}]}, {"choices": [], "usage": REPORTED})
+    with lt.wrap(
+        openai.OpenAI(base_url=server.openai_base_url, api_key="k", max_retries=0),
+        guard=_guard(ledger),
+    ) as client:
+        for _ in client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=20, stream=True):
+            pass
+    [record] = records(ledger)
+    assert (record.input_tokens, record.output_tokens) == (5000, 900)
+    assert record.cost_micros == lt.cost(MINI, REPORTED).total_micros
+
+
+@pytest.mark.parametrize("end", ["response.incomplete", "response.failed"])
+def test_a_responses_stream_that_ends_short_is_priced_at_the_usage_it_reports(
+    server: CannedServer, ledger: Any, end: str
+) -> None:
+    """A Responses stream ends with `response.incomplete` when it reaches `max_output_tokens`
+    (or `response.failed`), each with the usage the provider billed."""
+    usage = {"input_tokens": 5000, "output_tokens": 900, "total_tokens": 5900}
+    response = {"id": "resp_1", "object": "response", "model": MINI, "status": end.split(".")[1], "output": []}
+    server.content_type = "text/event-stream"
+    server.reply = _events(
+        {"type": "response.created", "response": {**response, "status": "in_progress", "usage": None}},
+        {"type": "response.output_text.delta", "item_id": "m", "output_index": 0, "content_index": 0, "delta": "hi"},
+        {"type": end, "response": {**response, "usage": usage}},
+    )
+    with lt.wrap(
+        openai.OpenAI(base_url=server.openai_base_url, api_key="k", max_retries=0),
+        guard=_guard(ledger),
+    ) as client:
+        kinds = [
+            event.type for event in client.responses.create(model=MINI, input="hi", max_output_tokens=900, stream=True)
+        ]
+    assert kinds[-1] == end
+    [record] = records(ledger)
+    assert (record.outcome, record.input_tokens, record.output_tokens) == ("ok", 5000, 900)
+    assert record.cost_micros == lt.cost(MINI, usage).total_micros

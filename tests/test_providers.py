@@ -213,6 +213,38 @@ def test_a_budget_refuses_before_anything_is_sent(ledger: Any, opened: list[Any]
         assert provider.counters.requests == 0
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_llmthrottles_errors_reach_an_anthropic_caller_as_themselves(ledger: Any, asynchronous: bool) -> None:
+    """Anthropic's SDK wraps any exception its transport raises in a connection error, except
+    its own: llmthrottle's errors come through a wrapped client as their own class (with their
+    attributes) that is also the SDK's base error, for either way of catching them."""
+    guard = guard_for(ledger, budgets=[lt.Budget("team:*", 0.000001, "day")])
+    with FakeProvider() as provider:
+        if asynchronous:
+
+            async def call() -> None:
+                async with lt.wrap(
+                    anthropic.AsyncAnthropic(base_url=provider.anthropic_base_url, api_key="k"),
+                    guard=guard,
+                    keys=["team:a"],
+                ) as client:
+                    await client.messages.create(model=SONNET, messages=HELLO, max_tokens=1000)
+
+            with pytest.raises(lt.BudgetExceeded) as raised:
+                asyncio.run(call())
+        else:
+            with (
+                lt.wrap(
+                    anthropic.Anthropic(base_url=provider.anthropic_base_url, api_key="k"), guard=guard, keys=["team:a"]
+                ) as client,
+                pytest.raises(lt.BudgetExceeded) as raised,
+            ):
+                client.messages.create(model=SONNET, messages=HELLO, max_tokens=1000)
+        assert provider.counters.requests == 0
+    assert isinstance(raised.value, anthropic.AnthropicError)
+    assert "team:a" in str(raised.value)
+
+
 def test_streamed_usage_is_read_without_the_caller_seeing_the_extra_chunk(ledger: Any, opened: list[Any]) -> None:
     with FakeProvider(output_tokens=7) as provider:
         client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger))

@@ -139,3 +139,44 @@ def test_a_responses_stream_that_ends_short_is_priced_at_the_usage_it_reports(
     [record] = records(ledger)
     assert (record.outcome, record.input_tokens, record.output_tokens) == ("ok", 5000, 900)
     assert record.cost_micros == lt.cost(MINI, usage).total_micros
+
+
+def test_a_limit_announced_beyond_what_a_limiter_keeps_is_not_learned(server: CannedServer, opened: list[Any]) -> None:
+    """A limit no caller could reach (more than one request per nanosecond) is what a provider
+    that means none may announce: it is not learned, the limits beside it are, and the calls go
+    on (it used to be refused on every call)."""
+    server.headers = {
+        "x-ratelimit-limit-requests": "1000000000000",
+        "x-ratelimit-remaining-requests": "999999999999",
+        "x-ratelimit-reset-requests": "1ms",
+        "x-ratelimit-limit-tokens": "100000",
+        "x-ratelimit-remaining-tokens": "100000",
+        "x-ratelimit-reset-tokens": "1ms",
+    }
+    client = lt.wrap(openai.OpenAI(base_url=server.openai_base_url, api_key="k", max_retries=0))
+    opened.append(client)
+    for _ in range(2):
+        assert client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=20).choices
+    learned = client._client._transport.settings.learned
+    [known] = learned._learned.values()
+    assert known.limits == (("tokens", 100_000, 60.0),)
+
+
+def test_a_reset_announced_past_max_retry_after_s_pauses_no_longer(server: CannedServer, ledger: Any) -> None:
+    """One reply saying a limit is used up until a reset hours away (a garbled header, or a
+    daily limit) pauses the provider key for `max_retry_after_s` at most, as a 429's
+    Retry-After does; the next call then finds out for itself."""
+    server.headers = {
+        "x-ratelimit-limit-requests": "100",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "999999999h",
+    }
+    with lt.wrap(
+        openai.OpenAI(base_url=server.openai_base_url, api_key="k", max_retries=0),
+        guard=_guard(ledger),
+        max_retry_after_s=0.2,
+    ) as client:
+        for _ in range(2):
+            assert client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=20).choices
+    first, second = records(ledger)
+    assert first.tags["waited_s"] == 0 and 0 < second.tags["waited_s"] <= 0.2

@@ -67,6 +67,8 @@ class Settings:
     cache: ResponseCache | None = None
     # The model each request name (an Azure deployment) stands for (see models.py).
     model_of: Mapping[str, str] | None = None
+    # The wrapped SDK's base error: llmthrottle's errors are raised as it too (see sdk_errors.py).
+    sdk_error: type[Exception] | None = None
 
 
 class CallPlan:
@@ -303,7 +305,10 @@ class CallPlan:
             return
         for dimension, limit, remaining, reset_s, _window_s in announced:
             if remaining == 0 and reset_s:
-                self.settings.pause.pause(self.pause_key, self._refill_s(dimension, limit, reset_s))
+                # Capped as a 429's Retry-After is: one reply cannot stop every worker for
+                # longer (a later call finds out whether the limit is still used up).
+                refill_s = self._refill_s(dimension, limit, reset_s)
+                self.settings.pause.pause(self.pause_key, min(refill_s, self.settings.max_retry_after_s))
 
     def _refill_s(self, dimension: str, limit: int, reset_s: float) -> float:
         """Nothing is left of `dimension` at the provider, whole again in `reset_s` (up to a

@@ -21,12 +21,14 @@ calls sent blind are few.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._native import ConfigError
 from ..limiter import Limiter
 from .headers import Announcement
 
@@ -62,6 +64,22 @@ def _summary_dimension(limits: tuple[tuple[str, int, float], ...]) -> str | None
     whole) but not enforced; its `remaining` of 0 is news the limits it restates tell too."""
     announced = {dimension for dimension, _limit, _window_s in limits}
     return "tokens" if "tokens" in announced and announced & {"input_tokens", "output_tokens"} else None
+
+
+def _rate(limit: int, window_s: float) -> str:
+    return f"{limit}/min" if window_s == 60.0 else f"{limit}/{window_s:g}s"
+
+
+@functools.lru_cache(maxsize=256)
+def _keepable(limit: int, window_s: float) -> bool:
+    """Whether a limiter can keep `limit` per `window_s`. One above what the engine keeps (more
+    than one unit per nanosecond) is a limit nothing could reach, announced by a provider that
+    means none: it is not learned, rather than refused on every call."""
+    try:
+        Limiter({"amount": _rate(limit, window_s)})
+    except ConfigError:
+        return False
+    return True
 
 
 def _catch_up(limiter: Limiter, key: str, remaining: dict[str, int]) -> None:
@@ -171,7 +189,7 @@ class LearnedLimits:
         limits = tuple(
             (dimension, limit, window_s)
             for dimension, limit, _remaining, _reset_s, window_s in announced
-            if dimension in _DIMENSIONS and limit > 0
+            if dimension in _DIMENSIONS and limit > 0 and _keepable(limit, window_s)
         )
         if not limits:
             return
@@ -180,7 +198,7 @@ class LearnedLimits:
             return
         summary = _summary_dimension(limits)
         rates: dict[str, Any] = {
-            dimension: {"rate": f"{limit}/min" if window_s == 60.0 else f"{limit}/{window_s:g}s", "refund": "whole"}
+            dimension: {"rate": _rate(limit, window_s), "refund": "whole"}
             for dimension, limit, window_s in limits
             if dimension != summary
         }

@@ -16,6 +16,7 @@ from .call import KeysOption, Settings
 from .learned import LearnedLimits
 from .models import check_model_of
 from .pause import ProviderPause
+from .sdk_errors import sdk_error_base
 from .transport import AsyncThrottledTransport, ThrottledTransport
 
 __all__ = ["wrap"]
@@ -60,8 +61,8 @@ def wrap(
     - admitted against the limits the provider announced in its headers (requests and tokens per
       minute per provider, API key and model), shared by every process on the same `state`;
     - paused, with every process on the same `state` (default: the guard's, else this process),
-      when the provider answers 429 or announces a limit used up, until the provider's reset: one
-      worker's 429 never becomes every worker's;
+      when the provider answers 429 or announces a limit used up, until the provider's reset
+      (at most `max_retry_after_s`): one worker's 429 never becomes every worker's;
     - capped, with `max_request_tokens`: a request whose input plus output reservation counts
       more is refused before it is sent (`lt.RequestTooLarge`), or with `trim_to_fit=True` loses
       its oldest conversation turns (never system messages, never the last one) until it fits;
@@ -75,6 +76,11 @@ def wrap(
     counted as the model the request names. A deployment named otherwise than its model is
     mapped with `model_of={"chat-prod": "gpt-4o"}`; each reply is priced and recorded as the
     model Azure says answered, tagged `azure_deployment`.
+
+    llmthrottle's errors (`lt.RateLimited`, `lt.BudgetExceeded`, `lt.ExceedsCapacity`,
+    `lt.RequestTooLarge`) come through either SDK as themselves, each also an instance of the
+    SDK's base error (`openai.OpenAIError`, `anthropic.AnthropicError`), never wrapped in a
+    connection error.
 
     The returned client shares `client`'s connection pool and transport: calls made through
     `client` itself are throttled too, and no error answer llmthrottle hands back is retried by
@@ -105,6 +111,7 @@ def wrap(
         trim_to_fit=trim_to_fit,
         cache=cache,
         model_of=model_of,
+        sdk_error=sdk_error_base(client),
     )
     with_options = getattr(client, "with_options", None)
     http_client = getattr(client, "_client", None)

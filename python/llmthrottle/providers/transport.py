@@ -16,9 +16,11 @@ from typing import Any, TypeVar
 
 import httpx2
 
+from .._native import LlmthrottleError
 from .cache import CachedReply
 from .call import CallPlan, Settings
 from .protocol import UsageReader
+from .sdk_errors import as_sdk_error
 
 __all__ = ["AsyncThrottledTransport", "ThrottledTransport", "attempts_async", "passed", "ended"]
 
@@ -165,6 +167,15 @@ class ThrottledTransport(httpx2.BaseTransport):
         self.settings = settings
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        try:
+            return self._throttled(request)
+        except LlmthrottleError as error:
+            base = self.settings.sdk_error
+            if base is None or isinstance(error, base):
+                raise
+            raise as_sdk_error(error, base) from error.__cause__
+
+    def _throttled(self, request: httpx2.Request) -> httpx2.Response:
         content = request.read()
         plan = CallPlan.start(
             self.settings, request.method, request.url.host, request.url.path, request.headers, content
@@ -246,6 +257,15 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
         self.settings = settings
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        try:
+            return await self._throttled(request)
+        except LlmthrottleError as error:
+            base = self.settings.sdk_error
+            if base is None or isinstance(error, base):
+                raise
+            raise as_sdk_error(error, base) from error.__cause__
+
+    async def _throttled(self, request: httpx2.Request) -> httpx2.Response:
         content = await request.aread()
         plan = CallPlan.start(
             self.settings, request.method, request.url.host, request.url.path, request.headers, content

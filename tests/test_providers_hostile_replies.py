@@ -180,3 +180,44 @@ def test_a_reset_announced_past_max_retry_after_s_pauses_no_longer(server: Canne
             assert client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=20).choices
     first, second = records(ledger)
     assert first.tags["waited_s"] == 0 and 0 < second.tags["waited_s"] <= 0.2
+
+
+def test_a_whole_reply_to_a_stream_request_is_priced_as_a_whole_reply(server: CannedServer, ledger: Any) -> None:
+    """A provider (or a proxy) that ignores `stream` and answers with one JSON reply: read and
+    priced as the whole reply it is, not as a stream that never sent an event."""
+    server.reply = {**CHAT_REPLY, "usage": REPORTED}
+    with lt.wrap(
+        openai.OpenAI(base_url=server.openai_base_url, api_key="k", max_retries=0), guard=_guard(ledger)
+    ) as client:
+        for _ in client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=1000, stream=True):
+            pass
+    [record] = records(ledger)
+    assert (record.outcome, record.input_tokens, record.output_tokens) == ("ok", 5000, 900)
+    assert record.cost_micros == lt.cost(MINI, REPORTED).total_micros
+
+
+def test_a_call_too_large_for_a_learned_limit_asks_the_provider_again_once_a_minute(
+    server: CannedServer, opened: list[Any]
+) -> None:
+    """A limit learned from one reply (garbled, or raised since) is not kept for good: a call
+    too large for it is sent all the same, at most once a minute per provider key, and its
+    reply teaches the limits again. While the provider keeps saying it, the other calls too
+    large for it are refused before they leave."""
+    tiny = {"x-ratelimit-limit-tokens": "10", "x-ratelimit-remaining-tokens": "10", "x-ratelimit-reset-tokens": "1s"}
+    for provider_keeps_it in (True, False):
+        server.encodings.clear()
+        server.headers = tiny
+        client = lt.wrap(openai.OpenAI(base_url=server.openai_base_url, api_key="k", max_retries=0))
+        opened.append(client)
+        client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=20)  # teaches "10 a minute"
+        if not provider_keeps_it:
+            server.headers = {**tiny, "x-ratelimit-limit-tokens": "100000", "x-ratelimit-remaining-tokens": "99000"}
+        client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=20)  # asks again
+        if provider_keeps_it:
+            with pytest.raises(lt.ExceedsCapacity):
+                client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=20)
+            assert len(server.encodings) == 2
+        else:
+            for _ in range(3):
+                client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=20)
+            assert len(server.encodings) == 5

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from .._json import loads
-from .._native import RateLimited
+from .._native import ExceedsCapacity, RateLimited
 from ..guard import Guard, GuardedCall
 from ..pricing import cost as price_of
 from ..pricing.table import Cost
@@ -372,7 +372,12 @@ class CallPlan:
         input_tokens, output_tokens = self.reserved_tokens()
         family = self.endpoint.family
         # Most attempts fit at once: one decision, without the waiting loop around it.
-        decision = learned.try_acquire(self.pause_key, family, input_tokens, output_tokens)
+        try:
+            decision = learned.try_acquire(self.pause_key, family, input_tokens, output_tokens)
+        except ExceedsCapacity:
+            if not self.settings.learned.recheck(self.pause_key):
+                raise
+            return None  # sent unreserved, as a call before the limits were known is
         if decision:
             self.learned_reservation = decision
             return None
@@ -571,6 +576,14 @@ class CallPlan:
             self.body = {**self.body, "model": served}
             if self.call is not None:
                 self.call.model = served
+
+    def answered_whole(self, content_type: str | None) -> bool:
+        """Whether the reply (of `content_type`) is read whole: a non-streaming request's, or a
+        JSON reply to a streaming one (a provider or a proxy that ignored `stream`), which is
+        then settled as a whole reply is."""
+        if self.streaming and content_type is not None and content_type.startswith("application/json"):
+            self.streaming = False
+        return not self.streaming
 
     def reader(self) -> UsageReader:
         return UsageReader(self.endpoint, self.hide_usage_chunk)

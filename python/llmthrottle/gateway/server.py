@@ -477,7 +477,7 @@ class Gateway:
         """The answer to the caller: `data`, an error body already read, or the deployment's
         reply as it arrives (in the caller's API through `translation`)."""
         headers = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
-        if data is None and plan.answered_whole(answer.headers.get("content-type")):
+        if data is None and not (plan.streaming and plan.streams_reply(answer.headers.get("content-type"))):
             # A whole reply: read it, settle the call, and answer in one write.
             try:
                 whole = await answer.read()

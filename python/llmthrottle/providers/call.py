@@ -577,13 +577,13 @@ class CallPlan:
             if self.call is not None:
                 self.call.model = served
 
-    def answered_whole(self, content_type: str | None) -> bool:
-        """Whether the reply (of `content_type`) is read whole: a non-streaming request's, or a
-        JSON reply to a streaming one (a provider or a proxy that ignored `stream`), which is
-        then settled as a whole reply is."""
-        if self.streaming and content_type is not None and content_type.startswith("application/json"):
+    def streams_reply(self, content_type: str | None) -> bool:
+        """Whether the reply (of `content_type`) to a streaming request is a stream. A JSON reply
+        (from a provider or a proxy that ignored `stream`) is not: the call is then read and
+        settled as a whole reply is."""
+        if content_type is not None and content_type.startswith("application/json"):
             self.streaming = False
-        return not self.streaming
+        return self.streaming
 
     def reader(self) -> UsageReader:
         return UsageReader(self.endpoint, self.hide_usage_chunk)

@@ -131,7 +131,7 @@ def _observed(response: httpx2.Response, plan: CallPlan) -> httpx2.Response:
     here and settled, or, when the plan reads nothing, settled now and left as it came."""
     if not plan.reads_reply:
         plan.settle_unread()
-    elif not plan.answered_whole(response.headers.get("content-type")):
+    elif plan.streaming and plan.streams_reply(response.headers.get("content-type")):
         response.stream = _ObservedStream(response.stream, plan, plan.reader())
     else:
         try:
@@ -147,7 +147,7 @@ async def _observed_async(response: httpx2.Response, plan: CallPlan) -> httpx2.R
     """`_observed` for asyncio clients."""
     if not plan.reads_reply:
         plan.settle_unread()
-    elif not plan.answered_whole(response.headers.get("content-type")):
+    elif plan.streaming and plan.streams_reply(response.headers.get("content-type")):
         response.stream = _AsyncObservedStream(response.stream, plan, plan.reader())
     else:
         try:

@@ -49,7 +49,8 @@ def wrap(
       (a list, or a callable of the request body) plus the keys of the enclosing `lt.context`;
     - retried by llmthrottle alone (the SDK's own retries are turned off): a 429 waits out the
       provider's Retry-After (capped at `max_retry_after_s`), overload and server errors back off
-      with full jitter, at most `max_attempts` attempts within `deadline_s` seconds; out of
+      with full jitter, at most `max_attempts` attempts within `deadline_s` seconds (no wait or
+      retry starts past it; an attempt on its way is bounded by the SDK's own `timeout`); out of
       credit, spend limits and other 4xx are returned at once. Every attempt is admitted;
     - reconciled with the usage in the reply (for OpenAI streams `stream_options.include_usage`
       is added, and the extra chunk hidden, unless `include_stream_usage=False`), priced and

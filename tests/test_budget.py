@@ -308,6 +308,22 @@ def test_every_ending_of_a_call_is_recorded_with_its_outcome_and_charge(tmp_path
     ledger.close()
 
 
+def test_a_call_whose_retry_is_refused_is_still_recorded(tmp_path):
+    """`retry` gives the refused attempt's room back before it asks for the next: when that is
+    refused (the room went to another call meanwhile), the call still ends with one record."""
+    ledger = lt.Ledger(tmp_path / "ledger")
+    guard = lt.Guard(lt.Limiter({"requests": "1/min"}), ledger=ledger)
+    call = guard.call("team:a", model=MINI, input_tokens=10, max_output_tokens=10)
+    guard.limiter.charge("team:a", requests=1)  # another call took the room meanwhile
+    with pytest.raises(lt.RateLimited):
+        call.retry(timeout=0)
+    call.fail("rate_limited", status=429)
+    call.fail("rate_limited", status=429)  # once only
+    ledger.flush()
+    assert [(r.outcome, r.cost_micros, r.tags["status"]) for r in ledger.records()] == [("rate_limited", 0, 429)]
+    ledger.close()
+
+
 _PRICE = st.decimals(min_value="0", max_value="200", places=6, allow_nan=False, allow_infinity=False)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import email.utils
+import gc
 import json
 import time
 from typing import Any
@@ -304,6 +305,33 @@ def test_a_stream_abandoned_half_way_is_settled_with_what_was_received(ledger: A
     [record] = records(ledger)
     assert record.outcome == "cancelled"
     assert 0 < record.output_tokens < 200 and record.input_tokens > 0
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_stream_dropped_unread_is_settled_when_it_is_collected(ledger: Any, asynchronous: bool) -> None:
+    """The caller raised between `create(stream=True)` and reading the stream, which it dropped
+    neither read nor closed: the provider answered, so the call is settled (as a stream
+    abandoned at its start) and recorded when the stream is collected."""
+    with FakeProvider(output_tokens=5) as provider:
+        if asynchronous:
+
+            async def drop() -> None:
+                async with lt.wrap(
+                    openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger)
+                ) as client:
+                    await client.chat.completions.create(model=MINI, messages=HELLO, stream=True, max_tokens=50)
+                    gc.collect()
+
+            asyncio.run(drop())
+        else:
+            with lt.wrap(
+                openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger)
+            ) as client:
+                client.chat.completions.create(model=MINI, messages=HELLO, stream=True, max_tokens=50)
+                gc.collect()
+        assert provider.counters.by_status == {200: 1}
+    [record] = records(ledger)
+    assert record.outcome == "cancelled" and record.input_tokens > 0
 
 
 def test_anthropic_messages_sync_and_streaming(ledger: Any, opened: list[Any]) -> None:
@@ -820,6 +848,32 @@ def test_the_response_cache_answers_an_identical_request_without_the_provider(le
     outcomes = [(r.outcome, r.cost_micros) for r in records(ledger)]
     assert outcomes[1] == ("cache_hit", 0) and outcomes.count(("cache_hit", 0)) == 1
     assert outcomes[0][0] == "ok" and outcomes[0][1] > 0
+
+
+def test_two_servers_on_one_host_are_two_providers(opened: list[Any]) -> None:
+    """Limits, pauses and cached replies are kept per server: another port or another base path
+    on the same host (two local model servers, a proxy's routes) is another provider. Azure's
+    are kept per deployment, whichever of its paths a request takes."""
+    from llmthrottle.providers.pause import limit_scope
+    from llmthrottle.providers.protocol import endpoint_of
+
+    cache = lt.ResponseCache()
+    with FakeProvider(output_tokens=3) as one, FakeProvider(output_tokens=9) as two:
+        clients = [lt.wrap(openai.OpenAI(base_url=p.openai_base_url, api_key="k"), cache=cache) for p in (one, two)]
+        opened.extend(clients)
+        made = [c.chat.completions.create(model=MINI, messages=HELLO).usage.completion_tokens for c in clients]
+        assert made == [3, 9] and two.counters.requests == 1
+
+    def key(host: str, port: int | None, path: str) -> str:
+        endpoint = endpoint_of("POST", path, host)
+        assert endpoint is not None
+        return limit_scope(endpoint, host, port, path, {"authorization": "Bearer k"}, "m", "")[0]
+
+    chat, responses = "/v1/chat/completions", "/v1/responses"
+    assert key("h", None, chat) == key("h", None, responses) != key("h", 8000, chat) != key("h", 8001, chat)
+    assert key("h", None, "/groq/v1/chat/completions") != key("h", None, chat)
+    azure = "x.openai.azure.com"
+    assert key(azure, None, "/openai/v1/chat/completions") == key(azure, None, "/openai/responses")
 
 
 def test_the_response_cache_keeps_only_successes_within_its_bounds() -> None:

@@ -280,6 +280,9 @@ class GuardedCall:
         self.cost: Cost | None = None
         self._reserved_tokens = reserved_tokens
         self._started = time.monotonic()
+        # Whether the call's end is recorded: a retry refused after the attempt before it was
+        # given back leaves no reservation to settle, and the call must still be recorded.
+        self._recorded = False
 
     def finish(self, usage: Any, *, outcome: str = "ok", charge_reserved_output: bool = False) -> Cost:
         """Reconciles with the provider's `usage` (an OpenAI or Anthropic usage object or dict):
@@ -323,6 +326,7 @@ class GuardedCall:
 
     def _record(self, outcome: str, cost: Cost | None = None, *, extra_tags: dict[str, Any] | None = None) -> None:
         """Records how the call ended: at `cost` when the provider's usage was priced, else at $0."""
+        self._recorded = True
         ledger = self.guard.ledger
         if ledger is None:
             return
@@ -340,9 +344,10 @@ class GuardedCall:
         )
 
     def _refund(self, outcome: str, extra_tags: dict[str, Any] | None = None) -> None:
-        if self.reservation.settled:
+        if self._recorded:
             return
-        self.reservation.cancel()
+        if not self.reservation.settled:
+            self.reservation.cancel()
         self._record(outcome, extra_tags=extra_tags)
 
     def fail(self, outcome: str = "error", **tags: Any) -> None:
@@ -384,6 +389,7 @@ class GuardedCall:
         try:
             self.reservation.commit()
         finally:
+            self._recorded = self.reservation.settled
             ledger = self.guard.ledger
             if self.reservation.settled and ledger is not None:
                 ledger.record(

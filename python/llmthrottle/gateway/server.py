@@ -395,7 +395,15 @@ class Gateway:
             if "anthropic-beta" in request.headers:
                 headers["anthropic-beta"] = request.headers["anthropic-beta"]
         plan = CallPlan.start(
-            settings, "POST", url.host or "", url.path, headers, content, cache_scope=caller.tenant, parsed=outgoing
+            settings,
+            "POST",
+            url.host or "",
+            url.path,
+            headers,
+            content,
+            cache_scope=caller.tenant,
+            parsed=outgoing,
+            port=url.explicit_port,
         )
         assert plan is not None  # every route is an LLM endpoint with a model
         session = self.upstreams.client()

@@ -1,5 +1,7 @@
-"""Attribution for the calls made inside a block, across threads started in it and asyncio
-tasks created in it (a `contextvars` variable).
+"""Attribution for the calls made inside a block, by the thread that runs it and the asyncio
+tasks created in it (a `contextvars` variable). A thread started inside the block does not
+inherit it (Python threads start in an empty context): run its work in a copy of the block's
+context, `pool.submit(contextvars.copy_context().run, work)`.
 
     with lt.context(user="42", team="support", feature="chat"):
         client.chat.completions.create(...)     # keys user:42, team:support, feature:chat

@@ -156,10 +156,12 @@ class CallPlan:
         content: bytes,
         cache_scope: str = "",
         parsed: dict[str, Any] | None = None,
+        port: int | None = None,
     ) -> CallPlan | None:
         """The plan of an LLM request, or None for anything else. `cache_scope` narrows whose
         identical requests share a cached reply (the gateway's tenant); `parsed` is `content`
-        already read as JSON, by a caller that wrote `content` from it."""
+        already read as JSON, by a caller that wrote `content` from it; `port` is the one the
+        URL names (None: the scheme's own)."""
         endpoint = endpoint_of(method, path, host)
         if endpoint is None:
             return None
@@ -199,7 +201,7 @@ class CallPlan:
             body = fit_request(body, endpoint.family, endpoint.kind, settings.max_request_tokens, settings.trim_to_fit)
         if hide or body is not original:
             content = json.dumps(as_sent(body, wire_model), separators=(",", ":")).encode()
-        key, cache_scope = limit_scope(endpoint, host, headers, name, cache_scope)
+        key, cache_scope = limit_scope(endpoint, host, port, path, headers, name, cache_scope)
         plan = cls(settings, endpoint, body, content, hide, key, cache_scope, reads_reply)
         if endpoint.azure_deployment is not None:
             plan.azure_deployment = name

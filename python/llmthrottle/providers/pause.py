@@ -25,7 +25,7 @@ from typing import Any, cast
 from .._native import InProcessState, Reservation
 from ..limiter import Limiter
 from .headers import credential
-from .protocol import Endpoint
+from .protocol import Endpoint, base_path
 
 __all__ = ["ProviderPause", "azure_account", "limit_scope", "pause_key"]
 
@@ -40,9 +40,10 @@ def _account(authorization: str) -> str:
     return hashlib.sha256(authorization.encode()).hexdigest()[:12]
 
 
-def pause_key(host: str, authorization: str | None, model: str) -> str:
-    """The scope a provider's limits apply to: host, API key (hashed) and model."""
-    return f"{host}|{_account(authorization or '')}|{model}"[:250]
+def pause_key(origin: str, authorization: str | None, model: str) -> str:
+    """The scope a provider's limits apply to: where the request went (see `_origin`), API key
+    (hashed) and model."""
+    return f"{origin}|{_account(authorization or '')}|{model}"[:250]
 
 
 def azure_account(headers: Any) -> str | None:
@@ -58,13 +59,29 @@ def azure_account(headers: Any) -> str | None:
     return None if not bearer or bearer[7:10] == "eyJ" else str(bearer)  # "Bearer eyJ...": a JWT
 
 
-def limit_scope(endpoint: Endpoint, host: str, headers: Any, name: str, cache_scope: str) -> tuple[str, str]:
-    """(the key of the provider's limits and pauses, the cache scope) of a request naming the
-    model or deployment `name`: a cached reply is only ever the same caller's."""
+@functools.lru_cache(maxsize=256)
+def _origin(host: str, port: int | None, base: str) -> str:
+    """Where a request went, as its provider's limits see it: two servers on one host (another
+    port, another base path: two local model servers, a proxy's routes) are two providers. A
+    long base path is kept by its digest, so that the key still names the model."""
+    where = host if port is None else f"{host}:{port}"
+    if len(base) > 64:
+        base = "#" + hashlib.sha256(base.encode()).hexdigest()[:16]
+    return where + base
+
+
+def limit_scope(
+    endpoint: Endpoint, host: str, port: int | None, path: str, headers: Any, name: str, cache_scope: str
+) -> tuple[str, str]:
+    """(the key of the provider's limits and pauses, the cache scope) of a request to `host`,
+    `port` (None: the scheme's own) and `path` naming the model or deployment `name`: a cached
+    reply is only ever the same caller's, from the same server. Azure's limits belong to its
+    deployments, named apart from the path (chat and responses share a deployment's limits)."""
     presented = credential(headers)
     if endpoint.azure_deployment is None:
-        return pause_key(host, presented, name), cache_scope
-    return pause_key(host, azure_account(headers), name), f"{cache_scope}|{_account(presented or '')}"
+        return pause_key(_origin(host, port, base_path(endpoint, path)), presented, name), cache_scope
+    key = pause_key(_origin(host, port, ""), azure_account(headers), name)
+    return key, f"{cache_scope}|{_account(presented or '')}"
 
 
 class _PausedKeys:

@@ -15,6 +15,7 @@ __all__ = [
     "AZURE_HOSTS",
     "Endpoint",
     "EventSplitter",
+    "base_path",
     "UsageReader",
     "endpoint_of",
     "error_body",
@@ -57,6 +58,17 @@ _ENDPOINTS = (
     ("/embeddings", Endpoint("openai", "embeddings")),
     ("/messages", Endpoint("anthropic", "messages")),
 )
+
+# Each kind's path, after the base path a client is given (`/v1`, a proxy's prefix).
+_SUFFIX_OF = {endpoint.kind: suffix for suffix, endpoint in _ENDPOINTS}
+
+
+def base_path(endpoint: Endpoint, path: str) -> str:
+    """The part of a request's `path` before its endpoint's own (`/v1` of
+    `/v1/chat/completions`): where the client was pointed."""
+    suffix = _SUFFIX_OF[endpoint.kind]
+    return path[: -len(suffix)] if path.endswith(suffix) else path
+
 
 # Azure OpenAI's hosts (a resource's own, Azure AI Foundry's, API Management's): their
 # `/openai/v1` paths are Azure's, where elsewhere (Groq, Bedrock) the same paths are OpenAI's.

@@ -1,6 +1,7 @@
 """What each wrapped call cost, for the code that made it: `lt.calls()` collects a `CallReport`
-for every LLM call a wrapped client makes inside the block (across threads started in it and
-asyncio tasks created in it, like `lt.context`).
+for every LLM call a wrapped client makes inside the block (by the thread that runs it and the
+asyncio tasks created in it; a thread started in it, only when run in a copy of its context, as
+for `lt.context`).
 
     with lt.calls() as made:
         client.chat.completions.create(...)

@@ -5,8 +5,9 @@ callback makes durable is then known to have happened before the provider could 
 request; an exception from the callback stops the request from being sent (the call fails
 with it). The batch runner writes its intent lines here (see batch/intents.py).
 
-Like `lt.calls()` and `lt.context`, the block covers the calls made in it, in threads started
-in it and asyncio tasks created in it (a `contextvars` variable); nested blocks each hear.
+Like `lt.calls()` and `lt.context`, the block covers the calls made in it by the thread that
+runs it and the asyncio tasks created in it (a `contextvars` variable; a thread started in it,
+only when run in a copy of its context); nested blocks each hear.
 """
 
 from __future__ import annotations

@@ -85,6 +85,14 @@ def ended(plan: CallPlan, reader: UsageReader) -> bytes:
     return tail
 
 
+def _settle_dropped(plan: CallPlan, reader: UsageReader) -> None:
+    """Settles the call of a stream being collected unsettled (a no-op once it was settled)."""
+    try:
+        plan.settle(reader)
+    except Exception:  # collected at exit, after its ledger closed: nothing to record into
+        pass
+
+
 class _ObservedStream(httpx2.SyncByteStream):
     def __init__(self, inner: Any, plan: CallPlan, reader: UsageReader) -> None:
         self._inner, self._plan, self._reader = inner, plan, reader
@@ -103,6 +111,11 @@ class _ObservedStream(httpx2.SyncByteStream):
             self._inner.close()
         finally:
             self._plan.settle(self._reader)  # no-op when the body was read to its end
+
+    def __del__(self) -> None:
+        # Dropped neither read to its end nor closed (the caller raised before reading it):
+        # settled as a stream abandoned half-way is.
+        _settle_dropped(self._plan, self._reader)
 
 
 class _AsyncObservedStream(httpx2.AsyncByteStream):
@@ -123,6 +136,10 @@ class _AsyncObservedStream(httpx2.AsyncByteStream):
             await self._inner.aclose()
         finally:
             self._plan.settle(self._reader)
+
+    def __del__(self) -> None:
+        # As `_ObservedStream.__del__`: dropped neither read to its end nor closed.
+        _settle_dropped(self._plan, self._reader)
 
 
 def _observed(response: httpx2.Response, plan: CallPlan) -> httpx2.Response:
@@ -178,7 +195,13 @@ class ThrottledTransport(httpx2.BaseTransport):
     def _throttled(self, request: httpx2.Request) -> httpx2.Response:
         content = request.read()
         plan = CallPlan.start(
-            self.settings, request.method, request.url.host, request.url.path, request.headers, content
+            self.settings,
+            request.method,
+            request.url.host,
+            request.url.path,
+            request.headers,
+            content,
+            port=request.url.port,
         )
         if plan is None:
             return self.inner.handle_request(request)
@@ -268,7 +291,13 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
     async def _throttled(self, request: httpx2.Request) -> httpx2.Response:
         content = await request.aread()
         plan = CallPlan.start(
-            self.settings, request.method, request.url.host, request.url.path, request.headers, content
+            self.settings,
+            request.method,
+            request.url.host,
+            request.url.path,
+            request.headers,
+            content,
+            port=request.url.port,
         )
         if plan is None:
             return await self.inner.handle_async_request(request)

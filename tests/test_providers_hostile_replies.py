@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from provider_helpers import CHAT_REPLY, MINI, CannedServer, canned_server, records
 
 import llmthrottle as lt
@@ -221,3 +223,90 @@ def test_a_call_too_large_for_a_learned_limit_asks_the_provider_again_once_a_min
             for _ in range(3):
                 client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=20)
             assert len(server.encodings) == 5
+
+
+_COUNT = st.one_of(
+    st.integers(min_value=-5, max_value=10**13),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=3),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(), max_size=2),
+)
+_DETAILS = st.dictionaries(
+    st.sampled_from(["cached_tokens", "reasoning_tokens", "ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"]),
+    _COUNT,
+    max_size=2,
+)
+_USAGE_FIELDS = [
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "input_tokens",
+    "output_tokens",
+    "prompt_tokens_details",
+    "completion_tokens_details",
+    "input_tokens_details",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "cache_creation",
+]
+_USAGES = st.one_of(
+    st.dictionaries(st.sampled_from(_USAGE_FIELDS), st.one_of(_COUNT, _DETAILS), max_size=6),
+    _COUNT,
+    st.fixed_dictionaries({"prompt_tokens": st.integers(0, 10**6), "completion_tokens": st.integers(0, 10**6)}),
+    st.fixed_dictionaries({"input_tokens": st.integers(0, 10**6), "output_tokens": st.integers(0, 10**6)}),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(family=st.sampled_from(["openai", "anthropic"]), usage=_USAGES, streaming=st.booleans())
+def test_any_usage_a_reply_carries_ends_the_call_in_one_record(family: str, usage: Any, streaming: bool) -> None:
+    """Whatever a reply says its usage is, the call it answers ends in exactly one ledger record,
+    and no exception: at the usage's price when the price table can read it; a whole reply
+    whose usage it cannot read, at the call's worst case (`unfinished`); a stream, at what it
+    told of its usage and received, or at its worst case."""
+    import tempfile
+
+    import httpx2
+
+    from llmthrottle.providers.call import CallPlan, Settings
+    from llmthrottle.providers.learned import LearnedLimits
+    from llmthrottle.providers.pause import ProviderPause
+
+    model, path = (MINI, "/v1/chat/completions") if family == "openai" else ("claude-sonnet-4-5", "/v1/messages")
+    request = {"model": model, "messages": HELLO, "max_tokens": 50, "stream": streaming}
+    with tempfile.TemporaryDirectory() as directory, lt.Ledger(directory) as ledger:
+        guard = _guard(ledger)
+        settings = Settings(guard=guard, pause=ProviderPause(), learned=LearnedLimits())
+        plan = CallPlan.start(settings, "POST", "h", path, httpx2.Headers(), json.dumps(request).encode())
+        assert plan is not None
+        plan.call = guard.call(plan.keys(), **plan.admit_arguments())
+        plan.sending()
+        plan.observe(200, httpx2.Headers())
+        if not streaming:
+            plan.settle_whole(json.dumps({"id": "x", "usage": usage}).encode())
+        else:
+            reader = plan.reader()
+            if family == "openai":
+                reader.feed(_events({"choices": [], "usage": usage}, b"[DONE]"))
+            else:
+                events = [{"type": "message_start", "message": {"usage": usage}}, {"type": "message_stop"}]
+                reader.feed(b"".join(b"event: x\ndata: " + json.dumps(e).encode() + b"\n\n" for e in events))
+            reader.finish()
+            plan.settle(reader)
+        [record] = records(ledger)
+    counted = lt.estimate(request, provider=family)
+    worst = lt.worst_case_cost(model, counted.input_tokens, counted.max_output_tokens)
+    try:
+        priced: int | None = lt.cost(model, usage, provider=family).total_micros
+    except (ValueError, TypeError):
+        priced = None
+    # An Anthropic stream's input is read from its usage only when it is a count.
+    told = family == "openai" or (isinstance(usage, dict) and type(usage.get("input_tokens")) is int)
+    if priced is not None and (not streaming or told):
+        assert (record.outcome, record.cost_micros) == ("ok", priced)
+    elif not streaming:
+        assert (record.outcome, record.cost_micros) == ("unfinished", worst)
+    else:
+        assert record.outcome == "ok" or (record.outcome, record.cost_micros) == ("unfinished", worst)

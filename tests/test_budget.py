@@ -310,7 +310,8 @@ def test_every_ending_of_a_call_is_recorded_with_its_outcome_and_charge(tmp_path
 
 def test_a_call_whose_retry_is_refused_is_still_recorded(tmp_path):
     """`retry` gives the refused attempt's room back before it asks for the next: when that is
-    refused (the room went to another call meanwhile), the call still ends with one record."""
+    refused (the room went to another call meanwhile), the call still ends with one record,
+    however it ends (`fail`, leaving the `with` block on the error, `unfinished`)."""
     ledger = lt.Ledger(tmp_path / "ledger")
     guard = lt.Guard(lt.Limiter({"requests": "1/min"}), ledger=ledger)
     call = guard.call("team:a", model=MINI, input_tokens=10, max_output_tokens=10)
@@ -319,8 +320,21 @@ def test_a_call_whose_retry_is_refused_is_still_recorded(tmp_path):
         call.retry(timeout=0)
     call.fail("rate_limited", status=429)
     call.fail("rate_limited", status=429)  # once only
+    call.unfinished()  # recorded already
+    with pytest.raises(lt.RateLimited), guard.call("team:b", model=MINI, input_tokens=10, max_output_tokens=10) as b:
+        guard.limiter.charge("team:b", requests=1)
+        b.retry(timeout=0)
+    c = guard.call("team:c", model=MINI, input_tokens=10, max_output_tokens=10)
+    guard.limiter.charge("team:c", requests=1)
+    with pytest.raises(lt.RateLimited):
+        c.retry(timeout=0)
+    c.unfinished()
     ledger.flush()
-    assert [(r.outcome, r.cost_micros, r.tags["status"]) for r in ledger.records()] == [("rate_limited", 0, 429)]
+    assert [(r.team, r.outcome, r.cost_micros) for r in ledger.records()] == [
+        ("a", "rate_limited", 0),
+        ("b", "error", 0),
+        ("c", "error", 0),
+    ]
     ledger.close()
 
 

@@ -8,6 +8,7 @@ import datetime as dt
 import email.utils
 import gc
 import json
+import pickle
 import time
 from typing import Any
 
@@ -244,6 +245,9 @@ def test_llmthrottles_errors_reach_an_anthropic_caller_as_themselves(ledger: Any
         assert provider.counters.requests == 0
     assert isinstance(raised.value, anthropic.AnthropicError)
     assert "team:a" in str(raised.value)
+    # It crosses a process boundary as the error it is (a worker's error reaches its parent).
+    again = pickle.loads(pickle.dumps(raised.value))
+    assert type(again) is lt.BudgetExceeded and again.args == raised.value.args
 
 
 def test_streamed_usage_is_read_without_the_caller_seeing_the_extra_chunk(ledger: Any, opened: list[Any]) -> None:
@@ -308,30 +312,39 @@ def test_a_stream_abandoned_half_way_is_settled_with_what_was_received(ledger: A
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
-def test_a_stream_dropped_unread_is_settled_when_it_is_collected(ledger: Any, asynchronous: bool) -> None:
+def test_a_stream_dropped_unread_is_settled_after_it_is_collected(ledger: Any, asynchronous: bool) -> None:
     """The caller raised between `create(stream=True)` and reading the stream, which it dropped
     neither read nor closed: the provider answered, so the call is settled (as a stream
-    abandoned at its start) and recorded when the stream is collected."""
+    abandoned at its start) by the next wrapped call after it is collected, and reported to the
+    `lt.calls()` block it was made in, not to the one it was collected in."""
     with FakeProvider(output_tokens=5) as provider:
         if asynchronous:
 
-            async def drop() -> None:
+            async def calls() -> tuple[list[Any], list[Any]]:
                 async with lt.wrap(
                     openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger)
                 ) as client:
-                    await client.chat.completions.create(model=MINI, messages=HELLO, stream=True, max_tokens=50)
-                    gc.collect()
+                    with lt.calls() as made_in:
+                        await client.chat.completions.create(model=MINI, messages=HELLO, stream=True, max_tokens=50)
+                    with lt.calls() as collected_in:
+                        gc.collect()
+                        await client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=50)
+                return made_in, collected_in
 
-            asyncio.run(drop())
+            made_in, collected_in = asyncio.run(calls())
         else:
             with lt.wrap(
                 openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger)
             ) as client:
-                client.chat.completions.create(model=MINI, messages=HELLO, stream=True, max_tokens=50)
-                gc.collect()
-        assert provider.counters.by_status == {200: 1}
-    [record] = records(ledger)
-    assert record.outcome == "cancelled" and record.input_tokens > 0
+                with lt.calls() as made_in:
+                    client.chat.completions.create(model=MINI, messages=HELLO, stream=True, max_tokens=50)
+                with lt.calls() as collected_in:
+                    gc.collect()
+                    client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=50)
+        assert provider.counters.by_status == {200: 2}
+    assert [r.outcome for r in made_in] == ["cancelled"] and [r.outcome for r in collected_in] == ["ok"]
+    dropped, _ = records(ledger)
+    assert dropped.outcome == "cancelled" and dropped.input_tokens > 0
 
 
 def test_anthropic_messages_sync_and_streaming(ledger: Any, opened: list[Any]) -> None:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from provider_helpers import CHAT_REPLY, MINI, CannedServer, canned_server, records
 
 import llmthrottle as lt
+from llmthrottle.ledger.store import MAX_COST_MICROS
 
 openai = pytest.importorskip("openai")
 
@@ -121,7 +122,7 @@ def test_a_responses_stream_that_ends_short_is_priced_at_the_usage_it_reports(
     server: CannedServer, ledger: Any, end: str
 ) -> None:
     """A Responses stream ends with `response.incomplete` when it reaches `max_output_tokens`
-    (or `response.failed`), each with the usage the provider billed."""
+    (or `response.failed`, recorded as an error), each with the usage the provider billed."""
     usage = {"input_tokens": 5000, "output_tokens": 900, "total_tokens": 5900}
     response = {"id": "resp_1", "object": "response", "model": MINI, "status": end.split(".")[1], "output": []}
     server.content_type = "text/event-stream"
@@ -139,7 +140,8 @@ def test_a_responses_stream_that_ends_short_is_priced_at_the_usage_it_reports(
         ]
     assert kinds[-1] == end
     [record] = records(ledger)
-    assert (record.outcome, record.input_tokens, record.output_tokens) == ("ok", 5000, 900)
+    outcome = "ok" if end == "response.incomplete" else "error"
+    assert (record.outcome, record.input_tokens, record.output_tokens) == (outcome, 5000, 900)
     assert record.cost_micros == lt.cost(MINI, usage).total_micros
 
 
@@ -176,12 +178,12 @@ def test_a_reset_announced_past_max_retry_after_s_pauses_no_longer(server: Canne
     with lt.wrap(
         openai.OpenAI(base_url=server.openai_base_url, api_key="k", max_retries=0),
         guard=_guard(ledger),
-        max_retry_after_s=0.2,
+        max_retry_after_s=2,
     ) as client:
         for _ in range(2):
             assert client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=20).choices
     first, second = records(ledger)
-    assert first.tags["waited_s"] == 0 and 0 < second.tags["waited_s"] <= 0.2
+    assert first.tags["waited_s"] == 0 and 0 < second.tags["waited_s"] <= 2
 
 
 def test_a_whole_reply_to_a_stream_request_is_priced_as_a_whole_reply(server: CannedServer, ledger: Any) -> None:
@@ -205,6 +207,8 @@ def test_a_call_too_large_for_a_learned_limit_asks_the_provider_again_once_a_min
     too large for it is sent all the same, at most once a minute per provider key, and its
     reply teaches the limits again. While the provider keeps saying it, the other calls too
     large for it are refused before they leave."""
+    from llmthrottle.providers.learned import LearnedLimits
+
     tiny = {"x-ratelimit-limit-tokens": "10", "x-ratelimit-remaining-tokens": "10", "x-ratelimit-reset-tokens": "1s"}
     for provider_keeps_it in (True, False):
         server.encodings.clear()
@@ -220,9 +224,9 @@ def test_a_call_too_large_for_a_learned_limit_asks_the_provider_again_once_a_min
                 client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=20)
             assert len(server.encodings) == 2
         else:
-            for _ in range(3):
-                client.chat.completions.create(model=MINI, messages=HELLO, max_tokens=20)
-            assert len(server.encodings) == 5
+            learned: LearnedLimits = client._client._transport.settings.learned
+            [known] = learned._learned.values()
+            assert len(server.encodings) == 2 and dict((d, n) for d, n, _ in known.limits) == {"tokens": 100_000}
 
 
 _COUNT = st.one_of(
@@ -263,7 +267,8 @@ _USAGES = st.one_of(
 @given(family=st.sampled_from(["openai", "anthropic"]), usage=_USAGES, streaming=st.booleans())
 def test_any_usage_a_reply_carries_ends_the_call_in_one_record(family: str, usage: Any, streaming: bool) -> None:
     """Whatever a reply says its usage is, the call it answers ends in exactly one ledger record,
-    and no exception: at the usage's price when the price table can read it; a whole reply
+    and no exception: at the usage's price when the price table can read it (and it is no more
+    than one call can cost); a whole reply
     whose usage it cannot read, at the call's worst case (`unfinished`); a stream, at what it
     told of its usage and received, or at its worst case."""
     import tempfile
@@ -302,6 +307,8 @@ def test_any_usage_a_reply_carries_ends_the_call_in_one_record(family: str, usag
         priced: int | None = lt.cost(model, usage, provider=family).total_micros
     except (ValueError, TypeError):
         priced = None
+    if priced is not None and priced > MAX_COST_MICROS:
+        priced = None  # more than one call can cost: a garbled count
     # An Anthropic stream's input is read from its usage only when it is a count.
     told = family == "openai" or (isinstance(usage, dict) and type(usage.get("input_tokens")) is int)
     if priced is not None and (not streaming or told):

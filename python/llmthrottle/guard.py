@@ -22,6 +22,7 @@ from ._native import BudgetExceeded, InProcessState, Reservation, rolling_undrai
 from .budget import BUDGET_DIMENSION, Budget, budget_for, exact_dollars
 from .ledger import Ledger
 from .ledger.call import KEY_FIELDS, RECORD_COLUMNS, call_record, unfinished_record
+from .ledger.store import MAX_COST_MICROS
 from .limiter import Key, Limiter
 from .pricing import Cost, PriceTable
 from .pricing.usage import limited_input_tokens
@@ -295,6 +296,11 @@ class GuardedCall:
         `llmthrottle.pricing.usage.limits_count_cache_reads`)."""
         guard = self.guard
         cost = guard.prices.cost(self.model, usage, self.provider)
+        if cost.total_micros > MAX_COST_MICROS:
+            # Usage no call could have (a garbled reply): refused before anything is charged.
+            raise ValueError(
+                f"usage priced at {cost.total_micros} micro-dollars, over what one call can cost ({MAX_COST_MICROS})"
+            )
         u = cost.usage
         input_tokens = limited_input_tokens(u, cost.provider, self.model)
         actual: dict[str, Any] = {
@@ -377,10 +383,15 @@ class GuardedCall:
     def unfinished(self, **tags: Any) -> None:
         """The call may have been billed but its usage will never be known (it was on its way to
         the provider when the caller interrupted it): charged and recorded at the reservation,
-        outcome ``unfinished``, as when the ``with`` block is left without `finish`."""
-        if self.reservation.settled:
+        outcome ``unfinished``, as when the ``with`` block is left without `finish`. After a
+        `retry` that was refused, nothing is on its way (the refused attempt was given back): the
+        call is recorded at $0, outcome ``error``."""
+        if self._recorded:
             return
         self.tags.update(tags)
+        if self.reservation.settled:
+            self._refund("error")
+            return
         self._commit_as_reserved()
 
     def _commit_as_reserved(self) -> None:
@@ -424,9 +435,10 @@ class GuardedCall:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self.reservation.settled:
+        if self._recorded or (self.reservation.settled and exc_type is None):
             return
         if exc_type is not None:
+            # A refused `retry` raises here too, its reservation given back already.
             self._refund("error", {"error": exc_type.__name__})
         else:
             self._commit_as_reserved()

@@ -50,6 +50,9 @@ from .upstream import Upstreams
 
 __all__ = ["Gateway"]
 
+# A URL's port when it names none (left out of a provider's key, as httpx leaves it out).
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
 # Endpoints: path -> (family, the path after the deployment's base URL, which is what the
 # provider's SDK takes: OpenAI's ends in /v1, Anthropic's does not)
 _ROUTES: dict[str, tuple[Family, str]] = {
@@ -403,7 +406,7 @@ class Gateway:
             content,
             cache_scope=caller.tenant,
             parsed=outgoing,
-            port=url.explicit_port,
+            port=None if url.port == _DEFAULT_PORTS.get(url.scheme) else url.port,
         )
         assert plan is not None  # every route is an LLM endpoint with a model
         session = self.upstreams.client()

@@ -51,7 +51,7 @@ class ResponseCache:
 
     @staticmethod
     def key(scope: str, path: str, body: dict[str, Any]) -> str:
-        """The key of a request: its provider scope (host, API key, model), path and body."""
+        """The key of a request: its provider scope (server, API key, model), path and body."""
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.blake2b(f"{scope}\n{path}\n{canonical}".encode(), digest_size=20).hexdigest()
 

@@ -23,7 +23,7 @@ from .._json import loads
 from .._native import ExceedsCapacity, RateLimited
 from ..guard import Guard, GuardedCall
 from ..pricing import cost as price_of
-from ..pricing.table import Cost
+from ..pricing.table import Cost, PriceTable
 from ..pricing.usage import limited_tokens, normalize_usage
 from ..request_estimate import estimate_counts
 from ..tokens import count_tokens
@@ -67,7 +67,8 @@ class Settings:
     cache: ResponseCache | None = None
     # The model each request name (an Azure deployment) stands for (see models.py).
     model_of: Mapping[str, str] | None = None
-    # The wrapped SDK's base error: llmthrottle's errors are raised as it too (see sdk_errors.py).
+    # The base error of a wrapped SDK that wraps the others: llmthrottle's errors are raised as it too
+    # (see sdk_errors.py).
     sdk_error: type[Exception] | None = None
 
 
@@ -536,13 +537,17 @@ class CallPlan:
         self._report(outcome, None, None, status if isinstance(status, int) else None)
 
     def _report(self, outcome: str, usage: Any, cost: Cost | None, status: int | None) -> None:
-        """Hands the call's `CallReport` to the enclosing `lt.calls()` blocks, once."""
+        """Hands the call's `CallReport` to the enclosing `lt.calls()` blocks, once. An
+        `unfinished` call is reported at its worst case, as the ledger records it."""
         if self.reported:
             return
         self.reported = True
         if not listening():
             return
         family = self.endpoint.family
+        if outcome == "unfinished":
+            self._report_worst_case(status)
+            return
         if cost is None and usage is not None:
             try:
                 cost = price_of(self.body["model"], usage, family)
@@ -569,6 +574,34 @@ class CallPlan:
             )
         )
 
+    def _report_worst_case(self, status: int | None) -> None:
+        model = self.call.model if self.call is not None else self.body["model"]  # a budget's downgrade
+        family = self.endpoint.family
+        guard = self.settings.guard
+        try:
+            input_tokens, output_tokens = self.reserved_tokens()
+            worst = (guard.prices if guard is not None else PriceTable.default()).worst_case_cost(
+                model, input_tokens, output_tokens, family
+            )
+        except ValueError:  # a model without a price, or a body the estimate refuses
+            input_tokens = output_tokens = worst = 0
+        report(
+            CallReport(
+                model=model,
+                provider=family,
+                outcome="unfinished",
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                cost_micros=worst,
+                priced=False,
+                attempts=self.attempts,
+                waited_s=round(self.waited_s, 6),
+                latency_s=time.monotonic() - self.started,
+                ttft_s=self.first_byte_s if self.streaming else None,
+                status=status,
+            )
+        )
+
     def _answered_by(self, model: str) -> None:
         """Azure named the model that answered: the call is priced and recorded as it, when the
         price table knows it."""
@@ -583,7 +616,7 @@ class CallPlan:
         """Whether the reply (of `content_type`) to a streaming request is a stream. A JSON reply
         (from a provider or a proxy that ignored `stream`) is not: the call is then read and
         settled as a whole reply is."""
-        if content_type is not None and content_type.startswith("application/json"):
+        if content_type is not None and content_type[:16].lower() == "application/json":
             self.streaming = False
         return self.streaming
 
@@ -594,7 +627,7 @@ class CallPlan:
         """The usage to settle with and the outcome: the reply's own, or for a stream abandoned
         (or ended without usage) the input as estimated plus what was received."""
         if reader.complete and reader.usage is not None:
-            return reader.usage, "ok"
+            return reader.usage, "error" if reader.failed else "ok"
         received = count_tokens("".join(reader.text_parts), encoding="o200k_base") if reader.text_parts else 0
         told = reader.usage
         if self.endpoint.family == "anthropic":
@@ -637,9 +670,15 @@ class CallPlan:
         reader.take_whole(body)
         self.settle(reader)
 
+    @property
+    def unsettled(self) -> bool:
+        """Whether something of the call is still to settle: its report, its learned limits'
+        reservation or its guard's."""
+        return not self.reported or self.learned_reservation is not None or (self.call is not None and not self.settled)
+
     def settle(self, reader: UsageReader) -> None:
         """The body ended or was abandoned: reconcile, price, record, report."""
-        if self.reported and self.learned_reservation is None and (self.call is None or self.settled):
+        if not self.unsettled:
             return
         if (
             self.call is None
@@ -666,7 +705,7 @@ class CallPlan:
                 cost = self.call.finish(
                     usage, outcome=outcome, charge_reserved_output=self.endpoint.counts_reserved_output
                 )
-            except (ValueError, TypeError) as error:
+            except ValueError as error:
                 if self.call.reservation.settled:
                     raise  # charged and recorded: what failed came after
                 # Usage the price table cannot read (a count out of range, a cache write the

@@ -47,7 +47,7 @@ _FIRST_REPLY_S = 10.0
 _MAX_SILENT = 10_000
 # How often a call larger than a learned limit is sent all the same, per provider key: the
 # provider is asked again whether the limit stands.
-_RECHECK_S = 60.0
+_RECHECKS = {"recheck": {"rate": "1/min", "burst": 1}}
 
 # The dimensions a provider announces, each over the window the announcement names.
 _DIMENSIONS = ("requests", "tokens", "input_tokens", "output_tokens")
@@ -150,8 +150,8 @@ class LearnedLimits:
         self._teaching: dict[str, tuple[threading.Event, float]] = {}
         # Provider keys whose first reply announced no limits: nothing to wait for again.
         self._silent: set[str] = set()
-        # Provider keys a call too large for their limits was last sent to, and when.
-        self._rechecked: dict[str, float] = {}
+        # One call too large for a key's limits sent a minute, by every worker on the state.
+        self._rechecks = Limiter(_RECHECKS, state=state, namespace="llmthrottle.learned-recheck")
         self._lock = threading.Lock()
 
     def first_reply(self, key: str) -> threading.Event | object | None:
@@ -193,15 +193,9 @@ class LearnedLimits:
         """A call is larger than a limit learned for `key` can ever admit: whether to send it all
         the same, unreserved (at most once a minute per key), so that its reply says whether the
         limit stands. A limit learned from one garbled reply, or raised since, is not kept for
-        good; one that stands costs a refused call a minute."""
-        now = time.monotonic()
-        with self._lock:
-            if now < self._rechecked.get(key, 0.0):
-                return False
-            if len(self._rechecked) >= _MAX_SILENT:
-                self._rechecked.clear()
-            self._rechecked[key] = now + _RECHECK_S
-            return True
+        good; one that stands costs a refused call a minute, whatever the number of workers on
+        the state."""
+        return bool(self._rechecks.try_acquire(key, recheck=1))
 
     def observe(self, key: str, announced: Sequence[Announced]) -> None:
         # In the order the headers parser gives them, which is fixed per provider.
@@ -226,16 +220,21 @@ class LearnedLimits:
             # may do every few replies): the limits kept are the same, nothing to set again.
             self._learned[key] = Learned(limits, current.limiter, rates)
             return
-        # Each set of limits is counted apart (a limiter's level carried over to other limits
-        # would be read at their pace: what 10 a minute owed for three minutes, 100,000 a
-        # minute would owe as long). Every worker that learns the same limits counts on the same.
-        signature = f"{key}|{sorted(rates.items())}"
-        namespace = "llmthrottle.learned." + hashlib.sha256(signature.encode()).hexdigest()[:16]
-        self._learned[key] = Learned(limits, Limiter(rates, state=self._state, namespace=namespace), rates)
-        # Start where the provider is: what it says is used already (by this call, and by
-        # whoever else shares the key) is charged, so the first calls do not overshoot. A worker
-        # that learns the limits after another on the same state finds them counted.
-        self.catch_up(key, announced)
+        if current is None:
+            namespace = "llmthrottle.learned." + hashlib.sha256(key.encode()).hexdigest()[:16]
+            limiter = Limiter(rates, state=self._state, namespace=namespace)
+        else:
+            # One namespace per key, whatever its limits become (a shared table registers each
+            # for good). What the old limits counted carries over as the time it takes to refill,
+            # at the new limits' pace.
+            limiter = current.limiter
+            limiter.set_limits(rates)
+        self._learned[key] = Learned(limits, limiter, rates)
+        if current is None:
+            # Start where the provider is: what it says is used already (by this call, and by
+            # whoever else shares the key) is charged, so the first calls do not overshoot. A
+            # worker that learns the limits after another on the same state finds them counted.
+            self.catch_up(key, announced)
 
     def catch_up(self, key: str, announced: Sequence[Announced], held: Mapping[str, Any] | None = None) -> None:
         """Takes the provider's count where it is above the learned limits' own: each learned

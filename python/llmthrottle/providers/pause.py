@@ -25,7 +25,7 @@ from typing import Any, cast
 from .._native import InProcessState, Reservation
 from ..limiter import Limiter
 from .headers import credential
-from .protocol import Endpoint, base_path
+from .protocol import Endpoint, Kind, base_path
 
 __all__ = ["ProviderPause", "azure_account", "limit_scope", "pause_key"]
 
@@ -60,14 +60,13 @@ def azure_account(headers: Any) -> str | None:
 
 
 @functools.lru_cache(maxsize=256)
-def _origin(host: str, port: int | None, base: str) -> str:
+def _origin(host: str, port: int | None, path: str, kind: Kind | None) -> str:
     """Where a request went, as its provider's limits see it: two servers on one host (another
-    port, another base path: two local model servers, a proxy's routes) are two providers. A
-    long base path is kept by its digest, so that the key still names the model."""
-    where = host if port is None else f"{host}:{port}"
-    if len(base) > 64:
-        base = "#" + hashlib.sha256(base.encode()).hexdigest()[:16]
-    return where + base
+    port, another base path: two local model servers, a proxy's routes) are two providers. The
+    base path is the request's `path` before the endpoint of `kind` (None: left out). A long one
+    is kept by its digest, so that the key still names the model."""
+    where = (host if port is None else f"{host}:{port}") + ("" if kind is None else base_path(kind, path))
+    return where if len(where) <= 96 else f"{where[:64]}#{hashlib.sha256(where.encode()).hexdigest()[:16]}"
 
 
 def limit_scope(
@@ -79,8 +78,8 @@ def limit_scope(
     deployments, named apart from the path (chat and responses share a deployment's limits)."""
     presented = credential(headers)
     if endpoint.azure_deployment is None:
-        return pause_key(_origin(host, port, base_path(endpoint, path)), presented, name), cache_scope
-    key = pause_key(_origin(host, port, ""), azure_account(headers), name)
+        return pause_key(_origin(host, port, path, endpoint.kind), presented, name), cache_scope
+    key = pause_key(_origin(host, port, "", None), azure_account(headers), name)
     return key, f"{cache_scope}|{_account(presented or '')}"
 
 

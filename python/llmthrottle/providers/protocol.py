@@ -63,10 +63,10 @@ _ENDPOINTS = (
 _SUFFIX_OF = {endpoint.kind: suffix for suffix, endpoint in _ENDPOINTS}
 
 
-def base_path(endpoint: Endpoint, path: str) -> str:
-    """The part of a request's `path` before its endpoint's own (`/v1` of
+def base_path(kind: Kind, path: str) -> str:
+    """The part of a request's `path` before the own path of its endpoint's `kind` (`/v1` of
     `/v1/chat/completions`): where the client was pointed."""
-    suffix = _SUFFIX_OF[endpoint.kind]
+    suffix = _SUFFIX_OF[kind]
     return path[: -len(suffix)] if path.endswith(suffix) else path
 
 
@@ -236,7 +236,9 @@ def whole_usage(body: bytes) -> dict[str, Any] | None:
 
 # A server-sent event ends with a blank line: two line ends in a row, each CRLF, LF or CR
 # (proxies differ, and one stream may mix them). A CR right before an LF begins a CRLF: never a
-# line end of its own.
+# line end of its own. A CR that ends what has arrived so far is taken as one: were it the start
+# of a CRLF, its LF begins the next event as an empty line, which every SSE reader skips, and no
+# event waits for a byte that may be long in coming.
 _EVENT_END = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r(?!\n))")
 # A search for the end of an event resumes this far back from where the last one stopped: the
 # longest blank line ("\r\n\r\n") but its last byte.
@@ -300,6 +302,7 @@ class UsageReader:
         "_whole_unread",
         "body",
         "endpoint",
+        "failed",
         "hide_usage_chunk",
         "text_parts",
     )
@@ -309,6 +312,9 @@ class UsageReader:
         self.hide_usage_chunk = hide_usage_chunk
         self._usage: dict[str, Any] | None = None
         self._complete = False
+        # The provider ended the reply as failed, billing what its usage says (the Responses
+        # API's `response.failed`).
+        self.failed = False
         self.text_parts: list[str] = []
         # Azure: the model the reply names (a deployment's name says nothing of its model).
         self._model: str | None = None
@@ -395,6 +401,7 @@ class UsageReader:
                 if isinstance(response.get("usage"), dict):
                     self._usage = response["usage"]
                     self._complete = kind in _RESPONSE_ENDS or self._complete
+                    self.failed = kind == "response.failed"
                 if self._wants_model:
                     self._note_model(response)
             elif kind == "response.output_text.delta" and isinstance(decoded.get("delta"), str):

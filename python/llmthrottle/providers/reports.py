@@ -18,16 +18,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["CallReport", "calls", "report"]
+__all__ = ["CallReport", "calls", "current_sinks", "report", "reporting_to"]
 
 
 @dataclass(frozen=True)
 class CallReport:
     """One wrapped call, as it ended.
 
-    `outcome` is the ledger's (``ok``, ``rate_limited``, ``error``, ``cancelled``); tokens are
-    the provider's usage (0 when the call ended without any); `cost_micros` is integer
-    micro-dollars (0 when unpriced, see `priced`); `attempts` counts every request sent,
+    `outcome` is the ledger's (``ok``, ``rate_limited``, ``error``, ``cancelled``,
+    ``cache_hit``, ``unfinished``); tokens are the provider's usage (0 when the call ended
+    without any); `cost_micros` is integer micro-dollars: the usage priced (`priced`), an
+    ``unfinished`` call's worst case (with its reserved tokens, as the ledger records it), else
+    0; `attempts` counts every request sent,
     `waited_s` the seconds spent waiting for the limits or a retry, `latency_s` the whole call,
     `status` the HTTP status of the answer handed back (None for a transport error).
     """
@@ -65,6 +67,22 @@ def calls() -> Iterator[list[CallReport]]:
 def listening() -> bool:
     """Whether a `calls()` block encloses this point (so that a report is worth building)."""
     return bool(_SINKS.get())
+
+
+def current_sinks() -> tuple[list[CallReport], ...]:
+    """The lists of the `calls()` blocks enclosing this point (for `reporting_to`)."""
+    return _SINKS.get()
+
+
+@contextmanager
+def reporting_to(sinks: tuple[list[CallReport], ...]) -> Iterator[None]:
+    """Reports made inside go to `sinks` (blocks entered elsewhere), not to the blocks here: a
+    call settled away from where it was made reports where it was made."""
+    token = _SINKS.set(sinks)
+    try:
+        yield
+    finally:
+        _SINKS.reset(token)
 
 
 def report(made: CallReport) -> None:

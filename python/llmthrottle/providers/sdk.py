@@ -79,9 +79,9 @@ def wrap(
     model Azure says answered, tagged `azure_deployment`.
 
     llmthrottle's errors (`lt.RateLimited`, `lt.BudgetExceeded`, `lt.ExceedsCapacity`,
-    `lt.RequestTooLarge`) come through either SDK as themselves, each also an instance of the
-    SDK's base error (`openai.OpenAIError`, `anthropic.AnthropicError`), never wrapped in a
-    connection error.
+    `lt.RequestTooLarge`) come through either SDK as themselves, never wrapped in a connection
+    error (through Anthropic's, each is also an `anthropic.AnthropicError`, which that SDK passes
+    on; it pickles as its own class).
 
     The returned client shares `client`'s connection pool and transport: calls made through
     `client` itself are throttled too, and no error answer llmthrottle hands back is retried by

@@ -1,32 +1,44 @@
-"""llmthrottle's own errors, raised through an SDK client: an SDK passes on the errors of its
-own family as they are and wraps any other exception its transport raises in a connection
-error (Anthropic's does, to every exception; OpenAI's, to httpx's). So a wrapped client raises
-each llmthrottle error as a subclass of both its own class and the SDK's base error
-(`anthropic.AnthropicError`, `openai.OpenAIError`): `except lt.BudgetExceeded` catches it, with
-every attribute it carries, whichever SDK it came through."""
+"""llmthrottle's own errors, raised through an Anthropic client. Anthropic's SDK wraps any
+exception its transport raises in a connection error, except its own (`AnthropicError`), so a
+wrapped Anthropic client raises each llmthrottle error as a subclass of both its own class and
+`anthropic.AnthropicError`: `except lt.BudgetExceeded` catches it, with every attribute it
+carries, and it pickles as its own class. (OpenAI's SDK passes on what is not an httpx error as
+it is: its errors need nothing.)"""
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from .._native import LlmthrottleError
 
-__all__ = ["as_sdk_error", "sdk_error_base"]
-
-# The SDKs' base errors, by the name of the package that defines them.
-_BASES = {"anthropic": "AnthropicError", "openai": "OpenAIError"}
+__all__ = ["as_sdk_error", "raise_through", "sdk_error_base"]
 
 # (llmthrottle error class, SDK base error) -> the class that is both: made once each.
 _KINDS: dict[tuple[type[BaseException], type[BaseException]], type[LlmthrottleError]] = {}
 
 
 def sdk_error_base(client: Any) -> type[Exception] | None:
-    """The base error of the SDK `client` belongs to, None for another client."""
-    package = type(client).__module__.partition(".")[0]
-    module = sys.modules.get(package)
-    base = getattr(module, _BASES.get(package, ""), None)
+    """The base error of the SDK `client` belongs to (a subclass of one of its clients too),
+    when that SDK wraps llmthrottle's errors; None otherwise."""
+    anthropic = sys.modules.get("anthropic")
+    if anthropic is None or not isinstance(client, (anthropic.Anthropic, anthropic.AsyncAnthropic)):
+        return None
+    base = anthropic.AnthropicError
     return base if isinstance(base, type) and issubclass(base, Exception) else None
+
+
+def _plain(kind: type[LlmthrottleError], args: tuple[Any, ...], attributes: dict[str, Any]) -> LlmthrottleError:
+    """`kind`'s error made from its args and attributes, without calling its constructor (a class
+    may take other arguments than its message): how an error raised through an SDK unpickles."""
+    error = kind.__new__(kind, *args)
+    error.args = args
+    error.__dict__.update(attributes)
+    return error
+
+
+def _reduce(error: LlmthrottleError) -> tuple[Any, ...]:
+    return (_plain, (type(error).__mro__[1], error.args, dict(error.__dict__)))
 
 
 def as_sdk_error(error: LlmthrottleError, base: type[Exception]) -> LlmthrottleError:
@@ -35,10 +47,15 @@ def as_sdk_error(error: LlmthrottleError, base: type[Exception]) -> LlmthrottleE
     kind = type(error)
     both = _KINDS.get((kind, base))
     if both is None:
-        both = _KINDS[(kind, base)] = type(kind.__name__, (kind, base), {"__module__": kind.__module__})
-        both.__qualname__ = kind.__qualname__
-    # Made as a copy, not constructed: a class may take other arguments than its message.
-    raised = both.__new__(both, *error.args)
-    raised.args = error.args
-    raised.__dict__.update(error.__dict__)
+        namespace = {"__module__": kind.__module__, "__qualname__": kind.__qualname__, "__reduce__": _reduce}
+        both = _KINDS[(kind, base)] = type(kind.__name__, (kind, base), namespace)
+    raised = _plain(both, error.args, error.__dict__)
     return raised.with_traceback(error.__traceback__)
+
+
+def raise_through(error: LlmthrottleError, base: type[Exception] | None) -> NoReturn:
+    """Raises `error`, from a wrapped client's transport, so that its SDK (whose base error is
+    `base`, None for one that needs nothing) passes it on as it is."""
+    if base is None or isinstance(error, base):
+        raise error
+    raise as_sdk_error(error, base) from error.__cause__

@@ -9,6 +9,8 @@ attempt is admitted and counted.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import collections
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -20,7 +22,8 @@ from .._native import LlmthrottleError
 from .cache import CachedReply
 from .call import CallPlan, Settings
 from .protocol import UsageReader
-from .sdk_errors import as_sdk_error
+from .reports import CallReport, current_sinks, reporting_to
+from .sdk_errors import raise_through
 
 __all__ = ["AsyncThrottledTransport", "ThrottledTransport", "attempts_async", "passed", "ended"]
 
@@ -85,17 +88,38 @@ def ended(plan: CallPlan, reader: UsageReader) -> bytes:
     return tail
 
 
-def _settle_dropped(plan: CallPlan, reader: UsageReader) -> None:
-    """Settles the call of a stream being collected unsettled (a no-op once it was settled)."""
-    try:
-        plan.settle(reader)
-    except Exception:  # collected at exit, after its ledger closed: nothing to record into
-        pass
+# Streams collected neither read to their end nor closed (the caller raised before reading
+# one), with the `calls()` blocks they were made in: settled by the next call through a wrapped
+# client in this process, or at exit. Not from the finalizer itself, which runs wherever the
+# collector does: in another call's context, inside the ledger's lock.
+_DROPPED: collections.deque[tuple[CallPlan, UsageReader, tuple[list[CallReport], ...]]] = collections.deque()
+
+
+def _dropped(plan: CallPlan, reader: UsageReader, sinks: tuple[list[CallReport], ...]) -> None:
+    if plan.unsettled:
+        _DROPPED.append((plan, reader, sinks))
+
+
+@atexit.register
+def settle_dropped() -> None:
+    """Settles the calls of the streams dropped unsettled since the last time, as streams
+    abandoned at the point they reached."""
+    while _DROPPED:
+        try:
+            plan, reader, sinks = _DROPPED.popleft()
+        except IndexError:  # another thread took the last one
+            return
+        with reporting_to(sinks):
+            try:
+                plan.settle(reader)
+            except Exception:  # at exit, its ledger closed already: nothing to record into
+                pass
 
 
 class _ObservedStream(httpx2.SyncByteStream):
     def __init__(self, inner: Any, plan: CallPlan, reader: UsageReader) -> None:
         self._inner, self._plan, self._reader = inner, plan, reader
+        self._sinks = current_sinks()
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self._inner:
@@ -113,14 +137,14 @@ class _ObservedStream(httpx2.SyncByteStream):
             self._plan.settle(self._reader)  # no-op when the body was read to its end
 
     def __del__(self) -> None:
-        # Dropped neither read to its end nor closed (the caller raised before reading it):
-        # settled as a stream abandoned half-way is.
-        _settle_dropped(self._plan, self._reader)
+        # Dropped neither read to its end nor closed: settled soon after (see `_DROPPED`).
+        _dropped(self._plan, self._reader, self._sinks)
 
 
 class _AsyncObservedStream(httpx2.AsyncByteStream):
     def __init__(self, inner: Any, plan: CallPlan, reader: UsageReader) -> None:
         self._inner, self._plan, self._reader = inner, plan, reader
+        self._sinks = current_sinks()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._inner:
@@ -138,8 +162,7 @@ class _AsyncObservedStream(httpx2.AsyncByteStream):
             self._plan.settle(self._reader)
 
     def __del__(self) -> None:
-        # As `_ObservedStream.__del__`: dropped neither read to its end nor closed.
-        _settle_dropped(self._plan, self._reader)
+        _dropped(self._plan, self._reader, self._sinks)
 
 
 def _observed(response: httpx2.Response, plan: CallPlan) -> httpx2.Response:
@@ -184,13 +207,12 @@ class ThrottledTransport(httpx2.BaseTransport):
         self.settings = settings
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        if _DROPPED:
+            settle_dropped()
         try:
             return self._throttled(request)
         except LlmthrottleError as error:
-            base = self.settings.sdk_error
-            if base is None or isinstance(error, base):
-                raise
-            raise as_sdk_error(error, base) from error.__cause__
+            raise_through(error, self.settings.sdk_error)
 
     def _throttled(self, request: httpx2.Request) -> httpx2.Response:
         content = request.read()
@@ -280,13 +302,12 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
         self.settings = settings
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if _DROPPED:
+            settle_dropped()
         try:
             return await self._throttled(request)
         except LlmthrottleError as error:
-            base = self.settings.sdk_error
-            if base is None or isinstance(error, base):
-                raise
-            raise as_sdk_error(error, base) from error.__cause__
+            raise_through(error, self.settings.sdk_error)
 
     async def _throttled(self, request: httpx2.Request) -> httpx2.Response:
         content = await request.aread()

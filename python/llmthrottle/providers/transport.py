@@ -37,6 +37,12 @@ def _reads_stream(plan: CallPlan) -> bool:
     return plan.streaming and plan.reads_reply
 
 
+def _plan_of(settings: Settings, request: httpx2.Request, content: bytes) -> CallPlan | None:
+    """The plan of `request` (whose body is `content`), None when it is not an LLM call."""
+    url = request.url
+    return CallPlan.start(settings, request.method, url.host, url.path, request.headers, content, port=url.port)
+
+
 def _rebuilt(request: httpx2.Request, plan: CallPlan, content: bytes) -> httpx2.Request:
     """The request with the body the plan rewrote, if it did, asking for an uncompressed reply
     when its stream is read. Building a new request costs more than the rest of the wrapper's
@@ -216,15 +222,7 @@ class ThrottledTransport(httpx2.BaseTransport):
 
     def _throttled(self, request: httpx2.Request) -> httpx2.Response:
         content = request.read()
-        plan = CallPlan.start(
-            self.settings,
-            request.method,
-            request.url.host,
-            request.url.path,
-            request.headers,
-            content,
-            port=request.url.port,
-        )
+        plan = _plan_of(self.settings, request, content)
         if plan is None:
             return self.inner.handle_request(request)
         if plan.cache_key is not None and (hit := plan.cached_reply()) is not None:
@@ -311,15 +309,7 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
 
     async def _throttled(self, request: httpx2.Request) -> httpx2.Response:
         content = await request.aread()
-        plan = CallPlan.start(
-            self.settings,
-            request.method,
-            request.url.host,
-            request.url.path,
-            request.headers,
-            content,
-            port=request.url.port,
-        )
+        plan = _plan_of(self.settings, request, content)
         if plan is None:
             return await self.inner.handle_async_request(request)
         if plan.cache_key is not None and (hit := plan.cached_reply()) is not None:

@@ -37,12 +37,6 @@ def _reads_stream(plan: CallPlan) -> bool:
     return plan.streaming and plan.reads_reply
 
 
-def _plan_of(settings: Settings, request: httpx2.Request, content: bytes) -> CallPlan | None:
-    """The plan of `request` (whose body is `content`), None when it is not an LLM call."""
-    url = request.url
-    return CallPlan.start(settings, request.method, url.host, url.path, request.headers, content, port=url.port)
-
-
 def _rebuilt(request: httpx2.Request, plan: CallPlan, content: bytes) -> httpx2.Request:
     """The request with the body the plan rewrote, if it did, asking for an uncompressed reply
     when its stream is read. Building a new request costs more than the rest of the wrapper's
@@ -216,62 +210,62 @@ class ThrottledTransport(httpx2.BaseTransport):
         if _DROPPED:
             settle_dropped()
         try:
-            return self._throttled(request)
+            content = request.read()
+            url = request.url
+            plan = CallPlan.start(
+                self.settings, request.method, url.host, url.path, request.headers, content, port=url.port
+            )
+            if plan is None:
+                return self.inner.handle_request(request)
+            if plan.cache_key is not None and (hit := plan.cached_reply()) is not None:
+                return _cached_response(hit, request)
+            if plan.content is not content or _reads_stream(plan):
+                request = _rebuilt(request, plan, content)
+            guard = self.settings.guard
+            try:
+                while True:
+                    while (paused := plan.pause_wait_s()) > 0:
+                        self._wait(plan, paused)
+                    if (taught := plan.first_reply()) is not None:  # the limits are being learned
+                        started = time.monotonic()
+                        taught.wait(plan.first_reply_s())
+                        plan.waited_s += time.monotonic() - started
+                        continue
+                    if guard is not None:
+                        if plan.call is None:
+                            plan.call = guard.call(plan.keys(), **plan.admit_arguments())
+                        elif plan.attempts > 0:
+                            plan.call.retry(timeout=plan.remaining_s())
+                    learned = plan.learned_admission()
+                    if learned is not None:  # no room at once: wait for room, within the deadline
+                        plan.learned_reservation = learned[0].acquire(
+                            plan.pause_key, timeout=plan.admission_timeout(), queue=plan.waits_in_line, **learned[1]
+                        )
+                    plan.sending()
+                    try:
+                        response = self.inner.handle_request(request)
+                    except httpx2.TransportError as error:
+                        wait = plan.transport_error_wait()
+                        if wait is None:
+                            plan.fail("error", error=type(error).__name__)
+                            raise
+                        self._wait(plan, wait)
+                        continue
+                    plan.observe(response.status_code, response.headers)
+                    if response.status_code < 400:
+                        return _observed(response, plan)
+                    body = response.read()
+                    response.close()
+                    wait = plan.next_wait(response.status_code, response.headers, body)
+                    if wait is None:
+                        plan.fail(plan.given_up_outcome(), status=response.status_code)
+                        return _error_response(response, body)
+                    self._wait(plan, wait)
+            except BaseException as error:
+                plan.interrupted(error)
+                raise
         except LlmthrottleError as error:
             raise_through(error, self.settings.sdk_error)
-
-    def _throttled(self, request: httpx2.Request) -> httpx2.Response:
-        content = request.read()
-        plan = _plan_of(self.settings, request, content)
-        if plan is None:
-            return self.inner.handle_request(request)
-        if plan.cache_key is not None and (hit := plan.cached_reply()) is not None:
-            return _cached_response(hit, request)
-        if plan.content is not content or _reads_stream(plan):
-            request = _rebuilt(request, plan, content)
-        guard = self.settings.guard
-        try:
-            while True:
-                while (paused := plan.pause_wait_s()) > 0:
-                    self._wait(plan, paused)
-                if (taught := plan.first_reply()) is not None:  # the limits are being learned
-                    started = time.monotonic()
-                    taught.wait(plan.first_reply_s())
-                    plan.waited_s += time.monotonic() - started
-                    continue
-                if guard is not None:
-                    if plan.call is None:
-                        plan.call = guard.call(plan.keys(), **plan.admit_arguments())
-                    elif plan.attempts > 0:
-                        plan.call.retry(timeout=plan.remaining_s())
-                learned = plan.learned_admission()
-                if learned is not None:  # no room at once: wait for room, within the deadline
-                    plan.learned_reservation = learned[0].acquire(
-                        plan.pause_key, timeout=plan.admission_timeout(), queue=plan.waits_in_line, **learned[1]
-                    )
-                plan.sending()
-                try:
-                    response = self.inner.handle_request(request)
-                except httpx2.TransportError as error:
-                    wait = plan.transport_error_wait()
-                    if wait is None:
-                        plan.fail("error", error=type(error).__name__)
-                        raise
-                    self._wait(plan, wait)
-                    continue
-                plan.observe(response.status_code, response.headers)
-                if response.status_code < 400:
-                    return _observed(response, plan)
-                body = response.read()
-                response.close()
-                wait = plan.next_wait(response.status_code, response.headers, body)
-                if wait is None:
-                    plan.fail(plan.given_up_outcome(), status=response.status_code)
-                    return _error_response(response, body)
-                self._wait(plan, wait)
-        except BaseException as error:
-            plan.interrupted(error)
-            raise
 
     @staticmethod
     def _wait(plan: CallPlan, seconds: float) -> None:
@@ -303,44 +297,44 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
         if _DROPPED:
             settle_dropped()
         try:
-            return await self._throttled(request)
+            content = await request.aread()
+            url = request.url
+            plan = CallPlan.start(
+                self.settings, request.method, url.host, url.path, request.headers, content, port=url.port
+            )
+            if plan is None:
+                return await self.inner.handle_async_request(request)
+            if plan.cache_key is not None and (hit := plan.cached_reply()) is not None:
+                return _cached_response(hit, request)
+            if plan.content is not content or _reads_stream(plan):
+                request = _rebuilt(request, plan, content)
+            first: httpx2.Response | httpx2.TransportError | None = None
+            if plan.admitted_at_once():
+                # Most calls: sent from this frame, without the loop's coroutine around the wait.
+                try:
+                    first = await self.inner.handle_async_request(request)
+                except httpx2.TransportError as error:
+                    first = error
+                except BaseException as error:
+                    plan.interrupted(error)
+                    raise
+                else:
+                    plan.observe(first.status_code, first.headers)
+                    if first.status_code < 400:
+                        return await _observed_async(first, plan)
+            response, body = await attempts_async(
+                plan,
+                functools.partial(self.inner.handle_async_request, request),
+                _status_of,
+                _drained,
+                (httpx2.TransportError,),
+                first,
+            )
+            if body is None:
+                return await _observed_async(response, plan)
+            return _error_response(response, body)
         except LlmthrottleError as error:
             raise_through(error, self.settings.sdk_error)
-
-    async def _throttled(self, request: httpx2.Request) -> httpx2.Response:
-        content = await request.aread()
-        plan = _plan_of(self.settings, request, content)
-        if plan is None:
-            return await self.inner.handle_async_request(request)
-        if plan.cache_key is not None and (hit := plan.cached_reply()) is not None:
-            return _cached_response(hit, request)
-        if plan.content is not content or _reads_stream(plan):
-            request = _rebuilt(request, plan, content)
-        first: httpx2.Response | httpx2.TransportError | None = None
-        if plan.admitted_at_once():
-            # Most calls: sent from this frame, without the loop's coroutine around the wait.
-            try:
-                first = await self.inner.handle_async_request(request)
-            except httpx2.TransportError as error:
-                first = error
-            except BaseException as error:
-                plan.interrupted(error)
-                raise
-            else:
-                plan.observe(first.status_code, first.headers)
-                if first.status_code < 400:
-                    return await _observed_async(first, plan)
-        response, body = await attempts_async(
-            plan,
-            functools.partial(self.inner.handle_async_request, request),
-            _status_of,
-            _drained,
-            (httpx2.TransportError,),
-            first,
-        )
-        if body is None:
-            return await _observed_async(response, plan)
-        return _error_response(response, body)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

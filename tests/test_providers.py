@@ -250,6 +250,24 @@ def test_llmthrottles_errors_reach_an_anthropic_caller_as_themselves(ledger: Any
     assert type(again) is lt.BudgetExceeded and again.args == raised.value.args
 
 
+def test_a_downgrade_budget_refuses_a_wrapped_call_it_cannot_send_as_its_cheaper_model(
+    ledger: Any, opened: list[Any]
+) -> None:
+    """A wrapped SDK sends its request as it was made: a budget at its end that would downgrade
+    the call refuses it instead of admitting and pricing it as a model that is not sent."""
+    budget = lt.Budget("team:*", 0.000001, "day", on_exceed="downgrade", downgrade_to=MINI)
+    with FakeProvider() as provider:
+        client = lt.wrap(
+            openai.OpenAI(base_url=provider.openai_base_url, api_key="k"),
+            guard=guard_for(ledger, budgets=[budget]),
+            keys=["team:a"],
+        )
+        opened.append(client)
+        with pytest.raises(lt.BudgetExceeded):
+            client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=1000)
+        assert provider.counters.requests == 0
+
+
 def test_streamed_usage_is_read_without_the_caller_seeing_the_extra_chunk(ledger: Any, opened: list[Any]) -> None:
     with FakeProvider(output_tokens=7) as provider:
         client = lt.wrap(openai.OpenAI(base_url=provider.openai_base_url, api_key="k"), guard=guard_for(ledger))

@@ -140,18 +140,22 @@ class Guard:
         max_output_tokens: int | None = None,
         provider: str | None = None,
         timeout: float | None = None,
+        downgrade: bool = True,
         **tags: Any,
     ) -> GuardedCall:
         """Waits until the call is admitted (see `Limiter.acquire`) and returns it. The call's
         size is `input_tokens` and `max_output_tokens`, or counted from the request `body`
         (an OpenAI or, with `provider="anthropic"`, Anthropic body). A budget with
         `on_exceed="downgrade"` retries once with its cheaper model; `call.model` is the model
-        to use. Raises `BudgetExceeded`, `RateLimited` or `ExceedsCapacity`."""
+        to use (with `downgrade=False`, for a caller that cannot send another model, it refuses
+        as `"reject"` does). Raises `BudgetExceeded`, `RateLimited` or `ExceedsCapacity`."""
         key_list = [keys] if isinstance(keys, str) else list(keys)
         model, sizes = self._sizes(model, body, input_tokens, max_output_tokens, provider)
         try:
             reservation = self.limiter.acquire(key_list, timeout=timeout, **self._amounts(model, *sizes))
         except BudgetExceeded as exceeded:
+            if not downgrade:
+                raise
             model = _downgrade(exceeded, model)
             reservation = self.limiter.acquire(key_list, timeout=timeout, **self._amounts(model, *sizes))
         return GuardedCall(self, reservation, key_list, model, sizes[:2], provider, tags)
@@ -187,6 +191,7 @@ class Guard:
         max_output_tokens: int | None = None,
         provider: str | None = None,
         timeout: float | None = None,
+        downgrade: bool = True,
         **tags: Any,
     ) -> GuardedCall:
         """`call` for asyncio."""
@@ -195,6 +200,8 @@ class Guard:
         try:
             reservation = await self.limiter.acquire_async(key_list, timeout=timeout, **self._amounts(model, *sizes))
         except BudgetExceeded as exceeded:
+            if not downgrade:
+                raise
             model = _downgrade(exceeded, model)
             reservation = await self.limiter.acquire_async(key_list, timeout=timeout, **self._amounts(model, *sizes))
         return GuardedCall(self, reservation, key_list, model, sizes[:2], provider, tags)

@@ -142,6 +142,7 @@ class Gateway:
                 max_attempts=1,
                 deadline_s=config.request_timeout_s,
                 admission_timeout_s=config.queue_timeout_s,
+                downgrade=True,  # each attempt is sent as `plan.call.model`
             )
             for tier, guard in guards.items()
         }

@@ -67,6 +67,9 @@ class Settings:
     cache: ResponseCache | None = None
     # The model each request name (an Azure deployment) stands for (see models.py).
     model_of: Mapping[str, str] | None = None
+    # Whether a budget at its end may downgrade a call to its cheaper model: only for a caller
+    # that sends `call.model` (the gateway); a wrapped SDK's request is sent as it was made.
+    downgrade: bool = False
     # The base error of a wrapped SDK that wraps the others: llmthrottle's errors are raised as it too
     # (see sdk_errors.py).
     sdk_error: type[Exception] | None = None
@@ -92,6 +95,7 @@ class CallPlan:
         "in_flight",
         "last_failure",
         "learned_reservation",
+        "output_unreserved",
         "pause_key",
         "reads_reply",
         "reported",
@@ -134,6 +138,8 @@ class CallPlan:
         self.status: int | None = None
         self.last_failure: str | None = None
         self.learned_reservation: Any = None
+        # Sent without a learned reservation, its output is still to charge when it settles.
+        self.output_unreserved = False
         self.teaching = False
         # An attempt has left and no answer came back yet: the provider may be billing it.
         self.in_flight = False
@@ -227,6 +233,7 @@ class CallPlan:
         arguments: dict[str, Any] = {
             "provider": self.endpoint.family,
             "timeout": self.admission_timeout(),
+            "downgrade": self.settings.downgrade,
             **context_tags(),
         }
         guard = self.settings.guard
@@ -298,7 +305,12 @@ class CallPlan:
                     # count includes it, but the learned limits' reservations it has not seen
                     # yet can hide it from `catch_up`.
                     try:
-                        learned.charge_unreserved(self.pause_key, self.endpoint.family, *self.reserved_tokens())
+                        input_tokens, output_tokens = self.reserved_tokens()
+                        if not self.endpoint.counts_reserved_output:
+                            # The provider counts the output produced (Anthropic): charged from
+                            # the reply's usage when it settles (`_settle_learned`).
+                            output_tokens, self.output_unreserved = 0, True
+                        learned.charge_unreserved(self.pause_key, self.endpoint.family, input_tokens, output_tokens)
                     except ValueError:  # a body the estimate refuses: nothing to charge
                         pass
                 held = reservation.reserved if reservation is not None else {}
@@ -410,6 +422,9 @@ class CallPlan:
     def _settle_learned(self, usage: Any) -> None:
         reservation, self.learned_reservation = self.learned_reservation, None
         if reservation is None:
+            if self.output_unreserved:
+                self.output_unreserved = False
+                self._charge_unreserved_output(usage)
             return
         if self.endpoint.counts_reserved_output:
             reservation.commit()  # the provider counts the output reservation, used or not
@@ -422,7 +437,16 @@ class CallPlan:
         if learned is None:
             reservation.commit()
             return
-        reservation.commit(**learned.amounts(self.endpoint.family, input_tokens, output_tokens))
+        reservation.commit(**learned.counted(self.endpoint.family, input_tokens, output_tokens))
+
+    def _charge_unreserved_output(self, usage: Any) -> None:
+        """A call sent without a learned reservation was charged its input: its output as the
+        reply's usage says (unreadable: its whole reservation), as the provider counts it."""
+        try:
+            output_tokens = limited_tokens(usage, self.endpoint.family, self.body["model"])[1]
+        except (ValueError, TypeError):
+            output_tokens = self.reserved_tokens()[1]
+        self.settings.learned.charge_unreserved(self.pause_key, self.endpoint.family, 0, output_tokens, requests=0)
 
     def next_wait(self, status: int, headers: Any, body: bytes) -> float | None:
         """After an error answer: seconds to wait before the next attempt, or None to give the
@@ -674,7 +698,12 @@ class CallPlan:
     def unsettled(self) -> bool:
         """Whether something of the call is still to settle: its report, its learned limits'
         reservation or its guard's."""
-        return not self.reported or self.learned_reservation is not None or (self.call is not None and not self.settled)
+        return (
+            not self.reported
+            or self.learned_reservation is not None
+            or self.output_unreserved
+            or (self.call is not None and not self.settled)
+        )
 
     def settle(self, reader: UsageReader) -> None:
         """The body ended or was abandoned: reconcile, price, record, report."""
@@ -684,6 +713,7 @@ class CallPlan:
             self.call is None
             and self.settings.cache is None
             and (self.learned_reservation is None or self.endpoint.counts_reserved_output)
+            and not self.output_unreserved
             and not listening()
         ):
             self.settle_unread()

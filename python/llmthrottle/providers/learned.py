@@ -106,7 +106,7 @@ class Learned:
     """What is known of one provider key: the `(dimension, limit, window_s)` announced, the
     rates enforced of them and the limiter that keeps them."""
 
-    __slots__ = ("_by_position", "dimensions", "limiter", "limits", "rates", "summary")
+    __slots__ = ("_by_position", "_caps", "dimensions", "limiter", "limits", "rates", "summary")
 
     def __init__(self, limits: tuple[tuple[str, int, float], ...], limiter: Limiter, rates: dict[str, Any]) -> None:
         self.limits = limits
@@ -118,6 +118,7 @@ class Learned:
         # Requests and tokens are what most providers announce: those two go to `try_acquire`
         # by position, with no keyword dict to build.
         self._by_position = self.dimensions <= {"requests", "tokens"}
+        self._caps = {dimension: limit for dimension, limit, _window_s in limits}
 
     def amounts(self, family: str, input_tokens: int, output_tokens: int) -> dict[str, int]:
         """A call's amounts in the dimensions limited (tokens as `_tokens` counts them; Anthropic's
@@ -131,6 +132,13 @@ class Learned:
         if "output_tokens" in dimensions:
             amounts["output_tokens"] = output_tokens
         return amounts
+
+    def counted(self, family: str, input_tokens: int, output_tokens: int) -> dict[str, int]:
+        """`amounts` to charge for a call the provider counted, each at most its whole limit: no
+        call counts more at the provider (it would have refused it), and a garbled usage must
+        not put the key in debt for longer than a window."""
+        amounts = self.amounts(family, input_tokens, output_tokens)
+        return {name: min(amount, self._caps[name]) for name, amount in amounts.items()}
 
     def try_acquire(self, key: str, family: str, input_tokens: int, output_tokens: int) -> Any:
         """The limiter's decision on a call now (its `amounts`), without waiting."""
@@ -255,15 +263,19 @@ class LearnedLimits:
                 },
             )
 
-    def charge_unreserved(self, key: str, family: str, input_tokens: int, output_tokens: int) -> None:
-        """Charges `key`'s learned limits a call the provider counted that they never reserved
-        (it left before they were known), at its worst case."""
+    def charge_unreserved(
+        self, key: str, family: str, input_tokens: int, output_tokens: int, requests: int = 1
+    ) -> None:
+        """Charges `key`'s learned limits (what the provider counted of) a call that they never
+        reserved: it left before they were known, or was too large for them."""
         learned = self._learned.get(key)
         if learned is not None:
-            amounts: dict[str, int] = learned.amounts(family, input_tokens, output_tokens)
-            if "requests" in learned.dimensions:
-                amounts["requests"] = 1
-            learned.limiter.charge(key, **amounts)
+            amounts: dict[str, int] = learned.counted(family, input_tokens, output_tokens)
+            if requests and "requests" in learned.dimensions:
+                amounts["requests"] = requests
+            amounts = {name: amount for name, amount in amounts.items() if amount}
+            if amounts:
+                learned.limiter.charge(key, **amounts)
 
     def exhausted(self, key: str, dimension: str) -> Learned | None:
         """The provider says nothing is left of `dimension` for `key`: the learned limit that

@@ -19,10 +19,10 @@ _KINDS: dict[tuple[type[BaseException], type[BaseException]], type[LlmthrottleEr
 
 
 def sdk_error_base(client: Any) -> type[Exception] | None:
-    """The base error of the SDK `client` belongs to (a subclass of one of its clients too),
+    """The base error of the SDK `client` belongs to (any of its clients, or a subclass of one),
     when that SDK wraps llmthrottle's errors; None otherwise."""
     anthropic = sys.modules.get("anthropic")
-    if anthropic is None or not isinstance(client, (anthropic.Anthropic, anthropic.AsyncAnthropic)):
+    if anthropic is None or not any(kind.__module__.partition(".")[0] == "anthropic" for kind in type(client).__mro__):
         return None
     base = anthropic.AnthropicError
     return base if isinstance(base, type) and issubclass(base, Exception) else None

@@ -12,6 +12,8 @@ import asyncio
 import atexit
 import collections
 import functools
+import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -89,10 +91,16 @@ def ended(plan: CallPlan, reader: UsageReader) -> bytes:
 
 
 # Streams collected neither read to their end nor closed (the caller raised before reading
-# one), with the `calls()` blocks they were made in: settled by the next call through a wrapped
-# client in this process, or at exit. Not from the finalizer itself, which runs wherever the
-# collector does: in another call's context, inside the ledger's lock.
+# one), with the `calls()` blocks they were made in: settled within half a second by a thread
+# of llmthrottle's (a dropped call may hold a concurrency slot another caller waits for), by the
+# next call through a wrapped client if it comes first, or at exit. Not from the finalizer
+# itself, which runs wherever the collector does: in another call's context, inside the
+# ledger's lock.
 _DROPPED: collections.deque[tuple[CallPlan, UsageReader, tuple[list[CallReport], ...]]] = collections.deque()
+_SETTLE_EVERY_S = 0.5
+_SETTLER: list[threading.Thread] = []
+_SETTLER_LOCK = threading.Lock()
+_log = logging.getLogger("llmthrottle")
 
 
 def _dropped(plan: CallPlan, reader: UsageReader, sinks: tuple[list[CallReport], ...]) -> None:
@@ -112,8 +120,26 @@ def settle_dropped() -> None:
         with reporting_to(sinks):
             try:
                 plan.settle(reader)
-            except Exception:  # at exit, its ledger closed already: nothing to record into
-                pass
+            except Exception:  # its ledger closed (at exit), or its state failed
+                _log.warning("llmthrottle: the call of a stream dropped unread could not be settled", exc_info=True)
+
+
+def _settle_dropped_forever() -> None:
+    while True:
+        time.sleep(_SETTLE_EVERY_S)
+        if _DROPPED:
+            settle_dropped()
+
+
+def _start_settler() -> None:
+    """Starts the thread that settles dropped streams, once per process (and again in a child
+    forked after it started, where it does not run)."""
+    with _SETTLER_LOCK:
+        if _SETTLER and _SETTLER[0].is_alive():
+            return
+        thread = threading.Thread(target=_settle_dropped_forever, name="llmthrottle-dropped-streams", daemon=True)
+        thread.start()
+        _SETTLER[:] = [thread]
 
 
 class _ObservedStream(httpx2.SyncByteStream):
@@ -205,6 +231,7 @@ class ThrottledTransport(httpx2.BaseTransport):
     def __init__(self, inner: httpx2.BaseTransport, settings: Settings) -> None:
         self.inner = inner
         self.settings = settings
+        _start_settler()
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         if _DROPPED:
@@ -292,6 +319,7 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
     def __init__(self, inner: httpx2.AsyncBaseTransport, settings: Settings) -> None:
         self.inner = inner
         self.settings = settings
+        _start_settler()
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         if _DROPPED:
@@ -309,7 +337,12 @@ class AsyncThrottledTransport(httpx2.AsyncBaseTransport):
             if plan.content is not content or _reads_stream(plan):
                 request = _rebuilt(request, plan, content)
             first: httpx2.Response | httpx2.TransportError | None = None
-            if plan.admitted_at_once():
+            try:
+                at_once = plan.admitted_at_once()
+            except BaseException as error:  # a call too large for the learned limits
+                plan.interrupted(error)
+                raise
+            if at_once:
                 # Most calls: sent from this frame, without the loop's coroutine around the wait.
                 try:
                     first = await self.inner.handle_async_request(request)

@@ -19,6 +19,29 @@ def records(ledger: Any) -> list[Any]:
     return list(ledger.records())
 
 
+# An Anthropic output limit of 2,000 a minute, as a reply announces it.
+OUTPUT_LIMIT_2000 = {
+    "anthropic-ratelimit-output-tokens-limit": "2000",
+    "anthropic-ratelimit-output-tokens-remaining": "2000",
+    "anthropic-ratelimit-output-tokens-reset": "2099-01-01T00:00:00Z",
+}
+
+
+def learned_output_after(server: Any, calls: int = 2, max_tokens: int = 500) -> Any:
+    """The output limit `lt.wrap(anthropic.Anthropic())` learned after `calls` calls to `server`."""
+    import anthropic
+
+    import llmthrottle as lt
+
+    with lt.wrap(anthropic.Anthropic(base_url=server.anthropic_base_url, api_key="k")) as client:
+        for _ in range(calls):
+            client.messages.create(model=SONNET, messages=[{"role": "user", "content": "hi"}], max_tokens=max_tokens)
+        learned = client._client._transport.settings.learned
+    [(key, known)] = learned._learned.items()
+    [output] = [s for s in known.limiter.status(key) if s.dimension == "output_tokens"]
+    return output
+
+
 CHAT_REPLY = {
     "id": "chatcmpl-1",
     "object": "chat.completion",

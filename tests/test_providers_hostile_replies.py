@@ -13,13 +13,21 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from provider_helpers import CHAT_REPLY, MESSAGE_REPLY, MINI, SONNET, CannedServer, canned_server, records
+from provider_helpers import (
+    CHAT_REPLY,
+    MESSAGE_REPLY,
+    MINI,
+    OUTPUT_LIMIT_2000,
+    CannedServer,
+    canned_server,
+    learned_output_after,
+    records,
+)
 
 import llmthrottle as lt
 from llmthrottle.ledger.store import MAX_COST_MICROS
 
 openai = pytest.importorskip("openai")
-anthropic = pytest.importorskip("anthropic")
 
 HELLO = [{"role": "user", "content": "hello there"}]
 REPORTED = {"prompt_tokens": 5000, "completion_tokens": 900}
@@ -324,15 +332,6 @@ def test_a_garbled_count_holds_the_learned_limits_for_a_window_at_most(server: C
     """One reply claiming more output than any call can produce charges the provider key's
     learned limit at most its whole limit (a window's wait), never years of debt."""
     server.reply = {**MESSAGE_REPLY, "usage": {"input_tokens": 11, "output_tokens": 10**11}}
-    server.headers = {
-        "anthropic-ratelimit-output-tokens-limit": "2000",
-        "anthropic-ratelimit-output-tokens-remaining": "2000",
-        "anthropic-ratelimit-output-tokens-reset": "2099-01-01T00:00:00Z",
-    }
-    with lt.wrap(anthropic.Anthropic(base_url=server.anthropic_base_url, api_key="k")) as client:
-        for _ in range(2):
-            client.messages.create(model=SONNET, messages=HELLO, max_tokens=500)
-        learned = client._client._transport.settings.learned
-    [(key, known)] = learned._learned.items()
-    [output] = [s for s in known.limiter.status(key) if s.dimension == "output_tokens"]
-    assert output.used <= 2 * 2_000 and output.reset_after <= 2 * 60
+    server.headers = OUTPUT_LIMIT_2000
+    output = learned_output_after(server, calls=1)
+    assert output.used <= 2_000 and output.reset_after <= 60

@@ -11,7 +11,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from provider_helpers import CHAT_REPLY, MESSAGE_REPLY, MINI, SONNET, CannedServer, canned_server, records
+from provider_helpers import (
+    CHAT_REPLY,
+    MESSAGE_REPLY,
+    MINI,
+    OUTPUT_LIMIT_2000,
+    CannedServer,
+    canned_server,
+    learned_output_after,
+    records,
+)
 
 import llmthrottle as lt
 
@@ -47,27 +56,14 @@ def test_a_compressed_whole_reply_is_read_as_the_sdk_reads_it(
     assert record.cost_micros == lt.cost(MINI, CHAT_REPLY["usage"]).total_micros
 
 
-def test_an_anthropic_whole_reply_gives_back_what_it_did_not_use(server: CannedServer, opened: list[Any]) -> None:
+def test_an_anthropic_whole_reply_gives_back_what_it_did_not_use(server: CannedServer) -> None:
     """`lt.wrap` alone: the output limit learned from the headers is reconciled with each
     reply's usage, read by the wrapper from a compressed whole reply. The first call, sent
     before the limits were known, is charged the 7 it used when its reply is read; the second
     reserves 500 and keeps the 7 it used."""
     server.reply, server.compress = MESSAGE_REPLY, True
-    server.headers = {
-        "anthropic-ratelimit-requests-limit": "1000",
-        "anthropic-ratelimit-requests-remaining": "999",
-        "anthropic-ratelimit-requests-reset": "2099-01-01T00:00:00Z",
-        "anthropic-ratelimit-output-tokens-limit": "2000",
-        "anthropic-ratelimit-output-tokens-remaining": "2000",
-        "anthropic-ratelimit-output-tokens-reset": "2099-01-01T00:00:00Z",
-    }
-    client = lt.wrap(anthropic.Anthropic(base_url=server.url, api_key="k"))
-    opened.append(client)
-    for _ in range(2):
-        assert client.messages.create(model=SONNET, messages=HELLO, max_tokens=500).usage.output_tokens == 7
-    learned = client._client._transport.settings.learned
-    [(key, known)] = learned._learned.items()
-    [output] = [s for s in known.limiter.status(key) if s.dimension == "output_tokens"]
+    server.headers = OUTPUT_LIMIT_2000
+    output = learned_output_after(server)
     # 14 (507 without the refund), less what refilled since (2,000 a minute).
     assert 2_000 - output.remaining <= 14
 
@@ -139,15 +135,6 @@ def test_an_anthropic_reply_without_usage_keeps_its_whole_output_reservation(ser
     limit learned from the headers (the provider counted what it does not say): two calls of
     500 keep 1,000 (the usage-reading twin above keeps 14)."""
     server.reply = b'{"id": "msg_1", "type": "message", "content": []}'
-    server.headers = {
-        "anthropic-ratelimit-output-tokens-limit": "2000",
-        "anthropic-ratelimit-output-tokens-remaining": "2000",
-        "anthropic-ratelimit-output-tokens-reset": "2099-01-01T00:00:00Z",
-    }
-    with lt.wrap(anthropic.Anthropic(base_url=server.url, api_key="k")) as client:
-        for _ in range(2):
-            client.messages.create(model=SONNET, messages=HELLO, max_tokens=500)
-        learned = client._client._transport.settings.learned
-    [(key, known)] = learned._learned.items()
-    [output] = [s for s in known.limiter.status(key) if s.dimension == "output_tokens"]
+    server.headers = OUTPUT_LIMIT_2000
+    output = learned_output_after(server)
     assert 2_000 - output.remaining > 750  # 1,000, less what refilled since; 14 with a refund

@@ -106,7 +106,7 @@ class Learned:
     """What is known of one provider key: the `(dimension, limit, window_s)` announced, the
     rates enforced of them and the limiter that keeps them."""
 
-    __slots__ = ("_by_position", "_caps", "dimensions", "limiter", "limits", "rates", "summary")
+    __slots__ = ("_by_position", "_caps", "_smallest_cap", "dimensions", "limiter", "limits", "rates", "summary")
 
     def __init__(self, limits: tuple[tuple[str, int, float], ...], limiter: Limiter, rates: dict[str, Any]) -> None:
         self.limits = limits
@@ -119,6 +119,7 @@ class Learned:
         # by position, with no keyword dict to build.
         self._by_position = self.dimensions <= {"requests", "tokens"}
         self._caps = {dimension: limit for dimension, limit, _window_s in limits}
+        self._smallest_cap = min(self._caps.values())
 
     def amounts(self, family: str, input_tokens: int, output_tokens: int) -> dict[str, int]:
         """A call's amounts in the dimensions limited (tokens as `_tokens` counts them; Anthropic's
@@ -138,7 +139,11 @@ class Learned:
         call counts more at the provider (it would have refused it), and a garbled usage must
         not put the key in debt for longer than a window."""
         amounts = self.amounts(family, input_tokens, output_tokens)
-        return {name: min(amount, self._caps[name]) for name, amount in amounts.items()}
+        if input_tokens + output_tokens > self._smallest_cap:  # no amount is above its sum
+            caps = self._caps
+            for name, amount in amounts.items():
+                amounts[name] = min(amount, caps[name])
+        return amounts
 
     def try_acquire(self, key: str, family: str, input_tokens: int, output_tokens: int) -> Any:
         """The limiter's decision on a call now (its `amounts`), without waiting."""

@@ -547,8 +547,7 @@ class CallPlan:
         """A whole reply stopped on `error` after its status came: the provider answered, so it
         billed the call, whose usage will never be known. Charged and recorded at its worst
         case (`unfinished`), as an attempt interrupted on its way is."""
-        self.in_flight = True
-        self.interrupted(error)
+        self._at_worst_case(None, error=type(error).__name__)
 
     def fail(self, outcome: str, **tags: Any) -> None:
         self.in_flight = False
@@ -569,27 +568,35 @@ class CallPlan:
         if not listening():
             return
         family = self.endpoint.family
+        model = self.body["model"]
         if outcome == "unfinished":
-            self._report_worst_case(status)
-            return
-        if cost is None and usage is not None:
-            try:
-                cost = price_of(self.body["model"], usage, family)
-            except ValueError:  # an unknown model (ConfigError) or unreadable usage
-                cost = None
-        try:
-            tokens = cost.usage if cost is not None else normalize_usage(usage, family) if usage is not None else None
-        except (ValueError, TypeError):
-            tokens = None
+            model, input_tokens, output_tokens, cost_micros = self._worst_case()
+            priced = False
+        else:
+            if cost is None and usage is not None:
+                try:
+                    cost = price_of(model, usage, family)
+                except ValueError:  # an unknown model (ConfigError) or unreadable usage
+                    cost = None
+            tokens = cost.usage if cost is not None else None
+            if tokens is None and usage is not None:
+                try:
+                    tokens = normalize_usage(usage, family)
+                except (ValueError, TypeError):
+                    tokens = None
+            input_tokens = tokens.prompt_tokens if tokens is not None else 0
+            output_tokens = tokens.output_tokens if tokens is not None else 0
+            cost_micros = cost.total_micros if cost is not None else 0
+            priced = cost is not None
         report(
             CallReport(
-                model=self.body["model"],
+                model=model,
                 provider=family,
                 outcome=outcome,
-                input_tokens=tokens.prompt_tokens if tokens is not None else 0,
-                output_tokens=tokens.output_tokens if tokens is not None else 0,
-                cost_micros=cost.total_micros if cost is not None else 0,
-                priced=cost is not None,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                cost_micros=cost_micros,
+                priced=priced,
                 attempts=self.attempts,
                 waited_s=round(self.waited_s, 6),
                 latency_s=time.monotonic() - self.started,
@@ -598,33 +605,19 @@ class CallPlan:
             )
         )
 
-    def _report_worst_case(self, status: int | None) -> None:
+    def _worst_case(self) -> tuple[str, int, int, int]:
+        """(model, input tokens, output reservation, micro-dollars) of the call at its worst
+        case, as the guard charges an `unfinished` call (0s when it cannot be priced)."""
         model = self.call.model if self.call is not None else self.body["model"]  # a budget's downgrade
-        family = self.endpoint.family
         guard = self.settings.guard
         try:
             input_tokens, output_tokens = self.reserved_tokens()
             worst = (guard.prices if guard is not None else PriceTable.default()).worst_case_cost(
-                model, input_tokens, output_tokens, family
+                model, input_tokens, output_tokens, self.endpoint.family
             )
         except ValueError:  # a model without a price, or a body the estimate refuses
-            input_tokens = output_tokens = worst = 0
-        report(
-            CallReport(
-                model=model,
-                provider=family,
-                outcome="unfinished",
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                cost_micros=worst,
-                priced=False,
-                attempts=self.attempts,
-                waited_s=round(self.waited_s, 6),
-                latency_s=time.monotonic() - self.started,
-                ttft_s=self.first_byte_s if self.streaming else None,
-                status=status,
-            )
-        )
+            return model, 0, 0, 0
+        return model, input_tokens, output_tokens, worst
 
     def _answered_by(self, model: str) -> None:
         """Azure named the model that answered: the call is priced and recorded as it, when the
